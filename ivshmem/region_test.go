@@ -1,0 +1,265 @@
+package ivshmem
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+func testOptions(t *testing.T) Options {
+	t.Helper()
+	h, err := NewHostID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Options{Size: 4 << 20, HostID: h, JobID: "job-42", Slots: 8, VMs: 4, RingSize: 64 << 10}
+}
+
+func newRegion(t *testing.T) (*Region, string, Options) {
+	t.Helper()
+	o := testOptions(t)
+	path := filepath.Join(t.TempDir(), "region")
+	if err := Create(path, o); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, path, o
+}
+
+func TestCreateOpenRoundTrip(t *testing.T) {
+	r, path, o := newRegion(t)
+	if r.HostID() != o.HostID || r.JobID() != o.JobID {
+		t.Fatalf("host %v job %q, want %v %q", r.HostID(), r.JobID(), o.HostID, o.JobID)
+	}
+	l := r.Layout()
+	if l.TotalSize != o.Size || l.SlotCount != 8 || l.VMCount != 4 || l.RingSize != 64<<10 {
+		t.Fatalf("layout %+v", l)
+	}
+	if r.Generation() != 1 {
+		t.Fatalf("fresh generation %d, want 1", r.Generation())
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 || st.Size() != int64(o.Size) {
+		t.Fatalf("mode %v size %d", st.Mode(), st.Size())
+	}
+	entries, _ := os.ReadDir(filepath.Dir(path))
+	if len(entries) != 1 {
+		t.Fatalf("temporary files left behind: %v", entries)
+	}
+}
+
+func TestCreateNeverReplaces(t *testing.T) {
+	_, path, o := newRegion(t)
+	if err := Create(path, o); !errors.Is(err, os.ErrExist) {
+		t.Fatalf("second Create: %v, want ErrExist", err)
+	}
+}
+
+func TestCreateRejectsBadOptions(t *testing.T) {
+	dir := t.TempDir()
+	o := testOptions(t)
+	bad := map[string]func(*Options){
+		"size not pow2": func(o *Options) { o.Size = 3 << 20 },
+		"too small":     func(o *Options) { o.Size = 64 << 10 },
+		"zero host":     func(o *Options) { o.HostID = HostID{} },
+		"job slash":     func(o *Options) { o.JobID = "a/b" },
+		"ring too big":  func(o *Options) { o.RingSize = 8 << 20 },
+		"chunk not pow": func(o *Options) { o.ChunkSize = 5000 },
+	}
+	for name, mutate := range bad {
+		oo := o
+		mutate(&oo)
+		if err := Create(filepath.Join(dir, "r"), oo); err == nil {
+			t.Errorf("%s: Create succeeded", name)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Fatalf("failed Create left files: %v", entries)
+	}
+}
+
+func TestValidateRejectsCorruption(t *testing.T) {
+	_, path, _ := newRegion(t)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := Validate(good, uint64(len(good))); err != nil {
+		t.Fatalf("good region: %v", err)
+	}
+	corrupt := map[string]func(b []byte){
+		"magic":        func(b []byte) { b[0] ^= 1 },
+		"version":      func(b []byte) { b[8] = 2 },
+		"total size":   func(b []byte) { b[16+3] = 0x40 },
+		"slot count":   func(b []byte) { b[40] = 0xff; b[41] = 0xff },
+		"vm count":     func(b []byte) { b[44] = 0 },
+		"chunk count":  func(b []byte) { b[52]++ },
+		"heap offset":  func(b []byte) { b[160] += 64 },
+		"zero host":    func(b []byte) { clear(b[24:40]) },
+		"job unpadded": func(b []byte) { b[64+10] = 'x'; b[64+20] = 'y' },
+		"job bad char": func(b []byte) { b[64] = '/' },
+	}
+	for name, f := range corrupt {
+		b := append([]byte(nil), good...)
+		f(b)
+		if _, _, _, err := Validate(b, uint64(len(b))); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: Validate = %v, want ErrInvalid", name, err)
+		}
+	}
+	if _, _, _, err := Validate(good, uint64(len(good))-1); !errors.Is(err, ErrInvalid) {
+		t.Errorf("short mapping accepted: %v", err)
+	}
+}
+
+func TestSlotsAllocatorAndRings(t *testing.T) {
+	r, _, _ := newRegion(t)
+	const session = 0xabc
+	if err := r.ClaimSession(session); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.ClaimSession(session + 1); !errors.Is(err, ErrSessionBusy) {
+		t.Fatalf("second session: %v", err)
+	}
+	var wg sync.WaitGroup
+	got := make([]uint32, 8)
+	errs := make([]error, 8)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got[i], errs[i] = r.ClaimSlot(SlotIdentity{Session: session, WorldRank: uint32(i), WorldSize: 8, VMIndex: NoVM})
+		}()
+	}
+	wg.Wait()
+	seen := map[uint32]bool{}
+	for i, s := range got {
+		if errs[i] != nil || seen[s] {
+			t.Fatalf("claim %d: slot %d err %v (dup %v)", i, s, errs[i], seen[s])
+		}
+		seen[s] = true
+	}
+	if _, err := r.ClaimSlot(SlotIdentity{Session: session}); !errors.Is(err, ErrNoSlot) {
+		t.Fatalf("ninth slot: %v", err)
+	}
+	info, err := r.Slot(got[3])
+	if err != nil || info.State != SlotActive || info.WorldRank != 3 {
+		t.Fatalf("slot info %+v %v", info, err)
+	}
+	ring, err := r.CreateRing(session, got[0], got[1], 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, ok, err := r.PairRing(session, got[0], got[1])
+	if err != nil || !ok || back != ring {
+		t.Fatalf("PairRing = %+v %v %v, want %+v", back, ok, err, ring)
+	}
+	if _, ok, err := r.PairRing(session, got[1], got[0]); ok || err != nil {
+		t.Fatalf("unpublished ring: ok %v err %v", ok, err)
+	}
+	// A hostile peer rewrites the pair entry: the reader must refuse it, not follow it.
+	r.pairAt(got[0], got[1]).Store(ring.Off + 64)
+	if _, _, err := r.PairRing(session, got[0], got[1]); !errors.Is(err, ErrBadRef) {
+		t.Fatalf("misaligned ring accepted: %v", err)
+	}
+	r.pairAt(got[0], got[1]).Store(ring.Off)
+	r.ringAt(ring.Off).Capacity = 1 << 40
+	if _, _, err := r.PairRing(session, got[0], got[1]); !errors.Is(err, ErrBadRef) {
+		t.Fatalf("oversized ring accepted: %v", err)
+	}
+	r.ringAt(ring.Off).Capacity = ring.Capacity
+	// Fill the heap, then free: the allocator must give everything back.
+	var offs []uint64
+	for {
+		off, err := r.Alloc(session, got[2], AllocCollective, 1<<20)
+		if errors.Is(err, ErrNoSpace) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		offs = append(offs, off)
+	}
+	if len(offs) < 2 {
+		t.Fatalf("only %d MiB allocations fit in a 4 MiB region", len(offs))
+	}
+	for _, off := range offs {
+		if err := r.Free(session, got[2], off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Free(session, got[2], offs[0]); !errors.Is(err, ErrBadRef) {
+		t.Fatalf("double free: %v", err)
+	}
+	ended := false
+	for _, s := range got {
+		last, err := r.ReleaseSlot(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ended = last
+	}
+	if !ended || r.Session() != 0 {
+		t.Fatalf("session %#x after all members left (ended %v)", r.Session(), ended)
+	}
+	for c := uint32(0); c < r.Layout().ChunkCount; c++ {
+		if r.chunkAt(c).Owner != 0 {
+			t.Fatalf("chunk %d still owned after release", c)
+		}
+	}
+}
+
+func TestTakeOverStaleSession(t *testing.T) {
+	r, _, _ := newRegion(t)
+	if err := r.ClaimSession(7); err != nil {
+		t.Fatal(err)
+	}
+	s, err := r.ClaimSlot(SlotIdentity{Session: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CreateRing(7, s, s, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !r.SessionStale(7, 0) {
+		t.Fatal("session without heartbeats not stale")
+	}
+	if err := r.TakeOverSession(7, 8); err != nil {
+		t.Fatal(err)
+	}
+	if r.Session() != 8 {
+		t.Fatalf("session %d", r.Session())
+	}
+	if info, _ := r.Slot(s); info.State != SlotFree {
+		t.Fatalf("stale slot state %v", info.State)
+	}
+	if _, ok, _ := r.PairRing(8, s, s); ok {
+		t.Fatal("stale ring still published")
+	}
+}
+
+func TestVMTable(t *testing.T) {
+	r, _, _ := newRegion(t)
+	u := [16]byte{1, 2, 3}
+	g := r.Generation()
+	if err := r.SetVM(2, u, VMPresent); err != nil {
+		t.Fatal(err)
+	}
+	if r.Generation() != g+1 {
+		t.Fatalf("generation %d, want %d", r.Generation(), g+1)
+	}
+	if i, ok := r.FindVM(u); !ok || i != 2 {
+		t.Fatalf("FindVM = %d %v", i, ok)
+	}
+	if err := r.SetVM(4, u, VMPresent); !errors.Is(err, ErrBadRef) {
+		t.Fatalf("entry past the table: %v", err)
+	}
+}

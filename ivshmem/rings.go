@@ -1,0 +1,76 @@
+package ivshmem
+
+import "fmt"
+
+// Ring is a validated pair ring: where it is and how big, taken from private memory after
+// the checks in PairRing.
+type Ring struct {
+	Off      uint64 // region offset of struct ivshim_ring
+	Capacity uint64 // data bytes, power of two
+}
+
+// CreateRing allocates and initialises the ring carrying messages from slot sender to slot
+// receiver (the caller), with capacity data bytes (0 = the region's ring size), and publishes
+// it in pair[sender][receiver] (RELEASE). Receivers own their inbound rings.
+func (r *Region) CreateRing(session uint64, sender, receiver uint32, capacity uint64) (Ring, error) {
+	if err := r.checkSlot(sender); err != nil {
+		return Ring{}, err
+	}
+	if capacity == 0 {
+		capacity = uint64(r.layout.RingSize)
+	}
+	if !isPow2(capacity) || capacity < CacheLine {
+		return Ring{}, fmt.Errorf("create ring %d->%d: capacity %d not a power of two >= %d", sender, receiver, capacity, CacheLine)
+	}
+	off, err := r.Alloc(session, receiver, AllocRing, RingHeaderSize+capacity)
+	if err != nil {
+		return Ring{}, fmt.Errorf("create ring %d->%d: %w", sender, receiver, err)
+	}
+	g := r.ringAt(off)
+	g.Capacity = capacity
+	g.Session = session
+	g.SenderSlot = sender
+	g.ReceiverSlot = receiver
+	a32(&g.State).Store(RingOpen)
+	if old := r.pairAt(sender, receiver).Swap(off); old != 0 {
+		if err := r.Free(session, receiver, old); err != nil {
+			return Ring{}, fmt.Errorf("create ring %d->%d: replace stale ring: %w", sender, receiver, err)
+		}
+	}
+	return Ring{Off: off, Capacity: capacity}, nil
+}
+
+// PairRing returns the ring from sender to receiver (ACQUIRE), validated against session:
+// the offset must start a ring allocation of the session, the ring header must name the same
+// pair and its capacity must fit the allocation. ok is false when none is published.
+func (r *Region) PairRing(session uint64, sender, receiver uint32) (ring Ring, ok bool, err error) {
+	if err := r.checkSlot(sender); err != nil {
+		return Ring{}, false, err
+	}
+	if err := r.checkSlot(receiver); err != nil {
+		return Ring{}, false, err
+	}
+	off := r.pairAt(sender, receiver).Load()
+	if off == 0 {
+		return Ring{}, false, nil
+	}
+	_, n, kind, err := r.allocation(session, off)
+	if err != nil {
+		return Ring{}, false, fmt.Errorf("ring %d->%d: %w", sender, receiver, err)
+	}
+	g := r.ringAt(off)
+	capacity := g.Capacity
+	size := uint64(n) * uint64(r.layout.ChunkSize)
+	switch {
+	case kind != AllocRing:
+		err = fmt.Errorf("allocation kind %d", kind)
+	case g.SenderSlot != sender || g.ReceiverSlot != receiver || g.Session != session:
+		err = fmt.Errorf("header names %d->%d of session %#x", g.SenderSlot, g.ReceiverSlot, g.Session)
+	case !isPow2(capacity) || capacity < CacheLine || capacity > size-RingHeaderSize:
+		err = fmt.Errorf("capacity %d in a %d-byte allocation", capacity, size)
+	}
+	if err != nil {
+		return Ring{}, false, fmt.Errorf("%w: ring %d->%d at %#x: %v", ErrBadRef, sender, receiver, off, err)
+	}
+	return Ring{Off: off, Capacity: capacity}, true, nil
+}
