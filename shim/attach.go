@@ -1,0 +1,162 @@
+package shim
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"ivshim.dev/ivshim/ivshmem"
+)
+
+// ErrPassThrough is returned by Alloc and Free on a rank that does not share memory (or no
+// longer does, after Finalize).
+var ErrPassThrough = errors.New("no shared memory on this rank")
+
+// membership is a rank's hold on its region: the mapping, its slot once claimed, and the
+// watcher that beats the slot.
+type membership struct {
+	region  *ivshmem.Region // nil: none, or closed
+	session uint64          // the group's session, once the slot is claimed
+	slot    uint32
+	hasSlot bool
+	watch   *watcher
+	log     *zap.Logger
+}
+
+// join records the claimed slot and starts beating it.
+func (m *membership) join(session uint64, slot, vm uint32) {
+	m.session, m.slot, m.hasSlot = session, slot, true
+	m.watch = startWatcher(m.region, slot, vm, m.log)
+}
+
+// leave stops the heartbeat, then releases the slot, which frees its inbound rings.
+func (m *membership) leave() error {
+	if m.watch != nil {
+		m.watch.Stop()
+		m.watch = nil
+	}
+	if !m.hasSlot {
+		return nil
+	}
+	m.hasSlot = false
+	last, err := m.region.ReleaseSlot(m.slot)
+	m.log.Debug("released slot", zap.Uint32("slot", m.slot), zap.Bool("session_ended", last))
+	if err != nil {
+		return fmt.Errorf("release slot %d of %s: %w", m.slot, m.region.Source(), err)
+	}
+	return nil
+}
+
+// close leaves and unmaps the region. It does nothing once closed.
+func (m *membership) close() error {
+	if m.region == nil {
+		return nil
+	}
+	err := m.leave()
+	if cerr := m.region.Close(); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	m.region = nil
+	return err
+}
+
+// Attachment is a rank's control-plane state from Start to Finalize. Its methods are safe for
+// concurrent use.
+type Attachment struct {
+	Table PathTable // this rank's result of Start; read-only
+
+	verbose int
+	out     io.Writer
+	log     *zap.Logger
+
+	mu    sync.Mutex          // guards the fields below
+	m     *membership         // nil in pass-through and after Finalize
+	areas map[uint64]struct{} // collective areas allocated and not yet freed
+	done  bool                // Finalize ran
+}
+
+// Region is the mapped region while this rank shares memory, else nil. It stays valid until
+// Finalize.
+func (a *Attachment) Region() *ivshmem.Region {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil {
+		return nil
+	}
+	return a.m.region
+}
+
+// Verbose is the IVSHIM_VERBOSE level in effect.
+func (a *Attachment) Verbose() int { return a.verbose }
+
+// Alloc reserves a zeroed collective area of size bytes in the region for this rank and
+// returns its region offset.
+func (a *Attachment) Alloc(size uint64) (uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil {
+		return 0, fmt.Errorf("alloc %d bytes: %w", size, ErrPassThrough)
+	}
+	off, err := a.m.region.Alloc(a.m.session, a.m.slot, ivshmem.AllocCollective, size)
+	if err != nil {
+		return 0, fmt.Errorf("alloc %d bytes for a collective area: %w", size, err)
+	}
+	a.areas[off] = struct{}{}
+	return off, nil
+}
+
+// Free returns a collective area that Alloc gave this rank.
+func (a *Attachment) Free(off uint64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil {
+		return fmt.Errorf("free %#x: %w", off, ErrPassThrough)
+	}
+	if _, ok := a.areas[off]; !ok {
+		return fmt.Errorf("free %#x: not a collective area of this rank", off)
+	}
+	if err := a.m.region.Free(a.m.session, a.m.slot, off); err != nil {
+		return fmt.Errorf("free collective area %#x: %w", off, err)
+	}
+	delete(a.areas, off)
+	return nil
+}
+
+// Finalize prints this rank's stats line when verbose, frees the collective areas still
+// allocated, releases the slot (the last rank out ends the session) and unmaps the region.
+// The ranks must have stopped using the region. Calls after the first do nothing.
+func (a *Attachment) Finalize(s Stats) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.done {
+		return nil
+	}
+	a.done = true
+	if a.verbose >= 1 {
+		io.WriteString(a.out, s.Line(a.Table.Rank))
+	}
+	a.log.Info("finalize", zap.Uint64("shm_msgs", s.Messages[PathSHM]), zap.Uint64("net_msgs", s.Messages[PathNet]))
+	defer a.log.Sync()
+	if a.m == nil {
+		return nil
+	}
+	var errs []error
+	if len(a.areas) > 0 {
+		a.log.Warn("freeing collective areas left allocated", zap.Int("areas", len(a.areas)))
+		for off := range a.areas {
+			if err := a.m.region.Free(a.m.session, a.m.slot, off); err != nil {
+				errs = append(errs, fmt.Errorf("free collective area %#x: %w", off, err))
+			}
+		}
+		clear(a.areas)
+	}
+	errs = append(errs, a.m.close())
+	a.m = nil
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("finalize: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,617 @@
+package shim
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"ivshim.dev/ivshim/ivshmem"
+)
+
+// Exchanger is the collective transport over MPI_COMM_WORLD that the C front provides with
+// PMPI. Every rank calls the same methods in the same order.
+type Exchanger interface {
+	Rank() int
+	Size() int
+	// Allgather contributes send (the same length on every rank) and returns every rank's
+	// contribution, concatenated in rank order.
+	Allgather(send []byte) ([]byte, error)
+	Barrier() error
+}
+
+// Options adapt Start to its process. Zero fields take the real process's.
+type Options struct {
+	Getenv     func(string) string // os.Getenv
+	Stderr     io.Writer           // verbose report and logs; os.Stderr
+	RDMA       RDMAInventory       // SystemRDMA()
+	PID        int                 // os.Getpid()
+	MPILibrary string              // the MPI library's version text, for the log
+}
+
+// staleWait is how long a session found in the region must show no heartbeat before a new
+// job instance takes the region over. Several heartbeat intervals: a live rank that is
+// descheduled for a moment must not lose its region.
+const staleWait = 300 * time.Millisecond
+
+// Start negotiates, collectively over x, which peers this rank reaches through shared memory,
+// and sets the region up for them:
+//
+//  1. every rank reads its configuration and discovers its region;
+//  2. allgather of a hello record per rank (a rank that cannot go on says so here, and then
+//     every rank exchanges the reasons and fails with the same message);
+//  3. ranks whose regions have the same host id and job form a group; in each group of two
+//     or more, the leader (lowest rank) claims the region session, taking over a stale one;
+//  4. the members claim slots, create their inbound rings, and look up their outbound rings,
+//     with an allgather of outcomes after each step.
+//
+// A failure in a group sends the whole group, and only it, to NET with the reason; a corrupt
+// region anywhere fails every rank. Every rank performs the same sequence of exchanges
+// whatever happens locally, because the decisions that shape it are taken from exchanged
+// data only. Start returns an error only for the fatal outcome; otherwise the Attachment's
+// Table says whether this rank shares memory (ModeSHM) or passes everything through.
+func Start(x Exchanger, o Options) (*Attachment, error) {
+	o.setDefaults()
+	n := &negotiation{x: x, o: o, rank: x.Rank(), size: x.Size(), vmIndex: ivshmem.NoVM,
+		m: &membership{log: zap.NewNop()}}
+	if n.size < 1 || n.rank < 0 || n.rank >= n.size {
+		return nil, fmt.Errorf("start: rank %d of %d", n.rank, n.size)
+	}
+	a, err := n.run()
+	if err != nil {
+		// Whatever the protocol did not already release (a transport error leaves no choice).
+		n.m.close()
+		n.m.log.Error("start failed", zap.Error(err))
+		n.m.log.Sync()
+		return nil, err
+	}
+	return a, nil
+}
+
+func (o *Options) setDefaults() {
+	if o.Getenv == nil {
+		o.Getenv = os.Getenv
+	}
+	if o.Stderr == nil {
+		o.Stderr = os.Stderr
+	}
+	if o.RDMA == nil {
+		o.RDMA = SystemRDMA()
+	}
+	if o.PID == 0 {
+		o.PID = os.Getpid()
+	}
+}
+
+// group is a Group with the negotiation's state.
+type group struct {
+	Group
+	slots []uint32 // by position in Ranks, once the slot step passed
+	live  bool     // still on its way to SHM
+	held  bool     // the leader holds the region session for the group
+}
+
+func (g *group) leader() int { return g.Ranks[0] }
+
+type groupKey struct {
+	host ivshmem.HostID
+	job  uint64
+}
+
+// negotiation is one rank's run of Start.
+type negotiation struct {
+	x          Exchanger
+	o          Options
+	rank, size int
+	cfg        Config
+	m          *membership // this rank's region, slot and watcher; the Attachment's after Start
+	vmIndex    uint32
+	fatal      error  // why this rank cannot take part (reported to all in the hello phase)
+	noRegion   string // why this rank has no region
+	groups     []*group
+	byRank     []int        // group index of each world rank, -1 without a region
+	vms        []uint32     // VM index of each world rank, from its hello
+	peers      map[int]Peer // this rank's SHM peers, once its outbound rings are looked up
+}
+
+func (n *negotiation) run() (*Attachment, error) {
+	hellos, err := n.sayHello(n.prepare())
+	if err != nil {
+		return nil, err
+	}
+	n.plan(hellos)
+	steps := []struct {
+		name   string
+		act    func(*group) status
+		commit func(*group, []status)
+	}{
+		{"claim session", n.claimSession, func(g *group, _ []status) { g.held = true }},
+		{"claim slots", n.claimSlot, func(g *group, all []status) {
+			g.slots = make([]uint32, len(g.Ranks))
+			for i, w := range g.Ranks {
+				g.slots[i] = all[w].Value
+			}
+		}},
+		{"create rings", n.createRings, nil},
+		{"map rings", n.mapRings, nil},
+	}
+	for _, s := range steps {
+		if err := n.step(s.name, s.act, s.commit); err != nil {
+			return nil, err
+		}
+	}
+	return n.finish(), nil
+}
+
+// prepare does the local part: configuration and discovery. It never fails: what goes wrong
+// is recorded in n.fatal and reported to everyone through the hello.
+func (n *negotiation) prepare() hello {
+	fatal := func(err error) hello {
+		n.fatal = err
+		return hello{Flags: helloFatal, VMIndex: ivshmem.NoVM}
+	}
+	cfg, err := LoadConfig(n.o.Getenv)
+	if err != nil {
+		return fatal(fmt.Errorf("configuration: %w", err))
+	}
+	n.cfg = cfg
+	n.m.log = newLogger(cfg.Log, n.o.Stderr, n.rank)
+	n.m.log.Debug("start", zap.Int("size", n.size), zap.String("mpi", n.o.MPILibrary), zap.Int("pid", n.o.PID))
+	proposal, err := newSessionID()
+	if err != nil {
+		return fatal(err)
+	}
+	r, err := discover(n.o.Getenv, cfg)
+	if errors.Is(err, ivshmem.ErrNoRegion) {
+		n.noRegion = err.Error()
+		n.m.log.Info("no region", zap.Error(err))
+		return hello{VMIndex: ivshmem.NoVM}
+	}
+	if err != nil {
+		return fatal(err)
+	}
+	n.m.region = r
+	if cfg.VMID != ([16]byte{}) {
+		if i, ok := r.FindVM(cfg.VMID); ok {
+			n.vmIndex = i
+		} else {
+			n.m.log.Warn("VM not in the region's VM table", zap.String("vm_id", ivshmem.HostID(cfg.VMID).String()), zap.String("from", cfg.VMIDSource))
+		}
+	}
+	n.m.log.Info("region found", zap.String("source", r.Source()), zap.String("host", r.HostID().String()),
+		zap.String("job", r.JobID()), zap.Uint64("generation", r.Generation()), zap.Uint32("vm", n.vmIndex))
+	return hello{
+		Flags:      helloHasRegion,
+		VMIndex:    n.vmIndex,
+		Host:       r.HostID(),
+		Generation: r.Generation(),
+		JobHash:    jobHash(r.JobID()),
+		Proposal:   proposal,
+	}
+}
+
+// discover maps this rank's region; with IVSHIM_JOB set, a region of another job is an error
+// (ivshmem.Discover only filters PCI devices by job, IVSHIM_REGION is taken as is).
+func discover(getenv func(string) string, cfg Config) (*ivshmem.Region, error) {
+	r, err := ivshmem.Discover(getenv, cfg.Sysfs, cfg.Job)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Job != "" && r.JobID() != cfg.Job {
+		r.Close()
+		return nil, fmt.Errorf("region %s belongs to job %q, IVSHIM_JOB is %q", r.Source(), r.JobID(), cfg.Job)
+	}
+	return r, nil
+}
+
+func newSessionID() (uint64, error) {
+	var b [8]byte
+	for {
+		if _, err := rand.Read(b[:]); err != nil {
+			return 0, fmt.Errorf("session id: %w", err)
+		}
+		if id := binary.LittleEndian.Uint64(b[:]); id != 0 {
+			return id, nil
+		}
+	}
+}
+
+func jobHash(job string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(job))
+	return h.Sum64()
+}
+
+// sayHello is the first exchange. If any rank is fatal, a second exchange carries the reasons
+// and every rank fails with the same message.
+func (n *negotiation) sayHello(me hello) ([]hello, error) {
+	raw, err := n.x.Allgather(me.encode())
+	if err != nil {
+		return nil, fmt.Errorf("exchange hello: %w", err)
+	}
+	recs, err := splitRecords(raw, helloSize, n.size)
+	if err != nil {
+		return nil, fmt.Errorf("exchange hello: %w", err)
+	}
+	hellos := make([]hello, n.size)
+	var fatalRanks []int
+	for w, b := range recs {
+		if hellos[w], err = decodeHello(b); err != nil {
+			return nil, fmt.Errorf("rank %d of %d: %w", w, n.size, err)
+		}
+		if hellos[w].fatal() {
+			fatalRanks = append(fatalRanks, w)
+		}
+	}
+	if len(fatalRanks) == 0 {
+		return hellos, nil
+	}
+	var st status
+	if n.fatal != nil {
+		st = status{Flags: statusFatal, Reason: n.fatal.Error()}
+	}
+	all, err := n.exchangeStatus(st)
+	if err != nil {
+		return nil, err
+	}
+	if err := fatalOf(all); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("rank %d of %d failed without a reason", fatalRanks[0], n.size)
+}
+
+// exchangeStatus allgathers one status per rank.
+func (n *negotiation) exchangeStatus(st status) ([]status, error) {
+	raw, err := n.x.Allgather(st.encode())
+	if err != nil {
+		return nil, fmt.Errorf("exchange status: %w", err)
+	}
+	recs, err := splitRecords(raw, statusSize, n.size)
+	if err != nil {
+		return nil, fmt.Errorf("exchange status: %w", err)
+	}
+	all := make([]status, n.size)
+	for w, b := range recs {
+		if all[w], err = decodeStatus(b); err != nil {
+			return nil, fmt.Errorf("rank %d of %d: %w", w, n.size, err)
+		}
+	}
+	return all, nil
+}
+
+// fatalOf is the job's error when some ranks reported a fatal status: it names the first
+// and counts the others. Every rank computes the same message from the same statuses.
+func fatalOf(all []status) error {
+	var ranks []string
+	first := -1
+	for w, st := range all {
+		if st.fatal() {
+			if first < 0 {
+				first = w
+			} else {
+				ranks = append(ranks, fmt.Sprint(w))
+			}
+		}
+	}
+	if first < 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("rank %d of %d failed: %s", first, len(all), all[first].Reason)
+	if len(ranks) > 0 {
+		msg += fmt.Sprintf(" (also failed: rank %s)", strings.Join(ranks, ", "))
+	}
+	return errors.New(msg)
+}
+
+// failure is the status for a step that failed on this rank with err: the group falls back
+// to NET, unless err shows a corrupt region, which fails the job.
+func failure(err error) status {
+	st := status{Flags: statusFailed, Reason: err.Error()}
+	if errors.Is(err, ivshmem.ErrBadRef) || errors.Is(err, ivshmem.ErrInvalid) {
+		st.Flags |= statusFatal
+	}
+	return st
+}
+
+// plan forms the groups from the hellos. Ranks are visited in order, so each group's ranks are
+// ascending and its session is its leader's proposal. A rank alone with its region has no
+// use for it and unmaps it now.
+func (n *negotiation) plan(hellos []hello) {
+	n.byRank = make([]int, n.size)
+	n.vms = make([]uint32, n.size)
+	index := map[groupKey]int{}
+	for w, h := range hellos {
+		n.byRank[w] = -1
+		n.vms[w] = h.VMIndex
+		if !h.hasRegion() {
+			continue
+		}
+		k := groupKey{h.Host, h.JobHash}
+		gi, ok := index[k]
+		if !ok {
+			gi = len(n.groups)
+			index[k] = gi
+			n.groups = append(n.groups, &group{Group: Group{Host: h.Host, Session: h.Proposal, Generation: h.Generation}})
+		}
+		n.groups[gi].Ranks = append(n.groups[gi].Ranks, w)
+		n.byRank[w] = gi
+	}
+	for _, g := range n.groups {
+		g.live = len(g.Ranks) > 1
+		if !g.live {
+			g.Reason = fmt.Sprintf("no co-located peer: rank %d is the only rank with a region of host %s", g.leader(), g.Host)
+		}
+	}
+	if g := n.myGroup(); g != nil && !g.live {
+		n.m.close()
+	}
+}
+
+func (n *negotiation) myGroup() *group {
+	if n.byRank == nil || n.byRank[n.rank] < 0 {
+		return nil
+	}
+	return n.groups[n.byRank[n.rank]]
+}
+
+// step runs one protocol step: act on the members of live groups, allgather the outcomes,
+// commit the step in the groups where every member succeeded, tear down the others. A fatal
+// outcome anywhere tears down every live group and fails the job. It does nothing when no
+// group is live, a fact every rank agrees on.
+func (n *negotiation) step(name string, act func(*group) status, commit func(*group, []status)) error {
+	var active []*group
+	for _, g := range n.groups {
+		if g.live {
+			active = append(active, g)
+		}
+	}
+	if len(active) == 0 {
+		return nil
+	}
+	var mine status
+	if g := n.myGroup(); g != nil && g.live {
+		mine = act(g)
+	}
+	all, err := n.exchangeStatus(mine)
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	var failed []*group
+	for _, g := range active {
+		if w := firstFailed(g.Ranks, all); w >= 0 {
+			g.Reason = fmt.Sprintf("%s failed on rank %d: %s", name, w, all[w].Reason)
+			failed = append(failed, g)
+		} else if commit != nil {
+			commit(g, all)
+		}
+	}
+	if err := fatalOf(all); err != nil {
+		return errors.Join(err, n.teardown(active))
+	}
+	for _, g := range failed {
+		n.m.log.Info("group falls back to NET", zap.Int("leader", g.leader()), zap.String("reason", g.Reason))
+	}
+	return n.teardown(failed)
+}
+
+func firstFailed(ranks []int, all []status) int {
+	for _, w := range ranks {
+		if all[w].failed() {
+			return w
+		}
+	}
+	return -1
+}
+
+// teardown sends groups to NET: their members release their slots (and so their inbound
+// rings); then, once everyone has (a barrier, only when some group held its session), each
+// leader ends its group's session, which also wipes whatever a member failed to release.
+// Members unmap. A local release error is only logged: the group is on NET either way, and
+// failing this rank alone would break the rule that all ranks reach the same verdict. Only a
+// failed barrier (MPI itself broken) is returned.
+func (n *negotiation) teardown(gs []*group) error {
+	var mine *group
+	held := false
+	for _, g := range gs {
+		g.live = false
+		held = held || g.held
+		if g == n.myGroup() {
+			mine = g
+		}
+	}
+	if mine != nil {
+		if err := n.m.leave(); err != nil {
+			n.m.log.Warn("leaving the region after a fallback", zap.Error(err))
+		}
+	}
+	if held {
+		if err := n.x.Barrier(); err != nil {
+			return fmt.Errorf("barrier after releasing slots: %w", err)
+		}
+	}
+	if mine == nil {
+		return nil
+	}
+	if mine.held && mine.leader() == n.rank {
+		// Fails, as it should, when the last member out already ended the session (and another
+		// job instance may have claimed the region since).
+		if err := n.m.region.TakeOverSession(mine.Session, 0); err == nil {
+			n.m.log.Debug("ended the group's session", zap.String("session", fmt.Sprintf("%#x", mine.Session)))
+		}
+	}
+	if err := n.m.close(); err != nil {
+		n.m.log.Warn("unmapping the region after a fallback", zap.Error(err))
+	}
+	return nil
+}
+
+// claimSession: the leader makes its proposal the region's session, taking over a session
+// whose ranks are gone.
+func (n *negotiation) claimSession(g *group) status {
+	if g.leader() != n.rank {
+		return status{}
+	}
+	r := n.m.region
+	err := r.ClaimSession(g.Session)
+	if errors.Is(err, ivshmem.ErrSessionBusy) {
+		err = n.takeOverIfStale(g.Session)
+	}
+	if err != nil {
+		return failure(fmt.Errorf("claim region %s: %w", r.Source(), err))
+	}
+	n.m.log.Info("claimed region session", zap.String("session", fmt.Sprintf("%#x", g.Session)))
+	return status{}
+}
+
+func (n *negotiation) takeOverIfStale(id uint64) error {
+	r := n.m.region
+	old := r.Session()
+	if old == 0 { // ended since
+		return r.ClaimSession(id)
+	}
+	if !r.SessionStale(old, staleWait) {
+		return fmt.Errorf("%w: session %#x is alive (heartbeats within %v)", ivshmem.ErrSessionBusy, old, staleWait)
+	}
+	if err := r.TakeOverSession(old, id); err != nil {
+		return err
+	}
+	n.m.log.Warn("took over stale region session", zap.String("old", fmt.Sprintf("%#x", old)),
+		zap.String("session", fmt.Sprintf("%#x", id)))
+	return nil
+}
+
+// claimSlot: every member takes a slot in the group's session and starts beating it at once,
+// so that no newcomer mistakes the session for a dead one while the rings are being set up.
+func (n *negotiation) claimSlot(g *group) status {
+	r := n.m.region
+	if err := n.checkSession(g); err != nil {
+		return failure(err)
+	}
+	slot, err := r.ClaimSlot(ivshmem.SlotIdentity{Session: g.Session, VMIndex: n.vmIndex,
+		WorldRank: uint32(n.rank), WorldSize: uint32(n.size), PID: uint32(n.o.PID)})
+	if err != nil {
+		return failure(fmt.Errorf("claim slot in %s: %w", r.Source(), err))
+	}
+	n.m.join(g.Session, slot, n.vmIndex)
+	if err := n.checkSession(g); err != nil { // lost during the claim; teardown releases the slot
+		return failure(err)
+	}
+	n.m.log.Debug("claimed slot", zap.Uint32("slot", slot))
+	return status{Value: slot}
+}
+
+// checkSession verifies that the region's session is still the group's. It is not when
+// another job instance took the region over meanwhile, or when members of the group mapped
+// different files that claim the same host.
+func (n *negotiation) checkSession(g *group) error {
+	r := n.m.region
+	if s := r.Session(); s != g.Session {
+		return fmt.Errorf("region %s: session is %#x, not the group's %#x (taken over by another job instance, or not the same region as the leader's)",
+			r.Source(), s, g.Session)
+	}
+	return nil
+}
+
+// createRings: every member creates and publishes its inbound ring from each member, itself
+// included.
+func (n *negotiation) createRings(g *group) status {
+	for i, w := range g.Ranks {
+		if _, err := n.m.region.CreateRing(g.Session, g.slots[i], n.m.slot, 0); err != nil {
+			return failure(fmt.Errorf("inbound ring from rank %d: %w", w, err))
+		}
+	}
+	return status{}
+}
+
+// mapRings: every member looks up, validated, its outbound ring to each member and its own
+// inbound ring from it.
+func (n *negotiation) mapRings(g *group) status {
+	peers := make(map[int]Peer, len(g.Ranks))
+	for i, w := range g.Ranks {
+		tx, err := n.pairRing(g.Session, n.m.slot, g.slots[i])
+		if err != nil {
+			return failure(fmt.Errorf("outbound ring to rank %d: %w", w, err))
+		}
+		rx, err := n.pairRing(g.Session, g.slots[i], n.m.slot)
+		if err != nil {
+			return failure(fmt.Errorf("inbound ring from rank %d: %w", w, err))
+		}
+		peers[w] = Peer{Path: PathSHM, Slot: g.slots[i], TX: tx.Off, RX: rx.Off}
+	}
+	n.peers = peers
+	return status{}
+}
+
+// pairRing is Region.PairRing where a missing ring is corruption: its receiver reported it
+// created.
+func (n *negotiation) pairRing(session uint64, sender, receiver uint32) (ivshmem.Ring, error) {
+	ring, ok, err := n.m.region.PairRing(session, sender, receiver)
+	if err == nil && !ok {
+		err = fmt.Errorf("%w: ring %d->%d not published", ivshmem.ErrBadRef, sender, receiver)
+	}
+	return ring, err
+}
+
+// finish builds the path table and the attachment, and prints the verbose report.
+func (n *negotiation) finish() *Attachment {
+	t := PathTable{
+		Rank:    n.rank,
+		Size:    n.size,
+		Ranks:   make([]RankInfo, n.size),
+		Peers:   make([]Peer, n.size),
+		Mode:    ModePassThrough,
+		Group:   n.byRank[n.rank],
+		VMIndex: n.vmIndex,
+	}
+	for _, g := range n.groups {
+		if g.live {
+			g.Path = PathSHM
+		}
+		t.Groups = append(t.Groups, g.Group)
+		for i, w := range g.Ranks {
+			t.Ranks[w] = RankInfo{Region: true, Host: g.Host, Group: n.byRank[w], Slot: -1, VM: n.vms[w]}
+			if g.live {
+				t.Ranks[w].Slot = int(g.slots[i])
+			}
+		}
+	}
+	for w := range t.Ranks {
+		if n.byRank[w] < 0 {
+			t.Ranks[w] = RankInfo{Group: -1, Slot: -1, VM: ivshmem.NoVM}
+		}
+	}
+	a := &Attachment{verbose: n.cfg.Verbose, out: n.o.Stderr, log: n.m.log}
+	switch g := n.myGroup(); {
+	case g == nil:
+		t.Reason = n.noRegion
+	case !g.live:
+		t.Reason = g.Reason
+	default:
+		t.Mode = ModeSHM
+		for w, p := range n.peers {
+			t.Peers[w] = p
+		}
+		t.SelfSlot = n.m.slot
+		t.LocalRanks = len(g.Ranks)
+		t.Source = n.m.region.Source()
+		a.m = n.m
+		a.areas = map[uint64]struct{}{}
+	}
+	a.Table = t
+	n.m.log.Info("start done", zap.Stringer("mode", t.Mode), zap.String("reason", t.Reason),
+		zap.Int("local_ranks", t.LocalRanks), zap.Uint32("slot", t.SelfSlot))
+	if n.cfg.Verbose >= 1 && n.rank == 0 {
+		io.WriteString(n.o.Stderr, t.Report()+formatRDMA(n.o.RDMA))
+	}
+	if n.cfg.Verbose >= 2 {
+		io.WriteString(n.o.Stderr, t.SelfLine())
+	}
+	return a
+}
