@@ -1,0 +1,685 @@
+/* Collectives: an intra-host phase in the communicator's shared-memory area (coll.h), an
+ * inter-host phase among one leader per host through PMPI on a leaders' communicator, and an
+ * intra-host release. A communicator whose members all share one host never touches PMPI for
+ * data. Whatever the fast path does not cover (user ops, non-predefined reduction types,
+ * v-variants, data larger than the area, gather/scatter/alltoall across hosts) goes to the MPI
+ * library; every such decision depends only on arguments MPI requires to match on all ranks,
+ * so all members take the same path.
+ *
+ * Reduction order: contributions are combined in comm rank order within a host (every rank of
+ * a single-host communicator computes the same bits), then across hosts by the library's own
+ * MPI_Allreduce/MPI_Reduce over the leaders. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ivshim.h"
+#include "coll.h"
+
+static uint64_t area_size(int nl)
+{
+	return (uint64_t)(nl * 2 + 2) * sizeof(struct ivs_cline) + (uint64_t)nl * 2 * IVS_SLOT + 2ull * IVS_RES;
+}
+
+static struct ivs_cline *cline(struct ivs_coll *k, int i, uint64_t s)
+{
+	return (struct ivs_cline *)(k->area + (uint64_t)(i * 2 + (int)(s & 1)) * sizeof(struct ivs_cline));
+}
+
+static struct ivs_cline *rline(struct ivs_coll *k, uint64_t s)
+{
+	return cline(k, k->nl, s);
+}
+
+static uint8_t *slot(struct ivs_coll *k, int i, uint64_t s)
+{
+	return k->area + (uint64_t)(k->nl * 2 + 2) * sizeof(struct ivs_cline) + (uint64_t)(i * 2 + (int)(s & 1)) * IVS_SLOT;
+}
+
+static uint8_t *resbuf(struct ivs_coll *k, uint64_t s)
+{
+	return k->area + (uint64_t)(k->nl * 2 + 2) * sizeof(struct ivs_cline) + (uint64_t)k->nl * 2 * IVS_SLOT + (s & 1) * IVS_RES;
+}
+
+/* Where member i's data of n bytes for op s lives: its line, or its slot if larger. */
+static uint8_t *data_of(struct ivs_coll *k, int i, uint64_t s, uint64_t n)
+{
+	return n <= IVS_INLINE ? cline(k, i, s)->data : slot(k, i, s);
+}
+
+static uint8_t *result_of(struct ivs_coll *k, uint64_t s, uint64_t n)
+{
+	return n <= IVS_INLINE ? rline(k, s)->data : resbuf(k, s);
+}
+
+static void publish(struct ivs_cline *l, uint64_t s)
+{
+	__atomic_store_n(&l->seq, s, __ATOMIC_RELEASE);
+}
+
+/* Wait until line l carries op s, keeping the rings drained meanwhile (a co-located peer
+ * blocked sending to us must get to this collective too). */
+static void await(struct ivs_cline *l, uint64_t s)
+{
+	unsigned spins = 0;
+	uint64_t v;
+	while ((v = __atomic_load_n(&l->seq, __ATOMIC_ACQUIRE)) != s) {
+		if (v > s && v - s < (1ull << 62))
+			ivs_fatal("collective area: a peer claims op %lu while this rank is at %lu", (unsigned long)v, (unsigned long)s);
+		if (!ivs_progress())
+			ivs_wait_pause(&spins);
+	}
+}
+
+static void await_all(struct ivs_coll *k, uint64_t s)
+{
+	for (int i = 0; i < k->nl; i++)
+		if (i != k->li)
+			await(cline(k, i, s), s);
+}
+
+/* Before overwriting parity s&1: every co-located member has published s-1. */
+static void await_reuse(struct ivs_coll *k, uint64_t s)
+{
+	if (s < 2)
+		return;
+	for (int i = 0; i < k->nl; i++) {
+		if (i == k->li)
+			continue;
+		struct ivs_cline *l = cline(k, i, s - 1);
+		unsigned spins = 0;
+		while (__atomic_load_n(&l->seq, __ATOMIC_ACQUIRE) < s - 1)
+			if (!ivs_progress())
+				ivs_wait_pause(&spins);
+	}
+}
+
+static int net_complete(int rc, MPI_Request *req)
+{
+	return rc == MPI_SUCCESS ? ivs_net_wait(req, MPI_STATUS_IGNORE) : rc;
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+	return *(const int *)a - *(const int *)b;
+}
+
+/* ---- per-communicator set-up (collective, at the first collective on the communicator) ---- */
+
+struct coll_info {
+	int64_t host_key; /* world rank of the lowest co-located world rank: names the host */
+	int64_t ok;       /* this rank's host has its area (or needs none) */
+	int64_t area;     /* leader: region offset of the area */
+};
+
+static void coll_free(struct ivs_coll *k)
+{
+	free(k->lranks);
+	free(k->host_of);
+	free(k->host_first);
+	free(k->pos);
+	free(k);
+}
+
+static struct ivs_coll *coll_setup(struct ivs_comm *c)
+{
+	struct ivs_coll *k = calloc(1, sizeof *k);
+	struct coll_info *all = malloc(sizeof *all * (size_t)c->size);
+	if (!k || !all)
+		ivs_fatal("out of memory");
+	k->lcomm = MPI_COMM_NULL;
+	k->lranks = malloc(sizeof(int) * (size_t)(ivs.nlocal + 1));
+	k->host_of = malloc(sizeof(int) * (size_t)c->size);
+	k->host_first = calloc((size_t)c->size + 1, sizeof(int));
+	k->pos = malloc(sizeof(int) * (size_t)c->size);
+	if (!k->lranks || !k->host_of || !k->host_first || !k->pos)
+		ivs_fatal("out of memory");
+	for (int i = 0; i < ivs.nlocal; i++)
+		if (c->by_local[i] >= 0)
+			k->lranks[k->nl++] = c->by_local[i];
+	if (k->nl == 0)
+		k->lranks[k->nl++] = c->rank;
+	qsort(k->lranks, (size_t)k->nl, sizeof(int), cmp_int);
+	for (int i = 0; i < k->nl; i++)
+		if (k->lranks[i] == c->rank)
+			k->li = i;
+	struct coll_info me = {.host_key = c->world[k->lranks[0]], .ok = 1, .area = 0};
+	char err[256] = "";
+	if (k->nl > 1 && k->li == 0) {
+		uint64_t off = ivs.ctl_alloc(area_size(k->nl), err, sizeof err);
+		me.ok = off != 0;
+		me.area = (int64_t)off;
+		if (!off && ivs.verbose)
+			fprintf(stderr, "ivshim: rank %d: no collective area (%s): collectives use the library\n", ivs.world_rank, err);
+	}
+	MPI_Request req;
+	int rc = net_complete(PMPI_Iallgather(&me, sizeof me, MPI_BYTE, all, sizeof me, MPI_BYTE, c->handle, &req), &req);
+	if (rc != MPI_SUCCESS)
+		ivs_fatal("collective set-up exchange failed (%d)", rc);
+	k->usable = 1;
+	int nh = 0;
+	int64_t *keys = malloc(sizeof(int64_t) * (size_t)c->size);
+	int *count = calloc((size_t)c->size, sizeof(int));
+	if (!keys || !count)
+		ivs_fatal("out of memory");
+	for (int r = 0; r < c->size; r++) {
+		k->usable &= all[r].ok != 0;
+		int h = 0;
+		while (h < nh && keys[h] != all[r].host_key)
+			h++;
+		if (h == nh)
+			keys[nh++] = all[r].host_key;
+		k->host_of[r] = h;
+		count[h]++;
+	}
+	k->nhosts = nh;
+	k->myhost = k->host_of[c->rank];
+	for (int h = 0; h < nh; h++)
+		k->host_first[h + 1] = k->host_first[h] + count[h];
+	memset(count, 0, sizeof(int) * (size_t)c->size);
+	for (int r = 0; r < c->size; r++)
+		k->pos[r] = k->host_first[k->host_of[r]] + count[k->host_of[r]]++;
+	if (count[k->myhost] != k->nl)
+		ivs_fatal("collective set-up: %d co-located members here, %d by the exchange", k->nl, count[k->myhost]);
+	free(keys);
+	free(count);
+	uint64_t off = (uint64_t)all[k->lranks[0]].area;
+	free(all);
+	if (k->usable) {
+		if (k->nl == 1) {
+			k->area = calloc(1, area_size(1));
+			if (!k->area)
+				ivs_fatal("out of memory");
+		} else {
+			if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size || area_size(k->nl) > ivs.size - off)
+				ivs_fatal("collective area offset %#lx from the leader lies outside the region", (unsigned long)off);
+			k->area = ivs.base + off;
+			k->area_off = off;
+		}
+		if (nh > 1 && PMPI_Comm_split(c->handle, k->li == 0 ? 0 : MPI_UNDEFINED, k->myhost, &k->lcomm) != MPI_SUCCESS)
+			ivs_fatal("cannot create the leaders' communicator");
+	} else if (me.area) {
+		ivs.ctl_free((uint64_t)me.area, err, sizeof err);
+	}
+	return k;
+}
+
+static struct ivs_coll *coll_of(struct ivs_comm *c)
+{
+	if (IVS_UNLIKELY(!c->coll))
+		c->coll = coll_setup(c);
+	return c->coll->usable ? c->coll : NULL;
+}
+
+/* MPI_Comm_free of c: every co-located member announces it has left the area before the
+ * leader returns it to the region, so nobody still reads a reused area. */
+void ivs_coll_forget(struct ivs_comm *c)
+{
+	struct ivs_coll *k = c->coll;
+	if (!k)
+		return;
+	if (k->usable) {
+		uint64_t s = ++k->seq;
+		publish(cline(k, k->li, s), s);
+		if (k->li == 0)
+			await_all(k, s);
+		if (k->nl == 1) {
+			free(k->area);
+		} else if (k->li == 0) {
+			char err[256];
+			if (ivs.ctl_free(k->area_off, err, sizeof err) != 0 && ivs.verbose)
+				fprintf(stderr, "ivshim: rank %d: free collective area: %s\n", ivs.world_rank, err);
+		}
+		if (k->lcomm != MPI_COMM_NULL)
+			PMPI_Comm_free(&k->lcomm);
+	}
+	coll_free(k);
+	c->coll = NULL;
+}
+
+/* The record of comm if its collectives take the shared-memory path. */
+static struct ivs_comm *coll_comm(MPI_Comm comm, struct ivs_coll **k)
+{
+	if (IVS_LIKELY(!ivs.job_active))
+		return NULL;
+	struct ivs_comm *c = ivs_comm_get(comm);
+	if (!c || !(*k = coll_of(c)))
+		return NULL;
+	ivs.stats.collectives_shm++;
+	return c;
+}
+
+/* ---- barrier ---- */
+
+static int barrier(struct ivs_coll *k)
+{
+	uint64_t s = ++k->seq;
+	publish(cline(k, k->li, s), s);
+	if (k->nhosts == 1) {
+		await_all(k, s);
+		return MPI_SUCCESS;
+	}
+	if (k->li == 0) {
+		await_all(k, s);
+		MPI_Request req;
+		int rc = net_complete(PMPI_Ibarrier(k->lcomm, &req), &req);
+		publish(rline(k, s), s);
+		return rc;
+	}
+	await(rline(k, s), s);
+	return MPI_SUCCESS;
+}
+
+/* ---- broadcast of contiguous bytes, in area-sized pieces ---- */
+
+static int bcast_bytes(struct ivs_coll *k, struct ivs_comm *c, uint8_t *data, uint64_t n, int root)
+{
+	int root_host = k->host_of[root];
+	int root_li = -1;
+	for (int i = 0; i < k->nl; i++)
+		if (k->lranks[i] == root)
+			root_li = i;
+	uint64_t off = 0;
+	do {
+		uint64_t len = n - off < IVS_SLOT ? n - off : IVS_SLOT;
+		uint64_t s = ++k->seq;
+		int src_li = root_li >= 0 ? root_li : 0; /* whose area this host copies from */
+		if (k->li == src_li) {
+			if (root_li < 0) { /* leader of another host: data comes from the leaders' bcast */
+				MPI_Request req;
+				int rc = net_complete(PMPI_Ibcast(data + off, (int)len, MPI_BYTE, root_host, k->lcomm, &req), &req);
+				if (rc != MPI_SUCCESS)
+					return rc;
+			}
+			await_reuse(k, s);
+			memcpy(data_of(k, k->li, s, len), data + off, len);
+			publish(cline(k, k->li, s), s);
+			if (root_li >= 0 && k->li == 0 && k->nhosts > 1) {
+				MPI_Request req;
+				int rc = net_complete(PMPI_Ibcast(data + off, (int)len, MPI_BYTE, root_host, k->lcomm, &req), &req);
+				if (rc != MPI_SUCCESS)
+					return rc;
+			}
+		} else {
+			publish(cline(k, k->li, s), s);
+			await(cline(k, src_li, s), s);
+			memcpy(data + off, data_of(k, src_li, s, len), len);
+			if (k->li == 0 && k->nhosts > 1) { /* leader of the root's host, not the root */
+				MPI_Request req;
+				int rc = net_complete(PMPI_Ibcast(data + off, (int)len, MPI_BYTE, root_host, k->lcomm, &req), &req);
+				if (rc != MPI_SUCCESS)
+					return rc;
+			}
+		}
+		off += len;
+	} while (off < n);
+	(void)c;
+	return MPI_SUCCESS;
+}
+
+/* ---- reductions ---- */
+
+static int predefined_op(MPI_Op op)
+{
+	return op == MPI_SUM || op == MPI_PROD || op == MPI_MAX || op == MPI_MIN || op == MPI_LAND || op == MPI_LOR ||
+	       op == MPI_LXOR || op == MPI_BAND || op == MPI_BOR || op == MPI_BXOR || op == MPI_MAXLOC || op == MPI_MINLOC;
+}
+
+struct red {
+	uint64_t span, extent;
+	ptrdiff_t lb;
+};
+
+/* Whether (count, dt, op) reduces on the fast path; the same answer on every rank. */
+static int reducible(int count, MPI_Datatype dt, MPI_Op op, struct red *r)
+{
+	return predefined_op(op) && ivs_dt_span(dt, count, &r->span, &r->lb, &r->extent) && r->extent <= IVS_SLOT;
+}
+
+/* Combine the co-located contributions of op s into acc (elements cnt of dt), in local order. */
+static int reduce_local(struct ivs_coll *k, uint64_t s, uint64_t span, uint8_t *acc, int cnt, MPI_Datatype dt, MPI_Op op)
+{
+	memcpy(acc, data_of(k, 0, s, span), span);
+	for (int i = 1; i < k->nl; i++) {
+		int rc = PMPI_Reduce_local(data_of(k, i, s, span), acc, cnt, dt, op);
+		if (rc != MPI_SUCCESS)
+			return rc;
+	}
+	return MPI_SUCCESS;
+}
+
+/* One piece of an allreduce (root < 0) or reduce: cnt elements at sb -> rb. */
+static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *sb, uint8_t *rb, int cnt, uint64_t span,
+                        MPI_Datatype dt, MPI_Op op, int root)
+{
+	uint64_t s = ++k->seq;
+	await_reuse(k, s);
+	memcpy(data_of(k, k->li, s, span), sb, span);
+	publish(cline(k, k->li, s), s);
+	int rc = MPI_SUCCESS;
+	if (k->nhosts == 1) {
+		if (root < 0 || root == c->rank) {
+			await_all(k, s);
+			rc = reduce_local(k, s, span, rb, cnt, dt, op);
+		}
+		return rc;
+	}
+	int root_host = root < 0 ? -1 : k->host_of[root];
+	if (k->li == 0) {
+		uint8_t *acc = malloc(span ? span : 1);
+		if (!acc)
+			return MPI_ERR_NO_MEM;
+		await_all(k, s);
+		rc = reduce_local(k, s, span, acc, cnt, dt, op);
+		MPI_Request req;
+		if (rc == MPI_SUCCESS && root < 0)
+			rc = net_complete(PMPI_Iallreduce(MPI_IN_PLACE, acc, cnt, dt, op, k->lcomm, &req), &req);
+		else if (rc == MPI_SUCCESS)
+			rc = net_complete(PMPI_Ireduce(k->myhost == root_host ? MPI_IN_PLACE : acc, acc, cnt, dt, op, root_host, k->lcomm, &req), &req);
+		if (rc == MPI_SUCCESS && (root < 0 || k->myhost == root_host)) {
+			if (root < 0 || root == c->rank)
+				memcpy(rb, acc, span);
+			if (root < 0 || root != c->rank) {
+				memcpy(result_of(k, s, span), acc, span);
+				publish(rline(k, s), s);
+			}
+		}
+		free(acc);
+		return rc;
+	}
+	if (root < 0 || root == c->rank) {
+		await(rline(k, s), s);
+		memcpy(rb, result_of(k, s, span), span);
+	}
+	return MPI_SUCCESS;
+}
+
+static int reduce_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbuf, void *rbuf, int count,
+                         MPI_Datatype dt, MPI_Op op, int root, const struct red *r)
+{
+	int per = (int)(IVS_SLOT / r->extent);
+	if (per < 1)
+		per = 1;
+	int done = 0;
+	do {
+		int cnt = count - done < per ? count - done : per;
+		uint64_t span = cnt ? (uint64_t)(cnt - 1) * r->extent + (r->span - (uint64_t)(count - 1) * r->extent) : 0;
+		const uint8_t *sb = (const uint8_t *)sbuf + r->lb + (ptrdiff_t)((uint64_t)done * r->extent);
+		uint8_t *rb = rbuf ? (uint8_t *)rbuf + r->lb + (ptrdiff_t)((uint64_t)done * r->extent) : NULL;
+		int rc = reduce_piece(k, c, sb, rb, cnt, span, dt, op, root);
+		if (rc != MPI_SUCCESS)
+			return rc;
+		done += cnt;
+	} while (done < count);
+	return MPI_SUCCESS;
+}
+
+/* ---- gathers ---- */
+
+/* Allgather of n bytes per rank: mine at blk, everyone's into out (comm rank order). */
+static int allgather_bytes(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *blk, uint8_t *out, uint64_t n)
+{
+	uint64_t s = ++k->seq;
+	await_reuse(k, s);
+	memcpy(data_of(k, k->li, s, n), blk, n);
+	publish(cline(k, k->li, s), s);
+	if (k->nhosts == 1) {
+		await_all(k, s);
+		for (int i = 0; i < k->nl; i++)
+			memcpy(out + (uint64_t)k->lranks[i] * n, data_of(k, i, s, n), n);
+		return MPI_SUCCESS;
+	}
+	uint8_t *res = result_of(k, s, n * (uint64_t)c->size);
+	if (k->li == 0) {
+		await_all(k, s);
+		int *counts = malloc(sizeof(int) * 2 * (size_t)k->nhosts);
+		uint8_t *mine = malloc(n * (uint64_t)k->nl + 1);
+		if (!counts || !mine)
+			return MPI_ERR_NO_MEM;
+		for (int i = 0; i < k->nl; i++)
+			memcpy(mine + (uint64_t)i * n, data_of(k, i, s, n), n);
+		for (int h = 0; h < k->nhosts; h++) {
+			counts[h] = (k->host_first[h + 1] - k->host_first[h]) * (int)n;
+			counts[k->nhosts + h] = k->host_first[h] * (int)n;
+		}
+		MPI_Request req;
+		int rc = net_complete(PMPI_Iallgatherv(mine, k->nl * (int)n, MPI_BYTE, res, counts, counts + k->nhosts,
+		                                       MPI_BYTE, k->lcomm, &req), &req);
+		free(counts);
+		free(mine);
+		if (rc != MPI_SUCCESS)
+			return rc;
+		publish(rline(k, s), s);
+	} else {
+		await(rline(k, s), s);
+	}
+	for (int r = 0; r < c->size; r++)
+		memcpy(out + (uint64_t)r * n, res + (uint64_t)k->pos[r] * n, n);
+	return MPI_SUCCESS;
+}
+
+/* ---- the library's path, without starving the rings ---- */
+
+#define NET_COLL(blocking, nonblocking)                                  \
+	do {                                                                 \
+		ivs.stats.collectives_net += ivs.job_active;                     \
+		if (!ivs_busy())                                                 \
+			return blocking;                                             \
+		MPI_Request req_;                                                \
+		return net_complete(nonblocking, &req_);                         \
+	} while (0)
+
+/* ---- interposers ---- */
+
+int MPI_Barrier(MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	if (coll_comm(comm, &k))
+		return barrier(k);
+	NET_COLL(PMPI_Barrier(comm), PMPI_Ibarrier(comm, &req_));
+}
+
+int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = coll_comm(comm, &k);
+	uint64_t n = ivs_dt_bytes(dt, count), bytes;
+	ptrdiff_t lb;
+	if (!c || root < 0 || root >= c->size)
+		NET_COLL(PMPI_Bcast(buf, count, dt, root, comm), PMPI_Ibcast(buf, count, dt, root, comm, &req_));
+	if (ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n)
+		return bcast_bytes(k, c, (uint8_t *)buf + lb, n, root);
+	uint8_t *tmp = malloc(n ? n : 1);
+	if (!tmp)
+		return MPI_ERR_NO_MEM;
+	int rc = c->rank == root ? ivs_dt_pack(buf, count, dt, tmp, n, comm) : MPI_SUCCESS;
+	if (rc == MPI_SUCCESS)
+		rc = bcast_bytes(k, c, tmp, n, root);
+	if (rc == MPI_SUCCESS && c->rank != root)
+		rc = ivs_dt_unpack(tmp, n, buf, count, dt, comm);
+	free(tmp);
+	return rc;
+}
+
+int MPI_Allreduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = coll_comm(comm, &k);
+	struct red r;
+	if (!c || !reducible(count, dt, op, &r))
+		NET_COLL(PMPI_Allreduce(sbuf, rbuf, count, dt, op, comm), PMPI_Iallreduce(sbuf, rbuf, count, dt, op, comm, &req_));
+	if (count == 0)
+		return MPI_SUCCESS;
+	return reduce_common(k, c, sbuf == MPI_IN_PLACE ? rbuf : sbuf, rbuf, count, dt, op, -1, &r);
+}
+
+int MPI_Reduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_Op op, int root, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = coll_comm(comm, &k);
+	struct red r;
+	if (!c || root < 0 || root >= c->size || !reducible(count, dt, op, &r))
+		NET_COLL(PMPI_Reduce(sbuf, rbuf, count, dt, op, root, comm), PMPI_Ireduce(sbuf, rbuf, count, dt, op, root, comm, &req_));
+	if (count == 0)
+		return MPI_SUCCESS;
+	if (sbuf == MPI_IN_PLACE)
+		sbuf = rbuf;
+	return reduce_common(k, c, sbuf, c->rank == root ? rbuf : NULL, count, dt, op, root, &r);
+}
+
+/* Reduce_scatter variants: a hierarchical allreduce of the whole vector, then each rank keeps
+ * its block. */
+static int reduce_scatter_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbuf, void *rbuf, const int *counts,
+                                 int block, MPI_Datatype dt, MPI_Op op)
+{
+	int total = 0, mine = 0;
+	for (int i = 0; i < c->size; i++) {
+		int n = counts ? counts[i] : block;
+		if (i < c->rank)
+			mine += n;
+		total += n;
+	}
+	struct red r;
+	reducible(total, dt, op, &r);
+	uint8_t *tmp = malloc(r.span ? r.span : 1);
+	if (!tmp)
+		return MPI_ERR_NO_MEM;
+	const void *src = sbuf == MPI_IN_PLACE ? rbuf : sbuf;
+	int rc = total ? reduce_common(k, c, src, tmp - r.lb, total, dt, op, -1, &r) : MPI_SUCCESS;
+	int my = counts ? counts[c->rank] : block;
+	if (rc == MPI_SUCCESS && my > 0) {
+		uint64_t n = (uint64_t)(my - 1) * r.extent + (r.span - (uint64_t)(total - 1) * r.extent);
+		memcpy((uint8_t *)rbuf + r.lb, tmp + (uint64_t)mine * r.extent, n);
+	}
+	free(tmp);
+	return rc;
+}
+
+int MPI_Reduce_scatter_block(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = coll_comm(comm, &k);
+	struct red r;
+	if (!c || !reducible(count, dt, op, &r))
+		NET_COLL(PMPI_Reduce_scatter_block(sbuf, rbuf, count, dt, op, comm),
+		         PMPI_Ireduce_scatter_block(sbuf, rbuf, count, dt, op, comm, &req_));
+	return reduce_scatter_common(k, c, sbuf, rbuf, NULL, count, dt, op);
+}
+
+int MPI_Reduce_scatter(const void *sbuf, void *rbuf, const int counts[], MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = coll_comm(comm, &k);
+	struct red r;
+	if (!c || !reducible(1, dt, op, &r))
+		NET_COLL(PMPI_Reduce_scatter(sbuf, rbuf, counts, dt, op, comm),
+		         PMPI_Ireduce_scatter(sbuf, rbuf, counts, dt, op, comm, &req_));
+	return reduce_scatter_common(k, c, sbuf, rbuf, counts, 0, dt, op);
+}
+
+int MPI_Allgather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = coll_comm(comm, &k);
+	uint64_t n = ivs_dt_bytes(rdt, rcount);
+	if (!c || n > IVS_SLOT || n * (uint64_t)c->size > IVS_RES)
+		NET_COLL(PMPI_Allgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
+		         PMPI_Iallgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
+	MPI_Aint lb, ext;
+	PMPI_Type_get_extent(rdt, &lb, &ext);
+	uint8_t *blk = malloc(n + 1), *all = malloc(n * (uint64_t)c->size + 1);
+	int rc = blk && all ? MPI_SUCCESS : MPI_ERR_NO_MEM;
+	if (rc == MPI_SUCCESS)
+		rc = sbuf == MPI_IN_PLACE ? ivs_dt_pack((uint8_t *)rbuf + (ptrdiff_t)c->rank * rcount * ext, rcount, rdt, blk, n, comm)
+		                          : ivs_dt_pack(sbuf, scount, sdt, blk, n, comm);
+	if (rc == MPI_SUCCESS)
+		rc = allgather_bytes(k, c, blk, all, n);
+	if (rc == MPI_SUCCESS)
+		rc = ivs_dt_unpack(all, n * (uint64_t)c->size, rbuf, rcount * c->size, rdt, comm);
+	free(blk);
+	free(all);
+	return rc;
+}
+
+/* Single-host gather: every member publishes its block; the root collects. */
+int MPI_Gather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, int root, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = coll_comm(comm, &k);
+	uint64_t n = ivs_dt_bytes(sdt, scount);
+	if (c && root >= 0 && root < c->size && c->rank == root && sbuf == MPI_IN_PLACE)
+		n = ivs_dt_bytes(rdt, rcount);
+	if (!c || k->nhosts > 1 || root < 0 || root >= c->size || n > IVS_SLOT)
+		NET_COLL(PMPI_Gather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
+		         PMPI_Igather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
+	uint64_t s = ++k->seq;
+	int rc = MPI_SUCCESS;
+	if (sbuf != MPI_IN_PLACE) {
+		await_reuse(k, s);
+		rc = ivs_dt_pack(sbuf, scount, sdt, data_of(k, k->li, s, n), n, comm);
+	}
+	publish(cline(k, k->li, s), s);
+	if (c->rank != root || rc != MPI_SUCCESS)
+		return rc;
+	MPI_Aint lb, ext;
+	PMPI_Type_get_extent(rdt, &lb, &ext);
+	await_all(k, s);
+	for (int i = 0; i < k->nl && rc == MPI_SUCCESS; i++)
+		if (i != k->li || sbuf != MPI_IN_PLACE)
+			rc = ivs_dt_unpack(data_of(k, i, s, n), n, (uint8_t *)rbuf + (ptrdiff_t)k->lranks[i] * rcount * ext, rcount, rdt, comm);
+	return rc;
+}
+
+/* Single-host scatter: the root publishes all blocks; each member takes its own. */
+int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, int root, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = coll_comm(comm, &k);
+	uint64_t n = ivs_dt_bytes(rdt, rcount);
+	if (c && root >= 0 && root < c->size && c->rank == root && rbuf == MPI_IN_PLACE)
+		n = ivs_dt_bytes(sdt, scount);
+	if (!c || k->nhosts > 1 || root < 0 || root >= c->size || n * (uint64_t)c->size > IVS_SLOT)
+		NET_COLL(PMPI_Scatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
+		         PMPI_Iscatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
+	uint64_t s = ++k->seq;
+	int root_li = 0;
+	for (int i = 0; i < k->nl; i++)
+		if (k->lranks[i] == root)
+			root_li = i;
+	int rc = MPI_SUCCESS;
+	if (c->rank == root) {
+		await_reuse(k, s);
+		rc = ivs_dt_pack(sbuf, scount * c->size, sdt, data_of(k, k->li, s, n * (uint64_t)c->size), n * (uint64_t)c->size, comm);
+		publish(cline(k, k->li, s), s);
+		if (rc == MPI_SUCCESS && rbuf != MPI_IN_PLACE)
+			rc = ivs_dt_unpack(data_of(k, k->li, s, n * (uint64_t)c->size) + (uint64_t)root * n, n, rbuf, rcount, rdt, comm);
+		return rc;
+	}
+	publish(cline(k, k->li, s), s);
+	await(cline(k, root_li, s), s);
+	return ivs_dt_unpack(data_of(k, root_li, s, n * (uint64_t)c->size) + (uint64_t)c->rank * n, n, rbuf, rcount, rdt, comm);
+}
+
+/* Single-host alltoall: each member publishes its whole send buffer, then reads its block from
+ * every member's. */
+int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = coll_comm(comm, &k);
+	uint64_t n = ivs_dt_bytes(rdt, rcount);
+	if (!c || k->nhosts > 1 || n * (uint64_t)c->size > IVS_SLOT)
+		NET_COLL(PMPI_Alltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
+		         PMPI_Ialltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
+	uint64_t s = ++k->seq, all = n * (uint64_t)c->size;
+	await_reuse(k, s);
+	uint8_t *mine = data_of(k, k->li, s, all);
+	int rc = sbuf == MPI_IN_PLACE ? ivs_dt_pack(rbuf, rcount * c->size, rdt, mine, all, comm)
+	                              : ivs_dt_pack(sbuf, scount * c->size, sdt, mine, all, comm);
+	publish(cline(k, k->li, s), s);
+	await_all(k, s);
+	MPI_Aint lb, ext;
+	PMPI_Type_get_extent(rdt, &lb, &ext);
+	for (int i = 0; i < k->nl && rc == MPI_SUCCESS; i++)
+		rc = ivs_dt_unpack(data_of(k, i, s, all) + (uint64_t)c->rank * n, n,
+		                   (uint8_t *)rbuf + (ptrdiff_t)k->lranks[i] * rcount * ext, rcount, rdt, comm);
+	return rc;
+}

@@ -1,0 +1,194 @@
+/* Communicators the shim knows: every intracommunicator created while the job uses shared
+ * memory gets a context id agreed among its members (one PMPI_Allreduce at creation) and a map
+ * from its ranks to world ranks and co-located peers. Communicators the shim does not know
+ * (intercommunicators, MPI_Comm_idup, spawned ones) are passed to the library untouched, the
+ * same decision on every member. */
+#include <stdlib.h>
+#include "ivshim.h"
+
+#define COMM_BUCKETS 256
+
+static struct ivs_comm *table[COMM_BUCKETS];
+static struct ivs_comm *world_cache;
+
+static unsigned bucket(MPI_Comm c)
+{
+	uintptr_t k = IVS_HANDLE_KEY(c);
+	return (unsigned)((k >> 4) ^ (k >> 12) ^ k) % COMM_BUCKETS;
+}
+
+/* The shim's record of c, or NULL if no member of c has a co-located peer in it. */
+struct ivs_comm *ivs_comm_get(MPI_Comm c)
+{
+	if (IVS_LIKELY(world_cache && world_cache->handle == c))
+		return world_cache;
+	for (struct ivs_comm *e = table[bucket(c)]; e; e = e->next)
+		if (e->handle == c)
+			return e;
+	return NULL;
+}
+
+static void comm_drop(struct ivs_comm *e)
+{
+	free(e->world);
+	free(e->by_local);
+	free(e);
+}
+
+void ivs_comm_forget(MPI_Comm c)
+{
+	struct ivs_comm **pp = &table[bucket(c)];
+	for (; *pp; pp = &(*pp)->next) {
+		if ((*pp)->handle == c) {
+			struct ivs_comm *e = *pp;
+			*pp = e->next;
+			if (e == world_cache)
+				world_cache = NULL;
+			ivs_coll_forget(e);
+			comm_drop(e);
+			return;
+		}
+	}
+}
+
+/* Build the shim's view of intracommunicator c (NULL for an intercommunicator). */
+static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
+{
+	int inter = 0, size, rank;
+	*rc = PMPI_Comm_test_inter(c, &inter);
+	if (*rc != MPI_SUCCESS || inter)
+		return NULL;
+	PMPI_Comm_size(c, &size);
+	PMPI_Comm_rank(c, &rank);
+	struct ivs_comm *e = calloc(1, sizeof *e);
+	int *ranks = malloc(sizeof(int) * (size_t)size);
+	if (e) {
+		e->world = malloc(sizeof(int) * (size_t)size);
+		e->by_local = malloc(sizeof(int) * (size_t)(ivs.nlocal ? ivs.nlocal : 1));
+	}
+	if (!e || !ranks || !e->world || !e->by_local) {
+		free(ranks);
+		if (e)
+			comm_drop(e);
+		*rc = MPI_ERR_NO_MEM;
+		return NULL;
+	}
+	MPI_Group g, wg;
+	PMPI_Comm_group(c, &g);
+	PMPI_Comm_group(MPI_COMM_WORLD, &wg);
+	for (int i = 0; i < size; i++)
+		ranks[i] = i;
+	*rc = PMPI_Group_translate_ranks(g, size, ranks, wg, e->world);
+	PMPI_Group_free(&g);
+	PMPI_Group_free(&wg);
+	free(ranks);
+	if (*rc != MPI_SUCCESS) {
+		comm_drop(e);
+		return NULL;
+	}
+	for (int i = 0; i < ivs.nlocal; i++)
+		e->by_local[i] = -1;
+	for (int i = 0; i < size; i++) {
+		struct ivs_peer *p = e->world[i] >= 0 ? ivs.peers[e->world[i]] : NULL;
+		if (p) {
+			e->by_local[p->local] = i;
+			e->nshm++;
+		} else {
+			e->has_net = 1;
+		}
+	}
+	e->handle = c;
+	e->rank = rank;
+	e->size = size;
+	return e;
+}
+
+/* Agree among c's members on a context id (the largest next id among them, unused by every
+ * member) and on whether any member has a co-located peer in c; then record c if so. Every
+ * member takes the same decision, so collectives on c run the same algorithm everywhere. */
+static int comm_agree(MPI_Comm c, int is_world)
+{
+	int rc;
+	struct ivs_comm *e = comm_build(c, &rc);
+	if (!e)
+		return rc;
+	unsigned mine[2] = {is_world ? 0 : ivs.next_ctx, e->nshm >= 2}, agreed[2] = {0, 0};
+	MPI_Request req;
+	rc = PMPI_Iallreduce(mine, agreed, 2, MPI_UNSIGNED, MPI_MAX, c, &req);
+	if (rc == MPI_SUCCESS)
+		rc = ivs_net_wait(&req, MPI_STATUS_IGNORE);
+	if (rc != MPI_SUCCESS || !agreed[1]) {
+		comm_drop(e);
+		return rc;
+	}
+	if (!is_world)
+		ivs.next_ctx = agreed[0] + 1;
+	e->ctx = agreed[0];
+	e->p2p = e->nshm >= 2;
+	unsigned b = bucket(c);
+	e->next = table[b];
+	table[b] = e;
+	if (is_world)
+		world_cache = e;
+	return MPI_SUCCESS;
+}
+
+static int comm_created(MPI_Comm *newcomm, int rc)
+{
+	if (rc != MPI_SUCCESS || !ivs.job_active || *newcomm == MPI_COMM_NULL)
+		return rc;
+	return comm_agree(*newcomm, 0);
+}
+
+int ivs_comm_world_init(void)
+{
+	ivs.next_ctx = 2; /* 0: MPI_COMM_WORLD, 1: reserved for MPI_COMM_SELF */
+	return comm_agree(MPI_COMM_WORLD, 1);
+}
+
+int MPI_Comm_dup(MPI_Comm c, MPI_Comm *n) { return comm_created(n, PMPI_Comm_dup(c, n)); }
+int MPI_Comm_dup_with_info(MPI_Comm c, MPI_Info i, MPI_Comm *n) { return comm_created(n, PMPI_Comm_dup_with_info(c, i, n)); }
+int MPI_Comm_split(MPI_Comm c, int color, int key, MPI_Comm *n) { return comm_created(n, PMPI_Comm_split(c, color, key, n)); }
+int MPI_Comm_split_type(MPI_Comm c, int type, int key, MPI_Info i, MPI_Comm *n) { return comm_created(n, PMPI_Comm_split_type(c, type, key, i, n)); }
+int MPI_Comm_create(MPI_Comm c, MPI_Group g, MPI_Comm *n) { return comm_created(n, PMPI_Comm_create(c, g, n)); }
+int MPI_Comm_create_group(MPI_Comm c, MPI_Group g, int tag, MPI_Comm *n) { return comm_created(n, PMPI_Comm_create_group(c, g, tag, n)); }
+int MPI_Intercomm_merge(MPI_Comm c, int high, MPI_Comm *n) { return comm_created(n, PMPI_Intercomm_merge(c, high, n)); }
+int MPI_Cart_create(MPI_Comm c, int nd, const int dims[], const int periods[], int reorder, MPI_Comm *n)
+{
+	return comm_created(n, PMPI_Cart_create(c, nd, dims, periods, reorder, n));
+}
+int MPI_Cart_sub(MPI_Comm c, const int remain[], MPI_Comm *n) { return comm_created(n, PMPI_Cart_sub(c, remain, n)); }
+int MPI_Graph_create(MPI_Comm c, int nn, const int index[], const int edges[], int reorder, MPI_Comm *n)
+{
+	return comm_created(n, PMPI_Graph_create(c, nn, index, edges, reorder, n));
+}
+int MPI_Dist_graph_create(MPI_Comm c, int nn, const int sources[], const int degrees[], const int dest[],
+                          const int weights[], MPI_Info info, int reorder, MPI_Comm *n)
+{
+	return comm_created(n, PMPI_Dist_graph_create(c, nn, sources, degrees, dest, weights, info, reorder, n));
+}
+int MPI_Dist_graph_create_adjacent(MPI_Comm c, int indeg, const int sources[], const int sw[], int outdeg,
+                                   const int dest[], const int dw[], MPI_Info info, int reorder, MPI_Comm *n)
+{
+	return comm_created(n, PMPI_Dist_graph_create_adjacent(c, indeg, sources, sw, outdeg, dest, dw, info, reorder, n));
+}
+
+int MPI_Comm_free(MPI_Comm *c)
+{
+	if (ivs.job_active)
+		ivs_comm_forget(*c);
+	return PMPI_Comm_free(c);
+}
+
+int MPI_Comm_disconnect(MPI_Comm *c)
+{
+	if (ivs.job_active)
+		ivs_comm_forget(*c);
+	return PMPI_Comm_disconnect(c);
+}
+
+int MPI_Type_free(MPI_Datatype *dt)
+{
+	ivs_dt_forget(*dt);
+	return PMPI_Type_free(dt);
+}

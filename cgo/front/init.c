@@ -1,0 +1,260 @@
+/* MPI_Init(_thread) and MPI_Finalize: decide whether the job uses shared memory, load the Go
+ * control plane only then, map the pair rings it negotiated, and tear down in order. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <dlfcn.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ivshim.h"
+
+static int ctl_allgather(void *ctx, const void *send, void *recv, uint64_t bytes)
+{
+	(void)ctx;
+	return PMPI_Allgather(send, (int)bytes, MPI_BYTE, recv, (int)bytes, MPI_BYTE, MPI_COMM_WORLD);
+}
+
+static int ctl_barrier(void *ctx)
+{
+	(void)ctx;
+	return PMPI_Barrier(MPI_COMM_WORLD);
+}
+
+/* Whether this rank may have a region: the cheap checks the control plane would repeat. */
+static int region_possible(void)
+{
+	const char *off = getenv("IVSHIM_DISABLE");
+	if (off && *off && strcmp(off, "0") != 0)
+		return 0;
+	const char *r = getenv("IVSHIM_REGION");
+	if (r && *r)
+		return 1;
+	const char *sys = getenv("IVSHIM_SYSFS");
+	char dir[PATH_MAX];
+	snprintf(dir, sizeof dir, "%s/bus/pci/devices", sys && *sys ? sys : "/sys");
+	DIR *d = opendir(dir);
+	if (!d)
+		return 0;
+	int found = 0;
+	struct dirent *e;
+	while (!found && (e = readdir(d))) {
+		char path[PATH_MAX + 300], buf[16] = {0};
+		snprintf(path, sizeof path, "%s/%s/vendor", dir, e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		int ok = fgets(buf, sizeof buf, f) && strncmp(buf, "0x1af4", 6) == 0;
+		fclose(f);
+		if (!ok)
+			continue;
+		snprintf(path, sizeof path, "%s/%s/device", dir, e->d_name);
+		if ((f = fopen(path, "r"))) {
+			found = fgets(buf, sizeof buf, f) && strncmp(buf, "0x1110", 6) == 0;
+			fclose(f);
+		}
+	}
+	closedir(d);
+	return found;
+}
+
+/* The Go runtime requires SA_ONSTACK on every handler that can run on its threads; MPI
+ * libraries install some (Open MPI: SIGABRT/SIGSEGV..., MPICH: SIGUSR1) without it. */
+static void signals_onstack(void)
+{
+	for (int sig = 1; sig < NSIG; sig++) {
+		struct sigaction sa;
+		if (sig == SIGKILL || sig == SIGSTOP || sigaction(sig, NULL, &sa) != 0)
+			continue;
+		if (sa.sa_handler == SIG_DFL || sa.sa_handler == SIG_IGN || (sa.sa_flags & SA_ONSTACK))
+			continue;
+		sa.sa_flags |= SA_ONSTACK;
+		sigaction(sig, &sa, NULL);
+	}
+}
+
+static void *load_ctl(void)
+{
+	const char *path = getenv("IVSHIM_CTL_LIB");
+	char buf[PATH_MAX];
+	if (!path || !*path) {
+		Dl_info info;
+		if (!dladdr((void *)region_possible, &info) || !info.dli_fname)
+			ivs_fatal("cannot find the shim library's own path");
+		snprintf(buf, sizeof buf, "%s", info.dli_fname);
+		char *slash = strrchr(buf, '/');
+		snprintf(slash ? slash + 1 : buf, sizeof buf - (size_t)(slash ? slash + 1 - buf : 0), "libivshim-ctl.so");
+		path = buf;
+	}
+	signals_onstack();
+	void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (!h)
+		ivs_fatal("cannot load the control plane %s: %s", path, dlerror());
+	return h;
+}
+
+static void *ctl_sym(void *h, const char *name)
+{
+	void *s = dlsym(h, name);
+	if (!s)
+		ivs_fatal("control plane lacks %s", name);
+	return s;
+}
+
+/* Private views of the rings the control plane validated; checked again against the region. */
+static void map_ring(struct ivshim_ring **ring, uint8_t **data, uint64_t *cap, uint64_t off, int world)
+{
+	if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size - IVSHIM_RING_DATA_OFF)
+		ivs_fatal("control plane gave ring offset %#lx for rank %d outside the region", (unsigned long)off, world);
+	struct ivshim_ring *r = (struct ivshim_ring *)(ivs.base + off);
+	uint64_t c = r->capacity;
+	if (c < IVS_ALIGN * 4 || (c & (c - 1)) || c > ivs.size - off - IVSHIM_RING_DATA_OFF)
+		ivs_fatal("ring of rank %d has capacity %lu", world, (unsigned long)c);
+	*ring = r;
+	*data = ivs.base + off + IVSHIM_RING_DATA_OFF;
+	*cap = c;
+}
+
+static void setup_peers(struct ivshim_ctl_peer *peers)
+{
+	ivs.peers = calloc((size_t)ivs.world_size, sizeof *ivs.peers);
+	ivs.local_world = calloc((size_t)ivs.world_size, sizeof *ivs.local_world);
+	if (!ivs.peers || !ivs.local_world)
+		ivs_fatal("out of memory");
+	for (int w = 0; w < ivs.world_size; w++) {
+		if (peers[w].path != IVSHIM_PATH_SHM) {
+			ivs.has_net = 1;
+			continue;
+		}
+		struct ivs_peer *p = calloc(1, sizeof *p);
+		if (!p)
+			ivs_fatal("out of memory");
+		map_ring(&p->tx.ring, &p->tx.data, &p->tx.cap, peers[w].tx_ring, w);
+		map_ring(&p->rx.ring, &p->rx.data, &p->rx.cap, peers[w].rx_ring, w);
+		p->tx.pos = p->tx.head_cache = __atomic_load_n(&p->tx.ring->tail, __ATOMIC_ACQUIRE);
+		p->rx.pos = __atomic_load_n(&p->rx.ring->head, __ATOMIC_ACQUIRE);
+		p->local = ivs.nlocal;
+		ivs.local_world[ivs.nlocal++] = w;
+		ivs.peers[w] = p;
+	}
+}
+
+static void check_abi(void)
+{
+	char v[MPI_MAX_LIBRARY_VERSION_STRING] = "";
+	int len = 0;
+	PMPI_Get_library_version(v, &len);
+	int ompi = strstr(v, "Open MPI") != NULL;
+#if defined(OPEN_MPI)
+	int ok = ompi && ivs_abi_ok();
+#else
+	int ok = !ompi;
+#endif
+	if (!ok) {
+		fprintf(stderr, "ivshim: %s is built for the %s ABI but this program uses \"%.60s\": "
+		        "preload the shim library of its MPI family instead\n", IVS_ABI_LIB, IVS_ABI_NAME, v);
+		exit(1);
+	}
+}
+
+static void *ctl_handle;
+
+static int init_common(int rc, int provided)
+{
+	if (rc != MPI_SUCCESS)
+		return rc;
+	PMPI_Comm_rank(MPI_COMM_WORLD, &ivs.world_rank);
+	PMPI_Comm_size(MPI_COMM_WORLD, &ivs.world_size);
+	int want = provided != MPI_THREAD_MULTIPLE && region_possible(), any = 0;
+	PMPI_Allreduce(&want, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+	if (!any)
+		return MPI_SUCCESS; /* pure pass-through: the Go runtime is never loaded */
+	ctl_handle = load_ctl();
+	ivshim_ctl_start_fn start = (ivshim_ctl_start_fn)ctl_sym(ctl_handle, IVSHIM_CTL_START_SYM);
+	ivs.ctl_alloc = (ivshim_ctl_alloc_fn)ctl_sym(ctl_handle, IVSHIM_CTL_ALLOC_SYM);
+	ivs.ctl_free = (ivshim_ctl_free_fn)ctl_sym(ctl_handle, IVSHIM_CTL_FREE_SYM);
+	ivs.ctl_finalize = (ivshim_ctl_finalize_fn)ctl_sym(ctl_handle, IVSHIM_CTL_FINALIZE_SYM);
+	char ver[MPI_MAX_LIBRARY_VERSION_STRING] = "";
+	int len;
+	PMPI_Get_library_version(ver, &len);
+	struct ivshim_ctl_start_args a = {
+		.abi = IVSHIM_CTL_ABI,
+		.world_rank = ivs.world_rank,
+		.world_size = ivs.world_size,
+		.mpi_library = ver,
+		.mpi = {.ctx = NULL, .allgather = ctl_allgather, .barrier = ctl_barrier},
+		.peers = calloc((size_t)ivs.world_size, sizeof(struct ivshim_ctl_peer)),
+	};
+	if (!a.peers)
+		ivs_fatal("out of memory");
+	int res = start(&a);
+	signals_onstack();
+	if (res < 0)
+		ivs_fatal("%s", a.error);
+	ivs.verbose = a.verbose;
+	if (res == 0) {
+		ivs.base = a.region_base;
+		ivs.size = a.region_size;
+		setup_peers(a.peers);
+		ivs.enabled = 1;
+	} else if (ivs.verbose) {
+		fprintf(stderr, "ivshim: rank %d pass-through: %s\n", ivs.world_rank, a.error);
+	}
+	free(a.peers);
+	int active = 0;
+	PMPI_Allreduce(&ivs.enabled, &active, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+	ivs.job_active = active;
+	if (ivs.job_active)
+		return ivs_comm_world_init();
+	return MPI_SUCCESS;
+}
+
+int MPI_Init(int *argc, char ***argv)
+{
+	check_abi();
+	int rc = PMPI_Init(argc, argv), provided = MPI_THREAD_SINGLE;
+	if (rc == MPI_SUCCESS)
+		PMPI_Query_thread(&provided);
+	return init_common(rc, provided);
+}
+
+int MPI_Init_thread(int *argc, char ***argv, int required, int *provided)
+{
+	check_abi();
+	return init_common(PMPI_Init_thread(argc, argv, required, provided), *provided);
+}
+
+/* Drain what this rank still has in flight, then wait (progressing) until every rank has, so
+ * no peer is left pushing into a ring nobody reads. */
+static void drain(void)
+{
+	unsigned spins = 0;
+	while (ivs.nsend_queued || ivs.nsync_wait) {
+		if (!ivs_progress())
+			ivs_wait_pause(&spins);
+	}
+	MPI_Request req;
+	PMPI_Ibarrier(MPI_COMM_WORLD, &req);
+	for (;;) {
+		int flag = 0;
+		PMPI_Test(&req, &flag, MPI_STATUS_IGNORE);
+		if (flag)
+			break;
+		if (!ivs_progress())
+			ivs_wait_pause(&spins);
+	}
+}
+
+int MPI_Finalize(void)
+{
+	if (ivs.job_active)
+		drain();
+	if (ivs.ctl_finalize) {
+		char err[256] = "";
+		ivs.enabled = 0;
+		if (ivs.ctl_finalize(&ivs.stats, err, sizeof err) != 0)
+			fprintf(stderr, "ivshim: rank %d: finalize: %s\n", ivs.world_rank, err);
+	}
+	return PMPI_Finalize();
+}

@@ -1,0 +1,202 @@
+/*
+ * Internal interfaces of the ivshim front library: one shared library per MPI ABI family
+ * (libivshim-openmpi.so, libivshim-mpich.so), compiled from these sources with that family's
+ * mpi.h. It interposes the MPI API (calling the library through PMPI), keeps the per-message
+ * data plane in C, and loads the Go control plane (ivshim_ctl.h) only inside MPI_Init.
+ *
+ * Threading: the shim serves MPI_THREAD_SINGLE, FUNNELED and SERIALIZED; a job that gets
+ * MPI_THREAD_MULTIPLE runs in pass-through.
+ */
+#ifndef IVSHIM_FRONT_H
+#define IVSHIM_FRONT_H
+
+#include <mpi.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "abi.h"
+#include "ring.h"
+#include "ivshim_ctl.h"
+
+#define IVS_LIKELY(x) __builtin_expect(!!(x), 1)
+#define IVS_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define IVS_COLD __attribute__((cold, noinline))
+
+/* ---- peers (world ranks) ---- */
+
+struct ivs_req;
+struct ivs_msg;
+
+struct ivs_peer {
+	struct ivs_tx tx;          /* self -> peer */
+	struct ivs_rx rx;          /* peer -> self */
+	struct ivs_req *sendq;     /* sends to this peer not yet fully in the ring, FIFO */
+	struct ivs_req *sendq_tail;
+	struct ivs_msg *rx_cur;    /* message whose fragments are arriving on rx */
+	int local;                 /* index among the co-located ranks */
+};
+
+/* ---- communicators ---- */
+
+struct ivs_comm {
+	MPI_Comm handle;
+	uint32_t ctx;              /* context id agreed among the members */
+	int rank, size;
+	int p2p;                   /* this rank has a co-located peer in it: point-to-point uses rings */
+	int nshm;                  /* members reached through the region, self included */
+	int has_net;               /* some member is reached through PMPI */
+	int *world;                /* comm rank -> world rank */
+	int *by_local;             /* local (co-located) index -> comm rank, -1 if not a member */
+	int pending_wild;          /* shim-managed ANY_SOURCE receives not yet matched */
+	struct ivs_coll *coll;     /* shared-memory collective state, NULL until the first one */
+	struct ivs_comm *next;     /* hash chain */
+};
+
+/* ---- requests ---- */
+
+enum ivs_req_kind { IVS_SEND = 1, IVS_RECV, IVS_PSEND, IVS_PRECV };
+enum ivs_req_state { IVS_INACTIVE = 0, IVS_ACTIVE, IVS_DONE };
+enum ivs_recv_mode { IVS_RM_SHM = 1, IVS_RM_PROBE, IVS_RM_NET };
+
+struct ivs_req {
+	uint8_t kind, state;
+	uint8_t free_on_done;      /* MPI_Request_free on an active request */
+	uint8_t recv_mode;         /* receives: how the message is being looked for */
+	uint8_t cancelled;
+	uint8_t sync_wait;         /* sends: waiting for the receiver's ACK */
+	uint8_t in_posted;
+	uint8_t internal;          /* owned by the shim (Bsend copy), never seen by the user */
+	uint8_t cookie_sent;       /* sends: the first record is in the ring */
+	uint8_t net_done;          /* persistent: the library request of this start completed */
+	uint64_t cookie;           /* synchronous sends: token the ACK carries back */
+	int error;
+	struct ivs_comm *comm;
+	/* user arguments (kept for persistent requests, unpacking, status) */
+	void *ubuf;
+	int count;
+	MPI_Datatype dt;
+	int peer;                  /* comm rank or MPI_ANY_SOURCE */
+	int tag;
+	int sync;                  /* Ssend / Issend */
+	/* contiguous byte view of the data */
+	uint8_t *cbuf;
+	uint64_t cap;              /* receive capacity / send total */
+	uint8_t packed;            /* cbuf is a private pack buffer */
+	uint64_t done;             /* bytes moved */
+	int peer_world;            /* sends: destination world rank */
+	MPI_Request inner;         /* the MPI library's request for the NET path */
+	/* persistent requests: the operation the last MPI_Start began */
+	struct ivs_req *act;
+	/* completion */
+	MPI_Status net_st;         /* status of inner, for receives that went to the network */
+	int st_source, st_tag;
+	uint64_t st_bytes;
+	struct ivs_req *next, *prev;
+};
+
+/* An arrived message that no posted receive took yet (or that is being received). */
+struct ivs_msg {
+	int src_world;
+	uint32_t ctx;
+	int tag;
+	uint64_t total, got;
+	uint8_t *buf;              /* buffered payload (unexpected) */
+	struct ivs_req *req;       /* matched receive, payload goes straight to it */
+	uint64_t cookie;           /* sync send to acknowledge, 0 = none */
+	struct ivs_comm *probe_comm; /* set by MPI_(I)mprobe, which took it out of matching */
+	struct ivs_msg *next, *prev;
+};
+
+/* ---- global state ---- */
+
+struct ivs_state {
+	int enabled;               /* shared memory in use on this rank */
+	int job_active;            /* some rank of the job uses shared memory: comm creation is
+	                              then collective work for every rank (context ids) */
+	int initialized;           /* MPI_Init returned through the shim */
+	int world_rank, world_size;
+	uint8_t *base;
+	uint64_t size;
+	struct ivs_peer **peers;   /* by world rank; NULL for NET peers */
+	int *local_world;          /* local index -> world rank */
+	int nlocal;
+	uint32_t next_ctx;
+	int nsend_queued;          /* shim sends not yet fully in a ring */
+	int nsync_wait;            /* synchronous sends waiting for the receiver's ACK */
+	int has_net;               /* some world rank is reached through PMPI */
+	struct ivs_req *posted, *posted_tail;   /* shim-managed receives, in posting order */
+	struct ivs_msg *unexp, *unexp_tail;     /* arrived, unmatched, in arrival order */
+	struct ivshim_ctl_stats stats;
+	int verbose;
+	ivshim_ctl_alloc_fn ctl_alloc;
+	ivshim_ctl_free_fn ctl_free;
+	ivshim_ctl_finalize_fn ctl_finalize;
+};
+extern struct ivs_state ivs;
+
+/* comm.c */
+struct ivs_comm *ivs_comm_get(MPI_Comm c);
+void ivs_comm_forget(MPI_Comm c);
+
+/* coll.c */
+void ivs_coll_forget(struct ivs_comm *c);
+/* The record of c if point-to-point on c uses the rings on this rank. */
+static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
+{
+	struct ivs_comm *e = ivs_comm_get(c);
+	return e && e->p2p ? e : NULL;
+}
+int ivs_comm_world_init(void);
+
+/* request.c: handles the MPI library never issues */
+struct ivs_req *ivs_req_alloc(void);
+void ivs_req_release(struct ivs_req *r);
+struct ivs_req *ivs_req_of(MPI_Request h);
+uint64_t ivs_req_cookie(struct ivs_req *r);
+struct ivs_req *ivs_req_by_cookie(uint64_t cookie);
+MPI_Request ivs_req_handle(struct ivs_req *r);
+struct ivs_msg *ivs_msg_of(MPI_Message h);
+MPI_Message ivs_msg_handle(struct ivs_msg *m);
+int ivs_msg_register(struct ivs_msg *m);
+void ivs_msg_unregister(struct ivs_msg *m);
+
+/* datatype.c */
+int ivs_dt_contig(MPI_Datatype dt, int count, uint64_t *bytes, ptrdiff_t *lb);
+void ivs_dt_forget(MPI_Datatype dt);
+int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype dt, MPI_Comm comm);
+int ivs_dt_recv_view(struct ivs_req *r, void *buf, int count, MPI_Datatype dt);
+int ivs_dt_recv_finish(struct ivs_req *r);
+int ivs_dt_pack(const void *buf, int count, MPI_Datatype dt, void *dst, uint64_t n, MPI_Comm comm);
+int ivs_dt_unpack(const void *src, uint64_t n, void *buf, int count, MPI_Datatype dt, MPI_Comm comm);
+int ivs_dt_span(MPI_Datatype dt, int count, uint64_t *span, ptrdiff_t *lb, uint64_t *extent);
+uint64_t ivs_dt_bytes(MPI_Datatype dt, int count);
+
+/* progress.c */
+int ivs_progress(void);
+void ivs_wait_pause(unsigned *spins);
+IVS_COLD void ivs_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+void ivs_post_recv(struct ivs_req *r);
+void ivs_unpost(struct ivs_req *r);
+int ivs_match(const struct ivs_req *r, const struct ivs_msg *m);
+void ivs_deliver_buffered(struct ivs_req *r, struct ivs_msg *m);
+struct ivs_msg *ivs_unexp_find(const struct ivs_req *r);
+void ivs_unexp_remove(struct ivs_msg *m);
+void ivs_send_ack(int world, uint64_t cookie);
+int ivs_try_send_inline(struct ivs_peer *p, const void *buf, uint64_t n, int tag, uint32_t ctx);
+void ivs_enqueue_send(struct ivs_req *r);
+
+/* p2p.c */
+int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm,
+              int sync, struct ivs_req **out, MPI_Request *net);
+int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm comm,
+              struct ivs_req **out, MPI_Request *net);
+int ivs_req_poll(struct ivs_req *r);
+int ivs_wait_loop_req(struct ivs_req *r);
+int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st);
+void ivs_fill_status(struct ivs_req *r, MPI_Status *st);
+int ivs_net_wait(MPI_Request *h, MPI_Status *st);
+
+/* Shim work that needs this rank to keep polling: a blocking PMPI call must not be entered
+ * while it is pending (a co-located peer could wait on us forever). */
+static inline int ivs_busy(void) { return ivs.posted || ivs.nsend_queued || ivs.nsync_wait; }
+
+#endif

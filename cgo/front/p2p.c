@@ -1,0 +1,570 @@
+/* Point-to-point interposers. A message to a co-located peer goes through the pair ring; any
+ * other goes to the MPI library untouched. Receives that could be satisfied by either path
+ * (MPI_ANY_SOURCE on a communicator with peers of both kinds, and network receives posted
+ * behind such a wildcard) are matched in posting order: shared-memory arrivals by the progress
+ * engine, network ones by PMPI_Improbe/PMPI_Imrecv (progress.c). */
+#include <stdlib.h>
+#include <string.h>
+#include "ivshim.h"
+
+/* The peer structure for comm rank dest if it is reached through shared memory. */
+static inline struct ivs_peer *shm_peer(struct ivs_comm *c, int dest, int *world)
+{
+	if (!c || dest < 0 || dest >= c->size)
+		return NULL;
+	*world = c->world[dest];
+	return ivs.peers[*world];
+}
+
+static inline void count_net(uint64_t n)
+{
+	ivs.stats.messages[IVSHIM_PATH_NET]++;
+	ivs.stats.bytes[IVSHIM_PATH_NET] += n;
+}
+
+static uint64_t type_bytes(MPI_Datatype dt, int count)
+{
+	int sz = 0;
+	PMPI_Type_size(dt, &sz);
+	return (uint64_t)sz * (uint64_t)(count > 0 ? count : 0);
+}
+
+/* Start a send. Exactly one of *out (shim request) and *net (library request) is set. */
+int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm,
+              int sync, struct ivs_req **out, MPI_Request *net)
+{
+	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
+	int w;
+	struct ivs_peer *p = shm_peer(c, dest, &w);
+	*out = NULL;
+	if (!p) {
+		if (ivs.enabled)
+			count_net(type_bytes(dt, count));
+		return sync ? PMPI_Issend(buf, count, dt, dest, tag, comm, net)
+		            : PMPI_Isend(buf, count, dt, dest, tag, comm, net);
+	}
+	if (tag < 0)
+		return MPI_ERR_TAG;
+	struct ivs_req *r = ivs_req_alloc();
+	r->kind = IVS_SEND;
+	r->state = IVS_ACTIVE;
+	r->comm = c;
+	r->peer = dest;
+	r->tag = tag;
+	r->sync = sync;
+	r->peer_world = w;
+	int rc = ivs_dt_send_view(r, buf, count, dt, comm);
+	if (rc != MPI_SUCCESS) {
+		ivs_req_release(r);
+		return rc;
+	}
+	ivs.stats.messages[IVSHIM_PATH_SHM]++;
+	ivs.stats.bytes[IVSHIM_PATH_SHM] += r->cap;
+	ivs_enqueue_send(r);
+	*out = r;
+	return MPI_SUCCESS;
+}
+
+/* Start a receive. Exactly one of *out and *net is set. */
+int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm comm,
+              struct ivs_req **out, MPI_Request *net)
+{
+	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
+	int w = -1;
+	*out = NULL;
+	int mode;
+	if (!c || src == MPI_PROC_NULL || (src != MPI_ANY_SOURCE && (src < 0 || src >= c->size)))
+		return PMPI_Irecv(buf, count, dt, src, tag, comm, net);
+	if (src == MPI_ANY_SOURCE)
+		mode = c->has_net ? IVS_RM_PROBE : IVS_RM_SHM;
+	else if (ivs.peers[w = c->world[src]])
+		mode = IVS_RM_SHM;
+	else if (c->pending_wild)
+		mode = IVS_RM_PROBE; /* must not overtake the wildcard posted before it */
+	else
+		return PMPI_Irecv(buf, count, dt, src, tag, comm, net);
+	struct ivs_req *r = ivs_req_alloc();
+	r->kind = IVS_RECV;
+	r->state = IVS_ACTIVE;
+	r->comm = c;
+	r->ubuf = buf;
+	r->count = count;
+	r->dt = dt;
+	r->peer = src;
+	r->tag = tag;
+	r->recv_mode = (uint8_t)mode;
+	int rc = ivs_dt_recv_view(r, buf, count, dt);
+	if (rc != MPI_SUCCESS) {
+		ivs_req_release(r);
+		return rc;
+	}
+	*out = r;
+	struct ivs_msg *m = (mode == IVS_RM_SHM || src == MPI_ANY_SOURCE) ? ivs_unexp_find(r) : NULL;
+	if (m) {
+		r->recv_mode = IVS_RM_SHM;
+		ivs_deliver_buffered(r, m);
+	} else {
+		ivs_post_recv(r);
+	}
+	return MPI_SUCCESS;
+}
+
+/* Whether a shim request has completed, driving its library request if it has one. */
+int ivs_req_poll(struct ivs_req *r)
+{
+	if (r->kind == IVS_PSEND || r->kind == IVS_PRECV) {
+		if (r->state != IVS_ACTIVE)
+			return 1;
+		if (r->act)
+			return ivs_req_poll(r->act);
+		if (!r->net_done) {
+			int flag = 0;
+			if (PMPI_Test(&r->inner, &flag, &r->net_st) != MPI_SUCCESS)
+				flag = 1;
+			r->net_done = (uint8_t)flag;
+		}
+		return r->net_done;
+	}
+	if (r->state == IVS_DONE)
+		return 1;
+	if (r->recv_mode == IVS_RM_NET && r->inner != MPI_REQUEST_NULL) {
+		int flag = 0;
+		int rc = PMPI_Test(&r->inner, &flag, &r->net_st);
+		if (rc != MPI_SUCCESS) {
+			r->error = rc;
+			flag = 1;
+		}
+		if (flag)
+			r->state = IVS_DONE;
+		return flag;
+	}
+	return 0;
+}
+
+void ivs_fill_status(struct ivs_req *r, MPI_Status *st)
+{
+	if (st == MPI_STATUS_IGNORE)
+		return;
+	if (r->recv_mode == IVS_RM_NET) {
+		*st = r->net_st;
+		return;
+	}
+	st->MPI_SOURCE = r->kind == IVS_RECV ? r->st_source : MPI_ANY_SOURCE;
+	st->MPI_TAG = r->kind == IVS_RECV ? r->st_tag : MPI_ANY_TAG;
+	st->MPI_ERROR = r->error;
+	PMPI_Status_set_elements_x(st, MPI_BYTE, (MPI_Count)(r->kind == IVS_RECV ? r->st_bytes : 0));
+	PMPI_Status_set_cancelled(st, r->cancelled);
+}
+
+/* Complete a request that ivs_req_poll reported done: status, and the handle becomes
+ * MPI_REQUEST_NULL (or the persistent request inactive). Returns the operation's error. */
+int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st)
+{
+	if (r->kind == IVS_PSEND || r->kind == IVS_PRECV) {
+		int err = MPI_SUCCESS;
+		if (r->state == IVS_ACTIVE) {
+			if (r->act) {
+				MPI_Request tmp = ivs_req_handle(r->act);
+				err = ivs_finish(&tmp, r->act, st);
+				r->act = NULL;
+			} else {
+				if (st != MPI_STATUS_IGNORE)
+					*st = r->net_st;
+				r->net_done = 0;
+			}
+			r->state = IVS_INACTIVE;
+		} else if (st != MPI_STATUS_IGNORE) {
+			/* an inactive persistent request completes at once with an empty status */
+			st->MPI_SOURCE = MPI_ANY_SOURCE;
+			st->MPI_TAG = MPI_ANY_TAG;
+			st->MPI_ERROR = MPI_SUCCESS;
+			PMPI_Status_set_elements_x(st, MPI_BYTE, 0);
+			PMPI_Status_set_cancelled(st, 0);
+		}
+		if (r->free_on_done) {
+			ivs_req_release(r);
+			*h = MPI_REQUEST_NULL;
+		}
+		return err;
+	}
+	ivs_fill_status(r, st);
+	int err = r->error;
+	ivs_req_release(r);
+	*h = MPI_REQUEST_NULL;
+	return err;
+}
+
+/* Drive progress until r completes. */
+int ivs_wait_loop_req(struct ivs_req *r)
+{
+	unsigned spins = 0;
+	while (!ivs_req_poll(r)) {
+		if (!ivs_progress())
+			ivs_wait_pause(&spins);
+		else
+			spins = 0;
+	}
+	return MPI_SUCCESS;
+}
+
+/* Wait for a library request without starving the shim: while shim work is pending, a
+ * blocking PMPI wait could leave a co-located peer waiting on us forever. */
+int ivs_net_wait(MPI_Request *h, MPI_Status *st)
+{
+	if (!ivs_busy())
+		return PMPI_Wait(h, st);
+	unsigned spins = 0;
+	for (;;) {
+		int flag = 0, rc = PMPI_Test(h, &flag, st);
+		if (rc != MPI_SUCCESS || flag)
+			return rc;
+		if (!ivs_progress())
+			ivs_wait_pause(&spins);
+	}
+}
+
+static int wait_result(struct ivs_req *r, MPI_Request net, MPI_Status *st)
+{
+	if (!r)
+		return ivs_net_wait(&net, st);
+	MPI_Request h = ivs_req_handle(r);
+	ivs_wait_loop_req(r);
+	return ivs_finish(&h, r, st);
+}
+
+/* ---- blocking sends and receives ---- */
+
+static int send_common(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm, int sync)
+{
+	struct ivs_comm *c = ivs_comm_p2p(comm);
+	int w;
+	struct ivs_peer *p = shm_peer(c, dest, &w);
+	if (p && !sync && tag >= 0) {
+		uint64_t n;
+		ptrdiff_t lb;
+		if (ivs_dt_contig(dt, count, &n, &lb) && ivs_try_send_inline(p, (const uint8_t *)buf + lb, n, tag, c->ctx)) {
+			ivs.stats.messages[IVSHIM_PATH_SHM]++;
+			ivs.stats.bytes[IVSHIM_PATH_SHM] += n;
+			return MPI_SUCCESS;
+		}
+	}
+	if (!p && !ivs_busy()) {
+		count_net(type_bytes(dt, count));
+		return sync ? PMPI_Ssend(buf, count, dt, dest, tag, comm) : PMPI_Send(buf, count, dt, dest, tag, comm);
+	}
+	struct ivs_req *r;
+	MPI_Request net;
+	int rc = ivs_isend(buf, count, dt, dest, tag, comm, sync, &r, &net);
+	if (rc != MPI_SUCCESS)
+		return rc;
+	return wait_result(r, net, MPI_STATUS_IGNORE);
+}
+
+int MPI_Send(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm)
+{
+	if (IVS_LIKELY(!ivs.enabled))
+		return PMPI_Send(buf, count, dt, dest, tag, comm);
+	return send_common(buf, count, dt, dest, tag, comm, 0);
+}
+
+int MPI_Rsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm)
+{
+	if (IVS_LIKELY(!ivs.enabled))
+		return PMPI_Rsend(buf, count, dt, dest, tag, comm);
+	return send_common(buf, count, dt, dest, tag, comm, 0);
+}
+
+int MPI_Ssend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm)
+{
+	if (IVS_LIKELY(!ivs.enabled))
+		return PMPI_Ssend(buf, count, dt, dest, tag, comm);
+	return send_common(buf, count, dt, dest, tag, comm, 1);
+}
+
+/* Buffered sends to co-located peers copy the data and complete at once, as MPI_Bsend must;
+ * the copy drains through the ring in order with the pair's other messages. The attached
+ * buffer is not charged for them. */
+static int bsend_shm(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm, struct ivs_req **out)
+{
+	struct ivs_req *r;
+	MPI_Request net;
+	int rc = ivs_isend(buf, count, dt, dest, tag, comm, 0, &r, &net);
+	if (rc != MPI_SUCCESS || r->state == IVS_DONE) {
+		if (rc == MPI_SUCCESS) {
+			MPI_Request h = ivs_req_handle(r);
+			ivs_finish(&h, r, MPI_STATUS_IGNORE);
+		}
+		*out = NULL;
+		return rc;
+	}
+	if (!r->packed) {
+		uint8_t *copy = malloc(r->cap - r->done ? r->cap : 1);
+		if (!copy)
+			ivs_fatal("out of memory buffering a %lu-byte MPI_Bsend", (unsigned long)r->cap);
+		memcpy(copy + r->done, r->cbuf + r->done, r->cap - r->done);
+		r->cbuf = copy;
+		r->packed = 1;
+	}
+	r->free_on_done = 1;
+	r->internal = 1;
+	*out = r;
+	return MPI_SUCCESS;
+}
+
+int MPI_Bsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm)
+{
+	int w;
+	if (IVS_LIKELY(!ivs.enabled) || !shm_peer(ivs_comm_p2p(comm), dest, &w))
+		return PMPI_Bsend(buf, count, dt, dest, tag, comm);
+	struct ivs_req *r;
+	return bsend_shm(buf, count, dt, dest, tag, comm, &r);
+}
+
+int MPI_Recv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm comm, MPI_Status *st)
+{
+	if (IVS_LIKELY(!ivs.enabled))
+		return PMPI_Recv(buf, count, dt, src, tag, comm, st);
+	struct ivs_req *r;
+	MPI_Request net;
+	int rc = ivs_irecv(buf, count, dt, src, tag, comm, &r, &net);
+	if (rc != MPI_SUCCESS)
+		return rc;
+	return wait_result(r, net, st);
+}
+
+/* ---- nonblocking ---- */
+
+static int isend_mode(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm, int sync, MPI_Request *req)
+{
+	struct ivs_req *r;
+	int rc = ivs_isend(buf, count, dt, dest, tag, comm, sync, &r, req);
+	if (rc == MPI_SUCCESS && r)
+		*req = ivs_req_handle(r);
+	return rc;
+}
+
+int MPI_Isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm, MPI_Request *req)
+{
+	if (IVS_LIKELY(!ivs.enabled))
+		return PMPI_Isend(buf, count, dt, dest, tag, comm, req);
+	return isend_mode(buf, count, dt, dest, tag, comm, 0, req);
+}
+
+int MPI_Irsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm, MPI_Request *req)
+{
+	if (IVS_LIKELY(!ivs.enabled))
+		return PMPI_Irsend(buf, count, dt, dest, tag, comm, req);
+	return isend_mode(buf, count, dt, dest, tag, comm, 0, req);
+}
+
+int MPI_Issend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm, MPI_Request *req)
+{
+	if (IVS_LIKELY(!ivs.enabled))
+		return PMPI_Issend(buf, count, dt, dest, tag, comm, req);
+	return isend_mode(buf, count, dt, dest, tag, comm, 1, req);
+}
+
+int MPI_Ibsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm, MPI_Request *req)
+{
+	int w;
+	if (IVS_LIKELY(!ivs.enabled) || !shm_peer(ivs_comm_p2p(comm), dest, &w))
+		return PMPI_Ibsend(buf, count, dt, dest, tag, comm, req);
+	struct ivs_req *inner;
+	int rc = bsend_shm(buf, count, dt, dest, tag, comm, &inner);
+	if (rc != MPI_SUCCESS)
+		return rc;
+	/* The user's request is complete at once; the shim owns the copy in flight. */
+	struct ivs_req *r = ivs_req_alloc();
+	r->kind = IVS_SEND;
+	r->state = IVS_DONE;
+	*req = ivs_req_handle(r);
+	return MPI_SUCCESS;
+}
+
+int MPI_Irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm comm, MPI_Request *req)
+{
+	if (IVS_LIKELY(!ivs.enabled))
+		return PMPI_Irecv(buf, count, dt, src, tag, comm, req);
+	struct ivs_req *r;
+	int rc = ivs_irecv(buf, count, dt, src, tag, comm, &r, req);
+	if (rc == MPI_SUCCESS && r)
+		*req = ivs_req_handle(r);
+	return rc;
+}
+
+/* ---- combined ---- */
+
+int MPI_Sendrecv(const void *sbuf, int scount, MPI_Datatype sdt, int dest, int stag,
+                 void *rbuf, int rcount, MPI_Datatype rdt, int src, int rtag, MPI_Comm comm, MPI_Status *st)
+{
+	if (IVS_LIKELY(!ivs.enabled) || (!ivs_comm_p2p(comm) && !ivs_busy()))
+		return PMPI_Sendrecv(sbuf, scount, sdt, dest, stag, rbuf, rcount, rdt, src, rtag, comm, st);
+	struct ivs_req *rr, *sr;
+	MPI_Request rnet, snet;
+	int rc = ivs_irecv(rbuf, rcount, rdt, src, rtag, comm, &rr, &rnet);
+	if (rc != MPI_SUCCESS)
+		return rc;
+	rc = ivs_isend(sbuf, scount, sdt, dest, stag, comm, 0, &sr, &snet);
+	int rc2 = wait_result(rr, rnet, st);
+	if (rc != MPI_SUCCESS)
+		return rc;
+	rc = wait_result(sr, snet, MPI_STATUS_IGNORE);
+	return rc2 != MPI_SUCCESS ? rc2 : rc;
+}
+
+int MPI_Sendrecv_replace(void *buf, int count, MPI_Datatype dt, int dest, int stag, int src, int rtag,
+                         MPI_Comm comm, MPI_Status *st)
+{
+	if (IVS_LIKELY(!ivs.enabled) || (!ivs_comm_p2p(comm) && !ivs_busy()))
+		return PMPI_Sendrecv_replace(buf, count, dt, dest, stag, src, rtag, comm, st);
+	int sz, pos = 0, rc = PMPI_Pack_size(count, dt, comm, &sz);
+	if (rc != MPI_SUCCESS)
+		return rc;
+	void *tmp = malloc(sz ? (size_t)sz : 1);
+	if (!tmp)
+		return MPI_ERR_NO_MEM;
+	rc = PMPI_Pack(buf, count, dt, tmp, sz, &pos, comm);
+	if (rc == MPI_SUCCESS)
+		rc = MPI_Sendrecv(tmp, pos, MPI_PACKED, dest, stag, buf, count, dt, src, rtag, comm, st);
+	free(tmp);
+	return rc;
+}
+
+/* ---- probes ---- */
+
+/* A shared-memory message matching (src, tag, comm), or NULL. */
+static struct ivs_msg *probe_shm(struct ivs_comm *c, int src, int tag)
+{
+	struct ivs_req q = {.comm = c, .peer = src, .tag = tag};
+	ivs_progress();
+	return ivs_unexp_find(&q);
+}
+
+static void msg_status(struct ivs_comm *c, struct ivs_msg *m, MPI_Status *st)
+{
+	if (st == MPI_STATUS_IGNORE)
+		return;
+	st->MPI_SOURCE = c->by_local[ivs.peers[m->src_world]->local];
+	st->MPI_TAG = m->tag;
+	st->MPI_ERROR = MPI_SUCCESS;
+	PMPI_Status_set_elements_x(st, MPI_BYTE, (MPI_Count)m->total);
+	PMPI_Status_set_cancelled(st, 0);
+}
+
+/* Whether a probe for src on c must ask the library: the source is not co-located, or is any
+ * source on a communicator that has non-co-located members. */
+static int probe_needs_net(struct ivs_comm *c, int src)
+{
+	if (src == MPI_ANY_SOURCE)
+		return c->has_net;
+	return src < 0 || src >= c->size || !ivs.peers[c->world[src]];
+}
+
+int MPI_Iprobe(int src, int tag, MPI_Comm comm, int *flag, MPI_Status *st)
+{
+	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
+	if (!c || src == MPI_PROC_NULL)
+		return PMPI_Iprobe(src, tag, comm, flag, st);
+	if (src == MPI_ANY_SOURCE || !probe_needs_net(c, src)) {
+		struct ivs_msg *m = probe_shm(c, src, tag);
+		if (m) {
+			msg_status(c, m, st);
+			*flag = 1;
+			return MPI_SUCCESS;
+		}
+	}
+	if (probe_needs_net(c, src))
+		return PMPI_Iprobe(src, tag, comm, flag, st);
+	*flag = 0;
+	return MPI_SUCCESS;
+}
+
+int MPI_Probe(int src, int tag, MPI_Comm comm, MPI_Status *st)
+{
+	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
+	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && !ivs_busy()))
+		return PMPI_Probe(src, tag, comm, st);
+	unsigned spins = 0;
+	for (;;) {
+		int flag = 0, rc = MPI_Iprobe(src, tag, comm, &flag, st);
+		if (rc != MPI_SUCCESS || flag)
+			return rc;
+		ivs_wait_pause(&spins);
+	}
+}
+
+int MPI_Improbe(int src, int tag, MPI_Comm comm, int *flag, MPI_Message *msg, MPI_Status *st)
+{
+	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
+	if (!c || src == MPI_PROC_NULL)
+		return PMPI_Improbe(src, tag, comm, flag, msg, st);
+	if (src == MPI_ANY_SOURCE || !probe_needs_net(c, src)) {
+		struct ivs_msg *m = probe_shm(c, src, tag);
+		if (m) {
+			if (ivs_msg_register(m) < 0)
+				return MPI_ERR_INTERN;
+			ivs_unexp_remove(m);
+			m->probe_comm = c;
+			msg_status(c, m, st);
+			*msg = ivs_msg_handle(m);
+			*flag = 1;
+			return MPI_SUCCESS;
+		}
+	}
+	if (probe_needs_net(c, src))
+		return PMPI_Improbe(src, tag, comm, flag, msg, st);
+	*flag = 0;
+	return MPI_SUCCESS;
+}
+
+int MPI_Mprobe(int src, int tag, MPI_Comm comm, MPI_Message *msg, MPI_Status *st)
+{
+	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
+	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && !ivs_busy()))
+		return PMPI_Mprobe(src, tag, comm, msg, st);
+	unsigned spins = 0;
+	for (;;) {
+		int flag = 0, rc = MPI_Improbe(src, tag, comm, &flag, msg, st);
+		if (rc != MPI_SUCCESS || flag)
+			return rc;
+		ivs_wait_pause(&spins);
+	}
+}
+
+int MPI_Imrecv(void *buf, int count, MPI_Datatype dt, MPI_Message *msg, MPI_Request *req)
+{
+	struct ivs_msg *m = ivs.enabled ? ivs_msg_of(*msg) : NULL;
+	if (!m)
+		return PMPI_Imrecv(buf, count, dt, msg, req);
+	struct ivs_req *r = ivs_req_alloc();
+	r->kind = IVS_RECV;
+	r->state = IVS_ACTIVE;
+	r->comm = m->probe_comm;
+	r->ubuf = buf;
+	r->count = count;
+	r->dt = dt;
+	r->recv_mode = IVS_RM_SHM;
+	int rc = ivs_dt_recv_view(r, buf, count, dt);
+	if (rc != MPI_SUCCESS) {
+		ivs_req_release(r);
+		return rc;
+	}
+	ivs_msg_unregister(m);
+	*msg = MPI_MESSAGE_NULL;
+	ivs_deliver_buffered(r, m);
+	*req = ivs_req_handle(r);
+	return MPI_SUCCESS;
+}
+
+int MPI_Mrecv(void *buf, int count, MPI_Datatype dt, MPI_Message *msg, MPI_Status *st)
+{
+	if (!ivs.enabled || !ivs_msg_of(*msg))
+		return PMPI_Mrecv(buf, count, dt, msg, st);
+	MPI_Request h;
+	int rc = MPI_Imrecv(buf, count, dt, msg, &h);
+	if (rc != MPI_SUCCESS)
+		return rc;
+	struct ivs_req *r = ivs_req_of(h);
+	ivs_wait_loop_req(r);
+	return ivs_finish(&h, r, st);
+}

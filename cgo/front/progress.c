@@ -1,0 +1,419 @@
+/* The progress engine: drains inbound rings into posted receives or the unexpected queue,
+ * pushes queued sends into outbound rings, and completes matched-probe receives for the
+ * network path. Called from every wait loop; never blocks. */
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ivshim.h"
+
+struct ivs_state ivs;
+
+IVS_COLD void ivs_fatal(const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "ivshim: fatal on rank %d: %s\n", ivs.world_rank, msg);
+	fflush(stderr);
+	PMPI_Abort(MPI_COMM_WORLD, 70);
+	abort();
+}
+
+/* Spin briefly, then give the core away: with more ranks than cores a pure spin starves the
+ * very peer being waited for. */
+void ivs_wait_pause(unsigned *spins)
+{
+	if (++*spins < 128) {
+		__builtin_ia32_pause();
+		return;
+	}
+	sched_yield();
+	/* Keep the MPI library's own progress going (network sends in flight) while we wait. */
+	if (ivs.has_net && (*spins & 63) == 0) {
+		int flag;
+		PMPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+	}
+}
+
+int ivs_match(const struct ivs_req *r, const struct ivs_msg *m)
+{
+	if (r->comm->ctx != m->ctx)
+		return 0;
+	if (r->tag != MPI_ANY_TAG && r->tag != m->tag)
+		return 0;
+	if (r->peer == MPI_ANY_SOURCE) {
+		struct ivs_peer *p = ivs.peers[m->src_world];
+		return r->comm->by_local[p->local] >= 0;
+	}
+	return r->comm->world[r->peer] == m->src_world;
+}
+
+void ivs_post_recv(struct ivs_req *r)
+{
+	r->prev = ivs.posted_tail;
+	r->next = NULL;
+	if (ivs.posted_tail)
+		ivs.posted_tail->next = r;
+	else
+		ivs.posted = r;
+	ivs.posted_tail = r;
+	r->in_posted = 1;
+	if (r->peer == MPI_ANY_SOURCE && r->comm->has_net)
+		r->comm->pending_wild++;
+}
+
+void ivs_unpost(struct ivs_req *r)
+{
+	if (!r->in_posted)
+		return;
+	if (r->prev)
+		r->prev->next = r->next;
+	else
+		ivs.posted = r->next;
+	if (r->next)
+		r->next->prev = r->prev;
+	else
+		ivs.posted_tail = r->prev;
+	r->in_posted = 0;
+	if (r->peer == MPI_ANY_SOURCE && r->comm->has_net)
+		r->comm->pending_wild--;
+}
+
+void ivs_unexp_remove(struct ivs_msg *m)
+{
+	if (m->prev)
+		m->prev->next = m->next;
+	else
+		ivs.unexp = m->next;
+	if (m->next)
+		m->next->prev = m->prev;
+	else
+		ivs.unexp_tail = m->prev;
+	m->next = m->prev = NULL;
+}
+
+static void recv_complete(struct ivs_req *r, struct ivs_msg *m)
+{
+	r->st_source = r->comm->by_local[ivs.peers[m->src_world]->local];
+	r->st_tag = m->tag;
+	r->st_bytes = m->total < r->cap ? m->total : r->cap;
+	if (m->total > r->cap)
+		r->error = MPI_ERR_TRUNCATE;
+	int rc = ivs_dt_recv_finish(r);
+	if (rc != MPI_SUCCESS && r->error == MPI_SUCCESS)
+		r->error = rc;
+	r->state = IVS_DONE;
+	if (r->free_on_done)
+		ivs_req_release(r);
+}
+
+/* Copy payload bytes at message offset `at` into the receive, dropping what exceeds it. */
+static void recv_copy(struct ivs_req *r, uint64_t at, const uint8_t *src, uint64_t n)
+{
+	if (at < r->cap)
+		memcpy(r->cbuf + at, src, n < r->cap - at ? n : r->cap - at);
+}
+
+void ivs_send_ack(int world, uint64_t cookie)
+{
+	struct ivs_peer *p = ivs.peers[world];
+	unsigned spins = 0;
+	struct ivs_rec *h;
+	while (!(h = ivs_tx_reserve(&p->tx, 0))) {
+		ivs_progress();
+		ivs_wait_pause(&spins);
+	}
+	h->len = 0;
+	h->kind = IVS_REC_ACK;
+	h->flags = 0;
+	h->cookie = cookie;
+	ivs_tx_commit(&p->tx, h);
+}
+
+/* A matched receive takes over an unexpected message (complete or still arriving). */
+void ivs_deliver_buffered(struct ivs_req *r, struct ivs_msg *m)
+{
+	if (!m->probe_comm)
+		ivs_unexp_remove(m);
+	recv_copy(r, 0, m->buf, m->got);
+	free(m->buf);
+	m->buf = NULL;
+	if (m->cookie)
+		ivs_send_ack(m->src_world, m->cookie);
+	if (m->got == m->total) {
+		recv_complete(r, m);
+		free(m);
+	} else {
+		m->req = r; /* the rest streams straight into r; the ring's rx_cur still points at m */
+		r->done = m->got;
+	}
+}
+
+struct ivs_msg *ivs_unexp_find(const struct ivs_req *r)
+{
+	for (struct ivs_msg *m = ivs.unexp; m; m = m->next)
+		if (ivs_match(r, m))
+			return m;
+	return NULL;
+}
+
+static struct ivs_req *posted_match(struct ivs_msg *m)
+{
+	for (struct ivs_req *r = ivs.posted; r; r = r->next)
+		if ((r->recv_mode == IVS_RM_SHM || r->recv_mode == IVS_RM_PROBE) && ivs_match(r, m))
+			return r;
+	return NULL;
+}
+
+static void on_msg(int world, struct ivs_peer *p, const struct ivs_rec *h, const uint8_t *pl)
+{
+	if (p->rx_cur)
+		ivs_fatal("rank %d started a message before finishing the previous one", world);
+	if (h->len > h->total)
+		ivs_fatal("rank %d sent %u payload bytes of a %lu-byte message", world, h->len, (unsigned long)h->total);
+	struct ivs_msg tmp = {.src_world = world, .ctx = h->ctx, .tag = h->tag, .total = h->total, .got = h->len};
+	struct ivs_req *r = posted_match(&tmp);
+	if (r) {
+		ivs_unpost(r);
+		r->recv_mode = IVS_RM_SHM;
+		recv_copy(r, 0, pl, h->len);
+		if (h->flags & IVS_F_SYNC)
+			ivs_send_ack(world, h->cookie);
+		if (h->len == h->total) {
+			recv_complete(r, &tmp);
+			return;
+		}
+		struct ivs_msg *m = malloc(sizeof *m);
+		if (!m)
+			ivs_fatal("out of memory receiving from rank %d", world);
+		*m = tmp;
+		m->req = r;
+		r->done = h->len;
+		p->rx_cur = m;
+		return;
+	}
+	struct ivs_msg *m = malloc(sizeof *m);
+	uint8_t *buf = malloc(h->total ? h->total : 1);
+	if (!m || !buf)
+		ivs_fatal("cannot buffer a %lu-byte unexpected message from rank %d", (unsigned long)h->total, world);
+	*m = tmp;
+	m->buf = buf;
+	memcpy(buf, pl, h->len);
+	if (h->flags & IVS_F_SYNC)
+		m->cookie = h->cookie ? h->cookie : 1;
+	m->prev = ivs.unexp_tail;
+	if (ivs.unexp_tail)
+		ivs.unexp_tail->next = m;
+	else
+		ivs.unexp = m;
+	ivs.unexp_tail = m;
+	if (h->len < h->total)
+		p->rx_cur = m;
+}
+
+static void on_frag(int world, struct ivs_peer *p, const struct ivs_rec *h, const uint8_t *pl)
+{
+	struct ivs_msg *m = p->rx_cur;
+	if (!m || h->len > m->total - m->got || h->len == 0)
+		ivs_fatal("rank %d sent a fragment that belongs to no message", world);
+	if (m->req) {
+		recv_copy(m->req, m->got, pl, h->len);
+		m->req->done += h->len;
+	} else {
+		memcpy(m->buf + m->got, pl, h->len);
+	}
+	m->got += h->len;
+	if (m->got < m->total)
+		return;
+	p->rx_cur = NULL;
+	if (m->req) {
+		recv_complete(m->req, m);
+		free(m);
+	}
+}
+
+static void on_ack(const struct ivs_rec *h)
+{
+	struct ivs_req *r = ivs_req_by_cookie(h->cookie);
+	if (!r)
+		return; /* stale or foreign token: nothing of ours waits for it */
+	r->sync_wait = 0;
+	ivs.nsync_wait--;
+	if (r->done == r->cap) {
+		r->state = IVS_DONE;
+		if (r->free_on_done)
+			ivs_req_release(r);
+	}
+}
+
+static void send_done(struct ivs_req *r)
+{
+	if (r->packed) {
+		free(r->cbuf);
+		r->cbuf = NULL;
+		r->packed = 0;
+	}
+	if (r->sync_wait)
+		return;
+	r->state = IVS_DONE;
+	if (r->free_on_done)
+		ivs_req_release(r);
+}
+
+/* Push queued sends to one peer as far as the ring allows. */
+static int push_sends(struct ivs_peer *p)
+{
+	int did = 0;
+	struct ivs_req *r;
+	while ((r = p->sendq)) {
+		uint64_t max = ivs_tx_max_payload(&p->tx);
+		do {
+			uint64_t n = r->cap - r->done;
+			if (n > max)
+				n = max;
+			struct ivs_rec *h = ivs_tx_reserve(&p->tx, n);
+			if (!h)
+				return did;
+			h->len = (uint32_t)n;
+			if (r->done == 0 && !r->cookie_sent) {
+				h->kind = IVS_REC_MSG;
+				h->flags = r->sync ? IVS_F_SYNC : 0;
+				h->tag = r->tag;
+				h->ctx = r->comm->ctx;
+				h->total = r->cap;
+				h->cookie = r->sync ? ivs_req_cookie(r) : 0;
+				r->cookie_sent = 1;
+			} else {
+				h->kind = IVS_REC_FRAG;
+				h->flags = 0;
+			}
+			memcpy((uint8_t *)h + IVS_REC_HDR, r->cbuf + r->done, n);
+			ivs_tx_commit(&p->tx, h);
+			r->done += n;
+			did = 1;
+		} while (r->done < r->cap);
+		p->sendq = r->next;
+		if (!p->sendq)
+			p->sendq_tail = NULL;
+		r->next = NULL;
+		ivs.nsend_queued--;
+		send_done(r);
+	}
+	return did;
+}
+
+void ivs_enqueue_send(struct ivs_req *r)
+{
+	struct ivs_peer *p = ivs.peers[r->peer_world];
+	r->next = NULL;
+	if (p->sendq_tail)
+		p->sendq_tail->next = r;
+	else
+		p->sendq = r;
+	p->sendq_tail = r;
+	ivs.nsend_queued++;
+	if (r->sync) {
+		r->sync_wait = 1;
+		ivs.nsync_wait++;
+	}
+	push_sends(p);
+}
+
+/* A small message straight from the caller's buffer, when nothing is queued before it. */
+int ivs_try_send_inline(struct ivs_peer *p, const void *buf, uint64_t n, int tag, uint32_t ctx)
+{
+	if (p->sendq || n > ivs_tx_max_payload(&p->tx))
+		return 0;
+	struct ivs_rec *h = ivs_tx_reserve(&p->tx, n);
+	if (!h)
+		return 0;
+	h->len = (uint32_t)n;
+	h->kind = IVS_REC_MSG;
+	h->flags = 0;
+	h->tag = tag;
+	h->ctx = ctx;
+	h->total = n;
+	h->cookie = 0;
+	memcpy((uint8_t *)h + IVS_REC_HDR, buf, n);
+	ivs_tx_commit(&p->tx, h);
+	return 1;
+}
+
+/* Receives that may be satisfied by the network path are found with a matched probe, in
+ * posting order, so that a wildcard receive posted first gets the first matching message. */
+static int probe_net(void)
+{
+	int did = 0;
+	struct ivs_req *r = ivs.posted, *next;
+	for (; r; r = next) {
+		next = r->next;
+		if (r->recv_mode != IVS_RM_PROBE)
+			continue;
+		int flag = 0;
+		MPI_Message msg;
+		MPI_Status st;
+		int rc = PMPI_Improbe(r->peer, r->tag, r->comm->handle, &flag, &msg, &st);
+		if (rc != MPI_SUCCESS) {
+			ivs_unpost(r);
+			r->error = rc;
+			r->state = IVS_DONE;
+			continue;
+		}
+		if (!flag)
+			continue;
+		ivs_unpost(r);
+		r->recv_mode = IVS_RM_NET;
+		rc = PMPI_Imrecv(r->ubuf, r->count, r->dt, &msg, &r->inner);
+		if (rc != MPI_SUCCESS) {
+			r->error = rc;
+			r->state = IVS_DONE;
+		}
+		did = 1;
+	}
+	return did;
+}
+
+int ivs_progress(void)
+{
+	static unsigned rr;
+	int did = 0;
+	if (!ivs.enabled)
+		return 0;
+	for (int k = 0; k < ivs.nlocal; k++) {
+		int i = (int)((rr + (unsigned)k) % (unsigned)ivs.nlocal);
+		int world = ivs.local_world[i];
+		struct ivs_peer *p = ivs.peers[world];
+		struct ivs_rec h;
+		const uint8_t *pl;
+		for (int budget = 32; budget > 0; budget--) {
+			int rc = ivs_rx_peek(&p->rx, &h, &pl);
+			if (rc == 0)
+				break;
+			if (rc < 0)
+				ivs_fatal("corrupt record in the ring from rank %d (kind %u, length %u)", world, h.kind, h.len);
+			switch (h.kind) {
+			case IVS_REC_MSG:
+				on_msg(world, p, &h, pl);
+				break;
+			case IVS_REC_FRAG:
+				on_frag(world, p, &h, pl);
+				break;
+			case IVS_REC_ACK:
+				on_ack(&h);
+				break;
+			}
+			ivs_rx_consume(&p->rx, h.len);
+			did = 1;
+		}
+		if (p->sendq)
+			did |= push_sends(p);
+	}
+	rr++;
+	if (ivs.posted && ivs.has_net)
+		did |= probe_net();
+	return did;
+}
