@@ -39,7 +39,7 @@ $(BUILD)/.deps: Makefile go.mod go.sum
 	@mkdir -p $(BUILD) && touch $@
 
 build: deps $(C_PROGRAMS) $(SHIM_LIBS)
-	$(GO) build -o $(BUILD)/ ./tests/cmd/...
+	$(GO) build -o $(BUILD)/ ./tests/cmd/... ./broker/cmd/...
 
 $(BUILD)/lib/libivshim-openmpi.so: $(FRONT_DEPS) | deps
 	@mkdir -p $(dir $@)

@@ -1,0 +1,214 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"ivshim.dev/ivshim/broker/api"
+	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/broker/metrics"
+	"ivshim.dev/ivshim/ivshmem"
+)
+
+// DefaultResync is how often the broker reconciles without being told of a change.
+const DefaultResync = 30 * time.Second
+
+// lockName is the lock file in the region directory.
+const lockName = ".ivshim-broker.lock"
+
+// ErrHypervisorLost is returned by Run when the hypervisor stops reporting changes.
+var ErrHypervisorLost = errors.New("hypervisor stopped reporting changes")
+
+// ErrLocked is wrapped by New when another broker manages the region directory.
+var ErrLocked = errors.New("region directory in use by another broker")
+
+// Config is what a broker manages and how.
+type Config struct {
+	// RegionDir holds the region files (/dev/shm for libvirt, which gives QEMU
+	// mem-path=/dev/shm/NAME).
+	RegionDir string
+	// RegionSize is the size of new regions: a power of two, at least ivshmem.MinRegionSize.
+	RegionSize uint64
+	// HostID is written into every region created.
+	HostID ivshmem.HostID
+	// Mode is the permission of new region files; it must have no bits for others.
+	Mode os.FileMode
+	// Chown gives new region files the owner UID and group GID (QEMU's, for libvirt).
+	Chown    bool
+	UID, GID int
+	// Resync is the period of reconcile passes without events; 0 means DefaultResync.
+	Resync time.Duration
+}
+
+func (c Config) check() error {
+	switch {
+	case c.RegionDir == "":
+		return errors.New("no region directory")
+	case c.RegionSize < ivshmem.MinRegionSize || c.RegionSize&(c.RegionSize-1) != 0:
+		return fmt.Errorf("region size %d: want a power of two >= %d", c.RegionSize, ivshmem.MinRegionSize)
+	case c.HostID.IsZero():
+		return errors.New("zero host id")
+	case c.Mode&^os.ModePerm != 0 || c.Mode&0o007 != 0 || c.Mode&0o600 != 0o600:
+		return fmt.Errorf("region mode %#o: want permission bits including 0600 and none for others", c.Mode)
+	case c.Resync < 0:
+		return fmt.Errorf("resync interval %v is negative", c.Resync)
+	}
+	return nil
+}
+
+// Broker manages the regions of one host. See the package documentation.
+type Broker struct {
+	cfg     Config
+	hv      hypervisor.Hypervisor
+	log     *zap.Logger
+	lock    *os.File
+	started time.Time
+	metrics metrics.Broker
+
+	// Owned by the reconcile goroutine.
+	regions  map[string]*region         // by job
+	problems map[hypervisor.UUID]string // last bad job tag logged per VM
+	scanned  bool                       // the region directory was scanned once
+
+	mu   sync.Mutex // guards snap
+	snap api.Snapshot
+}
+
+// New checks cfg and takes the region directory's lock. The broker uses hv until Close; the
+// caller closes hv afterwards.
+func New(cfg Config, hv hypervisor.Hypervisor, log *zap.Logger) (*Broker, error) {
+	if cfg.Resync == 0 {
+		cfg.Resync = DefaultResync
+	}
+	if err := cfg.check(); err != nil {
+		return nil, fmt.Errorf("broker config: %w", err)
+	}
+	lock, err := lockDir(cfg.RegionDir)
+	if err != nil {
+		return nil, err
+	}
+	b := &Broker{
+		cfg:      cfg,
+		hv:       hv,
+		log:      log.With(zap.String("host", cfg.HostID.String())),
+		lock:     lock,
+		started:  time.Now(),
+		regions:  map[string]*region{},
+		problems: map[hypervisor.UUID]string{},
+	}
+	b.snap.Status = b.status()
+	return b, nil
+}
+
+// lockDir takes an exclusive, non-blocking flock on the directory's lock file. The kernel drops
+// it when the process dies, so a killed broker never blocks its successor.
+func lockDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, lockName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock region directory: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("lock %s: %w", path, ErrLocked)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// Close unmaps every region and releases the directory lock. Region files stay.
+func (b *Broker) Close() error {
+	var errs []error
+	for _, rg := range b.regions {
+		errs = append(errs, rg.close())
+	}
+	errs = append(errs, b.lock.Close())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close broker: %w", err)
+	}
+	return nil
+}
+
+// Run reconciles now, then on every change the hypervisor reports and every Resync, until ctx
+// ends (nil) or the hypervisor is lost (ErrHypervisorLost).
+func (b *Broker) Run(ctx context.Context) error {
+	b.log.Info("broker started", zap.String("hypervisor", b.hv.Kind()), zap.String("dir", b.cfg.RegionDir))
+	b.pass()
+	t := time.NewTicker(b.cfg.Resync)
+	defer t.Stop()
+	changes := b.hv.Changes()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-changes:
+			if !ok {
+				return ErrHypervisorLost
+			}
+		case <-t.C:
+		}
+		b.pass()
+	}
+}
+
+// pass runs one logged reconcile.
+func (b *Broker) pass() {
+	if err := b.Reconcile(); err != nil {
+		b.log.Warn("reconcile incomplete; the next pass retries", zap.Error(err))
+	}
+}
+
+// Reconcile runs one pass: it lists the VMs and the region files and converges them on the
+// desired state. Every step that fails is reported in the joined error and left for the next
+// pass; when the VMs cannot be listed nothing is changed at all.
+func (b *Broker) Reconcile() error {
+	start := time.Now()
+	err := b.reconcile()
+	b.metrics.ReconcileTime.Since(start)
+	if err != nil {
+		b.metrics.ReconcileErrors.Inc()
+	} else {
+		b.metrics.Reconciles.Inc()
+	}
+	b.mu.Lock()
+	b.snap.Status.LastReconcile = start
+	b.snap.Status.LastError = ""
+	if err != nil {
+		b.snap.Status.LastError = err.Error()
+	}
+	b.mu.Unlock()
+	return err
+}
+
+// Snapshot returns the state published by the last reconcile pass.
+func (b *Broker) Snapshot() api.Snapshot {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.snap
+}
+
+// WriteMetrics writes the broker's metrics in the Prometheus text format.
+func (b *Broker) WriteMetrics(w io.Writer) error { return b.metrics.WriteText(w) }
+
+var _ api.Source = (*Broker)(nil)
+
+func (b *Broker) status() api.Status {
+	return api.Status{
+		Hypervisor: b.hv.Kind(),
+		HostID:     b.cfg.HostID.String(),
+		RegionDir:  b.cfg.RegionDir,
+		RegionSize: b.cfg.RegionSize,
+		Started:    b.started,
+	}
+}

@@ -1,0 +1,130 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"ivshim.dev/ivshim/broker/api"
+)
+
+// DefaultSocket is the broker's default API socket.
+const DefaultSocket = "/run/ivshim/broker.sock"
+
+const usage = `usage: ivshimctl [-socket PATH] [-json] [-timeout D] COMMAND
+commands:
+  status               broker summary
+  jobs                 jobs with VMs on this host and their region
+  regions              region files and their VM tables
+  vms                  running VMs, their job and plugged regions
+  metrics              Prometheus metrics
+  migrate VM HOST      migrate a VM (not implemented yet: the broker says so)
+`
+
+// Run executes one ivshimctl command line (without the program name) and returns the exit
+// status: 0 on success, 1 on a broker error, 2 on a usage error.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("ivshimctl", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usage) }
+	socket := fs.String("socket", DefaultSocket, "broker API socket")
+	asJSON := fs.Bool("json", false, "print the broker's JSON answer")
+	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cmd := fs.Args()
+	want := map[string]int{"status": 1, "jobs": 1, "regions": 1, "vms": 1, "metrics": 1, "migrate": 3}
+	if len(cmd) == 0 || want[cmd[0]] != len(cmd) {
+		fs.Usage()
+		return 2
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	c := api.NewClient(*socket)
+	var (
+		v   any
+		err error
+	)
+	switch cmd[0] {
+	case "status":
+		v, err = c.Status(ctx)
+	case "jobs":
+		v, err = c.Jobs(ctx)
+	case "regions":
+		v, err = c.Regions(ctx)
+	case "vms":
+		v, err = c.VMs(ctx)
+	case "metrics":
+		var m string
+		m, err = c.Metrics(ctx)
+		v = m
+	case "migrate":
+		err = c.Migrate(ctx, api.MigrateRequest{VM: cmd[1], Destination: cmd[2]})
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "ivshimctl: %v\n", err)
+		return 1
+	}
+	if *asJSON {
+		if s, ok := v.(string); ok {
+			fmt.Fprint(stdout, s)
+			return 0
+		}
+		b, _ := json.MarshalIndent(v, "", "  ")
+		fmt.Fprintf(stdout, "%s\n", b)
+		return 0
+	}
+	printTable(stdout, v)
+	return 0
+}
+
+// printTable writes v as a table.
+func printTable(out io.Writer, v any) {
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	defer w.Flush()
+	switch v := v.(type) {
+	case string:
+		fmt.Fprint(w, v)
+	case api.Status:
+		fmt.Fprintf(w, "hypervisor\t%s\nhost id\t%s\nregion dir\t%s\nregion size\t%d\nstarted\t%s\n",
+			v.Hypervisor, v.HostID, v.RegionDir, v.RegionSize, v.Started.Format(time.RFC3339))
+		fmt.Fprintf(w, "last reconcile\t%s\njobs\t%d\nregions\t%d\nVMs\t%d\n",
+			v.LastReconcile.Format(time.RFC3339), v.Jobs, v.Regions, v.VMs)
+		if v.LastError != "" {
+			fmt.Fprintf(w, "last error\t%s\n", v.LastError)
+		}
+	case []api.Job:
+		fmt.Fprintln(w, "JOB\tREGION\tVMS")
+		for _, j := range v {
+			fmt.Fprintf(w, "%s\t%s\t%s\n", j.ID, j.Region, strings.Join(j.VMs, ","))
+		}
+	case []api.Region:
+		fmt.Fprintln(w, "JOB\tPATH\tSIZE\tGENERATION\tVMS\tSTATUS")
+		for _, r := range v {
+			status := "ok"
+			if !r.Usable {
+				status = "unusable: " + r.Error
+			}
+			var vms []string
+			for _, e := range r.VMs {
+				vms = append(vms, fmt.Sprintf("%d:%s:%s", e.Index, e.UUID, e.State))
+			}
+			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\n", r.Job, r.Path, r.Size, r.Generation, strings.Join(vms, ","), status)
+		}
+	case []api.VM:
+		fmt.Fprintln(w, "NAME\tUUID\tJOB\tPLUGGED\tPROBLEM")
+		for _, vm := range v {
+			job := vm.Job
+			if job == "" {
+				job = "-"
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", vm.Name, vm.UUID, job, strings.Join(vm.Plugged, ","), vm.Problem)
+		}
+	}
+}

@@ -1,0 +1,38 @@
+// Package broker is the core of ivshim-broker, the host daemon that gives the VMs of each MPI
+// job on this host one shared region.
+//
+// The broker reconciles desired state against actual state. Desired: every running VM that
+// carries a valid ivshim job tag has the region of its job, a file named ivshim-JOB in the
+// region directory, plugged in and an entry in that region's VM table; nothing else is plugged
+// into any VM; a region exists exactly while a VM of its job runs on this host. Actual: what the
+// hypervisor reports (running VMs, their tags, their plugged ivshim devices) and the files in
+// the region directory. A pass (Reconcile) runs at start, on every hypervisor change event and
+// periodically, and only ever converges: a failed step is logged and retried by the next pass.
+//
+// Isolation follows from the rule "a VM gets the region named after its own job tag, and any
+// other ivshim device plugged into it is unplugged". Region files are created with a mode that
+// never has bits for others.
+//
+// Restart safety: the broker keeps no state of its own. On start it takes an exclusive lock on
+// the region directory (.ivshim-broker.lock, so two brokers never manage one directory), lists
+// the files there and adopts every ivshim-JOB file it made: a region still used by a running VM
+// of its job is kept as it is, mapping and contents untouched (it is never recreated, which
+// would cut off the running job), and its VM table is corrected only where the hypervisor says
+// it is wrong. A region with no running VM of its job is an orphan and is removed. Temporary
+// files of a region creation that a killed broker left behind are removed.
+//
+// Files in the region directory:
+//   - ivshim-JOB, regular, owned by the broker's user or the configured region owner: the
+//     broker's. If it does not validate as a region of JOB on this host it is reported
+//     unusable and not plugged anywhere; it is removed like any region once no VM of JOB runs.
+//   - ivshim-JOB of another owner, or not a regular file: not the broker's (the region
+//     directory, /dev/shm, is world-writable). It is reported, never opened, plugged or
+//     removed, and JOB gets no region until an operator removes it.
+//   - anything else: ignored.
+//
+// Lifetime: New takes the directory lock; Run reconciles until its context ends or the
+// hypervisor stops reporting changes (ErrHypervisorLost: the daemon exits and its supervisor
+// restarts it); Close unmaps the regions and releases the lock, leaving the region files to the
+// next broker. Snapshot and WriteMetrics may be called from any goroutine; everything else from
+// the goroutine that runs Run.
+package broker

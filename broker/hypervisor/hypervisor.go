@@ -1,0 +1,143 @@
+package hypervisor
+
+import (
+	"encoding/hex"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+
+	"ivshim.dev/ivshim/ivshmem"
+)
+
+// DevicePrefix starts the name of every region file and of every device the broker plugs. A
+// plugged device whose name starts with it is the broker's to remove; others are not its
+// business.
+const DevicePrefix = "ivshim-"
+
+// RegionName is the file and device name of job's region: DevicePrefix + job.
+func RegionName(job string) string { return DevicePrefix + job }
+
+// JobOfDevice returns the job whose region name is name. ok is false for names the broker
+// never makes (another prefix, or an invalid job id after it).
+func JobOfDevice(name string) (job string, ok bool) {
+	job, ok = strings.CutPrefix(name, DevicePrefix)
+	if !ok || ivshmem.CheckJobID(job) != nil {
+		return "", false
+	}
+	return job, true
+}
+
+// UUID is a VM's 128-bit identity (the SMBIOS system UUID of a real guest).
+type UUID [16]byte
+
+// String formats u in the canonical 8-4-4-4-12 form.
+func (u UUID) String() string {
+	x := hex.EncodeToString(u[:])
+	return x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:32]
+}
+
+// ParseUUID parses the canonical 8-4-4-4-12 hex form.
+func ParseUUID(s string) (UUID, error) {
+	var u UUID
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return u, fmt.Errorf("parse uuid %q: want the 8-4-4-4-12 hex form", s)
+	}
+	if _, err := hex.Decode(u[:], []byte(strings.ReplaceAll(s, "-", ""))); err != nil {
+		return UUID{}, fmt.Errorf("parse uuid %q: %w", s, err)
+	}
+	return u, nil
+}
+
+// VM is a running VM as the hypervisor reports it.
+type VM struct {
+	Name string
+	UUID UUID
+	// Job is the VM's validated ivshim job id; "" when the VM has no job tag or a bad one.
+	Job string
+	// Problem says why a VM that carries a job tag has no Job (the tag is malformed or hostile);
+	// "" otherwise. The broker logs it once per VM and reason.
+	Problem string
+	// Plugged lists the names of the ivshim devices (DevicePrefix...) plugged into the VM now.
+	Plugged []string
+}
+
+// Region is a region as the hypervisor needs it to plug it: the device name, the host file
+// backing it and its exact size.
+type Region struct {
+	Name string
+	Path string
+	Size uint64
+}
+
+// Hypervisor is what the broker needs from a hypervisor. Methods may be called from one
+// goroutine at a time, except Changes.
+type Hypervisor interface {
+	// Kind names the implementation ("libvirt", "netns") for logs and status.
+	Kind() string
+	// HostID is the identity of this host, written into every region the broker creates.
+	HostID() (ivshmem.HostID, error)
+	// Running lists the VMs running now, with their job and plugged ivshim devices.
+	Running() ([]VM, error)
+	// Changes receives a value whenever the running VMs or their job tags may have changed;
+	// bursts are coalesced. It is closed when changes can no longer be reported.
+	Changes() <-chan struct{}
+	// Attach plugs region r into running VM vm.
+	Attach(vm VM, r Region) error
+	// Detach unplugs the ivshim device called name from vm; a device that is not plugged is
+	// not an error.
+	Detach(vm VM, name string) error
+	// Close releases the hypervisor connection.
+	Close() error
+}
+
+// Notify is the coalescing signal behind a Hypervisor's Changes channel. Signal and Close may
+// be called from any goroutine (libvirt calls back on its event loop).
+type Notify struct {
+	mu     sync.Mutex
+	ch     chan struct{}
+	closed bool
+}
+
+// NewNotify returns a signal whose pending notifications coalesce into one.
+func NewNotify() *Notify { return &Notify{ch: make(chan struct{}, 1)} }
+
+// C is the channel Changes returns.
+func (n *Notify) C() <-chan struct{} { return n.ch }
+
+// Signal records a change without blocking. After Close it does nothing.
+func (n *Notify) Signal() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return
+	}
+	select {
+	case n.ch <- struct{}{}:
+	default:
+	}
+}
+
+// Close closes the channel; later calls do nothing.
+func (n *Notify) Close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.closed {
+		n.closed = true
+		close(n.ch)
+	}
+}
+
+// MachineID reads this machine's id from /etc/machine-id (32 hex digits), the host id of a
+// hypervisor that has none of its own.
+func MachineID() (ivshmem.HostID, error) {
+	b, err := os.ReadFile("/etc/machine-id")
+	if err != nil {
+		return ivshmem.HostID{}, fmt.Errorf("machine id: %w", err)
+	}
+	h, err := ivshmem.ParseHostID(string(b))
+	if err != nil {
+		return ivshmem.HostID{}, fmt.Errorf("machine id: %w", err)
+	}
+	return h, nil
+}

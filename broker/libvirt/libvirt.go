@@ -1,0 +1,393 @@
+package libvirt
+
+import (
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+
+	"go.uber.org/zap"
+	lv "libvirt.org/go/libvirt"
+
+	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/ivshmem"
+)
+
+// Namespace is the XML namespace of ivshim's domain metadata.
+const Namespace = "https://ivshim.dev/xmlns/1"
+
+// DefaultURI is the connection used when none is configured.
+const DefaultURI = "qemu:///system"
+
+// maxMetadata bounds the bytes of an ivshim metadata element; a valid one is under 100.
+const maxMetadata = 1024
+
+// Shmem is an ivshim shmem device of a domain.
+type Shmem struct {
+	Name string
+	XML  string // the device element, as DetachDeviceFlags needs it
+}
+
+// Devices plugs, unplugs and lists the ivshim shmem devices of running domains.
+type Devices interface {
+	// Plugged lists the ivshim devices (hypervisor.JobOfDevice accepts their name) in the live
+	// definition.
+	Plugged(dom *lv.Domain) ([]Shmem, error)
+	// Attach and Detach hot-plug the device element xml, live only.
+	Attach(dom *lv.Domain, xml string) error
+	Detach(dom *lv.Domain, xml string) error
+}
+
+// Live is Devices through libvirt itself.
+type Live struct{}
+
+// Plugged parses the live domain XML.
+func (Live) Plugged(dom *lv.Domain) ([]Shmem, error) {
+	x, err := dom.GetXMLDesc(0)
+	if err != nil {
+		return nil, fmt.Errorf("domain XML: %w", err)
+	}
+	return ParseShmems(x)
+}
+
+// Attach calls AttachDeviceFlags with the LIVE flag.
+func (Live) Attach(dom *lv.Domain, xml string) error {
+	return dom.AttachDeviceFlags(xml, lv.DOMAIN_DEVICE_MODIFY_LIVE)
+}
+
+// Detach calls DetachDeviceFlags with the LIVE flag.
+func (Live) Detach(dom *lv.Domain, xml string) error {
+	return dom.DetachDeviceFlags(xml, lv.DOMAIN_DEVICE_MODIFY_LIVE)
+}
+
+// ParseShmems returns the ivshim shmem devices of a domain XML document.
+func ParseShmems(domainXML string) ([]Shmem, error) {
+	var d struct {
+		Shmems []struct {
+			Name  string `xml:"name,attr"`
+			Inner string `xml:",innerxml"`
+		} `xml:"devices>shmem"`
+	}
+	if err := xml.Unmarshal([]byte(domainXML), &d); err != nil {
+		return nil, fmt.Errorf("parse domain XML: %w", err)
+	}
+	var out []Shmem
+	for _, s := range d.Shmems {
+		if _, ok := hypervisor.JobOfDevice(s.Name); ok {
+			// The name passed JobOfDevice, so it needs no escaping.
+			out = append(out, Shmem{Name: s.Name, XML: "<shmem name='" + s.Name + "'>" + s.Inner + "</shmem>"})
+		}
+	}
+	return out, nil
+}
+
+// ShmemXML is the device element that plugs region r.
+func ShmemXML(r hypervisor.Region) string {
+	return fmt.Sprintf("<shmem name='%s'><model type='ivshmem-plain'/><size unit='M'>%d</size></shmem>", r.Name, r.Size>>20)
+}
+
+// ParseJob extracts the job id from the ivshim metadata element libvirt returns (without its
+// namespace prefix, e.g. `<job id="J"/>`), rejecting everything but exactly that shape.
+func ParseJob(meta string) (string, error) {
+	if len(meta) > maxMetadata {
+		return "", fmt.Errorf("ivshim metadata is %d bytes, more than %d", len(meta), maxMetadata)
+	}
+	dec := xml.NewDecoder(strings.NewReader(meta))
+	dec.Strict = true
+	var job string
+	depth, roots := 0, 0
+	for {
+		tok, err := dec.Token()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return "", fmt.Errorf("ivshim metadata: %w", err)
+		}
+		switch t := tok.(type) {
+		case xml.StartElement:
+			if depth > 0 {
+				return "", fmt.Errorf("ivshim metadata: unexpected element <%s> inside <job>", t.Name.Local)
+			}
+			if roots++; roots > 1 || t.Name.Local != "job" {
+				return "", fmt.Errorf("ivshim metadata: want one <job id=\"...\"/> element, got <%s>", t.Name.Local)
+			}
+			found := false
+			for _, a := range t.Attr {
+				if a.Name.Space == "xmlns" || a.Name.Local == "xmlns" {
+					continue
+				}
+				if a.Name.Space != "" || a.Name.Local != "id" || found {
+					return "", fmt.Errorf("ivshim metadata: unexpected attribute %q on <job>", a.Name.Local)
+				}
+				job, found = a.Value, true
+			}
+			if !found {
+				return "", errors.New("ivshim metadata: <job> has no id attribute")
+			}
+			depth++
+		case xml.EndElement:
+			depth--
+		case xml.CharData:
+			if strings.TrimSpace(string(t)) != "" {
+				return "", errors.New("ivshim metadata: unexpected text")
+			}
+		default:
+			return "", fmt.Errorf("ivshim metadata: unexpected %T", tok)
+		}
+	}
+	if roots == 0 {
+		return "", errors.New("ivshim metadata: no <job> element")
+	}
+	if err := ivshmem.CheckJobID(job); err != nil {
+		return "", fmt.Errorf("ivshim metadata: %w", err)
+	}
+	return job, nil
+}
+
+var startEvents sync.Once
+
+// startEventLoop registers libvirt's default event implementation and runs it forever on a
+// goroutine, once per process.
+func startEventLoop() error {
+	var err error
+	startEvents.Do(func() {
+		if err = lv.EventRegisterDefaultImpl(); err != nil {
+			return
+		}
+		go func() {
+			for {
+				if lv.EventRunDefaultImpl() != nil {
+					return
+				}
+			}
+		}()
+	})
+	if err != nil {
+		return fmt.Errorf("libvirt event loop: %w", err)
+	}
+	return nil
+}
+
+// Hypervisor is a libvirt connection seen as a hypervisor.Hypervisor.
+type Hypervisor struct {
+	conn      *lv.Connect
+	uri       string
+	dev       Devices
+	log       *zap.Logger
+	changes   *hypervisor.Notify
+	callbacks []int
+}
+
+var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
+
+// Open connects to uri (DefaultURI if empty) and subscribes to domain events. dev is Live{}
+// except in tests.
+func Open(uri string, dev Devices, log *zap.Logger) (*Hypervisor, error) {
+	if uri == "" {
+		uri = DefaultURI
+	}
+	if err := startEventLoop(); err != nil {
+		return nil, err
+	}
+	conn, err := lv.NewConnect(uri)
+	if err != nil {
+		return nil, fmt.Errorf("connect to libvirt %s: %w", uri, err)
+	}
+	h := &Hypervisor{conn: conn, uri: uri, dev: dev, log: log, changes: hypervisor.NewNotify()}
+	if err := h.subscribe(); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *Hypervisor) subscribe() error {
+	// Callbacks run on the event loop goroutine: they only signal.
+	id, err := h.conn.DomainEventLifecycleRegister(nil, func(_ *lv.Connect, _ *lv.Domain, _ *lv.DomainEventLifecycle) {
+		h.changes.Signal()
+	})
+	if err != nil {
+		return fmt.Errorf("libvirt %s: subscribe to lifecycle events: %w", h.uri, err)
+	}
+	h.callbacks = append(h.callbacks, id)
+	id, err = h.conn.DomainEventMetadataChangeRegister(nil, func(_ *lv.Connect, _ *lv.Domain, e *lv.DomainEventMetadataChange) {
+		if e.NSURI == Namespace {
+			h.changes.Signal()
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("libvirt %s: subscribe to metadata events: %w", h.uri, err)
+	}
+	h.callbacks = append(h.callbacks, id)
+	err = h.conn.RegisterCloseCallback(func(_ *lv.Connect, reason lv.ConnectCloseReason) {
+		h.log.Error("libvirt connection closed", zap.String("uri", h.uri), zap.Int("reason", int(reason)))
+		h.changes.Close()
+	})
+	if err != nil {
+		return fmt.Errorf("libvirt %s: register close callback: %w", h.uri, err)
+	}
+	return nil
+}
+
+// Conn is the underlying connection (tests drive the test driver through it).
+func (h *Hypervisor) Conn() *lv.Connect { return h.conn }
+
+// Kind implements hypervisor.Hypervisor.
+func (h *Hypervisor) Kind() string { return "libvirt" }
+
+// Changes implements hypervisor.Hypervisor.
+func (h *Hypervisor) Changes() <-chan struct{} { return h.changes.C() }
+
+// HostID is the host UUID from libvirt's capabilities, or the machine id if libvirt reports
+// none.
+func (h *Hypervisor) HostID() (ivshmem.HostID, error) {
+	caps, err := h.conn.GetCapabilities()
+	if err != nil {
+		return ivshmem.HostID{}, fmt.Errorf("libvirt capabilities: %w", err)
+	}
+	var c struct {
+		UUID string `xml:"host>uuid"`
+	}
+	if err := xml.Unmarshal([]byte(caps), &c); err != nil {
+		return ivshmem.HostID{}, fmt.Errorf("parse libvirt capabilities: %w", err)
+	}
+	if c.UUID == "" {
+		return hypervisor.MachineID()
+	}
+	id, err := ivshmem.ParseHostID(c.UUID)
+	if err != nil {
+		return ivshmem.HostID{}, fmt.Errorf("libvirt host uuid: %w", err)
+	}
+	return id, nil
+}
+
+// Running lists the active domains.
+func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
+	doms, err := h.conn.ListAllDomains(lv.CONNECT_LIST_DOMAINS_ACTIVE)
+	if err != nil {
+		return nil, fmt.Errorf("list libvirt domains: %w", err)
+	}
+	defer func() {
+		for i := range doms {
+			doms[i].Free()
+		}
+	}()
+	vms := make([]hypervisor.VM, 0, len(doms))
+	for i := range doms {
+		vm, err := h.describe(&doms[i])
+		if isGone(err) {
+			continue // stopped since it was listed
+		}
+		if err != nil {
+			return nil, err
+		}
+		vms = append(vms, vm)
+	}
+	return vms, nil
+}
+
+func isGone(err error) bool {
+	var e lv.Error
+	return errors.As(err, &e) && (e.Code == lv.ERR_NO_DOMAIN || e.Code == lv.ERR_OPERATION_INVALID)
+}
+
+func (h *Hypervisor) describe(dom *lv.Domain) (hypervisor.VM, error) {
+	var vm hypervisor.VM
+	name, err := dom.GetName()
+	if err != nil {
+		return vm, fmt.Errorf("domain name: %w", err)
+	}
+	u, err := dom.GetUUID()
+	if err != nil {
+		return vm, fmt.Errorf("domain %s: uuid: %w", name, err)
+	}
+	if len(u) != len(vm.UUID) {
+		return vm, fmt.Errorf("domain %s: uuid of %d bytes", name, len(u))
+	}
+	vm.Name = name
+	copy(vm.UUID[:], u)
+	meta, err := dom.GetMetadata(lv.DOMAIN_METADATA_ELEMENT, Namespace, lv.DOMAIN_AFFECT_LIVE)
+	var lerr lv.Error
+	switch {
+	case errors.As(err, &lerr) && lerr.Code == lv.ERR_NO_DOMAIN_METADATA:
+	case err != nil:
+		return vm, fmt.Errorf("domain %s: metadata: %w", name, err)
+	default:
+		vm.Job, err = ParseJob(meta)
+		if err != nil {
+			vm.Problem = err.Error()
+		}
+	}
+	shmems, err := h.dev.Plugged(dom)
+	if err != nil {
+		return vm, fmt.Errorf("domain %s: %w", name, err)
+	}
+	for _, s := range shmems {
+		vm.Plugged = append(vm.Plugged, s.Name)
+	}
+	return vm, nil
+}
+
+func (h *Hypervisor) lookup(vm hypervisor.VM) (*lv.Domain, error) {
+	dom, err := h.conn.LookupDomainByUUID(vm.UUID[:])
+	if err != nil {
+		return nil, fmt.Errorf("domain %s: %w", vm.Name, err)
+	}
+	return dom, nil
+}
+
+// Attach hot-plugs r into vm.
+func (h *Hypervisor) Attach(vm hypervisor.VM, r hypervisor.Region) error {
+	if r.Size%(1<<20) != 0 {
+		return fmt.Errorf("attach %s to domain %s: size %d is not whole MiB", r.Name, vm.Name, r.Size)
+	}
+	dom, err := h.lookup(vm)
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	if err := h.dev.Attach(dom, ShmemXML(r)); err != nil {
+		return fmt.Errorf("attach %s to domain %s: %w", r.Name, vm.Name, err)
+	}
+	return nil
+}
+
+// Detach unplugs the device called name from vm, as the live definition has it.
+func (h *Hypervisor) Detach(vm hypervisor.VM, name string) error {
+	dom, err := h.lookup(vm)
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	shmems, err := h.dev.Plugged(dom)
+	if err != nil {
+		return fmt.Errorf("detach %s from domain %s: %w", name, vm.Name, err)
+	}
+	for _, s := range shmems {
+		if s.Name == name {
+			if err := h.dev.Detach(dom, s.XML); err != nil {
+				return fmt.Errorf("detach %s from domain %s: %w", name, vm.Name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Close unsubscribes and closes the connection.
+func (h *Hypervisor) Close() error {
+	var errs []error
+	for _, id := range h.callbacks {
+		errs = append(errs, h.conn.DomainEventDeregister(id))
+	}
+	errs = append(errs, h.conn.UnregisterCloseCallback())
+	if _, err := h.conn.Close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("close libvirt %s: %w", h.uri, err)
+	}
+	return nil
+}

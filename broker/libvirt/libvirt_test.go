@@ -1,0 +1,452 @@
+package libvirt_test
+
+import (
+	"context"
+	"encoding/xml"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
+	lv "libvirt.org/go/libvirt"
+
+	"ivshim.dev/ivshim/broker"
+	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/broker/libvirt"
+	"ivshim.dev/ivshim/ivshmem"
+)
+
+// fakeDevices stands in for hot-plug, which the test driver lacks. A domain's devices start as
+// its live XML has them; they are keyed by UUID and domain id, so a domain that is destroyed and
+// started again has lost its hot-plugged devices, as with QEMU.
+type fakeDevices struct {
+	t       *testing.T
+	mu      sync.Mutex
+	plugged map[string]map[string]string // boot key -> device name -> device XML
+	names   map[string]string            // boot key -> domain name
+}
+
+func newFakeDevices(t *testing.T) *fakeDevices {
+	return &fakeDevices{t: t, plugged: map[string]map[string]string{}, names: map[string]string{}}
+}
+
+func bootKey(dom *lv.Domain) (string, string, error) {
+	u, err := dom.GetUUIDString()
+	if err != nil {
+		return "", "", err
+	}
+	id, err := dom.GetID()
+	if err != nil {
+		return "", "", err
+	}
+	name, err := dom.GetName()
+	return fmt.Sprintf("%s/%d", u, id), name, err
+}
+
+// devices returns the boot's device map, seeded from the live XML on first sight.
+func (f *fakeDevices) devices(dom *lv.Domain) (map[string]string, error) {
+	key, name, err := bootKey(dom)
+	if err != nil {
+		return nil, err
+	}
+	if d, ok := f.plugged[key]; ok {
+		return d, nil
+	}
+	shmems, err := libvirt.Live{}.Plugged(dom)
+	if err != nil {
+		return nil, err
+	}
+	d := map[string]string{}
+	for _, s := range shmems {
+		d[s.Name] = s.XML
+	}
+	f.plugged[key], f.names[key] = d, name
+	return d, nil
+}
+
+func (f *fakeDevices) Plugged(dom *lv.Domain) ([]libvirt.Shmem, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d, err := f.devices(dom)
+	if err != nil {
+		return nil, err
+	}
+	var out []libvirt.Shmem
+	for _, n := range slices.Sorted(mapKeys(d)) {
+		out = append(out, libvirt.Shmem{Name: n, XML: d[n]})
+	}
+	return out, nil
+}
+
+func mapKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// shmemDevice is what libvirt requires of a device element we hand it.
+type shmemDevice struct {
+	XMLName xml.Name `xml:"shmem"`
+	Name    string   `xml:"name,attr"`
+	Model   struct {
+		Type string `xml:"type,attr"`
+	} `xml:"model"`
+	Size *struct {
+		Unit  string `xml:"unit,attr"`
+		Value uint64 `xml:",chardata"`
+	} `xml:"size"`
+}
+
+func parseDevice(x string) (shmemDevice, error) {
+	var d shmemDevice
+	if err := xml.Unmarshal([]byte(x), &d); err != nil {
+		return d, fmt.Errorf("device XML %q: %w", x, err)
+	}
+	if d.Model.Type != "ivshmem-plain" || d.Size == nil || d.Size.Unit != "M" {
+		return d, fmt.Errorf("device XML %q: want an ivshmem-plain model and a size in M", x)
+	}
+	return d, nil
+}
+
+func (f *fakeDevices) Attach(dom *lv.Domain, x string) error {
+	d, err := parseDevice(x)
+	if err != nil {
+		f.t.Error(err)
+		return err
+	}
+	if d.Size.Value != ivshmem.MinRegionSize>>20 {
+		f.t.Errorf("attach %s: size %d M, want the region's", d.Name, d.Size.Value)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	devs, err := f.devices(dom)
+	if err != nil {
+		return err
+	}
+	if _, dup := devs[d.Name]; dup {
+		return fmt.Errorf("shmem %s already plugged", d.Name)
+	}
+	devs[d.Name] = x
+	return nil
+}
+
+func (f *fakeDevices) Detach(dom *lv.Domain, x string) error {
+	d, err := parseDevice(x)
+	if err != nil {
+		f.t.Error(err)
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	devs, err := f.devices(dom)
+	if err != nil {
+		return err
+	}
+	if _, ok := devs[d.Name]; !ok {
+		return fmt.Errorf("shmem %s not plugged", d.Name)
+	}
+	delete(devs, d.Name)
+	return nil
+}
+
+// pluggedInto returns the ivshim devices of the running boot of the named domain.
+func (f *fakeDevices) pluggedInto(conn *lv.Connect, name string) []string {
+	dom, err := conn.LookupDomainByName(name)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer dom.Free()
+	shmems, err := f.Plugged(dom)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var out []string
+	for _, s := range shmems {
+		out = append(out, s.Name)
+	}
+	return out
+}
+
+type fixture struct {
+	t    *testing.T
+	dev  *fakeDevices
+	hv   *libvirt.Hypervisor
+	b    *broker.Broker
+	dir  string
+	logs *observer.ObservedLogs
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	node, err := filepath.Abs("testdata/node.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.InfoLevel)
+	log := zap.New(zapcore.NewTee(core, zaptest.NewLogger(t).Core()))
+	f := &fixture{t: t, dev: newFakeDevices(t), dir: t.TempDir(), logs: logs}
+	f.hv, err = libvirt.Open("test://"+node, f.dev, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.hv.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	host, err := ivshmem.NewHostID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.b, err = broker.New(broker.Config{RegionDir: f.dir, RegionSize: ivshmem.MinRegionSize, HostID: host, Mode: 0o660, Resync: time.Hour}, f.hv, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := f.b.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return f
+}
+
+func (f *fixture) plugged(name string) []string { return f.dev.pluggedInto(f.hv.Conn(), name) }
+
+func (f *fixture) wantPlugged(name string, want ...string) {
+	f.t.Helper()
+	if got := f.plugged(name); !slices.Equal(got, want) {
+		f.t.Errorf("domain %s has %v plugged, want %v", name, got, want)
+	}
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func (f *fixture) eventually(ctx context.Context, what string, cond func() bool) {
+	f.t.Helper()
+	for !cond() {
+		if ctx.Err() != nil {
+			f.t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (f *fixture) region(job string) string { return filepath.Join(f.dir, hypervisor.RegionName(job)) }
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
+}
+
+func TestReconcileAgainstTestDriver(t *testing.T) {
+	f := newFixture(t)
+	err := f.b.Reconcile()
+	if err != nil {
+		t.Fatalf("reconcile: %v", err)
+	}
+	f.wantPlugged("a0", "ivshim-jobA")
+	f.wantPlugged("a1", "ivshim-jobA")
+	// b0 booted with jobA's region in its definition: it loses it and gets its own.
+	f.wantPlugged("b0", "ivshim-jobB")
+	f.wantPlugged("b1", "ivshim-jobB")
+	f.wantPlugged("untagged")
+	for _, evil := range []string{"evil-path", "evil-long", "evil-child", "evil-quote"} {
+		f.wantPlugged(evil)
+		if n := f.logs.FilterMessage("ignoring VM: its ivshim job tag is rejected").FilterField(zap.String("vm", evil)).Len(); n != 1 {
+			t.Errorf("%d log lines rejecting domain %s, want 1", n, evil)
+		}
+	}
+	for _, job := range []string{"jobA", "jobB"} {
+		info, err := os.Stat(f.region(job))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.Mode().Perm()&0o007 != 0 {
+			t.Errorf("region of %s is accessible to others: %v", job, info.Mode().Perm())
+		}
+	}
+	entries, err := os.ReadDir(f.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 3 { // two regions and the lock
+		t.Errorf("region directory has %d entries, want 3", len(entries))
+	}
+	s := f.b.Snapshot()
+	if s.Status.VMs != 9 || s.Status.Jobs != 2 || s.Status.Regions != 2 {
+		t.Errorf("status %+v: want 9 running VMs, 2 jobs, 2 regions", s.Status)
+	}
+	problems := map[string]string{}
+	for _, vm := range s.VMs {
+		if vm.Problem != "" {
+			problems[vm.Name] = vm.Problem
+		}
+	}
+	if len(problems) != 4 || !strings.Contains(problems["evil-path"], "bad job id") ||
+		!strings.Contains(problems["evil-long"], "length 300") || !strings.Contains(problems["evil-child"], "inside <job>") {
+		t.Errorf("problems = %v", problems)
+	}
+}
+
+func TestLifecycleAndMetadataEvents(t *testing.T) {
+	f := newFixture(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- f.b.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	conn := f.hv.Conn()
+	dom := func(name string) *lv.Domain {
+		d, err := conn.LookupDomainByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Free() })
+		return d
+	}
+	has := func(name string, want ...string) func() bool {
+		return func() bool { return slices.Equal(f.plugged(name), want) }
+	}
+	f.eventually(ctx, "the first pass plugged a0", has("a0", "ivshim-jobA"))
+
+	// A VM of jobA boots.
+	if err := dom("a2-off").Create(); err != nil {
+		t.Fatal(err)
+	}
+	f.eventually(ctx, "a2-off got jobA's region after booting", has("a2-off", "ivshim-jobA"))
+
+	// b1 is re-tagged to jobA.
+	setJob := func(name, elem string) {
+		if err := dom(name).SetMetadata(lv.DOMAIN_METADATA_ELEMENT, elem, "ivshim", libvirt.Namespace, lv.DOMAIN_AFFECT_LIVE); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setJob("b1", `<job id="jobA"/>`)
+	f.eventually(ctx, "b1 moved to jobA", has("b1", "ivshim-jobA"))
+
+	// b0 gets a hostile tag: it loses its region, and jobB, with no VM left, loses its region.
+	setJob("b0", `<job id="jobB/../../jobA"/>`)
+	f.eventually(ctx, "b0 lost its region", has("b0"))
+	f.eventually(ctx, "jobB's region removed", func() bool { return !exists(f.region("jobB")) })
+	f.wantPlugged("b1", "ivshim-jobA")
+
+	// Every VM of jobA stops: its region goes.
+	for _, name := range []string{"a0", "a1", "a2-off", "b1"} {
+		if err := dom(name).Destroy(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.eventually(ctx, "jobA's region removed", func() bool { return !exists(f.region("jobA")) })
+
+	// a0 boots again: a new region, plugged into the new boot.
+	if err := dom("a0").Create(); err != nil {
+		t.Fatal(err)
+	}
+	f.eventually(ctx, "a0 got a region after rebooting", has("a0", "ivshim-jobA"))
+	if !exists(f.region("jobA")) {
+		t.Error("no region for jobA after a0 rebooted")
+	}
+}
+
+func TestHostIDFallsBackToMachineID(t *testing.T) {
+	f := newFixture(t)
+	want, err := hypervisor.MachineID()
+	if err != nil {
+		t.Skipf("this machine has no usable /etc/machine-id: %v", err)
+	}
+	got, err := f.hv.HostID()
+	if err != nil || got != want {
+		t.Errorf("HostID = %s, %v; want the machine id %s (the test driver reports no host UUID)", got, err, want)
+	}
+}
+
+func TestParseJob(t *testing.T) {
+	good := map[string]string{
+		`<job id="jobA"/>`: "jobA",
+		`<ivshim:job xmlns:ivshim="https://ivshim.dev/xmlns/1" id="j-1.x_y"/>`: "j-1.x_y",
+		"<job id='a'>\n</job>": "a",
+	}
+	for in, want := range good {
+		if got, err := libvirt.ParseJob(in); err != nil || got != want {
+			t.Errorf("ParseJob(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+	bad := []string{
+		``,
+		`<job/>`,
+		`<job id=""/>`,
+		`<job id="../x"/>`,
+		`<job id="a b"/>`,
+		`<job id=".hidden"/>`,
+		`<job id="-rf"/>`,
+		`<job id="` + strings.Repeat("a", 64) + `"/>`,
+		`<job id="a&#10;b"/>`,
+		`<job id="a&lt;b"/>`,
+		`<job id="&xxe;"/>`,
+		`<!DOCTYPE job [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><job id="&xxe;"/>`,
+		`<job id="a" id="b"/>`,
+		`<job id="a" owner="root"/>`,
+		`<job id="a"><job id="b"/></job>`,
+		`<job id="a">text</job>`,
+		`<job id="a"/><job id="b"/>`,
+		`<other id="a"/>`,
+		`<job id="a"><!-- c --></job>`,
+		`<?xml version="1.0"?><job id="a"/>`,
+		`<job id="a">`,
+		`<job id="` + strings.Repeat("a", 2000) + `"/>`,
+		"<job id=\"a\xffb\"/>",
+	}
+	for _, in := range bad {
+		if got, err := libvirt.ParseJob(in); err == nil {
+			t.Errorf("ParseJob(%q) = %q, accepted", in, got)
+		}
+	}
+}
+
+func TestShmemXMLRoundTrip(t *testing.T) {
+	r := hypervisor.Region{Name: "ivshim-jobA", Path: "/dev/shm/ivshim-jobA", Size: 64 << 20}
+	x := libvirt.ShmemXML(r)
+	want := `<shmem name='ivshim-jobA'><model type='ivshmem-plain'/><size unit='M'>64</size></shmem>`
+	if x != want {
+		t.Errorf("ShmemXML = %s, want %s", x, want)
+	}
+	got, err := libvirt.ParseShmems("<domain><devices>" + x + "<shmem name='not-ours'/><shmem name='ivshim-../x'/></devices></domain>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Name != "ivshim-jobA" {
+		t.Fatalf("ParseShmems = %+v, want ivshim-jobA only", got)
+	}
+	d, err := parseDevice(got[0].XML)
+	if err != nil || d.Size.Value != 64 {
+		t.Errorf("re-serialized device %q: %+v, %v", got[0].XML, d, err)
+	}
+}
+
+func FuzzParseJob(f *testing.F) {
+	f.Add(`<job id="jobA"/>`)
+	f.Add(`<job id="a"><x/></job>`)
+	f.Fuzz(func(t *testing.T, s string) {
+		job, err := libvirt.ParseJob(s)
+		if err == nil && ivshmem.CheckJobID(job) != nil {
+			t.Fatalf("ParseJob(%q) accepted invalid job %q", s, job)
+		}
+	})
+}

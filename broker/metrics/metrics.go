@@ -1,0 +1,135 @@
+package metrics
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Counter only goes up.
+type Counter struct{ v atomic.Uint64 }
+
+// Inc adds one.
+func (c *Counter) Inc() { c.v.Add(1) }
+
+// Value returns the count.
+func (c *Counter) Value() uint64 { return c.v.Load() }
+
+// Gauge is a value that goes up and down.
+type Gauge struct{ v atomic.Int64 }
+
+// Set stores v.
+func (g *Gauge) Set(v int) { g.v.Store(int64(v)) }
+
+// Value returns the current value.
+func (g *Gauge) Value() int64 { return g.v.Load() }
+
+// latencyBounds are the histogram bucket upper bounds in seconds: hot-plug through libvirt
+// takes tens to hundreds of milliseconds, a symlink microseconds.
+var latencyBounds = [...]float64{0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// Histogram counts durations in latencyBounds buckets.
+type Histogram struct {
+	mu     sync.Mutex
+	counts [len(latencyBounds) + 1]uint64 // per bucket of latencyBounds, then +Inf
+	sum    float64
+	n      uint64
+}
+
+// Observe records one duration.
+func (h *Histogram) Observe(d time.Duration) {
+	s := d.Seconds()
+	i := 0
+	for i < len(latencyBounds) && s > latencyBounds[i] {
+		i++
+	}
+	h.mu.Lock()
+	h.counts[i]++
+	h.sum += s
+	h.n++
+	h.mu.Unlock()
+}
+
+// Since observes the time elapsed since start.
+func (h *Histogram) Since(start time.Time) { h.Observe(time.Since(start)) }
+
+// Broker is the set of metrics one broker exports.
+type Broker struct {
+	Regions         Gauge // region files the broker manages
+	VMs             Gauge // running VMs that belong to a job
+	RejectedVMs     Gauge // running VMs with a bad job tag
+	RegionsCreated  Counter
+	RegionsRemoved  Counter
+	Attaches        Counter
+	AttachErrors    Counter
+	Detaches        Counter
+	DetachErrors    Counter
+	Reconciles      Counter
+	ReconcileErrors Counter
+	AttachTime      Histogram
+	DetachTime      Histogram
+	ReconcileTime   Histogram
+}
+
+// WriteText writes every metric in the Prometheus text format.
+func (m *Broker) WriteText(w io.Writer) error {
+	var b strings.Builder
+	gauge(&b, "ivshim_broker_regions", "Region files managed by the broker.", m.Regions.Value())
+	gauge(&b, "ivshim_broker_vms", "Running VMs that belong to an ivshim job.", m.VMs.Value())
+	gauge(&b, "ivshim_broker_rejected_vms", "Running VMs whose job tag is malformed or hostile.", m.RejectedVMs.Value())
+	counter(&b, "ivshim_broker_regions_created_total", "Regions created.", "", m.RegionsCreated.Value())
+	counter(&b, "ivshim_broker_regions_removed_total", "Regions removed.", "", m.RegionsRemoved.Value())
+	counter(&b, "ivshim_broker_attach_total", "Region hot-plug attempts by result.", `result="ok"`, m.Attaches.Value())
+	sample(&b, "ivshim_broker_attach_total", `result="error"`, m.AttachErrors.Value())
+	counter(&b, "ivshim_broker_detach_total", "Region unplug attempts by result.", `result="ok"`, m.Detaches.Value())
+	sample(&b, "ivshim_broker_detach_total", `result="error"`, m.DetachErrors.Value())
+	counter(&b, "ivshim_broker_reconcile_total", "Reconcile passes by result.", `result="ok"`, m.Reconciles.Value())
+	sample(&b, "ivshim_broker_reconcile_total", `result="error"`, m.ReconcileErrors.Value())
+	m.AttachTime.write(&b, "ivshim_broker_attach_seconds", "Latency of region hot-plug.")
+	m.DetachTime.write(&b, "ivshim_broker_detach_seconds", "Latency of region unplug.")
+	m.ReconcileTime.write(&b, "ivshim_broker_reconcile_seconds", "Duration of reconcile passes.")
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return fmt.Errorf("write metrics: %w", err)
+	}
+	return nil
+}
+
+func header(b *strings.Builder, name, help, typ string) {
+	fmt.Fprintf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
+}
+
+func sample(b *strings.Builder, name, labels string, v uint64) {
+	if labels != "" {
+		name += "{" + labels + "}"
+	}
+	fmt.Fprintf(b, "%s %d\n", name, v)
+}
+
+func gauge(b *strings.Builder, name, help string, v int64) {
+	header(b, name, help, "gauge")
+	fmt.Fprintf(b, "%s %d\n", name, v)
+}
+
+func counter(b *strings.Builder, name, help, labels string, v uint64) {
+	header(b, name, help, "counter")
+	sample(b, name, labels, v)
+}
+
+func (h *Histogram) write(b *strings.Builder, name, help string) {
+	h.mu.Lock()
+	counts, sum, n := h.counts, h.sum, h.n
+	h.mu.Unlock()
+	header(b, name, help, "histogram")
+	var cum uint64
+	for i, le := range latencyBounds {
+		cum += counts[i]
+		sample(b, name+"_bucket", `le="`+strconv.FormatFloat(le, 'g', -1, 64)+`"`, cum)
+	}
+	sample(b, name+"_bucket", `le="+Inf"`, n)
+	fmt.Fprintf(b, "%s_sum %s\n", name, strconv.FormatFloat(sum, 'g', -1, 64))
+	sample(b, name+"_count", "", n)
+}

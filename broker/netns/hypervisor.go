@@ -1,0 +1,211 @@
+package netns
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/ivshmem"
+)
+
+// Hypervisor manages the emulated VMs of one registry. See the package documentation.
+type Hypervisor struct {
+	reg     Registry
+	log     *zap.Logger
+	changes *hypervisor.Notify
+	watch   *os.File          // inotify on DIR/vms
+	bad     map[string]string // last complaint logged per record name; owned by Running's caller
+}
+
+var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
+
+// Open watches the registry in dir, creating it if needed.
+func Open(dir string, log *zap.Logger) (*Hypervisor, error) {
+	reg := Registry{Dir: dir}
+	if err := reg.Init(); err != nil {
+		return nil, err
+	}
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		return nil, fmt.Errorf("watch netns registry %s: %w", dir, err)
+	}
+	const mask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MOVED_TO | unix.IN_MOVED_FROM |
+		unix.IN_CLOSE_WRITE | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF
+	if _, err := unix.InotifyAddWatch(fd, reg.vmsDir(), mask); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("watch netns registry %s: %w", dir, err)
+	}
+	// A non-blocking fd goes to Go's poller, so Close wakes the reader.
+	h := &Hypervisor{
+		reg:     reg,
+		log:     log,
+		changes: hypervisor.NewNotify(),
+		watch:   os.NewFile(uintptr(fd), "inotify"),
+		bad:     map[string]string{},
+	}
+	go h.readEvents()
+	return h, nil
+}
+
+// readEvents turns inotify events into change signals. It ends, closing Changes, when the
+// watch is closed or the watched directory is removed or moved.
+func (h *Hypervisor) readEvents() {
+	defer h.changes.Close()
+	buf := make([]byte, 64*(unix.SizeofInotifyEvent+unix.NAME_MAX+1))
+	for {
+		n, err := h.watch.Read(buf)
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				h.log.Error("netns registry watch failed", zap.String("dir", h.reg.vmsDir()), zap.Error(err))
+			}
+			return
+		}
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			mask := binary.NativeEndian.Uint32(buf[off+4:])
+			nameLen := binary.NativeEndian.Uint32(buf[off+12:])
+			if mask&(unix.IN_IGNORED|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF) != 0 {
+				h.log.Error("netns registry directory went away", zap.String("dir", h.reg.vmsDir()))
+				return
+			}
+			off += unix.SizeofInotifyEvent + int(nameLen)
+		}
+		h.changes.Signal()
+	}
+}
+
+// Kind implements hypervisor.Hypervisor.
+func (h *Hypervisor) Kind() string { return "netns" }
+
+// HostID is the machine id: emulated hosts share one machine, so a harness running several
+// gives each broker its own host id in its configuration.
+func (h *Hypervisor) HostID() (ivshmem.HostID, error) { return hypervisor.MachineID() }
+
+// Changes implements hypervisor.Hypervisor.
+func (h *Hypervisor) Changes() <-chan struct{} { return h.changes.C() }
+
+// Running lists the registered VMs. It also removes the device directories of VMs that are not
+// registered: a powered-off VM has no devices.
+func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
+	names, err := h.reg.names()
+	if err != nil {
+		return nil, err
+	}
+	running := map[string]bool{}
+	var vms []hypervisor.VM
+	for _, name := range names {
+		vm, err := h.reg.read(name)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // unregistered since the directory was read
+		}
+		h.complain(name, err)
+		if err != nil {
+			continue
+		}
+		running[name] = true
+		out := hypervisor.VM{Name: vm.Name, UUID: vm.UUID, Job: vm.Job}
+		if err := ivshmem.CheckJobID(vm.Job); vm.Job != "" && err != nil {
+			out.Job, out.Problem = "", err.Error()
+		}
+		target, err := h.reg.Device(name)
+		if err != nil {
+			return nil, err
+		}
+		if target != "" {
+			out.Plugged = []string{filepath.Base(target)}
+		}
+		vms = append(vms, out)
+	}
+	if err := h.removeStaleDevices(running); err != nil {
+		// Leftover devices of stopped VMs are harmless and must not stop the broker acting.
+		h.log.Warn("netns registry cleanup", zap.Error(err))
+	}
+	return vms, nil
+}
+
+// complain logs a record that does not parse or validate, once per record and reason.
+func (h *Hypervisor) complain(name string, err error) {
+	if err == nil {
+		delete(h.bad, name)
+		return
+	}
+	if h.bad[name] == err.Error() {
+		return
+	}
+	h.bad[name] = err.Error()
+	h.log.Warn("ignoring bad netns VM record", zap.String("vm", name),
+		zap.String("file", h.reg.recordPath(name)), zap.Error(err))
+}
+
+func (h *Hypervisor) removeStaleDevices(running map[string]bool) error {
+	entries, err := os.ReadDir(filepath.Join(h.reg.Dir, "devices"))
+	if err != nil {
+		return fmt.Errorf("netns devices: %w", err)
+	}
+	var errs []error
+	for _, e := range entries {
+		if !running[e.Name()] {
+			errs = append(errs, os.RemoveAll(filepath.Join(h.reg.Dir, "devices", e.Name())))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("remove devices of stopped VMs: %w", err)
+	}
+	return nil
+}
+
+// Attach plugs r into vm: DevicePath(vm) becomes a symlink to r.Path, replaced atomically.
+func (h *Hypervisor) Attach(vm hypervisor.VM, r hypervisor.Region) error {
+	cur, err := h.reg.Device(vm.Name)
+	if err != nil {
+		return err
+	}
+	switch cur {
+	case r.Path:
+		return nil
+	case "":
+	default:
+		return fmt.Errorf("attach %s to VM %s: it has %s plugged", r.Name, vm.Name, cur)
+	}
+	if err := os.MkdirAll(h.reg.deviceDir(vm.Name), 0o755); err != nil {
+		return fmt.Errorf("attach %s to VM %s: %w", r.Name, vm.Name, err)
+	}
+	link := h.reg.DevicePath(vm.Name)
+	tmp := link + ".tmp"
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("attach %s to VM %s: %w", r.Name, vm.Name, err)
+	}
+	if err := os.Symlink(r.Path, tmp); err != nil {
+		return fmt.Errorf("attach %s to VM %s: %w", r.Name, vm.Name, err)
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("attach %s to VM %s: %w", r.Name, vm.Name, err)
+	}
+	return nil
+}
+
+// Detach unplugs the device called name from vm.
+func (h *Hypervisor) Detach(vm hypervisor.VM, name string) error {
+	cur, err := h.reg.Device(vm.Name)
+	if err != nil || cur == "" || filepath.Base(cur) != name {
+		return err
+	}
+	if err := os.Remove(h.reg.DevicePath(vm.Name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("detach %s from VM %s: %w", name, vm.Name, err)
+	}
+	return nil
+}
+
+// Close stops watching the registry.
+func (h *Hypervisor) Close() error {
+	if err := h.watch.Close(); err != nil {
+		return fmt.Errorf("close netns registry watch: %w", err)
+	}
+	return nil
+}

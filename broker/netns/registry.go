@@ -1,0 +1,199 @@
+package netns
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+
+	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/ivshmem"
+)
+
+// maxRecord bounds the bytes read from one VM record; a real one is about 150.
+const maxRecord = 4096
+
+// validName is the form of a VM name: it is a file name in the registry.
+var validName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,62}$`)
+
+// VM is an emulated VM as the harness registers it.
+type VM struct {
+	Name  string
+	UUID  hypervisor.UUID
+	Job   string // "" for a VM that belongs to no job
+	Netns string
+}
+
+// record is the JSON form of a VM in DIR/vms/NAME.json.
+type record struct {
+	Name  string `json:"name"`
+	UUID  string `json:"uuid"`
+	Job   string `json:"job"`
+	Netns string `json:"netns"`
+}
+
+// Registry is the state directory of one emulated host (see the package documentation).
+type Registry struct {
+	Dir string
+}
+
+func (g Registry) vmsDir() string             { return filepath.Join(g.Dir, "vms") }
+func (g Registry) recordPath(n string) string { return filepath.Join(g.vmsDir(), n+".json") }
+func (g Registry) deviceDir(n string) string  { return filepath.Join(g.Dir, "devices", n) }
+
+// DevicePath is where VM name's ivshmem device appears: the value of IVSHIM_REGION in the VM.
+func (g Registry) DevicePath(name string) string {
+	return filepath.Join(g.deviceDir(name), "ivshmem")
+}
+
+// Init creates the registry's directories.
+func (g Registry) Init() error {
+	for _, d := range []string{g.vmsDir(), filepath.Join(g.Dir, "devices")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("netns registry %s: %w", g.Dir, err)
+		}
+	}
+	return nil
+}
+
+func checkName(name string) error {
+	if !validName.MatchString(name) {
+		return fmt.Errorf("bad VM name %q: want 1-63 bytes of [A-Za-z0-9._-], not starting with '.' or '-'", name)
+	}
+	return nil
+}
+
+// Register boots vm: it writes its record atomically, creating the registry if needed.
+func (g Registry) Register(vm VM) error {
+	if err := checkName(vm.Name); err != nil {
+		return fmt.Errorf("register VM: %w", err)
+	}
+	if vm.Job != "" {
+		if err := ivshmem.CheckJobID(vm.Job); err != nil {
+			return fmt.Errorf("register VM %s: %w", vm.Name, err)
+		}
+	}
+	if err := g.Init(); err != nil {
+		return err
+	}
+	b, err := json.Marshal(record{Name: vm.Name, UUID: vm.UUID.String(), Job: vm.Job, Netns: vm.Netns})
+	if err != nil {
+		return fmt.Errorf("register VM %s: %w", vm.Name, err)
+	}
+	f, err := os.CreateTemp(g.vmsDir(), "."+vm.Name+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("register VM %s: %w", vm.Name, err)
+	}
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), g.recordPath(vm.Name))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("register VM %s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+// Unregister powers VM name off: its record and its devices go. An unknown VM is not an error.
+func (g Registry) Unregister(name string) error {
+	if err := checkName(name); err != nil {
+		return fmt.Errorf("unregister VM: %w", err)
+	}
+	if err := os.Remove(g.recordPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("unregister VM %s: %w", name, err)
+	}
+	if err := os.RemoveAll(g.deviceDir(name)); err != nil {
+		return fmt.Errorf("unregister VM %s: devices: %w", name, err)
+	}
+	return nil
+}
+
+// Device returns the region file plugged into VM name, "" if none.
+func (g Registry) Device(name string) (string, error) {
+	target, err := os.Readlink(g.DevicePath(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("device of VM %s: %w", name, err)
+	}
+	return target, nil
+}
+
+// WaitDevice waits until the broker has plugged a region into VM name and returns the region
+// file's path. Callers start ranks in the VM only after it returns.
+func (g Registry) WaitDevice(ctx context.Context, name string) (string, error) {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		target, err := g.Device(name)
+		if err != nil || target != "" {
+			return target, err
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("wait for the ivshmem device of VM %s: %w", name, context.Cause(ctx))
+		case <-t.C:
+		}
+	}
+}
+
+// read loads and validates the record of VM name.
+func (g Registry) read(name string) (VM, error) {
+	f, err := os.Open(g.recordPath(name))
+	if err != nil {
+		return VM{}, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxRecord+1))
+	if err != nil {
+		return VM{}, fmt.Errorf("read: %w", err)
+	}
+	if len(b) > maxRecord {
+		return VM{}, fmt.Errorf("record longer than %d bytes", maxRecord)
+	}
+	var r record
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return VM{}, fmt.Errorf("parse: %w", err)
+	}
+	if dec.More() {
+		return VM{}, errors.New("parse: data after the record")
+	}
+	if r.Name != name {
+		return VM{}, fmt.Errorf("record names VM %q, file names %q", r.Name, name)
+	}
+	u, err := hypervisor.ParseUUID(r.UUID)
+	if err != nil {
+		return VM{}, err
+	}
+	return VM{Name: r.Name, UUID: u, Job: r.Job, Netns: r.Netns}, nil
+}
+
+// names lists the names of the registered VMs: files NAME.json with a valid NAME.
+func (g Registry) names() ([]string, error) {
+	entries, err := os.ReadDir(g.vmsDir())
+	if err != nil {
+		return nil, fmt.Errorf("netns registry: %w", err)
+	}
+	var out []string
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".json")
+		if ok && e.Type().IsRegular() && checkName(name) == nil {
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
