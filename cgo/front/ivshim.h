@@ -32,6 +32,8 @@ struct ivs_peer {
 	struct ivs_req *sendq;     /* sends to this peer not yet fully in the ring, FIFO */
 	struct ivs_req *sendq_tail;
 	struct ivs_msg *rx_cur;    /* message whose fragments are arriving on rx */
+	uint64_t *acks;            /* synchronous-send ACKs owed to the peer, not yet in the ring */
+	int nacks, acks_cap;
 	int local;                 /* index among the co-located ranks */
 };
 
@@ -122,6 +124,7 @@ struct ivs_state {
 	uint32_t next_ctx;
 	int nsend_queued;          /* shim sends not yet fully in a ring */
 	int nsync_wait;            /* synchronous sends waiting for the receiver's ACK */
+	int nacks;                 /* ACKs queued for any peer */
 	int has_net;               /* some world rank is reached through PMPI */
 	struct ivs_req *posted, *posted_tail;   /* shim-managed receives, in posting order */
 	struct ivs_msg *unexp, *unexp_tail;     /* arrived, unmatched, in arrival order */
@@ -197,6 +200,6 @@ int ivs_net_wait(MPI_Request *h, MPI_Status *st);
 
 /* Shim work that needs this rank to keep polling: a blocking PMPI call must not be entered
  * while it is pending (a co-located peer could wait on us forever). */
-static inline int ivs_busy(void) { return ivs.posted || ivs.nsend_queued || ivs.nsync_wait; }
+static inline int ivs_busy(void) { return ivs.posted || ivs.nsend_queued || ivs.nsync_wait || ivs.nacks; }
 
 #endif

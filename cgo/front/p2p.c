@@ -188,9 +188,12 @@ int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st)
 		return err;
 	}
 	ivs_fill_status(r, st);
-	int err = r->error;
+	int err = r->error, lib_saw_it = r->recv_mode == IVS_RM_NET;
+	MPI_Comm comm = r->comm ? r->comm->handle : MPI_COMM_WORLD;
 	ivs_req_release(r);
 	*h = MPI_REQUEST_NULL;
+	if (IVS_UNLIKELY(err != MPI_SUCCESS && !lib_saw_it))
+		PMPI_Comm_call_errhandler(comm, err); /* the library did not see this error */
 	return err;
 }
 
@@ -463,8 +466,10 @@ static int probe_needs_net(struct ivs_comm *c, int src)
 int MPI_Iprobe(int src, int tag, MPI_Comm comm, int *flag, MPI_Status *st)
 {
 	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
-	if (!c || src == MPI_PROC_NULL)
+	if (!c || src == MPI_PROC_NULL) {
+		ivs_progress(); /* a loop of library-only probes must still drain the rings */
 		return PMPI_Iprobe(src, tag, comm, flag, st);
+	}
 	if (src == MPI_ANY_SOURCE || !probe_needs_net(c, src)) {
 		struct ivs_msg *m = probe_shm(c, src, tag);
 		if (m) {

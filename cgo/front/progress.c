@@ -118,20 +118,45 @@ static void recv_copy(struct ivs_req *r, uint64_t at, const uint8_t *src, uint64
 		memcpy(r->cbuf + at, src, n < r->cap - at ? n : r->cap - at);
 }
 
+/* Put the peer's queued ACKs into the ring as far as it has room. */
+static int push_acks(struct ivs_peer *p)
+{
+	int n = 0;
+	while (n < p->nacks) {
+		struct ivs_rec *h = ivs_tx_reserve(&p->tx, 0);
+		if (!h)
+			break;
+		h->len = 0;
+		h->kind = IVS_REC_ACK;
+		h->flags = 0;
+		h->cookie = p->acks[n++];
+		ivs_tx_commit(&p->tx, h);
+	}
+	if (n) {
+		memmove(p->acks, p->acks + n, sizeof *p->acks * (size_t)(p->nacks - n));
+		p->nacks -= n;
+		ivs.nacks -= n;
+	}
+	return n > 0;
+}
+
+/* Owe the sender of a synchronous message its ACK. Queued rather than written in place:
+ * waiting here for ring space could re-enter the progress engine while it holds a record. */
 void ivs_send_ack(int world, uint64_t cookie)
 {
 	struct ivs_peer *p = ivs.peers[world];
-	unsigned spins = 0;
-	struct ivs_rec *h;
-	while (!(h = ivs_tx_reserve(&p->tx, 0))) {
-		ivs_progress();
-		ivs_wait_pause(&spins);
+	if (p->nacks == p->acks_cap) {
+		int cap = p->acks_cap ? 2 * p->acks_cap : 8;
+		uint64_t *a = realloc(p->acks, sizeof *a * (size_t)cap);
+		if (!a)
+			ivs_fatal("out of memory queueing an acknowledgement");
+		p->acks = a;
+		p->acks_cap = cap;
 	}
-	h->len = 0;
-	h->kind = IVS_REC_ACK;
-	h->flags = 0;
-	h->cookie = cookie;
-	ivs_tx_commit(&p->tx, h);
+	p->acks[p->nacks++] = cookie;
+	ivs.nacks++;
+	if (p->nacks == 1)
+		push_acks(p);
 }
 
 /* A matched receive takes over an unexpected message (complete or still arriving). */
@@ -409,6 +434,8 @@ int ivs_progress(void)
 			ivs_rx_consume(&p->rx, h.len);
 			did = 1;
 		}
+		if (p->nacks)
+			did |= push_acks(p);
 		if (p->sendq)
 			did |= push_sends(p);
 	}

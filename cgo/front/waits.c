@@ -135,8 +135,10 @@ int MPI_Waitall(int n, MPI_Request *hs, MPI_Status *sts)
 
 int MPI_Testall(int n, MPI_Request *hs, int *flag, MPI_Status *sts)
 {
-	if (IVS_LIKELY(!ivs.enabled) || !any_shim(n, hs))
+	if (IVS_LIKELY(!ivs.enabled) || !any_shim(n, hs)) {
+		ivs_progress();
 		return PMPI_Testall(n, hs, flag, sts);
+	}
 	ivs_progress();
 	for (int i = 0; i < n; i++) {
 		if (!ready(&hs[i])) {
@@ -194,8 +196,10 @@ int MPI_Waitany(int n, MPI_Request *hs, int *index, MPI_Status *st)
 
 int MPI_Testany(int n, MPI_Request *hs, int *index, int *flag, MPI_Status *st)
 {
-	if (IVS_LIKELY(!ivs.enabled) || !any_shim(n, hs))
+	if (IVS_LIKELY(!ivs.enabled) || !any_shim(n, hs)) {
+		ivs_progress();
 		return PMPI_Testany(n, hs, index, flag, st);
+	}
 	ivs_progress();
 	int rc = MPI_SUCCESS, i = testany_pass(n, hs, st, &rc);
 	*flag = i != -1;
@@ -239,8 +243,10 @@ int MPI_Waitsome(int n, MPI_Request *hs, int *outcount, int *idx, MPI_Status *st
 
 int MPI_Testsome(int n, MPI_Request *hs, int *outcount, int *idx, MPI_Status *sts)
 {
-	if (IVS_LIKELY(!ivs.enabled) || !any_shim(n, hs))
+	if (IVS_LIKELY(!ivs.enabled) || !any_shim(n, hs)) {
+		ivs_progress();
 		return PMPI_Testsome(n, hs, outcount, idx, sts);
+	}
 	ivs_progress();
 	return testsome_pass(n, hs, outcount, idx, sts);
 }
@@ -248,8 +254,10 @@ int MPI_Testsome(int n, MPI_Request *hs, int *outcount, int *idx, MPI_Status *st
 int MPI_Request_get_status(MPI_Request h, int *flag, MPI_Status *st)
 {
 	struct ivs_req *r = ivs.enabled ? ivs_req_of(h) : NULL;
-	if (!r)
+	if (!r) {
+		ivs_progress();
 		return PMPI_Request_get_status(h, flag, st);
+	}
 	ivs_progress();
 	*flag = ivs_req_poll(r);
 	if (!*flag)
