@@ -1,0 +1,157 @@
+package ivbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"time"
+
+	"ivshim.dev/ivshim/tests/cluster"
+)
+
+// A Route is where the two ranks of a ping-pong run.
+type Route struct {
+	Name string
+	// VMs picks the two VMs; nil means a native run, both ranks in the root namespace.
+	VMs       func(c *cluster.Cluster) []*cluster.VM
+	Transport cluster.Transport
+}
+
+// Routes are the placements the demo compares, on a cluster of at least 2 hosts × 2 VMs.
+var Routes = []Route{
+	{Name: "native, shared memory (one OS)"},
+	{Name: "native, TCP loopback (one OS)", Transport: cluster.TCP},
+	{Name: "VM to VM, same host (TCP)", VMs: func(c *cluster.Cluster) []*cluster.VM {
+		return c.Hosts[0].VMs[:2]
+	}},
+	{Name: "VM to VM, different hosts (TCP)", VMs: func(c *cluster.Cluster) []*cluster.VM {
+		return []*cluster.VM{c.Hosts[0].VMs[0], c.Hosts[1].VMs[0]}
+	}},
+}
+
+// Latency is the PingPong result of one route under one MPI.
+type Latency struct {
+	Route string
+	MPI   cluster.MPI
+	Rows  []Row
+	// Timeouts counts attempts that hung and were retried.
+	Timeouts int
+}
+
+// demoTimeout bounds one PingPong attempt; a run takes about a second.
+const demoTimeout = 10 * time.Second
+
+// demoSizes are the message sizes the demo table shows; the run measures 0 and 1 B to 4 KiB.
+var demoSizes = []int{0, 1024, 4096}
+
+// PingPong runs ivbench PingPong (with args, e.g. "-msglog", "0:12") on every route for every
+// built MPI in bins, two ranks each, and returns the measured rows.
+func PingPong(ctx context.Context, c *cluster.Cluster, bins map[cluster.MPI]string, args []string) ([]Latency, error) {
+	var lats []Latency
+	for _, r := range Routes {
+		for _, m := range cluster.MPIs {
+			job := cluster.Job{MPI: m, Program: bins[m], Args: slices.Concat(args, []string{"PingPong"}), Transport: r.Transport,
+				Timeout: demoTimeout, RetryOnTimeout: true}
+			if r.VMs != nil {
+				job.VMs = r.VMs(c)
+			} else {
+				job.Ranks = 2
+			}
+			res, err := cluster.Run(ctx, job)
+			if err != nil {
+				out := ""
+				if res != nil {
+					out = "\n" + res.Stderr
+				}
+				return nil, fmt.Errorf("PingPong %s, %s: %w%s", m, r.Name, err, out)
+			}
+			blocks, err := Parse(res.Stdout)
+			if err != nil {
+				return nil, fmt.Errorf("PingPong %s, %s: %w", m, r.Name, err)
+			}
+			if len(blocks) != 1 {
+				return nil, fmt.Errorf("PingPong %s, %s: %d result blocks in output:\n%s", m, r.Name, len(blocks), res.Stdout)
+			}
+			lats = append(lats, Latency{Route: r.Name, MPI: m, Rows: blocks[0].Rows, Timeouts: res.Timeouts})
+		}
+	}
+	return lats, nil
+}
+
+// WriteTable prints lats as one row per route, one column per MPI and size (µs), and which runs
+// had to be retried after a hang.
+func WriteTable(w io.Writer, lats []Latency) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-34s", "ivbench PingPong, t[usec]")
+	for _, m := range cluster.MPIs {
+		fmt.Fprintf(&b, "%*s", 10*len(demoSizes), m)
+	}
+	fmt.Fprintf(&b, "\n%-34s", "")
+	for range cluster.MPIs {
+		for _, size := range demoSizes {
+			fmt.Fprintf(&b, "%10s", fmt.Sprintf("%d B", size))
+		}
+	}
+	b.WriteString("\n")
+	for _, r := range Routes {
+		fmt.Fprintf(&b, "%-34s", r.Name)
+		for _, m := range cluster.MPIs {
+			for _, size := range demoSizes {
+				fmt.Fprintf(&b, "%10s", latencyAt(lats, r.Name, m, size))
+			}
+		}
+		b.WriteString("\n")
+	}
+	for _, l := range lats {
+		if l.Timeouts > 0 {
+			fmt.Fprintf(&b, "note: %s, %s hung %d time(s) and was retried (MPICH+UCX over TCP finalize hang)\n", l.MPI, l.Route, l.Timeouts)
+		}
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// latencyAt formats the t[usec] of one cell, "-" if it was not measured.
+func latencyAt(lats []Latency, route string, m cluster.MPI, size int) string {
+	for _, l := range lats {
+		if l.Route != route || l.MPI != m {
+			continue
+		}
+		for _, row := range l.Rows {
+			if row.Bytes == size {
+				return fmt.Sprintf("%.2f", row.TAvg)
+			}
+		}
+	}
+	return "-"
+}
+
+// Demo creates a 2-host × 2-VM cluster with regions, builds ivbench from src (ivbench.c) for
+// both MPIs, prints the PingPong latency table of all Routes to out and tears the cluster down.
+// log receives the cluster's progress lines (nil: none).
+func Demo(ctx context.Context, src string, out, log io.Writer) (err error) {
+	c, err := cluster.Create(ctx, cluster.Config{Hosts: 2, VMsPerHost: 2, Regions: true, Log: log})
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	defer func() { err = errors.Join(err, c.Teardown()) }()
+	fmt.Fprintf(out, "cluster %s: 2 hosts × 2 VMs on bridge %s (%s), regions %s and %s\n",
+		c.Prefix, c.Bridge, c.Subnet, c.Hosts[0].Region(), c.Hosts[1].Region())
+	bins := map[cluster.MPI]string{}
+	for _, m := range cluster.MPIs {
+		bin, err := cluster.Build(ctx, m, src, c.Dir)
+		if err != nil {
+			return fmt.Errorf("demo: %w", err)
+		}
+		bins[m] = bin
+	}
+	lats, err := PingPong(ctx, c, bins, []string{"-msglog", "0:12"})
+	if err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	fmt.Fprintln(out)
+	return WriteTable(out, lats)
+}

@@ -1,0 +1,315 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// MPI names an MPI library and its launcher.
+type MPI int
+
+// The MPI libraries the cluster launches.
+const (
+	// OpenMPI is Open MPI 4.1 (mpirun.openmpi, ob1 with vader and tcp).
+	OpenMPI MPI = iota + 1
+	// MPICH is MPICH 4.0 ch4:ucx (mpiexec.mpich, hydra).
+	MPICH
+)
+
+// MPIs lists every supported library, for tests and benchmarks that cover all of them.
+var MPIs = []MPI{OpenMPI, MPICH}
+
+// String returns "openmpi" or "mpich", the suffix of the Debian tool names and of built programs.
+func (m MPI) String() string {
+	switch m {
+	case OpenMPI:
+		return "openmpi"
+	case MPICH:
+		return "mpich"
+	}
+	return "mpi(" + strconv.Itoa(int(m)) + ")"
+}
+
+// Transport restricts which transports the MPI library may use between ranks.
+type Transport int
+
+const (
+	// Default leaves the library's choice: shared memory within one OS, TCP between VMs.
+	Default Transport = iota
+	// TCP forces the network path even between ranks in one OS (Open MPI btl tcp,self; MPICH
+	// MPIR_CVAR_NOLOCAL=1 and UCX_TLS=tcp,self).
+	TCP
+	// SharedMemory allows only shared memory and self (Open MPI btl self,vader; MPICH
+	// UCX_TLS=sm,self). Across VMs a job must then fail: the negative control proving that
+	// ranks in different VMs cannot reach each other's shared memory.
+	SharedMemory
+)
+
+// ErrTimeout is wrapped by Run's error when the job's last attempt ran out of time.
+var ErrTimeout = errors.New("MPI job timed out")
+
+// DefaultTimeout bounds a job attempt when Job.Timeout is zero.
+const DefaultTimeout = 2 * time.Minute
+
+// Job is one MPI launch.
+type Job struct {
+	// MPI selects the library and launcher.
+	MPI MPI
+	// VMs receive the ranks, RanksPerVM each (default 1), in rank order; all must belong to one
+	// cluster. Without VMs the job is native: Ranks ranks in the root namespace, one OS.
+	VMs        []*VM
+	RanksPerVM int
+	Ranks      int
+	// Transport restricts the library's transports.
+	Transport Transport
+	// Program and Args are the rank executable and its arguments; Program must be reachable at
+	// the same path in the VMs (they share the file system).
+	Program string
+	Args    []string
+	// Env is set in every rank (Open MPI -x, MPICH -genv), e.g. LD_PRELOAD.
+	Env map[string]string
+	// Timeout bounds each attempt (default DefaultTimeout); on expiry the attempt's whole
+	// process tree is killed.
+	Timeout time.Duration
+	// RetryOnTimeout runs the job once more when the first attempt times out, for MPICH+UCX over
+	// TCP, which sometimes hangs in MPI_Finalize. Result.Timeouts reports it.
+	RetryOnTimeout bool
+	// Stdout and Stderr, when set, also receive the output of every attempt as it comes.
+	Stdout, Stderr io.Writer
+}
+
+// Result is what Run saw of a job's last attempt.
+type Result struct {
+	// Argv is the launcher command line.
+	Argv []string
+	// Stdout and Stderr are the output of the last attempt.
+	Stdout, Stderr string
+	// Attempts counts the attempts made; Timeouts how many of them timed out.
+	Attempts, Timeouts int
+	// Elapsed is the duration of the last attempt.
+	Elapsed time.Duration
+	// Stragglers counts processes of the last attempt still alive after the launcher exited
+	// (killed by Run).
+	Stragglers int
+}
+
+// Run launches job and waits for it. The returned Result is non-nil whenever the launcher was
+// started, also with an error: a failed job's output is often what the caller wants to check.
+// The error wraps ErrTimeout when the last attempt timed out, and *exec.ExitError when the
+// launcher failed.
+func Run(ctx context.Context, job Job) (*Result, error) {
+	argv, err := job.Argv()
+	if err != nil {
+		return nil, err
+	}
+	var c *Cluster
+	if len(job.VMs) > 0 {
+		c = job.VMs[0].Host.cluster
+	}
+	if job.Timeout == 0 {
+		job.Timeout = DefaultTimeout
+	}
+	attempts := 1
+	if job.RetryOnTimeout {
+		attempts = 2
+	}
+	res := &Result{}
+	for res.Attempts < attempts {
+		res.Attempts++
+		err = job.attempt(ctx, c, argv, res)
+		if !errors.Is(err, ErrTimeout) {
+			break
+		}
+		res.Timeouts++
+	}
+	return res, err
+}
+
+// Argv returns the launcher command line of the job. Run adds only a marker variable to the
+// environment; the command line may be run by hand while the cluster is up.
+func (job Job) Argv() ([]string, error) {
+	c, err := job.cluster()
+	if err != nil {
+		return nil, err
+	}
+	if job.MPI == OpenMPI {
+		return job.openMPIArgv(c), nil
+	}
+	return job.mpichArgv(c), nil
+}
+
+// cluster checks the job, sets defaults and returns the cluster of its VMs, nil for a native
+// job.
+func (job *Job) cluster() (*Cluster, error) {
+	if job.MPI != OpenMPI && job.MPI != MPICH {
+		return nil, fmt.Errorf("run job: unknown MPI %v", job.MPI)
+	}
+	if job.Program == "" {
+		return nil, fmt.Errorf("run %s job: no program", job.MPI)
+	}
+	if len(job.VMs) == 0 {
+		if job.Ranks < 1 {
+			return nil, fmt.Errorf("run native %s job %s: %d ranks", job.MPI, job.Program, job.Ranks)
+		}
+		return nil, nil
+	}
+	if job.Ranks != 0 {
+		return nil, fmt.Errorf("run %s job %s: Ranks is for native jobs; use RanksPerVM", job.MPI, job.Program)
+	}
+	if job.RanksPerVM == 0 {
+		job.RanksPerVM = 1
+	}
+	c := job.VMs[0].Host.cluster
+	for _, vm := range job.VMs {
+		if vm.Host.cluster != c {
+			return nil, fmt.Errorf("run %s job %s: VMs %s and %s are in different clusters", job.MPI, job.Program, job.VMs[0].Name, vm.Name)
+		}
+	}
+	return c, nil
+}
+
+// attempt runs the job's command line argv once, filling res.
+func (job *Job) attempt(ctx context.Context, c *Cluster, argv []string, res *Result) error {
+	var id [4]byte
+	if _, err := rand.Read(id[:]); err != nil {
+		return fmt.Errorf("job id: %w", err)
+	}
+	owner, log := "native", io.Discard
+	if c != nil {
+		owner, log = c.Prefix, c.log
+	}
+	marker := owner + "/" + hex.EncodeToString(id[:])
+	res.Argv = argv
+	fmt.Fprintf(log, "job %s: %s\n", marker, strings.Join(argv, " "))
+
+	actx, cancel := context.WithTimeout(ctx, job.Timeout)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(actx, argv[0], argv[1:]...)
+	cmd.Env = append(rootEnv(), jobMarker+"="+marker)
+	cmd.Stdout, cmd.Stderr = teeTo(&stdout, job.Stdout), teeTo(&stderr, job.Stderr)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error {
+		err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		if _, kerr := killMarked(marker, false); kerr != nil {
+			err = errors.Join(err, kerr)
+		}
+		return err
+	}
+	// Ranks in other sessions may hold the output pipes after a kill.
+	cmd.WaitDelay = 5 * time.Second
+	start := time.Now()
+	err := cmd.Run()
+	res.Elapsed = time.Since(start)
+	n, kerr := killMarked(marker, false)
+	res.Stragglers = n
+	res.Stdout, res.Stderr = stdout.String(), stderr.String()
+	if kerr != nil {
+		return fmt.Errorf("job %s: %w", marker, kerr)
+	}
+	if ctx.Err() != nil {
+		return fmt.Errorf("%s job %s (%s): %w", job.MPI, job.Program, marker, context.Cause(ctx))
+	}
+	if err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("%s job %s (%s): %w after %v", job.MPI, job.Program, marker, ErrTimeout, job.Timeout)
+	}
+	if err != nil {
+		return fmt.Errorf("%s job %s (%s): %w", job.MPI, job.Program, marker, err)
+	}
+	return nil
+}
+
+// teeTo returns buf, or a writer to buf and extra.
+func teeTo(buf *bytes.Buffer, extra io.Writer) io.Writer {
+	if extra == nil {
+		return buf
+	}
+	return io.MultiWriter(buf, extra)
+}
+
+// hostList is "addr:ranks,..." for the job's VMs, a syntax both launchers accept. Addresses rather
+// than names, so the root namespace needs no /etc/hosts entries.
+func (job *Job) hostList() string {
+	hosts := make([]string, len(job.VMs))
+	for i, vm := range job.VMs {
+		hosts[i] = fmt.Sprintf("%s:%d", vm.Addr, job.RanksPerVM)
+	}
+	return strings.Join(hosts, ",")
+}
+
+// envKeys returns the keys of job.Env in order, so command lines are reproducible.
+func (job *Job) envKeys() []string {
+	keys := make([]string, 0, len(job.Env))
+	for k := range job.Env {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// openMPIArgv is the mpirun command line.
+func (job *Job) openMPIArgv(c *Cluster) []string {
+	argv := []string{"mpirun.openmpi", "--allow-run-as-root", "--oversubscribe"}
+	// Each VM's daemon would bind its first rank to core 0, and ranks beyond the cores must yield
+	// to each other; a native job that fits keeps Open MPI's defaults, the baseline to beat.
+	if c != nil || job.Ranks > runtime.NumCPU() {
+		argv = append(argv, "--bind-to", "none", "--mca", "mpi_yield_when_idle", "1")
+	}
+	switch job.Transport {
+	case TCP:
+		argv = append(argv, "--mca", "btl", "tcp,self")
+	case SharedMemory:
+		argv = append(argv, "--mca", "btl", "self,vader")
+	}
+	for _, k := range job.envKeys() {
+		argv = append(argv, "-x", k+"="+job.Env[k])
+	}
+	if c == nil {
+		if job.Transport == TCP {
+			argv = append(argv, "--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo")
+		}
+		argv = append(argv, "-np", strconv.Itoa(job.Ranks))
+	} else {
+		subnet := c.Subnet.String()
+		argv = append(argv, "--mca", "plm_rsh_agent", c.Agent, "--mca", "plm_rsh_no_tree_spawn", "1",
+			"--mca", "oob_tcp_if_include", subnet, "--mca", "btl_tcp_if_include", subnet,
+			"--host", job.hostList(), "-np", strconv.Itoa(len(job.VMs)*job.RanksPerVM))
+	}
+	return append(append(argv, job.Program), job.Args...)
+}
+
+// mpichArgv is the mpiexec command line.
+func (job *Job) mpichArgv(c *Cluster) []string {
+	argv := []string{"mpiexec.mpich"}
+	if c == nil {
+		argv = append(argv, "-n", strconv.Itoa(job.Ranks))
+	} else {
+		argv = append(argv, "-launcher", "ssh", "-launcher-exec", c.Agent, "-localhost", c.BridgeAddr.String(),
+			"-hosts", job.hostList(), "-n", strconv.Itoa(len(job.VMs)*job.RanksPerVM))
+	}
+	switch job.Transport {
+	case TCP:
+		argv = append(argv, "-genv", "MPIR_CVAR_NOLOCAL", "1", "-genv", "UCX_TLS", "tcp,self")
+		if c == nil {
+			argv = append(argv, "-genv", "UCX_NET_DEVICES", "lo")
+		}
+	case SharedMemory:
+		argv = append(argv, "-genv", "UCX_TLS", "sm,self")
+	}
+	for _, k := range job.envKeys() {
+		argv = append(argv, "-genv", k, job.Env[k])
+	}
+	return append(append(argv, job.Program), job.Args...)
+}
