@@ -60,16 +60,23 @@ int ivs_dt_contig(MPI_Datatype dt, int count, uint64_t *bytes, ptrdiff_t *lb)
 	return 1;
 }
 
-/* Point r->cbuf/cap at the bytes to send: the user's buffer or a packed copy. */
-int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype dt, MPI_Comm comm)
+/* Point r->cbuf/cap straight at the user's buffer if its data is contiguous. */
+static int direct_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype dt)
 {
 	uint64_t n;
 	ptrdiff_t lb;
-	if (IVS_LIKELY(ivs_dt_contig(dt, count, &n, &lb))) {
-		r->cbuf = (uint8_t *)buf + lb;
-		r->cap = n;
+	if (!ivs_dt_contig(dt, count, &n, &lb))
+		return 0;
+	r->cbuf = (uint8_t *)buf + lb;
+	r->cap = n;
+	return 1;
+}
+
+/* Point r->cbuf/cap at the bytes to send: the user's buffer or a packed copy. */
+int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype dt, MPI_Comm comm)
+{
+	if (IVS_LIKELY(direct_view(r, buf, count, dt)))
 		return MPI_SUCCESS;
-	}
 	int sz, pos = 0, rc = PMPI_Pack_size(count, dt, comm, &sz);
 	if (rc != MPI_SUCCESS)
 		return rc;
@@ -90,13 +97,8 @@ int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype
 /* Point r->cbuf/cap at where received bytes go: the user's buffer or a pack buffer. */
 int ivs_dt_recv_view(struct ivs_req *r, void *buf, int count, MPI_Datatype dt)
 {
-	uint64_t n;
-	ptrdiff_t lb;
-	if (IVS_LIKELY(ivs_dt_contig(dt, count, &n, &lb))) {
-		r->cbuf = (uint8_t *)buf + lb;
-		r->cap = n;
+	if (IVS_LIKELY(direct_view(r, buf, count, dt)))
 		return MPI_SUCCESS;
-	}
 	struct dt_entry *e = dt_lookup(dt);
 	if (!e || count < 0)
 		return MPI_ERR_TYPE;

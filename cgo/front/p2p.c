@@ -29,6 +29,18 @@ static uint64_t type_bytes(MPI_Datatype dt, int count)
 	return (uint64_t)sz * (uint64_t)(count > 0 ? count : 0);
 }
 
+/* A new active request of kind on comm c with peer (comm rank or wildcard) and tag. */
+static struct ivs_req *new_req(int kind, struct ivs_comm *c, int peer, int tag)
+{
+	struct ivs_req *r = ivs_req_alloc();
+	r->kind = (uint8_t)kind;
+	r->state = IVS_ACTIVE;
+	r->comm = c;
+	r->peer = peer;
+	r->tag = tag;
+	return r;
+}
+
 /* Start a send. Exactly one of *out (shim request) and *net (library request) is set. */
 int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm,
               int sync, struct ivs_req **out, MPI_Request *net)
@@ -45,12 +57,7 @@ int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 	}
 	if (tag < 0)
 		return MPI_ERR_TAG;
-	struct ivs_req *r = ivs_req_alloc();
-	r->kind = IVS_SEND;
-	r->state = IVS_ACTIVE;
-	r->comm = c;
-	r->peer = dest;
-	r->tag = tag;
+	struct ivs_req *r = new_req(IVS_SEND, c, dest, tag);
 	r->sync = sync;
 	r->peer_world = w;
 	int rc = ivs_dt_send_view(r, buf, count, dt, comm);
@@ -83,15 +90,10 @@ int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 		mode = IVS_RM_PROBE; /* must not overtake the wildcard posted before it */
 	else
 		return PMPI_Irecv(buf, count, dt, src, tag, comm, net);
-	struct ivs_req *r = ivs_req_alloc();
-	r->kind = IVS_RECV;
-	r->state = IVS_ACTIVE;
-	r->comm = c;
+	struct ivs_req *r = new_req(IVS_RECV, c, src, tag);
 	r->ubuf = buf;
 	r->count = count;
 	r->dt = dt;
-	r->peer = src;
-	r->tag = tag;
 	r->recv_mode = (uint8_t)mode;
 	int rc = ivs_dt_recv_view(r, buf, count, dt);
 	if (rc != MPI_SUCCESS) {
@@ -541,10 +543,7 @@ int MPI_Imrecv(void *buf, int count, MPI_Datatype dt, MPI_Message *msg, MPI_Requ
 	struct ivs_msg *m = ivs.enabled ? ivs_msg_of(*msg) : NULL;
 	if (!m)
 		return PMPI_Imrecv(buf, count, dt, msg, req);
-	struct ivs_req *r = ivs_req_alloc();
-	r->kind = IVS_RECV;
-	r->state = IVS_ACTIVE;
-	r->comm = m->probe_comm;
+	struct ivs_req *r = new_req(IVS_RECV, m->probe_comm, MPI_ANY_SOURCE, MPI_ANY_TAG);
 	r->ubuf = buf;
 	r->count = count;
 	r->dt = dt;
