@@ -77,11 +77,16 @@ static void await_all(struct ivs_coll *k, uint64_t s)
 			await(cline(k, i, s), s);
 }
 
-/* Before overwriting parity s&1: every co-located member has published s-1. */
-static void await_reuse(struct ivs_coll *k, uint64_t s)
+/* Start the next op: its parity s&1 was last used by op s-2, so before this rank publishes
+ * anything on it (a sequence number or data), every co-located member must have published
+ * s-1 and with it finished reading op s-2. Without this wait a member that returns early (a
+ * non-root of Reduce) could publish two ops ahead and overwrite a line a slow member still
+ * waits on. */
+static uint64_t op_begin(struct ivs_coll *k)
 {
+	uint64_t s = ++k->seq;
 	if (s < 2)
-		return;
+		return s;
 	for (int i = 0; i < k->nl; i++) {
 		if (i == k->li)
 			continue;
@@ -91,6 +96,7 @@ static void await_reuse(struct ivs_coll *k, uint64_t s)
 			if (!ivs_progress())
 				ivs_wait_pause(&spins);
 	}
+	return s;
 }
 
 static int net_complete(int rc, MPI_Request *req)
@@ -218,7 +224,7 @@ void ivs_coll_forget(struct ivs_comm *c)
 	if (!k)
 		return;
 	if (k->usable) {
-		uint64_t s = ++k->seq;
+		uint64_t s = op_begin(k);
 		publish(cline(k, k->li, s), s);
 		if (k->li == 0)
 			await_all(k, s);
@@ -252,7 +258,7 @@ static struct ivs_comm *coll_comm(MPI_Comm comm, struct ivs_coll **k)
 
 static int barrier(struct ivs_coll *k)
 {
-	uint64_t s = ++k->seq;
+	uint64_t s = op_begin(k);
 	publish(cline(k, k->li, s), s);
 	if (k->nhosts == 1) {
 		await_all(k, s);
@@ -281,7 +287,7 @@ static int bcast_bytes(struct ivs_coll *k, struct ivs_comm *c, uint8_t *data, ui
 	uint64_t off = 0;
 	do {
 		uint64_t len = n - off < IVS_SLOT ? n - off : IVS_SLOT;
-		uint64_t s = ++k->seq;
+		uint64_t s = op_begin(k);
 		int src_li = root_li >= 0 ? root_li : 0; /* whose area this host copies from */
 		if (k->li == src_li) {
 			if (root_li < 0) { /* leader of another host: data comes from the leaders' bcast */
@@ -290,7 +296,6 @@ static int bcast_bytes(struct ivs_coll *k, struct ivs_comm *c, uint8_t *data, ui
 				if (rc != MPI_SUCCESS)
 					return rc;
 			}
-			await_reuse(k, s);
 			memcpy(data_of(k, k->li, s, len), data + off, len);
 			publish(cline(k, k->li, s), s);
 			if (root_li >= 0 && k->li == 0 && k->nhosts > 1) {
@@ -351,8 +356,7 @@ static int reduce_local(struct ivs_coll *k, uint64_t s, uint64_t span, uint8_t *
 static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *sb, uint8_t *rb, int cnt, uint64_t span,
                         MPI_Datatype dt, MPI_Op op, int root)
 {
-	uint64_t s = ++k->seq;
-	await_reuse(k, s);
+	uint64_t s = op_begin(k);
 	memcpy(data_of(k, k->li, s, span), sb, span);
 	publish(cline(k, k->li, s), s);
 	int rc = MPI_SUCCESS;
@@ -418,8 +422,7 @@ static int reduce_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbu
 /* Allgather of n bytes per rank: mine at blk, everyone's into out (comm rank order). */
 static int allgather_bytes(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *blk, uint8_t *out, uint64_t n)
 {
-	uint64_t s = ++k->seq;
-	await_reuse(k, s);
+	uint64_t s = op_begin(k);
 	memcpy(data_of(k, k->li, s, n), blk, n);
 	publish(cline(k, k->li, s), s);
 	if (k->nhosts == 1) {
@@ -611,10 +614,9 @@ int MPI_Gather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int r
 	if (!c || k->nhosts > 1 || root < 0 || root >= c->size || n > IVS_SLOT)
 		NET_COLL(PMPI_Gather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Igather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
-	uint64_t s = ++k->seq;
+	uint64_t s = op_begin(k);
 	int rc = MPI_SUCCESS;
 	if (sbuf != MPI_IN_PLACE) {
-		await_reuse(k, s);
 		rc = ivs_dt_pack(sbuf, scount, sdt, data_of(k, k->li, s, n), n, comm);
 	}
 	publish(cline(k, k->li, s), s);
@@ -640,14 +642,13 @@ int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int 
 	if (!c || k->nhosts > 1 || root < 0 || root >= c->size || n * (uint64_t)c->size > IVS_SLOT)
 		NET_COLL(PMPI_Scatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Iscatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
-	uint64_t s = ++k->seq;
+	uint64_t s = op_begin(k);
 	int root_li = 0;
 	for (int i = 0; i < k->nl; i++)
 		if (k->lranks[i] == root)
 			root_li = i;
 	int rc = MPI_SUCCESS;
 	if (c->rank == root) {
-		await_reuse(k, s);
 		rc = ivs_dt_pack(sbuf, scount * c->size, sdt, data_of(k, k->li, s, n * (uint64_t)c->size), n * (uint64_t)c->size, comm);
 		publish(cline(k, k->li, s), s);
 		if (rc == MPI_SUCCESS && rbuf != MPI_IN_PLACE)
@@ -669,8 +670,7 @@ int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int
 	if (!c || k->nhosts > 1 || n * (uint64_t)c->size > IVS_SLOT)
 		NET_COLL(PMPI_Alltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
 		         PMPI_Ialltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
-	uint64_t s = ++k->seq, all = n * (uint64_t)c->size;
-	await_reuse(k, s);
+	uint64_t s = op_begin(k), all = n * (uint64_t)c->size;
 	uint8_t *mine = data_of(k, k->li, s, all);
 	int rc = sbuf == MPI_IN_PLACE ? ivs_dt_pack(rbuf, rcount * c->size, rdt, mine, all, comm)
 	                              : ivs_dt_pack(sbuf, scount * c->size, sdt, mine, all, comm);
