@@ -13,8 +13,11 @@ import (
 // none to a non-ssh agent, hydra passes -x; the ones ssh documents as taking an argument take
 // theirs. As with ssh, the remaining words are joined by spaces and run by a shell, here in the
 // VM: its network namespace, then new UTS, IPC and mount namespaces with the VM's hostname,
-// boot_id, the cluster's hosts file, the VM's own /dev/shm and IVSHIM_REGION when its host has a
-// region. A region under /dev/shm is bind-mounted into the VM's /dev/shm at the same path.
+// boot_id, the cluster's hosts file and the VM's own /dev/shm. When the VM has a region that
+// exists, IVSHIM_REGION names it; the region file behind it (a broker's device path is a symlink
+// to the file) is bind-mounted into the VM's /dev/shm at its own path if it lives under /dev/shm,
+// so the path and the symlink resolve in the VM to that very file and to no other region. A VM
+// registered with a broker also gets IVSHIM_VM_ID.
 //
 // %[1]s is the cluster prefix, %[2]s the case arms mapping a host argument to a VM name, %[3]s the
 // quoted VM directory root and %[4]s the quoted hosts file.
@@ -46,15 +49,23 @@ mount --bind "$2/boot_id" /proc/sys/kernel/random/boot_id
 mount --bind "$3" /etc/hosts
 shm=/dev/shm/%[1]s-$1
 if [ -f "$2/region" ]; then
-	IVSHIM_REGION=$(cat "$2/region")
-	export IVSHIM_REGION
-	case $IVSHIM_REGION in
-	/dev/shm/*)
-		f=$shm/${IVSHIM_REGION#/dev/shm/}
-		mkdir -p "${f%%/*}"
-		[ -e "$f" ] || : >"$f"
-		mount --bind "$IVSHIM_REGION" "$f" ;;
-	esac
+	region=$(cat "$2/region")
+	file=$(readlink -e "$region" || :)
+	if [ -n "$file" ]; then
+		IVSHIM_REGION=$region
+		export IVSHIM_REGION
+		case $file in
+		/dev/shm/*)
+			f=$shm/${file#/dev/shm/}
+			mkdir -p "${f%%/*}"
+			[ -e "$f" ] || : >"$f"
+			mount --bind "$file" "$f" ;;
+		esac
+	fi
+fi
+if [ -f "$2/vm_id" ]; then
+	IVSHIM_VM_ID=$(cat "$2/vm_id")
+	export IVSHIM_VM_ID
 fi
 mount --rbind "$shm" /dev/shm
 shift 3

@@ -19,9 +19,10 @@ var validPrefix = regexp.MustCompile(`^iv[0-9a-f]{5}$`)
 // cleanTimeout bounds the ip commands of one Clean.
 const cleanTimeout = 30 * time.Second
 
-// Clean kills the processes of the cluster with the given prefix (its jobs and everything in its
-// VMs) and removes its network namespaces, links, /dev/shm files and temporary directory. It is
-// what Teardown does, for use when the cluster's process is gone. Nothing present is not an error.
+// Clean kills the processes of the cluster with the given prefix (its jobs, its brokers and
+// everything in its VMs) and removes its network namespaces, links, /dev/shm files and
+// directories and temporary directory. It is what Teardown does after stopping the brokers, for
+// use when the cluster's process is gone. Nothing present is not an error.
 func Clean(prefix string) error {
 	if !validPrefix.MatchString(prefix) {
 		return fmt.Errorf("clean %q: not a cluster prefix (iv and five hex digits)", prefix)
@@ -62,8 +63,9 @@ func Clean(prefix string) error {
 }
 
 // Leftovers lists what of the cluster with the given prefix still exists: network namespaces,
-// links, /dev/shm files, temporary directories and marked processes. After Teardown or Clean it
-// is empty.
+// links, /dev/shm files and directories (regions, brokers' region directories), temporary
+// directories (with the brokers' state, sockets and logs) and marked processes (jobs and
+// brokers). After Teardown or Clean it is empty.
 func Leftovers(prefix string) ([]string, error) {
 	if !validPrefix.MatchString(prefix) {
 		return nil, fmt.Errorf("leftovers of %q: not a cluster prefix (iv and five hex digits)", prefix)

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 
+	"ivshim.dev/ivshim/broker/hypervisor"
 	"ivshim.dev/ivshim/ivshmem"
 )
 
@@ -29,10 +30,16 @@ type Config struct {
 	Hosts int
 	// VMsPerHost is the number of VMs on each host (default 2).
 	VMsPerHost int
-	// Regions makes Create create one region per host with ivshmem.Create. Leave it false when
-	// something else (a broker) creates regions; it then announces them with SetRegion.
+	// Regions makes Create create one bare region file per host with ivshmem.Create, which every
+	// VM of the host gets. Leave it false when Broker is set, or when something else creates
+	// regions and announces them with SetRegion.
 	Regions bool
-	// RegionSize is the size of each created region: a power of two, at least 1 MiB
+	// Broker is the path of an ivshim-broker binary (see BuildBroker). When set, every host runs
+	// its own broker (hypervisor netns), every VM is registered with it as a VM of the cluster's
+	// job, and Create returns once each broker has plugged the job's region into its VMs.
+	// Exclusive with Regions.
+	Broker string
+	// RegionSize is the size of each region: a power of two, at least 1 MiB
 	// (default DefaultRegionSize).
 	RegionSize uint64
 	// Log receives one line per step and per launched command; nil discards them.
@@ -54,12 +61,15 @@ type Cluster struct {
 	// Agent is the path of the launcher agent: an ssh stand-in taking [ssh options] VM COMMAND...,
 	// where VM is a VM's name or address.
 	Agent string
+	// Job is the job id of the cluster's regions, the prefix: bare regions carry it in their
+	// header, and brokers see every VM as a VM of this job unless VM.SetJob says otherwise.
+	Job string
 	// Hosts are the emulated hosts, in order h0, h1, ...
 	Hosts []*Host
 
 	log io.Writer
 
-	mu   sync.Mutex // guards torn and every Host's region
+	mu   sync.Mutex // guards torn, every Host's region and every VM's job
 	torn bool
 }
 
@@ -69,10 +79,13 @@ type Host struct {
 	Name string
 	// ID is the host id written into the host's region.
 	ID ivshmem.HostID
-	// Dir is a state directory for whatever manages the host (a broker instance).
+	// Dir is a state directory for whatever manages the host: with a broker, its netns
+	// registry, configuration, socket and log.
 	Dir string
 	// VMs are the host's VMs, in order.
 	VMs []*VM
+	// Broker is the host's broker, nil unless Config.Broker is set.
+	Broker *Broker
 
 	cluster *Cluster
 	region  string // guarded by cluster.mu
@@ -92,8 +105,15 @@ type VM struct {
 	Addr netip.Addr
 	// BootID is the boot id the VM's processes read from /proc/sys/kernel/random/boot_id.
 	BootID string
+	// UUID identifies the VM to its host's broker (the libvirt domain UUID of a real VM); its
+	// processes get it as IVSHIM_VM_ID, so the shim finds the VM's entry in the region's VM
+	// table. Zero unless the host has a broker.
+	UUID hypervisor.UUID
 
-	dir string // holds boot_id and, while the host has a region, a file "region" with its path
+	// dir holds boot_id and, when the VM has a region, a file "region" with the path of its
+	// region or device and a file "vm_id" with its UUID.
+	dir string
+	job string // the job the VM is registered with; guarded by the cluster's mu
 }
 
 // Create builds a cluster as described by cfg. It needs root. On error everything made so far
@@ -110,6 +130,9 @@ func Create(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	if cfg.Hosts < 0 || cfg.VMsPerHost < 0 || cfg.Hosts*cfg.VMsPerHost > maxVMs || cfg.Hosts > 99 || cfg.VMsPerHost > 99 {
 		return nil, fmt.Errorf("create cluster: %d hosts × %d VMs: want 1..%d VMs, at most 99 per level", cfg.Hosts, cfg.VMsPerHost, maxVMs)
+	}
+	if cfg.Regions && cfg.Broker != "" {
+		return nil, errors.New("create cluster: Regions and Broker are exclusive")
 	}
 	log := cfg.Log
 	if log == nil {
@@ -129,6 +152,7 @@ func Create(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	c := &Cluster{
 		Prefix:     prefix,
+		Job:        prefix,
 		Dir:        dir,
 		Bridge:     prefix + "-br",
 		Subnet:     subnet,
@@ -186,11 +210,16 @@ func (c *Cluster) build(ctx context.Context, cfg Config) error {
 	if err := c.createNetwork(ctx); err != nil {
 		return err
 	}
-	if cfg.Regions {
+	switch {
+	case cfg.Regions:
 		for _, h := range c.Hosts {
 			if err := c.createRegion(h, cfg.RegionSize); err != nil {
 				return err
 			}
+		}
+	case cfg.Broker != "":
+		if err := c.startBrokers(ctx, cfg.Broker, cfg.RegionSize); err != nil {
+			return err
 		}
 	}
 	return c.writeAgent()
@@ -206,14 +235,11 @@ func (c *Cluster) newVM(h *Host, name string, addr netip.Addr) (*VM, error) {
 		Addr:  addr,
 		dir:   filepath.Join(c.Dir, "vm", name),
 	}
-	var u [16]byte
-	if _, err := rand.Read(u[:]); err != nil {
+	bootID, err := newUUID()
+	if err != nil {
 		return nil, fmt.Errorf("boot id for VM %s: %w", name, err)
 	}
-	u[6] = u[6]&0x0f | 0x40 // version 4, as the kernel's own boot_id
-	u[8] = u[8]&0x3f | 0x80
-	x := hex.EncodeToString(u[:])
-	vm.BootID = x[:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
+	vm.BootID = bootID.String()
 	if err := os.MkdirAll(vm.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("VM %s: %w", name, err)
 	}
@@ -230,6 +256,18 @@ func (c *Cluster) newVM(h *Host, name string, addr netip.Addr) (*VM, error) {
 		return nil, fmt.Errorf("VM %s /dev/shm: %w", name, err)
 	}
 	return vm, nil
+}
+
+// newUUID returns a random (version 4) UUID, the kind the kernel's boot_id and libvirt's domain
+// UUIDs are.
+func newUUID() (hypervisor.UUID, error) {
+	var u hypervisor.UUID
+	if _, err := rand.Read(u[:]); err != nil {
+		return u, err
+	}
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	return u, nil
 }
 
 // writeHostsFile writes the /etc/hosts that commands in VMs see: every VM's name, and "root" for
@@ -249,7 +287,8 @@ func (c *Cluster) writeHostsFile() error {
 
 func (c *Cluster) hostsFile() string { return filepath.Join(c.Dir, "hosts") }
 
-// RegionPath is where Create puts host h's region when Config.Regions is set.
+// RegionPath is where Create puts host h's region when Config.Regions is set, and the region
+// directory of h's broker when Config.Broker is.
 func (c *Cluster) RegionPath(h *Host) string {
 	return filepath.Join("/dev/shm", c.Prefix+"-"+h.Name)
 }
@@ -267,25 +306,18 @@ func (c *Cluster) createRegion(h *Host, size uint64) error {
 
 // SetRegion makes path the region of host h: from now on everything started in h's VMs gets
 // IVSHIM_REGION=path. An empty path withdraws the region. The cluster does not take ownership of
-// a file it did not create.
+// a file it did not create. A host served by a broker gets its regions from the broker only.
 func (c *Cluster) SetRegion(h *Host, path string) error {
 	if h.cluster != c {
 		return fmt.Errorf("set region %q: host %s is not in cluster %s", path, h.Name, c.Prefix)
 	}
+	if h.Broker != nil {
+		return fmt.Errorf("set region %q: host %s is served by a broker", path, h.Name)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, vm := range h.VMs {
-		f := filepath.Join(vm.dir, "region")
-		var err error
-		if path == "" {
-			err = os.Remove(f)
-			if errors.Is(err, os.ErrNotExist) {
-				err = nil
-			}
-		} else {
-			err = writeFileAtomic(f, []byte(path))
-		}
-		if err != nil {
+		if err := writeOrRemove(filepath.Join(vm.dir, "region"), path); err != nil {
 			return fmt.Errorf("set region of VM %s: %w", vm.Name, err)
 		}
 	}
@@ -293,11 +325,112 @@ func (c *Cluster) SetRegion(h *Host, path string) error {
 	return nil
 }
 
-// Region returns the path of the host's region, "" if it has none.
+// Region returns the path of the host's region, "" if it has none. With a broker it is where
+// the broker keeps the region of the cluster's job.
 func (h *Host) Region() string {
 	h.cluster.mu.Lock()
 	defer h.cluster.mu.Unlock()
 	return h.region
+}
+
+// startBrokers starts a broker per host, registers every VM with its host's broker as a VM of
+// the cluster's job and waits until every VM has the job's region plugged in.
+func (c *Cluster) startBrokers(ctx context.Context, bin string, regionSize uint64) error {
+	for _, h := range c.Hosts {
+		b, err := c.newBroker(h, bin, regionSize)
+		if err != nil {
+			return err
+		}
+		h.Broker, h.region = b, b.Region(c.Job)
+		if err := b.Start(ctx); err != nil {
+			return err
+		}
+		for _, vm := range h.VMs {
+			if err := c.bootVM(vm); err != nil {
+				return err
+			}
+		}
+	}
+	for _, vm := range c.VMs() {
+		if err := vm.Host.Broker.waitDevice(ctx, vm, vm.Host.region); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bootVM gives vm a random UUID, points IVSHIM_REGION and IVSHIM_VM_ID in it at its device and
+// UUID, and registers it with its host's broker as a VM of the cluster's job.
+func (c *Cluster) bootVM(vm *VM) error {
+	u, err := newUUID()
+	if err != nil {
+		return fmt.Errorf("UUID of VM %s: %w", vm.Name, err)
+	}
+	vm.UUID = u
+	b := vm.Host.Broker
+	if err := writeFileAtomic(filepath.Join(vm.dir, "region"), []byte(b.devicePath(vm))); err != nil {
+		return fmt.Errorf("boot VM %s: %w", vm.Name, err)
+	}
+	if err := writeFileAtomic(filepath.Join(vm.dir, "vm_id"), []byte(u.String())); err != nil {
+		return fmt.Errorf("boot VM %s: %w", vm.Name, err)
+	}
+	vm.job = c.Job
+	return b.register(vm, c.Job)
+}
+
+// Region returns what IVSHIM_REGION is in the VM whenever that path exists: its ivshmem device
+// (a symlink its broker makes to the region file) when its host has a broker, else its host's
+// region ("" if none).
+func (vm *VM) Region() string {
+	if b := vm.Host.Broker; b != nil {
+		return b.devicePath(vm)
+	}
+	return vm.Host.Region()
+}
+
+// Job returns the job the VM is registered with on its host's broker ("" for none, and without
+// a broker).
+func (vm *VM) Job() string {
+	vm.Host.cluster.mu.Lock()
+	defer vm.Host.cluster.mu.Unlock()
+	return vm.job
+}
+
+// SetJob moves the VM to job ("" for no job), as retagging a libvirt domain does, and waits until
+// its host's broker has plugged that job's region into it, or unplugged every region for "".
+// Commands started in the VM from then on see only the new job's region, or none; running ones
+// keep what they mapped. It needs a broker.
+func (vm *VM) SetJob(ctx context.Context, job string) error {
+	b := vm.Host.Broker
+	if b == nil {
+		return fmt.Errorf("set job of VM %s: host %s has no broker", vm.Name, vm.Host.Name)
+	}
+	c := vm.Host.cluster
+	c.mu.Lock()
+	err := b.register(vm, job)
+	if err == nil {
+		vm.job = job
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("set job of VM %s: %w", vm.Name, err)
+	}
+	want := ""
+	if job != "" {
+		want = b.Region(job)
+	}
+	return b.waitDevice(ctx, vm, want)
+}
+
+// writeOrRemove replaces f by content, or removes it when content is "".
+func writeOrRemove(f, content string) error {
+	if content != "" {
+		return writeFileAtomic(f, []byte(content))
+	}
+	if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
 // writeFileAtomic replaces f so that a concurrent launch reads the old or the new content.
@@ -328,10 +461,13 @@ func (c *Cluster) VM(name string) (*VM, error) {
 	return nil, fmt.Errorf("cluster %s: no VM %q", c.Prefix, name)
 }
 
-// Teardown kills every process of the cluster's jobs and VMs and removes everything named with
-// the cluster's prefix: network namespaces, links, /dev/shm files (regions, including ones a
-// broker made under that prefix) and the temporary directory. It is idempotent: once it has
-// succeeded, later calls return nil; after an error, a later call tries again.
+// Teardown powers off the VMs of hosts with a broker, waits until each running broker has
+// removed its regions and stops it with SIGTERM; then it kills every process of the cluster's
+// jobs and VMs and removes everything named with the cluster's prefix: network namespaces,
+// links, /dev/shm files and directories (regions, brokers' region directories) and the
+// temporary directory (brokers' state and sockets). A broker that misbehaves is reported after
+// all of that is done. It is idempotent: once it has succeeded, later calls return nil; after an
+// error in the cleanup, a later call tries again.
 func (c *Cluster) Teardown() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -339,9 +475,15 @@ func (c *Cluster) Teardown() error {
 		return nil
 	}
 	fmt.Fprintf(c.log, "cluster %s: teardown\n", c.Prefix)
+	var errs []error
+	for _, h := range c.Hosts {
+		if h.Broker != nil {
+			errs = append(errs, h.Broker.shutdown())
+		}
+	}
 	if err := Clean(c.Prefix); err != nil {
-		return err
+		return errors.Join(append(errs, err)...)
 	}
 	c.torn = true
-	return nil
+	return errors.Join(errs...)
 }

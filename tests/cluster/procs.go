@@ -26,12 +26,12 @@ const (
 )
 
 // rootEnv is the environment for commands the cluster starts in the root namespace: this
-// process's, less the job marker and IVSHIM_REGION, which the agent sets per VM (hydra would
-// otherwise forward the caller's value over it).
+// process's, less the job marker and IVSHIM_REGION and IVSHIM_VM_ID, which the agent sets per VM
+// (hydra would otherwise forward the caller's values over them).
 func rootEnv() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if strings.HasPrefix(kv, jobMarker+"=") || strings.HasPrefix(kv, "IVSHIM_REGION=") {
+		if strings.HasPrefix(kv, jobMarker+"=") || strings.HasPrefix(kv, "IVSHIM_REGION=") || strings.HasPrefix(kv, "IVSHIM_VM_ID=") {
 			continue
 		}
 		env = append(env, kv)

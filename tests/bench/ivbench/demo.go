@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -12,25 +14,30 @@ import (
 	"ivshim.dev/ivshim/tests/cluster"
 )
 
-// A Route is where the two ranks of a ping-pong run.
+// A Route is where the two ranks of a ping-pong run, and how.
 type Route struct {
 	Name string
 	// VMs picks the two VMs; nil means a native run, both ranks in the root namespace.
 	VMs       func(c *cluster.Cluster) []*cluster.VM
 	Transport cluster.Transport
+	// Shim preloads the ivshim library; the run must then show that both ranks sent their
+	// messages through the region.
+	Shim bool
 }
 
 // Routes are the placements the demo compares, on a cluster of at least 2 hosts × 2 VMs.
 var Routes = []Route{
 	{Name: "native, shared memory (one OS)"},
 	{Name: "native, TCP loopback (one OS)", Transport: cluster.TCP},
-	{Name: "VM to VM, same host (TCP)", VMs: func(c *cluster.Cluster) []*cluster.VM {
-		return c.Hosts[0].VMs[:2]
-	}},
+	{Name: "VM to VM, same host (TCP)", VMs: sameHost},
+	{Name: "VM to VM, same host, ivshim", VMs: sameHost, Shim: true},
 	{Name: "VM to VM, different hosts (TCP)", VMs: func(c *cluster.Cluster) []*cluster.VM {
 		return []*cluster.VM{c.Hosts[0].VMs[0], c.Hosts[1].VMs[0]}
 	}},
 }
+
+// sameHost picks the first two VMs of the first host.
+func sameHost(c *cluster.Cluster) []*cluster.VM { return c.Hosts[0].VMs[:2] }
 
 // Latency is the PingPong result of one route under one MPI.
 type Latency struct {
@@ -48,8 +55,9 @@ const demoTimeout = 10 * time.Second
 var demoSizes = []int{0, 1024, 4096}
 
 // PingPong runs ivbench PingPong (with args, e.g. "-msglog", "0:12") on every route for every
-// built MPI in bins, two ranks each, and returns the measured rows.
-func PingPong(ctx context.Context, c *cluster.Cluster, bins map[cluster.MPI]string, args []string) ([]Latency, error) {
+// built MPI in bins, two ranks each, and returns the measured rows. Routes with the shim preload
+// the library of each MPI from shimDir (libivshim-openmpi.so, libivshim-mpich.so).
+func PingPong(ctx context.Context, c *cluster.Cluster, bins map[cluster.MPI]string, shimDir string, args []string) ([]Latency, error) {
 	var lats []Latency
 	for _, r := range Routes {
 		for _, m := range cluster.MPIs {
@@ -60,7 +68,13 @@ func PingPong(ctx context.Context, c *cluster.Cluster, bins map[cluster.MPI]stri
 			} else {
 				job.Ranks = 2
 			}
+			if r.Shim {
+				job.Env = map[string]string{"LD_PRELOAD": filepath.Join(shimDir, m.ShimLibrary()), "IVSHIM_VERBOSE": "1"}
+			}
 			res, err := cluster.Run(ctx, job)
+			if err == nil && r.Shim {
+				err = checkShimSHM(res)
+			}
 			if err != nil {
 				out := ""
 				if res != nil {
@@ -79,6 +93,19 @@ func PingPong(ctx context.Context, c *cluster.Cluster, bins map[cluster.MPI]stri
 		}
 	}
 	return lats, nil
+}
+
+// checkShimSHM checks that both ranks of a ping-pong with the shim sent through the region, so
+// that a shim that fell back to the library cannot pass for one that did not.
+func checkShimSHM(res *cluster.Result) error {
+	stats, err := res.ShimStats()
+	if err != nil {
+		return err
+	}
+	if len(stats) != 2 || stats[0].SHMMsgs == 0 || stats[1].SHMMsgs == 0 {
+		return fmt.Errorf("the shim did not carry the ping-pong through the region: stats %+v", stats)
+	}
+	return nil
 }
 
 // WriteTable prints lats as one row per route, one column per MPI and size (µs), and which runs
@@ -129,16 +156,28 @@ func latencyAt(lats []Latency, route string, m cluster.MPI, size int) string {
 	return "-"
 }
 
-// Demo creates a 2-host × 2-VM cluster with regions, builds ivbench from src (ivbench.c) for
-// both MPIs, prints the PingPong latency table of all Routes to out and tears the cluster down.
-// log receives the cluster's progress lines (nil: none).
-func Demo(ctx context.Context, src string, out, log io.Writer) (err error) {
-	c, err := cluster.Create(ctx, cluster.Config{Hosts: 2, VMsPerHost: 2, Regions: true, Log: log})
+// Demo creates a 2-host × 2-VM cluster whose regions come from an ivshim-broker per host,
+// builds ivbench from src (ivbench.c) for both MPIs, prints the PingPong latency table of all
+// Routes to out and tears the cluster down. buildDir is make's output directory: it holds
+// ivshim-broker and lib/ with the shim libraries. log receives the cluster's progress lines
+// (nil: none).
+func Demo(ctx context.Context, src, buildDir string, out, log io.Writer) (err error) {
+	broker, shimDir := filepath.Join(buildDir, "ivshim-broker"), filepath.Join(buildDir, "lib")
+	need := []string{broker}
+	for _, m := range cluster.MPIs {
+		need = append(need, filepath.Join(shimDir, m.ShimLibrary()))
+	}
+	for _, f := range need {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("demo: %w (run make)", err)
+		}
+	}
+	c, err := cluster.Create(ctx, cluster.Config{Hosts: 2, VMsPerHost: 2, Broker: broker, Log: log})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}
 	defer func() { err = errors.Join(err, c.Teardown()) }()
-	fmt.Fprintf(out, "cluster %s: 2 hosts × 2 VMs on bridge %s (%s), regions %s and %s\n",
+	fmt.Fprintf(out, "cluster %s: 2 hosts × 2 VMs on bridge %s (%s), regions from ivshim-broker: %s and %s\n",
 		c.Prefix, c.Bridge, c.Subnet, c.Hosts[0].Region(), c.Hosts[1].Region())
 	bins := map[cluster.MPI]string{}
 	for _, m := range cluster.MPIs {
@@ -148,7 +187,7 @@ func Demo(ctx context.Context, src string, out, log io.Writer) (err error) {
 		}
 		bins[m] = bin
 	}
-	lats, err := PingPong(ctx, c, bins, []string{"-msglog", "0:12"})
+	lats, err := PingPong(ctx, c, bins, shimDir, []string{"-msglog", "0:12"})
 	if err != nil {
 		return fmt.Errorf("demo: %w", err)
 	}

@@ -3,7 +3,8 @@
 //
 //	ivshim-cluster up [flags]            create a cluster, print how to use it, keep it until Ctrl-C
 //	ivshim-cluster run [flags] PROG ARGS create a cluster, run PROG on its VMs, tear it down
-//	ivshim-cluster demo [-v] [-src F]    PingPong latency: native vs VMs on one host vs two hosts
+//	ivshim-cluster demo [-v] [-src F]    PingPong latency: native, VMs on one host (with and
+//	                                     without the shim), VMs on two hosts
 //	ivshim-cluster clean PREFIX...       remove what a killed run left behind
 //
 // Every command tears its cluster down on exit, on error and on SIGINT/SIGTERM.
@@ -17,6 +18,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -27,15 +29,20 @@ import (
 
 const usage = `usage: ivshim-cluster COMMAND [flags]
 
-  up [-hosts N] [-vms N] [-regions] [-v]
+  up [-hosts N] [-vms N] [-regions] [-broker PATH] [-v]
         create a cluster, print how to use it, keep it until Ctrl-C
-  run [-hosts N] [-vms N] [-regions] [-v] [-mpi openmpi|mpich] [-on VM,...] [-ranks-per-vm N]
-      [-transport default|tcp|shm] [-env K=V]... [-timeout D] [-retry] PROGRAM [ARGS...]
+  run [-hosts N] [-vms N] [-regions] [-broker PATH] [-v] [-mpi openmpi|mpich] [-on VM,...]
+      [-ranks-per-vm N] [-transport default|tcp|shm] [-env K=V]... [-timeout D] [-retry]
+      PROGRAM [ARGS...]
         create a cluster, run one MPI job in its VMs (default: one rank on every VM), tear down
-  demo [-v] [-src tests/bench/ivbench.c]
-        2 hosts x 2 VMs: ivbench PingPong native, between VMs of one host and of two hosts
+  demo [-v] [-src tests/bench/ivbench.c] [-build DIR]
+        2 hosts x 2 VMs served by brokers: ivbench PingPong native, between VMs of one host
+        (TCP, and through the shim) and of two hosts
   clean PREFIX...
         kill the processes and remove the namespaces, links and files of a killed run
+
+Regions come from an ivshim-broker per host (-broker, default: the one next to this program);
+with -broker '' the harness creates bare region files instead; -regions=false gives none.
 `
 
 func main() {
@@ -69,20 +76,37 @@ func main() {
 // clusterFlags are the flags of commands that create a cluster.
 type clusterFlags struct {
 	cfg     cluster.Config
+	regions bool
+	broker  string
 	verbose bool
 }
 
 func (f *clusterFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.cfg.Hosts, "hosts", 2, "emulated hosts")
 	fs.IntVar(&f.cfg.VMsPerHost, "vms", 2, "VMs per host")
-	fs.BoolVar(&f.cfg.Regions, "regions", true, "create one region per host (IVSHIM_REGION in its VMs)")
+	fs.BoolVar(&f.regions, "regions", true, "give every host a region (IVSHIM_REGION in its VMs)")
+	fs.StringVar(&f.broker, "broker", filepath.Join(buildDir(), "ivshim-broker"),
+		"ivshim-broker binary that serves each host's region; empty: bare region files made by the harness")
 	fs.BoolVar(&f.verbose, "v", false, "log every step and command to stderr")
+}
+
+// buildDir is the directory of this program, where make also puts ivshim-broker and lib/.
+func buildDir() string {
+	exe, err := os.Executable()
+	if err != nil {
+		return "."
+	}
+	return filepath.Dir(exe)
 }
 
 // create makes the cluster and returns it with its teardown.
 func (f *clusterFlags) create(ctx context.Context) (*cluster.Cluster, func() error, error) {
 	if f.verbose {
 		f.cfg.Log = os.Stderr
+	}
+	if f.regions {
+		f.cfg.Broker = f.broker
+		f.cfg.Regions = f.broker == ""
 	}
 	c, err := cluster.Create(ctx, f.cfg)
 	if err != nil {
@@ -118,6 +142,9 @@ func describe(w io.Writer, c *cluster.Cluster) error {
 			region = "none"
 		}
 		fmt.Fprintf(w, "  host %s  id %s  region %s\n", h.Name, h.ID, region)
+		if h.Broker != nil {
+			fmt.Fprintf(w, "    broker: ivshimctl -socket %s status   (log %s)\n", h.Broker.Socket(), h.Broker.LogFile())
+		}
 		for _, vm := range h.VMs {
 			fmt.Fprintf(w, "    VM %-6s %-15s netns %s  boot_id %s\n", vm.Name, vm.Addr, vm.Netns, vm.BootID)
 		}
@@ -222,12 +249,13 @@ func demo(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ExitOnError)
 	verbose := fs.Bool("v", false, "log every step and command to stderr")
 	src := fs.String("src", "tests/bench/ivbench.c", "ivbench source to build for both MPIs")
+	dir := fs.String("build", buildDir(), "make's output directory, with ivshim-broker and lib/")
 	fs.Parse(args)
 	var log io.Writer
 	if *verbose {
 		log = os.Stderr
 	}
-	return ivbench.Demo(ctx, *src, os.Stdout, log)
+	return ivbench.Demo(ctx, *src, *dir, os.Stdout, log)
 }
 
 func clean(prefixes []string) error {

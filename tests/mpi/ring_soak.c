@@ -1,0 +1,78 @@
+/*
+ * ring_soak: keeps a job busy for a given time with checked traffic, for tests that disturb
+ * the cluster (kill a broker, ...) while ranks communicate. Usage: ring_soak SECONDS
+ *
+ * Each iteration every rank sends a payload to both ring neighbours (so with two ranks per
+ * host every rank sends to a co-located peer), alternating a small and a large size, checks
+ * what it receives, then takes part in an MPI_Allreduce that also carries rank 0's decision
+ * to stop once SECONDS have passed. At the end each rank prints
+ *
+ *   rank R of N iterations I ok
+ *
+ * Any mismatch prints "FAIL ..." to stderr and aborts.
+ */
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+enum { SMALL = 16, LARGE = 1 << 17 };
+
+static void fail(int rank, const char *what, long iter, long got, long want)
+{
+    fprintf(stderr, "FAIL rank %d iteration %ld: %s: got %ld, want %ld\n", rank, iter, what, got, want);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
+static int value(int sender, long iter, int i) { return (int)((sender * 7919L + iter * 31L + i) & 0x7fffffff); }
+
+int main(int argc, char **argv)
+{
+    int rank, size;
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    double seconds = argc > 1 ? atof(argv[1]) : 0;
+    if (seconds <= 0) {
+        if (rank == 0)
+            fprintf(stderr, "usage: ring_soak SECONDS\n");
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    int next = (rank + 1) % size, prev = (rank + size - 1) % size;
+    int *out = malloc(LARGE * sizeof *out), *from_prev = malloc(LARGE * sizeof *from_prev),
+        *from_next = malloc(LARGE * sizeof *from_next);
+    if (out == NULL || from_prev == NULL || from_next == NULL)
+        fail(rank, "malloc", 0, 0, 1);
+
+    double start = MPI_Wtime();
+    long iter = 0;
+    for (int stop = 0; !stop; iter++) {
+        int n = iter % 2 ? LARGE : SMALL;
+        for (int i = 0; i < n; i++)
+            out[i] = value(rank, iter, i);
+        MPI_Request reqs[4];
+        MPI_Irecv(from_prev, n, MPI_INT, prev, 1, MPI_COMM_WORLD, &reqs[0]);
+        MPI_Irecv(from_next, n, MPI_INT, next, 2, MPI_COMM_WORLD, &reqs[1]);
+        MPI_Isend(out, n, MPI_INT, next, 1, MPI_COMM_WORLD, &reqs[2]);
+        MPI_Isend(out, n, MPI_INT, prev, 2, MPI_COMM_WORLD, &reqs[3]);
+        MPI_Waitall(4, reqs, MPI_STATUSES_IGNORE);
+        for (int i = 0; i < n; i++) {
+            if (from_prev[i] != value(prev, iter, i))
+                fail(rank, "payload from prev", iter, from_prev[i], value(prev, iter, i));
+            if (from_next[i] != value(next, iter, i))
+                fail(rank, "payload from next", iter, from_next[i], value(next, iter, i));
+        }
+        /* [0]: sum of ranks, checked; [1]: rank 0's stop decision. */
+        long mine[2] = {rank, rank == 0 && MPI_Wtime() - start >= seconds}, sum[2];
+        MPI_Allreduce(mine, sum, 2, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+        if (sum[0] != (long)size * (size - 1) / 2)
+            fail(rank, "allreduce", iter, sum[0], (long)size * (size - 1) / 2);
+        stop = sum[1] != 0;
+    }
+    printf("rank %d of %d iterations %ld ok\n", rank, size, iter);
+    fflush(stdout);
+    free(out);
+    free(from_prev);
+    free(from_next);
+    MPI_Finalize();
+    return 0;
+}
