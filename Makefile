@@ -7,7 +7,10 @@ export PATH := $(dir $(GO)):$(PATH)
 
 # Debian packages the project needs (build, tests, demo, benchmarks).
 APT_PACKAGES := openmpi-bin libopenmpi-dev mpich libmpich-dev libvirt-dev pkg-config \
-	iproute2 util-linux procps busybox spin gnuplot-nox
+	iproute2 util-linux procps busybox spin gnuplot-nox \
+	libvirt-daemon-system libvirt-daemon-system-sysv qemu-system-x86 tiny-initramfs xz-utils
+# A guest kernel for the real libvirt/QEMU test (tests/libvirtreal); any installed one will do.
+KERNEL_PACKAGE := linux-image-cloud-amd64
 
 FUZZTIME ?= 5s
 TEST_TIMEOUT ?= 40m
@@ -30,6 +33,7 @@ deps: $(BUILD)/.deps
 $(BUILD)/.deps: Makefile go.mod go.sum
 	@missing=$$(for p in $(APT_PACKAGES); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	ls /boot/vmlinuz-* >/dev/null 2>&1 || missing="$$missing $(KERNEL_PACKAGE)"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing: $$missing"; \
 		if [ $$(id -u) -ne 0 ]; then echo "make deps: need root to apt-get install $$missing" >&2; exit 1; fi; \
