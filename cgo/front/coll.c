@@ -250,7 +250,6 @@ static struct ivs_comm *coll_comm(MPI_Comm comm, struct ivs_coll **k)
 	struct ivs_comm *c = ivs_comm_get(comm);
 	if (!c || !(*k = coll_of(c)))
 		return NULL;
-	ivs.stats.collectives_shm++;
 	return c;
 }
 
@@ -476,8 +475,10 @@ static int allgather_bytes(struct ivs_coll *k, struct ivs_comm *c, const uint8_t
 int MPI_Barrier(MPI_Comm comm)
 {
 	struct ivs_coll *k;
-	if (coll_comm(comm, &k))
+	if (coll_comm(comm, &k)) {
+		ivs.stats.collectives_shm++;
 		return barrier(k);
+	}
 	NET_COLL(PMPI_Barrier(comm), PMPI_Ibarrier(comm, &req_));
 }
 
@@ -489,6 +490,7 @@ int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
 	ptrdiff_t lb;
 	if (!c || root < 0 || root >= c->size)
 		NET_COLL(PMPI_Bcast(buf, count, dt, root, comm), PMPI_Ibcast(buf, count, dt, root, comm, &req_));
+	ivs.stats.collectives_shm++;
 	if (ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n)
 		return bcast_bytes(k, c, (uint8_t *)buf + lb, n, root);
 	uint8_t *tmp = malloc(n ? n : 1);
@@ -510,6 +512,7 @@ int MPI_Allreduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_
 	struct red r;
 	if (!c || !reducible(count, dt, op, &r))
 		NET_COLL(PMPI_Allreduce(sbuf, rbuf, count, dt, op, comm), PMPI_Iallreduce(sbuf, rbuf, count, dt, op, comm, &req_));
+	ivs.stats.collectives_shm++;
 	if (count == 0)
 		return MPI_SUCCESS;
 	return reduce_common(k, c, sbuf == MPI_IN_PLACE ? rbuf : sbuf, rbuf, count, dt, op, -1, &r);
@@ -522,6 +525,7 @@ int MPI_Reduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_Op 
 	struct red r;
 	if (!c || root < 0 || root >= c->size || !reducible(count, dt, op, &r))
 		NET_COLL(PMPI_Reduce(sbuf, rbuf, count, dt, op, root, comm), PMPI_Ireduce(sbuf, rbuf, count, dt, op, root, comm, &req_));
+	ivs.stats.collectives_shm++;
 	if (count == 0)
 		return MPI_SUCCESS;
 	if (sbuf == MPI_IN_PLACE)
@@ -565,6 +569,7 @@ int MPI_Reduce_scatter_block(const void *sbuf, void *rbuf, int count, MPI_Dataty
 	if (!c || !reducible(count, dt, op, &r))
 		NET_COLL(PMPI_Reduce_scatter_block(sbuf, rbuf, count, dt, op, comm),
 		         PMPI_Ireduce_scatter_block(sbuf, rbuf, count, dt, op, comm, &req_));
+	ivs.stats.collectives_shm++;
 	return reduce_scatter_common(k, c, sbuf, rbuf, NULL, count, dt, op);
 }
 
@@ -576,6 +581,7 @@ int MPI_Reduce_scatter(const void *sbuf, void *rbuf, const int counts[], MPI_Dat
 	if (!c || !reducible(1, dt, op, &r))
 		NET_COLL(PMPI_Reduce_scatter(sbuf, rbuf, counts, dt, op, comm),
 		         PMPI_Ireduce_scatter(sbuf, rbuf, counts, dt, op, comm, &req_));
+	ivs.stats.collectives_shm++;
 	return reduce_scatter_common(k, c, sbuf, rbuf, counts, 0, dt, op);
 }
 
@@ -587,6 +593,7 @@ int MPI_Allgather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, in
 	if (!c || n > IVS_SLOT || n * (uint64_t)c->size > IVS_RES)
 		NET_COLL(PMPI_Allgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
 		         PMPI_Iallgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
+	ivs.stats.collectives_shm++;
 	MPI_Aint lb, ext;
 	PMPI_Type_get_extent(rdt, &lb, &ext);
 	uint8_t *blk = malloc(n + 1), *all = malloc(n * (uint64_t)c->size + 1);
@@ -614,6 +621,7 @@ int MPI_Gather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int r
 	if (!c || k->nhosts > 1 || root < 0 || root >= c->size || n > IVS_SLOT)
 		NET_COLL(PMPI_Gather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Igather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
+	ivs.stats.collectives_shm++;
 	uint64_t s = op_begin(k);
 	int rc = MPI_SUCCESS;
 	if (sbuf != MPI_IN_PLACE) {
@@ -642,6 +650,7 @@ int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int 
 	if (!c || k->nhosts > 1 || root < 0 || root >= c->size || n * (uint64_t)c->size > IVS_SLOT)
 		NET_COLL(PMPI_Scatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Iscatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
+	ivs.stats.collectives_shm++;
 	uint64_t s = op_begin(k);
 	int root_li = 0;
 	for (int i = 0; i < k->nl; i++)
@@ -670,6 +679,7 @@ int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int
 	if (!c || k->nhosts > 1 || n * (uint64_t)c->size > IVS_SLOT)
 		NET_COLL(PMPI_Alltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
 		         PMPI_Ialltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
+	ivs.stats.collectives_shm++;
 	uint64_t s = op_begin(k), all = n * (uint64_t)c->size;
 	uint8_t *mine = data_of(k, k->li, s, all);
 	int rc = sbuf == MPI_IN_PLACE ? ivs_dt_pack(rbuf, rcount * c->size, rdt, mine, all, comm)
