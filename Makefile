@@ -72,11 +72,12 @@ $(BUILD)/mpi/%-mpich: tests/mpi/%.c | deps
 	@mkdir -p $(dir $@)
 	mpicc.mpich -O2 -Wall -Wextra -o $@ $<
 
-# Unit and integration tests, then every fuzz target briefly. Prints each skipped test with
-# its reason so CI shows what did not run.
+# Unit and integration tests, one package at a time (the MPI suites need both cores), then
+# every fuzz target briefly. Prints each skipped test with its reason so CI shows what did not
+# run.
 test: build
 	@set -o pipefail; status=0; \
-	$(GO) test -count=1 -timeout $(TEST_TIMEOUT) -v ./... 2>&1 | tee $(BUILD)/test.log \
+	$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) -v ./... 2>&1 | tee $(BUILD)/test.log \
 		| grep -E --line-buffered '^(--- |ok |FAIL|panic:|\s+\S+_test\.go:[0-9]+: )' || status=1; \
 	echo "== skipped tests (reason on the next line):"; \
 	grep -A1 -E '^\s*--- SKIP' $(BUILD)/test.log || echo "   none"; \
