@@ -117,10 +117,17 @@ int ivs_dt_recv_finish(struct ivs_req *r)
 		return MPI_SUCCESS;
 	int rc = MPI_SUCCESS;
 	struct dt_entry *e = dt_lookup(r->dt);
-	if (e && e->size && r->st_bytes) {
+	if (e && e->size && r->st_bytes % e->size == 0) {
 		int pos = 0;
 		uint64_t elems = r->st_bytes / e->size;
-		rc = PMPI_Unpack(r->cbuf, (int)r->st_bytes, &pos, r->ubuf, (int)elems, r->dt, r->comm->handle);
+		if (elems)
+			rc = PMPI_Unpack(r->cbuf, (int)r->st_bytes, &pos, r->ubuf, (int)elems, r->dt, r->comm->handle);
+	} else if (r->st_bytes) {
+		/* The message ends inside an element: MPI_Unpack only takes whole elements, but a
+		 * receive must still place every basic element that arrived. The library does that
+		 * when it receives the packed bytes itself. */
+		rc = PMPI_Sendrecv(r->cbuf, (int)r->st_bytes, MPI_PACKED, 0, 0, r->ubuf, r->count, r->dt, 0, 0,
+		                   MPI_COMM_SELF, MPI_STATUS_IGNORE);
 	}
 	free(r->cbuf);
 	r->cbuf = NULL;
