@@ -327,7 +327,9 @@ int MPI_Bsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 
 int MPI_Recv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm comm, MPI_Status *st)
 {
-	if (IVS_LIKELY(!ivs.enabled))
+	/* MPI_PROC_NULL stays a blocking library call: MPICH 4.0 gives the nonblocking form a
+	 * status that is not the one MPI defines (source MPI_PROC_NULL, tag MPI_ANY_TAG). */
+	if (IVS_LIKELY(!ivs.enabled) || src == MPI_PROC_NULL)
 		return PMPI_Recv(buf, count, dt, src, tag, comm, st);
 	struct ivs_req *r;
 	MPI_Request net;
@@ -399,18 +401,30 @@ int MPI_Irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 
 /* ---- combined ---- */
 
+/* The status MPI defines for a receive from MPI_PROC_NULL. */
+static int proc_null_status(MPI_Status *st)
+{
+	if (st != MPI_STATUS_IGNORE) {
+		st->MPI_SOURCE = MPI_PROC_NULL;
+		st->MPI_TAG = MPI_ANY_TAG;
+		PMPI_Status_set_elements_x(st, MPI_BYTE, 0);
+		PMPI_Status_set_cancelled(st, 0);
+	}
+	return MPI_SUCCESS;
+}
+
 int MPI_Sendrecv(const void *sbuf, int scount, MPI_Datatype sdt, int dest, int stag,
                  void *rbuf, int rcount, MPI_Datatype rdt, int src, int rtag, MPI_Comm comm, MPI_Status *st)
 {
 	if (IVS_LIKELY(!ivs.enabled) || (!ivs_comm_p2p(comm) && !ivs_busy()))
 		return PMPI_Sendrecv(sbuf, scount, sdt, dest, stag, rbuf, rcount, rdt, src, rtag, comm, st);
-	struct ivs_req *rr, *sr;
+	struct ivs_req *rr = NULL, *sr;
 	MPI_Request rnet, snet;
-	int rc = ivs_irecv(rbuf, rcount, rdt, src, rtag, comm, &rr, &rnet);
+	int rc = src == MPI_PROC_NULL ? MPI_SUCCESS : ivs_irecv(rbuf, rcount, rdt, src, rtag, comm, &rr, &rnet);
 	if (rc != MPI_SUCCESS)
 		return rc;
 	rc = ivs_isend(sbuf, scount, sdt, dest, stag, comm, 0, &sr, &snet);
-	int rc2 = wait_result(rr, rnet, st);
+	int rc2 = src == MPI_PROC_NULL ? proc_null_status(st) : wait_result(rr, rnet, st);
 	if (rc != MPI_SUCCESS)
 		return rc;
 	rc = wait_result(sr, snet, MPI_STATUS_IGNORE);
