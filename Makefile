@@ -94,3 +94,8 @@ demo: build
 
 clean:
 	rm -rf $(BUILD)
+
+# Shim vs. the library's own shared memory (native) and its TCP path (network) on the emulated
+# cluster, both MPIs, 2 and 4 ranks plus 2 hosts x 2 VMs; tables, ratios and plots in build/bench.
+bench: build
+	$(BUILD)/ivshim-bench -out $(BUILD)/bench -lib $(BUILD)/lib

@@ -4,10 +4,12 @@
  * It implements a subset of the Intel MPI Benchmarks (IMB-MPI1) command line and prints the
  * same blocks, so tools that read IMB output read this:
  *
- *   ivbench [-msglog [min:]max] [-iter n[,bytes]] [-time s] [-npmin p] [-mem gb] [-check]
- *           [PingPong Barrier Bcast Reduce Allreduce Allgather Alltoall Gather Scatter]
+ *   ivbench [-msglog [min:]max] [-msglen file] [-iter n[,bytes]] [-time s] [-npmin p] [-mem gb]
+ *           [-check] [PingPong Barrier Bcast Reduce Allreduce Allgather Alltoall Gather Scatter]
  *
  *   -msglog  message sizes 0 and 2^min..2^max bytes (default 0:22)
+ *   -msglen  message sizes read from a file, one per line, in that order (replaces -msglog);
+ *            only rank 0 reads it
  *   -iter    repetitions per size (default 1000), at most bytes/size of them (default 40 MiB):
  *            big messages get fewer repetitions, as in IMB
  *   -time    at most about this many seconds per size (default 0.2; IMB's is 10), estimated
@@ -34,6 +36,8 @@ enum { DEFAULT_MSGLOG_MIN = 0, DEFAULT_MSGLOG_MAX = 22, DEFAULT_ITER = 1000 };
 #define DEFAULT_OVERALL_VOL (40.0 * 1024 * 1024)
 #define DEFAULT_TIME_LIMIT 0.2
 #define DEFAULT_MEM_GB 1.0
+/* At most this many sizes in a -msglen file. */
+enum { MAX_LENGTHS = 256 };
 /* Repetitions of the pilot that estimates the time per repetition. */
 enum { PILOT_REPS = 8 };
 /* Seeds of the data patterns: each sender and each block gets its own. */
@@ -41,6 +45,9 @@ enum { SEED_STRIDE = 1024 };
 
 struct options {
     int msglog_min, msglog_max;
+    const char *msglen_file;
+    uint64_t sizes[MAX_LENGTHS]; /* the message sizes to run, from -msglog or -msglen */
+    int nsizes;
     long iter;
     double overall_vol;
     double time_limit;
@@ -244,8 +251,8 @@ static void usage(void)
 {
     if (world_rank != 0)
         return;
-    fprintf(stderr, "usage: ivbench [-msglog [min:]max] [-iter n[,bytes]] [-time s] [-npmin p] [-mem gb] [-check]"
-                    " [benchmark...]\nbenchmarks:");
+    fprintf(stderr, "usage: ivbench [-msglog [min:]max] [-msglen file] [-iter n[,bytes]] [-time s] [-npmin p]"
+                    " [-mem gb] [-check] [benchmark...]\nbenchmarks:");
     for (int i = 0; i < NBENCH; i++)
         fprintf(stderr, " %s", benches[i].name);
     fprintf(stderr, "\n");
@@ -309,8 +316,9 @@ static int parse_iter(const char *s, struct options *o)
 
 static int parse_args(int argc, char **argv, struct options *o)
 {
-    *o = (struct options){DEFAULT_MSGLOG_MIN, DEFAULT_MSGLOG_MAX, DEFAULT_ITER, DEFAULT_OVERALL_VOL,
-                          DEFAULT_TIME_LIMIT, 2, DEFAULT_MEM_GB, 0, 0};
+    *o = (struct options){.msglog_min = DEFAULT_MSGLOG_MIN, .msglog_max = DEFAULT_MSGLOG_MAX,
+                          .iter = DEFAULT_ITER, .overall_vol = DEFAULT_OVERALL_VOL, .time_limit = DEFAULT_TIME_LIMIT,
+                          .npmin = 2, .mem_gb = DEFAULT_MEM_GB};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -323,8 +331,8 @@ static int parse_args(int argc, char **argv, struct options *o)
         if (strcmp(a, "-h") == 0 || strcmp(a, "-help") == 0)
             return -1;
         if (a[0] == '-') {
-            if (strcmp(a, "-msglog") != 0 && strcmp(a, "-iter") != 0 && strcmp(a, "-time") != 0 &&
-                strcmp(a, "-npmin") != 0 && strcmp(a, "-mem") != 0) {
+            if (strcmp(a, "-msglog") != 0 && strcmp(a, "-msglen") != 0 && strcmp(a, "-iter") != 0 &&
+                strcmp(a, "-time") != 0 && strcmp(a, "-npmin") != 0 && strcmp(a, "-mem") != 0) {
                 if (world_rank == 0)
                     fprintf(stderr, "ivbench: unknown option %s\n", a);
                 return -1;
@@ -333,6 +341,8 @@ static int parse_args(int argc, char **argv, struct options *o)
                 bad = 1;
             else if (strcmp(a, "-msglog") == 0)
                 bad = parse_msglog(v, o);
+            else if (strcmp(a, "-msglen") == 0)
+                o->msglen_file = v;
             else if (strcmp(a, "-iter") == 0)
                 bad = parse_iter(v, o);
             else if (strcmp(a, "-time") == 0)
@@ -467,6 +477,59 @@ static void print_block_header(const struct bench *b, int p, int world)
     fflush(stdout);
 }
 
+/* read_lengths reads a -msglen file into o->sizes: one size per line, blank lines ignored. It
+ * returns -1 with a message on stderr if the file cannot be read or holds a bad line. */
+static int read_lengths(struct options *o)
+{
+    FILE *f = fopen(o->msglen_file, "r");
+    if (f == NULL) {
+        perror(o->msglen_file);
+        return -1;
+    }
+    char line[128];
+    int n = 0, bad = 0;
+    for (int lineno = 1; !bad && fgets(line, sizeof line, f) != NULL; lineno++) {
+        char *s = line + strspn(line, " \t\r\n");
+        if (*s == '\0')
+            continue;
+        s[strcspn(s, " \t\r\n")] = '\0';
+        long v;
+        bad = n == MAX_LENGTHS || parse_long(s, 0, 1L << 30, &v) != 0;
+        if (bad)
+            fprintf(stderr, "ivbench: %s line %d: want a size of 0..2^30 bytes, at most %d sizes\n", o->msglen_file,
+                    lineno, MAX_LENGTHS);
+        else
+            o->sizes[n++] = (uint64_t)v;
+    }
+    if (!bad && n == 0) {
+        fprintf(stderr, "ivbench: %s holds no size\n", o->msglen_file);
+        bad = 1;
+    }
+    fclose(f);
+    o->nsizes = n;
+    return bad ? -1 : 0;
+}
+
+/* set_sizes fills o->sizes on every rank: 0 and 2^msglog_min .. 2^msglog_max, or the -msglen
+ * file as rank 0 read it. It returns -1 on every rank if rank 0 could not read the file. */
+static int set_sizes(struct options *o)
+{
+    if (o->msglen_file == NULL) {
+        o->nsizes = 0;
+        o->sizes[o->nsizes++] = 0;
+        for (int lg = o->msglog_min; lg <= o->msglog_max; lg++)
+            o->sizes[o->nsizes++] = (uint64_t)1 << lg;
+        return 0;
+    }
+    if (world_rank == 0 && read_lengths(o) != 0)
+        o->nsizes = -1;
+    MPI_Bcast(&o->nsizes, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    if (o->nsizes < 0)
+        return -1;
+    MPI_Bcast(o->sizes, o->nsizes, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    return 0;
+}
+
 /* run_block runs benchmark b on the first p processes; the others wait in the barrier. */
 static void run_block(const struct bench *b, int p, int world, const struct options *o)
 {
@@ -478,18 +541,17 @@ static void run_block(const struct bench *b, int p, int world, const struct opti
         struct run r = {.b = b, .comm = comm, .p = p};
         MPI_Comm_rank(comm, &r.rank);
         double limit = o->mem_gb * 1024 * 1024 * 1024;
-        /* Sizes: 0, then 2^msglog_min .. 2^msglog_max; Barrier has no size. */
-        for (int lg = o->msglog_min - 1; lg <= o->msglog_max; lg++) {
-            r.bytes = lg < o->msglog_min ? 0 : (size_t)1 << lg;
-            if (b->kind == BARRIER && r.bytes > 0)
-                break;
+        /* Barrier has no size: it runs once. */
+        int nsizes = b->kind == BARRIER ? 1 : o->nsizes;
+        for (int i = 0; i < nsizes; i++) {
+            r.bytes = b->kind == BARRIER ? 0 : (size_t)o->sizes[i];
             if (b->reduction && r.bytes % sizeof(float) != 0)
                 continue;
             size_t blocks = b->sbuf_blocks(p) + b->rbuf_blocks(p);
             if ((double)blocks * (double)r.bytes > limit) {
                 if (world_rank == 0)
-                    printf("# %zu bytes and more skipped: buffers would exceed -mem %.3g GiB\n", r.bytes, o->mem_gb);
-                break;
+                    printf("# %zu bytes skipped: buffers would exceed -mem %.3g GiB\n", r.bytes, o->mem_gb);
+                continue;
             }
             measure(&r, o);
         }
@@ -511,6 +573,10 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return 1;
     }
+    if (set_sizes(&o) != 0) {
+        MPI_Finalize();
+        return 1;
+    }
     if (world_rank == 0) {
         char version[MPI_MAX_LIBRARY_VERSION_STRING];
         int len;
@@ -520,8 +586,13 @@ int main(int argc, char **argv)
         printf("#    ivbench: IMB-compatible MPI benchmark (subset of IMB-MPI1)\n");
         printf("#----------------------------------------------------------------\n");
         printf("# MPI library                    :   %s\n", version);
-        printf("# Minimum message length in bytes:   0\n");
-        printf("# Maximum message length in bytes:   %zu\n", (size_t)1 << o.msglog_max);
+        uint64_t min = o.sizes[0], max = o.sizes[0];
+        for (int i = 1; i < o.nsizes; i++) {
+            min = o.sizes[i] < min ? o.sizes[i] : min;
+            max = o.sizes[i] > max ? o.sizes[i] : max;
+        }
+        printf("# Minimum message length in bytes:   %llu\n", (unsigned long long)min);
+        printf("# Maximum message length in bytes:   %llu\n", (unsigned long long)max);
         printf("# MPI_Datatype                   :   MPI_BYTE\n");
         printf("# MPI_Datatype for reductions    :   MPI_FLOAT\n");
         printf("# MPI_Op                         :   MPI_SUM\n");

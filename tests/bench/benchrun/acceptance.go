@@ -1,0 +1,266 @@
+package benchrun
+
+import (
+	"fmt"
+	"slices"
+
+	"ivshim.dev/ivshim/tests/cluster"
+)
+
+// A target is one acceptance criterion on a ratio shim/native with the ranks in co-located VMs.
+type target struct {
+	benchmark string
+	bytes     int
+	// bandwidth compares PingPong's MB/s (at least goal); otherwise latency (at most goal).
+	bandwidth bool
+	goal      float64
+}
+
+func (t target) String() string {
+	what := "latency"
+	if t.bandwidth {
+		what = "bandwidth"
+	}
+	if t.benchmark == "Barrier" {
+		return "Barrier latency"
+	}
+	return fmt.Sprintf("%s %s %s", t.benchmark, sizeName(t.bytes), what)
+}
+
+// goalText is the target's goal as the report states it.
+func (t target) goalText() string {
+	if t.bandwidth {
+		return fmt.Sprintf("≥ %.1f× native", t.goal)
+	}
+	return fmt.Sprintf("≤ %.1f× native", t.goal)
+}
+
+// targets are the project's goals for two co-located VMs: ping-pong against the library's own
+// shared memory, and the collectives.
+var (
+	pingPongTargets = []target{
+		{benchmark: "PingPong", bytes: 0, goal: 1.3},
+		{benchmark: "PingPong", bytes: 1 << 20, bandwidth: true, goal: 0.8},
+	}
+	collectiveTargets = []target{
+		{benchmark: "Barrier", bytes: 0, goal: 1.0},
+		{benchmark: "Allreduce", bytes: 8, goal: 1.0},
+		{benchmark: "Bcast", bytes: 8, goal: 1.0},
+		{benchmark: "Alltoall", bytes: 1 << 10, goal: 1.3},
+		{benchmark: "Allgather", bytes: 1 << 10, goal: 1.3},
+	}
+)
+
+// passthroughGoal is the target for the shim's own cost per pass-through call, in ns.
+const passthroughGoal = 10.0
+
+// Verdict is the outcome of one acceptance criterion for one library.
+type Verdict struct {
+	Target string  `json:"target"`
+	MPI    string  `json:"mpi"`
+	Goal   string  `json:"goal"`
+	Value  float64 `json:"value"`
+	// Unit is "×" for a ratio, " ns" for the pass-through overhead.
+	Unit string `json:"unit"`
+	// Measured is false when a configuration lacks the point (Note says why); Met is then false.
+	Measured bool `json:"measured"`
+	Met      bool `json:"met"`
+	// Outcome says it in words: "met", "not met", "usable", "not usable" or "not measured".
+	Outcome string `json:"outcome"`
+	Note    string `json:"note,omitempty"`
+}
+
+// settle sets Met and Outcome: yes if met, else no, or "not measured" without a figure.
+func (v *Verdict) settle(met bool, yes, no string) {
+	v.Met, v.Outcome = met, no
+	switch {
+	case met:
+		v.Outcome = yes
+	case !v.Measured:
+		v.Outcome = "not measured"
+	}
+}
+
+// Acceptance evaluates every target for every library: ping-pong and collectives at 2 ranks
+// against their goals, the collectives again at every larger rank count measured (where the
+// goal is usability: every shim run completed, no livelock; the ratio is reported), and the
+// pass-through overhead.
+func (r *Report) Acceptance() []Verdict {
+	var vs []Verdict
+	for _, m := range r.mpis() {
+		for _, t := range slices.Concat(pingPongTargets, collectiveTargets) {
+			vs = append(vs, r.ratioVerdict(m, 2, t))
+		}
+		for _, n := range r.rankCounts() {
+			if n == 2 {
+				continue
+			}
+			for _, t := range collectiveTargets {
+				vs = append(vs, r.usabilityVerdict(m, n, t))
+			}
+		}
+		vs = append(vs, r.passthroughVerdict(m))
+	}
+	return vs
+}
+
+// ratioVerdict judges t at ranks ranks against its goal.
+func (r *Report) ratioVerdict(m cluster.MPI, ranks int, t target) Verdict {
+	v := Verdict{Target: fmt.Sprintf("%s, %d ranks, shim/native", t, ranks), MPI: m.String(), Goal: t.goalText(), Unit: "×"}
+	v.Value, v.Measured, v.Note = r.ratio(m, ranks, Shim, Native, t.benchmark, t.bytes, t.bandwidth)
+	met := v.Value <= t.goal
+	if t.bandwidth {
+		met = v.Value >= t.goal
+	}
+	v.settle(v.Measured && met, "met", "not met")
+	return v
+}
+
+// usabilityVerdict reports t's ratio at ranks ranks; the criterion met is that every shim run
+// of that size completed.
+func (r *Report) usabilityVerdict(m cluster.MPI, ranks int, t target) Verdict {
+	v := Verdict{Target: fmt.Sprintf("%s, %d ranks on %d CPUs, shim/native", t, ranks, r.CPUs), MPI: m.String(),
+		Goal: "usable (every run completes); ratio reported", Unit: "×"}
+	v.Value, v.Measured, v.Note = r.ratio(m, ranks, Shim, Native, t.benchmark, t.bytes, false)
+	shim := r.caseOf(m, ranks, Shim)
+	if shim == nil {
+		v.settle(false, "usable", "not usable")
+		return v
+	}
+	incomplete := len(shim.Runs) - shim.count(statusOK) - shim.count(statusFinalizeHang)
+	v.settle(v.Measured && incomplete == 0, "usable", "not usable")
+	switch {
+	case incomplete > 0:
+		// A run that did not complete is the failure this criterion is about, figure or not.
+		v.Outcome = "not usable"
+		v.Note = fmt.Sprintf("%d of %d shim runs did not complete", incomplete, len(shim.Runs))
+	case v.Measured:
+		within := "within"
+		if v.Value > t.goal {
+			within = "above"
+		}
+		v.Note = fmt.Sprintf("ratio %s the 2-rank goal %s", within, t.goalText())
+	}
+	return v
+}
+
+// passthroughVerdict judges the largest overhead over the measured calls.
+func (r *Report) passthroughVerdict(m cluster.MPI) Verdict {
+	v := Verdict{Target: "pass-through overhead per call (largest over the calls), no region", MPI: m.String(),
+		Goal: fmt.Sprintf("≤ %.0f ns", passthroughGoal), Unit: " ns"}
+	for _, p := range r.Passthrough {
+		if p.MPI != m {
+			continue
+		}
+		for _, c := range p.Calls {
+			ns, ok := c.Overhead()
+			if !ok {
+				continue
+			}
+			if !v.Measured || ns > v.Value {
+				v.Value, v.Note = ns, c.Call
+			}
+			v.Measured = true
+		}
+	}
+	if !v.Measured {
+		v.Note = "no complete pair of runs"
+	}
+	v.settle(v.Measured && v.Value <= passthroughGoal, "met", "not met")
+	return v
+}
+
+// ivbench prints µs with two decimals, so a time is off by up to ivbenchRounding. A ratio is
+// taken only where that moves it by at most maxRoundingError: not of a library's zero-byte
+// collective that returns at once ("0.01").
+const (
+	ivbenchRounding  = 0.005
+	maxRoundingError = 0.1
+)
+
+// ratio returns num/den for benchmark at bytes (times, or PingPong bandwidths), with a note
+// saying why when a configuration has no usable figure.
+func (r *Report) ratio(m cluster.MPI, ranks int, num, den Placement, benchmark string, bytes int, bandwidth bool) (float64, bool, string) {
+	a, aNote := r.figure(m, ranks, num, benchmark, bytes, bandwidth)
+	b, bNote := r.figure(m, ranks, den, benchmark, bytes, bandwidth)
+	switch {
+	case aNote != "":
+		return 0, false, fmt.Sprintf("%s: %s", num, aNote)
+	case bNote != "":
+		return 0, false, fmt.Sprintf("%s: %s", den, bNote)
+	case !bandwidth && ivbenchRounding/a+ivbenchRounding/b > maxRoundingError:
+		return 0, false, "times too close to ivbench's 0.01 µs resolution for a ratio"
+	}
+	return a / b, true, ""
+}
+
+// figure returns the median time (or bandwidth) of one point, or why there is none.
+func (r *Report) figure(m cluster.MPI, ranks int, p Placement, benchmark string, bytes int, bandwidth bool) (float64, string) {
+	c := r.caseOf(m, ranks, p)
+	if c == nil {
+		return 0, "not run"
+	}
+	pt := c.point(benchmark, bytes)
+	switch {
+	case pt == nil:
+		return 0, c.missingReason()
+	case bandwidth && pt.MBps > 0:
+		return pt.MBps, ""
+	case !bandwidth && pt.Usec > 0:
+		return pt.Usec, ""
+	}
+	return 0, "measured zero"
+}
+
+// missingReason says why a point a case should have measured is missing.
+func (c *CaseResult) missingReason() string {
+	for _, s := range []string{statusTimeout, statusFailed, statusNoShim} {
+		if n := c.count(s); n > 0 {
+			return fmt.Sprintf("%s in %d of %d runs", s, n, len(c.Runs))
+		}
+	}
+	return "not measured"
+}
+
+// caseOf returns the results of one configuration, nil if it was not run.
+func (r *Report) caseOf(m cluster.MPI, ranks int, p Placement) *CaseResult {
+	for _, c := range r.Cases {
+		if c.MPI == m && c.Ranks == ranks && c.Placement == p {
+			return c
+		}
+	}
+	return nil
+}
+
+// mpis returns the libraries measured, in run order.
+func (r *Report) mpis() []cluster.MPI {
+	var ms []cluster.MPI
+	for _, c := range r.Cases {
+		if len(ms) == 0 || ms[len(ms)-1] != c.MPI {
+			ms = append(ms, c.MPI)
+		}
+	}
+	return ms
+}
+
+// rankCounts returns the rank counts measured, in run order.
+func (r *Report) rankCounts() []int {
+	var ns []int
+	for _, c := range r.Cases {
+		if c.MPI == r.Cases[0].MPI && (len(ns) == 0 || ns[len(ns)-1] != c.Ranks) {
+			ns = append(ns, c.Ranks)
+		}
+	}
+	return ns
+}
+
+// sizeName is bytes as the report names sizes: "0 B", "8 B", "1 KiB", "1 MiB".
+func sizeName(bytes int) string {
+	switch {
+	case bytes >= 1<<20 && bytes%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", bytes>>20)
+	case bytes >= 1<<10 && bytes%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", bytes>>10)
+	}
+	return fmt.Sprintf("%d B", bytes)
+}

@@ -1,0 +1,189 @@
+package benchrun
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"ivshim.dev/ivshim/tests/bench/ivbench"
+	"ivshim.dev/ivshim/tests/cluster"
+)
+
+func TestMedian(t *testing.T) {
+	for _, tc := range []struct {
+		in   []float64
+		want float64
+	}{
+		{nil, 0},
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 3}, 3},
+		{[]float64{4, 1, 3, 2}, 2.5},
+	} {
+		if got := median(tc.in); got != tc.want {
+			t.Errorf("median(%v) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestPlan(t *testing.T) {
+	cases := plan([]cluster.MPI{cluster.OpenMPI, cluster.MPICH}, []int{2, 4})
+	if len(cases) != 16 {
+		t.Fatalf("plan has %d cases, want 2 MPIs × (3 at 2 ranks + 5 at 4 ranks) = 16: %v", len(cases), cases)
+	}
+	for _, c := range cases {
+		if c.Placement.twoHosts() && c.Ranks != 4 {
+			t.Errorf("%v: two-host placement below 4 ranks", c)
+		}
+	}
+	mpich4 := Case{MPI: cluster.MPICH, Ranks: 4, Placement: Native}.workload(DefaultSizes)
+	if spinning := 4 > runtime.NumCPU(); spinning != (len(mpich4.sizes) == len(spinSizes)) {
+		t.Errorf("MPICH at 4 ranks on %d CPUs measures sizes %v", runtime.NumCPU(), mpich4.sizes)
+	}
+	w := Case{MPI: cluster.OpenMPI, Ranks: 2, Placement: Shim}.workload(DefaultSizes)
+	args := strings.Join(w.args(2, "/x/msglen.txt", 0.05), " ")
+	if want := "-msglen /x/msglen.txt -iter 10000 -time 0.05 -npmin 2 PingPong Barrier"; !strings.HasPrefix(args, want) {
+		t.Errorf("ivbench args %q, want prefix %q", args, want)
+	}
+}
+
+// sampleReport is a report of one library at 2 ranks with three runs each, as Run builds it.
+func sampleReport(t *testing.T) *Report {
+	t.Helper()
+	r := &Report{Started: time.Now(), Runs: 3, Sizes: []int{0, 8, 1024, 1 << 20}, Seconds: 0.05, CPUs: 2}
+	// Per placement: PingPong 0 B, PingPong 1 MiB (µs, MB/s), Barrier, Allreduce 8 B.
+	figures := map[Placement][][4]float64{
+		Native:  {{0.20, 100, 10000, 0.30}, {0.22, 102, 9800, 0.31}, {0.21, 101, 9900, 0.29}},
+		Network: {{8.0, 900, 1100, 10.0}, {8.2, 910, 1090, 10.5}, {7.9, 905, 1095, 10.2}},
+		Shim:    {{0.25, 110, 9000, 0.28}, {0.24, 111, 9100, 0.30}, {0.26, 112, 8900, 0.29}},
+	}
+	for p := Native; p <= Shim; p++ {
+		c := &CaseResult{Case: Case{MPI: cluster.OpenMPI, Ranks: 2, Placement: p}}
+		for round, f := range figures[p] {
+			c.add([]ivbench.Block{
+				{Name: "PingPong", Procs: 2, Rows: []ivbench.Row{{Bytes: 0, TAvg: f[0]}, {Bytes: 1 << 20, TAvg: f[1], MBps: f[2]}}},
+				{Name: "Barrier", Procs: 2, Rows: []ivbench.Row{{TAvg: f[3]}}},
+			})
+			c.Runs = append(c.Runs, RunRecord{Round: round + 1, Status: statusOK, Attempts: 1, Load: 0.5})
+		}
+		r.Cases = append(r.Cases, c)
+	}
+	// The shim's third run died before Allreduce; native and network measured it three times.
+	for _, c := range r.Cases {
+		for i := range 3 {
+			if c.Placement == Shim && i == 2 {
+				continue
+			}
+			c.add([]ivbench.Block{{Name: "Allreduce", Procs: 2, Rows: []ivbench.Row{{Bytes: 8, TAvg: 1 + float64(i)}}}})
+		}
+	}
+	r.Cases[2].Runs[2].Status, r.Cases[2].Runs[2].Error = statusFailed, "exit status 70: ivshim: fatal on rank 1"
+	r.Passthrough = []*PassthroughResult{{MPI: cluster.OpenMPI, Calls: []*CallCost{
+		{Call: "MPI_Test(null)", Plain: []float64{3, 3.2, 3.1}, Preloaded: []float64{5, 5.1, 5.3}},
+		{Call: "MPI_Comm_size", Plain: []float64{1, 1, 1}, Preloaded: []float64{12, 13, 11}},
+	}}}
+	r.finish()
+	return r
+}
+
+func TestAcceptance(t *testing.T) {
+	r := sampleReport(t)
+	got := map[string]Verdict{}
+	for _, v := range r.Acceptance() {
+		got[v.Target] = v
+	}
+	for _, want := range []struct {
+		target   string
+		value    float64
+		measured bool
+		met      bool
+		note     string
+	}{
+		// Medians 0.25 / 0.21.
+		{"PingPong 0 B latency, 2 ranks, shim/native", 0.25 / 0.21, true, true, ""},
+		// Bandwidth, which must stay above the goal: 9000 / 9900.
+		{"PingPong 1 MiB bandwidth, 2 ranks, shim/native", 9000.0 / 9900, true, true, ""},
+		{"Barrier latency, 2 ranks, shim/native", 0.29 / 0.30, true, true, ""},
+		// The shim's median is of its two samples, 1.5; native's 2.
+		{"Allreduce 8 B latency, 2 ranks, shim/native", 1.5 / 2, true, true, ""},
+		{"Alltoall 1 KiB latency, 2 ranks, shim/native", 0, false, false, "shim: failed in 1 of 3 runs"},
+		// MPI_Comm_size: 12 - 1.
+		{"pass-through overhead per call (largest over the calls), no region", 11, true, false, "MPI_Comm_size"},
+	} {
+		v, ok := got[want.target]
+		if !ok {
+			t.Errorf("no verdict for %q", want.target)
+			continue
+		}
+		if v.Measured != want.measured || v.Met != want.met || v.Note != want.note || (want.measured && !near(v.Value, want.value)) {
+			t.Errorf("%s: got %+v, want value %.3f measured %v met %v note %q", want.target, v, want.value, want.measured, want.met, want.note)
+		}
+	}
+}
+
+func near(a, b float64) bool { return a-b < 1e-9 && b-a < 1e-9 }
+
+func TestMarkdown(t *testing.T) {
+	r := sampleReport(t)
+	var b bytes.Buffer
+	r.markdown(&b, []string{"openmpi-pingpong.png"})
+	md := b.String()
+	for _, want := range []string{
+		"| benchmark | bytes | native µs | network µs | shim µs | shim / native | shim / network |",
+		"| PingPong | 0 | 0.21 | 8.00 | 0.25 | 1.19 | 0.03 |",
+		"| Allreduce | 8 | 2.00 | 2.00 | 1.50 (2/3) | 0.75 | 0.75 |",
+		"| 9900 | 1095 | 9000 | 0.91 | 8.22 |",
+		"| Open MPI | MPI_Comm_size | 1.00 | 12.00 | 11.00 | 3 / 3 |",
+		"| openmpi 2 ranks shim | 3 | 2 | 0.0 | run 3: failed: exit status 70: ivshim: fatal on rank 1 |",
+		"| PingPong 1 MiB bandwidth, 2 ranks, shim/native | openmpi | ≥ 0.8× native | 0.91× | met |",
+		"| Alltoall 1 KiB latency, 2 ranks, shim/native | openmpi | ≤ 1.3× native | – | **not measured** (shim: failed in 1 of 3 runs) |",
+		"![openmpi-pingpong](openmpi-pingpong.png)",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("report lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestWrite(t *testing.T) {
+	if _, err := exec.LookPath("gnuplot"); err != nil {
+		t.Skip("gnuplot not installed (Debian package gnuplot-nox)")
+	}
+	dir := t.TempDir()
+	if err := sampleReport(t).Write(context.Background(), dir); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"results.md", "openmpi-pingpong.png", "openmpi-allreduce.png"} {
+		if fi, err := os.Stat(filepath.Join(dir, f)); err != nil || fi.Size() == 0 {
+			t.Errorf("%s not written: %v", f, err)
+		}
+	}
+	js, err := os.ReadFile(filepath.Join(dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Cases []struct {
+			MPI       string `json:"mpi"`
+			Placement string `json:"placement"`
+			Points    []struct {
+				Benchmark string    `json:"benchmark"`
+				Usec      float64   `json:"usec"`
+				Samples   []float64 `json:"samples_usec"`
+			} `json:"points"`
+		} `json:"cases"`
+	}
+	if err := json.Unmarshal(js, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Cases) != 3 || got.Cases[2].Placement != "shim" || got.Cases[2].MPI != "openmpi" ||
+		got.Cases[2].Points[0].Usec != 0.25 || len(got.Cases[2].Points[0].Samples) != 3 {
+		t.Errorf("results.json: %s", js)
+	}
+}
