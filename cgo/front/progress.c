@@ -27,7 +27,7 @@ IVS_COLD void ivs_fatal(const char *fmt, ...)
  * very peer being waited for. */
 void ivs_wait_pause(unsigned *spins)
 {
-	if (++*spins < 128) {
+	if (++*spins < 16) {
 		__builtin_ia32_pause();
 		return;
 	}
