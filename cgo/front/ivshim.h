@@ -48,7 +48,8 @@ struct ivs_comm {
 	int has_net;               /* some member is reached through PMPI */
 	int *world;                /* comm rank -> world rank */
 	int *by_local;             /* local (co-located) index -> comm rank, -1 if not a member */
-	int pending_wild;          /* shim-managed ANY_SOURCE receives not yet matched */
+	int pending_probe;         /* receives here that look for library messages by matched probe:
+	                              later receives from library peers must queue behind them */
 	struct ivs_coll *coll;     /* shared-memory collective state, NULL until the first one */
 	struct ivs_comm *next;     /* hash chain */
 };

@@ -86,8 +86,8 @@ int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 		mode = c->has_net ? IVS_RM_PROBE : IVS_RM_SHM;
 	else if (ivs.peers[w = c->world[src]])
 		mode = IVS_RM_SHM;
-	else if (c->pending_wild)
-		mode = IVS_RM_PROBE; /* must not overtake the wildcard posted before it */
+	else if (c->pending_probe)
+		mode = IVS_RM_PROBE; /* must not overtake a receive posted before it */
 	else
 		return PMPI_Irecv(buf, count, dt, src, tag, comm, net);
 	struct ivs_req *r = new_req(IVS_RECV, c, src, tag);

@@ -62,8 +62,8 @@ void ivs_post_recv(struct ivs_req *r)
 		ivs.posted = r;
 	ivs.posted_tail = r;
 	r->in_posted = 1;
-	if (r->peer == MPI_ANY_SOURCE && r->comm->has_net)
-		r->comm->pending_wild++;
+	if (r->recv_mode == IVS_RM_PROBE)
+		r->comm->pending_probe++;
 }
 
 void ivs_unpost(struct ivs_req *r)
@@ -79,8 +79,8 @@ void ivs_unpost(struct ivs_req *r)
 	else
 		ivs.posted_tail = r->prev;
 	r->in_posted = 0;
-	if (r->peer == MPI_ANY_SOURCE && r->comm->has_net)
-		r->comm->pending_wild--;
+	if (r->recv_mode == IVS_RM_PROBE)
+		r->comm->pending_probe--;
 }
 
 void ivs_unexp_remove(struct ivs_msg *m)
@@ -368,6 +368,20 @@ int ivs_try_send_inline(struct ivs_peer *p, const void *buf, uint64_t n, int tag
 	return 1;
 }
 
+/* The earliest posted probe-mode receive on r's communicator that a library message with
+ * status st matches (r itself if none before it does). */
+static struct ivs_req *first_probe_match(struct ivs_req *r, const MPI_Status *st)
+{
+	for (struct ivs_req *q = ivs.posted; q != r; q = q->next) {
+		if (q->recv_mode != IVS_RM_PROBE || q->comm != r->comm)
+			continue;
+		if ((q->peer == MPI_ANY_SOURCE || q->peer == st->MPI_SOURCE) &&
+		    (q->tag == MPI_ANY_TAG || q->tag == st->MPI_TAG))
+			return q;
+	}
+	return r;
+}
+
 /* Receives that may be satisfied by the network path are found with a matched probe, in
  * posting order, so that a wildcard receive posted first gets the first matching message. */
 static int probe_net(void)
@@ -390,6 +404,9 @@ static int probe_net(void)
 		}
 		if (!flag)
 			continue;
+		/* The message may have arrived after an earlier receive's probe in this pass: it
+		 * belongs to the first receive posted that matches it. */
+		r = first_probe_match(r, &st);
 		ivs_unpost(r);
 		r->recv_mode = IVS_RM_NET;
 		rc = PMPI_Imrecv(r->ubuf, r->count, r->dt, &msg, &r->inner);
