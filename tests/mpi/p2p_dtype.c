@@ -1,0 +1,449 @@
+/*
+ * p2p_dtype: derived datatypes between every pair of ranks (co-located and remote): vector,
+ * hvector with a negative stride, indexed, hindexed, struct with holes, contiguous of a derived
+ * type, resized; sent derived and received contiguous and the reverse (holes in a receive
+ * buffer must stay untouched); a large vector; MPI_Get_count/MPI_Get_elements of partial
+ * receives; MPI_Pack/MPI_Unpack round trips locally and through MPI_PACKED messages.
+ */
+#include "p2p_check.h"
+#include <stddef.h>
+
+enum { TAG = 7 };
+#define SENTINEL (-7777)
+
+static int to(int d) { return (chk.rank + d) % chk.size; }
+static int from(int d) { return (chk.rank - d + chk.size) % chk.size; }
+static int val(int src, int i) { return src * 1000003 + i; }
+
+static MPI_Datatype commit(MPI_Datatype t)
+{
+    MPI_Type_commit(&t);
+    return t;
+}
+
+/* xchg sends (sbuf, scount, stype) to to(d) and receives (rbuf, rcount, rtype) from from(d),
+ * nonblocking or with MPI_Sendrecv. */
+static void xchg(int how, const void *sbuf, int scount, MPI_Datatype stype, void *rbuf, int rcount, MPI_Datatype rtype,
+                 int d, MPI_Status *st)
+{
+    if (how % 2) {
+        MPI_Sendrecv(sbuf, scount, stype, to(d), TAG, rbuf, rcount, rtype, from(d), TAG, MPI_COMM_WORLD, st);
+        return;
+    }
+    MPI_Request r[2];
+    MPI_Status sts[2];
+    MPI_Irecv(rbuf, rcount, rtype, from(d), TAG, MPI_COMM_WORLD, &r[0]);
+    MPI_Isend(sbuf, scount, stype, to(d), TAG, MPI_COMM_WORLD, &r[1]);
+    MPI_Waitall(2, r, sts);
+    *st = sts[0];
+}
+
+/* layout_case sends the elements of an int array selected by (count, type) and receives them
+ * contiguously, then, if recv_derived, sends contiguously and receives into the (count, type)
+ * layout of an array pre-filled with SENTINEL. sel[k] is the index, relative to base, of the
+ * k-th selected element, n their number, span the array length. */
+static void layout_case(const char *name, MPI_Datatype type, int count, const int *sel, int n, int base, int span, int d,
+                        int recv_derived)
+{
+    int *arr = chk_alloc(sizeof(int) * (size_t)span), *flat = chk_alloc(sizeof(int) * (size_t)n);
+    int *mark = calloc((size_t)span, sizeof(int));
+    MPI_Status st;
+    char what[96];
+    for (int how = 0; how < 2; how++) {
+        snprintf(what, sizeof what, "%s from %d, %s, derived to contiguous", name, from(d), how ? "Sendrecv" : "Isend/Irecv");
+        for (int i = 0; i < span; i++)
+            arr[i] = val(chk.rank, i);
+        xchg(how, arr + base, count, type, flat, n, MPI_INT, d, &st);
+        chk_status(&st, from(d), TAG, MPI_INT, n, what);
+        int k = 0;
+        while (k < n && flat[k] == val(from(d), base + sel[k]))
+            k++;
+        CHECK(k == n, "%s: element %d is %d, expected %d", what, k, k < n ? flat[k] : 0, k < n ? val(from(d), base + sel[k]) : 0);
+
+        if (!recv_derived)
+            continue;
+        snprintf(what, sizeof what, "%s from %d, %s, contiguous to derived", name, from(d), how ? "Sendrecv" : "Isend/Irecv");
+        for (int k2 = 0; k2 < n; k2++)
+            flat[k2] = val(chk.rank, k2);
+        for (int i = 0; i < span; i++)
+            arr[i] = SENTINEL;
+        xchg(how, flat, n, MPI_INT, arr + base, count, type, d, &st);
+        int elems = -1;
+        MPI_Get_elements(&st, type, &elems);
+        CHECK(elems == n, "%s: Get_elements %d, expected %d", what, elems, n);
+        memset(mark, 0, sizeof(int) * (size_t)span);
+        int bad = -1;
+        for (k = 0; k < n; k++) {
+            mark[base + sel[k]] = 1;
+            if (bad < 0 && arr[base + sel[k]] != val(from(d), k))
+                bad = k;
+        }
+        CHECK(bad < 0, "%s: selected element %d is %d, expected %d", what, bad, bad >= 0 ? arr[base + sel[bad]] : 0,
+              bad >= 0 ? val(from(d), bad) : 0);
+        int hole = -1;
+        for (int i = 0; i < span && hole < 0; i++)
+            if (!mark[i] && arr[i] != SENTINEL)
+                hole = i;
+        CHECK(hole < 0, "%s: hole at index %d was written", what, hole);
+    }
+    free(arr);
+    free(flat);
+    free(mark);
+}
+
+static void int_layouts(int d)
+{
+    int *sel = chk_alloc(sizeof(int) * 2 * 65536), n;
+
+    /* vector: 50 blocks of 3 ints every 7 */
+    MPI_Datatype vec;
+    MPI_Type_vector(50, 3, 7, MPI_INT, &vec);
+    vec = commit(vec);
+    n = 0;
+    for (int b = 0; b < 50; b++)
+        for (int j = 0; j < 3; j++)
+            sel[n++] = b * 7 + j;
+    layout_case("vector", vec, 1, sel, n, 0, 350, d, 1);
+
+    /* two vectors back to back: the second starts at the extent of the first (344 ints) */
+    n = 0;
+    for (int c = 0; c < 2; c++)
+        for (int b = 0; b < 50; b++)
+            for (int j = 0; j < 3; j++)
+                sel[n++] = c * 346 + b * 7 + j;
+    layout_case("2 x vector", vec, 2, sel, n, 0, 700, d, 1);
+
+    /* hvector with a negative stride: the buffer argument points at the last element */
+    MPI_Datatype back;
+    MPI_Type_create_hvector(40, 1, -2 * (MPI_Aint)sizeof(int), MPI_INT, &back);
+    back = commit(back);
+    n = 0;
+    for (int k = 0; k < 40; k++)
+        sel[n++] = -2 * k;
+    layout_case("hvector with negative stride", back, 1, sel, n, 80, 81, d, 1);
+
+    /* indexed and hindexed */
+    int lens[4] = {1, 3, 2, 5}, disp[4] = {20, 0, 10, 4};
+    MPI_Aint hdisp[4];
+    for (int i = 0; i < 4; i++)
+        hdisp[i] = disp[i] * (MPI_Aint)sizeof(int);
+    MPI_Datatype idx, hidx;
+    MPI_Type_indexed(4, lens, disp, MPI_INT, &idx);
+    MPI_Type_create_hindexed(4, lens, hdisp, MPI_INT, &hidx);
+    idx = commit(idx);
+    hidx = commit(hidx);
+    n = 0;
+    for (int b = 0; b < 4; b++)
+        for (int j = 0; j < lens[b]; j++)
+            sel[n++] = disp[b] + j;
+    layout_case("indexed", idx, 1, sel, n, 0, 25, d, 1);
+    layout_case("hindexed", hidx, 1, sel, n, 0, 25, d, 1);
+
+    /* contiguous of a derived type: 4 tiles of vector(3,1,2) (extent 5 ints) */
+    MPI_Datatype v312, tiles;
+    MPI_Type_vector(3, 1, 2, MPI_INT, &v312);
+    MPI_Type_contiguous(4, v312, &tiles);
+    tiles = commit(tiles);
+    n = 0;
+    for (int c = 0; c < 2; c++)
+        for (int t = 0; t < 4; t++)
+            for (int j = 0; j < 3; j++)
+                sel[n++] = c * 20 + t * 5 + 2 * j;
+    layout_case("contiguous of vector", tiles, 2, sel, n, 0, 40, d, 1);
+
+    /* resized: a column of a 4-wide matrix, extent one int, so that count 4 takes 4 columns */
+    MPI_Datatype col, col1;
+    MPI_Type_vector(6, 1, 4, MPI_INT, &col);
+    MPI_Type_create_resized(col, 0, sizeof(int), &col1);
+    col1 = commit(col1);
+    n = 0;
+    for (int c = 0; c < 4; c++)
+        for (int r = 0; r < 6; r++)
+            sel[n++] = c + 4 * r;
+    layout_case("resized column", col1, 4, sel, n, 0, 24, d, 1);
+
+    /* 6144 blocks of 2 ints every 3 (48 KiB of payload), and 65536 (512 KiB, beyond a ring)
+     * sent only: Open MPI 4.1 over TCP sometimes corrupts data received into a derived type
+     * when the message is beyond its eager limit (64 KiB). */
+    MPI_Datatype mid, big;
+    MPI_Type_vector(6144, 2, 3, MPI_INT, &mid);
+    MPI_Type_vector(65536, 2, 3, MPI_INT, &big);
+    mid = commit(mid);
+    big = commit(big);
+    n = 0;
+    for (int b = 0; b < 65536; b++)
+        for (int j = 0; j < 2; j++)
+            sel[n++] = b * 3 + j;
+    layout_case("48 KiB vector", mid, 1, sel, 2 * 6144, 0, 3 * 6144, d, 1);
+    layout_case("512 KiB vector", big, 1, sel, n, 0, 3 * 65536, d, 0);
+
+    MPI_Type_free(&vec);
+    MPI_Type_free(&back);
+    MPI_Type_free(&idx);
+    MPI_Type_free(&hidx);
+    MPI_Type_free(&v312);
+    MPI_Type_free(&tiles);
+    MPI_Type_free(&col);
+    MPI_Type_free(&col1);
+    MPI_Type_free(&mid);
+    MPI_Type_free(&big);
+    free(sel);
+}
+
+struct rec {
+    char c;
+    double x;
+    int i[3];
+    short s;
+};
+
+enum { NREC = 10, PACKED_REC = 1 + 8 + 12 + 2 };
+
+static MPI_Datatype rec_type(void)
+{
+    int lens[4] = {1, 1, 3, 1};
+    MPI_Aint disp[4] = {offsetof(struct rec, c), offsetof(struct rec, x), offsetof(struct rec, i), offsetof(struct rec, s)};
+    MPI_Datatype types[4] = {MPI_CHAR, MPI_DOUBLE, MPI_INT, MPI_SHORT}, t, r;
+    MPI_Type_create_struct(4, lens, disp, types, &t);
+    MPI_Type_create_resized(t, 0, sizeof(struct rec), &r);
+    MPI_Type_free(&t);
+    return commit(r);
+}
+
+/* packed_rec_type has the same type signature as rec_type, without holes. */
+static MPI_Datatype packed_rec_type(void)
+{
+    int lens[4] = {1, 1, 3, 1};
+    MPI_Aint disp[4] = {0, 1, 9, 21};
+    MPI_Datatype types[4] = {MPI_CHAR, MPI_DOUBLE, MPI_INT, MPI_SHORT}, t, r;
+    MPI_Type_create_struct(4, lens, disp, types, &t);
+    MPI_Type_create_resized(t, 0, PACKED_REC, &r);
+    MPI_Type_free(&t);
+    return commit(r);
+}
+
+static void fill_rec(struct rec *r, int src, int k)
+{
+    memset(r, 0xA5, sizeof *r);
+    r->c = (char)('a' + (src * 3 + k) % 26);
+    r->x = val(src, k) + 0.25;
+    for (int j = 0; j < 3; j++)
+        r->i[j] = val(src, 10 * k + j);
+    r->s = (short)(src * 100 + k);
+}
+
+static int rec_ok(const struct rec *r, int src, int k)
+{
+    struct rec want;
+    fill_rec(&want, src, k);
+    return r->c == want.c && r->x == want.x && r->i[0] == want.i[0] && r->i[1] == want.i[1] && r->i[2] == want.i[2] &&
+           r->s == want.s;
+}
+
+static int covers(size_t b, size_t off, size_t len) { return b >= off && b - off < len; }
+
+/* holes_ok: the bytes of r outside its fields still hold fill byte 0x5A. */
+static int holes_ok(const struct rec *r)
+{
+    const unsigned char *p = (const unsigned char *)r;
+    for (size_t b = 0; b < sizeof *r; b++) {
+        int in_field = covers(b, offsetof(struct rec, c), 1) || covers(b, offsetof(struct rec, x), 8) ||
+                       covers(b, offsetof(struct rec, i), 12) || covers(b, offsetof(struct rec, s), 2);
+        if (!in_field && p[b] != 0x5A)
+            return 0;
+    }
+    return 1;
+}
+
+static void structs(int d)
+{
+    MPI_Datatype rt = rec_type(), pt = packed_rec_type();
+    struct rec out[NREC], in[NREC];
+    unsigned char flat[NREC * PACKED_REC];
+    MPI_Status st;
+    for (int how = 0; how < 2; how++) {
+        for (int k = 0; k < NREC; k++)
+            fill_rec(&out[k], chk.rank, k);
+        memset(in, 0x5A, sizeof in);
+        xchg(how, out, NREC, rt, in, NREC, rt, d, &st);
+        chk_status(&st, from(d), TAG, rt, NREC, "struct with holes");
+        int bad = -1, hole = -1;
+        for (int k = 0; k < NREC; k++) {
+            if (bad < 0 && !rec_ok(&in[k], from(d), k))
+                bad = k;
+            if (hole < 0 && !holes_ok(&in[k]))
+                hole = k;
+        }
+        CHECK(bad < 0, "struct with holes from %d: record %d differs", from(d), bad);
+        CHECK(hole < 0, "struct with holes from %d: a hole of record %d was written", from(d), hole);
+
+        /* struct to the hole-free layout and back */
+        memset(flat, 0, sizeof flat);
+        xchg(how, out, NREC, rt, flat, NREC, pt, d, &st);
+        chk_status(&st, from(d), TAG, pt, NREC, "struct to hole-free struct");
+        bad = -1;
+        for (int k = 0; k < NREC && bad < 0; k++) {
+            struct rec want, got;
+            fill_rec(&want, from(d), k);
+            memcpy(&got.c, flat + k * PACKED_REC, 1);
+            memcpy(&got.x, flat + k * PACKED_REC + 1, 8);
+            memcpy(got.i, flat + k * PACKED_REC + 9, 12);
+            memcpy(&got.s, flat + k * PACKED_REC + 21, 2);
+            if (!rec_ok(&got, from(d), k))
+                bad = k;
+        }
+        CHECK(bad < 0, "struct to hole-free struct from %d: record %d differs", from(d), bad);
+        for (int k = 0; k < NREC; k++) {
+            struct rec r;
+            fill_rec(&r, chk.rank, k);
+            memcpy(flat + k * PACKED_REC, &r.c, 1);
+            memcpy(flat + k * PACKED_REC + 1, &r.x, 8);
+            memcpy(flat + k * PACKED_REC + 9, r.i, 12);
+            memcpy(flat + k * PACKED_REC + 21, &r.s, 2);
+        }
+        memset(in, 0x5A, sizeof in);
+        xchg(how, flat, NREC, pt, in, NREC, rt, d, &st);
+        bad = -1;
+        hole = -1;
+        for (int k = 0; k < NREC; k++) {
+            if (bad < 0 && !rec_ok(&in[k], from(d), k))
+                bad = k;
+            if (hole < 0 && !holes_ok(&in[k]))
+                hole = k;
+        }
+        CHECK(bad < 0 && hole < 0, "hole-free struct to struct from %d: record %d differs or hole of %d written", from(d), bad, hole);
+    }
+    MPI_Type_free(&rt);
+    MPI_Type_free(&pt);
+}
+
+/* partial: a receive type that the message does not fill completely. */
+static void partial(int d)
+{
+    double out[7], in[15];
+    for (int i = 0; i < 15; i++)
+        in[i] = -1;
+    MPI_Datatype d3, rt = rec_type();
+    MPI_Type_contiguous(3, MPI_DOUBLE, &d3);
+    d3 = commit(d3);
+    for (int i = 0; i < 7; i++)
+        out[i] = val(chk.rank, i);
+    MPI_Status st;
+    xchg(0, out, 7, MPI_DOUBLE, in, 5, d3, d, &st);
+    int count = 0, elems = 0;
+    MPI_Get_count(&st, d3, &count);
+    MPI_Get_elements(&st, d3, &elems);
+    CHECK(count == MPI_UNDEFINED && elems == 7, "7 doubles into contiguous(3 doubles) x 5 from %d: count %d elements %d",
+          from(d), count, elems);
+    int bad = -1;
+    for (int i = 0; i < 7 && bad < 0; i++)
+        if (in[i] != val(from(d), i))
+            bad = i;
+    CHECK(bad < 0, "7 doubles into contiguous(3 doubles) x 5 from %d: double %d is %g, expected %d", from(d), bad,
+          bad < 0 ? 0 : in[bad], bad < 0 ? 0 : val(from(d), bad));
+
+    /* one and a half records: char, double, 3 ints, short, then char, double */
+    struct rec recs[2];
+    fill_rec(&recs[0], chk.rank, 0);
+    fill_rec(&recs[1], chk.rank, 1);
+    unsigned char pk[PACKED_REC + 9];
+    memcpy(pk, &recs[0].c, 1);
+    memcpy(pk + 1, &recs[0].x, 8);
+    memcpy(pk + 9, recs[0].i, 12);
+    memcpy(pk + 21, &recs[0].s, 2);
+    memcpy(pk + 23, &recs[1].c, 1);
+    memcpy(pk + 24, &recs[1].x, 8);
+    /* sent as a hole-free record followed by a char and a double: 8 basic elements */
+    MPI_Datatype pt = packed_rec_type(), half;
+    int lens[3] = {1, 1, 1};
+    MPI_Aint disp[3] = {0, PACKED_REC, PACKED_REC + 1};
+    MPI_Datatype types[3] = {pt, MPI_CHAR, MPI_DOUBLE};
+    MPI_Type_create_struct(3, lens, disp, types, &half);
+    half = commit(half);
+    struct rec rin[3];
+    memset(rin, 0x5A, sizeof rin);
+    xchg(1, pk, 1, half, rin, 3, rt, d, &st);
+    MPI_Get_count(&st, rt, &count);
+    MPI_Get_elements(&st, rt, &elems);
+    CHECK(count == MPI_UNDEFINED && elems == 8, "1.5 records from %d: count %d elements %d (expected MPI_UNDEFINED, 8)",
+          from(d), count, elems);
+    struct rec want;
+    fill_rec(&want, from(d), 1);
+    CHECK(rec_ok(&rin[0], from(d), 0) && rin[1].c == want.c && rin[1].x == want.x && rin[1].i[0] == 0x5A5A5A5A,
+          "1.5 records from %d: record 0 %s, half record char %d double %g, expected %d %g and the rest untouched",
+          from(d), rec_ok(&rin[0], from(d), 0) ? "right" : "wrong", rin[1].c, rin[1].x, want.c, want.x);
+    MPI_Type_free(&d3);
+    MPI_Type_free(&rt);
+    MPI_Type_free(&pt);
+    MPI_Type_free(&half);
+}
+
+/* packing: MPI_Pack a vector, struct records and an int; unpack locally and after sending the
+ * packed bytes as MPI_PACKED. */
+static void packing(int d)
+{
+    enum { NV = 40 };
+    MPI_Datatype vec, rt = rec_type();
+    MPI_Type_vector(NV, 1, 2, MPI_INT, &vec);
+    vec = commit(vec);
+    int varr[2 * NV], vout[2 * NV], tail = val(chk.rank, 77), tail_in = 0;
+    struct rec recs[NREC], rin[NREC];
+    for (int i = 0; i < 2 * NV; i++)
+        varr[i] = val(chk.rank, i);
+    for (int k = 0; k < NREC; k++)
+        fill_rec(&recs[k], chk.rank, k);
+    int s1, s2, s3;
+    MPI_Pack_size(1, vec, MPI_COMM_WORLD, &s1);
+    MPI_Pack_size(NREC, rt, MPI_COMM_WORLD, &s2);
+    MPI_Pack_size(1, MPI_INT, MPI_COMM_WORLD, &s3);
+    int cap = s1 + s2 + s3, pos = 0;
+    char *pk = chk_alloc((size_t)cap), *pin = chk_alloc((size_t)cap);
+    MPI_Pack(varr, 1, vec, pk, cap, &pos, MPI_COMM_WORLD);
+    MPI_Pack(recs, NREC, rt, pk, cap, &pos, MPI_COMM_WORLD);
+    MPI_Pack(&tail, 1, MPI_INT, pk, cap, &pos, MPI_COMM_WORLD);
+    CHECK(pos > 0 && pos <= cap, "Pack: position %d beyond Pack_size total %d", pos, cap);
+
+    for (int remote = 0; remote < 2; remote++) {
+        const char *where = remote ? "sent as MPI_PACKED" : "local";
+        int src = remote ? from(d) : chk.rank, n = pos, upos = 0;
+        if (remote) {
+            MPI_Status st;
+            xchg(d, pk, pos, MPI_PACKED, pin, cap, MPI_PACKED, d, &st);
+            MPI_Get_count(&st, MPI_PACKED, &n);
+            CHECK(n > 0 && n <= cap && st.MPI_SOURCE == from(d), "packed message from %d: %d bytes", from(d), n);
+        } else {
+            memcpy(pin, pk, (size_t)pos);
+        }
+        for (int i = 0; i < 2 * NV; i++)
+            vout[i] = SENTINEL;
+        memset(rin, 0x5A, sizeof rin);
+        MPI_Unpack(pin, n, &upos, vout, 1, vec, MPI_COMM_WORLD);
+        MPI_Unpack(pin, n, &upos, rin, NREC, rt, MPI_COMM_WORLD);
+        MPI_Unpack(pin, n, &upos, &tail_in, 1, MPI_INT, MPI_COMM_WORLD);
+        int bad = -1;
+        for (int i = 0; i < 2 * NV && bad < 0; i++)
+            if (vout[i] != (i % 2 ? SENTINEL : val(src, i)))
+                bad = i;
+        for (int k = 0; k < NREC && bad < 0; k++)
+            if (!rec_ok(&rin[k], src, k) || !holes_ok(&rin[k]))
+                bad = 1000 + k;
+        CHECK(bad < 0 && tail_in == val(src, 77) && upos == n, "Unpack %s from %d: mismatch at %d, tail %d, position %d of %d",
+              where, src, bad, tail_in, upos, n);
+    }
+    free(pk);
+    free(pin);
+    MPI_Type_free(&vec);
+    MPI_Type_free(&rt);
+}
+
+int main(int argc, char **argv)
+{
+    chk_init(&argc, &argv);
+    for (int d = 1; d < chk.size; d++) {
+        int_layouts(d);
+        structs(d);
+        partial(d);
+        packing(d);
+    }
+    return chk_finish("p2p_dtype");
+}
