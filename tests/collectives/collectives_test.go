@@ -19,6 +19,7 @@ import (
 
 	"ivshim.dev/ivshim/ivshmem"
 	"ivshim.dev/ivshim/tests/cluster"
+	"ivshim.dev/ivshim/tests/testenv"
 )
 
 const (
@@ -78,7 +79,7 @@ func TestMain(m *testing.M) {
 // with the shim and one region shared by all ranks (1 host x 4 VMs), and with the shim and two
 // regions (ranks {0,1} and {2,3}: 2 hosts x 2 VMs, the hierarchical path).
 func TestNative(t *testing.T) {
-	root := moduleRoot(t)
+	root := testenv.ModuleRoot(t)
 	ctx, cancel := testContext(t)
 	defer cancel()
 	for _, m := range cluster.MPIs {
@@ -110,8 +111,8 @@ func TestNative(t *testing.T) {
 // TestCluster runs the program with the shim on emulated clusters of 2 hosts x 2 VMs and
 // 1 host x 4 VMs, one rank per VM, for each MPI library.
 func TestCluster(t *testing.T) {
-	requireCluster(t)
-	root := moduleRoot(t)
+	testenv.RequireCluster(t)
+	root := testenv.ModuleRoot(t)
 	ctx, cancel := testContext(t)
 	defer cancel()
 	layouts := []struct{ hosts, vms int }{{2, 2}, {1, 4}}
@@ -120,7 +121,7 @@ func TestCluster(t *testing.T) {
 			if testing.Short() && l.hosts == 1 {
 				t.Skip("-short: the 2 x 2 cluster only")
 			}
-			c := newCluster(ctx, t, cluster.Config{Hosts: l.hosts, VMsPerHost: l.vms, Regions: true, RegionSize: regionSize})
+			c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: l.hosts, VMsPerHost: l.vms, Regions: true, RegionSize: regionSize})
 			for _, m := range cluster.MPIs {
 				t.Run(m.String(), func(t *testing.T) {
 					if testing.Short() && m == cluster.MPICH {
@@ -448,72 +449,6 @@ func requireMPI(t *testing.T, m cluster.MPI) {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("%s not installed (Debian packages openmpi-bin libopenmpi-dev, mpich libmpich-dev)", tool)
 		}
-	}
-}
-
-// requireCluster skips the test when this machine cannot host an emulated cluster.
-func requireCluster(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("emulated cluster needs root (network namespaces, bind mounts)")
-	}
-	if out, err := exec.Command("ip", "netns", "list").CombinedOutput(); err != nil {
-		t.Skipf("ip netns does not work here: %v: %s", err, out)
-	}
-	for _, tool := range []string{"unshare", "mpirun.openmpi", "mpiexec.mpich", "mpicc.openmpi", "mpicc.mpich"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (Debian packages util-linux, openmpi-bin, libopenmpi-dev, mpich, libmpich-dev)", tool)
-		}
-	}
-}
-
-// logWriter sends the cluster's log lines to t.Log.
-type logWriter struct{ t *testing.T }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// newCluster creates a cluster torn down when the test ends; anything left behind fails the test.
-func newCluster(ctx context.Context, t *testing.T, cfg cluster.Config) *cluster.Cluster {
-	t.Helper()
-	cfg.Log = logWriter{t}
-	c, err := cluster.Create(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Teardown(); err != nil {
-			t.Error(err)
-		}
-		left, err := cluster.Leftovers(c.Prefix)
-		if err != nil {
-			t.Error(err)
-		} else if len(left) > 0 {
-			t.Errorf("left behind by cluster %s: %s", c.Prefix, strings.Join(left, ", "))
-		}
-	})
-	return c
-}
-
-// moduleRoot returns the directory of this module's go.mod, found upwards from the test's
-// working directory (the package directory).
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"ivshim.dev/ivshim/tests/cluster"
+	"ivshim.dev/ivshim/tests/testenv"
 )
 
 const (
@@ -38,8 +39,8 @@ type program struct{ name, src string }
 // TestP2P runs every tests/mpi/p2p_*.c program on a 2-host × 2-VM cluster, for each MPI without
 // and with the shim, and requires identical reports and shim traffic on both paths.
 func TestP2P(t *testing.T) {
-	requireCluster(t)
-	root := moduleRoot(t)
+	testenv.RequireCluster(t)
+	root := testenv.ModuleRoot(t)
 	progs := programs(t, root)
 	ctx, cancel := testContext(t)
 	defer cancel()
@@ -48,7 +49,7 @@ func TestP2P(t *testing.T) {
 		t.Run(m.String(), func(t *testing.T) {
 			lib := shimLibrary(t, root, m)
 			bins := build(ctx, t, m, progs)
-			c := newCluster(ctx, t)
+			c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: hosts, VMsPerHost: vmsPerHost, Regions: true})
 			for _, p := range progs {
 				t.Run(p.name, func(t *testing.T) {
 					conform(ctx, t, cluster.Job{MPI: m, VMs: c.VMs(), Program: bins[p.name], Timeout: attemptTimeout}, lib)
@@ -237,42 +238,6 @@ func checkTraffic(t *testing.T, res *cluster.Result, ranks int) {
 	}
 }
 
-// requireCluster skips the test when this machine cannot host an emulated cluster.
-func requireCluster(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("emulated cluster needs root (network namespaces, bind mounts)")
-	}
-	if out, err := exec.Command("ip", "netns", "list").CombinedOutput(); err != nil {
-		t.Skipf("ip netns does not work here: %v: %s", err, out)
-	}
-	for _, tool := range []string{"unshare", "mpirun.openmpi", "mpiexec.mpich", "mpicc.openmpi", "mpicc.mpich"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (Debian packages util-linux, openmpi-bin, libopenmpi-dev, mpich, libmpich-dev)", tool)
-		}
-	}
-}
-
-// moduleRoot returns the directory of this module's go.mod, found upwards from the test's
-// working directory (the package directory).
-func moduleRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("no go.mod above the test's directory")
-		}
-		dir = parent
-	}
-}
-
 // programs lists the conformance programs in tests/mpi.
 func programs(t *testing.T, root string) []program {
 	t.Helper()
@@ -314,36 +279,6 @@ func build(ctx context.Context, t *testing.T, m cluster.MPI, progs []program) ma
 		bins[p.name] = out
 	}
 	return bins
-}
-
-// logWriter sends the cluster's log lines to t.Log.
-type logWriter struct{ t *testing.T }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// newCluster creates a cluster of bare regions, torn down when the test ends; anything left
-// behind fails the test.
-func newCluster(ctx context.Context, t *testing.T) *cluster.Cluster {
-	t.Helper()
-	c, err := cluster.Create(ctx, cluster.Config{Hosts: hosts, VMsPerHost: vmsPerHost, Regions: true, Log: logWriter{t}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Teardown(); err != nil {
-			t.Error(err)
-		}
-		left, err := cluster.Leftovers(c.Prefix)
-		if err != nil {
-			t.Error(err)
-		} else if len(left) > 0 {
-			t.Errorf("left behind by cluster %s: %s", c.Prefix, strings.Join(left, ", "))
-		}
-	})
-	return c
 }
 
 // testContext ends shortly before the test binary's deadline, so that a hang fails with the

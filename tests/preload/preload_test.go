@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"ivshim.dev/ivshim/ivshmem"
+	"ivshim.dev/ivshim/tests/testenv"
 )
 
 // abi is one MPI family: its compiler, launcher and shim library.
@@ -40,27 +41,9 @@ var abis = []abi{
 	}},
 }
 
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = parent
-	}
-}
-
 func shimLib(t *testing.T, name string) string {
 	t.Helper()
-	p := filepath.Join(repoRoot(t), "build", "lib", name)
+	p := filepath.Join(testenv.ModuleRoot(t), "build", "lib", name)
 	if _, err := os.Stat(p); err != nil {
 		t.Fatalf("%s is not built: run make first (%v)", p, err)
 	}
@@ -70,7 +53,7 @@ func shimLib(t *testing.T, name string) string {
 func buildProbe(t *testing.T, a abi) string {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "probe_runtime-"+a.name)
-	src := filepath.Join(repoRoot(t), "tests", "mpi", "probe_runtime.c")
+	src := filepath.Join(testenv.ModuleRoot(t), "tests", "mpi", "probe_runtime.c")
 	if b, err := exec.Command(a.mpicc, "-O2", "-Wall", "-o", out, src).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", a.mpicc, err, b)
 	}

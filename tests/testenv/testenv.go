@@ -1,0 +1,82 @@
+// Package testenv holds what the MPI test suites (tests/conformance, tests/collectives,
+// tests/preload) share: finding the module, deciding whether this machine can host an emulated
+// cluster, and a cluster whose teardown is checked when the test ends.
+package testenv
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"ivshim.dev/ivshim/tests/cluster"
+)
+
+// ModuleRoot returns the directory of this module's go.mod, found upwards from the test's
+// working directory (its package directory).
+func ModuleRoot(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("no go.mod above the test's directory")
+		}
+		dir = parent
+	}
+}
+
+// RequireCluster skips the test when this machine cannot host an emulated cluster.
+func RequireCluster(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("emulated cluster needs root (network namespaces, bind mounts)")
+	}
+	if out, err := exec.Command("ip", "netns", "list").CombinedOutput(); err != nil {
+		t.Skipf("ip netns does not work here: %v: %s", err, out)
+	}
+	for _, tool := range []string{"unshare", "mpirun.openmpi", "mpiexec.mpich", "mpicc.openmpi", "mpicc.mpich"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (Debian packages util-linux, openmpi-bin, libopenmpi-dev, mpich, libmpich-dev)", tool)
+		}
+	}
+}
+
+// logWriter sends the cluster's log lines to t.Log.
+type logWriter struct{ t testing.TB }
+
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+// NewCluster creates a cluster logging to the test, torn down when the test ends; anything
+// left behind fails the test.
+func NewCluster(ctx context.Context, t testing.TB, cfg cluster.Config) *cluster.Cluster {
+	t.Helper()
+	cfg.Log = logWriter{t}
+	c, err := cluster.Create(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Teardown(); err != nil {
+			t.Error(err)
+		}
+		left, err := cluster.Leftovers(c.Prefix)
+		if err != nil {
+			t.Error(err)
+		} else if len(left) > 0 {
+			t.Errorf("left behind by cluster %s: %s", c.Prefix, strings.Join(left, ", "))
+		}
+	})
+	return c
+}
