@@ -70,11 +70,18 @@ static void await(struct ivs_cline *l, uint64_t s)
 	}
 }
 
+/* Wait for member i's line for op s, and remember that i got that far. */
+static void await_member(struct ivs_coll *k, int i, uint64_t s)
+{
+	await(cline(k, i, s), s);
+	k->seen[i] = s;
+}
+
 static void await_all(struct ivs_coll *k, uint64_t s)
 {
 	for (int i = 0; i < k->nl; i++)
 		if (i != k->li)
-			await(cline(k, i, s), s);
+			await_member(k, i, s);
 }
 
 /* Start the next op: its parity s&1 was last used by op s-2, so before this rank publishes
@@ -88,13 +95,15 @@ static uint64_t op_begin(struct ivs_coll *k)
 	if (s < 2)
 		return s;
 	for (int i = 0; i < k->nl; i++) {
-		if (i == k->li)
-			continue;
+		if (i == k->li || k->seen[i] >= s - 1)
+			continue; /* known to be past op s-1 already: no need to touch its line */
 		struct ivs_cline *l = cline(k, i, s - 1);
 		unsigned spins = 0;
-		while (__atomic_load_n(&l->seq, __ATOMIC_ACQUIRE) < s - 1)
+		uint64_t v;
+		while ((v = __atomic_load_n(&l->seq, __ATOMIC_ACQUIRE)) < s - 1)
 			if (!ivs_progress())
 				ivs_wait_pause(&spins);
+		k->seen[i] = v;
 	}
 	return s;
 }
@@ -123,6 +132,7 @@ static void coll_free(struct ivs_coll *k)
 	free(k->host_of);
 	free(k->host_first);
 	free(k->pos);
+	free(k->seen);
 	free(k);
 }
 
@@ -137,7 +147,8 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	k->host_of = malloc(sizeof(int) * (size_t)c->size);
 	k->host_first = calloc((size_t)c->size + 1, sizeof(int));
 	k->pos = malloc(sizeof(int) * (size_t)c->size);
-	if (!k->lranks || !k->host_of || !k->host_first || !k->pos)
+	k->seen = calloc((size_t)ivs.nlocal + 1, sizeof(uint64_t));
+	if (!k->lranks || !k->host_of || !k->host_first || !k->pos || !k->seen)
 		ivs_fatal("out of memory");
 	for (int i = 0; i < ivs.nlocal; i++)
 		if (c->by_local[i] >= 0)
@@ -305,7 +316,7 @@ static int bcast_bytes(struct ivs_coll *k, struct ivs_comm *c, uint8_t *data, ui
 			}
 		} else {
 			publish(cline(k, k->li, s), s);
-			await(cline(k, src_li, s), s);
+			await_member(k, src_li, s);
 			memcpy(data + off, data_of(k, src_li, s, len), len);
 			if (k->li == 0 && k->nhosts > 1) { /* leader of the root's host, not the root */
 				MPI_Request req;
@@ -665,7 +676,7 @@ int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int 
 		return rc;
 	}
 	publish(cline(k, k->li, s), s);
-	await(cline(k, root_li, s), s);
+	await_member(k, root_li, s);
 	return ivs_dt_unpack(data_of(k, root_li, s, n * (uint64_t)c->size) + (uint64_t)c->rank * n, n, rbuf, rcount, rdt, comm);
 }
 

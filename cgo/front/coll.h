@@ -42,6 +42,7 @@ struct ivs_coll {
 	uint64_t area_off;   /* region offset of the area (leader's allocation) */
 	uint8_t *area;
 	uint64_t seq;
+	uint64_t *seen;      /* local index -> highest op this rank has seen that member publish */
 };
 
 #endif
