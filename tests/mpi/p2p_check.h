@@ -20,6 +20,10 @@
  *
  *   mpicc.openmpi -O2 -std=c11 -Wall -Wextra -o /tmp/p2p_order tests/mpi/p2p_order.c
  *   mpirun.openmpi --allow-run-as-root --oversubscribe -np 4 --mca mpi_yield_when_idle 1 /tmp/p2p_order
+ *
+ * Forcing Open MPI onto TCP in one OS (--mca btl tcp,self), also pass --mca btl_tcp_if_include lo:
+ * striping large messages over several interfaces, Open MPI 4.1 corrupts receives into derived
+ * datatypes (p2p_dtype) and can hang in truncated or large receives (p2p_modes, p2p_large).
  */
 #ifndef P2P_CHECK_H
 #define P2P_CHECK_H

@@ -15,10 +15,6 @@
 
 enum { TAG_GO = 1, TAG_S = 2, TAG_B = 3, TAG_R = 4, TAG_SR = 5, TAG_Z = 6, TAG_T = 7, TAG_OK = 8, NB = 8, BIGN = 100000 };
 
-/* The larger truncated message: beyond shared-memory eager limits, within TCP's. Open MPI 4.1
- * (ob1) sometimes spins forever in a truncated receive of a rendezvous message over TCP. */
-enum { TRUNCN = 10000 };
-
 static int to(int d) { return (chk.rank + d) % chk.size; }
 static int from(int d) { return (chk.rank - d + chk.size) % chk.size; }
 static int val(int src, int dst, int i) { return (src * 64 + dst) * 1000003 + i; }
@@ -316,7 +312,7 @@ int main(int argc, char **argv)
         zero_count(d);
         MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
         truncation(ret, d, 10);
-        truncation(ret, d, TRUNCN);
+        truncation(ret, d, BIGN);
         MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL);
     }
     MPI_Comm_free(&ret);
