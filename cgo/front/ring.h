@@ -99,9 +99,9 @@ static inline void ivs_tx_commit(struct ivs_tx *t, struct ivs_rec *r)
 /* Largest payload one record may carry on t. */
 static inline uint64_t ivs_tx_max_payload(const struct ivs_tx *t)
 {
-	uint64_t m = t->cap / 4;
-	if (m > (64u << 10))
-		m = 64u << 10;
+	uint64_t m = t->cap / 8;
+	if (m > (16u << 10))
+		m = 16u << 10;
 	return m - IVS_REC_HDR;
 }
 
