@@ -287,7 +287,7 @@ static int barrier(struct ivs_coll *k)
 
 /* ---- broadcast of contiguous bytes, in area-sized pieces ---- */
 
-static int bcast_bytes(struct ivs_coll *k, struct ivs_comm *c, uint8_t *data, uint64_t n, int root)
+static int bcast_bytes(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
 {
 	int root_host = k->host_of[root];
 	int root_li = -1;
@@ -327,7 +327,6 @@ static int bcast_bytes(struct ivs_coll *k, struct ivs_comm *c, uint8_t *data, ui
 		}
 		off += len;
 	} while (off < n);
-	(void)c;
 	return MPI_SUCCESS;
 }
 
@@ -503,13 +502,13 @@ int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
 		NET_COLL(PMPI_Bcast(buf, count, dt, root, comm), PMPI_Ibcast(buf, count, dt, root, comm, &req_));
 	ivs.stats.collectives_shm++;
 	if (ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n)
-		return bcast_bytes(k, c, (uint8_t *)buf + lb, n, root);
+		return bcast_bytes(k, (uint8_t *)buf + lb, n, root);
 	uint8_t *tmp = malloc(n ? n : 1);
 	if (!tmp)
 		return MPI_ERR_NO_MEM;
 	int rc = c->rank == root ? ivs_dt_pack(buf, count, dt, tmp, n, comm) : MPI_SUCCESS;
 	if (rc == MPI_SUCCESS)
-		rc = bcast_bytes(k, c, tmp, n, root);
+		rc = bcast_bytes(k, tmp, n, root);
 	if (rc == MPI_SUCCESS && c->rank != root)
 		rc = ivs_dt_unpack(tmp, n, buf, count, dt, comm);
 	free(tmp);

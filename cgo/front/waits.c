@@ -115,11 +115,9 @@ int MPI_Waitall(int n, MPI_Request *hs, MPI_Status *sts)
 {
 	if (IVS_LIKELY(!ivs.enabled) || (!any_shim(n, hs) && !ivs_busy()))
 		return PMPI_Waitall(n, hs, sts);
-	char stackdone[64], *done = n <= 64 ? stackdone : calloc((size_t)n, 1);
+	char stackdone[64] = {0}, *done = n <= 64 ? stackdone : calloc((size_t)n, 1);
 	if (!done)
 		return MPI_ERR_NO_MEM;
-	for (int i = 0; i < n && n <= 64; i++)
-		done[i] = 0;
 	int err = MPI_SUCCESS, left = n;
 	unsigned spins = 0;
 	for (;;) {
