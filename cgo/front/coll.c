@@ -15,14 +15,20 @@
 #include "ivshim.h"
 #include "coll.h"
 
+/* Bytes of the member lines and the result lines. */
+static uint64_t lines_size(int nl)
+{
+	return (uint64_t)(nl + 1) * IVS_DEPTH * sizeof(struct ivs_cline);
+}
+
 static uint64_t area_size(int nl)
 {
-	return (uint64_t)(nl * 2 + 2) * sizeof(struct ivs_cline) + (uint64_t)nl * 2 * IVS_SLOT + 2ull * IVS_RES;
+	return lines_size(nl) + (uint64_t)nl * 2 * IVS_SLOT + 2ull * IVS_RES;
 }
 
 static struct ivs_cline *cline(struct ivs_coll *k, int i, uint64_t s)
 {
-	return (struct ivs_cline *)(k->area + (uint64_t)(i * 2 + (int)(s & 1)) * sizeof(struct ivs_cline));
+	return (struct ivs_cline *)(k->area + ((uint64_t)i * IVS_DEPTH + s % IVS_DEPTH) * sizeof(struct ivs_cline));
 }
 
 static struct ivs_cline *rline(struct ivs_coll *k, uint64_t s)
@@ -32,12 +38,12 @@ static struct ivs_cline *rline(struct ivs_coll *k, uint64_t s)
 
 static uint8_t *slot(struct ivs_coll *k, int i, uint64_t s)
 {
-	return k->area + (uint64_t)(k->nl * 2 + 2) * sizeof(struct ivs_cline) + (uint64_t)(i * 2 + (int)(s & 1)) * IVS_SLOT;
+	return k->area + lines_size(k->nl) + (uint64_t)(i * 2 + (int)(s & 1)) * IVS_SLOT;
 }
 
 static uint8_t *resbuf(struct ivs_coll *k, uint64_t s)
 {
-	return k->area + (uint64_t)(k->nl * 2 + 2) * sizeof(struct ivs_cline) + (uint64_t)k->nl * 2 * IVS_SLOT + (s & 1) * IVS_RES;
+	return k->area + lines_size(k->nl) + (uint64_t)k->nl * 2 * IVS_SLOT + (s & 1) * IVS_RES;
 }
 
 /* Where member i's data of n bytes for op s lives: its line, or its slot if larger. */
@@ -84,19 +90,22 @@ static void await_all(struct ivs_coll *k, uint64_t s)
 			await_member(k, i, s);
 }
 
-/* Start the next op: its parity s&1 was last used by op s-2, so before this rank publishes
- * anything on it (a sequence number or data), every co-located member must have published
- * s-1 and with it finished reading op s-2. Without this wait a member that returns early (a
- * non-root of Reduce) could publish two ops ahead and overwrite a line a slow member still
- * waits on. */
-static uint64_t op_begin(struct ivs_coll *k)
+/* Start the next op, which publishes or reads at most n bytes per buffer. Its buffers were
+ * last used by op s-DEPTH (lines) or, when n does not fit a line, op s-2 (slots and results);
+ * before this rank writes anything (a sequence number or data), every co-located member must
+ * have finished that op, which it shows by publishing the next one. Without this wait a
+ * member that returns early (a non-root of Reduce) could run ahead and overwrite a line a slow
+ * member still waits on. A member found behind is waited for until it has published s-1, the
+ * most this rank can ask for, so that the next DEPTH-1 inline ops need not look again. */
+static uint64_t op_begin(struct ivs_coll *k, uint64_t n)
 {
 	uint64_t s = ++k->seq;
-	if (s < 2)
+	uint64_t reuse = n <= IVS_INLINE ? IVS_DEPTH : 2;
+	if (s <= reuse)
 		return s;
 	for (int i = 0; i < k->nl; i++) {
-		if (i == k->li || k->seen[i] >= s - 1)
-			continue; /* known to be past op s-1 already: no need to touch its line */
+		if (i == k->li || k->seen[i] >= s - reuse + 1)
+			continue; /* known to be far enough already: no need to touch its line */
 		struct ivs_cline *l = cline(k, i, s - 1);
 		unsigned spins = 0;
 		uint64_t v;
@@ -235,7 +244,7 @@ void ivs_coll_forget(struct ivs_comm *c)
 	if (!k)
 		return;
 	if (k->usable) {
-		uint64_t s = op_begin(k);
+		uint64_t s = op_begin(k, 0);
 		publish(cline(k, k->li, s), s);
 		if (k->li == 0)
 			await_all(k, s);
@@ -268,7 +277,7 @@ static struct ivs_comm *coll_comm(MPI_Comm comm, struct ivs_coll **k)
 
 static int barrier(struct ivs_coll *k)
 {
-	uint64_t s = op_begin(k);
+	uint64_t s = op_begin(k, 0);
 	publish(cline(k, k->li, s), s);
 	if (k->nhosts == 1) {
 		await_all(k, s);
@@ -297,7 +306,7 @@ static int bcast_bytes(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
 	uint64_t off = 0;
 	do {
 		uint64_t len = n - off < IVS_SLOT ? n - off : IVS_SLOT;
-		uint64_t s = op_begin(k);
+		uint64_t s = op_begin(k, len);
 		int src_li = root_li >= 0 ? root_li : 0; /* whose area this host copies from */
 		if (k->li == src_li) {
 			if (root_li < 0) { /* leader of another host: data comes from the leaders' bcast */
@@ -365,7 +374,7 @@ static int reduce_local(struct ivs_coll *k, uint64_t s, uint64_t span, uint8_t *
 static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *sb, uint8_t *rb, int cnt, uint64_t span,
                         MPI_Datatype dt, MPI_Op op, int root)
 {
-	uint64_t s = op_begin(k);
+	uint64_t s = op_begin(k, span);
 	memcpy(data_of(k, k->li, s, span), sb, span);
 	publish(cline(k, k->li, s), s);
 	int rc = MPI_SUCCESS;
@@ -431,7 +440,7 @@ static int reduce_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbu
 /* Allgather of n bytes per rank: mine at blk, everyone's into out (comm rank order). */
 static int allgather_bytes(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *blk, uint8_t *out, uint64_t n)
 {
-	uint64_t s = op_begin(k);
+	uint64_t s = op_begin(k, k->nhosts > 1 ? n * (uint64_t)c->size : n);
 	memcpy(data_of(k, k->li, s, n), blk, n);
 	publish(cline(k, k->li, s), s);
 	if (k->nhosts == 1) {
@@ -501,6 +510,8 @@ int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
 	if (!c || root < 0 || root >= c->size)
 		NET_COLL(PMPI_Bcast(buf, count, dt, root, comm), PMPI_Ibcast(buf, count, dt, root, comm, &req_));
 	ivs.stats.collectives_shm++;
+	if (n == 0) /* the same on every rank: type signatures match */
+		return MPI_SUCCESS;
 	if (ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n)
 		return bcast_bytes(k, (uint8_t *)buf + lb, n, root);
 	uint8_t *tmp = malloc(n ? n : 1);
@@ -632,7 +643,7 @@ int MPI_Gather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int r
 		NET_COLL(PMPI_Gather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Igather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
 	ivs.stats.collectives_shm++;
-	uint64_t s = op_begin(k);
+	uint64_t s = op_begin(k, n);
 	int rc = MPI_SUCCESS;
 	if (sbuf != MPI_IN_PLACE) {
 		rc = ivs_dt_pack(sbuf, scount, sdt, data_of(k, k->li, s, n), n, comm);
@@ -661,7 +672,7 @@ int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int 
 		NET_COLL(PMPI_Scatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Iscatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
 	ivs.stats.collectives_shm++;
-	uint64_t s = op_begin(k);
+	uint64_t s = op_begin(k, n * (uint64_t)c->size);
 	int root_li = 0;
 	for (int i = 0; i < k->nl; i++)
 		if (k->lranks[i] == root)
@@ -690,7 +701,7 @@ int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int
 		NET_COLL(PMPI_Alltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
 		         PMPI_Ialltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
 	ivs.stats.collectives_shm++;
-	uint64_t s = op_begin(k), all = n * (uint64_t)c->size;
+	uint64_t all = n * (uint64_t)c->size, s = op_begin(k, all);
 	uint8_t *mine = data_of(k, k->li, s, all);
 	int rc = sbuf == MPI_IN_PLACE ? ivs_dt_pack(rbuf, rcount * c->size, rdt, mine, all, comm)
 	                              : ivs_dt_pack(sbuf, scount * c->size, sdt, mine, all, comm);

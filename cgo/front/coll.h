@@ -2,17 +2,19 @@
  * Shared-memory collectives. Layout of a communicator's collective area, allocated in the region
  * by the host's local leader (the co-located member with the lowest rank in the communicator):
  *
- *   struct ivs_cline line[nl][2]       per member, per sequence parity: seq + 56 inline bytes
- *   struct ivs_cline result[2]         the leader's result line per parity
- *   uint8_t slot[nl][2][IVS_SLOT]      per member, per parity: data larger than a line
- *   uint8_t res[2][IVS_RES]            the leader's result buffer per parity
+ *   struct ivs_cline line[nl][DEPTH]   per member, per op s % DEPTH: seq + 56 inline bytes
+ *   struct ivs_cline result[DEPTH]     the leader's result line per op s % DEPTH
+ *   uint8_t slot[nl][2][IVS_SLOT]      per member, per parity s&1: data larger than a line
+ *   uint8_t res[2][IVS_RES]            the leader's result buffer per parity s&1
  *
  * Protocol (one sequence number s per collective on the communicator, the same on all members):
- *   - a member publishes for s by writing its data (inline or slot, parity s&1) and then
- *     line[me][s&1].seq = s (RELEASE); readers wait for exactly s (ACQUIRE), then read.
- *   - a member may overwrite its parity p = s&1 only after every co-located member has
- *     published s-1: they have then finished op s-2, the last to read parity p.
- *   - the leader publishes its result for s the same way in result[s&1] / res[s&1].
+ *   - a member publishes for s by writing its data (inline in line s%DEPTH, or in slot s&1)
+ *     and then that line's seq = s (RELEASE); readers wait for exactly s (ACQUIRE), then read.
+ *   - a buffer used by op s was last used by op s-DEPTH (lines) or s-2 (slots, results); a
+ *     member may write it only after every co-located member has published s-DEPTH+1 or s-1,
+ *     and so finished the op that last read it. A member remembers how far the others got,
+ *     so an op with inline data checks the others' lines only every few ops.
+ *   - the leader publishes its result for s the same way in result[s%DEPTH] / res[s&1].
  * Words read from the area are untrusted: only sequence numbers are read from it as control,
  * and data is copied with lengths computed locally.
  */
@@ -22,6 +24,7 @@
 #include <stdint.h>
 
 #define IVS_INLINE 56u
+#define IVS_DEPTH 8u /* lines per member: how far ahead a member may publish inline data */
 #define IVS_SLOT (64u << 10)
 #define IVS_RES (256u << 10)
 
