@@ -1,14 +1,15 @@
 /* Collectives: an intra-host phase in the communicator's shared-memory area (coll.h), an
  * inter-host phase among one leader per host through PMPI on a leaders' communicator, and an
  * intra-host release. A communicator whose members all share one host never touches PMPI for
- * data. Whatever the fast path does not cover (user ops, non-predefined reduction types,
- * v-variants, data larger than the area, gather/scatter/alltoall across hosts) goes to the MPI
- * library; every such decision depends only on arguments MPI requires to match on all ranks,
+ * data. Data larger than the area moves in pieces. Whatever the fast path does not cover
+ * (user ops, non-predefined reduction types, v-variants, byte counts beyond INT_MAX) goes to
+ * the MPI library; every such decision depends only on arguments MPI requires to match on all ranks,
  * so all members take the same path.
  *
  * Reduction order: contributions are combined in comm rank order within a host (every rank of
  * a single-host communicator computes the same bits), then across hosts by the library's own
  * MPI_Allreduce/MPI_Reduce over the leaders. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -294,49 +295,136 @@ static int barrier(struct ivs_coll *k)
 	return MPI_SUCCESS;
 }
 
-/* ---- broadcast of contiguous bytes, in area-sized pieces ---- */
+/* ---- moving bytes through the area, in pieces that fit it ----
+ * Every co-located member calls these with the same sizes, so all go through the same ops. */
 
+#define EVERYONE (-1)
+
+static uint64_t min_u64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+static void *must_alloc(uint64_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		ivs_fatal("out of memory (%lu bytes for a collective)", (unsigned long)n);
+	return p;
+}
+
+/* n bytes of member `from` at src reach member `to` (or every member) at dst. */
+static void spread(struct ivs_coll *k, int from, int to, const uint8_t *src, uint64_t n, uint8_t *dst)
+{
+	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
+		uint64_t len = min_u64(n - off, IVS_SLOT), s = op_begin(k, len);
+		if (k->li == from)
+			memcpy(data_of(k, from, s, len), src + off, len);
+		publish(cline(k, k->li, s), s);
+		if (k->li != from && (to == EVERYONE || to == k->li)) {
+			await_member(k, from, s);
+			memcpy(dst + off, data_of(k, from, s, len), len);
+		}
+	}
+}
+
+/* Every member's n bytes at src (NULL: none, a root's own block already in place) reach
+ * member `to` (or every member) at dst + at[i]*n for member i (at NULL: i*n). */
+static void collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at)
+{
+	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
+		uint64_t len = min_u64(n - off, IVS_SLOT), s = op_begin(k, len);
+		if (src && to != k->li)
+			memcpy(data_of(k, k->li, s, len), src + off, len);
+		publish(cline(k, k->li, s), s);
+		if (to != EVERYONE && to != k->li)
+			continue;
+		for (int i = 0; i < k->nl; i++) {
+			uint8_t *d = dst + (uint64_t)(at ? at[i] : i) * n + off;
+			if (i != k->li) {
+				await_member(k, i, s);
+				memcpy(d, data_of(k, i, s, len), len);
+			} else if (src && d != src + off) {
+				memcpy(d, src + off, len);
+			}
+		}
+	}
+}
+
+/* Member `from` holds a block of n bytes for every member i at src + at[i]*n (at NULL: i*n);
+ * each member receives its block at dst (NULL: keeps nothing). */
+static void distribute(struct ivs_coll *k, int from, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at)
+{
+	uint64_t step = IVS_SLOT / (uint64_t)k->nl;
+	for (uint64_t off = 0; off < n; off += step) {
+		uint64_t len = min_u64(n - off, step), s = op_begin(k, len * (uint64_t)k->nl);
+		uint8_t *area = data_of(k, from, s, len * (uint64_t)k->nl);
+		if (k->li == from) {
+			for (int i = 0; i < k->nl; i++)
+				if (i != from)
+					memcpy(area + (uint64_t)i * len, src + (uint64_t)(at ? at[i] : i) * n + off, len);
+			publish(cline(k, from, s), s);
+			if (dst)
+				memcpy(dst + off, src + (uint64_t)(at ? at[from] : from) * n + off, len);
+			continue;
+		}
+		publish(cline(k, k->li, s), s);
+		if (dst) {
+			await_member(k, from, s);
+			memcpy(dst + off, area + (uint64_t)k->li * len, len);
+		}
+	}
+}
+
+/* Alltoall among the members of a single-host communicator (local index = comm rank): block i
+ * of n bytes at src goes to member i, and member i's block for this rank lands at dst + i*n.
+ * src and dst must not overlap. */
+static void exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8_t *dst)
+{
+	uint64_t step = IVS_SLOT / (uint64_t)k->nl, me = (uint64_t)k->li;
+	for (uint64_t off = 0; off < n; off += step) {
+		uint64_t len = min_u64(n - off, step), s = op_begin(k, len * (uint64_t)k->nl);
+		uint8_t *mine = data_of(k, k->li, s, len * (uint64_t)k->nl);
+		for (int d = 0; d < k->nl; d++)
+			if (d != k->li)
+				memcpy(mine + (uint64_t)d * len, src + (uint64_t)d * n + off, len);
+		publish(cline(k, k->li, s), s);
+		memcpy(dst + me * n + off, src + me * n + off, len);
+		for (int i = 0; i < k->nl; i++)
+			if (i != k->li) {
+				await_member(k, i, s);
+				memcpy(dst + (uint64_t)i * n + off, data_of(k, i, s, len * (uint64_t)k->nl) + me * len, len);
+			}
+	}
+}
+
+/* ---- broadcast of contiguous bytes ---- */
+
+static int leaders_bcast(struct ivs_coll *k, uint8_t *data, uint64_t len, int root_host)
+{
+	MPI_Request req;
+	return net_complete(PMPI_Ibcast(data, (int)len, MPI_BYTE, root_host, k->lcomm, &req), &req);
+}
+
+/* In pieces of one slot: the root's host spreads each piece while its leader passes it on to
+ * the other hosts' leaders, which spread it on theirs. */
 static int bcast_bytes(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
 {
-	int root_host = k->host_of[root];
-	int root_li = -1;
+	int root_host = k->host_of[root], root_li = -1;
 	for (int i = 0; i < k->nl; i++)
 		if (k->lranks[i] == root)
 			root_li = i;
-	uint64_t off = 0;
-	do {
-		uint64_t len = n - off < IVS_SLOT ? n - off : IVS_SLOT;
-		uint64_t s = op_begin(k, len);
-		int src_li = root_li >= 0 ? root_li : 0; /* whose area this host copies from */
-		if (k->li == src_li) {
-			if (root_li < 0) { /* leader of another host: data comes from the leaders' bcast */
-				MPI_Request req;
-				int rc = net_complete(PMPI_Ibcast(data + off, (int)len, MPI_BYTE, root_host, k->lcomm, &req), &req);
-				if (rc != MPI_SUCCESS)
-					return rc;
-			}
-			memcpy(data_of(k, k->li, s, len), data + off, len);
-			publish(cline(k, k->li, s), s);
-			if (root_li >= 0 && k->li == 0 && k->nhosts > 1) {
-				MPI_Request req;
-				int rc = net_complete(PMPI_Ibcast(data + off, (int)len, MPI_BYTE, root_host, k->lcomm, &req), &req);
-				if (rc != MPI_SUCCESS)
-					return rc;
-			}
-		} else {
-			publish(cline(k, k->li, s), s);
-			await_member(k, src_li, s);
-			memcpy(data + off, data_of(k, src_li, s, len), len);
-			if (k->li == 0 && k->nhosts > 1) { /* leader of the root's host, not the root */
-				MPI_Request req;
-				int rc = net_complete(PMPI_Ibcast(data + off, (int)len, MPI_BYTE, root_host, k->lcomm, &req), &req);
-				if (rc != MPI_SUCCESS)
-					return rc;
-			}
-		}
-		off += len;
-	} while (off < n);
-	return MPI_SUCCESS;
+	int src_li = root_li >= 0 ? root_li : 0; /* whose area this host copies from */
+	int rc = MPI_SUCCESS;
+	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
+		uint64_t len = min_u64(n - off, IVS_SLOT);
+		if (root_li < 0 && k->li == 0 && rc == MPI_SUCCESS)
+			rc = leaders_bcast(k, data + off, len, root_host);
+		spread(k, src_li, EVERYONE, data + off, len, data + off);
+		if (root_li >= 0 && k->li == 0 && k->nhosts > 1 && rc == MPI_SUCCESS)
+			rc = leaders_bcast(k, data + off, len, root_host);
+	}
+	return rc;
 }
 
 /* ---- reductions ---- */
@@ -435,47 +523,199 @@ static int reduce_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbu
 	return MPI_SUCCESS;
 }
 
-/* ---- gathers ---- */
+/* ---- gathers, scatters and alltoall across hosts ----
+ * A host's leader collects its members' blocks through the area, the leaders move them with
+ * the library's v-collective over the leaders' communicator (host-grouped order: a host's
+ * members in comm rank order, hosts in order), and the leader hands the results out through
+ * the area. A leader's library error is returned after the intra-host phases, which still run
+ * so that its host's members do not wait forever. */
 
-/* Allgather of n bytes per rank: mine at blk, everyone's into out (comm rank order). */
-static int allgather_bytes(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *blk, uint8_t *out, uint64_t n)
+/* The leaders' per-host byte counts and displacements for `per` bytes per member. */
+static int *leader_counts(struct ivs_coll *k, uint64_t per)
 {
-	uint64_t s = op_begin(k, k->nhosts > 1 ? n * (uint64_t)c->size : n);
-	memcpy(data_of(k, k->li, s, n), blk, n);
-	publish(cline(k, k->li, s), s);
-	if (k->nhosts == 1) {
-		await_all(k, s);
-		for (int i = 0; i < k->nl; i++)
-			memcpy(out + (uint64_t)k->lranks[i] * n, data_of(k, i, s, n), n);
+	int *cd = must_alloc(sizeof(int) * 2 * (uint64_t)k->nhosts);
+	for (int h = 0; h < k->nhosts; h++) {
+		cd[h] = (int)((uint64_t)(k->host_first[h + 1] - k->host_first[h]) * per);
+		cd[k->nhosts + h] = (int)((uint64_t)k->host_first[h] * per);
+	}
+	return cd;
+}
+
+/* Blocks of n bytes between comm rank order (ranked[r]) and host-grouped order (grouped[pos[r]]). */
+static void regroup(struct ivs_coll *k, int size, uint8_t *grouped, uint8_t *ranked, uint64_t n, int to_grouped)
+{
+	for (int r = 0; r < size; r++) {
+		uint8_t *g = grouped + (uint64_t)k->pos[r] * n, *o = ranked + (uint64_t)r * n;
+		memcpy(to_grouped ? g : o, to_grouped ? o : g, n);
+	}
+}
+
+static int root_local(struct ivs_coll *k, int root)
+{
+	for (int i = 0; i < k->nl; i++)
+		if (k->lranks[i] == root)
+			return i;
+	return -1;
+}
+
+static int allgather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n)
+{
+	uint64_t all = n * (uint64_t)c->size;
+	uint8_t *grouped = must_alloc(all), *mine = k->li == 0 ? must_alloc(n * (uint64_t)k->nl) : NULL;
+	int rc = MPI_SUCCESS;
+	collect(k, 0, src, n, mine, NULL);
+	if (k->li == 0) {
+		int *cd = leader_counts(k, n);
+		MPI_Request req;
+		rc = net_complete(PMPI_Iallgatherv(mine, (int)(n * (uint64_t)k->nl), MPI_BYTE, grouped, cd, cd + k->nhosts,
+		                                   MPI_BYTE, k->lcomm, &req), &req);
+		free(cd);
+	}
+	spread(k, 0, EVERYONE, grouped, all, grouped);
+	regroup(k, c->size, grouped, dst, n, 0);
+	free(grouped);
+	free(mine);
+	return rc;
+}
+
+static int gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root)
+{
+	int root_host = k->host_of[root], root_li = root_local(k, root), at_root_host = k->myhost == root_host;
+	uint64_t all = n * (uint64_t)c->size;
+	uint8_t *mine = k->li == 0 ? must_alloc(n * (uint64_t)k->nl) : NULL;
+	uint8_t *grouped = at_root_host && (k->li == 0 || k->li == root_li) ? must_alloc(all) : NULL;
+	int rc = MPI_SUCCESS;
+	collect(k, 0, src, n, mine, NULL);
+	if (k->li == 0) {
+		int *cd = leader_counts(k, n);
+		MPI_Request req;
+		rc = net_complete(PMPI_Igatherv(mine, (int)(n * (uint64_t)k->nl), MPI_BYTE, grouped, cd, cd + k->nhosts,
+		                                MPI_BYTE, root_host, k->lcomm, &req), &req);
+		free(cd);
+	}
+	if (at_root_host && root_li != 0)
+		spread(k, 0, root_li, grouped, all, grouped);
+	if (c->rank == root)
+		regroup(k, c->size, grouped, dst, n, 0);
+	free(grouped);
+	free(mine);
+	return rc;
+}
+
+static int scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root)
+{
+	int root_host = k->host_of[root], root_li = root_local(k, root), at_root_host = k->myhost == root_host;
+	uint64_t all = n * (uint64_t)c->size;
+	uint8_t *grouped = at_root_host && (k->li == 0 || k->li == root_li) ? must_alloc(all) : NULL;
+	uint8_t *mine = k->li == 0 ? must_alloc(n * (uint64_t)k->nl) : NULL;
+	int rc = MPI_SUCCESS;
+	if (c->rank == root)
+		regroup(k, c->size, grouped, (uint8_t *)src, n, 1);
+	if (at_root_host && root_li != 0)
+		spread(k, root_li, 0, grouped, all, grouped);
+	if (k->li == 0) {
+		int *cd = leader_counts(k, n);
+		MPI_Request req;
+		rc = net_complete(PMPI_Iscatterv(grouped, cd, cd + k->nhosts, MPI_BYTE, mine, (int)(n * (uint64_t)k->nl),
+		                                 MPI_BYTE, root_host, k->lcomm, &req), &req);
+		free(cd);
+	}
+	distribute(k, 0, mine, n, dst, NULL);
+	free(grouped);
+	free(mine);
+	return rc;
+}
+
+/* The leaders' alltoall: in[i][r] is the block local member i sends to comm rank r, out[j][r]
+ * the block local member j receives from comm rank r. For each destination host the leader
+ * sends [local member][destination member] blocks; from a source host it receives
+ * [source member][local member] blocks, so the block from rank r to local member j lands at
+ * (pos[r]*nl + j)*n. */
+static int leaders_alltoall(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *in, uint8_t *out, uint64_t n)
+{
+	uint64_t row = n * (uint64_t)c->size, nl = (uint64_t)k->nl;
+	uint8_t *snd = must_alloc(nl * row), *rcv = must_alloc(nl * row);
+	int nh = k->nhosts, *cd = must_alloc(sizeof(int) * 4 * (uint64_t)nh);
+	for (int h = 0; h < nh; h++) {
+		uint64_t members = (uint64_t)(k->host_first[h + 1] - k->host_first[h]);
+		cd[h] = cd[2 * nh + h] = (int)(nl * members * n);
+		cd[nh + h] = cd[3 * nh + h] = (int)(nl * (uint64_t)k->host_first[h] * n);
+	}
+	for (int r = 0; r < c->size; r++) {
+		int h = k->host_of[r];
+		uint64_t members = (uint64_t)(k->host_first[h + 1] - k->host_first[h]), j = (uint64_t)(k->pos[r] - k->host_first[h]);
+		for (uint64_t i = 0; i < nl; i++)
+			memcpy(snd + (uint64_t)cd[nh + h] + (i * members + j) * n, in + i * row + (uint64_t)r * n, n);
+	}
+	MPI_Request req;
+	int rc = net_complete(PMPI_Ialltoallv(snd, cd, cd + nh, MPI_BYTE, rcv, cd + 2 * nh, cd + 3 * nh, MPI_BYTE, k->lcomm,
+	                                      &req), &req);
+	for (int r = 0; r < c->size && rc == MPI_SUCCESS; r++)
+		for (uint64_t j = 0; j < nl; j++)
+			memcpy(out + j * row + (uint64_t)r * n, rcv + ((uint64_t)k->pos[r] * nl + j) * n, n);
+	free(snd);
+	free(rcv);
+	free(cd);
+	return rc;
+}
+
+static int alltoall_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n)
+{
+	uint64_t row = n * (uint64_t)c->size; /* one member's send or receive buffer */
+	uint8_t *in = NULL, *out = NULL;
+	int rc = MPI_SUCCESS;
+	if (k->li == 0) {
+		in = must_alloc(row * (uint64_t)k->nl);
+		out = must_alloc(row * (uint64_t)k->nl);
+	}
+	collect(k, 0, src, row, in, NULL);
+	if (k->li == 0)
+		rc = leaders_alltoall(k, c, in, out, n);
+	distribute(k, 0, out, row, dst, NULL);
+	free(in);
+	free(out);
+	return rc;
+}
+
+/* ---- user buffers as bytes ---- */
+
+enum flat_mode {
+	FLAT_OUT,  /* bytes to be received */
+	FLAT_IN,   /* bytes to be sent: the user's or a packed copy */
+	FLAT_COPY, /* bytes to be sent, always a copy (the buffer is also received into) */
+};
+
+/* The bytes of count elements of dt at buf: the user's memory when they are contiguous (and
+ * no copy is asked for), else a scratch buffer. */
+struct flat {
+	uint8_t *p;
+	int scratch;
+};
+
+static int flat_view(struct flat *f, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum flat_mode mode,
+                     MPI_Comm comm)
+{
+	uint64_t bytes;
+	ptrdiff_t lb;
+	f->scratch = mode == FLAT_COPY || !ivs_dt_contig(dt, count, &bytes, &lb) || bytes != n;
+	if (!f->scratch) {
+		f->p = (uint8_t *)buf + lb;
 		return MPI_SUCCESS;
 	}
-	uint8_t *res = result_of(k, s, n * (uint64_t)c->size);
-	if (k->li == 0) {
-		await_all(k, s);
-		int *counts = malloc(sizeof(int) * 2 * (size_t)k->nhosts);
-		uint8_t *mine = malloc(n * (uint64_t)k->nl + 1);
-		if (!counts || !mine)
-			return MPI_ERR_NO_MEM;
-		for (int i = 0; i < k->nl; i++)
-			memcpy(mine + (uint64_t)i * n, data_of(k, i, s, n), n);
-		for (int h = 0; h < k->nhosts; h++) {
-			counts[h] = (k->host_first[h + 1] - k->host_first[h]) * (int)n;
-			counts[k->nhosts + h] = k->host_first[h] * (int)n;
-		}
-		MPI_Request req;
-		int rc = net_complete(PMPI_Iallgatherv(mine, k->nl * (int)n, MPI_BYTE, res, counts, counts + k->nhosts,
-		                                       MPI_BYTE, k->lcomm, &req), &req);
-		free(counts);
-		free(mine);
-		if (rc != MPI_SUCCESS)
-			return rc;
-		publish(rline(k, s), s);
-	} else {
-		await(rline(k, s), s);
+	f->p = must_alloc(n);
+	return mode == FLAT_OUT ? MPI_SUCCESS : ivs_dt_pack(buf, count, dt, f->p, n, comm);
+}
+
+/* Done with f: a scratch buffer is unpacked into buf (if buf and all went well) and freed. */
+static int flat_done(struct flat *f, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm)
+{
+	if (f->scratch) {
+		if (rc == MPI_SUCCESS && buf)
+			rc = ivs_dt_unpack(f->p, n, buf, count, dt, comm);
+		free(f->p);
+		f->scratch = 0;
 	}
-	for (int r = 0; r < c->size; r++)
-		memcpy(out + (uint64_t)r * n, res + (uint64_t)k->pos[r] * n, n);
-	return MPI_SUCCESS;
+	return rc;
 }
 
 /* ---- the library's path, without starving the rings ---- */
@@ -606,111 +846,109 @@ int MPI_Reduce_scatter(const void *sbuf, void *rbuf, const int counts[], MPI_Dat
 	return reduce_scatter_common(k, c, sbuf, rbuf, counts, 0, dt, op);
 }
 
+/* Byte counts the fast path handles: the library's counts are ints. */
+static int too_big(uint64_t bytes)
+{
+	return bytes > INT_MAX;
+}
+
 int MPI_Allgather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, MPI_Comm comm)
 {
 	struct ivs_coll *k;
 	struct ivs_comm *c = coll_comm(comm, &k);
 	uint64_t n = ivs_dt_bytes(rdt, rcount);
-	if (!c || n > IVS_SLOT || n * (uint64_t)c->size > IVS_RES)
+	if (!c || too_big(n * (uint64_t)c->size))
 		NET_COLL(PMPI_Allgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
 		         PMPI_Iallgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
 	ivs.stats.collectives_shm++;
+	if (n == 0)
+		return MPI_SUCCESS;
 	MPI_Aint lb, ext;
 	PMPI_Type_get_extent(rdt, &lb, &ext);
-	uint8_t *blk = malloc(n + 1), *all = malloc(n * (uint64_t)c->size + 1);
-	int rc = blk && all ? MPI_SUCCESS : MPI_ERR_NO_MEM;
+	struct flat in = {0}, out = {0};
+	int rc = flat_view(&out, rbuf, rcount * c->size, rdt, n * (uint64_t)c->size, FLAT_OUT, comm);
 	if (rc == MPI_SUCCESS)
-		rc = sbuf == MPI_IN_PLACE ? ivs_dt_pack((uint8_t *)rbuf + (ptrdiff_t)c->rank * rcount * ext, rcount, rdt, blk, n, comm)
-		                          : ivs_dt_pack(sbuf, scount, sdt, blk, n, comm);
-	if (rc == MPI_SUCCESS)
-		rc = allgather_bytes(k, c, blk, all, n);
-	if (rc == MPI_SUCCESS)
-		rc = ivs_dt_unpack(all, n * (uint64_t)c->size, rbuf, rcount * c->size, rdt, comm);
-	free(blk);
-	free(all);
-	return rc;
+		rc = sbuf == MPI_IN_PLACE ? flat_view(&in, (uint8_t *)rbuf + (ptrdiff_t)c->rank * rcount * ext, rcount, rdt, n, FLAT_IN, comm)
+		                          : flat_view(&in, sbuf, scount, sdt, n, FLAT_IN, comm);
+	if (rc == MPI_SUCCESS && k->nhosts == 1)
+		collect(k, EVERYONE, in.p, n, out.p, k->lranks);
+	else if (rc == MPI_SUCCESS)
+		rc = allgather_hosts(k, c, in.p, out.p, n);
+	flat_done(&in, rc, NULL, 0, sdt, n, comm);
+	return flat_done(&out, rc, rbuf, rcount * c->size, rdt, n * (uint64_t)c->size, comm);
 }
 
-/* Single-host gather: every member publishes its block; the root collects. */
 int MPI_Gather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, int root, MPI_Comm comm)
 {
 	struct ivs_coll *k;
 	struct ivs_comm *c = coll_comm(comm, &k);
-	uint64_t n = ivs_dt_bytes(sdt, scount);
-	if (c && root >= 0 && root < c->size && c->rank == root && sbuf == MPI_IN_PLACE)
-		n = ivs_dt_bytes(rdt, rcount);
-	if (!c || k->nhosts > 1 || root < 0 || root >= c->size || n > IVS_SLOT)
+	int at_root = c && c->rank == root;
+	uint64_t n = at_root && sbuf == MPI_IN_PLACE ? ivs_dt_bytes(rdt, rcount) : ivs_dt_bytes(sdt, scount);
+	if (!c || root < 0 || root >= c->size || too_big(n * (uint64_t)c->size))
 		NET_COLL(PMPI_Gather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Igather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
 	ivs.stats.collectives_shm++;
-	uint64_t s = op_begin(k, n);
-	int rc = MPI_SUCCESS;
-	if (sbuf != MPI_IN_PLACE) {
-		rc = ivs_dt_pack(sbuf, scount, sdt, data_of(k, k->li, s, n), n, comm);
-	}
-	publish(cline(k, k->li, s), s);
-	if (c->rank != root || rc != MPI_SUCCESS)
-		return rc;
+	if (n == 0)
+		return MPI_SUCCESS;
 	MPI_Aint lb, ext;
 	PMPI_Type_get_extent(rdt, &lb, &ext);
-	await_all(k, s);
-	for (int i = 0; i < k->nl && rc == MPI_SUCCESS; i++)
-		if (i != k->li || sbuf != MPI_IN_PLACE)
-			rc = ivs_dt_unpack(data_of(k, i, s, n), n, (uint8_t *)rbuf + (ptrdiff_t)k->lranks[i] * rcount * ext, rcount, rdt, comm);
-	return rc;
+	struct flat in = {0}, out = {0};
+	int rc = at_root ? flat_view(&out, rbuf, rcount * c->size, rdt, n * (uint64_t)c->size, FLAT_OUT, comm) : MPI_SUCCESS;
+	if (rc == MPI_SUCCESS) /* in place, the root's block is where the result goes */
+		rc = sbuf == MPI_IN_PLACE ? flat_view(&in, (uint8_t *)rbuf + (ptrdiff_t)root * rcount * ext, rcount, rdt, n, FLAT_IN, comm)
+		                          : flat_view(&in, sbuf, scount, sdt, n, FLAT_IN, comm);
+	if (rc == MPI_SUCCESS && k->nhosts == 1)
+		collect(k, root_local(k, root), in.p, n, out.p, k->lranks);
+	else if (rc == MPI_SUCCESS)
+		rc = gather_hosts(k, c, in.p, out.p, n, root);
+	flat_done(&in, rc, NULL, 0, sdt, n, comm);
+	return flat_done(&out, rc, at_root ? rbuf : NULL, rcount * c->size, rdt, n * (uint64_t)c->size, comm);
 }
 
-/* Single-host scatter: the root publishes all blocks; each member takes its own. */
 int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, int root, MPI_Comm comm)
 {
 	struct ivs_coll *k;
 	struct ivs_comm *c = coll_comm(comm, &k);
-	uint64_t n = ivs_dt_bytes(rdt, rcount);
-	if (c && root >= 0 && root < c->size && c->rank == root && rbuf == MPI_IN_PLACE)
-		n = ivs_dt_bytes(sdt, scount);
-	if (!c || k->nhosts > 1 || root < 0 || root >= c->size || n * (uint64_t)c->size > IVS_SLOT)
+	int at_root = c && c->rank == root;
+	uint64_t n = at_root && rbuf == MPI_IN_PLACE ? ivs_dt_bytes(sdt, scount) : ivs_dt_bytes(rdt, rcount);
+	if (!c || root < 0 || root >= c->size || too_big(n * (uint64_t)c->size))
 		NET_COLL(PMPI_Scatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Iscatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
 	ivs.stats.collectives_shm++;
-	uint64_t s = op_begin(k, n * (uint64_t)c->size);
-	int root_li = 0;
-	for (int i = 0; i < k->nl; i++)
-		if (k->lranks[i] == root)
-			root_li = i;
-	int rc = MPI_SUCCESS;
-	if (c->rank == root) {
-		rc = ivs_dt_pack(sbuf, scount * c->size, sdt, data_of(k, k->li, s, n * (uint64_t)c->size), n * (uint64_t)c->size, comm);
-		publish(cline(k, k->li, s), s);
-		if (rc == MPI_SUCCESS && rbuf != MPI_IN_PLACE)
-			rc = ivs_dt_unpack(data_of(k, k->li, s, n * (uint64_t)c->size) + (uint64_t)root * n, n, rbuf, rcount, rdt, comm);
-		return rc;
-	}
-	publish(cline(k, k->li, s), s);
-	await_member(k, root_li, s);
-	return ivs_dt_unpack(data_of(k, root_li, s, n * (uint64_t)c->size) + (uint64_t)c->rank * n, n, rbuf, rcount, rdt, comm);
+	if (n == 0)
+		return MPI_SUCCESS;
+	struct flat in = {0}, out = {0};
+	int rc = at_root ? flat_view(&in, sbuf, scount * c->size, sdt, n * (uint64_t)c->size, FLAT_IN, comm) : MPI_SUCCESS;
+	if (rc == MPI_SUCCESS && rbuf != MPI_IN_PLACE)
+		rc = flat_view(&out, rbuf, rcount, rdt, n, FLAT_OUT, comm);
+	if (rc == MPI_SUCCESS && k->nhosts == 1)
+		distribute(k, root_local(k, root), in.p, n, out.p, k->lranks);
+	else if (rc == MPI_SUCCESS)
+		rc = scatter_hosts(k, c, in.p, out.p, n, root);
+	flat_done(&in, rc, NULL, 0, sdt, n, comm);
+	return flat_done(&out, rc, rbuf, rcount, rdt, n, comm);
 }
 
-/* Single-host alltoall: each member publishes its whole send buffer, then reads its block from
- * every member's. */
 int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, MPI_Comm comm)
 {
 	struct ivs_coll *k;
 	struct ivs_comm *c = coll_comm(comm, &k);
-	uint64_t n = ivs_dt_bytes(rdt, rcount);
-	if (!c || k->nhosts > 1 || n * (uint64_t)c->size > IVS_SLOT)
+	uint64_t n = ivs_dt_bytes(rdt, rcount), row = c ? n * (uint64_t)c->size : 0;
+	if (!c || too_big(row * (k->nhosts > 1 ? (uint64_t)k->nl : 1)))
 		NET_COLL(PMPI_Alltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
 		         PMPI_Ialltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
 	ivs.stats.collectives_shm++;
-	uint64_t all = n * (uint64_t)c->size, s = op_begin(k, all);
-	uint8_t *mine = data_of(k, k->li, s, all);
-	int rc = sbuf == MPI_IN_PLACE ? ivs_dt_pack(rbuf, rcount * c->size, rdt, mine, all, comm)
-	                              : ivs_dt_pack(sbuf, scount * c->size, sdt, mine, all, comm);
-	publish(cline(k, k->li, s), s);
-	await_all(k, s);
-	MPI_Aint lb, ext;
-	PMPI_Type_get_extent(rdt, &lb, &ext);
-	for (int i = 0; i < k->nl && rc == MPI_SUCCESS; i++)
-		rc = ivs_dt_unpack(data_of(k, i, s, all) + (uint64_t)c->rank * n, n,
-		                   (uint8_t *)rbuf + (ptrdiff_t)k->lranks[i] * rcount * ext, rcount, rdt, comm);
-	return rc;
+	if (n == 0)
+		return MPI_SUCCESS;
+	struct flat in = {0}, out = {0};
+	int rc = sbuf == MPI_IN_PLACE ? flat_view(&in, rbuf, rcount * c->size, rdt, row, FLAT_COPY, comm)
+	                              : flat_view(&in, sbuf, scount * c->size, sdt, row, FLAT_IN, comm);
+	if (rc == MPI_SUCCESS)
+		rc = flat_view(&out, rbuf, rcount * c->size, rdt, row, FLAT_OUT, comm);
+	if (rc == MPI_SUCCESS && k->nhosts == 1)
+		exchange(k, in.p, n, out.p);
+	else if (rc == MPI_SUCCESS)
+		rc = alltoall_hosts(k, c, in.p, out.p, n);
+	flat_done(&in, rc, NULL, 0, sdt, row, comm);
+	return flat_done(&out, rc, rbuf, rcount * c->size, rdt, row, comm);
 }
