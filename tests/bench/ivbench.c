@@ -5,7 +5,7 @@
  * same blocks, so tools that read IMB output read this:
  *
  *   ivbench [-msglog [min:]max] [-msglen file] [-iter n[,bytes]] [-time s] [-npmin p] [-mem gb]
- *           [-check] [PingPong Barrier Bcast Reduce Allreduce Allgather Alltoall Gather Scatter]
+ *           [-digits d] [-check] [PingPong Barrier Bcast Reduce Allreduce Allgather Alltoall Gather Scatter]
  *
  *   -msglog  message sizes 0 and 2^min..2^max bytes (default 0:22)
  *   -msglen  message sizes read from a file, one per line, in that order (replaces -msglog);
@@ -16,6 +16,8 @@
  *            from a pilot run, so a full run stays short on a small machine
  *   -npmin   run collectives on npmin, 2*npmin, 4*npmin, ... and all processes (default 2)
  *   -mem     skip sizes whose buffers need more than this many GiB per process (default 1)
+ *   -digits  decimals of the times printed (default 2, as IMB; 0..6): sub-microsecond
+ *            latencies need more to be compared
  *   -check   check received data after every repetition (timings then include the check);
  *            by default the warm-up and the last timed repetition of each size are checked
  *
@@ -38,8 +40,9 @@ enum { DEFAULT_MSGLOG_MIN = 0, DEFAULT_MSGLOG_MAX = 22, DEFAULT_ITER = 1000 };
 #define DEFAULT_MEM_GB 1.0
 /* At most this many sizes in a -msglen file. */
 enum { MAX_LENGTHS = 256 };
-/* Repetitions of the pilot that estimates the time per repetition. */
-enum { PILOT_REPS = 8 };
+/* The pilot that estimates the time per repetition: the fastest of a few short batches, so
+ * that one preemption during the pilot does not cut the timed run short. */
+enum { PILOT_REPS = 8, PILOT_BATCHES = 4 };
 /* Seeds of the data patterns: each sender and each block gets its own. */
 enum { SEED_STRIDE = 1024 };
 
@@ -54,6 +57,7 @@ struct options {
     int npmin;
     double mem_gb;
     int check_every;
+    int digits;        /* decimals of printed times */
     unsigned selected; /* bit per benchmark */
 };
 
@@ -252,7 +256,7 @@ static void usage(void)
     if (world_rank != 0)
         return;
     fprintf(stderr, "usage: ivbench [-msglog [min:]max] [-msglen file] [-iter n[,bytes]] [-time s] [-npmin p]"
-                    " [-mem gb] [-check] [benchmark...]\nbenchmarks:");
+                    " [-mem gb] [-digits d] [-check] [benchmark...]\nbenchmarks:");
     for (int i = 0; i < NBENCH; i++)
         fprintf(stderr, " %s", benches[i].name);
     fprintf(stderr, "\n");
@@ -318,7 +322,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 {
     *o = (struct options){.msglog_min = DEFAULT_MSGLOG_MIN, .msglog_max = DEFAULT_MSGLOG_MAX,
                           .iter = DEFAULT_ITER, .overall_vol = DEFAULT_OVERALL_VOL, .time_limit = DEFAULT_TIME_LIMIT,
-                          .npmin = 2, .mem_gb = DEFAULT_MEM_GB};
+                          .npmin = 2, .mem_gb = DEFAULT_MEM_GB, .digits = 2};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -332,7 +336,8 @@ static int parse_args(int argc, char **argv, struct options *o)
             return -1;
         if (a[0] == '-') {
             if (strcmp(a, "-msglog") != 0 && strcmp(a, "-msglen") != 0 && strcmp(a, "-iter") != 0 &&
-                strcmp(a, "-time") != 0 && strcmp(a, "-npmin") != 0 && strcmp(a, "-mem") != 0) {
+                strcmp(a, "-time") != 0 && strcmp(a, "-npmin") != 0 && strcmp(a, "-mem") != 0 &&
+                strcmp(a, "-digits") != 0) {
                 if (world_rank == 0)
                     fprintf(stderr, "ivbench: unknown option %s\n", a);
                 return -1;
@@ -350,6 +355,9 @@ static int parse_args(int argc, char **argv, struct options *o)
             else if (strcmp(a, "-npmin") == 0) {
                 bad = parse_long(v, 1, 1 << 20, &n);
                 o->npmin = (int)n;
+            } else if (strcmp(a, "-digits") == 0) {
+                bad = parse_long(v, 0, 6, &n);
+                o->digits = (int)n;
             } else
                 bad = parse_double(v, 1e-6, &o->mem_gb);
             if (bad) {
@@ -417,7 +425,13 @@ static long repetitions(const struct run *r, const struct options *o)
         if (reps < 1)
             reps = 1;
     }
-    double pilot = timed(r, reps < PILOT_REPS ? reps : PILOT_REPS, 0), slowest;
+    long batch = reps < PILOT_REPS ? reps : PILOT_REPS;
+    double pilot = timed(r, batch, 0), slowest;
+    for (int i = 1; i < PILOT_BATCHES && reps > batch; i++) {
+        double t = timed(r, batch, 0);
+        if (t < pilot)
+            pilot = t;
+    }
     MPI_Allreduce(&pilot, &slowest, 1, MPI_DOUBLE, MPI_MAX, r->comm);
     if (slowest * (double)reps > o->time_limit) {
         reps = (long)(o->time_limit / slowest);
@@ -431,6 +445,7 @@ static long repetitions(const struct run *r, const struct options *o)
 static void measure(struct run *r, const struct options *o)
 {
     const struct bench *b = r->b;
+    int d = o->digits;
     r->sbuf = xmalloc(b->sbuf_blocks(r->p) * r->bytes);
     r->rbuf = xmalloc(b->rbuf_blocks(r->p) * r->bytes);
     b->fill(r);
@@ -452,11 +467,11 @@ static void measure(struct run *r, const struct options *o)
         return;
     if (b->kind == PINGPONG) {
         double half = t / 2 * 1e6; /* rank 0's round trip, halved as IMB does */
-        printf("%13zu%13ld%13.2f%13.2f\n", r->bytes, reps, half, half > 0 ? (double)r->bytes / half : 0);
+        printf("%13zu%13ld%13.*f%13.2f\n", r->bytes, reps, d, half, half > 0 ? (double)r->bytes / half : 0);
     } else if (b->kind == BARRIER) {
-        printf("%13ld%13.2f%13.2f%13.2f\n", reps, tmin * 1e6, tmax * 1e6, tsum / r->p * 1e6);
+        printf("%13ld%13.*f%13.*f%13.*f\n", reps, d, tmin * 1e6, d, tmax * 1e6, d, tsum / r->p * 1e6);
     } else {
-        printf("%13zu%13ld%13.2f%13.2f%13.2f\n", r->bytes, reps, tmin * 1e6, tmax * 1e6, tsum / r->p * 1e6);
+        printf("%13zu%13ld%13.*f%13.*f%13.*f\n", r->bytes, reps, d, tmin * 1e6, d, tmax * 1e6, d, tsum / r->p * 1e6);
     }
     fflush(stdout);
 }

@@ -170,11 +170,12 @@ func (r *Report) passthroughVerdict(m cluster.MPI) Verdict {
 	return v
 }
 
-// ivbench prints µs with two decimals, so a time is off by up to ivbenchRounding. A ratio is
-// taken only where that moves it by at most maxRoundingError: not of a library's zero-byte
-// collective that returns at once ("0.01").
+// ivbench prints µs with ivbenchDigits decimals (IMB's two cannot tell 0.08 from 0.09 µs
+// apart), so a time is off by up to ivbenchRounding. A ratio is taken only where that moves it
+// by at most maxRoundingError: not of a library's zero-byte collective that returns at once.
 const (
-	ivbenchRounding  = 0.005
+	ivbenchDigits    = 3
+	ivbenchRounding  = 0.0005
 	maxRoundingError = 0.1
 )
 
@@ -189,7 +190,7 @@ func (r *Report) ratio(m cluster.MPI, ranks int, num, den Placement, benchmark s
 	case bNote != "":
 		return 0, false, fmt.Sprintf("%s: %s", den, bNote)
 	case !bandwidth && ivbenchRounding/a+ivbenchRounding/b > maxRoundingError:
-		return 0, false, "times too close to ivbench's 0.01 µs resolution for a ratio"
+		return 0, false, "times too close to ivbench's 0.001 µs resolution for a ratio"
 	}
 	return a / b, true, ""
 }

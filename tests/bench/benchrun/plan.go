@@ -128,7 +128,7 @@ func (c Case) workload(sizes []int) workload {
 // and seconds ivbench's -time.
 func (w workload) args(ranks int, msglen string, seconds float64) []string {
 	args := []string{"-msglen", msglen, "-iter", strconv.Itoa(w.iter), "-time", strconv.FormatFloat(seconds, 'g', -1, 64),
-		"-npmin", strconv.Itoa(ranks)}
+		"-npmin", strconv.Itoa(ranks), "-digits", strconv.Itoa(ivbenchDigits)}
 	return append(args, w.benchmarks...)
 }
 

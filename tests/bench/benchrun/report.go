@@ -65,7 +65,7 @@ func (r *Report) markdown(w io.Writer, plots []string) {
 	fmt.Fprintf(w, "- **2x2 network**, **2x2 shim** (4 ranks): two hosts with two VMs each; the shim's hierarchical path "+
 		"(shared memory within a host, the library between hosts).\n\n")
 	fmt.Fprintf(w, "A cell with fewer samples than runs shows them as (n/runs); a missing one says why. A ratio that "+
-		"rounding to ivbench's 0.01 µs could move by more than %.0f%% is left out (\"–\").\n\n", maxRoundingError*100)
+		"rounding to ivbench's 0.001 µs could move by more than %.0f%% is left out (\"–\").\n\n", maxRoundingError*100)
 
 	fmt.Fprintf(w, "## Acceptance\n\n")
 	if _, busy := r.loads(); busy > 0 {
@@ -258,6 +258,8 @@ func (r *Report) ratioCell(m cluster.MPI, ranks int, rc ratioColumn, benchmark s
 // formatUsec gives a time about three significant digits.
 func formatUsec(us float64) string {
 	switch {
+	case us < 1:
+		return fmt.Sprintf("%.3f", us)
 	case us < 10:
 		return fmt.Sprintf("%.2f", us)
 	case us < 100:

@@ -48,7 +48,7 @@ func TestPlan(t *testing.T) {
 	}
 	w := Case{MPI: cluster.OpenMPI, Ranks: 2, Placement: Shim}.workload(DefaultSizes)
 	args := strings.Join(w.args(2, "/x/msglen.txt", 0.05), " ")
-	if want := "-msglen /x/msglen.txt -iter 10000 -time 0.05 -npmin 2 PingPong Barrier"; !strings.HasPrefix(args, want) {
+	if want := "-msglen /x/msglen.txt -iter 10000 -time 0.05 -npmin 2 -digits 3 PingPong Barrier"; !strings.HasPrefix(args, want) {
 		t.Errorf("ivbench args %q, want prefix %q", args, want)
 	}
 }
@@ -136,7 +136,7 @@ func TestMarkdown(t *testing.T) {
 	md := b.String()
 	for _, want := range []string{
 		"| benchmark | bytes | native µs | network µs | shim µs | shim / native | shim / network |",
-		"| PingPong | 0 | 0.21 | 8.00 | 0.25 | 1.19 | 0.03 |",
+		"| PingPong | 0 | 0.210 | 8.00 | 0.250 | 1.19 | 0.03 |",
 		"| Allreduce | 8 | 2.00 | 2.00 | 1.50 (2/3) | 0.75 | 0.75 |",
 		"| 9900 | 1095 | 9000 | 0.91 | 8.22 |",
 		"| Open MPI | MPI_Comm_size | 1.00 | 12.00 | 11.00 | 3 / 3 |",

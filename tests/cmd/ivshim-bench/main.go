@@ -30,7 +30,7 @@ func main() {
 	flag.StringVar(&o.Out, "out", "build/bench", "directory for the report, plots, programs and logs")
 	flag.StringVar(&o.Lib, "lib", "build/lib", "directory with libivshim-openmpi.so, libivshim-mpich.so, libivshim-ctl.so")
 	flag.StringVar(&o.Src, "src", "tests/bench", "directory with ivbench.c and passthrough.c")
-	flag.IntVar(&o.Runs, "runs", 3, "runs of every configuration (medians over them)")
+	flag.IntVar(&o.Runs, "runs", 5, "runs of every configuration (medians over them)")
 	mpis := flag.String("mpi", "openmpi,mpich", "MPI libraries, comma-separated")
 	ranks := flag.String("ranks", "2,4", "rank counts, comma-separated")
 	flag.Float64Var(&o.Seconds, "time", 0.05, "ivbench -time: at most this many seconds per message size")
