@@ -13,7 +13,10 @@
  *   - a buffer used by op s was last used by op s-DEPTH (lines) or s-2 (slots, results); a
  *     member may write it only after every co-located member has published s-DEPTH+1 or s-1,
  *     and so finished the op that last read it. A member remembers how far the others got,
- *     so an op with inline data checks the others' lines only every few ops.
+ *     so an op with inline data checks the others' lines only once per DEPTH-1 ops. Deep
+ *     rotation also lets a reader walk the lines in address order while the writer runs ahead:
+ *     a loop of small broadcasts streams (Open MPI, 2 ranks, Bcast 8 B: 0.083 us with 8
+ *     lines, 0.061 with 32, 0.056 with 64; the library's own 0.087).
  *   - the leader publishes its result for s the same way in result[s%DEPTH] / res[s&1].
  * Words read from the area are untrusted: only sequence numbers are read from it as control,
  * and data is copied with lengths computed locally.
@@ -24,7 +27,7 @@
 #include <stdint.h>
 
 #define IVS_INLINE 56u
-#define IVS_DEPTH 8u /* lines per member: how far ahead a member may publish inline data */
+#define IVS_DEPTH 64u /* lines per member: how far ahead a member may publish inline data */
 #define IVS_SLOT (64u << 10)
 #define IVS_RES (256u << 10)
 
