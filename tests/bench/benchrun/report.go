@@ -68,7 +68,7 @@ func (r *Report) markdown(w io.Writer, plots []string) {
 		"rounding to ivbench's 0.001 µs could move by more than %.0f%% is left out (\"–\").\n\n", maxRoundingError*100)
 
 	fmt.Fprintf(w, "## Acceptance\n\n")
-	if _, busy := r.loads(); busy > 0 {
+	if _, busy := r.competing(); busy > 0 {
 		fmt.Fprintf(w, "**Measured on a busy machine (see the load above): the verdicts below say what was measured, not what "+
 			"the shim achieves on an idle one.**\n\n")
 	}
@@ -105,37 +105,42 @@ func (r *Report) markdown(w io.Writer, plots []string) {
 	}
 }
 
-// loads returns the 1-minute load average at the start of every run, and how many of them
-// exceeded the CPUs: then other work competed with the benchmark.
-func (r *Report) loads() (loads []float64, busy int) {
+// competingThreshold is the mean number of other runnable tasks before a run from which the
+// run counts as disturbed: another task then held a CPU about half the time.
+const competingThreshold = 0.5
+
+// competing returns the other runnable tasks sampled before every run, and how many runs
+// reached competingThreshold.
+func (r *Report) competing() (samples []float64, busy int) {
 	for _, c := range r.Cases {
 		for _, run := range c.Runs {
-			loads = append(loads, run.Load)
+			samples = append(samples, run.Competing)
 		}
 	}
 	for _, p := range r.Passthrough {
 		for _, run := range p.Runs {
-			loads = append(loads, run.Load)
+			samples = append(samples, run.Competing)
 		}
 	}
-	for _, l := range loads {
-		if l > float64(r.CPUs) {
+	for _, v := range samples {
+		if v >= competingThreshold {
 			busy++
 		}
 	}
-	return loads, busy
+	return samples, busy
 }
 
 // writeLoad states how busy the machine was: other jobs on a small machine distort latencies.
 func (r *Report) writeLoad(w io.Writer) {
-	loads, busy := r.loads()
-	fmt.Fprintf(w, "Load average (/proc/loadavg) before: `%s`, after: `%s`.", r.LoadBefore, r.LoadAfter)
-	if len(loads) > 0 {
-		fmt.Fprintf(w, " 1-minute load at the start of the runs: min %.2f, median %.2f, max %.2f",
-			slices.Min(loads), median(loads), slices.Max(loads))
+	samples, busy := r.competing()
+	fmt.Fprintf(w, "Load average (/proc/loadavg) before: `%s`, after: `%s` (the benchmark's own runs count in it).",
+		r.LoadBefore, r.LoadAfter)
+	if len(samples) > 0 {
+		fmt.Fprintf(w, " Other runnable tasks just before each run (procs_running in /proc/stat, mean of %d samples "+
+			"over %v): median %.1f, max %.1f", competingSamples, competingSamples*competingEvery, median(samples), slices.Max(samples))
 		if busy > 0 {
-			fmt.Fprintf(w, "; **above the %d CPUs for %d of %d runs: other work competed for the CPUs, which distorts latencies**",
-				r.CPUs, busy, len(loads))
+			fmt.Fprintf(w, "; **other work competed for the CPUs before %d of %d runs (≥ %.1f tasks), which distorts latencies**",
+				busy, len(samples), competingThreshold)
 		}
 		fmt.Fprintf(w, ".")
 	}

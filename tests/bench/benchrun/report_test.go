@@ -151,6 +151,25 @@ func TestMarkdown(t *testing.T) {
 	}
 }
 
+// TestCompetingWork: the report calls a run disturbed by the work that ran beside it, not by
+// the benchmark's own load.
+func TestCompetingWork(t *testing.T) {
+	r := sampleReport(t)
+	var quiet bytes.Buffer
+	r.markdown(&quiet, nil)
+	if strings.Contains(quiet.String(), "busy machine") || strings.Contains(quiet.String(), "competed") {
+		t.Errorf("quiet runs reported as disturbed:\n%s", quiet.String())
+	}
+	r.Cases[0].Runs[1].Competing = 1.2
+	var busy bytes.Buffer
+	r.markdown(&busy, nil)
+	for _, want := range []string{"median 0.0, max 1.2", "other work competed for the CPUs before 1 of", "**Measured on a busy machine"} {
+		if !strings.Contains(busy.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, busy.String())
+		}
+	}
+}
+
 func TestWrite(t *testing.T) {
 	if _, err := exec.LookPath("gnuplot"); err != nil {
 		t.Skip("gnuplot not installed (Debian package gnuplot-nox)")

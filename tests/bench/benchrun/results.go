@@ -61,8 +61,11 @@ type RunRecord struct {
 	Elapsed  float64 `json:"elapsed_s"`
 	Attempts int     `json:"attempts"`
 	Timeouts int     `json:"timeouts"`
-	// Load is the 1-minute load average when the run started.
-	Load float64 `json:"load1"`
+	// Load is the 1-minute load average when the run started; it counts the benchmark's own
+	// earlier runs too. Competing is the mean number of other runnable tasks sampled just
+	// before the run: work that competed with it for the CPUs.
+	Load      float64 `json:"load1"`
+	Competing float64 `json:"competing_tasks"`
 }
 
 // usable reports whether the run's output counts.

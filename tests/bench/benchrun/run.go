@@ -278,7 +278,7 @@ func (w *exitWatch) stop() {
 func (r *runner) launch(ctx context.Context, job cluster.Job, name string, round int, done func(stdout string) bool) (*cluster.Result, RunRecord, error) {
 	job.Timeout = jobTimeout
 	job.RetryOnTimeout = job.MPI == cluster.MPICH
-	rec := RunRecord{Round: round, Load: loadAverage(), Status: statusOK}
+	rec := RunRecord{Round: round, Load: loadAverage(), Competing: competingTasks(), Status: statusOK}
 	jctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	watch := &exitWatch{done: done, cancel: cancel}
@@ -423,7 +423,8 @@ func (r *runner) runPassthrough(ctx context.Context, pr *PassthroughResult, prel
 
 // progress logs one finished run.
 func (r *runner) progress(round int, name string, rec RunRecord) {
-	fmt.Fprintf(r.o.Log, "round %d/%d  %-32s %6.1fs  load %4.1f  %s", round, r.o.Runs, name, rec.Elapsed, rec.Load, rec.Status)
+	fmt.Fprintf(r.o.Log, "round %d/%d  %-32s %6.1fs  load %4.1f  competing %3.1f  %s", round, r.o.Runs, name, rec.Elapsed,
+		rec.Load, rec.Competing, rec.Status)
 	if rec.Timeouts > 0 {
 		fmt.Fprintf(r.o.Log, " (%d attempt(s) timed out)", rec.Timeouts)
 	}
@@ -444,4 +445,34 @@ func loadAverage() float64 {
 		return -1
 	}
 	return f
+}
+
+// Samples of competingTasks, and the time between them.
+const (
+	competingSamples = 10
+	competingEvery   = 10 * time.Millisecond
+)
+
+// competingTasks is the mean number of runnable tasks besides the one reading /proc/stat
+// over competingSamples samples: before a run nothing of the benchmark runs, so these are
+// other work that will compete with it. -1 if unknown.
+func competingTasks() float64 {
+	sum := 0
+	for i := 0; i < competingSamples; i++ {
+		if i > 0 {
+			time.Sleep(competingEvery)
+		}
+		b, err := os.ReadFile("/proc/stat")
+		if err != nil {
+			return -1
+		}
+		_, rest, ok := strings.Cut(string(b), "\nprocs_running ")
+		line, _, _ := strings.Cut(rest, "\n")
+		n, err := strconv.Atoi(line)
+		if !ok || err != nil || n < 1 {
+			return -1
+		}
+		sum += n - 1
+	}
+	return float64(sum) / competingSamples
 }
