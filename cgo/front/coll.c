@@ -558,44 +558,28 @@ static int root_local(struct ivs_coll *k, int root)
 	return -1;
 }
 
-static int allgather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n)
-{
-	uint64_t all = n * (uint64_t)c->size;
-	uint8_t *grouped = must_alloc(all), *mine = k->li == 0 ? must_alloc(n * (uint64_t)k->nl) : NULL;
-	int rc = MPI_SUCCESS;
-	collect(k, 0, src, n, mine, NULL);
-	if (k->li == 0) {
-		int *cd = leader_counts(k, n);
-		MPI_Request req;
-		rc = net_complete(PMPI_Iallgatherv(mine, (int)(n * (uint64_t)k->nl), MPI_BYTE, grouped, cd, cd + k->nhosts,
-		                                   MPI_BYTE, k->lcomm, &req), &req);
-		free(cd);
-	}
-	spread(k, 0, EVERYONE, grouped, all, grouped);
-	regroup(k, c->size, grouped, dst, n, 0);
-	free(grouped);
-	free(mine);
-	return rc;
-}
-
+/* Gather to root, or allgather if root < 0, across hosts. */
 static int gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root)
 {
-	int root_host = k->host_of[root], root_li = root_local(k, root), at_root_host = k->myhost == root_host;
+	int everyone = root < 0, root_host = everyone ? -1 : k->host_of[root];
+	int root_li = everyone ? EVERYONE : root_local(k, root), gets = everyone || k->myhost == root_host;
 	uint64_t all = n * (uint64_t)c->size;
 	uint8_t *mine = k->li == 0 ? must_alloc(n * (uint64_t)k->nl) : NULL;
-	uint8_t *grouped = at_root_host && (k->li == 0 || k->li == root_li) ? must_alloc(all) : NULL;
+	uint8_t *grouped = gets && (everyone || k->li == 0 || k->li == root_li) ? must_alloc(all) : NULL;
 	int rc = MPI_SUCCESS;
 	collect(k, 0, src, n, mine, NULL);
 	if (k->li == 0) {
-		int *cd = leader_counts(k, n);
+		int *cd = leader_counts(k, n), count = (int)(n * (uint64_t)k->nl);
 		MPI_Request req;
-		rc = net_complete(PMPI_Igatherv(mine, (int)(n * (uint64_t)k->nl), MPI_BYTE, grouped, cd, cd + k->nhosts,
-		                                MPI_BYTE, root_host, k->lcomm, &req), &req);
+		rc = net_complete(everyone ? PMPI_Iallgatherv(mine, count, MPI_BYTE, grouped, cd, cd + k->nhosts, MPI_BYTE, k->lcomm, &req)
+		                           : PMPI_Igatherv(mine, count, MPI_BYTE, grouped, cd, cd + k->nhosts, MPI_BYTE, root_host,
+		                                           k->lcomm, &req),
+		                  &req);
 		free(cd);
 	}
-	if (at_root_host && root_li != 0)
+	if (gets && root_li != 0) /* the leader has it: on to the root, or to everyone */
 		spread(k, 0, root_li, grouped, all, grouped);
-	if (c->rank == root)
+	if (everyone || c->rank == root)
 		regroup(k, c->size, grouped, dst, n, 0);
 	free(grouped);
 	free(mine);
@@ -873,7 +857,7 @@ int MPI_Allgather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, in
 	if (rc == MPI_SUCCESS && k->nhosts == 1)
 		collect(k, EVERYONE, in.p, n, out.p, k->lranks);
 	else if (rc == MPI_SUCCESS)
-		rc = allgather_hosts(k, c, in.p, out.p, n);
+		rc = gather_hosts(k, c, in.p, out.p, n, -1);
 	flat_done(&in, rc, NULL, 0, sdt, n, comm);
 	return flat_done(&out, rc, rbuf, rcount * c->size, rdt, n * (uint64_t)c->size, comm);
 }
