@@ -1440,9 +1440,9 @@ static void test_movement(void)
 			if (!QUICK || is_shape(all_comms[c]))
 				move_all(all_comms[c], byte, small[z], FULL || small[z] == 57, FULL || small[z] == 57);
 	}
-	/* 3. Ints at large sizes and around the shim's limits: 16 KiB blocks fill a 64 KiB slot for 4
-	 * ranks (scatter, alltoall), 64 KiB blocks fill the 256 KiB result buffer (allgather), and
-	 * 1 MiB broadcasts in pieces. */
+	/* 3. Ints at large sizes and around the shim's piece sizes: a 64 KiB slot carries one piece
+	 * per op, shared by 4 ranks in scatter and alltoall (16 KiB each), so 16 KiB, 64 KiB and one
+	 * int past each end a piece early; 1 MiB blocks move in many pieces. */
 	static const long large[] = {16384, 16384 + 4, 65536, 65536 + 4, 1 << 20};
 	for (int z = 0; z < LEN(large); z++)
 		for (int c = 0; c < LEN(large_comms); c++)
