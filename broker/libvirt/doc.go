@@ -32,7 +32,9 @@
 // # Events
 //
 // Open starts libvirt's default event loop once per process (EventRegisterDefaultImpl must
-// precede every connection, so Open calls it before connecting) and subscribes to lifecycle and
-// metadata-change events of all domains. When the connection closes (libvirtd restarted),
+// precede every connection, so Open calls it before connecting) and subscribes to lifecycle,
+// metadata-change and device-removed events of all domains: a live detach finishes when the
+// guest releases the device, possibly after Detach has returned, and the event brings the
+// broker back to remove the region then. When the connection closes (libvirtd restarted),
 // Changes is closed and the broker exits for its supervisor to restart it.
 package libvirt

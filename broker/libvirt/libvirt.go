@@ -222,6 +222,15 @@ func (h *Hypervisor) subscribe() error {
 		return fmt.Errorf("libvirt %s: subscribe to metadata events: %w", h.uri, err)
 	}
 	h.callbacks = append(h.callbacks, id)
+	// A live detach completes when the guest lets the device go, after Detach has returned;
+	// the broker learns of it here rather than at the next resync.
+	id, err = h.conn.DomainEventDeviceRemovedRegister(nil, func(_ *lv.Connect, _ *lv.Domain, _ *lv.DomainEventDeviceRemoved) {
+		h.changes.Signal()
+	})
+	if err != nil {
+		return fmt.Errorf("libvirt %s: subscribe to device removal events: %w", h.uri, err)
+	}
+	h.callbacks = append(h.callbacks, id)
 	err = h.conn.RegisterCloseCallback(func(_ *lv.Connect, reason lv.ConnectCloseReason) {
 		h.log.Error("libvirt connection closed", zap.String("uri", h.uri), zap.Int("reason", int(reason)))
 		h.changes.Close()
