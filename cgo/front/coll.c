@@ -836,6 +836,31 @@ static int too_big(uint64_t bytes)
 	return bytes > INT_MAX;
 }
 
+/* Gather to root, or allgather if root < 0, of n bytes per rank. */
+static int gather_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf,
+                         int rcount, MPI_Datatype rdt, int root, uint64_t n)
+{
+	ivs.stats.collectives_shm++;
+	if (n == 0)
+		return MPI_SUCCESS;
+	int gets = root < 0 || c->rank == root;
+	uint64_t all = n * (uint64_t)c->size;
+	MPI_Aint lb, ext;
+	PMPI_Type_get_extent(rdt, &lb, &ext);
+	struct flat in = {0}, out = {0};
+	int rc = gets ? flat_view(&out, rbuf, rcount * c->size, rdt, all, FLAT_OUT, c->handle) : MPI_SUCCESS;
+	if (rc == MPI_SUCCESS) /* in place, this rank's block is where the result goes */
+		rc = sbuf == MPI_IN_PLACE
+		         ? flat_view(&in, (uint8_t *)rbuf + (ptrdiff_t)c->rank * rcount * ext, rcount, rdt, n, FLAT_IN, c->handle)
+		         : flat_view(&in, sbuf, scount, sdt, n, FLAT_IN, c->handle);
+	if (rc == MPI_SUCCESS && k->nhosts == 1)
+		collect(k, root < 0 ? EVERYONE : root_local(k, root), in.p, n, out.p, k->lranks);
+	else if (rc == MPI_SUCCESS)
+		rc = gather_hosts(k, c, in.p, out.p, n, root);
+	flat_done(&in, rc, NULL, 0, sdt, n, c->handle);
+	return flat_done(&out, rc, gets ? rbuf : NULL, rcount * c->size, rdt, all, c->handle);
+}
+
 int MPI_Allgather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, MPI_Comm comm)
 {
 	struct ivs_coll *k;
@@ -844,22 +869,7 @@ int MPI_Allgather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, in
 	if (!c || too_big(n * (uint64_t)c->size))
 		NET_COLL(PMPI_Allgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
 		         PMPI_Iallgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
-	ivs.stats.collectives_shm++;
-	if (n == 0)
-		return MPI_SUCCESS;
-	MPI_Aint lb, ext;
-	PMPI_Type_get_extent(rdt, &lb, &ext);
-	struct flat in = {0}, out = {0};
-	int rc = flat_view(&out, rbuf, rcount * c->size, rdt, n * (uint64_t)c->size, FLAT_OUT, comm);
-	if (rc == MPI_SUCCESS)
-		rc = sbuf == MPI_IN_PLACE ? flat_view(&in, (uint8_t *)rbuf + (ptrdiff_t)c->rank * rcount * ext, rcount, rdt, n, FLAT_IN, comm)
-		                          : flat_view(&in, sbuf, scount, sdt, n, FLAT_IN, comm);
-	if (rc == MPI_SUCCESS && k->nhosts == 1)
-		collect(k, EVERYONE, in.p, n, out.p, k->lranks);
-	else if (rc == MPI_SUCCESS)
-		rc = gather_hosts(k, c, in.p, out.p, n, -1);
-	flat_done(&in, rc, NULL, 0, sdt, n, comm);
-	return flat_done(&out, rc, rbuf, rcount * c->size, rdt, n * (uint64_t)c->size, comm);
+	return gather_common(k, c, sbuf, scount, sdt, rbuf, rcount, rdt, -1, n);
 }
 
 int MPI_Gather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, int root, MPI_Comm comm)
@@ -871,22 +881,7 @@ int MPI_Gather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int r
 	if (!c || root < 0 || root >= c->size || too_big(n * (uint64_t)c->size))
 		NET_COLL(PMPI_Gather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Igather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
-	ivs.stats.collectives_shm++;
-	if (n == 0)
-		return MPI_SUCCESS;
-	MPI_Aint lb, ext;
-	PMPI_Type_get_extent(rdt, &lb, &ext);
-	struct flat in = {0}, out = {0};
-	int rc = at_root ? flat_view(&out, rbuf, rcount * c->size, rdt, n * (uint64_t)c->size, FLAT_OUT, comm) : MPI_SUCCESS;
-	if (rc == MPI_SUCCESS) /* in place, the root's block is where the result goes */
-		rc = sbuf == MPI_IN_PLACE ? flat_view(&in, (uint8_t *)rbuf + (ptrdiff_t)root * rcount * ext, rcount, rdt, n, FLAT_IN, comm)
-		                          : flat_view(&in, sbuf, scount, sdt, n, FLAT_IN, comm);
-	if (rc == MPI_SUCCESS && k->nhosts == 1)
-		collect(k, root_local(k, root), in.p, n, out.p, k->lranks);
-	else if (rc == MPI_SUCCESS)
-		rc = gather_hosts(k, c, in.p, out.p, n, root);
-	flat_done(&in, rc, NULL, 0, sdt, n, comm);
-	return flat_done(&out, rc, at_root ? rbuf : NULL, rcount * c->size, rdt, n * (uint64_t)c->size, comm);
+	return gather_common(k, c, sbuf, scount, sdt, rbuf, rcount, rdt, root, n);
 }
 
 int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, int root, MPI_Comm comm)
