@@ -1209,13 +1209,47 @@ static void test_user_ops(void)
  * the library's nonblocking twin on identically initialised receive buffers, and compares both
  * with each other and with the pattern the receiver must end up with. */
 
-static void bcast_case(int cmi, const struct ctype *t, long count, int root)
+/* The communicator of a data-movement case with its context set, or NULL when this rank has no
+ * part in it or the case is not selected. */
+static const struct ccomm *mv_begin(struct ctx *cx, enum coll c, int cmi, const struct ctype *t, long count, int root,
+                                    bool ip)
 {
 	const struct ccomm *cm = &comms[cmi];
 	if (cm->comm == MPI_COMM_NULL)
-		return;
-	struct ctx cx = {C_BCAST, cm->name, t->name, NULL, count, root, NULL};
-	if (!begin(&cx, count * (long)t->size))
+		return NULL;
+	*cx = (struct ctx){c, cm->name, t->name, NULL, count, root, ip ? "inplace" : NULL};
+	return begin(cx, count * (long)t->size) ? cm : NULL;
+}
+
+/* n blocks of count elements in one buffer, block s holding what rank s sends (a gather's
+ * result). */
+static unsigned char *gathered(const struct ctype *t, long count, int n)
+{
+	size_t blk = (size_t)count * t->size;
+	unsigned char *exp = xmalloc(blk * (size_t)n);
+	memset(exp, INIT_BYTE, blk * (size_t)n);
+	for (int s = 0; s < n; s++)
+		mv_fill(t, exp + (size_t)s * blk, (size_t)count, s, 0);
+	return exp;
+}
+
+/* The collective's result in a against the library's (ref, by the call named) and the expected
+ * contents, then a's guard bytes. */
+static void check_result(struct ctx *cx, const char *ref, const struct ctype *t, struct gbuf *a, const unsigned char *b,
+                         const unsigned char *exp, size_t count)
+{
+	char what[64];
+	snprintf(what, sizeof what, "vs reference (%s)", ref);
+	check_same(cx, what, t, a->p, b, count);
+	check_same(cx, "vs expected", t, a->p, exp, count);
+	check_guards(cx, a, cx->coll == C_BCAST ? "buffer" : "recvbuf");
+}
+
+static void bcast_case(int cmi, const struct ctype *t, long count, int root)
+{
+	struct ctx cx;
+	const struct ccomm *cm = mv_begin(&cx, C_BCAST, cmi, t, count, root, false);
+	if (!cm)
 		return;
 	size_t sz = (size_t)count * t->size;
 	struct gbuf a = galloc(sz), b = galloc(sz);
@@ -1230,9 +1264,7 @@ static void bcast_case(int cmi, const struct ctype *t, long count, int root)
 	MPI_Ibcast(b.p, (int)count, t->dt, root, cm->comm, &q);
 	wait_req(&q);
 	MPI_Bcast(a.p, (int)count, t->dt, root, cm->comm);
-	check_same(&cx, "vs reference (MPI_Ibcast)", t, a.p, b.p, (size_t)count);
-	check_same(&cx, "vs expected", t, a.p, exp, (size_t)count);
-	check_guards(&cx, &a, "buffer");
+	check_result(&cx, "MPI_Ibcast", t, &a, b.p, exp, (size_t)count);
 	gfree(&a);
 	gfree(&b);
 	free(exp);
@@ -1240,11 +1272,9 @@ static void bcast_case(int cmi, const struct ctype *t, long count, int root)
 
 static void gather_case(int cmi, const struct ctype *t, long count, int root, bool ip)
 {
-	const struct ccomm *cm = &comms[cmi];
-	if (cm->comm == MPI_COMM_NULL)
-		return;
-	struct ctx cx = {C_GATHER, cm->name, t->name, NULL, count, root, ip ? "inplace" : NULL};
-	if (!begin(&cx, count * (long)t->size))
+	struct ctx cx;
+	const struct ccomm *cm = mv_begin(&cx, C_GATHER, cmi, t, count, root, ip);
+	if (!cm)
 		return;
 	int n = cm->size, me = cm->rank;
 	size_t blk = (size_t)count * t->size, all = blk * (size_t)n;
@@ -1261,13 +1291,8 @@ static void gather_case(int cmi, const struct ctype *t, long count, int root, bo
 	MPI_Gather(ip && at_root ? MPI_IN_PLACE : snd, (int)count, t->dt, at_root ? a.p : NULL, (int)count, t->dt, root,
 	           cm->comm);
 	if (at_root) {
-		unsigned char *exp = xmalloc(all);
-		memset(exp, INIT_BYTE, all);
-		for (int s = 0; s < n; s++)
-			mv_fill(t, exp + (size_t)s * blk, (size_t)count, s, 0);
-		check_same(&cx, "vs reference (MPI_Igather)", t, a.p, b.p, (size_t)count * (size_t)n);
-		check_same(&cx, "vs expected", t, a.p, exp, (size_t)count * (size_t)n);
-		check_guards(&cx, &a, "recvbuf");
+		unsigned char *exp = gathered(t, count, n);
+		check_result(&cx, "MPI_Igather", t, &a, b.p, exp, (size_t)count * (size_t)n);
 		free(exp);
 	}
 	free(snd);
@@ -1277,11 +1302,9 @@ static void gather_case(int cmi, const struct ctype *t, long count, int root, bo
 
 static void scatter_case(int cmi, const struct ctype *t, long count, int root, bool ip)
 {
-	const struct ccomm *cm = &comms[cmi];
-	if (cm->comm == MPI_COMM_NULL)
-		return;
-	struct ctx cx = {C_SCATTER, cm->name, t->name, NULL, count, root, ip ? "inplace" : NULL};
-	if (!begin(&cx, count * (long)t->size))
+	struct ctx cx;
+	const struct ccomm *cm = mv_begin(&cx, C_SCATTER, cmi, t, count, root, ip);
+	if (!cm)
 		return;
 	int n = cm->size, me = cm->rank;
 	size_t blk = (size_t)count * t->size, all = blk * (size_t)n;
@@ -1308,9 +1331,7 @@ static void scatter_case(int cmi, const struct ctype *t, long count, int root, b
 		free(keep);
 	} else {
 		MPI_Scatter(snd, (int)count, t->dt, a.p, (int)count, t->dt, root, cm->comm);
-		check_same(&cx, "vs reference (MPI_Iscatter)", t, a.p, b.p, (size_t)count);
-		check_same(&cx, "vs expected", t, a.p, exp, (size_t)count);
-		check_guards(&cx, &a, "recvbuf");
+		check_result(&cx, "MPI_Iscatter", t, &a, b.p, exp, (size_t)count);
 	}
 	free(snd);
 	free(exp);
@@ -1320,20 +1341,15 @@ static void scatter_case(int cmi, const struct ctype *t, long count, int root, b
 
 static void allgather_case(int cmi, const struct ctype *t, long count, bool ip)
 {
-	const struct ccomm *cm = &comms[cmi];
-	if (cm->comm == MPI_COMM_NULL)
-		return;
-	struct ctx cx = {C_ALLGATHER, cm->name, t->name, NULL, count, -1, ip ? "inplace" : NULL};
-	if (!begin(&cx, count * (long)t->size))
+	struct ctx cx;
+	const struct ccomm *cm = mv_begin(&cx, C_ALLGATHER, cmi, t, count, -1, ip);
+	if (!cm)
 		return;
 	int n = cm->size, me = cm->rank;
 	size_t blk = (size_t)count * t->size, all = blk * (size_t)n;
-	unsigned char *snd = xmalloc(blk), *exp = xmalloc(all);
+	unsigned char *snd = xmalloc(blk), *exp = gathered(t, count, n);
 	memset(snd, INIT_BYTE, blk);
 	mv_fill(t, snd, (size_t)count, me, 0);
-	memset(exp, INIT_BYTE, all);
-	for (int s = 0; s < n; s++)
-		mv_fill(t, exp + (size_t)s * blk, (size_t)count, s, 0);
 	struct gbuf a = galloc(all), b = galloc(all);
 	if (ip)
 		memcpy(a.p + (size_t)me * blk, snd, blk);
@@ -1341,9 +1357,7 @@ static void allgather_case(int cmi, const struct ctype *t, long count, bool ip)
 	MPI_Iallgather(snd, (int)count, t->dt, b.p, (int)count, t->dt, cm->comm, &q);
 	wait_req(&q);
 	MPI_Allgather(ip ? MPI_IN_PLACE : snd, (int)count, t->dt, a.p, (int)count, t->dt, cm->comm);
-	check_same(&cx, "vs reference (MPI_Iallgather)", t, a.p, b.p, (size_t)count * (size_t)n);
-	check_same(&cx, "vs expected", t, a.p, exp, (size_t)count * (size_t)n);
-	check_guards(&cx, &a, "recvbuf");
+	check_result(&cx, "MPI_Iallgather", t, &a, b.p, exp, (size_t)count * (size_t)n);
 	free(snd);
 	free(exp);
 	gfree(&a);
@@ -1352,11 +1366,9 @@ static void allgather_case(int cmi, const struct ctype *t, long count, bool ip)
 
 static void alltoall_case(int cmi, const struct ctype *t, long count, bool ip)
 {
-	const struct ccomm *cm = &comms[cmi];
-	if (cm->comm == MPI_COMM_NULL)
-		return;
-	struct ctx cx = {C_ALLTOALL, cm->name, t->name, NULL, count, -1, ip ? "inplace" : NULL};
-	if (!begin(&cx, count * (long)t->size))
+	struct ctx cx;
+	const struct ccomm *cm = mv_begin(&cx, C_ALLTOALL, cmi, t, count, -1, ip);
+	if (!cm)
 		return;
 	int n = cm->size, me = cm->rank;
 	size_t blk = (size_t)count * t->size, all = blk * (size_t)n;
@@ -1374,9 +1386,7 @@ static void alltoall_case(int cmi, const struct ctype *t, long count, bool ip)
 	MPI_Ialltoall(snd, (int)count, t->dt, b.p, (int)count, t->dt, cm->comm, &q);
 	wait_req(&q);
 	MPI_Alltoall(ip ? MPI_IN_PLACE : snd, (int)count, t->dt, a.p, (int)count, t->dt, cm->comm);
-	check_same(&cx, "vs reference (MPI_Ialltoall)", t, a.p, b.p, (size_t)count * (size_t)n);
-	check_same(&cx, "vs expected", t, a.p, exp, (size_t)count * (size_t)n);
-	check_guards(&cx, &a, "recvbuf");
+	check_result(&cx, "MPI_Ialltoall", t, &a, b.p, exp, (size_t)count * (size_t)n);
 	free(snd);
 	free(exp);
 	gfree(&a);
