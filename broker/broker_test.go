@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"ivshim.dev/ivshim/broker"
+	"ivshim.dev/ivshim/broker/brokertest"
 	"ivshim.dev/ivshim/broker/hypervisor"
 	"ivshim.dev/ivshim/broker/netns"
 	"ivshim.dev/ivshim/ivshmem"
@@ -605,17 +606,7 @@ func TestBadConfigRefused(t *testing.T) {
 // cluster does.
 func TestRunFollowsEvents(t *testing.T) {
 	e := newEnv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- e.b.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	ctx := brokertest.Start(t, e.b, 20*time.Second)
 	e.register("a0", "jobA")
 	e.register("b0", "jobB")
 	for _, vm := range []string{"a0", "b0"} {

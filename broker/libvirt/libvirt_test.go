@@ -19,6 +19,7 @@ import (
 	lv "libvirt.org/go/libvirt"
 
 	"ivshim.dev/ivshim/broker"
+	"ivshim.dev/ivshim/broker/brokertest"
 	"ivshim.dev/ivshim/broker/hypervisor"
 	"ivshim.dev/ivshim/broker/libvirt"
 	"ivshim.dev/ivshim/ivshmem"
@@ -301,17 +302,7 @@ func TestReconcileAgainstTestDriver(t *testing.T) {
 
 func TestLifecycleAndMetadataEvents(t *testing.T) {
 	f := newFixture(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	runCtx, stop := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- f.b.Run(runCtx) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	ctx := brokertest.Start(t, f.b, 30*time.Second)
 	conn := f.hv.Conn()
 	dom := func(name string) *lv.Domain {
 		d, err := conn.LookupDomainByName(name)
