@@ -105,11 +105,11 @@ func (r *Report) markdown(w io.Writer, plots []string) {
 	}
 }
 
-// competingThreshold is the mean number of other runnable tasks before a run from which the
-// run counts as disturbed: another task then held a CPU about half the time.
+// competingThreshold is the CPU time of other processes before a run, in CPUs, from which the
+// run counts as disturbed: other work then held a CPU about half the time.
 const competingThreshold = 0.5
 
-// competing returns the other runnable tasks sampled before every run, and how many runs
+// competing returns the other processes' CPU use measured before every run, and how many runs
 // reached competingThreshold.
 func (r *Report) competing() (samples []float64, busy int) {
 	for _, c := range r.Cases {
@@ -136,10 +136,10 @@ func (r *Report) writeLoad(w io.Writer) {
 	fmt.Fprintf(w, "Load average (/proc/loadavg) before: `%s`, after: `%s` (the benchmark's own runs count in it).",
 		r.LoadBefore, r.LoadAfter)
 	if len(samples) > 0 {
-		fmt.Fprintf(w, " Other runnable tasks just before each run (procs_running in /proc/stat, mean of %d samples "+
-			"over %v): median %.1f, max %.1f", competingSamples, competingSamples*competingEvery, median(samples), slices.Max(samples))
+		fmt.Fprintf(w, " CPU time of other processes in the %v before each run (/proc/stat), in CPUs: median %.2f, max %.2f",
+			competingWindow, median(samples), slices.Max(samples))
 		if busy > 0 {
-			fmt.Fprintf(w, "; **other work competed for the CPUs before %d of %d runs (≥ %.1f tasks), which distorts latencies**",
+			fmt.Fprintf(w, "; **other work competed for the CPUs before %d of %d runs (≥ %.1f CPU), which distorts latencies**",
 				busy, len(samples), competingThreshold)
 		}
 		fmt.Fprintf(w, ".")

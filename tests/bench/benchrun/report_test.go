@@ -163,7 +163,7 @@ func TestCompetingWork(t *testing.T) {
 	r.Cases[0].Runs[1].Competing = 1.2
 	var busy bytes.Buffer
 	r.markdown(&busy, nil)
-	for _, want := range []string{"median 0.0, max 1.2", "other work competed for the CPUs before 1 of", "**Measured on a busy machine"} {
+	for _, want := range []string{"median 0.00, max 1.20", "other work competed for the CPUs before 1 of", "**Measured on a busy machine"} {
 		if !strings.Contains(busy.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, busy.String())
 		}

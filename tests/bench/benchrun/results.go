@@ -62,10 +62,10 @@ type RunRecord struct {
 	Attempts int     `json:"attempts"`
 	Timeouts int     `json:"timeouts"`
 	// Load is the 1-minute load average when the run started; it counts the benchmark's own
-	// earlier runs too. Competing is the mean number of other runnable tasks sampled just
-	// before the run: work that competed with it for the CPUs.
+	// earlier runs too. Competing is the CPU time other processes used just before the run, in
+	// CPUs: work that competed with it.
 	Load      float64 `json:"load1"`
-	Competing float64 `json:"competing_tasks"`
+	Competing float64 `json:"competing_cpus"`
 }
 
 // usable reports whether the run's output counts.

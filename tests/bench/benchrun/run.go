@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -278,7 +279,7 @@ func (w *exitWatch) stop() {
 func (r *runner) launch(ctx context.Context, job cluster.Job, name string, round int, done func(stdout string) bool) (*cluster.Result, RunRecord, error) {
 	job.Timeout = jobTimeout
 	job.RetryOnTimeout = job.MPI == cluster.MPICH
-	rec := RunRecord{Round: round, Load: loadAverage(), Competing: competingTasks(), Status: statusOK}
+	rec := RunRecord{Round: round, Load: loadAverage(), Competing: competingCPUs(), Status: statusOK}
 	jctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	watch := &exitWatch{done: done, cancel: cancel}
@@ -423,7 +424,7 @@ func (r *runner) runPassthrough(ctx context.Context, pr *PassthroughResult, prel
 
 // progress logs one finished run.
 func (r *runner) progress(round int, name string, rec RunRecord) {
-	fmt.Fprintf(r.o.Log, "round %d/%d  %-32s %6.1fs  load %4.1f  competing %3.1f  %s", round, r.o.Runs, name, rec.Elapsed,
+	fmt.Fprintf(r.o.Log, "round %d/%d  %-32s %6.1fs  load %4.1f  other CPU %4.2f  %s", round, r.o.Runs, name, rec.Elapsed,
 		rec.Load, rec.Competing, rec.Status)
 	if rec.Timeouts > 0 {
 		fmt.Fprintf(r.o.Log, " (%d attempt(s) timed out)", rec.Timeouts)
@@ -447,32 +448,67 @@ func loadAverage() float64 {
 	return f
 }
 
-// Samples of competingTasks, and the time between them.
-const (
-	competingSamples = 10
-	competingEvery   = 10 * time.Millisecond
-)
+// competingWindow is how long the machine is watched before each run.
+const competingWindow = 200 * time.Millisecond
 
-// competingTasks is the mean number of runnable tasks besides the one reading /proc/stat
-// over competingSamples samples: before a run nothing of the benchmark runs, so these are
-// other work that will compete with it. -1 if unknown.
-func competingTasks() float64 {
-	sum := 0
-	for i := 0; i < competingSamples; i++ {
-		if i > 0 {
-			time.Sleep(competingEvery)
-		}
-		b, err := os.ReadFile("/proc/stat")
-		if err != nil {
-			return -1
-		}
-		_, rest, ok := strings.Cut(string(b), "\nprocs_running ")
-		line, _, _ := strings.Cut(rest, "\n")
-		n, err := strconv.Atoi(line)
-		if !ok || err != nil || n < 1 {
-			return -1
-		}
-		sum += n - 1
+// competingCPUs is the CPU time processes other than this one used during competingWindow,
+// in CPUs (1.0: one CPU busy all along). Before a run nothing of the benchmark runs, so this
+// is other work that will compete with it. -1 if unknown.
+func competingCPUs() float64 {
+	busy0, total0, err0 := machineTicks()
+	self0, err1 := selfTicks()
+	time.Sleep(competingWindow)
+	busy1, total1, err2 := machineTicks()
+	self1, err3 := selfTicks()
+	if err := errors.Join(err0, err1, err2, err3); err != nil || total1 <= total0 {
+		return -1
 	}
-	return float64(sum) / competingSamples
+	other := float64(busy1-busy0) - float64(self1-self0)
+	if other < 0 {
+		other = 0
+	}
+	return other / float64(total1-total0) * float64(runtime.NumCPU())
+}
+
+// machineTicks sums the busy and all clock ticks of every CPU from /proc/stat.
+func machineTicks() (busy, total uint64, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	for i, v := range f[1:9] { // user nice system idle iowait irq softirq steal
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		total += n
+		if i != 3 && i != 4 {
+			busy += n
+		}
+	}
+	return busy, total, nil
+}
+
+// selfTicks is this process's user and system clock ticks from /proc/self/stat.
+func selfTicks() (uint64, error) {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0, err
+	}
+	_, rest, ok := strings.Cut(string(b), ") ") // the command name may hold spaces
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/self/stat: unexpected %q", b)
+	}
+	u, err1 := strconv.ParseUint(f[11], 10, 64)
+	s, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("/proc/self/stat: %w", err)
+	}
+	return u + s, nil
 }
