@@ -200,8 +200,11 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	}
 	k->nhosts = nh;
 	k->myhost = k->host_of[c->rank];
-	for (int h = 0; h < nh; h++)
+	for (int h = 0; h < nh; h++) {
 		k->host_first[h + 1] = k->host_first[h] + count[h];
+		if (count[h] > k->maxnl)
+			k->maxnl = count[h];
+	}
 	memset(count, 0, sizeof(int) * (size_t)c->size);
 	for (int r = 0; r < c->size; r++)
 		k->pos[r] = k->host_first[k->host_of[r]] + count[k->host_of[r]]++;
@@ -830,6 +833,11 @@ int MPI_Reduce_scatter(const void *sbuf, void *rbuf, const int counts[], MPI_Dat
 	return reduce_scatter_common(k, c, sbuf, rbuf, counts, 0, dt, op);
 }
 
+/* Across hosts a leader holds four buffers of its members' alltoall rows (send, receive, and
+ * both regrouped); beyond this size each, the library's own alltoall is used. It bounds the
+ * leaders' int counts too. The decision takes the largest host, so it is the same everywhere. */
+#define IVS_LEADER_ROWS (64ull << 20)
+
 /* Byte counts the fast path handles: the library's counts are ints. */
 static int too_big(uint64_t bytes)
 {
@@ -913,7 +921,7 @@ int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int
 	struct ivs_coll *k;
 	struct ivs_comm *c = coll_comm(comm, &k);
 	uint64_t n = ivs_dt_bytes(rdt, rcount), row = c ? n * (uint64_t)c->size : 0;
-	if (!c || too_big(row * (k->nhosts > 1 ? (uint64_t)k->nl : 1)))
+	if (!c || too_big(row) || (k->nhosts > 1 && row * (uint64_t)k->maxnl > IVS_LEADER_ROWS))
 		NET_COLL(PMPI_Alltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
 		         PMPI_Ialltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
 	ivs.stats.collectives_shm++;

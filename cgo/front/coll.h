@@ -40,6 +40,7 @@ struct ivs_coll {
 	int nl, li;          /* co-located members, my index among them (comm rank order) */
 	int *lranks;         /* local index -> comm rank */
 	int nhosts, myhost;  /* hosts of the communicator, ordered by their lowest comm rank */
+	int maxnl;           /* most members on one host */
 	int *host_of;        /* comm rank -> host */
 	int *host_first;     /* host -> offset of its first member in host-grouped order */
 	int *pos;            /* comm rank -> position in host-grouped order */
