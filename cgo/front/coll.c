@@ -331,13 +331,13 @@ static void spread(struct ivs_coll *k, int from, int to, const uint8_t *src, uin
 	}
 }
 
-/* Every member's n bytes at src (NULL: none, a root's own block already in place) reach
- * member `to` (or every member) at dst + at[i]*n for member i (at NULL: i*n). */
+/* Every member's n bytes at src reach member `to` (or every member) at dst + at[i]*n for
+ * member i (at NULL: i*n). A receiver's own src may already be where it belongs. */
 static void collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at)
 {
 	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
 		uint64_t len = min_u64(n - off, IVS_SLOT), s = op_begin(k, len);
-		if (src && to != k->li)
+		if (to != k->li)
 			memcpy(data_of(k, k->li, s, len), src + off, len);
 		publish(cline(k, k->li, s), s);
 		if (to != EVERYONE && to != k->li)
@@ -347,7 +347,7 @@ static void collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n, 
 			if (i != k->li) {
 				await_member(k, i, s);
 				memcpy(d, data_of(k, i, s, len), len);
-			} else if (src && d != src + off) {
+			} else if (d != src + off) {
 				memcpy(d, src + off, len);
 			}
 		}
