@@ -18,6 +18,7 @@ import (
 	"ivshim.dev/ivshim/broker/api"
 	"ivshim.dev/ivshim/ivshmem"
 	"ivshim.dev/ivshim/tests/cluster"
+	"ivshim.dev/ivshim/tests/testenv"
 )
 
 // brokerCluster creates a cluster whose hosts are served by ivshim-broker, built from this
@@ -29,7 +30,7 @@ func brokerCluster(ctx context.Context, t *testing.T, cfg cluster.Config) *clust
 		t.Fatal(err)
 	}
 	cfg.Broker = bin
-	c := newCluster(ctx, t, cfg)
+	c := testenv.NewCluster(ctx, t, cfg)
 	t.Cleanup(func() {
 		if t.Failed() {
 			for _, h := range c.Hosts {
@@ -45,20 +46,7 @@ func brokerCluster(ctx context.Context, t *testing.T, cfg cluster.Config) *clust
 // shimEnv is the environment that preloads the shim of m, built by make, with its report on.
 func shimEnv(t *testing.T, m cluster.MPI) map[string]string {
 	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
-		}
-		if filepath.Dir(dir) == dir {
-			t.Fatal("go.mod not found above the test directory")
-		}
-		dir = filepath.Dir(dir)
-	}
-	lib := filepath.Join(dir, "build", "lib", m.ShimLibrary())
+	lib := filepath.Join(testenv.ModuleRoot(t), "build", "lib", m.ShimLibrary())
 	if _, err := os.Stat(lib); err != nil {
 		t.Fatalf("shim library not built, run make first: %v", err)
 	}
@@ -90,7 +78,7 @@ func vmShell(ctx context.Context, t *testing.T, vm *cluster.VM, script string) s
 // path, with its UUID in the region's VM table; region files are private to their owner; and
 // the brokers are part of the cluster's footprint until teardown.
 func TestBrokerRegions(t *testing.T) {
-	requireCluster(t)
+	testenv.RequireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	c := brokerCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 2})
@@ -174,7 +162,7 @@ func TestBrokerRegions(t *testing.T) {
 // in the region's VM table, the two hosts form two shared-memory groups, messages between VMs of
 // one host go through the region and all others through the library.
 func TestShimOverBrokers(t *testing.T) {
-	requireCluster(t)
+	testenv.RequireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	c := brokerCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 2})
@@ -291,7 +279,7 @@ func (w *lineWatch) Write(p []byte) (int, error) {
 // region, the restarted broker adopts the region file as it is (same inode, valid, VM table
 // intact), and teardown leaves nothing behind.
 func TestBrokerKillDuringJob(t *testing.T) {
-	requireCluster(t)
+	testenv.RequireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	c := brokerCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 2})

@@ -15,60 +15,8 @@ import (
 
 	"ivshim.dev/ivshim/tests/bench/ivbench"
 	"ivshim.dev/ivshim/tests/cluster"
+	"ivshim.dev/ivshim/tests/testenv"
 )
-
-// requireCluster skips the test when this machine cannot host an emulated cluster.
-func requireCluster(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("emulated cluster needs root (network namespaces, bind mounts)")
-	}
-	if out, err := exec.Command("ip", "netns", "list").CombinedOutput(); err != nil {
-		t.Skipf("ip netns does not work here: %v: %s", err, out)
-	}
-	for _, tool := range []string{"unshare", "mpirun.openmpi", "mpiexec.mpich", "mpicc.openmpi", "mpicc.mpich"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (Debian packages util-linux, openmpi-bin, libopenmpi-dev, mpich, libmpich-dev)", tool)
-		}
-	}
-}
-
-// logWriter sends the cluster's log lines to t.Log.
-type logWriter struct{ t *testing.T }
-
-func (w logWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
-}
-
-// newCluster creates a cluster and registers a teardown that also fails the test if anything
-// is left behind.
-func newCluster(ctx context.Context, t *testing.T, cfg cluster.Config) *cluster.Cluster {
-	t.Helper()
-	cfg.Log = logWriter{t}
-	c, err := cluster.Create(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := c.Teardown(); err != nil {
-			t.Error(err)
-		}
-		assertNoLeftovers(t, c.Prefix)
-	})
-	return c
-}
-
-func assertNoLeftovers(t *testing.T, prefix string) {
-	t.Helper()
-	left, err := cluster.Leftovers(prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(left) > 0 {
-		t.Errorf("left behind by cluster %s: %s", prefix, strings.Join(left, ", "))
-	}
-}
 
 // build compiles the C program src (relative to this package) for every MPI into a test
 // directory.
@@ -105,10 +53,10 @@ func run(ctx context.Context, t *testing.T, job cluster.Job) *cluster.Result {
 // TestVMIdentity checks what a process inside each VM sees, the agent's handling of ssh options,
 // and that Leftovers sees a live cluster.
 func TestVMIdentity(t *testing.T) {
-	requireCluster(t)
+	testenv.RequireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c := newCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 2, Regions: true})
+	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 2, Regions: true})
 
 	left, err := cluster.Leftovers(c.Prefix)
 	if err != nil {
@@ -183,10 +131,10 @@ func TestVMIdentity(t *testing.T) {
 // that the libraries used the network between VMs: restricted to shared memory, the same job
 // fails across VMs (and succeeds natively), and PingPong across VMs is far slower than natively.
 func TestMPIAcrossVMs(t *testing.T) {
-	requireCluster(t)
+	testenv.RequireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	c := newCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 2, Regions: true})
+	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 2, Regions: true})
 	hello := build(ctx, t, "../mpi/hello_ring.c")
 	bench := build(ctx, t, "../bench/ivbench.c")
 	vms := c.VMs()
@@ -283,10 +231,10 @@ func pingPong0(ctx context.Context, t *testing.T, job cluster.Job) float64 {
 
 // TestTimeoutKillsJob checks that an expired job is killed with all its daemons and ranks.
 func TestTimeoutKillsJob(t *testing.T) {
-	requireCluster(t)
+	testenv.RequireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	c := newCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 1})
+	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 1})
 	for _, m := range cluster.MPIs {
 		start := time.Now()
 		res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: c.VMs(), Program: "/bin/sleep", Args: []string{"600"}, Timeout: 3 * time.Second, RetryOnTimeout: true})

@@ -1,6 +1,6 @@
-// Package testenv holds what the MPI test suites (tests/conformance, tests/collectives,
-// tests/preload) share: finding the module, deciding whether this machine can host an emulated
-// cluster, and a cluster whose teardown is checked when the test ends.
+// Package testenv holds what the MPI test suites (tests/cluster, tests/conformance,
+// tests/collectives, tests/preload) share: finding the module, deciding whether this machine
+// can host an emulated cluster, and a cluster whose teardown is checked when the test ends.
 package testenv
 
 import (
