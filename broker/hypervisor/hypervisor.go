@@ -3,6 +3,7 @@ package hypervisor
 import (
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -60,6 +61,27 @@ type VM struct {
 	Problem string
 	// Plugged lists the names of the ivshim devices (DevicePrefix...) plugged into the VM now.
 	Plugged []string
+	// NICs are the VM's network interfaces whose host side the hypervisor knows.
+	NICs []NIC
+}
+
+// NIC is one network interface of a VM: the interface on the host that carries its frames (a
+// tap, or the root end of a veth) and the MAC the guest uses.
+type NIC struct {
+	HostIface string
+	MAC       net.HardwareAddr
+}
+
+// CheckNIC validates n as read from a hypervisor: a host interface name Linux accepts and a
+// 6-byte unicast MAC.
+func CheckNIC(n NIC) error {
+	if n.HostIface == "" || len(n.HostIface) > 15 || strings.ContainsAny(n.HostIface, "/: \t\n") || n.HostIface == "." || n.HostIface == ".." {
+		return fmt.Errorf("bad host interface name %q", n.HostIface)
+	}
+	if len(n.MAC) != 6 || n.MAC[0]&1 != 0 {
+		return fmt.Errorf("interface %s: bad MAC %q: want a 6-byte unicast address", n.HostIface, n.MAC)
+	}
+	return nil
 }
 
 // Region is a region as the hypervisor needs it to plug it: the device name, the host file

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 
@@ -78,6 +79,35 @@ func ParseShmems(domainXML string) ([]Shmem, error) {
 		if _, ok := hypervisor.JobOfDevice(s.Name); ok {
 			// The name passed JobOfDevice, so it needs no escaping.
 			out = append(out, Shmem{Name: s.Name, XML: "<shmem name='" + s.Name + "'>" + s.Inner + "</shmem>"})
+		}
+	}
+	return out, nil
+}
+
+// ParseNICs returns the network interfaces of a live domain XML document whose host side is
+// known (<target dev>) and whose MAC is a valid unicast address; others are left out.
+func ParseNICs(domainXML string) ([]hypervisor.NIC, error) {
+	var d struct {
+		Interfaces []struct {
+			MAC struct {
+				Address string `xml:"address,attr"`
+			} `xml:"mac"`
+			Target struct {
+				Dev string `xml:"dev,attr"`
+			} `xml:"target"`
+		} `xml:"devices>interface"`
+	}
+	if err := xml.Unmarshal([]byte(domainXML), &d); err != nil {
+		return nil, fmt.Errorf("parse domain XML: %w", err)
+	}
+	var out []hypervisor.NIC
+	for _, ifc := range d.Interfaces {
+		mac, err := net.ParseMAC(ifc.MAC.Address)
+		if err != nil {
+			continue
+		}
+		if n := (hypervisor.NIC{HostIface: ifc.Target.Dev, MAC: mac}); hypervisor.CheckNIC(n) == nil {
+			out = append(out, n)
 		}
 	}
 	return out, nil
@@ -336,6 +366,13 @@ func (h *Hypervisor) describe(dom *lv.Domain) (hypervisor.VM, error) {
 	}
 	for _, s := range shmems {
 		vm.Plugged = append(vm.Plugged, s.Name)
+	}
+	x, err := dom.GetXMLDesc(0)
+	if err != nil {
+		return vm, fmt.Errorf("domain %s: XML: %w", name, err)
+	}
+	if vm.NICs, err = ParseNICs(x); err != nil {
+		return vm, fmt.Errorf("domain %s: %w", name, err)
 	}
 	return vm, nil
 }

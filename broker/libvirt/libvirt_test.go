@@ -431,6 +431,26 @@ func TestShmemXMLRoundTrip(t *testing.T) {
 	}
 }
 
+func TestParseNICs(t *testing.T) {
+	x := `<domain><devices>
+<interface type='network'><mac address='52:54:00:12:34:56'/><target dev='vnet3'/></interface>
+<interface type='network'><mac address='52:54:00:12:34:57'/></interface>
+<interface type='bridge'><mac address='01:00:5e:00:00:01'/><target dev='vnet4'/></interface>
+<interface type='bridge'><mac address='nonsense'/><target dev='vnet5'/></interface>
+<interface type='bridge'><mac address='52:54:00:12:34:58'/><target dev='../../etc'/></interface>
+</devices></domain>`
+	got, err := libvirt.ParseNICs(x)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].HostIface != "vnet3" || got[0].MAC.String() != "52:54:00:12:34:56" {
+		t.Errorf("ParseNICs = %v, want vnet3 52:54:00:12:34:56 only", got)
+	}
+	if _, err := libvirt.ParseNICs("<domain"); err == nil {
+		t.Error("ParseNICs accepted broken XML")
+	}
+}
+
 func FuzzParseJob(f *testing.F) {
 	f.Add(`<job id="jobA"/>`)
 	f.Add(`<job id="a"><x/></job>`)

@@ -109,6 +109,9 @@ func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
 		}
 		running[name] = true
 		out := hypervisor.VM{Name: vm.Name, UUID: vm.UUID, Job: vm.Job}
+		if vm.NIC.HostIface != "" {
+			out.NICs = []hypervisor.NIC{vm.NIC}
+		}
 		if err := ivshmem.CheckJobID(vm.Job); vm.Job != "" && err != nil {
 			out.Job, out.Problem = "", err.Error()
 		}

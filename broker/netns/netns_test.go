@@ -3,6 +3,7 @@ package netns_test
 import (
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -23,6 +24,10 @@ func TestRegisterValidates(t *testing.T) {
 		{Name: "a b", Job: "j"},
 		{Name: "ok", Job: "bad job"},
 		{Name: "ok", Job: "../j"},
+		{Name: "ok", NIC: hypervisor.NIC{HostIface: "../eth0", MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}},
+		{Name: "ok", NIC: hypervisor.NIC{HostIface: "veth-name-too-long", MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}},
+		{Name: "ok", NIC: hypervisor.NIC{HostIface: "veth0", MAC: net.HardwareAddr{1, 0, 0, 0, 0, 1}}},
+		{Name: "ok", NIC: hypervisor.NIC{HostIface: "veth0"}},
 	} {
 		if err := reg.Register(vm); err == nil {
 			t.Errorf("Register(%+v) accepted", vm)
@@ -50,12 +55,16 @@ func open(t *testing.T) (*netns.Hypervisor, netns.Registry) {
 func TestRunningAttachDetach(t *testing.T) {
 	hv, reg := open(t)
 	u, _ := hypervisor.ParseUUID("01234567-89ab-cdef-0123-456789abcdef")
-	if err := reg.Register(netns.VM{Name: "h0v0", UUID: u, Job: "j1", Netns: "iv00000-h0v0"}); err != nil {
+	nic := hypervisor.NIC{HostIface: "iv00000-v0", MAC: net.HardwareAddr{2, 0x1e, 0, 0, 0, 1}}
+	if err := reg.Register(netns.VM{Name: "h0v0", UUID: u, Job: "j1", Netns: "iv00000-h0v0", NIC: nic}); err != nil {
 		t.Fatal(err)
 	}
 	vms, err := hv.Running()
 	if err != nil || len(vms) != 1 || vms[0].Name != "h0v0" || vms[0].UUID != u || vms[0].Job != "j1" || len(vms[0].Plugged) != 0 {
 		t.Fatalf("Running = %+v, %v", vms, err)
+	}
+	if len(vms[0].NICs) != 1 || vms[0].NICs[0].HostIface != nic.HostIface || vms[0].NICs[0].MAC.String() != nic.MAC.String() {
+		t.Errorf("NICs = %v, want [%v]", vms[0].NICs, nic)
 	}
 	region := filepath.Join(t.TempDir(), "ivshim-j1")
 	r := hypervisor.Region{Name: "ivshim-j1", Path: region, Size: 1 << 20}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -29,14 +30,19 @@ type VM struct {
 	UUID  hypervisor.UUID
 	Job   string // "" for a VM that belongs to no job
 	Netns string
+	// NIC is the VM's network interface (the root end of its veth and the MAC of the end
+	// inside); a zero NIC means none is known.
+	NIC hypervisor.NIC
 }
 
 // record is the JSON form of a VM in DIR/vms/NAME.json.
 type record struct {
-	Name  string `json:"name"`
-	UUID  string `json:"uuid"`
-	Job   string `json:"job"`
-	Netns string `json:"netns"`
+	Name      string `json:"name"`
+	UUID      string `json:"uuid"`
+	Job       string `json:"job"`
+	Netns     string `json:"netns"`
+	HostIface string `json:"host_iface,omitempty"`
+	MAC       string `json:"mac,omitempty"`
 }
 
 // Registry is the state directory of one emulated host (see the package documentation).
@@ -83,7 +89,14 @@ func (g Registry) Register(vm VM) error {
 	if err := g.Init(); err != nil {
 		return err
 	}
-	b, err := json.Marshal(record{Name: vm.Name, UUID: vm.UUID.String(), Job: vm.Job, Netns: vm.Netns})
+	rec := record{Name: vm.Name, UUID: vm.UUID.String(), Job: vm.Job, Netns: vm.Netns}
+	if vm.NIC.HostIface != "" {
+		if err := hypervisor.CheckNIC(vm.NIC); err != nil {
+			return fmt.Errorf("register VM %s: %w", vm.Name, err)
+		}
+		rec.HostIface, rec.MAC = vm.NIC.HostIface, vm.NIC.MAC.String()
+	}
+	b, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("register VM %s: %w", vm.Name, err)
 	}
@@ -179,7 +192,18 @@ func (g Registry) read(name string) (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
-	return VM{Name: r.Name, UUID: u, Job: r.Job, Netns: r.Netns}, nil
+	vm := VM{Name: r.Name, UUID: u, Job: r.Job, Netns: r.Netns}
+	if r.HostIface != "" || r.MAC != "" {
+		mac, err := net.ParseMAC(r.MAC)
+		if err != nil {
+			return VM{}, fmt.Errorf("record of VM %s: %w", name, err)
+		}
+		vm.NIC = hypervisor.NIC{HostIface: r.HostIface, MAC: mac}
+		if err := hypervisor.CheckNIC(vm.NIC); err != nil {
+			return VM{}, fmt.Errorf("record of VM %s: %w", name, err)
+		}
+	}
+	return vm, nil
 }
 
 // names lists the names of the registered VMs: files NAME.json with a valid NAME.
