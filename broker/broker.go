@@ -79,8 +79,14 @@ type Broker struct {
 	problems map[hypervisor.UUID]string // last bad job tag logged per VM
 	scanned  bool                       // the region directory was scanned once
 
-	mu   sync.Mutex // guards snap
-	snap api.Snapshot
+	// Traffic accounting (CountTraffic); trafficProblems is owned by the reconcile goroutine.
+	traffic         TrafficCounter
+	trafficProblems map[string]string // by host interface: why it cannot be watched
+
+	mu          sync.Mutex // guards snap, vmOfIfindex and vmOfMAC
+	snap        api.Snapshot
+	vmOfIfindex map[int]string    // running VMs by the index of their host interfaces
+	vmOfMAC     map[string]string // running VMs by MAC
 }
 
 // New checks cfg and takes the region directory's lock. The broker uses hv until Close; the

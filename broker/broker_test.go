@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"ivshim.dev/ivshim/broker/brokertest"
 	"ivshim.dev/ivshim/broker/hypervisor"
 	"ivshim.dev/ivshim/broker/netns"
+	"ivshim.dev/ivshim/broker/traffic"
 	"ivshim.dev/ivshim/ivshmem"
 )
 
@@ -641,5 +643,87 @@ func TestRunStopsWhenHypervisorLost(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Run went on after the registry was removed")
+	}
+}
+
+// fakeCounter stands in for broker/traffic: interfaces are numbered as they are first watched.
+type fakeCounter struct {
+	index map[string]int
+	kept  map[int]bool
+	flows []traffic.Flow
+}
+
+func (f *fakeCounter) Watch(iface string) (int, error) {
+	if strings.HasPrefix(iface, "bad") {
+		return 0, errors.New("no such interface")
+	}
+	if f.index[iface] == 0 {
+		f.index[iface] = len(f.index) + 10
+	}
+	return f.index[iface], nil
+}
+
+func (f *fakeCounter) Keep(ifindexes map[int]bool) error { f.kept = ifindexes; return nil }
+
+func (f *fakeCounter) Flows() ([]traffic.Flow, error) { return f.flows, nil }
+
+// TestTrafficPerVMPair: the broker watches the running VMs' interfaces, stops watching those of
+// stopped VMs, and exports the counted flows per (sending VM, receiving VM).
+func TestTrafficPerVMPair(t *testing.T) {
+	e := newEnv(t)
+	fc := &fakeCounter{index: map[string]int{}}
+	e.b.CountTraffic(fc)
+	mac := func(last byte) net.HardwareAddr { return net.HardwareAddr{2, 0x1e, 0, 0, 0, last} }
+	for i, name := range []string{"a0", "a1", "a2"} {
+		iface := "veth-" + name
+		if name == "a2" {
+			iface = "bad-" + name
+		}
+		vm := netns.VM{Name: name, UUID: uuidOf(name), Job: "jobA", NIC: hypervisor.NIC{HostIface: iface, MAC: mac(byte(i + 1))}}
+		if err := e.reg.Register(vm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.reconcile()
+	a0, a1 := fc.index["veth-a0"], fc.index["veth-a1"]
+	if len(fc.kept) != 2 || !fc.kept[a0] || !fc.kept[a1] {
+		t.Errorf("kept %v, want the interfaces of a0 (%d) and a1 (%d)", fc.kept, a0, a1)
+	}
+	if e.logs.FilterMessage("cannot count a VM's traffic").Len() != 1 {
+		t.Error("the interface that cannot be watched was not logged once")
+	}
+	fc.flows = []traffic.Flow{
+		{Ifindex: a0, DstMAC: mac(2), Packets: 10, Bytes: 10000},
+		{Ifindex: a0, DstMAC: net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, Packets: 1, Bytes: 42},
+		{Ifindex: a0, DstMAC: mac(9), Packets: 2, Bytes: 200},
+		{Ifindex: a1, DstMAC: mac(1), Packets: 5, Bytes: 500},
+		{Ifindex: 99, DstMAC: mac(1), Packets: 7, Bytes: 700}, // a VM gone since
+	}
+	var b strings.Builder
+	if err := e.b.WriteMetrics(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`ivshim_broker_vm_network_bytes_total{src="a0",dst="a1"} 10000`,
+		`ivshim_broker_vm_network_bytes_total{src="a0",dst="elsewhere"} 242`,
+		`ivshim_broker_vm_network_frames_total{src="a0",dst="elsewhere"} 3`,
+		`ivshim_broker_vm_network_bytes_total{src="a1",dst="a0"} 500`,
+	} {
+		if !strings.Contains(b.String(), want+"\n") {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	if strings.Contains(b.String(), "700") {
+		t.Error("a flow of an unknown interface was exported")
+	}
+	if err := e.reg.Unregister("a1"); err != nil {
+		t.Fatal(err)
+	}
+	e.reconcile()
+	if len(fc.kept) != 1 || !fc.kept[a0] {
+		t.Errorf("kept %v after a1 stopped, want a0's interface %d only", fc.kept, a0)
+	}
+	if e.logs.FilterMessage("cannot count a VM's traffic").Len() != 1 {
+		t.Error("the same unwatchable interface was logged again")
 	}
 }

@@ -30,6 +30,11 @@
 //     removed, and JOB gets no region until an operator removes it.
 //   - anything else: ignored.
 //
+// Traffic accounting (CountTraffic, optional): after each pass the broker points a
+// TrafficCounter (broker/traffic, eBPF) at the host-side interfaces of the running VMs and
+// exports what each VM sent over the network per receiving VM of this host. It only observes;
+// an interface it cannot watch is logged and never fails a pass.
+//
 // Lifetime: New takes the directory lock; Run reconciles until its context ends or the
 // hypervisor stops reporting changes (ErrHypervisorLost: the daemon exits and its supervisor
 // restarts it); Close unmaps the regions and releases the lock, leaving the region files to the

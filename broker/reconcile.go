@@ -61,6 +61,7 @@ func (b *Broker) reconcile() error {
 		errs = append(errs, b.remove(rg))
 	}
 	b.publish(vms, byJob)
+	b.followTraffic(vms)
 	return errors.Join(errs...)
 }
 

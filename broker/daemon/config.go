@@ -39,6 +39,8 @@ type Config struct {
 	MetricsListen  string
 	ResyncInterval time.Duration
 	LogLevel       zapcore.Level
+	// CountTraffic attaches the eBPF counter to the VMs' interfaces (traffic_accounting).
+	CountTraffic bool
 }
 
 // BrokerConfig is the broker core's part of c, with host as the host id.
@@ -50,19 +52,20 @@ func (c Config) BrokerConfig(host ivshmem.HostID) broker.Config {
 }
 
 var defaults = map[string]string{
-	"hypervisor":      "libvirt",
-	"libvirt_uri":     libvirt.DefaultURI,
-	"netns_dir":       "",
-	"region_dir":      "/dev/shm",
-	"host_id":         "",
-	"region_size":     "64M",
-	"region_owner":    "libvirt-qemu",
-	"region_group":    "kvm",
-	"region_mode":     "0660",
-	"socket":          "/run/ivshim/broker.sock",
-	"metrics_listen":  "",
-	"resync_interval": "30s",
-	"log_level":       "info",
+	"hypervisor":         "libvirt",
+	"libvirt_uri":        libvirt.DefaultURI,
+	"netns_dir":          "",
+	"region_dir":         "/dev/shm",
+	"host_id":            "",
+	"region_size":        "64M",
+	"region_owner":       "libvirt-qemu",
+	"region_group":       "kvm",
+	"region_mode":        "0660",
+	"socket":             "/run/ivshim/broker.sock",
+	"metrics_listen":     "",
+	"resync_interval":    "30s",
+	"log_level":          "info",
+	"traffic_accounting": "on",
 }
 
 // Load reads and parses the configuration file at path.
@@ -194,6 +197,12 @@ func build(set map[string]string) (Config, error) {
 	}
 	if c.LogLevel, err = zapcore.ParseLevel(get("log_level")); err != nil {
 		bad("log_level", err)
+	}
+	switch v := get("traffic_accounting"); v {
+	case "on", "off":
+		c.CountTraffic = v == "on"
+	default:
+		bad("traffic_accounting", fmt.Errorf("%q: want on or off", v))
 	}
 	return c, errors.Join(errs...)
 }

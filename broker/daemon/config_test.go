@@ -56,6 +56,12 @@ log_level = debug
 	if bc := c.BrokerConfig(c.HostID); bc.RegionDir != c.RegionDir || bc.Mode != 0o600 {
 		t.Errorf("broker config = %+v", bc)
 	}
+	if !c.CountTraffic {
+		t.Error("traffic accounting is not on by default")
+	}
+	if c, err := daemon.Parse(strings.NewReader("region_owner = 0\nregion_group = 0\ntraffic_accounting = off\n")); err != nil || c.CountTraffic {
+		t.Errorf("traffic_accounting = off: %+v, %v", c.CountTraffic, err)
+	}
 }
 
 func TestNumericOwner(t *testing.T) {
@@ -94,6 +100,7 @@ func TestBadConfigs(t *testing.T) {
 		"longer than":             strings.Repeat("# comment\n", 10000),
 		"region_mode    ":         "region_mode = 01660",
 		"want libvirt or netns  ": "hypervisor = ",
+		"traffic_accounting":      "traffic_accounting = maybe",
 	} {
 		_, err := daemon.Parse(strings.NewReader(base + text))
 		if err == nil || !strings.Contains(err.Error(), strings.TrimSpace(want)) {

@@ -13,6 +13,7 @@ import (
 	"ivshim.dev/ivshim/broker/hypervisor"
 	"ivshim.dev/ivshim/broker/libvirt"
 	"ivshim.dev/ivshim/broker/netns"
+	"ivshim.dev/ivshim/broker/traffic"
 )
 
 // NewLogger returns the broker's logger: zap's production JSON logger at level.
@@ -53,6 +54,15 @@ func Run(ctx context.Context, c Config, log *zap.Logger) error {
 		return err
 	}
 	defer b.Close()
+	if c.CountTraffic {
+		// Without eBPF (an old kernel, no CAP_BPF) the broker still manages regions.
+		if tc, err := traffic.Open(); err != nil {
+			log.Warn("traffic accounting off", zap.Error(err))
+		} else {
+			defer tc.Close()
+			b.CountTraffic(tc)
+		}
+	}
 	l, err := api.Listen(c.Socket)
 	if err != nil {
 		return err

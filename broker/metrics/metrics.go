@@ -73,6 +73,17 @@ type Broker struct {
 	AttachTime      Histogram
 	DetachTime      Histogram
 	ReconcileTime   Histogram
+	// Traffic, when set, reports what VMs sent over the network per VM pair.
+	Traffic func() ([]Pair, error)
+}
+
+// Elsewhere is the receiving side of traffic to no running VM of this host.
+const Elsewhere = "elsewhere"
+
+// Pair is what one VM sent over the network to another (or Elsewhere).
+type Pair struct {
+	Src, Dst      string
+	Frames, Bytes uint64
 }
 
 // WriteText writes every metric in the Prometheus text format.
@@ -92,10 +103,37 @@ func (m *Broker) WriteText(w io.Writer) error {
 	m.AttachTime.write(&b, "ivshim_broker_attach_seconds", "Latency of region hot-plug.")
 	m.DetachTime.write(&b, "ivshim_broker_detach_seconds", "Latency of region unplug.")
 	m.ReconcileTime.write(&b, "ivshim_broker_reconcile_seconds", "Duration of reconcile passes.")
+	if m.Traffic != nil {
+		pairs, err := m.Traffic()
+		if err != nil {
+			return fmt.Errorf("write metrics: %w", err)
+		}
+		writePairs(&b, pairs)
+	}
 	if _, err := io.WriteString(w, b.String()); err != nil {
 		return fmt.Errorf("write metrics: %w", err)
 	}
 	return nil
+}
+
+func writePairs(b *strings.Builder, pairs []Pair) {
+	help := " sent over the network by VMs of this host, by sending VM (src) and receiving VM (dst; " +
+		Elsewhere + ": another host, a broadcast or the host)."
+	header(b, "ivshim_broker_vm_network_frames_total", "Frames"+help, "counter")
+	for _, p := range pairs {
+		sample(b, "ivshim_broker_vm_network_frames_total", pairLabels(p), p.Frames)
+	}
+	header(b, "ivshim_broker_vm_network_bytes_total", "Bytes"+help, "counter")
+	for _, p := range pairs {
+		sample(b, "ivshim_broker_vm_network_bytes_total", pairLabels(p), p.Bytes)
+	}
+}
+
+// labelEscaper escapes a label value for the text format.
+var labelEscaper = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`)
+
+func pairLabels(p Pair) string {
+	return `src="` + labelEscaper.Replace(p.Src) + `",dst="` + labelEscaper.Replace(p.Dst) + `"`
 }
 
 func header(b *strings.Builder, name, help, typ string) {

@@ -2,6 +2,7 @@ package metrics_test
 
 import (
 	"bufio"
+	"errors"
 	"regexp"
 	"strings"
 	"testing"
@@ -48,5 +49,30 @@ func TestText(t *testing.T) {
 		if !strings.HasPrefix(line, "# HELP ") && !strings.HasPrefix(line, "# TYPE ") && !sampleLine.MatchString(line) {
 			t.Errorf("malformed line %q", line)
 		}
+	}
+}
+
+func TestTrafficPairs(t *testing.T) {
+	var m metrics.Broker
+	m.Traffic = func() ([]metrics.Pair, error) {
+		return []metrics.Pair{{Src: "vm0", Dst: "vm1", Frames: 3, Bytes: 3000}, {Src: `a"b\c`, Dst: metrics.Elsewhere, Frames: 1, Bytes: 60}}, nil
+	}
+	var b strings.Builder
+	if err := m.WriteText(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"# TYPE ivshim_broker_vm_network_bytes_total counter\n",
+		`ivshim_broker_vm_network_frames_total{src="vm0",dst="vm1"} 3` + "\n",
+		`ivshim_broker_vm_network_bytes_total{src="vm0",dst="vm1"} 3000` + "\n",
+		`ivshim_broker_vm_network_bytes_total{src="a\"b\\c",dst="elsewhere"} 60` + "\n",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("metrics lack %q:\n%s", want, b.String())
+		}
+	}
+	m.Traffic = func() ([]metrics.Pair, error) { return nil, errors.New("map gone") }
+	if err := m.WriteText(&b); err == nil || !strings.Contains(err.Error(), "map gone") {
+		t.Errorf("WriteText with failing traffic: %v", err)
 	}
 }

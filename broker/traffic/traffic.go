@@ -140,28 +140,29 @@ func program(mapFD int) asm.Instructions {
 	}
 }
 
-// Watch starts counting what the interface called name receives from its VM. Watching an
-// interface twice is a no-op.
-func (c *Counter) Watch(name string) error {
+// Watch starts counting what the interface called name receives from its VM and returns the
+// interface's index, under which its flows are counted. Watching an interface twice is a no-op.
+func (c *Counter) Watch(name string) (int, error) {
 	ifc, err := net.InterfaceByName(name)
 	if err != nil {
-		return fmt.Errorf("traffic: watch %s: %w", name, err)
+		return 0, fmt.Errorf("traffic: watch %s: %w", name, err)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.links[ifc.Index]; ok {
-		return nil
+		return ifc.Index, nil
 	}
 	l, err := link.AttachTCX(link.TCXOptions{Interface: ifc.Index, Program: c.prog, Attach: ebpf.AttachTCXIngress})
 	if err != nil {
-		return fmt.Errorf("traffic: attach to %s: %w", name, err)
+		return 0, fmt.Errorf("traffic: attach to %s: %w", name, err)
 	}
 	c.links[ifc.Index] = l
-	return nil
+	return ifc.Index, nil
 }
 
 // Keep detaches from every watched interface whose index is not in ifindexes (its VM is gone;
-// an interface that vanished took its attachment with it).
+// an interface that vanished took its attachment with it) and forgets the flows of every
+// interface not kept, so that a new interface reusing an index starts from zero.
 func (c *Counter) Keep(ifindexes map[int]bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -172,29 +173,48 @@ func (c *Counter) Keep(ifindexes map[int]bool) error {
 			delete(c.links, i)
 		}
 	}
+	var stale []key
+	errs = append(errs, c.each(func(k key, _ []value) {
+		if !ifindexes[int(k.Ifindex)] {
+			stale = append(stale, k)
+		}
+	}))
+	for _, k := range stale {
+		if err := c.flows.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("traffic: detach: %w", err)
+		return fmt.Errorf("traffic: forget interfaces: %w", err)
 	}
 	return nil
 }
 
-// Flows returns every counted flow, summed over CPUs, ordered by interface and MAC.
-func (c *Counter) Flows() ([]Flow, error) {
+// each calls fn with every entry of the flow map: its key and its per-CPU values.
+func (c *Counter) each(fn func(key, []value)) error {
 	var (
 		k    key
 		vals []value
-		out  []Flow
 	)
 	it := c.flows.Iterate()
 	for it.Next(&k, &vals) {
+		fn(k, vals)
+	}
+	return it.Err()
+}
+
+// Flows returns every counted flow, summed over CPUs, ordered by interface and MAC.
+func (c *Counter) Flows() ([]Flow, error) {
+	var out []Flow
+	err := c.each(func(k key, vals []value) {
 		f := Flow{Ifindex: int(k.Ifindex), DstMAC: net.HardwareAddr(append([]byte(nil), k.DstMAC[:]...))}
 		for _, v := range vals {
 			f.Packets += v.Packets
 			f.Bytes += v.Bytes
 		}
 		out = append(out, f)
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("traffic: read flows: %w", err)
 	}
 	sort.Slice(out, func(i, j int) bool {

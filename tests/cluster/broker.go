@@ -246,7 +246,8 @@ func (b *Broker) logTail() string {
 
 // register boots vm in the broker's registry as a VM of job ("" for none).
 func (b *Broker) register(vm *VM, job string) error {
-	return b.reg.Register(netns.VM{Name: vm.Name, UUID: vm.UUID, Job: job, Netns: vm.Netns})
+	return b.reg.Register(netns.VM{Name: vm.Name, UUID: vm.UUID, Job: job, Netns: vm.Netns,
+		NIC: hypervisor.NIC{HostIface: vm.Veth, MAC: vm.MAC}})
 }
 
 // devicePath is where vm's device appears, the value of IVSHIM_REGION in vm.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -101,8 +102,10 @@ type VM struct {
 	// Netns is the VM's network namespace; Veth is the root-namespace end of its veth pair
 	// (the same string, a different kind of object).
 	Netns, Veth string
-	// Addr is the VM's address on eth0.
+	// Addr is the VM's address on eth0, MAC its MAC: locally administered, 02:1e and the four
+	// bytes of Addr.
 	Addr netip.Addr
+	MAC  net.HardwareAddr
 	// BootID is the boot id the VM's processes read from /proc/sys/kernel/random/boot_id.
 	BootID string
 	// UUID identifies the VM to its host's broker (the libvirt domain UUID of a real VM); its
@@ -235,6 +238,8 @@ func (c *Cluster) newVM(h *Host, name string, addr netip.Addr) (*VM, error) {
 		Addr:  addr,
 		dir:   filepath.Join(c.Dir, "vm", name),
 	}
+	a4 := addr.As4()
+	vm.MAC = net.HardwareAddr{0x02, 0x1e, a4[0], a4[1], a4[2], a4[3]}
 	bootID, err := newUUID()
 	if err != nil {
 		return nil, fmt.Errorf("boot id for VM %s: %w", name, err)

@@ -60,7 +60,7 @@ func (c *Cluster) createNetwork(ctx context.Context) error {
 	for _, vm := range c.VMs() {
 		steps = append(steps,
 			[]string{"netns", "add", vm.Netns},
-			[]string{"link", "add", vm.Veth, "type", "veth", "peer", "name", "eth0", "netns", vm.Netns},
+			[]string{"link", "add", vm.Veth, "type", "veth", "peer", "name", "eth0", "address", vm.MAC.String(), "netns", vm.Netns},
 			[]string{"link", "set", vm.Veth, "master", c.Bridge, "up"},
 			[]string{"-n", vm.Netns, "addr", "add", netip.PrefixFrom(vm.Addr, bits).String(), "dev", "eth0"},
 			[]string{"-n", vm.Netns, "link", "set", "eth0", "up"},
