@@ -10,9 +10,11 @@
 struct dt_entry {
 	uintptr_t key;
 	int contig;
+	int named;       /* a predefined type */
 	uint64_t size;   /* Type_size */
 	ptrdiff_t lb;    /* true lower bound */
 	ptrdiff_t extent;
+	ptrdiff_t textent; /* true extent */
 };
 static struct dt_entry dt_cache[DT_CACHE];
 
@@ -33,8 +35,10 @@ static struct dt_entry *dt_lookup(MPI_Datatype dt)
 	e->size = (uint64_t)size;
 	e->lb = tlb;
 	e->extent = extent;
+	e->textent = textent;
+	e->named = combiner == MPI_COMBINER_NAMED;
 	/* A named type's typemap is in memory order, so no holes means raw bytes are its packed form. */
-	e->contig = combiner == MPI_COMBINER_NAMED && (MPI_Aint)size == textent;
+	e->contig = e->named && (MPI_Aint)size == textent;
 	return e;
 }
 
@@ -166,15 +170,11 @@ int ivs_dt_unpack(const void *src, uint64_t n, void *buf, int count, MPI_Datatyp
 int ivs_dt_span(MPI_Datatype dt, int count, uint64_t *span, ptrdiff_t *lb, uint64_t *extent)
 {
 	struct dt_entry *e = dt_lookup(dt);
-	int ni, na, nd, combiner;
-	if (!e || count < 0 || e->extent <= 0 || PMPI_Type_get_envelope(dt, &ni, &na, &nd, &combiner) != MPI_SUCCESS ||
-	    combiner != MPI_COMBINER_NAMED)
+	if (!e || count < 0 || e->extent <= 0 || !e->named)
 		return 0;
-	MPI_Aint tlb, textent;
-	PMPI_Type_get_true_extent(dt, &tlb, &textent);
 	*extent = (uint64_t)e->extent;
 	*lb = e->lb;
-	*span = count ? (uint64_t)(count - 1) * (uint64_t)e->extent + (uint64_t)textent : 0;
+	*span = count ? (uint64_t)(count - 1) * (uint64_t)e->extent + (uint64_t)e->textent : 0;
 	return 1;
 }
 
