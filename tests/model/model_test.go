@@ -49,7 +49,7 @@ func requireSpin(t *testing.T) {
 // times) exactly once and in order, without deadlock.
 func TestSwitchProtocol(t *testing.T) {
 	requireSpin(t)
-	for _, defs := range [][]string{nil, {"-DN=10", "-DSWITCHES=5"}} {
+	for _, defs := range [][]string{nil, {"-DN=8", "-DSWITCHES=5"}} {
 		report, failed := verify(t, "switch.pml", defs...)
 		if failed {
 			t.Errorf("switch.pml %v: spin found an error:\n%s", defs, report)
