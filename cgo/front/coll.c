@@ -403,6 +403,15 @@ static void exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8_t
 
 /* ---- broadcast of contiguous bytes ---- */
 
+/* The local index of comm rank root, -1 if it is on another host. */
+static int root_local(struct ivs_coll *k, int root)
+{
+	for (int i = 0; i < k->nl; i++)
+		if (k->lranks[i] == root)
+			return i;
+	return -1;
+}
+
 static int leaders_bcast(struct ivs_coll *k, uint8_t *data, uint64_t len, int root_host)
 {
 	MPI_Request req;
@@ -413,10 +422,7 @@ static int leaders_bcast(struct ivs_coll *k, uint8_t *data, uint64_t len, int ro
  * the other hosts' leaders, which spread it on theirs. */
 static int bcast_bytes(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
 {
-	int root_host = k->host_of[root], root_li = -1;
-	for (int i = 0; i < k->nl; i++)
-		if (k->lranks[i] == root)
-			root_li = i;
+	int root_host = k->host_of[root], root_li = root_local(k, root);
 	int src_li = root_li >= 0 ? root_li : 0; /* whose area this host copies from */
 	int rc = MPI_SUCCESS;
 	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
@@ -551,14 +557,6 @@ static void regroup(struct ivs_coll *k, int size, uint8_t *grouped, uint8_t *ran
 		uint8_t *g = grouped + (uint64_t)k->pos[r] * n, *o = ranked + (uint64_t)r * n;
 		memcpy(to_grouped ? g : o, to_grouped ? o : g, n);
 	}
-}
-
-static int root_local(struct ivs_coll *k, int root)
-{
-	for (int i = 0; i < k->nl; i++)
-		if (k->lranks[i] == root)
-			return i;
-	return -1;
 }
 
 /* Gather to root, or allgather if root < 0, across hosts. */
