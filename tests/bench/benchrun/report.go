@@ -147,6 +147,17 @@ func (r *Report) writeLoad(w io.Writer) {
 	fmt.Fprintf(w, "\n\n")
 }
 
+// columnHeads writes the heads of a group's figure columns (placement, then unit) and ratio
+// columns, each closed by "|".
+func columnHeads(w io.Writer, cases []*CaseResult, ratios []ratioColumn, unit string) {
+	for _, c := range cases {
+		fmt.Fprintf(w, " %s%s |", c.Placement, unit)
+	}
+	for _, rc := range ratios {
+		fmt.Fprintf(w, " %s / %s |", rc.num, rc.den)
+	}
+}
+
 // ratioColumn is a ratio column of a group's table.
 type ratioColumn struct {
 	num, den Placement
@@ -174,12 +185,7 @@ func (r *Report) writeGroup(w io.Writer, m cluster.MPI, ranks int) {
 		ratios = append(ratios, ratioColumn{Shim2x2, Network2x2})
 	}
 	fmt.Fprintf(w, "| benchmark | bytes |")
-	for _, c := range cases {
-		fmt.Fprintf(w, " %s µs |", c.Placement)
-	}
-	for _, rc := range ratios {
-		fmt.Fprintf(w, " %s / %s |", rc.num, rc.den)
-	}
+	columnHeads(w, cases, ratios, " µs")
 	fmt.Fprintf(w, "\n|---|--:|%s%s\n", strings.Repeat("--:|", len(cases)), strings.Repeat("--:|", len(ratios)))
 	for _, k := range pointKeys(cases) {
 		fmt.Fprintf(w, "| %s | %d |", k.benchmark, k.bytes)
@@ -196,12 +202,7 @@ func (r *Report) writeGroup(w io.Writer, m cluster.MPI, ranks int) {
 		return
 	}
 	fmt.Fprintf(w, "PingPong bandwidth at 1 MiB, MB/s:\n\n|")
-	for _, c := range cases {
-		fmt.Fprintf(w, " %s |", c.Placement)
-	}
-	for _, rc := range ratios {
-		fmt.Fprintf(w, " %s / %s |", rc.num, rc.den)
-	}
+	columnHeads(w, cases, ratios, "")
 	fmt.Fprintf(w, "\n|%s%s\n|", strings.Repeat("--:|", len(cases)), strings.Repeat("--:|", len(ratios)))
 	for _, c := range cases {
 		fmt.Fprintf(w, " %s |", c.cell("PingPong", 1<<20, true))
