@@ -1,12 +1,14 @@
 package ivshmem
 
-// The C view of the format: what the C compiler makes of ivshim_region.h, the offset and size of
-// every field and the value of every constant. It lives in this package, next to the header, so
-// that the Go build cache notices header edits; layout_test.go compares it with the Go mirror.
+// The C view of the format: what the C compiler makes of ivshim_region.h and ivshim_ring.h, the
+// offset and size of every field and the value of every constant. It lives in this package, next
+// to the headers, so that the Go build cache notices header edits; layout_test.go compares it with
+// the Go mirror.
 
 /*
 #include <stddef.h>
 #include "ivshim_region.h"
+#include "ivshim_ring.h"
 
 struct clayout_field { const char *name; size_t off; size_t size; };
 
@@ -43,6 +45,9 @@ static const struct clayout_field clayout_fields[] = {
 	CL_FIELD(ivshim_ring, receiver_slot), CL_FIELD(ivshim_ring, reserved0), CL_FIELD(ivshim_ring, tail),
 	CL_FIELD(ivshim_ring, reserved1), CL_FIELD(ivshim_ring, head), CL_FIELD(ivshim_ring, state),
 	CL_FIELD(ivshim_ring, reserved2), CL_FIELD(ivshim_ring, reserved3),
+	CL_STRUCT(ivs_rec),
+	CL_FIELD(ivs_rec, stamp), CL_FIELD(ivs_rec, len), CL_FIELD(ivs_rec, kind), CL_FIELD(ivs_rec, flags),
+	CL_FIELD(ivs_rec, tag), CL_FIELD(ivs_rec, ctx), CL_FIELD(ivs_rec, total), CL_FIELD(ivs_rec, cookie),
 };
 
 struct clayout_value { const char *name; unsigned long long value; };
@@ -55,6 +60,8 @@ static const struct clayout_value clayout_values[] = {
 	CL_CONST(IVSHIM_VM_LEAVING), CL_CONST(IVSHIM_SLOT_FREE), CL_CONST(IVSHIM_SLOT_CLAIMED), CL_CONST(IVSHIM_SLOT_ACTIVE),
 	CL_CONST(IVSHIM_SLOT_LEAVING), CL_CONST(IVSHIM_ALLOC_RING), CL_CONST(IVSHIM_ALLOC_COLLECTIVE),
 	CL_CONST(IVSHIM_RING_OPEN), CL_CONST(IVSHIM_RING_CLOSED), CL_CONST(IVSHIM_RING_DATA_OFF),
+	CL_CONST(IVS_ALIGN), CL_CONST(IVS_REC_HDR), CL_CONST(IVS_F_SYNC),
+	CL_CONST(IVS_REC_PAD), CL_CONST(IVS_REC_MSG), CL_CONST(IVS_REC_FRAG), CL_CONST(IVS_REC_ACK),
 };
 
 static size_t clayout_nfields(void) { return sizeof clayout_fields / sizeof clayout_fields[0]; }
@@ -72,7 +79,8 @@ type cField struct {
 	Size   uintptr
 }
 
-// cFields lists every struct and field of ivshim_region.h as "struct" or "struct.field".
+// cFields lists every struct and field of ivshim_region.h and ivshim_ring.h as "struct" or
+// "struct.field".
 func cFields() []cField {
 	n := C.clayout_nfields()
 	out := make([]cField, 0, n)
@@ -83,7 +91,8 @@ func cFields() []cField {
 	return out
 }
 
-// cConstants maps each IVSHIM_* constant of ivshim_region.h to its value.
+// cConstants maps each IVSHIM_* constant of ivshim_region.h and IVS_* constant of ivshim_ring.h
+// to its value.
 func cConstants() map[string]uint64 {
 	n := C.clayout_nvalues()
 	out := make(map[string]uint64, n)

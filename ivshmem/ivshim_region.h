@@ -146,6 +146,7 @@ enum ivshim_ring_state {
  * allocated and initialised by the receiver, published through pair[sender][receiver].
  * head and tail are monotonic byte counters (never reset); the position in data is
  * counter & (capacity - 1), the wrap count is counter / capacity. tail - head <= capacity.
+ * The records in data are defined in ivshim_ring.h.
  */
 struct ivshim_ring {
 	/* line 0: immutable after publication */
@@ -155,7 +156,8 @@ struct ivshim_ring {
 	uint32_t receiver_slot;
 	uint64_t reserved0[5];
 	/* line 1: producer-owned */
-	uint64_t tail;          /* atomic: bytes ever written; RELEASE after the record is complete */
+	uint64_t tail;          /* atomic: bytes ever written; RELAXED, informational (records
+	                         * publish themselves by their stamps, see ivshim_ring.h) */
 	uint64_t reserved1[7];
 	/* line 2: consumer-owned */
 	uint64_t head;          /* atomic: bytes ever consumed; RELEASE after the record is copied out */

@@ -35,6 +35,7 @@ func TestGoAndCAgreeOnLayout(t *testing.T) {
 		"ivshim_slot":          slot{},
 		"ivshim_chunk":         chunk{},
 		"ivshim_ring":          ring{},
+		"ivs_rec":              record{},
 	}
 	seen := 0
 	for cStruct, v := range structs {
@@ -78,6 +79,9 @@ func TestGoAndCAgreeOnConstants(t *testing.T) {
 		"IVSHIM_SLOT_LEAVING": uint64(SlotLeaving), "IVSHIM_ALLOC_RING": uint64(AllocRing),
 		"IVSHIM_ALLOC_COLLECTIVE": uint64(AllocCollective), "IVSHIM_RING_OPEN": uint64(RingOpen),
 		"IVSHIM_RING_CLOSED": uint64(RingClosed), "IVSHIM_RING_DATA_OFF": RingHeaderSize,
+		"IVS_ALIGN": RecordAlign, "IVS_REC_HDR": RecordHeaderSize,
+		"IVS_F_SYNC": uint64(RecordFlagSync), "IVS_REC_PAD": uint64(RecordPad),
+		"IVS_REC_MSG": uint64(RecordMsg), "IVS_REC_FRAG": uint64(RecordFrag), "IVS_REC_ACK": uint64(RecordAck),
 	}
 	got := cConstants()
 	if len(got) != len(want) {

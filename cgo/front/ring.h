@@ -1,9 +1,10 @@
 /*
  * Pair rings: the per-message transport between two ranks sharing a region.
  *
- * A ring (struct ivshim_ring in ivshmem/ivshim_region.h) carries records from one sender to one
- * receiver. Records start on 64-byte boundaries and never wrap: when a record does not fit
- * before the end of the data area, the sender first writes a PAD record covering the rest.
+ * A ring (struct ivshim_ring in ivshmem/ivshim_region.h) carries records (ivshmem/ivshim_ring.h)
+ * from one sender to one receiver. Records start on 64-byte boundaries and never wrap: when a
+ * record does not fit before the end of the data area, the sender first writes a PAD record
+ * covering the rest.
  *
  * Ordering contract (single producer, single consumer):
  *   - The producer writes a record's header fields and payload, then stores its stamp
@@ -13,38 +14,17 @@
  *     (position | 1) means "nothing yet" (stale records of earlier laps carry other positions).
  *     After copying a record out it stores ring->head = its new position with RELEASE.
  *   - The producer reloads ring->head (ACQUIRE) only when its cached copy shows too little room.
+ *   - ring->tail is stored RELAXED after each commit. It is informational only: nobody reads
+ *     data on the strength of it (the consumer trusts stamps alone); it tells a producer that
+ *     attaches to an existing ring where to continue, and diagnostics how full the ring is.
  * Everything the consumer reads is untrusted: lengths and kinds are checked before use.
  */
-#ifndef IVSHIM_RING_H
-#define IVSHIM_RING_H
+#ifndef IVSHIM_FRONT_RING_H
+#define IVSHIM_FRONT_RING_H
 
 #include <stdint.h>
 #include <string.h>
-#include "ivshim_region.h"
-
-#define IVS_ALIGN 64u
-
-enum ivs_rec_kind {
-	IVS_REC_PAD = 1,  /* skip to the end of the data area */
-	IVS_REC_MSG = 2,  /* first record of a message: envelope + first payload bytes */
-	IVS_REC_FRAG = 3, /* further payload of the message being received on this ring */
-	IVS_REC_ACK = 4,  /* receiver matched a synchronous send: cookie names it */
-};
-
-#define IVS_F_SYNC 1u /* IVS_REC_MSG: the sender waits for an IVS_REC_ACK with cookie */
-
-/* Record header, 40 bytes; payload follows at offset 40. */
-struct ivs_rec {
-	uint64_t stamp;  /* atomic: position | 1, stored last (RELEASE) */
-	uint32_t len;    /* payload bytes in this record */
-	uint16_t kind;   /* enum ivs_rec_kind */
-	uint16_t flags;
-	int32_t tag;
-	uint32_t ctx;    /* communicator context id agreed by the shim */
-	uint64_t total;  /* IVS_REC_MSG: bytes in the whole message */
-	uint64_t cookie; /* IVS_REC_MSG with IVS_F_SYNC, IVS_REC_ACK: sender's request token */
-};
-#define IVS_REC_HDR 40u
+#include "ivshim_ring.h"
 
 static inline uint64_t ivs_rec_size(uint64_t len) { return (IVS_REC_HDR + len + IVS_ALIGN - 1) & ~(uint64_t)(IVS_ALIGN - 1); }
 
@@ -53,7 +33,7 @@ struct ivs_tx {
 	struct ivshim_ring *ring;
 	uint8_t *data;
 	uint64_t cap;
-	uint64_t pos;        /* next record position (mirrors ring->tail) */
+	uint64_t pos;        /* next record position (ring->tail follows it) */
 	uint64_t head_cache; /* last ring->head seen */
 };
 

@@ -1,0 +1,59 @@
+/*
+ * ivshim ring record format v1: what a pair ring's data area (struct ivshim_ring in
+ * ivshim_region.h, data[capacity] after it) holds. The single definition the C data plane's
+ * producer and consumer (cgo/front/ring.h) agree on; ivshmem/layout_test.go proves the Go mirror
+ * in ivshmem/ring_format.go has the same offsets and sizes.
+ *
+ * A ring position is a byte counter like ivshim_ring.head and .tail; the record at position p
+ * starts at data[p & (capacity - 1)]. Records start on IVS_ALIGN-byte lines, occupy
+ * IVS_REC_HDR + len bytes rounded up to whole lines and never run past the end of the data area:
+ * a PAD record covers the rest of the area instead and the next record starts the next lap at
+ * offset 0.
+ *
+ * Recognition: the record at position p is published when its stamp word (the first word of its
+ * line) equals p | 1; the producer stores the stamp last, with RELEASE.
+ */
+#ifndef IVSHIM_RING_H
+#define IVSHIM_RING_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "ivshim_region.h"
+
+#define IVS_ALIGN 64u /* records start on lines of this many bytes */
+
+enum ivs_rec_kind {
+	IVS_REC_PAD = 1,  /* skip to the end of the data area */
+	IVS_REC_MSG = 2,  /* first record of a message: envelope + first payload bytes */
+	IVS_REC_FRAG = 3, /* further payload of the message being received on this ring */
+	IVS_REC_ACK = 4,  /* receiver matched a synchronous send: cookie names it */
+};
+
+#define IVS_F_SYNC 1u /* IVS_REC_MSG: the sender waits for an IVS_REC_ACK with cookie */
+
+/* Record header; payload bytes follow it directly. Written by the producer only. */
+struct ivs_rec {
+	uint64_t stamp;  /* atomic: position | 1, stored last (RELEASE) */
+	uint32_t len;    /* payload bytes in this record */
+	uint16_t kind;   /* enum ivs_rec_kind */
+	uint16_t flags;  /* IVS_F_* */
+	int32_t tag;     /* IVS_REC_MSG: MPI tag */
+	uint32_t ctx;    /* IVS_REC_MSG: communicator context id agreed by the shim */
+	uint64_t total;  /* IVS_REC_MSG: bytes in the whole message */
+	uint64_t cookie; /* IVS_REC_MSG with IVS_F_SYNC, IVS_REC_ACK: sender's request token */
+};
+
+#define IVS_REC_HDR 40u /* payload offset in a record */
+
+_Static_assert(IVS_REC_HDR == offsetof(struct ivs_rec, cookie) + sizeof(uint64_t),
+	       "IVS_REC_HDR must end at the last header field");
+_Static_assert(sizeof(struct ivs_rec) == IVS_REC_HDR, "struct ivs_rec is 40 bytes, no tail padding");
+_Static_assert(offsetof(struct ivs_rec, stamp) == 0, "the stamp is the first word of a record's line");
+_Static_assert(_Alignof(struct ivs_rec) == sizeof(uint64_t) && IVS_ALIGN % _Alignof(struct ivs_rec) == 0,
+	       "a record's line start keeps its 64-bit stamp naturally aligned for atomics");
+_Static_assert(IVS_ALIGN == IVSHIM_CACHELINE && (IVS_ALIGN & (IVS_ALIGN - 1)) == 0,
+	       "records start on cache lines");
+_Static_assert(IVS_REC_HDR < IVS_ALIGN, "a header fits in the line it starts");
+_Static_assert(sizeof(struct ivshim_ring) % IVS_ALIGN == 0, "a ring's data area starts on a line");
+
+#endif /* IVSHIM_RING_H */
