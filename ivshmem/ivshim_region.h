@@ -160,7 +160,8 @@ struct ivshim_ring {
 	                         * publish themselves by their stamps, see ivshim_ring.h) */
 	uint64_t reserved1[7];
 	/* line 2: consumer-owned */
-	uint64_t head;          /* atomic: bytes ever consumed; RELEASE after the record is copied out */
+	uint64_t head;          /* atomic: bytes ever consumed; RELEASE after the record is copied out
+	                         * and its line starts zeroed */
 	uint32_t state;         /* atomic, enum ivshim_ring_state */
 	uint32_t reserved2;
 	uint64_t reserved3[6];

@@ -11,7 +11,14 @@
  * offset 0.
  *
  * Recognition: the record at position p is published when its stamp word (the first word of its
- * line) equals p | 1; the producer stores the stamp last, with RELEASE.
+ * line) equals p | 1. Two rules make that impossible to forge with payload bytes of earlier
+ * records (cgo/front/ring.h gives the argument):
+ *   - the producer writes the stamp last, with RELEASE, and writes the line start of a position
+ *     only while writing the record or PAD that occupies that position;
+ *   - before the consumer releases head past a record it stores 0 into the first word of every
+ *     line the record occupied (for a PAD, its own line), and the RELEASE store of head orders
+ *     those stores before the producer may write there again.
+ * A ring allocation starts zeroed, so every line start holds 0 or a genuine stamp.
  */
 #ifndef IVSHIM_RING_H
 #define IVSHIM_RING_H
@@ -22,6 +29,10 @@
 
 #define IVS_ALIGN 64u /* records start on lines of this many bytes */
 
+/* Smallest ring capacity the data plane attaches to: a record may take an eighth of the ring
+ * (cgo/front/ring.h), and an eighth must hold a header and at least one payload byte. */
+#define IVS_RING_MIN_CAP (8u * IVS_ALIGN)
+
 enum ivs_rec_kind {
 	IVS_REC_PAD = 1,  /* skip to the end of the data area */
 	IVS_REC_MSG = 2,  /* first record of a message: envelope + first payload bytes */
@@ -31,9 +42,10 @@ enum ivs_rec_kind {
 
 #define IVS_F_SYNC 1u /* IVS_REC_MSG: the sender waits for an IVS_REC_ACK with cookie */
 
-/* Record header; payload bytes follow it directly. Written by the producer only. */
+/* Record header; payload bytes follow it directly. Written by the producer only, except that the
+ * consumer zeroes stamp once it is done with the record. */
 struct ivs_rec {
-	uint64_t stamp;  /* atomic: position | 1, stored last (RELEASE) */
+	uint64_t stamp;  /* atomic: position | 1, stored last (RELEASE); 0 once consumed */
 	uint32_t len;    /* payload bytes in this record */
 	uint16_t kind;   /* enum ivs_rec_kind */
 	uint16_t flags;  /* IVS_F_* */
@@ -55,5 +67,7 @@ _Static_assert(IVS_ALIGN == IVSHIM_CACHELINE && (IVS_ALIGN & (IVS_ALIGN - 1)) ==
 	       "records start on cache lines");
 _Static_assert(IVS_REC_HDR < IVS_ALIGN, "a header fits in the line it starts");
 _Static_assert(sizeof(struct ivshim_ring) % IVS_ALIGN == 0, "a ring's data area starts on a line");
+_Static_assert((IVS_RING_MIN_CAP & (IVS_RING_MIN_CAP - 1)) == 0 && IVS_RING_MIN_CAP / 8 > IVS_REC_HDR,
+	       "the smallest ring holds a record with one payload byte in an eighth of it");
 
 #endif /* IVSHIM_RING_H */

@@ -79,7 +79,7 @@ func TestGoAndCAgreeOnConstants(t *testing.T) {
 		"IVSHIM_SLOT_LEAVING": uint64(SlotLeaving), "IVSHIM_ALLOC_RING": uint64(AllocRing),
 		"IVSHIM_ALLOC_COLLECTIVE": uint64(AllocCollective), "IVSHIM_RING_OPEN": uint64(RingOpen),
 		"IVSHIM_RING_CLOSED": uint64(RingClosed), "IVSHIM_RING_DATA_OFF": RingHeaderSize,
-		"IVS_ALIGN": RecordAlign, "IVS_REC_HDR": RecordHeaderSize,
+		"IVS_ALIGN": RecordAlign, "IVS_REC_HDR": RecordHeaderSize, "IVS_RING_MIN_CAP": RingMinCapacity,
 		"IVS_F_SYNC": uint64(RecordFlagSync), "IVS_REC_PAD": uint64(RecordPad),
 		"IVS_REC_MSG": uint64(RecordMsg), "IVS_REC_FRAG": uint64(RecordFrag), "IVS_REC_ACK": uint64(RecordAck),
 	}

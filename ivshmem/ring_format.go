@@ -6,9 +6,10 @@ package ivshmem
 
 // Record format constants, equal to their IVS_* twins in ivshim_ring.h.
 const (
-	RecordAlign      = 64        // IVS_ALIGN: records start on lines of this many bytes
-	RecordHeaderSize = 40        // IVS_REC_HDR: payload offset in a record
-	RecordFlagSync   = uint16(1) // IVS_F_SYNC: the sender of a RecordMsg waits for a RecordAck
+	RecordAlign      = 64              // IVS_ALIGN: records start on lines of this many bytes
+	RecordHeaderSize = 40              // IVS_REC_HDR: payload offset in a record
+	RingMinCapacity  = 8 * RecordAlign // IVS_RING_MIN_CAP: smallest ring the data plane attaches to
+	RecordFlagSync   = uint16(1)       // IVS_F_SYNC: the sender of a RecordMsg waits for a RecordAck
 )
 
 // RecordKind is ivs_rec.kind.
@@ -23,7 +24,7 @@ const (
 )
 
 // record mirrors struct ivs_rec. Written by the ring's producer; Stamp is atomic, stored last
-// (position | 1, RELEASE).
+// (position | 1, RELEASE), and zeroed by the consumer once it is done with the record.
 type record struct {
 	Stamp  uint64
 	Len    uint32
