@@ -34,6 +34,9 @@ type Options struct {
 	RDMA       RDMAInventory       // SystemRDMA()
 	PID        int                 // os.Getpid()
 	MPILibrary string              // the MPI library's version text, for the log
+	// Passthrough, when set, keeps this rank off every region: it takes part in the collective
+	// exchanges (so the others' match) as a rank without a region, for the reason given.
+	Passthrough string
 }
 
 // staleWait is how long a session found in the region must show no heartbeat before a new
@@ -164,6 +167,11 @@ func (n *negotiation) prepare() hello {
 	n.cfg = cfg
 	n.m.log = newLogger(cfg.Log, n.o.Stderr, n.rank)
 	n.m.log.Debug("start", zap.Int("size", n.size), zap.String("mpi", n.o.MPILibrary), zap.Int("pid", n.o.PID))
+	if n.o.Passthrough != "" {
+		n.noRegion = n.o.Passthrough
+		n.m.log.Info("pass-through", zap.String("reason", n.o.Passthrough))
+		return hello{VMIndex: ivshmem.NoVM}
+	}
 	proposal, err := newSessionID()
 	if err != nil {
 		return fatal(err)

@@ -19,7 +19,7 @@
 
 #include <stdint.h>
 
-#define IVSHIM_CTL_ABI 1 /* bump when any struct below changes */
+#define IVSHIM_CTL_ABI 2 /* bump when any struct below changes */
 
 /* Paths a peer can be reached on (struct ivshim_ctl_peer.path). */
 enum ivshim_path {
@@ -50,6 +50,9 @@ struct ivshim_ctl_start_args {
 	int32_t world_rank;
 	int32_t world_size;
 	const char *mpi_library;        /* PMPI_Get_library_version text */
+	const char *passthrough;        /* non-NULL: this rank takes part in the exchanges but never
+	                                   attaches a region (IVSHIM_DISABLE, MPI_THREAD_MULTIPLE);
+	                                   the text says why */
 	struct ivshim_ctl_mpi mpi;
 	struct ivshim_ctl_peer *peers;  /* world_size entries, zeroed (= all NET) by the front */
 	/* out, set by ivshim_ctl_start */

@@ -91,7 +91,11 @@ func start(args *C.struct_ivshim_ctl_start_args) (C.int, error) {
 		runtime.GOMAXPROCS(1)
 	}
 	x := &mpiExchanger{mpi: &args.mpi, rank: rank, size: size}
-	a, err := shim.Start(x, shim.Options{MPILibrary: C.GoString(args.mpi_library)})
+	o := shim.Options{MPILibrary: C.GoString(args.mpi_library)}
+	if args.passthrough != nil {
+		o.Passthrough = C.GoString(args.passthrough)
+	}
+	a, err := shim.Start(x, o)
 	if err != nil {
 		return -1, err
 	}

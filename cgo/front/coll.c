@@ -272,7 +272,7 @@ static struct ivs_comm *coll_comm(MPI_Comm comm, struct ivs_coll **k)
 	if (IVS_LIKELY(!ivs.job_active))
 		return NULL;
 	struct ivs_comm *c = ivs_comm_get(comm);
-	if (!c || !(*k = coll_of(c)))
+	if (!c || c->coll_lib || !(*k = coll_of(c)))
 		return NULL;
 	return c;
 }

@@ -105,19 +105,23 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 
 /* Agree among c's members on a context id (the largest next id among them, unused by every
  * member) and on whether any member has a co-located peer in c; then record c if so. Every
- * member takes the same decision, so collectives on c run the same algorithm everywhere. */
+ * member takes the same decision, so collectives on c run the same algorithm everywhere.
+ * A rank at MPI_THREAD_MULTIPLE never records anything (its threads may create communicators
+ * concurrently, and the shim's state has no locks): it takes part in the agreement only, and
+ * the collectives of every communicator it belongs to go to the library on all members. */
 static int comm_agree(MPI_Comm c, int is_world)
 {
 	int rc;
 	struct ivs_comm *e = comm_build(c, &rc);
 	if (!e)
 		return rc;
-	unsigned mine[2] = {is_world ? 0 : ivs.next_ctx, e->nshm >= 2}, agreed[2] = {0, 0};
+	unsigned mine[3] = {is_world ? 0 : ivs.next_ctx, e->nshm >= 2, (unsigned)ivs.thread_multiple};
+	unsigned agreed[3] = {0, 0, 0};
 	MPI_Request req;
-	rc = PMPI_Iallreduce(mine, agreed, 2, MPI_UNSIGNED, MPI_MAX, c, &req);
+	rc = PMPI_Iallreduce(mine, agreed, 3, MPI_UNSIGNED, MPI_MAX, c, &req);
 	if (rc == MPI_SUCCESS)
 		rc = ivs_net_wait(&req, MPI_STATUS_IGNORE);
-	if (rc != MPI_SUCCESS || !agreed[1]) {
+	if (rc != MPI_SUCCESS || !agreed[1] || ivs.thread_multiple) {
 		comm_drop(e);
 		return rc;
 	}
@@ -125,6 +129,7 @@ static int comm_agree(MPI_Comm c, int is_world)
 		ivs.next_ctx = agreed[0] + 1;
 	e->ctx = agreed[0];
 	e->p2p = e->nshm >= 2;
+	e->coll_lib = agreed[2] != 0;
 	unsigned b = bucket(c);
 	e->next = table[b];
 	table[b] = e;

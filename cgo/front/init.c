@@ -22,12 +22,20 @@ static int ctl_barrier(void *ctx)
 	return PMPI_Barrier(MPI_COMM_WORLD);
 }
 
-/* Whether this rank may have a region: the cheap checks the control plane would repeat. */
-static int region_possible(void)
+/* Why this rank must not use shared memory whatever its region, or NULL. */
+static const char *passthrough_reason(int provided)
 {
 	const char *off = getenv("IVSHIM_DISABLE");
 	if (off && *off && strcmp(off, "0") != 0)
-		return 0;
+		return "IVSHIM_DISABLE is set";
+	if (provided == MPI_THREAD_MULTIPLE)
+		return "MPI_THREAD_MULTIPLE: the data plane serves one thread at a time";
+	return NULL;
+}
+
+/* Whether this rank may have a region: the cheap checks the control plane would repeat. */
+static int region_possible(void)
+{
 	const char *r = getenv("IVSHIM_REGION");
 	if (r && *r)
 		return 1;
@@ -140,6 +148,18 @@ static void setup_peers(struct ivshim_ctl_peer *peers)
 	}
 }
 
+/* A rank of an active job that uses no region itself: every peer is on the library's path, and
+ * it still takes part in the job-wide agreements (context ids, collective plans). */
+static void setup_no_peers(void)
+{
+	ivs.peers = calloc((size_t)ivs.world_size, sizeof *ivs.peers);
+	ivs.local_world = calloc(1, sizeof *ivs.local_world);
+	if (!ivs.peers || !ivs.local_world)
+		ivs_fatal("out of memory");
+	ivs.nlocal = 0;
+	ivs.has_net = ivs.world_size > 1;
+}
+
 static void check_abi(void)
 {
 	char v[MPI_MAX_LIBRARY_VERSION_STRING] = "";
@@ -166,7 +186,9 @@ static int init_common(int rc, int provided)
 		return rc;
 	PMPI_Comm_rank(MPI_COMM_WORLD, &ivs.world_rank);
 	PMPI_Comm_size(MPI_COMM_WORLD, &ivs.world_size);
-	int want = provided != MPI_THREAD_MULTIPLE && region_possible(), any = 0;
+	ivs.thread_multiple = provided == MPI_THREAD_MULTIPLE;
+	const char *pass = passthrough_reason(provided);
+	int want = !pass && region_possible(), any = 0;
 	PMPI_Allreduce(&want, &any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
 	if (!any)
 		return MPI_SUCCESS; /* pure pass-through: the Go runtime is never loaded */
@@ -183,6 +205,7 @@ static int init_common(int rc, int provided)
 		.world_rank = ivs.world_rank,
 		.world_size = ivs.world_size,
 		.mpi_library = ver,
+		.passthrough = pass,
 		.mpi = {.ctx = NULL, .allgather = ctl_allgather, .barrier = ctl_barrier},
 		.peers = calloc((size_t)ivs.world_size, sizeof(struct ivshim_ctl_peer)),
 	};
@@ -205,9 +228,17 @@ static int init_common(int rc, int provided)
 	int active = 0;
 	PMPI_Allreduce(&ivs.enabled, &active, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
 	ivs.job_active = active;
-	if (ivs.job_active)
-		return ivs_comm_world_init();
-	return MPI_SUCCESS;
+	if (!ivs.job_active)
+		return MPI_SUCCESS;
+	if (!ivs.enabled) {
+		setup_no_peers();
+	} else {
+		ivs_lib_hook_install();
+		if (!ivs_lib_hooked() && (ivs.verbose || ivs.world_rank == 0))
+			fprintf(stderr, "ivshim: rank %d: the MPI library offers no progress hook: the rings move only "
+			        "inside the shim's own calls\n", ivs.world_rank);
+	}
+	return ivs_comm_world_init();
 }
 
 int MPI_Init(int *argc, char ***argv)
@@ -252,6 +283,7 @@ int MPI_Finalize(void)
 		drain();
 	if (ivs.ctl_finalize) {
 		char err[256] = "";
+		ivs_lib_hook_remove();
 		ivs.enabled = 0;
 		if (ivs.ctl_finalize(&ivs.stats, err, sizeof err) != 0)
 			fprintf(stderr, "ivshim: rank %d: finalize: %s\n", ivs.world_rank, err);

@@ -46,6 +46,7 @@ struct ivs_comm {
 	int p2p;                   /* this rank has a co-located peer in it: point-to-point uses rings */
 	int nshm;                  /* members reached through the region, self included */
 	int has_net;               /* some member is reached through PMPI */
+	int coll_lib;              /* collectives go to the library: a member runs MPI_THREAD_MULTIPLE */
 	int *world;                /* comm rank -> world rank */
 	int *by_local;             /* local (co-located) index -> comm rank, -1 if not a member */
 	int pending_probe;         /* receives here that look for library messages by matched probe:
@@ -116,6 +117,8 @@ struct ivs_state {
 	int job_active;            /* some rank of the job uses shared memory: comm creation is
 	                              then collective work for every rank (context ids) */
 	int initialized;           /* MPI_Init returned through the shim */
+	int thread_multiple;       /* this rank runs MPI_THREAD_MULTIPLE: it never touches shim state
+	                              beyond comm_agree, and no communicator it is in is shared */
 	int world_rank, world_size;
 	uint8_t *base;
 	uint64_t size;
@@ -176,6 +179,7 @@ uint64_t ivs_dt_bytes(MPI_Datatype dt, int count);
 
 /* progress.c */
 int ivs_progress(void);
+int ivs_progress_rings(void); /* rings only, never the library: safe inside its engine */
 void ivs_wait_pause(unsigned *spins);
 IVS_COLD void ivs_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void ivs_post_recv(struct ivs_req *r);
@@ -187,6 +191,14 @@ void ivs_unexp_remove(struct ivs_msg *m);
 void ivs_send_ack(int world, uint64_t cookie);
 int ivs_try_send_inline(struct ivs_peer *p, const void *buf, uint64_t n, int tag, uint32_t ctx);
 void ivs_enqueue_send(struct ivs_req *r);
+struct ivs_req *ivs_probe_owner(struct ivs_comm *c, const MPI_Status *st);
+void ivs_net_assign(struct ivs_req *r, MPI_Message *msg);
+
+/* hook.c: progress between the shim and the MPI library, both ways */
+void ivs_lib_hook_install(void);
+void ivs_lib_hook_remove(void);
+int ivs_lib_hooked(void);
+void ivs_lib_poke(void);
 
 /* p2p.c */
 int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm,

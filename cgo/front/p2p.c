@@ -479,6 +479,24 @@ static int probe_needs_net(struct ivs_comm *c, int src)
 	return src < 0 || src >= c->size || !ivs.peers[c->world[src]];
 }
 
+/* Probe the library for (src, tag) on c. A message found there belongs to a receive posted
+ * earlier that matches it (a wildcard waiting in probe mode), not to this probe: such
+ * receives take their messages first, and the probe looks again. With mprobe the probe takes the
+ * message it reports (*msg). */
+static int net_probe(struct ivs_comm *c, int src, int tag, int *flag, MPI_Message *msg, MPI_Status *st)
+{
+	MPI_Status tmp, *s = st == MPI_STATUS_IGNORE ? &tmp : st;
+	for (;;) {
+		ivs_progress(); /* rings too: a loop of library probes must not stall them */
+		int rc = msg ? PMPI_Improbe(src, tag, c->handle, flag, msg, s) : PMPI_Iprobe(src, tag, c->handle, flag, s);
+		struct ivs_req *owner = rc == MPI_SUCCESS && *flag && c->pending_probe ? ivs_probe_owner(c, s) : NULL;
+		if (!owner)
+			return rc;
+		if (msg)
+			ivs_net_assign(owner, msg);
+	}
+}
+
 int MPI_Iprobe(int src, int tag, MPI_Comm comm, int *flag, MPI_Status *st)
 {
 	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
@@ -495,7 +513,7 @@ int MPI_Iprobe(int src, int tag, MPI_Comm comm, int *flag, MPI_Status *st)
 		}
 	}
 	if (probe_needs_net(c, src))
-		return PMPI_Iprobe(src, tag, comm, flag, st);
+		return net_probe(c, src, tag, flag, NULL, st);
 	*flag = 0;
 	return MPI_SUCCESS;
 }
@@ -533,7 +551,7 @@ int MPI_Improbe(int src, int tag, MPI_Comm comm, int *flag, MPI_Message *msg, MP
 		}
 	}
 	if (probe_needs_net(c, src))
-		return PMPI_Improbe(src, tag, comm, flag, msg, st);
+		return net_probe(c, src, tag, flag, msg, st);
 	*flag = 0;
 	return MPI_SUCCESS;
 }

@@ -24,7 +24,10 @@ IVS_COLD void ivs_fatal(const char *fmt, ...)
 }
 
 /* Spin briefly, then give the core away: with more ranks than cores a pure spin starves the
- * very peer being waited for. */
+ * very peer being waited for. While yielding, keep the MPI library progressing too: this rank's
+ * library sends (to a VM elsewhere, or a co-located rank that does not use the shim, or inside a
+ * library collective it has already left) may be what another rank waits for, whatever the
+ * layout (a one-host job still has library traffic between its VMs). */
 void ivs_wait_pause(unsigned *spins)
 {
 	if (++*spins < 16) {
@@ -32,11 +35,8 @@ void ivs_wait_pause(unsigned *spins)
 		return;
 	}
 	sched_yield();
-	/* Keep the MPI library's own progress going (network sends in flight) while we wait. */
-	if (ivs.has_net && (*spins & 63) == 0) {
-		int flag;
-		PMPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
-	}
+	if ((*spins & 7) == 0)
+		ivs_lib_poke();
 }
 
 int ivs_match(const struct ivs_req *r, const struct ivs_msg *m)
@@ -261,10 +261,12 @@ static void on_frag(int world, struct ivs_peer *p, const struct ivs_rec *h, cons
 	}
 }
 
-static void on_ack(const struct ivs_rec *h)
+/* A receiver matched one of our synchronous sends. Only the rank the send went to may say so:
+ * a token arriving from anyone else is ignored like a stale one. */
+static void on_ack(int world, const struct ivs_rec *h)
 {
 	struct ivs_req *r = ivs_req_by_cookie(h->cookie);
-	if (!r)
+	if (!r || r->peer_world != world)
 		return; /* stale or foreign token: nothing of ours waits for it */
 	r->sync_wait = 0;
 	ivs.nsync_wait--;
@@ -368,18 +370,30 @@ int ivs_try_send_inline(struct ivs_peer *p, const void *buf, uint64_t n, int tag
 	return 1;
 }
 
-/* The earliest posted probe-mode receive on r's communicator that a library message with
- * status st matches (r itself if none before it does). */
-static struct ivs_req *first_probe_match(struct ivs_req *r, const MPI_Status *st)
+/* The earliest posted probe-mode receive on c that a library message with status st matches,
+ * or NULL: that receive was posted first, so the message is its own. */
+struct ivs_req *ivs_probe_owner(struct ivs_comm *c, const MPI_Status *st)
 {
-	for (struct ivs_req *q = ivs.posted; q != r; q = q->next) {
-		if (q->recv_mode != IVS_RM_PROBE || q->comm != r->comm)
+	for (struct ivs_req *q = ivs.posted; q; q = q->next) {
+		if (q->recv_mode != IVS_RM_PROBE || q->comm != c)
 			continue;
 		if ((q->peer == MPI_ANY_SOURCE || q->peer == st->MPI_SOURCE) &&
 		    (q->tag == MPI_ANY_TAG || q->tag == st->MPI_TAG))
 			return q;
 	}
-	return r;
+	return NULL;
+}
+
+/* Receive r takes the library message msg (matched by a probe). */
+void ivs_net_assign(struct ivs_req *r, MPI_Message *msg)
+{
+	ivs_unpost(r);
+	r->recv_mode = IVS_RM_NET;
+	int rc = PMPI_Imrecv(r->ubuf, r->count, r->dt, msg, &r->inner);
+	if (rc != MPI_SUCCESS) {
+		r->error = rc;
+		r->state = IVS_DONE;
+	}
 }
 
 /* Receives that may be satisfied by the network path are found with a matched probe, in
@@ -405,26 +419,20 @@ static int probe_net(void)
 		if (!flag)
 			continue;
 		/* The message may have arrived after an earlier receive's probe in this pass: it
-		 * belongs to the first receive posted that matches it. */
-		r = first_probe_match(r, &st);
-		ivs_unpost(r);
-		r->recv_mode = IVS_RM_NET;
-		rc = PMPI_Imrecv(r->ubuf, r->count, r->dt, &msg, &r->inner);
-		if (rc != MPI_SUCCESS) {
-			r->error = rc;
-			r->state = IVS_DONE;
-		}
+		 * belongs to the first receive posted that matches it (r at the latest). */
+		ivs_net_assign(ivs_probe_owner(r->comm, &st), &msg);
+		next = ivs.posted; /* the walk's successor may have been the one just assigned */
 		did = 1;
 	}
 	return did;
 }
 
-int ivs_progress(void)
+/* Drain every inbound ring and push what is queued outbound. Never calls the MPI library, so
+ * the library's own progress engine may call it (hook.c). */
+static int ring_progress(void)
 {
 	static unsigned rr;
 	int did = 0;
-	if (!ivs.enabled)
-		return 0;
 	for (int k = 0; k < ivs.nlocal; k++) {
 		int i = (int)((rr + (unsigned)k) % (unsigned)ivs.nlocal);
 		int world = ivs.local_world[i];
@@ -445,7 +453,7 @@ int ivs_progress(void)
 				on_frag(world, p, &h, pl);
 				break;
 			case IVS_REC_ACK:
-				on_ack(&h);
+				on_ack(world, &h);
 				break;
 			}
 			ivs_rx_consume(&p->rx, h.len);
@@ -457,7 +465,31 @@ int ivs_progress(void)
 			did |= push_sends(p);
 	}
 	rr++;
+	return did;
+}
+
+/* The engine is not re-entrant: probe_net calls the library, whose progress engine calls the
+ * hook, which must then leave the queues probe_net is walking alone. */
+static int in_progress;
+
+int ivs_progress(void)
+{
+	if (!ivs.enabled || in_progress)
+		return 0;
+	in_progress = 1;
+	int did = ring_progress();
 	if (ivs.posted && ivs.has_net)
 		did |= probe_net();
+	in_progress = 0;
+	return did;
+}
+
+int ivs_progress_rings(void)
+{
+	if (!ivs.enabled || in_progress)
+		return 0;
+	in_progress = 1;
+	int did = ring_progress();
+	in_progress = 0;
 	return did;
 }
