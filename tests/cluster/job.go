@@ -71,7 +71,9 @@ type Job struct {
 	// cluster. Without VMs the job is native: Ranks ranks in the root namespace, one OS.
 	VMs        []*VM
 	RanksPerVM int
-	Ranks      int
+	// PerVM, when set, gives VM i PerVM[i] ranks instead of RanksPerVM (uneven layouts).
+	PerVM []int
+	Ranks int
 	// Transport restricts the library's transports.
 	Transport Transport
 	// Program and Args are the rank executable and its arguments; Program must be reachable at
@@ -171,6 +173,14 @@ func (job *Job) cluster() (*Cluster, error) {
 	if job.RanksPerVM == 0 {
 		job.RanksPerVM = 1
 	}
+	if job.PerVM != nil && len(job.PerVM) != len(job.VMs) {
+		return nil, fmt.Errorf("run %s job %s: PerVM has %d entries for %d VMs", job.MPI, job.Program, len(job.PerVM), len(job.VMs))
+	}
+	for _, n := range job.PerVM {
+		if n < 1 {
+			return nil, fmt.Errorf("run %s job %s: PerVM %v: every VM needs a rank", job.MPI, job.Program, job.PerVM)
+		}
+	}
 	c := job.VMs[0].Host.cluster
 	for _, vm := range job.VMs {
 		if vm.Host.cluster != c {
@@ -244,9 +254,26 @@ func teeTo(buf *bytes.Buffer, extra io.Writer) io.Writer {
 func (job *Job) hostList() string {
 	hosts := make([]string, len(job.VMs))
 	for i, vm := range job.VMs {
-		hosts[i] = fmt.Sprintf("%s:%d", vm.Addr, job.RanksPerVM)
+		hosts[i] = fmt.Sprintf("%s:%d", vm.Addr, job.ranksOn(i))
 	}
 	return strings.Join(hosts, ",")
+}
+
+// ranksOn is the number of ranks on the job's VM i.
+func (job *Job) ranksOn(i int) int {
+	if job.PerVM != nil {
+		return job.PerVM[i]
+	}
+	return job.RanksPerVM
+}
+
+// size is the number of ranks of a job in VMs.
+func (job *Job) size() int {
+	n := 0
+	for i := range job.VMs {
+		n += job.ranksOn(i)
+	}
+	return n
 }
 
 // envKeys returns the keys of job.Env in order, so command lines are reproducible.
@@ -285,7 +312,7 @@ func (job *Job) openMPIArgv(c *Cluster) []string {
 		subnet := c.Subnet.String()
 		argv = append(argv, "--mca", "plm_rsh_agent", c.Agent, "--mca", "plm_rsh_no_tree_spawn", "1",
 			"--mca", "oob_tcp_if_include", subnet, "--mca", "btl_tcp_if_include", subnet,
-			"--host", job.hostList(), "-np", strconv.Itoa(len(job.VMs)*job.RanksPerVM))
+			"--host", job.hostList(), "-np", strconv.Itoa(job.size()))
 	}
 	return append(append(argv, job.Program), job.Args...)
 }
@@ -297,7 +324,7 @@ func (job *Job) mpichArgv(c *Cluster) []string {
 		argv = append(argv, "-n", strconv.Itoa(job.Ranks))
 	} else {
 		argv = append(argv, "-launcher", "ssh", "-launcher-exec", c.Agent, "-localhost", c.BridgeAddr.String(),
-			"-hosts", job.hostList(), "-n", strconv.Itoa(len(job.VMs)*job.RanksPerVM))
+			"-hosts", job.hostList(), "-n", strconv.Itoa(job.size()))
 	}
 	switch job.Transport {
 	case TCP:

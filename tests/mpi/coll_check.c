@@ -52,6 +52,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "test_init.h"
 
 /* MPICH defines MPI_STATUS(ES)_IGNORE as small integers cast to pointers; gcc 12 then reports
  * every call passing them as an access to "a region of size 0". The calls are correct. */
@@ -2132,7 +2133,7 @@ static void parse_args(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
-	MPI_Init(&argc, &argv);
+	test_init(&argc, &argv);
 	MPI_Comm_rank(MPI_COMM_WORLD, &g.rank);
 	MPI_Comm_size(MPI_COMM_WORLD, &g.size);
 	parse_args(argc, argv);

@@ -34,6 +34,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "test_init.h"
 
 /* MPICH defines MPI_STATUS(ES)_IGNORE as small integers cast to pointers; gcc 12 then reports
  * every call passing them as an access to "a region of size 0". The calls are correct. */
@@ -55,7 +56,7 @@ static struct {
  * point-to-point: it is reported and fails. */
 static inline void chk_init(int *argc, char ***argv)
 {
-    MPI_Init(argc, argv);
+    test_init(argc, argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &chk.rank);
     MPI_Comm_size(MPI_COMM_WORLD, &chk.size);
     if (chk.size < 2) {
