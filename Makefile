@@ -21,7 +21,7 @@ SHIM_LIBS := $(BUILD)/lib/libivshim-openmpi.so $(BUILD)/lib/libivshim-mpich.so $
 # The front library is compiled against each MPI family's mpi.h but links no MPI library: it is
 # preloaded into processes without one too (see cgo/front/abi.h), so PMPI_* bind lazily.
 FRONT_SRC := $(wildcard cgo/front/*.c)
-FRONT_DEPS := $(FRONT_SRC) $(wildcard cgo/front/*.h) cgo/front/exports.map ivshmem/ivshim_region.h cgo/ctl/ivshim_ctl.h
+FRONT_DEPS := $(FRONT_SRC) $(wildcard cgo/front/*.h) cgo/front/exports.map $(wildcard ivshmem/*.h) cgo/ctl/ivshim_ctl.h
 FRONT_CFLAGS := -O2 -g -fPIC -shared -std=gnu11 -Wall -Wextra -Werror -Iivshmem -Icgo/ctl \
 	-Wl,-z,lazy -Wl,--version-script=cgo/front/exports.map
 

@@ -69,8 +69,8 @@ func ComputeLayout(p Params) (Layout, error) {
 		return Layout{}, fmt.Errorf("%w: vm count %d not in 1..%d", ErrInvalid, p.VMCount, MaxVMs)
 	case p.ChunkSize < MinChunk || !isPow2(uint64(p.ChunkSize)):
 		return Layout{}, fmt.Errorf("%w: chunk size %d not a power of two >= %d", ErrInvalid, p.ChunkSize, MinChunk)
-	case p.RingSize < CacheLine || !isPow2(uint64(p.RingSize)):
-		return Layout{}, fmt.Errorf("%w: ring size %d not a power of two >= %d", ErrInvalid, p.RingSize, CacheLine)
+	case p.RingSize < RingMinCapacity || !isPow2(uint64(p.RingSize)):
+		return Layout{}, fmt.Errorf("%w: ring size %d not a power of two >= %d", ErrInvalid, p.RingSize, RingMinCapacity)
 	}
 	l := Layout{Params: p}
 	l.VMTableOff = HeaderSize

@@ -19,8 +19,8 @@ func (r *Region) CreateRing(session uint64, sender, receiver uint32, capacity ui
 	if capacity == 0 {
 		capacity = uint64(r.layout.RingSize)
 	}
-	if !isPow2(capacity) || capacity < CacheLine {
-		return Ring{}, fmt.Errorf("create ring %d->%d: capacity %d not a power of two >= %d", sender, receiver, capacity, CacheLine)
+	if !isPow2(capacity) || capacity < RingMinCapacity {
+		return Ring{}, fmt.Errorf("create ring %d->%d: capacity %d not a power of two >= %d", sender, receiver, capacity, RingMinCapacity)
 	}
 	off, err := r.Alloc(session, receiver, AllocRing, RingHeaderSize+capacity)
 	if err != nil {
@@ -66,7 +66,7 @@ func (r *Region) PairRing(session uint64, sender, receiver uint32) (ring Ring, o
 		err = fmt.Errorf("allocation kind %d", kind)
 	case g.SenderSlot != sender || g.ReceiverSlot != receiver || g.Session != session:
 		err = fmt.Errorf("header names %d->%d of session %#x", g.SenderSlot, g.ReceiverSlot, g.Session)
-	case !isPow2(capacity) || capacity < CacheLine || capacity > size-RingHeaderSize:
+	case !isPow2(capacity) || capacity < RingMinCapacity || capacity > size-RingHeaderSize:
 		err = fmt.Errorf("capacity %d in a %d-byte allocation", capacity, size)
 	}
 	if err != nil {

@@ -110,18 +110,17 @@ static void *ctl_sym(void *h, const char *name)
 	return s;
 }
 
-/* Private views of the rings the control plane validated; checked again against the region. */
-static void map_ring(struct ivshim_ring **ring, uint8_t **data, uint64_t *cap, uint64_t off, int world)
+/* A ring the control plane found, checked again here (the peer shares the region and may have
+ * changed it since): its snapshot is all the private view is built from. */
+static struct ivshim_ring *map_ring(uint64_t off, int world, const char *dir, struct ivs_ring_snap *s)
 {
+	const char *why;
 	if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size - IVSHIM_RING_DATA_OFF)
-		ivs_fatal("control plane gave ring offset %#lx for rank %d outside the region", (unsigned long)off, world);
+		ivs_fatal("control plane gave %s ring offset %#lx for rank %d outside the region", dir, (unsigned long)off, world);
 	struct ivshim_ring *r = (struct ivshim_ring *)(ivs.base + off);
-	uint64_t c = r->capacity;
-	if (c < IVS_ALIGN * 4 || (c & (c - 1)) || c > ivs.size - off - IVSHIM_RING_DATA_OFF)
-		ivs_fatal("ring of rank %d has capacity %lu", world, (unsigned long)c);
-	*ring = r;
-	*data = ivs.base + off + IVSHIM_RING_DATA_OFF;
-	*cap = c;
+	if (ivs_ring_check(r, ivs.size - off - IVSHIM_RING_DATA_OFF, s, &why) != 0)
+		ivs_fatal("%s ring of rank %d at region offset %#lx: %s", dir, world, (unsigned long)off, why);
+	return r;
 }
 
 static void setup_peers(struct ivshim_ctl_peer *peers)
@@ -138,10 +137,16 @@ static void setup_peers(struct ivshim_ctl_peer *peers)
 		struct ivs_peer *p = calloc(1, sizeof *p);
 		if (!p)
 			ivs_fatal("out of memory");
-		map_ring(&p->tx.ring, &p->tx.data, &p->tx.cap, peers[w].tx_ring, w);
-		map_ring(&p->rx.ring, &p->rx.data, &p->rx.cap, peers[w].rx_ring, w);
-		p->tx.pos = p->tx.head_cache = __atomic_load_n(&p->tx.ring->tail, __ATOMIC_ACQUIRE);
-		p->rx.pos = __atomic_load_n(&p->rx.ring->head, __ATOMIC_ACQUIRE);
+		struct ivs_ring_snap tx, rx;
+		p->tx.ring = map_ring(peers[w].tx_ring, w, "outbound", &tx);
+		p->tx.data = (uint8_t *)p->tx.ring + IVSHIM_RING_DATA_OFF;
+		p->tx.cap = tx.cap;
+		p->tx.pos = tx.tail;
+		p->tx.head_cache = tx.head;
+		p->rx.ring = map_ring(peers[w].rx_ring, w, "inbound", &rx);
+		p->rx.data = (uint8_t *)p->rx.ring + IVSHIM_RING_DATA_OFF;
+		p->rx.cap = rx.cap;
+		p->rx.pos = rx.head;
 		p->local = ivs.nlocal;
 		ivs.local_world[ivs.nlocal++] = w;
 		ivs.peers[w] = p;
