@@ -1,0 +1,851 @@
+/*
+ * Fortran bindings: the entry points through which a Fortran program's MPI calls reach the
+ * shim's C interposers.
+ *
+ * Who calls what (Debian 12: Open MPI 4.1.4, MPICH 4.0.2, gfortran 12; nm -D / objdump -d):
+ *
+ * Open MPI. libmpi_mpifh.so holds the mpif.h bindings: one function per routine, ompi_send_f,
+ * exported also as the weak aliases mpi_send, mpi_send_, mpi_send__, MPI_SEND, MPI_Send_f,
+ * MPI_Send_f08 and the PMPI twins pmpi_send{,_,__}, PMPI_SEND, PMPI_Send_f{,08}. Each converts
+ * its arguments (PMPI_Comm_f2c, PMPI_Request_f2c, the mpi_fortran_*_ common-block sentinels) and
+ * calls PMPI_Send directly: Open MPI's Fortran never reaches an MPI_* C symbol, not even for
+ * MPI_INIT (ompi_init_f -> PMPI_Init), so without this file a Fortran program never initialises
+ * the shim and runs in pure pass-through. `use mpi` (libmpi_usempi_ignore_tkr.so) only declares
+ * interfaces: gfortran calls mpi_send_ itself. `use mpi_f08` (libmpi_usempif08.so) wraps each
+ * routine in mpi_send_f08_, which calls ompi_send_f through the PLT, except the routines with
+ * LOGICAL arguments, which call pmpi_test_, pmpi_testall_, pmpi_testany_, pmpi_testsome_,
+ * pmpi_iprobe_, pmpi_improbe_, pmpi_request_get_status_, pmpi_intercomm_merge_,
+ * pmpi_cart_create_, pmpi_cart_sub_, pmpi_graph_create_, pmpi_dist_graph_create(_adjacent)_.
+ * Its MPI_STATUS_IGNORE, MPI_IN_PLACE, ... are bound to the same common blocks
+ * (mpi_fortran_status_ignore_, ...) as mpif.h's.
+ * So for Open MPI this file defines, for every routine the shim interposes in C, every name
+ * libmpi_mpifh.so exports for it except those beginning with PMPI_: lowercase with 0, 1 and 2
+ * underscores, uppercase, MPI_Xxx_f, MPI_Xxx_f08, ompi_xxx_f (what mpi_f08 calls) and
+ * pmpi_xxx{,_,__} (what mpi_f08 calls for the LOGICAL routines; Fortran PMPI calls must
+ * understand the shim's handles too).
+ *
+ * MPICH. libmpichfort.so's mpif.h and `use mpi` bindings (mpi_send_ = pmpi_send_ = MPI_SEND
+ * ...) call the C MPI_* functions (MPI_Init, MPI_Send, MPI_Wait...), so they reach the shim
+ * already. Its mpi_f08 bindings split in two: those with a choice buffer (mpi_send_f08ts_ ...)
+ * call MPI_Send etc. through a descriptor helper and reach the shim too; the others
+ * (mpi_init_f08_, mpi_wait_f08_, mpi_test_f08_, mpi_barrier_f08_, mpi_comm_split_f08_, ...) bind
+ * straight to PMPI_Init, PMPI_Wait, ... (mpi_c_interface_nobuf). So for MPICH this file defines
+ * mpi_xxx_f08_ and pmpir_xxx_f08_ (the pmpi_f08 module's names) of those buffer-less routines.
+ * MPICH's f08 handles are the C integer handles (type(MPI_Comm) holds it in MPI_VAL), its
+ * type(MPI_Status) is the C MPI_Status, MPI_STATUS(ES)_IGNORE are MPIR_F08_MPI_STATUS(ES)_IGNORE_OBJ
+ * and the optional ierror arrives as a NULL pointer when absent.
+ *
+ * Handles. MPI_Fint handles of communicators, datatypes, ops, groups and infos convert with the
+ * library's f2c/c2f. Requests and matched-probe messages may be the shim's own (abi.h): in Open MPI
+ * those are pointers into the shim's pools that PMPI_Request_c2f cannot convert, so they get
+ * Fortran handles from a table here, IVS_F_BASE + slot. Open MPI issues Fortran request and
+ * message handles as indices into its f_to_c pointer arrays, which grow one entry per live
+ * object from 0: reaching 1 << 30 needs 2^30 live requests at once (hundreds of GB of
+ * ompi_request_t), so the ranges cannot meet. In MPICH the Fortran handle is the C handle, the
+ * shim's included (0x2c000001.., abi.h).
+ *
+ * Nothing here runs before the program calls MPI, and the Open MPI sentinels are weak references
+ * (NULL without libmpi), so preloading the library into processes without MPI stays harmless.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "ivshim.h"
+
+typedef MPI_Fint fint;
+_Static_assert(sizeof(MPI_Fint) == sizeof(int), "Fortran INTEGER arrays are passed as int arrays");
+
+/* Fortran LOGICAL .TRUE. (gfortran, and OMPI_FORTRAN_VALUE_TRUE of Debian's Open MPI). */
+#define IVS_F_TRUE 1
+
+static inline void fret(fint *ierr, int rc)
+{
+	if (ierr) /* optional in mpi_f08 */
+		*ierr = rc;
+}
+
+static inline int fsentinel(const void *p, const void *s) { return s && p == s; }
+
+/* ------------------------------------------------------------------------------------------ */
+#if defined(OPEN_MPI)
+
+#pragma weak mpi_fortran_bottom_
+#pragma weak mpi_fortran_in_place_
+#pragma weak mpi_fortran_status_ignore_
+#pragma weak mpi_fortran_statuses_ignore_
+#pragma weak mpi_fortran_unweighted_
+#pragma weak mpi_fortran_weights_empty_
+extern int mpi_fortran_bottom_, mpi_fortran_in_place_, mpi_fortran_status_ignore_, mpi_fortran_statuses_ignore_,
+	mpi_fortran_unweighted_, mpi_fortran_weights_empty_;
+
+#define FSTATUS_INTS (sizeof(MPI_Status) / sizeof(fint)) /* MPI_STATUS_SIZE */
+#define F_COMM(f) PMPI_Comm_f2c(*(f))
+#define C_COMM(c) PMPI_Comm_c2f(c)
+#define F_TYPE(f) PMPI_Type_f2c(*(f))
+#define C_TYPE(c) PMPI_Type_c2f(c)
+#define F_OP(f) PMPI_Op_f2c(*(f))
+#define F_GROUP(f) PMPI_Group_f2c(*(f))
+#define F_INFO(f) PMPI_Info_f2c(*(f))
+
+static inline int fstatus_ignore(const fint *f) { return fsentinel(f, &mpi_fortran_status_ignore_); }
+static inline int fstatuses_ignore(const fint *f) { return fsentinel(f, &mpi_fortran_statuses_ignore_); }
+
+static inline void *fbuf(void *p)
+{
+	if (fsentinel(p, &mpi_fortran_in_place_))
+		return MPI_IN_PLACE;
+	return fsentinel(p, &mpi_fortran_bottom_) ? MPI_BOTTOM : p;
+}
+
+static inline const int *fweights(const fint *w)
+{
+	if (fsentinel(w, &mpi_fortran_unweighted_))
+		return MPI_UNWEIGHTED;
+	return fsentinel(w, &mpi_fortran_weights_empty_) ? MPI_WEIGHTS_EMPTY : w;
+}
+
+/* Fortran handles of shim requests / messages: IVS_F_BASE + slot. A free slot holds
+ * (next free slot + 1) << 1 | 1; live ones hold the C handle, a pointer, so bit 0 is clear.
+ * No lock: shim requests exist only below MPI_THREAD_MULTIPLE (ivshim.h), so one thread at a
+ * time is in MPI; under MPI_THREAD_MULTIPLE the tables stay empty and are only read. */
+#define IVS_F_BASE (1 << 30)
+#define IVS_F_MAX (1u << 24)
+
+struct ftab {
+	void **slot;
+	uint32_t used, cap, free1; /* free1: first free slot + 1, 0 = none */
+};
+static struct ftab req_tab, msg_tab;
+
+static void *ftab_get(const struct ftab *t, fint f)
+{
+	uint32_t i = (uint32_t)f - IVS_F_BASE;
+	if (f < IVS_F_BASE || i >= t->used || ((uintptr_t)t->slot[i] & 1))
+		return NULL;
+	return t->slot[i];
+}
+
+static fint ftab_put(struct ftab *t, void *c)
+{
+	uint32_t i;
+	if (t->free1) {
+		i = t->free1 - 1;
+		t->free1 = (uint32_t)((uintptr_t)t->slot[i] >> 1);
+	} else {
+		if (t->used == t->cap) {
+			uint32_t cap = t->cap ? 2 * t->cap : 256;
+			void **s = cap <= IVS_F_MAX ? realloc(t->slot, cap * sizeof *s) : NULL;
+			if (!s)
+				ivs_fatal("more than %u Fortran handles of shim requests or messages", t->cap);
+			t->slot = s;
+			t->cap = cap;
+		}
+		i = t->used++;
+	}
+	t->slot[i] = c;
+	return (fint)(IVS_F_BASE + i);
+}
+
+static void ftab_drop(struct ftab *t, fint f)
+{
+	if (!ftab_get(t, f))
+		return;
+	uint32_t i = (uint32_t)f - IVS_F_BASE;
+	t->slot[i] = (void *)(((uintptr_t)t->free1 << 1) | 1);
+	t->free1 = i + 1;
+}
+
+static inline MPI_Request F_REQ(fint f)
+{
+	void *c = ftab_get(&req_tab, f);
+	return c ? (MPI_Request)c : PMPI_Request_f2c(f);
+}
+
+static inline fint C_REQ(MPI_Request c) { return ivs_req_of(c) ? ftab_put(&req_tab, c) : PMPI_Request_c2f(c); }
+
+/* The call turned request `was` into `now` (completed, freed): update its Fortran handle. */
+static inline void freq_update(fint *f, MPI_Request was, MPI_Request now)
+{
+	if (was == now)
+		return;
+	ftab_drop(&req_tab, *f);
+	*f = C_REQ(now);
+}
+
+static inline MPI_Message F_MSG(fint f)
+{
+	void *c = ftab_get(&msg_tab, f);
+	return c ? (MPI_Message)c : PMPI_Message_f2c(f);
+}
+
+static inline fint C_MSG(MPI_Message c) { return ivs_msg_of(c) ? ftab_put(&msg_tab, c) : PMPI_Message_c2f(c); }
+
+static inline void fmsg_update(fint *f, MPI_Message was, MPI_Message now)
+{
+	if (was == now)
+		return;
+	ftab_drop(&msg_tab, *f);
+	*f = C_MSG(now);
+}
+
+/* A Fortran status argument seen as a C one: converted back by fst_close. */
+struct fst {
+	MPI_Status c;
+	fint *f;
+};
+
+static inline MPI_Status *fst_open(struct fst *s, fint *f)
+{
+	s->f = fstatus_ignore(f) ? NULL : f;
+	return s->f ? &s->c : MPI_STATUS_IGNORE;
+}
+
+static inline void fst_close(struct fst *s, int set)
+{
+	if (s->f && set)
+		PMPI_Status_c2f(&s->c, s->f);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+#elif defined(MPICH)
+
+/* The mpi_f08 module's sentinels (MPI_UNWEIGHTED and MPI_WEIGHTS_EMPTY are module variables). */
+#pragma weak MPIR_F08_MPI_STATUS_IGNORE_OBJ
+#pragma weak MPIR_F08_MPI_STATUSES_IGNORE_OBJ
+#pragma weak MPI_F08_STATUS_IGNORE
+#pragma weak MPI_F08_STATUSES_IGNORE
+#pragma weak __mpi_f08_link_constants_MOD_mpi_unweighted
+#pragma weak __mpi_f08_link_constants_MOD_mpi_weights_empty
+extern int __mpi_f08_link_constants_MOD_mpi_unweighted, __mpi_f08_link_constants_MOD_mpi_weights_empty;
+
+#define F_COMM(f) ((MPI_Comm) * (f))
+#define C_COMM(c) ((fint)(c))
+#define F_TYPE(f) ((MPI_Datatype) * (f))
+#define C_TYPE(c) ((fint)(c))
+#define F_GROUP(f) ((MPI_Group) * (f))
+#define F_INFO(f) ((MPI_Info) * (f))
+#define F_REQ(f) ((MPI_Request)(f))
+#define F_MSG(f) ((MPI_Message)(f))
+#define C_MSG(c) ((fint)(c))
+
+static inline int fstatus_ignore(const fint *f)
+{
+	return fsentinel(f, &MPIR_F08_MPI_STATUS_IGNORE_OBJ) || (&MPI_F08_STATUS_IGNORE && fsentinel(f, MPI_F08_STATUS_IGNORE));
+}
+
+static inline int fstatuses_ignore(const fint *f)
+{
+	return fsentinel(f, MPIR_F08_MPI_STATUSES_IGNORE_OBJ) ||
+	       (&MPI_F08_STATUSES_IGNORE && fsentinel(f, MPI_F08_STATUSES_IGNORE));
+}
+
+static inline const int *fweights(const fint *w)
+{
+	if (fsentinel(w, &__mpi_f08_link_constants_MOD_mpi_unweighted))
+		return MPI_UNWEIGHTED;
+	return fsentinel(w, &__mpi_f08_link_constants_MOD_mpi_weights_empty) ? MPI_WEIGHTS_EMPTY : w;
+}
+
+static inline void freq_update(fint *f, MPI_Request was, MPI_Request now)
+{
+	(void)was;
+	*f = (fint)now;
+}
+
+static inline void fmsg_update(fint *f, MPI_Message was, MPI_Message now)
+{
+	(void)was;
+	*f = (fint)now;
+}
+
+/* type(MPI_Status) is MPI_Status itself. */
+struct fst {
+	char unused;
+};
+
+static inline MPI_Status *fst_open(struct fst *s, fint *f)
+{
+	(void)s;
+	return fstatus_ignore(f) ? MPI_STATUS_IGNORE : (MPI_Status *)f;
+}
+
+static inline void fst_close(struct fst *s, int set)
+{
+	(void)s;
+	(void)set;
+}
+
+#else
+#error "unknown MPI ABI family"
+#endif
+/* ------------------------------------------------------------------------------------------ */
+
+/* An array of Fortran requests (and statuses) seen as C arrays for one call. */
+#define FVEC_SMALL 8
+struct fvec {
+	MPI_Request *req;  /* passed to the call */
+	MPI_Status *st;    /* passed to the call, or MPI_STATUSES_IGNORE */
+#if defined(OPEN_MPI)
+	MPI_Request *was;  /* req before the call */
+	void *heap;
+	MPI_Request small[2 * FVEC_SMALL];
+	MPI_Status small_st[FVEC_SMALL];
+#endif
+};
+
+static int fvec_open(struct fvec *v, int n, fint *freqs, fint *fsts)
+{
+	int ignore = !fsts || fstatuses_ignore(fsts);
+#if defined(OPEN_MPI)
+	size_t m = n > 0 ? (size_t)n : 0;
+	v->heap = NULL;
+	v->req = v->small;
+	v->st = v->small_st;
+	if (m > FVEC_SMALL) {
+		v->heap = malloc(m * (2 * sizeof(MPI_Request) + sizeof(MPI_Status)));
+		if (!v->heap)
+			return MPI_ERR_NO_MEM;
+		v->req = v->heap;
+		v->st = (MPI_Status *)(v->req + 2 * m);
+	}
+	v->was = v->req + m;
+	for (size_t i = 0; i < m; i++)
+		v->req[i] = v->was[i] = F_REQ(freqs[i]);
+	if (ignore)
+		v->st = MPI_STATUSES_IGNORE;
+#else
+	(void)n;
+	v->req = (MPI_Request *)freqs;
+	v->st = ignore ? MPI_STATUSES_IGNORE : (MPI_Status *)fsts;
+#endif
+	return MPI_SUCCESS;
+}
+
+/* Write back every request the call changed and the first nst statuses. */
+static void fvec_close(struct fvec *v, int n, fint *freqs, fint *fsts, int nst)
+{
+#if defined(OPEN_MPI)
+	for (int i = 0; i < n; i++)
+		freq_update(&freqs[i], v->was[i], v->req[i]);
+	for (int i = 0; v->st != MPI_STATUSES_IGNORE && i < nst; i++)
+		PMPI_Status_c2f(&v->st[i], fsts + (size_t)i * FSTATUS_INTS);
+	free(v->heap);
+#else
+	(void)v, (void)n, (void)freqs, (void)fsts, (void)nst;
+#endif
+}
+
+static inline int flogical(const fint *f) { return *f != 0; }
+static inline void fset_logical(fint *f, int v) { *f = v ? IVS_F_TRUE : 0; }
+
+/* Fortran LOGICAL array -> C int array (free it). */
+static int *flogicals(int n, const fint *f)
+{
+	int *c = malloc(sizeof(int) * (size_t)(n > 0 ? n : 1));
+	for (int i = 0; c && i < n; i++)
+		c[i] = f[i] != 0;
+	return c;
+}
+
+/* A C index (0-based, or MPI_UNDEFINED) as Fortran's. */
+static inline fint findex(int i) { return i >= 0 ? i + 1 : i; }
+
+static inline int statuses_set(int rc) { return rc == MPI_SUCCESS || rc == MPI_ERR_IN_STATUS; }
+
+/* Every name of one Fortran entry point. Open MPI: all of libmpi_mpifh.so's but PMPI_*; MPICH:
+ * those of the mpi_f08 and pmpi_f08 modules. */
+#define IVS_F_ALIAS(impl, name) extern __typeof__(impl) name __attribute__((alias(#impl)));
+#if defined(OPEN_MPI)
+#define IVS_F_EXPORT(impl, lower, UPPER, Camel)                                                           \
+	IVS_F_ALIAS(impl, mpi_##lower) IVS_F_ALIAS(impl, mpi_##lower##_) IVS_F_ALIAS(impl, mpi_##lower##__) \
+	IVS_F_ALIAS(impl, pmpi_##lower) IVS_F_ALIAS(impl, pmpi_##lower##_)                                 \
+	IVS_F_ALIAS(impl, pmpi_##lower##__) IVS_F_ALIAS(impl, MPI_##UPPER)                                 \
+	IVS_F_ALIAS(impl, MPI_##Camel##_f) IVS_F_ALIAS(impl, MPI_##Camel##_f08)                            \
+	IVS_F_ALIAS(impl, ompi_##lower##_f)
+#else
+#define IVS_F_EXPORT(impl, lower, UPPER, Camel) \
+	IVS_F_ALIAS(impl, mpi_##lower##_f08_) IVS_F_ALIAS(impl, pmpir_##lower##_f08_)
+#endif
+
+/* ---- both families: routines without a choice buffer ---- */
+
+static void f_init(fint *ierr) { fret(ierr, MPI_Init(NULL, NULL)); }
+IVS_F_EXPORT(f_init, init, INIT, Init)
+
+static void f_init_thread(fint *required, fint *provided, fint *ierr)
+{
+	int p = MPI_THREAD_SINGLE, rc = MPI_Init_thread(NULL, NULL, *required, &p);
+	*provided = p;
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_init_thread, init_thread, INIT_THREAD, Init_thread)
+
+static void f_finalize(fint *ierr) { fret(ierr, MPI_Finalize()); }
+IVS_F_EXPORT(f_finalize, finalize, FINALIZE, Finalize)
+
+/* Calls taking one request by reference: MPI_Start, MPI_Request_free, MPI_Cancel. */
+#define F_REQ_OP(lower, UPPER, Camel)                     \
+	static void f_##lower(fint *req, fint *ierr)          \
+	{                                                     \
+		MPI_Request was = F_REQ(*req), c = was;           \
+		int rc = MPI_##Camel(&c);                         \
+		freq_update(req, was, c);                         \
+		fret(ierr, rc);                                   \
+	}                                                     \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_REQ_OP(start, START, Start)
+F_REQ_OP(request_free, REQUEST_FREE, Request_free)
+F_REQ_OP(cancel, CANCEL, Cancel)
+
+static void f_startall(fint *n, fint *reqs, fint *ierr)
+{
+	struct fvec v;
+	int rc = fvec_open(&v, *n, reqs, NULL);
+	if (rc == MPI_SUCCESS) {
+		rc = MPI_Startall(*n, v.req);
+		fvec_close(&v, *n, reqs, NULL, 0);
+	}
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_startall, startall, STARTALL, Startall)
+
+static void f_wait(fint *req, fint *status, fint *ierr)
+{
+	struct fst s;
+	MPI_Request was = F_REQ(*req), c = was;
+	int rc = MPI_Wait(&c, fst_open(&s, status));
+	freq_update(req, was, c);
+	fst_close(&s, rc == MPI_SUCCESS);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_wait, wait, WAIT, Wait)
+
+static void f_test(fint *req, fint *flag, fint *status, fint *ierr)
+{
+	struct fst s;
+	MPI_Request was = F_REQ(*req), c = was;
+	int done = 0, rc = MPI_Test(&c, &done, fst_open(&s, status));
+	freq_update(req, was, c);
+	fst_close(&s, rc == MPI_SUCCESS && done);
+	fset_logical(flag, done);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_test, test, TEST, Test)
+
+static void f_request_get_status(fint *req, fint *flag, fint *status, fint *ierr)
+{
+	struct fst s;
+	int done = 0, rc = MPI_Request_get_status(F_REQ(*req), &done, fst_open(&s, status));
+	fst_close(&s, rc == MPI_SUCCESS && done);
+	fset_logical(flag, done);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_request_get_status, request_get_status, REQUEST_GET_STATUS, Request_get_status)
+
+static void f_waitall(fint *n, fint *reqs, fint *statuses, fint *ierr)
+{
+	struct fvec v;
+	int rc = fvec_open(&v, *n, reqs, statuses);
+	if (rc == MPI_SUCCESS) {
+		rc = MPI_Waitall(*n, v.req, v.st);
+		fvec_close(&v, *n, reqs, statuses, statuses_set(rc) ? *n : 0);
+	}
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_waitall, waitall, WAITALL, Waitall)
+
+static void f_testall(fint *n, fint *reqs, fint *flag, fint *statuses, fint *ierr)
+{
+	struct fvec v;
+	int done = 0, rc = fvec_open(&v, *n, reqs, statuses);
+	if (rc == MPI_SUCCESS) {
+		rc = MPI_Testall(*n, v.req, &done, v.st);
+		fvec_close(&v, *n, reqs, statuses, statuses_set(rc) && done ? *n : 0);
+	}
+	fset_logical(flag, done);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_testall, testall, TESTALL, Testall)
+
+static void f_waitany(fint *n, fint *reqs, fint *index, fint *status, fint *ierr)
+{
+	struct fvec v;
+	struct fst s;
+	int i = MPI_UNDEFINED, rc = fvec_open(&v, *n, reqs, NULL);
+	if (rc == MPI_SUCCESS) {
+		rc = MPI_Waitany(*n, v.req, &i, fst_open(&s, status));
+		fvec_close(&v, *n, reqs, NULL, 0);
+		fst_close(&s, rc == MPI_SUCCESS);
+	}
+	*index = findex(i);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_waitany, waitany, WAITANY, Waitany)
+
+static void f_testany(fint *n, fint *reqs, fint *index, fint *flag, fint *status, fint *ierr)
+{
+	struct fvec v;
+	struct fst s;
+	int i = MPI_UNDEFINED, done = 0, rc = fvec_open(&v, *n, reqs, NULL);
+	if (rc == MPI_SUCCESS) {
+		rc = MPI_Testany(*n, v.req, &i, &done, fst_open(&s, status));
+		fvec_close(&v, *n, reqs, NULL, 0);
+		fst_close(&s, rc == MPI_SUCCESS && done);
+	}
+	*index = findex(i);
+	fset_logical(flag, done);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_testany, testany, TESTANY, Testany)
+
+/* MPI_Waitsome and MPI_Testsome. */
+#define F_SOME(lower, UPPER, Camel)                                                              \
+	static void f_##lower(fint *n, fint *reqs, fint *outcount, fint *indices, fint *statuses, fint *ierr) \
+	{                                                                                            \
+		struct fvec v;                                                                           \
+		int out = MPI_UNDEFINED, rc = fvec_open(&v, *n, reqs, statuses);                         \
+		if (rc == MPI_SUCCESS) {                                                                 \
+			rc = MPI_##Camel(*n, v.req, &out, indices, v.st);                                    \
+			fvec_close(&v, *n, reqs, statuses, statuses_set(rc) && out > 0 ? out : 0);           \
+		}                                                                                        \
+		for (int i = 0; statuses_set(rc) && i < out; i++)                                        \
+			indices[i] = findex(indices[i]);                                                     \
+		*outcount = out;                                                                         \
+		fret(ierr, rc);                                                                          \
+	}                                                                                            \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_SOME(waitsome, WAITSOME, Waitsome)
+F_SOME(testsome, TESTSOME, Testsome)
+
+static void f_probe(fint *src, fint *tag, fint *comm, fint *status, fint *ierr)
+{
+	struct fst s;
+	int rc = MPI_Probe(*src, *tag, F_COMM(comm), fst_open(&s, status));
+	fst_close(&s, rc == MPI_SUCCESS);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_probe, probe, PROBE, Probe)
+
+static void f_iprobe(fint *src, fint *tag, fint *comm, fint *flag, fint *status, fint *ierr)
+{
+	struct fst s;
+	int found = 0, rc = MPI_Iprobe(*src, *tag, F_COMM(comm), &found, fst_open(&s, status));
+	fst_close(&s, rc == MPI_SUCCESS && found);
+	fset_logical(flag, found);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_iprobe, iprobe, IPROBE, Iprobe)
+
+static void f_mprobe(fint *src, fint *tag, fint *comm, fint *msg, fint *status, fint *ierr)
+{
+	struct fst s;
+	MPI_Message m = MPI_MESSAGE_NULL;
+	int rc = MPI_Mprobe(*src, *tag, F_COMM(comm), &m, fst_open(&s, status));
+	if (rc == MPI_SUCCESS)
+		*msg = C_MSG(m);
+	fst_close(&s, rc == MPI_SUCCESS);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_mprobe, mprobe, MPROBE, Mprobe)
+
+static void f_improbe(fint *src, fint *tag, fint *comm, fint *flag, fint *msg, fint *status, fint *ierr)
+{
+	struct fst s;
+	MPI_Message m = MPI_MESSAGE_NULL;
+	int found = 0, rc = MPI_Improbe(*src, *tag, F_COMM(comm), &found, &m, fst_open(&s, status));
+	if (rc == MPI_SUCCESS && found)
+		*msg = C_MSG(m);
+	fst_close(&s, rc == MPI_SUCCESS && found);
+	fset_logical(flag, found);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_improbe, improbe, IMPROBE, Improbe)
+
+static void f_barrier(fint *comm, fint *ierr) { fret(ierr, MPI_Barrier(F_COMM(comm))); }
+IVS_F_EXPORT(f_barrier, barrier, BARRIER, Barrier)
+
+/* ---- communicator and datatype life cycle ---- */
+
+static void fcomm_out(fint *newcomm, MPI_Comm c, int rc, fint *ierr)
+{
+	if (rc == MPI_SUCCESS)
+		*newcomm = C_COMM(c);
+	fret(ierr, rc);
+}
+
+static void f_comm_dup(fint *comm, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	fcomm_out(newcomm, n, MPI_Comm_dup(F_COMM(comm), &n), ierr);
+}
+IVS_F_EXPORT(f_comm_dup, comm_dup, COMM_DUP, Comm_dup)
+
+static void f_comm_dup_with_info(fint *comm, fint *info, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = MPI_Comm_dup_with_info(F_COMM(comm), F_INFO(info), &n);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_comm_dup_with_info, comm_dup_with_info, COMM_DUP_WITH_INFO, Comm_dup_with_info)
+
+static void f_comm_split(fint *comm, fint *color, fint *key, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = MPI_Comm_split(F_COMM(comm), *color, *key, &n);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_comm_split, comm_split, COMM_SPLIT, Comm_split)
+
+static void f_comm_split_type(fint *comm, fint *type, fint *key, fint *info, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = MPI_Comm_split_type(F_COMM(comm), *type, *key, F_INFO(info), &n);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_comm_split_type, comm_split_type, COMM_SPLIT_TYPE, Comm_split_type)
+
+static void f_comm_create(fint *comm, fint *group, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = MPI_Comm_create(F_COMM(comm), F_GROUP(group), &n);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_comm_create, comm_create, COMM_CREATE, Comm_create)
+
+static void f_comm_create_group(fint *comm, fint *group, fint *tag, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = MPI_Comm_create_group(F_COMM(comm), F_GROUP(group), *tag, &n);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_comm_create_group, comm_create_group, COMM_CREATE_GROUP, Comm_create_group)
+
+static void f_intercomm_merge(fint *comm, fint *high, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = MPI_Intercomm_merge(F_COMM(comm), flogical(high), &n);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_intercomm_merge, intercomm_merge, INTERCOMM_MERGE, Intercomm_merge)
+
+static void f_cart_create(fint *comm, fint *ndims, fint *dims, fint *periods, fint *reorder, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int *p = flogicals(*ndims, periods);
+	int rc = p ? MPI_Cart_create(F_COMM(comm), *ndims, dims, p, flogical(reorder), &n) : MPI_ERR_NO_MEM;
+	free(p);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_cart_create, cart_create, CART_CREATE, Cart_create)
+
+static void f_cart_sub(fint *comm, fint *remain, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL, c = F_COMM(comm);
+	int nd = 0, rc = PMPI_Cartdim_get(c, &nd);
+	int *r = rc == MPI_SUCCESS ? flogicals(nd, remain) : NULL;
+	if (rc == MPI_SUCCESS)
+		rc = r ? MPI_Cart_sub(c, r, &n) : MPI_ERR_NO_MEM;
+	free(r);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_cart_sub, cart_sub, CART_SUB, Cart_sub)
+
+static void f_graph_create(fint *comm, fint *nnodes, fint *index, fint *edges, fint *reorder, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = MPI_Graph_create(F_COMM(comm), *nnodes, index, edges, flogical(reorder), &n);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_graph_create, graph_create, GRAPH_CREATE, Graph_create)
+
+static void f_dist_graph_create(fint *comm, fint *nn, fint *sources, fint *degrees, fint *dests, fint *weights,
+                                fint *info, fint *reorder, fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = MPI_Dist_graph_create(F_COMM(comm), *nn, sources, degrees, dests, fweights(weights), F_INFO(info),
+	                               flogical(reorder), &n);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_dist_graph_create, dist_graph_create, DIST_GRAPH_CREATE, Dist_graph_create)
+
+static void f_dist_graph_create_adjacent(fint *comm, fint *indeg, fint *sources, fint *sweights, fint *outdeg,
+                                         fint *dests, fint *dweights, fint *info, fint *reorder, fint *newcomm,
+                                         fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = MPI_Dist_graph_create_adjacent(F_COMM(comm), *indeg, sources, fweights(sweights), *outdeg, dests,
+	                                        fweights(dweights), F_INFO(info), flogical(reorder), &n);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_dist_graph_create_adjacent, dist_graph_create_adjacent, DIST_GRAPH_CREATE_ADJACENT,
+             Dist_graph_create_adjacent)
+
+/* MPI_Comm_free and MPI_Comm_disconnect. */
+#define F_COMM_END(lower, UPPER, Camel)                   \
+	static void f_##lower(fint *comm, fint *ierr)         \
+	{                                                     \
+		MPI_Comm c = F_COMM(comm);                        \
+		int rc = MPI_##Camel(&c);                         \
+		if (rc == MPI_SUCCESS)                            \
+			*comm = C_COMM(c);                            \
+		fret(ierr, rc);                                   \
+	}                                                     \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_COMM_END(comm_free, COMM_FREE, Comm_free)
+F_COMM_END(comm_disconnect, COMM_DISCONNECT, Comm_disconnect)
+
+static void f_type_free(fint *type, fint *ierr)
+{
+	MPI_Datatype t = F_TYPE(type);
+	int rc = MPI_Type_free(&t);
+	if (rc == MPI_SUCCESS)
+		*type = C_TYPE(t);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_type_free, type_free, TYPE_FREE, Type_free)
+
+/* ---- Open MPI only: routines with a choice buffer (MPICH's reach MPI_* themselves) ---- */
+#if defined(OPEN_MPI)
+
+/* MPI_Send, MPI_Rsend, MPI_Ssend, MPI_Bsend. */
+#define F_SEND(lower, UPPER, Camel)                                                                          \
+	static void f_##lower(void *buf, fint *count, fint *type, fint *dest, fint *tag, fint *comm, fint *ierr) \
+	{                                                                                                        \
+		fret(ierr, MPI_##Camel(fbuf(buf), *count, F_TYPE(type), *dest, *tag, F_COMM(comm)));                 \
+	}                                                                                                        \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_SEND(send, SEND, Send)
+F_SEND(rsend, RSEND, Rsend)
+F_SEND(ssend, SSEND, Ssend)
+F_SEND(bsend, BSEND, Bsend)
+
+/* Calls returning a new request for (buf, count, type, peer, tag, comm): the nonblocking sends
+ * and receive, and the persistent inits. */
+#define F_NEWREQ(lower, UPPER, Camel)                                                                  \
+	static void f_##lower(void *buf, fint *count, fint *type, fint *peer, fint *tag, fint *comm, fint *req, \
+	                      fint *ierr)                                                                  \
+	{                                                                                                  \
+		MPI_Request c = MPI_REQUEST_NULL;                                                              \
+		int rc = MPI_##Camel(fbuf(buf), *count, F_TYPE(type), *peer, *tag, F_COMM(comm), &c);          \
+		if (rc == MPI_SUCCESS)                                                                         \
+			*req = C_REQ(c);                                                                           \
+		fret(ierr, rc);                                                                                \
+	}                                                                                                  \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_NEWREQ(isend, ISEND, Isend)
+F_NEWREQ(irsend, IRSEND, Irsend)
+F_NEWREQ(issend, ISSEND, Issend)
+F_NEWREQ(ibsend, IBSEND, Ibsend)
+F_NEWREQ(irecv, IRECV, Irecv)
+F_NEWREQ(send_init, SEND_INIT, Send_init)
+F_NEWREQ(rsend_init, RSEND_INIT, Rsend_init)
+F_NEWREQ(ssend_init, SSEND_INIT, Ssend_init)
+F_NEWREQ(bsend_init, BSEND_INIT, Bsend_init)
+F_NEWREQ(recv_init, RECV_INIT, Recv_init)
+
+static void f_recv(void *buf, fint *count, fint *type, fint *src, fint *tag, fint *comm, fint *status, fint *ierr)
+{
+	struct fst s;
+	int rc = MPI_Recv(fbuf(buf), *count, F_TYPE(type), *src, *tag, F_COMM(comm), fst_open(&s, status));
+	fst_close(&s, rc == MPI_SUCCESS);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_recv, recv, RECV, Recv)
+
+static void f_mrecv(void *buf, fint *count, fint *type, fint *msg, fint *status, fint *ierr)
+{
+	struct fst s;
+	MPI_Message was = F_MSG(*msg), m = was;
+	int rc = MPI_Mrecv(fbuf(buf), *count, F_TYPE(type), &m, fst_open(&s, status));
+	fmsg_update(msg, was, m);
+	fst_close(&s, rc == MPI_SUCCESS);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_mrecv, mrecv, MRECV, Mrecv)
+
+static void f_imrecv(void *buf, fint *count, fint *type, fint *msg, fint *req, fint *ierr)
+{
+	MPI_Message was = F_MSG(*msg), m = was;
+	MPI_Request c = MPI_REQUEST_NULL;
+	int rc = MPI_Imrecv(fbuf(buf), *count, F_TYPE(type), &m, &c);
+	fmsg_update(msg, was, m);
+	if (rc == MPI_SUCCESS)
+		*req = C_REQ(c);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_imrecv, imrecv, IMRECV, Imrecv)
+
+static void f_sendrecv(void *sbuf, fint *scount, fint *stype, fint *dest, fint *stag, void *rbuf, fint *rcount,
+                       fint *rtype, fint *src, fint *rtag, fint *comm, fint *status, fint *ierr)
+{
+	struct fst s;
+	int rc = MPI_Sendrecv(fbuf(sbuf), *scount, F_TYPE(stype), *dest, *stag, fbuf(rbuf), *rcount, F_TYPE(rtype),
+	                      *src, *rtag, F_COMM(comm), fst_open(&s, status));
+	fst_close(&s, rc == MPI_SUCCESS);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_sendrecv, sendrecv, SENDRECV, Sendrecv)
+
+static void f_sendrecv_replace(void *buf, fint *count, fint *type, fint *dest, fint *stag, fint *src, fint *rtag,
+                               fint *comm, fint *status, fint *ierr)
+{
+	struct fst s;
+	int rc = MPI_Sendrecv_replace(fbuf(buf), *count, F_TYPE(type), *dest, *stag, *src, *rtag, F_COMM(comm),
+	                              fst_open(&s, status));
+	fst_close(&s, rc == MPI_SUCCESS);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_sendrecv_replace, sendrecv_replace, SENDRECV_REPLACE, Sendrecv_replace)
+
+static void f_bcast(void *buf, fint *count, fint *type, fint *root, fint *comm, fint *ierr)
+{
+	fret(ierr, MPI_Bcast(fbuf(buf), *count, F_TYPE(type), *root, F_COMM(comm)));
+}
+IVS_F_EXPORT(f_bcast, bcast, BCAST, Bcast)
+
+static void f_reduce(void *sbuf, void *rbuf, fint *count, fint *type, fint *op, fint *root, fint *comm, fint *ierr)
+{
+	fret(ierr, MPI_Reduce(fbuf(sbuf), fbuf(rbuf), *count, F_TYPE(type), F_OP(op), *root, F_COMM(comm)));
+}
+IVS_F_EXPORT(f_reduce, reduce, REDUCE, Reduce)
+
+/* MPI_Allreduce and MPI_Reduce_scatter_block. */
+#define F_ALLRED(lower, UPPER, Camel)                                                                       \
+	static void f_##lower(void *sbuf, void *rbuf, fint *count, fint *type, fint *op, fint *comm, fint *ierr) \
+	{                                                                                                       \
+		fret(ierr, MPI_##Camel(fbuf(sbuf), fbuf(rbuf), *count, F_TYPE(type), F_OP(op), F_COMM(comm)));      \
+	}                                                                                                       \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_ALLRED(allreduce, ALLREDUCE, Allreduce)
+F_ALLRED(reduce_scatter_block, REDUCE_SCATTER_BLOCK, Reduce_scatter_block)
+
+static void f_reduce_scatter(void *sbuf, void *rbuf, fint *counts, fint *type, fint *op, fint *comm, fint *ierr)
+{
+	fret(ierr, MPI_Reduce_scatter(fbuf(sbuf), fbuf(rbuf), counts, F_TYPE(type), F_OP(op), F_COMM(comm)));
+}
+IVS_F_EXPORT(f_reduce_scatter, reduce_scatter, REDUCE_SCATTER, Reduce_scatter)
+
+/* MPI_Gather and MPI_Scatter. */
+#define F_ROOTED(lower, UPPER, Camel)                                                                   \
+	static void f_##lower(void *sbuf, fint *scount, fint *stype, void *rbuf, fint *rcount, fint *rtype, \
+	                      fint *root, fint *comm, fint *ierr)                                           \
+	{                                                                                                   \
+		fret(ierr, MPI_##Camel(fbuf(sbuf), *scount, F_TYPE(stype), fbuf(rbuf), *rcount, F_TYPE(rtype), \
+		                       *root, F_COMM(comm)));                                                   \
+	}                                                                                                   \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_ROOTED(gather, GATHER, Gather)
+F_ROOTED(scatter, SCATTER, Scatter)
+
+/* MPI_Allgather and MPI_Alltoall. */
+#define F_ALLTO(lower, UPPER, Camel)                                                                    \
+	static void f_##lower(void *sbuf, fint *scount, fint *stype, void *rbuf, fint *rcount, fint *rtype, \
+	                      fint *comm, fint *ierr)                                                       \
+	{                                                                                                   \
+		fret(ierr, MPI_##Camel(fbuf(sbuf), *scount, F_TYPE(stype), fbuf(rbuf), *rcount, F_TYPE(rtype), \
+		                       F_COMM(comm)));                                                          \
+	}                                                                                                   \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_ALLTO(allgather, ALLGATHER, Allgather)
+F_ALLTO(alltoall, ALLTOALL, Alltoall)
+
+#endif /* OPEN_MPI */
