@@ -1,0 +1,377 @@
+! f_pingpong.F90: point-to-point, collectives and a split communicator from Fortran, one
+! source for the three Fortran bindings, chosen when compiling:
+!
+!   -DUSE_MPIFH   include "mpif.h"   (gfortran 10 and later also need -fallow-argument-mismatch)
+!   -DUSE_MPI     use mpi
+!   (neither)     use mpi_f08
+!
+! The Go test tests/fortran builds it with mpifort.openmpi and mpifort.mpich and runs it on an
+! emulated cluster of two co-located VMs, without and with the shim, and compares the reports.
+! Ranks pair up (0-1, 2-3, ...), so any even number of ranks works. Every rank checks what it
+! receives; rank 0 prints one line
+!
+!   f_pingpong_<binding>: <N> ranks, <C> checks, <F> failures
+!
+! after any "FAIL rank <r>: <what>" lines, then
+!
+!   waitany indices: <i> <j> <k>
+!
+! the indices MPI_WAITANY returned for two requests (sorted) and for two null ones: "1 2
+! undefined" by the standard. They are reported rather than checked: MPICH 4.0's Fortran
+! bindings get them wrong (the Go test knows how). Last comes
+!
+!   traffic: collectives <n>, messages sent by rank <m0> <m1> ...
+!
+! the collective calls every rank made and the point-to-point messages each rank sent, which the
+! Go test finds again in the shim's statistics. No check is counted inside a polling loop, so the
+! report is the same whatever the library, the transport and the timing.
+
+#if defined(USE_MPIFH)
+#define BINDING "mpifh"
+#elif defined(USE_MPI)
+#define BINDING "mpi"
+#else
+#define USE_F08
+#define BINDING "f08"
+#endif
+
+#ifdef USE_F08
+#define T_COMM type(MPI_Comm)
+#define T_REQ type(MPI_Request)
+#define T_MSG type(MPI_Message)
+#define T_STATUS type(MPI_Status)
+#define STATUS_ARRAY(name, n) type(MPI_Status) :: name(n)
+#define STATUS_AT(s, i) s(i)
+#define SOURCE_OF(s) s%MPI_SOURCE
+#define TAG_OF(s) s%MPI_TAG
+#else
+#define T_COMM integer
+#define T_REQ integer
+#define T_MSG integer
+#define T_STATUS integer, dimension(MPI_STATUS_SIZE)
+#define STATUS_ARRAY(name, n) integer :: name(MPI_STATUS_SIZE, n)
+#define STATUS_AT(s, i) s(:, i)
+#define SOURCE_OF(s) s(MPI_SOURCE)
+#define TAG_OF(s) s(MPI_TAG)
+#endif
+
+program f_pingpong
+#if defined(USE_MPIFH)
+  implicit none
+  include 'mpif.h'
+#elif defined(USE_MPI)
+  use mpi
+  implicit none
+#else
+  use mpi_f08
+  implicit none
+#endif
+  integer, parameter :: NBIG = 200000
+  integer :: sizes(3) = (/ 1, 1000, NBIG /)
+  integer :: rank, nranks, partner, ierr, i, k, n, seen(3), nrank, npartner
+  integer :: checks, failures, tot(2), sums(2), ivals(3), isum, gathered(64), nsent, ncoll
+  integer, allocatable :: sbuf(:), rbuf(:)
+  double precision :: dval, dmax, dbuf(500)
+  logical :: flag, even
+  T_COMM :: newcomm, dupcomm
+  T_REQ :: reqs(4), req
+  T_MSG :: msg
+  T_STATUS :: st
+  STATUS_ARRAY(sts, 4)
+
+  call MPI_Init(ierr)
+  call MPI_Comm_rank(MPI_COMM_WORLD, rank, ierr)
+  call MPI_Comm_size(MPI_COMM_WORLD, nranks, ierr)
+  checks = 0
+  failures = 0
+  nsent = 0
+  ncoll = 0
+  if (nranks < 2 .or. mod(nranks, 2) /= 0 .or. nranks > 64) then
+    if (rank == 0) print '(a,i0)', 'f_pingpong: needs an even number of ranks up to 64, got ', nranks
+    call MPI_Abort(MPI_COMM_WORLD, 2, ierr)
+  end if
+  partner = ieor(rank, 1)
+  even = mod(rank, 2) == 0
+  allocate(sbuf(NBIG), rbuf(NBIG))
+
+  ! Blocking ping-pong, three sizes (the largest streams through the ring in pieces).
+  do k = 1, 3
+    n = sizes(k)
+    if (even) then
+      call fill(sbuf, n, rank, k)
+      call MPI_Send(sbuf, n, MPI_INTEGER, partner, 10 + k, MPI_COMM_WORLD, ierr)
+      nsent = nsent + 1
+      call MPI_Recv(rbuf, n, MPI_INTEGER, partner, 20 + k, MPI_COMM_WORLD, st, ierr)
+      call check_status(st, partner, 20 + k, n, 'blocking pong status')
+      call check_data(rbuf, n, rank, k, 1, 'blocking pong data')
+    else
+      call MPI_Recv(rbuf, n, MPI_INTEGER, partner, 10 + k, MPI_COMM_WORLD, st, ierr)
+      call check_status(st, partner, 10 + k, n, 'blocking ping status')
+      call check_data(rbuf, n, partner, k, 0, 'blocking ping data')
+      sbuf(1:n) = rbuf(1:n) + 1
+      call MPI_Send(sbuf, n, MPI_INTEGER, partner, 20 + k, MPI_COMM_WORLD, ierr)
+      nsent = nsent + 1
+    end if
+  end do
+
+  ! Nonblocking exchange, completed by Wait, by Test then Waitall, by Waitall with statuses.
+  do k = 1, 3
+    n = sizes(k)
+    call fill(sbuf, n, rank, 10 + k)
+    call MPI_Irecv(rbuf, n, MPI_INTEGER, partner, 30 + k, MPI_COMM_WORLD, reqs(1), ierr)
+    call MPI_Isend(sbuf, n, MPI_INTEGER, partner, 30 + k, MPI_COMM_WORLD, reqs(2), ierr)
+    nsent = nsent + 1
+    select case (k)
+    case (1)
+      call MPI_Wait(reqs(1), st, ierr)
+      call check_status(st, partner, 30 + k, n, 'irecv wait status')
+      call MPI_Wait(reqs(2), MPI_STATUS_IGNORE, ierr)
+    case (2)
+      flag = .false.
+      do while (.not. flag)
+        call MPI_Test(reqs(1), flag, st, ierr)
+      end do
+      call check_status(st, partner, 30 + k, n, 'irecv test status')
+      call MPI_Waitall(2, reqs, MPI_STATUSES_IGNORE, ierr)
+    case default
+      call MPI_Waitall(2, reqs, sts, ierr)
+      call check_status(STATUS_AT(sts, 1), partner, 30 + k, n, 'irecv waitall status')
+    end select
+    call check(reqs(1) == MPI_REQUEST_NULL .and. reqs(2) == MPI_REQUEST_NULL, 'requests null after completion')
+    call check_data(rbuf, n, partner, 10 + k, 0, 'nonblocking data')
+  end do
+
+  ! Waitany over a synchronous send and a receive, then over two null requests.
+  call fill(sbuf, 100, rank, 40)
+  call MPI_Irecv(rbuf, 100, MPI_INTEGER, partner, 40, MPI_COMM_WORLD, reqs(1), ierr)
+  call MPI_Issend(sbuf, 100, MPI_INTEGER, partner, 40, MPI_COMM_WORLD, reqs(2), ierr)
+  nsent = nsent + 1
+  do i = 1, 2
+    call MPI_Waitany(2, reqs, seen(i), st, ierr)
+    if (seen(i) == 1) call check_status(st, partner, 40, 100, 'waitany receive status')
+  end do
+  call MPI_Waitany(2, reqs, seen(3), st, ierr)
+  call check(reqs(1) == MPI_REQUEST_NULL .and. reqs(2) == MPI_REQUEST_NULL, 'waitany requests null')
+  call check_data(rbuf, 100, partner, 40, 0, 'waitany data')
+
+  ! Testall until done.
+  call fill(sbuf, 300, rank, 41)
+  call MPI_Irecv(rbuf, 300, MPI_INTEGER, partner, 41, MPI_COMM_WORLD, reqs(1), ierr)
+  call MPI_Isend(sbuf, 300, MPI_INTEGER, partner, 41, MPI_COMM_WORLD, reqs(2), ierr)
+  nsent = nsent + 1
+  flag = .false.
+  do while (.not. flag)
+    call MPI_Testall(2, reqs, flag, sts, ierr)
+  end do
+  call check_status(STATUS_AT(sts, 1), partner, 41, 300, 'testall status')
+  call check_data(rbuf, 300, partner, 41, 0, 'testall data')
+
+  ! Wildcard receives keep the sender's order; a probe sees the first message.
+  if (even) then
+    do i = 1, 3
+      sbuf(1:i) = 100 * rank + i
+      call MPI_Send(sbuf, i, MPI_INTEGER, partner, 50 + i, MPI_COMM_WORLD, ierr)
+      nsent = nsent + 1
+    end do
+  else
+    call MPI_Probe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, st, ierr)
+    call check_status(st, partner, 51, 1, 'probe status')
+    do i = 1, 3
+      call MPI_Recv(rbuf, 3, MPI_INTEGER, MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, st, ierr)
+      call check_status(st, partner, 50 + i, i, 'wildcard status')
+      call check(rbuf(1) == 100 * partner + i, 'wildcard data')
+    end do
+  end if
+
+  ! Matched probes the other way round: Mprobe + Mrecv, Improbe + Imrecv.
+  if (.not. even) then
+    call fill(sbuf, 7, rank, 61)
+    call MPI_Send(sbuf, 5, MPI_INTEGER, partner, 61, MPI_COMM_WORLD, ierr)
+    nsent = nsent + 1
+    call MPI_Send(sbuf, 7, MPI_INTEGER, partner, 62, MPI_COMM_WORLD, ierr)
+    nsent = nsent + 1
+  else
+    call MPI_Mprobe(partner, 61, MPI_COMM_WORLD, msg, st, ierr)
+    call check_status(st, partner, 61, 5, 'mprobe status')
+    call MPI_Mrecv(rbuf, 5, MPI_INTEGER, msg, st, ierr)
+    call check(msg == MPI_MESSAGE_NULL, 'message null after mrecv')
+    call check_data(rbuf, 5, partner, 61, 0, 'mrecv data')
+    flag = .false.
+    do while (.not. flag)
+      call MPI_Improbe(MPI_ANY_SOURCE, 62, MPI_COMM_WORLD, flag, msg, st, ierr)
+    end do
+    call MPI_Imrecv(rbuf, 7, MPI_INTEGER, msg, req, ierr)
+    call MPI_Wait(req, st, ierr)
+    call check_status(st, partner, 62, 7, 'imrecv status')
+    call check_data(rbuf, 7, partner, 61, 0, 'imrecv data')
+  end if
+
+  ! Sendrecv and Sendrecv_replace.
+  call fill(sbuf, 1000, rank, 70)
+  call MPI_Sendrecv(sbuf, 1000, MPI_INTEGER, partner, 70, rbuf, 1000, MPI_INTEGER, partner, 70, &
+                    MPI_COMM_WORLD, st, ierr)
+  nsent = nsent + 1
+  call check_status(st, partner, 70, 1000, 'sendrecv status')
+  call check_data(rbuf, 1000, partner, 70, 0, 'sendrecv data')
+  do i = 1, 500
+    dbuf(i) = rank + 0.5d0 * i
+  end do
+  call MPI_Sendrecv_replace(dbuf, 500, MPI_DOUBLE_PRECISION, partner, 71, partner, 71, MPI_COMM_WORLD, st, ierr)
+  nsent = nsent + 1
+  call check(all(dbuf == (/ (partner + 0.5d0 * i, i = 1, 500) /)), 'sendrecv_replace data')
+
+  ! Persistent requests: Startall + Waitall three times, Start + Wait once, then freed.
+  call MPI_Recv_init(rbuf, 64, MPI_INTEGER, partner, 80, MPI_COMM_WORLD, reqs(1), ierr)
+  call MPI_Send_init(sbuf, 64, MPI_INTEGER, partner, 80, MPI_COMM_WORLD, reqs(2), ierr)
+  do k = 1, 4
+    call fill(sbuf, 64, rank, 80 + k)
+    if (k < 4) then
+      call MPI_Startall(2, reqs, ierr)
+      nsent = nsent + 1
+      call MPI_Waitall(2, reqs, sts, ierr)
+      call check_status(STATUS_AT(sts, 1), partner, 80, 64, 'persistent status')
+    else
+      call MPI_Start(reqs(1), ierr)
+      call MPI_Start(reqs(2), ierr)
+      nsent = nsent + 1
+      call MPI_Wait(reqs(2), MPI_STATUS_IGNORE, ierr)
+      call MPI_Wait(reqs(1), MPI_STATUS_IGNORE, ierr)
+    end if
+    call check_data(rbuf, 64, partner, 80 + k, 0, 'persistent data')
+  end do
+  call check(reqs(1) /= MPI_REQUEST_NULL .and. reqs(2) /= MPI_REQUEST_NULL, 'persistent requests kept')
+  call MPI_Request_free(reqs(1), ierr)
+  call MPI_Request_free(reqs(2), ierr)
+  call check(reqs(1) == MPI_REQUEST_NULL .and. reqs(2) == MPI_REQUEST_NULL, 'persistent requests freed')
+
+  ! Collectives on MPI_COMM_WORLD.
+  call MPI_Barrier(MPI_COMM_WORLD, ierr)
+  ncoll = ncoll + 1
+  if (rank == 0) call fill(sbuf, 1000, 0, 90)
+  call MPI_Bcast(sbuf, 1000, MPI_INTEGER, 0, MPI_COMM_WORLD, ierr)
+  ncoll = ncoll + 1
+  call check_data(sbuf, 1000, 0, 90, 0, 'bcast data')
+  ivals = (/ rank + 1, rank * rank, -rank /)
+  tot = 0
+  call MPI_Allreduce(ivals, tot, 2, MPI_INTEGER, MPI_SUM, MPI_COMM_WORLD, ierr)
+  ncoll = ncoll + 1
+  call check(tot(1) == nranks * (nranks + 1) / 2 .and. tot(2) == (nranks - 1) * nranks * (2 * nranks - 1) / 6, &
+             'allreduce sum')
+  dval = 0.5d0 * (rank + 1)
+  call MPI_Allreduce(dval, dmax, 1, MPI_DOUBLE_PRECISION, MPI_MAX, MPI_COMM_WORLD, ierr)
+  ncoll = ncoll + 1
+  call check(dmax == 0.5d0 * nranks, 'allreduce max double')
+  ivals = rank
+  call MPI_Allreduce(MPI_IN_PLACE, ivals, 3, MPI_INTEGER, MPI_MAX, MPI_COMM_WORLD, ierr)
+  ncoll = ncoll + 1
+  call check(all(ivals == nranks - 1), 'allreduce in place')
+  isum = -1
+  call MPI_Reduce(rank, isum, 1, MPI_INTEGER, MPI_SUM, 0, MPI_COMM_WORLD, ierr)
+  ncoll = ncoll + 1
+  call check(rank /= 0 .or. isum == nranks * (nranks - 1) / 2, 'reduce sum')
+  gathered = -1
+  call MPI_Allgather(rank, 1, MPI_INTEGER, gathered, 1, MPI_INTEGER, MPI_COMM_WORLD, ierr)
+  ncoll = ncoll + 1
+  call check(all(gathered(1:nranks) == (/ (i, i = 0, nranks - 1) /)), 'allgather')
+
+  ! A split communicator in reverse rank order: exchange, reduce, broadcast, free.
+  call MPI_Comm_split(MPI_COMM_WORLD, 0, nranks - rank, newcomm, ierr)
+  call MPI_Comm_rank(newcomm, nrank, ierr)
+  call check(nrank == nranks - 1 - rank, 'split rank')
+  npartner = ieor(nrank, 1)
+  call fill(sbuf, 5000, nrank, 100)
+  call MPI_Irecv(rbuf, 5000, MPI_INTEGER, npartner, 100, newcomm, reqs(1), ierr)
+  call MPI_Isend(sbuf, 5000, MPI_INTEGER, npartner, 100, newcomm, reqs(2), ierr)
+  nsent = nsent + 1
+  call MPI_Waitall(2, reqs, sts, ierr)
+  call check_status(STATUS_AT(sts, 1), npartner, 100, 5000, 'split exchange status')
+  call check_data(rbuf, 5000, npartner, 100, 0, 'split exchange data')
+  call MPI_Barrier(newcomm, ierr)
+  ncoll = ncoll + 1
+  isum = -1
+  call MPI_Allreduce(rank, isum, 1, MPI_INTEGER, MPI_MAX, newcomm, ierr)
+  ncoll = ncoll + 1
+  call check(isum == nranks - 1, 'split allreduce')
+  if (nrank == 0) call fill(sbuf, 10, rank, 101)
+  call MPI_Bcast(sbuf, 10, MPI_INTEGER, 0, newcomm, ierr)
+  ncoll = ncoll + 1
+  call check_data(sbuf, 10, nranks - 1, 101, 0, 'split bcast data')
+  call MPI_Comm_free(newcomm, ierr)
+  call check(newcomm == MPI_COMM_NULL, 'split comm freed')
+
+  ! A duplicate of MPI_COMM_WORLD.
+  call MPI_Comm_dup(MPI_COMM_WORLD, dupcomm, ierr)
+  call fill(sbuf, 10, rank, 110)
+  call MPI_Sendrecv(sbuf, 10, MPI_INTEGER, partner, 110, rbuf, 10, MPI_INTEGER, partner, 110, &
+                    dupcomm, st, ierr)
+  nsent = nsent + 1
+  call check_data(rbuf, 10, partner, 110, 0, 'dup sendrecv data')
+  call MPI_Comm_free(dupcomm, ierr)
+
+  tot = (/ checks, failures /)
+  call MPI_Reduce(tot, sums, 2, MPI_INTEGER, MPI_SUM, 0, MPI_COMM_WORLD, ierr)
+  ncoll = ncoll + 2
+  call MPI_Gather(nsent, 1, MPI_INTEGER, gathered, 1, MPI_INTEGER, 0, MPI_COMM_WORLD, ierr)
+  if (rank == 0) then
+    write (*, '(a,a,a,i0,a,i0,a,i0,a)') 'f_pingpong_', BINDING, ': ', nranks, ' ranks, ', sums(1), ' checks, ', &
+      sums(2), ' failures'
+    if (seen(3) == MPI_UNDEFINED) then
+      write (*, '(a,i0,1x,i0,a)') 'waitany indices: ', minval(seen(1:2)), maxval(seen(1:2)), ' undefined'
+    else
+      write (*, '(a,i0,1x,i0,1x,i0)') 'waitany indices: ', minval(seen(1:2)), maxval(seen(1:2)), seen(3)
+    end if
+    write (*, '(a,i0,a,64(1x,i0))') 'traffic: collectives ', ncoll, ', messages sent by rank', gathered(1:nranks)
+  end if
+  flush (6)
+  call MPI_Finalize(ierr)
+  if (failures > 0) stop 1
+
+contains
+
+  ! The test pattern of message k from rank r.
+  integer function pattern(r, k, i)
+    integer, intent(in) :: r, k, i
+    pattern = r * 1000003 + k * 7919 + i
+  end function pattern
+
+  subroutine fill(buf, n, r, k)
+    integer, intent(out) :: buf(*)
+    integer, intent(in) :: n, r, k
+    integer :: j
+    do j = 1, n
+      buf(j) = pattern(r, k, j)
+    end do
+  end subroutine fill
+
+  subroutine check(ok, what)
+    logical, intent(in) :: ok
+    character(*), intent(in) :: what
+    checks = checks + 1
+    if (.not. ok) then
+      failures = failures + 1
+      write (*, '(a,i0,a,a)') 'FAIL rank ', rank, ': ', what
+    end if
+  end subroutine check
+
+  ! buf(1:n) must hold pattern(r, k, :) + add.
+  subroutine check_data(buf, n, r, k, add, what)
+    integer, intent(in) :: buf(*), n, r, k, add
+    character(*), intent(in) :: what
+    integer :: j, bad
+    bad = 0
+    do j = 1, n
+      if (buf(j) /= pattern(r, k, j) + add) bad = bad + 1
+    end do
+    call check(bad == 0, what)
+  end subroutine check_data
+
+  subroutine check_status(s, source, tag, count, what)
+    T_STATUS, intent(in) :: s
+    integer, intent(in) :: source, tag, count
+    character(*), intent(in) :: what
+    integer :: got
+    call MPI_Get_count(s, MPI_INTEGER, got, ierr)
+    call check(SOURCE_OF(s) == source .and. TAG_OF(s) == tag .and. got == count, what)
+  end subroutine check_status
+
+end program f_pingpong
