@@ -208,13 +208,17 @@ static inline void fst_close(struct fst *s, int set)
 /* ------------------------------------------------------------------------------------------ */
 #elif defined(MPICH)
 
-/* The mpi_f08 module's sentinels (MPI_UNWEIGHTED and MPI_WEIGHTS_EMPTY are module variables). */
+/* The mpi_f08 module's sentinels (MPI_UNWEIGHTED and MPI_WEIGHTS_EMPTY are module variables),
+ * and the C MPI_UNWEIGHTED and MPI_WEIGHTS_EMPTY, which MPICH makes variables of libmpich: all
+ * weak, or the library would not load where libmpich is absent. */
 #pragma weak MPIR_F08_MPI_STATUS_IGNORE_OBJ
 #pragma weak MPIR_F08_MPI_STATUSES_IGNORE_OBJ
 #pragma weak MPI_F08_STATUS_IGNORE
 #pragma weak MPI_F08_STATUSES_IGNORE
 #pragma weak __mpi_f08_link_constants_MOD_mpi_unweighted
 #pragma weak __mpi_f08_link_constants_MOD_mpi_weights_empty
+#pragma weak MPI_UNWEIGHTED
+#pragma weak MPI_WEIGHTS_EMPTY
 extern int __mpi_f08_link_constants_MOD_mpi_unweighted, __mpi_f08_link_constants_MOD_mpi_weights_empty;
 
 #define F_COMM(f) ((MPI_Comm) * (f))
