@@ -85,10 +85,11 @@ program f_pingpong
   T_COMM :: newcomm, dupcomm, cartcomm, subcomm, nodecomm, grpcomm
   T_GROUP :: group
   T_TYPE :: triple
-  T_REQ :: reqs(4), req
+  T_REQ :: reqs(4), req, bigreqs(12)
   T_MSG :: msg
   T_STATUS :: st
   STATUS_ARRAY(sts, 4)
+  STATUS_ARRAY(bigsts, 12)
 
   call MPI_Init(ierr)
   call MPI_Comm_rank(MPI_COMM_WORLD, rank, ierr)
@@ -354,6 +355,23 @@ program f_pingpong
     call MPI_Waitsome(4, reqs, nout, idxs, sts, ierr)
     call check(nout == MPI_UNDEFINED, 'waitsome on null requests')
   end do
+
+  ! Waitall over more requests than the shim converts on its stack: six receives, six sends.
+  call fill(sbuf, 600, rank, 125)
+  do i = 1, 6
+    call MPI_Irecv(rbuf(100 * i - 99:100 * i), 100, MPI_INTEGER, partner, 125 + i, MPI_COMM_WORLD, &
+                   bigreqs(i), ierr)
+    call MPI_Isend(sbuf(100 * i - 99:100 * i), 100, MPI_INTEGER, partner, 125 + i, MPI_COMM_WORLD, &
+                   bigreqs(6 + i), ierr)
+  end do
+  nsent = nsent + 6
+  call MPI_Waitall(12, bigreqs, bigsts, ierr)
+  bad = 0
+  do i = 1, 6
+    if (TAG_AT(bigsts, i) /= 125 + i .or. bigreqs(i) /= MPI_REQUEST_NULL) bad = bad + 1
+  end do
+  call check(bad == 0, 'waitall of 12 statuses')
+  call check_data(rbuf, 600, partner, 125, 0, 'waitall of 12 data')
 
   ! A receive nobody matches, cancelled: Request_get_status, then Wait and Test_cancelled.
   call MPI_Irecv(rbuf, 10, MPI_INTEGER, partner, 999, MPI_COMM_WORLD, req, ierr)
