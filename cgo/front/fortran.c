@@ -44,8 +44,15 @@
  * ompi_request_t), so the ranges cannot meet. In MPICH the Fortran handle is the C handle, the
  * shim's included (0x2c000001.., abi.h).
  *
- * Nothing here runs before the program calls MPI, and the Open MPI sentinels are weak references
- * (NULL without libmpi), so preloading the library into processes without MPI stays harmless.
+ * Nothing here runs before the program calls MPI, functions bind lazily and every library
+ * variable referenced here (the sentinels, MPICH's MPI_UNWEIGHTED) is a weak reference, NULL
+ * without the MPI library, so preloading into processes without MPI stays harmless.
+ *
+ * Known limits: C code of a mixed-language program that converts a shim request's Fortran handle
+ * with Open MPI's MPI_Request_f2c (or a C shim request with MPI_Request_c2f) gets the library's
+ * answer, which knows nothing of the shim's handles. MPICH 4.0's own mpi_f08 Waitany, Waitsome and
+ * Testsome return 0-based indices (pmodels/mpich#6270); the entry points here return the
+ * standard's 1-based ones.
  */
 #include <stdlib.h>
 #include <string.h>
