@@ -22,9 +22,20 @@ static uint64_t lines_size(int nl)
 	return (uint64_t)(nl + 1) * IVS_DEPTH * sizeof(struct ivs_cline);
 }
 
+/* After the lines: one line per member holding its "left" word (MPI_Comm_free), then slots. */
+static uint64_t slots_off(int nl)
+{
+	return lines_size(nl) + (uint64_t)nl * IVS_ALIGN;
+}
+
 static uint64_t area_size(int nl)
 {
-	return lines_size(nl) + (uint64_t)nl * 2 * IVS_SLOT + 2ull * IVS_RES;
+	return slots_off(nl) + (uint64_t)nl * 2 * IVS_SLOT + 2ull * IVS_RES;
+}
+
+static uint64_t *left_word(uint8_t *area, int nl, int i)
+{
+	return (uint64_t *)(area + lines_size(nl) + (uint64_t)i * IVS_ALIGN);
 }
 
 static struct ivs_cline *cline(struct ivs_coll *k, int i, uint64_t s)
@@ -39,12 +50,12 @@ static struct ivs_cline *rline(struct ivs_coll *k, uint64_t s)
 
 static uint8_t *slot(struct ivs_coll *k, int i, uint64_t s)
 {
-	return k->area + lines_size(k->nl) + (uint64_t)(i * 2 + (int)(s & 1)) * IVS_SLOT;
+	return k->area + slots_off(k->nl) + (uint64_t)(i * 2 + (int)(s & 1)) * IVS_SLOT;
 }
 
 static uint8_t *resbuf(struct ivs_coll *k, uint64_t s)
 {
-	return k->area + lines_size(k->nl) + (uint64_t)k->nl * 2 * IVS_SLOT + (s & 1) * IVS_RES;
+	return k->area + slots_off(k->nl) + (uint64_t)k->nl * 2 * IVS_SLOT + (s & 1) * IVS_RES;
 }
 
 /* Where member i's data of n bytes for op s lives: its line, or its slot if larger. */
@@ -146,6 +157,8 @@ static void coll_free(struct ivs_coll *k)
 	free(k);
 }
 
+static void reap_areas(void);
+
 static struct ivs_coll *coll_setup(struct ivs_comm *c)
 {
 	struct ivs_coll *k = calloc(1, sizeof *k);
@@ -172,6 +185,7 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	struct coll_info me = {.host_key = c->world[k->lranks[0]], .ok = 1, .area = 0};
 	char err[256] = "";
 	if (k->nl > 1 && k->li == 0) {
+		reap_areas();
 		uint64_t off = ivs.ctl_alloc(area_size(k->nl), err, sizeof err);
 		me.ok = off != 0;
 		me.area = (int64_t)off;
@@ -240,28 +254,58 @@ static struct ivs_coll *coll_of(struct ivs_comm *c)
 	return c->coll->usable ? c->coll : NULL;
 }
 
-/* MPI_Comm_free of c: every co-located member announces it has left the area before the
- * leader returns it to the region, so nobody still reads a reused area. */
+/* Areas of freed communicators that this rank led on its host, waiting until every co-located
+ * member has said it left (its left word) before they go back to the region: MPI_Comm_free
+ * must not wait for the others, and nobody may still read an area that is reused. */
+static struct zombie {
+	uint8_t *area;
+	uint64_t off;
+	int nl;
+} *zombies;
+static int nzombies, zombies_cap;
+
+static void reap_areas(void)
+{
+	for (int z = 0; z < nzombies;) {
+		struct zombie *e = &zombies[z];
+		int i = 0;
+		while (i < e->nl && __atomic_load_n(left_word(e->area, e->nl, i), __ATOMIC_ACQUIRE))
+			i++;
+		if (i < e->nl) {
+			z++;
+			continue;
+		}
+		char err[256];
+		if (ivs.ctl_free(e->off, err, sizeof err) != 0 && ivs.verbose)
+			fprintf(stderr, "ivshim: rank %d: free collective area: %s\n", ivs.world_rank, err);
+		*e = zombies[--nzombies];
+	}
+}
+
+/* MPI_Comm_free of c: this rank leaves the area at once; its host's leader returns the area to
+ * the region once every member has left (reap_areas, at this and later set-ups and frees). */
 void ivs_coll_forget(struct ivs_comm *c)
 {
 	struct ivs_coll *k = c->coll;
 	if (!k)
 		return;
-	if (k->usable) {
-		uint64_t s = op_begin(k, 0);
-		publish(cline(k, k->li, s), s);
-		if (k->li == 0)
-			await_all(k, s);
-		if (k->nl == 1) {
-			free(k->area);
-		} else if (k->li == 0) {
-			char err[256];
-			if (ivs.ctl_free(k->area_off, err, sizeof err) != 0 && ivs.verbose)
-				fprintf(stderr, "ivshim: rank %d: free collective area: %s\n", ivs.world_rank, err);
+	if (k->usable && k->nl == 1) {
+		free(k->area);
+	} else if (k->usable) {
+		__atomic_store_n(left_word(k->area, k->nl, k->li), 1, __ATOMIC_RELEASE);
+		if (k->li == 0) {
+			if (nzombies == zombies_cap) {
+				zombies_cap = zombies_cap ? 2 * zombies_cap : 8;
+				zombies = realloc(zombies, sizeof *zombies * (size_t)zombies_cap);
+				if (!zombies)
+					ivs_fatal("out of memory");
+			}
+			zombies[nzombies++] = (struct zombie){.area = k->area, .off = k->area_off, .nl = k->nl};
 		}
-		if (k->lcomm != MPI_COMM_NULL)
-			PMPI_Comm_free(&k->lcomm);
+		reap_areas();
 	}
+	if (k->usable && k->lcomm != MPI_COMM_NULL)
+		PMPI_Comm_free(&k->lcomm);
 	coll_free(k);
 	c->coll = NULL;
 }
@@ -851,14 +895,17 @@ static int gather_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbu
 		return MPI_SUCCESS;
 	int gets = root < 0 || c->rank == root;
 	uint64_t all = n * (uint64_t)c->size;
-	MPI_Aint lb, ext;
-	PMPI_Type_get_extent(rdt, &lb, &ext);
 	struct flat in = {0}, out = {0};
+	/* The receive arguments matter only where the result goes (a gather's non-roots may pass
+	 * MPI_DATATYPE_NULL); in place, this rank's block is where the result goes. */
 	int rc = gets ? flat_view(&out, rbuf, rcount * c->size, rdt, all, FLAT_OUT, c->handle) : MPI_SUCCESS;
-	if (rc == MPI_SUCCESS) /* in place, this rank's block is where the result goes */
-		rc = sbuf == MPI_IN_PLACE
-		         ? flat_view(&in, (uint8_t *)rbuf + (ptrdiff_t)c->rank * rcount * ext, rcount, rdt, n, FLAT_IN, c->handle)
-		         : flat_view(&in, sbuf, scount, sdt, n, FLAT_IN, c->handle);
+	if (rc == MPI_SUCCESS && sbuf == MPI_IN_PLACE) {
+		MPI_Aint lb, ext;
+		PMPI_Type_get_extent(rdt, &lb, &ext);
+		rc = flat_view(&in, (uint8_t *)rbuf + (ptrdiff_t)c->rank * rcount * ext, rcount, rdt, n, FLAT_IN, c->handle);
+	} else if (rc == MPI_SUCCESS) {
+		rc = flat_view(&in, sbuf, scount, sdt, n, FLAT_IN, c->handle);
+	}
 	if (rc == MPI_SUCCESS && k->nhosts == 1)
 		collect(k, root < 0 ? EVERYONE : root_local(k, root), in.p, n, out.p, k->lranks);
 	else if (rc == MPI_SUCCESS)

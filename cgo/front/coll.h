@@ -4,6 +4,7 @@
  *
  *   struct ivs_cline line[nl][DEPTH]   per member, per op s % DEPTH: seq + 56 inline bytes
  *   struct ivs_cline result[DEPTH]     the leader's result line per op s % DEPTH
+ *   uint64_t left[nl], one line each      per member: 1 once it freed the communicator
  *   uint8_t slot[nl][2][IVS_SLOT]      per member, per parity s&1: data larger than a line
  *   uint8_t res[2][IVS_RES]            the leader's result buffer per parity s&1
  *

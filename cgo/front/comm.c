@@ -35,6 +35,19 @@ static void comm_drop(struct ivs_comm *e)
 	free(e);
 }
 
+/* Requests keep their communicator's record alive: MPI_Comm_free may come while operations
+ * on it are pending (they complete normally). */
+void ivs_comm_hold(struct ivs_comm *c)
+{
+	c->refs++;
+}
+
+void ivs_comm_unhold(struct ivs_comm *c)
+{
+	if (--c->refs == 0 && c->freed)
+		comm_drop(c);
+}
+
 void ivs_comm_forget(MPI_Comm c)
 {
 	struct ivs_comm **pp = &table[bucket(c)];
@@ -45,7 +58,9 @@ void ivs_comm_forget(MPI_Comm c)
 			if (e == world_cache)
 				world_cache = NULL;
 			ivs_coll_forget(e);
-			comm_drop(e);
+			e->freed = 1;
+			if (e->refs == 0)
+				comm_drop(e);
 			return;
 		}
 	}

@@ -64,6 +64,21 @@ int ivs_dt_contig(MPI_Datatype dt, int count, uint64_t *bytes, ptrdiff_t *lb)
 	return 1;
 }
 
+/* r->dt = dt for a request that outlives the call. A derived type is duplicated: the program may
+ * MPI_Type_free its handle right after posting, and the operation must still complete. */
+void ivs_dt_hold(struct ivs_req *r, MPI_Datatype dt)
+{
+	struct dt_entry *e = dt_lookup(dt);
+	r->dt = dt;
+	if (e && e->named)
+		return;
+	MPI_Datatype copy;
+	if (PMPI_Type_dup(dt, &copy) == MPI_SUCCESS) {
+		r->dt = copy;
+		r->dt_owned = 1;
+	}
+}
+
 /* Point r->cbuf/cap straight at the user's buffer if its data is contiguous. */
 static int direct_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype dt)
 {
@@ -88,7 +103,15 @@ int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype
 	if (!r->cbuf)
 		return MPI_ERR_NO_MEM;
 	r->packed = 1;
-	rc = PMPI_Pack(buf, count, dt, r->cbuf, sz, &pos, comm);
+	if (buf == MPI_BOTTOM) {
+		/* Absolute addresses: MPICH's MPI_Pack refuses a null input buffer, a send does not. */
+		MPI_Status st;
+		rc = PMPI_Sendrecv(buf, count, dt, 0, 0, r->cbuf, sz, MPI_PACKED, 0, 0, MPI_COMM_SELF, &st);
+		if (rc == MPI_SUCCESS)
+			rc = PMPI_Get_count(&st, MPI_PACKED, &pos);
+	} else {
+		rc = PMPI_Pack(buf, count, dt, r->cbuf, sz, &pos, comm);
+	}
 	if (rc != MPI_SUCCESS) {
 		free(r->cbuf);
 		r->cbuf = NULL;
@@ -121,15 +144,16 @@ int ivs_dt_recv_finish(struct ivs_req *r)
 		return MPI_SUCCESS;
 	int rc = MPI_SUCCESS;
 	struct dt_entry *e = dt_lookup(r->dt);
-	if (e && e->size && r->st_bytes % e->size == 0) {
+	if (e && e->size && r->st_bytes % e->size == 0 && r->ubuf != MPI_BOTTOM) {
 		int pos = 0;
 		uint64_t elems = r->st_bytes / e->size;
 		if (elems)
 			rc = PMPI_Unpack(r->cbuf, (int)r->st_bytes, &pos, r->ubuf, (int)elems, r->dt, r->comm->handle);
 	} else if (r->st_bytes) {
 		/* The message ends inside an element: MPI_Unpack only takes whole elements, but a
-		 * receive must still place every basic element that arrived. The library does that
-		 * when it receives the packed bytes itself. */
+		 * receive must still place every basic element that arrived. Or the buffer is
+		 * MPI_BOTTOM, which MPICH's MPI_Unpack refuses. The library does both right when it
+		 * receives the packed bytes itself. */
 		rc = PMPI_Sendrecv(r->cbuf, (int)r->st_bytes, MPI_PACKED, 0, 0, r->ubuf, r->count, r->dt, 0, 0,
 		                   MPI_COMM_SELF, MPI_STATUS_IGNORE);
 	}

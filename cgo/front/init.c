@@ -235,6 +235,9 @@ static int init_common(int rc, int provided)
 	ivs.job_active = active;
 	if (!ivs.job_active)
 		return MPI_SUCCESS;
+	int *ub, flag = 0;
+	PMPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
+	ivs.tag_ub = flag ? *ub : 32767; /* the least MPI allows */
 	if (!ivs.enabled) {
 		setup_no_peers();
 	} else {

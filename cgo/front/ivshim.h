@@ -52,6 +52,8 @@ struct ivs_comm {
 	int pending_probe;         /* receives here that look for library messages by matched probe:
 	                              later receives from library peers must queue behind them */
 	struct ivs_coll *coll;     /* shared-memory collective state, NULL until the first one */
+	int refs;                  /* shim requests that point here: MPI_Comm_free may come first */
+	int freed;                 /* MPI_Comm_free'd: gone from the table, dropped at refs == 0 */
 	struct ivs_comm *next;     /* hash chain */
 };
 
@@ -71,6 +73,8 @@ struct ivs_req {
 	uint8_t internal;          /* owned by the shim (Bsend copy), never seen by the user */
 	uint8_t cookie_sent;       /* sends: the first record is in the ring */
 	uint8_t net_done;          /* persistent: the library request of this start completed */
+	uint8_t dt_owned;          /* dt is the shim's duplicate of a derived type (ivs_dt_hold) */
+	uint64_t bsend_charge;     /* internal Bsend copy: bytes charged to the attached buffer */
 	uint64_t cookie;           /* synchronous sends: token the ACK carries back */
 	int error;
 	struct ivs_comm *comm;
@@ -120,6 +124,7 @@ struct ivs_state {
 	int thread_multiple;       /* this rank runs MPI_THREAD_MULTIPLE: it never touches shim state
 	                              beyond comm_agree, and no communicator it is in is shared */
 	int world_rank, world_size;
+	int tag_ub;                /* MPI_TAG_UB of the library */
 	uint8_t *base;
 	uint64_t size;
 	struct ivs_peer **peers;   /* by world rank; NULL for NET peers */
@@ -143,6 +148,8 @@ extern struct ivs_state ivs;
 /* comm.c */
 struct ivs_comm *ivs_comm_get(MPI_Comm c);
 void ivs_comm_forget(MPI_Comm c);
+void ivs_comm_hold(struct ivs_comm *c);
+void ivs_comm_unhold(struct ivs_comm *c);
 
 /* coll.c */
 void ivs_coll_forget(struct ivs_comm *c);
@@ -168,6 +175,7 @@ void ivs_msg_unregister(struct ivs_msg *m);
 
 /* datatype.c */
 int ivs_dt_contig(MPI_Datatype dt, int count, uint64_t *bytes, ptrdiff_t *lb);
+void ivs_dt_hold(struct ivs_req *r, MPI_Datatype dt);
 void ivs_dt_forget(MPI_Datatype dt);
 int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype dt, MPI_Comm comm);
 int ivs_dt_recv_view(struct ivs_req *r, void *buf, int count, MPI_Datatype dt);
@@ -209,7 +217,10 @@ int ivs_req_poll(struct ivs_req *r);
 int ivs_wait_loop_req(struct ivs_req *r);
 int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st);
 void ivs_fill_status(struct ivs_req *r, MPI_Status *st);
+void ivs_status_copy(MPI_Status *st, const MPI_Status *from);
 int ivs_net_wait(MPI_Request *h, MPI_Status *st);
+int ivs_arg_error(MPI_Comm comm, int err);
+void ivs_bsend_release(struct ivs_req *r);
 
 /* Shim work that needs this rank to keep polling: a blocking PMPI call must not be entered
  * while it is pending (a co-located peer could wait on us forever). */

@@ -36,9 +36,23 @@ static struct ivs_req *new_req(int kind, struct ivs_comm *c, int peer, int tag)
 	r->kind = (uint8_t)kind;
 	r->state = IVS_ACTIVE;
 	r->comm = c;
+	ivs_comm_hold(c);
 	r->peer = peer;
 	r->tag = tag;
 	return r;
+}
+
+/* An argument error found by the shim: the communicator's error handler sees it, as it would
+ * see the library's. */
+int ivs_arg_error(MPI_Comm comm, int err)
+{
+	PMPI_Comm_call_errhandler(comm, err);
+	return err;
+}
+
+static inline int tag_ok(int tag)
+{
+	return tag >= 0 && tag <= ivs.tag_ub;
 }
 
 /* Start a send. Exactly one of *out (shim request) and *net (library request) is set. */
@@ -55,13 +69,13 @@ int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 		return sync ? PMPI_Issend(buf, count, dt, dest, tag, comm, net)
 		            : PMPI_Isend(buf, count, dt, dest, tag, comm, net);
 	}
-	if (tag < 0)
-		return MPI_ERR_TAG;
+	if (!tag_ok(tag))
+		return ivs_arg_error(comm, MPI_ERR_TAG);
 	struct ivs_req *r = new_req(IVS_SEND, c, dest, tag);
 	r->sync = sync;
 	r->peer_world = w;
 	int rc = ivs_dt_send_view(r, buf, count, dt, comm);
-	if (rc != MPI_SUCCESS) {
+	if (rc != MPI_SUCCESS) { /* the library's Pack already called the error handler */
 		ivs_req_release(r);
 		return rc;
 	}
@@ -90,15 +104,17 @@ int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 		mode = IVS_RM_PROBE; /* must not overtake a receive posted before it */
 	else
 		return PMPI_Irecv(buf, count, dt, src, tag, comm, net);
+	if (tag != MPI_ANY_TAG && !tag_ok(tag))
+		return ivs_arg_error(comm, MPI_ERR_TAG);
 	struct ivs_req *r = new_req(IVS_RECV, c, src, tag);
 	r->ubuf = buf;
 	r->count = count;
-	r->dt = dt;
+	ivs_dt_hold(r, dt);
 	r->recv_mode = (uint8_t)mode;
 	int rc = ivs_dt_recv_view(r, buf, count, dt);
 	if (rc != MPI_SUCCESS) {
 		ivs_req_release(r);
-		return rc;
+		return ivs_arg_error(comm, rc);
 	}
 	*out = r;
 	struct ivs_msg *m = (mode == IVS_RM_SHM || src == MPI_ANY_SOURCE) ? ivs_unexp_find(r) : NULL;
@@ -143,17 +159,25 @@ int ivs_req_poll(struct ivs_req *r)
 	return 0;
 }
 
+/* The library's status of a completed request, into the caller's. MPI_ERROR stays the caller's:
+ * single completions leave it alone, multiple completions set it themselves. */
+void ivs_status_copy(MPI_Status *st, const MPI_Status *from)
+{
+	int err = st->MPI_ERROR;
+	*st = *from;
+	st->MPI_ERROR = err;
+}
+
 void ivs_fill_status(struct ivs_req *r, MPI_Status *st)
 {
 	if (st == MPI_STATUS_IGNORE)
 		return;
 	if (r->recv_mode == IVS_RM_NET) {
-		*st = r->net_st;
+		ivs_status_copy(st, &r->net_st);
 		return;
 	}
 	st->MPI_SOURCE = r->kind == IVS_RECV ? r->st_source : MPI_ANY_SOURCE;
 	st->MPI_TAG = r->kind == IVS_RECV ? r->st_tag : MPI_ANY_TAG;
-	st->MPI_ERROR = r->error;
 	PMPI_Status_set_elements_x(st, MPI_BYTE, (MPI_Count)(r->kind == IVS_RECV ? r->st_bytes : 0));
 	PMPI_Status_set_cancelled(st, r->cancelled);
 }
@@ -171,7 +195,7 @@ int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st)
 				r->act = NULL;
 			} else {
 				if (st != MPI_STATUS_IGNORE)
-					*st = r->net_st;
+					ivs_status_copy(st, &r->net_st);
 				r->net_done = 0;
 			}
 			r->state = IVS_INACTIVE;
@@ -244,7 +268,7 @@ static int send_common(const void *buf, int count, MPI_Datatype dt, int dest, in
 	struct ivs_comm *c = ivs_comm_p2p(comm);
 	int w;
 	struct ivs_peer *p = shm_peer(c, dest, &w);
-	if (p && !sync && tag >= 0) {
+	if (p && !sync && tag_ok(tag)) {
 		uint64_t n;
 		ptrdiff_t lb;
 		if (ivs_dt_contig(dt, count, &n, &lb) && ivs_try_send_inline(p, (const uint8_t *)buf + lb, n, tag, c->ctx)) {
@@ -287,19 +311,32 @@ int MPI_Ssend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 }
 
 /* Buffered sends to co-located peers copy the data and complete at once, as MPI_Bsend must;
- * the copy drains through the ring in order with the pair's other messages. The attached
- * buffer is not charged for them. */
+ * the copy drains through the ring in order with the pair's other messages. Each copy is
+ * charged to the buffer the program attached (its packed size + MPI_BSEND_OVERHEAD, as the
+ * library counts) until it has left for the ring: one that does not fit fails with
+ * MPI_ERR_BUFFER, and MPI_Buffer_detach waits for the copies in flight. The library's own
+ * buffered sends (to other hosts) are charged by the library; the two share the space. */
+static struct {
+	uint64_t size, used;
+} bsend_buf;
+
 static int bsend_shm(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm, struct ivs_req **out)
 {
 	struct ivs_req *r;
 	MPI_Request net;
-	int rc = ivs_isend(buf, count, dt, dest, tag, comm, 0, &r, &net);
+	*out = NULL;
+	int psize = 0, rc = PMPI_Pack_size(count, dt, comm, &psize);
+	if (rc != MPI_SUCCESS)
+		return ivs_arg_error(comm, rc);
+	uint64_t charge = (uint64_t)psize + MPI_BSEND_OVERHEAD;
+	if (bsend_buf.used + charge > bsend_buf.size)
+		return ivs_arg_error(comm, MPI_ERR_BUFFER);
+	rc = ivs_isend(buf, count, dt, dest, tag, comm, 0, &r, &net);
 	if (rc != MPI_SUCCESS || r->state == IVS_DONE) {
 		if (rc == MPI_SUCCESS) {
 			MPI_Request h = ivs_req_handle(r);
 			ivs_finish(&h, r, MPI_STATUS_IGNORE);
 		}
-		*out = NULL;
 		return rc;
 	}
 	if (!r->packed) {
@@ -312,8 +349,35 @@ static int bsend_shm(const void *buf, int count, MPI_Datatype dt, int dest, int 
 	}
 	r->free_on_done = 1;
 	r->internal = 1;
+	r->bsend_charge = charge;
+	bsend_buf.used += charge;
 	*out = r;
 	return MPI_SUCCESS;
+}
+
+/* An internal buffered-send copy is gone: its space in the attached buffer is free again. */
+void ivs_bsend_release(struct ivs_req *r)
+{
+	bsend_buf.used -= r->bsend_charge;
+	r->bsend_charge = 0;
+}
+
+int MPI_Buffer_attach(void *buf, int size)
+{
+	int rc = PMPI_Buffer_attach(buf, size);
+	if (rc == MPI_SUCCESS)
+		bsend_buf.size = size > 0 ? (uint64_t)size : 0;
+	return rc;
+}
+
+int MPI_Buffer_detach(void *buf, int *size)
+{
+	unsigned spins = 0;
+	while (bsend_buf.used)
+		if (!ivs_progress())
+			ivs_wait_pause(&spins);
+	bsend_buf.size = 0;
+	return PMPI_Buffer_detach(buf, size);
 }
 
 int MPI_Bsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm)
@@ -578,7 +642,7 @@ int MPI_Imrecv(void *buf, int count, MPI_Datatype dt, MPI_Message *msg, MPI_Requ
 	struct ivs_req *r = new_req(IVS_RECV, m->probe_comm, MPI_ANY_SOURCE, MPI_ANY_TAG);
 	r->ubuf = buf;
 	r->count = count;
-	r->dt = dt;
+	ivs_dt_hold(r, dt);
 	r->recv_mode = IVS_RM_SHM;
 	int rc = ivs_dt_recv_view(r, buf, count, dt);
 	if (rc != MPI_SUCCESS) {

@@ -394,6 +394,11 @@ void ivs_net_assign(struct ivs_req *r, MPI_Message *msg)
 		r->error = rc;
 		r->state = IVS_DONE;
 	}
+	if (r->free_on_done) { /* MPI_Request_free'd while waiting: nobody will poll it */
+		if (rc == MPI_SUCCESS)
+			PMPI_Request_free(&r->inner);
+		ivs_req_release(r);
+	}
 }
 
 /* Receives that may be satisfied by the network path are found with a matched probe, in

@@ -38,6 +38,12 @@ struct ivs_req *ivs_req_alloc(void)
 
 void ivs_req_release(struct ivs_req *r)
 {
+	if (r->comm)
+		ivs_comm_unhold(r->comm);
+	if (r->dt_owned)
+		PMPI_Type_free(&r->dt);
+	if (r->bsend_charge)
+		ivs_bsend_release(r);
 	r->state = IVS_INACTIVE;
 	r->kind = 0;
 	r->next = free_list;

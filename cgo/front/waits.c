@@ -17,11 +17,9 @@ static int ready(MPI_Request *h)
 	return flag;
 }
 
-/* Whether *h is null or an inactive persistent request (ignored by the any/some forms). */
+/* Whether shim request h is an inactive persistent request (ignored by the any/some forms). */
 static int inert(MPI_Request h)
 {
-	if (h == MPI_REQUEST_NULL)
-		return 1;
 	struct ivs_req *r = ivs_req_of(h);
 	return r && (r->kind == IVS_PSEND || r->kind == IVS_PRECV) && r->state != IVS_ACTIVE;
 }
@@ -156,13 +154,37 @@ int MPI_Testall(int n, MPI_Request *hs, int *flag, MPI_Status *sts)
 	return err;
 }
 
-/* One pass of Testany: index of a completed active request, MPI_UNDEFINED if all are inert
- * (*flag = 1 then), or -1 if none is ready. */
+/* The library's requests of hs, with the shim's replaced by MPI_REQUEST_NULL, in lib (n
+ * entries; stack for few): the any/some forms let the library judge its own, because only it
+ * knows which of its persistent requests are inactive (to be ignored, not completed). */
+struct lib_view {
+	MPI_Request *h;
+	MPI_Request stack[32];
+};
+
+static int lib_view_open(struct lib_view *v, int n, const MPI_Request *hs)
+{
+	v->h = n <= 32 ? v->stack : malloc(sizeof *v->h * (size_t)n);
+	if (!v->h)
+		return MPI_ERR_NO_MEM;
+	for (int i = 0; i < n; i++)
+		v->h[i] = ivs_req_of(hs[i]) ? MPI_REQUEST_NULL : hs[i];
+	return MPI_SUCCESS;
+}
+
+static void lib_view_close(struct lib_view *v)
+{
+	if (v->h != v->stack)
+		free(v->h);
+}
+
+/* One pass of Testany: index of a completed active request, MPI_UNDEFINED if none is active
+ * (*flag = 1 then), or -1 if none is ready. Shim requests are looked at first. */
 static int testany_pass(int n, MPI_Request *hs, MPI_Status *st, int *rc)
 {
 	int active = 0;
 	for (int i = 0; i < n; i++) {
-		if (inert(hs[i]))
+		if (!ivs_req_of(hs[i]) || inert(hs[i]))
 			continue;
 		active = 1;
 		if (ready(&hs[i])) {
@@ -170,7 +192,19 @@ static int testany_pass(int n, MPI_Request *hs, MPI_Status *st, int *rc)
 			return i;
 		}
 	}
-	if (!active) {
+	struct lib_view v;
+	int idx = MPI_UNDEFINED, flag = 0;
+	if ((*rc = lib_view_open(&v, n, hs)) != MPI_SUCCESS)
+		return MPI_UNDEFINED;
+	*rc = PMPI_Testany(n, v.h, &idx, &flag, st);
+	if (flag && idx != MPI_UNDEFINED)
+		hs[idx] = v.h[idx];
+	lib_view_close(&v);
+	if (*rc != MPI_SUCCESS)
+		return idx;
+	if (flag && idx != MPI_UNDEFINED)
+		return idx;
+	if (flag && !active) {
 		empty_status(st);
 		return MPI_UNDEFINED;
 	}
@@ -205,12 +239,12 @@ int MPI_Testany(int n, MPI_Request *hs, int *index, int *flag, MPI_Status *st)
 	return rc;
 }
 
-/* One pass of Testsome: finishes every ready active request. */
+/* One pass of Testsome: finishes every ready active request, the shim's first. */
 static int testsome_pass(int n, MPI_Request *hs, int *outcount, int *idx, MPI_Status *sts)
 {
 	int k = 0, active = 0, err = MPI_SUCCESS;
 	for (int i = 0; i < n; i++) {
-		if (inert(hs[i]))
+		if (!ivs_req_of(hs[i]) || inert(hs[i]))
 			continue;
 		active = 1;
 		if (!ready(&hs[i]))
@@ -222,7 +256,19 @@ static int testsome_pass(int n, MPI_Request *hs, int *outcount, int *idx, MPI_St
 			err = MPI_ERR_IN_STATUS;
 		idx[k++] = i;
 	}
-	*outcount = active ? k : MPI_UNDEFINED;
+	struct lib_view v;
+	int got = MPI_UNDEFINED, rc = lib_view_open(&v, n, hs);
+	if (rc != MPI_SUCCESS)
+		return rc;
+	rc = PMPI_Testsome(n, v.h, &got, idx + k, sts == MPI_STATUSES_IGNORE ? MPI_STATUSES_IGNORE : sts + k);
+	for (int j = 0; got != MPI_UNDEFINED && j < got; j++)
+		hs[idx[k + j]] = v.h[idx[k + j]];
+	lib_view_close(&v);
+	if (rc != MPI_SUCCESS)
+		err = rc;
+	if (got != MPI_UNDEFINED)
+		k += got;
+	*outcount = active || got != MPI_UNDEFINED ? k : MPI_UNDEFINED;
 	return err;
 }
 
@@ -264,7 +310,7 @@ int MPI_Request_get_status(MPI_Request h, int *flag, MPI_Status *st)
 		if (r->act)
 			ivs_fill_status(r->act, st);
 		else if (st != MPI_STATUS_IGNORE && r->state == IVS_ACTIVE)
-			*st = r->net_st;
+			ivs_status_copy(st, &r->net_st);
 		else
 			empty_status(st);
 		return MPI_SUCCESS;
@@ -379,11 +425,12 @@ static int persistent(int kind, const void *buf, int count, MPI_Datatype dt, int
 	r->state = IVS_INACTIVE;
 	r->ubuf = (void *)buf;
 	r->count = count;
-	r->dt = dt;
 	r->peer = peer;
 	r->tag = tag;
 	r->sync = sync;
 	r->comm = ivs_comm_p2p(comm);
+	ivs_comm_hold(r->comm);
+	ivs_dt_hold(r, dt);
 	r->inner = MPI_REQUEST_NULL;
 	*h = ivs_req_handle(r);
 	return MPI_SUCCESS;
