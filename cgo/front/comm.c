@@ -104,7 +104,11 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 	for (int i = 0; i < ivs.nlocal; i++)
 		e->by_local[i] = -1;
 	for (int i = 0; i < size; i++) {
-		struct ivs_peer *p = e->world[i] >= 0 ? ivs.peers[e->world[i]] : NULL;
+		if (e->world[i] < 0 || e->world[i] >= ivs.world_size) {
+			e->outsider = 1; /* spawned, connected or merged from another MPI_COMM_WORLD */
+			continue;
+		}
+		struct ivs_peer *p = ivs.peers[e->world[i]];
 		if (p) {
 			e->by_local[p->local] = i;
 			e->nshm++;
@@ -121,6 +125,10 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 /* Agree among c's members on a context id (the largest next id among them, unused by every
  * member) and on whether any member has a co-located peer in c; then record c if so. Every
  * member takes the same decision, so collectives on c run the same algorithm everywhere.
+ * A communicator with a member outside this MPI_COMM_WORLD (spawned, connected, merged) is left
+ * to the library without any exchange: the other world may not run the shim at all (or run it
+ * in pass-through, where it agrees on nothing), and every member sees an outsider, so the
+ * decision is uniform without asking.
  * A rank at MPI_THREAD_MULTIPLE never records anything (its threads may create communicators
  * concurrently, and the shim's state has no locks): it takes part in the agreement only, and
  * the collectives of every communicator it belongs to go to the library on all members. */
@@ -130,6 +138,10 @@ static int comm_agree(MPI_Comm c, int is_world)
 	struct ivs_comm *e = comm_build(c, &rc);
 	if (!e)
 		return rc;
+	if (e->outsider) {
+		comm_drop(e);
+		return MPI_SUCCESS;
+	}
 	unsigned mine[3] = {is_world ? 0 : ivs.next_ctx, e->nshm >= 2, (unsigned)ivs.thread_multiple};
 	unsigned agreed[3] = {0, 0, 0};
 	MPI_Request req;

@@ -47,6 +47,7 @@ struct ivs_comm {
 	int nshm;                  /* members reached through the region, self included */
 	int has_net;               /* some member is reached through PMPI */
 	int coll_lib;              /* collectives go to the library: a member runs MPI_THREAD_MULTIPLE */
+	int outsider;              /* a member is outside this MPI_COMM_WORLD (comm_build) */
 	int *world;                /* comm rank -> world rank */
 	int *by_local;             /* local (co-located) index -> comm rank, -1 if not a member */
 	int pending_probe;         /* receives here that look for library messages by matched probe:
