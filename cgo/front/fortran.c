@@ -212,6 +212,14 @@ static inline void fst_close(struct fst *s, int set)
 		PMPI_Status_c2f(&s->c, s->f);
 }
 
+/* C code converting handles of a mixed-language program: a shim request or message is no
+ * ompi_request_t (Open MPI's MPI_Request_c2f would write its index into the shim's pool), so
+ * its Fortran handle comes from the same table the Fortran bindings use. */
+MPI_Fint MPI_Request_c2f(MPI_Request c) { return C_REQ(c); }
+MPI_Request MPI_Request_f2c(MPI_Fint f) { return F_REQ(f); }
+MPI_Fint MPI_Message_c2f(MPI_Message c) { return C_MSG(c); }
+MPI_Message MPI_Message_f2c(MPI_Fint f) { return F_MSG(f); }
+
 /* ------------------------------------------------------------------------------------------ */
 #elif defined(MPICH)
 
