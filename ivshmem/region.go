@@ -1,6 +1,7 @@
 package ivshmem
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -140,8 +141,31 @@ func (r *Region) writeHeader(host HostID, job string) {
 	h.Generation = 1
 }
 
+// ErrNotIvshim is wrapped when a file or PCI BAR does not start with the ivshim magic: it is
+// not an ivshim region at all (an unrelated ivshmem device, a wrong file), as opposed to an
+// ivshim region that fails validation. Such an error also wraps ErrInvalid.
+var ErrNotIvshim = errors.New("not an ivshim region")
+
+// notIvshimError reads like Validate's magic error, and is both ErrInvalid and ErrNotIvshim.
+type notIvshimError struct {
+	size  int64
+	magic uint64
+}
+
+func (e notIvshimError) Error() string {
+	if e.size < 8 {
+		return fmt.Sprintf("%v: %d bytes, no room for the magic", ErrInvalid, e.size)
+	}
+	return fmt.Sprintf("%v: magic %#x, want %#x", ErrInvalid, e.magic, Magic)
+}
+
+func (e notIvshimError) Is(target error) bool { return target == ErrInvalid || target == ErrNotIvshim }
+
 // Open maps the region in the file at path (a host /dev/shm file or a PCI resource2 file) and
-// validates it.
+// validates it. A file that does not start with the magic gives an error wrapping
+// ErrNotIvshim; one that does but fails validation gives one wrapping ErrInvalid only. Errors
+// from opening or mapping the file (a permission error for a root-only resource2) are
+// wrapped as they are.
 func Open(path string) (*Region, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
@@ -152,12 +176,18 @@ func Open(path string) (*Region, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open region %s: %w", path, err)
 	}
-	if st.Size() < HeaderSize {
-		return nil, fmt.Errorf("open region %s: %w: %d bytes", path, ErrInvalid, st.Size())
+	if st.Size() < 8 {
+		return nil, fmt.Errorf("open region %s: %w", path, notIvshimError{size: st.Size()})
 	}
 	m, err := mmap.Map(f, mmap.RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("open region %s: map: %w", path, err)
+	}
+	// The magic is checked apart from Validate so that a foreign device is told from a
+	// damaged region: only the second is a reason to stop the job.
+	if got := binary.LittleEndian.Uint64(m[:8]); got != Magic {
+		m.Unmap()
+		return nil, fmt.Errorf("open region %s: %w", path, notIvshimError{size: st.Size(), magic: got})
 	}
 	l, host, job, err := Validate(m, uint64(len(m)))
 	if err != nil {

@@ -37,6 +37,9 @@ type Options struct {
 	// Passthrough, when set, keeps this rank off every region: it takes part in the collective
 	// exchanges (so the others' match) as a rank without a region, for the reason given.
 	Passthrough string
+	// OpenRegion maps a region file during discovery; ivshmem.Open when nil. Tests use it to
+	// simulate failures such as a root-only resource2.
+	OpenRegion func(path string) (*ivshmem.Region, error)
 }
 
 // staleWait is how long a session found in the region must show no heartbeat before a new
@@ -176,10 +179,14 @@ func (n *negotiation) prepare() hello {
 	if err != nil {
 		return fatal(err)
 	}
-	r, err := discover(n.o.Getenv, cfg)
+	r, err := discover(n.o, cfg)
 	if errors.Is(err, ivshmem.ErrNoRegion) {
 		n.noRegion = err.Error()
-		n.m.log.Info("no region", zap.Error(err))
+		if errors.Is(err, ivshmem.ErrDeviceUnusable) {
+			n.warnPassThrough(err)
+		} else {
+			n.m.log.Info("no region", zap.Error(err))
+		}
 		return hello{VMIndex: ivshmem.NoVM}
 	}
 	if err != nil {
@@ -205,10 +212,24 @@ func (n *negotiation) prepare() hello {
 	}
 }
 
+// warnPassThrough tells the user, once, that this rank passes everything through although an
+// ivshmem device is there (a device it may not map, an unrelated ivshmem device): a slowdown
+// nobody asked for must not be silent. With IVSHIM_VERBOSE the front prints every pass-through
+// rank's reason anyway ("ivshim: rank N pass-through: ..."), so the line is left to it then.
+func (n *negotiation) warnPassThrough(err error) {
+	n.m.log.Warn("pass-through: ivshmem device unusable", zap.Error(err))
+	if n.cfg.Verbose == 0 {
+		fmt.Fprintf(n.o.Stderr, "ivshim: rank %d: pass-through: %s\n", n.rank, oneLine(err.Error()))
+	}
+}
+
+// oneLine keeps a message to one line.
+func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
+
 // discover maps this rank's region; with IVSHIM_JOB set, a region of another job is an error
-// (ivshmem.Discover only filters PCI devices by job, IVSHIM_REGION is taken as is).
-func discover(getenv func(string) string, cfg Config) (*ivshmem.Region, error) {
-	r, err := ivshmem.Discover(getenv, cfg.Sysfs, cfg.Job)
+// (ivshmem.Discovery only filters PCI devices by job, IVSHIM_REGION is taken as is).
+func discover(o Options, cfg Config) (*ivshmem.Region, error) {
+	r, err := ivshmem.Discovery{Getenv: o.Getenv, Sysfs: cfg.Sysfs, Job: cfg.Job, Open: o.OpenRegion}.Find()
 	if err != nil {
 		return nil, err
 	}
