@@ -13,8 +13,8 @@ import (
 )
 
 // Config is the control plane's configuration, read from the environment once per process.
-// IVSHIM_REGION is not part of it: ivshmem.Discover reads it, so that the shim and the tools
-// agree on what it means.
+// IVSHIM_REGION is not part of it: ivshmem.Discovery reads it, so that the shim and the tools
+// agree on what it means. EnvVars (envvars.go) lists every variable, the front's included.
 type Config struct {
 	Job     string // IVSHIM_JOB: pick the region of this job among several PCI devices ("" = any)
 	Verbose int    // IVSHIM_VERBOSE: 0 quiet, 1 path table and stats, 2 also one line per rank
