@@ -40,8 +40,10 @@ void ivs_req_release(struct ivs_req *r)
 {
 	if (r->comm)
 		ivs_comm_unhold(r->comm);
-	if (r->dt_owned)
+	if (r->dt_owned) { /* the library may hand the same handle to the next type: forget it */
+		ivs_dt_forget(r->dt);
 		PMPI_Type_free(&r->dt);
+	}
 	if (r->bsend_charge)
 		ivs_bsend_release(r);
 	r->state = IVS_INACTIVE;
