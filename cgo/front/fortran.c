@@ -374,12 +374,15 @@ static inline int statuses_set(int rc) { return rc == MPI_SUCCESS || rc == MPI_E
  * those of the mpi_f08 and pmpi_f08 modules. */
 #define IVS_F_ALIAS(impl, name) extern __typeof__(impl) name __attribute__((alias(#impl)));
 #if defined(OPEN_MPI)
-#define IVS_F_EXPORT(impl, lower, UPPER, Camel)                                                           \
+/* Every name of a mpif.h routine but MPI_Xxx_f08, which a few routines (MPI_Buffer_detach) have
+ * in the mpi_f08 library instead. */
+#define IVS_F_EXPORT_F77(impl, lower, UPPER, Camel)                                                       \
 	IVS_F_ALIAS(impl, mpi_##lower) IVS_F_ALIAS(impl, mpi_##lower##_) IVS_F_ALIAS(impl, mpi_##lower##__) \
 	IVS_F_ALIAS(impl, pmpi_##lower) IVS_F_ALIAS(impl, pmpi_##lower##_)                                 \
 	IVS_F_ALIAS(impl, pmpi_##lower##__) IVS_F_ALIAS(impl, MPI_##UPPER)                                 \
-	IVS_F_ALIAS(impl, MPI_##Camel##_f) IVS_F_ALIAS(impl, MPI_##Camel##_f08)                            \
-	IVS_F_ALIAS(impl, ompi_##lower##_f)
+	IVS_F_ALIAS(impl, MPI_##Camel##_f) IVS_F_ALIAS(impl, ompi_##lower##_f)
+#define IVS_F_EXPORT(impl, lower, UPPER, Camel) \
+	IVS_F_EXPORT_F77(impl, lower, UPPER, Camel) IVS_F_ALIAS(impl, MPI_##Camel##_f08)
 #else
 #define IVS_F_EXPORT(impl, lower, UPPER, Camel) \
 	IVS_F_ALIAS(impl, mpi_##lower##_f08_) IVS_F_ALIAS(impl, pmpir_##lower##_f08_)
@@ -722,6 +725,35 @@ static void f_type_free(fint *type, fint *ierr)
 }
 IVS_F_EXPORT(f_type_free, type_free, TYPE_FREE, Type_free)
 
+/* MPI_Buffer_detach: the shim's buffered copies in flight must drain first (p2p.c). The
+ * mpif.h and `use mpi` bindings ignore the address argument (MPI-3.1 section 3.6); mpi_f08
+ * passes a TYPE(C_PTR) that receives it (Open MPI: ompi_buffer_detach_f08; MPICH: its f08
+ * routine, which has no choice buffer and so would call PMPI_Buffer_detach itself). */
+static void buffer_detach(void **addr, fint *size, fint *ierr)
+{
+	void *buf = NULL;
+	int n = 0, rc = MPI_Buffer_detach(&buf, &n);
+	if (rc == MPI_SUCCESS) {
+		*size = n;
+		if (addr)
+			*addr = buf;
+	}
+	fret(ierr, rc);
+}
+
+static void f08_buffer_detach(void **addr, fint *size, fint *ierr) { buffer_detach(addr, size, ierr); }
+#if defined(OPEN_MPI)
+static void f_buffer_detach(void *ignored, fint *size, fint *ierr)
+{
+	(void)ignored;
+	buffer_detach(NULL, size, ierr);
+}
+IVS_F_EXPORT_F77(f_buffer_detach, buffer_detach, BUFFER_DETACH, Buffer_detach)
+IVS_F_ALIAS(f08_buffer_detach, ompi_buffer_detach_f08)
+#else
+IVS_F_EXPORT(f08_buffer_detach, buffer_detach, BUFFER_DETACH, Buffer_detach)
+#endif
+
 /* ---- Open MPI only: routines with a choice buffer (MPICH's reach MPI_* themselves) ---- */
 #if defined(OPEN_MPI)
 
@@ -736,6 +768,9 @@ F_SEND(send, SEND, Send)
 F_SEND(rsend, RSEND, Rsend)
 F_SEND(ssend, SSEND, Ssend)
 F_SEND(bsend, BSEND, Bsend)
+
+static void f_buffer_attach(void *buf, fint *size, fint *ierr) { fret(ierr, MPI_Buffer_attach(buf, *size)); }
+IVS_F_EXPORT(f_buffer_attach, buffer_attach, BUFFER_ATTACH, Buffer_attach)
 
 /* Calls returning a new request for (buf, count, type, peer, tag, comm): the nonblocking sends
  * and receive, and the persistent inits. */

@@ -24,21 +24,25 @@
 static int peer_of(int r) { return r ^ 1; }
 static int paired(void) { return peer_of(chk.rank) < chk.size; }
 
+/* Pending operations with the pair partner and with the rank half the world away (another host
+ * on the usual layouts), both outstanding when the communicator is freed. */
 static void comm_free_pending(void)
 {
     MPI_Comm d;
     MPI_Comm_dup(MPI_COMM_WORLD, &d);
-    if (!paired()) {
-        MPI_Comm_free(&d);
-        return;
+    int n = chk.size, half = n / 2, far_to = (chk.rank + half) % n, far_from = (chk.rank - half + n) % n;
+    int peer = peer_of(chk.rank), out = 100 + chk.rank, in = -1, far_in = -1;
+    MPI_Request rq[4] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL, MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+    if (paired()) {
+        MPI_Irecv(&in, 1, MPI_INT, peer, TAG, d, &rq[0]);
+        MPI_Isend(&out, 1, MPI_INT, peer, TAG, d, &rq[1]);
     }
-    int peer = peer_of(chk.rank), out = 100 + chk.rank, in = -1;
-    MPI_Request rq[2];
-    MPI_Irecv(&in, 1, MPI_INT, peer, TAG, d, &rq[0]);
-    MPI_Isend(&out, 1, MPI_INT, peer, TAG, d, &rq[1]);
+    MPI_Irecv(&far_in, 1, MPI_INT, far_from, TAG + 9, d, &rq[2]);
+    MPI_Isend(&out, 1, MPI_INT, far_to, TAG + 9, d, &rq[3]);
     MPI_Comm_free(&d);
-    MPI_Waitall(2, rq, MPI_STATUSES_IGNORE);
-    CHECK(in == 100 + peer && d == MPI_COMM_NULL, "comm_free_pending: received %d", in);
+    MPI_Waitall(4, rq, MPI_STATUSES_IGNORE);
+    CHECK(!paired() || in == 100 + peer, "comm_free_pending: received %d from the partner", in);
+    CHECK(far_in == 100 + far_from && d == MPI_COMM_NULL, "comm_free_pending: received %d from rank %d", far_in, far_from);
 }
 
 static void type_free_pending(void)
