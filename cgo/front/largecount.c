@@ -1,0 +1,137 @@
+/*
+ * MPI-4 large-count calls (MPI_Send_c, MPI_Bcast_c, ...): MPICH 4 exports them, Open MPI 4.1 does
+ * not. Left alone they would bypass the shim, and a large-count send to a co-located peer would
+ * travel by the library while the peer's receive waits on the ring. Every count that fits an int
+ * takes the int interposer, so both forms match each other and use the same path. A count
+ * beyond INT_MAX goes to the library's own large-count call, except on a communicator where this
+ * rank reaches someone through the rings: there the two paths could not be matched, and the
+ * call fails with MPI_ERR_COUNT through the communicator's error handler (the shim's data path
+ * counts in int elements).
+ */
+#include <limits.h>
+#include "ivshim.h"
+
+#if defined(MPICH) && MPI_VERSION >= 4
+
+static inline int fits(MPI_Count n)
+{
+	return n >= 0 && n <= INT_MAX;
+}
+
+/* Too large for the shim, on a communicator whose point-to-point it carries. */
+static int too_large(MPI_Comm comm)
+{
+	return ivs.enabled && ivs_comm_p2p(comm) ? ivs_arg_error(comm, MPI_ERR_COUNT) : MPI_SUCCESS;
+}
+
+/* Blocking and nonblocking sends and receives, and their persistent forms: (buf, count, type,
+ * peer, tag, comm, last). */
+#define LC_P2P(name, bufq, last_t)                                                                                 \
+	int MPI_##name##_c(bufq void *buf, MPI_Count count, MPI_Datatype dt, int peer, int tag, MPI_Comm comm, last_t x) \
+	{                                                                                                               \
+		if (fits(count))                                                                                            \
+			return MPI_##name(buf, (int)count, dt, peer, tag, comm, x);                                             \
+		int rc = too_large(comm);                                                                                   \
+		return rc != MPI_SUCCESS ? rc : PMPI_##name##_c(buf, count, dt, peer, tag, comm, x);                       \
+	}
+#define LC_SEND(name)                                                                                \
+	int MPI_##name##_c(const void *buf, MPI_Count count, MPI_Datatype dt, int peer, int tag, MPI_Comm comm) \
+	{                                                                                                \
+		if (fits(count))                                                                             \
+			return MPI_##name(buf, (int)count, dt, peer, tag, comm);                                 \
+		int rc = too_large(comm);                                                                    \
+		return rc != MPI_SUCCESS ? rc : PMPI_##name##_c(buf, count, dt, peer, tag, comm);           \
+	}
+LC_SEND(Send)
+LC_SEND(Bsend)
+LC_SEND(Ssend)
+LC_SEND(Rsend)
+LC_P2P(Recv, , MPI_Status *)
+LC_P2P(Isend, const, MPI_Request *)
+LC_P2P(Ibsend, const, MPI_Request *)
+LC_P2P(Issend, const, MPI_Request *)
+LC_P2P(Irsend, const, MPI_Request *)
+LC_P2P(Irecv, , MPI_Request *)
+LC_P2P(Send_init, const, MPI_Request *)
+LC_P2P(Bsend_init, const, MPI_Request *)
+LC_P2P(Ssend_init, const, MPI_Request *)
+LC_P2P(Rsend_init, const, MPI_Request *)
+LC_P2P(Recv_init, , MPI_Request *)
+
+int MPI_Sendrecv_c(const void *sbuf, MPI_Count scount, MPI_Datatype sdt, int dest, int stag, void *rbuf,
+                   MPI_Count rcount, MPI_Datatype rdt, int src, int rtag, MPI_Comm comm, MPI_Status *st)
+{
+	if (fits(scount) && fits(rcount))
+		return MPI_Sendrecv(sbuf, (int)scount, sdt, dest, stag, rbuf, (int)rcount, rdt, src, rtag, comm, st);
+	int rc = too_large(comm);
+	return rc != MPI_SUCCESS ? rc : PMPI_Sendrecv_c(sbuf, scount, sdt, dest, stag, rbuf, rcount, rdt, src, rtag, comm, st);
+}
+
+int MPI_Sendrecv_replace_c(void *buf, MPI_Count count, MPI_Datatype dt, int dest, int stag, int src, int rtag,
+                           MPI_Comm comm, MPI_Status *st)
+{
+	if (fits(count))
+		return MPI_Sendrecv_replace(buf, (int)count, dt, dest, stag, src, rtag, comm, st);
+	int rc = too_large(comm);
+	return rc != MPI_SUCCESS ? rc : PMPI_Sendrecv_replace_c(buf, count, dt, dest, stag, src, rtag, comm, st);
+}
+
+/* Matched receives: the message handle tells the path, a shim message is never that large. */
+int MPI_Mrecv_c(void *buf, MPI_Count count, MPI_Datatype dt, MPI_Message *msg, MPI_Status *st)
+{
+	return fits(count) ? MPI_Mrecv(buf, (int)count, dt, msg, st) : PMPI_Mrecv_c(buf, count, dt, msg, st);
+}
+
+int MPI_Imrecv_c(void *buf, MPI_Count count, MPI_Datatype dt, MPI_Message *msg, MPI_Request *req)
+{
+	return fits(count) ? MPI_Imrecv(buf, (int)count, dt, msg, req) : PMPI_Imrecv_c(buf, count, dt, msg, req);
+}
+
+/* Collectives the shim implements: an int count takes the same path as MPI_Xxx on the other
+ * members; larger ones are beyond the shim's byte limit (INT_MAX) and go to the library there
+ * too. */
+int MPI_Bcast_c(void *buf, MPI_Count count, MPI_Datatype dt, int root, MPI_Comm comm)
+{
+	return fits(count) ? MPI_Bcast(buf, (int)count, dt, root, comm) : PMPI_Bcast_c(buf, count, dt, root, comm);
+}
+
+int MPI_Allreduce_c(const void *sbuf, void *rbuf, MPI_Count count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
+{
+	return fits(count) ? MPI_Allreduce(sbuf, rbuf, (int)count, dt, op, comm) : PMPI_Allreduce_c(sbuf, rbuf, count, dt, op, comm);
+}
+
+int MPI_Reduce_c(const void *sbuf, void *rbuf, MPI_Count count, MPI_Datatype dt, MPI_Op op, int root, MPI_Comm comm)
+{
+	return fits(count) ? MPI_Reduce(sbuf, rbuf, (int)count, dt, op, root, comm)
+	                   : PMPI_Reduce_c(sbuf, rbuf, count, dt, op, root, comm);
+}
+
+int MPI_Reduce_scatter_block_c(const void *sbuf, void *rbuf, MPI_Count count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
+{
+	return fits(count) ? MPI_Reduce_scatter_block(sbuf, rbuf, (int)count, dt, op, comm)
+	                   : PMPI_Reduce_scatter_block_c(sbuf, rbuf, count, dt, op, comm);
+}
+
+#define LC_MOVE(name)                                                                                  \
+	int MPI_##name##_c(const void *sbuf, MPI_Count scount, MPI_Datatype sdt, void *rbuf, MPI_Count rcount, \
+	                   MPI_Datatype rdt, MPI_Comm comm)                                                    \
+	{                                                                                                  \
+		if (fits(scount) && fits(rcount))                                                              \
+			return MPI_##name(sbuf, (int)scount, sdt, rbuf, (int)rcount, rdt, comm);                   \
+		return PMPI_##name##_c(sbuf, scount, sdt, rbuf, rcount, rdt, comm);                            \
+	}
+LC_MOVE(Allgather)
+LC_MOVE(Alltoall)
+
+#define LC_ROOTED(name)                                                                                \
+	int MPI_##name##_c(const void *sbuf, MPI_Count scount, MPI_Datatype sdt, void *rbuf, MPI_Count rcount, \
+	                   MPI_Datatype rdt, int root, MPI_Comm comm)                                          \
+	{                                                                                                  \
+		if (fits(scount) && fits(rcount))                                                              \
+			return MPI_##name(sbuf, (int)scount, sdt, rbuf, (int)rcount, rdt, root, comm);             \
+		return PMPI_##name##_c(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm);                      \
+	}
+LC_ROOTED(Gather)
+LC_ROOTED(Scatter)
+
+#endif
