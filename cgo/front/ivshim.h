@@ -209,6 +209,9 @@ void ivs_lib_hook_remove(void);
 int ivs_lib_hooked(void);
 void ivs_lib_poke(void);
 
+/* isendrecv.c */
+int ivs_pairs_progress(void);
+
 /* p2p.c */
 int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm,
               int sync, struct ivs_req **out, MPI_Request *net);
@@ -225,6 +228,7 @@ void ivs_bsend_release(struct ivs_req *r);
 
 /* Shim work that needs this rank to keep polling: a blocking PMPI call must not be entered
  * while it is pending (a co-located peer could wait on us forever). */
-static inline int ivs_busy(void) { return ivs.posted || ivs.nsend_queued || ivs.nsync_wait || ivs.nacks; }
+extern int ivs_npairs; /* isendrecv.c: MPI_Isendrecv pairs not completed yet */
+static inline int ivs_busy(void) { return ivs.posted || ivs.nsend_queued || ivs.nsync_wait || ivs.nacks || ivs_npairs; }
 
 #endif

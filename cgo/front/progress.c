@@ -485,6 +485,8 @@ int ivs_progress(void)
 	int did = ring_progress();
 	if (ivs.posted && ivs.has_net)
 		did |= probe_net();
+	if (ivs_npairs)
+		did |= ivs_pairs_progress();
 	in_progress = 0;
 	return did;
 }

@@ -1,9 +1,9 @@
 /*
- * p2p_bigcount: the MPI-4 large-count calls (MPI_Send_c, MPI_Irecv_c, MPI_Bcast_c, ...) mixed
- * with the int ones between partners (e, e+1) and across the world: a large-count send must meet
- * an int receive and the reverse, whatever path the pair uses. Open MPI 4.1 has no large-count
- * calls: there the program runs the same exchanges with the int calls, so its report has the
- * same checks.
+ * p2p_bigcount: MPI-4 calls beside the MPI-3 ones between partners (e, e+1) and across the
+ * world: large-count calls (MPI_Send_c, MPI_Irecv_c, MPI_Bcast_c, ...) must meet int ones and the
+ * reverse, and MPI_Isendrecv(_replace) must meet plain sends and receives, whatever path the
+ * pair uses. Open MPI 4.1 has no MPI-4 calls: there the program runs the same exchanges with
+ * MPI-3 calls, so its report has the same checks.
  */
 #include "p2p_check.h"
 
@@ -15,7 +15,27 @@
 #define SSEND_C(b, n, t, d, g, c) MPI_Ssend_c(b, (MPI_Count)(n), t, d, g, c)
 #define BCAST_C(b, n, t, r, c) MPI_Bcast_c(b, (MPI_Count)(n), t, r, c)
 #define ALLREDUCE_C(s, r, n, t, o, c) MPI_Allreduce_c(s, r, (MPI_Count)(n), t, o, c)
+#define ISENDRECV MPI_Isendrecv
+#define ISENDRECV_REPLACE MPI_Isendrecv_replace
 #else
+/* what MPI_Isendrecv does, with MPI-3 calls: the two parts complete together */
+static int isendrecv(const void *sb, int sc, MPI_Datatype st, int d, int sg, void *rb, int rc, MPI_Datatype rt, int s,
+                     int rg, MPI_Comm c, MPI_Request *r)
+{
+    MPI_Request two[2];
+    MPI_Irecv(rb, rc, rt, s, rg, c, &two[0]);
+    MPI_Isend(sb, sc, st, d, sg, c, &two[1]);
+    MPI_Waitall(2, two, MPI_STATUSES_IGNORE);
+    *r = MPI_REQUEST_NULL;
+    return MPI_SUCCESS;
+}
+static int isendrecv_replace(void *b, int n, MPI_Datatype t, int d, int sg, int s, int rg, MPI_Comm c, MPI_Request *r)
+{
+    *r = MPI_REQUEST_NULL;
+    return MPI_Sendrecv_replace(b, n, t, d, sg, s, rg, c, MPI_STATUS_IGNORE);
+}
+#define ISENDRECV isendrecv
+#define ISENDRECV_REPLACE isendrecv_replace
 #define SEND_C MPI_Send
 #define IRECV_C MPI_Irecv
 #define ISEND_C MPI_Isend
@@ -54,6 +74,25 @@ static void exchange(int peer, int salt)
     RECV_C(in, 1, MPI_INT, MPI_ANY_SOURCE, TAG + 2, MPI_COMM_WORLD, &st);
     MPI_Wait(&rq[1], MPI_STATUS_IGNORE);
     CHECK(st.MPI_SOURCE == peer && in[0] == peer * 100000 + salt, "wildcard from %d: source %d value %d", peer, st.MPI_SOURCE, in[0]);
+    /* Isendrecv against a plain receive and send, then Isendrecv_replace against itself */
+    if (chk.rank < peer) {
+        ISENDRECV(out, N, MPI_INT, peer, TAG + 3, in, N, MPI_INT, peer, TAG + 4, MPI_COMM_WORLD, &rq[0]);
+        MPI_Wait(&rq[0], MPI_STATUS_IGNORE);
+    } else {
+        MPI_Recv(in, N, MPI_INT, peer, TAG + 3, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+        MPI_Send(out, N, MPI_INT, peer, TAG + 4, MPI_COMM_WORLD);
+    }
+    bad = 0;
+    for (int i = 0; i < N; i++)
+        bad += in[i] != peer * 100000 + salt + i;
+    CHECK(bad == 0, "Isendrecv with %d: %d elements wrong", peer, bad);
+    memcpy(in2, out, sizeof(int) * N);
+    ISENDRECV_REPLACE(in2, N, MPI_INT, peer, TAG + 5, peer, TAG + 5, MPI_COMM_WORLD, &rq[0]);
+    MPI_Wait(&rq[0], MPI_STATUS_IGNORE);
+    bad = 0;
+    for (int i = 0; i < N; i++)
+        bad += in2[i] != peer * 100000 + salt + i;
+    CHECK(bad == 0, "Isendrecv_replace with %d: %d elements wrong", peer, bad);
     free(out);
     free(in);
     free(in2);
