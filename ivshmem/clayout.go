@@ -1,14 +1,15 @@
 package ivshmem
 
-// The C view of the format: what the C compiler makes of ivshim_region.h and ivshim_ring.h, the
-// offset and size of every field and the value of every constant. It lives in this package, next
-// to the headers, so that the Go build cache notices header edits; layout_test.go compares it with
-// the Go mirror.
+// The C view of the format: what the C compiler makes of ivshim_region.h, ivshim_ring.h and
+// ivshim_coll.h, the offset and size of every field, the value of every constant and the
+// collective area's offsets. It lives in this package, next to the headers, so that the Go build
+// cache notices header edits; layout_test.go compares it with the Go mirror.
 
 /*
 #include <stddef.h>
 #include "ivshim_region.h"
 #include "ivshim_ring.h"
+#include "ivshim_coll.h"
 
 struct clayout_field { const char *name; size_t off; size_t size; };
 
@@ -48,6 +49,10 @@ static const struct clayout_field clayout_fields[] = {
 	CL_STRUCT(ivs_rec),
 	CL_FIELD(ivs_rec, stamp), CL_FIELD(ivs_rec, len), CL_FIELD(ivs_rec, kind), CL_FIELD(ivs_rec, flags),
 	CL_FIELD(ivs_rec, tag), CL_FIELD(ivs_rec, ctx), CL_FIELD(ivs_rec, total), CL_FIELD(ivs_rec, cookie),
+	CL_STRUCT(ivs_cline),
+	CL_FIELD(ivs_cline, seq), CL_FIELD(ivs_cline, data),
+	CL_STRUCT(ivs_cleft),
+	CL_FIELD(ivs_cleft, left), CL_FIELD(ivs_cleft, reserved),
 };
 
 struct clayout_value { const char *name; unsigned long long value; };
@@ -62,7 +67,27 @@ static const struct clayout_value clayout_values[] = {
 	CL_CONST(IVSHIM_RING_OPEN), CL_CONST(IVSHIM_RING_CLOSED), CL_CONST(IVSHIM_RING_DATA_OFF),
 	CL_CONST(IVS_ALIGN), CL_CONST(IVS_REC_HDR), CL_CONST(IVS_RING_MIN_CAP), CL_CONST(IVS_F_SYNC),
 	CL_CONST(IVS_REC_PAD), CL_CONST(IVS_REC_MSG), CL_CONST(IVS_REC_FRAG), CL_CONST(IVS_REC_ACK),
+	CL_CONST(IVS_INLINE), CL_CONST(IVS_DEPTH), CL_CONST(IVS_SLOT), CL_CONST(IVS_RES),
 };
+
+enum clayout_area_part { CL_AREA_LINE, CL_AREA_LEFT, CL_AREA_SLOT, CL_AREA_RES, CL_AREA_SIZE };
+
+// Offset of one part of a collective area of nl members (i: member, s: op), or its size.
+static uint64_t clayout_area(enum clayout_area_part part, uint64_t nl, uint64_t i, uint64_t s)
+{
+	switch (part) {
+	case CL_AREA_LINE:
+		return ivs_area_line_off(i, s);
+	case CL_AREA_LEFT:
+		return ivs_area_left_off(nl, i);
+	case CL_AREA_SLOT:
+		return ivs_area_slot_off(nl, i, s);
+	case CL_AREA_RES:
+		return ivs_area_res_off(nl, s);
+	default:
+		return ivs_area_size(nl);
+	}
+}
 
 static size_t clayout_nfields(void) { return sizeof clayout_fields / sizeof clayout_fields[0]; }
 static struct clayout_field clayout_field_at(size_t i) { return clayout_fields[i]; }
@@ -79,8 +104,8 @@ type cField struct {
 	Size   uintptr
 }
 
-// cFields lists every struct and field of ivshim_region.h and ivshim_ring.h as "struct" or
-// "struct.field".
+// cFields lists every struct and field of ivshim_region.h, ivshim_ring.h and ivshim_coll.h as
+// "struct" or "struct.field".
 func cFields() []cField {
 	n := C.clayout_nfields()
 	out := make([]cField, 0, n)
@@ -92,7 +117,7 @@ func cFields() []cField {
 }
 
 // cConstants maps each IVSHIM_* constant of ivshim_region.h and IVS_* constant of ivshim_ring.h
-// to its value.
+// and ivshim_coll.h to its value.
 func cConstants() map[string]uint64 {
 	n := C.clayout_nvalues()
 	out := make(map[string]uint64, n)
@@ -101,4 +126,16 @@ func cConstants() map[string]uint64 {
 		out[C.GoString(c.name)] = uint64(c.value)
 	}
 	return out
+}
+
+// cArea is the C view of a collective area of nl members: the offsets of member i's line, left
+// word and slot for op s (i == nl: the result line), of the result buffer for op s, and the size.
+type cArea struct{ Line, Left, Slot, Result, Size uint64 }
+
+func cAreaAt(nl, i, s uint64) cArea {
+	at := func(part C.enum_clayout_area_part) uint64 {
+		return uint64(C.clayout_area(part, C.uint64_t(nl), C.uint64_t(i), C.uint64_t(s)))
+	}
+	return cArea{Line: at(C.CL_AREA_LINE), Left: at(C.CL_AREA_LEFT), Slot: at(C.CL_AREA_SLOT),
+		Result: at(C.CL_AREA_RES), Size: at(C.CL_AREA_SIZE)}
 }

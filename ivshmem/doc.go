@@ -1,10 +1,11 @@
-// Package ivshmem defines ivshim region format v1 and maps regions.
+// Package ivshmem defines the ivshim region format and maps regions.
 //
 // A region is the shared memory that the VMs of one MPI job on one host have in common: a file
 // in /dev/shm on the host, created by the broker, hot-plugged into each VM as an ivshmem-plain
 // PCI device and seen in the guest as BAR2 (/sys/bus/pci/devices/*/resource2 of 1af4:1110).
-// The layout is defined once in ivshim_region.h, which the C data plane compiles against; the
-// structs in format.go mirror it and a test proves the two agree.
+// The layout is defined once in ivshim_region.h, with the data plane's ring records in
+// ivshim_ring.h and collective areas in ivshim_coll.h, which the C data plane compiles against;
+// format.go, ring_format.go and coll_format.go mirror them and a test proves the two agree.
 //
 // Ownership, which every function here keeps:
 //   - the header's identity and layout lines are written once by Create, before the file is

@@ -1,8 +1,14 @@
 /*
- * ivshim region format v1: the single definition of the shared-memory layout that the broker
+ * ivshim region format v2: the single definition of the shared-memory layout that the broker
  * (Go, host side), the shim control plane (Go, guest side) and the shim data plane (C, guest
  * side) agree on. ivshmem/layout_test.go proves the Go mirror of every struct below has the same
- * offsets and sizes.
+ * offsets and sizes. What the data plane keeps in the heap is part of the format too and is
+ * defined next to this file: pair ring records in ivshim_ring.h, collective areas in
+ * ivshim_coll.h. IVSHIM_REGION_VERSION covers all three; a party reads only its own version.
+ *
+ * Versions: 1, the first; 2, ring consumers zero the line starts of consumed records (the
+ * producer relies on it, ivshim_ring.h) and collective areas hold a left word per member
+ * (ivshim_coll.h).
  *
  * A region is one contiguous byte range: a /dev/shm file on the host, BAR2 of an ivshmem-plain
  * PCI device (1af4:1110) in a guest. All integers are little-endian. All offsets are byte
@@ -29,7 +35,7 @@
 #include <stdint.h>
 
 #define IVSHIM_REGION_MAGIC 0x31524d4948535649ULL /* "IVSHMIR1" read as little-endian */
-#define IVSHIM_REGION_VERSION 1u
+#define IVSHIM_REGION_VERSION 2u
 #define IVSHIM_CACHELINE 64u
 #define IVSHIM_HEADER_SIZE 4096u
 #define IVSHIM_JOB_ID_MAX 64u     /* bytes in job_id, NUL-padded, at most 63 used */

@@ -7,12 +7,14 @@ import (
 	"unsafe"
 )
 
-// Sizes of the tables, fixed by the format.
+// Sizes of the tables and of the collective area's lines, fixed by the format.
 const (
 	vmEntrySize   = uint64(unsafe.Sizeof(vmEntry{}))
 	slotSize      = uint64(unsafe.Sizeof(slot{}))
 	chunkSize     = uint64(unsafe.Sizeof(chunk{}))
 	pairEntrySize = 8
+	collLineSize  = uint64(unsafe.Sizeof(collLine{}))
+	collLeftSize  = uint64(unsafe.Sizeof(collLeft{}))
 	// RingHeaderSize is the bytes of struct ivshim_ring in front of a ring's data.
 	RingHeaderSize = uint64(unsafe.Sizeof(ring{}))
 )
@@ -26,7 +28,8 @@ const (
 	MinRegionSize    = 1 << 20
 )
 
-// ErrInvalid is wrapped by every validation failure: the bytes are not a usable v1 region.
+// ErrInvalid is wrapped by every validation failure: the bytes are not a usable region of this
+// format version.
 var ErrInvalid = errors.New("invalid ivshim region")
 
 // Params are the free parameters of a region; everything else in the layout follows from them.

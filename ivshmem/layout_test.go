@@ -36,6 +36,8 @@ func TestGoAndCAgreeOnLayout(t *testing.T) {
 		"ivshim_chunk":         chunk{},
 		"ivshim_ring":          ring{},
 		"ivs_rec":              record{},
+		"ivs_cline":            collLine{},
+		"ivs_cleft":            collLeft{},
 	}
 	seen := 0
 	for cStruct, v := range structs {
@@ -82,6 +84,7 @@ func TestGoAndCAgreeOnConstants(t *testing.T) {
 		"IVS_ALIGN": RecordAlign, "IVS_REC_HDR": RecordHeaderSize, "IVS_RING_MIN_CAP": RingMinCapacity,
 		"IVS_F_SYNC": uint64(RecordFlagSync), "IVS_REC_PAD": uint64(RecordPad),
 		"IVS_REC_MSG": uint64(RecordMsg), "IVS_REC_FRAG": uint64(RecordFrag), "IVS_REC_ACK": uint64(RecordAck),
+		"IVS_INLINE": CollInline, "IVS_DEPTH": CollDepth, "IVS_SLOT": CollSlot, "IVS_RES": CollResult,
 	}
 	got := cConstants()
 	if len(got) != len(want) {
@@ -94,5 +97,51 @@ func TestGoAndCAgreeOnConstants(t *testing.T) {
 	}
 	if string([]byte{0x49, 0x56, 0x53, 0x48, 0x4d, 0x49, 0x52, 0x31}) != "IVSHMIR1" {
 		t.Fatal("magic comment out of date")
+	}
+}
+
+// TestGoAndCAgreeOnCollectiveArea compares the area map of ivshim_coll.h with its Go mirror for
+// areas of one member (private memory), a few members, and as many members as a region has
+// slots, for every member, the result lines, and ops on both sides of a line rotation.
+func TestGoAndCAgreeOnCollectiveArea(t *testing.T) {
+	for _, nl := range []uint64{1, 2, 3, 4, 7, 64, MaxSlots} {
+		for _, i := range []uint64{0, 1, nl / 2, nl - 1, nl} {
+			if i > nl {
+				continue
+			}
+			for _, s := range []uint64{0, 1, 2, CollDepth - 1, CollDepth, CollDepth + 1, 3*CollDepth + 5, 1<<40 + 3} {
+				got := cAreaAt(nl, i, s)
+				want := cArea{Line: collLineOff(i, s), Left: collLeftOff(nl, i), Slot: collSlotOff(nl, i, s),
+					Result: collResultOff(nl, s), Size: CollAreaSize(int(nl))}
+				if got != want {
+					t.Errorf("area of %d members, member %d, op %d: C %+v, Go %+v", nl, i, s, got, want)
+				}
+			}
+		}
+	}
+	if t.Failed() {
+		return
+	}
+	// The parts follow each other without gaps or overlap, each on whole cache lines.
+	for _, nl := range []uint64{1, 2, 5} {
+		bounds := []struct {
+			name     string
+			off, end uint64
+		}{
+			{"lines", collLineOff(0, 0), collLineOff(nl, CollDepth-1) + collLineSize},
+			{"left words", collLeftOff(nl, 0), collLeftOff(nl, nl-1) + collLeftSize},
+			{"slots", collSlotOff(nl, 0, 0), collSlotOff(nl, nl-1, 1) + CollSlot},
+			{"result buffers", collResultOff(nl, 0), collResultOff(nl, 1) + CollResult},
+		}
+		at := uint64(0)
+		for _, b := range bounds {
+			if b.off != at || b.off%CacheLine != 0 || b.end <= b.off {
+				t.Errorf("area of %d members: %s at [%d, %d), want a start of %d on a cache line", nl, b.name, b.off, b.end, at)
+			}
+			at = b.end
+		}
+		if size := CollAreaSize(int(nl)); size != at {
+			t.Errorf("area of %d members: size %d, parts end at %d", nl, size, at)
+		}
 	}
 }

@@ -98,7 +98,7 @@ func TestValidateRejectsCorruption(t *testing.T) {
 	}
 	corrupt := map[string]func(b []byte){
 		"magic":        func(b []byte) { b[0] ^= 1 },
-		"version":      func(b []byte) { b[8] = 2 },
+		"version":      func(b []byte) { b[8] = byte(Version + 1) },
 		"total size":   func(b []byte) { b[16+3] = 0x40 },
 		"slot count":   func(b []byte) { b[40] = 0xff; b[41] = 0xff },
 		"vm count":     func(b []byte) { b[44] = 0 },

@@ -16,31 +16,14 @@
 #include "ivshim.h"
 #include "coll.h"
 
-/* Bytes of the member lines and the result lines. */
-static uint64_t lines_size(int nl)
-{
-	return (uint64_t)(nl + 1) * IVS_DEPTH * sizeof(struct ivs_cline);
-}
-
-/* After the lines: one line per member holding its "left" word (MPI_Comm_free), then slots. */
-static uint64_t slots_off(int nl)
-{
-	return lines_size(nl) + (uint64_t)nl * IVS_ALIGN;
-}
-
-static uint64_t area_size(int nl)
-{
-	return slots_off(nl) + (uint64_t)nl * 2 * IVS_SLOT + 2ull * IVS_RES;
-}
-
 static uint64_t *left_word(uint8_t *area, int nl, int i)
 {
-	return (uint64_t *)(area + lines_size(nl) + (uint64_t)i * IVS_ALIGN);
+	return &((struct ivs_cleft *)(area + ivs_area_left_off((uint64_t)nl, (uint64_t)i)))->left;
 }
 
 static struct ivs_cline *cline(struct ivs_coll *k, int i, uint64_t s)
 {
-	return (struct ivs_cline *)(k->area + ((uint64_t)i * IVS_DEPTH + s % IVS_DEPTH) * sizeof(struct ivs_cline));
+	return (struct ivs_cline *)(k->area + ivs_area_line_off((uint64_t)i, s));
 }
 
 static struct ivs_cline *rline(struct ivs_coll *k, uint64_t s)
@@ -50,12 +33,12 @@ static struct ivs_cline *rline(struct ivs_coll *k, uint64_t s)
 
 static uint8_t *slot(struct ivs_coll *k, int i, uint64_t s)
 {
-	return k->area + slots_off(k->nl) + (uint64_t)(i * 2 + (int)(s & 1)) * IVS_SLOT;
+	return k->area + ivs_area_slot_off((uint64_t)k->nl, (uint64_t)i, s);
 }
 
 static uint8_t *resbuf(struct ivs_coll *k, uint64_t s)
 {
-	return k->area + slots_off(k->nl) + (uint64_t)k->nl * 2 * IVS_SLOT + (s & 1) * IVS_RES;
+	return k->area + ivs_area_res_off((uint64_t)k->nl, s);
 }
 
 /* Where member i's data of n bytes for op s lives: its line, or its slot if larger. */
@@ -186,7 +169,7 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	char err[256] = "";
 	if (k->nl > 1 && k->li == 0) {
 		reap_areas();
-		uint64_t off = ivs.ctl_alloc(area_size(k->nl), err, sizeof err);
+		uint64_t off = ivs.ctl_alloc(ivs_area_size((uint64_t)k->nl), err, sizeof err);
 		me.ok = off != 0;
 		me.area = (int64_t)off;
 		if (!off && ivs.verbose)
@@ -230,11 +213,11 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	free(all);
 	if (k->usable) {
 		if (k->nl == 1) {
-			k->area = calloc(1, area_size(1));
+			k->area = calloc(1, ivs_area_size(1));
 			if (!k->area)
 				ivs_fatal("out of memory");
 		} else {
-			if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size || area_size(k->nl) > ivs.size - off)
+			if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size || ivs_area_size((uint64_t)k->nl) > ivs.size - off)
 				ivs_fatal("collective area offset %#lx from the leader lies outside the region", (unsigned long)off);
 			k->area = ivs.base + off;
 			k->area_off = off;
