@@ -1,13 +1,33 @@
 /*
- * Shared-memory collectives: the per-communicator state of a rank. The area it points to, and
- * the protocol the members keep in it, are defined in ivshmem/ivshim_coll.h.
+ * Shared-memory collectives, private to the coll_*.c files: the rest of the front library sees
+ * only ivs_coll_forget (ivshim.h).
+ *
+ * A collective has an intra-host phase in the communicator's shared-memory area (its layout and
+ * protocol are ivshmem/ivshim_coll.h), an inter-host phase among one leader per host through
+ * PMPI on a leaders' communicator, and an intra-host release. A communicator whose members all
+ * share one host never touches PMPI for data. Data larger than the area moves in pieces.
+ * Whatever the fast path does not cover (user ops, non-predefined reduction types, v-variants,
+ * byte counts beyond INT_MAX) goes to the MPI library; every such decision depends only on
+ * arguments MPI requires to match on all ranks, so all members take the same path.
+ *
+ * Files, each using only the ones above it:
+ *   coll_area.c           the area protocol (op_begin, publish, await), per-communicator set-up,
+ *                         the area's release at MPI_Comm_free
+ *   coll_move.c           bytes among co-located members through the area: spread, collect,
+ *                         distribute, exchange
+ *   coll_hosts.c          the leaders' phase of gathers, scatters and alltoall across hosts
+ *   coll_barrier_bcast.c  MPI_Barrier, MPI_Bcast
+ *   coll_reduce.c         MPI_Reduce, MPI_Allreduce, MPI_Reduce_scatter(_block)
+ *   coll_gather.c         MPI_Gather, MPI_Allgather, MPI_Scatter, MPI_Alltoall
  */
 #ifndef IVSHIM_FRONT_COLL_H
 #define IVSHIM_FRONT_COLL_H
 
 #include <stdint.h>
+#include "ivshim.h"
 #include "ivshim_coll.h"
 
+/* A rank's view of a communicator's collectives, built at its first collective (coll_area.c). */
 struct ivs_coll {
 	int nl, li;          /* co-located members, my index among them (comm rank order) */
 	int *lranks;         /* local index -> comm rank */
@@ -23,5 +43,93 @@ struct ivs_coll {
 	uint64_t seq;
 	uint64_t *seen;      /* local index -> highest op this rank has seen that member publish */
 };
+
+/* ---- coll_area.c: the area and its protocol ---- */
+
+struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k);
+uint64_t ivs_coll_op_begin(struct ivs_coll *k, uint64_t n);
+void ivs_coll_await(struct ivs_cline *l, uint64_t s);
+void ivs_coll_await_all(struct ivs_coll *k, uint64_t s);
+void *ivs_coll_alloc(uint64_t n);
+
+/* Member i's line for op s; i == nl is the leader's result line. */
+static inline struct ivs_cline *ivs_coll_line(struct ivs_coll *k, int i, uint64_t s)
+{
+	return (struct ivs_cline *)(k->area + ivs_area_line_off((uint64_t)i, s));
+}
+
+static inline struct ivs_cline *ivs_coll_result_line(struct ivs_coll *k, uint64_t s)
+{
+	return ivs_coll_line(k, k->nl, s);
+}
+
+/* Where member i's data of n bytes for op s lives: its line, or its slot if larger. */
+static inline uint8_t *ivs_coll_data(struct ivs_coll *k, int i, uint64_t s, uint64_t n)
+{
+	return n <= IVS_INLINE ? ivs_coll_line(k, i, s)->data : k->area + ivs_area_slot_off((uint64_t)k->nl, (uint64_t)i, s);
+}
+
+/* Where the leader's result of n bytes for op s lives. */
+static inline uint8_t *ivs_coll_result(struct ivs_coll *k, uint64_t s, uint64_t n)
+{
+	return n <= IVS_INLINE ? ivs_coll_result_line(k, s)->data : k->area + ivs_area_res_off((uint64_t)k->nl, s);
+}
+
+static inline void ivs_coll_publish(struct ivs_cline *l, uint64_t s)
+{
+	__atomic_store_n(&l->seq, s, __ATOMIC_RELEASE);
+}
+
+/* Wait for member i's line for op s, and remember that i got that far. */
+static inline void ivs_coll_await_member(struct ivs_coll *k, int i, uint64_t s)
+{
+	ivs_coll_await(ivs_coll_line(k, i, s), s);
+	k->seen[i] = s;
+}
+
+/* The local index of comm rank root, -1 if it is on another host. */
+static inline int ivs_coll_root_local(struct ivs_coll *k, int root)
+{
+	for (int i = 0; i < k->nl; i++)
+		if (k->lranks[i] == root)
+			return i;
+	return -1;
+}
+
+static inline uint64_t ivs_min_u64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+/* The library's nonblocking call that returned rc, completed without starving the rings. */
+static inline int ivs_coll_net_complete(int rc, MPI_Request *req)
+{
+	return rc == MPI_SUCCESS ? ivs_net_wait(req, MPI_STATUS_IGNORE) : rc;
+}
+
+/* An interposer's way to the library's collective, without starving the rings. */
+#define IVS_NET_COLL(blocking, nonblocking)                          \
+	do {                                                         \
+		ivs.stats.collectives_net += ivs.job_active;         \
+		if (!ivs_busy())                                     \
+			return blocking;                             \
+		MPI_Request req_;                                    \
+		return ivs_coll_net_complete(nonblocking, &req_);    \
+	} while (0)
+
+/* ---- coll_move.c: bytes among the co-located members ---- */
+
+#define IVS_EVERYONE (-1) /* as a destination: every co-located member */
+
+void ivs_coll_spread(struct ivs_coll *k, int from, int to, const uint8_t *src, uint64_t n, uint8_t *dst);
+void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at);
+void ivs_coll_distribute(struct ivs_coll *k, int from, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at);
+void ivs_coll_exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8_t *dst);
+
+/* ---- coll_hosts.c: gathers, scatters and alltoall across hosts ---- */
+
+int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root);
+int ivs_coll_scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root);
+int ivs_coll_alltoall_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n);
 
 #endif

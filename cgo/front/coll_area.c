@@ -1,0 +1,261 @@
+/* Collectives: a communicator's area. The protocol every collective keeps in it
+ * (ivshmem/ivshim_coll.h), the set-up at a communicator's first collective (which members share
+ * this host, which hosts there are, the area, the leaders' communicator), and the area's release
+ * at MPI_Comm_free. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "coll.h"
+
+/* ---- the protocol ---- */
+
+/* Wait until line l carries op s, keeping the rings drained meanwhile (a co-located peer
+ * blocked sending to us must get to this collective too). */
+void ivs_coll_await(struct ivs_cline *l, uint64_t s)
+{
+	unsigned spins = 0;
+	uint64_t v;
+	while ((v = __atomic_load_n(&l->seq, __ATOMIC_ACQUIRE)) != s) {
+		if (v > s && v - s < (1ull << 62))
+			ivs_fatal("collective area: a peer claims op %lu while this rank is at %lu", (unsigned long)v, (unsigned long)s);
+		if (!ivs_progress())
+			ivs_wait_pause(&spins);
+	}
+}
+
+void ivs_coll_await_all(struct ivs_coll *k, uint64_t s)
+{
+	for (int i = 0; i < k->nl; i++)
+		if (i != k->li)
+			ivs_coll_await_member(k, i, s);
+}
+
+/* Start the next op, which publishes or reads at most n bytes per buffer. Its buffers were
+ * last used by op s-DEPTH (lines) or, when n does not fit a line, op s-2 (slots and results);
+ * before this rank writes anything (a sequence number or data), every co-located member must
+ * have finished that op, which it shows by publishing the next one. Without this wait a
+ * member that returns early (a non-root of Reduce) could run ahead and overwrite a line a slow
+ * member still waits on. A member found behind is waited for until it has published s-1, the
+ * most this rank can ask for, so that the next DEPTH-1 inline ops need not look again. */
+uint64_t ivs_coll_op_begin(struct ivs_coll *k, uint64_t n)
+{
+	uint64_t s = ++k->seq;
+	uint64_t reuse = n <= IVS_INLINE ? IVS_DEPTH : 2;
+	if (s <= reuse)
+		return s;
+	for (int i = 0; i < k->nl; i++) {
+		if (i == k->li || k->seen[i] >= s - reuse + 1)
+			continue; /* known to be far enough already: no need to touch its line */
+		struct ivs_cline *l = ivs_coll_line(k, i, s - 1);
+		unsigned spins = 0;
+		uint64_t v;
+		while ((v = __atomic_load_n(&l->seq, __ATOMIC_ACQUIRE)) < s - 1)
+			if (!ivs_progress())
+				ivs_wait_pause(&spins);
+		k->seen[i] = v;
+	}
+	return s;
+}
+
+/* ---- per-communicator set-up (collective, at the first collective on the communicator) ---- */
+
+static int cmp_int(const void *a, const void *b)
+{
+	return *(const int *)a - *(const int *)b;
+}
+
+struct coll_info {
+	int64_t host_key; /* world rank of the lowest co-located world rank: names the host */
+	int64_t ok;       /* this rank's host has its area (or needs none) */
+	int64_t area;     /* leader: region offset of the area */
+};
+
+static void coll_free(struct ivs_coll *k)
+{
+	free(k->lranks);
+	free(k->host_of);
+	free(k->host_first);
+	free(k->pos);
+	free(k->seen);
+	free(k);
+}
+
+static void reap_areas(void);
+
+static struct ivs_coll *coll_setup(struct ivs_comm *c)
+{
+	struct ivs_coll *k = calloc(1, sizeof *k);
+	struct coll_info *all = malloc(sizeof *all * (size_t)c->size);
+	if (!k || !all)
+		ivs_fatal("out of memory");
+	k->lcomm = MPI_COMM_NULL;
+	k->lranks = malloc(sizeof(int) * (size_t)(ivs.nlocal + 1));
+	k->host_of = malloc(sizeof(int) * (size_t)c->size);
+	k->host_first = calloc((size_t)c->size + 1, sizeof(int));
+	k->pos = malloc(sizeof(int) * (size_t)c->size);
+	k->seen = calloc((size_t)ivs.nlocal + 1, sizeof(uint64_t));
+	if (!k->lranks || !k->host_of || !k->host_first || !k->pos || !k->seen)
+		ivs_fatal("out of memory");
+	for (int i = 0; i < ivs.nlocal; i++)
+		if (c->by_local[i] >= 0)
+			k->lranks[k->nl++] = c->by_local[i];
+	if (k->nl == 0)
+		k->lranks[k->nl++] = c->rank;
+	qsort(k->lranks, (size_t)k->nl, sizeof(int), cmp_int);
+	for (int i = 0; i < k->nl; i++)
+		if (k->lranks[i] == c->rank)
+			k->li = i;
+	struct coll_info me = {.host_key = c->world[k->lranks[0]], .ok = 1, .area = 0};
+	char err[256] = "";
+	if (k->nl > 1 && k->li == 0) {
+		reap_areas();
+		uint64_t off = ivs.ctl_alloc(ivs_area_size((uint64_t)k->nl), err, sizeof err);
+		me.ok = off != 0;
+		me.area = (int64_t)off;
+		if (!off && ivs.verbose)
+			fprintf(stderr, "ivshim: rank %d: no collective area (%s): collectives use the library\n", ivs.world_rank, err);
+	}
+	MPI_Request req;
+	int rc = ivs_coll_net_complete(PMPI_Iallgather(&me, sizeof me, MPI_BYTE, all, sizeof me, MPI_BYTE, c->handle, &req), &req);
+	if (rc != MPI_SUCCESS)
+		ivs_fatal("collective set-up exchange failed (%d)", rc);
+	k->usable = 1;
+	int nh = 0;
+	int64_t *keys = malloc(sizeof(int64_t) * (size_t)c->size);
+	int *count = calloc((size_t)c->size, sizeof(int));
+	if (!keys || !count)
+		ivs_fatal("out of memory");
+	for (int r = 0; r < c->size; r++) {
+		k->usable &= all[r].ok != 0;
+		int h = 0;
+		while (h < nh && keys[h] != all[r].host_key)
+			h++;
+		if (h == nh)
+			keys[nh++] = all[r].host_key;
+		k->host_of[r] = h;
+		count[h]++;
+	}
+	k->nhosts = nh;
+	k->myhost = k->host_of[c->rank];
+	for (int h = 0; h < nh; h++) {
+		k->host_first[h + 1] = k->host_first[h] + count[h];
+		if (count[h] > k->maxnl)
+			k->maxnl = count[h];
+	}
+	memset(count, 0, sizeof(int) * (size_t)c->size);
+	for (int r = 0; r < c->size; r++)
+		k->pos[r] = k->host_first[k->host_of[r]] + count[k->host_of[r]]++;
+	if (count[k->myhost] != k->nl)
+		ivs_fatal("collective set-up: %d co-located members here, %d by the exchange", k->nl, count[k->myhost]);
+	free(keys);
+	free(count);
+	uint64_t off = (uint64_t)all[k->lranks[0]].area;
+	free(all);
+	if (k->usable) {
+		if (k->nl == 1) {
+			k->area = calloc(1, ivs_area_size(1));
+			if (!k->area)
+				ivs_fatal("out of memory");
+		} else {
+			if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size || ivs_area_size((uint64_t)k->nl) > ivs.size - off)
+				ivs_fatal("collective area offset %#lx from the leader lies outside the region", (unsigned long)off);
+			k->area = ivs.base + off;
+			k->area_off = off;
+		}
+		if (nh > 1 && PMPI_Comm_split(c->handle, k->li == 0 ? 0 : MPI_UNDEFINED, k->myhost, &k->lcomm) != MPI_SUCCESS)
+			ivs_fatal("cannot create the leaders' communicator");
+	} else if (me.area) {
+		ivs.ctl_free((uint64_t)me.area, err, sizeof err);
+	}
+	return k;
+}
+
+static struct ivs_coll *coll_of(struct ivs_comm *c)
+{
+	if (IVS_UNLIKELY(!c->coll))
+		c->coll = coll_setup(c);
+	return c->coll->usable ? c->coll : NULL;
+}
+
+/* The record of comm if its collectives take the shared-memory path. */
+struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k)
+{
+	if (IVS_LIKELY(!ivs.job_active))
+		return NULL;
+	struct ivs_comm *c = ivs_comm_get(comm);
+	if (!c || c->coll_lib || !(*k = coll_of(c)))
+		return NULL;
+	return c;
+}
+
+/* Scratch memory for a collective's buffers; running out is fatal. */
+void *ivs_coll_alloc(uint64_t n)
+{
+	void *p = malloc(n ? n : 1);
+	if (!p)
+		ivs_fatal("out of memory (%lu bytes for a collective)", (unsigned long)n);
+	return p;
+}
+
+/* ---- release ---- */
+
+static uint64_t *left_word(uint8_t *area, int nl, int i)
+{
+	return &((struct ivs_cleft *)(area + ivs_area_left_off((uint64_t)nl, (uint64_t)i)))->left;
+}
+
+/* Areas of freed communicators that this rank led on its host, waiting until every co-located
+ * member has said it left (its left word) before they go back to the region: MPI_Comm_free
+ * must not wait for the others, and nobody may still read an area that is reused. */
+static struct zombie {
+	uint8_t *area;
+	uint64_t off;
+	int nl;
+} *zombies;
+static int nzombies, zombies_cap;
+
+static void reap_areas(void)
+{
+	for (int z = 0; z < nzombies;) {
+		struct zombie *e = &zombies[z];
+		int i = 0;
+		while (i < e->nl && __atomic_load_n(left_word(e->area, e->nl, i), __ATOMIC_ACQUIRE))
+			i++;
+		if (i < e->nl) {
+			z++;
+			continue;
+		}
+		char err[256];
+		if (ivs.ctl_free(e->off, err, sizeof err) != 0 && ivs.verbose)
+			fprintf(stderr, "ivshim: rank %d: free collective area: %s\n", ivs.world_rank, err);
+		*e = zombies[--nzombies];
+	}
+}
+
+/* MPI_Comm_free of c: this rank leaves the area at once; its host's leader returns the area to
+ * the region once every member has left (reap_areas, at this and later set-ups and frees). */
+void ivs_coll_forget(struct ivs_comm *c)
+{
+	struct ivs_coll *k = c->coll;
+	if (!k)
+		return;
+	if (k->usable && k->nl == 1) {
+		free(k->area);
+	} else if (k->usable) {
+		__atomic_store_n(left_word(k->area, k->nl, k->li), 1, __ATOMIC_RELEASE);
+		if (k->li == 0) {
+			if (nzombies == zombies_cap) {
+				zombies_cap = zombies_cap ? 2 * zombies_cap : 8;
+				zombies = realloc(zombies, sizeof *zombies * (size_t)zombies_cap);
+				if (!zombies)
+					ivs_fatal("out of memory");
+			}
+			zombies[nzombies++] = (struct zombie){.area = k->area, .off = k->area_off, .nl = k->nl};
+		}
+		reap_areas();
+	}
+	if (k->usable && k->lcomm != MPI_COMM_NULL)
+		PMPI_Comm_free(&k->lcomm);
+	coll_free(k);
+	c->coll = NULL;
+}

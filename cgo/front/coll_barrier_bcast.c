@@ -1,0 +1,81 @@
+/* Collectives: MPI_Barrier and MPI_Bcast. */
+#include <stdlib.h>
+#include "coll.h"
+
+static int barrier(struct ivs_coll *k)
+{
+	uint64_t s = ivs_coll_op_begin(k, 0);
+	ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
+	if (k->nhosts == 1) {
+		ivs_coll_await_all(k, s);
+		return MPI_SUCCESS;
+	}
+	if (k->li == 0) {
+		ivs_coll_await_all(k, s);
+		MPI_Request req;
+		int rc = ivs_coll_net_complete(PMPI_Ibarrier(k->lcomm, &req), &req);
+		ivs_coll_publish(ivs_coll_result_line(k, s), s);
+		return rc;
+	}
+	ivs_coll_await(ivs_coll_result_line(k, s), s);
+	return MPI_SUCCESS;
+}
+
+static int leaders_bcast(struct ivs_coll *k, uint8_t *data, uint64_t len, int root_host)
+{
+	MPI_Request req;
+	return ivs_coll_net_complete(PMPI_Ibcast(data, (int)len, MPI_BYTE, root_host, k->lcomm, &req), &req);
+}
+
+/* In pieces of one slot: the root's host spreads each piece while its leader passes it on to
+ * the other hosts' leaders, which spread it on theirs. */
+static int bcast_bytes(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
+{
+	int root_host = k->host_of[root], root_li = ivs_coll_root_local(k, root);
+	int src_li = root_li >= 0 ? root_li : 0; /* whose area this host copies from */
+	int rc = MPI_SUCCESS;
+	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
+		uint64_t len = ivs_min_u64(n - off, IVS_SLOT);
+		if (root_li < 0 && k->li == 0 && rc == MPI_SUCCESS)
+			rc = leaders_bcast(k, data + off, len, root_host);
+		ivs_coll_spread(k, src_li, IVS_EVERYONE, data + off, len, data + off);
+		if (root_li >= 0 && k->li == 0 && k->nhosts > 1 && rc == MPI_SUCCESS)
+			rc = leaders_bcast(k, data + off, len, root_host);
+	}
+	return rc;
+}
+
+int MPI_Barrier(MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	if (ivs_coll_comm(comm, &k)) {
+		ivs.stats.collectives_shm++;
+		return barrier(k);
+	}
+	IVS_NET_COLL(PMPI_Barrier(comm), PMPI_Ibarrier(comm, &req_));
+}
+
+int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = ivs_coll_comm(comm, &k);
+	uint64_t n = ivs_dt_bytes(dt, count), bytes;
+	ptrdiff_t lb;
+	if (!c || root < 0 || root >= c->size)
+		IVS_NET_COLL(PMPI_Bcast(buf, count, dt, root, comm), PMPI_Ibcast(buf, count, dt, root, comm, &req_));
+	ivs.stats.collectives_shm++;
+	if (n == 0) /* the same on every rank: type signatures match */
+		return MPI_SUCCESS;
+	if (ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n)
+		return bcast_bytes(k, (uint8_t *)buf + lb, n, root);
+	uint8_t *tmp = malloc(n ? n : 1);
+	if (!tmp)
+		return MPI_ERR_NO_MEM;
+	int rc = c->rank == root ? ivs_dt_pack(buf, count, dt, tmp, n, comm) : MPI_SUCCESS;
+	if (rc == MPI_SUCCESS)
+		rc = bcast_bytes(k, tmp, n, root);
+	if (rc == MPI_SUCCESS && c->rank != root)
+		rc = ivs_dt_unpack(tmp, n, buf, count, dt, comm);
+	free(tmp);
+	return rc;
+}

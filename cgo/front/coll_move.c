@@ -1,0 +1,89 @@
+/* Collectives: moving bytes among the co-located members through the area, in pieces that fit
+ * it. Every co-located member calls these with the same sizes, so all go through the same ops. */
+#include <string.h>
+#include "coll.h"
+
+/* n bytes of member `from` at src reach member `to` (or every member) at dst. */
+void ivs_coll_spread(struct ivs_coll *k, int from, int to, const uint8_t *src, uint64_t n, uint8_t *dst)
+{
+	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
+		uint64_t len = ivs_min_u64(n - off, IVS_SLOT), s = ivs_coll_op_begin(k, len);
+		if (k->li == from)
+			memcpy(ivs_coll_data(k, from, s, len), src + off, len);
+		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
+		if (k->li != from && (to == IVS_EVERYONE || to == k->li)) {
+			ivs_coll_await_member(k, from, s);
+			memcpy(dst + off, ivs_coll_data(k, from, s, len), len);
+		}
+	}
+}
+
+/* Every member's n bytes at src reach member `to` (or every member) at dst + at[i]*n for
+ * member i (at NULL: i*n). A receiver's own src may already be where it belongs. */
+void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at)
+{
+	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
+		uint64_t len = ivs_min_u64(n - off, IVS_SLOT), s = ivs_coll_op_begin(k, len);
+		if (to != k->li)
+			memcpy(ivs_coll_data(k, k->li, s, len), src + off, len);
+		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
+		if (to != IVS_EVERYONE && to != k->li)
+			continue;
+		for (int i = 0; i < k->nl; i++) {
+			uint8_t *d = dst + (uint64_t)(at ? at[i] : i) * n + off;
+			if (i != k->li) {
+				ivs_coll_await_member(k, i, s);
+				memcpy(d, ivs_coll_data(k, i, s, len), len);
+			} else if (d != src + off) {
+				memcpy(d, src + off, len);
+			}
+		}
+	}
+}
+
+/* Member `from` holds a block of n bytes for every member i at src + at[i]*n (at NULL: i*n);
+ * each member receives its block at dst (NULL: keeps nothing). */
+void ivs_coll_distribute(struct ivs_coll *k, int from, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at)
+{
+	uint64_t step = IVS_SLOT / (uint64_t)k->nl;
+	for (uint64_t off = 0; off < n; off += step) {
+		uint64_t len = ivs_min_u64(n - off, step), s = ivs_coll_op_begin(k, len * (uint64_t)k->nl);
+		uint8_t *area = ivs_coll_data(k, from, s, len * (uint64_t)k->nl);
+		if (k->li == from) {
+			for (int i = 0; i < k->nl; i++)
+				if (i != from)
+					memcpy(area + (uint64_t)i * len, src + (uint64_t)(at ? at[i] : i) * n + off, len);
+			ivs_coll_publish(ivs_coll_line(k, from, s), s);
+			if (dst)
+				memcpy(dst + off, src + (uint64_t)(at ? at[from] : from) * n + off, len);
+			continue;
+		}
+		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
+		if (dst) {
+			ivs_coll_await_member(k, from, s);
+			memcpy(dst + off, area + (uint64_t)k->li * len, len);
+		}
+	}
+}
+
+/* Alltoall among the members of a single-host communicator (local index = comm rank): block i
+ * of n bytes at src goes to member i, and member i's block for this rank lands at dst + i*n.
+ * src and dst must not overlap. */
+void ivs_coll_exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8_t *dst)
+{
+	uint64_t step = IVS_SLOT / (uint64_t)k->nl, me = (uint64_t)k->li;
+	for (uint64_t off = 0; off < n; off += step) {
+		uint64_t len = ivs_min_u64(n - off, step), s = ivs_coll_op_begin(k, len * (uint64_t)k->nl);
+		uint8_t *mine = ivs_coll_data(k, k->li, s, len * (uint64_t)k->nl);
+		for (int d = 0; d < k->nl; d++)
+			if (d != k->li)
+				memcpy(mine + (uint64_t)d * len, src + (uint64_t)d * n + off, len);
+		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
+		memcpy(dst + me * n + off, src + me * n + off, len);
+		for (int i = 0; i < k->nl; i++)
+			if (i != k->li) {
+				ivs_coll_await_member(k, i, s);
+				memcpy(dst + (uint64_t)i * n + off, ivs_coll_data(k, i, s, len * (uint64_t)k->nl) + me * len, len);
+			}
+	}
+}

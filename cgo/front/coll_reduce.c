@@ -1,0 +1,182 @@
+/* Collectives: MPI_Reduce, MPI_Allreduce, MPI_Reduce_scatter_block and MPI_Reduce_scatter.
+ *
+ * Reduction order: contributions are combined in comm rank order within a host (every rank of
+ * a single-host communicator computes the same bits), then across hosts by the library's own
+ * MPI_Allreduce/MPI_Reduce over the leaders. */
+#include <stdlib.h>
+#include <string.h>
+#include "coll.h"
+
+static int predefined_op(MPI_Op op)
+{
+	return op == MPI_SUM || op == MPI_PROD || op == MPI_MAX || op == MPI_MIN || op == MPI_LAND || op == MPI_LOR ||
+	       op == MPI_LXOR || op == MPI_BAND || op == MPI_BOR || op == MPI_BXOR || op == MPI_MAXLOC || op == MPI_MINLOC;
+}
+
+struct red {
+	uint64_t span, extent;
+	ptrdiff_t lb;
+};
+
+/* Whether (count, dt, op) reduces on the fast path; the same answer on every rank. */
+static int reducible(int count, MPI_Datatype dt, MPI_Op op, struct red *r)
+{
+	return predefined_op(op) && ivs_dt_span(dt, count, &r->span, &r->lb, &r->extent) && r->extent <= IVS_SLOT;
+}
+
+/* Combine the co-located contributions of op s into acc (elements cnt of dt), in local order. */
+static int reduce_local(struct ivs_coll *k, uint64_t s, uint64_t span, uint8_t *acc, int cnt, MPI_Datatype dt, MPI_Op op)
+{
+	memcpy(acc, ivs_coll_data(k, 0, s, span), span);
+	for (int i = 1; i < k->nl; i++) {
+		int rc = PMPI_Reduce_local(ivs_coll_data(k, i, s, span), acc, cnt, dt, op);
+		if (rc != MPI_SUCCESS)
+			return rc;
+	}
+	return MPI_SUCCESS;
+}
+
+/* One piece of an allreduce (root < 0) or reduce: cnt elements at sb -> rb. */
+static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *sb, uint8_t *rb, int cnt, uint64_t span,
+                        MPI_Datatype dt, MPI_Op op, int root)
+{
+	uint64_t s = ivs_coll_op_begin(k, span);
+	memcpy(ivs_coll_data(k, k->li, s, span), sb, span);
+	ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
+	int rc = MPI_SUCCESS;
+	if (k->nhosts == 1) {
+		if (root < 0 || root == c->rank) {
+			ivs_coll_await_all(k, s);
+			rc = reduce_local(k, s, span, rb, cnt, dt, op);
+		}
+		return rc;
+	}
+	int root_host = root < 0 ? -1 : k->host_of[root];
+	if (k->li == 0) {
+		uint8_t *acc = malloc(span ? span : 1);
+		if (!acc)
+			return MPI_ERR_NO_MEM;
+		ivs_coll_await_all(k, s);
+		rc = reduce_local(k, s, span, acc, cnt, dt, op);
+		MPI_Request req;
+		if (rc == MPI_SUCCESS && root < 0)
+			rc = ivs_coll_net_complete(PMPI_Iallreduce(MPI_IN_PLACE, acc, cnt, dt, op, k->lcomm, &req), &req);
+		else if (rc == MPI_SUCCESS)
+			rc = ivs_coll_net_complete(PMPI_Ireduce(k->myhost == root_host ? MPI_IN_PLACE : acc, acc, cnt, dt, op, root_host, k->lcomm, &req), &req);
+		if (rc == MPI_SUCCESS && (root < 0 || k->myhost == root_host)) {
+			if (root < 0 || root == c->rank)
+				memcpy(rb, acc, span);
+			if (root < 0 || root != c->rank) {
+				memcpy(ivs_coll_result(k, s, span), acc, span);
+				ivs_coll_publish(ivs_coll_result_line(k, s), s);
+			}
+		}
+		free(acc);
+		return rc;
+	}
+	if (root < 0 || root == c->rank) {
+		ivs_coll_await(ivs_coll_result_line(k, s), s);
+		memcpy(rb, ivs_coll_result(k, s, span), span);
+	}
+	return MPI_SUCCESS;
+}
+
+static int reduce_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbuf, void *rbuf, int count,
+                         MPI_Datatype dt, MPI_Op op, int root, const struct red *r)
+{
+	int per = (int)(IVS_SLOT / r->extent);
+	if (per < 1)
+		per = 1;
+	int done = 0;
+	do {
+		int cnt = count - done < per ? count - done : per;
+		uint64_t span = cnt ? (uint64_t)(cnt - 1) * r->extent + (r->span - (uint64_t)(count - 1) * r->extent) : 0;
+		const uint8_t *sb = (const uint8_t *)sbuf + r->lb + (ptrdiff_t)((uint64_t)done * r->extent);
+		uint8_t *rb = rbuf ? (uint8_t *)rbuf + r->lb + (ptrdiff_t)((uint64_t)done * r->extent) : NULL;
+		int rc = reduce_piece(k, c, sb, rb, cnt, span, dt, op, root);
+		if (rc != MPI_SUCCESS)
+			return rc;
+		done += cnt;
+	} while (done < count);
+	return MPI_SUCCESS;
+}
+
+int MPI_Allreduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = ivs_coll_comm(comm, &k);
+	struct red r;
+	if (!c || !reducible(count, dt, op, &r))
+		IVS_NET_COLL(PMPI_Allreduce(sbuf, rbuf, count, dt, op, comm), PMPI_Iallreduce(sbuf, rbuf, count, dt, op, comm, &req_));
+	ivs.stats.collectives_shm++;
+	if (count == 0)
+		return MPI_SUCCESS;
+	return reduce_common(k, c, sbuf == MPI_IN_PLACE ? rbuf : sbuf, rbuf, count, dt, op, -1, &r);
+}
+
+int MPI_Reduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_Op op, int root, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = ivs_coll_comm(comm, &k);
+	struct red r;
+	if (!c || root < 0 || root >= c->size || !reducible(count, dt, op, &r))
+		IVS_NET_COLL(PMPI_Reduce(sbuf, rbuf, count, dt, op, root, comm), PMPI_Ireduce(sbuf, rbuf, count, dt, op, root, comm, &req_));
+	ivs.stats.collectives_shm++;
+	if (count == 0)
+		return MPI_SUCCESS;
+	if (sbuf == MPI_IN_PLACE)
+		sbuf = rbuf;
+	return reduce_common(k, c, sbuf, c->rank == root ? rbuf : NULL, count, dt, op, root, &r);
+}
+
+/* Reduce_scatter variants: a hierarchical allreduce of the whole vector, then each rank keeps
+ * its block. */
+static int reduce_scatter_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbuf, void *rbuf, const int *counts,
+                                 int block, MPI_Datatype dt, MPI_Op op)
+{
+	int total = 0, mine = 0;
+	for (int i = 0; i < c->size; i++) {
+		int n = counts ? counts[i] : block;
+		if (i < c->rank)
+			mine += n;
+		total += n;
+	}
+	struct red r;
+	reducible(total, dt, op, &r);
+	uint8_t *tmp = malloc(r.span ? r.span : 1);
+	if (!tmp)
+		return MPI_ERR_NO_MEM;
+	const void *src = sbuf == MPI_IN_PLACE ? rbuf : sbuf;
+	int rc = total ? reduce_common(k, c, src, tmp - r.lb, total, dt, op, -1, &r) : MPI_SUCCESS;
+	int my = counts ? counts[c->rank] : block;
+	if (rc == MPI_SUCCESS && my > 0) {
+		uint64_t n = (uint64_t)(my - 1) * r.extent + (r.span - (uint64_t)(total - 1) * r.extent);
+		memcpy((uint8_t *)rbuf + r.lb, tmp + (uint64_t)mine * r.extent, n);
+	}
+	free(tmp);
+	return rc;
+}
+
+int MPI_Reduce_scatter_block(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = ivs_coll_comm(comm, &k);
+	struct red r;
+	if (!c || !reducible(count, dt, op, &r))
+		IVS_NET_COLL(PMPI_Reduce_scatter_block(sbuf, rbuf, count, dt, op, comm),
+		         PMPI_Ireduce_scatter_block(sbuf, rbuf, count, dt, op, comm, &req_));
+	ivs.stats.collectives_shm++;
+	return reduce_scatter_common(k, c, sbuf, rbuf, NULL, count, dt, op);
+}
+
+int MPI_Reduce_scatter(const void *sbuf, void *rbuf, const int counts[], MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
+{
+	struct ivs_coll *k;
+	struct ivs_comm *c = ivs_coll_comm(comm, &k);
+	struct red r;
+	if (!c || !reducible(1, dt, op, &r))
+		IVS_NET_COLL(PMPI_Reduce_scatter(sbuf, rbuf, counts, dt, op, comm),
+		         PMPI_Ireduce_scatter(sbuf, rbuf, counts, dt, op, comm, &req_));
+	ivs.stats.collectives_shm++;
+	return reduce_scatter_common(k, c, sbuf, rbuf, counts, 0, dt, op);
+}
