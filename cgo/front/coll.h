@@ -108,13 +108,13 @@ static inline int ivs_coll_net_complete(int rc, MPI_Request *req)
 }
 
 /* An interposer's way to the library's collective, without starving the rings. */
-#define IVS_NET_COLL(blocking, nonblocking)                          \
-	do {                                                         \
-		ivs.stats.collectives_net += ivs.job_active;         \
-		if (!ivs_busy())                                     \
-			return blocking;                             \
-		MPI_Request req_;                                    \
-		return ivs_coll_net_complete(nonblocking, &req_);    \
+#define IVS_NET_COLL(blocking, nonblocking)                     \
+	do {                                                    \
+		ivs.stats.collectives_net += ivs.job_active;    \
+		if (!ivs_busy())                                \
+			return blocking;                        \
+		MPI_Request req_;                               \
+		return ivs_coll_net_complete(nonblocking, &req_); \
 	} while (0)
 
 /* ---- coll_move.c: bytes among the co-located members ---- */

@@ -6,6 +6,17 @@
  *
  * Threading: the shim serves MPI_THREAD_SINGLE, FUNNELED and SERIALIZED; a job that gets
  * MPI_THREAD_MULTIPLE runs in pass-through.
+ *
+ * Headers form a DAG (an arrow reads "includes"; no header reaches back to one that includes it):
+ *
+ *   coll.h ---> ivshim.h ---> abi.h ---> <mpi.h>
+ *     |           |---> ring.h ---> ivshmem/ivshim_ring.h ---> ivshmem/ivshim_region.h
+ *     |           `---> cgo/ctl/ivshim_ctl.h
+ *     `---> ivshmem/ivshim_coll.h ---> ivshmem/ivshim_region.h
+ *
+ * Every .c file includes ivshim.h, the coll_*.c files coll.h instead. ring.h and the ivshmem
+ * headers need no MPI (tests/cunit compiles ring.h alone). ivshim.h knows the collectives only
+ * as the opaque struct ivs_coll and ivs_coll_forget; their internals stay in coll.h.
  */
 #ifndef IVSHIM_FRONT_H
 #define IVSHIM_FRONT_H
@@ -25,6 +36,7 @@
 
 struct ivs_req;
 struct ivs_msg;
+struct ivs_coll; /* coll.h */
 
 struct ivs_peer {
 	struct ivs_tx tx;          /* self -> peer */
@@ -151,16 +163,16 @@ struct ivs_comm *ivs_comm_get(MPI_Comm c);
 void ivs_comm_forget(MPI_Comm c);
 void ivs_comm_hold(struct ivs_comm *c);
 void ivs_comm_unhold(struct ivs_comm *c);
-
-/* coll.c */
-void ivs_coll_forget(struct ivs_comm *c);
+int ivs_comm_world_init(void);
 /* The record of c if point-to-point on c uses the rings on this rank. */
 static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
 {
 	struct ivs_comm *e = ivs_comm_get(c);
 	return e && e->p2p ? e : NULL;
 }
-int ivs_comm_world_init(void);
+
+/* coll_area.c: the collectives' one entry besides the interposers (the rest is in coll.h) */
+void ivs_coll_forget(struct ivs_comm *c);
 
 /* request.c: handles the MPI library never issues */
 struct ivs_req *ivs_req_alloc(void);
@@ -211,6 +223,7 @@ void ivs_lib_poke(void);
 
 /* isendrecv.c */
 int ivs_pairs_progress(void);
+extern int ivs_npairs; /* MPI_Isendrecv pairs not completed yet */
 
 /* p2p.c */
 int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm,
@@ -228,7 +241,6 @@ void ivs_bsend_release(struct ivs_req *r);
 
 /* Shim work that needs this rank to keep polling: a blocking PMPI call must not be entered
  * while it is pending (a co-located peer could wait on us forever). */
-extern int ivs_npairs; /* isendrecv.c: MPI_Isendrecv pairs not completed yet */
 static inline int ivs_busy(void) { return ivs.posted || ivs.nsend_queued || ivs.nsync_wait || ivs.nacks || ivs_npairs; }
 
 #endif
