@@ -1,0 +1,425 @@
+// Package layouts runs the MPI test programs on layouts drawn at random, as a scheduler would
+// produce them, with and without the shim, and requires identical reports.
+//
+// A layout is 1-3 hosts, 1-4 VMs on each (a random subset of the host's VMs), 1-2 ranks in
+// each VM, at most 8 ranks, VMs listed in random order (so co-located ranks are not contiguous
+// in MPI_COMM_WORLD); every rank draws IVSHIM_DISABLE (1 in 6) and its thread level
+// (MPI_THREAD_MULTIPLE 1 in 6, else single, funneled or serialized). Each layout runs one
+// conformance program (tests/mpi/p2p_*.c, drawn) and coll_check --quick.
+//
+// MPICH 4.0.2 (ch4:ucx over TCP) limits what can be compared, because without the shim it
+// fails by itself (measured here): it busy-waits (minutes per program beyond 2 ranks per core)
+// and hangs in MPI_Finalize in a fair share of 4-rank runs, so its layouts have at most 3 ranks;
+// its MPI_Reduce of 64 KiB and more returns wrong sums when the VMs hold different numbers of
+// ranks, and under MPI_THREAD_MULTIPLE, so its layouts put the same number of ranks in every
+// VM and no rank at MPI_THREAD_MULTIPLE. Hosts still hold different numbers of VMs.
+//
+//	go test ./tests/layouts -layouts 60              # more layouts
+//	go test ./tests/layouts -seed 1234 -layouts 1    # replay the first layout of seed 1234
+//
+// A failure names the seed, the layout's index and the layout itself.
+package layouts
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"ivshim.dev/ivshim/tests/cluster"
+	"ivshim.dev/ivshim/tests/testenv"
+)
+
+var (
+	flagLayouts = flag.Int("layouts", 20, "random layouts to run")
+	flagSeed    = flag.Uint64("seed", 0, "seed of the layouts (0: a new one, logged)")
+)
+
+const (
+	hosts, vmsPerHost = 3, 4
+	maxRanks          = 8
+	maxRanksMPICH     = 3
+	regionSize        = 64 << 20
+	// jobTimeout bounds one launch; finalizeGrace is how long a job may take to exit once its
+	// report is complete (MPICH+UCX over TCP sometimes hangs in MPI_Finalize, EMULATION.md).
+	jobTimeout    = 3 * time.Minute
+	finalizeGrace = 10 * time.Second
+	stderrTail    = 4000
+)
+
+// A layout is one drawn job shape.
+type layout struct {
+	mpi     cluster.MPI
+	vms     []*cluster.VM
+	perVM   []int
+	disable []bool   // by world rank
+	thread  []string // by world rank: single, funneled, serialized, multiple
+	p2p     string   // the conformance program
+}
+
+func (l layout) ranks() int {
+	n := 0
+	for _, k := range l.perVM {
+		n += k
+	}
+	return n
+}
+
+func (l layout) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s, %d ranks:", l.mpi, l.ranks())
+	r := 0
+	for i, vm := range l.vms {
+		fmt.Fprintf(&b, " %s[", vm.Name)
+		for k := 0; k < l.perVM[i]; k++ {
+			if k > 0 {
+				b.WriteString(" ")
+			}
+			fmt.Fprintf(&b, "r%d", r)
+			if l.disable[r] {
+				b.WriteString(":off")
+			}
+			if l.thread[r] != "single" {
+				b.WriteString(":" + l.thread[r])
+			}
+			r++
+		}
+		b.WriteString("]")
+	}
+	fmt.Fprintf(&b, "; %s + coll_check", l.p2p)
+	return b.String()
+}
+
+// draw picks the next layout of rng's sequence.
+func draw(rng *rand.Rand, c *cluster.Cluster, p2p []string) layout {
+	l := layout{mpi: cluster.MPIs[rng.IntN(len(cluster.MPIs))]}
+	limit := maxRanks
+	if l.mpi == cluster.MPICH {
+		limit = maxRanksMPICH
+	}
+	for l.ranks() < 2 {
+		l.vms, l.perVM = nil, nil
+		nh := 1 + rng.IntN(hosts)
+		uniform := 1 + rng.IntN(2) // MPICH: every VM gets this many
+		for _, h := range rng.Perm(hosts)[:nh] {
+			vms := c.Hosts[h].VMs
+			for _, v := range rng.Perm(len(vms))[:1+rng.IntN(len(vms))] {
+				k := 1 + rng.IntN(2)
+				if l.mpi == cluster.MPICH {
+					k = uniform
+				}
+				if l.ranks()+k > limit {
+					continue
+				}
+				l.vms = append(l.vms, vms[v])
+				l.perVM = append(l.perVM, k)
+			}
+		}
+	}
+	rng.Shuffle(len(l.vms), func(a, b int) {
+		l.vms[a], l.vms[b] = l.vms[b], l.vms[a]
+		l.perVM[a], l.perVM[b] = l.perVM[b], l.perVM[a]
+	})
+	levels := []string{"single", "funneled", "serialized"}
+	for r := 0; r < l.ranks(); r++ {
+		l.disable = append(l.disable, rng.IntN(6) == 0)
+		if rng.IntN(6) == 0 && l.mpi != cluster.MPICH {
+			l.thread = append(l.thread, "multiple")
+		} else {
+			l.thread = append(l.thread, levels[rng.IntN(len(levels))])
+		}
+	}
+	l.p2p = p2p[rng.IntN(len(p2p))]
+	return l
+}
+
+// sharing says whether some host has two ranks that use the shim: then the job must show
+// traffic through the region.
+func (l layout) sharing() bool {
+	per := map[*cluster.Host]int{}
+	r := 0
+	for i, vm := range l.vms {
+		for k := 0; k < l.perVM[i]; k++ {
+			if !l.disable[r] && l.thread[r] != "multiple" {
+				per[vm.Host]++
+			}
+			r++
+		}
+	}
+	for _, n := range per {
+		if n >= 2 {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRandomLayouts(t *testing.T) {
+	testenv.RequireCluster(t)
+	root := testenv.ModuleRoot(t)
+	seed := *flagSeed
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d (replay: go test ./tests/layouts -seed %d -layouts %d)", seed, seed, *flagLayouts)
+	ctx, cancel := testContext(t)
+	defer cancel()
+	progs := buildPrograms(ctx, t, root)
+	wrapper := writeWrapper(t)
+	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: hosts, VMsPerHost: vmsPerHost, Regions: true, RegionSize: regionSize})
+	var names []string
+	for name := range progs[cluster.OpenMPI] {
+		if strings.HasPrefix(name, "p2p_") {
+			names = append(names, name)
+		}
+	}
+	slices.Sort(names)
+	rng := rand.New(rand.NewPCG(seed, 0x1a7a))
+	for i := 0; i < *flagLayouts; i++ {
+		l := draw(rng, c, names)
+		t.Run(fmt.Sprintf("%02d", i), func(t *testing.T) {
+			t.Logf("layout %d of seed %d: %s", i, seed, l)
+			lib := filepath.Join(root, "build", "lib", l.mpi.ShimLibrary())
+			for _, prog := range []string{l.p2p, "coll_check"} {
+				job := cluster.Job{MPI: l.mpi, VMs: l.vms, PerVM: l.perVM, Program: wrapper,
+					Args: []string{progs[l.mpi][prog]}, Timeout: jobTimeout, Env: l.env()}
+				if prog == "coll_check" {
+					job.Args = append(job.Args, "--quick")
+				}
+				plain, ok := run(ctx, t, "without the shim", job, l, false)
+				if !ok {
+					continue
+				}
+				job.Env["LD_PRELOAD"] = lib
+				job.Env["IVSHIM_VERBOSE"] = "1"
+				shim, ok := run(ctx, t, "with the shim", job, l, true)
+				if !ok {
+					continue
+				}
+				if want, got := report(plain.Stdout), report(shim.Stdout); want != got {
+					t.Errorf("seed %d layout %d (%s), %s: the report with the shim differs:\nwithout:\n%s\nwith:\n%s", seed, i, l, prog, want, got)
+				}
+				checkStats(t, shim, l, prog)
+			}
+		})
+		if t.Failed() && testing.Short() {
+			break
+		}
+	}
+}
+
+// env is the per-rank choices, read by the wrapper script.
+func (l layout) env() map[string]string {
+	var off []string
+	for r := range l.disable {
+		if l.disable[r] {
+			off = append(off, strconv.Itoa(r))
+		}
+	}
+	return map[string]string{"IVT_DISABLE": "," + strings.Join(off, ",") + ",", "IVT_THREAD": strings.Join(l.thread, ",")}
+}
+
+// writeWrapper writes the script every rank runs: it applies the rank's IVSHIM_DISABLE and
+// thread level, then runs the program.
+func writeWrapper(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "rank.sh")
+	script := `#!/bin/sh
+r=${OMPI_COMM_WORLD_RANK:-$PMI_RANK}
+case "$IVT_DISABLE" in *",$r,"*) export IVSHIM_DISABLE=1 ;; esac
+IVSHIM_TEST_THREAD=$(echo "$IVT_THREAD" | cut -d, -f$((r + 1)))
+export IVSHIM_TEST_THREAD
+exec "$@"
+`
+	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The cluster's VMs see the host's file system, but t.TempDir is private to root: make it
+	// traversable like the programs' directory.
+	if err := os.Chmod(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// checkStats requires the shim's statistics from every rank and, where the layout has two
+// ranks on one host that use the shim, traffic through the region.
+func checkStats(t *testing.T, res *cluster.Result, l layout, prog string) {
+	t.Helper()
+	stats, err := res.ShimStats()
+	if err != nil {
+		t.Errorf("%s with the shim: %v", prog, err)
+		return
+	}
+	if !l.sharing() {
+		return
+	}
+	var region uint64
+	for _, s := range stats {
+		region += s.SHMMsgs + s.CollSHM
+	}
+	if region == 0 {
+		t.Errorf("%s with the shim: no rank moved anything through a region, though ranks share a host:%s", prog, details(res))
+	}
+}
+
+var summary = regexp.MustCompile(`^(p2p_\w+|coll_\w+): (\d+) ranks, (\d+) checks, (\d+) failures$`)
+
+// complete says whether stdout holds a whole report: one summary line for a p2p program, 15
+// for coll_check (one per collective).
+func complete(stdout, prog string) bool {
+	n := 0
+	for _, line := range strings.Split(stdout, "\n") {
+		if summary.MatchString(strings.TrimSpace(line)) {
+			n++
+		}
+	}
+	if strings.HasPrefix(prog, "coll_check") {
+		return n >= 15
+	}
+	return n >= 1
+}
+
+// clean says whether a report has only summary lines, each for `ranks` ranks and 0 failures.
+func clean(rep string, ranks int) bool {
+	for _, line := range strings.Split(rep, "\n") {
+		s := summary.FindStringSubmatch(line)
+		if s == nil || s[2] != strconv.Itoa(ranks) || s[4] != "0" {
+			return false
+		}
+	}
+	return rep != ""
+}
+
+// run launches job once; a job that has not exited finalizeGrace after its complete report is
+// killed and its report accepted (MPI_Finalize hang of MPICH+UCX, logged).
+func run(ctx context.Context, t *testing.T, what string, job cluster.Job, l layout, shim bool) (*cluster.Result, bool) {
+	t.Helper()
+	prog := filepath.Base(job.Args[0])
+	jctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := &watch{prog: prog, kill: cancel}
+	job.Stdout = w
+	res, err := cluster.Run(jctx, job)
+	w.stop()
+	if err != nil && w.fired() {
+		t.Logf("%s: %s did not exit %v after its complete report (MPI_Finalize hang): killed, report accepted", what, prog, finalizeGrace)
+		err = nil
+	}
+	if err != nil {
+		t.Errorf("%s, %s: %v%s", what, prog, err, details(res))
+		return res, false
+	}
+	if !clean(report(res.Stdout), l.ranks()) {
+		t.Errorf("%s, %s: not a clean report of %d ranks%s", what, prog, l.ranks(), details(res))
+		return res, false
+	}
+	return res, true
+}
+
+type watch struct {
+	prog  string
+	kill  context.CancelFunc
+	mu    sync.Mutex
+	buf   strings.Builder
+	timer *time.Timer
+	did   bool
+}
+
+func (w *watch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	if w.timer == nil && complete(w.buf.String(), w.prog) {
+		w.timer = time.AfterFunc(finalizeGrace, func() {
+			w.mu.Lock()
+			w.did = true
+			w.mu.Unlock()
+			w.kill()
+		})
+	}
+	return len(p), nil
+}
+
+func (w *watch) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+}
+
+func (w *watch) fired() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.did
+}
+
+// report is the program's standard output without the shim's lines and blank lines.
+func report(stdout string) string {
+	var lines []string
+	for _, l := range strings.Split(stdout, "\n") {
+		l = strings.TrimRight(l, "\r ")
+		if l != "" && !strings.HasPrefix(l, "ivshim:") {
+			lines = append(lines, l)
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+func details(res *cluster.Result) string {
+	if res == nil {
+		return ""
+	}
+	stderr := res.Stderr
+	if len(stderr) > stderrTail {
+		stderr = "..." + stderr[len(stderr)-stderrTail:]
+	}
+	return fmt.Sprintf("\ncommand: %s\nstdout:\n%s\nstderr:\n%s", strings.Join(res.Argv, " "), res.Stdout, stderr)
+}
+
+// buildPrograms compiles every tests/mpi/p2p_*.c and coll_check.c for both MPIs into a
+// directory the VMs can read; result[mpi][name] is the binary.
+func buildPrograms(ctx context.Context, t *testing.T, root string) map[cluster.MPI]map[string]string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	srcs, err := filepath.Glob(filepath.Join(root, "tests", "mpi", "p2p_*.c"))
+	if err != nil || len(srcs) == 0 {
+		t.Fatalf("no tests/mpi/p2p_*.c: %v", err)
+	}
+	srcs = append(srcs, filepath.Join(root, "tests", "mpi", "coll_check.c"))
+	out := map[cluster.MPI]map[string]string{}
+	for _, m := range cluster.MPIs {
+		out[m] = map[string]string{}
+		for _, src := range srcs {
+			name := strings.TrimSuffix(filepath.Base(src), ".c")
+			bin := filepath.Join(dir, name+"-"+m.String())
+			cmd := exec.CommandContext(ctx, m.Compiler(), "-O2", "-std=gnu11", "-Wall", "-Wextra", "-o", bin, src)
+			if msg, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("build %s with %s: %v\n%s", src, m.Compiler(), err, msg)
+			}
+			out[m][name] = bin
+		}
+	}
+	return out
+}
+
+func testContext(t *testing.T) (context.Context, context.CancelFunc) {
+	if d, ok := t.Deadline(); ok {
+		return context.WithDeadline(context.Background(), d.Add(-30*time.Second))
+	}
+	return context.WithTimeout(context.Background(), 30*time.Minute)
+}
