@@ -122,16 +122,8 @@ static void recv_copy(struct ivs_req *r, uint64_t at, const uint8_t *src, uint64
 static int push_acks(struct ivs_peer *p)
 {
 	int n = 0;
-	while (n < p->nacks) {
-		struct ivs_rec *h = ivs_tx_reserve(&p->tx, 0);
-		if (!h)
-			break;
-		h->len = 0;
-		h->kind = IVS_REC_ACK;
-		h->flags = 0;
-		h->cookie = p->acks[n++];
-		ivs_tx_commit(&p->tx, h);
-	}
+	while (n < p->nacks && ivs_tx_write(&p->tx, IVS_REC_ACK, 0, 0, 0, 0, p->acks[n], "", 0))
+		n++;
 	if (n) {
 		memmove(p->acks, p->acks + n, sizeof *p->acks * (size_t)(p->nacks - n));
 		p->nacks -= n;
@@ -302,24 +294,13 @@ static int push_sends(struct ivs_peer *p)
 			uint64_t n = r->cap - r->done;
 			if (n > max)
 				n = max;
-			struct ivs_rec *h = ivs_tx_reserve(&p->tx, n);
-			if (!h)
+			/* The first record carries the envelope, the others are fragments. */
+			int first = r->done == 0 && !r->cookie_sent, sync = first && r->sync;
+			if (!ivs_tx_write(&p->tx, first ? IVS_REC_MSG : IVS_REC_FRAG, sync ? IVS_F_SYNC : 0, first ? r->tag : 0,
+			                  first ? r->comm->ctx : 0, first ? r->cap : 0, sync ? ivs_req_cookie(r) : 0,
+			                  r->cbuf + r->done, n))
 				return did;
-			h->len = (uint32_t)n;
-			if (r->done == 0 && !r->cookie_sent) {
-				h->kind = IVS_REC_MSG;
-				h->flags = r->sync ? IVS_F_SYNC : 0;
-				h->tag = r->tag;
-				h->ctx = r->comm->ctx;
-				h->total = r->cap;
-				h->cookie = r->sync ? ivs_req_cookie(r) : 0;
-				r->cookie_sent = 1;
-			} else {
-				h->kind = IVS_REC_FRAG;
-				h->flags = 0;
-			}
-			memcpy((uint8_t *)h + IVS_REC_HDR, r->cbuf + r->done, n);
-			ivs_tx_commit(&p->tx, h);
+			r->cookie_sent = 1;
 			r->done += n;
 			did = 1;
 		} while (r->done < r->cap);
@@ -355,19 +336,7 @@ int ivs_try_send_inline(struct ivs_peer *p, const void *buf, uint64_t n, int tag
 {
 	if (p->sendq || n > ivs_tx_max_payload(&p->tx))
 		return 0;
-	struct ivs_rec *h = ivs_tx_reserve(&p->tx, n);
-	if (!h)
-		return 0;
-	h->len = (uint32_t)n;
-	h->kind = IVS_REC_MSG;
-	h->flags = 0;
-	h->tag = tag;
-	h->ctx = ctx;
-	h->total = n;
-	h->cookie = 0;
-	memcpy((uint8_t *)h + IVS_REC_HDR, buf, n);
-	ivs_tx_commit(&p->tx, h);
-	return 1;
+	return ivs_tx_write(&p->tx, IVS_REC_MSG, 0, tag, ctx, n, 0, buf, n);
 }
 
 /* The earliest posted probe-mode receive on c that a library message with status st matches,
