@@ -25,7 +25,16 @@ FRONT_DEPS := $(FRONT_SRC) $(wildcard cgo/front/*.h) cgo/front/exports.map $(wil
 FRONT_CFLAGS := -O2 -g -fPIC -shared -std=gnu11 -Wall -Wextra -Werror -Iivshmem -Icgo/ctl \
 	-Wl,-z,lazy -Wl,--version-script=cgo/front/exports.map
 
-.PHONY: all deps build test demo bench clean
+# The front library once more with AddressSanitizer and UndefinedBehaviorSanitizer, for
+# tests/sanitize (run by make test): build/asan/lib/libivshim-{openmpi,mpich}.so. A rank preloads
+# the ASan runtime first, then this library; the control plane stays build/lib/libivshim-ctl.so.
+ASAN_LIBS := $(BUILD)/asan/lib/libivshim-openmpi.so $(BUILD)/asan/lib/libivshim-mpich.so
+SANITIZE_CFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	-fno-omit-frame-pointer -O1 -g
+MPI_PKG_openmpi := ompi-c
+MPI_PKG_mpich := mpich
+
+.PHONY: all deps build asan test demo bench clean
 all: build
 
 # Idempotent: installs only what is missing, then fetches the Go modules go.sum pins.
@@ -42,7 +51,7 @@ $(BUILD)/.deps: Makefile go.mod go.sum
 	$(GO) mod download
 	@mkdir -p $(BUILD) && touch $@
 
-build: deps $(C_PROGRAMS) $(SHIM_LIBS)
+build: deps $(C_PROGRAMS) $(SHIM_LIBS) $(ASAN_LIBS)
 	$(GO) build -o $(BUILD)/ ./tests/cmd/... ./broker/cmd/...
 
 $(BUILD)/lib/libivshim-openmpi.so: $(FRONT_DEPS) | deps
@@ -52,6 +61,13 @@ $(BUILD)/lib/libivshim-openmpi.so: $(FRONT_DEPS) | deps
 $(BUILD)/lib/libivshim-mpich.so: $(FRONT_DEPS) | deps
 	@mkdir -p $(dir $@)
 	gcc $(FRONT_CFLAGS) $$(pkg-config --cflags mpich) -o $@ $(FRONT_SRC) -ldl
+
+asan: $(ASAN_LIBS)
+
+$(BUILD)/asan/lib/libivshim-%.so: $(FRONT_DEPS) | deps
+	@mkdir -p $(dir $@)
+	gcc $(filter-out -O2,$(FRONT_CFLAGS)) $(SANITIZE_CFLAGS) $$(pkg-config --cflags $(MPI_PKG_$*)) \
+		-o $@ $(FRONT_SRC) -ldl
 
 # The Go control plane, loaded by the front library inside MPI_Init only.
 .PHONY: $(BUILD)/lib/libivshim-ctl.so
