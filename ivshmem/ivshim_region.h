@@ -76,7 +76,8 @@ struct ivshim_region_header {
 	uint64_t generation;
 	uint64_t reserved3[7];
 	/* line 4: session, shim-owned, atomic. The MPI job instance currently using the region;
-	 * 0 = none. Claimed by compare-and-swap by the first local leader (see ivshmem/session.go). */
+	 * 0 = none. Claimed by compare-and-swap by the first local leader (Region.ClaimSession,
+	 * ivshmem/members.go). */
 	uint64_t session;
 	uint64_t session_members; /* atomic count of ranks attached to the session */
 	uint64_t reserved4[6];

@@ -11,8 +11,9 @@
  * arguments MPI requires to match on all ranks, so all members take the same path.
  *
  * Files, each using only the ones above it:
- *   coll_area.c           the area protocol (op_begin, publish, await), per-communicator set-up,
- *                         the area's release at MPI_Comm_free
+ *   coll_area.c           the area protocol (ivs_coll_op_begin, ivs_coll_await; ivs_coll_publish
+ *                         is inline below), per-communicator set-up, the area's release at
+ *                         MPI_Comm_free
  *   coll_move.c           bytes among co-located members through the area: spread, collect,
  *                         distribute, exchange
  *   coll_hosts.c          the leaders' phase of gathers, scatters and alltoall across hosts
