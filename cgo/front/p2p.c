@@ -343,7 +343,8 @@ static int bsend_shm(const void *buf, int count, MPI_Datatype dt, int dest, int 
 		uint8_t *copy = malloc(r->cap - r->done ? r->cap : 1);
 		if (!copy)
 			ivs_fatal("out of memory buffering a %lu-byte MPI_Bsend", (unsigned long)r->cap);
-		memcpy(copy + r->done, r->cbuf + r->done, r->cap - r->done);
+		if (r->cap > r->done)
+			memcpy(copy + r->done, r->cbuf + r->done, r->cap - r->done);
 		r->cbuf = copy;
 		r->packed = 1;
 	}

@@ -159,7 +159,8 @@ static inline int ivs_tx_write(struct ivs_tx *t, uint16_t kind, uint16_t flags, 
 	r->ctx = ctx;
 	r->total = total;
 	r->cookie = cookie;
-	memcpy((uint8_t *)r + IVS_REC_HDR, payload, len);
+	if (len) /* an empty message may come from a NULL buffer, which memcpy must not see */
+		memcpy((uint8_t *)r + IVS_REC_HDR, payload, len);
 	ivs_tx_commit(t, r);
 	return 1;
 }
