@@ -144,8 +144,8 @@ static inline void ivs_tx_commit(struct ivs_tx *t, struct ivs_rec *r)
  * here (and the PAD a wrap needs through ivs_tx_reserve). The header gets kind, flags, tag, ctx,
  * total and cookie as given (0 where struct ivs_rec says the kind has no use for a field), the
  * payload len <= ivs_tx_max_payload(t) bytes from payload. Returns 1, or 0 when the ring has no
- * room right now (having written nothing). Inline, so that the small-message path compiles to
- * what it was when it filled the header itself: no call, no store it did not make before. */
+ * room right now (having written nothing). Inline, so that the small-message path pays no call
+ * and no store it did not make when it filled the header itself. */
 static inline int ivs_tx_write(struct ivs_tx *t, uint16_t kind, uint16_t flags, int32_t tag, uint32_t ctx,
 			       uint64_t total, uint64_t cookie, const void *payload, uint64_t len)
 {
@@ -159,7 +159,9 @@ static inline int ivs_tx_write(struct ivs_tx *t, uint16_t kind, uint16_t flags, 
 	r->ctx = ctx;
 	r->total = total;
 	r->cookie = cookie;
-	if (len) /* an empty message may come from a NULL buffer, which memcpy must not see */
+	/* An empty message may come from a NULL buffer, which memcpy must not see; expecting bytes
+	 * keeps the small-message path straight. */
+	if (__builtin_expect(len != 0, 1))
 		memcpy((uint8_t *)r + IVS_REC_HDR, payload, len);
 	ivs_tx_commit(t, r);
 	return 1;
