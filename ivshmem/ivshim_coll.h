@@ -1,7 +1,7 @@
 /*
  * ivshim collective area format, part of region format IVSHIM_REGION_VERSION (ivshim_region.h):
  * the layout of a communicator's collective area and the protocol its users keep. The single
- * definition the C data plane's collectives (cgo/front/coll*.c) agree on; ivshmem/layout_test.go
+ * definition the C data plane's collectives (cgo/front/coll_*.c) agree on; ivshmem/layout_test.go
  * proves the Go mirror in ivshmem/coll_format.go has the same constants, struct layouts and area
  * offsets.
  *

@@ -1,8 +1,9 @@
 /*
- * ivshim ring record format v1: what a pair ring's data area (struct ivshim_ring in
- * ivshim_region.h, data[capacity] after it) holds. The single definition the C data plane's
- * producer and consumer (cgo/front/ring.h) agree on; ivshmem/layout_test.go proves the Go mirror
- * in ivshmem/ring_format.go has the same offsets and sizes.
+ * ivshim ring record format, part of region format IVSHIM_REGION_VERSION (ivshim_region.h): what
+ * a pair ring's data area (struct ivshim_ring in ivshim_region.h, data[capacity] after it) holds.
+ * The single definition the C data plane's producer and consumer (cgo/front/ring.h) agree on;
+ * ivshmem/layout_test.go proves the Go mirror in ivshmem/ring_format.go has the same offsets and
+ * sizes.
  *
  * A ring position is a byte counter like ivshim_ring.head and .tail; the record at position p
  * starts at data[p & (capacity - 1)]. Records start on IVS_ALIGN-byte lines, occupy
