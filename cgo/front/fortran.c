@@ -200,10 +200,15 @@ struct fst {
 	fint *f;
 };
 
+/* The caller's status comes in as well: single-completion calls and probes leave its MPI_ERROR
+ * as it was, so fst_close must write back what the caller had there. */
 static inline MPI_Status *fst_open(struct fst *s, fint *f)
 {
 	s->f = fstatus_ignore(f) ? NULL : f;
-	return s->f ? &s->c : MPI_STATUS_IGNORE;
+	if (!s->f)
+		return MPI_STATUS_IGNORE;
+	PMPI_Status_f2c(s->f, &s->c);
+	return &s->c;
 }
 
 static inline void fst_close(struct fst *s, int set)

@@ -530,7 +530,6 @@ static void msg_status(struct ivs_comm *c, struct ivs_msg *m, MPI_Status *st)
 		return;
 	st->MPI_SOURCE = c->by_local[ivs.peers[m->src_world]->local];
 	st->MPI_TAG = m->tag;
-	st->MPI_ERROR = MPI_SUCCESS;
 	PMPI_Status_set_elements_x(st, MPI_BYTE, (MPI_Count)m->total);
 	PMPI_Status_set_cancelled(st, 0);
 }
