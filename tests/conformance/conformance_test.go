@@ -3,7 +3,6 @@ package conformance
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -42,12 +41,12 @@ func TestP2P(t *testing.T) {
 	testenv.RequireCluster(t)
 	root := testenv.ModuleRoot(t)
 	progs := programs(t, root)
-	ctx, cancel := testContext(t)
+	ctx, cancel := testenv.Context(t)
 	defer cancel()
 
 	for _, m := range cluster.MPIs {
 		t.Run(m.String(), func(t *testing.T) {
-			lib := shimLibrary(t, root, m)
+			lib := testenv.ShimLibrary(t, root, m)
 			bins := build(ctx, t, m, progs)
 			c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: hosts, VMsPerHost: vmsPerHost, Regions: true})
 			for _, p := range progs {
@@ -252,19 +251,6 @@ func programs(t *testing.T, root string) []program {
 	return progs
 }
 
-// shimLibrary returns the path of m's shim library in build/lib and fails the test when it, or
-// the control plane library it loads from the same directory, is missing.
-func shimLibrary(t *testing.T, root string, m cluster.MPI) string {
-	t.Helper()
-	dir := filepath.Join(root, "build", "lib")
-	for _, name := range []string{m.ShimLibrary(), "libivshim-ctl.so"} {
-		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
-			t.Fatalf("shim library not built: %v; run make in %s (make test builds it first)", err, root)
-		}
-	}
-	return filepath.Join(dir, m.ShimLibrary())
-}
-
 // build compiles every program for m into a test directory, warnings being errors.
 func build(ctx context.Context, t *testing.T, m cluster.MPI, progs []program) map[string]string {
 	t.Helper()
@@ -281,15 +267,6 @@ func build(ctx context.Context, t *testing.T, m cluster.MPI, progs []program) ma
 	return bins
 }
 
-// testContext ends shortly before the test binary's deadline, so that a hang fails with the
-// job's output instead of a panic of the whole binary.
-func testContext(t *testing.T) (context.Context, context.CancelFunc) {
-	if d, ok := t.Deadline(); ok {
-		return context.WithDeadline(context.Background(), d.Add(-30*time.Second))
-	}
-	return context.WithTimeout(context.Background(), 30*time.Minute)
-}
-
 // TestSpawnOpenMPI runs tests/mpi/dyn_spawn.c (parents spawn children and talk on communicators
 // that mix the two MPI_COMM_WORLDs) on 1 host × 2 VMs, without and with the shim. Open MPI only:
 // MPICH 4.0.2's hydra fails MPI_Comm_spawn through the cluster's ssh stand-in also without the
@@ -297,10 +274,10 @@ func testContext(t *testing.T) (context.Context, context.CancelFunc) {
 func TestSpawnOpenMPI(t *testing.T) {
 	testenv.RequireCluster(t)
 	root := testenv.ModuleRoot(t)
-	ctx, cancel := testContext(t)
+	ctx, cancel := testenv.Context(t)
 	defer cancel()
 	m := cluster.OpenMPI
-	lib := shimLibrary(t, root, m)
+	lib := testenv.ShimLibrary(t, root, m)
 	bin := build(ctx, t, m, []program{{"dyn_spawn", filepath.Join(root, "tests", "mpi", "dyn_spawn.c")}})["dyn_spawn"]
 	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 1, VMsPerHost: 2, Regions: true})
 	for _, env := range []map[string]string{nil, {"LD_PRELOAD": lib}} {

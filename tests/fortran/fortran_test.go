@@ -4,7 +4,6 @@ import (
 	"context"
 	"debug/elf"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -64,11 +63,11 @@ func TestPingPong(t *testing.T) {
 	testenv.RequireCluster(t)
 	root := testenv.ModuleRoot(t)
 	src := filepath.Join(root, "tests", "mpi", "f_pingpong.F90")
-	ctx, cancel := testContext(t)
+	ctx, cancel := testenv.Context(t)
 	defer cancel()
 	for _, m := range cluster.MPIs {
 		t.Run(m.String(), func(t *testing.T) {
-			lib := shimLibrary(t, root, m)
+			lib := testenv.ShimLibrary(t, root, m)
 			bins := map[string]string{}
 			for _, b := range bindings {
 				bins[b.name] = build(ctx, t, m, b, src)
@@ -274,28 +273,6 @@ func build(ctx context.Context, t *testing.T, m cluster.MPI, b binding, src stri
 	return out
 }
 
-// shimLibrary returns the path of m's shim library in build/lib, failing the test when it or
-// the control plane library next to it is missing.
-func shimLibrary(t *testing.T, root string, m cluster.MPI) string {
-	t.Helper()
-	dir := filepath.Join(root, "build", "lib")
-	for _, name := range []string{m.ShimLibrary(), "libivshim-ctl.so"} {
-		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
-			t.Fatalf("shim library not built: %v; run make in %s", err, root)
-		}
-	}
-	return filepath.Join(dir, m.ShimLibrary())
-}
-
-// testContext ends shortly before the test binary's deadline, so that a hang fails with the
-// job's output instead of a panic.
-func testContext(t *testing.T) (context.Context, context.CancelFunc) {
-	if d, ok := t.Deadline(); ok {
-		return context.WithDeadline(context.Background(), d.Add(-30*time.Second))
-	}
-	return context.WithTimeout(context.Background(), 20*time.Minute)
-}
-
 // ---- static check of the exported names ----
 
 // fortranLibs names, per MPI, the library holding its Fortran bindings that call PMPI_* directly.
@@ -325,7 +302,7 @@ func TestExports(t *testing.T) {
 	root := testenv.ModuleRoot(t)
 	for _, m := range cluster.MPIs {
 		t.Run(m.String(), func(t *testing.T) {
-			shim := shimLibrary(t, root, m)
+			shim := testenv.ShimLibrary(t, root, m)
 			flib := findLibrary(t, m, fortranLibs[m])
 			shimSyms, libSyms := defined(t, shim), defined(t, flib)
 			otherSyms := map[string]uint64{}

@@ -172,7 +172,7 @@ func TestRandomLayouts(t *testing.T) {
 		seed = uint64(time.Now().UnixNano())
 	}
 	t.Logf("seed %d (replay: go test ./tests/layouts -seed %d -layouts %d)", seed, seed, *flagLayouts)
-	ctx, cancel := testContext(t)
+	ctx, cancel := testenv.Context(t)
 	defer cancel()
 	progs := buildPrograms(ctx, t, root)
 	wrapper := writeWrapper(t)
@@ -415,11 +415,4 @@ func buildPrograms(ctx context.Context, t *testing.T, root string) map[cluster.M
 		}
 	}
 	return out
-}
-
-func testContext(t *testing.T) (context.Context, context.CancelFunc) {
-	if d, ok := t.Deadline(); ok {
-		return context.WithDeadline(context.Background(), d.Add(-30*time.Second))
-	}
-	return context.WithTimeout(context.Background(), 30*time.Minute)
 }

@@ -98,7 +98,7 @@ func TestSanitizers(t *testing.T) {
 		t.Fatalf("no tests/mpi/p2p_*.c under %s: %v", root, err)
 	}
 	srcs = append(srcs, filepath.Join(root, "tests", "mpi", "coll_check.c"))
-	ctx, cancel := testContext(t)
+	ctx, cancel := testenv.Context(t)
 	defer cancel()
 
 	// Before the cluster: a missing runtime skips, a missing library fails.
@@ -408,13 +408,4 @@ func details(res *cluster.Result, withStderr bool) string {
 		s += "\nstderr:\n" + stderr
 	}
 	return s
-}
-
-// testContext ends shortly before the test binary's deadline, so that a hang fails with the
-// job's output instead of a panic of the whole binary.
-func testContext(t *testing.T) (context.Context, context.CancelFunc) {
-	if d, ok := t.Deadline(); ok {
-		return context.WithDeadline(context.Background(), d.Add(-30*time.Second))
-	}
-	return context.WithTimeout(context.Background(), 30*time.Minute)
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"ivshim.dev/ivshim/tests/cluster"
 )
@@ -79,4 +80,26 @@ func NewCluster(ctx context.Context, t testing.TB, cfg cluster.Config) *cluster.
 		}
 	})
 	return c
+}
+
+// ShimLibrary returns the path of m's shim library in root's build/lib and fails the test when
+// it, or the control plane library it loads from the same directory, is missing.
+func ShimLibrary(t testing.TB, root string, m cluster.MPI) string {
+	t.Helper()
+	dir := filepath.Join(root, "build", "lib")
+	for _, name := range []string{m.ShimLibrary(), "libivshim-ctl.so"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); err != nil {
+			t.Fatalf("shim library not built: %v; run make in %s (make test builds it first)", err, root)
+		}
+	}
+	return filepath.Join(dir, m.ShimLibrary())
+}
+
+// Context ends shortly before the test binary's deadline, so that a hang fails with the job's
+// output instead of a panic of the whole binary.
+func Context(t *testing.T) (context.Context, context.CancelFunc) {
+	if d, ok := t.Deadline(); ok {
+		return context.WithDeadline(context.Background(), d.Add(-30*time.Second))
+	}
+	return context.WithTimeout(context.Background(), 30*time.Minute)
 }
