@@ -2,7 +2,6 @@ package conformance
 
 import (
 	"context"
-	"fmt"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -89,11 +88,11 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job) (*clus
 		res, killed, err := launch(ctx, job)
 		if killed && err != nil {
 			if !finalizing(res, job) {
-				t.Errorf("%s: hung after printing its report, before every rank finished the shim's part of MPI_Finalize%s", what, details(res))
+				t.Errorf("%s: hung after printing its report, before every rank finished the shim's part of MPI_Finalize%s", what, testenv.Details(res, stderrTail))
 				return res, false
 			}
 			if job.MPI != cluster.MPICH {
-				t.Errorf("%s: hung in MPI_Finalize after its report%s", what, details(res))
+				t.Errorf("%s: hung in MPI_Finalize after its report%s", what, testenv.Details(res, stderrTail))
 				return res, false
 			}
 			if attempt == 1 {
@@ -104,13 +103,13 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job) (*clus
 			err = nil
 		}
 		if err != nil {
-			t.Errorf("%s: %v%s", what, err, details(res))
+			t.Errorf("%s: %v%s", what, err, testenv.Details(res, stderrTail))
 			return res, false
 		}
 		lines := report(res.Stdout)
 		s := summaryLine.FindStringSubmatch(lines[0])
 		if s == nil || s[2] != strconv.Itoa(len(job.VMs)) || s[4] != "0" || len(lines) != 1 {
-			t.Errorf("%s: exit status 0 but not a clean report of %d ranks%s", what, len(job.VMs), details(res))
+			t.Errorf("%s: exit status 0 but not a clean report of %d ranks%s", what, len(job.VMs), testenv.Details(res, stderrTail))
 			return res, false
 		}
 		return res, true
@@ -200,18 +199,6 @@ func equal(a, b []string) bool {
 	return strings.Join(a, "\n") == strings.Join(b, "\n")
 }
 
-// details formats a job's command line and output for a failure message.
-func details(res *cluster.Result) string {
-	if res == nil {
-		return ""
-	}
-	stderr := res.Stderr
-	if len(stderr) > stderrTail {
-		stderr = "..." + stderr[len(stderr)-stderrTail:]
-	}
-	return fmt.Sprintf("\ncommand: %s\nstdout:\n%s\nstderr:\n%s", strings.Join(res.Argv, " "), res.Stdout, stderr)
-}
-
 // checkTraffic requires the shim's statistics line of every rank, each with messages through
 // shared memory (its co-located peer) and through the MPI library (its peers on the other host).
 func checkTraffic(t *testing.T, res *cluster.Result, ranks int) {
@@ -222,7 +209,7 @@ func checkTraffic(t *testing.T, res *cluster.Result, ranks int) {
 		return
 	}
 	if len(stats) != ranks {
-		t.Errorf("with the shim: %d ranks printed their statistics, want %d (IVSHIM_VERBOSE=1):%s", len(stats), ranks, details(res))
+		t.Errorf("with the shim: %d ranks printed their statistics, want %d (IVSHIM_VERBOSE=1):%s", len(stats), ranks, testenv.Details(res, stderrTail))
 		return
 	}
 	for i, s := range stats {
@@ -284,11 +271,11 @@ func TestSpawnOpenMPI(t *testing.T) {
 		job := cluster.Job{MPI: m, VMs: c.VMs(), Program: bin, Env: env, Timeout: attemptTimeout}
 		res, err := cluster.Run(ctx, job)
 		if err != nil {
-			t.Errorf("shim %v: %v%s", env != nil, err, details(res))
+			t.Errorf("shim %v: %v%s", env != nil, err, testenv.Details(res, stderrTail))
 			continue
 		}
 		if got := report(res.Stdout); !equal(got, []string{"dyn_spawn: 4 ranks, ok"}) {
-			t.Errorf("shim %v: report %q%s", env != nil, got, details(res))
+			t.Errorf("shim %v: report %q%s", env != nil, got, testenv.Details(res, stderrTail))
 		}
 	}
 }

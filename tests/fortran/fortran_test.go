@@ -178,19 +178,19 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job) (*clus
 		stats, serr := res.ShimStats()
 		_, shim := job.Env["LD_PRELOAD"]
 		if job.MPI != cluster.MPICH || (shim && (serr != nil || len(stats) != len(job.VMs))) {
-			t.Errorf("%s: hung after its report%s", what, details(res))
+			t.Errorf("%s: hung after its report%s", what, testenv.Details(res, 4096))
 			return res, false
 		}
 		t.Logf("%s: MPICH hung in MPI_Finalize after the report (known MPICH+UCX problem); killed", what)
 		err = nil
 	}
 	if err != nil {
-		t.Errorf("%s: %v%s", what, err, details(res))
+		t.Errorf("%s: %v%s", what, err, testenv.Details(res, 4096))
 		return res, false
 	}
 	s := summaryLine.FindStringSubmatch(report(res.Stdout)[0])
 	if s == nil || s[2] != fmt.Sprint(len(job.VMs)) || s[4] != "0" {
-		t.Errorf("%s: not a clean report of %d ranks%s", what, len(job.VMs), details(res))
+		t.Errorf("%s: not a clean report of %d ranks%s", what, len(job.VMs), testenv.Details(res, 4096))
 		return res, false
 	}
 	return res, true
@@ -242,17 +242,6 @@ func report(stdout string) []string {
 		lines = append(lines, "")
 	}
 	return lines
-}
-
-func details(res *cluster.Result) string {
-	if res == nil {
-		return ""
-	}
-	stderr := res.Stderr
-	if len(stderr) > 4096 {
-		stderr = "..." + stderr[len(stderr)-4096:]
-	}
-	return fmt.Sprintf("\ncommand: %s\nstdout:\n%s\nstderr:\n%s", strings.Join(res.Argv, " "), res.Stdout, stderr)
 }
 
 // compiler is m's Fortran wrapper.

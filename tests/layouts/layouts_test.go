@@ -269,7 +269,7 @@ func checkStats(t *testing.T, res *cluster.Result, l layout, prog string) {
 		region += s.SHMMsgs + s.CollSHM
 	}
 	if region == 0 {
-		t.Errorf("%s with the shim: no rank moved anything through a region, though ranks share a host:%s", prog, details(res))
+		t.Errorf("%s with the shim: no rank moved anything through a region, though ranks share a host:%s", prog, testenv.Details(res, stderrTail))
 	}
 }
 
@@ -317,11 +317,11 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job, l layo
 		err = nil
 	}
 	if err != nil {
-		t.Errorf("%s, %s: %v%s", what, prog, err, details(res))
+		t.Errorf("%s, %s: %v%s", what, prog, err, testenv.Details(res, stderrTail))
 		return res, false
 	}
 	if !clean(report(res.Stdout), l.ranks()) {
-		t.Errorf("%s, %s: not a clean report of %d ranks%s", what, prog, l.ranks(), details(res))
+		t.Errorf("%s, %s: not a clean report of %d ranks%s", what, prog, l.ranks(), testenv.Details(res, stderrTail))
 		return res, false
 	}
 	return res, true
@@ -375,17 +375,6 @@ func report(stdout string) string {
 		}
 	}
 	return strings.Join(lines, "\n")
-}
-
-func details(res *cluster.Result) string {
-	if res == nil {
-		return ""
-	}
-	stderr := res.Stderr
-	if len(stderr) > stderrTail {
-		stderr = "..." + stderr[len(stderr)-stderrTail:]
-	}
-	return fmt.Sprintf("\ncommand: %s\nstdout:\n%s\nstderr:\n%s", strings.Join(res.Argv, " "), res.Stdout, stderr)
 }
 
 // buildPrograms compiles every tests/mpi/p2p_*.c and coll_check.c for both MPIs into a

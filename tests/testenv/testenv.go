@@ -5,6 +5,7 @@ package testenv
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -102,4 +103,17 @@ func Context(t *testing.T) (context.Context, context.CancelFunc) {
 		return context.WithDeadline(context.Background(), d.Add(-30*time.Second))
 	}
 	return context.WithTimeout(context.Background(), 30*time.Minute)
+}
+
+// Details formats a job's command line and output for a failure message, quoting at most the
+// last tail bytes of its standard error.
+func Details(res *cluster.Result, tail int) string {
+	if res == nil {
+		return ""
+	}
+	stderr := res.Stderr
+	if len(stderr) > tail {
+		stderr = "..." + stderr[len(stderr)-tail:]
+	}
+	return fmt.Sprintf("\ncommand: %s\nstdout:\n%s\nstderr:\n%s", strings.Join(res.Argv, " "), res.Stdout, stderr)
 }
