@@ -121,6 +121,8 @@ struct ivs_msg {
 	int tag;
 	uint64_t total, got;
 	uint8_t *buf;              /* buffered payload (unexpected) */
+	uint64_t buf_cap;          /* bytes allocated at buf: grows with what arrived, never with
+	                              what the (untrusted) header claims */
 	struct ivs_req *req;       /* matched receive, payload goes straight to it */
 	uint64_t cookie;           /* sync send to acknowledge, 0 = none */
 	struct ivs_comm *probe_comm; /* set by MPI_(I)mprobe, which took it out of matching */

@@ -186,6 +186,30 @@ static struct ivs_req *posted_match(struct ivs_msg *m)
 	return NULL;
 }
 
+/* Append n payload bytes to an unexpected message's buffer. The buffer grows with the bytes
+ * that actually arrived (doubling, so appends stay amortised O(1)), never to the total the
+ * sender's header claims: a hostile header cannot make this rank allocate memory it does not
+ * also fill. The caller has bounded got + n by total. */
+static void unexp_store(int world, struct ivs_msg *m, const uint8_t *src, uint64_t n)
+{
+	uint64_t need = m->got + n;
+	if (need > m->buf_cap || !m->buf) {
+		uint64_t cap = m->buf_cap ? m->buf_cap : 4096;
+		while (cap < need)
+			cap *= 2;
+		if (cap > m->total)
+			cap = m->total > need ? m->total : need;
+		uint8_t *b = realloc(m->buf, cap ? cap : 1);
+		if (!b)
+			ivs_fatal("cannot buffer %lu bytes of an unexpected message from rank %d", (unsigned long)need, world);
+		m->buf = b;
+		m->buf_cap = cap;
+	}
+	if (n)
+		memcpy(m->buf + m->got, src, n);
+	m->got = need;
+}
+
 static void on_msg(int world, struct ivs_peer *p, const struct ivs_rec *h, const uint8_t *pl)
 {
 	if (p->rx_cur)
@@ -214,12 +238,11 @@ static void on_msg(int world, struct ivs_peer *p, const struct ivs_rec *h, const
 		return;
 	}
 	struct ivs_msg *m = malloc(sizeof *m);
-	uint8_t *buf = malloc(h->total ? h->total : 1);
-	if (!m || !buf)
-		ivs_fatal("cannot buffer a %lu-byte unexpected message from rank %d", (unsigned long)h->total, world);
+	if (!m)
+		ivs_fatal("out of memory buffering an unexpected message from rank %d", world);
 	*m = tmp;
-	m->buf = buf;
-	memcpy(buf, pl, h->len);
+	m->got = 0;
+	unexp_store(world, m, pl, h->len);
 	if (h->flags & IVS_F_SYNC)
 		m->cookie = h->cookie ? h->cookie : 1;
 	m->prev = ivs.unexp_tail;
@@ -240,10 +263,10 @@ static void on_frag(int world, struct ivs_peer *p, const struct ivs_rec *h, cons
 	if (m->req) {
 		recv_copy(m->req, m->got, pl, h->len);
 		m->req->done += h->len;
+		m->got += h->len;
 	} else {
-		memcpy(m->buf + m->got, pl, h->len);
+		unexp_store(world, m, pl, h->len);
 	}
-	m->got += h->len;
 	if (m->got < m->total)
 		return;
 	p->rx_cur = NULL;
