@@ -1,6 +1,11 @@
 /* Datatypes on the shared-memory path: predefined types whose bytes lie contiguously in memory
  * move as raw bytes; every other type is packed with PMPI_Pack on the sender and unpacked with
- * PMPI_Unpack on the receiver, so derived datatypes are correct whatever their layout. */
+ * PMPI_Unpack on the receiver, so derived datatypes are correct whatever their layout.
+ *
+ * Sizes are 64-bit throughout: an int count of a derived type can describe more than 2 GiB.
+ * PMPI_Pack and PMPI_Unpack take int sizes, so longer ranges move in runs of whole elements
+ * (dt_move); only a single element over 2 GiB is refused (MPI_ERR_COUNT). */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ivshim.h"
@@ -24,10 +29,11 @@ static struct dt_entry *dt_lookup(MPI_Datatype dt)
 	struct dt_entry *e = &dt_cache[(key >> 4 ^ key) % DT_CACHE];
 	if (IVS_LIKELY(e->key == key && key))
 		return e;
-	int ni, na, nd, combiner, size;
+	int ni, na, nd, combiner;
+	MPI_Count size;
 	MPI_Aint lb, extent, tlb, textent;
 	if (PMPI_Type_get_envelope(dt, &ni, &na, &nd, &combiner) != MPI_SUCCESS ||
-	    PMPI_Type_size(dt, &size) != MPI_SUCCESS ||
+	    PMPI_Type_size_x(dt, &size) != MPI_SUCCESS || size < 0 ||
 	    PMPI_Type_get_extent(dt, &lb, &extent) != MPI_SUCCESS ||
 	    PMPI_Type_get_true_extent(dt, &tlb, &textent) != MPI_SUCCESS)
 		return NULL;
@@ -91,33 +97,66 @@ static int direct_view(struct ivs_req *r, const void *buf, int count, MPI_Dataty
 	return 1;
 }
 
+enum { DT_PACK, DT_UNPACK };
+
+/* Pack count elements of dt at buf into the n bytes at packed, or unpack the reverse way. n is
+ * Type_size * count; runs of whole elements keep each PMPI call's size within an int. */
+static int dt_move(int dir, void *buf, int count, MPI_Datatype dt, uint8_t *packed, uint64_t n, MPI_Comm comm)
+{
+	int pos = 0;
+	if (n <= INT_MAX)
+		return dir == DT_PACK ? PMPI_Pack(buf, count, dt, packed, (int)n, &pos, comm)
+		                      : PMPI_Unpack(packed, (int)n, &pos, buf, count, dt, comm);
+	struct dt_entry *e = dt_lookup(dt);
+	if (!e || !e->size || e->size > INT_MAX)
+		return MPI_ERR_COUNT;
+	const struct dt_entry el = *e; /* PMPI calls below may evict the cache line */
+	uint64_t per = INT_MAX / el.size;
+	for (uint64_t done = 0; done < (uint64_t)count;) {
+		uint64_t k = (uint64_t)count - done < per ? (uint64_t)count - done : per;
+		uint8_t *at = (uint8_t *)buf + (ptrdiff_t)done * el.extent, *p = packed + done * el.size;
+		int rc;
+		pos = 0;
+		if (dir == DT_PACK)
+			rc = PMPI_Pack(at, (int)k, dt, p, (int)(k * el.size), &pos, comm);
+		else
+			rc = PMPI_Unpack(p, (int)(k * el.size), &pos, at, (int)k, dt, comm);
+		if (rc != MPI_SUCCESS)
+			return rc;
+		done += k;
+	}
+	return MPI_SUCCESS;
+}
+
 /* Point r->cbuf/cap at the bytes to send: the user's buffer or a packed copy. */
 int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype dt, MPI_Comm comm)
 {
 	if (IVS_LIKELY(direct_view(r, buf, count, dt)))
 		return MPI_SUCCESS;
-	int sz, pos = 0, rc = PMPI_Pack_size(count, dt, comm, &sz);
-	if (rc != MPI_SUCCESS)
-		return rc;
-	r->cbuf = malloc(sz ? (size_t)sz : 1);
+	struct dt_entry *e = dt_lookup(dt);
+	if (!e || count < 0)
+		return MPI_ERR_TYPE;
+	uint64_t n = e->size * (uint64_t)count; /* the packed form of a homogeneous run */
+	r->cbuf = malloc(n ? n : 1);
 	if (!r->cbuf)
 		return MPI_ERR_NO_MEM;
 	r->packed = 1;
+	int rc;
 	if (buf == MPI_BOTTOM) {
 		/* Absolute addresses: MPICH's MPI_Pack refuses a null input buffer, a send does not. */
-		MPI_Status st;
-		rc = PMPI_Sendrecv(buf, count, dt, 0, 0, r->cbuf, sz, MPI_PACKED, 0, 0, MPI_COMM_SELF, &st);
-		if (rc == MPI_SUCCESS)
-			rc = PMPI_Get_count(&st, MPI_PACKED, &pos);
+		rc = n > INT_MAX ? MPI_ERR_COUNT
+		                 : PMPI_Sendrecv(buf, count, dt, 0, 0, r->cbuf, (int)n, MPI_PACKED, 0, 0, MPI_COMM_SELF,
+		                                 MPI_STATUS_IGNORE);
 	} else {
-		rc = PMPI_Pack(buf, count, dt, r->cbuf, sz, &pos, comm);
+		rc = dt_move(DT_PACK, (void *)buf, count, dt, r->cbuf, n, comm);
 	}
 	if (rc != MPI_SUCCESS) {
 		free(r->cbuf);
 		r->cbuf = NULL;
+		r->packed = 0;
 		return rc;
 	}
-	r->cap = (uint64_t)pos;
+	r->cap = n;
 	return MPI_SUCCESS;
 }
 
@@ -144,18 +183,19 @@ int ivs_dt_recv_finish(struct ivs_req *r)
 		return MPI_SUCCESS;
 	int rc = MPI_SUCCESS;
 	struct dt_entry *e = dt_lookup(r->dt);
-	if (e && e->size && r->st_bytes % e->size == 0 && r->ubuf != MPI_BOTTOM) {
-		int pos = 0;
-		uint64_t elems = r->st_bytes / e->size;
-		if (elems)
-			rc = PMPI_Unpack(r->cbuf, (int)r->st_bytes, &pos, r->ubuf, (int)elems, r->dt, r->comm->handle);
-	} else if (r->st_bytes) {
+	uint64_t whole = e && e->size && r->ubuf != MPI_BOTTOM ? r->st_bytes / e->size : 0;
+	uint64_t done = e ? whole * e->size : 0, rest = r->st_bytes - done;
+	if (whole)
+		rc = dt_move(DT_UNPACK, r->ubuf, (int)whole, r->dt, r->cbuf, done, r->comm->handle);
+	if (rc == MPI_SUCCESS && rest) {
 		/* The message ends inside an element: MPI_Unpack only takes whole elements, but a
 		 * receive must still place every basic element that arrived. Or the buffer is
 		 * MPI_BOTTOM, which MPICH's MPI_Unpack refuses. The library does both right when it
 		 * receives the packed bytes itself. */
-		rc = PMPI_Sendrecv(r->cbuf, (int)r->st_bytes, MPI_PACKED, 0, 0, r->ubuf, r->count, r->dt, 0, 0,
-		                   MPI_COMM_SELF, MPI_STATUS_IGNORE);
+		uint8_t *at = r->ubuf == MPI_BOTTOM ? r->ubuf : (uint8_t *)r->ubuf + (ptrdiff_t)whole * e->extent;
+		rc = rest > INT_MAX ? MPI_ERR_COUNT
+		                    : PMPI_Sendrecv(r->cbuf + done, (int)rest, MPI_PACKED, 0, 0, at, r->count - (int)whole,
+		                                    r->dt, 0, 0, MPI_COMM_SELF, MPI_STATUS_IGNORE);
 	}
 	free(r->cbuf);
 	r->cbuf = NULL;
@@ -172,8 +212,7 @@ int ivs_dt_pack(const void *buf, int count, MPI_Datatype dt, void *dst, uint64_t
 		memcpy(dst, (const uint8_t *)buf + lb, n);
 		return MPI_SUCCESS;
 	}
-	int pos = 0;
-	return PMPI_Pack(buf, count, dt, dst, (int)n, &pos, comm);
+	return dt_move(DT_PACK, (void *)buf, count, dt, dst, n, comm);
 }
 
 /* The reverse of ivs_dt_pack. */
@@ -185,8 +224,7 @@ int ivs_dt_unpack(const void *src, uint64_t n, void *buf, int count, MPI_Datatyp
 		memcpy((uint8_t *)buf + lb, src, n);
 		return MPI_SUCCESS;
 	}
-	int pos = 0;
-	return PMPI_Unpack(src, (int)n, &pos, buf, count, dt, comm);
+	return dt_move(DT_UNPACK, buf, count, dt, (uint8_t *)src, n, comm);
 }
 
 /* For reductions: whether dt is a predefined type, and the byte span of count elements

@@ -22,13 +22,6 @@ static inline void count_net(uint64_t n)
 	ivs.stats.bytes[IVSHIM_PATH_NET] += n;
 }
 
-static uint64_t type_bytes(MPI_Datatype dt, int count)
-{
-	int sz = 0;
-	PMPI_Type_size(dt, &sz);
-	return (uint64_t)sz * (uint64_t)(count > 0 ? count : 0);
-}
-
 /* A new active request of kind on comm c with peer (comm rank or wildcard) and tag. */
 static struct ivs_req *new_req(int kind, struct ivs_comm *c, int peer, int tag)
 {
@@ -65,7 +58,7 @@ int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 	*out = NULL;
 	if (!p) {
 		if (ivs.enabled)
-			count_net(type_bytes(dt, count));
+			count_net(ivs_dt_bytes(dt, count));
 		return sync ? PMPI_Issend(buf, count, dt, dest, tag, comm, net)
 		            : PMPI_Isend(buf, count, dt, dest, tag, comm, net);
 	}
@@ -278,7 +271,7 @@ static int send_common(const void *buf, int count, MPI_Datatype dt, int dest, in
 		}
 	}
 	if (!p && !ivs_busy()) {
-		count_net(type_bytes(dt, count));
+		count_net(ivs_dt_bytes(dt, count));
 		return sync ? PMPI_Ssend(buf, count, dt, dest, tag, comm) : PMPI_Send(buf, count, dt, dest, tag, comm);
 	}
 	struct ivs_req *r;

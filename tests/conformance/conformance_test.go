@@ -29,7 +29,7 @@ const (
 )
 
 // summaryLine is the first line of a program's report (p2p_check.h).
-var summaryLine = regexp.MustCompile(`^(p2p_\w+): (\d+) ranks, (\d+) checks, (\d+) failures$`)
+var summaryLine = regexp.MustCompile(`^((?:p2p|huge)_\w+): (\d+) ranks, (\d+) checks, (\d+) failures$`)
 
 // program is one conformance program: its name ("p2p_order") and source file.
 type program struct{ name, src string }
@@ -252,6 +252,41 @@ func build(ctx context.Context, t *testing.T, m cluster.MPI, progs []program) ma
 		bins[p.name] = out
 	}
 	return bins
+}
+
+// TestHugeDatatype runs tests/mpi/huge_dtype.c (one message of 2049 MiB, an int count of a
+// derived datatype, each way) between two co-located VMs with the shim, and requires a clean
+// report and every byte through the region. The program checks every byte itself; it is not run
+// without the shim, where its 8 GiB of buffers would only measure the library's TCP path again.
+func TestHugeDatatype(t *testing.T) {
+	testenv.RequireCluster(t)
+	root := testenv.ModuleRoot(t)
+	ctx, cancel := testenv.Context(t)
+	defer cancel()
+	const bytes = 2049 << 20
+	for _, m := range cluster.MPIs {
+		t.Run(m.String(), func(t *testing.T) {
+			lib := testenv.ShimLibrary(t, root, m)
+			bin := build(ctx, t, m, []program{{"huge_dtype", filepath.Join(root, "tests", "mpi", "huge_dtype.c")}})["huge_dtype"]
+			c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 1, VMsPerHost: 2, Regions: true})
+			job := cluster.Job{MPI: m, VMs: c.VMs(), Program: bin, Timeout: 3 * attemptTimeout,
+				Env: map[string]string{"LD_PRELOAD": lib, "IVSHIM_VERBOSE": "1"}}
+			res, ok := run(ctx, t, "with the shim", job)
+			if !ok {
+				return
+			}
+			t.Logf("%s: %v: %s", m, res.Elapsed.Round(time.Millisecond), report(res.Stdout)[0])
+			stats, err := res.ShimStats()
+			if err != nil || len(stats) != 2 {
+				t.Fatalf("statistics of %d ranks (%v), want 2%s", len(stats), err, testenv.Details(res, stderrTail))
+			}
+			for _, s := range stats {
+				if s.SHMMsgs != 1 || s.SHMBytes != bytes || s.NetMsgs != 0 {
+					t.Errorf("rank %d: %+v, want the one %d-byte message through the region", s.Rank, s, uint64(bytes))
+				}
+			}
+		})
+	}
 }
 
 // TestSpawnOpenMPI runs tests/mpi/dyn_spawn.c (parents spawn children and talk on communicators
