@@ -5,7 +5,8 @@
  *    blocked in MPI_Comm_split, MPI_Allgatherv, MPI_Win_fence, collective I/O or the shim's own
  *    PMPI_Comm_split may owe a co-located peer the ACK of a synchronous send or ring space.
  * 2. The library must move whenever the rank waits inside the shim: its sends may be what a
- *    rank blocked in a library call waits for (ivs_wait_pause calls ivs_lib_poke).
+ *    rank blocked in a library call waits for (ivs_wait_pause calls ivs_lib_wait_poke, which
+ *    paces the pokes by the library's activity: see there).
  *
  * Choices evaluated for 1:
  *  - interpose every blocking call with its nonblocking variant plus a progress loop: hundreds
@@ -41,18 +42,61 @@ static int hooked; /* the library's progress engine runs the rings */
 
 int ivs_lib_hooked(void) { return hooked; }
 
+/*
+ * Pokes, and what they cost. A poke is a pass of the library's engine: microseconds with a TCP
+ * transport to poll, and Open MPI's engine yields by itself when idle. Poking every 8 pauses made
+ * collectives of 4 ranks on 2 CPUs 2-4x slower (make bench). So a waiting rank pokes often only
+ * after the library was seen busy, and backs off while it is quiet:
+ *  - busy: the library's engine ran other than in a poke (the hook sees every pass, whoever
+ *    called it: the program, a library request the shim tests, a collective's network phase),
+ *    or the shim handed a message to the library (ivs_lib_note);
+ *  - after that, the next poke comes POKE_FIRST pauses later and every further one twice as late,
+ *    down to one every POKE_MAX pauses: a library operation this rank owes progress to stalls
+ *    at most that long, never forever.
+ * Without a hook the library's activity is invisible: a poke every POKE_FIRST pauses. */
+enum { POKE_FIRST = 8, POKE_MAX = 256 };
+static unsigned lib_epoch, poke_epoch, poke_gap = POKE_MAX, poke_wait;
+static int in_poke;
+
+void ivs_lib_note(void) { lib_epoch++; }
+
+/* The library's engine made a pass: activity unless it is our own poke. */
+static inline void lib_seen(void)
+{
+	if (!in_poke)
+		lib_epoch++;
+}
+
 /* One pass of the library's progress engine: a probe that takes nothing (both libraries
  * poll their engine in a probe that finds no message; MPICH short-cuts probes on
  * MPI_COMM_SELF, so world it is). */
 void ivs_lib_poke(void)
 {
 	int flag;
+	in_poke = 1;
 	PMPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_COMM_WORLD, &flag, MPI_STATUS_IGNORE);
+	in_poke = 0;
+}
+
+/* Called by a waiting rank after each pause that gave the core away. */
+void ivs_lib_wait_poke(void)
+{
+	if (lib_epoch != poke_epoch || !hooked) {
+		poke_epoch = lib_epoch;
+		poke_gap = POKE_FIRST;
+	}
+	if (++poke_wait < poke_gap)
+		return;
+	poke_wait = 0;
+	if (poke_gap < POKE_MAX)
+		poke_gap *= 2;
+	ivs_lib_poke();
 }
 
 #if defined(OPEN_MPI)
 static int opal_hook(void)
 {
+	lib_seen();
 	return ivs_progress_rings();
 }
 
@@ -87,8 +131,10 @@ unsigned ucp_worker_progress(void *worker)
 		}
 	}
 	unsigned n = ucx_progress(worker);
-	if (ucx_armed)
+	if (ucx_armed) {
+		lib_seen();
 		n += (unsigned)ivs_progress_rings();
+	}
 	return n;
 }
 

@@ -222,6 +222,8 @@ void ivs_lib_hook_install(void);
 void ivs_lib_hook_remove(void);
 int ivs_lib_hooked(void);
 void ivs_lib_poke(void);
+void ivs_lib_wait_poke(void);
+void ivs_lib_note(void);
 
 /* isendrecv.c */
 int ivs_pairs_progress(void);

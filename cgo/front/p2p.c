@@ -19,6 +19,7 @@ static inline struct ivs_peer *shm_peer(struct ivs_comm *c, int dest, int *world
 static inline void count_net(uint64_t n)
 {
 	ivs.stats.messages[IVSHIM_PATH_NET]++;
+	ivs_lib_note();
 	ivs.stats.bytes[IVSHIM_PATH_NET] += n;
 }
 

@@ -35,8 +35,7 @@ void ivs_wait_pause(unsigned *spins)
 		return;
 	}
 	sched_yield();
-	if ((*spins & 7) == 0)
-		ivs_lib_poke();
+	ivs_lib_wait_poke();
 }
 
 int ivs_match(const struct ivs_req *r, const struct ivs_msg *m)
