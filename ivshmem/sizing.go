@@ -1,0 +1,84 @@
+package ivshmem
+
+import "fmt"
+
+// Sizing: how big a region a group of co-located ranks needs, and how big each ring of a group
+// can be in a given region.
+//
+// A group of m ranks on one host holds m*m pair rings (one per ordered pair, a rank's ring to
+// itself included) and one collective area per communicator with members on the host
+// (CollAreaSize(m) for a communicator of all m; the data plane allocates areas on demand).
+// The sizing keeps room for CollReserve such areas and gives the rest to the rings: the ring
+// capacity shrinks with the group, by powers of two, from the region's ring size down to
+// RingMinCapacity. The region therefore stays within its size (the broker's cap) for any
+// group; what shrinks is the bytes a pair can have in flight.
+
+// CollReserve is how many collective areas of a whole group the ring sizing leaves room for.
+const CollReserve = 4
+
+// DefaultRegionCap is the size the broker never exceeds when it sizes a region by itself.
+const DefaultRegionCap = 256 << 20
+
+// RingCapacity is the data capacity of every pair ring of a group of m co-located ranks in a
+// region of layout l: the largest power of two up to l.RingSize whose m*m rings fit the heap
+// beside CollReserve collective areas of m members. It is 0 when not even rings of
+// RingMinCapacity fit, or m exceeds the slot table; the error then says why, for the user.
+// Every member computes the same value from the same layout.
+func (l Layout) RingCapacity(m int) (uint64, error) {
+	if m < 1 || uint64(m) > uint64(l.SlotCount) {
+		return 0, fmt.Errorf("%d co-located ranks, but the region has %d slots", m, l.SlotCount)
+	}
+	heap := uint64(l.ChunkCount)
+	var reserve uint64
+	if m > 1 {
+		reserve = CollReserve * l.chunksFor(CollAreaSize(m))
+	}
+	pairs := uint64(m) * uint64(m)
+	if reserve < heap {
+		for c := uint64(l.RingSize); c >= RingMinCapacity; c /= 2 {
+			if pairs*l.chunksFor(RingHeaderSize+c) <= heap-reserve {
+				return c, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("%d co-located ranks need %d rings of at least %d bytes and %d collective areas of %d bytes, more than the %d-byte heap of a %d-byte region",
+		m, pairs, RingMinCapacity, CollReserve, CollAreaSize(m), heap*uint64(l.ChunkSize), l.TotalSize)
+}
+
+// SizeFor returns region parameters for ranks co-located ranks: p's slot count raised to
+// ranks, and the smallest power-of-two size of at least p.TotalSize in which their rings get the
+// full p.RingSize, but never above limit. full reports whether the rings got the full size;
+// when not, they get what RingCapacity gives within limit (maybe nothing: the error says so).
+func SizeFor(ranks int, p Params, limit uint64) (out Params, full bool, err error) {
+	if ranks < 1 {
+		ranks = 1
+	}
+	if ranks > MaxSlots {
+		return p, false, fmt.Errorf("%d ranks on one host: at most %d", ranks, MaxSlots)
+	}
+	if uint32(ranks) > p.SlotCount {
+		p.SlotCount = uint32(ranks)
+	}
+	if p.TotalSize < MinRegionSize {
+		p.TotalSize = MinRegionSize
+	}
+	if limit < p.TotalSize {
+		limit = p.TotalSize
+	}
+	for {
+		l, lerr := ComputeLayout(p)
+		if lerr == nil {
+			if c, _ := l.RingCapacity(ranks); c == uint64(p.RingSize) {
+				return p, true, nil
+			}
+		}
+		if p.TotalSize*2 > limit {
+			if lerr != nil {
+				return p, false, lerr
+			}
+			_, err := l.RingCapacity(ranks)
+			return p, false, err
+		}
+		p.TotalSize *= 2
+	}
+}
