@@ -4,8 +4,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 func testOptions(t *testing.T) Options {
@@ -262,4 +264,89 @@ func TestVMTable(t *testing.T) {
 	if err := r.SetVM(4, u, VMPresent); !errors.Is(err, ErrBadRef) {
 		t.Fatalf("entry past the table: %v", err)
 	}
+}
+
+// TestCreateRingsAllOrNone: a receiver's rings come from one hold of the allocator lock, and a
+// batch that does not fit leaves the heap as it was.
+func TestCreateRingsAllOrNone(t *testing.T) {
+	r, _, _ := newRegion(t)
+	if err := r.ClaimSession(7); err != nil {
+		t.Fatal(err)
+	}
+	var slots []uint32
+	for k := 0; k < 4; k++ {
+		s, err := r.ClaimSlot(SlotIdentity{Session: 7, WorldRank: uint32(k)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slots = append(slots, s)
+	}
+	rings, err := r.CreateRings(7, slots, slots[1], RingMinCapacity)
+	if err != nil || len(rings) != len(slots) {
+		t.Fatalf("CreateRings = %v, %v", rings, err)
+	}
+	for k, s := range slots {
+		back, ok, err := r.PairRing(7, s, slots[1])
+		if err != nil || !ok || back != rings[k] {
+			t.Fatalf("ring %d->%d: %+v %v %v, want %+v", s, slots[1], back, ok, err, rings[k])
+		}
+	}
+	free := func() (n int) {
+		for c := uint32(0); c < r.Layout().ChunkCount; c++ {
+			if r.chunkAt(c).Owner == 0 {
+				n++
+			}
+		}
+		return n
+	}
+	before := free()
+	huge := uint64(RingMinCapacity) // the smallest power of two of at least a quarter heap
+	for huge*4 < uint64(r.Layout().ChunkCount)*uint64(r.Layout().ChunkSize) {
+		huge *= 2
+	}
+	if _, err := r.CreateRings(7, slots, slots[2], huge); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("4 rings of a quarter heap each fit: %v", err)
+	}
+	if after := free(); after != before {
+		t.Fatalf("a failed batch left %d free chunks of %d", after, before)
+	}
+}
+
+// TestLockDeadHolder: the allocator lock is given up on only when one holder keeps it.
+func TestLockDeadHolder(t *testing.T) {
+	r, _, _ := newRegion(t)
+	l := a64(&r.hdr().HeapLock)
+	l.Store(6) // slot 5 died holding it
+	start := time.Now()
+	if err := r.lock(1); !errors.Is(err, ErrLockTimeout) || !strings.Contains(err.Error(), "slot 5") {
+		t.Fatalf("lock held by a dead slot: %v", err)
+	}
+	if d := time.Since(start); d < lockWait {
+		t.Fatalf("gave up after %v, before lockWait %v", d, lockWait)
+	}
+	// Live holders that hand the lock on keep a waiter waiting, however long it takes in all.
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for h := uint64(2); ; h++ {
+			select {
+			case <-stop:
+				l.Store(0)
+				return
+			case <-time.After(lockWait / 4):
+				l.Store(h%8 + 2) // another live slot has it now
+			}
+		}
+	}()
+	time.AfterFunc(lockWait*3/2, func() { close(stop) })
+	start = time.Now()
+	if err := r.lock(1); err != nil {
+		t.Fatalf("waiting behind live holders for %v: %v", time.Since(start), err)
+	}
+	<-done
+	if d := time.Since(start); d < lockWait {
+		t.Fatalf("got the lock after %v: the test did not make it wait past lockWait", d)
+	}
+	r.unlock()
 }

@@ -1,6 +1,9 @@
 package ivshmem
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+)
 
 // Ring is a validated pair ring: where it is and how big, taken from private memory after
 // the checks in PairRing.
@@ -13,31 +16,54 @@ type Ring struct {
 // receiver (the caller), with capacity data bytes (0 = the region's ring size), and publishes
 // it in pair[sender][receiver] (RELEASE). Receivers own their inbound rings.
 func (r *Region) CreateRing(session uint64, sender, receiver uint32, capacity uint64) (Ring, error) {
-	if err := r.checkSlot(sender); err != nil {
+	rings, err := r.CreateRings(session, []uint32{sender}, receiver, capacity)
+	if err != nil {
 		return Ring{}, err
+	}
+	return rings[0], nil
+}
+
+// CreateRings is CreateRing for every sender in senders, allocated under one hold of the
+// region's allocator lock (a group of 64 ranks on 2 CPUs taking it once per pair waited
+// seconds for it). When publishing the ring of senders[k] fails, it returns the k rings
+// published before it with the error; when allocating fails, none.
+func (r *Region) CreateRings(session uint64, senders []uint32, receiver uint32, capacity uint64) ([]Ring, error) {
+	for _, s := range senders {
+		if err := r.checkSlot(s); err != nil {
+			return nil, err
+		}
 	}
 	if capacity == 0 {
 		capacity = uint64(r.layout.RingSize)
 	}
 	if !isPow2(capacity) || capacity < RingMinCapacity {
-		return Ring{}, fmt.Errorf("create ring %d->%d: capacity %d not a power of two >= %d", sender, receiver, capacity, RingMinCapacity)
+		return nil, fmt.Errorf("create rings to %d: capacity %d not a power of two >= %d", receiver, capacity, RingMinCapacity)
 	}
-	off, err := r.Alloc(session, receiver, AllocRing, RingHeaderSize+capacity)
+	offs, err := r.AllocN(session, receiver, AllocRing, RingHeaderSize+capacity, len(senders))
 	if err != nil {
-		return Ring{}, fmt.Errorf("create ring %d->%d: %w", sender, receiver, err)
+		return nil, fmt.Errorf("create %d rings to %d: %w", len(senders), receiver, err)
 	}
-	g := r.ringAt(off)
-	g.Capacity = capacity
-	g.Session = session
-	g.SenderSlot = sender
-	g.ReceiverSlot = receiver
-	a32(&g.State).Store(RingOpen)
-	if old := r.pairAt(sender, receiver).Swap(off); old != 0 {
-		if err := r.Free(session, receiver, old); err != nil {
-			return Ring{}, fmt.Errorf("create ring %d->%d: replace stale ring: %w", sender, receiver, err)
+	rings := make([]Ring, len(senders))
+	for k, sender := range senders {
+		off := offs[k]
+		g := r.ringAt(off)
+		g.Capacity = capacity
+		g.Session = session
+		g.SenderSlot = sender
+		g.ReceiverSlot = receiver
+		a32(&g.State).Store(RingOpen)
+		if old := r.pairAt(sender, receiver).Swap(off); old != 0 {
+			if err := r.Free(session, receiver, old); err != nil {
+				// Ring k is published (slot release frees it); the ones after it are not.
+				for _, o := range offs[k+1:] {
+					err = errors.Join(err, r.Free(session, receiver, o))
+				}
+				return rings[:k], fmt.Errorf("create ring %d->%d: replace stale ring: %w", sender, receiver, err)
+			}
 		}
+		rings[k] = Ring{Off: off, Capacity: capacity}
 	}
-	return Ring{Off: off, Capacity: capacity}, nil
+	return rings, nil
 }
 
 // PairRing returns the ring from sender to receiver (ACQUIRE), validated against session:
