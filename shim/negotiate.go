@@ -223,6 +223,16 @@ func (n *negotiation) warnPassThrough(err error) {
 	}
 }
 
+// warnGroupFallback tells the user, once per group (its leader prints), that co-located ranks
+// use the library instead of shared memory and why: a group too large for its region must not
+// just run slower. With IVSHIM_VERBOSE every rank prints its reason anyway.
+func (n *negotiation) warnGroupFallback(g *group) {
+	if n.rank == g.leader() && n.cfg.Verbose == 0 {
+		fmt.Fprintf(n.o.Stderr, "ivshim: rank %d: the %d co-located ranks of its host use the MPI library, not shared memory: %s\n",
+			n.rank, len(g.Ranks), oneLine(g.Reason))
+	}
+}
+
 // oneLine keeps a message to one line.
 func oneLine(s string) string { return strings.ReplaceAll(s, "\n", "; ") }
 
@@ -426,6 +436,7 @@ func (n *negotiation) step(name string, act func(*group) status, commit func(*gr
 	}
 	for _, g := range failed {
 		n.m.log.Info("group falls back to NET", zap.Int("leader", g.leader()), zap.String("reason", g.Reason))
+		n.warnGroupFallback(g)
 	}
 	return n.teardown(failed)
 }
@@ -549,12 +560,22 @@ func (n *negotiation) checkSession(g *group) error {
 }
 
 // createRings: every member creates and publishes its inbound ring from each member, itself
-// included.
+// included, all of the capacity the region gives a group this large (Layout.RingCapacity:
+// the same on every member).
 func (n *negotiation) createRings(g *group) status {
-	for i, w := range g.Ranks {
-		if _, err := n.m.region.CreateRing(g.Session, g.slots[i], n.m.slot, 0); err != nil {
-			return failure(fmt.Errorf("inbound ring from rank %d: %w", w, err))
+	capacity, err := n.m.region.Layout().RingCapacity(len(g.Ranks))
+	if err != nil {
+		return failure(fmt.Errorf("region %s: %w", n.m.region.Source(), err))
+	}
+	if capacity < uint64(n.m.region.Layout().RingSize) {
+		n.m.log.Info("rings smaller than the region's ring size for a group this large",
+			zap.Int("ranks", len(g.Ranks)), zap.Uint64("ring_bytes", capacity), zap.Uint32("region_ring_bytes", n.m.region.Layout().RingSize))
+	}
+	if made, err := n.m.region.CreateRings(g.Session, g.slots, n.m.slot, capacity); err != nil {
+		if made != nil {
+			return failure(fmt.Errorf("inbound ring from rank %d: %w", g.Ranks[len(made)], err))
 		}
+		return failure(fmt.Errorf("inbound rings from %d ranks: %w", len(g.Ranks), err))
 	}
 	return status{}
 }

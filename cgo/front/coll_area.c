@@ -112,8 +112,11 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 		uint64_t off = ivs.ctl_alloc(ivs_area_size((uint64_t)k->nl), err, sizeof err);
 		me.ok = off != 0;
 		me.area = (int64_t)off;
-		if (!off && ivs.verbose)
-			fprintf(stderr, "ivshim: rank %d: no collective area (%s): collectives use the library\n", ivs.world_rank, err);
+		/* Never silent: once per rank, every time with IVSHIM_VERBOSE. */
+		static int warned;
+		if (!off && (ivs.verbose || !warned++))
+			fprintf(stderr, "ivshim: rank %d: no collective area for a communicator of %d co-located ranks (%s): its collectives use the library%s\n",
+			        ivs.world_rank, k->nl, err, ivs.verbose ? "" : " (further cases: IVSHIM_VERBOSE=1)");
 	}
 	MPI_Request req;
 	int rc = ivs_coll_net_complete(PMPI_Iallgather(&me, sizeof me, MPI_BYTE, all, sizeof me, MPI_BYTE, c->handle, &req), &req);
