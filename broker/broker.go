@@ -36,8 +36,12 @@ type Config struct {
 	// RegionDir holds the region files (/dev/shm for libvirt, which gives QEMU
 	// mem-path=/dev/shm/NAME).
 	RegionDir string
-	// RegionSize is the size of new regions: a power of two, at least ivshmem.MinRegionSize.
+	// RegionSize is the smallest size of new regions: a power of two, at least
+	// ivshmem.MinRegionSize.
 	RegionSize uint64
+	// RegionCap is the most a region grows to for the vCPUs of its job's VMs on the host
+	// (ivshmem.SizeFor); 0 means RegionSize (no growth).
+	RegionCap uint64
 	// HostID is written into every region created.
 	HostID ivshmem.HostID
 	// Mode is the permission of new region files; it must have no bits for others.
@@ -49,12 +53,21 @@ type Config struct {
 	Resync time.Duration
 }
 
+func (c Config) regionCap() uint64 {
+	if c.RegionCap == 0 {
+		return c.RegionSize
+	}
+	return c.RegionCap
+}
+
 func (c Config) check() error {
 	switch {
 	case c.RegionDir == "":
 		return errors.New("no region directory")
 	case c.RegionSize < ivshmem.MinRegionSize || c.RegionSize&(c.RegionSize-1) != 0:
 		return fmt.Errorf("region size %d: want a power of two >= %d", c.RegionSize, ivshmem.MinRegionSize)
+	case c.RegionCap != 0 && c.RegionCap < c.RegionSize:
+		return fmt.Errorf("region cap %d below the region size %d", c.RegionCap, c.RegionSize)
 	case c.HostID.IsZero():
 		return errors.New("zero host id")
 	case c.Mode&^os.ModePerm != 0 || c.Mode&0o007 != 0 || c.Mode&0o600 != 0o600:
@@ -215,6 +228,7 @@ func (b *Broker) status() api.Status {
 		HostID:     b.cfg.HostID.String(),
 		RegionDir:  b.cfg.RegionDir,
 		RegionSize: b.cfg.RegionSize,
+		RegionCap:  b.cfg.regionCap(),
 		Started:    b.started,
 	}
 }

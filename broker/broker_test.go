@@ -34,21 +34,25 @@ type env struct {
 	logs *observer.ObservedLogs
 	hv   *netns.Hypervisor
 	b    *broker.Broker
+	cap  uint64 // broker.Config.RegionCap
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvCap(t, 0) }
+
+// newEnvCap is newEnv with regions that grow up to regionCap for their VMs' vCPUs.
+func newEnvCap(t *testing.T, regionCap uint64) *env {
 	t.Helper()
 	host, err := ivshmem.NewHostID()
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &env{t: t, dir: t.TempDir(), reg: netns.Registry{Dir: t.TempDir()}, host: host}
+	e := &env{t: t, dir: t.TempDir(), reg: netns.Registry{Dir: t.TempDir()}, host: host, cap: regionCap}
 	e.start()
 	return e
 }
 
 func (e *env) config() broker.Config {
-	return broker.Config{RegionDir: e.dir, RegionSize: ivshmem.MinRegionSize, HostID: e.host, Mode: 0o640, Resync: time.Hour}
+	return broker.Config{RegionDir: e.dir, RegionSize: ivshmem.MinRegionSize, RegionCap: e.cap, HostID: e.host, Mode: 0o640, Resync: time.Hour}
 }
 
 // start opens a hypervisor and a broker, as a (re)started daemon does.
@@ -206,6 +210,53 @@ func TestRegionsPerJobPluggedIntoItsVMsOnly(t *testing.T) {
 	s := e.b.Snapshot()
 	if s.Status.Regions != 2 || s.Status.Jobs != 2 || s.Status.VMs != 4 || s.Status.LastError != "" {
 		t.Errorf("status = %+v", s.Status)
+	}
+}
+
+// TestRegionSizedForVCPUs: the broker sizes each job's region for the vCPUs of its VMs on the
+// host, within the cap, and says so when it had to cap one.
+func TestRegionSizedForVCPUs(t *testing.T) {
+	e := newEnvCap(t, ivshmem.DefaultRegionCap)
+	for _, vm := range []netns.VM{{Name: "s0", Job: "small", VCPUs: 2}, {Name: "s1", Job: "small", VCPUs: 2}} {
+		vm.UUID = uuidOf(vm.Name)
+		if err := e.reg.Register(vm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 8; i++ { // 8 VMs of 16 vCPUs: 128 ranks
+		vm := netns.VM{Name: "b" + string(rune('0'+i)), Job: "big", VCPUs: 16}
+		vm.UUID = uuidOf(vm.Name)
+		if err := e.reg.Register(vm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.reconcile()
+	for _, tc := range []struct {
+		job   string
+		ranks int
+		full  bool
+	}{{"small", 4, true}, {"big", 128, false}} {
+		r, err := ivshmem.Open(e.regionPath(tc.job))
+		if err != nil {
+			t.Fatal(err)
+		}
+		l := r.Layout()
+		r.Close()
+		c, err := l.RingCapacity(tc.ranks)
+		if err != nil || l.TotalSize > ivshmem.DefaultRegionCap || int(l.SlotCount) < tc.ranks || (c == ivshmem.DefaultRingSize) != tc.full {
+			t.Errorf("region of %s (%d ranks): %d bytes, %d slots, %d-byte rings (%v); want at most %d bytes, full rings %v",
+				tc.job, tc.ranks, l.TotalSize, l.SlotCount, c, err, ivshmem.DefaultRegionCap, tc.full)
+		}
+		if tc.full && l.TotalSize == ivshmem.MinRegionSize {
+			t.Errorf("region of %s stayed at the minimum size %d", tc.job, l.TotalSize)
+		}
+	}
+	if n := e.logs.FilterMessageSnippet("region capped").FilterField(zap.String("job", "big")).Len(); n != 1 {
+		t.Errorf("%d 'region capped' warnings for job big, want 1", n)
+	}
+	var m bytes.Buffer
+	if err := e.b.WriteMetrics(&m); err != nil || !strings.Contains(m.String(), "ivshim_broker_regions_undersized_total 1\n") {
+		t.Errorf("metrics (%v) do not count the one capped region:\n%s", err, m.String())
 	}
 }
 

@@ -33,7 +33,7 @@ func (b *Broker) reconcile() error {
 	}
 	for _, job := range sortedKeys(byJob) {
 		if b.regions[job] == nil {
-			errs = append(errs, b.create(job))
+			errs = append(errs, b.create(job, byJob[job]))
 		}
 	}
 	// Unplug first: a VM must never hold another job's region, and a VM whose tag changed

@@ -194,11 +194,42 @@ func (b *Broker) restrictMode(rg *region, info os.FileInfo) {
 	}
 }
 
-// create makes the region of job and adopts it.
-func (b *Broker) create(job string) error {
+// regionParams sizes the region of a job whose VMs on this host are vms: room for as many ranks
+// as they have vCPUs (a VM of unknown count as 1), every pair ring at the default ring size,
+// between the configured region size and cap. A region capped below that still serves the
+// group, with smaller rings (ivshmem.Layout.RingCapacity), or not at all: both are logged and
+// counted (ivshim_regions_undersized_total), never silent.
+func (b *Broker) regionParams(job string, vms []hypervisor.VM) ivshmem.Params {
+	ranks := 0
+	for _, vm := range vms {
+		ranks += max(vm.VCPUs, 1)
+	}
+	base := ivshmem.Params{TotalSize: b.cfg.RegionSize, SlotCount: ivshmem.DefaultSlots, VMCount: ivshmem.DefaultVMs,
+		ChunkSize: ivshmem.DefaultChunkSize, RingSize: ivshmem.DefaultRingSize}
+	p, full, err := ivshmem.SizeFor(min(ranks, ivshmem.MaxSlots), base, b.cfg.regionCap())
+	if !full {
+		b.metrics.RegionsUndersized.Inc()
+		fields := []zap.Field{zap.String("job", job), zap.Int("vcpus", ranks), zap.Uint64("size", p.TotalSize),
+			zap.Uint64("cap", b.cfg.regionCap())}
+		if err != nil {
+			b.log.Warn("region too small for the job's vCPUs: a group that large falls back to the MPI library", append(fields, zap.Error(err))...)
+		} else {
+			l, _ := ivshmem.ComputeLayout(p)
+			c, _ := l.RingCapacity(min(ranks, int(p.SlotCount)))
+			b.log.Warn("region capped: rings smaller than the default for a group of all the job's vCPUs",
+				append(fields, zap.Uint64("ring_bytes", c), zap.Uint32("default_ring_bytes", base.RingSize))...)
+		}
+	}
+	return p
+}
+
+// create makes the region of job, whose VMs on this host are vms, and adopts it.
+func (b *Broker) create(job string, vms []hypervisor.VM) error {
 	path := filepath.Join(b.cfg.RegionDir, hypervisor.RegionName(job))
+	p := b.regionParams(job, vms)
 	err := ivshmem.Create(path, ivshmem.Options{
-		Size: b.cfg.RegionSize, HostID: b.cfg.HostID, JobID: job,
+		Size: p.TotalSize, Slots: p.SlotCount, VMs: p.VMCount, ChunkSize: p.ChunkSize, RingSize: p.RingSize,
+		HostID: b.cfg.HostID, JobID: job,
 		Mode: b.cfg.Mode, Chown: b.cfg.Chown, UID: b.cfg.UID, GID: b.cfg.GID,
 	})
 	if err != nil {
@@ -206,7 +237,8 @@ func (b *Broker) create(job string) error {
 		return err
 	}
 	b.metrics.RegionsCreated.Inc()
-	b.log.Info("region created", zap.String("job", job), zap.String("region", path), zap.Uint64("size", b.cfg.RegionSize))
+	b.log.Info("region created", zap.String("job", job), zap.String("region", path), zap.Uint64("size", p.TotalSize),
+		zap.Uint32("slots", p.SlotCount), zap.Int("vms", len(vms)))
 	info, err := os.Lstat(path)
 	if err != nil {
 		return fmt.Errorf("created region %s: %w", path, err)

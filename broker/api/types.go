@@ -12,6 +12,7 @@ type Status struct {
 	HostID        string    `json:"host_id"`
 	RegionDir     string    `json:"region_dir"`
 	RegionSize    uint64    `json:"region_size"`
+	RegionCap     uint64    `json:"region_cap"`
 	Started       time.Time `json:"started"`
 	LastReconcile time.Time `json:"last_reconcile"`
 	LastError     string    `json:"last_error,omitempty"`

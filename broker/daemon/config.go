@@ -32,6 +32,7 @@ type Config struct {
 	RegionDir      string
 	HostID         ivshmem.HostID // zero: ask the hypervisor
 	RegionSize     uint64
+	RegionCap      uint64
 	RegionMode     os.FileMode
 	Chown          bool
 	UID, GID       int // -1: leave
@@ -46,7 +47,7 @@ type Config struct {
 // BrokerConfig is the broker core's part of c, with host as the host id.
 func (c Config) BrokerConfig(host ivshmem.HostID) broker.Config {
 	return broker.Config{
-		RegionDir: c.RegionDir, RegionSize: c.RegionSize, HostID: host, Mode: c.RegionMode,
+		RegionDir: c.RegionDir, RegionSize: c.RegionSize, RegionCap: c.RegionCap, HostID: host, Mode: c.RegionMode,
 		Chown: c.Chown, UID: c.UID, GID: c.GID, Resync: c.ResyncInterval,
 	}
 }
@@ -58,6 +59,7 @@ var defaults = map[string]string{
 	"region_dir":         "/dev/shm",
 	"host_id":            "",
 	"region_size":        "64M",
+	"region_cap":         "256M",
 	"region_owner":       "libvirt-qemu",
 	"region_group":       "kvm",
 	"region_mode":        "0660",
@@ -162,6 +164,11 @@ func build(set map[string]string) (Config, error) {
 		bad("region_size", err)
 	}
 	c.RegionSize = size
+	if c.RegionCap, err = parseSize(get("region_cap")); err != nil {
+		bad("region_cap", err)
+	} else if c.RegionCap < c.RegionSize {
+		bad("region_cap", fmt.Errorf("%d bytes: below region_size (%d)", c.RegionCap, c.RegionSize))
+	}
 	mode, err := strconv.ParseUint(get("region_mode"), 8, 32)
 	if err != nil || mode&^0o777 != 0 || mode&0o007 != 0 || mode&0o600 != 0o600 {
 		bad("region_mode", fmt.Errorf("%q: want octal permission bits including 0600 and none for others", get("region_mode")))
@@ -259,14 +266,21 @@ type EmulatedHost struct {
 	Socket     string         // its API socket
 	HostID     ivshmem.HostID // distinct per host
 	RegionSize uint64         // 0: the default
+	RegionCap  uint64         // 0: the default, or RegionSize if that is larger
 }
 
 // ConfigText is the configuration file of h's broker.
 func (h EmulatedHost) ConfigText() string {
-	size := defaults["region_size"]
+	size, limit := defaults["region_size"], defaults["region_cap"]
 	if h.RegionSize != 0 {
 		size = strconv.FormatUint(h.RegionSize, 10)
+		if dc, _ := parseSize(limit); h.RegionSize > dc {
+			limit = size
+		}
 	}
-	return fmt.Sprintf("hypervisor = netns\nnetns_dir = %s\nregion_dir = %s\nhost_id = %s\nregion_size = %s\n"+
-		"region_mode = 0600\nsocket = %s\nresync_interval = 1s\n", h.NetnsDir, h.RegionDir, h.HostID, size, h.Socket)
+	if h.RegionCap != 0 {
+		limit = strconv.FormatUint(h.RegionCap, 10)
+	}
+	return fmt.Sprintf("hypervisor = netns\nnetns_dir = %s\nregion_dir = %s\nhost_id = %s\nregion_size = %s\nregion_cap = %s\n"+
+		"region_mode = 0600\nsocket = %s\nresync_interval = 1s\n", h.NetnsDir, h.RegionDir, h.HostID, size, limit, h.Socket)
 }

@@ -63,7 +63,13 @@ type VM struct {
 	Plugged []string
 	// NICs are the VM's network interfaces whose host side the hypervisor knows.
 	NICs []NIC
+	// VCPUs is the VM's virtual CPU count, at most MaxVCPUs: the most MPI ranks it is expected
+	// to run, which the broker sizes the job's region by. 0 when unknown (counted as 1).
+	VCPUs int
 }
+
+// MaxVCPUs bounds VM.VCPUs as read from a hypervisor; a larger claim is taken as unknown.
+const MaxVCPUs = 1024
 
 // NIC is one network interface of a VM: the interface on the host that carries its frames (a
 // tap, or the root end of a veth) and the MAC the guest uses.

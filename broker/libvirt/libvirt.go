@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -82,6 +83,30 @@ func ParseShmems(domainXML string) ([]Shmem, error) {
 		}
 	}
 	return out, nil
+}
+
+// ParseVCPUs returns the virtual CPUs of a live domain XML document: the current count of
+// <vcpu current="N">M</vcpu> (M when current is absent), 0 when missing or out of range
+// (1..hypervisor.MaxVCPUs).
+func ParseVCPUs(domainXML string) int {
+	var d struct {
+		VCPU struct {
+			Current string `xml:"current,attr"`
+			Max     string `xml:",chardata"`
+		} `xml:"vcpu"`
+	}
+	if xml.Unmarshal([]byte(domainXML), &d) != nil {
+		return 0
+	}
+	v := strings.TrimSpace(d.VCPU.Current)
+	if v == "" {
+		v = strings.TrimSpace(d.VCPU.Max)
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > hypervisor.MaxVCPUs {
+		return 0
+	}
+	return n
 }
 
 // ParseNICs returns the network interfaces of a live domain XML document whose host side is
@@ -374,6 +399,7 @@ func (h *Hypervisor) describe(dom *lv.Domain) (hypervisor.VM, error) {
 	if vm.NICs, err = ParseNICs(x); err != nil {
 		return vm, fmt.Errorf("domain %s: %w", name, err)
 	}
+	vm.VCPUs = ParseVCPUs(x)
 	return vm, nil
 }
 

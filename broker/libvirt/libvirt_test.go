@@ -431,6 +431,25 @@ func TestShmemXMLRoundTrip(t *testing.T) {
 	}
 }
 
+func TestParseVCPUs(t *testing.T) {
+	for x, want := range map[string]int{
+		`<domain><vcpu placement='static'>8</vcpu></domain>`:             8,
+		`<domain><vcpu placement='static' current='2'>8</vcpu></domain>`: 2,
+		`<domain><vcpu> 4 </vcpu></domain>`:                              4,
+		`<domain></domain>`:                                              0,
+		`<domain><vcpu>0</vcpu></domain>`:                                0,
+		`<domain><vcpu>-3</vcpu></domain>`:                               0,
+		`<domain><vcpu>100000000000000000000</vcpu></domain>`:            0,
+		`<domain><vcpu>4096</vcpu></domain>`:                             0,
+		`<domain><vcpu current='x'>8</vcpu></domain>`:                    0,
+		`not xml`: 0,
+	} {
+		if got := libvirt.ParseVCPUs(x); got != want {
+			t.Errorf("ParseVCPUs(%s) = %d, want %d", x, got, want)
+		}
+	}
+}
+
 func TestParseNICs(t *testing.T) {
 	x := `<domain><devices>
 <interface type='network'><mac address='52:54:00:12:34:56'/><target dev='vnet3'/></interface>

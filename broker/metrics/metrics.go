@@ -59,20 +59,24 @@ func (h *Histogram) Since(start time.Time) { h.Observe(time.Since(start)) }
 
 // Broker is the set of metrics one broker exports.
 type Broker struct {
-	Regions         Gauge // region files the broker manages
-	VMs             Gauge // running VMs that belong to a job
-	RejectedVMs     Gauge // running VMs with a bad job tag
-	RegionsCreated  Counter
-	RegionsRemoved  Counter
-	Attaches        Counter
-	AttachErrors    Counter
-	Detaches        Counter
-	DetachErrors    Counter
-	Reconciles      Counter
-	ReconcileErrors Counter
-	AttachTime      Histogram
-	DetachTime      Histogram
-	ReconcileTime   Histogram
+	Regions        Gauge // region files the broker manages
+	VMs            Gauge // running VMs that belong to a job
+	RejectedVMs    Gauge // running VMs with a bad job tag
+	RegionsCreated Counter
+	RegionsRemoved Counter
+	// RegionsUndersized counts regions created below what their job's vCPUs need at the
+	// default ring size (the cap was reached): smaller rings, or no shared memory for a group
+	// that large. The broker's log says which, per region.
+	RegionsUndersized Counter
+	Attaches          Counter
+	AttachErrors      Counter
+	Detaches          Counter
+	DetachErrors      Counter
+	Reconciles        Counter
+	ReconcileErrors   Counter
+	AttachTime        Histogram
+	DetachTime        Histogram
+	ReconcileTime     Histogram
 	// Traffic, when set, reports what VMs sent over the network per VM pair.
 	Traffic func() ([]Pair, error)
 }
@@ -94,6 +98,7 @@ func (m *Broker) WriteText(w io.Writer) error {
 	gauge(&b, "ivshim_broker_rejected_vms", "Running VMs whose job tag is malformed or hostile.", m.RejectedVMs.Value())
 	counter(&b, "ivshim_broker_regions_created_total", "Regions created.", "", m.RegionsCreated.Value())
 	counter(&b, "ivshim_broker_regions_removed_total", "Regions removed.", "", m.RegionsRemoved.Value())
+	counter(&b, "ivshim_broker_regions_undersized_total", "Regions capped below what the job's vCPUs on the host need for default-size rings.", "", m.RegionsUndersized.Value())
 	counter(&b, "ivshim_broker_attach_total", "Region hot-plug attempts by result.", `result="ok"`, m.Attaches.Value())
 	sample(&b, "ivshim_broker_attach_total", `result="error"`, m.AttachErrors.Value())
 	counter(&b, "ivshim_broker_detach_total", "Region unplug attempts by result.", `result="ok"`, m.Detaches.Value())

@@ -108,7 +108,7 @@ func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
 			continue
 		}
 		running[name] = true
-		out := hypervisor.VM{Name: vm.Name, UUID: vm.UUID, Job: vm.Job}
+		out := hypervisor.VM{Name: vm.Name, UUID: vm.UUID, Job: vm.Job, VCPUs: vm.VCPUs}
 		if vm.NIC.HostIface != "" {
 			out.NICs = []hypervisor.NIC{vm.NIC}
 		}

@@ -28,6 +28,8 @@ func TestRegisterValidates(t *testing.T) {
 		{Name: "ok", NIC: hypervisor.NIC{HostIface: "veth-name-too-long", MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}},
 		{Name: "ok", NIC: hypervisor.NIC{HostIface: "veth0", MAC: net.HardwareAddr{1, 0, 0, 0, 0, 1}}},
 		{Name: "ok", NIC: hypervisor.NIC{HostIface: "veth0"}},
+		{Name: "ok", VCPUs: -1},
+		{Name: "ok", VCPUs: hypervisor.MaxVCPUs + 1},
 	} {
 		if err := reg.Register(vm); err == nil {
 			t.Errorf("Register(%+v) accepted", vm)
@@ -56,11 +58,11 @@ func TestRunningAttachDetach(t *testing.T) {
 	hv, reg := open(t)
 	u, _ := hypervisor.ParseUUID("01234567-89ab-cdef-0123-456789abcdef")
 	nic := hypervisor.NIC{HostIface: "iv00000-v0", MAC: net.HardwareAddr{2, 0x1e, 0, 0, 0, 1}}
-	if err := reg.Register(netns.VM{Name: "h0v0", UUID: u, Job: "j1", Netns: "iv00000-h0v0", NIC: nic}); err != nil {
+	if err := reg.Register(netns.VM{Name: "h0v0", UUID: u, Job: "j1", Netns: "iv00000-h0v0", NIC: nic, VCPUs: 4}); err != nil {
 		t.Fatal(err)
 	}
 	vms, err := hv.Running()
-	if err != nil || len(vms) != 1 || vms[0].Name != "h0v0" || vms[0].UUID != u || vms[0].Job != "j1" || len(vms[0].Plugged) != 0 {
+	if err != nil || len(vms) != 1 || vms[0].Name != "h0v0" || vms[0].UUID != u || vms[0].Job != "j1" || len(vms[0].Plugged) != 0 || vms[0].VCPUs != 4 {
 		t.Fatalf("Running = %+v, %v", vms, err)
 	}
 	if len(vms[0].NICs) != 1 || vms[0].NICs[0].HostIface != nic.HostIface || vms[0].NICs[0].MAC.String() != nic.MAC.String() {

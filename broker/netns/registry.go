@@ -33,6 +33,8 @@ type VM struct {
 	// NIC is the VM's network interface (the root end of its veth and the MAC of the end
 	// inside); a zero NIC means none is known.
 	NIC hypervisor.NIC
+	// VCPUs is how many ranks the emulated VM runs (0: unknown), 0..hypervisor.MaxVCPUs.
+	VCPUs int
 }
 
 // record is the JSON form of a VM in DIR/vms/NAME.json.
@@ -43,6 +45,7 @@ type record struct {
 	Netns     string `json:"netns"`
 	HostIface string `json:"host_iface,omitempty"`
 	MAC       string `json:"mac,omitempty"`
+	VCPUs     int    `json:"vcpus,omitempty"`
 }
 
 // Registry is the state directory of one emulated host (see the package documentation).
@@ -89,7 +92,10 @@ func (g Registry) Register(vm VM) error {
 	if err := g.Init(); err != nil {
 		return err
 	}
-	rec := record{Name: vm.Name, UUID: vm.UUID.String(), Job: vm.Job, Netns: vm.Netns}
+	if vm.VCPUs < 0 || vm.VCPUs > hypervisor.MaxVCPUs {
+		return fmt.Errorf("register VM %s: %d vCPUs: want 0..%d", vm.Name, vm.VCPUs, hypervisor.MaxVCPUs)
+	}
+	rec := record{Name: vm.Name, UUID: vm.UUID.String(), Job: vm.Job, Netns: vm.Netns, VCPUs: vm.VCPUs}
 	if vm.NIC.HostIface != "" {
 		if err := hypervisor.CheckNIC(vm.NIC); err != nil {
 			return fmt.Errorf("register VM %s: %w", vm.Name, err)
@@ -192,7 +198,10 @@ func (g Registry) read(name string) (VM, error) {
 	if err != nil {
 		return VM{}, err
 	}
-	vm := VM{Name: r.Name, UUID: u, Job: r.Job, Netns: r.Netns}
+	if r.VCPUs < 0 || r.VCPUs > hypervisor.MaxVCPUs {
+		return VM{}, fmt.Errorf("record of VM %s: %d vCPUs: want 0..%d", name, r.VCPUs, hypervisor.MaxVCPUs)
+	}
+	vm := VM{Name: r.Name, UUID: u, Job: r.Job, Netns: r.Netns, VCPUs: r.VCPUs}
 	if r.HostIface != "" || r.MAC != "" {
 		mac, err := net.ParseMAC(r.MAC)
 		if err != nil {
