@@ -43,6 +43,7 @@ type Broker struct {
 	regionDir string
 	logFile   string
 	reg       netns.Registry
+	vcpus     int // what each registered VM says it has
 
 	mu   sync.Mutex
 	proc *brokerProc // nil while not started or after Kill or Stop
@@ -72,8 +73,9 @@ func BuildBroker(ctx context.Context, dir string) (string, error) {
 
 // newBroker lays out h's broker: its region directory /dev/shm/<prefix>-<host>, and in h.Dir its
 // configuration, socket, log and the netns registry.
-func (c *Cluster) newBroker(h *Host, bin string, regionSize uint64) (*Broker, error) {
+func (c *Cluster) newBroker(h *Host, bin string, regionSize uint64, vcpus int) (*Broker, error) {
 	b := &Broker{
+		vcpus:     vcpus,
 		host:      h,
 		bin:       bin,
 		conf:      filepath.Join(h.Dir, "broker.conf"),
@@ -247,7 +249,7 @@ func (b *Broker) logTail() string {
 // register boots vm in the broker's registry as a VM of job ("" for none).
 func (b *Broker) register(vm *VM, job string) error {
 	return b.reg.Register(netns.VM{Name: vm.Name, UUID: vm.UUID, Job: job, Netns: vm.Netns,
-		NIC: hypervisor.NIC{HostIface: vm.Veth, MAC: vm.MAC}})
+		NIC: hypervisor.NIC{HostIface: vm.Veth, MAC: vm.MAC}, VCPUs: b.vcpus})
 }
 
 // devicePath is where vm's device appears, the value of IVSHIM_REGION in vm.

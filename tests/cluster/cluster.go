@@ -41,8 +41,12 @@ type Config struct {
 	// Exclusive with Regions.
 	Broker string
 	// RegionSize is the size of each region: a power of two, at least 1 MiB
-	// (default DefaultRegionSize).
+	// (default DefaultRegionSize). With Broker, the smallest: the broker sizes regions for the
+	// job's vCPUs on the host up to its default cap.
 	RegionSize uint64
+	// VCPUs is what every VM tells its broker it has (0: unknown, counted as 1): the ranks the
+	// broker sizes the job's region for. Only with Broker.
+	VCPUs int
 	// Log receives one line per step and per launched command; nil discards them.
 	Log io.Writer
 }
@@ -221,7 +225,7 @@ func (c *Cluster) build(ctx context.Context, cfg Config) error {
 			}
 		}
 	case cfg.Broker != "":
-		if err := c.startBrokers(ctx, cfg.Broker, cfg.RegionSize); err != nil {
+		if err := c.startBrokers(ctx, cfg.Broker, cfg.RegionSize, cfg.VCPUs); err != nil {
 			return err
 		}
 	}
@@ -338,22 +342,24 @@ func (h *Host) Region() string {
 	return h.region
 }
 
-// startBrokers starts a broker per host, registers every VM with its host's broker as a VM of
-// the cluster's job and waits until every VM has the job's region plugged in.
-func (c *Cluster) startBrokers(ctx context.Context, bin string, regionSize uint64) error {
+// startBrokers registers every VM with its host's broker as a VM of the cluster's job, starts a
+// broker per host and waits until every VM has the job's region plugged in.
+func (c *Cluster) startBrokers(ctx context.Context, bin string, regionSize uint64, vcpus int) error {
 	for _, h := range c.Hosts {
-		b, err := c.newBroker(h, bin, regionSize)
+		b, err := c.newBroker(h, bin, regionSize, vcpus)
 		if err != nil {
 			return err
 		}
 		h.Broker, h.region = b, b.Region(c.Job)
-		if err := b.Start(ctx); err != nil {
-			return err
-		}
+		// The job's VMs are up before the broker's first pass, as when a scheduler starts them
+		// together: the broker sizes the region for all of them (it is sized once).
 		for _, vm := range h.VMs {
 			if err := c.bootVM(vm); err != nil {
 				return err
 			}
+		}
+		if err := b.Start(ctx); err != nil {
+			return err
 		}
 	}
 	for _, vm := range c.VMs() {
