@@ -55,7 +55,7 @@ const (
 	// jobTimeout bounds one launch; finalizeGrace is how long a job may take to exit once its
 	// report is complete (MPICH+UCX over TCP sometimes hangs in MPI_Finalize, EMULATION.md).
 	jobTimeout    = 3 * time.Minute
-	finalizeGrace = 10 * time.Second
+	finalizeGrace = 10 * time.Second // per 8 ranks: 64 ranks on 2 CPUs take longer to finalize
 	stderrTail    = 4000
 )
 
@@ -316,12 +316,12 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job, l layo
 	prog := filepath.Base(job.Args[0])
 	jctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w := &watch{prog: prog, kill: cancel}
+	w := &watch{prog: prog, kill: cancel, grace: finalizeGrace * time.Duration(max(1, (l.ranks()+7)/8))}
 	job.Stdout = w
 	res, err := cluster.Run(jctx, job)
 	w.stop()
 	if err != nil && w.fired() {
-		t.Logf("%s: %s did not exit %v after its complete report (MPI_Finalize hang): killed, report accepted", what, prog, finalizeGrace)
+		t.Logf("%s: %s did not exit %v after its complete report (MPI_Finalize hang): killed, report accepted", what, prog, w.grace)
 		err = nil
 	}
 	if err != nil {
@@ -337,6 +337,7 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job, l layo
 
 type watch struct {
 	prog  string
+	grace time.Duration // how long after the complete report the job may take to exit
 	kill  context.CancelFunc
 	mu    sync.Mutex
 	buf   strings.Builder
@@ -349,7 +350,7 @@ func (w *watch) Write(p []byte) (int, error) {
 	defer w.mu.Unlock()
 	w.buf.Write(p)
 	if w.timer == nil && complete(w.buf.String(), w.prog) {
-		w.timer = time.AfterFunc(finalizeGrace, func() {
+		w.timer = time.AfterFunc(w.grace, func() {
 			w.mu.Lock()
 			w.did = true
 			w.mu.Unlock()
