@@ -21,9 +21,12 @@ const DefaultRegionCap = 256 << 20
 
 // RingCapacity is the data capacity of every pair ring of a group of m co-located ranks in a
 // region of layout l: the largest power of two up to l.RingSize whose m*m rings fit the heap
-// beside CollReserve collective areas of m members. It is 0 when not even rings of
-// RingMinCapacity fit, or m exceeds the slot table; the error then says why, for the user.
-// Every member computes the same value from the same layout.
+// beside CollReserve collective areas of m members. In a region too small for that reserve
+// (a test's 1 MiB region) the rings get the largest size that fits at all: point-to-point
+// traffic keeps shared memory and communicators without room for an area say so and use the
+// library's collectives. It is 0 when not even rings of RingMinCapacity fit, or m exceeds the
+// slot table; the error then says why, for the user. Every member computes the same value
+// from the same layout.
 func (l Layout) RingCapacity(m int) (uint64, error) {
 	if m < 1 || uint64(m) > uint64(l.SlotCount) {
 		return 0, fmt.Errorf("%d co-located ranks, but the region has %d slots", m, l.SlotCount)
@@ -34,15 +37,18 @@ func (l Layout) RingCapacity(m int) (uint64, error) {
 		reserve = CollReserve * l.chunksFor(CollAreaSize(m))
 	}
 	pairs := uint64(m) * uint64(m)
-	if reserve < heap {
+	for _, keep := range []uint64{reserve, 0} {
+		if keep >= heap {
+			continue
+		}
 		for c := uint64(l.RingSize); c >= RingMinCapacity; c /= 2 {
-			if pairs*l.chunksFor(RingHeaderSize+c) <= heap-reserve {
+			if pairs*l.chunksFor(RingHeaderSize+c) <= heap-keep {
 				return c, nil
 			}
 		}
 	}
-	return 0, fmt.Errorf("%d co-located ranks need %d rings of at least %d bytes and %d collective areas of %d bytes, more than the %d-byte heap of a %d-byte region",
-		m, pairs, RingMinCapacity, CollReserve, CollAreaSize(m), heap*uint64(l.ChunkSize), l.TotalSize)
+	return 0, fmt.Errorf("%d co-located ranks need %d rings of at least %d bytes, more than the %d-byte heap of a %d-byte region",
+		m, pairs, RingMinCapacity, heap*uint64(l.ChunkSize), l.TotalSize)
 }
 
 // SizeFor returns region parameters for ranks co-located ranks: p's slot count raised to

@@ -58,6 +58,15 @@ func TestRingCapacity(t *testing.T) {
 	if c, err := small.RingCapacity(200); err == nil || c != 0 {
 		t.Errorf("200 ranks in 1 MiB: capacity %d, error %v; want none and a reason", c, err)
 	}
+	// Too small for the collective reserve: the rings still get the largest size that fits.
+	tiny, err := ComputeLayout(Params{TotalSize: MinRegionSize, SlotCount: 8, VMCount: 8, ChunkSize: DefaultChunkSize, RingSize: DefaultRingSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := tiny.RingCapacity(2)
+	if err != nil || c != 128<<10 || 4*tiny.chunksFor(RingHeaderSize+c) > uint64(tiny.ChunkCount) {
+		t.Errorf("2 ranks in 1 MiB: %d-byte rings (%v), want 128 KiB ones without the collective reserve", c, err)
+	}
 }
 
 // TestSizeFor pins the region sizes the broker asks for, and the README's bound: 128 ranks on a
