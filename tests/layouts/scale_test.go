@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"ivshim.dev/ivshim/ivshmem"
 	"ivshim.dev/ivshim/tests/cluster"
@@ -59,7 +60,7 @@ func TestColocatedScale(t *testing.T) {
 				for _, prog := range []string{l.p2p, "coll_check"} {
 					t.Run(m.String()+"/"+prog, func(t *testing.T) {
 						job := cluster.Job{MPI: m, VMs: l.vms, PerVM: l.perVM, Program: wrapper,
-							Args: []string{progs[m][prog]}, Timeout: 2 * jobTimeout, Env: l.env()}
+							Args: []string{progs[m][prog]}, Timeout: jobTimeout * time.Duration(max(2, ranks/8)), Env: l.env()}
 						if prog == "coll_check" {
 							job.Args = append(job.Args, "--quick")
 						}
