@@ -206,19 +206,18 @@ func (b *Broker) regionParams(job string, vms []hypervisor.VM) ivshmem.Params {
 	}
 	base := ivshmem.Params{TotalSize: b.cfg.RegionSize, SlotCount: ivshmem.DefaultSlots, VMCount: ivshmem.DefaultVMs,
 		ChunkSize: ivshmem.DefaultChunkSize, RingSize: ivshmem.DefaultRingSize}
-	p, full, err := ivshmem.SizeFor(min(ranks, ivshmem.MaxSlots), base, b.cfg.regionCap())
-	if !full {
-		b.metrics.RegionsUndersized.Inc()
-		fields := []zap.Field{zap.String("job", job), zap.Int("vcpus", ranks), zap.Uint64("size", p.TotalSize),
-			zap.Uint64("cap", b.cfg.regionCap())}
-		if err != nil {
-			b.log.Warn("region too small for the job's vCPUs: a group that large falls back to the MPI library", append(fields, zap.Error(err))...)
-		} else {
-			l, _ := ivshmem.ComputeLayout(p)
-			c, _ := l.RingCapacity(min(ranks, int(p.SlotCount)))
-			b.log.Warn("region capped: rings smaller than the default for a group of all the job's vCPUs",
-				append(fields, zap.Uint64("ring_bytes", c), zap.Uint32("default_ring_bytes", base.RingSize))...)
-		}
+	p, ring, err := ivshmem.SizeFor(min(ranks, ivshmem.MaxSlots), base, b.cfg.regionCap())
+	if ring == uint64(base.RingSize) {
+		return p
+	}
+	b.metrics.RegionsUndersized.Inc()
+	fields := []zap.Field{zap.String("job", job), zap.Int("vcpus", ranks), zap.Uint64("size", p.TotalSize),
+		zap.Uint64("cap", b.cfg.regionCap())}
+	if err != nil {
+		b.log.Warn("region too small for the job's vCPUs: a group that large falls back to the MPI library", append(fields, zap.Error(err))...)
+	} else {
+		b.log.Warn("region capped: rings smaller than the default for a group of all the job's vCPUs",
+			append(fields, zap.Uint64("ring_bytes", ring), zap.Uint32("default_ring_bytes", base.RingSize))...)
 	}
 	return p
 }

@@ -239,9 +239,7 @@ func (r *Region) AllocN(session uint64, i uint32, kind AllocKind, size uint64, n
 		if err != nil {
 			for _, o := range offs {
 				first, length, _, _ := r.allocation(session, o)
-				for k := first; k < first+length; k++ {
-					*r.chunkAt(k) = chunk{}
-				}
+				r.clearChunks(first, length)
 			}
 			return nil, err
 		}
@@ -305,8 +303,13 @@ func (r *Region) Free(session uint64, i uint32, off uint64) error {
 	if err != nil {
 		return fmt.Errorf("free: %w", err)
 	}
+	r.clearChunks(first, n)
+	return nil
+}
+
+// clearChunks returns chunks [first, first+n) to the heap. The caller holds the lock.
+func (r *Region) clearChunks(first, n uint32) {
 	for k := first; k < first+n; k++ {
 		*r.chunkAt(k) = chunk{}
 	}
-	return nil
 }

@@ -53,14 +53,14 @@ func (l Layout) RingCapacity(m int) (uint64, error) {
 
 // SizeFor returns region parameters for ranks co-located ranks: p's slot count raised to
 // ranks, and the smallest power-of-two size of at least p.TotalSize in which their rings get the
-// full p.RingSize, but never above limit. full reports whether the rings got the full size;
-// when not, they get what RingCapacity gives within limit (maybe nothing: the error says so).
-func SizeFor(ranks int, p Params, limit uint64) (out Params, full bool, err error) {
+// full p.RingSize, but never above limit; and the ring capacity the group gets in it
+// (RingCapacity: p.RingSize, or less in a capped region, or none: the error says why).
+func SizeFor(ranks int, p Params, limit uint64) (out Params, ringCapacity uint64, err error) {
 	if ranks < 1 {
 		ranks = 1
 	}
 	if ranks > MaxSlots {
-		return p, false, fmt.Errorf("%d ranks on one host: at most %d", ranks, MaxSlots)
+		return p, 0, fmt.Errorf("%d ranks on one host: at most %d", ranks, MaxSlots)
 	}
 	if uint32(ranks) > p.SlotCount {
 		p.SlotCount = uint32(ranks)
@@ -72,18 +72,13 @@ func SizeFor(ranks int, p Params, limit uint64) (out Params, full bool, err erro
 		limit = p.TotalSize
 	}
 	for {
-		l, lerr := ComputeLayout(p)
-		if lerr == nil {
-			if c, _ := l.RingCapacity(ranks); c == uint64(p.RingSize) {
-				return p, true, nil
-			}
+		l, err := ComputeLayout(p)
+		var c uint64
+		if err == nil {
+			c, err = l.RingCapacity(ranks)
 		}
-		if p.TotalSize*2 > limit {
-			if lerr != nil {
-				return p, false, lerr
-			}
-			_, err := l.RingCapacity(ranks)
-			return p, false, err
+		if c == uint64(p.RingSize) || p.TotalSize*2 > limit {
+			return p, c, err
 		}
 		p.TotalSize *= 2
 	}

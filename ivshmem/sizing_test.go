@@ -86,7 +86,8 @@ func TestSizeFor(t *testing.T) {
 		{256, 1 << 30, false, 1 << 30},
 		{16, 64 << 20, false, 64 << 20},
 	} {
-		p, full, err := SizeFor(tc.ranks, defaultParams(64<<20), tc.limit)
+		p, capacity, err := SizeFor(tc.ranks, defaultParams(64<<20), tc.limit)
+		full := capacity == DefaultRingSize
 		if err != nil {
 			t.Errorf("%d ranks, cap %d: %v", tc.ranks, tc.limit, err)
 			continue
@@ -100,8 +101,8 @@ func TestSizeFor(t *testing.T) {
 		if full != tc.wantFull || p.TotalSize > tc.maxSize || int(p.SlotCount) < tc.ranks || !isPow2(p.TotalSize) {
 			t.Errorf("%d ranks, cap %d: %+v full=%v; want full=%v, size <= %d, >= %d slots", tc.ranks, tc.limit, p, full, tc.wantFull, tc.maxSize, tc.ranks)
 		}
-		if full != (c == DefaultRingSize) {
-			t.Errorf("%d ranks: full=%v but %d-byte rings", tc.ranks, full, c)
+		if capacity != c {
+			t.Errorf("%d ranks: SizeFor says %d-byte rings, RingCapacity %d", tc.ranks, capacity, c)
 		}
 	}
 	if _, _, err := SizeFor(256, defaultParams(64<<20), DefaultRegionCap); err == nil {
