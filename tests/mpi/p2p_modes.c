@@ -247,6 +247,22 @@ static int err_class(int err)
     return c;
 }
 
+/* Open MPI 4.1 at thread levels above MPI_THREAD_SINGLE never returns from MPI_Waitall when
+ * one of its requests failed before the call (measured: with no shim, every level above
+ * single, 2 ranks in one OS): it skips the wait but then spins in WAIT_SYNC_RELEASE on a sync
+ * whose count never reaches zero. The library has no answer to compare with there, so the
+ * program does not make that call. */
+static int waitall_failed_hangs(void)
+{
+#ifdef OPEN_MPI
+    int level;
+    MPI_Query_thread(&level);
+    return level > MPI_THREAD_SINGLE;
+#else
+    return 0;
+#endif
+}
+
 /* truncation sends n ints where the receiver posted room for n/2 (at least 1 less). */
 static void truncation(MPI_Comm c, int d, int n)
 {
@@ -271,15 +287,23 @@ static void truncation(MPI_Comm c, int d, int n)
     MPI_Isend(&okv, 1, MPI_INT, to(d), TAG_OK, c, &so);
     MPI_Irecv(in, room, MPI_INT, from(d), TAG_T, c, &r[0]);
     MPI_Irecv(&ok, 1, MPI_INT, from(d), TAG_OK, c, &r[1]);
-    err = MPI_Waitall(2, r, sts);
-    /* MPI lets Waitall stop at the failed request: the other one may be left MPI_ERR_PENDING */
-    int pending = err_class(sts[1].MPI_ERROR) == MPI_ERR_PENDING;
-    CHECK(err_class(err) == MPI_ERR_IN_STATUS && err_class(sts[0].MPI_ERROR) == MPI_ERR_TRUNCATE &&
-              (sts[1].MPI_ERROR == MPI_SUCCESS || pending),
-          "Waitall with a truncated receive of %d ints: error class %d, statuses %d and %d", n, err_class(err),
-          err_class(sts[0].MPI_ERROR), err_class(sts[1].MPI_ERROR));
-    if (pending)
+    if (waitall_failed_hangs()) {
+        /* r[0] may have failed before the call (its message is there): one at a time */
+        err = MPI_Wait(&r[0], MPI_STATUS_IGNORE);
+        CHECK(err_class(err) == MPI_ERR_TRUNCATE, "truncated Irecv of %d ints into %d beside another: Wait error class %d, expected MPI_ERR_TRUNCATE",
+              n, room, err_class(err));
         MPI_Wait(&r[1], MPI_STATUS_IGNORE);
+    } else {
+        err = MPI_Waitall(2, r, sts);
+        /* MPI lets Waitall stop at the failed request: the other one may be left MPI_ERR_PENDING */
+        int pending = err_class(sts[1].MPI_ERROR) == MPI_ERR_PENDING;
+        CHECK(err_class(err) == MPI_ERR_IN_STATUS && err_class(sts[0].MPI_ERROR) == MPI_ERR_TRUNCATE &&
+                  (sts[1].MPI_ERROR == MPI_SUCCESS || pending),
+              "Waitall with a truncated receive of %d ints: error class %d, statuses %d and %d", n, err_class(err),
+              err_class(sts[0].MPI_ERROR), err_class(sts[1].MPI_ERROR));
+        if (pending)
+            MPI_Wait(&r[1], MPI_STATUS_IGNORE);
+    }
     CHECK(r[1] == MPI_REQUEST_NULL && ok == val(from(d), chk.rank, 0),
           "Waitall with a truncated receive of %d ints: the other receive got %d", n, ok);
     MPI_Waitall(3, s, MPI_STATUSES_IGNORE);
