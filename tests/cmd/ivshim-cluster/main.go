@@ -29,9 +29,10 @@ import (
 
 const usage = `usage: ivshim-cluster COMMAND [flags]
 
-  up [-hosts N] [-vms N] [-regions] [-broker PATH] [-v]
+  up [-hosts N] [-vms N] [-vcpus N] [-region-size BYTES] [-regions] [-broker PATH] [-v]
         create a cluster, print how to use it, keep it until Ctrl-C
-  run [-hosts N] [-vms N] [-regions] [-broker PATH] [-v] [-mpi openmpi|mpich] [-on VM,...]
+  run [-hosts N] [-vms N] [-vcpus N] [-region-size BYTES] [-regions] [-broker PATH] [-v]
+      [-mpi openmpi|mpich] [-on VM,...]
       [-ranks-per-vm N] [-transport default|tcp|shm] [-env K=V]... [-timeout D] [-retry]
       PROGRAM [ARGS...]
         create a cluster, run one MPI job in its VMs (default: one rank on every VM), tear down
@@ -87,6 +88,8 @@ func (f *clusterFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.regions, "regions", true, "give every host a region (IVSHIM_REGION in its VMs)")
 	fs.StringVar(&f.broker, "broker", filepath.Join(buildDir(), "ivshim-broker"),
 		"ivshim-broker binary that serves each host's region; empty: bare region files made by the harness")
+	fs.IntVar(&f.cfg.VCPUs, "vcpus", 0, "vCPUs every VM reports to its broker, which sizes the region for them (0: 1)")
+	fs.Uint64Var(&f.cfg.RegionSize, "region-size", 0, "bytes of each region, a power of two (with a broker: the smallest it makes; 0: 16 MiB)")
 	fs.BoolVar(&f.verbose, "v", false, "log every step and command to stderr")
 }
 
