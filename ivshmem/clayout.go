@@ -67,13 +67,14 @@ static const struct clayout_value clayout_values[] = {
 	CL_CONST(IVSHIM_RING_OPEN), CL_CONST(IVSHIM_RING_CLOSED), CL_CONST(IVSHIM_RING_DATA_OFF),
 	CL_CONST(IVS_ALIGN), CL_CONST(IVS_REC_HDR), CL_CONST(IVS_RING_MIN_CAP), CL_CONST(IVS_F_SYNC),
 	CL_CONST(IVS_REC_PAD), CL_CONST(IVS_REC_MSG), CL_CONST(IVS_REC_FRAG), CL_CONST(IVS_REC_ACK),
-	CL_CONST(IVS_INLINE), CL_CONST(IVS_DEPTH), CL_CONST(IVS_SLOT), CL_CONST(IVS_RES),
+	CL_CONST(IVS_INLINE), CL_CONST(IVS_DEPTH), CL_CONST(IVS_SLOT_MAX), CL_CONST(IVS_SLOT_MIN),
 };
 
 enum clayout_area_part { CL_AREA_LINE, CL_AREA_LEFT, CL_AREA_SLOT, CL_AREA_RES, CL_AREA_SIZE };
 
-// Offset of one part of a collective area of nl members (i: member, s: op), or its size.
-static uint64_t clayout_area(enum clayout_area_part part, uint64_t nl, uint64_t i, uint64_t s)
+// Offset of one part of a collective area of nl members with slots of slot bytes (i: member,
+// s: op), or its size.
+static uint64_t clayout_area(enum clayout_area_part part, uint64_t nl, uint64_t slot, uint64_t i, uint64_t s)
 {
 	switch (part) {
 	case CL_AREA_LINE:
@@ -81,14 +82,15 @@ static uint64_t clayout_area(enum clayout_area_part part, uint64_t nl, uint64_t 
 	case CL_AREA_LEFT:
 		return ivs_area_left_off(nl, i);
 	case CL_AREA_SLOT:
-		return ivs_area_slot_off(nl, i, s);
+		return ivs_area_slot_off(nl, slot, i, s);
 	case CL_AREA_RES:
-		return ivs_area_res_off(nl, s);
+		return ivs_area_res_off(nl, slot, s);
 	default:
-		return ivs_area_size(nl);
+		return ivs_area_size(nl, slot);
 	}
 }
 
+static int clayout_slot_ok(uint64_t slot) { return ivs_area_slot_ok(slot); }
 static size_t clayout_nfields(void) { return sizeof clayout_fields / sizeof clayout_fields[0]; }
 static struct clayout_field clayout_field_at(size_t i) { return clayout_fields[i]; }
 static size_t clayout_nvalues(void) { return sizeof clayout_values / sizeof clayout_values[0]; }
@@ -128,13 +130,17 @@ func cConstants() map[string]uint64 {
 	return out
 }
 
-// cArea is the C view of a collective area of nl members: the offsets of member i's line, left
-// word and slot for op s (i == nl: the result line), of the result buffer for op s, and the size.
+// cArea is the C view of a collective area of nl members with slots of slot bytes: the offsets
+// of member i's line, left word and slot for op s (i == nl: the result line), of the result
+// buffer for op s, and the size.
 type cArea struct{ Line, Left, Slot, Result, Size uint64 }
 
-func cAreaAt(nl, i, s uint64) cArea {
+// cSlotOK is ivs_area_slot_ok.
+func cSlotOK(slot uint64) bool { return C.clayout_slot_ok(C.uint64_t(slot)) != 0 }
+
+func cAreaAt(nl, slot, i, s uint64) cArea {
 	at := func(part C.enum_clayout_area_part) uint64 {
-		return uint64(C.clayout_area(part, C.uint64_t(nl), C.uint64_t(i), C.uint64_t(s)))
+		return uint64(C.clayout_area(part, C.uint64_t(nl), C.uint64_t(slot), C.uint64_t(i), C.uint64_t(s)))
 	}
 	return cArea{Line: at(C.CL_AREA_LINE), Left: at(C.CL_AREA_LEFT), Slot: at(C.CL_AREA_SLOT),
 		Result: at(C.CL_AREA_RES), Size: at(C.CL_AREA_SIZE)}

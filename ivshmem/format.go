@@ -6,7 +6,7 @@ package ivshmem
 // Format constants, equal to their IVSHIM_* twins in ivshim_region.h.
 const (
 	Magic      uint64 = 0x31524d4948535649 // "IVSHMIR1" read as little-endian
-	Version    uint32 = 2
+	Version    uint32 = 3
 	CacheLine         = 64
 	HeaderSize        = 4096
 	JobIDMax          = 64

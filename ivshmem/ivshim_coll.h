@@ -14,8 +14,14 @@
  *   struct ivs_cline line[nl][IVS_DEPTH]  per member, per op s % IVS_DEPTH: seq + inline bytes
  *   struct ivs_cline result[IVS_DEPTH]    the leader's result line per op s % IVS_DEPTH
  *   struct ivs_cleft left[nl]             per member: 1 once it freed the communicator
- *   uint8_t slot[nl][2][IVS_SLOT]         per member, per parity s & 1: data larger than a line
- *   uint8_t res[2][IVS_RES]               the leader's result buffer per parity s & 1
+ *   uint8_t slot[nl][2][slot]             per member, per parity s & 1: data larger than a line
+ *   uint8_t res[2][slot]                  the leader's result buffer per parity s & 1
+ *
+ * The slot size is the area's own: a power of two from IVS_SLOT_MIN to IVS_SLOT_MAX that the
+ * leader picks when it allocates the area (the largest that fits the region's heap) and gives
+ * the members with the area's offset. A smaller slot moves large data in more pieces; it lets a
+ * tight region hold an area for every communicator (64 members: 8.4 MiB at the largest slot,
+ * 0.77 MiB at the smallest).
  *
  * Protocol (one sequence number s per collective on the communicator, the same on all members):
  *   - a member publishes for s by writing its data (inline in line s % IVS_DEPTH, or in slot
@@ -44,8 +50,8 @@
 
 #define IVS_INLINE 56u        /* data bytes in a line, after its seq */
 #define IVS_DEPTH 64u         /* lines per member: how far ahead a member may publish inline data */
-#define IVS_SLOT (64u << 10)  /* bytes of one member's slot: the most it publishes for one op */
-#define IVS_RES (256u << 10)  /* bytes of one result buffer */
+#define IVS_SLOT_MAX (64u << 10) /* largest slot: the most a member publishes for one op */
+#define IVS_SLOT_MIN (4u << 10)  /* smallest slot: a page */
 
 /* A line: what a member (or the leader's result) publishes for one op. */
 struct ivs_cline {
@@ -64,10 +70,11 @@ _Static_assert(offsetof(struct ivs_cline, data) == sizeof(uint64_t) &&
 	       IVS_INLINE == IVSHIM_CACHELINE - sizeof(uint64_t), "inline data fills the line after seq");
 _Static_assert(sizeof(struct ivs_cleft) == IVSHIM_CACHELINE && offsetof(struct ivs_cleft, left) == 0,
 	       "a left word has its cache line to itself");
-_Static_assert(IVS_SLOT % IVSHIM_CACHELINE == 0 && IVS_RES % IVSHIM_CACHELINE == 0,
-	       "slots and result buffers start on cache lines");
-_Static_assert(IVS_INLINE < IVS_SLOT && IVS_SLOT <= IVS_RES,
-	       "what misses a line fits a slot, and a reduction piece (at most a slot) a result buffer");
+_Static_assert(IVS_SLOT_MIN % IVSHIM_CACHELINE == 0 && (IVS_SLOT_MIN & (IVS_SLOT_MIN - 1)) == 0 &&
+	       (IVS_SLOT_MAX & (IVS_SLOT_MAX - 1)) == 0 && IVS_SLOT_MIN <= IVS_SLOT_MAX,
+	       "slot sizes are powers of two on cache lines: slots and result buffers start on cache lines");
+_Static_assert(IVS_INLINE < IVS_SLOT_MIN && IVS_SLOT_MIN / IVSHIM_MAX_SLOTS >= 1,
+	       "what misses a line fits a slot, and a slot split among all members (distribute, exchange) gives each some");
 _Static_assert(IVS_DEPTH >= 2, "a member can make sure only that op s - 1 is done: ops s - 1 and s need two lines");
 
 /* Offset of member i's line for op s; i == nl names the leader's result lines. */
@@ -82,22 +89,29 @@ static inline uint64_t ivs_area_left_off(uint64_t nl, uint64_t i)
 	return ivs_area_line_off(nl + 1, 0) + i * sizeof(struct ivs_cleft);
 }
 
-/* Offset of member i's slot for op s, after the nl left words. */
-static inline uint64_t ivs_area_slot_off(uint64_t nl, uint64_t i, uint64_t s)
+/* Whether slot is a slot size an area may have. */
+static inline int ivs_area_slot_ok(uint64_t slot)
 {
-	return ivs_area_left_off(nl, nl) + (i * 2 + (s & 1)) * IVS_SLOT;
+	return slot >= IVS_SLOT_MIN && slot <= IVS_SLOT_MAX && (slot & (slot - 1)) == 0;
 }
 
-/* Offset of the leader's result buffer for op s, after the nl members' slots. */
-static inline uint64_t ivs_area_res_off(uint64_t nl, uint64_t s)
+/* Offset of member i's slot for op s, after the nl left words; slot is the area's slot size. */
+static inline uint64_t ivs_area_slot_off(uint64_t nl, uint64_t slot, uint64_t i, uint64_t s)
 {
-	return ivs_area_slot_off(nl, nl, 0) + (s & 1) * IVS_RES;
+	return ivs_area_left_off(nl, nl) + (i * 2 + (s & 1)) * slot;
 }
 
-/* Bytes of an area for nl members. */
-static inline uint64_t ivs_area_size(uint64_t nl)
+/* Offset of the leader's result buffer for op s, after the nl members' slots. A result is one
+ * reduced piece, at most a slot. */
+static inline uint64_t ivs_area_res_off(uint64_t nl, uint64_t slot, uint64_t s)
 {
-	return ivs_area_res_off(nl, 0) + 2 * (uint64_t)IVS_RES;
+	return ivs_area_slot_off(nl, slot, nl, 0) + (s & 1) * slot;
+}
+
+/* Bytes of an area for nl members with slots of slot bytes. */
+static inline uint64_t ivs_area_size(uint64_t nl, uint64_t slot)
+{
+	return ivs_area_res_off(nl, slot, 0) + 2 * slot;
 }
 
 #endif /* IVSHIM_COLL_H */

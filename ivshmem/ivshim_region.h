@@ -1,5 +1,5 @@
 /*
- * ivshim region format v2: the single definition of the shared-memory layout that the broker
+ * ivshim region format v3: the single definition of the shared-memory layout that the broker
  * (Go, host side), the shim control plane (Go, guest side) and the shim data plane (C, guest
  * side) agree on. ivshmem/layout_test.go proves the Go mirror of every struct below has the same
  * offsets and sizes. What the data plane keeps in the heap is part of the format too and is
@@ -8,7 +8,8 @@
  *
  * Versions: 1, the first; 2, ring consumers zero the line starts of consumed records (the
  * producer relies on it, ivshim_ring.h) and collective areas hold a left word per member
- * (ivshim_coll.h).
+ * (ivshim_coll.h); 3, a collective area's slot size is its own (4-64 KiB, agreed at set-up)
+ * and its result buffers are slot-sized (ivshim_coll.h).
  *
  * A region is one contiguous byte range: a /dev/shm file on the host, BAR2 of an ivshmem-plain
  * PCI device (1af4:1110) in a guest. All integers are little-endian. All offsets are byte
@@ -35,7 +36,7 @@
 #include <stdint.h>
 
 #define IVSHIM_REGION_MAGIC 0x31524d4948535649ULL /* "IVSHMIR1" read as little-endian */
-#define IVSHIM_REGION_VERSION 2u
+#define IVSHIM_REGION_VERSION 3u
 #define IVSHIM_CACHELINE 64u
 #define IVSHIM_HEADER_SIZE 4096u
 #define IVSHIM_JOB_ID_MAX 64u     /* bytes in job_id, NUL-padded, at most 63 used */

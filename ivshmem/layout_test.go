@@ -2,6 +2,7 @@ package ivshmem
 
 import (
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"unicode"
@@ -84,7 +85,7 @@ func TestGoAndCAgreeOnConstants(t *testing.T) {
 		"IVS_ALIGN": RecordAlign, "IVS_REC_HDR": RecordHeaderSize, "IVS_RING_MIN_CAP": RingMinCapacity,
 		"IVS_F_SYNC": uint64(RecordFlagSync), "IVS_REC_PAD": uint64(RecordPad),
 		"IVS_REC_MSG": uint64(RecordMsg), "IVS_REC_FRAG": uint64(RecordFrag), "IVS_REC_ACK": uint64(RecordAck),
-		"IVS_INLINE": CollInline, "IVS_DEPTH": CollDepth, "IVS_SLOT": CollSlot, "IVS_RES": CollResult,
+		"IVS_INLINE": CollInline, "IVS_DEPTH": CollDepth, "IVS_SLOT_MAX": CollSlotMax, "IVS_SLOT_MIN": CollSlotMin,
 	}
 	got := cConstants()
 	if len(got) != len(want) {
@@ -102,17 +103,20 @@ func TestGoAndCAgreeOnConstants(t *testing.T) {
 
 // TestGoAndCAgreeOnCollectiveArea compares the area map of ivshim_coll.h with its Go mirror for
 // areas of one member (private memory), a few members, and as many members as a region has
-// slots: the first, second, middle and last member and the result lines, for ops on both sides
-// of a line rotation and far beyond.
+// slots, at the smallest, a middle and the largest slot size: the first, second, middle and
+// last member and the result lines, for ops on both sides of a line rotation and far beyond.
 func TestGoAndCAgreeOnCollectiveArea(t *testing.T) {
-	for _, nl := range []uint64{1, 2, 3, 4, 7, 64, MaxSlots} {
-		for _, i := range []uint64{0, 1, nl / 2, nl - 1, nl} {
-			for _, s := range []uint64{0, 1, 2, CollDepth - 1, CollDepth, CollDepth + 1, 3*CollDepth + 5, 1<<40 + 3} {
-				got := cAreaAt(nl, i, s)
-				want := cArea{Line: collLineOff(i, s), Left: collLeftOff(nl, i), Slot: collSlotOff(nl, i, s),
-					Result: collResultOff(nl, s), Size: CollAreaSize(int(nl))}
-				if got != want {
-					t.Errorf("area of %d members, member %d, op %d: C %+v, Go %+v", nl, i, s, got, want)
+	slots := []uint64{CollSlotMin, 16 << 10, CollSlotMax}
+	for _, slot := range slots {
+		for _, nl := range []uint64{1, 2, 3, 4, 7, 64, MaxSlots} {
+			for _, i := range []uint64{0, 1, nl / 2, nl - 1, nl} {
+				for _, s := range []uint64{0, 1, 2, CollDepth - 1, CollDepth, CollDepth + 1, 3*CollDepth + 5, 1<<40 + 3} {
+					got := cAreaAt(nl, slot, i, s)
+					want := cArea{Line: collLineOff(i, s), Left: collLeftOff(nl, i), Slot: collSlotOff(nl, slot, i, s),
+						Result: collResultOff(nl, slot, s), Size: CollAreaSize(int(nl), slot)}
+					if got != want {
+						t.Errorf("area of %d members, %d-byte slots, member %d, op %d: C %+v, Go %+v", nl, slot, i, s, got, want)
+					}
 				}
 			}
 		}
@@ -121,25 +125,44 @@ func TestGoAndCAgreeOnCollectiveArea(t *testing.T) {
 		return
 	}
 	// The parts follow each other without gaps or overlap, each on whole cache lines.
-	for _, nl := range []uint64{1, 2, 5} {
-		bounds := []struct {
-			name     string
-			off, end uint64
-		}{
-			{"lines", collLineOff(0, 0), collLineOff(nl, CollDepth-1) + collLineSize},
-			{"left words", collLeftOff(nl, 0), collLeftOff(nl, nl-1) + collLeftSize},
-			{"slots", collSlotOff(nl, 0, 0), collSlotOff(nl, nl-1, 1) + CollSlot},
-			{"result buffers", collResultOff(nl, 0), collResultOff(nl, 1) + CollResult},
-		}
-		at := uint64(0)
-		for _, b := range bounds {
-			if b.off != at || b.off%CacheLine != 0 || b.end <= b.off {
-				t.Errorf("area of %d members: %s at [%d, %d), want a start of %d on a cache line", nl, b.name, b.off, b.end, at)
+	for _, slot := range slots {
+		for _, nl := range []uint64{1, 2, 5} {
+			bounds := []struct {
+				name     string
+				off, end uint64
+			}{
+				{"lines", collLineOff(0, 0), collLineOff(nl, CollDepth-1) + collLineSize},
+				{"left words", collLeftOff(nl, 0), collLeftOff(nl, nl-1) + collLeftSize},
+				{"slots", collSlotOff(nl, slot, 0, 0), collSlotOff(nl, slot, nl-1, 1) + slot},
+				{"result buffers", collResultOff(nl, slot, 0), collResultOff(nl, slot, 1) + slot},
 			}
-			at = b.end
+			at := uint64(0)
+			for _, b := range bounds {
+				if b.off != at || b.off%CacheLine != 0 || b.end <= b.off {
+					t.Errorf("area of %d members, %d-byte slots: %s at [%d, %d), want a start of %d on a cache line", nl, slot, b.name, b.off, b.end, at)
+				}
+				at = b.end
+			}
+			if size := CollAreaSize(int(nl), slot); size != at {
+				t.Errorf("area of %d members, %d-byte slots: size %d, parts end at %d", nl, slot, size, at)
+			}
 		}
-		if size := CollAreaSize(int(nl)); size != at {
-			t.Errorf("area of %d members: size %d, parts end at %d", nl, size, at)
+	}
+}
+
+// TestGoAndCAgreeOnSlotSizes: the slot sizes C and Go accept are the same, and exactly the
+// powers of two from 4 KiB to 64 KiB (a slot size comes from another rank: it is checked).
+func TestGoAndCAgreeOnSlotSizes(t *testing.T) {
+	var ok []uint64
+	for _, slot := range []uint64{0, 1, 64, 4095, 4096, 4160, 8192, 12288, 32768, 65536, 65600, 131072, 1 << 63} {
+		if cSlotOK(slot) != CollSlotOK(slot) {
+			t.Errorf("slot size %d: C says %v, Go %v", slot, cSlotOK(slot), CollSlotOK(slot))
 		}
+		if CollSlotOK(slot) {
+			ok = append(ok, slot)
+		}
+	}
+	if want := []uint64{4096, 8192, 32768, 65536}; !slices.Equal(ok, want) {
+		t.Errorf("accepted slot sizes %v, want %v", ok, want)
 	}
 }

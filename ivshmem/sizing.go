@@ -7,13 +7,16 @@ import "fmt"
 //
 // A group of m ranks on one host holds m*m pair rings (one per ordered pair, a rank's ring to
 // itself included) and one collective area per communicator with members on the host
-// (CollAreaSize(m) for a communicator of all m; the data plane allocates areas on demand).
-// The sizing keeps room for CollReserve such areas and gives the rest to the rings: the ring
+// (CollAreaSize(m, slot) for a communicator of all m; the data plane allocates areas on demand,
+// each with the largest slot that still fits). The sizing keeps room for CollReserve such areas
+// at the largest slot (room for about 11 times as many at the smallest), and gives the rest to the
+// rings: the ring
 // capacity shrinks with the group, by powers of two, from the region's ring size down to
 // RingMinCapacity. The region therefore stays within its size (the broker's cap) for any
 // group; what shrinks is the bytes a pair can have in flight.
 
-// CollReserve is how many collective areas of a whole group the ring sizing leaves room for.
+// CollReserve is how many collective areas of a whole group, at the largest slot, the ring
+// sizing leaves room for.
 const CollReserve = 4
 
 // DefaultRegionCap is the size the broker never exceeds when it sizes a region by itself.
@@ -34,7 +37,7 @@ func (l Layout) RingCapacity(m int) (uint64, error) {
 	heap := uint64(l.ChunkCount)
 	var reserve uint64
 	if m > 1 {
-		reserve = CollReserve * l.chunksFor(CollAreaSize(m))
+		reserve = CollReserve * l.chunksFor(CollAreaSize(m, CollSlotMax))
 	}
 	pairs := uint64(m) * uint64(m)
 	for _, keep := range []uint64{reserve, 0} {

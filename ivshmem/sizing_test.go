@@ -19,7 +19,7 @@ func checkCapacity(t *testing.T, l Layout, m int) uint64 {
 	fits := func(c uint64) bool {
 		need := uint64(m) * uint64(m) * l.chunksFor(RingHeaderSize+c)
 		if m > 1 {
-			need += CollReserve * l.chunksFor(CollAreaSize(m))
+			need += CollReserve * l.chunksFor(CollAreaSize(m, CollSlotMax))
 		}
 		return need <= uint64(l.ChunkCount)
 	}

@@ -41,6 +41,7 @@ struct ivs_coll {
 	int usable;          /* the area exists on every host */
 	uint64_t area_off;   /* region offset of the area (leader's allocation) */
 	uint8_t *area;
+	uint64_t slot;       /* slot size (ivshim_coll.h), the same on every host: pieces are at most this */
 	uint64_t seq;
 	uint64_t *seen;      /* local index -> highest op this rank has seen that member publish */
 };
@@ -67,13 +68,13 @@ static inline struct ivs_cline *ivs_coll_result_line(struct ivs_coll *k, uint64_
 /* Where member i's data of n bytes for op s lives: its line, or its slot if larger. */
 static inline uint8_t *ivs_coll_data(struct ivs_coll *k, int i, uint64_t s, uint64_t n)
 {
-	return n <= IVS_INLINE ? ivs_coll_line(k, i, s)->data : k->area + ivs_area_slot_off((uint64_t)k->nl, (uint64_t)i, s);
+	return n <= IVS_INLINE ? ivs_coll_line(k, i, s)->data : k->area + ivs_area_slot_off((uint64_t)k->nl, k->slot, (uint64_t)i, s);
 }
 
 /* Where the leader's result of n bytes for op s lives. */
 static inline uint8_t *ivs_coll_result(struct ivs_coll *k, uint64_t s, uint64_t n)
 {
-	return n <= IVS_INLINE ? ivs_coll_result_line(k, s)->data : k->area + ivs_area_res_off((uint64_t)k->nl, s);
+	return n <= IVS_INLINE ? ivs_coll_result_line(k, s)->data : k->area + ivs_area_res_off((uint64_t)k->nl, k->slot, s);
 }
 
 static inline void ivs_coll_publish(struct ivs_cline *l, uint64_t s)

@@ -68,7 +68,21 @@ struct coll_info {
 	int64_t host_key; /* world rank of the lowest co-located world rank: names the host */
 	int64_t ok;       /* this rank's host has its area (or needs none) */
 	int64_t area;     /* leader: region offset of the area */
+	int64_t slot;     /* leader: the slot size its area has room for; 0 from other members */
 };
+
+/* The leader's allocation: the area with the largest slot that fits the region's heap (0 and
+ * the reason in err when not even the smallest does). */
+static uint64_t area_alloc(int nl, uint64_t *slot, char *err, size_t errlen)
+{
+	for (*slot = IVS_SLOT_MAX; *slot >= IVS_SLOT_MIN; *slot /= 2) {
+		uint64_t off = ivs.ctl_alloc(ivs_area_size((uint64_t)nl, *slot), err, errlen);
+		if (off)
+			return off;
+	}
+	*slot = 0;
+	return 0;
+}
 
 static void coll_free(struct ivs_coll *k)
 {
@@ -105,24 +119,32 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	for (int i = 0; i < k->nl; i++)
 		if (k->lranks[i] == c->rank)
 			k->li = i;
-	struct coll_info me = {.host_key = c->world[k->lranks[0]], .ok = 1, .area = 0};
+	struct coll_info me = {.host_key = c->world[k->lranks[0]], .ok = 1, .area = 0, .slot = k->li == 0 ? IVS_SLOT_MAX : 0};
 	char err[256] = "";
 	if (k->nl > 1 && k->li == 0) {
 		reap_areas();
-		uint64_t off = ivs.ctl_alloc(ivs_area_size((uint64_t)k->nl), err, sizeof err);
+		uint64_t slot, off = area_alloc(k->nl, &slot, err, sizeof err);
 		me.ok = off != 0;
 		me.area = (int64_t)off;
+		me.slot = (int64_t)slot;
 		/* Never silent: once per rank, every time with IVSHIM_VERBOSE. */
 		static int warned;
 		if (!off && (ivs.verbose || !warned++))
 			fprintf(stderr, "ivshim: rank %d: no collective area for a communicator of %d co-located ranks (%s): its collectives use the library%s\n",
 			        ivs.world_rank, k->nl, err, ivs.verbose ? "" : " (further cases: IVSHIM_VERBOSE=1)");
+		else if (off && slot < IVS_SLOT_MAX && ivs.verbose)
+			fprintf(stderr, "ivshim: rank %d: collective area for %d co-located ranks with %lu-byte slots (the region is tight): larger collectives take more steps\n",
+			        ivs.world_rank, k->nl, (unsigned long)slot);
 	}
 	MPI_Request req;
 	int rc = ivs_coll_net_complete(PMPI_Iallgather(&me, sizeof me, MPI_BYTE, all, sizeof me, MPI_BYTE, c->handle, &req), &req);
 	if (rc != MPI_SUCCESS)
 		ivs_fatal("collective set-up exchange failed (%d)", rc);
+	/* Every host's area is used with the smallest slot any host got: pieces of a collective then
+	 * have the same sizes on every host (the leaders exchange them piece by piece), and a
+	 * bigger area holds the layout of a smaller slot. */
 	k->usable = 1;
+	k->slot = IVS_SLOT_MAX;
 	int nh = 0;
 	int64_t *keys = malloc(sizeof(int64_t) * (size_t)c->size);
 	int *count = calloc((size_t)c->size, sizeof(int));
@@ -130,6 +152,15 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 		ivs_fatal("out of memory");
 	for (int r = 0; r < c->size; r++) {
 		k->usable &= all[r].ok != 0;
+		if (all[r].ok && all[r].slot) {
+			if (!ivs_area_slot_ok((uint64_t)all[r].slot)) {
+				fprintf(stderr, "ivshim: rank %d: rank %d of a communicator offers a %ld-byte collective slot (a different shim build?): its collectives use the library\n",
+				        ivs.world_rank, r, (long)all[r].slot);
+				k->usable = 0;
+			} else if ((uint64_t)all[r].slot < k->slot) {
+				k->slot = (uint64_t)all[r].slot;
+			}
+		}
 		int h = 0;
 		while (h < nh && keys[h] != all[r].host_key)
 			h++;
@@ -156,11 +187,11 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	free(all);
 	if (k->usable) {
 		if (k->nl == 1) {
-			k->area = calloc(1, ivs_area_size(1));
+			k->area = calloc(1, ivs_area_size(1, k->slot));
 			if (!k->area)
 				ivs_fatal("out of memory");
 		} else {
-			if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size || ivs_area_size((uint64_t)k->nl) > ivs.size - off)
+			if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size || ivs_area_size((uint64_t)k->nl, k->slot) > ivs.size - off)
 				ivs_fatal("collective area offset %#lx from the leader lies outside the region", (unsigned long)off);
 			k->area = ivs.base + off;
 			k->area_off = off;

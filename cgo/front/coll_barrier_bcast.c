@@ -34,8 +34,8 @@ static int bcast_bytes(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
 	int root_host = k->host_of[root], root_li = ivs_coll_root_local(k, root);
 	int src_li = root_li >= 0 ? root_li : 0; /* whose area this host copies from */
 	int rc = MPI_SUCCESS;
-	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
-		uint64_t len = ivs_min_u64(n - off, IVS_SLOT);
+	for (uint64_t off = 0; off < n; off += k->slot) {
+		uint64_t len = ivs_min_u64(n - off, k->slot);
 		if (root_li < 0 && k->li == 0 && rc == MPI_SUCCESS)
 			rc = leaders_bcast(k, data + off, len, root_host);
 		ivs_coll_spread(k, src_li, IVS_EVERYONE, data + off, len, data + off);

@@ -6,8 +6,8 @@
 /* n bytes of member `from` at src reach member `to` (or every member) at dst. */
 void ivs_coll_spread(struct ivs_coll *k, int from, int to, const uint8_t *src, uint64_t n, uint8_t *dst)
 {
-	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
-		uint64_t len = ivs_min_u64(n - off, IVS_SLOT), s = ivs_coll_op_begin(k, len);
+	for (uint64_t off = 0; off < n; off += k->slot) {
+		uint64_t len = ivs_min_u64(n - off, k->slot), s = ivs_coll_op_begin(k, len);
 		if (k->li == from)
 			memcpy(ivs_coll_data(k, from, s, len), src + off, len);
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
@@ -22,8 +22,8 @@ void ivs_coll_spread(struct ivs_coll *k, int from, int to, const uint8_t *src, u
  * member i (at NULL: i*n). A receiver's own src may already be where it belongs. */
 void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at)
 {
-	for (uint64_t off = 0; off < n; off += IVS_SLOT) {
-		uint64_t len = ivs_min_u64(n - off, IVS_SLOT), s = ivs_coll_op_begin(k, len);
+	for (uint64_t off = 0; off < n; off += k->slot) {
+		uint64_t len = ivs_min_u64(n - off, k->slot), s = ivs_coll_op_begin(k, len);
 		if (to != k->li)
 			memcpy(ivs_coll_data(k, k->li, s, len), src + off, len);
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
@@ -45,7 +45,7 @@ void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n
  * each member receives its block at dst (NULL: keeps nothing). */
 void ivs_coll_distribute(struct ivs_coll *k, int from, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at)
 {
-	uint64_t step = IVS_SLOT / (uint64_t)k->nl;
+	uint64_t step = k->slot / (uint64_t)k->nl;
 	for (uint64_t off = 0; off < n; off += step) {
 		uint64_t len = ivs_min_u64(n - off, step), s = ivs_coll_op_begin(k, len * (uint64_t)k->nl);
 		uint8_t *area = ivs_coll_data(k, from, s, len * (uint64_t)k->nl);
@@ -71,7 +71,7 @@ void ivs_coll_distribute(struct ivs_coll *k, int from, const uint8_t *src, uint6
  * src and dst must not overlap. */
 void ivs_coll_exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8_t *dst)
 {
-	uint64_t step = IVS_SLOT / (uint64_t)k->nl, me = (uint64_t)k->li;
+	uint64_t step = k->slot / (uint64_t)k->nl, me = (uint64_t)k->li;
 	for (uint64_t off = 0; off < n; off += step) {
 		uint64_t len = ivs_min_u64(n - off, step), s = ivs_coll_op_begin(k, len * (uint64_t)k->nl);
 		uint8_t *mine = ivs_coll_data(k, k->li, s, len * (uint64_t)k->nl);

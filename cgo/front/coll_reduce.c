@@ -19,9 +19,9 @@ struct red {
 };
 
 /* Whether (count, dt, op) reduces on the fast path; the same answer on every rank. */
-static int reducible(int count, MPI_Datatype dt, MPI_Op op, struct red *r)
+static int reducible(const struct ivs_coll *k, int count, MPI_Datatype dt, MPI_Op op, struct red *r)
 {
-	return predefined_op(op) && ivs_dt_span(dt, count, &r->span, &r->lb, &r->extent) && r->extent <= IVS_SLOT;
+	return predefined_op(op) && ivs_dt_span(dt, count, &r->span, &r->lb, &r->extent) && r->extent <= k->slot;
 }
 
 /* Combine the co-located contributions of op s into acc (elements cnt of dt), in local order. */
@@ -84,7 +84,7 @@ static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *s
 static int reduce_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbuf, void *rbuf, int count,
                          MPI_Datatype dt, MPI_Op op, int root, const struct red *r)
 {
-	int per = (int)(IVS_SLOT / r->extent);
+	int per = (int)(k->slot / r->extent);
 	if (per < 1)
 		per = 1;
 	int done = 0;
@@ -106,7 +106,7 @@ int MPI_Allreduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	struct red r;
-	if (!c || !reducible(count, dt, op, &r))
+	if (!c || !reducible(k, count, dt, op, &r))
 		IVS_NET_COLL(PMPI_Allreduce(sbuf, rbuf, count, dt, op, comm), PMPI_Iallreduce(sbuf, rbuf, count, dt, op, comm, &req_));
 	ivs.stats.collectives_shm++;
 	if (count == 0)
@@ -119,7 +119,7 @@ int MPI_Reduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_Op 
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	struct red r;
-	if (!c || root < 0 || root >= c->size || !reducible(count, dt, op, &r))
+	if (!c || root < 0 || root >= c->size || !reducible(k, count, dt, op, &r))
 		IVS_NET_COLL(PMPI_Reduce(sbuf, rbuf, count, dt, op, root, comm), PMPI_Ireduce(sbuf, rbuf, count, dt, op, root, comm, &req_));
 	ivs.stats.collectives_shm++;
 	if (count == 0)
@@ -142,7 +142,7 @@ static int reduce_scatter_common(struct ivs_coll *k, struct ivs_comm *c, const v
 		total += n;
 	}
 	struct red r;
-	reducible(total, dt, op, &r);
+	reducible(k, total, dt, op, &r);
 	uint8_t *tmp = malloc(r.span ? r.span : 1);
 	if (!tmp)
 		return MPI_ERR_NO_MEM;
@@ -162,7 +162,7 @@ int MPI_Reduce_scatter_block(const void *sbuf, void *rbuf, int count, MPI_Dataty
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	struct red r;
-	if (!c || !reducible(count, dt, op, &r))
+	if (!c || !reducible(k, count, dt, op, &r))
 		IVS_NET_COLL(PMPI_Reduce_scatter_block(sbuf, rbuf, count, dt, op, comm),
 		         PMPI_Ireduce_scatter_block(sbuf, rbuf, count, dt, op, comm, &req_));
 	ivs.stats.collectives_shm++;
@@ -174,7 +174,7 @@ int MPI_Reduce_scatter(const void *sbuf, void *rbuf, const int counts[], MPI_Dat
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	struct red r;
-	if (!c || !reducible(1, dt, op, &r))
+	if (!c || !reducible(k, 1, dt, op, &r))
 		IVS_NET_COLL(PMPI_Reduce_scatter(sbuf, rbuf, counts, dt, op, comm),
 		         PMPI_Ireduce_scatter(sbuf, rbuf, counts, dt, op, comm, &req_));
 	ivs.stats.collectives_shm++;

@@ -28,9 +28,12 @@ const (
 	// collectives is the number of summary lines the program's report starts with, one per
 	// collective (coll_check.c, coll_name).
 	collectives = 15
-	// regionSize leaves room for the shim's collective areas (about 1 MiB per communicator of 4
-	// co-located ranks) besides its rings.
-	regionSize = 64 << 20
+	// regionSize leaves room for the shim's collective areas (about 0.6 MiB per communicator of
+	// 4 co-located ranks) besides its rings; tightRegionSize, for 2 ranks, holds their rings and
+	// areas with the largest slot (0.4 MiB each) for only some of the program's communicators:
+	// the others get smaller slots (at 2 MiB some got none at all).
+	regionSize      = 64 << 20
+	tightRegionSize = 4 << 20
 	// jobTimeout bounds one launch. The program takes 5-60 s on 2 cores depending on the MPI
 	// library and the machine's load; the bound only turns a hang into a failure.
 	jobTimeout = 5 * time.Minute
@@ -43,6 +46,9 @@ const (
 
 // summaryLine is one line of the program's report header.
 var summaryLine = regexp.MustCompile(`^coll_(\w+): (\d+) ranks, (\d+) checks, (\d+) failures$`)
+
+// smallSlot is what the shim says (IVSHIM_VERBOSE) when a collective area gets a smaller slot.
+var smallSlot = regexp.MustCompile(`collective area for \d+ co-located ranks with \d+-byte slots`)
 
 // progressLine is what the program's -v prints to standard error before each case: the last one
 // of each rank locates a hang.
@@ -94,15 +100,31 @@ func TestNative(t *testing.T) {
 			t.Run("1host", func(t *testing.T) {
 				job := nativeJob(m, prog)
 				job.Env = shimEnv(lib)
-				job.Env["IVSHIM_REGION"] = newRegions(t, 1)[0]
+				job.Env["IVSHIM_REGION"] = newRegions(t, regionSize)[0]
 				check(ctx, t, "natively on 1 host x 4 VMs with the shim", job, want)
 			})
 			t.Run("2hosts", func(t *testing.T) {
 				job := nativeJob(m, prog)
 				job.Env = shimEnv(lib)
 				job.Args = append([]string{prog}, job.Args...)
-				job.Program = hostsWrapper(t, newRegions(t, 2))
+				job.Program = hostsWrapper(t, newRegions(t, regionSize, regionSize))
 				check(ctx, t, "natively on 2 hosts x 2 VMs with the shim", job, want)
+			})
+			// One host's region is too small for an area with the largest slot per
+			// communicator: its areas get smaller slots than the other host's, and every
+			// communicator must use the smallest of its hosts' slots.
+			t.Run("2hosts-tight", func(t *testing.T) {
+				job := nativeJob(m, prog)
+				job.Env = shimEnv(lib)
+				job.Args = append([]string{prog}, job.Args...)
+				job.Program = hostsWrapper(t, newRegions(t, tightRegionSize, regionSize))
+				res := check(ctx, t, "natively on 2 hosts x 2 VMs, one region tight, with the shim", job, want)
+				if res != nil && !smallSlot.MatchString(res.Stderr) {
+					t.Errorf("no rank said its collective area got a smaller slot: the tight region did not make any%s", details(res))
+				}
+				if res != nil && strings.Contains(res.Stderr, "no collective area") {
+					t.Errorf("a communicator got no collective area, though smaller slots fit the tight region%s", details(res))
+				}
 			})
 		})
 	}
@@ -142,12 +164,13 @@ func TestCluster(t *testing.T) {
 }
 
 // check runs job with the shim and requires a clean report equal to want and statistics that
-// show both of the shim's paths in use on every rank.
-func check(ctx context.Context, t *testing.T, what string, job cluster.Job, want []string) {
+// show both of the shim's paths in use on every rank. It returns the job's result (nil if the
+// job failed).
+func check(ctx context.Context, t *testing.T, what string, job cluster.Job, want []string) *cluster.Result {
 	t.Helper()
 	res, ok := run(ctx, t, what, job, true)
 	if !ok {
-		return
+		return nil
 	}
 	if got := report(res.Stdout); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("%s: the report differs from the one without the shim:\nwithout:\n\t%s\nwith:\n\t%s", what,
@@ -156,16 +179,16 @@ func check(ctx context.Context, t *testing.T, what string, job cluster.Job, want
 	stats, err := res.ShimStats()
 	if err != nil {
 		t.Errorf("%s: %v", what, err)
-		return
+		return res
 	}
 	if len(stats) != ranks {
 		t.Errorf("%s: %d ranks printed the shim's statistics, want %d (IVSHIM_VERBOSE=1)%s", what, len(stats), ranks, details(res))
-		return
+		return res
 	}
 	for i, s := range stats {
 		if s.Rank != i {
 			t.Errorf("%s: statistics of ranks %v, want 0..%d", what, stats, ranks-1)
-			return
+			return res
 		}
 		// User-defined ops, v-variants and MPI_COMM_SELF always go to the library (coll_net);
 		// the program runs most collectives where the shim can take them, so the shared-memory
@@ -175,6 +198,7 @@ func check(ctx context.Context, t *testing.T, what string, job cluster.Job, want
 		}
 	}
 	t.Logf("%s: %v, rank 0 coll_shm=%d coll_net=%d", what, res.Elapsed.Round(time.Millisecond), stats[0].CollSHM, stats[0].CollNet)
+	return res
 }
 
 // baseline returns the report of m's run without the shim, natively, running it on first use;
@@ -380,20 +404,20 @@ func program(ctx context.Context, t *testing.T, root string, m cluster.MPI) stri
 }
 
 // newRegions creates n fresh region files with distinct host ids, removed when the test ends.
-func newRegions(t *testing.T, n int) []string {
+func newRegions(t *testing.T, sizes ...uint64) []string {
 	t.Helper()
 	var tag [4]byte
 	if _, err := rand.Read(tag[:]); err != nil {
 		t.Fatal(err)
 	}
-	paths := make([]string, n)
+	paths := make([]string, len(sizes))
 	for i := range paths {
 		id, err := ivshmem.NewHostID()
 		if err != nil {
 			t.Fatal(err)
 		}
 		paths[i] = fmt.Sprintf("/dev/shm/ivcoll-%s-h%d", hex.EncodeToString(tag[:]), i)
-		if err := ivshmem.Create(paths[i], ivshmem.Options{Size: regionSize, HostID: id, JobID: "colltest"}); err != nil {
+		if err := ivshmem.Create(paths[i], ivshmem.Options{Size: sizes[i], HostID: id, JobID: "colltest"}); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {

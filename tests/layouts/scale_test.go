@@ -24,7 +24,8 @@ var (
 // (correctness only): one host whose broker sizes the job's region by itself for VMs of 2 vCPUs
 // (ivshmem.SizeFor), 2 ranks per VM. Each group size runs a conformance program and coll_check
 // with the shim, both MPIs, and requires clean reports, every rank's traffic through the region
-// (no group may fall back to the library) and the region the broker sized.
+// (no group may fall back to the library, no communicator may lack its collective area) and
+// the region the broker sized.
 func TestColocatedScale(t *testing.T) {
 	testenv.RequireCluster(t)
 	root := testenv.ModuleRoot(t)
@@ -74,6 +75,9 @@ func TestColocatedScale(t *testing.T) {
 						stats, err := res.ShimStats()
 						if err != nil || len(stats) != ranks {
 							t.Fatalf("statistics of %d ranks (%v), want %d%s", len(stats), err, ranks, testenv.Details(res, stderrTail))
+						}
+						if strings.Contains(res.Stderr, "no collective area") {
+							t.Errorf("a communicator got no collective area: its collectives fell back to the library:\n%s", fallbackLines(res.Stderr))
 						}
 						for _, s := range stats {
 							if s.SHMMsgs+s.CollSHM == 0 || s.NetMsgs != 0 {
