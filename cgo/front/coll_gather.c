@@ -99,7 +99,7 @@ int MPI_Gather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int r
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	int at_root = c && c->rank == root;
-	uint64_t n = at_root && sbuf == MPI_IN_PLACE ? ivs_dt_bytes(rdt, rcount) : ivs_dt_bytes(sdt, scount);
+	uint64_t n = !c ? 0 : at_root && sbuf == MPI_IN_PLACE ? ivs_dt_bytes(rdt, rcount) : ivs_dt_bytes(sdt, scount);
 	if (!c || root < 0 || root >= c->size || too_big(n * (uint64_t)c->size))
 		IVS_NET_COLL(PMPI_Gather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Igather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
@@ -111,7 +111,7 @@ int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int 
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	int at_root = c && c->rank == root;
-	uint64_t n = at_root && rbuf == MPI_IN_PLACE ? ivs_dt_bytes(sdt, scount) : ivs_dt_bytes(rdt, rcount);
+	uint64_t n = !c ? 0 : at_root && rbuf == MPI_IN_PLACE ? ivs_dt_bytes(sdt, scount) : ivs_dt_bytes(rdt, rcount);
 	if (!c || root < 0 || root >= c->size || too_big(n * (uint64_t)c->size))
 		IVS_NET_COLL(PMPI_Scatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
 		         PMPI_Iscatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
