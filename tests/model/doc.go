@@ -10,6 +10,20 @@
 // messages it sent by the library since the MARK (the library orders messages only per
 // communicator); R delivers those before it reads the ring again. The check: on each of two
 // communicators every message is delivered exactly once and in send order, without deadlock,
-// over up to five switches. The broken variants (no parking; JOIN without its counts) let
-// messages overtake each other, and spin finds it.
+// over up to five switches. The broken variants (no parking; JOIN without its counts; library
+// messages matched while a JOIN waits in the ring) let messages overtake each other, and spin
+// finds it. The last one was a real hole in this model's first version, hidden by a ring of
+// two records that could not hold a JOIN, a DATA and a MARK at once (TestSwitchProtocolRingCapacity).
+//
+// migrate.pml is the whole migration protocol for a pair of ranks, the specification the shim's
+// renegotiation (issue "Live migration") is to follow: both directions at once, the leaving
+// rank's release (its own MARK written, the peer's MARK read, the direction sealed by a CAS the
+// peer's JOIN also needs), synchronous sends and their ACKs on the current path, probes,
+// rollback and return of the VM with a fresh ring pair per epoch while the peer may still drain
+// the old one, and JOINs naming the epoch of the MARK they follow. Checking it found three rules
+// the first draft lacked: a release must name the leave it answers (a stale one let the broker
+// migrate while the peer had joined again), the JOIN record and the direction's state word
+// must be published together, and a reply MARK (closing the own direction on reading the
+// peer's) deadlocked both ranks when written into a full ring; it is gone, as every rank closes
+// on the region's leaving flag. Six broken variants must fail.
 package model
