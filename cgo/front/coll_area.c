@@ -119,7 +119,8 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	for (int i = 0; i < k->nl; i++)
 		if (k->lranks[i] == c->rank)
 			k->li = i;
-	struct coll_info me = {.host_key = c->world[k->lranks[0]], .ok = 1, .area = 0, .slot = k->li == 0 ? IVS_SLOT_MAX : 0};
+	/* slot 0: no area of this rank's (a member, or alone on its host); a leader sets it below */
+	struct coll_info me = {.host_key = c->world[k->lranks[0]], .ok = 1, .area = 0, .slot = 0};
 	char err[256] = "";
 	if (k->nl > 1 && k->li == 0) {
 		reap_areas();
