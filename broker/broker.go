@@ -51,6 +51,16 @@ type Config struct {
 	UID, GID int
 	// Resync is the period of reconcile passes without events; 0 means DefaultResync.
 	Resync time.Duration
+	// MigrateDeadline bounds a migration's drain, and its wait for the destination to plug the
+	// region; 0 means DefaultMigrateDeadline.
+	MigrateDeadline time.Duration
+}
+
+func (c Config) migrateDeadline() time.Duration {
+	if c.MigrateDeadline == 0 {
+		return DefaultMigrateDeadline
+	}
+	return c.MigrateDeadline
 }
 
 func (c Config) regionCap() uint64 {
@@ -74,6 +84,8 @@ func (c Config) check() error {
 		return fmt.Errorf("region mode %#o: want permission bits including 0600 and none for others", c.Mode)
 	case c.Resync < 0:
 		return fmt.Errorf("resync interval %v is negative", c.Resync)
+	case c.MigrateDeadline < 0:
+		return fmt.Errorf("migrate deadline %v is negative", c.MigrateDeadline)
 	}
 	return nil
 }
@@ -87,7 +99,9 @@ type Broker struct {
 	started time.Time
 	metrics metrics.Broker
 
-	// Owned by the reconcile goroutine.
+	// own serialises reconcile passes with the migration coordinator's steps on regions: it
+	// guards regions, problems and scanned.
+	own      sync.Mutex
 	regions  map[string]*region         // by job
 	problems map[hypervisor.UUID]string // last bad job tag logged per VM
 	scanned  bool                       // the region directory was scanned once
@@ -96,7 +110,8 @@ type Broker struct {
 	traffic         TrafficCounter
 	trafficProblems map[string]string // by host interface: why it cannot be watched
 
-	mu          sync.Mutex // guards snap, vmOfIfindex and vmOfMAC
+	mu          sync.Mutex               // guards snap, vmOfIfindex, vmOfMAC and migrating
+	migrating   map[hypervisor.UUID]bool // VMs in a migration (migrate.go)
 	snap        api.Snapshot
 	vmOfIfindex map[int]string    // running VMs by the index of their host interfaces
 	vmOfMAC     map[string]string // running VMs by MAC
@@ -192,8 +207,10 @@ func (b *Broker) pass() {
 // desired state. Every step that fails is reported in the joined error and left for the next
 // pass; when the VMs cannot be listed nothing is changed at all.
 func (b *Broker) Reconcile() error {
+	b.own.Lock()
 	start := time.Now()
 	err := b.reconcile()
+	b.own.Unlock()
 	b.metrics.ReconcileTime.Since(start)
 	if err != nil {
 		b.metrics.ReconcileErrors.Inc()

@@ -35,9 +35,21 @@
 // exports what each VM sent over the network per receiving VM of this host. It only observes;
 // an interface it cannot watch is logged and never fails a pass.
 //
+// Migration (Migrate, migrate.go): the coordinator moves one running VM to another host in
+// phases. drain: the VM's entry in its job's region is flagged leaving, and the coordinator
+// waits, up to a deadline, until no rank of that VM holds a slot in the region (a slot whose
+// heartbeat stood still for two seconds counts as gone); the shim's ranks release their slots
+// once their pairs with the VM's peers are on the library path. detach: the region is
+// unplugged. migrate: the hypervisor (hypervisor.Migrator) moves the VM. attach: the
+// destination's broker, reacting to its own hypervisor's events, plugs the job's region there;
+// the coordinator waits for it up to the deadline. A failed phase rolls back: a VM that left
+// is moved back, its entry is flagged present again and the reconcile pass plugs its region.
+// Reconcile passes leave a migrating VM's devices to the coordinator; a second migration of the
+// same VM is refused while one runs.
+//
 // Lifetime: New takes the directory lock; Run reconciles until its context ends or the
 // hypervisor stops reporting changes (ErrHypervisorLost: the daemon exits and its supervisor
 // restarts it); Close unmaps the regions and releases the lock, leaving the region files to the
-// next broker. Snapshot and WriteMetrics may be called from any goroutine; everything else from
-// the goroutine that runs Run.
+// next broker. Snapshot, WriteMetrics and Migrate may be called from any goroutine; everything
+// else from the goroutine that runs Run.
 package broker

@@ -124,8 +124,8 @@ func (b *Broker) unplugForeign(vm *hypervisor.VM) error {
 
 // plugOwn plugs the region of vm's job into vm if it is usable and not plugged yet.
 func (b *Broker) plugOwn(vm *hypervisor.VM) error {
-	if vm.Job == "" {
-		return nil
+	if vm.Job == "" || b.isMigrating(vm.UUID) {
+		return nil // a migrating VM's region is the coordinator's (migrate.go)
 	}
 	rg := b.regions[vm.Job]
 	if rg == nil {

@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -127,9 +128,65 @@ func TestClientReads(t *testing.T) {
 
 func TestMigrateNotImplemented(t *testing.T) {
 	c := api.NewClient(serve(t))
-	err := c.Migrate(ctx(t), api.MigrateRequest{VM: "a0", Destination: "host2"})
-	if !errors.Is(err, api.ErrNotImplemented) || !strings.Contains(err.Error(), "not implemented") {
+	_, err := c.Migrate(ctx(t), api.MigrateRequest{VM: "a0", Destination: "host2"})
+	if !errors.Is(err, api.ErrNotImplemented) || !strings.Contains(err.Error(), "not touched") {
 		t.Errorf("Migrate = %v, want ErrNotImplemented", err)
+	}
+}
+
+// migrator answers migrations as the broker does: by the VM's name.
+type migrator struct{ source }
+
+func (m migrator) Migrate(_ context.Context, req api.MigrateRequest) (api.MigrateResult, error) {
+	res := api.MigrateResult{VM: req.VM, Destination: req.Destination, Phases: []api.Phase{{Name: "drain", Seconds: 0.5}}}
+	switch req.VM {
+	case "ok":
+		res.Migrated = true
+		return res, nil
+	case "busy":
+		return api.MigrateResult{}, fmt.Errorf("%w: VM busy is already migrating", api.ErrBusy)
+	case "nosuch":
+		return api.MigrateResult{}, fmt.Errorf("%w: no VM nosuch", api.ErrUnknownVM)
+	case "baddest":
+		return api.MigrateResult{}, fmt.Errorf("%w: nowhere", api.ErrBadDestination)
+	case "cannot":
+		return api.MigrateResult{}, fmt.Errorf("%w: no migration here", api.ErrNotImplemented)
+	}
+	res.FailedStep, res.Error, res.RolledBack = "drain", "migrate VM "+req.VM+": drain: 1 of its 1 ranks still use the region", true
+	return res, errors.New(res.Error)
+}
+
+// TestMigrateAnswers: each outcome of a migration reaches the client with its status, and a
+// migration that ran and failed still brings its phases and the failed step.
+func TestMigrateAnswers(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "broker.sock")
+	l, err := api.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- api.Serve(cctx, l, api.Handler(migrator{source{snap}}, zaptest.NewLogger(t))) }()
+	defer func() { cancel(); <-done; l.Close() }()
+	c := api.NewClient(sock)
+	res, err := c.Migrate(ctx(t), api.MigrateRequest{VM: "ok", Destination: "h1", DeadlineMS: 500})
+	if err != nil || !res.Migrated || len(res.Phases) != 1 || res.Phases[0].Seconds != 0.5 {
+		t.Errorf("Migrate(ok) = %+v, %v", res, err)
+	}
+	res, err = c.Migrate(ctx(t), api.MigrateRequest{VM: "stuck", Destination: "h1"})
+	if err == nil || res.FailedStep != "drain" || !res.RolledBack || len(res.Phases) != 1 || !strings.Contains(err.Error(), "still use the region") {
+		t.Errorf("Migrate(stuck) = %+v, %v; want the failed migration's result and error", res, err)
+	}
+	for vm, status := range map[string]string{"busy": "409", "nosuch": "404", "baddest": "400", "cannot": "501"} {
+		res, err := c.Migrate(ctx(t), api.MigrateRequest{VM: vm, Destination: "h1"})
+		if err == nil || res.VM != "" || !strings.Contains(err.Error(), status) && !(vm == "cannot" && errors.Is(err, api.ErrNotImplemented)) {
+			t.Errorf("Migrate(%s) = %+v, %v; want status %s", vm, res, err, status)
+		}
+	}
+	for _, body := range []string{`{"vm":"ok","destination":"h1","deadline_ms":-1}`, `{"vm":"ok","destination":"h1","deadline_ms":3600001}`} {
+		if status, out := raw(t, sock, "POST", "/v1/migrate", "application/json", body); status != 400 || !strings.Contains(out, "deadline_ms") {
+			t.Errorf("%s: %d %s, want 400 naming deadline_ms", body, status, out)
+		}
 	}
 }
 

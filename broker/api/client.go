@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -55,6 +56,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
+	if resp.StatusCode == http.StatusInternalServerError && path == "/v1/migrate" {
+		var res MigrateResult
+		if json.Unmarshal(b, &res) == nil && res.Error != "" {
+			return &failedMigration{res}
+		}
+	}
 	if resp.StatusCode != http.StatusOK {
 		var e errorBody
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
@@ -95,10 +102,23 @@ func (c *Client) VMs(ctx context.Context) (v []VM, err error) {
 	return v, c.do(ctx, http.MethodGet, "/v1/vms", nil, &v)
 }
 
-// Migrate asks the broker to migrate a VM; this version answers with ErrNotImplemented.
-func (c *Client) Migrate(ctx context.Context, req MigrateRequest) error {
-	return c.do(ctx, http.MethodPost, "/v1/migrate", req, &struct{}{})
+// Migrate asks the broker to migrate a VM and waits for the outcome. A migration that ran and
+// failed returns its result (phases, failed step, rollback) with an error; a refused request
+// returns an error only.
+func (c *Client) Migrate(ctx context.Context, req MigrateRequest) (MigrateResult, error) {
+	var res MigrateResult
+	err := c.do(ctx, http.MethodPost, "/v1/migrate", req, &res)
+	var failed *failedMigration
+	if errors.As(err, &failed) {
+		return failed.res, fmt.Errorf("migrate VM %s: %s", req.VM, failed.res.Error)
+	}
+	return res, err
 }
+
+// failedMigration is the 500 answer to a migration that ran and failed.
+type failedMigration struct{ res MigrateResult }
+
+func (f *failedMigration) Error() string { return f.res.Error }
 
 // Metrics returns the broker's metrics in the Prometheus text format.
 func (c *Client) Metrics(ctx context.Context) (m string, err error) {

@@ -5,7 +5,10 @@
 //	GET  /v1/jobs     []Job: jobs with VMs on this host and their region
 //	GET  /v1/regions  []Region: region files, their VM tables, and whether they are usable
 //	GET  /v1/vms      []VM: running VMs, their job (or why their tag was rejected), plugged devices
-//	POST /v1/migrate  MigrateRequest: validated, then 501 Not Implemented (no migration yet)
+//	POST /v1/migrate  MigrateRequest -> MigrateResult once the migration ended: 200 migrated;
+//	                  500 with the MigrateResult of a migration that failed (phases, failed
+//	                  step, rollback); refused untouched: 400 bad destination, 404 unknown VM,
+//	                  409 the VM is already migrating, 501 the hypervisor cannot migrate
 //	GET  /metrics     Prometheus text format
 //
 // Errors are JSON {"error": "..."} with a 4xx or 5xx status. Request bodies are limited to

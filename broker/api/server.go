@@ -45,8 +45,30 @@ func Handler(src Source, log *zap.Logger) http.Handler {
 			writeError(w, log, http.StatusBadRequest, err)
 			return
 		}
-		log.Info("migrate requested but not implemented", zap.String("vm", req.VM), zap.String("destination", req.Destination))
-		writeError(w, log, http.StatusNotImplemented, errors.New("live migration is not supported by this broker version; the VM was not touched"))
+		m, ok := src.(Migrator)
+		if !ok {
+			writeError(w, log, http.StatusNotImplemented, errors.New("this broker cannot migrate VMs; the VM was not touched"))
+			return
+		}
+		// A migration outlives the server's write timeout: drain and attach each take up to
+		// the deadline, and the hypervisor's move more. It also outlives a client that gives
+		// up: stopping halfway would leave the VM neither here nor there.
+		http.NewResponseController(w).SetWriteDeadline(time.Time{})
+		res, err := m.Migrate(context.WithoutCancel(r.Context()), req)
+		switch {
+		case err == nil:
+			writeJSON(w, log, http.StatusOK, res)
+		case errors.Is(err, ErrNotImplemented):
+			writeError(w, log, http.StatusNotImplemented, err)
+		case errors.Is(err, ErrBadDestination):
+			writeError(w, log, http.StatusBadRequest, err)
+		case errors.Is(err, ErrUnknownVM):
+			writeError(w, log, http.StatusNotFound, err)
+		case errors.Is(err, ErrBusy):
+			writeError(w, log, http.StatusConflict, err)
+		default:
+			writeJSON(w, log, http.StatusInternalServerError, res)
+		}
 	})
 	mux.Handle("GET /metrics", MetricsHandler(src, log))
 	return mux
@@ -93,6 +115,9 @@ func decode(w http.ResponseWriter, r *http.Request, v any) (int, error) {
 }
 
 func (m MigrateRequest) validate() error {
+	if m.DeadlineMS < 0 || m.DeadlineMS > MaxDeadlineMS {
+		return fmt.Errorf("deadline_ms %d: want 0 (the broker's default) .. %d", m.DeadlineMS, MaxDeadlineMS)
+	}
 	for _, f := range []struct{ name, v string }{{"vm", m.VM}, {"destination", m.Destination}} {
 		if f.v == "" || len(f.v) > maxField {
 			return fmt.Errorf("%s: want 1..%d bytes, got %d", f.name, maxField, len(f.v))

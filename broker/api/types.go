@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"errors"
 	"io"
 	"time"
@@ -66,9 +67,56 @@ type Snapshot struct {
 
 // MigrateRequest asks to migrate a VM to another host.
 type MigrateRequest struct {
-	VM          string `json:"vm"`
+	VM string `json:"vm"`
+	// Destination names the other host in the hypervisor's terms: a libvirt URI, or the netns
+	// registry directory of another emulated host.
 	Destination string `json:"destination"`
+	// DeadlineMS bounds the drain of the VM's ranks and the wait for the destination's region,
+	// in milliseconds; 0 means the broker's migrate_deadline.
+	DeadlineMS int64 `json:"deadline_ms,omitempty"`
 }
+
+// MaxDeadlineMS bounds MigrateRequest.DeadlineMS (an hour).
+const MaxDeadlineMS = 3600 * 1000
+
+// MigrateResult is the answer to a MigrateRequest the broker started, migrated or not.
+type MigrateResult struct {
+	VM          string `json:"vm"`
+	Job         string `json:"job,omitempty"`
+	Destination string `json:"destination"`
+	// Ranks is how many ranks of the VM held a slot in the region when the drain began.
+	Ranks    int  `json:"ranks"`
+	Migrated bool `json:"migrated"`
+	// Phases are the steps that ran, in order, with their durations.
+	Phases  []Phase `json:"phases"`
+	Seconds float64 `json:"seconds"`
+	// FailedStep is the phase that failed, Error why; RolledBack says whether the rollback
+	// restored the VM's place (its region here), Rollback what it did.
+	FailedStep string `json:"failed_step,omitempty"`
+	Error      string `json:"error,omitempty"`
+	RolledBack bool   `json:"rolled_back,omitempty"`
+	Rollback   string `json:"rollback,omitempty"`
+}
+
+// Phase is one step of a migration: drain, detach, migrate, attach.
+type Phase struct {
+	Name    string  `json:"name"`
+	Seconds float64 `json:"seconds"`
+}
+
+// Migrator is a Source that migrates VMs. Its errors wrap ErrNotImplemented, ErrBadDestination,
+// ErrUnknownVM or ErrBusy when it refused the request untouched; any other error comes with the
+// result of a migration that failed.
+type Migrator interface {
+	Migrate(ctx context.Context, req MigrateRequest) (MigrateResult, error)
+}
+
+// Errors of a refused migration request.
+var (
+	ErrBadDestination = errors.New("bad destination")
+	ErrUnknownVM      = errors.New("unknown VM")
+	ErrBusy           = errors.New("migration in progress")
+)
 
 // errorBody is the JSON form of every error response.
 type errorBody struct {

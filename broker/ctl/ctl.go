@@ -23,7 +23,12 @@ commands:
   regions              region files and their VM tables
   vms                  running VMs, their job and plugged regions
   metrics              Prometheus metrics
-  migrate VM HOST      migrate a VM (not implemented yet: the broker says so)
+  migrate [-deadline D] VM DEST
+                       migrate a running VM to another host and print the phases'
+                       durations; DEST is a libvirt URI, or with hypervisor = netns the
+                       other emulated host's netns_dir. The drain of the VM's ranks and
+                       the wait for the destination's region each end after D (default:
+                       the broker's migrate_deadline); a failed step rolls back.
 `
 
 // Run executes one ivshimctl command line (without the program name) and returns the exit
@@ -34,11 +39,32 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Usage = func() { fmt.Fprint(stderr, usage) }
 	socket := fs.String("socket", DefaultSocket, "broker API socket")
 	asJSON := fs.Bool("json", false, "print the broker's JSON answer")
-	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long")
+	timeout := fs.Duration("timeout", 0, "give up after this long (default 10s, migrate 15m)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	cmd := fs.Args()
+	var deadline time.Duration
+	if len(cmd) > 0 && cmd[0] == "migrate" {
+		mf := flag.NewFlagSet("migrate", flag.ContinueOnError)
+		mf.SetOutput(stderr)
+		mf.Usage = fs.Usage
+		mf.DurationVar(&deadline, "deadline", 0, "drain and attach deadline")
+		if err := mf.Parse(cmd[1:]); err != nil {
+			return 2
+		}
+		if deadline < 0 || deadline > api.MaxDeadlineMS*time.Millisecond || (deadline > 0 && deadline < time.Millisecond) {
+			fmt.Fprintf(stderr, "ivshimctl: -deadline %v: want 1ms..1h\n", deadline)
+			return 2
+		}
+		cmd = append([]string{"migrate"}, mf.Args()...)
+		if *timeout == 0 {
+			*timeout = 15 * time.Minute
+		}
+	}
+	if *timeout == 0 {
+		*timeout = 10 * time.Second
+	}
 	want := map[string]int{"status": 1, "jobs": 1, "regions": 1, "vms": 1, "metrics": 1, "migrate": 3}
 	if len(cmd) == 0 || want[cmd[0]] != len(cmd) {
 		fs.Usage()
@@ -48,8 +74,9 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	c := api.NewClient(*socket)
 	var (
-		v   any
-		err error
+		v      any
+		err    error
+		failed any // the result of a migration that ran and failed
 	)
 	switch cmd[0] {
 	case "status":
@@ -65,23 +92,36 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		m, err = c.Metrics(ctx)
 		v = m
 	case "migrate":
-		err = c.Migrate(ctx, api.MigrateRequest{VM: cmd[1], Destination: cmd[2]})
+		var res api.MigrateResult
+		res, err = c.Migrate(ctx, api.MigrateRequest{VM: cmd[1], Destination: cmd[2], DeadlineMS: deadline.Milliseconds()})
+		v = res
+		if err != nil && res.VM != "" {
+			failed = res // its phases and rollback are printed too
+		}
 	}
 	if err != nil {
+		if failed != nil {
+			show(stdout, failed, *asJSON)
+		}
 		fmt.Fprintf(stderr, "ivshimctl: %v\n", err)
 		return 1
 	}
-	if *asJSON {
+	show(stdout, v, *asJSON)
+	return 0
+}
+
+// show writes v as the broker's JSON or as a table.
+func show(stdout io.Writer, v any, asJSON bool) {
+	if asJSON {
 		if s, ok := v.(string); ok {
 			fmt.Fprint(stdout, s)
-			return 0
+			return
 		}
 		b, _ := json.MarshalIndent(v, "", "  ")
 		fmt.Fprintf(stdout, "%s\n", b)
-		return 0
+		return
 	}
 	printTable(stdout, v)
-	return 0
 }
 
 // printTable writes v as a table.
@@ -116,6 +156,19 @@ func printTable(out io.Writer, v any) {
 				vms = append(vms, fmt.Sprintf("%d:%s:%s", e.Index, e.UUID, e.State))
 			}
 			fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\n", r.Job, r.Path, r.Size, r.Generation, strings.Join(vms, ","), status)
+		}
+	case api.MigrateResult:
+		state := "migrated"
+		if !v.Migrated {
+			state = "not migrated: " + v.FailedStep + " failed"
+		}
+		fmt.Fprintf(w, "VM\t%s\njob\t%s\ndestination\t%s\nranks drained\t%d\nresult\t%s\n", v.VM, v.Job, v.Destination, v.Ranks, state)
+		for _, p := range v.Phases {
+			fmt.Fprintf(w, "%s\t%.1f ms\n", p.Name, p.Seconds*1e3)
+		}
+		fmt.Fprintf(w, "total\t%.1f ms\n", v.Seconds*1e3)
+		if v.Rollback != "" {
+			fmt.Fprintf(w, "rollback\t%s\n", v.Rollback)
 		}
 	case []api.VM:
 		fmt.Fprintln(w, "NAME\tUUID\tJOB\tPLUGGED\tPROBLEM")

@@ -39,7 +39,9 @@ type Config struct {
 	Socket         string
 	MetricsListen  string
 	ResyncInterval time.Duration
-	LogLevel       zapcore.Level
+	// MigrateDeadline bounds a migration's drain and its wait for the destination's region.
+	MigrateDeadline time.Duration
+	LogLevel        zapcore.Level
 	// CountTraffic attaches the eBPF counter to the VMs' interfaces (traffic_accounting).
 	CountTraffic bool
 }
@@ -48,7 +50,7 @@ type Config struct {
 func (c Config) BrokerConfig(host ivshmem.HostID) broker.Config {
 	return broker.Config{
 		RegionDir: c.RegionDir, RegionSize: c.RegionSize, RegionCap: c.RegionCap, HostID: host, Mode: c.RegionMode,
-		Chown: c.Chown, UID: c.UID, GID: c.GID, Resync: c.ResyncInterval,
+		Chown: c.Chown, UID: c.UID, GID: c.GID, Resync: c.ResyncInterval, MigrateDeadline: c.MigrateDeadline,
 	}
 }
 
@@ -66,6 +68,7 @@ var defaults = map[string]string{
 	"socket":             "/run/ivshim/broker.sock",
 	"metrics_listen":     "",
 	"resync_interval":    "30s",
+	"migrate_deadline":   "10s",
 	"log_level":          "info",
 	"traffic_accounting": "on",
 }
@@ -201,6 +204,13 @@ func build(set map[string]string) (Config, error) {
 	}
 	if err != nil {
 		bad("resync_interval", err)
+	}
+	c.MigrateDeadline, err = time.ParseDuration(get("migrate_deadline"))
+	if err == nil && (c.MigrateDeadline < time.Millisecond || c.MigrateDeadline > time.Hour) {
+		err = fmt.Errorf("%v: want 1ms..1h", c.MigrateDeadline)
+	}
+	if err != nil {
+		bad("migrate_deadline", err)
 	}
 	if c.LogLevel, err = zapcore.ParseLevel(get("log_level")); err != nil {
 		bad("log_level", err)

@@ -20,6 +20,8 @@
 //	socket          = /run/ivshim/broker.sock
 //	metrics_listen  =                    host:port to also serve /metrics over TCP; empty: off
 //	resync_interval = 30s                Go duration, >= 100ms
+//	migrate_deadline = 10s               Go duration, 1ms..1h: bounds a migration's drain and
+//	                                     its wait for the destination's region
 //	log_level       = info               debug | info | warn | error
 //
 // For hypervisor = netns, region_owner and region_group default to empty.

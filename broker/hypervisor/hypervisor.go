@@ -1,6 +1,7 @@
 package hypervisor
 
 import (
+	"context"
 	"encoding/hex"
 	"fmt"
 	"net"
@@ -117,6 +118,24 @@ type Hypervisor interface {
 	Detach(vm VM, name string) error
 	// Close releases the hypervisor connection.
 	Close() error
+}
+
+// Migrator is implemented by a hypervisor that can move a running VM to another host. The broker's
+// migration coordinator drives it (broker/migrate.go); the destination's broker plugs the
+// region there on its own, from its own hypervisor's events.
+type Migrator interface {
+	// CheckDestination validates dest, whose form is the hypervisor's (a libvirt URI, a netns
+	// registry directory), before anything is touched.
+	CheckDestination(dest string) error
+	// Migrate moves vm to dest; when it fails, the VM still runs here.
+	Migrate(ctx context.Context, vm VM, dest string) error
+	// PluggedAt lists the ivshim devices plugged into the VM called name at dest.
+	PluggedAt(ctx context.Context, dest, name string) ([]string, error)
+	// Recall moves vm, which Migrate moved to dest, back to this host.
+	Recall(ctx context.Context, vm VM, dest string) error
+	// Home is the destination that names this host: where a VM returns when its migration
+	// fails after it left.
+	Home() string
 }
 
 // Notify is the coalescing signal behind a Hypervisor's Changes channel. Signal and Close may

@@ -74,6 +74,16 @@ type Broker struct {
 	DetachErrors      Counter
 	Reconciles        Counter
 	ReconcileErrors   Counter
+	// Migrations count the migrations the coordinator completed, MigrationErrors those that
+	// failed (and were rolled back), MigrationsRefused the requests it refused untouched.
+	Migrations        Counter
+	MigrationErrors   Counter
+	MigrationsRefused Counter
+	MigrateDrainTime  Histogram
+	MigrateDetachTime Histogram
+	MigrateMoveTime   Histogram
+	MigrateAttachTime Histogram
+	MigrateTime       Histogram
 	AttachTime        Histogram
 	DetachTime        Histogram
 	ReconcileTime     Histogram
@@ -105,6 +115,14 @@ func (m *Broker) WriteText(w io.Writer) error {
 	sample(&b, "ivshim_broker_detach_total", `result="error"`, m.DetachErrors.Value())
 	counter(&b, "ivshim_broker_reconcile_total", "Reconcile passes by result.", `result="ok"`, m.Reconciles.Value())
 	sample(&b, "ivshim_broker_reconcile_total", `result="error"`, m.ReconcileErrors.Value())
+	counter(&b, "ivshim_broker_migrations_total", "VM migrations by result (error: failed and rolled back; refused: not started).", `result="ok"`, m.Migrations.Value())
+	sample(&b, "ivshim_broker_migrations_total", `result="error"`, m.MigrationErrors.Value())
+	sample(&b, "ivshim_broker_migrations_total", `result="refused"`, m.MigrationsRefused.Value())
+	m.MigrateDrainTime.write(&b, "ivshim_broker_migrate_drain_seconds", "Migration phase drain: until the VM's ranks released the region.")
+	m.MigrateDetachTime.write(&b, "ivshim_broker_migrate_detach_seconds", "Migration phase detach: unplugging the region from the VM.")
+	m.MigrateMoveTime.write(&b, "ivshim_broker_migrate_move_seconds", "Migration phase migrate: the hypervisor moving the VM.")
+	m.MigrateAttachTime.write(&b, "ivshim_broker_migrate_attach_seconds", "Migration phase attach: until the destination plugged the job's region.")
+	m.MigrateTime.write(&b, "ivshim_broker_migrate_seconds", "Whole migrations, rollbacks included.")
 	m.AttachTime.write(&b, "ivshim_broker_attach_seconds", "Latency of region hot-plug.")
 	m.DetachTime.write(&b, "ivshim_broker_detach_seconds", "Latency of region unplug.")
 	m.ReconcileTime.write(&b, "ivshim_broker_reconcile_seconds", "Duration of reconcile passes.")

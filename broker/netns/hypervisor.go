@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -212,3 +213,106 @@ func (h *Hypervisor) Close() error {
 	}
 	return nil
 }
+
+var _ hypervisor.Migrator = (*Hypervisor)(nil)
+
+// CheckDestination accepts the registry directory of another emulated host: an absolute, clean
+// path with a vms directory, other than this host's.
+func (h *Hypervisor) CheckDestination(dest string) error {
+	if !filepath.IsAbs(dest) || filepath.Clean(dest) != dest {
+		return fmt.Errorf("destination %q: want the absolute, clean path of another emulated host's netns registry", dest)
+	}
+	if same, err := sameDir(dest, h.reg.Dir); err != nil {
+		return fmt.Errorf("destination %s: %w", dest, err)
+	} else if same {
+		return fmt.Errorf("destination %s is this host's own registry", dest)
+	}
+	info, err := os.Stat(Registry{Dir: dest}.vmsDir())
+	if err != nil || !info.IsDir() {
+		return fmt.Errorf("destination %s: not a netns registry (no vms directory)", dest)
+	}
+	return nil
+}
+
+func sameDir(a, b string) (bool, error) {
+	ia, err := os.Stat(a)
+	if err != nil {
+		return false, err
+	}
+	ib, err := os.Stat(b)
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(ia, ib), nil
+}
+
+// Migrate moves vm's record to the registry at dest, as a live migration hands a running VM
+// to another hypervisor: the VM appears at dest (whose broker plugs its job's region there)
+// before it goes from here. Its network namespace, and with it every process of the VM, keeps
+// running throughout. A VM of that name already at dest is refused.
+func (h *Hypervisor) Migrate(ctx context.Context, vm hypervisor.VM, dest string) error {
+	if err := h.CheckDestination(dest); err != nil {
+		return err
+	}
+	rec, err := h.reg.read(vm.Name)
+	if err != nil {
+		return fmt.Errorf("migrate VM %s: %w", vm.Name, err)
+	}
+	if rec.UUID != vm.UUID {
+		return fmt.Errorf("migrate VM %s: its record names UUID %s, not %s", vm.Name, rec.UUID, vm.UUID)
+	}
+	to := Registry{Dir: dest}
+	if _, err := os.Lstat(to.recordPath(vm.Name)); err == nil {
+		return fmt.Errorf("migrate VM %s: a VM of that name runs at %s", vm.Name, dest)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("migrate VM %s: %w", vm.Name, err)
+	}
+	if err := to.Register(rec); err != nil {
+		return fmt.Errorf("migrate VM %s: %w", vm.Name, err)
+	}
+	if err := h.reg.Unregister(vm.Name); err != nil {
+		// It runs on both hosts now: undo the arrival, so it runs here only.
+		return errors.Join(fmt.Errorf("migrate VM %s: %w", vm.Name, err), to.Unregister(vm.Name))
+	}
+	h.changes.Signal()
+	return nil
+}
+
+// Recall moves vm back from the registry at dest to this host's.
+func (h *Hypervisor) Recall(ctx context.Context, vm hypervisor.VM, dest string) error {
+	if err := h.CheckDestination(dest); err != nil {
+		return err
+	}
+	from := Registry{Dir: dest}
+	rec, err := from.read(vm.Name)
+	if err != nil {
+		return fmt.Errorf("recall VM %s from %s: %w", vm.Name, dest, err)
+	}
+	if rec.UUID != vm.UUID {
+		return fmt.Errorf("recall VM %s from %s: its record there names UUID %s, not %s", vm.Name, dest, rec.UUID, vm.UUID)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("recall VM %s: %w", vm.Name, err)
+	}
+	if err := h.reg.Register(rec); err != nil {
+		return fmt.Errorf("recall VM %s: %w", vm.Name, err)
+	}
+	if err := from.Unregister(vm.Name); err != nil {
+		return errors.Join(fmt.Errorf("recall VM %s: %w", vm.Name, err), h.reg.Unregister(vm.Name))
+	}
+	h.changes.Signal()
+	return nil
+}
+
+// PluggedAt lists the device plugged into VM name in the registry at dest.
+func (h *Hypervisor) PluggedAt(_ context.Context, dest, name string) ([]string, error) {
+	target, err := Registry{Dir: dest}.Device(name)
+	if err != nil || target == "" {
+		return nil, err
+	}
+	return []string{filepath.Base(target)}, nil
+}
+
+// Home is this host's registry directory.
+func (h *Hypervisor) Home() string { return h.reg.Dir }

@@ -359,10 +359,6 @@ func TestEmulatedClusterSurvivesBrokerKill(t *testing.T) {
 			t.Errorf("ivshimctl %s: %v\n%s", cmd, err, out)
 		}
 	}
-	out, err = ctl(t, ctx, ctlBin, "-socket", h0.socket, "migrate", "h0v0", "h1")
-	if err == nil || !strings.Contains(out, "not implemented") {
-		t.Errorf("ivshimctl migrate: %v, %q; want a failure saying not implemented", err, out)
-	}
 	out, err = ctl(t, ctx, ctlBin, "-socket", h0.socket, "metrics")
 	if err != nil || !strings.Contains(out, `ivshim_broker_attach_total{result="ok"} 1`) || !strings.Contains(out, "ivshim_broker_regions 1") {
 		t.Errorf("metrics after restart (one attach: h0v3): %v\n%s", err, out)
@@ -435,5 +431,258 @@ func TestBadConfigExits(t *testing.T) {
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "region_mode") || !strings.Contains(string(out), "netns_dir") {
 		t.Errorf("bad config: %v\n%s", err, out)
+	}
+}
+
+// fakeRank is a rank of a VM holding a slot in its job's region, as the shim does: it beats,
+// and when release is set it releases its slot once it sees its VM flagged leaving, after delay.
+type fakeRank struct {
+	r    *ivshmem.Region
+	slot uint32
+	stop chan struct{}
+	done chan struct{}
+}
+
+func attachRank(t *testing.T, device string, vm hypervisor.UUID, release bool, delay time.Duration) *fakeRank {
+	t.Helper()
+	r, err := ivshmem.Open(device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx, ok := r.FindVM(vm)
+	if !ok {
+		t.Fatalf("VM %s has no entry in %s", vm, device)
+	}
+	r.ClaimSession(0x5e55) // the first rank claims it; the others join it
+	slot, err := r.ClaimSlot(ivshmem.SlotIdentity{Session: 0x5e55, VMIndex: idx, WorldRank: 7, WorldSize: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeRank{r: r, slot: slot, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		var seen time.Time
+		for {
+			select {
+			case <-f.stop:
+				r.ReleaseSlot(slot)
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			r.Beat(slot)
+			e, err := r.VMAt(idx)
+			if !release || err != nil || e.State != ivshmem.VMLeaving {
+				seen = time.Time{}
+				continue
+			}
+			if seen.IsZero() {
+				seen = time.Now()
+			}
+			if time.Since(seen) >= delay {
+				r.ReleaseSlot(slot)
+				return
+			}
+		}
+	}()
+	t.Cleanup(f.close)
+	return f
+}
+
+func (f *fakeRank) close() {
+	select {
+	case <-f.done:
+	default:
+		close(f.stop)
+		<-f.done
+	}
+	f.r.Close()
+}
+
+// vmState returns the state of VM name's entry in job's region on h ("" without one).
+func vmState(t *testing.T, ctx context.Context, h *host, job string, u hypervisor.UUID) string {
+	t.Helper()
+	regions, err := api.NewClient(h.socket).Regions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range regions {
+		for _, e := range r.VMs {
+			if r.Job == job && e.UUID == u.String() {
+				return e.State
+			}
+		}
+	}
+	return ""
+}
+
+func uuidOf(h *host, name string) hypervisor.UUID {
+	var u hypervisor.UUID
+	copy(u[:], h.name+"/"+name)
+	return u
+}
+
+// migrate runs ivshimctl migrate and decodes its JSON answer.
+func migrate(t *testing.T, ctx context.Context, ctlBin string, from *host, vm, dest string, deadline time.Duration) (api.MigrateResult, string, error) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, ctlBin, "-socket", from.socket, "-json", "migrate", "-deadline", deadline.String(), vm, dest).Output()
+	var res api.MigrateResult
+	if len(out) > 0 {
+		if jerr := json.Unmarshal(out, &res); jerr != nil {
+			t.Fatalf("ivshimctl migrate %s: %v: %q", vm, jerr, out)
+		}
+	}
+	msg := ""
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		msg = string(ee.Stderr)
+	}
+	return res, msg, err
+}
+
+func phaseNames(res api.MigrateResult) string {
+	var n []string
+	for _, p := range res.Phases {
+		n = append(n, p.Name)
+	}
+	return strings.Join(n, ",")
+}
+
+// TestMigrateEmulated drives the migration coordinator of two real brokers over the emulated
+// hypervisor: a VM whose rank never releases the region is rolled back at the deadline, a
+// second migration of a VM in flight is refused, a VM whose rank releases moves with its
+// phases timed and gets the destination's region there, a failed move and a destination
+// that never plugs the region roll back, and VMs move back and forth.
+func TestMigrateEmulated(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	bin, ctlBin := build(t, ctx)
+	h0, h1 := newHost(t, "h0", bin), newHost(t, "h1", bin)
+	for _, h := range []*host{h0, h1} {
+		h.start(ctx)
+	}
+	h0.register("h0v0", "jobA")
+	h0.register("h0v1", "jobA")
+	h1.register("h1v0", "jobA")
+	h0.waitDevice(ctx, "h0v0", h0.region("jobA"))
+	h0.waitDevice(ctx, "h0v1", h0.region("jobA"))
+	h1.waitDevice(ctx, "h1v0", h1.region("jobA"))
+	u0 := uuidOf(h0, "h0v0")
+
+	// Refused untouched: unknown VM, bad destinations.
+	for _, tc := range []struct{ vm, dest, want string }{
+		{"nosuch", h1.reg.Dir, "404"},
+		{"h0v0", h0.reg.Dir, "own registry"},
+		{"h0v0", "relative/dir", "absolute"},
+		{"h0v0", t.TempDir(), "not a netns registry"},
+	} {
+		res, msg, err := migrate(t, ctx, ctlBin, h0, tc.vm, tc.dest, time.Second)
+		if err == nil || !strings.Contains(msg, tc.want) || res.VM != "" {
+			t.Errorf("migrate %s to %s: %v, %q; want a refusal saying %q", tc.vm, tc.dest, err, msg, tc.want)
+		}
+	}
+
+	// A rank that never releases: the drain misses its deadline and the migration rolls back.
+	stuck := attachRank(t, h0.reg.DevicePath("h0v0"), u0, false, 0)
+	res, msg, err := migrate(t, ctx, ctlBin, h0, "h0v0", h1.reg.Dir, 300*time.Millisecond)
+	if err == nil || res.Migrated || res.FailedStep != "drain" || !res.RolledBack || res.Ranks != 1 || phaseNames(res) != "drain" ||
+		!strings.Contains(msg, "world ranks 7") {
+		t.Errorf("migration with a stuck rank: %+v, %v, %q; want a drain failure naming world rank 7, rolled back", res, err, msg)
+	}
+	if res.Phases[0].Seconds < 0.3 {
+		t.Errorf("the drain gave up after %.3f s, before its 300 ms deadline", res.Phases[0].Seconds)
+	}
+	if st := vmState(t, ctx, h0, "jobA", u0); st != "present" {
+		t.Errorf("h0v0 after the rollback: %q in the region, want present", st)
+	}
+	if d, _ := h0.reg.Device("h0v0"); d != h0.region("jobA") {
+		t.Errorf("h0v0 after the rollback has %q plugged", d)
+	}
+	stuck.close()
+
+	// A rank that releases 300 ms after its VM is flagged: a second migration meanwhile is
+	// refused, then the VM moves and the destination plugs its job's region there.
+	attachRank(t, h0.reg.DevicePath("h0v0"), u0, true, 300*time.Millisecond)
+	type answer struct {
+		res api.MigrateResult
+		msg string
+		err error
+	}
+	first := make(chan answer, 1)
+	go func() {
+		r, m, e := migrate(t, ctx, ctlBin, h0, "h0v0", h1.reg.Dir, 5*time.Second)
+		first <- answer{r, m, e}
+	}()
+	for vmState(t, ctx, h0, "jobA", u0) != "leaving" {
+		if ctx.Err() != nil {
+			t.Fatal("h0v0 never flagged leaving")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, msg, err := migrate(t, ctx, ctlBin, h0, "h0v0", h1.reg.Dir, time.Second); err == nil || !strings.Contains(msg, "already migrating") {
+		t.Errorf("a second migration of h0v0 in flight: %v, %q; want it refused", err, msg)
+	}
+	a := <-first
+	if a.err != nil || !a.res.Migrated || phaseNames(a.res) != "drain,detach,migrate,attach" || a.res.Ranks != 1 {
+		t.Fatalf("migration of h0v0: %+v, %v, %q; broker logs:\n%s\n%s", a.res, a.err, a.msg, h0.logText(), h1.logText())
+	}
+	if a.res.Phases[0].Seconds < 0.3 {
+		t.Errorf("drain took %.3f s, but the rank released only 300 ms after the flag", a.res.Phases[0].Seconds)
+	}
+	if d, _ := h1.reg.Device("h0v0"); d != h1.region("jobA") {
+		t.Errorf("h0v0 at h1 has %q plugged, want %s", d, h1.region("jobA"))
+	}
+	if _, err := os.Lstat(filepath.Join(h0.reg.Dir, "vms", "h0v0.json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("h0v0 still registered at h0: %v", err)
+	}
+	if st := vmState(t, ctx, h0, "jobA", u0); st != "" {
+		t.Errorf("h0v0 left h0 but its entry there is %q", st)
+	}
+	if st := vmState(t, ctx, h1, "jobA", u0); st != "present" {
+		t.Errorf("h0v0 at h1: entry %q, want present", st)
+	}
+
+	// The move fails (a VM of that name runs at the destination): rolled back, region re-plugged.
+	h0.register("h1v0", "")
+	res, msg, err = migrate(t, ctx, ctlBin, h1, "h1v0", h0.reg.Dir, time.Second)
+	if err == nil || res.FailedStep != "migrate" || !res.RolledBack || !strings.Contains(msg, "runs at") {
+		t.Errorf("migration onto a name in use: %+v, %v, %q; want the migrate step to fail and roll back", res, err, msg)
+	}
+	h1.waitDevice(ctx, "h1v0", h1.region("jobA"))
+	if st := vmState(t, ctx, h1, "jobA", uuidOf(h1, "h1v0")); st != "present" {
+		t.Errorf("h1v0 after the rollback: %q", st)
+	}
+	h0.reg.Unregister("h1v0")
+
+	// The destination never plugs the region (its broker is down): the VM is migrated back.
+	h0.kill()
+	res, msg, err = migrate(t, ctx, ctlBin, h1, "h1v0", h0.reg.Dir, 300*time.Millisecond)
+	if err == nil || res.FailedStep != "attach" || !res.RolledBack || !strings.Contains(res.Rollback, "migrated back") {
+		t.Errorf("migration to a host without a broker: %+v, %v, %q; want attach to fail and the VM to come back", res, err, msg)
+	}
+	if _, err := os.Lstat(filepath.Join(h1.reg.Dir, "vms", "h1v0.json")); err != nil {
+		t.Errorf("h1v0 is not back at h1: %v", err)
+	}
+	h1.waitDevice(ctx, "h1v0", h1.region("jobA"))
+	h0.start(ctx)
+
+	// Back and forth: every move ends with the destination's region plugged.
+	from, to := h1, h0
+	for i := 0; i < 6; i++ {
+		res, msg, err := migrate(t, ctx, ctlBin, from, "h0v0", to.reg.Dir, 5*time.Second)
+		if err != nil || !res.Migrated {
+			t.Fatalf("move %d of h0v0 %s -> %s: %+v, %v, %q", i, from.name, to.name, res, err, msg)
+		}
+		if d, _ := to.reg.Device("h0v0"); d != to.region("jobA") {
+			t.Fatalf("move %d: h0v0 at %s has %q plugged", i, to.name, d)
+		}
+		from, to = to, from
+	}
+	out, err := ctl(t, ctx, ctlBin, "-socket", h1.socket, "metrics")
+	if err != nil || !strings.Contains(out, `ivshim_broker_migrations_total{result="ok"}`) || !strings.Contains(out, "ivshim_broker_migrate_drain_seconds_count") {
+		t.Errorf("metrics: %v\n%s", err, out)
+	}
+	out, err = ctl(t, ctx, ctlBin, "-socket", from.socket, "migrate", "h0v0", to.reg.Dir)
+	if err != nil || !strings.Contains(out, "result") || !strings.Contains(out, "drain") || !strings.Contains(out, "attach") {
+		t.Errorf("ivshimctl migrate (table): %v\n%s", err, out)
 	}
 }
