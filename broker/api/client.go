@@ -110,7 +110,7 @@ func (c *Client) Migrate(ctx context.Context, req MigrateRequest) (MigrateResult
 	err := c.do(ctx, http.MethodPost, "/v1/migrate", req, &res)
 	var failed *failedMigration
 	if errors.As(err, &failed) {
-		return failed.res, fmt.Errorf("migrate VM %s: %s", req.VM, failed.res.Error)
+		return failed.res, errors.New(failed.res.Error)
 	}
 	return res, err
 }

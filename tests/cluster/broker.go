@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -320,4 +321,30 @@ func (b *Broker) waitNoRegions() error {
 		}
 		time.Sleep(pollInterval)
 	}
+}
+
+// Migrate moves vm to host dest through its broker's migration coordinator (ivshimctl migrate),
+// as a scheduler would, with deadline bounding the drain and the attach (0: the broker's
+// default). On success the cluster places vm on dest: jobs started from then on find it
+// there, with dest's region as its device. The coordinator's answer is returned in every case
+// it gave one; a failed migration leaves vm where it was.
+func (c *Cluster) Migrate(ctx context.Context, vm *VM, dest *Host, deadline time.Duration) (api.MigrateResult, error) {
+	src := vm.Host
+	if src.Broker == nil || dest.Broker == nil {
+		return api.MigrateResult{}, fmt.Errorf("migrate VM %s: hosts %s and %s need brokers", vm.Name, src.Name, dest.Name)
+	}
+	res, err := api.NewClient(src.Broker.Socket()).Migrate(ctx, api.MigrateRequest{VM: vm.Name, Destination: dest.Dir,
+		DeadlineMS: deadline.Milliseconds()})
+	if err != nil {
+		return res, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	src.VMs = slices.DeleteFunc(src.VMs, func(v *VM) bool { return v == vm })
+	dest.VMs = append(dest.VMs, vm)
+	vm.Host = dest
+	if err := writeFileAtomic(filepath.Join(vm.dir, "region"), []byte(dest.Broker.devicePath(vm))); err != nil {
+		return res, fmt.Errorf("migrate VM %s: %w", vm.Name, err)
+	}
+	return res, nil
 }

@@ -440,3 +440,100 @@ func TestBrokerCountsTraffic(t *testing.T) {
 		t.Errorf("with the shim: %d bytes still went over the network, more than a tenth of %d", shim-plain, plain-before)
 	}
 }
+
+// TestMigrateDuringJob runs the broker's migration coordinator against a running MPI job with
+// the shim, on a 2 × 2 cluster. While ranks of h0v1 use the region, the drain misses its
+// deadline and the migration rolls back: the job goes on undisturbed and finishes with checked
+// results, h0v1 keeps its region. Once the job has ended, h0v1 migrates to h1 (nothing to
+// drain), gets h1's region there, and the next job finds three co-located VMs on h1: every
+// rank of h1, the moved VM's included, moves its ring traffic through h1's region.
+func TestMigrateDuringJob(t *testing.T) {
+	testenv.RequireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	c := brokerCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 2})
+	soak := build(ctx, t, "../mpi/ring_soak.c")
+	hello := build(ctx, t, "../mpi/hello_ring.c")
+	h0, h1 := c.Hosts[0], c.Hosts[1]
+	mover := h0.VMs[1]
+	const m = cluster.OpenMPI
+	vms := c.VMs()
+
+	watch := newLineWatch("ivshim: init ")
+	job := cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"6"}, Env: shimEnv(t, m), Stderr: watch, Timeout: 2 * time.Minute}
+	type outcome struct {
+		res *cluster.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := cluster.Run(ctx, job)
+		done <- outcome{res, err}
+	}()
+	select {
+	case <-watch.seen:
+	case o := <-done:
+		t.Fatalf("job ended before the shim reported its start: %v", o.err)
+	}
+	time.Sleep(500 * time.Millisecond)
+	res, err := c.Migrate(ctx, mover, h1, time.Second)
+	if err == nil || res.FailedStep != "drain" || !res.RolledBack || res.Ranks != 1 || res.Migrated {
+		t.Errorf("migration of %s while its rank uses the region: %+v, %v; want the drain to miss its deadline and roll back", mover.Name, res, err)
+	}
+	t.Logf("migration during the job: %v (phases %+v)", err, res.Phases)
+	select {
+	case o := <-done:
+		t.Fatalf("job ended before the migration was rolled back, so the rollback proved nothing; make it longer: %v", o.err)
+	default:
+	}
+	o := <-done
+	if o.err != nil {
+		t.Fatalf("job after a rolled-back migration: %v\nstdout:\n%s\nstderr:\n%s", o.err, o.res.Stdout, o.res.Stderr)
+	}
+	if n := strings.Count(o.res.Stdout, " ok\n"); n != len(vms) {
+		t.Errorf("%d of %d ranks finished:\n%s", n, len(vms), o.res.Stdout)
+	}
+	for rank, s := range checkShimReport(t, o.res, vms) {
+		if s.SHMMsgs == 0 || s.NetMsgs == 0 {
+			t.Errorf("rank %d did not send both through its region and the library: %+v", rank, s)
+		}
+	}
+	if mover.Host != h0 {
+		t.Fatalf("%s is on %s after a failed migration", mover.Name, mover.Host.Name)
+	}
+	if got, _ := os.Readlink(mover.Region()); got != h0.Region() {
+		t.Errorf("%s after the rollback has %q plugged, want %s", mover.Name, got, h0.Region())
+	}
+
+	res, err = c.Migrate(ctx, mover, h1, 5*time.Second)
+	if err != nil || !res.Migrated || res.Ranks != 0 {
+		t.Fatalf("migration of idle %s: %+v, %v", mover.Name, res, err)
+	}
+	t.Logf("migration of the idle VM: %+v", res.Phases)
+	if mover.Host != h1 || len(h0.VMs) != 1 || len(h1.VMs) != 3 {
+		t.Fatalf("after the migration: %s on %s, hosts with %d and %d VMs", mover.Name, mover.Host.Name, len(h0.VMs), len(h1.VMs))
+	}
+	if got, _ := os.Readlink(mover.Region()); got != h1.Region() {
+		t.Errorf("%s at h1 has %q plugged, want %s", mover.Name, got, h1.Region())
+	}
+	vms = c.VMs()
+	r, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: hello[m], Env: shimEnv(t, m), Timeout: 30 * time.Second, RetryOnTimeout: true})
+	if err != nil {
+		t.Fatalf("job after the migration: %v\nstderr:\n%s", err, r.Stderr)
+	}
+	checkHelloRing(t, r.Stdout, vms)
+	// h0v0 is alone on h0 now: one shared-memory group, h1's three VMs.
+	if init := "ivshim: init ranks=4 groups=2 shm_groups=1 shm_ranks=3\n"; !strings.Contains(r.Stderr, init) {
+		t.Errorf("shim report lacks %q; stderr:\n%s", init, r.Stderr)
+	}
+	stats, err := r.ShimStats()
+	if err != nil || len(stats) != len(vms) {
+		t.Fatalf("shim stats: %v, %d of %d ranks; stderr:\n%s", err, len(stats), len(vms), r.Stderr)
+	}
+	for rank, s := range stats {
+		next := vms[(rank+1)%len(vms)]
+		if shm := s.SHMMsgs > 0 && s.NetMsgs == 0; shm != (next.Host == vms[rank].Host) {
+			t.Errorf("rank %d on %s (host %s) sent to %s (host %s): %+v", rank, vms[rank].Name, vms[rank].Host.Name, next.Name, next.Host.Name, s)
+		}
+	}
+}

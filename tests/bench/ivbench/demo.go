@@ -192,5 +192,30 @@ func Demo(ctx context.Context, src, buildDir string, out, log io.Writer) (err er
 		return fmt.Errorf("demo: %w", err)
 	}
 	fmt.Fprintln(out)
-	return WriteTable(out, lats)
+	if err := WriteTable(out, lats); err != nil {
+		return err
+	}
+	return demoMigration(ctx, c, out)
+}
+
+// demoMigration moves VM h0v1 to host h1 through h0's broker, as a scheduler would between
+// jobs, and prints the coordinator's phases and where the VM's region comes from afterwards.
+func demoMigration(ctx context.Context, c *cluster.Cluster, out io.Writer) error {
+	vm, dest := c.Hosts[0].VMs[1], c.Hosts[1]
+	fmt.Fprintf(out, "\nmigrating %s from %s to %s (ivshimctl migrate %s %s):\n", vm.Name, vm.Host.Name, dest.Name, vm.Name, dest.Dir)
+	res, err := c.Migrate(ctx, vm, dest, 0)
+	if err != nil {
+		return fmt.Errorf("demo: migrate %s: %w", vm.Name, err)
+	}
+	for _, p := range res.Phases {
+		fmt.Fprintf(out, "  %-8s %8.2f ms\n", p.Name, p.Seconds*1e3)
+	}
+	fmt.Fprintf(out, "  %-8s %8.2f ms (%d ranks drained)\n", "total", res.Seconds*1e3, res.Ranks)
+	target, err := os.Readlink(vm.Region())
+	if err != nil {
+		return fmt.Errorf("demo: %s after the migration: %w", vm.Name, err)
+	}
+	fmt.Fprintf(out, "%s now runs on %s with region %s, shared with %d other VMs of the job there\n",
+		vm.Name, vm.Host.Name, target, len(dest.VMs)-1)
+	return nil
 }
