@@ -164,6 +164,8 @@ func (m *migration) run(ctx context.Context) error {
 				return nil
 			}
 			m.detached = true // even a failed unplug may have half happened: rollback re-plugs
+			m.b.own.Lock()
+			defer m.b.own.Unlock()
 			return m.b.hv.Detach(m.vm, region)
 		}, &m.b.metrics.MigrateDetachTime},
 		{PhaseMigrate, func(ctx context.Context) error {

@@ -100,7 +100,8 @@ type Region struct {
 }
 
 // Hypervisor is what the broker needs from a hypervisor. Methods may be called from one
-// goroutine at a time, except Changes.
+// goroutine at a time, except Changes, and the Migrator methods, which the migration
+// coordinator calls while the other methods run.
 type Hypervisor interface {
 	// Kind names the implementation ("libvirt", "netns") for logs and status.
 	Kind() string

@@ -234,6 +234,9 @@ type Hypervisor struct {
 	log       *zap.Logger
 	changes   *hypervisor.Notify
 	callbacks []int
+
+	mu    sync.Mutex
+	peers map[string]*lv.Connect // destinations of migrations, by URI (migrate.go)
 }
 
 var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
@@ -455,6 +458,14 @@ func (h *Hypervisor) Close() error {
 		errs = append(errs, h.conn.DomainEventDeregister(id))
 	}
 	errs = append(errs, h.conn.UnregisterCloseCallback())
+	h.mu.Lock()
+	for _, c := range h.peers {
+		if _, err := c.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	h.peers = nil
+	h.mu.Unlock()
 	if _, err := h.conn.Close(); err != nil {
 		errs = append(errs, err)
 	}

@@ -103,6 +103,7 @@ func writeInitramfs(path string, files []cpioFile) error {
 type guest struct {
 	name, uuid, job     string
 	kernel, initrd, tty string // files on the host; tty receives the serial console
+	appendTTY           bool   // QEMU appends to tty (a migrated guest's next QEMU keeps its lines)
 }
 
 // domainXML is the guest's libvirt definition, tagged with its job.
@@ -129,12 +130,19 @@ func (g guest) domainXML() string {
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    <serial type='file'><source path='%s'/></serial>
+    <serial type='file'><source path='%s'%s/></serial>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
   </devices>
 </domain>
-`, esc(g.name), esc(g.uuid), esc(g.job), esc(g.kernel), esc(g.initrd), esc(g.tty))
+`, esc(g.name), esc(g.uuid), esc(g.job), esc(g.kernel), esc(g.initrd), esc(g.tty), appendAttr(g.appendTTY))
+}
+
+func appendAttr(on bool) string {
+	if on {
+		return ` append='on'`
+	}
+	return ""
 }
 
 // liveShmem is a <shmem> device of a live domain definition.

@@ -231,9 +231,10 @@ func buildInitramfs(ctx context.Context, t *testing.T, dir, path string) {
 }
 
 // startBroker runs the broker binary bin against the libvirtd at uri, logging to log, and
-// waits until its API answers. It skips the test when another broker manages /dev/shm, and
-// registers the broker's stop.
-func startBroker(ctx context.Context, t *testing.T, bin, dir, log, uri string) {
+// waits until its API answers; its configuration and socket are in dir, its command starts
+// with prefix (nsenter into a daemon's namespace). It skips the test when another broker
+// manages /dev/shm, and registers the broker's stop. It returns the API socket.
+func startBroker(ctx context.Context, t *testing.T, bin, dir, log, uri string, prefix ...string) string {
 	t.Helper()
 	conf := filepath.Join(dir, "broker.conf")
 	socket := filepath.Join(dir, "broker.sock")
@@ -245,7 +246,8 @@ func startBroker(ctx context.Context, t *testing.T, bin, dir, log, uri string) {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	cmd := exec.Command(bin, "-config", conf)
+	argv := append(append(prefix[:len(prefix):len(prefix)], bin), "-config", conf)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start broker: %v", err)
@@ -271,7 +273,7 @@ func startBroker(ctx context.Context, t *testing.T, bin, dir, log, uri string) {
 	for {
 		_, err := client.Status(ctx)
 		if err == nil {
-			return
+			return socket
 		}
 		select {
 		case <-done:

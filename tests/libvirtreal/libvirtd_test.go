@@ -51,10 +51,13 @@ log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 
 // qemuConf is the private daemon's qemu.conf. QEMU keeps Debian's user (libvirt-qemu) and the
 // DAC driver; stdio goes to files instead of virtlogd, cgroups are left alone, and no MAC
-// driver (AppArmor profiles) is used, so nothing outside the state directory changes.
+// driver (AppArmor profiles) is used, so nothing outside the state directory changes. Owners
+// are not remembered in extended attributes: the migration test's two daemons share the
+// guest's files, and a remembered owner makes the destination refuse to relabel a file in use.
 const qemuConf = `stdio_handler = "file"
 cgroup_controllers = [ ]
 security_driver = "none"
+remember_owner = 0
 `
 
 // libvirtd is a private libvirtd process (see the package documentation).
@@ -67,8 +70,8 @@ type libvirtd struct {
 
 // startLibvirtd runs bin (libvirtd) with its state in dir, registers its stop, and starts
 // waiting for it in the background: call awaitReady before using it. It skips the test when
-// the daemon cannot be started.
-func startLibvirtd(ctx context.Context, t *testing.T, bin, dir, hostUUID string) *libvirtd {
+// the daemon cannot be started. extra are more bind mounts (source, target) of its namespace.
+func startLibvirtd(ctx context.Context, t *testing.T, bin, dir, hostUUID string, extra ...[2]string) *libvirtd {
 	t.Helper()
 	d := &libvirtd{dir: dir, done: make(chan struct{}), ready: make(chan error, 1)}
 	var mounts [][2]string // source, target
@@ -85,6 +88,7 @@ func startLibvirtd(ctx context.Context, t *testing.T, bin, dir, hostUUID string)
 	} else if kvm != "" {
 		mounts = append(mounts, [2]string{kvm, kvmDevice})
 	}
+	mounts = append(mounts, extra...)
 	script := "set -e\n"
 	args := []string{"libvirtd-private"}
 	for _, m := range mounts {
@@ -161,6 +165,11 @@ func kvmNode(dir string) (string, error) {
 		return "", fmt.Errorf("KVM device node for libvirtd: %w", err)
 	}
 	return node, nil
+}
+
+// nsenter is the command prefix that runs a program in the daemon's mount namespace.
+func (d *libvirtd) nsenter() []string {
+	return []string{"nsenter", fmt.Sprintf("--mount=/proc/%d/ns/mnt", d.cmd.Process.Pid), "--"}
 }
 
 // URI is the private daemon's qemu:///system connection.
