@@ -29,6 +29,12 @@
 // which the unit tests use for domains, metadata and lifecycle events, does not implement
 // AttachDeviceFlags, so the tests substitute a fake for Live.
 //
+// # Migration
+//
+// Hypervisor implements hypervisor.Migrator (migrate.go): a destination is the libvirt URI of
+// the other host's daemon; the VM moves by a managed live migration once its ivshim devices are
+// gone from the live definition.
+//
 // # Events
 //
 // Open starts libvirt's default event loop once per process (EventRegisterDefaultImpl must
