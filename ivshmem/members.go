@@ -307,6 +307,26 @@ func (r *Region) Free(session uint64, i uint32, off uint64) error {
 	return nil
 }
 
+// Held returns the bytes of the heap that slot i holds for session: its inbound rings and the
+// collective areas it allocated. A statistic: the answer is exact under the allocator lock,
+// which it takes, but can be stale as soon as it returns.
+func (r *Region) Held(session uint64, i uint32) (uint64, error) {
+	if err := r.checkSlot(i); err != nil {
+		return 0, err
+	}
+	if err := r.lock(i); err != nil {
+		return 0, err
+	}
+	defer r.unlock()
+	var n uint64
+	for c := range r.layout.ChunkCount {
+		if e := r.chunkAt(c); e.Owner == session && e.Owner != 0 && uint32(e.Slot) == i {
+			n++
+		}
+	}
+	return n * uint64(r.layout.ChunkSize), nil
+}
+
 // clearChunks returns chunks [first, first+n) to the heap. The caller holds the lock.
 func (r *Region) clearChunks(first, n uint32) {
 	for k := first; k < first+n; k++ {

@@ -350,3 +350,51 @@ func TestLockDeadHolder(t *testing.T) {
 	}
 	r.unlock()
 }
+
+// TestHeld: a slot holds exactly its inbound rings and the areas it allocated, nothing of
+// another slot's or another session's, and nothing once released.
+func TestHeld(t *testing.T) {
+	r, _, _ := newRegion(t)
+	if err := r.ClaimSession(7); err != nil {
+		t.Fatal(err)
+	}
+	a, err := r.ClaimSlot(SlotIdentity{Session: 7, WorldRank: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := r.ClaimSlot(SlotIdentity{Session: 7, WorldRank: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := uint64(r.Layout().ChunkSize)
+	ringBytes := r.Layout().chunksFor(RingHeaderSize+RingMinCapacity) * chunk
+	if _, err := r.CreateRings(7, []uint32{a, b}, b, RingMinCapacity); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.CreateRings(7, []uint32{a}, a, RingMinCapacity); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Alloc(7, a, AllocCollective, 3*chunk); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Alloc(8, a, AllocCollective, chunk); err != nil { // another session's
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		slot uint32
+		want uint64
+	}{{a, ringBytes + 3*chunk}, {b, 2 * ringBytes}} {
+		if got, err := r.Held(7, tc.slot); err != nil || got != tc.want {
+			t.Errorf("Held(7, %d) = %d, %v; want %d", tc.slot, got, err, tc.want)
+		}
+	}
+	if _, err := r.ReleaseSlot(b); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.Held(7, b); err != nil || got != 0 {
+		t.Errorf("Held after release = %d, %v; want 0", got, err)
+	}
+	if _, err := r.Held(7, r.Layout().SlotCount); err == nil {
+		t.Error("Held of a slot past the table: no error")
+	}
+}

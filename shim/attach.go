@@ -135,6 +135,11 @@ func (a *Attachment) Finalize(s Stats) error {
 		return nil
 	}
 	a.done = true
+	if a.m != nil && a.m.hasSlot {
+		if n, err := a.m.region.Held(a.m.session, a.m.slot); err == nil {
+			s.RegionBytes = n
+		}
+	}
 	if a.verbose >= 1 {
 		io.WriteString(a.out, s.Line(a.Table.Rank))
 	}

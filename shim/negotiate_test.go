@@ -126,9 +126,17 @@ func TestTwoHostsTwoRanksEach(t *testing.T) {
 	if err := a.Free(off); err != nil {
 		t.Fatal(err)
 	}
+	// What rank 3 holds when it finalizes: its two inbound rings (rank 1 holds the area left
+	// allocated).
+	a3 := j.ranks[3].a
+	held, err := a3.m.region.Held(a3.m.session, a3.m.slot)
+	if err != nil || held == 0 {
+		t.Fatalf("rank 3 holds %d bytes: %v", held, err)
+	}
 	j.finalize()
-	if got := j.ranks[3].stderr.String(); got != "ivshim: stats rank=3 shm_msgs=7 shm_bytes=0 net_msgs=3 net_bytes=0 coll_shm=0 coll_net=0\n" {
-		t.Errorf("rank 3 stats line %q", got)
+	want := fmt.Sprintf("ivshim: stats rank=3 shm_msgs=7 shm_bytes=0 net_msgs=3 net_bytes=0 coll_shm=0 coll_net=0 region_bytes=%d\n", held)
+	if got := j.ranks[3].stderr.String(); got != want {
+		t.Errorf("rank 3 stats line %q, want %q", got, want)
 	}
 	if _, err := a.Alloc(1); !errors.Is(err, ErrPassThrough) {
 		t.Errorf("alloc after finalize: %v", err)
