@@ -85,9 +85,10 @@ func (c *Cluster) createNetwork(ctx context.Context) error {
 // bridge. With dozens of VMs on two busy CPUs, ARP resolution at the libraries' connection
 // set-up can miss its retries: UCX's connect then fails with "No route to host" (seen with 64
 // MPICH ranks in 32 VMs). Real hosts resolve their neighbours long before a job starts. With
-// the entries that error is gone, but MPICH 4.0.2/UCX 1.13 at 64 ranks on 2 CPUs still fails
-// MPI_Init in some starts ("initial_address_exchange: Destination is unreachable", no connect
-// error before it), with and without the shim; not understood yet.
+// the entries that error is gone, but MPICH 4.0.2/UCX 1.13 at 64 ranks on 2 CPUs with the shim
+// preloaded still fails MPI_Init in some starts ("initial_address_exchange: Destination is
+// unreachable", no connect error before it; none of 6 starts without the shim did): not
+// understood yet.
 func (c *Cluster) staticNeighbours(ctx context.Context) error {
 	mac, err := os.ReadFile(filepath.Join("/sys/class/net", c.Bridge, "address"))
 	if err != nil {
