@@ -279,6 +279,37 @@ func (w *lineWatch) Write(p []byte) (int, error) {
 // a 2 × 2 cluster, and restarts it: the job completes with every rank sending through its
 // region, the restarted broker adopts the region file as it is (same inode, valid, VM table
 // intact), and teardown leaves nothing behind.
+// jobOutcome is how a job started by startStarted ended.
+type jobOutcome struct {
+	res *cluster.Result
+	err error
+}
+
+// startStarted runs job (no retry) in the background and returns once the shim has reported
+// its start on the job's standard error, with the channel that receives the outcome. The
+// standard error of every attempt is logged if the test fails.
+func startStarted(ctx context.Context, t *testing.T, job cluster.Job) <-chan jobOutcome {
+	t.Helper()
+	watch := newLineWatch("ivshim: init ")
+	job.Stderr = watch
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("standard error of every attempt:\n%s", watch)
+		}
+	})
+	done := make(chan jobOutcome, 1)
+	go func() {
+		res, err := cluster.Run(ctx, job)
+		done <- jobOutcome{res, err}
+	}()
+	select {
+	case <-watch.seen:
+	case o := <-done:
+		t.Fatalf("job ended before the shim reported its start: %v", o.err)
+	}
+	return done
+}
+
 func TestBrokerKillDuringJob(t *testing.T) {
 	testenv.RequireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
@@ -292,28 +323,8 @@ func TestBrokerKillDuringJob(t *testing.T) {
 		t.Run(m.String(), func(t *testing.T) {
 			// No retry: the checks are about the attempt the kill hit. MPICH may still hang in
 			// MPI_Finalize after the ranks' work and the shim's report, which is tolerated.
-			watch := newLineWatch("ivshim: init ")
-			job := cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"8"}, Env: shimEnv(t, m),
-				Stderr: watch, Timeout: time.Minute}
-			defer func() {
-				if t.Failed() {
-					t.Logf("standard error of every attempt:\n%s", watch)
-				}
-			}()
-			type outcome struct {
-				res *cluster.Result
-				err error
-			}
-			done := make(chan outcome, 1)
-			go func() {
-				res, err := cluster.Run(ctx, job)
-				done <- outcome{res, err}
-			}()
-			select {
-			case <-watch.seen:
-			case o := <-done:
-				t.Fatalf("job ended before the shim reported its start: %v", o.err)
-			}
+			done := startStarted(ctx, t, cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"8"},
+				Env: shimEnv(t, m), Timeout: time.Minute})
 			time.Sleep(time.Second)
 			if err := h0.Broker.Kill(); err != nil {
 				t.Fatal(err)
@@ -459,22 +470,8 @@ func TestMigrateDuringJob(t *testing.T) {
 	const m = cluster.OpenMPI
 	vms := c.VMs()
 
-	watch := newLineWatch("ivshim: init ")
-	job := cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"6"}, Env: shimEnv(t, m), Stderr: watch, Timeout: 2 * time.Minute}
-	type outcome struct {
-		res *cluster.Result
-		err error
-	}
-	done := make(chan outcome, 1)
-	go func() {
-		res, err := cluster.Run(ctx, job)
-		done <- outcome{res, err}
-	}()
-	select {
-	case <-watch.seen:
-	case o := <-done:
-		t.Fatalf("job ended before the shim reported its start: %v", o.err)
-	}
+	done := startStarted(ctx, t, cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"6"}, Env: shimEnv(t, m),
+		Timeout: 2 * time.Minute})
 	time.Sleep(500 * time.Millisecond)
 	res, err := c.Migrate(ctx, mover, h1, time.Second)
 	if err == nil || res.FailedStep != "drain" || !res.RolledBack || res.Ranks != 1 || res.Migrated {

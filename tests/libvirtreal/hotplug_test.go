@@ -75,26 +75,11 @@ func TestLibvirtHotplug(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 
-	dir := t.TempDir()
-	// QEMU runs as libvirt-qemu and opens the kernel, initramfs and console file in here.
-	for _, p := range []string{dir, filepath.Dir(dir)} {
-		if err := os.Chmod(p, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := testDir(t)
 	hostUUID := hypervisor.UUID(randomBytes(t)).String()
 	// The daemon probes QEMU (seconds) while the guest and the broker are built.
 	d := startLibvirtd(ctx, t, libvirtdBin, filepath.Join(dir, "libvirt"), hostUUID)
-	random := randomBytes(t)
-	id := hex.EncodeToString(random[:4])
-	g := guest{
-		name:   "ivshim-realtest-vm-" + id,
-		uuid:   hypervisor.UUID(randomBytes(t)).String(),
-		job:    "realtest-" + id,
-		kernel: guestKernel(ctx, t, dir),
-		initrd: filepath.Join(dir, "initramfs.cpio"),
-		tty:    filepath.Join(dir, "console.log"),
-	}
+	g := newGuest(ctx, t, dir, "realtest")
 	brokerLog := filepath.Join(dir, "broker.log")
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -155,6 +140,34 @@ func TestLibvirtHotplug(t *testing.T) {
 	waitRegion(ctx, t, region, false)
 	t.Logf("guest destroyed: region removed after %v; whole test %v", time.Since(step).Round(time.Millisecond),
 		time.Since(start).Round(time.Millisecond))
+}
+
+// testDir is the test's directory, which QEMU (as libvirt-qemu) can traverse to open the
+// kernel, initramfs and console file in it.
+func testDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, p := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(p, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// newGuest describes a guest of a job of its own, named after kind, with its files in dir.
+func newGuest(ctx context.Context, t *testing.T, dir, kind string) guest {
+	t.Helper()
+	random := randomBytes(t)
+	id := hex.EncodeToString(random[:4])
+	return guest{
+		name:   "ivshim-" + kind + "-vm-" + id,
+		uuid:   hypervisor.UUID(randomBytes(t)).String(),
+		job:    kind + "-" + id,
+		kernel: guestKernel(ctx, t, dir),
+		initrd: filepath.Join(dir, "initramfs.cpio"),
+		tty:    filepath.Join(dir, "console.log"),
+	}
 }
 
 // requireHost skips the test unless this machine can run it, and returns the libvirtd binary.

@@ -2,7 +2,6 @@ package libvirtreal
 
 import (
 	"context"
-	"encoding/hex"
 	"os"
 	"path/filepath"
 	"testing"
@@ -57,24 +56,10 @@ func TestLibvirtMigrate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*testTimeout)
 	defer cancel()
 	start := time.Now()
-	dir := t.TempDir()
-	for _, p := range []string{dir, filepath.Dir(dir)} {
-		if err := os.Chmod(p, 0o711); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := testDir(t)
 	a, b := newHost(ctx, t, libvirtdBin, dir, "a"), newHost(ctx, t, libvirtdBin, dir, "b")
-	random := randomBytes(t)
-	id := hex.EncodeToString(random[:4])
-	g := guest{
-		name:      "ivshim-migtest-vm-" + id,
-		uuid:      hypervisor.UUID(randomBytes(t)).String(),
-		job:       "migtest-" + id,
-		kernel:    guestKernel(ctx, t, dir),
-		initrd:    filepath.Join(dir, "initramfs.cpio"),
-		tty:       filepath.Join(dir, "console.log"),
-		appendTTY: true,
-	}
+	g := newGuest(ctx, t, dir, "migtest")
+	g.appendTTY = true
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("guest console, brokers, QEMU and libvirtd logs:\n%s", tails(g.tty, a.log, b.log,

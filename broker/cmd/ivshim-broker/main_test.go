@@ -240,15 +240,24 @@ func ctl(t *testing.T, ctx context.Context, bin string, args ...string) (string,
 	return string(out), err
 }
 
+// twoBrokers starts the brokers of two emulated hosts, h0 and h1, for a test that ends within
+// 3 minutes (ctx), and returns the ivshimctl binary with them.
+func twoBrokers(t *testing.T) (ctx context.Context, ctlBin string, h0, h1 *host) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	bin, ctlBin := build(t, ctx)
+	h0, h1 = newHost(t, "h0", bin), newHost(t, "h1", bin)
+	for _, h := range []*host{h0, h1} {
+		h.start(ctx)
+	}
+	return ctx, ctlBin, h0, h1
+}
+
 // TestEmulatedClusterSurvivesBrokerKill runs two brokers for a 2-host × 2-VM job (plus a VM of
 // another job), kills one broker with SIGKILL while a rank uses its region, and restarts it.
 func TestEmulatedClusterSurvivesBrokerKill(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	bin, ctlBin := build(t, ctx)
-	h0, h1 := newHost(t, "h0", bin), newHost(t, "h1", bin)
+	ctx, ctlBin, h0, h1 := twoBrokers(t)
 	for _, h := range []*host{h0, h1} {
-		h.start(ctx)
 		info, err := os.Lstat(h.socket)
 		if err != nil || info.Mode().Perm() != 0o600 {
 			t.Errorf("API socket of %s: %v, %v; want mode 0600", h.name, info.Mode(), err)
@@ -553,13 +562,7 @@ func phaseNames(res api.MigrateResult) string {
 // phases timed and gets the destination's region there, a failed move and a destination
 // that never plugs the region roll back, and VMs move back and forth.
 func TestMigrateEmulated(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	bin, ctlBin := build(t, ctx)
-	h0, h1 := newHost(t, "h0", bin), newHost(t, "h1", bin)
-	for _, h := range []*host{h0, h1} {
-		h.start(ctx)
-	}
+	ctx, ctlBin, h0, h1 := twoBrokers(t)
 	h0.register("h0v0", "jobA")
 	h0.register("h0v1", "jobA")
 	h1.register("h1v0", "jobA")
