@@ -15,22 +15,28 @@ const beatInterval = 100 * time.Millisecond
 
 // watcher is the one goroutine a rank with a slot runs: it keeps the slot's heartbeat going,
 // so that another job instance never takes over a live session, and logs changes of the
-// broker's generation counter (VM arrivals and departures: the future migration trigger).
-// It runs from the moment the slot is claimed until Stop, which comes before the slot is
-// released and the region unmapped.
+// broker's generation counter (VM arrivals and departures). When the broker flags the rank's
+// own VM leaving (a migration's drain), it says so through say, once per flag: this version
+// keeps the region until MPI_Finalize, so the broker's drain misses its deadline and rolls the
+// migration back, and the user learns why from the job's output. It runs from the moment the
+// slot is claimed until Stop, which comes before the slot is released and the region unmapped.
 type watcher struct {
 	stop chan struct{}
 	done chan struct{}
 }
 
-func startWatcher(r *ivshmem.Region, slot, vm uint32, log *zap.Logger) *watcher {
+func startWatcher(r *ivshmem.Region, slot, vm uint32, log *zap.Logger, say func(string)) *watcher {
 	w := &watcher{stop: make(chan struct{}), done: make(chan struct{})}
 	r.Beat(slot)
-	go w.run(r, slot, vm, r.Generation(), log)
+	go w.run(r, slot, vm, r.Generation(), log, say)
 	return w
 }
 
-func (w *watcher) run(r *ivshmem.Region, slot, vm uint32, gen uint64, log *zap.Logger) {
+// leavingNotice is what a rank says when the broker flags its VM leaving.
+const leavingNotice = "its VM is flagged leaving (a migration): this version of the shim keeps using the region until " +
+	"MPI_Finalize, so the broker's drain will miss its deadline and roll the migration back; the job goes on"
+
+func (w *watcher) run(r *ivshmem.Region, slot, vm uint32, gen uint64, log *zap.Logger, say func(string)) {
 	defer close(w.done)
 	// A fault on the mapping (a truncated file, an unplugged BAR) becomes a panic here rather
 	// than killing the MPI process; the rank then simply stops beating.
@@ -42,6 +48,7 @@ func (w *watcher) run(r *ivshmem.Region, slot, vm uint32, gen uint64, log *zap.L
 	}()
 	t := time.NewTicker(beatInterval)
 	defer t.Stop()
+	leaving := false
 	for {
 		select {
 		case <-w.stop:
@@ -59,6 +66,13 @@ func (w *watcher) run(r *ivshmem.Region, slot, vm uint32, gen uint64, log *zap.L
 				fields = append(fields, zap.NamedError("vm_error", err))
 			} else {
 				fields = append(fields, zap.Uint32("vm", vm), zap.Uint32("vm_state", uint32(v.State)))
+				if now := v.State == ivshmem.VMLeaving; now != leaving {
+					leaving = now
+					if now {
+						log.Warn(leavingNotice)
+						say(leavingNotice)
+					}
+				}
 			}
 		}
 		log.Info("region generation changed", fields...)

@@ -49,6 +49,12 @@ static int flat_done(struct flat *f, int rc, void *buf, int count, MPI_Datatype 
  * leaders' int counts too. The decision takes the largest host, so it is the same everywhere. */
 #define IVS_LEADER_ROWS (64ull << 20)
 
+/* Across hosts, an alltoall with blocks larger than this goes to the library: its leaders'
+ * phase funnels every block through one rank per host, which made 16 KiB blocks 2-3x and
+ * 256 KiB-1 MiB blocks 11-22x slower than the library's own alltoall over TCP (make bench,
+ * 2 hosts x 2 and x 4 VMs), while up to 4 KiB it was 0.5-1.0x. n is the same on every rank. */
+#define IVS_ALLTOALL_HOSTS_BLOCK (4ull << 10)
+
 /* Byte counts the fast path handles: the library's counts are ints. */
 static int too_big(uint64_t bytes)
 {
@@ -135,7 +141,8 @@ int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	uint64_t n = ivs_dt_bytes(rdt, rcount), row = c ? n * (uint64_t)c->size : 0;
-	if (!c || too_big(row) || (k->nhosts > 1 && row * (uint64_t)k->maxnl > IVS_LEADER_ROWS))
+	if (!c || too_big(row) ||
+	    (k->nhosts > 1 && (n > IVS_ALLTOALL_HOSTS_BLOCK || row * (uint64_t)k->maxnl > IVS_LEADER_ROWS)))
 		IVS_NET_COLL(PMPI_Alltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
 		         PMPI_Ialltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
 	ivs.stats.collectives_shm++;

@@ -495,6 +495,10 @@ func TestMigrateDuringJob(t *testing.T) {
 			t.Errorf("rank %d did not send both through its region and the library: %+v", rank, s)
 		}
 	}
+	// The rank in the VM flagged leaving (rank 1, on h0v1), and it alone, told the user why.
+	if n := strings.Count(o.res.Stderr, "its VM is flagged leaving"); n != 1 || !strings.Contains(o.res.Stderr, "ivshim: rank 1: its VM is flagged leaving") {
+		t.Errorf("%d notices of the leaving flag, want rank 1's only:\n%s", n, o.res.Stderr)
+	}
 	if mover.Host != h0 {
 		t.Fatalf("%s is on %s after a failed migration", mover.Name, mover.Host.Name)
 	}
