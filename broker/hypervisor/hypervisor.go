@@ -134,9 +134,6 @@ type Migrator interface {
 	PluggedAt(ctx context.Context, dest, name string) ([]string, error)
 	// Recall moves vm, which Migrate moved to dest, back to this host.
 	Recall(ctx context.Context, vm VM, dest string) error
-	// Home is the destination that names this host: where a VM returns when its migration
-	// fails after it left.
-	Home() string
 }
 
 // Notify is the coalescing signal behind a Hypervisor's Changes channel. Signal and Close may

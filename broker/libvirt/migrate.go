@@ -139,12 +139,9 @@ func sleepCtx(ctx context.Context) error {
 
 // PluggedAt lists the ivshim devices of the domain called name at dest.
 func (h *Hypervisor) PluggedAt(_ context.Context, dest, name string) ([]string, error) {
-	c := h.conn
-	if dest != h.uri {
-		var err error
-		if c, err = h.connTo(dest); err != nil {
-			return nil, err
-		}
+	c, err := h.connTo(dest)
+	if err != nil {
+		return nil, err
 	}
 	dom, err := c.LookupDomainByName(name)
 	if err != nil {
@@ -161,6 +158,3 @@ func (h *Hypervisor) PluggedAt(_ context.Context, dest, name string) ([]string, 
 	}
 	return names, nil
 }
-
-// Home is this daemon's URI.
-func (h *Hypervisor) Home() string { return h.uri }

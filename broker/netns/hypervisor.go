@@ -254,29 +254,11 @@ func (h *Hypervisor) Migrate(ctx context.Context, vm hypervisor.VM, dest string)
 	if err := h.CheckDestination(dest); err != nil {
 		return err
 	}
-	rec, err := h.reg.read(vm.Name)
-	if err != nil {
-		return fmt.Errorf("migrate VM %s: %w", vm.Name, err)
-	}
-	if rec.UUID != vm.UUID {
-		return fmt.Errorf("migrate VM %s: its record names UUID %s, not %s", vm.Name, rec.UUID, vm.UUID)
-	}
 	to := Registry{Dir: dest}
 	if _, err := os.Lstat(to.recordPath(vm.Name)); err == nil {
 		return fmt.Errorf("migrate VM %s: a VM of that name runs at %s", vm.Name, dest)
 	}
-	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("migrate VM %s: %w", vm.Name, err)
-	}
-	if err := to.Register(rec); err != nil {
-		return fmt.Errorf("migrate VM %s: %w", vm.Name, err)
-	}
-	if err := h.reg.Unregister(vm.Name); err != nil {
-		// It runs on both hosts now: undo the arrival, so it runs here only.
-		return errors.Join(fmt.Errorf("migrate VM %s: %w", vm.Name, err), to.Unregister(vm.Name))
-	}
-	h.changes.Signal()
-	return nil
+	return h.move(ctx, "migrate", vm, h.reg, to)
 }
 
 // Recall moves vm back from the registry at dest to this host's.
@@ -284,22 +266,28 @@ func (h *Hypervisor) Recall(ctx context.Context, vm hypervisor.VM, dest string) 
 	if err := h.CheckDestination(dest); err != nil {
 		return err
 	}
-	from := Registry{Dir: dest}
+	return h.move(ctx, "recall", vm, Registry{Dir: dest}, h.reg)
+}
+
+// move hands vm's record from one registry to the other (verb names the step in errors): it
+// is registered at to before it goes from from, and is left in from alone when that fails.
+func (h *Hypervisor) move(ctx context.Context, verb string, vm hypervisor.VM, from, to Registry) error {
 	rec, err := from.read(vm.Name)
 	if err != nil {
-		return fmt.Errorf("recall VM %s from %s: %w", vm.Name, dest, err)
+		return fmt.Errorf("%s VM %s from %s: %w", verb, vm.Name, from.Dir, err)
 	}
 	if rec.UUID != vm.UUID {
-		return fmt.Errorf("recall VM %s from %s: its record there names UUID %s, not %s", vm.Name, dest, rec.UUID, vm.UUID)
+		return fmt.Errorf("%s VM %s: its record in %s names UUID %s, not %s", verb, vm.Name, from.Dir, rec.UUID, vm.UUID)
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("recall VM %s: %w", vm.Name, err)
+		return fmt.Errorf("%s VM %s: %w", verb, vm.Name, err)
 	}
-	if err := h.reg.Register(rec); err != nil {
-		return fmt.Errorf("recall VM %s: %w", vm.Name, err)
+	if err := to.Register(rec); err != nil {
+		return fmt.Errorf("%s VM %s: %w", verb, vm.Name, err)
 	}
 	if err := from.Unregister(vm.Name); err != nil {
-		return errors.Join(fmt.Errorf("recall VM %s: %w", vm.Name, err), h.reg.Unregister(vm.Name))
+		// It runs on both hosts now: undo the arrival, so it runs where it was.
+		return errors.Join(fmt.Errorf("%s VM %s: %w", verb, vm.Name, err), to.Unregister(vm.Name))
 	}
 	h.changes.Signal()
 	return nil
@@ -313,6 +301,3 @@ func (h *Hypervisor) PluggedAt(_ context.Context, dest, name string) ([]string, 
 	}
 	return []string{filepath.Base(target)}, nil
 }
-
-// Home is this host's registry directory.
-func (h *Hypervisor) Home() string { return h.reg.Dir }
