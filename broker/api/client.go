@@ -56,12 +56,6 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
-	if resp.StatusCode == http.StatusInternalServerError && path == "/v1/migrate" {
-		var res MigrateResult
-		if json.Unmarshal(b, &res) == nil && res.Error != "" {
-			return &failedMigration{res}
-		}
-	}
 	if resp.StatusCode != http.StatusOK {
 		var e errorBody
 		if json.Unmarshal(b, &e) != nil || e.Error == "" {
@@ -70,7 +64,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		if resp.StatusCode == http.StatusNotImplemented {
 			return fmt.Errorf("%w: %s", ErrNotImplemented, e.Error)
 		}
-		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, e.Error)
+		return &statusError{status: resp.StatusCode, body: b,
+			msg: fmt.Sprintf("%s %s: %s: %s", method, path, resp.Status, e.Error)}
 	}
 	if s, ok := out.(*string); ok {
 		*s = string(b)
@@ -108,17 +103,25 @@ func (c *Client) VMs(ctx context.Context) (v []VM, err error) {
 func (c *Client) Migrate(ctx context.Context, req MigrateRequest) (MigrateResult, error) {
 	var res MigrateResult
 	err := c.do(ctx, http.MethodPost, "/v1/migrate", req, &res)
-	var failed *failedMigration
-	if errors.As(err, &failed) {
-		return failed.res, errors.New(failed.res.Error)
+	var se *statusError
+	if errors.As(err, &se) && se.status == http.StatusInternalServerError {
+		var failed MigrateResult
+		if json.Unmarshal(se.body, &failed) == nil && failed.Error != "" {
+			return failed, errors.New(failed.Error)
+		}
 	}
 	return res, err
 }
 
-// failedMigration is the 500 answer to a migration that ran and failed.
-type failedMigration struct{ res MigrateResult }
+// statusError is a broker answer other than 200 (and 501, ErrNotImplemented), with its body
+// for callers whose endpoint answers a failure with more than an error text.
+type statusError struct {
+	status int
+	body   []byte
+	msg    string
+}
 
-func (f *failedMigration) Error() string { return f.res.Error }
+func (e *statusError) Error() string { return e.msg }
 
 // Metrics returns the broker's metrics in the Prometheus text format.
 func (c *Client) Metrics(ctx context.Context) (m string, err error) {
