@@ -136,12 +136,12 @@ func (a *Attachment) Finalize(s Stats) error {
 		return nil
 	}
 	a.done = true
-	if a.m != nil && a.m.hasSlot {
-		if n, err := a.m.region.Held(a.m.session, a.m.slot); err == nil {
-			s.RegionBytes = n
-		}
-	}
 	if a.verbose >= 1 {
+		if a.m != nil && a.m.hasSlot { // only the line shows it: no allocator lock otherwise
+			if n, err := a.m.region.Held(a.m.session, a.m.slot); err == nil {
+				s.RegionBytes = n
+			}
+		}
 		io.WriteString(a.out, s.Line(a.Table.Rank))
 	}
 	a.log.Info("finalize", zap.Uint64("shm_msgs", s.Messages[PathSHM]), zap.Uint64("net_msgs", s.Messages[PathNet]))
