@@ -178,14 +178,7 @@ func TestShimOverBrokers(t *testing.T) {
 			}
 			tolerateFinalizeHang(t, m, res, err, strings.Count(res.Stdout, "allreduce ok") == len(vms))
 			checkHelloRing(t, res.Stdout, vms)
-			// The shim counts messages sent: the ring's messages to a rank on the same host, and
-			// only those, go through the region.
-			for rank, s := range checkShimReport(t, res, vms) {
-				next := vms[(rank+1)%len(vms)]
-				if shm := s.SHMMsgs > 0 && s.NetMsgs == 0; shm != (next.Host == vms[rank].Host) {
-					t.Errorf("rank %d on %s sent to %s: %+v", rank, vms[rank].Name, next.Name, s)
-				}
-			}
+			checkRingPaths(t, checkShimReport(t, res, vms), vms)
 		})
 	}
 }
@@ -531,10 +524,19 @@ func TestMigrateDuringJob(t *testing.T) {
 	if err != nil || len(stats) != len(vms) {
 		t.Fatalf("shim stats: %v, %d of %d ranks; stderr:\n%s", err, len(stats), len(vms), r.Stderr)
 	}
+	checkRingPaths(t, stats, vms)
+}
+
+// checkRingPaths checks the stats of hello_ring, one rank per VM of vms: the shim counts
+// messages sent, and the ring's messages to a rank on the same host, and only those, go
+// through the region.
+func checkRingPaths(t *testing.T, stats []cluster.ShimStats, vms []*cluster.VM) {
+	t.Helper()
 	for rank, s := range stats {
 		next := vms[(rank+1)%len(vms)]
 		if shm := s.SHMMsgs > 0 && s.NetMsgs == 0; shm != (next.Host == vms[rank].Host) {
-			t.Errorf("rank %d on %s (host %s) sent to %s (host %s): %+v", rank, vms[rank].Name, vms[rank].Host.Name, next.Name, next.Host.Name, s)
+			t.Errorf("rank %d on %s (host %s) sent to %s (host %s): %+v", rank, vms[rank].Name, vms[rank].Host.Name,
+				next.Name, next.Host.Name, s)
 		}
 	}
 }
