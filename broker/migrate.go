@@ -229,8 +229,9 @@ func (m *migration) drain(ctx context.Context) error {
 				who = append(who, fmt.Sprint(w.worldRank))
 			}
 			slices.Sort(who)
-			return fmt.Errorf("%d of its %d ranks still use the region after %v (world ranks %s); the shim of this "+
-				"version releases the region only in MPI_Finalize", len(ranks), m.res.Ranks, m.deadline, strings.Join(who, ","))
+			return fmt.Errorf("%d of its %d ranks still use the region after %v (world ranks %s): a rank releases it "+
+				"inside MPI calls once its pairs and collectives are on the library, so these stayed outside MPI, "+
+				"or a peer or a communicator of theirs did", len(ranks), m.res.Ranks, m.deadline, strings.Join(who, ","))
 		case <-tick.C:
 		}
 		b.own.Lock()

@@ -39,6 +39,9 @@ enum ivs_rec_kind {
 	IVS_REC_MSG = 2,  /* first record of a message: envelope + first payload bytes */
 	IVS_REC_FRAG = 3, /* further payload of the message being received on this ring */
 	IVS_REC_ACK = 4,  /* receiver matched a synchronous send: cookie names it */
+	IVS_REC_MARK = 5, /* the sender's last record on this ring: from here on it sends this
+	                     receiver its messages and ACKs by the MPI library (a migration's path
+	                     switch, cgo/front/migrate.c); no field but the stamp is used */
 };
 
 #define IVS_F_SYNC 1u /* IVS_REC_MSG: the sender waits for an IVS_REC_ACK with cookie */

@@ -85,7 +85,8 @@ func TestGoAndCAgreeOnConstants(t *testing.T) {
 		"IVS_ALIGN": RecordAlign, "IVS_REC_HDR": RecordHeaderSize, "IVS_RING_MIN_CAP": RingMinCapacity,
 		"IVS_F_SYNC": uint64(RecordFlagSync), "IVS_REC_PAD": uint64(RecordPad),
 		"IVS_REC_MSG": uint64(RecordMsg), "IVS_REC_FRAG": uint64(RecordFrag), "IVS_REC_ACK": uint64(RecordAck),
-		"IVS_INLINE": CollInline, "IVS_DEPTH": CollDepth, "IVS_SLOT_MAX": CollSlotMax, "IVS_SLOT_MIN": CollSlotMin,
+		"IVS_REC_MARK": uint64(RecordMark),
+		"IVS_INLINE":   CollInline, "IVS_DEPTH": CollDepth, "IVS_SLOT_MAX": CollSlotMax, "IVS_SLOT_MIN": CollSlotMin,
 	}
 	got := cConstants()
 	if len(got) != len(want) {

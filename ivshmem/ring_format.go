@@ -21,6 +21,7 @@ const (
 	RecordMsg  RecordKind = 2 // first record of a message: envelope + first payload bytes
 	RecordFrag RecordKind = 3 // further payload of the message being received
 	RecordAck  RecordKind = 4 // receiver matched a synchronous send; Cookie names it
+	RecordMark RecordKind = 5 // the sender's last record on the ring: it uses the MPI library from here on
 )
 
 // record mirrors struct ivs_rec. Written by the ring's producer; Stamp is atomic, stored last

@@ -77,6 +77,8 @@ type Attachment struct {
 	m     *membership         // nil in pass-through and after Finalize
 	areas map[uint64]struct{} // collective areas allocated and not yet freed
 	done  bool                // Finalize ran
+	// released: Release gave the region up before Finalize (a migration)
+	released bool
 }
 
 // Region is the mapped region while this rank shares memory, else nil. It stays valid until
@@ -123,6 +125,32 @@ func (a *Attachment) Free(off uint64) error {
 		return fmt.Errorf("free collective area %#x: %w", off, err)
 	}
 	delete(a.areas, off)
+	return nil
+}
+
+// Release gives the region up while the job runs: the rank's VM is leaving the host and the
+// data plane has moved every pair and collective of this rank to the library. The heartbeat
+// stops, the slot is released (the broker's drain waits for exactly that) and the region is
+// unmapped. Collective areas this rank allocated are not freed: co-located members may still
+// read the last op it led; they stay with the session until it ends. Alloc and Free fail from
+// here on; Finalize only prints the stats line. Calls after the first do nothing.
+func (a *Attachment) Release() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil {
+		return nil
+	}
+	if n := len(a.areas); n > 0 {
+		a.log.Info("leaving collective areas to the session", zap.Int("areas", n))
+		clear(a.areas)
+	}
+	err := a.m.close()
+	a.m = nil
+	a.released = true
+	a.log.Info("released the region (migration)")
+	if err != nil {
+		return fmt.Errorf("release: %w", err)
+	}
 	return nil
 }
 

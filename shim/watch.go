@@ -16,9 +16,8 @@ const beatInterval = 100 * time.Millisecond
 // watcher is the one goroutine a rank with a slot runs: it keeps the slot's heartbeat going,
 // so that another job instance never takes over a live session, and logs changes of the
 // broker's generation counter (VM arrivals and departures). When the broker flags the rank's
-// own VM leaving (a migration's drain), it says so through say, once per flag: this version
-// keeps the region until MPI_Finalize, so the broker's drain misses its deadline and rolls the
-// migration back, and the user learns why from the job's output. It runs from the moment the
+// own VM leaving (a migration's drain), it says so through say, once per flag; the data plane
+// (cgo/front/migrate.c) sees the flag itself and does the switch. It runs from the moment the
 // slot is claimed until Stop, which comes before the slot is released and the region unmapped.
 type watcher struct {
 	stop chan struct{}
@@ -33,8 +32,9 @@ func startWatcher(r *ivshmem.Region, slot, vm uint32, log *zap.Logger, say func(
 }
 
 // leavingNotice is what a rank says when the broker flags its VM leaving.
-const leavingNotice = "its VM is flagged leaving (a migration): this version of the shim keeps using the region until " +
-	"MPI_Finalize, so the broker's drain will miss its deadline and roll the migration back; the job goes on"
+const leavingNotice = "its VM is flagged leaving (a migration): it moves its co-located pairs and collectives to the " +
+	"MPI library and then releases the region, at its next MPI calls (a rank that stays outside MPI past the broker's " +
+	"deadline makes the migration roll back)"
 
 func (w *watcher) run(r *ivshmem.Region, slot, vm uint32, gen uint64, log *zap.Logger, say func(string)) {
 	defer close(w.done)

@@ -19,7 +19,7 @@
 
 #include <stdint.h>
 
-#define IVSHIM_CTL_ABI 2 /* bump when any struct below changes */
+#define IVSHIM_CTL_ABI 3 /* bump when any struct below changes */
 
 /* Paths a peer can be reached on (struct ivshim_ctl_peer.path). */
 enum ivshim_path {
@@ -92,9 +92,17 @@ typedef int (*ivshim_ctl_free_fn)(uint64_t off, char *err, uint64_t errlen);
  * (the ranks have drained their rings and passed a barrier first). 0 on success. */
 typedef int (*ivshim_ctl_finalize_fn)(const struct ivshim_ctl_stats *stats, char *err, uint64_t errlen);
 
+/* ivshim_ctl_release: local; the rank gives its region up while the job runs (its VM leaves the
+ * host): the heartbeat stops, the slot is released (freeing its inbound rings) and the region is
+ * unmapped. Collective areas this rank allocated stay allocated, since co-located members may
+ * still read the last op; the session's end frees them. The front has moved every pair and
+ * collective off the region first. 0 on success. */
+typedef int (*ivshim_ctl_release_fn)(char *err, uint64_t errlen);
+
 #define IVSHIM_CTL_START_SYM "ivshim_ctl_start"
 #define IVSHIM_CTL_ALLOC_SYM "ivshim_ctl_alloc"
 #define IVSHIM_CTL_FREE_SYM "ivshim_ctl_free"
 #define IVSHIM_CTL_FINALIZE_SYM "ivshim_ctl_finalize"
+#define IVSHIM_CTL_RELEASE_SYM "ivshim_ctl_release"
 
 #endif /* IVSHIM_CTL_H */

@@ -183,6 +183,24 @@ func ivshim_ctl_finalize(stats *C.ivshim_const_stats, errbuf *C.char, errlen C.u
 	return 0
 }
 
+//export ivshim_ctl_release
+func ivshim_ctl_release(errbuf *C.char, errlen C.uint64_t) (rc C.int) {
+	defer guard(debug.SetPanicOnFault(true), "ivshim_ctl_release", func(err error) {
+		rc = -1
+		copyError(errbuf, errlen, err)
+	})
+	a := attachment()
+	if a == nil {
+		copyError(errbuf, errlen, fmt.Errorf("ivshim_ctl_release: %w", errNotStarted))
+		return -1
+	}
+	if err := a.Release(); err != nil {
+		copyError(errbuf, errlen, err)
+		return -1
+	}
+	return 0
+}
+
 func attachment() *shim.Attachment {
 	state.Lock()
 	defer state.Unlock()

@@ -13,3 +13,4 @@ IVSHIM_SAME_TYPE(ivshim_ctl_start, ivshim_ctl_start_fn);
 IVSHIM_SAME_TYPE(ivshim_ctl_alloc, ivshim_ctl_alloc_fn);
 IVSHIM_SAME_TYPE(ivshim_ctl_free, ivshim_ctl_free_fn);
 IVSHIM_SAME_TYPE(ivshim_ctl_finalize, ivshim_ctl_finalize_fn);
+IVSHIM_SAME_TYPE(ivshim_ctl_release, ivshim_ctl_release_fn);

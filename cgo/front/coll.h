@@ -109,11 +109,20 @@ static inline int ivs_coll_net_complete(int rc, MPI_Request *req)
 	return rc == MPI_SUCCESS ? ivs_net_wait(req, MPI_STATUS_IGNORE) : rc;
 }
 
-/* An interposer's way to the library's collective, without starving the rings. */
+/* First statement of every collective interposer: the rank is inside a collective until the
+ * interposer returns (migrate.c retires an area only outside). */
+static inline int ivs_coll_enter(void) { return ++ivs.coll_depth; }
+static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
+#define IVS_COLL_SCOPE int ivs_scope_ __attribute__((cleanup(ivs_coll_leave), unused)) = ivs_coll_enter()
+
+/* An interposer's way to the library's collective, without starving the rings. The variant is
+ * the same on every rank (a blocking collective does not match a nonblocking one): blocking
+ * where the library's progress engine moves the rings (hook.c), else nonblocking with the
+ * shim's progress (ivs.coll_nb, agreed at MPI_Init). */
 #define IVS_NET_COLL(blocking, nonblocking)                     \
 	do {                                                    \
 		ivs.stats.collectives_net += ivs.job_active;    \
-		if (!ivs_busy())                                \
+		if (!ivs.coll_nb)                               \
 			return blocking;                        \
 		MPI_Request req_;                               \
 		return ivs_coll_net_complete(nonblocking, &req_); \

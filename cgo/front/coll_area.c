@@ -96,6 +96,33 @@ static void coll_free(struct ivs_coll *k)
 
 static void reap_areas(void);
 
+/* Whether the co-located members lranks[0..nl) include this rank's VM flagged leaving or a
+ * peer whose pair with this rank is closing (migrate.c). */
+static int group_leaving(struct ivs_comm *c, const int *lranks, int nl)
+{
+	if (nl < 2)
+		return 0;
+	if (ivs.self_leaving)
+		return 1;
+	for (int i = 0; i < nl; i++) {
+		struct ivs_peer *p = ivs.peers[c->world[lranks[i]]];
+		if (p && p->closing)
+			return 1;
+	}
+	return 0;
+}
+
+int ivs_coll_in_region(struct ivs_comm *c)
+{
+	struct ivs_coll *k = c->coll;
+	return k && k->usable && k->nl > 1;
+}
+
+int ivs_coll_needs_switch(struct ivs_comm *c)
+{
+	return ivs_coll_in_region(c) && group_leaving(c, c->coll->lranks, c->coll->nl);
+}
+
 static struct ivs_coll *coll_setup(struct ivs_comm *c)
 {
 	struct ivs_coll *k = calloc(1, sizeof *k);
@@ -120,9 +147,12 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 		if (k->lranks[i] == c->rank)
 			k->li = i;
 	/* slot 0: no area of this rank's (a member, or alone on its host); a leader sets it below */
-	struct coll_info me = {.host_key = c->world[k->lranks[0]], .ok = 1, .area = 0, .slot = 0};
+	/* A member whose group holds a rank of a VM flagged leaving makes the set-up fail on all
+	 * members: the collectives take the library from the start (migrate.c). */
+	int leaving = group_leaving(c, k->lranks, k->nl);
+	struct coll_info me = {.host_key = c->world[k->lranks[0]], .ok = !leaving, .area = 0, .slot = 0};
 	char err[256] = "";
-	if (k->nl > 1 && k->li == 0) {
+	if (k->nl > 1 && k->li == 0 && !leaving) {
 		reap_areas();
 		uint64_t slot, off = area_alloc(k->nl, &slot, err, sizeof err);
 		me.ok = off != 0;
@@ -146,13 +176,21 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	 * bigger area holds the layout of a smaller slot. */
 	k->usable = 1;
 	k->slot = IVS_SLOT_MAX;
+	for (int r = 0; r < c->size; r++)
+		k->usable &= all[r].ok != 0;
+	if (!k->usable) {
+		/* Members may disagree on who is co-located while a pair switches: no grouping. */
+		free(all);
+		if (me.area)
+			ivs.ctl_free((uint64_t)me.area, err, sizeof err);
+		return k;
+	}
 	int nh = 0;
 	int64_t *keys = malloc(sizeof(int64_t) * (size_t)c->size);
-	int *count = calloc((size_t)c->size, sizeof(int));
+	int *count = calloc((size_t)(unsigned)c->size, sizeof(int));
 	if (!keys || !count)
 		ivs_fatal("out of memory");
 	for (int r = 0; r < c->size; r++) {
-		k->usable &= all[r].ok != 0;
 		if (all[r].ok && all[r].slot) {
 			if (!ivs_area_slot_ok((uint64_t)all[r].slot)) {
 				fprintf(stderr, "ivshim: rank %d: rank %d of a communicator offers a %ld-byte collective slot (a different shim build?): its collectives use the library\n",
@@ -218,7 +256,14 @@ struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k)
 	if (IVS_LIKELY(!ivs.job_active))
 		return NULL;
 	struct ivs_comm *c = ivs_comm_get(comm);
-	if (!c || c->coll_lib || !(*k = coll_of(c)))
+	if (!c || c->coll_lib)
+		return NULL;
+	if (IVS_UNLIKELY(!(++ivs.ctl_tick & 63)))
+		ivs_ctl_poll(); /* a rank that only runs collectives still answers the shim's messages */
+	if (IVS_UNLIKELY(c->sw) && ivs_coll_lib_due(c))
+		return NULL;
+	c->ncoll++;
+	if (!(*k = coll_of(c)))
 		return NULL;
 	return c;
 }
@@ -251,6 +296,8 @@ static int nzombies, zombies_cap;
 
 static void reap_areas(void)
 {
+	if (ivs.released)
+		return; /* the region is gone: the session's end frees these areas */
 	for (int z = 0; z < nzombies;) {
 		struct zombie *e = &zombies[z];
 		int i = 0;

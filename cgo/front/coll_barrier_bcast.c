@@ -47,6 +47,7 @@ static int bcast_bytes(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
 
 int MPI_Barrier(MPI_Comm comm)
 {
+	IVS_COLL_SCOPE;
 	struct ivs_coll *k;
 	if (ivs_coll_comm(comm, &k)) {
 		ivs.stats.collectives_shm++;
@@ -57,6 +58,7 @@ int MPI_Barrier(MPI_Comm comm)
 
 int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
 {
+	IVS_COLL_SCOPE;
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	uint64_t n = ivs_dt_bytes(dt, count), bytes;

@@ -28,6 +28,26 @@ struct ivs_comm *ivs_comm_get(MPI_Comm c)
 	return NULL;
 }
 
+/* The record with context id ctx, or NULL (not created here yet, or freed). Not on any
+ * per-message path: migrate.c looks communicators up by the id its messages carry. */
+struct ivs_comm *ivs_comm_by_ctx(uint32_t ctx)
+{
+	for (int b = 0; b < COMM_BUCKETS; b++)
+		for (struct ivs_comm *e = table[b]; e; e = e->next)
+			if (e->ctx == ctx)
+				return e;
+	return NULL;
+}
+
+void ivs_comm_each(void (*fn)(struct ivs_comm *c, void *arg), void *arg)
+{
+	for (int b = 0; b < COMM_BUCKETS; b++)
+		for (struct ivs_comm *e = table[b], *next; e; e = next) {
+			next = e->next;
+			fn(e, arg);
+		}
+}
+
 static void comm_drop(struct ivs_comm *e)
 {
 	free(e->world);
@@ -57,6 +77,8 @@ void ivs_comm_forget(MPI_Comm c)
 			*pp = e->next;
 			if (e == world_cache)
 				world_cache = NULL;
+			if (e->sw || e->sw_coord)
+				ivs_coll_agreement_finish(e);
 			ivs_coll_forget(e);
 			e->freed = 1;
 			if (e->refs == 0)
@@ -108,7 +130,7 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 			e->outsider = 1; /* spawned, connected or merged from another MPI_COMM_WORLD */
 			continue;
 		}
-		struct ivs_peer *p = ivs.peers[e->world[i]];
+		struct ivs_peer *p = ivs_rx_peer(e->world[i]); /* a peer that switched is a library peer */
 		if (p) {
 			e->by_local[p->local] = i;
 			e->nshm++;

@@ -148,6 +148,7 @@ static void setup_peers(struct ivshim_ctl_peer *peers)
 		p->rx.cap = rx.cap;
 		p->rx.pos = rx.head;
 		p->local = ivs.nlocal;
+		p->slot = peers[w].slot;
 		ivs.local_world[ivs.nlocal++] = w;
 		ivs.peers[w] = p;
 	}
@@ -189,6 +190,7 @@ static int init_common(int rc, int provided)
 {
 	if (rc != MPI_SUCCESS)
 		return rc;
+	ivs.ctlcomm = MPI_COMM_NULL;
 	PMPI_Comm_rank(MPI_COMM_WORLD, &ivs.world_rank);
 	PMPI_Comm_size(MPI_COMM_WORLD, &ivs.world_size);
 	ivs.thread_multiple = provided == MPI_THREAD_MULTIPLE;
@@ -202,6 +204,7 @@ static int init_common(int rc, int provided)
 	ivs.ctl_alloc = (ivshim_ctl_alloc_fn)ctl_sym(ctl_handle, IVSHIM_CTL_ALLOC_SYM);
 	ivs.ctl_free = (ivshim_ctl_free_fn)ctl_sym(ctl_handle, IVSHIM_CTL_FREE_SYM);
 	ivs.ctl_finalize = (ivshim_ctl_finalize_fn)ctl_sym(ctl_handle, IVSHIM_CTL_FINALIZE_SYM);
+	ivs.ctl_release = (ivshim_ctl_release_fn)ctl_sym(ctl_handle, IVSHIM_CTL_RELEASE_SYM);
 	char ver[MPI_MAX_LIBRARY_VERSION_STRING] = "";
 	int len;
 	PMPI_Get_library_version(ver, &len);
@@ -225,6 +228,7 @@ static int init_common(int rc, int provided)
 		ivs.base = a.region_base;
 		ivs.size = a.region_size;
 		setup_peers(a.peers);
+		ivs_migrate_init(a.self_slot);
 		ivs.enabled = 1;
 	} else if (ivs.verbose) {
 		fprintf(stderr, "ivshim: rank %d pass-through: %s\n", ivs.world_rank, a.error);
@@ -235,6 +239,8 @@ static int init_common(int rc, int provided)
 	ivs.job_active = active;
 	if (!ivs.job_active)
 		return MPI_SUCCESS;
+	if (PMPI_Comm_dup(MPI_COMM_WORLD, &ivs.ctlcomm) != MPI_SUCCESS)
+		ivs_fatal("cannot create the shim's own communicator");
 	int *ub, flag = 0;
 	PMPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
 	ivs.tag_ub = flag ? *ub : 32767; /* the least MPI allows */
@@ -246,6 +252,10 @@ static int init_common(int rc, int provided)
 			fprintf(stderr, "ivshim: rank %d: the MPI library offers no progress hook: the rings move only "
 			        "inside the shim's own calls\n", ivs.world_rank);
 	}
+	/* Library collectives are blocking calls unless a rank with rings could not hook the
+	 * library's progress: then nonblocking ones, on every rank alike. */
+	int no_hook = ivs.enabled && !ivs_lib_hooked();
+	PMPI_Allreduce(&no_hook, &ivs.coll_nb, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
 	return ivs_comm_world_init();
 }
 
@@ -273,6 +283,7 @@ static void drain(void)
 		if (!ivs_progress())
 			ivs_wait_pause(&spins);
 	}
+	ivs_migrate_drain();
 	MPI_Request req;
 	PMPI_Ibarrier(MPI_COMM_WORLD, &req);
 	for (;;) {
@@ -280,6 +291,7 @@ static void drain(void)
 		PMPI_Test(&req, &flag, MPI_STATUS_IGNORE);
 		if (flag)
 			break;
+		ivs_ctl_poll(); /* ranks still agreeing on a collective switch need this one's answer */
 		if (!ivs_progress())
 			ivs_wait_pause(&spins);
 	}

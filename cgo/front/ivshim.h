@@ -47,7 +47,20 @@ struct ivs_peer {
 	uint64_t *acks;            /* synchronous-send ACKs owed to the peer, not yet in the ring */
 	int nacks, acks_cap;
 	int local;                 /* index among the co-located ranks */
+	uint32_t slot;             /* the peer's slot in the region */
+	/* The path switch of a migration (migrate.c), per direction, each only ever set:
+	 * self -> peer: closing (new sends take the library; the MARK goes in after what is queued),
+	 * then tx_net (MARK written: ACKs too take the library); peer -> self: rx_mark (the ring engine
+	 * read the MARK and reads no further), then rx_net (messages parked meanwhile handed on: the
+	 * peer is a library peer for receives). */
+	uint8_t closing, tx_net, rx_mark, rx_net;
+	struct ivs_msg *parked, *parked_tail; /* library messages from the peer taken before its MARK */
 };
+
+/* Whether a send to world rank w goes into its ring (else to the library). */
+static inline struct ivs_peer *ivs_tx_peer(int w);
+/* Whether messages from world rank w arrive by its ring (else by the library). */
+static inline struct ivs_peer *ivs_rx_peer(int w);
 
 /* ---- communicators ---- */
 
@@ -68,7 +81,18 @@ struct ivs_comm {
 	int refs;                  /* shim requests that point here: MPI_Comm_free may come first */
 	int freed;                 /* MPI_Comm_free'd: gone from the table, dropped at refs == 0 */
 	struct ivs_comm *next;     /* hash chain */
+	/* The switch of this communicator's collectives to the library at a migration (migrate.c):
+	 * every member agrees on the index sw_k of the first collective that goes to the library. */
+	uint64_t ncoll;            /* collectives begun through ivs_coll_comm */
+	uint8_t sw;                /* enum ivs_sw */
+	uint8_t sw_coord;          /* comm rank 0: 1 while gathering the members' counts */
+	uint64_t sw_limit;         /* IVS_SW_WAITING: collectives from this index on wait for sw_k */
+	uint64_t sw_k;             /* IVS_SW_DECIDED: first collective on the library */
+	int sw_replies;            /* comm rank 0: counts gathered so far */
+	uint64_t sw_max;           /* comm rank 0: the largest of them */
 };
+
+enum ivs_sw { IVS_SW_NONE = 0, IVS_SW_ASKED, IVS_SW_WAITING, IVS_SW_DECIDED, IVS_SW_DONE };
 
 /* ---- requests ---- */
 
@@ -126,6 +150,11 @@ struct ivs_msg {
 	struct ivs_req *req;       /* matched receive, payload goes straight to it */
 	uint64_t cookie;           /* sync send to acknowledge, 0 = none */
 	struct ivs_comm *probe_comm; /* set by MPI_(I)mprobe, which took it out of matching */
+	/* A library message from a co-located peer, taken by a matched probe before the peer's
+	 * MARK was read (migrate.c): received by PMPI_Imrecv once matched. */
+	uint8_t is_lib;
+	MPI_Message lib;
+	MPI_Status lib_st;
 	struct ivs_msg *next, *prev;
 };
 
@@ -150,6 +179,19 @@ struct ivs_state {
 	int nsync_wait;            /* synchronous sends waiting for the receiver's ACK */
 	int nacks;                 /* ACKs queued for any peer */
 	int has_net;               /* some world rank is reached through PMPI */
+	int coll_nb;               /* the library's collectives are called nonblocking (coll.h) */
+	/* migration (migrate.c) */
+	uint32_t self_slot;
+	MPI_Comm ctlcomm;          /* the shim's own channel: a duplicate of MPI_COMM_WORLD */
+	int switching;             /* some pair or communicator is switching: migrate.c polls */
+	int self_leaving;          /* this rank's VM was flagged leaving: it gives up the region */
+	int released;              /* this rank gave the region back: never touch ivs.base again */
+	int nlib_unexp;            /* library messages parked in the unexpected queue */
+	const uint64_t *gen_word;  /* the region header's generation (broker-owned, atomic) */
+	uint64_t gen_seen;         /* its value last scanned */
+	unsigned ctl_tick;
+	int coll_depth;            /* inside a collective interposer (coll.h IVS_COLL_SCOPE) */
+	ivshim_ctl_release_fn ctl_release;
 	struct ivs_req *posted, *posted_tail;   /* shim-managed receives, in posting order */
 	struct ivs_msg *unexp, *unexp_tail;     /* arrived, unmatched, in arrival order */
 	struct ivshim_ctl_stats stats;
@@ -160,8 +202,22 @@ struct ivs_state {
 };
 extern struct ivs_state ivs;
 
+static inline struct ivs_peer *ivs_tx_peer(int w)
+{
+	struct ivs_peer *p = ivs.peers[w];
+	return p && !p->closing ? p : NULL;
+}
+
+static inline struct ivs_peer *ivs_rx_peer(int w)
+{
+	struct ivs_peer *p = ivs.peers[w];
+	return p && !p->rx_net ? p : NULL;
+}
+
 /* comm.c */
 struct ivs_comm *ivs_comm_get(MPI_Comm c);
+struct ivs_comm *ivs_comm_by_ctx(uint32_t ctx);
+void ivs_comm_each(void (*fn)(struct ivs_comm *c, void *arg), void *arg);
 void ivs_comm_forget(MPI_Comm c);
 void ivs_comm_hold(struct ivs_comm *c);
 void ivs_comm_unhold(struct ivs_comm *c);
@@ -175,6 +231,8 @@ static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
 
 /* coll_area.c: the collectives' one entry besides the interposers (the rest is in coll.h) */
 void ivs_coll_forget(struct ivs_comm *c);
+int ivs_coll_in_region(struct ivs_comm *c);     /* collectives of c use an area in the region */
+int ivs_coll_needs_switch(struct ivs_comm *c);  /* ... with a rank of a leaving VM (migrate.c) */
 
 /* request.c: handles the MPI library never issues */
 struct ivs_req *ivs_req_alloc(void);
@@ -225,6 +283,19 @@ void ivs_lib_poke(void);
 void ivs_lib_wait_poke(void);
 void ivs_lib_note(void);
 
+/* migrate.c: the path switch when the broker flags a VM of this host leaving */
+void ivs_migrate_init(uint32_t self_slot);
+int ivs_switch_progress(void);
+void ivs_ctl_poll(void);
+int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg);
+int ivs_coll_lib_due(struct ivs_comm *c);
+void ivs_coll_agreement_finish(struct ivs_comm *c);
+void ivs_migrate_drain(void);
+void ivs_deliver_lib(struct ivs_req *r, struct ivs_msg *m);
+void ivs_ack_arrived(int world, uint64_t cookie);
+struct ivs_req *ivs_posted_match(struct ivs_msg *m);
+void ivs_unexp_append(struct ivs_msg *m);
+
 /* isendrecv.c */
 int ivs_pairs_progress(void);
 extern int ivs_npairs; /* MPI_Isendrecv pairs not completed yet */
@@ -244,7 +315,11 @@ int ivs_arg_error(MPI_Comm comm, int err);
 void ivs_bsend_release(struct ivs_req *r);
 
 /* Shim work that needs this rank to keep polling: a blocking PMPI call must not be entered
- * while it is pending (a co-located peer could wait on us forever). */
-static inline int ivs_busy(void) { return ivs.posted || ivs.nsend_queued || ivs.nsync_wait || ivs.nacks || ivs_npairs; }
+ * while it is pending (a co-located peer could wait on us forever, or a path switch at a
+ * migration would stall: migrate.c). */
+static inline int ivs_busy(void)
+{
+	return ivs.posted || ivs.nsend_queued || ivs.nsync_wait || ivs.nacks || ivs_npairs || ivs.switching;
+}
 
 #endif

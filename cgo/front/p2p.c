@@ -7,13 +7,13 @@
 #include <string.h>
 #include "ivshim.h"
 
-/* The peer structure for comm rank dest if it is reached through shared memory. */
+/* The peer structure for comm rank dest if sends to it go into its ring. */
 static inline struct ivs_peer *shm_peer(struct ivs_comm *c, int dest, int *world)
 {
 	if (!c || dest < 0 || dest >= c->size)
 		return NULL;
 	*world = c->world[dest];
-	return ivs.peers[*world];
+	return ivs_tx_peer(*world);
 }
 
 static inline void count_net(uint64_t n)
@@ -92,10 +92,11 @@ int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 		return PMPI_Irecv(buf, count, dt, src, tag, comm, net);
 	if (src == MPI_ANY_SOURCE)
 		mode = c->has_net ? IVS_RM_PROBE : IVS_RM_SHM;
-	else if (ivs.peers[w = c->world[src]])
+	else if (ivs_rx_peer(w = c->world[src]))
 		mode = IVS_RM_SHM;
-	else if (c->pending_probe)
-		mode = IVS_RM_PROBE; /* must not overtake a receive posted before it */
+	else if (c->pending_probe || ivs.nlib_unexp)
+		mode = IVS_RM_PROBE; /* must not overtake a receive posted before it, nor a library
+		                        message parked at a path switch (migrate.c) */
 	else
 		return PMPI_Irecv(buf, count, dt, src, tag, comm, net);
 	if (tag != MPI_ANY_TAG && !tag_ok(tag))
@@ -111,7 +112,7 @@ int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 		return ivs_arg_error(comm, rc);
 	}
 	*out = r;
-	struct ivs_msg *m = (mode == IVS_RM_SHM || src == MPI_ANY_SOURCE) ? ivs_unexp_find(r) : NULL;
+	struct ivs_msg *m = (mode == IVS_RM_SHM || src == MPI_ANY_SOURCE || ivs.nlib_unexp) ? ivs_unexp_find(r) : NULL;
 	if (m) {
 		r->recv_mode = IVS_RM_SHM;
 		ivs_deliver_buffered(r, m);
@@ -231,10 +232,12 @@ int ivs_wait_loop_req(struct ivs_req *r)
 }
 
 /* Wait for a library request without starving the shim: while shim work is pending, a
- * blocking PMPI wait could leave a co-located peer waiting on us forever. */
+ * blocking PMPI wait could leave a co-located peer waiting on us forever; and in a job that
+ * uses shared memory, a rank blocked in the library could not answer the shim's own messages
+ * (a collective switch at a migration, migrate.c) that another rank may be waiting for. */
 int ivs_net_wait(MPI_Request *h, MPI_Status *st)
 {
-	if (!ivs_busy())
+	if (!ivs_busy() && ivs.ctlcomm == MPI_COMM_NULL)
 		return PMPI_Wait(h, st);
 	unsigned spins = 0;
 	for (;;) {
@@ -522,6 +525,10 @@ static void msg_status(struct ivs_comm *c, struct ivs_msg *m, MPI_Status *st)
 {
 	if (st == MPI_STATUS_IGNORE)
 		return;
+	if (m->is_lib) {
+		ivs_status_copy(st, &m->lib_st);
+		return;
+	}
 	st->MPI_SOURCE = c->by_local[ivs.peers[m->src_world]->local];
 	st->MPI_TAG = m->tag;
 	PMPI_Status_set_elements_x(st, MPI_BYTE, (MPI_Count)m->total);
@@ -534,7 +541,14 @@ static int probe_needs_net(struct ivs_comm *c, int src)
 {
 	if (src == MPI_ANY_SOURCE)
 		return c->has_net;
-	return src < 0 || src >= c->size || !ivs.peers[c->world[src]];
+	return src < 0 || src >= c->size || !ivs_rx_peer(c->world[src]);
+}
+
+/* Whether a probe for src on c must look at the unexpected queue: the ring's messages, and
+ * library messages parked at a path switch, come before the library's. */
+static int probe_needs_shm(struct ivs_comm *c, int src)
+{
+	return src == MPI_ANY_SOURCE || !probe_needs_net(c, src) || ivs.nlib_unexp;
 }
 
 /* Probe the library for (src, tag) on c. A message found there belongs to a receive posted
@@ -546,7 +560,19 @@ static int net_probe(struct ivs_comm *c, int src, int tag, int *flag, MPI_Messag
 	MPI_Status tmp, *s = st == MPI_STATUS_IGNORE ? &tmp : st;
 	for (;;) {
 		ivs_progress(); /* rings too: a loop of library probes must not stall them */
+		MPI_Message tmp_msg, *m = msg ? msg : &tmp_msg;
 		int rc = msg ? PMPI_Improbe(src, tag, c->handle, flag, msg, s) : PMPI_Iprobe(src, tag, c->handle, flag, s);
+		if (rc == MPI_SUCCESS && *flag && ivs_rx_peer(c->world[s->MPI_SOURCE])) {
+			/* From a co-located peer whose ring is still to be read up to its MARK: it
+			 * waits, parked (Improbe for exactly this source and tag takes exactly the
+			 * message reported), and the probe looks again. */
+			if (!msg)
+				rc = PMPI_Improbe(s->MPI_SOURCE, s->MPI_TAG, c->handle, flag, m, s);
+			if (rc == MPI_SUCCESS && *flag && ivs_park(c, s, m))
+				continue;
+			if (rc != MPI_SUCCESS)
+				return rc;
+		}
 		struct ivs_req *owner = rc == MPI_SUCCESS && *flag && c->pending_probe ? ivs_probe_owner(c, s) : NULL;
 		if (!owner)
 			return rc;
@@ -562,7 +588,7 @@ int MPI_Iprobe(int src, int tag, MPI_Comm comm, int *flag, MPI_Status *st)
 		ivs_progress(); /* a loop of library-only probes must still drain the rings */
 		return PMPI_Iprobe(src, tag, comm, flag, st);
 	}
-	if (src == MPI_ANY_SOURCE || !probe_needs_net(c, src)) {
+	if (probe_needs_shm(c, src)) {
 		struct ivs_msg *m = probe_shm(c, src, tag);
 		if (m) {
 			msg_status(c, m, st);
@@ -579,7 +605,7 @@ int MPI_Iprobe(int src, int tag, MPI_Comm comm, int *flag, MPI_Status *st)
 int MPI_Probe(int src, int tag, MPI_Comm comm, MPI_Status *st)
 {
 	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
-	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && !ivs_busy()))
+	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && !ivs_busy() && !ivs.nlib_unexp))
 		return PMPI_Probe(src, tag, comm, st);
 	unsigned spins = 0;
 	for (;;) {
@@ -595,7 +621,7 @@ int MPI_Improbe(int src, int tag, MPI_Comm comm, int *flag, MPI_Message *msg, MP
 	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
 	if (!c || src == MPI_PROC_NULL)
 		return PMPI_Improbe(src, tag, comm, flag, msg, st);
-	if (src == MPI_ANY_SOURCE || !probe_needs_net(c, src)) {
+	if (probe_needs_shm(c, src)) {
 		struct ivs_msg *m = probe_shm(c, src, tag);
 		if (m) {
 			if (ivs_msg_register(m) < 0)
@@ -617,7 +643,7 @@ int MPI_Improbe(int src, int tag, MPI_Comm comm, int *flag, MPI_Message *msg, MP
 int MPI_Mprobe(int src, int tag, MPI_Comm comm, MPI_Message *msg, MPI_Status *st)
 {
 	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
-	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && !ivs_busy()))
+	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && !ivs_busy() && !ivs.nlib_unexp))
 		return PMPI_Mprobe(src, tag, comm, msg, st);
 	unsigned spins = 0;
 	for (;;) {

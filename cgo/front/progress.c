@@ -84,6 +84,7 @@ void ivs_unpost(struct ivs_req *r)
 
 void ivs_unexp_remove(struct ivs_msg *m)
 {
+	ivs.nlib_unexp -= m->is_lib;
 	if (m->prev)
 		m->prev->next = m->next;
 	else
@@ -93,6 +94,18 @@ void ivs_unexp_remove(struct ivs_msg *m)
 	else
 		ivs.unexp_tail = m->prev;
 	m->next = m->prev = NULL;
+}
+
+void ivs_unexp_append(struct ivs_msg *m)
+{
+	ivs.nlib_unexp += m->is_lib;
+	m->next = NULL;
+	m->prev = ivs.unexp_tail;
+	if (ivs.unexp_tail)
+		ivs.unexp_tail->next = m;
+	else
+		ivs.unexp = m;
+	ivs.unexp_tail = m;
 }
 
 static void recv_complete(struct ivs_req *r, struct ivs_msg *m)
@@ -146,7 +159,7 @@ void ivs_send_ack(int world, uint64_t cookie)
 	}
 	p->acks[p->nacks++] = cookie;
 	ivs.nacks++;
-	if (p->nacks == 1)
+	if (p->nacks == 1 && !p->tx_net) /* else migrate.c sends it by the library */
 		push_acks(p);
 }
 
@@ -155,6 +168,10 @@ void ivs_deliver_buffered(struct ivs_req *r, struct ivs_msg *m)
 {
 	if (!m->probe_comm)
 		ivs_unexp_remove(m);
+	if (IVS_UNLIKELY(m->is_lib)) {
+		ivs_deliver_lib(r, m);
+		return;
+	}
 	recv_copy(r, 0, m->buf, m->got);
 	free(m->buf);
 	m->buf = NULL;
@@ -177,7 +194,7 @@ struct ivs_msg *ivs_unexp_find(const struct ivs_req *r)
 	return NULL;
 }
 
-static struct ivs_req *posted_match(struct ivs_msg *m)
+struct ivs_req *ivs_posted_match(struct ivs_msg *m)
 {
 	for (struct ivs_req *r = ivs.posted; r; r = r->next)
 		if ((r->recv_mode == IVS_RM_SHM || r->recv_mode == IVS_RM_PROBE) && ivs_match(r, m))
@@ -216,7 +233,7 @@ static void on_msg(int world, struct ivs_peer *p, const struct ivs_rec *h, const
 	if (h->len > h->total)
 		ivs_fatal("rank %d sent %u payload bytes of a %lu-byte message", world, h->len, (unsigned long)h->total);
 	struct ivs_msg tmp = {.src_world = world, .ctx = h->ctx, .tag = h->tag, .total = h->total, .got = h->len};
-	struct ivs_req *r = posted_match(&tmp);
+	struct ivs_req *r = ivs_posted_match(&tmp);
 	if (r) {
 		ivs_unpost(r);
 		r->recv_mode = IVS_RM_SHM;
@@ -244,12 +261,7 @@ static void on_msg(int world, struct ivs_peer *p, const struct ivs_rec *h, const
 	unexp_store(world, m, pl, h->len);
 	if (h->flags & IVS_F_SYNC)
 		m->cookie = h->cookie ? h->cookie : 1;
-	m->prev = ivs.unexp_tail;
-	if (ivs.unexp_tail)
-		ivs.unexp_tail->next = m;
-	else
-		ivs.unexp = m;
-	ivs.unexp_tail = m;
+	ivs_unexp_append(m);
 	if (h->len < h->total)
 		p->rx_cur = m;
 }
@@ -277,9 +289,9 @@ static void on_frag(int world, struct ivs_peer *p, const struct ivs_rec *h, cons
 
 /* A receiver matched one of our synchronous sends. Only the rank the send went to may say so:
  * a token arriving from anyone else is ignored like a stale one. */
-static void on_ack(int world, const struct ivs_rec *h)
+void ivs_ack_arrived(int world, uint64_t cookie)
 {
-	struct ivs_req *r = ivs_req_by_cookie(h->cookie);
+	struct ivs_req *r = ivs_req_by_cookie(cookie);
 	if (!r || r->peer_world != world)
 		return; /* stale or foreign token: nothing of ours waits for it */
 	r->sync_wait = 0;
@@ -412,8 +424,8 @@ static int probe_net(void)
 			r->state = IVS_DONE;
 			continue;
 		}
-		if (!flag)
-			continue;
+		if (!flag || ivs_park(r->comm, &st, &msg))
+			continue; /* nothing, or a message from a peer whose ring is still to be read */
 		/* The message may have arrived after an earlier receive's probe in this pass: it
 		 * belongs to the first receive posted that matches it (r at the latest). */
 		ivs_net_assign(ivs_probe_owner(r->comm, &st), &msg);
@@ -435,7 +447,7 @@ static int ring_progress(void)
 		struct ivs_peer *p = ivs.peers[world];
 		struct ivs_rec h;
 		const uint8_t *pl;
-		for (int budget = 32; budget > 0; budget--) {
+		for (int budget = p->rx_mark ? 0 : 32; budget > 0; budget--) {
 			int rc = ivs_rx_peek(&p->rx, &h, &pl);
 			if (rc == 0)
 				break;
@@ -449,13 +461,20 @@ static int ring_progress(void)
 				on_frag(world, p, &h, pl);
 				break;
 			case IVS_REC_ACK:
-				on_ack(world, &h);
+				ivs_ack_arrived(world, h.cookie);
+				break;
+			case IVS_REC_MARK: /* the peer's last record: migrate.c takes over */
+				if (p->rx_cur)
+					ivs_fatal("rank %d closed its ring in the middle of a message", world);
+				p->rx_mark = 1;
+				ivs.switching = 1;
+				budget = 1;
 				break;
 			}
 			ivs_rx_consume(&p->rx, h.len);
 			did = 1;
 		}
-		if (p->nacks)
+		if (p->nacks && !p->tx_net)
 			did |= push_acks(p);
 		if (p->sendq)
 			did |= push_sends(p);
@@ -470,10 +489,16 @@ static int in_progress;
 
 int ivs_progress(void)
 {
-	if (!ivs.enabled || in_progress)
+	if (!ivs.enabled || in_progress) {
+		if (!in_progress && ivs.job_active && !(++ivs.ctl_tick & 255))
+			ivs_ctl_poll(); /* a rank without a region may lead a collective switch (migrate.c) */
 		return 0;
+	}
 	in_progress = 1;
 	int did = ring_progress();
+	if (IVS_UNLIKELY(ivs.switching || (!ivs.released && __atomic_load_n(ivs.gen_word, __ATOMIC_RELAXED) != ivs.gen_seen) ||
+	                 !(++ivs.ctl_tick & 255)))
+		did |= ivs_switch_progress();
 	if (ivs.posted && ivs.has_net)
 		did |= probe_net();
 	if (ivs_npairs)

@@ -202,7 +202,7 @@ static inline int ivs_rx_peek(struct ivs_rx *x, struct ivs_rec *h, const uint8_t
 			__atomic_store_n(&x->ring->head, x->pos, __ATOMIC_RELEASE);
 			continue;
 		}
-		if (h->len > x->cap - off - IVS_REC_HDR || h->kind < IVS_REC_MSG || h->kind > IVS_REC_ACK)
+		if (h->len > x->cap - off - IVS_REC_HDR || h->kind < IVS_REC_MSG || h->kind > IVS_REC_MARK)
 			return -1;
 		*payload = (const uint8_t *)r + IVS_REC_HDR;
 		return 1;

@@ -204,9 +204,24 @@ func tolerateFinalizeHang(t *testing.T, m cluster.MPI, res *cluster.Result, err 
 // rank's stats at MPI_Finalize show collectives through its region. It returns the stats.
 func checkShimReport(t *testing.T, res *cluster.Result, vms []*cluster.VM) []cluster.ShimStats {
 	t.Helper()
+	return checkShimReportAt(t, res, vms, placement(vms))
+}
+
+// placement is the host of each VM of vms now: a job's path table is the one at its start.
+func placement(vms []*cluster.VM) []*cluster.Host {
+	at := make([]*cluster.Host, len(vms))
+	for i, vm := range vms {
+		at[i] = vm.Host
+	}
+	return at
+}
+
+// checkShimReportAt is checkShimReport for a job that started with vms[i] on at[i].
+func checkShimReportAt(t *testing.T, res *cluster.Result, vms []*cluster.VM, at []*cluster.Host) []cluster.ShimStats {
+	t.Helper()
 	hosts := map[*cluster.Host]bool{}
-	for _, vm := range vms {
-		hosts[vm.Host] = true
+	for _, h := range at {
+		hosts[h] = true
 	}
 	init := fmt.Sprintf("ivshim: init ranks=%d groups=%d shm_groups=%d shm_ranks=%d\n", len(vms), len(hosts), len(hosts), len(vms))
 	if !strings.Contains(res.Stderr, init) {
@@ -214,7 +229,7 @@ func checkShimReport(t *testing.T, res *cluster.Result, vms []*cluster.VM) []clu
 	}
 	for rank, vm := range vms {
 		path := "net"
-		if vm.Host == vms[0].Host {
+		if at[rank] == at[0] {
 			path = "shm"
 		}
 		row := regexp.MustCompile(fmt.Sprintf(`(?m)^ivshim: path rank=%d host=\S+ group=\d+ slot=\d+ path=%s vm=\d+$`, rank, path))
@@ -463,53 +478,47 @@ func TestMigrateDuringJob(t *testing.T) {
 	const m = cluster.OpenMPI
 	vms := c.VMs()
 
+	at := placement(vms)
 	done := startStarted(ctx, t, cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"6"}, Env: shimEnv(t, m),
 		Timeout: 2 * time.Minute})
-	time.Sleep(500 * time.Millisecond)
-	res, err := c.Migrate(ctx, mover, h1, time.Second)
-	if err == nil || res.FailedStep != "drain" || !res.RolledBack || res.Ranks != 1 || res.Migrated {
-		t.Errorf("migration of %s while its rank uses the region: %+v, %v; want the drain to miss its deadline and roll back", mover.Name, res, err)
+	time.Sleep(time.Second)
+	res, err := c.Migrate(ctx, mover, h1, 5*time.Second)
+	if err != nil || !res.Migrated || res.Ranks != 1 {
+		t.Errorf("migration of %s while its rank uses the region: %+v, %v; want its rank to switch, release and the VM to move", mover.Name, res, err)
 	}
-	t.Logf("migration during the job: %v (phases %+v)", err, res.Phases)
+	t.Logf("migration during the job: %+v", res.Phases)
 	select {
 	case o := <-done:
-		t.Fatalf("job ended before the migration was rolled back, so the rollback proved nothing; make it longer: %v", o.err)
+		t.Fatalf("job ended before the migration, so the migration proved nothing; make it longer: %v", o.err)
 	default:
 	}
 	o := <-done
 	if o.err != nil {
-		t.Fatalf("job after a rolled-back migration: %v\nstdout:\n%s\nstderr:\n%s", o.err, o.res.Stdout, o.res.Stderr)
+		t.Fatalf("job with a migration: %v\nstdout:\n%s\nstderr:\n%s", o.err, o.res.Stdout, o.res.Stderr)
 	}
+	// ring_soak checks every payload and prints "ok" only if all were right.
 	if n := strings.Count(o.res.Stdout, " ok\n"); n != len(vms) {
 		t.Errorf("%d of %d ranks finished:\n%s", n, len(vms), o.res.Stdout)
 	}
-	for rank, s := range checkShimReport(t, o.res, vms) {
+	for rank, s := range checkShimReportAt(t, o.res, vms, at) {
 		if s.SHMMsgs == 0 || s.NetMsgs == 0 {
 			t.Errorf("rank %d did not send both through its region and the library: %+v", rank, s)
 		}
 	}
-	// The rank in the VM flagged leaving (rank 1, on h0v1), and it alone, told the user why.
-	if n := strings.Count(o.res.Stderr, "its VM is flagged leaving"); n != 1 || !strings.Contains(o.res.Stderr, "ivshim: rank 1: its VM is flagged leaving") {
-		t.Errorf("%d notices of the leaving flag, want rank 1's only:\n%s", n, o.res.Stderr)
+	// The rank in the VM flagged leaving (rank 1, on h0v1), and it alone, was told and gave the
+	// region back.
+	for _, what := range []string{"its VM is flagged leaving", "moved its traffic with 1 co-located ranks to the MPI library and released the region"} {
+		if n := strings.Count(o.res.Stderr, what); n != 1 || !strings.Contains(o.res.Stderr, "ivshim: rank 1: "+what) {
+			t.Errorf("want %q from rank 1 only (%d such lines); stderr:\n%s", what, n, o.res.Stderr)
+		}
 	}
-	if mover.Host != h0 {
-		t.Fatalf("%s is on %s after a failed migration", mover.Name, mover.Host.Name)
-	}
-	if got, _ := os.Readlink(mover.Region()); got != h0.Region() {
-		t.Errorf("%s after the rollback has %q plugged, want %s", mover.Name, got, h0.Region())
-	}
-
-	res, err = c.Migrate(ctx, mover, h1, 5*time.Second)
-	if err != nil || !res.Migrated || res.Ranks != 0 {
-		t.Fatalf("migration of idle %s: %+v, %v", mover.Name, res, err)
-	}
-	t.Logf("migration of the idle VM: %+v", res.Phases)
 	if mover.Host != h1 || len(h0.VMs) != 1 || len(h1.VMs) != 3 {
 		t.Fatalf("after the migration: %s on %s, hosts with %d and %d VMs", mover.Name, mover.Host.Name, len(h0.VMs), len(h1.VMs))
 	}
 	if got, _ := os.Readlink(mover.Region()); got != h1.Region() {
 		t.Errorf("%s at h1 has %q plugged, want %s", mover.Name, got, h1.Region())
 	}
+
 	vms = c.VMs()
 	r, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: hello[m], Env: shimEnv(t, m), Timeout: 30 * time.Second, RetryOnTimeout: true})
 	if err != nil {

@@ -1,0 +1,557 @@
+/* The path switch at a migration: when the broker flags a VM of this host leaving (its entry in
+ * the region's VM table, announced by a bump of the header's generation word), every pair of
+ * co-located ranks with a rank of that VM moves to the MPI library, every communicator whose
+ * collectives use an area in the region with such a rank moves its collectives to the library,
+ * and each rank of the leaving VM then gives the region back (its slot released, the mapping
+ * gone), which is what the broker's drain waits for. The protocol is tests/model/migrate.pml's
+ * (leave part; a rank that came back does not rejoin the region in this version: its pairs stay
+ * on the library until MPI_Finalize).
+ *
+ * Pairs, per direction (struct ivs_peer):
+ *   close    on the flag, both ranks of the pair (each sees it in the region): new sends take the
+ *            library at once; what is queued for the ring goes in first, then the owed ACKs,
+ *            then a MARK record, the sender's last record on that ring (tx_net). ACKs owed
+ *            after the MARK go by the library on the shim's own communicator (ivs.ctlcomm).
+ *   read     the receiver reads the ring up to the MARK (rx_mark, ring engine), then: posted
+ *            receives that may match the peer look for library messages from then on
+ *            (probe mode), and the peer's library messages taken out early are handed on
+ *            (rx_net). Early ones: a matched probe of the library (a wildcard receive, a
+ *            user's probe) that finds a message of a peer whose MARK is not read yet parks it
+ *            (ivs_park): it was sent after everything in the ring, so it waits for the MARK.
+ *            Nothing else takes library messages from a peer that is still on the ring.
+ *   release  a rank of the leaving VM: all its pairs closed both ways, nothing owed, no
+ *            collective of its own using the region: ivshim_ctl_release.
+ *
+ * Collectives. Which path a collective takes must be the same on every member, also on
+ * members on other hosts that never see the flag. Each member counts the collectives it begins
+ * on the communicator (ivs_comm.ncoll, the same sequence on all members). A member that sees
+ * the flag for a communicator whose area holds a rank of the leaving VM asks the
+ * communicator's rank 0 (ASK); rank 0 asks every member for its count (QUERY); each answers
+ * with its count j (REPLY) and may begin collectives there up to index j + SLACK - 1 before it
+ * knows the decision; rank 0 sends k = the largest count + SLACK (DECIDE), and collectives from
+ * index k on take the library, on every member. Every member's collectives below k keep the
+ * shared-memory plan, so none mixes plans. A member that freed the communicator answers
+ * "never" (all its collectives took the old plan, and so must everyone's; the communicator is
+ * gone soon everywhere).
+ * Why the slack: a member that answered and then waited at once could deadlock a valid
+ * program. A rank X blocked inside a library call cannot answer, and it may be waiting for a
+ * member W that waits for the decision: X ran ahead of W on this communicator (a root of
+ * Bcast, a non-root of Reduce) and now waits for a message W sends after its next collective.
+ * With the slack W runs that collective, unless X ran SLACK collectives ahead of it. The shim's
+ * own waits on the library (ivs_net_wait) poll these messages, so a rank waiting inside a
+ * collective of the shim answers. Messages of this exchange are answered from the progress
+ * engine and at collective entries, so a rank that stays outside MPI delays the switch (the
+ * broker's deadline then rolls the migration back). A rank of the leaving VM releases once
+ * it has begun collective k - 1 on each such communicator and left it (or freed it): a
+ * communicator its program no longer uses keeps the region held.
+ *
+ * A communicator whose collectives are set up after a pair of its area closed takes the library
+ * for them from the start (the set-up exchange makes that uniform: coll_area.c). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include "ivshim.h"
+
+/* ---- the region's VM table, as this rank reads it ---- */
+
+static const struct ivshim_slot *slots;
+static uint32_t nslots;
+static const struct ivshim_vm *vms;
+static uint32_t nvms;
+static double leave_seen_at; /* when this rank saw its own VM flagged (for the release message) */
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The header's layout words are immutable after publication, but shared: read once, checked,
+ * kept private. */
+void ivs_migrate_init(uint32_t self_slot)
+{
+	const struct ivshim_region_header *h = (const struct ivshim_region_header *)ivs.base;
+	uint64_t so = h->slot_table_off, vo = h->vm_table_off;
+	uint32_t ns = h->slot_count, nv = h->vm_count;
+	if (so % IVSHIM_CACHELINE || vo % IVSHIM_CACHELINE || so > ivs.size || vo > ivs.size ||
+	    (uint64_t)ns * sizeof(struct ivshim_slot) > ivs.size - so || (uint64_t)nv * sizeof(struct ivshim_vm) > ivs.size - vo)
+		ivs_fatal("region header: slot table (%#lx, %u) or VM table (%#lx, %u) outside the region",
+		          (unsigned long)so, ns, (unsigned long)vo, nv);
+	slots = (const struct ivshim_slot *)(ivs.base + so);
+	nslots = ns;
+	vms = (const struct ivshim_vm *)(ivs.base + vo);
+	nvms = nv;
+	ivs.self_slot = self_slot;
+	ivs.gen_word = &h->generation;
+	ivs.gen_seen = ~__atomic_load_n(ivs.gen_word, __ATOMIC_ACQUIRE); /* scan at the first progress */
+}
+
+/* Whether the VM of the rank in slot s is flagged leaving. Slot and VM entries are untrusted:
+ * an index out of range means "not leaving". */
+static int slot_leaving(uint32_t s)
+{
+	if (s >= nslots)
+		return 0;
+	uint32_t vm = __atomic_load_n(&slots[s].vm_index, __ATOMIC_RELAXED);
+	return vm < nvms && __atomic_load_n(&vms[vm].state, __ATOMIC_ACQUIRE) == IVSHIM_VM_LEAVING;
+}
+
+/* ---- the shim's own messages (ivs.ctlcomm, world ranks) ---- */
+
+enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE };
+#define NEVER UINT64_MAX /* REPLY of a member that freed the communicator, and the DECIDE it makes */
+#define SLACK 4          /* collectives a member may begin after its REPLY, before the DECIDE */
+
+struct ctl_msg {
+	uint64_t a; /* ACK: the cookie; else the communicator's context id */
+	uint64_t b; /* REPLY, DECIDE: a collective count */
+};
+
+/* Sends in flight, each with its buffer, until the library is done with them. */
+struct outbox {
+	struct ctl_msg m;
+	MPI_Request req;
+};
+static struct outbox **out;
+static int nout, out_cap;
+
+static void ctl_send(int world, int tag, uint64_t a, uint64_t b)
+{
+	if (nout == out_cap) {
+		out_cap = out_cap ? 2 * out_cap : 16;
+		out = realloc(out, sizeof *out * (size_t)out_cap);
+		if (!out)
+			ivs_fatal("out of memory");
+	}
+	struct outbox *e = malloc(sizeof *e);
+	if (!e)
+		ivs_fatal("out of memory");
+	e->m = (struct ctl_msg){a, b};
+	if (PMPI_Isend(&e->m, sizeof e->m, MPI_BYTE, world, tag, ivs.ctlcomm, &e->req) != MPI_SUCCESS)
+		ivs_fatal("cannot send the shim's message (tag %d) to rank %d", tag, world);
+	out[nout++] = e;
+}
+
+/* Completed sends leave the outbox; returns how many are still in flight. */
+static int outbox_progress(void)
+{
+	for (int i = 0; i < nout;) {
+		int flag = 0;
+		if (PMPI_Test(&out[i]->req, &flag, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+			ivs_fatal("the shim's message to a peer failed");
+		if (flag) {
+			free(out[i]);
+			out[i] = out[--nout];
+		} else {
+			i++;
+		}
+	}
+	return nout;
+}
+
+/* ---- collectives: the agreement ---- */
+
+static int ncoord;   /* communicators this rank (as rank 0) is gathering counts for */
+static int nwaiting; /* communicators where this rank waits for the decision */
+static int ndecided; /* communicators decided, with collectives left on the old plan */
+
+static void on_decide(struct ivs_comm *c, uint64_t k)
+{
+	if (c->sw == IVS_SW_WAITING)
+		nwaiting--;
+	if (k != NEVER && k < c->ncoll)
+		ivs_fatal("collective switch: the decision (index %lu) lies behind this rank's %lu collectives",
+		          (unsigned long)k, (unsigned long)c->ncoll);
+	c->sw = IVS_SW_DECIDED;
+	c->sw_k = k;
+	ndecided += k != NEVER;
+	if (ivs.verbose)
+		fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks take the library from its %s collective\n",
+		        ivs.world_rank, c->size, k == NEVER ? "(never: being freed)" : "next");
+}
+
+static void on_reply(struct ivs_comm *c, uint64_t j)
+{
+	if (c->sw_coord != 1)
+		return;
+	if (j > c->sw_max)
+		c->sw_max = j;
+	if (++c->sw_replies < c->size)
+		return;
+	c->sw_coord = 2;
+	ncoord--;
+	uint64_t k = c->sw_max == NEVER ? NEVER : c->sw_max + SLACK;
+	for (int i = 0; i < c->size; i++) {
+		if (c->world[i] == ivs.world_rank)
+			on_decide(c, k);
+		else
+			ctl_send(c->world[i], TAG_DECIDE, c->ctx, k);
+	}
+}
+
+static void on_query(struct ivs_comm *c)
+{
+	if (c->sw < IVS_SW_WAITING) {
+		c->sw = IVS_SW_WAITING;
+		c->sw_limit = c->ncoll + SLACK;
+		nwaiting++;
+	}
+	if (c->world[0] == ivs.world_rank)
+		on_reply(c, c->ncoll);
+	else
+		ctl_send(c->world[0], TAG_REPLY, c->ctx, c->ncoll);
+}
+
+static void on_ask(struct ivs_comm *c)
+{
+	if (c->sw_coord)
+		return;
+	c->sw_coord = 1;
+	ncoord++;
+	c->sw_replies = 0;
+	c->sw_max = 0;
+	for (int i = 0; i < c->size; i++) {
+		if (c->world[i] == ivs.world_rank)
+			on_query(c);
+		else
+			ctl_send(c->world[i], TAG_QUERY, c->ctx, 0);
+	}
+}
+
+static void ask(struct ivs_comm *c, void *arg)
+{
+	(void)arg;
+	if (c->sw != IVS_SW_NONE || !ivs_coll_needs_switch(c))
+		return;
+	c->sw = IVS_SW_ASKED;
+	if (c->world[0] == ivs.world_rank)
+		on_ask(c);
+	else
+		ctl_send(c->world[0], TAG_ASK, c->ctx, 0);
+}
+
+/* Messages about a communicator this rank has not created yet wait here. */
+static struct deferred {
+	int src, tag;
+	struct ctl_msg m;
+} *deferred;
+static int ndeferred, deferred_cap;
+
+/* Handle one message; 0 if it must wait for its communicator to be created here. */
+static int dispatch(int src, int tag, const struct ctl_msg *m)
+{
+	if (tag == TAG_ACK) {
+		ivs_ack_arrived(src, m->a);
+		return 1;
+	}
+	if (m->a > UINT32_MAX)
+		return 1; /* not a context id: ignored */
+	struct ivs_comm *c = ivs_comm_by_ctx((uint32_t)m->a);
+	if (!c) {
+		/* Context ids grow: one below next_ctx was created here and has been freed. */
+		if (m->a >= ivs.next_ctx && m->a != 0)
+			return 0;
+		if (tag == TAG_QUERY)
+			ctl_send(src, TAG_REPLY, m->a, NEVER);
+		return 1;
+	}
+	switch (tag) {
+	case TAG_ASK:
+		if (c->world[0] == ivs.world_rank)
+			on_ask(c);
+		break;
+	case TAG_QUERY:
+		if (c->world[0] == src)
+			on_query(c);
+		break;
+	case TAG_REPLY:
+		on_reply(c, m->b);
+		break;
+	case TAG_DECIDE:
+		if (c->world[0] == src && c->sw != IVS_SW_DECIDED && c->sw != IVS_SW_DONE)
+			on_decide(c, m->b);
+		break;
+	}
+	return 1;
+}
+
+static void defer(int src, int tag, const struct ctl_msg *m)
+{
+	if (ndeferred == deferred_cap) {
+		deferred_cap = deferred_cap ? 2 * deferred_cap : 8;
+		deferred = realloc(deferred, sizeof *deferred * (size_t)deferred_cap);
+		if (!deferred)
+			ivs_fatal("out of memory");
+	}
+	deferred[ndeferred++] = (struct deferred){src, tag, *m};
+}
+
+/* Receive and handle the shim's messages that have arrived. Any thread state, any time the
+ * rank is in MPI outside the library's own progress engine. */
+void ivs_ctl_poll(void)
+{
+	if (ivs.ctlcomm == MPI_COMM_NULL)
+		return;
+	for (int i = 0; i < ndeferred;) {
+		struct deferred d = deferred[i];
+		if (dispatch(d.src, d.tag, &d.m))
+			deferred[i] = deferred[--ndeferred];
+		else
+			i++;
+	}
+	for (;;) {
+		int flag = 0;
+		MPI_Status st;
+		if (PMPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, ivs.ctlcomm, &flag, &st) != MPI_SUCCESS || !flag)
+			return;
+		struct ctl_msg m = {0, 0};
+		int n = 0;
+		PMPI_Get_count(&st, MPI_BYTE, &n);
+		if (PMPI_Recv(&m, sizeof m, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, ivs.ctlcomm, MPI_STATUS_IGNORE) != MPI_SUCCESS ||
+		    n != (int)sizeof m)
+			continue; /* a malformed message: ignored */
+		if (!dispatch(st.MPI_SOURCE, st.MPI_TAG, &m))
+			defer(st.MPI_SOURCE, st.MPI_TAG, &m);
+	}
+}
+
+/* c's collectives take the library from now on; this rank never touches the area again. */
+static void coll_retire(struct ivs_comm *c)
+{
+	ivs_coll_forget(c); /* its left word, and the leader's reaping */
+	c->coll_lib = 1;
+	ndecided--;
+	c->sw = IVS_SW_DONE;
+}
+
+/* At a collective entry on c with an agreement under way: wait for the decision if this
+ * collective (index c->ncoll) is beyond what the answer allows, and say whether it takes the
+ * library. */
+int ivs_coll_lib_due(struct ivs_comm *c)
+{
+	unsigned spins = 0;
+	while (c->sw == IVS_SW_WAITING && c->ncoll >= c->sw_limit) {
+		ivs_ctl_poll();
+		if (!ivs_progress())
+			ivs_wait_pause(&spins);
+	}
+	if (c->sw != IVS_SW_DECIDED || c->ncoll < c->sw_k)
+		return 0;
+	coll_retire(c);
+	return 1;
+}
+
+/* Outside any collective, a communicator whose collectives below the decision have all been
+ * run here is done with its area already (a rank of a leaving VM need not wait for the
+ * program's next collective there to release). */
+static void retire_if_done(struct ivs_comm *c, void *arg)
+{
+	(void)arg;
+	if (c->sw == IVS_SW_DECIDED && c->ncoll >= c->sw_k)
+		coll_retire(c);
+}
+
+/* MPI_Comm_free of a communicator this rank is gathering counts for: members that answered
+ * wait for the decision at their next collective there, so it is finished first. */
+void ivs_coll_agreement_finish(struct ivs_comm *c)
+{
+	unsigned spins = 0;
+	while (c->sw_coord == 1) {
+		ivs_ctl_poll();
+		if (!ivs_progress())
+			ivs_wait_pause(&spins);
+	}
+	if (c->sw == IVS_SW_WAITING)
+		nwaiting--;
+	if (c->sw == IVS_SW_DECIDED && c->sw_k != NEVER)
+		ndecided--;
+	c->sw = IVS_SW_DONE;
+}
+
+/* ---- pairs ---- */
+
+/* Library messages from a peer that is still on the ring are parked until its MARK. */
+int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg)
+{
+	if (st->MPI_SOURCE < 0 || st->MPI_SOURCE >= c->size)
+		return 0;
+	int w = c->world[st->MPI_SOURCE];
+	struct ivs_peer *p = ivs_rx_peer(w);
+	if (!p)
+		return 0;
+	struct ivs_msg *m = calloc(1, sizeof *m);
+	if (!m)
+		ivs_fatal("out of memory parking a message from rank %d", w);
+	MPI_Count n = 0;
+	PMPI_Get_elements_x(st, MPI_BYTE, &n);
+	m->is_lib = 1;
+	m->lib = *msg;
+	m->lib_st = *st;
+	m->src_world = w;
+	m->ctx = c->ctx;
+	m->tag = st->MPI_TAG;
+	m->total = m->got = n > 0 ? (uint64_t)n : 0;
+	if (p->parked_tail)
+		p->parked_tail->next = m;
+	else
+		p->parked = m;
+	p->parked_tail = m;
+	*msg = MPI_MESSAGE_NULL;
+	ivs.switching = 1;
+	return 1;
+}
+
+/* A receive takes a library message that was parked or queued as unexpected. */
+void ivs_deliver_lib(struct ivs_req *r, struct ivs_msg *m)
+{
+	ivs_net_assign(r, &m->lib);
+	free(m);
+}
+
+static void mark_comm(struct ivs_comm *c, void *arg)
+{
+	struct ivs_peer *p = arg;
+	if (c->by_local[p->local] >= 0)
+		c->has_net = 1;
+}
+
+/* The peer's MARK was read: from now on its messages come by the library. */
+static void on_mark(int w, struct ivs_peer *p)
+{
+	p->rx_net = 1;
+	ivs.has_net = 1;
+	ivs_comm_each(mark_comm, p);
+	for (struct ivs_req *r = ivs.posted; r; r = r->next) {
+		if (r->recv_mode != IVS_RM_SHM)
+			continue;
+		if (r->peer == MPI_ANY_SOURCE ? r->comm->by_local[p->local] >= 0 : r->comm->world[r->peer] == w) {
+			r->recv_mode = IVS_RM_PROBE;
+			r->comm->pending_probe++;
+		}
+	}
+	/* Parked messages, in the order the library gave them, go to the first receive posted
+	 * that matches, else to the unexpected queue (ahead of anything the library holds). */
+	for (struct ivs_msg *m = p->parked, *next; m; m = next) {
+		next = m->next;
+		m->next = NULL;
+		struct ivs_req *r = ivs_posted_match(m);
+		if (r)
+			ivs_deliver_lib(r, m);
+		else
+			ivs_unexp_append(m);
+	}
+	p->parked = p->parked_tail = NULL;
+}
+
+/* ---- leaving ---- */
+
+static void count_in_region(struct ivs_comm *c, void *arg)
+{
+	*(int *)arg += ivs_coll_in_region(c);
+}
+
+static int release_ready(void)
+{
+	for (int i = 0; i < ivs.nlocal; i++) {
+		struct ivs_peer *p = ivs.peers[ivs.local_world[i]];
+		if (!p->tx_net || !p->rx_net || p->nacks)
+			return 0;
+	}
+	int n = 0;
+	ivs_comm_each(count_in_region, &n);
+	return n == 0;
+}
+
+static void release(void)
+{
+	char err[256] = "";
+	int rc = ivs.ctl_release(err, sizeof err);
+	ivs.released = 1; /* whatever the outcome: the mapping may be gone */
+	if (rc != 0)
+		fprintf(stderr, "ivshim: rank %d: releasing the region: %s\n", ivs.world_rank, err);
+	fprintf(stderr, "ivshim: rank %d: moved its traffic with %d co-located ranks to the MPI library and released the "
+	        "region %.1f ms after its VM was flagged leaving\n", ivs.world_rank, ivs.nlocal - 1, (now_s() - leave_seen_at) * 1e3);
+}
+
+/* The generation word moved: which pairs close now. */
+static void scan(void)
+{
+	ivs.gen_seen = __atomic_load_n(ivs.gen_word, __ATOMIC_ACQUIRE);
+	int self = slot_leaving(ivs.self_slot), closed = 0;
+	if (self && !ivs.self_leaving) {
+		ivs.self_leaving = 1;
+		leave_seen_at = now_s();
+	}
+	for (int i = 0; i < ivs.nlocal; i++) {
+		int w = ivs.local_world[i];
+		struct ivs_peer *p = ivs.peers[w];
+		if (!p->closing && (self || slot_leaving(p->slot))) {
+			p->closing = 1;
+			closed++;
+		}
+	}
+	if (closed) {
+		ivs.switching = 1;
+		if (ivs.verbose)
+			fprintf(stderr, "ivshim: rank %d: %s: closing %d co-located pairs\n", ivs.world_rank,
+			        self ? "its VM is flagged leaving" : "a co-located VM is flagged leaving", closed);
+		ivs_comm_each(ask, NULL);
+	}
+}
+
+int ivs_switch_progress(void)
+{
+	int did = 0, busy = 0, any_closed = 0;
+	if (!ivs.released && __atomic_load_n(ivs.gen_word, __ATOMIC_RELAXED) != ivs.gen_seen)
+		scan();
+	ivs_ctl_poll();
+	for (int i = 0; i < ivs.nlocal; i++) {
+		int w = ivs.local_world[i];
+		struct ivs_peer *p = ivs.peers[w];
+		if (!p->closing && !p->rx_mark)
+			continue;
+		any_closed = 1;
+		if (p->closing && !p->tx_net) {
+			if (!p->sendq && !p->nacks && ivs_tx_write(&p->tx, IVS_REC_MARK, 0, 0, 0, 0, 0, "", 0)) {
+				p->tx_net = 1;
+				did = 1;
+			}
+		}
+		if (p->tx_net && p->nacks) {
+			for (int k = 0; k < p->nacks; k++)
+				ctl_send(w, TAG_ACK, p->acks[k], 0);
+			ivs.nacks -= p->nacks;
+			p->nacks = 0;
+			did = 1;
+		}
+		if (p->rx_mark && !p->rx_net) {
+			on_mark(w, p);
+			did = 1;
+		}
+		busy |= !p->tx_net || !p->rx_net || p->parked;
+	}
+	if (!ivs.coll_depth && ndecided)
+		ivs_comm_each(retire_if_done, NULL);
+	busy |= outbox_progress() || ncoord || nwaiting || ndeferred || (ivs.nsync_wait && any_closed);
+	if (ivs.self_leaving && !ivs.released) {
+		if (release_ready())
+			release();
+		else
+			busy = 1;
+	}
+	ivs.switching = busy;
+	return did;
+}
+
+/* MPI_Finalize: the shim's messages in flight and the agreements this rank leads end first. */
+void ivs_migrate_drain(void)
+{
+	unsigned spins = 0;
+	while (ncoord || outbox_progress()) {
+		ivs_ctl_poll();
+		if (!ivs_progress())
+			ivs_wait_pause(&spins);
+	}
+}
