@@ -159,8 +159,9 @@ func (r *Region) Beat(i uint32) {
 }
 
 // ReleaseSlot detaches the caller from slot i: its inbound rings are unpublished and freed,
-// the slot becomes FREE, and the last member out ends the session. It returns whether the
-// session ended.
+// the slot becomes FREE, and the last member out ends the session, freeing what the session
+// still holds (collective areas of ranks that released their slots while the job ran: their
+// co-located members could still read them then). It returns whether the session ended.
 func (r *Region) ReleaseSlot(i uint32) (bool, error) {
 	if err := r.checkSlot(i); err != nil {
 		return false, err
@@ -177,6 +178,16 @@ func (r *Region) ReleaseSlot(i uint32) (bool, error) {
 	a32(&s.State).Store(uint32(SlotFree))
 	last := a64(&r.hdr().SessionMembers).Add(^uint64(0)) == 0
 	if last {
+		if err := r.lock(i); err != nil {
+			errs = append(errs, err)
+		} else {
+			for c := uint32(0); c < r.layout.ChunkCount; c++ {
+				if r.chunkAt(c).Owner == session {
+					*r.chunkAt(c) = chunk{}
+				}
+			}
+			r.unlock()
+		}
 		a64(&r.hdr().Session).CompareAndSwap(session, 0)
 	}
 	return last, errors.Join(errs...)

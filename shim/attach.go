@@ -26,11 +26,10 @@ type membership struct {
 	log     *zap.Logger
 }
 
-// join records the claimed slot and starts beating it; say receives the watcher's notices
-// for the user.
-func (m *membership) join(session uint64, slot, vm uint32, say func(string)) {
+// join records the claimed slot and starts beating it.
+func (m *membership) join(session uint64, slot, vm uint32) {
 	m.session, m.slot, m.hasSlot = session, slot, true
-	m.watch = startWatcher(m.region, slot, vm, m.log, say)
+	m.watch = startWatcher(m.region, slot, vm, m.log)
 }
 
 // leave stops the heartbeat, then releases the slot, which frees its inbound rings.

@@ -539,8 +539,7 @@ func (n *negotiation) claimSlot(g *group) status {
 	if err != nil {
 		return failure(fmt.Errorf("claim slot in %s: %w", r.Source(), err))
 	}
-	rank, out := n.rank, n.o.Stderr
-	n.m.join(g.Session, slot, n.vmIndex, func(s string) { fmt.Fprintf(out, "ivshim: rank %d: %s\n", rank, s) })
+	n.m.join(g.Session, slot, n.vmIndex)
 	if err := n.checkSession(g); err != nil { // lost during the claim; teardown releases the slot
 		return failure(err)
 	}

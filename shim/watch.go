@@ -16,27 +16,25 @@ const beatInterval = 100 * time.Millisecond
 // watcher is the one goroutine a rank with a slot runs: it keeps the slot's heartbeat going,
 // so that another job instance never takes over a live session, and logs changes of the
 // broker's generation counter (VM arrivals and departures). When the broker flags the rank's
-// own VM leaving (a migration's drain), it says so through say, once per flag; the data plane
-// (cgo/front/migrate.c) sees the flag itself and does the switch. It runs from the moment the
+// own VM leaving (a migration's drain), it logs a warning once per flag; the data plane
+// (cgo/front/migrate.c) sees the flag itself, does the switch and tells the user. It runs from the moment the
 // slot is claimed until Stop, which comes before the slot is released and the region unmapped.
 type watcher struct {
 	stop chan struct{}
 	done chan struct{}
 }
 
-func startWatcher(r *ivshmem.Region, slot, vm uint32, log *zap.Logger, say func(string)) *watcher {
+func startWatcher(r *ivshmem.Region, slot, vm uint32, log *zap.Logger) *watcher {
 	w := &watcher{stop: make(chan struct{}), done: make(chan struct{})}
 	r.Beat(slot)
-	go w.run(r, slot, vm, r.Generation(), log, say)
+	go w.run(r, slot, vm, r.Generation(), log)
 	return w
 }
 
-// leavingNotice is what a rank says when the broker flags its VM leaving.
-const leavingNotice = "its VM is flagged leaving (a migration): it moves its co-located pairs and collectives to the " +
-	"MPI library and then releases the region, at its next MPI calls (a rank that stays outside MPI past the broker's " +
-	"deadline makes the migration roll back)"
+// leavingNotice is what the watcher logs when the broker flags the rank's VM leaving.
+const leavingNotice = "the VM is flagged leaving (a migration): the data plane moves this rank's traffic to the MPI library and releases the region"
 
-func (w *watcher) run(r *ivshmem.Region, slot, vm uint32, gen uint64, log *zap.Logger, say func(string)) {
+func (w *watcher) run(r *ivshmem.Region, slot, vm uint32, gen uint64, log *zap.Logger) {
 	defer close(w.done)
 	// A fault on the mapping (a truncated file, an unplugged BAR) becomes a panic here rather
 	// than killing the MPI process; the rank then simply stops beating.
@@ -70,7 +68,6 @@ func (w *watcher) run(r *ivshmem.Region, slot, vm uint32, gen uint64, log *zap.L
 					leaving = now
 					if now {
 						log.Warn(leavingNotice)
-						say(leavingNotice)
 					}
 				}
 			}

@@ -494,9 +494,13 @@ static void scan(void)
 	}
 	if (closed) {
 		ivs.switching = 1;
-		if (ivs.verbose)
-			fprintf(stderr, "ivshim: rank %d: %s: closing %d co-located pairs\n", ivs.world_rank,
-			        self ? "its VM is flagged leaving" : "a co-located VM is flagged leaving", closed);
+		if (self) /* the user learns why this rank's traffic changes path, and what it waits for */
+			fprintf(stderr, "ivshim: rank %d: its VM is flagged leaving (a migration): moving its traffic with %d "
+			        "co-located ranks to the MPI library, then releasing the region (at its next MPI calls: a rank "
+			        "outside MPI past the broker's deadline makes the migration roll back)\n", ivs.world_rank, ivs.nlocal - 1);
+		else if (ivs.verbose)
+			fprintf(stderr, "ivshim: rank %d: a co-located VM is flagged leaving: moving its traffic with %d ranks "
+			        "there to the MPI library\n", ivs.world_rank, closed);
 		ivs_comm_each(ask, NULL);
 	}
 }

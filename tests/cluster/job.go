@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -13,6 +14,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -90,6 +93,12 @@ type Job struct {
 	RetryOnTimeout bool
 	// Stdout and Stderr, when set, also receive the output of every attempt as it comes.
 	Stdout, Stderr io.Writer
+	// Finished, when set, is asked after each write to an attempt's standard output whether
+	// the ranks are done with their work (every rank printed its result); from then on the
+	// attempt has FinishGrace (default 20 s) to end, or it is killed and counts as timed out
+	// (ErrTimeout): MPICH + UCX over TCP sometimes hangs in MPI_Finalize after the work.
+	Finished    func(stdout string) bool
+	FinishGrace time.Duration
 }
 
 // Result is what Run saw of a job's last attempt.
@@ -210,6 +219,14 @@ func (job *Job) attempt(ctx context.Context, c *Cluster, argv []string, res *Res
 	cmd := exec.CommandContext(actx, argv[0], argv[1:]...)
 	cmd.Env = append(rootEnv(), jobMarker+"="+marker)
 	cmd.Stdout, cmd.Stderr = teeTo(&stdout, job.Stdout), teeTo(&stderr, job.Stderr)
+	var graceOver atomic.Bool
+	if job.Finished != nil {
+		grace := cmp.Or(job.FinishGrace, 20*time.Second)
+		fw := &finishWatch{done: job.Finished, then: func() {
+			time.AfterFunc(grace, func() { graceOver.Store(true); cancel() })
+		}}
+		cmd.Stdout = io.MultiWriter(cmd.Stdout, fw)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {
 		err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
@@ -232,6 +249,10 @@ func (job *Job) attempt(ctx context.Context, c *Cluster, argv []string, res *Res
 	if ctx.Err() != nil {
 		return fmt.Errorf("%s job %s (%s): %w", job.MPI, job.Program, marker, context.Cause(ctx))
 	}
+	if err != nil && graceOver.Load() {
+		return fmt.Errorf("%s job %s (%s): %w: still running %v after its ranks finished their work", job.MPI, job.Program,
+			marker, ErrTimeout, cmp.Or(job.FinishGrace, 20*time.Second))
+	}
 	if err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
 		return fmt.Errorf("%s job %s (%s): %w after %v", job.MPI, job.Program, marker, ErrTimeout, job.Timeout)
 	}
@@ -242,6 +263,26 @@ func (job *Job) attempt(ctx context.Context, c *Cluster, argv []string, res *Res
 }
 
 // teeTo returns buf, or a writer to buf and extra.
+// finishWatch calls then once done says yes to the output written so far.
+type finishWatch struct {
+	mu   sync.Mutex
+	out  strings.Builder
+	done func(string) bool
+	then func()
+	seen bool
+}
+
+func (w *finishWatch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.out.Write(p)
+	if !w.seen && w.done(w.out.String()) {
+		w.seen = true
+		w.then()
+	}
+	return len(p), nil
+}
+
 func teeTo(buf *bytes.Buffer, extra io.Writer) io.Writer {
 	if extra == nil {
 		return buf

@@ -359,7 +359,8 @@ static void test_corrupt(void)
 	CHECK(peek_raw(&f, stamp, IVS_REC_MSG, 25) == -1, "len one past the data area accepted");
 	CHECK(peek_raw(&f, stamp, IVS_REC_MSG, 0xffffffffu) == -1, "len 2^32-1 accepted");
 	CHECK(peek_raw(&f, stamp, IVS_REC_FRAG, 24) == 1, "a record filling the data area exactly refused");
-	uint16_t bad_kinds[] = {0, IVS_REC_ACK + 1, 0xffff};
+	CHECK(peek_raw(&f, stamp, IVS_REC_MARK, 0) == 1, "a MARK refused");
+	uint16_t bad_kinds[] = {0, IVS_REC_MARK + 1, 0xffff};
 	for (size_t i = 0; i < sizeof bad_kinds / sizeof bad_kinds[0]; i++)
 		CHECK(peek_raw(&f, stamp, bad_kinds[i], 0) == -1, "kind %u accepted", bad_kinds[i]);
 	uint64_t not_ours[] = {pos, pos - 1024 + 1, pos + 1024 + 1, pos + 64 + 1, 0};

@@ -3,7 +3,7 @@
 // states), and variants broken on purpose must fail, so a model that can no longer find an
 // error does not pass unnoticed.
 //
-// switch.pml is the path switch migration will use (not implemented in the shim yet): for one
+// switch.pml is the sender side of the path switch a migration uses (cgo/front/migrate.c): for one
 // ordered pair S -> R, S leaves the region by appending MARK to the pair's ring and sending by
 // the MPI library from then on; R parks the library's messages from S until it reads the
 // MARK. S returns to the region by appending JOIN(k), k counting per communicator the
@@ -16,7 +16,8 @@
 // two records that could not hold a JOIN, a DATA and a MARK at once (TestSwitchProtocolRingCapacity).
 //
 // migrate.pml is the whole migration protocol for a pair of ranks, the specification the shim's
-// renegotiation (issue "Live migration") is to follow: both directions at once, the leaving
+// renegotiation follows (cgo/front/migrate.c implements its leave part: MARK, parking, ACKs on
+// the current path, the leaving rank's release; not yet the JOIN of a rank that came back): both directions at once, the leaving
 // rank's release (its own MARK written, the peer's MARK read, the direction sealed by a CAS the
 // peer's JOIN also needs), synchronous sends and their ACKs on the current path, probes,
 // rollback and return of the VM with a fresh ring pair per epoch while the peer may still drain

@@ -195,27 +195,57 @@ func Demo(ctx context.Context, src, buildDir string, out, log io.Writer) (err er
 	if err := WriteTable(out, lats); err != nil {
 		return err
 	}
-	return demoMigration(ctx, c, out)
+	return demoMigration(ctx, c, bins[cluster.OpenMPI], shimDir, out)
 }
 
-// demoMigration moves VM h0v1 to host h1 through h0's broker, as a scheduler would between
-// jobs, and prints the coordinator's phases and where the VM's region comes from afterwards.
-func demoMigration(ctx context.Context, c *cluster.Cluster, out io.Writer) error {
+// demoMigration moves VM h0v1 to host h1 through h0's broker while an MPI job (ivbench
+// PingPong and Allreduce, Open MPI, one rank per VM, with the shim) runs on all four VMs, as a
+// co-scheduler would: the rank in h0v1 moves its traffic to the library and releases the
+// region, the VM moves, the job completes. It prints the coordinator's phases, what the moved
+// rank said, and where the VM's region comes from afterwards.
+func demoMigration(ctx context.Context, c *cluster.Cluster, bin, shimDir string, out io.Writer) error {
 	vm, dest := c.Hosts[0].VMs[1], c.Hosts[1]
-	fmt.Fprintf(out, "\nmigrating %s from %s to %s (ivshimctl migrate %s %s):\n", vm.Name, vm.Host.Name, dest.Name, vm.Name, dest.Dir)
+	job := cluster.Job{MPI: cluster.OpenMPI, VMs: c.VMs(), Program: bin, Args: []string{"-msglog", "0:16", "-time", "0.5", "PingPong", "Allreduce"},
+		Env: map[string]string{"LD_PRELOAD": filepath.Join(shimDir, cluster.OpenMPI.ShimLibrary()), "IVSHIM_VERBOSE": "1"}, Timeout: 2 * time.Minute}
+	type outcome struct {
+		res *cluster.Result
+		err error
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		res, err := cluster.Run(ctx, job)
+		done <- outcome{res, err}
+	}()
+	time.Sleep(3 * time.Second) // the job is past MPI_Init and into PingPong
+	fmt.Fprintf(out, "\nmigrating %s from %s to %s while ivbench runs on all four VMs (ivshimctl migrate %s %s):\n",
+		vm.Name, vm.Host.Name, dest.Name, vm.Name, dest.Dir)
 	res, err := c.Migrate(ctx, vm, dest, 0)
+	o := <-done
 	if err != nil {
 		return fmt.Errorf("demo: migrate %s: %w", vm.Name, err)
+	}
+	if o.err != nil {
+		return fmt.Errorf("demo: the job during the migration: %w\n%s", o.err, o.res.Stderr)
 	}
 	for _, p := range res.Phases {
 		fmt.Fprintf(out, "  %-8s %8.2f ms\n", p.Name, p.Seconds*1e3)
 	}
 	fmt.Fprintf(out, "  %-8s %8.2f ms (%d ranks drained)\n", "total", res.Seconds*1e3, res.Ranks)
+	said := false
+	for _, l := range strings.Split(o.res.Stderr, "\n") {
+		if strings.Contains(l, "released the region") {
+			fmt.Fprintf(out, "  %s\n", l)
+			said = true
+		}
+	}
+	if !said {
+		return fmt.Errorf("demo: no rank released the region during the migration:\n%s", o.res.Stderr)
+	}
 	target, err := os.Readlink(vm.Region())
 	if err != nil {
 		return fmt.Errorf("demo: %s after the migration: %w", vm.Name, err)
 	}
-	fmt.Fprintf(out, "%s now runs on %s with region %s, shared with %d other VMs of the job there\n",
+	fmt.Fprintf(out, "the job completed (data checked by ivbench); %s now runs on %s with region %s, shared with %d other VMs of the job there\n",
 		vm.Name, vm.Host.Name, target, len(dest.VMs)-1)
 	return nil
 }

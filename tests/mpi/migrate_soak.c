@@ -1,0 +1,208 @@
+/*
+ * migrate_soak: checked traffic of many kinds on several communicators, for tests that migrate
+ * VMs while it runs. Usage: migrate_soak ITERATIONS
+ *
+ * Each iteration every rank:
+ *   - on MPI_COMM_WORLD sends a burst of Isends to the ranks 1 and 2 after it and receives its
+ *     own with MPI_ANY_SOURCE: every message carries (source, sequence number) and a payload
+ *     derived from both, in sizes from 16 bytes to 300 KB (beyond the rings' records);
+ *   - on a duplicate of MPI_COMM_WORLD sends to the rank before it with MPI_Issend and receives
+ *     from the rank after it by name, then takes one message of the rank after it through
+ *     MPI_Mprobe(MPI_ANY_SOURCE) and MPI_Mrecv;
+ *   - on a communicator of the even and one of the odd ranks runs MPI_Allreduce and MPI_Bcast
+ *     (rotating roots), on the duplicate MPI_Allgather and MPI_Barrier, and checks the results;
+ * and on MPI_COMM_WORLD an MPI_Allreduce of the error count ends the iteration.
+ * Every message is checked on arrival: its source, its sequence number (the next expected from
+ * that source on that stream: nothing lost, duplicated or reordered) and every payload word.
+ * Rank 0 prints "at iteration I" 50 times along the way (a test paces its migrations by it).
+ * At the end each rank prints
+ *
+ *   rank R of N iterations I digest D
+ *
+ * where D hashes everything received, stream by stream in order, and every collective result:
+ * the same with and without migrations. Any mismatch prints "FAIL ..." to stderr and aborts.
+ */
+#include <mpi.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { BURST = 3, STREAMS = 4 };
+static const int sizes[] = {16, 200, 4096, 65544, 300000};
+#define NSIZES ((int)(sizeof sizes / sizeof sizes[0]))
+#define MAXSIZE 300000
+
+static int rank, size;
+
+static void fail(const char *what, long iter, long got, long want)
+{
+    fprintf(stderr, "FAIL rank %d iteration %ld: %s: got %ld, want %ld\n", rank, iter, what, got, want);
+    MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
+static uint64_t mix(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    return x ^ (x >> 33);
+}
+
+/* Message of stream s from src with sequence number seq: header words, then payload words. */
+static int msg_size(int src, uint64_t seq) { return sizes[(src + seq) % NSIZES]; }
+
+static void fill(uint64_t *buf, int bytes, int s, int src, uint64_t seq)
+{
+    buf[0] = ((uint64_t)s << 32) | (uint32_t)src;
+    buf[1] = seq;
+    for (int j = 2; j < bytes / 8; j++)
+        buf[j] = mix(((uint64_t)s << 56) ^ ((uint64_t)src << 40) ^ (seq << 8) ^ (uint64_t)j);
+}
+
+/* Checks one arrival on stream s from comm rank src (world rank wsrc) and folds it into h. */
+static void check(const uint64_t *buf, int bytes, int s, int wsrc, uint64_t *next, uint64_t *h, long iter)
+{
+    if (bytes < 16)
+        fail("message too short", iter, bytes, 16);
+    if ((int)(buf[0] >> 32) != s || (int)(uint32_t)buf[0] != wsrc)
+        fail("stream/source in the message", iter, (long)buf[0], ((long)s << 32) | wsrc);
+    if (buf[1] != next[wsrc])
+        fail(s == 0 ? "sequence (wildcard stream)" : "sequence", iter, (long)buf[1], (long)next[wsrc]);
+    if (bytes != msg_size(wsrc, buf[1]))
+        fail("length", iter, bytes, msg_size(wsrc, buf[1]));
+    for (int j = 2; j < bytes / 8; j++)
+        if (buf[j] != mix(((uint64_t)s << 56) ^ ((uint64_t)wsrc << 40) ^ (buf[1] << 8) ^ (uint64_t)j))
+            fail("payload word", iter, j, -1);
+    next[wsrc]++;
+    h[s * size + wsrc] = mix(h[s * size + wsrc] ^ buf[1] ^ ((uint64_t)bytes << 32));
+}
+
+int main(int argc, char **argv)
+{
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    long iters = argc > 1 ? atol(argv[1]) : 0;
+    if (iters <= 0 || size < 3) {
+        if (rank == 0)
+            fprintf(stderr, "usage: migrate_soak ITERATIONS (at least 3 ranks)\n");
+        MPI_Abort(MPI_COMM_WORLD, 2);
+    }
+    MPI_Comm dup, half;
+    MPI_Comm_dup(MPI_COMM_WORLD, &dup);
+    MPI_Comm_split(MPI_COMM_WORLD, rank % 2, -rank, &half); /* reversed order inside */
+    int hrank, hsize;
+    MPI_Comm_rank(half, &hrank);
+    MPI_Comm_size(half, &hsize);
+
+    uint64_t *next = calloc((size_t)STREAMS * size, sizeof *next); /* next sequence per stream, source */
+    uint64_t *sent = calloc((size_t)STREAMS * size, sizeof *sent);
+    uint64_t *h = calloc((size_t)STREAMS * size, sizeof *h);
+    uint64_t *out[2 * BURST + 2], *in[2 * BURST + 2];
+    for (int i = 0; i < 2 * BURST + 2; i++) {
+        out[i] = malloc(MAXSIZE);
+        in[i] = malloc(MAXSIZE);
+        if (!out[i] || !in[i])
+            fail("malloc", 0, 0, 1);
+    }
+    uint64_t coll = 0;
+    int *gath = malloc(sizeof(int) * (size_t)size);
+    char *bc = malloc(MAXSIZE);
+
+    long it, every = iters / 50 > 0 ? iters / 50 : 1;
+    for (it = 0; it < iters; it++) {
+        if (rank == 0 && it % every == 0) {
+            printf("at iteration %ld\n", it);
+            fflush(stdout);
+        }
+        /* Stream 0: bursts to rank+1 and rank+2 on MPI_COMM_WORLD, received by wildcard. */
+        MPI_Request r[4 * BURST + 8];
+        int nr = 0;
+        for (int b = 0; b < BURST; b++)
+            MPI_Irecv(in[b], MAXSIZE, MPI_BYTE, MPI_ANY_SOURCE, 1, MPI_COMM_WORLD, &r[nr++]);
+        for (int b = 0; b < BURST; b++)
+            MPI_Irecv(in[BURST + b], MAXSIZE, MPI_BYTE, MPI_ANY_SOURCE, 1, MPI_COMM_WORLD, &r[nr++]);
+        for (int b = 0; b < 2 * BURST; b++) {
+            int to = (rank + 1 + b % 2) % size;
+            uint64_t seq = sent[to]++;
+            int n = msg_size(rank, seq);
+            fill(out[b], n, 0, rank, seq);
+            MPI_Isend(out[b], n, MPI_BYTE, to, 1, MPI_COMM_WORLD, &r[nr++]);
+        }
+        MPI_Status st[4 * BURST + 8];
+        MPI_Waitall(nr, r, st);
+        /* Wildcard arrivals may interleave the two sources; each source's order must hold. */
+        for (int b = 0; b < 2 * BURST; b++) {
+            int n;
+            MPI_Get_count(&st[b], MPI_BYTE, &n);
+            if (st[b].MPI_TAG != 1)
+                fail("tag", it, st[b].MPI_TAG, 1);
+            check(in[b], n, 0, st[b].MPI_SOURCE, next, h, it);
+        }
+
+        /* Stream 1: synchronous sends to the rank before, on the duplicate. */
+        int prev = (rank + size - 1) % size, after = (rank + 1) % size;
+        nr = 0;
+        uint64_t seq1 = sent[size + prev]++;
+        int n1 = msg_size(rank, seq1);
+        fill(out[2 * BURST], n1, 1, rank, seq1);
+        MPI_Irecv(in[2 * BURST], MAXSIZE, MPI_BYTE, after, 2, dup, &r[nr++]);
+        MPI_Issend(out[2 * BURST], n1, MPI_BYTE, prev, 2, dup, &r[nr++]);
+        /* Stream 2: a matched probe takes the message of the rank after. */
+        uint64_t seq2 = sent[2 * size + prev]++;
+        int n2 = msg_size(rank, seq2);
+        fill(out[2 * BURST + 1], n2, 2, rank, seq2);
+        MPI_Isend(out[2 * BURST + 1], n2, MPI_BYTE, prev, 3, dup, &r[nr++]);
+        MPI_Message m;
+        MPI_Status ms;
+        MPI_Mprobe(MPI_ANY_SOURCE, 3, dup, &m, &ms);
+        int n;
+        MPI_Get_count(&ms, MPI_BYTE, &n);
+        if (ms.MPI_SOURCE != after)
+            fail("matched probe source", it, ms.MPI_SOURCE, after);
+        MPI_Mrecv(in[2 * BURST + 1], n, MPI_BYTE, &m, MPI_STATUS_IGNORE);
+        check(in[2 * BURST + 1], n, 2, after, next + 2 * size, h, it);
+        MPI_Waitall(nr, r, st);
+        MPI_Get_count(&st[0], MPI_BYTE, &n);
+        check(in[2 * BURST], n, 1, after, next + size, h, it);
+
+        /* Collectives on three communicators. */
+        long mine[2] = {rank + it, (long)(mix((uint64_t)rank ^ (uint64_t)it) & 0xffff)}, sum[2];
+        MPI_Allreduce(mine, sum, 2, MPI_LONG, MPI_SUM, half);
+        long want0 = 0, want1 = 0;
+        for (int q = rank % 2; q < size; q += 2) {
+            want0 += q + it;
+            want1 += (long)(mix((uint64_t)q ^ (uint64_t)it) & 0xffff);
+        }
+        if (sum[0] != want0 || sum[1] != want1)
+            fail("Allreduce on the half", it, sum[0], want0);
+        int root = (int)(it % hsize), bn = sizes[it % NSIZES];
+        for (int j = 0; j < bn; j++)
+            bc[j] = hrank == root ? (char)(mix((uint64_t)it * 131 + (uint64_t)j) & 0x7f) : 0;
+        MPI_Bcast(bc, bn, MPI_CHAR, root, half);
+        for (int j = 0; j < bn; j++)
+            if (bc[j] != (char)(mix((uint64_t)it * 131 + (uint64_t)j) & 0x7f))
+                fail("Bcast byte", it, j, -1);
+        int v = rank * 1000 + (int)(it % 1000);
+        MPI_Allgather(&v, 1, MPI_INT, gath, 1, MPI_INT, dup);
+        for (int q = 0; q < size; q++)
+            if (gath[q] != q * 1000 + (int)(it % 1000))
+                fail("Allgather", it, gath[q], q * 1000 + (int)(it % 1000));
+        MPI_Barrier(dup);
+        coll = mix(coll ^ (uint64_t)sum[1] ^ ((uint64_t)bn << 20));
+        long errs = 0, all = 0;
+        MPI_Allreduce(&errs, &all, 1, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
+        if (all != 0)
+            fail("errors elsewhere", it, all, 0);
+    }
+    uint64_t d = coll;
+    for (int i = 0; i < STREAMS * size; i++)
+        d = mix(d ^ h[i] ^ (uint64_t)i);
+    printf("rank %d of %d iterations %ld digest %016llx\n", rank, size, it, (unsigned long long)d);
+    MPI_Comm_free(&half);
+    MPI_Comm_free(&dup);
+    MPI_Finalize();
+    return 0;
+}
