@@ -245,8 +245,10 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 
 static struct ivs_coll *coll_of(struct ivs_comm *c)
 {
-	if (IVS_UNLIKELY(!c->coll))
+	if (IVS_UNLIKELY(!c->coll)) {
 		c->coll = coll_setup(c);
+		ivs_coll_setup_done(c);
+	}
 	return c->coll->usable ? c->coll : NULL;
 }
 
@@ -263,6 +265,7 @@ struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k)
 	if (IVS_UNLIKELY(c->sw) && ivs_coll_lib_due(c))
 		return NULL;
 	c->ncoll++;
+	c->last_tick = ivs.ctl_tick;
 	if (!(*k = coll_of(c)))
 		return NULL;
 	return c;

@@ -84,6 +84,7 @@ struct ivs_comm {
 	/* The switch of this communicator's collectives to the library at a migration (migrate.c):
 	 * every member agrees on the index sw_k of the first collective that goes to the library. */
 	uint64_t ncoll;            /* collectives begun through ivs_coll_comm */
+	unsigned last_tick;        /* ivs.ctl_tick at the last of them */
 	uint8_t sw;                /* enum ivs_sw */
 	uint8_t sw_coord;          /* comm rank 0: 1 while gathering the members' counts */
 	uint64_t sw_limit;         /* IVS_SW_WAITING: collectives from this index on wait for sw_k */
@@ -186,7 +187,9 @@ struct ivs_state {
 	int switching;             /* some pair or communicator is switching: migrate.c polls */
 	int self_leaving;          /* this rank's VM was flagged leaving: it gives up the region */
 	int released;              /* this rank gave the region back: never touch ivs.base again */
-	int nlib_unexp;            /* library messages parked in the unexpected queue */
+	int nunexp_net;            /* unexpected messages from peers whose messages now come by the
+	                              library (ring messages from before the MARK, parked library
+	                              ones): receives and probes for such a peer look there first */
 	const uint64_t *gen_word;  /* the region header's generation (broker-owned, atomic) */
 	uint64_t gen_seen;         /* its value last scanned */
 	unsigned ctl_tick;
@@ -290,6 +293,7 @@ void ivs_ctl_poll(void);
 int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg);
 int ivs_coll_lib_due(struct ivs_comm *c);
 void ivs_coll_agreement_finish(struct ivs_comm *c);
+void ivs_coll_setup_done(struct ivs_comm *c);
 void ivs_migrate_drain(void);
 void ivs_deliver_lib(struct ivs_req *r, struct ivs_msg *m);
 void ivs_ack_arrived(int world, uint64_t cookie);
@@ -320,6 +324,16 @@ void ivs_bsend_release(struct ivs_req *r);
 static inline int ivs_busy(void)
 {
 	return ivs.posted || ivs.nsend_queued || ivs.nsync_wait || ivs.nacks || ivs_npairs || ivs.switching;
+}
+
+/* Whether a blocking library call may be entered now: nothing of the shim is pending, and no
+ * other rank can be waiting for this one's answer to the shim's own messages. In a job that
+ * uses shared memory a migration may need that answer at any time (migrate.c), so there the
+ * shim's waits on library requests poll instead; the library's collectives stay blocking calls
+ * (their variant must match on all ranks: coll.h). */
+static inline int ivs_may_block(void)
+{
+	return !ivs_busy() && ivs.ctlcomm == MPI_COMM_NULL;
 }
 
 #endif

@@ -26,24 +26,29 @@
  * members on other hosts that never see the flag. Each member counts the collectives it begins
  * on the communicator (ivs_comm.ncoll, the same sequence on all members). A member that sees
  * the flag for a communicator whose area holds a rank of the leaving VM asks the
- * communicator's rank 0 (ASK); rank 0 asks every member for its count (QUERY); each answers
- * with its count j (REPLY) and may begin collectives there up to index j + SLACK - 1 before it
- * knows the decision; rank 0 sends k = the largest count + SLACK (DECIDE), and collectives from
- * index k on take the library, on every member. Every member's collectives below k keep the
- * shared-memory plan, so none mixes plans. A member that freed the communicator answers
- * "never" (all its collectives took the old plan, and so must everyone's; the communicator is
- * gone soon everywhere).
- * Why the slack: a member that answered and then waited at once could deadlock a valid
- * program. A rank X blocked inside a library call cannot answer, and it may be waiting for a
- * member W that waits for the decision: X ran ahead of W on this communicator (a root of
- * Bcast, a non-root of Reduce) and now waits for a message W sends after its next collective.
- * With the slack W runs that collective, unless X ran SLACK collectives ahead of it. The shim's
- * own waits on the library (ivs_net_wait) poll these messages, so a rank waiting inside a
- * collective of the shim answers. Messages of this exchange are answered from the progress
- * engine and at collective entries, so a rank that stays outside MPI delays the switch (the
- * broker's deadline then rolls the migration back). A rank of the leaving VM releases once
- * it has begun collective k - 1 on each such communicator and left it (or freed it): a
- * communicator its program no longer uses keeps the region held.
+ * communicator's rank 0 (ASK); rank 0 asks every member (QUERY); each answers with a limit
+ * l = j + s, j its count, s its slack (REPLY), and may begin collectives there up to index
+ * l - 1 before it knows the decision; rank 0 sends k = the largest limit (DECIDE), and
+ * collectives from index k on take the library, on every member. Every member's collectives
+ * below k keep the shared-memory plan, so none mixes plans. A member that freed the
+ * communicator answers "never" (all its collectives took the old plan, and so must everyone's;
+ * the communicator is gone soon everywhere).
+ * Why a slack: a member that answered and then waited at once could deadlock a valid program.
+ * A rank X blocked inside a library call cannot answer, and it may be waiting for a member W
+ * that waits for the decision: X ran ahead of W on this communicator (a root of Bcast, a
+ * non-root of Reduce) and now waits in a library collective on another communicator that W
+ * joins after its next collective here. With a slack of 1 W runs that collective. The shim's
+ * own waits on library requests poll these messages (ivs_may_block), so a rank waiting in a
+ * receive, a send, a probe or a collective of the shim answers; what remains blocking is the
+ * library's own collectives and calls the shim does not interpose. The slack costs the leaving
+ * rank one more collective of the program there before it can release, which a communicator
+ * the program does not use at the moment (a duplicate of MPI_COMM_WORLD beside the one it
+ * works on) would never give: a member whose last collective there lies RECENT progress
+ * steps back answers with no slack (it is not running on that communicator, so it would not
+ * wait at once either). Messages of this exchange are answered from the progress engine and at
+ * collective entries, so a rank that stays outside MPI delays the switch (the broker's
+ * deadline then rolls the migration back). A rank of the leaving VM releases once it has begun
+ * collective k - 1 on each such communicator and left it (or freed it).
  *
  * A communicator whose collectives are set up after a pair of its area closed takes the library
  * for them from the start (the set-up exchange makes that uniform: coll_area.c). */
@@ -102,7 +107,9 @@ static int slot_leaving(uint32_t s)
 
 enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE };
 #define NEVER UINT64_MAX /* REPLY of a member that freed the communicator, and the DECIDE it makes */
-#define SLACK 4          /* collectives a member may begin after its REPLY, before the DECIDE */
+#define SLACK 1          /* collectives a member may begin after its REPLY, before the DECIDE */
+#define RECENT (1u << 16) /* progress steps (ivs.ctl_tick) since a communicator's last collective
+                             within which a member counts as running on it */
 
 struct ctl_msg {
 	uint64_t a; /* ACK: the cookie; else the communicator's context id */
@@ -182,12 +189,11 @@ static void on_reply(struct ivs_comm *c, uint64_t j)
 		return;
 	c->sw_coord = 2;
 	ncoord--;
-	uint64_t k = c->sw_max == NEVER ? NEVER : c->sw_max + SLACK;
 	for (int i = 0; i < c->size; i++) {
 		if (c->world[i] == ivs.world_rank)
-			on_decide(c, k);
+			on_decide(c, c->sw_max);
 		else
-			ctl_send(c->world[i], TAG_DECIDE, c->ctx, k);
+			ctl_send(c->world[i], TAG_DECIDE, c->ctx, c->sw_max);
 	}
 }
 
@@ -195,13 +201,13 @@ static void on_query(struct ivs_comm *c)
 {
 	if (c->sw < IVS_SW_WAITING) {
 		c->sw = IVS_SW_WAITING;
-		c->sw_limit = c->ncoll + SLACK;
+		c->sw_limit = c->ncoll + (ivs.ctl_tick - c->last_tick < RECENT ? SLACK : 0);
 		nwaiting++;
 	}
 	if (c->world[0] == ivs.world_rank)
-		on_reply(c, c->ncoll);
+		on_reply(c, c->sw_limit);
 	else
-		ctl_send(c->world[0], TAG_REPLY, c->ctx, c->ncoll);
+		ctl_send(c->world[0], TAG_REPLY, c->ctx, c->sw_limit);
 }
 
 static void on_ask(struct ivs_comm *c)
@@ -230,6 +236,13 @@ static void ask(struct ivs_comm *c, void *arg)
 		on_ask(c);
 	else
 		ctl_send(c->world[0], TAG_ASK, c->ctx, 0);
+}
+
+/* A communicator's collectives were just set up: a pair of its area may have closed during the
+ * set-up's exchange (the scan then found no area to ask about). */
+void ivs_coll_setup_done(struct ivs_comm *c)
+{
+	ask(c, NULL);
 }
 
 /* Messages about a communicator this rank has not created yet wait here. */
@@ -421,6 +434,8 @@ static void mark_comm(struct ivs_comm *c, void *arg)
 static void on_mark(int w, struct ivs_peer *p)
 {
 	p->rx_net = 1;
+	for (struct ivs_msg *m = ivs.unexp; m; m = m->next) /* ring messages not received yet */
+		ivs.nunexp_net += m->src_world == w;
 	ivs.has_net = 1;
 	ivs_comm_each(mark_comm, p);
 	for (struct ivs_req *r = ivs.posted; r; r = r->next) {

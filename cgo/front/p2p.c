@@ -94,7 +94,7 @@ int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 		mode = c->has_net ? IVS_RM_PROBE : IVS_RM_SHM;
 	else if (ivs_rx_peer(w = c->world[src]))
 		mode = IVS_RM_SHM;
-	else if (c->pending_probe || ivs.nlib_unexp)
+	else if (c->pending_probe || ivs.nunexp_net)
 		mode = IVS_RM_PROBE; /* must not overtake a receive posted before it, nor a library
 		                        message parked at a path switch (migrate.c) */
 	else
@@ -112,7 +112,7 @@ int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 		return ivs_arg_error(comm, rc);
 	}
 	*out = r;
-	struct ivs_msg *m = (mode == IVS_RM_SHM || src == MPI_ANY_SOURCE || ivs.nlib_unexp) ? ivs_unexp_find(r) : NULL;
+	struct ivs_msg *m = (mode == IVS_RM_SHM || src == MPI_ANY_SOURCE || ivs.nunexp_net) ? ivs_unexp_find(r) : NULL;
 	if (m) {
 		r->recv_mode = IVS_RM_SHM;
 		ivs_deliver_buffered(r, m);
@@ -237,7 +237,7 @@ int ivs_wait_loop_req(struct ivs_req *r)
  * (a collective switch at a migration, migrate.c) that another rank may be waiting for. */
 int ivs_net_wait(MPI_Request *h, MPI_Status *st)
 {
-	if (!ivs_busy() && ivs.ctlcomm == MPI_COMM_NULL)
+	if (ivs_may_block())
 		return PMPI_Wait(h, st);
 	unsigned spins = 0;
 	for (;;) {
@@ -274,7 +274,7 @@ static int send_common(const void *buf, int count, MPI_Datatype dt, int dest, in
 			return MPI_SUCCESS;
 		}
 	}
-	if (!p && !ivs_busy()) {
+	if (!p && ivs_may_block()) {
 		count_net(ivs_dt_bytes(dt, count));
 		return sync ? PMPI_Ssend(buf, count, dt, dest, tag, comm) : PMPI_Send(buf, count, dt, dest, tag, comm);
 	}
@@ -478,7 +478,7 @@ static int proc_null_status(MPI_Status *st)
 int MPI_Sendrecv(const void *sbuf, int scount, MPI_Datatype sdt, int dest, int stag,
                  void *rbuf, int rcount, MPI_Datatype rdt, int src, int rtag, MPI_Comm comm, MPI_Status *st)
 {
-	if (IVS_LIKELY(!ivs.enabled) || (!ivs_comm_p2p(comm) && !ivs_busy()))
+	if (IVS_LIKELY(!ivs.enabled) || (!ivs_comm_p2p(comm) && ivs_may_block()))
 		return PMPI_Sendrecv(sbuf, scount, sdt, dest, stag, rbuf, rcount, rdt, src, rtag, comm, st);
 	struct ivs_req *rr = NULL, *sr;
 	MPI_Request rnet, snet;
@@ -496,7 +496,7 @@ int MPI_Sendrecv(const void *sbuf, int scount, MPI_Datatype sdt, int dest, int s
 int MPI_Sendrecv_replace(void *buf, int count, MPI_Datatype dt, int dest, int stag, int src, int rtag,
                          MPI_Comm comm, MPI_Status *st)
 {
-	if (IVS_LIKELY(!ivs.enabled) || (!ivs_comm_p2p(comm) && !ivs_busy()))
+	if (IVS_LIKELY(!ivs.enabled) || (!ivs_comm_p2p(comm) && ivs_may_block()))
 		return PMPI_Sendrecv_replace(buf, count, dt, dest, stag, src, rtag, comm, st);
 	int sz, pos = 0, rc = PMPI_Pack_size(count, dt, comm, &sz);
 	if (rc != MPI_SUCCESS)
@@ -548,7 +548,7 @@ static int probe_needs_net(struct ivs_comm *c, int src)
  * library messages parked at a path switch, come before the library's. */
 static int probe_needs_shm(struct ivs_comm *c, int src)
 {
-	return src == MPI_ANY_SOURCE || !probe_needs_net(c, src) || ivs.nlib_unexp;
+	return src == MPI_ANY_SOURCE || !probe_needs_net(c, src) || ivs.nunexp_net;
 }
 
 /* Probe the library for (src, tag) on c. A message found there belongs to a receive posted
@@ -605,7 +605,7 @@ int MPI_Iprobe(int src, int tag, MPI_Comm comm, int *flag, MPI_Status *st)
 int MPI_Probe(int src, int tag, MPI_Comm comm, MPI_Status *st)
 {
 	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
-	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && !ivs_busy() && !ivs.nlib_unexp))
+	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && ivs_may_block() && !ivs.nunexp_net))
 		return PMPI_Probe(src, tag, comm, st);
 	unsigned spins = 0;
 	for (;;) {
@@ -643,7 +643,7 @@ int MPI_Improbe(int src, int tag, MPI_Comm comm, int *flag, MPI_Message *msg, MP
 int MPI_Mprobe(int src, int tag, MPI_Comm comm, MPI_Message *msg, MPI_Status *st)
 {
 	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
-	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && !ivs_busy() && !ivs.nlib_unexp))
+	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && ivs_may_block() && !ivs.nunexp_net))
 		return PMPI_Mprobe(src, tag, comm, msg, st);
 	unsigned spins = 0;
 	for (;;) {

@@ -84,7 +84,7 @@ void ivs_unpost(struct ivs_req *r)
 
 void ivs_unexp_remove(struct ivs_msg *m)
 {
-	ivs.nlib_unexp -= m->is_lib;
+	ivs.nunexp_net -= ivs.peers[m->src_world]->rx_net;
 	if (m->prev)
 		m->prev->next = m->next;
 	else
@@ -98,7 +98,7 @@ void ivs_unexp_remove(struct ivs_msg *m)
 
 void ivs_unexp_append(struct ivs_msg *m)
 {
-	ivs.nlib_unexp += m->is_lib;
+	ivs.nunexp_net += ivs.peers[m->src_world]->rx_net;
 	m->next = NULL;
 	m->prev = ivs.unexp_tail;
 	if (ivs.unexp_tail)
@@ -159,7 +159,9 @@ void ivs_send_ack(int world, uint64_t cookie)
 	}
 	p->acks[p->nacks++] = cookie;
 	ivs.nacks++;
-	if (p->nacks == 1 && !p->tx_net) /* else migrate.c sends it by the library */
+	if (p->tx_net)
+		ivs.switching = 1; /* migrate.c sends it by the library */
+	else if (p->nacks == 1)
 		push_acks(p);
 }
 

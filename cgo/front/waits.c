@@ -111,7 +111,7 @@ static int sweep(int n, MPI_Request *hs, MPI_Status *sts, char *done, int *err)
 
 int MPI_Waitall(int n, MPI_Request *hs, MPI_Status *sts)
 {
-	if (IVS_LIKELY(!ivs.enabled) || (!any_shim(n, hs) && !ivs_busy()))
+	if (IVS_LIKELY(!ivs.enabled) || (!any_shim(n, hs) && ivs_may_block()))
 		return PMPI_Waitall(n, hs, sts);
 	char stackdone[64] = {0}, *done = n <= 64 ? stackdone : calloc((size_t)n, 1);
 	if (!done)
@@ -213,7 +213,7 @@ static int testany_pass(int n, MPI_Request *hs, MPI_Status *st, int *rc)
 
 int MPI_Waitany(int n, MPI_Request *hs, int *index, MPI_Status *st)
 {
-	if (IVS_LIKELY(!ivs.enabled) || (!any_shim(n, hs) && !ivs_busy()))
+	if (IVS_LIKELY(!ivs.enabled) || (!any_shim(n, hs) && ivs_may_block()))
 		return PMPI_Waitany(n, hs, index, st);
 	unsigned spins = 0;
 	for (;;) {
@@ -274,7 +274,7 @@ static int testsome_pass(int n, MPI_Request *hs, int *outcount, int *idx, MPI_St
 
 int MPI_Waitsome(int n, MPI_Request *hs, int *outcount, int *idx, MPI_Status *sts)
 {
-	if (IVS_LIKELY(!ivs.enabled) || (!any_shim(n, hs) && !ivs_busy()))
+	if (IVS_LIKELY(!ivs.enabled) || (!any_shim(n, hs) && ivs_may_block()))
 		return PMPI_Waitsome(n, hs, outcount, idx, sts);
 	unsigned spins = 0;
 	for (;;) {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"ivshim.dev/ivshim/tests/cluster"
@@ -199,14 +200,16 @@ func Demo(ctx context.Context, src, buildDir string, out, log io.Writer) (err er
 }
 
 // demoMigration moves VM h0v1 to host h1 through h0's broker while an MPI job (ivbench
-// PingPong and Allreduce, Open MPI, one rank per VM, with the shim) runs on all four VMs, as a
+// Allreduce, Open MPI, one rank per VM, with the shim) runs on all four VMs, as a
 // co-scheduler would: the rank in h0v1 moves its traffic to the library and releases the
 // region, the VM moves, the job completes. It prints the coordinator's phases, what the moved
 // rank said, and where the VM's region comes from afterwards.
 func demoMigration(ctx context.Context, c *cluster.Cluster, bin, shimDir string, out io.Writer) error {
 	vm, dest := c.Hosts[0].VMs[1], c.Hosts[1]
-	job := cluster.Job{MPI: cluster.OpenMPI, VMs: c.VMs(), Program: bin, Args: []string{"-msglog", "0:16", "-time", "0.5", "PingPong", "Allreduce"},
-		Env: map[string]string{"LD_PRELOAD": filepath.Join(shimDir, cluster.OpenMPI.ShimLibrary()), "IVSHIM_VERBOSE": "1"}, Timeout: 2 * time.Minute}
+	started := &startWatch{seen: make(chan struct{})}
+	job := cluster.Job{MPI: cluster.OpenMPI, VMs: c.VMs(), Program: bin, Args: []string{"-msglog", "0:12", "-iter", "1000000", "-time", "0.3", "-npmin", "4", "Allreduce"},
+		Env: map[string]string{"LD_PRELOAD": filepath.Join(shimDir, cluster.OpenMPI.ShimLibrary()), "IVSHIM_VERBOSE": "1"}, Timeout: 2 * time.Minute,
+		Stdout: started}
 	type outcome struct {
 		res *cluster.Result
 		err error
@@ -216,7 +219,11 @@ func demoMigration(ctx context.Context, c *cluster.Cluster, bin, shimDir string,
 		res, err := cluster.Run(ctx, job)
 		done <- outcome{res, err}
 	}()
-	time.Sleep(3 * time.Second) // the job is past MPI_Init and into PingPong
+	select { // the job is past MPI_Init and into its benchmark
+	case <-started.seen:
+	case o := <-done:
+		return fmt.Errorf("demo: the job for the migration ended before its benchmark began: %v", o.err)
+	}
 	fmt.Fprintf(out, "\nmigrating %s from %s to %s while ivbench runs on all four VMs (ivshimctl migrate %s %s):\n",
 		vm.Name, vm.Host.Name, dest.Name, vm.Name, dest.Dir)
 	res, err := c.Migrate(ctx, vm, dest, 0)
@@ -248,4 +255,23 @@ func demoMigration(ctx context.Context, c *cluster.Cluster, bin, shimDir string,
 	fmt.Fprintf(out, "the job completed (data checked by ivbench); %s now runs on %s with region %s, shared with %d other VMs of the job there\n",
 		vm.Name, vm.Host.Name, target, len(dest.VMs)-1)
 	return nil
+}
+
+// startWatch closes seen when ivbench's output announces its first benchmark.
+type startWatch struct {
+	mu   sync.Mutex
+	out  strings.Builder
+	seen chan struct{}
+}
+
+func (w *startWatch) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !strings.Contains(w.out.String(), "# Benchmarking") {
+		w.out.Write(p)
+		if strings.Contains(w.out.String(), "# Benchmarking") {
+			close(w.seen)
+		}
+	}
+	return len(p), nil
 }
