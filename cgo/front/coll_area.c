@@ -257,13 +257,18 @@ struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k)
 {
 	if (IVS_LIKELY(!ivs.job_active))
 		return NULL;
+	if (IVS_UNLIKELY(ivs.self_leaving))
+		ivs_release_at_entry();
 	struct ivs_comm *c = ivs_comm_get(comm);
 	if (!c || c->coll_lib)
 		return NULL;
 	if (IVS_UNLIKELY(!(++ivs.ctl_tick & 63)))
 		ivs_ctl_poll(); /* a rank that only runs collectives still answers the shim's messages */
-	if (IVS_UNLIKELY(c->sw) && ivs_coll_lib_due(c))
+	if (IVS_UNLIKELY(c->sw) && ivs_coll_lib_due(c)) {
+		if (ivs.self_leaving)
+			ivs_release_at_entry(); /* that may have been its last area */
 		return NULL;
+	}
 	c->ncoll++;
 	c->last_tick = ivs.ctl_tick;
 	if (!(*k = coll_of(c)))

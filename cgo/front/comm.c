@@ -74,11 +74,11 @@ void ivs_comm_forget(MPI_Comm c)
 	for (; *pp; pp = &(*pp)->next) {
 		if ((*pp)->handle == c) {
 			struct ivs_comm *e = *pp;
+			if (e->sw || e->sw_coord) /* still findable by its id while it finishes */
+				ivs_coll_agreement_finish(e);
 			*pp = e->next;
 			if (e == world_cache)
 				world_cache = NULL;
-			if (e->sw || e->sw_coord)
-				ivs_coll_agreement_finish(e);
 			ivs_coll_forget(e);
 			e->freed = 1;
 			if (e->refs == 0)
@@ -130,13 +130,13 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 			e->outsider = 1; /* spawned, connected or merged from another MPI_COMM_WORLD */
 			continue;
 		}
-		struct ivs_peer *p = ivs_rx_peer(e->world[i]); /* a peer that switched is a library peer */
-		if (p) {
+		struct ivs_peer *p = ivs.peers[e->world[i]];
+		if (p) { /* co-located; each direction picks its path per message (migrate.c) */
 			e->by_local[p->local] = i;
 			e->nshm++;
-		} else {
-			e->has_net = 1;
 		}
+		if (!p || p->rx_net)
+			e->has_net = 1;
 	}
 	e->handle = c;
 	e->rank = rank;

@@ -294,6 +294,7 @@ int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg);
 int ivs_coll_lib_due(struct ivs_comm *c);
 void ivs_coll_agreement_finish(struct ivs_comm *c);
 void ivs_coll_setup_done(struct ivs_comm *c);
+void ivs_release_at_entry(void);
 void ivs_migrate_drain(void);
 void ivs_deliver_lib(struct ivs_req *r, struct ivs_msg *m);
 void ivs_ack_arrived(int world, uint64_t cookie);

@@ -467,8 +467,13 @@ static void count_in_region(struct ivs_comm *c, void *arg)
 	*(int *)arg += ivs_coll_in_region(c);
 }
 
-static int release_ready(void)
+/* Whether this rank may give the region up now. Not inside a collective (set-up included: its
+ * area may be in use before the communicator's record shows it), except at a collective's
+ * entry, before it touches anything (at_entry). */
+static int release_ready(int at_entry)
 {
+	if (ivs.coll_depth > at_entry)
+		return 0;
 	for (int i = 0; i < ivs.nlocal; i++) {
 		struct ivs_peer *p = ivs.peers[ivs.local_world[i]];
 		if (!p->tx_net || !p->rx_net || p->nacks)
@@ -555,13 +560,24 @@ int ivs_switch_progress(void)
 		ivs_comm_each(retire_if_done, NULL);
 	busy |= outbox_progress() || ncoord || nwaiting || ndeferred || (ivs.nsync_wait && any_closed);
 	if (ivs.self_leaving && !ivs.released) {
-		if (release_ready())
+		if (release_ready(0))
 			release();
 		else
 			busy = 1;
 	}
 	ivs.switching = busy;
 	return did;
+}
+
+/* At a collective's entry (coll_area.c): a rank of a leaving VM that runs only collectives
+ * releases here, since its progress runs inside them. */
+void ivs_release_at_entry(void)
+{
+	if (ivs.released)
+		return;
+	ivs_progress(); /* the pairs' MARKs, the agreements */
+	if (release_ready(1))
+		release();
 }
 
 /* MPI_Finalize: the shim's messages in flight and the agreements this rank leads end first. */
