@@ -76,8 +76,6 @@ type Attachment struct {
 	m     *membership         // nil in pass-through and after Finalize
 	areas map[uint64]struct{} // collective areas allocated and not yet freed
 	done  bool                // Finalize ran
-	// released: Release gave the region up before Finalize (a migration)
-	released bool
 }
 
 // Region is the mapped region while this rank shares memory, else nil. It stays valid until
@@ -145,7 +143,6 @@ func (a *Attachment) Release() error {
 	}
 	err := a.m.close()
 	a.m = nil
-	a.released = true
 	a.log.Info("released the region (migration)")
 	if err != nil {
 		return fmt.Errorf("release: %w", err)

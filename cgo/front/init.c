@@ -291,9 +291,7 @@ static void drain(void)
 		PMPI_Test(&req, &flag, MPI_STATUS_IGNORE);
 		if (flag)
 			break;
-		ivs_ctl_poll(); /* ranks still agreeing on a collective switch need this one's answer */
-		if (!ivs_progress())
-			ivs_wait_pause(&spins);
+		ivs_ctl_wait_step(&spins); /* ranks still agreeing on a collective switch need this one's answer */
 	}
 }
 

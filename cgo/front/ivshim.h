@@ -290,6 +290,7 @@ void ivs_lib_note(void);
 void ivs_migrate_init(uint32_t self_slot);
 int ivs_switch_progress(void);
 void ivs_ctl_poll(void);
+void ivs_ctl_wait_step(unsigned *spins);
 int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg);
 int ivs_coll_lib_due(struct ivs_comm *c);
 void ivs_coll_agreement_finish(struct ivs_comm *c);

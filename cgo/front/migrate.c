@@ -301,6 +301,15 @@ static void defer(int src, int tag, const struct ctl_msg *m)
 	deferred[ndeferred++] = (struct deferred){src, tag, *m};
 }
 
+/* One step of a wait that needs the shim's own messages answered meanwhile (an agreement, the
+ * drain at MPI_Finalize): poll them, make progress, pause when nothing moved. */
+void ivs_ctl_wait_step(unsigned *spins)
+{
+	ivs_ctl_poll();
+	if (!ivs_progress())
+		ivs_wait_pause(spins);
+}
+
 /* Receive and handle the shim's messages that have arrived. Any thread state, any time the
  * rank is in MPI outside the library's own progress engine. */
 void ivs_ctl_poll(void)
@@ -346,9 +355,7 @@ int ivs_coll_lib_due(struct ivs_comm *c)
 {
 	unsigned spins = 0;
 	while (c->sw == IVS_SW_WAITING && c->ncoll >= c->sw_limit) {
-		ivs_ctl_poll();
-		if (!ivs_progress())
-			ivs_wait_pause(&spins);
+		ivs_ctl_wait_step(&spins);
 	}
 	if (c->sw != IVS_SW_DECIDED || c->ncoll < c->sw_k)
 		return 0;
@@ -372,9 +379,7 @@ void ivs_coll_agreement_finish(struct ivs_comm *c)
 {
 	unsigned spins = 0;
 	while (c->sw_coord == 1) {
-		ivs_ctl_poll();
-		if (!ivs_progress())
-			ivs_wait_pause(&spins);
+		ivs_ctl_wait_step(&spins);
 	}
 	if (c->sw == IVS_SW_WAITING)
 		nwaiting--;
@@ -585,8 +590,6 @@ void ivs_migrate_drain(void)
 {
 	unsigned spins = 0;
 	while (ncoord || outbox_progress()) {
-		ivs_ctl_poll();
-		if (!ivs_progress())
-			ivs_wait_pause(&spins);
+		ivs_ctl_wait_step(&spins);
 	}
 }
