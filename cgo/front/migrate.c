@@ -37,7 +37,10 @@
  * A rank X blocked inside a library call cannot answer, and it may be waiting for a member W
  * that waits for the decision: X ran ahead of W on this communicator (a root of Bcast, a
  * non-root of Reduce) and now waits in a library collective on another communicator that W
- * joins after its next collective here. With a slack of 1 W runs that collective. The shim's
+ * joins after its next collective here. With a slack of 1 W runs that collective. That covers
+ * an X that answered before it blocked, not one the query reached only after: W's slack may
+ * be spent by then (tests/model/collswitch.pml finds that deadlock; the README states the
+ * limit; the agreement's safety is model-checked without assumptions). The shim's
  * own waits on library requests poll these messages (ivs_may_block), so a rank waiting in a
  * receive, a send, a probe or a collective of the shim answers; what remains blocking is the
  * library's own collectives and calls the shim does not interpose. The slack costs the leaving

@@ -27,4 +27,12 @@
 // must be published together, and a reply MARK (closing the own direction on reading the
 // peer's) deadlocked both ranks when written into a full ring; it is gone, as every rank closes
 // on the region's leaving flag. Six broken variants must fail.
+//
+// collswitch.pml is the agreement that moves a communicator's collectives to the library at
+// one index on every member (migrate.c, "Collectives"): three members, one leaving, one on
+// another host, programs where a Bcast root runs ahead and then enters a library collective.
+// Safety holds exhaustively (no index run on two plans, no decision behind a member, no area
+// use after the release; three broken variants must fail). Deadlock freedom holds only if
+// members answer inside library collectives; without that spin finds a deadlock of a valid
+// program, the shim's stated limit, pinned by TestCollSwitchKnownDeadlock.
 package model
