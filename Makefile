@@ -34,7 +34,7 @@ SANITIZE_CFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined 
 MPI_PKG_openmpi := ompi-c
 MPI_PKG_mpich := mpich
 
-.PHONY: all deps build asan test demo bench clean
+.PHONY: all deps build asan test demo vm-demo bench clean
 all: build
 
 # Idempotent: installs only what is missing, then fetches the Go modules go.sum pins.
@@ -107,6 +107,11 @@ test: build
 
 demo: build
 	$(BUILD)/ivshim-cluster demo
+
+# MPI jobs of both MPIs in real QEMU guests (TCG) on two private libvirt hosts, each with its
+# broker; everything it starts is torn down when it ends (README, "Real guests").
+vm-demo: build
+	$(GO) test -count=1 -timeout 20m -run '^TestLibvirtMPIJob$$' -v ./tests/libvirtreal/
 
 clean:
 	rm -rf $(BUILD)

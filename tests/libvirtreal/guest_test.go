@@ -69,6 +69,7 @@ const (
 	cpioDir  = 0o040000
 	cpioChar = 0o020000
 	cpioReg  = 0o100000
+	cpioLink = 0o120000 // data: the target
 )
 
 // writeInitramfs writes files as an uncompressed newc cpio archive, the format the kernel
@@ -104,6 +105,10 @@ type guest struct {
 	name, uuid, job     string
 	kernel, initrd, tty string // files on the host; tty receives the serial console
 	appendTTY           bool   // QEMU appends to tty (a migrated guest's next QEMU keeps its lines)
+	// Guests that run MPI ranks (mpi_test.go); zero values: the tiny guest.
+	memMiB, vcpus int    // 256 MiB and 1 vCPU when zero
+	cmdline       string // appended to the kernel command line
+	bridge, mac   string // a virtio NIC on this host bridge, when bridge is set
 }
 
 // domainXML is the guest's libvirt definition, tagged with its job.
@@ -113,17 +118,28 @@ func (g guest) domainXML() string {
 		xml.EscapeText(&b, []byte(s))
 		return b.String()
 	}
+	mem, vcpus, nic := g.memMiB, g.vcpus, ""
+	if mem == 0 {
+		mem = 256
+	}
+	if vcpus == 0 {
+		vcpus = 1
+	}
+	if g.bridge != "" {
+		nic = fmt.Sprintf("\n    <interface type='bridge'><source bridge='%s'/><mac address='%s'/><model type='virtio'/></interface>",
+			esc(g.bridge), esc(g.mac))
+	}
 	return fmt.Sprintf(`<domain type='qemu'>
   <name>%s</name>
   <uuid>%s</uuid>
   <metadata><ivshim:job xmlns:ivshim="https://ivshim.dev/xmlns/1" id="%s"/></metadata>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
+  <memory unit='MiB'>%d</memory>
+  <vcpu>%d</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>%s</kernel>
     <initrd>%s</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1</cmdline>
+    <cmdline>console=ttyS0 quiet panic=-1%s</cmdline>
   </os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
@@ -132,10 +148,18 @@ func (g guest) domainXML() string {
   <devices>
     <serial type='file'><source path='%s'%s/></serial>
     <controller type='usb' model='none'/>
-    <memballoon model='none'/>
+    <memballoon model='none'/>%s
   </devices>
 </domain>
-`, esc(g.name), esc(g.uuid), esc(g.job), esc(g.kernel), esc(g.initrd), esc(g.tty), appendAttr(g.appendTTY))
+`, esc(g.name), esc(g.uuid), esc(g.job), mem, vcpus, esc(g.kernel), esc(g.initrd), esc(prefixSpace(g.cmdline)), esc(g.tty),
+		appendAttr(g.appendTTY), nic)
+}
+
+func prefixSpace(s string) string {
+	if s == "" {
+		return ""
+	}
+	return " " + s
 }
 
 func appendAttr(on bool) string {

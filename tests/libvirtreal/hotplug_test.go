@@ -48,12 +48,13 @@ const (
 	regionMode  = 0o660
 )
 
-// brokerConf is the broker's configuration; region owner, group and mode keep their defaults.
+// brokerConf is the broker's configuration (libvirt URI, region size in MiB, API socket); region
+// owner, group and mode keep their defaults.
 // The hour-long resync makes every reaction in the test one to a libvirt event.
 const brokerConf = `hypervisor = libvirt
 libvirt_uri = %s
 region_dir = /dev/shm
-region_size = 4M
+region_size = %dM
 socket = %s
 resync_interval = 1h
 log_level = debug
@@ -95,7 +96,7 @@ func TestLibvirtHotplug(t *testing.T) {
 		t.Fatalf("connect to the private libvirtd: %v", err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	startBroker(ctx, t, brokerBin, dir, brokerLog, d.URI())
+	startBroker(ctx, t, brokerBin, dir, brokerLog, d.URI(), regionSize)
 	region := filepath.Join("/dev/shm", hypervisor.RegionName(g.job))
 	t.Cleanup(func() {
 		if err := os.Remove(region); err == nil && !t.Failed() {
@@ -245,13 +246,13 @@ func buildInitramfs(ctx context.Context, t *testing.T, dir, path string) {
 
 // startBroker runs the broker binary bin against the libvirtd at uri, logging to log, and
 // waits until its API answers; its configuration and socket are in dir, its command starts
-// with prefix (nsenter into a daemon's namespace). It skips the test when another broker
+// with prefix (nsenter into a daemon's namespace); its regions have size bytes. It skips the test when another broker
 // manages /dev/shm, and registers the broker's stop. It returns the API socket.
-func startBroker(ctx context.Context, t *testing.T, bin, dir, log, uri string, prefix ...string) string {
+func startBroker(ctx context.Context, t *testing.T, bin, dir, log, uri string, size int, prefix ...string) string {
 	t.Helper()
 	conf := filepath.Join(dir, "broker.conf")
 	socket := filepath.Join(dir, "broker.sock")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(brokerConf, uri, socket)), 0o600); err != nil {
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(brokerConf, uri, size>>20, socket)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out, err := os.Create(log)

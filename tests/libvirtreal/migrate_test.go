@@ -75,7 +75,7 @@ func TestLibvirtMigrate(t *testing.T) {
 		if err := os.Mkdir(bdir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		h.socket = startBroker(ctx, t, brokerBin, bdir, h.log, h.d.URI(), h.d.nsenter()...)
+		h.socket = startBroker(ctx, t, brokerBin, bdir, h.log, h.d.URI(), regionSize, h.d.nsenter()...)
 	}
 	connA, err := lv.NewConnect(a.d.URI())
 	if err != nil {

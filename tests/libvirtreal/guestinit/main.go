@@ -12,6 +12,7 @@
 // A REGION line means ivshmem.Open accepted the header seen through the BAR (magic, version,
 // layout); vm-registered says whether the broker's VM table lists this VM. A GUEST-FAILED line
 // reports a set-up step that failed. guestinit never exits: the kernel panics when init does.
+// With ivshim.ip= on the kernel command line it also runs MPI ranks (agent.go).
 package main
 
 import (
@@ -29,6 +30,10 @@ import (
 const pollInterval = 100 * time.Millisecond
 
 func main() {
+	if len(os.Args) == 3 && os.Args[1] == "agent" {
+		runAgent(os.Args[2])
+		return
+	}
 	for _, m := range []struct{ fs, dir string }{{"proc", "/proc"}, {"sysfs", "/sys"}} {
 		if err := os.MkdirAll(m.dir, 0o755); err != nil {
 			fmt.Printf("GUEST-FAILED mkdir %s: %v\n", m.dir, err)
@@ -42,6 +47,10 @@ func main() {
 		fmt.Printf("GUEST-FAILED %v\n", err)
 	}
 	fmt.Printf("GUEST-READY uuid=%s\n", uuid)
+	agent := agentAddr()
+	if agent != "" {
+		agentSetup(agent, uuid.String())
+	}
 	seen := map[string]bool{}
 	for {
 		devs, err := ivshmem.FindPCI("/sys")
@@ -52,6 +61,9 @@ func main() {
 		for _, d := range devs {
 			now[d.Addr] = true
 			if !seen[d.Addr] {
+				if agent != "" {
+					shareBAR(d.Resource2)
+				}
 				report(d, uuid)
 			}
 		}

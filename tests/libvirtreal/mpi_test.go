@@ -1,0 +1,674 @@
+package libvirtreal
+
+import (
+	"bytes"
+	"context"
+	"debug/elf"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	lv "libvirt.org/go/libvirt"
+
+	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/tests/cluster"
+	"ivshim.dev/ivshim/tests/testenv"
+)
+
+// Bounds of the MPI job test: three guests boot under TCG at once on two cores.
+const (
+	mpiGuestTimeout = 3 * time.Minute  // from starting the guests to every agent and region
+	mpiJobTimeout   = 4 * time.Minute  // one mpirun or mpiexec
+	finalizeGrace   = 10 * time.Second // MPICH's hang in MPI_Finalize: how long after the job's output
+)
+
+// mpiRegionSize is the brokers' region size in the MPI job test: room for the rings and
+// collective areas of two co-located ranks without the shim's "region is tight" fallbacks.
+const mpiRegionSize = 16 << 20
+
+// guestFull runs every conformance program both ways and coll_check --quick whole in the
+// guests (about 15 s per program per run under TCG on two cores: too long for make test).
+var guestFull = flag.Bool("guest-full", false, "TestLibvirtMPIJob: every conformance program with and without the shim, and all of coll_check --quick")
+
+// guestModules are the kernel modules a guest loads for its NIC, by name; their dependencies
+// come from the kernel's modules.dep.
+var guestModules = []string{"virtio_pci", "virtio_net"}
+
+// mpiTrees are the files and directories of each MPI family the guests need beyond what the
+// dynamic linker resolves (plugins, help texts, configuration), when they exist.
+var mpiTrees = map[cluster.MPI][]string{
+	cluster.OpenMPI: {"/usr/bin/orted", "/usr/lib/x86_64-linux-gnu/openmpi", "/usr/lib/x86_64-linux-gnu/pmix2",
+		"/usr/share/openmpi", "/usr/share/pmix", "/etc/openmpi", "/usr/share/hwloc"},
+	cluster.MPICH: {"/usr/bin/hydra_pmi_proxy", "/usr/lib/x86_64-linux-gnu/ucx", "/etc/mpich"},
+}
+
+// mpiGuest is one guest of the job and where it runs.
+type mpiGuest struct {
+	guest
+	host *host
+	ip   string
+	con  *console
+}
+
+// TestLibvirtMPIJob runs MPI jobs, unchanged programs with the shim preloaded, in real QEMU
+// guests on two libvirt hosts of this machine (private libvirtds with their own host UUIDs,
+// each with its broker in libvirt mode): guests g0 and g1 on host a, g2 on host b, all of one
+// job by their libvirt metadata, on one bridge. The brokers hot-plug the job's region of each
+// host; the ranks (the guest's ordinary user) find it through the PCI device's BAR2.
+// mpirun and mpiexec run on this machine and start their daemons in the guests through
+// guestexec. Each job's output must be right, its path table must show g0 and g1 sharing a
+// region and g2 alone on its own, and its stats must show traffic through the region.
+func TestLibvirtMPIJob(t *testing.T) {
+	libvirtdBin := requireHost(t)
+	testenv.RequireCluster(t)
+	root := testenv.ModuleRoot(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*testTimeout)
+	defer cancel()
+	start := time.Now()
+	dir := testDir(t)
+	a, b := newHost(ctx, t, libvirtdBin, dir, "a"), newHost(ctx, t, libvirtdBin, dir, "b")
+	bridge, subnet := hostBridge(t)
+
+	random := randomBytes(t)
+	job := "mpijob-" + hex.EncodeToString(random[:4])
+	kernel := guestKernel(ctx, t, dir)
+	var guests []*mpiGuest
+	for i, h := range []*host{a, a, b} {
+		name := fmt.Sprintf("g%d", i)
+		ip := subnet.IP.To4()
+		ip = net.IPv4(ip[0], ip[1], ip[2], byte(11+i))
+		u := randomBytes(t)
+		g := &mpiGuest{host: h, ip: ip.String(), guest: guest{
+			name: "ivshim-" + job + "-" + name, uuid: hypervisor.UUID(u).String(), job: job,
+			kernel: kernel, initrd: filepath.Join(dir, "initramfs-mpi.cpio"), tty: filepath.Join(dir, name+".console"),
+			memMiB: 768, vcpus: 2, // two vCPUs: only then does TCG make guest atomics atomic for other processes
+			cmdline: fmt.Sprintf("ivshim.ip=%s/24 ivshim.hostname=%s", ip, name),
+			bridge:  bridge, mac: fmt.Sprintf("52:54:00:%02x:%02x:%02x", random[4], random[5], i),
+		}}
+		g.con = &console{path: g.tty}
+		guests = append(guests, g)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			var files []string
+			for _, g := range guests {
+				files = append(files, g.tty)
+			}
+			t.Logf("guest consoles and brokers:\n%s", tails(append(files, a.log, b.log)...))
+		}
+	})
+	agent := goBuild(ctx, t, filepath.Join(dir, "guestexec"), "ivshim.dev/ivshim/tests/libvirtreal/guestexec")
+	shims := map[cluster.MPI]string{}
+	progs := map[cluster.MPI]map[string]string{} // program name -> binary
+	extra := []string{agent, filepath.Join(root, "build", "lib", "libivshim-ctl.so")}
+	srcs, _ := filepath.Glob(filepath.Join(root, "tests", "mpi", "p2p_*.c"))
+	srcs = append(srcs, filepath.Join(root, "tests", "mpi", "coll_check.c"), filepath.Join(root, "tests", "mpi", "hello_ring.c"),
+		filepath.Join(root, "tests", "bench", "ivbench.c"))
+	bin := filepath.Join(dir, "programs")
+	if err := os.Mkdir(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range cluster.MPIs {
+		shims[m] = testenv.ShimLibrary(t, root, m)
+		progs[m] = map[string]string{}
+		for _, src := range srcs {
+			out, err := cluster.Build(ctx, m, src, bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			progs[m][strings.TrimSuffix(filepath.Base(src), ".c")] = out
+			extra = append(extra, out)
+		}
+		extra = append(extra, shims[m])
+	}
+	buildMPIInitramfs(ctx, t, dir, guests[0].initrd, kernel, guests, extra)
+	brokerBin := goBuild(ctx, t, filepath.Join(dir, "ivshim-broker"), "ivshim.dev/ivshim/broker/cmd/ivshim-broker")
+	for _, h := range []*host{a, b} {
+		h.d.awaitReady(t)
+		bdir := filepath.Join(dir, h.name+"-broker")
+		if err := os.Mkdir(bdir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		h.socket = startBroker(ctx, t, brokerBin, bdir, h.log, h.d.URI(), mpiRegionSize, h.d.nsenter()...)
+	}
+	conns := map[*host]*lv.Connect{}
+	for _, h := range []*host{a, b} {
+		conn, err := lv.NewConnect(h.d.URI())
+		if err != nil {
+			t.Fatalf("connect to host %s: %v", h.name, err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		conns[h] = conn
+	}
+	t.Logf("set up in %v: hosts a (%s) and b (%s), bridge %s %s", time.Since(start).Round(time.Millisecond), a.uuid, b.uuid, bridge, subnet)
+
+	boot := time.Now()
+	for _, g := range guests {
+		startGuest(t, conns[g.host], g.guest)
+	}
+	agentLine := regexp.MustCompile(`^GUEST-AGENT addr=`)
+	for _, g := range guests {
+		(&console{path: g.tty}).wait(ctx, t, mpiGuestTimeout, agentLine) // the agent and the region come in any order
+		m := g.con.wait(ctx, t, mpiGuestTimeout, regionLine)
+		if m[2] != g.job || m[3] != g.host.uuid || m[4] != fmt.Sprint(mpiRegionSize) || m[5] != "true" {
+			t.Fatalf("%s reports %q; want job=%s host=%s size=%d vm-registered=true", g.name, m[0], g.job, g.host.uuid, mpiRegionSize)
+		}
+	}
+	t.Logf("3 guests up, network and regions in %v", time.Since(boot).Round(time.Millisecond))
+
+	hosts := []string{guests[0].ip, guests[1].ip, guests[2].ip}
+	if os.Getenv("IVSHIM_TEST_HOLD") != "" { // development: keep the guests up until the file goes
+		hold := filepath.Join(os.TempDir(), "ivshim-hold.env")
+		os.WriteFile(hold, []byte(fmt.Sprintf("AGENT=%s\nHOSTS=%s\nSUBNET=%s\nPROGS=%s\n", agent, strings.Join(hosts, ","), subnet, bin)), 0o644)
+		t.Logf("holding the guests until %s is removed", hold)
+		poll(ctx, 3*testTimeout, func() bool { _, err := os.Stat(hold); return err != nil })
+	}
+	for _, m := range cluster.MPIs {
+		t.Run(m.String(), func(t *testing.T) {
+			job := guestJob{mpi: m, agent: agent, hosts: hosts, subnet: subnet, shim: shims[m]}
+			lib := job
+			lib.noShim = true
+			// hello_ring: the path table, the region's traffic, and whether the guests' mappings
+			// of BAR2 are cached (IVSHIM_VERBOSE=2: a line per rank).
+			v2 := job
+			v2.verbose = 2
+			stdout, stderr := v2.run(ctx, t, lineCount("ring ok allreduce ok", len(hosts)), progs[m]["hello_ring"])
+			if n := strings.Count(stdout, "ring ok allreduce ok"); n != len(hosts) {
+				t.Errorf("hello_ring output:\n%s\nstderr:\n%s", stdout, stderr)
+			}
+			checkGuestShimReport(t, stderr)
+			cached := regexp.MustCompile(`(?m)^ivshim: rank \d+: region \S+resource2 read cost ([\d.]+)x memory \(cached\)$`)
+			if costs := cached.FindAllStringSubmatch(stderr, -1); len(costs) != len(hosts) {
+				t.Errorf("want every rank's BAR2 mapping measured and cached, got %d lines; stderr:\n%s", len(costs), stderr)
+			} else {
+				t.Logf("BAR2 read cost in the guests: %s, %s and %s times memory", costs[0][1], costs[1][1], costs[2][1])
+			}
+			// Conformance programs: the same report with and without the shim.
+			conformance := []string{"p2p_order"}
+			if *guestFull {
+				conformance = nil
+				for name := range progs[m] {
+					if strings.HasPrefix(name, "p2p_") {
+						conformance = append(conformance, name)
+					}
+				}
+				sort.Strings(conformance)
+			}
+			for _, name := range conformance {
+				summary := regexp.MustCompile(`(?m)^` + name + `: 3 ranks, \d+ checks, \d+ failures$`)
+				done := func(out string) bool { return summary.MatchString(out) }
+				want, _ := lib.run(ctx, t, done, progs[m][name])
+				got, stderr := job.run(ctx, t, done, progs[m][name])
+				w, g := summary.FindString(want), summary.FindString(got)
+				if w == "" || w != g || !strings.HasSuffix(g, " 0 failures") {
+					t.Errorf("%s: with the shim %q, without %q\nstdout with the shim:\n%s\nstderr:\n%s", name, g, w, got, stderr)
+				}
+			}
+			// Collectives, checked against the library's own results inside the program.
+			args := []string{"--quick"}
+			if !*guestFull {
+				args = append(args, "--comm=world", "bcast", "allreduce", "alltoall")
+			}
+			last := regexp.MustCompile(`(?m)^coll_\w+: 3 ranks, \d+ checks, \d+ failures$`)
+			want := 3
+			if *guestFull {
+				want = 15
+			}
+			stdout, stderr = job.run(ctx, t, func(out string) bool { return len(last.FindAllString(out, -1)) == want }, progs[m]["coll_check"], args...)
+			if lines := last.FindAllString(stdout, -1); len(lines) != want || strings.Contains(stdout, "FAIL") {
+				t.Errorf("coll_check %v: %d reports, want %d, or a failure:\n%s\nstderr:\n%s", args, len(lines), want, stdout, stderr)
+			} else {
+				for _, l := range lines {
+					if !strings.HasSuffix(l, " 0 failures") {
+						t.Errorf("coll_check: %s", l)
+					}
+				}
+			}
+			if stats, err := (&cluster.Result{Stderr: stderr}).ShimStats(); err != nil || len(stats) != 3 || stats[0].CollSHM == 0 {
+				t.Errorf("coll_check: shim stats %+v (%v): want rank 0's collectives through the region", stats, err)
+			}
+			// ivbench PingPong between the co-located guests: the shim through BAR2 against the
+			// library's own path (TCP between the guests); reported, not asserted (a benchmark).
+			pair := job
+			pair.hosts = hosts[:2]
+			pairLib := pair
+			pairLib.noShim = true
+			end := func(out string) bool { return strings.Contains(out, "All processes entering MPI_Finalize") }
+			bench := []string{"-msglog", "0:16", "-iter", "20", "-check", "PingPong"}
+			shimOut, _ := pair.run(ctx, t, end, progs[m]["ivbench"], bench...)
+			libOut := "" // TCP between TCG guests takes milliseconds a message: only in the full run
+			if *guestFull {
+				libOut, _ = pairLib.run(ctx, t, end, progs[m]["ivbench"], bench...)
+			}
+			t.Logf("ivbench PingPong g0 <-> g1 (t[usec]): bytes, the shim through the region, the library alone:\n%s", pingPongTable(shimOut, libOut))
+		})
+	}
+}
+
+// lineCount is a job's end: its standard output holds n lines containing s.
+func lineCount(s string, n int) func(string) bool {
+	return func(out string) bool { return strings.Count(out, s) == n }
+}
+
+// pingPongTable puts the t[usec] columns of two ivbench PingPong outputs side by side.
+func pingPongTable(a, b string) string {
+	row := regexp.MustCompile(`(?m)^\s+(\d+)\s+\d+\s+([\d.]+)\s+[\d.]+(\s+\d+)?\s*$`)
+	times := func(out string) map[string]string {
+		m := map[string]string{}
+		for _, r := range row.FindAllStringSubmatch(out, -1) {
+			m[r[1]] = r[2]
+		}
+		return m
+	}
+	ta, tb := times(a), times(b)
+	var sb strings.Builder
+	for _, r := range row.FindAllStringSubmatch(a, -1) {
+		fmt.Fprintf(&sb, "%10s %12s %12s\n", r[1], ta[r[1]], tb[r[1]])
+	}
+	return sb.String()
+}
+
+// hostBridge creates a bridge on this machine with an address in a free 10.x.y.0/24, removed
+// when the test ends, and returns its name and subnet.
+func hostBridge(t *testing.T) (string, *net.IPNet) {
+	t.Helper()
+	r := randomBytes(t)
+	name := "ivsbr" + hex.EncodeToString(r[:3])
+	used := map[string]bool{}
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.To4() != nil {
+			used[n.IP.Mask(net.CIDRMask(24, 32)).String()] = true
+		}
+	}
+	var subnet *net.IPNet
+	for i := 0; i < 256; i++ {
+		n := &net.IPNet{IP: net.IPv4(10, 213, byte(int(r[3])+i), 0).To4(), Mask: net.CIDRMask(24, 32)}
+		if !used[n.IP.String()] {
+			subnet = n
+			break
+		}
+	}
+	if subnet == nil {
+		t.Skip("no free 10.213.x.0/24 for the guests' bridge")
+	}
+	gw := net.IPv4(subnet.IP[0], subnet.IP[1], subnet.IP[2], 1)
+	for _, args := range [][]string{{"link", "add", name, "type", "bridge"}, {"addr", "add", gw.String() + "/24", "dev", name},
+		{"link", "set", name, "up"}} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			exec.Command("ip", "link", "del", name).Run()
+			t.Skipf("cannot make a bridge for the guests (ip %s): %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "link", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("remove bridge %s: %v: %s", name, err, out)
+		}
+	})
+	return name, subnet
+}
+
+// guestJob is how jobs run on the guests: one rank on each of hosts, launched from this
+// machine through agent, with the shim library shim preloaded unless noShim.
+type guestJob struct {
+	mpi     cluster.MPI
+	agent   string
+	hosts   []string
+	subnet  *net.IPNet
+	shim    string
+	noShim  bool
+	verbose int // IVSHIM_VERBOSE; 1 when zero
+}
+
+// run runs prog with IVSHIM_VERBOSE=1 and returns its standard output and error; a failure or
+// a timeout fails the test. done says whether the output is complete: MPICH 4.0 with UCX over
+// TCP may hang in MPI_Finalize (EMULATION.md, also without the shim), so an MPICH job still
+// running finalizeGrace after its output was complete (and, with the shim, every rank printed
+// its stats at MPI_Finalize) is ended, logged, and taken as done.
+func (j guestJob) run(ctx context.Context, t *testing.T, done func(stdout string) bool, prog string, args ...string) (string, string) {
+	t.Helper()
+	gw := net.IPv4(j.subnet.IP[0], j.subnet.IP[1], j.subnet.IP[2], 1).String()
+	env := [][2]string{{"IVSHIM_VERBOSE", fmt.Sprint(max(j.verbose, 1))}}
+	if !j.noShim {
+		env = append(env, [2]string{"LD_PRELOAD", j.shim})
+	}
+	var argv []string
+	switch j.mpi {
+	case cluster.OpenMPI:
+		argv = []string{"mpirun.openmpi", "--allow-run-as-root", "--bind-to", "none", "--mca", "mpi_yield_when_idle", "1",
+			"--mca", "plm_rsh_agent", j.agent, "--mca", "plm_rsh_no_tree_spawn", "1",
+			"--mca", "oob_tcp_if_include", j.subnet.String(), "--mca", "btl_tcp_if_include", j.subnet.String(),
+			"--host", strings.Join(j.hosts, ","), "-np", fmt.Sprint(len(j.hosts)), "--wdir", "/home/mpi"}
+		for _, e := range env {
+			argv = append(argv, "-x", e[0]+"="+e[1])
+		}
+	case cluster.MPICH:
+		argv = []string{"mpiexec.mpich", "-launcher", "ssh", "-launcher-exec", j.agent, "-localhost", gw,
+			"-hosts", strings.Join(j.hosts, ","), "-n", fmt.Sprint(len(j.hosts)), "-wdir", "/home/mpi", "-genv", "UCX_TLS", "tcp,self"}
+		for _, e := range env {
+			argv = append(argv, "-genv", e[0], e[1])
+		}
+	}
+	argv = append(append(argv, prog), args...)
+	ctx, cancel := context.WithTimeout(ctx, mpiJobTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Dir = os.TempDir()
+	var stdout, stderr syncBuffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.WaitDelay = 5 * time.Second
+	begin := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	var err error
+	hung := false
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var complete time.Time
+wait:
+	for {
+		select {
+		case err = <-exited:
+			break wait
+		case <-tick.C:
+			finished := done(stdout.String()) && (j.noShim || strings.Count(stderr.String(), "ivshim: stats ") == len(j.hosts))
+			if j.mpi != cluster.MPICH || !finished {
+				continue
+			}
+			if complete.IsZero() {
+				complete = time.Now()
+			} else if time.Since(complete) > finalizeGrace {
+				cmd.Process.Kill()
+				<-exited
+				hung = true
+				break wait
+			}
+		}
+	}
+	t.Logf("%s: %v in %v", strings.Join(argv, " "), err, time.Since(begin).Round(time.Millisecond))
+	if hung {
+		t.Logf("MPICH hung in MPI_Finalize %v after the program's output was complete (known MPICH+UCX problem over TCP): ended", finalizeGrace)
+	} else if err != nil || !done(stdout.String()) {
+		t.Fatalf("job failed: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	}
+	return stdout.String(), stderr.String()
+}
+
+// syncBuffer is a bytes.Buffer safe for the writer and a concurrent reader.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// checkGuestShimReport checks the shim's report of a job on g0, g1 (host a) and g2 (host b):
+// two groups, ranks 0 and 1 sharing a region, rank 2 reached by the network, and traffic
+// through the region between ranks 0 and 1.
+func checkGuestShimReport(t *testing.T, stderr string) {
+	t.Helper()
+	if !strings.Contains(stderr, "ivshim: init ranks=3 groups=2 ") {
+		t.Errorf("shim report: no init line for 3 ranks in 2 groups; stderr:\n%s", stderr)
+	}
+	for rank, path := range []string{"shm", "shm", "net"} {
+		row := regexp.MustCompile(fmt.Sprintf(`(?m)^ivshim: path rank=%d host=\S+ group=\d+ slot=(\d+|-) path=%s vm=\d+$`, rank, path))
+		if !row.MatchString(stderr) {
+			t.Errorf("shim path table: no row %q; stderr:\n%s", row, stderr)
+		}
+	}
+	stats, err := (&cluster.Result{Stderr: stderr}).ShimStats()
+	if err != nil || len(stats) != 3 {
+		t.Fatalf("shim stats: %v, %d of 3 ranks; stderr:\n%s", err, len(stats), stderr)
+	}
+	// hello_ring sends around the ring: 0 -> 1 through the region, 1 -> 2 and 2 -> 0 by the network.
+	if stats[0].SHMMsgs == 0 || stats[1].RegionBytes == 0 || stats[2].SHMMsgs != 0 {
+		t.Errorf("want rank 0 sending through the region it shares with rank 1, rank 2 not: %+v", stats)
+	}
+	t.Logf("shim stats: %+v", stats)
+}
+
+// buildMPIInitramfs writes the MPI guests' initramfs: guestinit as /init, busybox as /bin/sh,
+// the NIC's kernel modules, both MPI families with everything they load, the files in extra
+// (the shim, the test programs) at their paths on this machine, and /etc files for the user
+// "mpi" (group "ivshim" for the BARs) and the guests' names.
+func buildMPIInitramfs(ctx context.Context, t *testing.T, dir, path, kernel string, guests []*mpiGuest, extra []string) {
+	t.Helper()
+	bin := goBuild(ctx, t, filepath.Join(dir, "guestinit"), "ivshim.dev/ivshim/tests/libvirtreal/guestinit", "CGO_ENABLED=0")
+	init, err := os.ReadFile(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	busybox, err := exec.LookPath("busybox")
+	if err != nil {
+		t.Skip("busybox not installed (Debian package busybox)")
+	}
+	files := newFileSet()
+	files.add(cpioFile{name: "dev", mode: cpioDir | 0o755})
+	files.add(cpioFile{name: "dev/console", mode: cpioChar | 0o600, major: 5, minor: 1})
+	files.add(cpioFile{name: "init", mode: cpioReg | 0o755, data: init})
+	for _, d := range []string{"proc", "sys", "tmp", "run", "home", "etc", "etc/ivshim", "bin"} {
+		files.add(cpioFile{name: d, mode: cpioDir | 0o755})
+	}
+	var hostsFile strings.Builder
+	hostsFile.WriteString("127.0.0.1 localhost\n")
+	for i, g := range guests {
+		fmt.Fprintf(&hostsFile, "%s g%d\n", g.ip, i)
+	}
+	for name, text := range map[string]string{
+		"etc/passwd":        "root:x:0:0:root:/root:/bin/sh\nmpi:x:1000:1000:mpi:/home/mpi:/bin/sh\n",
+		"etc/group":         "root:x:0:\nmpi:x:1000:\nivshim:x:1001:mpi\n",
+		"etc/hosts":         hostsFile.String(),
+		"etc/shells":        "/bin/sh\n",
+		"etc/nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
+	} {
+		files.add(cpioFile{name: name, mode: cpioReg | 0o644, data: []byte(text)})
+	}
+	files.addPath(t, busybox)
+	files.add(cpioFile{name: "bin/sh", mode: cpioLink | 0o777, data: []byte(busybox)})
+	version := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
+	if filepath.Base(kernel) == "vmlinux" { // uncompressed from the last /boot/vmlinuz-*
+		images, _ := filepath.Glob("/boot/vmlinuz-*")
+		sort.Strings(images)
+		version = strings.TrimPrefix(filepath.Base(images[len(images)-1]), "vmlinuz-")
+	}
+	mods := moduleOrder(t, version, guestModules)
+	for _, m := range mods {
+		files.addPath(t, m)
+	}
+	files.add(cpioFile{name: "etc/ivshim/modules", mode: cpioReg | 0o644, data: []byte(strings.Join(mods, "\n") + "\n")})
+	for _, m := range []cluster.MPI{cluster.OpenMPI, cluster.MPICH} {
+		for _, tree := range mpiTrees[m] {
+			if _, err := os.Lstat(tree); err == nil {
+				files.addTree(t, tree)
+			}
+		}
+	}
+	for _, f := range extra {
+		files.addPath(t, f)
+	}
+	files.addLibraries(t)
+	if err := writeInitramfs(path, files.files); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Stat(path); err == nil {
+		t.Logf("guest initramfs: %d files, %d MiB", len(files.files), st.Size()>>20)
+	}
+}
+
+// moduleOrder returns the paths of the modules names and their dependencies, in load order.
+func moduleOrder(t *testing.T, version string, names []string) []string {
+	t.Helper()
+	base := filepath.Join("/lib/modules", version)
+	dep, err := os.ReadFile(filepath.Join(base, "modules.dep"))
+	if err != nil {
+		t.Skipf("no modules of the guest kernel %s: %v", version, err)
+	}
+	deps := map[string][]string{} // module path (relative) -> its dependencies, as listed
+	byName := map[string]string{}
+	for _, line := range strings.Split(string(dep), "\n") {
+		mod, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		deps[mod] = strings.Fields(rest)
+		n := strings.TrimSuffix(filepath.Base(mod), ".ko")
+		byName[strings.ReplaceAll(n, "-", "_")] = mod
+	}
+	var order []string
+	seen := map[string]bool{}
+	var visit func(mod string)
+	visit = func(mod string) {
+		if seen[mod] {
+			return
+		}
+		seen[mod] = true
+		list := deps[mod]
+		for i := len(list) - 1; i >= 0; i-- { // modprobe loads the last listed first
+			visit(list[i])
+		}
+		order = append(order, filepath.Join(base, mod))
+	}
+	for _, n := range names {
+		mod, ok := byName[n]
+		if !ok {
+			t.Skipf("guest kernel %s has no module %s (built in or missing)", version, n)
+		}
+		visit(mod)
+	}
+	return order
+}
+
+// fileSet collects the initramfs entries, each path once, parent directories and symbolic
+// links on the way included.
+type fileSet struct {
+	files []cpioFile
+	have  map[string]bool
+	elfs  []string // ELF files added, whose libraries addLibraries adds
+}
+
+func newFileSet() *fileSet { return &fileSet{have: map[string]bool{}} }
+
+func (s *fileSet) add(f cpioFile) {
+	if s.have[f.name] {
+		return
+	}
+	s.have[f.name] = true
+	s.files = append(s.files, f)
+}
+
+// addPath adds the file at the absolute path p as it is on this machine: its directories,
+// any symbolic link on the way (and what it points to), and the file itself.
+func (s *fileSet) addPath(t *testing.T, p string) {
+	t.Helper()
+	p = filepath.Clean(p)
+	parts := strings.Split(strings.TrimPrefix(p, "/"), "/")
+	cur := ""
+	for i, part := range parts {
+		cur += "/" + part
+		name := strings.TrimPrefix(cur, "/")
+		st, err := os.Lstat(cur)
+		if err != nil {
+			t.Fatalf("guest initramfs: %v", err)
+		}
+		switch {
+		case st.Mode()&fs.ModeSymlink != 0:
+			target, err := os.Readlink(cur)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.add(cpioFile{name: name, mode: cpioLink | 0o777, data: []byte(target)})
+			if !filepath.IsAbs(target) {
+				target = filepath.Join(filepath.Dir(cur), target)
+			}
+			s.addPath(t, filepath.Join(append([]string{target}, parts[i+1:]...)...))
+			return
+		case st.IsDir():
+			s.add(cpioFile{name: name, mode: cpioDir | uint32(st.Mode().Perm())})
+		case st.Mode().IsRegular():
+			if s.have[name] {
+				return
+			}
+			data, err := os.ReadFile(cur)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.add(cpioFile{name: name, mode: cpioReg | uint32(st.Mode().Perm()), data: data})
+			if bytes.HasPrefix(data, []byte("\x7fELF")) {
+				s.elfs = append(s.elfs, cur)
+			}
+		}
+	}
+}
+
+// addTree adds root and everything under it.
+func (s *fileSet) addTree(t *testing.T, root string) {
+	t.Helper()
+	s.addPath(t, root)
+	real, err := filepath.EvalSymlinks(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = filepath.WalkDir(real, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		s.addPath(t, p)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("guest initramfs: %v", err)
+	}
+}
+
+// addLibraries adds the dynamic linker and every shared library the ELF files added so far
+// need, as ldd resolves them on this machine, until nothing new comes.
+func (s *fileSet) addLibraries(t *testing.T) {
+	t.Helper()
+	resolved := regexp.MustCompile(`(?m)(?:=>\s*)?(/\S+)\s+\(0x`)
+	for done := 0; done < len(s.elfs); done++ {
+		f := s.elfs[done]
+		if e, err := elf.Open(f); err != nil {
+			continue
+		} else {
+			dyn := e.Section(".dynamic") != nil
+			e.Close()
+			if !dyn {
+				continue
+			}
+		}
+		out, err := exec.Command("ldd", f).CombinedOutput()
+		if err != nil {
+			continue // not dynamic after all (ldd says so)
+		}
+		if bytes.Contains(out, []byte("not found")) {
+			t.Logf("guest initramfs: %s: a library is missing on this machine:\n%s", f, out)
+		}
+		for _, m := range resolved.FindAllStringSubmatch(string(out), -1) {
+			s.addPath(t, m[1])
+		}
+	}
+}
