@@ -45,6 +45,21 @@ func newHost(ctx context.Context, t *testing.T, bin, dir, name string) *host {
 
 func (h *host) region(job string) string { return filepath.Join(h.shm, hypervisor.RegionName(job)) }
 
+// startHostBrokers builds the broker and runs one for each of hosts once its libvirtd
+// answers, in that daemon's namespace, with regions of size bytes.
+func startHostBrokers(ctx context.Context, t *testing.T, dir string, size int, hosts ...*host) {
+	t.Helper()
+	bin := goBuild(ctx, t, filepath.Join(dir, "ivshim-broker"), "ivshim.dev/ivshim/broker/cmd/ivshim-broker")
+	for _, h := range hosts {
+		h.d.awaitReady(t)
+		bdir := filepath.Join(dir, h.name+"-broker")
+		if err := os.Mkdir(bdir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		h.socket = startBroker(ctx, t, bin, bdir, h.log, h.d.URI(), size, h.d.nsenter()...)
+	}
+}
+
 // TestLibvirtMigrate runs two libvirt hosts on this machine (private libvirtds with their own
 // host UUIDs and /dev/shm, each with its broker) and a real guest of a job on the first. The
 // first broker's coordinator migrates the guest live to the second host and back: each time
@@ -68,15 +83,7 @@ func TestLibvirtMigrate(t *testing.T) {
 		}
 	})
 	buildInitramfs(ctx, t, dir, g.initrd)
-	brokerBin := goBuild(ctx, t, filepath.Join(dir, "ivshim-broker"), "ivshim.dev/ivshim/broker/cmd/ivshim-broker")
-	for _, h := range []*host{a, b} {
-		h.d.awaitReady(t)
-		bdir := filepath.Join(dir, h.name+"-broker")
-		if err := os.Mkdir(bdir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		h.socket = startBroker(ctx, t, brokerBin, bdir, h.log, h.d.URI(), regionSize, h.d.nsenter()...)
-	}
+	startHostBrokers(ctx, t, dir, regionSize, a, b)
 	connA, err := lv.NewConnect(a.d.URI())
 	if err != nil {
 		t.Fatalf("connect to host a: %v", err)

@@ -15,14 +15,15 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	lv "libvirt.org/go/libvirt"
 
+	"ivshim.dev/ivshim/broker/api"
 	"ivshim.dev/ivshim/broker/hypervisor"
 	"ivshim.dev/ivshim/tests/cluster"
+	"ivshim.dev/ivshim/tests/libvirtreal/agentwire"
 	"ivshim.dev/ivshim/tests/testenv"
 )
 
@@ -93,8 +94,9 @@ func TestLibvirtMPIJob(t *testing.T) {
 			name: "ivshim-" + job + "-" + name, uuid: hypervisor.UUID(u).String(), job: job,
 			kernel: kernel, initrd: filepath.Join(dir, "initramfs-mpi.cpio"), tty: filepath.Join(dir, name+".console"),
 			memMiB: 768, vcpus: 2, // two vCPUs: only then does TCG make guest atomics atomic for other processes
-			cmdline: fmt.Sprintf("ivshim.ip=%s/24 ivshim.hostname=%s", ip, name),
-			bridge:  bridge, mac: fmt.Sprintf("52:54:00:%02x:%02x:%02x", random[4], random[5], i),
+			appendTTY: true, // the console survives a migration
+			cmdline:   fmt.Sprintf("ivshim.ip=%s/24 ivshim.hostname=%s", ip, name),
+			bridge:    bridge, mac: fmt.Sprintf("52:54:00:%02x:%02x:%02x", random[4], random[5], i),
 		}}
 		g.con = &console{path: g.tty}
 		guests = append(guests, g)
@@ -114,7 +116,7 @@ func TestLibvirtMPIJob(t *testing.T) {
 	extra := []string{agent, filepath.Join(root, "build", "lib", "libivshim-ctl.so")}
 	srcs, _ := filepath.Glob(filepath.Join(root, "tests", "mpi", "p2p_*.c"))
 	srcs = append(srcs, filepath.Join(root, "tests", "mpi", "coll_check.c"), filepath.Join(root, "tests", "mpi", "hello_ring.c"),
-		filepath.Join(root, "tests", "bench", "ivbench.c"))
+		filepath.Join(root, "tests", "mpi", "ring_soak.c"), filepath.Join(root, "tests", "bench", "ivbench.c"))
 	bin := filepath.Join(dir, "programs")
 	if err := os.Mkdir(bin, 0o755); err != nil {
 		t.Fatal(err)
@@ -133,15 +135,7 @@ func TestLibvirtMPIJob(t *testing.T) {
 		extra = append(extra, shims[m])
 	}
 	buildMPIInitramfs(ctx, t, dir, guests[0].initrd, kernel, guests, extra)
-	brokerBin := goBuild(ctx, t, filepath.Join(dir, "ivshim-broker"), "ivshim.dev/ivshim/broker/cmd/ivshim-broker")
-	for _, h := range []*host{a, b} {
-		h.d.awaitReady(t)
-		bdir := filepath.Join(dir, h.name+"-broker")
-		if err := os.Mkdir(bdir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		h.socket = startBroker(ctx, t, brokerBin, bdir, h.log, h.d.URI(), mpiRegionSize, h.d.nsenter()...)
-	}
+	startHostBrokers(ctx, t, dir, mpiRegionSize, a, b)
 	conns := map[*host]*lv.Connect{}
 	for _, h := range []*host{a, b} {
 		conn, err := lv.NewConnect(h.d.URI())
@@ -215,28 +209,12 @@ func TestLibvirtMPIJob(t *testing.T) {
 					t.Errorf("%s: with the shim %q, without %q\nstdout with the shim:\n%s\nstderr:\n%s", name, g, w, got, stderr)
 				}
 			}
-			// Collectives, checked against the library's own results inside the program.
-			args := []string{"--quick"}
-			if !*guestFull {
-				args = append(args, "--comm=world", "bcast", "allreduce", "alltoall")
-			}
-			last := regexp.MustCompile(`(?m)^coll_\w+: 3 ranks, \d+ checks, \d+ failures$`)
-			want := 3
-			if *guestFull {
-				want = 15
-			}
-			stdout, stderr = job.run(ctx, t, func(out string) bool { return len(last.FindAllString(out, -1)) == want }, progs[m]["coll_check"], args...)
-			if lines := last.FindAllString(stdout, -1); len(lines) != want || strings.Contains(stdout, "FAIL") {
-				t.Errorf("coll_check %v: %d reports, want %d, or a failure:\n%s\nstderr:\n%s", args, len(lines), want, stdout, stderr)
+			// Collectives, checked against the library's own results inside the program (MPICH:
+			// only in the full run, for make test's time).
+			if m == cluster.MPICH && !*guestFull {
+				t.Logf("coll_check: -guest-full runs it on MPICH too")
 			} else {
-				for _, l := range lines {
-					if !strings.HasSuffix(l, " 0 failures") {
-						t.Errorf("coll_check: %s", l)
-					}
-				}
-			}
-			if stats, err := (&cluster.Result{Stderr: stderr}).ShimStats(); err != nil || len(stats) != 3 || stats[0].CollSHM == 0 {
-				t.Errorf("coll_check: shim stats %+v (%v): want rank 0's collectives through the region", stats, err)
+				checkGuestColl(ctx, t, job, progs[m]["coll_check"])
 			}
 			// ivbench PingPong between the co-located guests: the shim through BAR2 against the
 			// library's own path (TCP between the guests); reported, not asserted (a benchmark).
@@ -253,6 +231,165 @@ func TestLibvirtMPIJob(t *testing.T) {
 			}
 			t.Logf("ivbench PingPong g0 <-> g1 (t[usec]): bytes, the shim through the region, the library alone:\n%s", pingPongTable(shimOut, libOut))
 		})
+	}
+
+	// A live migration during a job: g1 moves from host a to host b while ring_soak runs on the
+	// three guests (Open MPI), then back with no job running. A UDP echo in g1, pinged every
+	// 500 µs, shows how long the guest did not answer each time.
+	t.Run("migrate", func(t *testing.T) {
+		g1 := guests[1]
+		job := guestJob{mpi: cluster.OpenMPI, agent: agent, hosts: hosts, subnet: subnet, shim: shims[cluster.OpenMPI]}
+		soak := progs[cluster.OpenMPI]["ring_soak"]
+		type outcome struct {
+			stdout, stderr string
+			err            error
+		}
+		ended := make(chan outcome, 1)
+		stderr := outputFile(t, "stderr")
+		go func() {
+			o := outcome{}
+			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr, soak, "20")
+			ended <- o
+		}()
+		if !poll(ctx, mpiJobTimeout, func() bool { return strings.Contains(stderr.String(), "ivshim: init ") }) {
+			t.Fatalf("ring_soak did not start; stderr:\n%s", stderr.String())
+		}
+		time.Sleep(3 * time.Second) // the ranks exchange messages through the region meanwhile
+		moved, err := migrateGuest(ctx, t, g1, a, b)
+		o := <-ended // the job's goroutine logs to t: it ends first
+		if err != nil {
+			t.Fatal(err)
+		}
+		if o.err != nil || strings.Count(o.stdout, " ok") != len(hosts) {
+			t.Fatalf("ring_soak across the migration: %v\nstdout:\n%s\nstderr:\n%s", o.err, o.stdout, o.stderr)
+		}
+		released := regexp.MustCompile(`(?m)^ivshim: rank 1: moved its traffic with 1 co-located ranks to the MPI library and released the region ([\d.]+) ms after its VM was flagged leaving$`)
+		m := released.FindStringSubmatch(o.stderr)
+		if m == nil {
+			t.Errorf("rank 1 (in g1) did not say it released the region; stderr:\n%s", o.stderr)
+		}
+		t.Logf("ring_soak: every payload checked across the move:\n%s", o.stdout)
+		back, err := migrateGuest(ctx, t, g1, b, a)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("live migration of g1 (%d MiB, TCG) with a job running (its rank released the region %s ms after the flag): %s", g1.memMiB, m[1], moved)
+		t.Logf("live migration of g1 back with no job running: %s", back)
+	})
+}
+
+// migrateGuest moves g live from one host to the other through the source broker's
+// coordinator while a UDP echo in g is pinged every 500 µs, and describes the migration: its
+// phases and how long g did not answer.
+func migrateGuest(ctx context.Context, t *testing.T, g *mpiGuest, from, to *host) (string, error) {
+	t.Helper()
+	stop := pingEcho(t, g.ip, 500*time.Microsecond)
+	start := time.Now()
+	res, err := api.NewClient(from.socket).Migrate(ctx, api.MigrateRequest{VM: g.name, Destination: to.d.URI(),
+		DeadlineMS: migrateDeadline.Milliseconds()})
+	took := time.Since(start)
+	time.Sleep(time.Second) // answers after the guest resumed
+	p := stop()
+	if err != nil || !res.Migrated {
+		return "", fmt.Errorf("migrate %s from %s to %s: %+v: %v", g.name, from.name, to.name, res, err)
+	}
+	g.host = to
+	var phases []string
+	for _, ph := range res.Phases {
+		phases = append(phases, fmt.Sprintf("%s %.1f ms", ph.Name, ph.Seconds*1e3))
+	}
+	return fmt.Sprintf("%v in all (%s); pings: %d sent, %d unanswered, longest silence %v",
+		took.Round(time.Millisecond), strings.Join(phases, ", "), p.sent, p.sent-p.answered, p.longest.Round(100*time.Microsecond)), nil
+}
+
+// pings is what pingEcho saw.
+type pings struct {
+	sent, answered int
+	longest        time.Duration // the longest time without an answer
+}
+
+// pingEcho sends a datagram to the guest's UDP echo every interval until the returned
+// function is called, which reports.
+func pingEcho(t *testing.T, ip string, interval time.Duration) func() pings {
+	t.Helper()
+	c, err := net.DialUDP("udp", nil, &net.UDPAddr{IP: net.ParseIP(ip), Port: agentwire.EchoPort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p pings
+	quit := make(chan struct{})
+	sent := make(chan int, 1)
+	go func() {
+		tick := time.NewTicker(interval)
+		defer tick.Stop()
+		n := 0
+		for {
+			select {
+			case <-quit:
+				sent <- n
+				return
+			case <-tick.C:
+				c.Write([]byte{byte(n), byte(n >> 8), byte(n >> 16), byte(n >> 24)})
+				n++
+			}
+		}
+	}()
+	answers := make(chan struct{})
+	go func() {
+		defer close(answers)
+		last := time.Now()
+		buf := make([]byte, 64)
+		for {
+			if _, err := c.Read(buf); err != nil {
+				if gap := time.Since(last); gap > p.longest {
+					p.longest = gap
+				}
+				return
+			}
+			now := time.Now()
+			if gap := now.Sub(last); gap > p.longest {
+				p.longest = gap
+			}
+			last = now
+			p.answered++
+		}
+	}()
+	return func() pings {
+		close(quit)
+		p.sent = <-sent
+		time.Sleep(100 * time.Millisecond) // the last answers
+		c.Close()
+		<-answers
+		return p
+	}
+}
+
+// checkGuestColl runs coll_check with the shim: bcast, allreduce and alltoall on
+// MPI_COMM_WORLD (everything --quick covers with -guest-full); every check must pass, and rank
+// 0's collectives must go through the region.
+func checkGuestColl(ctx context.Context, t *testing.T, job guestJob, prog string) {
+	t.Helper()
+	args := []string{"--quick"}
+	if !*guestFull {
+		args = append(args, "--comm=world", "bcast", "allreduce", "alltoall")
+	}
+	last := regexp.MustCompile(`(?m)^coll_\w+: 3 ranks, \d+ checks, \d+ failures$`)
+	want := 3
+	if *guestFull {
+		want = 15
+	}
+	stdout, stderr := job.run(ctx, t, func(out string) bool { return len(last.FindAllString(out, -1)) == want }, prog, args...)
+	if lines := last.FindAllString(stdout, -1); len(lines) != want || strings.Contains(stdout, "FAIL") {
+		t.Errorf("coll_check %v: %d reports, want %d, or a failure:\n%s\nstderr:\n%s", args, len(lines), want, stdout, stderr)
+	} else {
+		for _, l := range lines {
+			if !strings.HasSuffix(l, " 0 failures") {
+				t.Errorf("coll_check: %s", l)
+			}
+		}
+	}
+	if stats, err := (&cluster.Result{Stderr: stderr}).ShimStats(); err != nil || len(stats) != 3 || stats[0].CollSHM == 0 {
+		t.Errorf("coll_check: shim stats %+v (%v): want rank 0's collectives through the region", stats, err)
 	}
 }
 
@@ -338,6 +475,18 @@ type guestJob struct {
 // its stats at MPI_Finalize) is ended, logged, and taken as done.
 func (j guestJob) run(ctx context.Context, t *testing.T, done func(stdout string) bool, prog string, args ...string) (string, string) {
 	t.Helper()
+	stdout, stderr, hung, err := j.exec(ctx, t, done, outputFile(t, "stderr"), prog, args...)
+	if hung {
+		t.Logf("MPICH hung in MPI_Finalize %v after the program's output was complete (known MPICH+UCX problem over TCP): ended", finalizeGrace)
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return stdout, stderr
+}
+
+// exec is run without failing the test (it may run in a goroutine): the job's error says what
+// went wrong; its standard error goes to stderr as it comes.
+func (j guestJob) exec(ctx context.Context, t *testing.T, done func(stdout string) bool, stderr jobOutput, prog string, args ...string) (string, string, bool, error) {
 	gw := net.IPv4(j.subnet.IP[0], j.subnet.IP[1], j.subnet.IP[2], 1).String()
 	env := [][2]string{{"IVSHIM_VERBOSE", fmt.Sprint(max(j.verbose, 1))}}
 	if !j.noShim {
@@ -365,12 +514,13 @@ func (j guestJob) run(ctx context.Context, t *testing.T, done func(stdout string
 	defer cancel()
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = os.TempDir()
-	var stdout, stderr syncBuffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	// The output goes to files, which the loop below reads while the job runs.
+	stdout := outputFile(t, "stdout")
+	cmd.Stdout, cmd.Stderr = stdout.f, stderr.f
 	cmd.WaitDelay = 5 * time.Second
 	begin := time.Now()
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return "", "", false, err
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -400,30 +550,30 @@ wait:
 		}
 	}
 	t.Logf("%s: %v in %v", strings.Join(argv, " "), err, time.Since(begin).Round(time.Millisecond))
-	if hung {
-		t.Logf("MPICH hung in MPI_Finalize %v after the program's output was complete (known MPICH+UCX problem over TCP): ended", finalizeGrace)
-	} else if err != nil || !done(stdout.String()) {
-		t.Fatalf("job failed: %v\nstdout:\n%s\nstderr:\n%s", err, stdout.String(), stderr.String())
+	out, errOut := stdout.String(), stderr.String()
+	if !hung && (err != nil || !done(out)) {
+		return out, errOut, false, fmt.Errorf("job failed: %v\nstdout:\n%s\nstderr:\n%s", err, out, errOut)
 	}
-	return stdout.String(), stderr.String()
+	return out, errOut, hung, nil
 }
 
-// syncBuffer is a bytes.Buffer safe for the writer and a concurrent reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// jobOutput is a file that receives a job's standard output or error.
+type jobOutput struct{ f *os.File }
+
+func outputFile(t *testing.T, name string) jobOutput {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return jobOutput{f}
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// String is what the job wrote so far.
+func (o jobOutput) String() string {
+	b, _ := os.ReadFile(o.f.Name())
+	return string(b)
 }
 
 // checkGuestShimReport checks the shim's report of a job on g0, g1 (host a) and g2 (host b):

@@ -17,6 +17,9 @@ import (
 // Port is the agent's TCP port in every guest.
 const Port = 7070
 
+// EchoPort is the guest's UDP echo service: every datagram comes back as it is.
+const EchoPort = 7071
+
 // Request is the client's one line.
 type Request struct {
 	Cmd string `json:"cmd"` // run by /bin/sh -c as the guest's ordinary user

@@ -11,7 +11,8 @@ package main
 //   - installs busybox's applets in /bin;
 //   - serves commands (a child process; init reaps orphans): the launcher agent of mpirun and
 //     mpiexec (an ssh stand-in, tests/libvirtreal/guestexec) connects and gets the command's
-//     output and exit status back (tests/libvirtreal/agentwire). The command runs as that user through /bin/sh -c, in its own
+//     output and exit status back (tests/libvirtreal/agentwire); it also echoes UDP datagrams
+//     (agentwire.EchoPort). The command runs as that user through /bin/sh -c, in its own
 //     process group, which is killed when the connection drops.
 // It prints GUEST-AGENT addr=ADDRESS once the agent listens.
 
@@ -116,6 +117,7 @@ func runAgent(vmID string) {
 		fmt.Printf("GUEST-FAILED agent: %v\n", err)
 		os.Exit(1)
 	}
+	go echoUDP()
 	fmt.Printf("GUEST-AGENT addr=%s\n", agentAddr())
 	for {
 		c, err := ln.Accept()
@@ -200,6 +202,24 @@ func shareBAR(resource2 string) {
 	}
 	if err := os.Chmod(resource2, 0o660); err != nil {
 		fmt.Printf("GUEST-FAILED share %s: %v\n", resource2, err)
+	}
+}
+
+// echoUDP answers every datagram to agentwire.EchoPort with the same bytes: the service the
+// test pings while the guest migrates, to see how long the guest does not answer.
+func echoUDP() {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{Port: agentwire.EchoPort})
+	if err != nil {
+		fmt.Printf("GUEST-FAILED echo: %v\n", err)
+		return
+	}
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := c.ReadFromUDP(buf)
+		if err != nil {
+			continue
+		}
+		c.WriteToUDP(buf[:n], from)
 	}
 }
 
