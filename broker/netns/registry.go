@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
 
 	"ivshim.dev/ivshim/broker/hypervisor"
@@ -132,11 +133,26 @@ func (g Registry) Unregister(name string) error {
 	if err := os.Remove(g.recordPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("unregister VM %s: %w", name, err)
 	}
-	if err := os.RemoveAll(g.deviceDir(name)); err != nil {
+	// A broker that read the record before it went may be plugging a device right now: its
+	// write lands in the directory being removed (ENOTEMPTY). It writes nothing more once it
+	// sees the VM gone, so the removal is tried again for a while.
+	var err error
+	for wait := time.Now().Add(unregisterRace); ; {
+		err = os.RemoveAll(g.deviceDir(name))
+		if err == nil || !errors.Is(err, syscall.ENOTEMPTY) || time.Now().After(wait) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err != nil {
 		return fmt.Errorf("unregister VM %s: devices: %w", name, err)
 	}
 	return nil
 }
+
+// unregisterRace bounds how long Unregister retries removing a device directory a broker is
+// still writing into.
+const unregisterRace = 2 * time.Second
 
 // Device returns the region file plugged into VM name, "" if none.
 func (g Registry) Device(name string) (string, error) {
