@@ -12,7 +12,7 @@ APT_PACKAGES := openmpi-bin libopenmpi-dev mpich libmpich-dev libvirt-dev pkg-co
 # A guest kernel for the real libvirt/QEMU test (tests/libvirtreal); any installed one will do.
 KERNEL_PACKAGE := linux-image-cloud-amd64
 
-FUZZTIME ?= 5s
+FUZZTIME ?= 3s
 TEST_TIMEOUT ?= 40m
 
 C_PROGRAMS := $(foreach mpi,openmpi mpich,$(BUILD)/bench/ivbench-$(mpi) $(BUILD)/mpi/hello_ring-$(mpi))

@@ -43,7 +43,7 @@ import (
 )
 
 var (
-	flagLayouts = flag.Int("layouts", 20, "random layouts to run")
+	flagLayouts = flag.Int("layouts", 16, "random layouts to run")
 	flagSeed    = flag.Uint64("seed", 0, "seed of the layouts (0: a new one, logged)")
 )
 

@@ -188,6 +188,10 @@ func TestLibvirtMPIJob(t *testing.T) {
 			} else {
 				t.Logf("BAR2 read cost in the guests: %s, %s and %s times memory", costs[0][1], costs[1][1], costs[2][1])
 			}
+			if m == cluster.MPICH && !*guestFull {
+				t.Log("MPICH: hello_ring only; -guest-full runs the rest on it too (make test's time)")
+				return
+			}
 			// Conformance programs: the same report with and without the shim.
 			conformance := []string{"p2p_order"}
 			if *guestFull {
@@ -209,13 +213,8 @@ func TestLibvirtMPIJob(t *testing.T) {
 					t.Errorf("%s: with the shim %q, without %q\nstdout with the shim:\n%s\nstderr:\n%s", name, g, w, got, stderr)
 				}
 			}
-			// Collectives, checked against the library's own results inside the program (MPICH:
-			// only in the full run, for make test's time).
-			if m == cluster.MPICH && !*guestFull {
-				t.Logf("coll_check: -guest-full runs it on MPICH too")
-			} else {
-				checkGuestColl(ctx, t, job, progs[m]["coll_check"])
-			}
+			// Collectives, checked against the library's own results inside the program.
+			checkGuestColl(ctx, t, job, progs[m]["coll_check"])
 			// ivbench PingPong between the co-located guests: the shim through BAR2 against the
 			// library's own path (TCP between the guests); reported, not asserted (a benchmark).
 			pair := job
@@ -248,7 +247,7 @@ func TestLibvirtMPIJob(t *testing.T) {
 		stderr := outputFile(t, "stderr")
 		go func() {
 			o := outcome{}
-			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr, soak, "20")
+			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr, soak, "12")
 			ended <- o
 		}()
 		if !poll(ctx, mpiJobTimeout, func() bool { return strings.Contains(stderr.String(), "ivshim: init ") }) {
@@ -364,17 +363,17 @@ func pingEcho(t *testing.T, ip string, interval time.Duration) func() pings {
 	}
 }
 
-// checkGuestColl runs coll_check with the shim: bcast, allreduce and alltoall on
+// checkGuestColl runs coll_check with the shim: bcast and allreduce on
 // MPI_COMM_WORLD (everything --quick covers with -guest-full); every check must pass, and rank
 // 0's collectives must go through the region.
 func checkGuestColl(ctx context.Context, t *testing.T, job guestJob, prog string) {
 	t.Helper()
 	args := []string{"--quick"}
 	if !*guestFull {
-		args = append(args, "--comm=world", "bcast", "allreduce", "alltoall")
+		args = append(args, "--comm=world", "bcast", "allreduce")
 	}
 	last := regexp.MustCompile(`(?m)^coll_\w+: 3 ranks, \d+ checks, \d+ failures$`)
-	want := 3
+	want := 2
 	if *guestFull {
 		want = 15
 	}
