@@ -38,7 +38,7 @@ static const struct clayout_field clayout_fields[] = {
 	CL_FIELD(ivshim_slot, state), CL_FIELD(ivshim_slot, vm_index), CL_FIELD(ivshim_slot, session),
 	CL_FIELD(ivshim_slot, world_rank), CL_FIELD(ivshim_slot, world_size), CL_FIELD(ivshim_slot, pid),
 	CL_FIELD(ivshim_slot, reserved0), CL_FIELD(ivshim_slot, reserved1), CL_FIELD(ivshim_slot, heartbeat),
-	CL_FIELD(ivshim_slot, reserved2), CL_FIELD(ivshim_slot, reserved3),
+	CL_FIELD(ivshim_slot, reserved2), CL_FIELD(ivshim_slot, ring_wanted),
 	CL_STRUCT(ivshim_chunk),
 	CL_FIELD(ivshim_chunk, owner), CL_FIELD(ivshim_chunk, length), CL_FIELD(ivshim_chunk, slot), CL_FIELD(ivshim_chunk, kind),
 	CL_STRUCT(ivshim_ring),
@@ -61,7 +61,7 @@ struct clayout_value { const char *name; unsigned long long value; };
 static const struct clayout_value clayout_values[] = {
 	CL_CONST(IVSHIM_REGION_MAGIC), CL_CONST(IVSHIM_REGION_VERSION), CL_CONST(IVSHIM_CACHELINE),
 	CL_CONST(IVSHIM_HEADER_SIZE), CL_CONST(IVSHIM_JOB_ID_MAX), CL_CONST(IVSHIM_MAX_SLOTS), CL_CONST(IVSHIM_MAX_VMS),
-	CL_CONST(IVSHIM_MIN_CHUNK), CL_CONST(IVSHIM_NO_VM), CL_CONST(IVSHIM_VM_EMPTY), CL_CONST(IVSHIM_VM_PRESENT),
+	CL_CONST(IVSHIM_MIN_CHUNK), CL_CONST(IVSHIM_NO_VM), CL_CONST(IVSHIM_PAIR_NET), CL_CONST(IVSHIM_VM_EMPTY), CL_CONST(IVSHIM_VM_PRESENT),
 	CL_CONST(IVSHIM_VM_LEAVING), CL_CONST(IVSHIM_SLOT_FREE), CL_CONST(IVSHIM_SLOT_CLAIMED), CL_CONST(IVSHIM_SLOT_ACTIVE),
 	CL_CONST(IVSHIM_SLOT_LEAVING), CL_CONST(IVSHIM_ALLOC_RING), CL_CONST(IVSHIM_ALLOC_COLLECTIVE),
 	CL_CONST(IVSHIM_RING_OPEN), CL_CONST(IVSHIM_RING_CLOSED), CL_CONST(IVSHIM_RING_DATA_OFF),

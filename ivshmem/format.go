@@ -6,7 +6,7 @@ package ivshmem
 // Format constants, equal to their IVSHIM_* twins in ivshim_region.h.
 const (
 	Magic      uint64 = 0x31524d4948535649 // "IVSHMIR1" read as little-endian
-	Version    uint32 = 3
+	Version    uint32 = 4
 	CacheLine         = 64
 	HeaderSize        = 4096
 	JobIDMax          = 64
@@ -45,6 +45,11 @@ const (
 	AllocRing       AllocKind = 1
 	AllocCollective AllocKind = 2
 )
+
+// PairNet in a pair word: the direction takes the MPI library for the rest of the session (the
+// receiver had no room for its ring, or the pair closed before it had one). Other values are 0
+// (no ring yet) or a ring's offset. See IVSHIM_PAIR_NET.
+const PairNet uint64 = 1
 
 // Ring states (ivshim_ring.state).
 const (
@@ -96,17 +101,17 @@ type vmEntry struct {
 // slot mirrors struct ivshim_slot. Written only by the owning rank; State and Heartbeat are
 // atomic, the identity fields are published by State.
 type slot struct {
-	State     uint32
-	VMIndex   uint32
-	Session   uint64
-	WorldRank uint32
-	WorldSize uint32
-	PID       uint32
-	Reserved0 uint32
-	Reserved1 [4]uint64
-	Heartbeat uint64
-	Reserved2 [7]uint64
-	Reserved3 [16]uint64
+	State      uint32
+	VMIndex    uint32
+	Session    uint64
+	WorldRank  uint32
+	WorldSize  uint32
+	PID        uint32
+	Reserved0  uint32
+	Reserved1  [4]uint64
+	Heartbeat  uint64
+	Reserved2  [7]uint64
+	RingWanted [MaxSlots / 64]uint64
 }
 
 // chunk mirrors struct ivshim_chunk; written under header.HeapLock only.

@@ -9,7 +9,9 @@
  * Versions: 1, the first; 2, ring consumers zero the line starts of consumed records (the
  * producer relies on it, ivshim_ring.h) and collective areas hold a left word per member
  * (ivshim_coll.h); 3, a collective area's slot size is its own (4-64 KiB, agreed at set-up)
- * and its result buffers are slot-sized (ivshim_coll.h).
+ * and its result buffers are slot-sized (ivshim_coll.h); 4, rings are made on first use: a
+ * sender asks for its ring in the receiver's slot (ring_wanted), a pair word may say
+ * IVSHIM_PAIR_NET.
  *
  * A region is one contiguous byte range: a /dev/shm file on the host, BAR2 of an ivshmem-plain
  * PCI device (1af4:1110) in a guest. All integers are little-endian. All offsets are byte
@@ -19,7 +21,7 @@
  *   [0, 4096)                      struct ivshim_region_header
  *   [vm_table_off, +vm_count*64)   struct ivshim_vm[vm_count]        broker-owned
  *   [slot_table_off, +n*256)       struct ivshim_slot[slot_count]    each slot owned by one rank
- *   [pair_table_off, +n*n*8)       uint64_t pair[sender][receiver]   ring offsets, receiver-owned
+ *   [pair_table_off, +n*n*8)       uint64_t pair[sender][receiver]   receiver-owned, see below
  *   [chunk_table_off, +c*16)       struct ivshim_chunk[chunk_count]  allocator state
  *   [heap_off, +c*chunk_size)      chunks: rings and collective areas
  *
@@ -36,7 +38,7 @@
 #include <stdint.h>
 
 #define IVSHIM_REGION_MAGIC 0x31524d4948535649ULL /* "IVSHMIR1" read as little-endian */
-#define IVSHIM_REGION_VERSION 3u
+#define IVSHIM_REGION_VERSION 4u
 #define IVSHIM_CACHELINE 64u
 #define IVSHIM_HEADER_SIZE 4096u
 #define IVSHIM_JOB_ID_MAX 64u     /* bytes in job_id, NUL-padded, at most 63 used */
@@ -44,6 +46,18 @@
 #define IVSHIM_MAX_VMS 1024u      /* upper bound on vm_count accepted by validation */
 #define IVSHIM_MIN_CHUNK 4096u    /* chunk_size is a power of two >= this */
 #define IVSHIM_NO_VM 0xffffffffu  /* ivshim_slot.vm_index of a rank outside any VM entry */
+
+/*
+ * Pair words: pair[sender][receiver], written only by the receiver (atomic, RELEASE; the sender
+ * loads with ACQUIRE). 0: no ring yet; IVSHIM_PAIR_NET: messages of this direction take the MPI
+ * library for as long as the session lasts (the receiver found no room for a ring, or the pair
+ * closed for a migration before it had one); anything else: the region offset of the pair's
+ * struct ivshim_ring. Rings are made on first use: a sender that needs its ring sets its own
+ * slot's bit in the receiver's ivshim_slot.ring_wanted (atomic OR) and waits for the word; the
+ * receiver takes the bits (atomic exchange), makes the rings, and answers every bit with a
+ * ring or IVSHIM_PAIR_NET. So region memory follows the pairs that talk.
+ */
+#define IVSHIM_PAIR_NET 1u
 
 /*
  * Header, 4096 bytes. Lines 0-2 are written by the broker before the region file is published
@@ -126,8 +140,9 @@ struct ivshim_slot {
 	/* line 1: liveness, atomic, incremented by the owner's control plane */
 	uint64_t heartbeat;
 	uint64_t reserved2[7];
-	/* line 2-3: reserved for the data plane's per-rank flags */
-	uint64_t reserved3[16];
+	/* line 2-3: atomic, set by senders: bit s (word s / 64, bit s % 64) asks the owner for the
+	 * ring from slot s (see IVSHIM_PAIR_NET); cleared by the owner as it answers */
+	uint64_t ring_wanted[IVSHIM_MAX_SLOTS / 64];
 };
 
 /* Allocator state of one chunk. Written under header.heap_lock only. */

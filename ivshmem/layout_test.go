@@ -75,7 +75,7 @@ func TestGoAndCAgreeOnConstants(t *testing.T) {
 		"IVSHIM_REGION_MAGIC": Magic, "IVSHIM_REGION_VERSION": uint64(Version),
 		"IVSHIM_CACHELINE": CacheLine, "IVSHIM_HEADER_SIZE": HeaderSize,
 		"IVSHIM_JOB_ID_MAX": JobIDMax, "IVSHIM_MAX_SLOTS": MaxSlots, "IVSHIM_MAX_VMS": MaxVMs,
-		"IVSHIM_MIN_CHUNK": MinChunk, "IVSHIM_NO_VM": uint64(NoVM),
+		"IVSHIM_MIN_CHUNK": MinChunk, "IVSHIM_NO_VM": uint64(NoVM), "IVSHIM_PAIR_NET": PairNet,
 		"IVSHIM_VM_EMPTY": uint64(VMEmpty), "IVSHIM_VM_PRESENT": uint64(VMPresent),
 		"IVSHIM_VM_LEAVING": uint64(VMLeaving), "IVSHIM_SLOT_FREE": uint64(SlotFree),
 		"IVSHIM_SLOT_CLAIMED": uint64(SlotClaimed), "IVSHIM_SLOT_ACTIVE": uint64(SlotActive),

@@ -105,6 +105,9 @@ func (r *Region) ClaimSlot(id SlotIdentity) (uint32, error) {
 		if !a32(&s.State).CompareAndSwap(uint32(SlotFree), uint32(SlotClaimed)) {
 			continue
 		}
+		for k := range s.RingWanted { // a previous owner's askers are not this owner's
+			a64(&s.RingWanted[k]).Store(0)
+		}
 		s.VMIndex = id.VMIndex
 		s.Session = id.Session
 		s.WorldRank = id.WorldRank
@@ -161,7 +164,9 @@ func (r *Region) Beat(i uint32) {
 // ReleaseSlot detaches the caller from slot i: its inbound rings are unpublished and freed,
 // the slot becomes FREE, and the last member out ends the session, freeing what the session
 // still holds (collective areas of ranks that released their slots while the job ran: their
-// co-located members could still read them then). It returns whether the session ended.
+// co-located members could still read them then) and clearing the pair table. It returns
+// whether the session ended. PairNet words stay until then: a sender that asked for a ring and
+// has not read the answer yet must still find it after the receiver left.
 func (r *Region) ReleaseSlot(i uint32) (bool, error) {
 	if err := r.checkSlot(i); err != nil {
 		return false, err
@@ -170,8 +175,8 @@ func (r *Region) ReleaseSlot(i uint32) (bool, error) {
 	session := s.Session
 	var errs []error
 	for sender := uint32(0); sender < r.layout.SlotCount; sender++ {
-		off := r.pairAt(sender, i).Swap(0)
-		if off != 0 {
+		w := r.pairAt(sender, i)
+		if off := w.Load(); off != 0 && off != PairNet && w.CompareAndSwap(off, 0) {
 			errs = append(errs, r.Free(session, i, off))
 		}
 	}
@@ -184,6 +189,11 @@ func (r *Region) ReleaseSlot(i uint32) (bool, error) {
 			for c := uint32(0); c < r.layout.ChunkCount; c++ {
 				if r.chunkAt(c).Owner == session {
 					*r.chunkAt(c) = chunk{}
+				}
+			}
+			for s := uint32(0); s < r.layout.SlotCount; s++ {
+				for d := uint32(0); d < r.layout.SlotCount; d++ {
+					r.pairAt(s, d).CompareAndSwap(PairNet, 0)
 				}
 			}
 			r.unlock()

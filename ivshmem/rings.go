@@ -14,7 +14,8 @@ type Ring struct {
 
 // CreateRing allocates and initialises the ring carrying messages from slot sender to slot
 // receiver (the caller), with capacity data bytes (0 = the region's ring size), and publishes
-// it in pair[sender][receiver] (RELEASE). Receivers own their inbound rings.
+// it in pair[sender][receiver] (RELEASE). Receivers own their inbound rings. A pair word that
+// says PairNet is an answer the sender may be acting on: it is never replaced.
 func (r *Region) CreateRing(session uint64, sender, receiver uint32, capacity uint64) (Ring, error) {
 	rings, err := r.CreateRings(session, []uint32{sender}, receiver, capacity)
 	if err != nil {
@@ -52,6 +53,13 @@ func (r *Region) CreateRings(session uint64, senders []uint32, receiver uint32, 
 		g.SenderSlot = sender
 		g.ReceiverSlot = receiver
 		a32(&g.State).Store(RingOpen)
+		if r.pairAt(sender, receiver).Load() == PairNet {
+			err := fmt.Errorf("create ring %d->%d: the pair already takes the library", sender, receiver)
+			for _, o := range offs[k:] {
+				err = errors.Join(err, r.Free(session, receiver, o))
+			}
+			return rings[:k], err
+		}
 		if old := r.pairAt(sender, receiver).Swap(off); old != 0 {
 			if err := r.Free(session, receiver, old); err != nil {
 				// Ring k is published (slot release frees it); the ones after it are not.
@@ -68,7 +76,8 @@ func (r *Region) CreateRings(session uint64, senders []uint32, receiver uint32, 
 
 // PairRing returns the ring from sender to receiver (ACQUIRE), validated against session:
 // the offset must start a ring allocation of the session, the ring header must name the same
-// pair and its capacity must fit the allocation. ok is false when none is published.
+// pair and its capacity must fit the allocation. ok is false when none is published (the
+// word is 0 or PairNet).
 func (r *Region) PairRing(session uint64, sender, receiver uint32) (ring Ring, ok bool, err error) {
 	if err := r.checkSlot(sender); err != nil {
 		return Ring{}, false, err
@@ -77,7 +86,7 @@ func (r *Region) PairRing(session uint64, sender, receiver uint32) (ring Ring, o
 		return Ring{}, false, err
 	}
 	off := r.pairAt(sender, receiver).Load()
-	if off == 0 {
+	if off == 0 || off == PairNet {
 		return Ring{}, false, nil
 	}
 	_, n, kind, err := r.allocation(session, off)
@@ -99,4 +108,22 @@ func (r *Region) PairRing(session uint64, sender, receiver uint32) (ring Ring, o
 		return Ring{}, false, fmt.Errorf("%w: ring %d->%d at %#x: %v", ErrBadRef, sender, receiver, off, err)
 	}
 	return Ring{Off: off, Capacity: capacity}, true, nil
+}
+
+// CheckNoRings verifies that no pair word from senders to receiver holds anything: a rank that
+// has just claimed its slot in a session has made no ring yet, so a word that is not 0 there is
+// left over from nothing this format writes (a region corrupted or written by someone else).
+func (r *Region) CheckNoRings(senders []uint32, receiver uint32) error {
+	if err := r.checkSlot(receiver); err != nil {
+		return err
+	}
+	for _, s := range senders {
+		if err := r.checkSlot(s); err != nil {
+			return err
+		}
+		if v := r.pairAt(s, receiver).Load(); v != 0 {
+			return fmt.Errorf("%w: pair word %d->%d holds %#x before any ring was made", ErrBadRef, s, receiver, v)
+		}
+	}
+	return nil
 }

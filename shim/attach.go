@@ -72,10 +72,13 @@ type Attachment struct {
 	out     io.Writer
 	log     *zap.Logger
 
-	mu    sync.Mutex          // guards the fields below
-	m     *membership         // nil in pass-through and after Finalize
-	areas map[uint64]struct{} // collective areas allocated and not yet freed
-	done  bool                // Finalize ran
+	mu       sync.Mutex          // guards the fields below
+	m        *membership         // nil in pass-through and after Finalize
+	areas    map[uint64]struct{} // collective areas allocated and not yet freed
+	senders  map[uint32]bool     // slots of the group's members: who may ask for a ring
+	ringSize uint64              // capacity of a pair ring (Layout.RingCapacity of the group)
+	shrunk   bool                // a ring got less than ringSize (logged once)
+	done     bool                // Finalize ran
 }
 
 // Region is the mapped region while this rank shares memory, else nil. It stays valid until
@@ -106,6 +109,38 @@ func (a *Attachment) Alloc(size uint64) (uint64, error) {
 	}
 	a.areas[off] = struct{}{}
 	return off, nil
+}
+
+// CreateRing makes and publishes this rank's inbound ring from the member in slot sender, which
+// asked for it (rings are made on first use, ivshim_region.h), and returns its region offset.
+// The ring gets the group's ring size, or, in a heap that has less room left (collective
+// areas took more than the sizing reserved), the largest power of two down to
+// ivshmem.RingMinCapacity that still fits. An error means no ring: the pair takes the library.
+func (a *Attachment) CreateRing(sender uint32) (uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil {
+		return 0, fmt.Errorf("ring from slot %d: %w", sender, ErrPassThrough)
+	}
+	if !a.senders[sender] {
+		return 0, fmt.Errorf("ring from slot %d: not a slot of this rank's group", sender)
+	}
+	var err error
+	for c := a.ringSize; c >= ivshmem.RingMinCapacity; c /= 2 {
+		var ring ivshmem.Ring
+		ring, err = a.m.region.CreateRing(a.m.session, sender, a.m.slot, c)
+		if err == nil {
+			if c < a.ringSize && !a.shrunk {
+				a.shrunk = true
+				a.log.Warn("region heap low: rings made from now on are smaller", zap.Uint64("ring_bytes", c), zap.Uint64("group_ring_bytes", a.ringSize))
+			}
+			return ring.Off, nil
+		}
+		if !errors.Is(err, ivshmem.ErrNoSpace) {
+			break
+		}
+	}
+	return 0, fmt.Errorf("ring from slot %d: %w", sender, err)
 }
 
 // Free returns a collective area that Alloc gave this rank.

@@ -55,8 +55,9 @@ const staleWait = 300 * time.Millisecond
 //     every rank exchanges the reasons and fails with the same message);
 //  3. ranks whose regions have the same host id and job form a group; in each group of two
 //     or more, the leader (lowest rank) claims the region session, taking over a stale one;
-//  4. the members claim slots, create their inbound rings, and look up their outbound rings,
-//     with an allgather of outcomes after each step.
+//  4. the members claim slots and check that the region has room for the group's rings, with
+//     an allgather of outcomes after each step. The rings themselves are made on first use
+//     (Attachment.CreateRing), so that region memory follows the pairs that talk.
 //
 // A failure in a group sends the whole group, and only it, to NET with the reason; a corrupt
 // region anywhere fails every rank. Every rank performs the same sequence of exchanges
@@ -124,7 +125,8 @@ type negotiation struct {
 	groups     []*group
 	byRank     []int        // group index of each world rank, -1 without a region
 	vms        []uint32     // VM index of each world rank, from its hello
-	peers      map[int]Peer // this rank's SHM peers, once its outbound rings are looked up
+	peers      map[int]Peer // this rank's SHM peers, once the group's rings are sized
+	ringSize   uint64       // capacity of the group's rings
 }
 
 func (n *negotiation) run() (*Attachment, error) {
@@ -145,8 +147,7 @@ func (n *negotiation) run() (*Attachment, error) {
 				g.slots[i] = all[w].Value
 			}
 		}},
-		{"create rings", n.createRings, nil},
-		{"map rings", n.mapRings, nil},
+		{"size rings", n.sizeRings, nil},
 	}
 	for _, s := range steps {
 		if err := n.step(s.name, s.act, s.commit); err != nil {
@@ -577,10 +578,11 @@ func (n *negotiation) checkSession(g *group) error {
 	return nil
 }
 
-// createRings: every member creates and publishes its inbound ring from each member, itself
-// included, all of the capacity the region gives a group this large (Layout.RingCapacity:
-// the same on every member).
-func (n *negotiation) createRings(g *group) status {
+// sizeRings: every member computes the capacity of the group's rings, the largest that lets
+// every pair have one (Layout.RingCapacity: the same on every member, from the same layout);
+// a region too small for rings of the least capacity sends the group to the library here,
+// before any message depends on a ring.
+func (n *negotiation) sizeRings(g *group) status {
 	capacity, err := n.m.region.Layout().RingCapacity(len(g.Ranks))
 	if err != nil {
 		return failure(fmt.Errorf("region %s: %w", n.m.region.Source(), err))
@@ -589,42 +591,15 @@ func (n *negotiation) createRings(g *group) status {
 		n.m.log.Info("rings smaller than the region's ring size for a group this large",
 			zap.Int("ranks", len(g.Ranks)), zap.Uint64("ring_bytes", capacity), zap.Uint32("region_ring_bytes", n.m.region.Layout().RingSize))
 	}
-	if made, err := n.m.region.CreateRings(g.Session, g.slots, n.m.slot, capacity); err != nil {
-		if made != nil {
-			return failure(fmt.Errorf("inbound ring from rank %d: %w", g.Ranks[len(made)], err))
-		}
-		return failure(fmt.Errorf("inbound rings from %d ranks: %w", len(g.Ranks), err))
+	if err := n.m.region.CheckNoRings(g.slots, n.m.slot); err != nil {
+		return failure(fmt.Errorf("region %s: %w", n.m.region.Source(), err))
 	}
-	return status{}
-}
-
-// mapRings: every member looks up, validated, its outbound ring to each member and its own
-// inbound ring from it.
-func (n *negotiation) mapRings(g *group) status {
-	peers := make(map[int]Peer, len(g.Ranks))
+	n.ringSize = capacity
+	n.peers = make(map[int]Peer, len(g.Ranks))
 	for i, w := range g.Ranks {
-		tx, err := n.pairRing(g.Session, n.m.slot, g.slots[i])
-		if err != nil {
-			return failure(fmt.Errorf("outbound ring to rank %d: %w", w, err))
-		}
-		rx, err := n.pairRing(g.Session, g.slots[i], n.m.slot)
-		if err != nil {
-			return failure(fmt.Errorf("inbound ring from rank %d: %w", w, err))
-		}
-		peers[w] = Peer{Path: PathSHM, Slot: g.slots[i], TX: tx.Off, RX: rx.Off}
+		n.peers[w] = Peer{Path: PathSHM, Slot: g.slots[i]}
 	}
-	n.peers = peers
 	return status{}
-}
-
-// pairRing is Region.PairRing where a missing ring is corruption: its receiver reported it
-// created.
-func (n *negotiation) pairRing(session uint64, sender, receiver uint32) (ivshmem.Ring, error) {
-	ring, ok, err := n.m.region.PairRing(session, sender, receiver)
-	if err == nil && !ok {
-		err = fmt.Errorf("%w: ring %d->%d not published", ivshmem.ErrBadRef, sender, receiver)
-	}
-	return ring, err
 }
 
 // finish builds the path table and the attachment, and prints the verbose report.
@@ -671,6 +646,11 @@ func (n *negotiation) finish() *Attachment {
 		t.Source = n.m.region.Source()
 		a.m = n.m
 		a.areas = map[uint64]struct{}{}
+		a.ringSize = n.ringSize
+		a.senders = make(map[uint32]bool, len(g.slots))
+		for _, s := range g.slots {
+			a.senders[s] = true
+		}
 	}
 	a.Table = t
 	n.m.log.Info("start done", zap.Stringer("mode", t.Mode), zap.String("reason", t.Reason),

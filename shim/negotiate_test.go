@@ -45,13 +45,31 @@ func checkSHMGroup(t *testing.T, j *job, path string, ranks ...int) {
 			if p.Path != PathSHM || p.Slot != tb.SelfSlot {
 				t.Errorf("rank %d -> %d: %+v, want SHM to slot %d", a, b, p, tb.SelfSlot)
 			}
+			// Rings are made on first use: none yet; the receiver makes it when asked.
+			if _, ok, err := r.PairRing(session, ta.SelfSlot, tb.SelfSlot); ok || err != nil {
+				t.Errorf("rank %d -> %d: a ring before first use (%v, %v)", a, b, ok, err)
+			}
+			off, err := j.ranks[b].a.CreateRing(ta.SelfSlot)
+			if err != nil {
+				t.Fatalf("rank %d makes its ring from rank %d: %v", b, a, err)
+			}
+			capacity, _ := r.Layout().RingCapacity(len(ranks))
 			tx, ok, err := r.PairRing(session, ta.SelfSlot, tb.SelfSlot)
-			if err != nil || !ok || tx.Off != p.TX {
-				t.Errorf("rank %d -> %d: tx %#x, region has %+v %v %v", a, b, p.TX, tx, ok, err)
+			if err != nil || !ok || tx.Off != off || tx.Capacity != capacity {
+				t.Errorf("rank %d -> %d: ring at %#x, region has %+v %v %v, want capacity %d", a, b, off, tx, ok, err, capacity)
 			}
-			if back := tb.Peers[a]; back.RX != p.TX || back.TX != p.RX {
-				t.Errorf("rank %d <-> %d: rings %+v and %+v do not pair", a, b, p, back)
-			}
+		}
+		// A slot outside the group is refused: its bit in ring_wanted comes from shared memory.
+		members := map[uint32]bool{}
+		for _, b := range ranks {
+			members[j.table(b).SelfSlot] = true
+		}
+		stranger := uint32(0)
+		for members[stranger] {
+			stranger++
+		}
+		if _, err := j.ranks[a].a.CreateRing(stranger); err == nil {
+			t.Errorf("rank %d made a ring from slot %d, outside its group", a, stranger)
 		}
 	}
 }
@@ -70,8 +88,8 @@ func TestTwoHostsTwoRanksEach(t *testing.T) {
 			t.Fatalf("rank %d sees other groups than rank 0:\n%+v\n%+v", w, j.table(w).Groups, j.table(0).Groups)
 		}
 	}
-	if self := j.table(2).Peers[2]; self.TX != self.RX || self.TX == 0 {
-		t.Errorf("self ring %+v", self)
+	if self := j.table(2).Peers[2]; self.Path != PathSHM || self.Slot != j.table(2).SelfSlot {
+		t.Errorf("self %+v", self)
 	}
 
 	// Heartbeats advance while the job runs.
@@ -318,15 +336,15 @@ func TestCorruptRegionFailsEveryRank(t *testing.T) {
 		checkIdle(t, good)
 	})
 	t.Run("pair table", func(t *testing.T) {
-		// A stale garbage ring offset where rank 0's self ring goes: found while creating
-		// rings, after the session and slots are taken, so all of it must be undone.
+		// A garbage ring offset where rank 0's self ring goes: found while sizing the rings,
+		// after the session and slots are taken, so all of it must be undone.
 		path := newRegion(t, nil)
 		var off [8]byte
 		binary.LittleEndian.PutUint64(off[:], 0xdead00)
 		writeAt(t, path, int64(openRegion(t, path).Layout().PairTableOff), off[:])
 		j := startJob(t, env("IVSHIM_REGION", path), env("IVSHIM_REGION", path))
 		// Which rank gets slot 0 is a race; either way both ranks name it.
-		checkFatal(t, j, " of 2 failed: inbound ring from rank ", "replace stale ring", "corrupt reference in region")
+		checkFatal(t, j, " of 2 failed: region "+path, "pair word 0->0 holds 0xdead00", "corrupt reference in region")
 		checkIdle(t, path)
 	})
 }

@@ -44,9 +44,7 @@ func (m Mode) String() string {
 // Peer is how this rank reaches one world rank (struct ivshim_ctl_peer).
 type Peer struct {
 	Path Path
-	Slot uint32 // the peer's slot (SHM)
-	TX   uint64 // region offset of the ring self -> peer (SHM), validated
-	RX   uint64 // region offset of the ring peer -> self (SHM), validated
+	Slot uint32 // the peer's slot (SHM); the pair's rings are made on first use
 }
 
 // RankInfo is what start taught every rank about one world rank.

@@ -95,6 +95,7 @@ func TestCSharedSmoke(t *testing.T) {
 			stdout: []string{
 				"rank=0 start=0 verbose=0 error=\n", "rank=1 start=0 verbose=0 error=\n",
 				"rank=0 peer=1 path=1 slot=", "rank=1 peer=0 path=1 slot=", " tx=ok rx=ok\n",
+				"rank=0 stranger_ring=0 errlen=31\n", "rank=1 stranger_ring=0 errlen=31\n",
 				"rank=0 self_slot=", "rank=1 self_slot=", " local_ranks=2 region_size=1048576\n",
 				"rank=0 alloc_ok=1 errlen=0", "rank=1 free=0 errlen=0\n",
 				"rank=0 finalize=0\n", "rank=1 finalize=0\n",

@@ -19,7 +19,7 @@
 
 #include <stdint.h>
 
-#define IVSHIM_CTL_ABI 3 /* bump when any struct below changes */
+#define IVSHIM_CTL_ABI 4 /* bump when any struct below changes */
 
 /* Paths a peer can be reached on (struct ivshim_ctl_peer.path). */
 enum ivshim_path {
@@ -39,9 +39,7 @@ struct ivshim_ctl_mpi {
 /* How to reach one world rank. Filled by ivshim_ctl_start for every rank. */
 struct ivshim_ctl_peer {
 	uint32_t path;    /* enum ivshim_path */
-	uint32_t slot;    /* the peer's slot in the region (SHM) */
-	uint64_t tx_ring; /* region offset of struct ivshim_ring self -> peer (SHM), validated */
-	uint64_t rx_ring; /* region offset of struct ivshim_ring peer -> self (SHM), validated */
+	uint32_t slot;    /* the peer's slot in the region (SHM); rings are made on first use */
 };
 
 struct ivshim_ctl_start_args {
@@ -88,6 +86,13 @@ typedef int (*ivshim_ctl_start_fn)(struct ivshim_ctl_start_args *args);
 typedef uint64_t (*ivshim_ctl_alloc_fn)(uint64_t bytes, char *err, uint64_t errlen);
 typedef int (*ivshim_ctl_free_fn)(uint64_t off, char *err, uint64_t errlen);
 
+/* ivshim_ctl_ring: make and publish this rank's inbound ring from the co-located member in slot
+ * sender, which asked for it in this rank's ring_wanted bits (ivshim_region.h: rings are made
+ * on first use). Returns the ring's region offset, 0 when there is none (no room even for the
+ * least capacity, a slot outside the group: reason in err); the front then says IVSHIM_PAIR_NET.
+ * Once per pair and direction, never per message. */
+typedef uint64_t (*ivshim_ctl_ring_fn)(uint32_t sender, char *err, uint64_t errlen);
+
 /* ivshim_ctl_finalize: local; prints the stats summary when verbose, detaches from the region
  * (the ranks have drained their rings and passed a barrier first). 0 on success. */
 typedef int (*ivshim_ctl_finalize_fn)(const struct ivshim_ctl_stats *stats, char *err, uint64_t errlen);
@@ -102,6 +107,7 @@ typedef int (*ivshim_ctl_release_fn)(char *err, uint64_t errlen);
 #define IVSHIM_CTL_START_SYM "ivshim_ctl_start"
 #define IVSHIM_CTL_ALLOC_SYM "ivshim_ctl_alloc"
 #define IVSHIM_CTL_FREE_SYM "ivshim_ctl_free"
+#define IVSHIM_CTL_RING_SYM "ivshim_ctl_ring"
 #define IVSHIM_CTL_FINALIZE_SYM "ivshim_ctl_finalize"
 #define IVSHIM_CTL_RELEASE_SYM "ivshim_ctl_release"
 

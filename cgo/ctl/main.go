@@ -3,7 +3,7 @@
 //
 //	go build -buildmode=c-shared -o build/lib/libivshim-ctl.so ./cgo/ctl
 //
-// It exports the four functions of ivshim_ctl.h, which is the contract with the C front; this
+// It exports the functions of ivshim_ctl.h, which is the contract with the C front; this
 // file only converts between the C structs and package shim, which holds the logic. No panic
 // crosses into C: every export recovers and reports an internal error instead, and faults on
 // the mapped region inside an export become such errors too.
@@ -103,8 +103,7 @@ func start(args *C.struct_ivshim_ctl_start_args) (C.int, error) {
 	t := &a.Table
 	args.verbose = C.int32_t(a.Verbose())
 	for w, p := range t.Peers {
-		peers[w] = C.struct_ivshim_ctl_peer{path: C.uint32_t(p.Path), slot: C.uint32_t(p.Slot),
-			tx_ring: C.uint64_t(p.TX), rx_ring: C.uint64_t(p.RX)}
+		peers[w] = C.struct_ivshim_ctl_peer{path: C.uint32_t(p.Path), slot: C.uint32_t(p.Slot)}
 	}
 	if t.Mode != shim.ModeSHM {
 		return C.int(t.Mode), errors.New(t.Reason)
@@ -129,6 +128,25 @@ func ivshim_ctl_alloc(size C.uint64_t, errbuf *C.char, errlen C.uint64_t) (off C
 		return 0
 	}
 	o, err := a.Alloc(uint64(size))
+	if err != nil {
+		copyError(errbuf, errlen, err)
+		return 0
+	}
+	return C.uint64_t(o)
+}
+
+//export ivshim_ctl_ring
+func ivshim_ctl_ring(sender C.uint32_t, errbuf *C.char, errlen C.uint64_t) (off C.uint64_t) {
+	defer guard(debug.SetPanicOnFault(true), "ivshim_ctl_ring", func(err error) {
+		off = 0
+		copyError(errbuf, errlen, err)
+	})
+	a := attachment()
+	if a == nil {
+		copyError(errbuf, errlen, fmt.Errorf("ivshim_ctl_ring: %w", errNotStarted))
+		return 0
+	}
+	o, err := a.CreateRing(uint32(sender))
 	if err != nil {
 		copyError(errbuf, errlen, err)
 		return 0

@@ -1,5 +1,6 @@
 /* MPI_Init(_thread) and MPI_Finalize: decide whether the job uses shared memory, load the Go
- * control plane only then, map the pair rings it negotiated, and tear down in order. */
+ * control plane only then, take the region and the co-located peers it negotiated (their rings
+ * come on first use: pairs.c), and tear down in order. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <dlfcn.h>
@@ -110,17 +111,25 @@ static void *ctl_sym(void *h, const char *name)
 	return s;
 }
 
-/* A ring the control plane found, checked again here (the peer shares the region and may have
- * changed it since): its snapshot is all the private view is built from. */
-static struct ivshim_ring *map_ring(uint64_t off, int world, const char *dir, struct ivs_ring_snap *s)
+/* The region's tables, where the header says they are. The header's layout words are immutable
+ * after publication, but shared: read once, checked against the mapping, kept private. */
+static void region_tables(uint32_t self_slot)
 {
-	const char *why;
-	if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size - IVSHIM_RING_DATA_OFF)
-		ivs_fatal("control plane gave %s ring offset %#lx for rank %d outside the region", dir, (unsigned long)off, world);
-	struct ivshim_ring *r = (struct ivshim_ring *)(ivs.base + off);
-	if (ivs_ring_check(r, ivs.size - off - IVSHIM_RING_DATA_OFF, s, &why) != 0)
-		ivs_fatal("%s ring of rank %d at region offset %#lx: %s", dir, world, (unsigned long)off, why);
-	return r;
+	const struct ivshim_region_header *h = (const struct ivshim_region_header *)ivs.base;
+	uint64_t so = h->slot_table_off, vo = h->vm_table_off, po = h->pair_table_off;
+	uint32_t ns = h->slot_count, nv = h->vm_count;
+	if (so % IVSHIM_CACHELINE || vo % IVSHIM_CACHELINE || po % IVSHIM_CACHELINE || so > ivs.size || vo > ivs.size ||
+	    po > ivs.size || ns > IVSHIM_MAX_SLOTS || self_slot >= ns ||
+	    (uint64_t)ns * sizeof(struct ivshim_slot) > ivs.size - so || (uint64_t)nv * sizeof(struct ivshim_vm) > ivs.size - vo ||
+	    (uint64_t)ns * ns * sizeof(uint64_t) > ivs.size - po)
+		ivs_fatal("region header: slot table (%#lx, %u), VM table (%#lx, %u) or pair table (%#lx) outside the region, "
+		          "or own slot %u beyond it", (unsigned long)so, ns, (unsigned long)vo, nv, (unsigned long)po, self_slot);
+	ivs.slots = (struct ivshim_slot *)(ivs.base + so);
+	ivs.nslots = ns;
+	ivs.vms = (const struct ivshim_vm *)(ivs.base + vo);
+	ivs.nvms = nv;
+	ivs.pairs = (uint64_t *)(ivs.base + po);
+	ivs.self_slot = self_slot;
 }
 
 static void setup_peers(struct ivshim_ctl_peer *peers)
@@ -134,20 +143,11 @@ static void setup_peers(struct ivshim_ctl_peer *peers)
 			ivs.has_net = 1;
 			continue;
 		}
-		struct ivs_peer *p = calloc(1, sizeof *p);
+		struct ivs_peer *p = calloc(1, sizeof *p); /* no rings yet: made on first use (pairs.c) */
 		if (!p)
 			ivs_fatal("out of memory");
-		struct ivs_ring_snap tx, rx;
-		p->tx.ring = map_ring(peers[w].tx_ring, w, "outbound", &tx);
-		p->tx.data = (uint8_t *)p->tx.ring + IVSHIM_RING_DATA_OFF;
-		p->tx.cap = tx.cap;
-		p->tx.pos = tx.tail;
-		p->tx.head_cache = tx.head;
-		p->rx.ring = map_ring(peers[w].rx_ring, w, "inbound", &rx);
-		p->rx.data = (uint8_t *)p->rx.ring + IVSHIM_RING_DATA_OFF;
-		p->rx.cap = rx.cap;
-		p->rx.pos = rx.head;
 		p->local = ivs.nlocal;
+		p->world = w;
 		p->slot = peers[w].slot;
 		ivs.local_world[ivs.nlocal++] = w;
 		ivs.peers[w] = p;
@@ -205,6 +205,7 @@ static int init_common(int rc, int provided)
 	ivs.ctl_free = (ivshim_ctl_free_fn)ctl_sym(ctl_handle, IVSHIM_CTL_FREE_SYM);
 	ivs.ctl_finalize = (ivshim_ctl_finalize_fn)ctl_sym(ctl_handle, IVSHIM_CTL_FINALIZE_SYM);
 	ivs.ctl_release = (ivshim_ctl_release_fn)ctl_sym(ctl_handle, IVSHIM_CTL_RELEASE_SYM);
+	ivs.ctl_ring = (ivshim_ctl_ring_fn)ctl_sym(ctl_handle, IVSHIM_CTL_RING_SYM);
 	char ver[MPI_MAX_LIBRARY_VERSION_STRING] = "";
 	int len;
 	PMPI_Get_library_version(ver, &len);
@@ -227,8 +228,10 @@ static int init_common(int rc, int provided)
 	if (res == 0) {
 		ivs.base = a.region_base;
 		ivs.size = a.region_size;
+		region_tables(a.self_slot);
 		setup_peers(a.peers);
-		ivs_migrate_init(a.self_slot);
+		ivs_pairs_init();
+		ivs_migrate_init();
 		ivs.enabled = 1;
 	} else if (ivs.verbose) {
 		fprintf(stderr, "ivshim: rank %d pass-through: %s\n", ivs.world_rank, a.error);

@@ -47,13 +47,20 @@ struct ivs_peer {
 	uint64_t *acks;            /* synchronous-send ACKs owed to the peer, not yet in the ring */
 	int nacks, acks_cap;
 	int local;                 /* index among the co-located ranks */
+	int world;                 /* the peer's world rank */
 	uint32_t slot;             /* the peer's slot in the region */
+	uint8_t tx_want;           /* asked the peer for the ring self -> peer, no answer seen yet
+	                              (rings are made on first use: pairs.c); tx.ring and rx.ring
+	                              stay NULL until their ring is made */
 	/* The path switch of a migration (migrate.c), per direction, each only ever set:
 	 * self -> peer: closing (new sends take the library; the MARK goes in after what is queued),
 	 * then tx_net (MARK written: ACKs too take the library); peer -> self: rx_mark (the ring engine
 	 * read the MARK and reads no further), then rx_net (messages parked meanwhile handed on: the
 	 * peer is a library peer for receives). */
 	uint8_t closing, tx_net, rx_mark, rx_net;
+	uint8_t leave_seen;        /* the region flagged the pair's VM leaving (migrate.c scan) */
+	uint8_t ack_blocked;       /* a synchronous send heads sendq, but the peer could answer it
+	                              only by the library: the direction closes first (pairs.c) */
 	struct ivs_msg *parked, *parked_tail; /* library messages from the peer taken before its MARK */
 };
 
@@ -112,6 +119,8 @@ struct ivs_req {
 	uint8_t cookie_sent;       /* sends: the first record is in the ring */
 	uint8_t net_done;          /* persistent: the library request of this start completed */
 	uint8_t dt_owned;          /* dt is the shim's duplicate of a derived type (ivs_dt_hold) */
+	uint8_t net_send;          /* sends: queued for a ring that was never made, then sent by
+	                              the library (inner): pairs.c */
 	uint64_t bsend_charge;     /* internal Bsend copy: bytes charged to the attached buffer */
 	uint64_t cookie;           /* synchronous sends: token the ACK carries back */
 	int error;
@@ -181,8 +190,15 @@ struct ivs_state {
 	int nacks;                 /* ACKs queued for any peer */
 	int has_net;               /* some world rank is reached through PMPI */
 	int coll_nb;               /* the library's collectives are called nonblocking (coll.h) */
-	/* migration (migrate.c) */
+	/* the region's tables (init.c checks where they lie; their contents stay untrusted) */
 	uint32_t self_slot;
+	struct ivshim_slot *slots; /* slot table: others write their ring_wanted bits into ours */
+	uint32_t nslots;
+	const struct ivshim_vm *vms; /* VM table, broker-owned */
+	uint32_t nvms;
+	uint64_t *pairs;           /* pair[sender][receiver], nslots x nslots */
+	ivshim_ctl_ring_fn ctl_ring;
+	/* migration (migrate.c) */
 	MPI_Comm ctlcomm;          /* the shim's own channel: a duplicate of MPI_COMM_WORLD */
 	int switching;             /* some pair or communicator is switching: migrate.c polls */
 	int self_leaving;          /* this rank's VM was flagged leaving: it gives up the region */
@@ -273,6 +289,7 @@ void ivs_deliver_buffered(struct ivs_req *r, struct ivs_msg *m);
 struct ivs_msg *ivs_unexp_find(const struct ivs_req *r);
 void ivs_unexp_remove(struct ivs_msg *m);
 void ivs_send_ack(int world, uint64_t cookie);
+void ivs_send_done(struct ivs_req *r);
 int ivs_try_send_inline(struct ivs_peer *p, const void *buf, uint64_t n, int tag, uint32_t ctx);
 void ivs_enqueue_send(struct ivs_req *r);
 struct ivs_req *ivs_probe_owner(struct ivs_comm *c, const MPI_Status *st);
@@ -286,8 +303,19 @@ void ivs_lib_poke(void);
 void ivs_lib_wait_poke(void);
 void ivs_lib_note(void);
 
+/* pairs.c: rings made on first use */
+void ivs_pairs_init(void);
+int ivs_pair_tx_ready(struct ivs_peer *p, int lib_ok);
+int ivs_pair_tx_resolve(struct ivs_peer *p);
+void ivs_pair_rx_net(struct ivs_peer *p);
+int ivs_pair_serve(void);
+int ivs_pair_send_poll(struct ivs_req *r);
+int ivs_pair_ack_ready(struct ivs_peer *p);
+int ivs_pair_close_for_ack(struct ivs_peer *p);
+int ivs_pair_progress(void);
+
 /* migrate.c: the path switch when the broker flags a VM of this host leaving */
-void ivs_migrate_init(uint32_t self_slot);
+void ivs_migrate_init(void);
 int ivs_switch_progress(void);
 void ivs_ctl_poll(void);
 void ivs_ctl_wait_step(unsigned *spins);

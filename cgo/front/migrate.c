@@ -63,10 +63,6 @@
 
 /* ---- the region's VM table, as this rank reads it ---- */
 
-static const struct ivshim_slot *slots;
-static uint32_t nslots;
-static const struct ivshim_vm *vms;
-static uint32_t nvms;
 static double leave_seen_at; /* when this rank saw its own VM flagged (for the release message) */
 
 static double now_s(void)
@@ -76,22 +72,9 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* The header's layout words are immutable after publication, but shared: read once, checked,
- * kept private. */
-void ivs_migrate_init(uint32_t self_slot)
+void ivs_migrate_init(void)
 {
 	const struct ivshim_region_header *h = (const struct ivshim_region_header *)ivs.base;
-	uint64_t so = h->slot_table_off, vo = h->vm_table_off;
-	uint32_t ns = h->slot_count, nv = h->vm_count;
-	if (so % IVSHIM_CACHELINE || vo % IVSHIM_CACHELINE || so > ivs.size || vo > ivs.size ||
-	    (uint64_t)ns * sizeof(struct ivshim_slot) > ivs.size - so || (uint64_t)nv * sizeof(struct ivshim_vm) > ivs.size - vo)
-		ivs_fatal("region header: slot table (%#lx, %u) or VM table (%#lx, %u) outside the region",
-		          (unsigned long)so, ns, (unsigned long)vo, nv);
-	slots = (const struct ivshim_slot *)(ivs.base + so);
-	nslots = ns;
-	vms = (const struct ivshim_vm *)(ivs.base + vo);
-	nvms = nv;
-	ivs.self_slot = self_slot;
 	ivs.gen_word = &h->generation;
 	ivs.gen_seen = ~__atomic_load_n(ivs.gen_word, __ATOMIC_ACQUIRE); /* scan at the first progress */
 }
@@ -100,10 +83,10 @@ void ivs_migrate_init(uint32_t self_slot)
  * an index out of range means "not leaving". */
 static int slot_leaving(uint32_t s)
 {
-	if (s >= nslots)
+	if (s >= ivs.nslots)
 		return 0;
-	uint32_t vm = __atomic_load_n(&slots[s].vm_index, __ATOMIC_RELAXED);
-	return vm < nvms && __atomic_load_n(&vms[vm].state, __ATOMIC_ACQUIRE) == IVSHIM_VM_LEAVING;
+	uint32_t vm = __atomic_load_n(&ivs.slots[s].vm_index, __ATOMIC_RELAXED);
+	return vm < ivs.nvms && __atomic_load_n(&ivs.vms[vm].state, __ATOMIC_ACQUIRE) == IVSHIM_VM_LEAVING;
 }
 
 /* ---- the shim's own messages (ivs.ctlcomm, world ranks) ---- */
@@ -515,8 +498,14 @@ static void scan(void)
 	for (int i = 0; i < ivs.nlocal; i++) {
 		int w = ivs.local_world[i];
 		struct ivs_peer *p = ivs.peers[w];
-		if (!p->closing && (self || slot_leaving(p->slot))) {
-			p->closing = 1;
+		if (!p->leave_seen && (self || slot_leaving(p->slot))) {
+			p->leave_seen = 1;
+			/* A direction waiting for its ring closes once the receiver answered (pairs.c);
+			 * one without a ring gets none, and says so to its sender. */
+			if (ivs_pair_tx_resolve(p))
+				p->closing = 1;
+			if (!p->rx.ring && !p->rx_mark)
+				ivs_pair_rx_net(p);
 			closed++;
 		}
 	}
@@ -542,11 +531,20 @@ int ivs_switch_progress(void)
 	for (int i = 0; i < ivs.nlocal; i++) {
 		int w = ivs.local_world[i];
 		struct ivs_peer *p = ivs.peers[w];
-		if (!p->closing && !p->rx_mark)
+		if (IVS_UNLIKELY(p->tx_want) && !ivs.released)
+			did |= ivs_pair_tx_ready(p, 1); /* an answer the ring engine left here: NET */
+		if (IVS_UNLIKELY(p->ack_blocked))
+			did |= ivs_pair_close_for_ack(p);
+		if (p->leave_seen && !p->closing && ivs_pair_tx_resolve(p))
+			p->closing = 1;
+		if (!p->closing && !p->rx_mark && !p->leave_seen)
 			continue;
 		any_closed = 1;
 		if (p->closing && !p->tx_net) {
-			if (!p->sendq && !p->nacks && ivs_tx_write(&p->tx, IVS_REC_MARK, 0, 0, 0, 0, 0, "", 0)) {
+			if (!p->tx.ring) { /* nothing ever went into a ring: no MARK to write */
+				p->tx_net = 1;
+				did = 1;
+			} else if (!p->sendq && !p->nacks && ivs_tx_write(&p->tx, IVS_REC_MARK, 0, 0, 0, 0, 0, "", 0)) {
 				p->tx_net = 1;
 				did = 1;
 			}
@@ -562,8 +560,10 @@ int ivs_switch_progress(void)
 			on_mark(w, p);
 			did = 1;
 		}
-		busy |= !p->tx_net || !p->rx_net || p->parked;
+		busy |= p->ack_blocked || (p->leave_seen && (!p->tx_net || !p->rx_net)) || (p->closing && !p->tx_net) || (p->rx_mark && !p->rx_net) ||
+		        p->parked;
 	}
+	busy |= ivs_pair_progress();
 	if (!ivs.coll_depth && ndecided)
 		ivs_comm_each(retire_if_done, NULL);
 	busy |= outbox_progress() || ncoord || nwaiting || ndeferred || (ivs.nsync_wait && any_closed);

@@ -140,6 +140,8 @@ int ivs_req_poll(struct ivs_req *r)
 	}
 	if (r->state == IVS_DONE)
 		return 1;
+	if (IVS_UNLIKELY(r->net_send))
+		return ivs_pair_send_poll(r);
 	if (r->recv_mode == IVS_RM_NET && r->inner != MPI_REQUEST_NULL) {
 		int flag = 0;
 		int rc = PMPI_Test(&r->inner, &flag, &r->net_st);

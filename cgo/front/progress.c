@@ -133,6 +133,8 @@ static void recv_copy(struct ivs_req *r, uint64_t at, const uint8_t *src, uint64
 /* Put the peer's queued ACKs into the ring as far as it has room. */
 static int push_acks(struct ivs_peer *p)
 {
+	if (IVS_UNLIKELY(!p->tx.ring) && !ivs_pair_tx_ready(p, 0))
+		return 0;
 	int n = 0;
 	while (n < p->nacks && ivs_tx_write(&p->tx, IVS_REC_ACK, 0, 0, 0, 0, p->acks[n], "", 0))
 		n++;
@@ -305,7 +307,7 @@ void ivs_ack_arrived(int world, uint64_t cookie)
 	}
 }
 
-static void send_done(struct ivs_req *r)
+void ivs_send_done(struct ivs_req *r)
 {
 	if (r->packed) {
 		free(r->cbuf);
@@ -324,6 +326,8 @@ static int push_sends(struct ivs_peer *p)
 {
 	int did = 0;
 	struct ivs_req *r;
+	if (IVS_UNLIKELY(!p->tx.ring) && !ivs_pair_tx_ready(p, 0))
+		return 0;
 	while ((r = p->sendq)) {
 		uint64_t max = ivs_tx_max_payload(&p->tx);
 		do {
@@ -332,6 +336,11 @@ static int push_sends(struct ivs_peer *p)
 				n = max;
 			/* The first record carries the envelope, the others are fragments. */
 			int first = r->done == 0 && !r->cookie_sent, sync = first && r->sync;
+			if (IVS_UNLIKELY(sync) && !ivs_pair_ack_ready(p)) {
+				p->ack_blocked = 1; /* migrate.c's switch closes the direction before it */
+				ivs.switching = 1;
+				return did;
+			}
 			if (!ivs_tx_write(&p->tx, first ? IVS_REC_MSG : IVS_REC_FRAG, sync ? IVS_F_SYNC : 0, first ? r->tag : 0,
 			                  first ? r->comm->ctx : 0, first ? r->cap : 0, sync ? ivs_req_cookie(r) : 0,
 			                  r->cbuf + r->done, n))
@@ -345,7 +354,7 @@ static int push_sends(struct ivs_peer *p)
 			p->sendq_tail = NULL;
 		r->next = NULL;
 		ivs.nsend_queued--;
-		send_done(r);
+		ivs_send_done(r);
 	}
 	return did;
 }
@@ -370,7 +379,7 @@ void ivs_enqueue_send(struct ivs_req *r)
 /* A small message straight from the caller's buffer, when nothing is queued before it. */
 int ivs_try_send_inline(struct ivs_peer *p, const void *buf, uint64_t n, int tag, uint32_t ctx)
 {
-	if (p->sendq || n > ivs_tx_max_payload(&p->tx))
+	if (IVS_UNLIKELY(!p->tx.ring) || p->sendq || n > ivs_tx_max_payload(&p->tx))
 		return 0;
 	return ivs_tx_write(&p->tx, IVS_REC_MSG, 0, tag, ctx, n, 0, buf, n);
 }
@@ -442,14 +451,14 @@ static int probe_net(void)
 static int ring_progress(void)
 {
 	static unsigned rr;
-	int did = 0;
+	int did = ivs.released ? 0 : ivs_pair_serve();
 	for (int k = 0; k < ivs.nlocal; k++) {
 		int i = (int)((rr + (unsigned)k) % (unsigned)ivs.nlocal);
 		int world = ivs.local_world[i];
 		struct ivs_peer *p = ivs.peers[world];
 		struct ivs_rec h;
 		const uint8_t *pl;
-		for (int budget = p->rx_mark ? 0 : 32; budget > 0; budget--) {
+		for (int budget = p->rx_mark || !p->rx.ring ? 0 : 32; budget > 0; budget--) {
 			int rc = ivs_rx_peek(&p->rx, &h, &pl);
 			if (rc == 0)
 				break;

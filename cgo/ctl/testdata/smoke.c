@@ -2,8 +2,8 @@
  * Smoke test of libivshim-ctl.so as the C front uses it. It forks RANKS processes (default 1)
  * that form a fake MPI job: allgather and barrier go through an anonymous shared mapping and a
  * process-shared barrier. Each process then dlopen()s the library (after the fork: the Go
- * runtime does not survive fork), resolves the four symbols, starts, checks its rings through
- * region_base, tries a collective area, passes a barrier and finalizes twice. Every output
+ * runtime does not survive fork), resolves the symbols, starts, makes its inbound rings and checks
+ * them and its outbound ones through region_base, tries a collective area, passes a barrier and finalizes twice. Every output
  * line starts with "rank=R " and holds key=value pairs for ctl_test.go.
  *   usage: smoke /path/to/libivshim-ctl.so [RANKS]
  */
@@ -64,6 +64,14 @@ static const char *check_ring(const struct ivshim_ctl_start_args *a, uint64_t of
 	return "ok";
 }
 
+/* The pair word from sender to receiver, read through the region's header. */
+static uint64_t pair_word(const struct ivshim_ctl_start_args *a, uint32_t sender, uint32_t receiver)
+{
+	const struct ivshim_region_header *h = a->region_base;
+	const uint64_t *pairs = (const uint64_t *)((const char *)a->region_base + h->pair_table_off);
+	return __atomic_load_n(&pairs[(uint64_t)sender * h->slot_count + receiver], __ATOMIC_ACQUIRE);
+}
+
 static int run_rank(const char *path, struct world *w, int rank)
 {
 	void *lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
@@ -75,7 +83,8 @@ static int run_rank(const char *path, struct world *w, int rank)
 	ivshim_ctl_alloc_fn alloc = (ivshim_ctl_alloc_fn)dlsym(lib, IVSHIM_CTL_ALLOC_SYM);
 	ivshim_ctl_free_fn release = (ivshim_ctl_free_fn)dlsym(lib, IVSHIM_CTL_FREE_SYM);
 	ivshim_ctl_finalize_fn finalize = (ivshim_ctl_finalize_fn)dlsym(lib, IVSHIM_CTL_FINALIZE_SYM);
-	if (!start || !alloc || !release || !finalize) {
+	ivshim_ctl_ring_fn ring = (ivshim_ctl_ring_fn)dlsym(lib, IVSHIM_CTL_RING_SYM);
+	if (!start || !alloc || !release || !finalize || !ring) {
 		fprintf(stderr, "dlsym: a symbol is missing\n");
 		return 2;
 	}
@@ -95,13 +104,26 @@ static int run_rank(const char *path, struct world *w, int rank)
 	args.peers = peers;
 	int rc = start(&args);
 	printf("rank=%d start=%d verbose=%d error=%s\n", rank, rc, args.verbose, args.error);
+	char err[32]; /* short on purpose: messages are truncated, always terminated */
+	/* Rings are made on first use: each rank makes its inbound ring from every co-located peer,
+	 * as the front does when the peer asks, then finds its outbound ones in the pair table. */
+	uint64_t rx[MAX_RANKS] = {0};
+	for (int p = 0; p < w->size; p++)
+		if (rc == 0 && peers[p].path == IVSHIM_PATH_SHM)
+			rx[p] = ring(peers[p].slot, err, sizeof err);
+	fake_barrier(&ctx);
 	for (int p = 0; p < w->size; p++) {
 		const struct ivshim_ctl_peer *q = &peers[p];
 		printf("rank=%d peer=%d path=%u", rank, p, q->path);
 		if (rc == 0 && q->path == IVSHIM_PATH_SHM)
-			printf(" slot=%u tx=%s rx=%s", q->slot, check_ring(&args, q->tx_ring, args.self_slot, q->slot),
-			       check_ring(&args, q->rx_ring, q->slot, args.self_slot));
+			printf(" slot=%u tx=%s rx=%s", q->slot, check_ring(&args, pair_word(&args, args.self_slot, q->slot), args.self_slot, q->slot),
+			       check_ring(&args, rx[p], q->slot, args.self_slot));
 		printf("\n");
+	}
+	if (rc == 0) { /* a slot outside the job's group on this region is refused */
+		memset(err, 'x', sizeof err);
+		uint64_t off = ring(7, err, sizeof err);
+		printf("rank=%d stranger_ring=%d errlen=%zu\n", rank, off != 0, off ? 0 : strlen(err));
 	}
 	if (rc == 0)
 		printf("rank=%d self_slot=%u local_ranks=%u region_size=%llu\n", rank, args.self_slot, args.local_ranks,
@@ -109,7 +131,6 @@ static int run_rank(const char *path, struct world *w, int rank)
 	rc = start(&args);
 	printf("rank=%d start_again=%d error=%s\n", rank, rc, args.error);
 
-	char err[32]; /* short on purpose: messages are truncated, always terminated */
 	memset(err, 'x', sizeof err);
 	uint64_t off = alloc(4096, err, sizeof err);
 	printf("rank=%d alloc_ok=%d errlen=%zu error=%s\n", rank, off != 0, off ? 0 : strlen(err), off ? "" : err);
