@@ -12,7 +12,9 @@
 //     renamed into place, and never again;
 //   - the VM table and the generation counter belong to the broker (SetVM);
 //   - a slot belongs to the rank that claimed it (ClaimSlot .. ReleaseSlot), and so do the
-//     rings it receives on (CreateRing), which it publishes in the pair table;
+//     rings it receives on (CreateRingFit, made on first use when a sender sets its bit in the
+//     slot's ring_wanted words, the one part of a slot others write), which it publishes in the
+//     pair table, or PairNet there when it has no room for one;
 //   - the chunk table changes only under the allocator lock (Alloc, Free).
 //
 // Lifetime: a Region is valid from Open until Close. Everything read from the mapping is

@@ -2,6 +2,7 @@ package ivshmem
 
 import (
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -401,5 +402,113 @@ func TestHeld(t *testing.T) {
 	}
 	if _, err := r.Held(7, r.Layout().SlotCount); err == nil {
 		t.Error("Held of a slot past the table: no error")
+	}
+}
+
+// TestCreateRingFit: rings made on first use get the region's ring size while the heap keeps
+// room for the group's fair share for every pair still without one, so that every pair of the
+// group gets at least the fair share whatever the order; a heap with less room than promised
+// gives smaller rings, then none.
+func TestCreateRingFit(t *testing.T) {
+	const m = 8
+	path := filepath.Join(t.TempDir(), "region")
+	o := testOptions(t)
+	o.Size, o.Slots, o.RingSize = 8<<20, m, 256<<10
+	if err := Create(path, o); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	l := r.Layout()
+	fair, err := l.RingCapacity(m)
+	if err != nil || fair >= uint64(l.RingSize) {
+		t.Fatalf("fair capacity %d (%v): want less than the ring size %d for this test", fair, err, l.RingSize)
+	}
+	if err := r.ClaimSession(7); err != nil {
+		t.Fatal(err)
+	}
+	var slots []uint32
+	for k := 0; k < m; k++ {
+		s, err := r.ClaimSlot(SlotIdentity{Session: 7, WorldRank: uint32(k)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		slots = append(slots, s)
+	}
+	type pair struct{ s, d uint32 }
+	var pairs []pair
+	for _, s := range slots {
+		for _, d := range slots {
+			pairs = append(pairs, pair{s, d})
+		}
+	}
+	rand.New(rand.NewPCG(1, 2)).Shuffle(len(pairs), func(i, j int) { pairs[i], pairs[j] = pairs[j], pairs[i] })
+	var big, last uint64
+	for k, p := range pairs {
+		ring, err := r.CreateRingFit(7, p.s, p.d, m, fair)
+		if err != nil {
+			t.Fatalf("ring %d of %d (%d->%d): %v", k, len(pairs), p.s, p.d, err)
+		}
+		if k == 0 && ring.Capacity != uint64(l.RingSize) {
+			t.Errorf("the first ring got %d bytes, want the ring size %d", ring.Capacity, l.RingSize)
+		}
+		if ring.Capacity < fair || ring.Capacity > uint64(l.RingSize) || !isPow2(ring.Capacity) {
+			t.Fatalf("ring %d->%d: capacity %d, want a power of two in [%d, %d]", p.s, p.d, ring.Capacity, fair, l.RingSize)
+		}
+		if back, ok, err := r.PairRing(7, p.s, p.d); err != nil || !ok || back != ring {
+			t.Fatalf("ring %d->%d: published %+v %v %v, want %+v", p.s, p.d, back, ok, err, ring)
+		}
+		if ring.Capacity > fair {
+			big++
+		}
+		last = ring.Capacity
+	}
+	t.Logf("%d ranks: %d of %d rings above the fair %d bytes; the last one %d", m, big, len(pairs), fair, last)
+	if last != fair {
+		t.Errorf("the last ring got %d bytes, want the fair share %d", last, fair)
+	}
+	if _, err := r.CreateRingFit(7, slots[0], slots[1], m, fair); err == nil {
+		t.Error("a second ring for a pair that has one")
+	}
+	r.pairAt(slots[2], slots[3]).Store(0)
+	r.pairAt(slots[2], slots[3]).Store(PairNet)
+	if _, err := r.CreateRingFit(7, slots[2], slots[3], m, fair); err == nil {
+		t.Error("a ring over a NET answer")
+	}
+
+	// Another party took all of the heap but one and a half fair rings.
+	r2, _, _ := newRegion(t)
+	l2 := r2.Layout()
+	fair2, err := l2.RingCapacity(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := uint64(l2.ChunkSize)
+	one := (RingHeaderSize + fair2 + cs - 1) / cs * cs
+	heap := uint64(l2.ChunkCount) * cs
+	if _, err := r2.Alloc(99, 0, AllocCollective, heap-one-one/2); err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.ClaimSession(7); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := r2.ClaimSlot(SlotIdentity{Session: 7})
+	b, _ := r2.ClaimSlot(SlotIdentity{Session: 7, WorldRank: 1})
+	got := []uint64{}
+	for _, p := range []pair{{a, b}, {b, a}, {a, a}, {b, b}} {
+		ring, err := r2.CreateRingFit(7, p.s, p.d, 2, fair2)
+		if err != nil {
+			if !errors.Is(err, ErrNoSpace) {
+				t.Fatalf("ring %d->%d: %v, want ErrNoSpace", p.s, p.d, err)
+			}
+			break
+		}
+		got = append(got, ring.Capacity)
+	}
+	if len(got) < 2 || got[0] != fair2 || got[1] >= fair2 || len(got) == 4 {
+		t.Errorf("capacities %v in a heap for one and a half rings of %d: want %d, a smaller one, then ErrNoSpace", got, fair2, fair2)
 	}
 }

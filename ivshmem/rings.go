@@ -47,12 +47,7 @@ func (r *Region) CreateRings(session uint64, senders []uint32, receiver uint32, 
 	rings := make([]Ring, len(senders))
 	for k, sender := range senders {
 		off := offs[k]
-		g := r.ringAt(off)
-		g.Capacity = capacity
-		g.Session = session
-		g.SenderSlot = sender
-		g.ReceiverSlot = receiver
-		a32(&g.State).Store(RingOpen)
+		r.initRing(off, session, sender, receiver, capacity)
 		if r.pairAt(sender, receiver).Load() == PairNet {
 			err := fmt.Errorf("create ring %d->%d: the pair already takes the library", sender, receiver)
 			for _, o := range offs[k:] {
@@ -72,6 +67,81 @@ func (r *Region) CreateRings(session uint64, senders []uint32, receiver uint32, 
 		rings[k] = Ring{Off: off, Capacity: capacity}
 	}
 	return rings, nil
+}
+
+// initRing writes the header of a ring just allocated (zeroed) at off.
+func (r *Region) initRing(off, session uint64, sender, receiver uint32, capacity uint64) {
+	g := r.ringAt(off)
+	g.Capacity = capacity
+	g.Session = session
+	g.SenderSlot = sender
+	g.ReceiverSlot = receiver
+	a32(&g.State).Store(RingOpen)
+}
+
+// CreateRingFit is CreateRing for a ring made on first use by a group of m ranks, whose rings
+// get capacity fair when every pair of the group has one (Layout.RingCapacity(m)). Sparse
+// traffic should not pay for pairs that never talk, so the capacity is chosen under the
+// allocator lock: the region's ring size, halved as often as needed for the heap to keep room,
+// beside the collective areas' reserve, for a ring of capacity fair for every pair of the group
+// that has none yet; fair when even that leaves too little. A heap with less room than the
+// sizing promised (collective areas beyond the reserve) gets smaller rings, down to
+// RingMinCapacity, and then ErrNoSpace.
+func (r *Region) CreateRingFit(session uint64, sender, receiver uint32, m int, fair uint64) (Ring, error) {
+	if err := r.checkSlot(sender); err != nil {
+		return Ring{}, err
+	}
+	if err := r.checkSlot(receiver); err != nil {
+		return Ring{}, err
+	}
+	l := r.layout
+	if !isPow2(fair) || fair < RingMinCapacity || fair > uint64(l.RingSize) || m < 1 {
+		return Ring{}, fmt.Errorf("create ring %d->%d: fair capacity %d for %d ranks", sender, receiver, fair, m)
+	}
+	if w := r.pairAt(sender, receiver).Load(); w != 0 {
+		return Ring{}, fmt.Errorf("create ring %d->%d: the pair word already holds %#x", sender, receiver, w)
+	}
+	if err := r.lock(receiver); err != nil {
+		return Ring{}, err
+	}
+	free, made := uint64(0), uint64(0)
+	for c := uint32(0); c < l.ChunkCount; c++ {
+		switch e := r.chunkAt(c); {
+		case e.Owner == 0:
+			free++
+		case e.Owner == session && e.Length > 0 && AllocKind(e.Kind) == AllocRing:
+			made++
+		}
+	}
+	keep := l.collReserve(m)
+	if keep >= uint64(l.ChunkCount) {
+		keep = 0
+	}
+	var others uint64 // rings of the group still to come besides this one
+	if pairs := uint64(m) * uint64(m); pairs > made+1 {
+		others = pairs - made - 1
+	}
+	capacity := fair
+	for c := uint64(l.RingSize); c > fair; c /= 2 {
+		if l.chunksFor(RingHeaderSize+c)+others*l.chunksFor(RingHeaderSize+fair)+keep <= free {
+			capacity = c
+			break
+		}
+	}
+	var off uint64
+	var err error
+	for ; capacity >= RingMinCapacity; capacity /= 2 {
+		if off, _, err = r.allocLocked(session, receiver, AllocRing, l.chunksFor(RingHeaderSize+capacity), 0); err == nil {
+			break
+		}
+	}
+	r.unlock()
+	if err != nil {
+		return Ring{}, fmt.Errorf("create ring %d->%d: %w", sender, receiver, err)
+	}
+	r.initRing(off, session, sender, receiver, capacity)
+	r.pairAt(sender, receiver).Store(off)
+	return Ring{Off: off, Capacity: capacity}, nil
 }
 
 // PairRing returns the ring from sender to receiver (ACQUIRE), validated against session:

@@ -35,10 +35,7 @@ func (l Layout) RingCapacity(m int) (uint64, error) {
 		return 0, fmt.Errorf("%d co-located ranks, but the region has %d slots", m, l.SlotCount)
 	}
 	heap := uint64(l.ChunkCount)
-	var reserve uint64
-	if m > 1 {
-		reserve = CollReserve * l.chunksFor(CollAreaSize(m, CollSlotMax))
-	}
+	reserve := l.collReserve(m)
 	pairs := uint64(m) * uint64(m)
 	for _, keep := range []uint64{reserve, 0} {
 		if keep >= heap {
@@ -52,6 +49,14 @@ func (l Layout) RingCapacity(m int) (uint64, error) {
 	}
 	return 0, fmt.Errorf("%d co-located ranks need %d rings of at least %d bytes, more than the %d-byte heap of a %d-byte region",
 		m, pairs, RingMinCapacity, heap*uint64(l.ChunkSize), l.TotalSize)
+}
+
+// collReserve is the heap chunks the ring sizing leaves to collective areas of a group of m.
+func (l Layout) collReserve(m int) uint64 {
+	if m < 2 {
+		return 0
+	}
+	return CollReserve * l.chunksFor(CollAreaSize(m, CollSlotMax))
 }
 
 // SizeFor returns region parameters for ranks co-located ranks: p's slot count raised to

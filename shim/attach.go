@@ -76,7 +76,7 @@ type Attachment struct {
 	m        *membership         // nil in pass-through and after Finalize
 	areas    map[uint64]struct{} // collective areas allocated and not yet freed
 	senders  map[uint32]bool     // slots of the group's members: who may ask for a ring
-	ringSize uint64              // capacity of a pair ring (Layout.RingCapacity of the group)
+	ringSize uint64              // the group's fair ring capacity (Layout.RingCapacity)
 	shrunk   bool                // a ring got less than ringSize (logged once)
 	done     bool                // Finalize ran
 }
@@ -113,9 +113,10 @@ func (a *Attachment) Alloc(size uint64) (uint64, error) {
 
 // CreateRing makes and publishes this rank's inbound ring from the member in slot sender, which
 // asked for it (rings are made on first use, ivshim_region.h), and returns its region offset.
-// The ring gets the group's ring size, or, in a heap that has less room left (collective
-// areas took more than the sizing reserved), the largest power of two down to
-// ivshmem.RingMinCapacity that still fits. An error means no ring: the pair takes the library.
+// Its capacity is ivshmem.Region.CreateRingFit's: the region's ring size while the heap keeps
+// room for the group's fair share for every pair still without a ring, the fair share then,
+// less only in a heap with less room than the sizing promised. An error means no ring: the
+// pair takes the library.
 func (a *Attachment) CreateRing(sender uint32) (uint64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -125,22 +126,15 @@ func (a *Attachment) CreateRing(sender uint32) (uint64, error) {
 	if !a.senders[sender] {
 		return 0, fmt.Errorf("ring from slot %d: not a slot of this rank's group", sender)
 	}
-	var err error
-	for c := a.ringSize; c >= ivshmem.RingMinCapacity; c /= 2 {
-		var ring ivshmem.Ring
-		ring, err = a.m.region.CreateRing(a.m.session, sender, a.m.slot, c)
-		if err == nil {
-			if c < a.ringSize && !a.shrunk {
-				a.shrunk = true
-				a.log.Warn("region heap low: rings made from now on are smaller", zap.Uint64("ring_bytes", c), zap.Uint64("group_ring_bytes", a.ringSize))
-			}
-			return ring.Off, nil
-		}
-		if !errors.Is(err, ivshmem.ErrNoSpace) {
-			break
-		}
+	ring, err := a.m.region.CreateRingFit(a.m.session, sender, a.m.slot, len(a.senders), a.ringSize)
+	if err != nil {
+		return 0, fmt.Errorf("ring from slot %d: %w", sender, err)
 	}
-	return 0, fmt.Errorf("ring from slot %d: %w", sender, err)
+	if ring.Capacity < a.ringSize && !a.shrunk {
+		a.shrunk = true
+		a.log.Warn("region heap low: a ring got less than the group's share", zap.Uint64("ring_bytes", ring.Capacity), zap.Uint64("group_ring_bytes", a.ringSize))
+	}
+	return ring.Off, nil
 }
 
 // Free returns a collective area that Alloc gave this rank.

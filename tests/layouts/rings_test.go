@@ -64,12 +64,14 @@ func TestRingsOnFirstUse(t *testing.T) {
 				t.Errorf("rank %d: %+v: want its ring message through the region", s.Rank, s)
 			}
 		}
-		// Each rank's inbound ring from its predecessor, and the collective area of the
-		// MPI_Allreduce; with rings for every pair it would be ranks*ranks rings.
+		// Each rank's inbound ring from its predecessor, which gets the region's full ring size
+		// (few pairs talk), and the collective area of the MPI_Allreduce; with rings for every
+		// pair it would be ranks*ranks rings of the group's fair share.
 		cs := uint64(l.ChunkSize)
-		bound := ranks*ringAlloc(l, capacity) + (ivshmem.CollAreaSize(ranks, ivshmem.CollSlotMax)+cs-1)/cs*cs
+		bound := ranks*ringAlloc(l, uint64(l.RingSize)) + (ivshmem.CollAreaSize(ranks, ivshmem.CollSlotMax)+cs-1)/cs*cs
 		all := ranks * ranks * ringAlloc(l, capacity)
-		t.Logf("%d ranks in a ring: %d KiB of region held (%d-byte rings); rings for every pair would take %d KiB", ranks, held>>10, capacity, all>>10)
+		t.Logf("%d ranks in a ring: %d KiB of region held (rings of up to %d bytes); rings of the fair %d bytes for every pair would take %d KiB",
+			ranks, held>>10, l.RingSize, capacity, all>>10)
 		if held > bound {
 			t.Errorf("ranks hold %d bytes of region, want at most %d: rings made for pairs that never talked?", held, bound)
 		}

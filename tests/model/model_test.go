@@ -160,3 +160,30 @@ func TestCollSwitchKnownDeadlock(t *testing.T) {
 		t.Errorf("collswitch.pml: the known deadlock is no longer found:\n%s", report)
 	}
 }
+
+// TestFirstUseProtocol: a direction whose ring is made on first use delivers every message
+// exactly once and in order, also when a migration closes it before, while or after its ring
+// is asked for, and when the heap has no room for the ring (pairs.c).
+func TestFirstUseProtocol(t *testing.T) {
+	requireSpin(t)
+	for _, defs := range [][]string{nil, {"-DN=6"}} {
+		report, failed := verify(t, "firstuse.pml", defs...)
+		if failed {
+			t.Errorf("firstuse.pml %v: spin found an error:\n%s", defs, report)
+		} else if !strings.Contains(report, "Full statespace search") {
+			t.Errorf("firstuse.pml %v: not an exhaustive search:\n%s", defs, report)
+		}
+	}
+}
+
+// TestFirstUseProtocolNegative: closing at the flag while the request is unanswered reorders
+// messages; a receiver that leaves without answering strands its sender.
+func TestFirstUseProtocolNegative(t *testing.T) {
+	requireSpin(t)
+	for def, want := range map[string]string{"-DNO_DEFER": "assertion violated", "-DNO_NET_AT_LEAVE": "invalid end state"} {
+		report, failed := verify(t, "firstuse.pml", def)
+		if !failed || !strings.Contains(report, want) {
+			t.Errorf("firstuse.pml %s: want %q from spin, got:\n%s", def, want, report)
+		}
+	}
+}
