@@ -22,7 +22,16 @@ func testOptions(t *testing.T) Options {
 
 func newRegion(t *testing.T) (*Region, string, Options) {
 	t.Helper()
+	return newRegionWith(t, nil)
+}
+
+// newRegionWith is newRegion with the options edit changes first.
+func newRegionWith(t *testing.T, edit func(*Options)) (*Region, string, Options) {
+	t.Helper()
 	o := testOptions(t)
+	if edit != nil {
+		edit(&o)
+	}
 	path := filepath.Join(t.TempDir(), "region")
 	if err := Create(path, o); err != nil {
 		t.Fatal(err)
@@ -411,17 +420,7 @@ func TestHeld(t *testing.T) {
 // gives smaller rings, then none.
 func TestCreateRingFit(t *testing.T) {
 	const m = 8
-	path := filepath.Join(t.TempDir(), "region")
-	o := testOptions(t)
-	o.Size, o.Slots, o.RingSize = 8<<20, m, 256<<10
-	if err := Create(path, o); err != nil {
-		t.Fatal(err)
-	}
-	r, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, _, _ := newRegionWith(t, func(o *Options) { o.Size, o.Slots, o.RingSize = 8<<20, m, 256<<10 })
 	l := r.Layout()
 	fair, err := l.RingCapacity(m)
 	if err != nil || fair >= uint64(l.RingSize) {

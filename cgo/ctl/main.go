@@ -117,36 +117,28 @@ func start(args *C.struct_ivshim_ctl_start_args) (C.int, error) {
 }
 
 //export ivshim_ctl_alloc
-func ivshim_ctl_alloc(size C.uint64_t, errbuf *C.char, errlen C.uint64_t) (off C.uint64_t) {
-	defer guard(debug.SetPanicOnFault(true), "ivshim_ctl_alloc", func(err error) {
-		off = 0
-		copyError(errbuf, errlen, err)
-	})
-	a := attachment()
-	if a == nil {
-		copyError(errbuf, errlen, fmt.Errorf("ivshim_ctl_alloc: %w", errNotStarted))
-		return 0
-	}
-	o, err := a.Alloc(uint64(size))
-	if err != nil {
-		copyError(errbuf, errlen, err)
-		return 0
-	}
-	return C.uint64_t(o)
+func ivshim_ctl_alloc(size C.uint64_t, errbuf *C.char, errlen C.uint64_t) C.uint64_t {
+	return offsetCall("ivshim_ctl_alloc", errbuf, errlen, func(a *shim.Attachment) (uint64, error) { return a.Alloc(uint64(size)) })
 }
 
 //export ivshim_ctl_ring
-func ivshim_ctl_ring(sender C.uint32_t, errbuf *C.char, errlen C.uint64_t) (off C.uint64_t) {
-	defer guard(debug.SetPanicOnFault(true), "ivshim_ctl_ring", func(err error) {
+func ivshim_ctl_ring(sender C.uint32_t, errbuf *C.char, errlen C.uint64_t) C.uint64_t {
+	return offsetCall("ivshim_ctl_ring", errbuf, errlen, func(a *shim.Attachment) (uint64, error) { return a.CreateRing(uint32(sender)) })
+}
+
+// offsetCall is the body of an export that answers a region offset: fn's, or 0 with the reason
+// in errbuf.
+func offsetCall(op string, errbuf *C.char, errlen C.uint64_t, fn func(*shim.Attachment) (uint64, error)) (off C.uint64_t) {
+	defer guard(debug.SetPanicOnFault(true), op, func(err error) {
 		off = 0
 		copyError(errbuf, errlen, err)
 	})
 	a := attachment()
 	if a == nil {
-		copyError(errbuf, errlen, fmt.Errorf("ivshim_ctl_ring: %w", errNotStarted))
+		copyError(errbuf, errlen, fmt.Errorf("%s: %w", op, errNotStarted))
 		return 0
 	}
-	o, err := a.CreateRing(uint32(sender))
+	o, err := fn(a)
 	if err != nil {
 		copyError(errbuf, errlen, err)
 		return 0

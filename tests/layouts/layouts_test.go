@@ -176,10 +176,7 @@ func TestRandomLayouts(t *testing.T) {
 		seed = uint64(time.Now().UnixNano())
 	}
 	t.Logf("seed %d (replay: go test ./tests/layouts -seed %d -layouts %d)", seed, seed, *flagLayouts)
-	ctx, cancel := testenv.Context(t)
-	defer cancel()
-	progs := buildPrograms(ctx, t, root)
-	wrapper := writeWrapper(t)
+	ctx, progs, wrapper := prepare(t, root)
 	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: hosts, VMsPerHost: vmsPerHost, Regions: true, RegionSize: regionSize})
 	var names []string
 	for name := range progs[cluster.OpenMPI] {
@@ -383,6 +380,15 @@ func report(stdout string) string {
 		}
 	}
 	return strings.Join(lines, "\n")
+}
+
+// prepare is what every test here starts with: its context (cancelled when it ends), the
+// programs built for both MPIs and the ranks' wrapper script.
+func prepare(t *testing.T, root string) (context.Context, map[cluster.MPI]map[string]string, string) {
+	t.Helper()
+	ctx, cancel := testenv.Context(t)
+	t.Cleanup(cancel)
+	return ctx, buildPrograms(ctx, t, root), writeWrapper(t)
 }
 
 // buildPrograms compiles every tests/mpi/p2p_*.c and coll_check.c for both MPIs into a

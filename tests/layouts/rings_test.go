@@ -23,25 +23,14 @@ func ringAlloc(l ivshmem.Layout, c uint64) uint64 {
 func TestRingsOnFirstUse(t *testing.T) {
 	testenv.RequireCluster(t)
 	root := testenv.ModuleRoot(t)
-	ctx, cancel := testenv.Context(t)
-	defer cancel()
-	progs := buildPrograms(ctx, t, root)
-	wrapper := writeWrapper(t)
+	ctx, progs, wrapper := prepare(t, root)
 
 	t.Run("memory follows the pairs that talk", func(t *testing.T) {
 		// 16 co-located ranks pass a token around a ring: 16 of the 256 pairs talk.
 		const ranks = 16
 		c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 1, VMsPerHost: ranks / 2, Regions: true, RegionSize: regionSize})
-		r, err := ivshmem.Open(c.RegionPath(c.Hosts[0]))
-		if err != nil {
-			t.Fatal(err)
-		}
+		r, capacity := openRegion(t, c.RegionPath(c.Hosts[0]), ranks)
 		l := r.Layout()
-		r.Close()
-		capacity, err := l.RingCapacity(ranks)
-		if err != nil {
-			t.Fatal(err)
-		}
 		m := cluster.OpenMPI
 		bin := filepath.Join(t.TempDir(), "hello_ring")
 		if out, err := exec.CommandContext(ctx, m.Compiler(), "-O2", "-o", bin, filepath.Join(root, "tests", "mpi", "hello_ring.c")).CombinedOutput(); err != nil {
@@ -141,16 +130,8 @@ var filled = map[string]uint64{} // region path -> offset of fillHeap's allocati
 // (a job that took over the stale session of a killed one freed it) first goes.
 func fillHeap(t *testing.T, path string, ranks, keep int) {
 	t.Helper()
-	r, err := ivshmem.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	r, capacity := openRegion(t, path, ranks)
 	l := r.Layout()
-	capacity, err := l.RingCapacity(ranks)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if off, ok := filled[path]; ok {
 		r.Free(fillSession, 0, off) // gone already if a job took the region over
 	}

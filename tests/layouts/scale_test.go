@@ -29,10 +29,7 @@ var (
 func TestColocatedScale(t *testing.T) {
 	testenv.RequireCluster(t)
 	root := testenv.ModuleRoot(t)
-	ctx, cancel := testenv.Context(t)
-	defer cancel()
-	progs := buildPrograms(ctx, t, root)
-	wrapper := writeWrapper(t)
+	ctx, progs, wrapper := prepare(t, root)
 	bin, err := cluster.BuildBroker(ctx, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -115,21 +112,30 @@ func fallbackLines(stderr string) string {
 	return strings.Join(out, "\n")
 }
 
-// checkRegion requires the region the broker made for ranks co-located ranks to be what
-// ivshmem.SizeFor gives: enough slots, within the default cap, and rings for the whole group.
-func checkRegion(t *testing.T, c *cluster.Cluster, ranks int) {
+// openRegion maps the region at path for the rest of the test and returns it with the fair
+// ring capacity of a group of ranks in it (ivshmem.Layout.RingCapacity).
+func openRegion(t *testing.T, path string, ranks int) (*ivshmem.Region, uint64) {
 	t.Helper()
-	path := c.Hosts[0].Broker.Region(c.Job)
 	r, err := ivshmem.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.Close()
+	t.Cleanup(func() { r.Close() })
 	l := r.Layout()
 	capacity, err := l.RingCapacity(ranks)
 	if err != nil {
 		t.Fatalf("region %s (%d bytes, %d slots): %v", path, l.TotalSize, l.SlotCount, err)
 	}
+	return r, capacity
+}
+
+// checkRegion requires the region the broker made for ranks co-located ranks to be what
+// ivshmem.SizeFor gives: enough slots, within the default cap, and rings for the whole group.
+func checkRegion(t *testing.T, c *cluster.Cluster, ranks int) {
+	t.Helper()
+	path := c.Hosts[0].Broker.Region(c.Job)
+	r, capacity := openRegion(t, path, ranks)
+	l := r.Layout()
 	info, _ := os.Stat(path)
 	t.Logf("region of %d ranks: %d MiB (file %d MiB), %d slots, %d-byte rings", ranks, l.TotalSize>>20, info.Size()>>20, l.SlotCount, capacity)
 	if l.TotalSize > ivshmem.DefaultRegionCap || int(l.SlotCount) < ranks {

@@ -47,6 +47,20 @@ func search(t *testing.T, model string, panArgs []string, defs ...string) (repor
 	return report, !strings.Contains(report, "errors: 0")
 }
 
+// requireProven runs verify on model with each set of definitions and requires an exhaustive
+// search without errors.
+func requireProven(t *testing.T, model string, defsList ...[]string) {
+	t.Helper()
+	for _, defs := range defsList {
+		report, failed := verify(t, model, defs...)
+		if failed {
+			t.Errorf("%s %v: spin found an error:\n%s", model, defs, report)
+		} else if !strings.Contains(report, "Full statespace search") {
+			t.Errorf("%s %v: not an exhaustive search:\n%s", model, defs, report)
+		}
+	}
+}
+
 func requireSpin(t *testing.T) {
 	t.Helper()
 	for _, tool := range []string{"spin", "gcc"} {
@@ -60,14 +74,7 @@ func requireSpin(t *testing.T) {
 // times) exactly once and in order, without deadlock.
 func TestSwitchProtocol(t *testing.T) {
 	requireSpin(t)
-	for _, defs := range [][]string{nil, {"-DN=8", "-DSWITCHES=5"}} {
-		report, failed := verify(t, "switch.pml", defs...)
-		if failed {
-			t.Errorf("switch.pml %v: spin found an error:\n%s", defs, report)
-		} else if !strings.Contains(report, "Full statespace search") {
-			t.Errorf("switch.pml %v: not an exhaustive search:\n%s", defs, report)
-		}
-	}
+	requireProven(t, "switch.pml", nil, []string{"-DN=8", "-DSWITCHES=5"})
 }
 
 // TestSwitchProtocolNegative: without parking the library's messages until the ring's MARK,
@@ -99,12 +106,7 @@ func TestSwitchProtocolRingCapacity(t *testing.T) {
 // and nobody writes into a ring its reader has released.
 func TestMigrateProtocol(t *testing.T) {
 	requireSpin(t)
-	report, failed := verify(t, "migrate.pml", "-DN=2", "-DMOVES=1")
-	if failed {
-		t.Errorf("migrate.pml: spin found an error:\n%s", report)
-	} else if !strings.Contains(report, "Full statespace search") {
-		t.Errorf("migrate.pml: not an exhaustive search:\n%s", report)
-	}
+	requireProven(t, "migrate.pml", []string{"-DN=2", "-DMOVES=1"})
 }
 
 // TestMigrateProtocolNegative: each rule of migrate.pml broken on its own must be caught,
@@ -166,14 +168,7 @@ func TestCollSwitchKnownDeadlock(t *testing.T) {
 // is asked for, and when the heap has no room for the ring (pairs.c).
 func TestFirstUseProtocol(t *testing.T) {
 	requireSpin(t)
-	for _, defs := range [][]string{nil, {"-DN=6"}} {
-		report, failed := verify(t, "firstuse.pml", defs...)
-		if failed {
-			t.Errorf("firstuse.pml %v: spin found an error:\n%s", defs, report)
-		} else if !strings.Contains(report, "Full statespace search") {
-			t.Errorf("firstuse.pml %v: not an exhaustive search:\n%s", defs, report)
-		}
-	}
+	requireProven(t, "firstuse.pml", nil, []string{"-DN=6"})
 }
 
 // TestFirstUseProtocolNegative: closing at the flag while the request is unanswered reorders
