@@ -29,11 +29,12 @@ const (
 	// collective (coll_check.c, coll_name).
 	collectives = 15
 	// regionSize leaves room for the shim's collective areas (about 0.6 MiB per communicator of
-	// 4 co-located ranks) besides its rings; tightRegionSize, for 2 ranks, holds their rings and
-	// areas with the largest slot (0.4 MiB each) for only some of the program's communicators:
-	// the others get smaller slots (at 2 MiB some got none at all).
-	regionSize      = 64 << 20
-	tightRegionSize = 4 << 20
+	// 4 co-located ranks) besides its rings; a tight region, for 2 ranks, has tightRoom bytes of
+	// heap left (tighten): room for their rings (made on first use) and areas with the largest
+	// slot (0.4 MiB each) for only some of the program's communicators, so that the others get
+	// smaller slots (a 2 MiB region left some none at all, 4 MiB all the largest).
+	regionSize = 64 << 20
+	tightRoom  = 3 << 20
 	// jobTimeout bounds one launch. The program takes 5-60 s on 2 cores depending on the MPI
 	// library and the machine's load; the bound only turns a hang into a failure.
 	jobTimeout = 5 * time.Minute
@@ -117,7 +118,9 @@ func TestNative(t *testing.T) {
 				job := nativeJob(m, prog)
 				job.Env = shimEnv(lib)
 				job.Args = append([]string{prog}, job.Args...)
-				job.Program = hostsWrapper(t, newRegions(t, tightRegionSize, regionSize))
+				regions := newRegions(t, regionSize, regionSize)
+				tighten(t, regions[0], tightRoom)
+				job.Program = hostsWrapper(t, regions)
 				res := check(ctx, t, "natively on 2 hosts x 2 VMs, one region tight, with the shim", job, want)
 				if res != nil && !smallSlot.MatchString(res.Stderr) {
 					t.Errorf("no rank said its collective area got a smaller slot: the tight region did not make any%s", details(res))
@@ -427,6 +430,22 @@ func newRegions(t *testing.T, sizes ...uint64) []string {
 		})
 	}
 	return paths
+}
+
+// tighten takes all of the heap of the region at path but room bytes, for a session that is not
+// the job's (the job's areas and rings see a heap that small).
+func tighten(t *testing.T, path string, room uint64) {
+	t.Helper()
+	r, err := ivshmem.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	l := r.Layout()
+	heap := uint64(l.ChunkCount) * uint64(l.ChunkSize)
+	if _, err := r.Alloc(0xf111, 0, ivshmem.AllocCollective, heap-room); err != nil {
+		t.Fatalf("take %d of the %d heap bytes of %s: %v", heap-room, heap, path, err)
+	}
 }
 
 // hostsWrapper writes a launcher script that emulates two hosts in one OS: it gives world
