@@ -232,48 +232,25 @@ func (r *Region) unlock() { a64(&r.hdr().HeapLock).Store(0) }
 // Alloc reserves size bytes of heap for slot i of session, first fit in whole chunks, and
 // returns the allocation's region offset. The memory is zeroed.
 func (r *Region) Alloc(session uint64, i uint32, kind AllocKind, size uint64) (uint64, error) {
-	offs, err := r.AllocN(session, i, kind, size, 1)
-	if err != nil {
+	if err := r.checkSlot(i); err != nil {
 		return 0, err
 	}
-	return offs[0], nil
-}
-
-// AllocN makes n allocations of size bytes like Alloc, under one hold of the allocator lock:
-// a rank's inbound rings, one hold instead of one per peer. All or none are made.
-func (r *Region) AllocN(session uint64, i uint32, kind AllocKind, size uint64, n int) ([]uint64, error) {
-	if err := r.checkSlot(i); err != nil {
-		return nil, err
-	}
 	need := r.layout.chunksFor(size)
-	if size == 0 || n < 1 || need > uint64(r.layout.ChunkCount) {
-		return nil, fmt.Errorf("%w: %d x %d bytes requested, heap is %d", ErrNoSpace, n, size, uint64(r.layout.ChunkCount)*uint64(r.layout.ChunkSize))
+	if size == 0 || need > uint64(r.layout.ChunkCount) {
+		return 0, fmt.Errorf("%w: %d bytes requested, heap is %d", ErrNoSpace, size, uint64(r.layout.ChunkCount)*uint64(r.layout.ChunkSize))
 	}
 	if err := r.lock(i); err != nil {
-		return nil, err
+		return 0, err
 	}
 	defer r.unlock()
-	offs := make([]uint64, 0, n)
-	from := uint32(0)
-	for len(offs) < n {
-		off, next, err := r.allocLocked(session, i, kind, need, from)
-		if err != nil {
-			for _, o := range offs {
-				first, length, _, _ := r.allocation(session, o)
-				r.clearChunks(first, length)
-			}
-			return nil, err
-		}
-		offs, from = append(offs, off), next
-	}
-	return offs, nil
+	return r.allocLocked(session, i, kind, need)
 }
 
-// allocLocked is one first-fit allocation of need chunks at or after chunk from; it returns the
-// offset and the chunk after it. The caller holds the lock.
-func (r *Region) allocLocked(session uint64, i uint32, kind AllocKind, need uint64, from uint32) (uint64, uint32, error) {
+// allocLocked is one first-fit allocation of need chunks; it returns its offset. The caller
+// holds the lock.
+func (r *Region) allocLocked(session uint64, i uint32, kind AllocKind, need uint64) (uint64, error) {
 	run := uint64(0)
-	for c := from; c < r.layout.ChunkCount; c++ {
+	for c := uint32(0); c < r.layout.ChunkCount; c++ {
 		if r.chunkAt(c).Owner != 0 {
 			run = 0
 			continue
@@ -289,9 +266,9 @@ func (r *Region) allocLocked(session uint64, i uint32, kind AllocKind, need uint
 		r.chunkAt(first).Length = uint32(need)
 		off := r.layout.HeapOff + uint64(first)*uint64(r.layout.ChunkSize)
 		clear(r.mem[off : off+need*uint64(r.layout.ChunkSize)])
-		return off, c + 1, nil
+		return off, nil
 	}
-	return 0, 0, fmt.Errorf("%w: no %d free contiguous chunks", ErrNoSpace, need)
+	return 0, fmt.Errorf("%w: no %d free contiguous chunks", ErrNoSpace, need)
 }
 
 // allocation validates that off starts an allocation of session and returns its first chunk

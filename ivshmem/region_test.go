@@ -281,52 +281,6 @@ func TestVMTable(t *testing.T) {
 	}
 }
 
-// TestCreateRingsAllOrNone: a receiver's rings come from one hold of the allocator lock, and a
-// batch that does not fit leaves the heap as it was.
-func TestCreateRingsAllOrNone(t *testing.T) {
-	r, _, _ := newRegion(t)
-	if err := r.ClaimSession(7); err != nil {
-		t.Fatal(err)
-	}
-	var slots []uint32
-	for k := 0; k < 4; k++ {
-		s, err := r.ClaimSlot(SlotIdentity{Session: 7, WorldRank: uint32(k)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		slots = append(slots, s)
-	}
-	rings, err := r.CreateRings(7, slots, slots[1], RingMinCapacity)
-	if err != nil || len(rings) != len(slots) {
-		t.Fatalf("CreateRings = %v, %v", rings, err)
-	}
-	for k, s := range slots {
-		back, ok, err := r.PairRing(7, s, slots[1])
-		if err != nil || !ok || back != rings[k] {
-			t.Fatalf("ring %d->%d: %+v %v %v, want %+v", s, slots[1], back, ok, err, rings[k])
-		}
-	}
-	free := func() (n int) {
-		for c := uint32(0); c < r.Layout().ChunkCount; c++ {
-			if r.chunkAt(c).Owner == 0 {
-				n++
-			}
-		}
-		return n
-	}
-	before := free()
-	huge := uint64(RingMinCapacity) // the smallest power of two of at least a quarter heap
-	for huge*4 < uint64(r.Layout().ChunkCount)*uint64(r.Layout().ChunkSize) {
-		huge *= 2
-	}
-	if _, err := r.CreateRings(7, slots, slots[2], huge); !errors.Is(err, ErrNoSpace) {
-		t.Fatalf("4 rings of a quarter heap each fit: %v", err)
-	}
-	if after := free(); after != before {
-		t.Fatalf("a failed batch left %d free chunks of %d", after, before)
-	}
-}
-
 // TestLockDeadHolder: the allocator lock is given up on only when one holder keeps it.
 func TestLockDeadHolder(t *testing.T) {
 	r, _, _ := newRegion(t)
@@ -383,11 +337,10 @@ func TestHeld(t *testing.T) {
 	}
 	chunk := uint64(r.Layout().ChunkSize)
 	ringBytes := r.Layout().chunksFor(RingHeaderSize+RingMinCapacity) * chunk
-	if _, err := r.CreateRings(7, []uint32{a, b}, b, RingMinCapacity); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := r.CreateRings(7, []uint32{a}, a, RingMinCapacity); err != nil {
-		t.Fatal(err)
+	for _, p := range [][2]uint32{{a, b}, {b, b}, {a, a}} {
+		if _, err := r.CreateRing(7, p[0], p[1], RingMinCapacity); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, err := r.Alloc(7, a, AllocCollective, 3*chunk); err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package ivshmem
 
 import (
-	"errors"
 	"fmt"
 )
 
@@ -14,59 +13,30 @@ type Ring struct {
 
 // CreateRing allocates and initialises the ring carrying messages from slot sender to slot
 // receiver (the caller), with capacity data bytes (0 = the region's ring size), and publishes
-// it in pair[sender][receiver] (RELEASE). Receivers own their inbound rings. A pair word that
-// says PairNet is an answer the sender may be acting on: it is never replaced.
+// it in pair[sender][receiver] (RELEASE). Receivers own their inbound rings. The data plane
+// makes its rings with CreateRingFit, which picks the capacity; this one takes it as given.
+// A pair word that is not 0 (a ring, or a PairNet answer the sender may be acting on) is never
+// replaced.
 func (r *Region) CreateRing(session uint64, sender, receiver uint32, capacity uint64) (Ring, error) {
-	rings, err := r.CreateRings(session, []uint32{sender}, receiver, capacity)
-	if err != nil {
+	if err := r.checkSlot(sender); err != nil {
 		return Ring{}, err
-	}
-	return rings[0], nil
-}
-
-// CreateRings is CreateRing for every sender in senders, allocated under one hold of the
-// region's allocator lock (a group of 64 ranks on 2 CPUs taking it once per pair waited
-// seconds for it). When publishing the ring of senders[k] fails, it returns the k rings
-// published before it with the error; when allocating fails, none.
-func (r *Region) CreateRings(session uint64, senders []uint32, receiver uint32, capacity uint64) ([]Ring, error) {
-	for _, s := range senders {
-		if err := r.checkSlot(s); err != nil {
-			return nil, err
-		}
 	}
 	if capacity == 0 {
 		capacity = uint64(r.layout.RingSize)
 	}
 	if !isPow2(capacity) || capacity < RingMinCapacity {
-		return nil, fmt.Errorf("create rings to %d: capacity %d not a power of two >= %d", receiver, capacity, RingMinCapacity)
+		return Ring{}, fmt.Errorf("create ring %d->%d: capacity %d not a power of two >= %d", sender, receiver, capacity, RingMinCapacity)
 	}
-	offs, err := r.AllocN(session, receiver, AllocRing, RingHeaderSize+capacity, len(senders))
+	if w := r.pairAt(sender, receiver).Load(); w != 0 {
+		return Ring{}, fmt.Errorf("create ring %d->%d: the pair word already holds %#x", sender, receiver, w)
+	}
+	off, err := r.Alloc(session, receiver, AllocRing, RingHeaderSize+capacity)
 	if err != nil {
-		return nil, fmt.Errorf("create %d rings to %d: %w", len(senders), receiver, err)
+		return Ring{}, fmt.Errorf("create ring %d->%d: %w", sender, receiver, err)
 	}
-	rings := make([]Ring, len(senders))
-	for k, sender := range senders {
-		off := offs[k]
-		r.initRing(off, session, sender, receiver, capacity)
-		if r.pairAt(sender, receiver).Load() == PairNet {
-			err := fmt.Errorf("create ring %d->%d: the pair already takes the library", sender, receiver)
-			for _, o := range offs[k:] {
-				err = errors.Join(err, r.Free(session, receiver, o))
-			}
-			return rings[:k], err
-		}
-		if old := r.pairAt(sender, receiver).Swap(off); old != 0 {
-			if err := r.Free(session, receiver, old); err != nil {
-				// Ring k is published (slot release frees it); the ones after it are not.
-				for _, o := range offs[k+1:] {
-					err = errors.Join(err, r.Free(session, receiver, o))
-				}
-				return rings[:k], fmt.Errorf("create ring %d->%d: replace stale ring: %w", sender, receiver, err)
-			}
-		}
-		rings[k] = Ring{Off: off, Capacity: capacity}
-	}
-	return rings, nil
+	r.initRing(off, session, sender, receiver, capacity)
+	r.pairAt(sender, receiver).Store(off)
+	return Ring{Off: off, Capacity: capacity}, nil
 }
 
 // initRing writes the header of a ring just allocated (zeroed) at off.
@@ -131,7 +101,7 @@ func (r *Region) CreateRingFit(session uint64, sender, receiver uint32, m int, f
 	var off uint64
 	var err error
 	for ; capacity >= RingMinCapacity; capacity /= 2 {
-		if off, _, err = r.allocLocked(session, receiver, AllocRing, l.chunksFor(RingHeaderSize+capacity), 0); err == nil {
+		if off, err = r.allocLocked(session, receiver, AllocRing, l.chunksFor(RingHeaderSize+capacity)); err == nil {
 			break
 		}
 	}

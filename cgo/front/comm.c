@@ -135,8 +135,6 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 			e->by_local[p->local] = i;
 			e->nshm++;
 		}
-		if (!p || p->rx_net)
-			e->has_net = 1;
 	}
 	e->handle = c;
 	e->rank = rank;
@@ -178,6 +176,14 @@ static int comm_agree(MPI_Comm c, int is_world)
 		ivs.next_ctx = agreed[0] + 1;
 	e->ctx = agreed[0];
 	e->p2p = e->nshm >= 2;
+	/* Which members' messages come by the library is read only now, as the record goes into the
+	 * table: the wait above ran the progress engine, which may have moved a peer's direction to
+	 * the library (pairs.c, migrate.c) and marked only the communicators already recorded. */
+	for (int i = 0; i < e->size; i++) {
+		struct ivs_peer *p = ivs.peers[e->world[i]];
+		if (!p || p->rx_net)
+			e->has_net = 1;
+	}
 	e->coll_lib = agreed[2] != 0;
 	unsigned b = bucket(c);
 	e->next = table[b];

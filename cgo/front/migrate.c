@@ -531,8 +531,9 @@ int ivs_switch_progress(void)
 	for (int i = 0; i < ivs.nlocal; i++) {
 		int w = ivs.local_world[i];
 		struct ivs_peer *p = ivs.peers[w];
-		if (IVS_UNLIKELY(p->tx_want) && !ivs.released)
-			did |= ivs_pair_tx_ready(p, 1); /* an answer the ring engine left here: NET */
+		if (IVS_UNLIKELY(!p->tx.ring) && !p->closing && (p->tx_want || p->sendq || p->nacks) && !ivs.released)
+			did |= ivs_pair_tx_ready(p, 1); /* an answer the ring engine left here: NET (also one
+			                                   the receiver gave before this rank asked) */
 		if (IVS_UNLIKELY(p->ack_blocked))
 			did |= ivs_pair_close_for_ack(p);
 		if (p->leave_seen && !p->closing && ivs_pair_tx_resolve(p))

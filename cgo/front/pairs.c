@@ -13,9 +13,9 @@
  *
  * A migration (migrate.c) closes pairs that may not have their rings yet: the receiver of a
  * direction without a ring answers NET at once (ivs_pair_rx_net) and makes no ring for it later;
- * the sender of a direction whose request is unanswered waits for the answer before it closes
- * (ivs_pair_tx_resolve), since its queued messages must go in first wherever the answer sends
- * them. */
+ * the sender of a direction without a mapped ring waits for the answer before it closes
+ * (ivs_pair_tx_resolve): its queued messages must go in first wherever the answer sends them,
+ * and a ring the receiver made needs the MARK. tests/model/firstuse.pml checks this. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -161,11 +161,13 @@ int ivs_pair_tx_ready(struct ivs_peer *p, int lib_ok)
 }
 
 /* At a migration's close of the direction to p (migrate.c): 1 once the direction may close, its
- * request (if any) answered: with a ring, which then takes the queue and the MARK, or with NET,
- * after which the direction already is on the library. */
+ * pair word answered: with a ring, which then takes the queue and the MARK, or with NET, after
+ * which the direction already is on the library. Asked or not: the receiver may have made the
+ * ring unasked (ivs_pair_ack_ready) and then waits for the MARK; without a ring it answers NET
+ * when it sees the flag itself (tests/model/firstuse.pml). */
 int ivs_pair_tx_resolve(struct ivs_peer *p)
 {
-	if (p->tx.ring || !p->tx_want)
+	if (p->tx.ring || p->tx_net)
 		return 1;
 	ivs_pair_tx_ready(p, 1);
 	return p->tx.ring || p->tx_net;

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -63,6 +64,10 @@ const (
 // ErrTimeout is wrapped by Run's error when the job's last attempt ran out of time.
 var ErrTimeout = errors.New("MPI job timed out")
 
+// ErrFinishGrace wraps ErrTimeout for an attempt killed FinishGrace after Finished said its ranks
+// had done their work: a hang in MPI_Finalize (MPICH + UCX over TCP has one, EMULATION.md).
+var ErrFinishGrace = fmt.Errorf("%w: still running after its ranks finished their work", ErrTimeout)
+
 // DefaultTimeout bounds a job attempt when Job.Timeout is zero.
 const DefaultTimeout = 2 * time.Minute
 
@@ -99,6 +104,9 @@ type Job struct {
 	// (ErrTimeout): MPICH + UCX over TCP sometimes hangs in MPI_Finalize after the work.
 	Finished    func(stdout string) bool
 	FinishGrace time.Duration
+	// Placement, when set, runs the ranks there instead of in VMs of a cluster (real guests
+	// the caller set up); VMs must then be empty.
+	Placement *Placement
 }
 
 // Result is what Run saw of a job's last attempt.
@@ -155,10 +163,34 @@ func (job Job) Argv() ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if job.MPI == OpenMPI {
-		return job.openMPIArgv(c), nil
+	p := job.Placement // set: ranks in real guests (c is nil)
+	if c != nil {
+		p = &Placement{Agent: c.Agent, Subnet: c.Subnet, Local: c.BridgeAddr, Hosts: job.hostList(), Size: job.size()}
 	}
-	return job.mpichArgv(c), nil
+	return job.LauncherArgv(p), nil
+}
+
+// Placement is where a job's ranks run, for the launcher's command line: Agent starts the
+// launcher's daemons on the hosts (an ssh stand-in), the library's traffic stays in Subnet,
+// where this machine is Local; Hosts are address:slots, Size ranks in all; WorkDir is the
+// ranks' working directory ("": the launcher's default).
+type Placement struct {
+	Agent   string
+	Subnet  netip.Prefix
+	Local   netip.Addr
+	Hosts   string
+	Size    int
+	WorkDir string
+}
+
+// LauncherArgv is the mpirun (Open MPI) or mpiexec (MPICH) command line that runs job on p, or
+// natively in this OS (job.Ranks ranks) when p is nil. Only MPI, Transport, Program, Args, Env
+// and, natively, Ranks are used.
+func (job *Job) LauncherArgv(p *Placement) []string {
+	if job.MPI == OpenMPI {
+		return job.openMPIArgv(p)
+	}
+	return job.mpichArgv(p)
 }
 
 // cluster checks the job, sets defaults and returns the cluster of its VMs, nil for a native
@@ -169,6 +201,12 @@ func (job *Job) cluster() (*Cluster, error) {
 	}
 	if job.Program == "" {
 		return nil, fmt.Errorf("run %s job: no program", job.MPI)
+	}
+	if job.Placement != nil {
+		if len(job.VMs) != 0 || job.Placement.Size < 1 {
+			return nil, fmt.Errorf("run %s job %s: placed on %d ranks and given %d VMs", job.MPI, job.Program, job.Placement.Size, len(job.VMs))
+		}
+		return nil, nil
 	}
 	if len(job.VMs) == 0 {
 		if job.Ranks < 1 {
@@ -250,8 +288,8 @@ func (job *Job) attempt(ctx context.Context, c *Cluster, argv []string, res *Res
 		return fmt.Errorf("%s job %s (%s): %w", job.MPI, job.Program, marker, context.Cause(ctx))
 	}
 	if err != nil && graceOver.Load() {
-		return fmt.Errorf("%s job %s (%s): %w: still running %v after its ranks finished their work", job.MPI, job.Program,
-			marker, ErrTimeout, cmp.Or(job.FinishGrace, 20*time.Second))
+		return fmt.Errorf("%s job %s (%s): %w (grace %v)", job.MPI, job.Program, marker, ErrFinishGrace,
+			cmp.Or(job.FinishGrace, 20*time.Second))
 	}
 	if err != nil && errors.Is(actx.Err(), context.DeadlineExceeded) {
 		return fmt.Errorf("%s job %s (%s): %w after %v", job.MPI, job.Program, marker, ErrTimeout, job.Timeout)
@@ -328,11 +366,11 @@ func (job *Job) envKeys() []string {
 }
 
 // openMPIArgv is the mpirun command line.
-func (job *Job) openMPIArgv(c *Cluster) []string {
+func (job *Job) openMPIArgv(p *Placement) []string {
 	argv := []string{"mpirun.openmpi", "--allow-run-as-root", "--oversubscribe"}
 	// Each VM's daemon would bind its first rank to core 0, and ranks beyond the cores must yield
 	// to each other; a native job that fits keeps Open MPI's defaults, the baseline to beat.
-	if c != nil || job.Ranks > runtime.NumCPU() {
+	if p != nil || job.Ranks > runtime.NumCPU() {
 		argv = append(argv, "--bind-to", "none", "--mca", "mpi_yield_when_idle", "1")
 	}
 	switch job.Transport {
@@ -344,33 +382,39 @@ func (job *Job) openMPIArgv(c *Cluster) []string {
 	for _, k := range job.envKeys() {
 		argv = append(argv, "-x", k+"="+job.Env[k])
 	}
-	if c == nil {
+	if p == nil {
 		if job.Transport == TCP {
 			argv = append(argv, "--mca", "btl_tcp_if_include", "lo", "--mca", "oob_tcp_if_include", "lo")
 		}
 		argv = append(argv, "-np", strconv.Itoa(job.Ranks))
 	} else {
-		subnet := c.Subnet.String()
-		argv = append(argv, "--mca", "plm_rsh_agent", c.Agent, "--mca", "plm_rsh_no_tree_spawn", "1",
+		subnet := p.Subnet.String()
+		argv = append(argv, "--mca", "plm_rsh_agent", p.Agent, "--mca", "plm_rsh_no_tree_spawn", "1",
 			"--mca", "oob_tcp_if_include", subnet, "--mca", "btl_tcp_if_include", subnet,
-			"--host", job.hostList(), "-np", strconv.Itoa(job.size()))
+			"--host", p.Hosts, "-np", strconv.Itoa(p.Size))
+		if p.WorkDir != "" {
+			argv = append(argv, "--wdir", p.WorkDir)
+		}
 	}
 	return append(append(argv, job.Program), job.Args...)
 }
 
 // mpichArgv is the mpiexec command line.
-func (job *Job) mpichArgv(c *Cluster) []string {
+func (job *Job) mpichArgv(p *Placement) []string {
 	argv := []string{"mpiexec.mpich"}
-	if c == nil {
+	if p == nil {
 		argv = append(argv, "-n", strconv.Itoa(job.Ranks))
 	} else {
-		argv = append(argv, "-launcher", "ssh", "-launcher-exec", c.Agent, "-localhost", c.BridgeAddr.String(),
-			"-hosts", job.hostList(), "-n", strconv.Itoa(job.size()))
+		argv = append(argv, "-launcher", "ssh", "-launcher-exec", p.Agent, "-localhost", p.Local.String(),
+			"-hosts", p.Hosts, "-n", strconv.Itoa(p.Size))
+		if p.WorkDir != "" {
+			argv = append(argv, "-wdir", p.WorkDir)
+		}
 	}
 	switch job.Transport {
 	case TCP:
 		argv = append(argv, "-genv", "MPIR_CVAR_NOLOCAL", "1", "-genv", "UCX_TLS", "tcp,self")
-		if c == nil {
+		if p == nil {
 			argv = append(argv, "-genv", "UCX_NET_DEVICES", "lo")
 		}
 	case SharedMemory:

@@ -2,13 +2,12 @@ package conformance
 
 import (
 	"context"
+	"errors"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -119,51 +118,17 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job) (*clus
 // launch runs job once. If the job is still running finalizeGrace after its summary line
 // appeared, it is killed and killed is true.
 func launch(ctx context.Context, job cluster.Job) (res *cluster.Result, killed bool, err error) {
-	actx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w := &reportWatch{kill: cancel}
-	defer w.stop()
-	job.Stdout = w
-	res, err = cluster.Run(actx, job)
-	return res, w.killed.Load(), err
-}
-
-// reportWatch receives a job's standard output and kills the job (kill) finalizeGrace after the
-// program's summary line.
-type reportWatch struct {
-	kill   context.CancelFunc
-	killed atomic.Bool
-
-	mu    sync.Mutex
-	buf   []byte
-	timer *time.Timer
-}
-
-func (w *reportWatch) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.timer != nil {
-		return len(p), nil
-	}
-	w.buf = append(w.buf, p...)
-	for _, l := range strings.Split(string(w.buf), "\n") {
-		if summaryLine.MatchString(strings.TrimRight(l, "\r ")) {
-			w.timer = time.AfterFunc(finalizeGrace, func() {
-				w.killed.Store(true)
-				w.kill()
-			})
-			break
+	job.Finished = func(stdout string) bool {
+		for _, l := range strings.Split(stdout, "\n") {
+			if summaryLine.MatchString(strings.TrimRight(l, "\r ")) {
+				return true
+			}
 		}
+		return false
 	}
-	return len(p), nil
-}
-
-func (w *reportWatch) stop() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.timer != nil {
-		w.timer.Stop()
-	}
+	job.FinishGrace = finalizeGrace
+	res, err = cluster.Run(ctx, job)
+	return res, errors.Is(err, cluster.ErrFinishGrace), err
 }
 
 // finalizing says whether a job was in MPI_Finalize proper: the report complete (every rank

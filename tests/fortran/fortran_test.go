@@ -3,14 +3,13 @@ package fortran
 import (
 	"context"
 	"debug/elf"
+	"errors"
 	"fmt"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -168,13 +167,10 @@ func checkIndices(t *testing.T, m cluster.MPI, b binding, plain, shim string) {
 // of MPI_Finalize is done).
 func run(ctx context.Context, t *testing.T, what string, job cluster.Job) (*cluster.Result, bool) {
 	t.Helper()
-	actx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w := &reportWatch{kill: cancel}
-	defer w.stop()
-	job.Stdout = w
-	res, err := cluster.Run(actx, job)
-	if err != nil && w.killed.Load() && ctx.Err() == nil {
+	job.Finished = func(stdout string) bool { return summaryLine.MatchString(report(stdout)[0]) }
+	job.FinishGrace = finalizeGrace
+	res, err := cluster.Run(ctx, job)
+	if errors.Is(err, cluster.ErrFinishGrace) {
 		stats, serr := res.ShimStats()
 		_, shim := job.Env["LD_PRELOAD"]
 		if job.MPI != cluster.MPICH || (shim && (serr != nil || len(stats) != len(job.VMs))) {
@@ -194,39 +190,6 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job) (*clus
 		return res, false
 	}
 	return res, true
-}
-
-// reportWatch receives a job's standard output and calls kill finalizeGrace after the summary.
-type reportWatch struct {
-	kill   context.CancelFunc
-	killed atomic.Bool
-
-	mu    sync.Mutex
-	buf   strings.Builder
-	timer *time.Timer
-}
-
-func (w *reportWatch) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.timer == nil {
-		w.buf.Write(p)
-		for _, l := range strings.Split(w.buf.String(), "\n") {
-			if summaryLine.MatchString(strings.TrimSpace(l)) {
-				w.timer = time.AfterFunc(finalizeGrace, func() { w.killed.Store(true); w.kill() })
-				break
-			}
-		}
-	}
-	return len(p), nil
-}
-
-func (w *reportWatch) stop() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.timer != nil {
-		w.timer.Stop()
-	}
 }
 
 // report returns the program's lines of standard output (not the shim's "ivshim:" ones), at

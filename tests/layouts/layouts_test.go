@@ -24,6 +24,7 @@ package layouts
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math/rand/v2"
@@ -34,7 +35,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -307,17 +307,13 @@ func clean(rep string, ranks int) bool {
 func run(ctx context.Context, t *testing.T, what string, job cluster.Job, l layout, shim bool) (*cluster.Result, bool) {
 	t.Helper()
 	prog := filepath.Base(job.Args[0])
-	jctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w := &watch{prog: prog, kill: cancel}
 	if l.mpi == cluster.MPICH {
-		w.grace = finalizeGrace * time.Duration(max(1, (l.ranks()+7)/8))
+		job.Finished = func(stdout string) bool { return complete(stdout, prog) }
+		job.FinishGrace = finalizeGrace * time.Duration(max(1, (l.ranks()+7)/8))
 	}
-	job.Stdout = w
-	res, err := cluster.Run(jctx, job)
-	w.stop()
-	if err != nil && w.fired() {
-		t.Logf("%s: %s did not exit %v after its complete report (MPI_Finalize hang): killed, report accepted", what, prog, w.grace)
+	res, err := cluster.Run(ctx, job)
+	if errors.Is(err, cluster.ErrFinishGrace) {
+		t.Logf("%s: %s did not exit %v after its complete report (MPI_Finalize hang): killed, report accepted", what, prog, job.FinishGrace)
 		err = nil
 	}
 	if err != nil {
@@ -329,45 +325,6 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job, l layo
 		return res, false
 	}
 	return res, true
-}
-
-type watch struct {
-	prog  string
-	grace time.Duration // how long after the complete report the job may take to exit (0: no limit)
-	kill  context.CancelFunc
-	mu    sync.Mutex
-	buf   strings.Builder
-	timer *time.Timer
-	did   bool
-}
-
-func (w *watch) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf.Write(p)
-	if w.timer == nil && w.grace > 0 && complete(w.buf.String(), w.prog) {
-		w.timer = time.AfterFunc(w.grace, func() {
-			w.mu.Lock()
-			w.did = true
-			w.mu.Unlock()
-			w.kill()
-		})
-	}
-	return len(p), nil
-}
-
-func (w *watch) stop() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.timer != nil {
-		w.timer.Stop()
-	}
-}
-
-func (w *watch) fired() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.did
 }
 
 // report is the program's standard output without the shim's lines and blank lines.

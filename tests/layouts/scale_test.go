@@ -97,7 +97,8 @@ func fallbackLines(stderr string) string {
 	seen := map[string]bool{}
 	var out []string
 	for _, l := range strings.Split(stderr, "\n") {
-		if !strings.Contains(l, "pass-through") && !strings.Contains(l, "use the MPI library") && !strings.Contains(l, "no collective area") {
+		if !strings.Contains(l, "pass-through") && !strings.Contains(l, "use the MPI library") && !strings.Contains(l, "no collective area") &&
+			!strings.Contains(l, "take the MPI library") {
 			continue
 		}
 		key := rankNumber.ReplaceAllString(l, "rank N")

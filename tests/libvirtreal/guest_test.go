@@ -17,9 +17,9 @@ import (
 var xzMagic = []byte("\xfd7zXZ\x00")
 
 // guestKernel returns the kernel to boot: the last /boot/vmlinuz-* in name order, uncompressed
-// into dir as an ELF vmlinux when it is xz-compressed, else the bzImage itself. It skips the
-// test when there is no kernel.
-func guestKernel(ctx context.Context, t *testing.T, dir string) string {
+// into dir as an ELF vmlinux when it is xz-compressed, else the bzImage itself; and its version
+// (the modules' directory under /lib/modules). It skips the test when there is no kernel.
+func guestKernel(ctx context.Context, t *testing.T, dir string) (path, version string) {
 	t.Helper()
 	images, err := filepath.Glob("/boot/vmlinuz-*")
 	if err != nil || len(images) == 0 {
@@ -27,6 +27,7 @@ func guestKernel(ctx context.Context, t *testing.T, dir string) string {
 	}
 	sort.Strings(images)
 	bzImage := images[len(images)-1]
+	version = strings.TrimPrefix(filepath.Base(bzImage), "vmlinuz-")
 	b, err := os.ReadFile(bzImage)
 	if err != nil {
 		t.Fatalf("guest kernel: %v", err)
@@ -34,7 +35,7 @@ func guestKernel(ctx context.Context, t *testing.T, dir string) string {
 	off := bytes.Index(b, xzMagic)
 	if off < 0 {
 		t.Logf("%s has no xz payload: booting it as it is", bzImage)
-		return bzImage
+		return bzImage, version
 	}
 	vmlinux := filepath.Join(dir, "vmlinux")
 	out, err := os.Create(vmlinux)
@@ -53,7 +54,7 @@ func guestKernel(ctx context.Context, t *testing.T, dir string) string {
 	if _, err := out.ReadAt(head, 0); err != nil || string(head) != "\x7fELF" {
 		t.Fatalf("uncompress %s: the payload is not an ELF kernel (%q, %v)", bzImage, head, err)
 	}
-	return vmlinux
+	return vmlinux, version
 }
 
 // cpioFile is one entry of a newc cpio archive.

@@ -161,11 +161,12 @@ func newGuest(ctx context.Context, t *testing.T, dir, kind string) guest {
 	t.Helper()
 	random := randomBytes(t)
 	id := hex.EncodeToString(random[:4])
+	kernel, _ := guestKernel(ctx, t, dir)
 	return guest{
 		name:   "ivshim-" + kind + "-vm-" + id,
 		uuid:   hypervisor.UUID(randomBytes(t)).String(),
 		job:    kind + "-" + id,
-		kernel: guestKernel(ctx, t, dir),
+		kernel: kernel,
 		initrd: filepath.Join(dir, "initramfs.cpio"),
 		tty:    filepath.Join(dir, "console.log"),
 	}

@@ -5,10 +5,13 @@ import (
 	"context"
 	"debug/elf"
 	"encoding/hex"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,7 +93,7 @@ func TestLibvirtMPIJob(t *testing.T) {
 
 	random := randomBytes(t)
 	job := "mpijob-" + hex.EncodeToString(random[:4])
-	kernel := guestKernel(ctx, t, dir)
+	kernel, version := guestKernel(ctx, t, dir)
 	var guests []*mpiGuest
 	for i, h := range []*host{a, a, b} {
 		name := fmt.Sprintf("g%d", i)
@@ -141,7 +144,7 @@ func TestLibvirtMPIJob(t *testing.T) {
 		}
 		extra = append(extra, shims[m])
 	}
-	buildMPIInitramfs(ctx, t, dir, guests[0].initrd, kernel, guests, extra)
+	buildMPIInitramfs(ctx, t, dir, guests[0].initrd, version, guests, extra)
 	startHostBrokers(ctx, t, dir, mpiRegionSize, a, b)
 	conns := map[*host]*lv.Connect{}
 	for _, h := range []*host{a, b} {
@@ -257,7 +260,7 @@ func TestLibvirtMPIJob(t *testing.T) {
 		stderr := outputFile(t, "stderr")
 		go func() {
 			o := outcome{}
-			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr, soak, "12")
+			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr.f, soak, "12")
 			ended <- o
 		}()
 		if !poll(ctx, mpiJobTimeout, func() bool { return strings.Contains(stderr.String(), "ivshim: init ") }) {
@@ -480,11 +483,10 @@ type guestJob struct {
 // run runs prog with IVSHIM_VERBOSE=1 and returns its standard output and error; a failure or
 // a timeout fails the test. done says whether the output is complete: MPICH 4.0 with UCX over
 // TCP may hang in MPI_Finalize (EMULATION.md, also without the shim), so an MPICH job still
-// running finalizeGrace after its output was complete (and, with the shim, every rank printed
-// its stats at MPI_Finalize) is ended, logged, and taken as done.
+// running finalizeGrace after its output was complete is ended, logged, and taken as done.
 func (j guestJob) run(ctx context.Context, t *testing.T, done func(stdout string) bool, prog string, args ...string) (string, string) {
 	t.Helper()
-	stdout, stderr, hung, err := j.exec(ctx, t, done, outputFile(t, "stderr"), prog, args...)
+	stdout, stderr, hung, err := j.exec(ctx, t, done, outputFile(t, "stderr").f, prog, args...)
 	if hung {
 		t.Logf("MPICH hung in MPI_Finalize %v after the program's output was complete (known MPICH+UCX problem over TCP): ended", finalizeGrace)
 	} else if err != nil {
@@ -494,83 +496,45 @@ func (j guestJob) run(ctx context.Context, t *testing.T, done func(stdout string
 }
 
 // exec is run without failing the test (it may run in a goroutine): the job's error says what
-// went wrong; its standard error goes to stderr as it comes.
-func (j guestJob) exec(ctx context.Context, t *testing.T, done func(stdout string) bool, stderr jobOutput, prog string, args ...string) (string, string, bool, error) {
-	gw := net.IPv4(j.subnet.IP[0], j.subnet.IP[1], j.subnet.IP[2], 1).String()
-	env := [][2]string{{"IVSHIM_VERBOSE", fmt.Sprint(max(j.verbose, 1))}}
-	if !j.noShim {
-		env = append(env, [2]string{"LD_PRELOAD", j.shim})
-	}
-	var argv []string
-	switch j.mpi {
-	case cluster.OpenMPI:
-		argv = []string{"mpirun.openmpi", "--allow-run-as-root", "--bind-to", "none", "--mca", "mpi_yield_when_idle", "1",
-			"--mca", "plm_rsh_agent", j.agent, "--mca", "plm_rsh_no_tree_spawn", "1",
-			"--mca", "oob_tcp_if_include", j.subnet.String(), "--mca", "btl_tcp_if_include", j.subnet.String(),
-			"--host", strings.Join(j.hosts, ","), "-np", fmt.Sprint(len(j.hosts)), "--wdir", "/home/mpi"}
-		for _, e := range env {
-			argv = append(argv, "-x", e[0]+"="+e[1])
-		}
-	case cluster.MPICH:
-		argv = []string{"mpiexec.mpich", "-launcher", "ssh", "-launcher-exec", j.agent, "-localhost", gw,
-			"-hosts", strings.Join(j.hosts, ","), "-n", fmt.Sprint(len(j.hosts)), "-wdir", "/home/mpi", "-genv", "UCX_TLS", "tcp,self"}
-		for _, e := range env {
-			argv = append(argv, "-genv", e[0], e[1])
-		}
-	}
-	argv = append(append(argv, prog), args...)
-	limit := mpiJobTimeout
-	if *guestFull {
-		limit = 3 * mpiJobTimeout // all of coll_check --quick on MPICH, which spin-waits
-	}
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Dir = os.TempDir()
-	// The output goes to files, which the loop below reads while the job runs.
-	stdout := outputFile(t, "stdout")
-	cmd.Stdout, cmd.Stderr = stdout.f, stderr.f
-	cmd.WaitDelay = 5 * time.Second
-	begin := time.Now()
-	if err := cmd.Start(); err != nil {
+// went wrong; its standard error goes to stderr as it comes. The launcher runs on this machine
+// and starts its daemons in the guests through the agent (tests/cluster's command line, placed
+// on the guests).
+func (j guestJob) exec(ctx context.Context, t *testing.T, done func(stdout string) bool, stderr io.Writer, prog string, args ...string) (string, string, bool, error) {
+	subnet, err := netip.ParsePrefix(j.subnet.String())
+	if err != nil {
 		return "", "", false, err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	var err error
-	hung := false
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	var complete time.Time
-wait:
-	for {
-		select {
-		case err = <-exited:
-			break wait
-		case <-tick.C:
-			finished := done(stdout.String()) && (j.noShim || strings.Count(stderr.String(), "ivshim: stats ") == len(j.hosts))
-			if j.mpi != cluster.MPICH || !finished {
-				continue
-			}
-			if complete.IsZero() {
-				complete = time.Now()
-			} else if time.Since(complete) > finalizeGrace {
-				cmd.Process.Kill()
-				<-exited
-				hung = true
-				break wait
-			}
-		}
+	gw, _ := netip.AddrFromSlice(net.IPv4(j.subnet.IP[0], j.subnet.IP[1], j.subnet.IP[2], 1).To4())
+	job := cluster.Job{MPI: j.mpi, Transport: cluster.TCP, Program: prog, Args: args, Timeout: mpiJobTimeout,
+		Env:    map[string]string{"IVSHIM_VERBOSE": fmt.Sprint(max(j.verbose, 1))},
+		Stderr: stderr, Finished: done, FinishGrace: finalizeGrace,
+		Placement: &cluster.Placement{Agent: j.agent, Subnet: subnet, Local: gw, Hosts: strings.Join(j.hosts, ","),
+			Size: len(j.hosts), WorkDir: "/home/mpi"}}
+	if !j.noShim {
+		job.Env["LD_PRELOAD"] = j.shim
 	}
-	t.Logf("%s: %v in %v", strings.Join(argv, " "), err, time.Since(begin).Round(time.Millisecond))
-	out, errOut := stdout.String(), stderr.String()
-	if !hung && (err != nil || !done(out)) {
-		return out, errOut, false, fmt.Errorf("job failed: %v\nstdout:\n%s\nstderr:\n%s", err, out, errOut)
+	if *guestFull {
+		job.Timeout = 3 * mpiJobTimeout // all of coll_check --quick on MPICH, which spin-waits
 	}
-	return out, errOut, hung, nil
+	res, err := cluster.Run(ctx, job)
+	if res == nil {
+		return "", "", false, err
+	}
+	t.Logf("%s: %v in %v", strings.Join(res.Argv, " "), err, res.Elapsed.Round(time.Millisecond))
+	if j.mpi == cluster.MPICH && errors.Is(err, cluster.ErrFinishGrace) {
+		return res.Stdout, res.Stderr, true, nil
+	}
+	if err == nil && !done(res.Stdout) {
+		err = errors.New("incomplete output")
+	}
+	if err != nil {
+		return res.Stdout, res.Stderr, false, fmt.Errorf("job failed: %v\nstdout:\n%s\nstderr:\n%s", err, res.Stdout, res.Stderr)
+	}
+	return res.Stdout, res.Stderr, false, nil
 }
 
-// jobOutput is a file that receives a job's standard output or error.
+// jobOutput is a file that receives a job's standard error, which the test may read while the
+// job runs.
 type jobOutput struct{ f *os.File }
 
 func outputFile(t *testing.T, name string) jobOutput {
@@ -618,7 +582,7 @@ func checkGuestShimReport(t *testing.T, stderr string) {
 // the NIC's kernel modules, both MPI families with everything they load, the files in extra
 // (the shim, the test programs) at their paths on this machine, and /etc files for the user
 // "mpi" (group "ivshim" for the BARs) and the guests' names.
-func buildMPIInitramfs(ctx context.Context, t *testing.T, dir, path, kernel string, guests []*mpiGuest, extra []string) {
+func buildMPIInitramfs(ctx context.Context, t *testing.T, dir, path, version string, guests []*mpiGuest, extra []string) {
 	t.Helper()
 	bin := goBuild(ctx, t, filepath.Join(dir, "guestinit"), "ivshim.dev/ivshim/tests/libvirtreal/guestinit", "CGO_ENABLED=0")
 	init, err := os.ReadFile(bin)
@@ -652,12 +616,6 @@ func buildMPIInitramfs(ctx context.Context, t *testing.T, dir, path, kernel stri
 	}
 	files.addPath(t, busybox)
 	files.add(cpioFile{name: "bin/sh", mode: cpioLink | 0o777, data: []byte(busybox)})
-	version := strings.TrimPrefix(filepath.Base(kernel), "vmlinuz-")
-	if filepath.Base(kernel) == "vmlinux" { // uncompressed from the last /boot/vmlinuz-*
-		images, _ := filepath.Glob("/boot/vmlinuz-*")
-		sort.Strings(images)
-		version = strings.TrimPrefix(filepath.Base(images[len(images)-1]), "vmlinuz-")
-	}
 	mods := moduleOrder(t, version, guestModules)
 	for _, m := range mods {
 		files.addPath(t, m)

@@ -2,22 +2,25 @@
  * Rings on first use (cgo/front/pairs.c), one direction S -> R of a pair, with a migration that
  * may flag the pair's VM leaving at any moment (migrate.c's close):
  *   S: its messages wait in its queue until the direction has an answer. It asks once, with its
- *      first queued message (the bit in R's ring_wanted). Answer RING: the queue goes into the ring. Answer NET: the queue goes
- *      by the library, in order, then every later message. At the flag: a direction with its
- *      ring closes (later messages by the library at once, the queue into the ring, then a
- *      MARK); one that never asked takes the library at once (its queue is empty); one that
- *      asked and has no answer yet closes only once it has one (DEFER).
+ *      first queued message (the bit in R's ring_wanted). Answer RING: the queue goes into the
+ *      ring. Answer NET: the queue goes by the library, in order, then every later message. At
+ *      the flag: a direction with its ring closes (later messages by the library at once, the
+ *      queue into the ring, then a MARK); one without closes only once it has an answer (DEFER),
+ *      asked or not, since R may have made the ring unasked.
  *   R: answers the request with a ring or, when the heap is full, NET (either may happen),
- *      unless it has seen the flag; at the flag, a direction without a ring gets NET and R reads
+ *      unless it has seen the flag; it may also answer before S asks (it makes the ring it needs
+ *      for the ACKs of its own synchronous sends); at the flag, a direction without a ring gets
+ *      NET and R reads
  *      the library from then on; with a ring, R reads it up to the MARK first. R matches library
  *      messages only in library mode (the shim parks earlier ones).
  * The pair word is R's alone: 0 -> RING or 0 -> NET, once.
  *
  * Checked exhaustively: every message arrives exactly once and in send order, nobody waits
  * forever, nothing is left in a ring or the library at the end. Broken variants that must fail:
- * NO_DEFER (S closes at the flag while its request is unanswered: later messages take the
- * library while the queue may still go there after them), NO_NET_AT_LEAVE (R switches to the
- * library at the flag without answering: a waiting S never learns).
+ * NO_DEFER (S closes at the flag before it has an answer: its later messages take the library
+ * while its queue may still go there after them, or R waits for the MARK in a ring it made
+ * unasked), NO_NET_AT_LEAVE (R switches to the library at the flag without answering: a waiting
+ * S never learns).
  */
 
 #ifndef N
@@ -73,8 +76,9 @@ active proctype S()
 		closing = true
 #else
 		if
-		:: mode == RING || !asked -> closing = true
-		:: else /* asked, no answer acted on yet: close once there is one */
+		:: mode == RING -> closing = true
+		:: else /* no answer acted on yet, asked or not (R may have made a ring unasked): close
+		           once there is one; R gives one at its own flag if it has not */
 		fi
 #endif
 	   }
@@ -95,6 +99,11 @@ active proctype R()
 		if
 		:: pair = RING
 		:: pair = NET; mode = NET /* no room */
+		fi }
+	:: atomic { !seen && pair == NONE -> /* unasked: R makes the ring it needs for the ACKs of */
+		if                                /* its own synchronous sends to S (pairs.c) */
+		:: pair = RING
+		:: pair = NET; mode = NET
 		fi }
 	:: atomic { flag && !seen -> seen = true;
 		if

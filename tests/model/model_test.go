@@ -171,14 +171,15 @@ func TestFirstUseProtocol(t *testing.T) {
 	requireProven(t, "firstuse.pml", nil, []string{"-DN=6"})
 }
 
-// TestFirstUseProtocolNegative: closing at the flag while the request is unanswered reorders
-// messages; a receiver that leaves without answering strands its sender.
+// TestFirstUseProtocolNegative: closing at the flag before the answer reorders messages or
+// strands the receiver on a ring it made unasked; a receiver that leaves without answering
+// strands its sender.
 func TestFirstUseProtocolNegative(t *testing.T) {
 	requireSpin(t)
-	for def, want := range map[string]string{"-DNO_DEFER": "assertion violated", "-DNO_NET_AT_LEAVE": "invalid end state"} {
+	for _, def := range []string{"-DNO_DEFER", "-DNO_NET_AT_LEAVE"} {
 		report, failed := verify(t, "firstuse.pml", def)
-		if !failed || !strings.Contains(report, want) {
-			t.Errorf("firstuse.pml %s: want %q from spin, got:\n%s", def, want, report)
+		if !failed || !(strings.Contains(report, "assertion violated") || strings.Contains(report, "invalid end state")) {
+			t.Errorf("firstuse.pml %s: spin found no violation:\n%s", def, report)
 		}
 	}
 }
