@@ -139,11 +139,10 @@ int ivs_pair_tx_ready(struct ivs_peer *p, int lib_ok)
 {
 	if (p->tx.ring)
 		return 1;
-	uint64_t v = __atomic_load_n(pair_word(ivs.self_slot, p->slot), __ATOMIC_ACQUIRE);
+	uint64_t v = ivs_pair_read(pair_word(ivs.self_slot, p->slot));
 	if (v == 0) {
 		if (!p->tx_want && !p->closing) { /* a closing direction without a ring gets none */
-			uint64_t *bits = ivs.slots[p->slot].ring_wanted;
-			__atomic_fetch_or(&bits[ivs.self_slot / 64], 1ull << (ivs.self_slot % 64), __ATOMIC_RELEASE);
+			ivs_want_ask(ivs.slots[p->slot].ring_wanted, ivs.self_slot);
 			p->tx_want = 1;
 		}
 		return 0;
@@ -245,7 +244,7 @@ int ivs_pair_close_for_ack(struct ivs_peer *p)
  * from now on (migrate.c's on_mark does the switch of posted receives). */
 void ivs_pair_rx_net(struct ivs_peer *p)
 {
-	__atomic_store_n(pair_word(p->slot, ivs.self_slot), (uint64_t)IVSHIM_PAIR_NET, __ATOMIC_RELEASE);
+	ivs_pair_answer(pair_word(p->slot, ivs.self_slot), IVSHIM_PAIR_NET);
 	p->rx_mark = 1;
 	ivs.switching = 1;
 }
@@ -282,9 +281,7 @@ int ivs_pair_serve(void)
 	uint64_t *bits = ivs.slots[ivs.self_slot].ring_wanted;
 	int did = 0;
 	for (uint32_t k = 0; k < (ivs.nslots + 63) / 64; k++) {
-		if (IVS_LIKELY(!__atomic_load_n(&bits[k], __ATOMIC_RELAXED)))
-			continue;
-		for (uint64_t v = __atomic_exchange_n(&bits[k], 0, __ATOMIC_ACQUIRE); v; v &= v - 1) {
+		for (uint64_t v = ivs_want_take(bits, k); v; v &= v - 1) {
 			uint32_t s = k * 64 + (uint32_t)__builtin_ctzll(v);
 			int w = s < ivs.nslots ? slot_world[s] : -1;
 			struct ivs_peer *p = w >= 0 ? ivs.peers[w] : NULL;

@@ -218,4 +218,34 @@ static inline void ivs_rx_consume(struct ivs_rx *x, uint32_t len)
 	__atomic_store_n(&x->ring->head, x->pos, __ATOMIC_RELEASE);
 }
 
+/* Rings on first use (ivshim_region.h, "Pair words"; the protocol is cgo/front/pairs.c's).
+ * A sender asks the receiver for the ring by setting its own slot's bit in the receiver's
+ * ring_wanted words; the receiver takes a word's bits at once and answers each sender in the
+ * pair word, after which the sender reads the answer. The words are shared with every other VM
+ * of the job: the receiver checks each bit it takes against its own peers. */
+static inline void ivs_want_ask(uint64_t *wanted, uint32_t sender)
+{
+	__atomic_fetch_or(&wanted[sender / 64], 1ull << (sender % 64), __ATOMIC_RELEASE);
+}
+
+/* The bits of word k set since the last take, now cleared: 0 (one load) when there are none. */
+static inline uint64_t ivs_want_take(uint64_t *wanted, uint32_t k)
+{
+	if (__atomic_load_n(&wanted[k], __ATOMIC_RELAXED) == 0)
+		return 0;
+	return __atomic_exchange_n(&wanted[k], 0, __ATOMIC_ACQUIRE);
+}
+
+/* The receiver's answer, once: a ring's offset (its header written before) or IVSHIM_PAIR_NET. */
+static inline void ivs_pair_answer(uint64_t *word, uint64_t answer)
+{
+	__atomic_store_n(word, answer, __ATOMIC_RELEASE);
+}
+
+/* The sender's read of the answer: 0 while there is none. */
+static inline uint64_t ivs_pair_read(const uint64_t *word)
+{
+	return __atomic_load_n(word, __ATOMIC_ACQUIRE);
+}
+
 #endif

@@ -3,12 +3,13 @@
 // cunit_test.go compiles this file with gcc; the constraint keeps cgo away from it.
 
 /*
- * Plain-C tests of the pair ring (cgo/front/ring.h): no MPI, no region, no root. A ring here is
+ * Plain-C tests of the pair ring and of the asks for rings made on first use (cgo/front/ring.h):
+ * no MPI, no region, no root. A ring here is
  * a zeroed, 64-byte aligned heap block laid out like a ring allocation in a region.
  *
  * Usage: ring_test [soak-seconds [test...]]
  * soak-seconds (default 2) is split between two capacities; naming tests runs only those
- * (check wrap_pad full forged_next_lap forged_across_pad corrupt random soak).
+ * (check wrap_pad full forged_next_lap forged_across_pad corrupt random want soak).
  * Exits 0 when every test passes; on the first failure prints where and why and exits 1.
  */
 #define _GNU_SOURCE
@@ -524,6 +525,85 @@ static int selected(int argc, char **argv, const char *name)
 	return 0;
 }
 
+/* Rings on first use: WANT_SLOTS sender threads each ask the receiver for their ring (every
+ * third one twice) and wait for the answer; one receiver thread takes the asks and answers each
+ * sender once, with a "ring" (its header written before the answer) or with NET. Every sender
+ * gets exactly its answer and sees the header complete; no ask is lost, none answered twice. */
+enum { WANT_SLOTS = 200, WANT_SENDERS_PER_THREAD = 25 };
+static uint64_t want_bits[IVSHIM_MAX_SLOTS / 64];
+static uint64_t want_pairs[WANT_SLOTS];
+static uint64_t want_headers[WANT_SLOTS];
+static uint8_t want_answered[WANT_SLOTS]; /* the receiver's own record */
+
+static void *want_senders(void *arg)
+{
+	uint32_t first = (uint32_t)(uintptr_t)arg;
+	for (uint32_t s = first; s < first + WANT_SENDERS_PER_THREAD; s++) {
+		ivs_want_ask(want_bits, s);
+		if (s % 3 == 0)
+			ivs_want_ask(want_bits, s); /* asked again before the answer: one answer all the same */
+	}
+	for (uint32_t s = first; s < first + WANT_SENDERS_PER_THREAD; s++) {
+		uint64_t v;
+		while (!(v = ivs_pair_read(&want_pairs[s])))
+			sched_yield();
+		if (s % 2)
+			CHECK(v == 4096 + 64 * (uint64_t)s && want_headers[s] == splitmix64(s),
+			      "slot %u: answer %#lx, header %#lx", s, (unsigned long)v, (unsigned long)want_headers[s]);
+		else
+			CHECK(v == IVSHIM_PAIR_NET, "slot %u: answer %#lx, want NET", s, (unsigned long)v);
+	}
+	return NULL;
+}
+
+static void *want_receiver(void *arg)
+{
+	(void)arg;
+	int n = 0;
+	while (n < WANT_SLOTS) {
+		int took = 0;
+		for (uint32_t k = 0; k < (WANT_SLOTS + 63) / 64; k++) {
+			for (uint64_t v = ivs_want_take(want_bits, k); v; v &= v - 1) {
+				uint32_t s = k * 64 + (uint32_t)__builtin_ctzll(v);
+				CHECK(s < WANT_SLOTS, "ask from slot %u, nobody's", s);
+				took = 1;
+				if (want_answered[s])
+					continue;
+				want_answered[s] = 1;
+				n++;
+				if (s % 2) {
+					want_headers[s] = splitmix64(s);
+					ivs_pair_answer(&want_pairs[s], 4096 + 64 * (uint64_t)s);
+				} else {
+					ivs_pair_answer(&want_pairs[s], IVSHIM_PAIR_NET);
+				}
+			}
+		}
+		if (!took)
+			sched_yield();
+	}
+	return NULL;
+}
+
+static void test_want(void)
+{
+	for (int round = 0; round < 20; round++) {
+		memset(want_bits, 0, sizeof want_bits);
+		memset(want_pairs, 0, sizeof want_pairs);
+		memset(want_headers, 0, sizeof want_headers);
+		memset(want_answered, 0, sizeof want_answered);
+		pthread_t rx, tx[WANT_SLOTS / WANT_SENDERS_PER_THREAD];
+		CHECK(pthread_create(&rx, NULL, want_receiver, NULL) == 0, "pthread_create");
+		for (int i = 0; i < WANT_SLOTS / WANT_SENDERS_PER_THREAD; i++)
+			CHECK(pthread_create(&tx[i], NULL, want_senders, (void *)(uintptr_t)(i * WANT_SENDERS_PER_THREAD)) == 0,
+			      "pthread_create");
+		for (int i = 0; i < WANT_SLOTS / WANT_SENDERS_PER_THREAD; i++)
+			pthread_join(tx[i], NULL);
+		pthread_join(rx, NULL);
+	}
+	printf("want: %d senders asked and got their answers, 20 rounds\n", WANT_SLOTS);
+}
+
 int main(int argc, char **argv)
 {
 	static const struct {
@@ -537,6 +617,7 @@ int main(int argc, char **argv)
 		{"forged_across_pad", test_forged_across_pad},
 		{"corrupt", test_corrupt},
 		{"random", test_random},
+		{"want", test_want},
 	};
 	double soak = argc > 1 ? atof(argv[1]) : 2;
 	setvbuf(stdout, NULL, _IOLBF, 0);
