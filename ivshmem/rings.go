@@ -34,19 +34,20 @@ func (r *Region) CreateRing(session uint64, sender, receiver uint32, capacity ui
 	if err != nil {
 		return Ring{}, fmt.Errorf("create ring %d->%d: %w", sender, receiver, err)
 	}
-	r.initRing(off, session, sender, receiver, capacity)
-	r.pairAt(sender, receiver).Store(off)
-	return Ring{Off: off, Capacity: capacity}, nil
+	return r.publishRing(off, session, sender, receiver, capacity), nil
 }
 
-// initRing writes the header of a ring just allocated (zeroed) at off.
-func (r *Region) initRing(off, session uint64, sender, receiver uint32, capacity uint64) {
+// publishRing writes the header of a ring just allocated (zeroed) at off and publishes it in
+// the pair word.
+func (r *Region) publishRing(off, session uint64, sender, receiver uint32, capacity uint64) Ring {
 	g := r.ringAt(off)
 	g.Capacity = capacity
 	g.Session = session
 	g.SenderSlot = sender
 	g.ReceiverSlot = receiver
 	a32(&g.State).Store(RingOpen)
+	r.pairAt(sender, receiver).Store(off)
+	return Ring{Off: off, Capacity: capacity}
 }
 
 // CreateRingFit is CreateRing for a ring made on first use by a group of m ranks, whose rings
@@ -109,9 +110,7 @@ func (r *Region) CreateRingFit(session uint64, sender, receiver uint32, m int, f
 	if err != nil {
 		return Ring{}, fmt.Errorf("create ring %d->%d: %w", sender, receiver, err)
 	}
-	r.initRing(off, session, sender, receiver, capacity)
-	r.pairAt(sender, receiver).Store(off)
-	return Ring{Off: off, Capacity: capacity}, nil
+	return r.publishRing(off, session, sender, receiver, capacity), nil
 }
 
 // PairRing returns the ring from sender to receiver (ACQUIRE), validated against session:

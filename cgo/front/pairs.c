@@ -47,24 +47,31 @@ static inline uint64_t *pair_word(uint32_t sender, uint32_t receiver)
 
 /* ---- the sender's side ---- */
 
-/* A ring the receiver published, checked before use: it must lie in the region, be well formed
- * and name this pair (the control plane checked the allocation; the peer may have changed the
- * header since, so its snapshot is what the private view is built from). */
-static void tx_map(struct ivs_peer *p, uint64_t off)
+/* The ring at region offset off from slot sender to slot receiver, checked before use: it must
+ * lie in the region, be well formed and name this pair (the control plane checked the
+ * allocation; another VM may have changed the header since, so the snapshot *snap is what the
+ * private view is built from). Anything else stops the rank: the region is corrupt. */
+static struct ivshim_ring *ring_at(uint64_t off, uint32_t sender, uint32_t receiver, int world, const char *dir,
+                                   struct ivs_ring_snap *snap)
 {
 	const char *why = NULL;
-	struct ivs_ring_snap s;
 	struct ivshim_ring *r = (struct ivshim_ring *)(ivs.base + off);
 	if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size - IVSHIM_RING_DATA_OFF)
 		why = "offset outside the region";
-	else if (ivs_ring_check(r, ivs.size - off - IVSHIM_RING_DATA_OFF, &s, &why) == 0 &&
-	         (__atomic_load_n(&r->sender_slot, __ATOMIC_RELAXED) != ivs.self_slot ||
-	          __atomic_load_n(&r->receiver_slot, __ATOMIC_RELAXED) != p->slot))
+	else if (ivs_ring_check(r, ivs.size - off - IVSHIM_RING_DATA_OFF, snap, &why) == 0 &&
+	         (__atomic_load_n(&r->sender_slot, __ATOMIC_RELAXED) != sender ||
+	          __atomic_load_n(&r->receiver_slot, __ATOMIC_RELAXED) != receiver))
 		why = "the ring names another pair";
 	if (why)
-		ivs_fatal("outbound ring to rank %d at region offset %#lx: %s", p->world, (unsigned long)off, why);
-	p->tx.ring = r;
-	p->tx.data = (uint8_t *)r + IVSHIM_RING_DATA_OFF;
+		ivs_fatal("%s ring of rank %d at region offset %#lx: %s", dir, world, (unsigned long)off, why);
+	return r;
+}
+
+static void tx_map(struct ivs_peer *p, uint64_t off)
+{
+	struct ivs_ring_snap s;
+	p->tx.ring = ring_at(off, ivs.self_slot, p->slot, p->world, "outbound", &s);
+	p->tx.data = (uint8_t *)p->tx.ring + IVSHIM_RING_DATA_OFF;
 	p->tx.cap = s.cap;
 	p->tx.pos = s.tail;
 	p->tx.head_cache = s.head;
@@ -253,13 +260,6 @@ static void rx_make(struct ivs_peer *p)
 {
 	char err[256] = "";
 	uint64_t off = ivs.ctl_ring(p->slot, err, sizeof err);
-	struct ivs_ring_snap s;
-	const char *why = NULL;
-	struct ivshim_ring *r = (struct ivshim_ring *)(ivs.base + off);
-	if (off && (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size - IVSHIM_RING_DATA_OFF ||
-	            ivs_ring_check(r, ivs.size - off - IVSHIM_RING_DATA_OFF, &s, &why) != 0))
-		ivs_fatal("control plane made the ring from rank %d at region offset %#lx: %s", p->world, (unsigned long)off,
-		          why ? why : "outside the region");
 	if (!off) {
 		static int warned;
 		if (!warned++ || ivs.verbose)
@@ -268,8 +268,9 @@ static void rx_make(struct ivs_peer *p)
 		ivs_pair_rx_net(p);
 		return;
 	}
-	p->rx.ring = r;
-	p->rx.data = (uint8_t *)r + IVSHIM_RING_DATA_OFF;
+	struct ivs_ring_snap s;
+	p->rx.ring = ring_at(off, p->slot, ivs.self_slot, p->world, "inbound", &s);
+	p->rx.data = (uint8_t *)p->rx.ring + IVSHIM_RING_DATA_OFF;
 	p->rx.cap = s.cap;
 	p->rx.pos = s.head;
 }
