@@ -5,7 +5,8 @@
  * same blocks, so tools that read IMB output read this:
  *
  *   ivbench [-msglog [min:]max] [-msglen file] [-iter n[,bytes]] [-time s] [-npmin p] [-mem gb]
- *           [-digits d] [-check] [PingPong Barrier Bcast Reduce Allreduce Allgather Alltoall Gather Scatter]
+ *           [-digits d] [-check] [PingPong PingPing Sendrecv Exchange Barrier Bcast Reduce Allreduce
+ *           Allgather Alltoall Gather Scatter]
  *
  *   -msglog  message sizes 0 and 2^min..2^max bytes (default 0:22)
  *   -msglen  message sizes read from a file, one per line, in that order (replaces -msglog);
@@ -70,11 +71,20 @@ struct run {
     unsigned char *sbuf, *rbuf;
 };
 
-enum kind { PINGPONG, COLLECTIVE, BARRIER };
+/* PAIR runs on two processes and prints IMB's "t[usec] Mbytes/sec"; GROUP on npmin .. all
+ * processes with t_min, t_max and t_avg (and Mbytes/sec if the bench moves bytes_per_msg > 0);
+ * BARRIER is GROUP without sizes. */
+enum kind { PAIR, GROUP, BARRIER };
 
 struct bench {
     const char *name;
     enum kind kind;
+    /* PAIR: the printed time is rank 0's time per repetition times this (PingPong's round
+     * trip is halved, as IMB does). */
+    double tscale;
+    /* Mbytes/sec is messages * bytes / t (t_max for GROUP), messages as IMB counts them per
+     * repetition and rank; 0: no bandwidth column. */
+    int messages;
     int reduction;                           /* MPI_FLOAT elements: sizes must be multiples of 4 */
     size_t (*sbuf_blocks)(int p);            /* size of sbuf, in message sizes */
     size_t (*rbuf_blocks)(int p);            /* size of rbuf, in message sizes */
@@ -115,9 +125,12 @@ static void check_pattern(const struct run *r, const unsigned char *buf, size_t 
 static size_t one_block(int p) { (void)p; return 1; }
 static size_t no_block(int p) { (void)p; return 0; }
 static size_t p_blocks(int p) { return (size_t)p; }
+static size_t two_blocks(int p) { (void)p; return 2; }
 
-/* PingPong: ranks 0 and 1 of a two-process communicator; each sends its own pattern. */
-static void pingpong_fill(const struct run *r) { fill_pattern(r->sbuf, r->bytes, r->rank); }
+/* Every rank sends its own pattern (seed: its rank). */
+static void own_fill(const struct run *r) { fill_pattern(r->sbuf, r->bytes, r->rank); }
+
+/* PingPong: ranks 0 and 1 of a two-process communicator. */
 
 static void pingpong_op(const struct run *r)
 {
@@ -132,6 +145,50 @@ static void pingpong_op(const struct run *r)
 }
 
 static void pingpong_verify(const struct run *r) { check_pattern(r, r->rbuf, r->bytes, 1 - r->rank, 0); }
+
+/* PingPing: ranks 0 and 1 send to each other at once (IMB: MPI_Isend, MPI_Recv, MPI_Wait). */
+static void pingping_op(const struct run *r)
+{
+    int n = (int)r->bytes, other = 1 - r->rank;
+    MPI_Request req;
+    MPI_Isend(r->sbuf, n, MPI_BYTE, other, 1, r->comm, &req);
+    MPI_Recv(r->rbuf, n, MPI_BYTE, other, 1, r->comm, MPI_STATUS_IGNORE);
+    MPI_Wait(&req, MPI_STATUS_IGNORE);
+}
+
+/* Sendrecv and Exchange: a periodic chain; every rank sends its own pattern. */
+static int left_of(const struct run *r) { return (r->rank + r->p - 1) % r->p; }
+static int right_of(const struct run *r) { return (r->rank + 1) % r->p; }
+
+/* Sendrecv: every rank sends to its right neighbour and receives from its left (IMB). */
+static void sendrecv_op(const struct run *r)
+{
+    int n = (int)r->bytes;
+    MPI_Sendrecv(r->sbuf, n, MPI_BYTE, right_of(r), 1, r->rbuf, n, MPI_BYTE, left_of(r), 1, r->comm,
+                 MPI_STATUS_IGNORE);
+}
+
+static void sendrecv_verify(const struct run *r) { check_pattern(r, r->rbuf, r->bytes, left_of(r), 0); }
+
+/* Exchange: every rank sends to both neighbours and receives from both (IMB: two MPI_Isend,
+ * two MPI_Recv, MPI_Waitall); block 0 of rbuf comes from the left, block 1 from the right. */
+static void exchange_op(const struct run *r)
+{
+    int n = (int)r->bytes;
+    MPI_Request req[2];
+    MPI_Status st[2]; /* not MPI_STATUSES_IGNORE: GCC 12 misreads MPICH's as a zero-size array */
+    MPI_Isend(r->sbuf, n, MPI_BYTE, left_of(r), 1, r->comm, &req[0]);
+    MPI_Isend(r->sbuf, n, MPI_BYTE, right_of(r), 1, r->comm, &req[1]);
+    MPI_Recv(r->rbuf, n, MPI_BYTE, left_of(r), 1, r->comm, MPI_STATUS_IGNORE);
+    MPI_Recv(r->rbuf + r->bytes, n, MPI_BYTE, right_of(r), 1, r->comm, MPI_STATUS_IGNORE);
+    MPI_Waitall(2, req, st);
+}
+
+static void exchange_verify(const struct run *r)
+{
+    check_pattern(r, r->rbuf, r->bytes, left_of(r), 0);
+    check_pattern(r, r->rbuf + r->bytes, r->bytes, right_of(r), r->bytes);
+}
 
 static void barrier_op(const struct run *r) { MPI_Barrier(r->comm); }
 
@@ -187,7 +244,6 @@ static void allreduce_op(const struct run *r)
 }
 
 /* Allgather and Gather: every rank contributes its own pattern; block k must be rank k's. */
-static void own_fill(const struct run *r) { fill_pattern(r->sbuf, r->bytes, r->rank); }
 
 static void check_blocks_by_rank(const struct run *r)
 {
@@ -239,15 +295,18 @@ static void scatter_verify(const struct run *r) { check_pattern(r, r->rbuf, r->b
 
 /* In IMB's order. Every rank allocates the root's buffers, as IMB does. */
 static const struct bench benches[] = {
-    {"PingPong", PINGPONG, 0, one_block, one_block, pingpong_fill, pingpong_op, pingpong_verify},
-    {"Barrier", BARRIER, 0, no_block, no_block, nothing, barrier_op, nothing},
-    {"Bcast", COLLECTIVE, 0, one_block, one_block, bcast_fill, bcast_op, bcast_verify},
-    {"Reduce", COLLECTIVE, 1, one_block, one_block, reduce_fill, reduce_op, reduce_verify},
-    {"Allreduce", COLLECTIVE, 1, one_block, one_block, reduce_fill, allreduce_op, check_sum},
-    {"Allgather", COLLECTIVE, 0, one_block, p_blocks, own_fill, allgather_op, check_blocks_by_rank},
-    {"Alltoall", COLLECTIVE, 0, p_blocks, p_blocks, addressed_fill, alltoall_op, alltoall_verify},
-    {"Gather", COLLECTIVE, 0, one_block, p_blocks, own_fill, gather_op, gather_verify},
-    {"Scatter", COLLECTIVE, 0, p_blocks, one_block, addressed_fill, scatter_op, scatter_verify},
+    {"PingPong", PAIR, 0.5, 1, 0, one_block, one_block, own_fill, pingpong_op, pingpong_verify},
+    {"PingPing", PAIR, 1, 1, 0, one_block, one_block, own_fill, pingping_op, pingpong_verify},
+    {"Sendrecv", GROUP, 1, 2, 0, one_block, one_block, own_fill, sendrecv_op, sendrecv_verify},
+    {"Exchange", GROUP, 1, 4, 0, one_block, two_blocks, own_fill, exchange_op, exchange_verify},
+    {"Barrier", BARRIER, 1, 0, 0, no_block, no_block, nothing, barrier_op, nothing},
+    {"Bcast", GROUP, 1, 0, 0, one_block, one_block, bcast_fill, bcast_op, bcast_verify},
+    {"Reduce", GROUP, 1, 0, 1, one_block, one_block, reduce_fill, reduce_op, reduce_verify},
+    {"Allreduce", GROUP, 1, 0, 1, one_block, one_block, reduce_fill, allreduce_op, check_sum},
+    {"Allgather", GROUP, 1, 0, 0, one_block, p_blocks, own_fill, allgather_op, check_blocks_by_rank},
+    {"Alltoall", GROUP, 1, 0, 0, p_blocks, p_blocks, addressed_fill, alltoall_op, alltoall_verify},
+    {"Gather", GROUP, 1, 0, 0, one_block, p_blocks, own_fill, gather_op, gather_verify},
+    {"Scatter", GROUP, 1, 0, 0, p_blocks, one_block, addressed_fill, scatter_op, scatter_verify},
 };
 enum { NBENCH = sizeof benches / sizeof benches[0] };
 
@@ -465,13 +524,16 @@ static void measure(struct run *r, const struct options *o)
     MPI_Reduce(&t, &tsum, 1, MPI_DOUBLE, MPI_SUM, 0, r->comm);
     if (r->rank != 0)
         return;
-    if (b->kind == PINGPONG) {
-        double half = t / 2 * 1e6; /* rank 0's round trip, halved as IMB does */
-        printf("%13zu%13ld%13.*f%13.2f\n", r->bytes, reps, d, half, half > 0 ? (double)r->bytes / half : 0);
+    if (b->kind == PAIR) {
+        double us = t * b->tscale * 1e6; /* rank 0's time */
+        printf("%13zu%13ld%13.*f%13.2f\n", r->bytes, reps, d, us, us > 0 ? b->messages * (double)r->bytes / us : 0);
     } else if (b->kind == BARRIER) {
         printf("%13ld%13.*f%13.*f%13.*f\n", reps, d, tmin * 1e6, d, tmax * 1e6, d, tsum / r->p * 1e6);
     } else {
-        printf("%13zu%13ld%13.*f%13.*f%13.*f\n", r->bytes, reps, d, tmin * 1e6, d, tmax * 1e6, d, tsum / r->p * 1e6);
+        printf("%13zu%13ld%13.*f%13.*f%13.*f", r->bytes, reps, d, tmin * 1e6, d, tmax * 1e6, d, tsum / r->p * 1e6);
+        if (b->messages > 0)
+            printf("%13.2f", tmax > 0 ? b->messages * (double)r->bytes / (tmax * 1e6) : 0);
+        printf("\n");
     }
     fflush(stdout);
 }
@@ -483,10 +545,13 @@ static void print_block_header(const struct bench *b, int p, int world)
     if (world > p)
         printf("# ( %d additional processes waiting in MPI_Barrier)\n", world - p);
     printf("#----------------------------------------------------------------\n");
-    if (b->kind == PINGPONG)
+    if (b->kind == PAIR)
         printf("%13s%13s%13s%13s\n", "#bytes", "#repetitions", "t[usec]", "Mbytes/sec");
     else if (b->kind == BARRIER)
         printf("%13s%13s%13s%13s\n", "#repetitions", "t_min[usec]", "t_max[usec]", "t_avg[usec]");
+    else if (b->messages > 0)
+        printf("%13s%13s%13s%13s%13s%13s\n", "#bytes", "#repetitions", "t_min[usec]", "t_max[usec]", "t_avg[usec]",
+               "Mbytes/sec");
     else
         printf("%13s%13s%13s%13s%13s\n", "#bytes", "#repetitions", "t_min[usec]", "t_max[usec]", "t_avg[usec]");
     fflush(stdout);
@@ -624,7 +689,7 @@ int main(int argc, char **argv)
         const struct bench *b = &benches[i];
         if (!(o.selected & (1u << i)))
             continue;
-        if (b->kind == PINGPONG) {
+        if (b->kind == PAIR) {
             if (world < 2) {
                 if (world_rank == 0)
                     printf("\n# %s needs 2 processes; skipped\n", b->name);

@@ -71,15 +71,27 @@ func (c Case) String() string {
 	return fmt.Sprintf("%s %d ranks %s", c.MPI, c.Ranks, c.Placement)
 }
 
-// The collectives the targets name, and all collectives ivbench has.
+// The benchmarks ivbench runs, in IMB's order: the two-process ones (ranks 0 and 1 only, so
+// larger jobs skip them), then those of all ranks; and the collectives the usability check of
+// larger jobs names.
 var (
+	pairBenchmarks    = []string{"PingPong", "PingPing"}
+	groupBenchmarks   = []string{"Sendrecv", "Exchange", "Barrier", "Bcast", "Reduce", "Allreduce", "Allgather", "Alltoall", "Gather", "Scatter"}
 	targetCollectives = []string{"Barrier", "Bcast", "Allreduce", "Allgather", "Alltoall"}
-	allCollectives    = []string{"Barrier", "Bcast", "Reduce", "Allreduce", "Allgather", "Alltoall", "Gather", "Scatter"}
 )
 
-// DefaultSizes are the message sizes measured by default: those the targets name (0, 8 B,
-// 1 KiB, 64 KiB, 1 MiB) and a few between them, so that the plots show curves.
-var DefaultSizes = []int{0, 8, 64, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20}
+// DefaultSizes are the message sizes measured by default: 0 and every power of two up to
+// 4 MiB, the sizes the project's goals name (IMB's default range).
+var DefaultSizes = powersOfTwo(22)
+
+// powersOfTwo returns 0, 1, 2, 4, ... 2^max.
+func powersOfTwo(max int) []int {
+	sizes := []int{0}
+	for lg := 0; lg <= max; lg++ {
+		sizes = append(sizes, 1<<lg)
+	}
+	return sizes
+}
 
 // spinSizes are the only sizes measured where the library spin-waits with more ranks than
 // cores (spinning): the sizes the collective targets name.
@@ -96,7 +108,7 @@ type workload struct {
 // The repetition caps: small messages are cheap, so many repetitions average out the timer's
 // granularity; under spinning a repetition can take milliseconds.
 const (
-	iterDefault  = 10000
+	iterDefault  = 100000
 	iterSpinning = 1000
 )
 
@@ -111,17 +123,16 @@ func (c Case) spinning() bool {
 // they fit the CPUs.
 func (c Case) pinned() bool { return c.Ranks <= runtime.NumCPU() }
 
-// workload returns what ivbench runs for c, measuring sizes: PingPong and every collective at
-// 2 ranks (PingPong uses ranks 0 and 1 only, so larger jobs skip it); the target collectives
-// at their sizes when spinning.
+// workload returns what ivbench runs for c, measuring sizes: every benchmark at 2 ranks, those
+// of all ranks at more; the target collectives at their sizes when spinning.
 func (c Case) workload(sizes []int) workload {
 	switch {
 	case c.spinning():
 		return workload{benchmarks: targetCollectives, sizes: spinSizes, iter: iterSpinning}
 	case c.Ranks == 2:
-		return workload{benchmarks: append([]string{"PingPong"}, allCollectives...), sizes: sizes, iter: iterDefault}
+		return workload{benchmarks: slices.Concat(pairBenchmarks, groupBenchmarks), sizes: sizes, iter: iterDefault}
 	}
-	return workload{benchmarks: allCollectives, sizes: sizes, iter: iterDefault}
+	return workload{benchmarks: groupBenchmarks, sizes: sizes, iter: iterDefault}
 }
 
 // args is ivbench's command line for the workload, with msglen the file listing its sizes

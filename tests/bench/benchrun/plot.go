@@ -11,8 +11,9 @@ import (
 	"strings"
 )
 
-// plotted are the benchmarks plotted, latency over message size, one PNG per library each.
-var plotted = []string{"PingPong", "Allreduce", "Alltoall"}
+// plotted are the benchmarks plotted, latency over message size, one PNG per library each:
+// all but Barrier, which has no sizes.
+var plotted = slices.DeleteFunc(slices.Concat(pairBenchmarks, groupBenchmarks), func(b string) bool { return b == "Barrier" })
 
 // placementColors tell the placements apart in plots; rank counts differ by dash type.
 var placementColors = map[Placement]string{

@@ -184,9 +184,18 @@ func (r *Report) writeGroup(w io.Writer, m cluster.MPI, ranks int) {
 	if r.caseOf(m, ranks, Shim2x2) != nil {
 		ratios = append(ratios, ratioColumn{Shim2x2, Network2x2})
 	}
+	var shims []*CaseResult
+	for _, c := range cases {
+		if c.Placement.Shim() {
+			shims = append(shims, c)
+		}
+	}
 	fmt.Fprintf(w, "| benchmark | bytes |")
 	columnHeads(w, cases, ratios, " µs")
-	fmt.Fprintf(w, "\n|---|--:|%s%s\n", strings.Repeat("--:|", len(cases)), strings.Repeat("--:|", len(ratios)))
+	for _, c := range shims {
+		fmt.Fprintf(w, " %s min–max |", c.Placement)
+	}
+	fmt.Fprintf(w, "\n|---|--:|%s\n", strings.Repeat("--:|", len(cases)+len(ratios)+len(shims)))
 	for _, k := range pointKeys(cases) {
 		fmt.Fprintf(w, "| %s | %d |", k.benchmark, k.bytes)
 		for _, c := range cases {
@@ -195,22 +204,35 @@ func (r *Report) writeGroup(w io.Writer, m cluster.MPI, ranks int) {
 		for _, rc := range ratios {
 			fmt.Fprintf(w, " %s |", r.ratioCell(m, ranks, rc, k.benchmark, k.bytes, false))
 		}
+		for _, c := range shims {
+			fmt.Fprintf(w, " %s |", c.spread(k.benchmark, k.bytes))
+		}
 		fmt.Fprintln(w)
 	}
 	fmt.Fprintln(w)
-	if !slices.ContainsFunc(cases, func(c *CaseResult) bool { return c.point("PingPong", 1<<20) != nil }) {
+	var large []int
+	for _, k := range pointKeys(cases) {
+		if k.benchmark == "PingPong" && k.bytes >= bandwidthFrom {
+			large = append(large, k.bytes)
+		}
+	}
+	if len(large) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "PingPong bandwidth at 1 MiB, MB/s:\n\n|")
+	fmt.Fprintf(w, "PingPong bandwidth, MB/s:\n\n| bytes |")
 	columnHeads(w, cases, ratios, "")
-	fmt.Fprintf(w, "\n|%s%s\n|", strings.Repeat("--:|", len(cases)), strings.Repeat("--:|", len(ratios)))
-	for _, c := range cases {
-		fmt.Fprintf(w, " %s |", c.cell("PingPong", 1<<20, true))
+	fmt.Fprintf(w, "\n|--:|%s\n", strings.Repeat("--:|", len(cases)+len(ratios)))
+	for _, b := range large {
+		fmt.Fprintf(w, "| %d |", b)
+		for _, c := range cases {
+			fmt.Fprintf(w, " %s |", c.cell("PingPong", b, true))
+		}
+		for _, rc := range ratios {
+			fmt.Fprintf(w, " %s |", r.ratioCell(m, ranks, rc, "PingPong", b, true))
+		}
+		fmt.Fprintln(w)
 	}
-	for _, rc := range ratios {
-		fmt.Fprintf(w, " %s |", r.ratioCell(m, ranks, rc, "PingPong", 1<<20, true))
-	}
-	fmt.Fprintf(w, "\n\n")
+	fmt.Fprintln(w)
 }
 
 // pointKey names a row of a table.
@@ -250,6 +272,15 @@ func (c *CaseResult) cell(benchmark string, bytes int, bandwidth bool) string {
 		s += fmt.Sprintf(" (%d/%d)", len(p.Samples), len(c.Runs))
 	}
 	return s
+}
+
+// spread is the range of a point's samples for a table, "–" if it has none.
+func (c *CaseResult) spread(benchmark string, bytes int) string {
+	p := c.point(benchmark, bytes)
+	if p == nil || len(p.Samples) == 0 {
+		return "–"
+	}
+	return formatUsec(slices.Min(p.Samples)) + "–" + formatUsec(slices.Max(p.Samples))
 }
 
 // ratioCell is a ratio for a table, "–" if either side is missing.

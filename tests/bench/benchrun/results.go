@@ -75,10 +75,11 @@ func (rec RunRecord) usable() bool { return rec.Status != statusNoShim }
 type Point struct {
 	Benchmark string `json:"benchmark"`
 	Bytes     int    `json:"bytes"`
-	// Usec is the median time in µs: PingPong's half round trip, the collectives' t_avg (the
-	// mean over ranks).
+	// Usec is the median time in µs: PingPong's half round trip, PingPing's time per
+	// repetition, the others' t_avg (the mean over ranks).
 	Usec float64 `json:"usec"`
-	// MBps is PingPong's median bandwidth in MB/s.
+	// MBps is the median bandwidth in MB/s of the benchmarks that print one (PingPong,
+	// PingPing, Sendrecv, Exchange).
 	MBps float64 `json:"mbps,omitempty"`
 	// Samples are the times of the runs that measured this point, in run order.
 	Samples []float64 `json:"samples_usec"`
@@ -143,13 +144,11 @@ func (c *CaseResult) count(status string) int {
 
 // benchmarkOrder is a benchmark's position in ivbench's (IMB's) order.
 func benchmarkOrder(name string) int {
-	if name == "PingPong" {
-		return -1
-	}
-	if i := slices.Index(allCollectives, name); i >= 0 {
+	all := slices.Concat(pairBenchmarks, groupBenchmarks)
+	if i := slices.Index(all, name); i >= 0 {
 		return i
 	}
-	return len(allCollectives)
+	return len(all)
 }
 
 // PassthroughResult collects the pass-through runs of one library.
