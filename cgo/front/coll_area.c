@@ -262,7 +262,7 @@ struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k)
 	struct ivs_comm *c = ivs_comm_get(comm);
 	if (!c || c->coll_lib)
 		return NULL;
-	if (IVS_UNLIKELY(!(++ivs.ctl_tick & 63)))
+	if (IVS_UNLIKELY(ivs_poll_due(IVS_POLL_COLLS)))
 		ivs_ctl_poll(); /* a rank that only runs collectives still answers the shim's messages */
 	if (IVS_UNLIKELY(c->sw) && ivs_coll_lib_due(c)) {
 		if (ivs.self_leaving)

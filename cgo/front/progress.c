@@ -540,14 +540,14 @@ static int in_progress;
 int ivs_progress(void)
 {
 	if (!ivs.enabled || in_progress) {
-		if (!in_progress && ivs.job_active && !(++ivs.ctl_tick & 255))
+		if (!in_progress && ivs.job_active && ivs_poll_due(IVS_POLL_PASSES))
 			ivs_ctl_poll(); /* a rank without a region may lead a collective switch (migrate.c) */
 		return 0;
 	}
 	in_progress = 1;
 	int did = ring_progress();
 	if (IVS_UNLIKELY(ivs.switching || (!ivs.released && __atomic_load_n(ivs.gen_word, __ATOMIC_RELAXED) != ivs.gen_seen) ||
-	                 !(++ivs.ctl_tick & 255)))
+	                 ivs_poll_due(IVS_POLL_PASSES)))
 		did |= ivs_switch_progress();
 	if (ivs.posted && ivs.has_net)
 		did |= probe_net();
