@@ -139,7 +139,7 @@ func (r *Report) gridVerdict(g grid) Verdict {
 	v := Verdict{Target: fmt.Sprintf("%s %s at %s, %d ranks, %s/%s", g.benchmark, what, sizes, g.ranks, g.num, g.den),
 		MPI: g.mpi.String(), Goal: fmt.Sprintf("%s %.2f× %s", op, g.goal, g.den), Unit: "×"}
 	var failed, missing []string
-	judged := 0
+	judged, bestWorst, bestAt := 0, 0.0, -1
 	for _, bytes := range r.gridSizes(g) {
 		if bytes < g.from {
 			continue
@@ -154,6 +154,10 @@ func (r *Report) gridVerdict(g grid) Verdict {
 			v.Value = x
 		}
 		v.Measured = true
+		if y, ok, _ := r.ratioOf(g.mpi, g.ranks, g.num, g.den, g.benchmark, bytes, g.bandwidth, true); ok &&
+			(bestAt < 0 || (!g.bandwidth && y > bestWorst) || (g.bandwidth && y < bestWorst)) {
+			bestWorst, bestAt = y, bytes
+		}
 		if (!g.bandwidth && x > g.goal) || (g.bandwidth && x < g.goal) {
 			failed = append(failed, fmt.Sprintf("%s %.2f", sizeName(bytes), x))
 		}
@@ -164,6 +168,9 @@ func (r *Report) gridVerdict(g grid) Verdict {
 	}
 	if len(missing) > 0 {
 		notes = append(notes, fmt.Sprintf("no ratio at %d of %d sizes: %s", len(missing), judged, listed(missing)))
+	}
+	if len(failed) > 0 && bestAt >= 0 {
+		notes = append(notes, fmt.Sprintf("fastest runs: worst %.2f at %s", bestWorst, sizeName(bestAt)))
 	}
 	v.Note = strings.Join(notes, "; ")
 	v.settle(v.Measured && len(failed) == 0 && len(missing) == 0, "met", "not met")
@@ -265,8 +272,13 @@ const (
 // ratio returns num/den for benchmark at bytes (times, or PingPong bandwidths), with a note
 // saying why when a configuration has no usable figure.
 func (r *Report) ratio(m cluster.MPI, ranks int, num, den Placement, benchmark string, bytes int, bandwidth bool) (float64, bool, string) {
-	a, aNote := r.figure(m, ranks, num, benchmark, bytes, bandwidth)
-	b, bNote := r.figure(m, ranks, den, benchmark, bytes, bandwidth)
+	return r.ratioOf(m, ranks, num, den, benchmark, bytes, bandwidth, false)
+}
+
+// ratioOf is ratio of the medians, or with best of the fastest runs.
+func (r *Report) ratioOf(m cluster.MPI, ranks int, num, den Placement, benchmark string, bytes int, bandwidth, best bool) (float64, bool, string) {
+	a, aNote := r.figure(m, ranks, num, benchmark, bytes, bandwidth, best)
+	b, bNote := r.figure(m, ranks, den, benchmark, bytes, bandwidth, best)
 	switch {
 	case aNote != "":
 		return 0, false, fmt.Sprintf("%s: %s", num, aNote)
@@ -278,20 +290,26 @@ func (r *Report) ratio(m cluster.MPI, ranks int, num, den Placement, benchmark s
 	return a / b, true, ""
 }
 
-// figure returns the median time (or bandwidth) of one point, or why there is none.
-func (r *Report) figure(m cluster.MPI, ranks int, p Placement, benchmark string, bytes int, bandwidth bool) (float64, string) {
+// figure returns the median time (or bandwidth) of one point, or with best the fastest run's,
+// or why there is none.
+func (r *Report) figure(m cluster.MPI, ranks int, p Placement, benchmark string, bytes int, bandwidth, best bool) (float64, string) {
 	c := r.caseOf(m, ranks, p)
 	if c == nil {
 		return 0, "not run"
 	}
 	pt := c.point(benchmark, bytes)
-	switch {
-	case pt == nil:
+	if pt == nil {
 		return 0, c.missingReason()
-	case bandwidth && pt.MBps > 0:
-		return pt.MBps, ""
-	case !bandwidth && pt.Usec > 0:
-		return pt.Usec, ""
+	}
+	usec, mbps := pt.Usec, pt.MBps
+	if best {
+		usec, mbps = pt.Best, pt.BestMBps
+	}
+	switch {
+	case bandwidth && mbps > 0:
+		return mbps, ""
+	case !bandwidth && usec > 0:
+		return usec, ""
 	}
 	return 0, "measured zero"
 }

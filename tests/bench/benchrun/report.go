@@ -54,8 +54,9 @@ func (r *Report) markdown(w io.Writer, plots []string) {
 	fmt.Fprintf(w, "Measured %s on %d CPUs (Linux %s) by ivshim-bench (`make bench`) in %s. ", r.Started.Format("2006-01-02 15:04 MST"), r.CPUs, r.Kernel,
 		r.Elapsed.Round(time.Second))
 	fmt.Fprintf(w, "Every configuration ran %d times, interleaved round by round; every figure is the median of its runs. ", r.Runs)
-	fmt.Fprintf(w, "ivbench spent at most %g s per message size; times are µs, PingPong's the half round trip, the collectives' "+
-		"t_avg (mean over ranks).\n\n", r.Seconds)
+	fmt.Fprintf(w, "ivbench spent at most %g s per message size; times are µs, PingPong's the half round trip, PingPing's "+
+		"the time per repetition, the others' t_avg (mean over ranks); \"min–max\" columns give the range of a shim "+
+		"configuration's runs.\n\n", r.Seconds)
 	r.writeLoad(w)
 	fmt.Fprintf(w, "Configurations (one rank per VM; when the ranks fit the %d CPUs, rank r is pinned to CPU r in every "+
 		"configuration, else the kernel places them):\n\n", r.CPUs)
@@ -193,9 +194,9 @@ func (r *Report) writeGroup(w io.Writer, m cluster.MPI, ranks int) {
 	fmt.Fprintf(w, "| benchmark | bytes |")
 	columnHeads(w, cases, ratios, " µs")
 	for _, c := range shims {
-		fmt.Fprintf(w, " %s min–max |", c.Placement)
+		fmt.Fprintf(w, " %s min–max | %s / %s, fastest runs |", c.Placement, c.Placement, baseline(c.Placement))
 	}
-	fmt.Fprintf(w, "\n|---|--:|%s\n", strings.Repeat("--:|", len(cases)+len(ratios)+len(shims)))
+	fmt.Fprintf(w, "\n|---|--:|%s\n", strings.Repeat("--:|", len(cases)+len(ratios)+2*len(shims)))
 	for _, k := range pointKeys(cases) {
 		fmt.Fprintf(w, "| %s | %d |", k.benchmark, k.bytes)
 		for _, c := range cases {
@@ -205,7 +206,11 @@ func (r *Report) writeGroup(w io.Writer, m cluster.MPI, ranks int) {
 			fmt.Fprintf(w, " %s |", r.ratioCell(m, ranks, rc, k.benchmark, k.bytes, false))
 		}
 		for _, c := range shims {
-			fmt.Fprintf(w, " %s |", c.spread(k.benchmark, k.bytes))
+			cell := "–"
+			if x, ok, _ := r.ratioOf(m, ranks, c.Placement, baseline(c.Placement), k.benchmark, k.bytes, false, true); ok {
+				cell = fmt.Sprintf("%.2f", x)
+			}
+			fmt.Fprintf(w, " %s | %s |", c.spread(k.benchmark, k.bytes), cell)
 		}
 		fmt.Fprintln(w)
 	}
@@ -272,6 +277,15 @@ func (c *CaseResult) cell(benchmark string, bytes int, bandwidth bool) string {
 		s += fmt.Sprintf(" (%d/%d)", len(p.Samples), len(c.Runs))
 	}
 	return s
+}
+
+// baseline is what a shim placement is judged against: the library's shared memory on one
+// host, its network path on 2x2.
+func baseline(p Placement) Placement {
+	if p == Shim2x2 {
+		return Network2x2
+	}
+	return Native
 }
 
 // spread is the range of a point's samples for a table, "–" if it has none.

@@ -81,6 +81,10 @@ type Point struct {
 	// MBps is the median bandwidth in MB/s of the benchmarks that print one (PingPong,
 	// PingPing, Sendrecv, Exchange).
 	MBps float64 `json:"mbps,omitempty"`
+	// Best and BestMBps are the fastest run's time and bandwidth: on a machine whose runs land
+	// in a fast or a slow state at random, configurations compare in the same state there.
+	Best     float64 `json:"best_usec"`
+	BestMBps float64 `json:"best_mbps,omitempty"`
 	// Samples are the times of the runs that measured this point, in run order.
 	Samples []float64 `json:"samples_usec"`
 
@@ -115,6 +119,9 @@ func (c *CaseResult) add(blocks []ivbench.Block) {
 func (c *CaseResult) finish() {
 	for _, p := range c.Points {
 		p.Usec, p.MBps = median(p.Samples), median(p.mbps)
+		if len(p.Samples) > 0 {
+			p.Best, p.BestMBps = slices.Min(p.Samples), slices.Max(p.mbps)
+		}
 	}
 	slices.SortStableFunc(c.Points, func(a, b *Point) int {
 		return cmp.Or(cmp.Compare(benchmarkOrder(a.Benchmark), benchmarkOrder(b.Benchmark)), cmp.Compare(a.Bytes, b.Bytes))
