@@ -24,7 +24,7 @@ static void regroup(struct ivs_coll *k, int size, uint8_t *grouped, uint8_t *ran
 {
 	for (int r = 0; r < size; r++) {
 		uint8_t *g = grouped + (uint64_t)k->pos[r] * n, *o = ranked + (uint64_t)r * n;
-		memcpy(to_grouped ? g : o, to_grouped ? o : g, n);
+		ivs_copy(to_grouped ? g : o, to_grouped ? o : g, n);
 	}
 }
 
@@ -99,14 +99,14 @@ static int leaders_alltoall(struct ivs_coll *k, struct ivs_comm *c, const uint8_
 		int h = k->host_of[r];
 		uint64_t members = (uint64_t)(k->host_first[h + 1] - k->host_first[h]), j = (uint64_t)(k->pos[r] - k->host_first[h]);
 		for (uint64_t i = 0; i < nl; i++)
-			memcpy(snd + (uint64_t)cd[nh + h] + (i * members + j) * n, in + i * row + (uint64_t)r * n, n);
+			ivs_copy(snd + (uint64_t)cd[nh + h] + (i * members + j) * n, in + i * row + (uint64_t)r * n, n);
 	}
 	MPI_Request req;
 	int rc = ivs_coll_net_complete(PMPI_Ialltoallv(snd, cd, cd + nh, MPI_BYTE, rcv, cd + 2 * nh, cd + 3 * nh, MPI_BYTE, k->lcomm,
 	                                      &req), &req);
 	for (int r = 0; r < c->size && rc == MPI_SUCCESS; r++)
 		for (uint64_t j = 0; j < nl; j++)
-			memcpy(out + j * row + (uint64_t)r * n, rcv + ((uint64_t)k->pos[r] * nl + j) * n, n);
+			ivs_copy(out + j * row + (uint64_t)r * n, rcv + ((uint64_t)k->pos[r] * nl + j) * n, n);
 	free(snd);
 	free(rcv);
 	free(cd);

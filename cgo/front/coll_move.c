@@ -9,11 +9,11 @@ void ivs_coll_spread(struct ivs_coll *k, int from, int to, const uint8_t *src, u
 	for (uint64_t off = 0; off < n; off += k->slot) {
 		uint64_t len = ivs_min_u64(n - off, k->slot), s = ivs_coll_op_begin(k, len);
 		if (k->li == from)
-			memcpy(ivs_coll_data(k, from, s, len), src + off, len);
+			ivs_copy(ivs_coll_data(k, from, s, len), src + off, len);
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
 		if (k->li != from && (to == IVS_EVERYONE || to == k->li)) {
 			ivs_coll_await_member(k, from, s);
-			memcpy(dst + off, ivs_coll_data(k, from, s, len), len);
+			ivs_copy(dst + off, ivs_coll_data(k, from, s, len), len);
 		}
 	}
 }
@@ -25,7 +25,7 @@ void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n
 	for (uint64_t off = 0; off < n; off += k->slot) {
 		uint64_t len = ivs_min_u64(n - off, k->slot), s = ivs_coll_op_begin(k, len);
 		if (to != k->li)
-			memcpy(ivs_coll_data(k, k->li, s, len), src + off, len);
+			ivs_copy(ivs_coll_data(k, k->li, s, len), src + off, len);
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
 		if (to != IVS_EVERYONE && to != k->li)
 			continue;
@@ -33,9 +33,9 @@ void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n
 			uint8_t *d = dst + (uint64_t)(at ? at[i] : i) * n + off;
 			if (i != k->li) {
 				ivs_coll_await_member(k, i, s);
-				memcpy(d, ivs_coll_data(k, i, s, len), len);
+				ivs_copy(d, ivs_coll_data(k, i, s, len), len);
 			} else if (d != src + off) {
-				memcpy(d, src + off, len);
+				ivs_copy(d, src + off, len);
 			}
 		}
 	}
@@ -52,16 +52,16 @@ void ivs_coll_distribute(struct ivs_coll *k, int from, const uint8_t *src, uint6
 		if (k->li == from) {
 			for (int i = 0; i < k->nl; i++)
 				if (i != from)
-					memcpy(area + (uint64_t)i * len, src + (uint64_t)(at ? at[i] : i) * n + off, len);
+					ivs_copy(area + (uint64_t)i * len, src + (uint64_t)(at ? at[i] : i) * n + off, len);
 			ivs_coll_publish(ivs_coll_line(k, from, s), s);
 			if (dst)
-				memcpy(dst + off, src + (uint64_t)(at ? at[from] : from) * n + off, len);
+				ivs_copy(dst + off, src + (uint64_t)(at ? at[from] : from) * n + off, len);
 			continue;
 		}
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
 		if (dst) {
 			ivs_coll_await_member(k, from, s);
-			memcpy(dst + off, area + (uint64_t)k->li * len, len);
+			ivs_copy(dst + off, area + (uint64_t)k->li * len, len);
 		}
 	}
 }
@@ -77,13 +77,13 @@ void ivs_coll_exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8
 		uint8_t *mine = ivs_coll_data(k, k->li, s, len * (uint64_t)k->nl);
 		for (int d = 0; d < k->nl; d++)
 			if (d != k->li)
-				memcpy(mine + (uint64_t)d * len, src + (uint64_t)d * n + off, len);
+				ivs_copy(mine + (uint64_t)d * len, src + (uint64_t)d * n + off, len);
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
-		memcpy(dst + me * n + off, src + me * n + off, len);
+		ivs_copy(dst + me * n + off, src + me * n + off, len);
 		for (int i = 0; i < k->nl; i++)
 			if (i != k->li) {
 				ivs_coll_await_member(k, i, s);
-				memcpy(dst + (uint64_t)i * n + off, ivs_coll_data(k, i, s, len * (uint64_t)k->nl) + me * len, len);
+				ivs_copy(dst + (uint64_t)i * n + off, ivs_coll_data(k, i, s, len * (uint64_t)k->nl) + me * len, len);
 			}
 	}
 }

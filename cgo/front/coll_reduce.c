@@ -27,7 +27,7 @@ static int reducible(const struct ivs_coll *k, int count, MPI_Datatype dt, MPI_O
 /* Combine the co-located contributions of op s into acc (elements cnt of dt), in local order. */
 static int reduce_local(struct ivs_coll *k, uint64_t s, uint64_t span, uint8_t *acc, int cnt, MPI_Datatype dt, MPI_Op op)
 {
-	memcpy(acc, ivs_coll_data(k, 0, s, span), span);
+	ivs_copy(acc, ivs_coll_data(k, 0, s, span), span);
 	for (int i = 1; i < k->nl; i++) {
 		int rc = PMPI_Reduce_local(ivs_coll_data(k, i, s, span), acc, cnt, dt, op);
 		if (rc != MPI_SUCCESS)
@@ -41,7 +41,7 @@ static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *s
                         MPI_Datatype dt, MPI_Op op, int root)
 {
 	uint64_t s = ivs_coll_op_begin(k, span);
-	memcpy(ivs_coll_data(k, k->li, s, span), sb, span);
+	ivs_copy(ivs_coll_data(k, k->li, s, span), sb, span);
 	ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
 	int rc = MPI_SUCCESS;
 	if (k->nhosts == 1) {
@@ -65,9 +65,9 @@ static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *s
 			rc = ivs_coll_net_complete(PMPI_Ireduce(k->myhost == root_host ? MPI_IN_PLACE : acc, acc, cnt, dt, op, root_host, k->lcomm, &req), &req);
 		if (rc == MPI_SUCCESS && (root < 0 || k->myhost == root_host)) {
 			if (root < 0 || root == c->rank)
-				memcpy(rb, acc, span);
+				ivs_copy(rb, acc, span);
 			if (root < 0 || root != c->rank) {
-				memcpy(ivs_coll_result(k, s, span), acc, span);
+				ivs_copy(ivs_coll_result(k, s, span), acc, span);
 				ivs_coll_publish(ivs_coll_result_line(k, s), s);
 			}
 		}
@@ -76,7 +76,7 @@ static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *s
 	}
 	if (root < 0 || root == c->rank) {
 		ivs_coll_await(ivs_coll_result_line(k, s), s);
-		memcpy(rb, ivs_coll_result(k, s, span), span);
+		ivs_copy(rb, ivs_coll_result(k, s, span), span);
 	}
 	return MPI_SUCCESS;
 }
@@ -153,7 +153,7 @@ static int reduce_scatter_common(struct ivs_coll *k, struct ivs_comm *c, const v
 	int my = counts ? counts[c->rank] : block;
 	if (rc == MPI_SUCCESS && my > 0) {
 		uint64_t n = (uint64_t)(my - 1) * r.extent + (r.span - (uint64_t)(total - 1) * r.extent);
-		memcpy((uint8_t *)rbuf + r.lb, tmp + (uint64_t)mine * r.extent, n);
+		ivs_copy((uint8_t *)rbuf + r.lb, tmp + (uint64_t)mine * r.extent, n);
 	}
 	free(tmp);
 	return rc;

@@ -209,7 +209,7 @@ int ivs_dt_pack(const void *buf, int count, MPI_Datatype dt, void *dst, uint64_t
 	uint64_t bytes;
 	ptrdiff_t lb;
 	if (ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n) {
-		memcpy(dst, (const uint8_t *)buf + lb, n);
+		ivs_copy(dst, (const uint8_t *)buf + lb, n);
 		return MPI_SUCCESS;
 	}
 	return dt_move(DT_PACK, (void *)buf, count, dt, dst, n, comm);
@@ -221,7 +221,7 @@ int ivs_dt_unpack(const void *src, uint64_t n, void *buf, int count, MPI_Datatyp
 	uint64_t bytes;
 	ptrdiff_t lb;
 	if (ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n) {
-		memcpy((uint8_t *)buf + lb, src, n);
+		ivs_copy((uint8_t *)buf + lb, src, n);
 		return MPI_SUCCESS;
 	}
 	return dt_move(DT_UNPACK, buf, count, dt, (uint8_t *)src, n, comm);

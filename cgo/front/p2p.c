@@ -343,7 +343,7 @@ static int bsend_shm(const void *buf, int count, MPI_Datatype dt, int dest, int 
 		if (!copy)
 			ivs_fatal("out of memory buffering a %lu-byte MPI_Bsend", (unsigned long)r->cap);
 		if (r->cap > r->done)
-			memcpy(copy + r->done, r->cbuf + r->done, r->cap - r->done);
+			ivs_copy(copy + r->done, r->cbuf + r->done, r->cap - r->done);
 		r->cbuf = copy;
 		r->packed = 1;
 	}

@@ -36,9 +36,9 @@ IVS_COLD void ivs_fatal(const char *fmt, ...)
  * answer waits: spinning longer is cheaper, so after IVS_FAST_YIELDS such yields in a row the
  * spin doubles, up to IVS_SPIN_MAX. A yield that took several times the fastest one, and over a
  * microsecond, ran another task on this core: spinning only delays it, so the spin drops to
- * IVS_SPIN_MIN (a switch to another task and back takes 3.5 us in these guests). Measured on 2 CPUs, ranks pinned to their own core:
- * PingPong 0 B 0.43 us with a fixed spin of 16, 0.15 us with 64; with 4 ranks on 2 CPUs, a fixed
- * 64 made Barrier 5.5 -> 7.8 us. */
+ * IVS_SPIN_MIN (a switch to another task and back takes 3.5 us in these guests). Measured on
+ * 2 CPUs, ranks pinned to their own core: PingPong 0 B 0.43 us with a fixed spin of 16, 0.15 us
+ * with 64; with 4 ranks on 2 CPUs, a fixed 64 made Barrier 5.5 -> 7.8 us. */
 enum {
 	IVS_SPIN_MIN = 16,
 	IVS_SPIN_MAX = 128,
@@ -166,7 +166,7 @@ static void recv_complete(struct ivs_req *r, struct ivs_msg *m)
 static void recv_copy(struct ivs_req *r, uint64_t at, const uint8_t *src, uint64_t n)
 {
 	if (at < r->cap)
-		memcpy(r->cbuf + at, src, n < r->cap - at ? n : r->cap - at);
+		ivs_copy(r->cbuf + at, src, n < r->cap - at ? n : r->cap - at);
 }
 
 /* Put the peer's queued ACKs into the ring as far as it has room. */
@@ -265,7 +265,7 @@ static void unexp_store(int world, struct ivs_msg *m, const uint8_t *src, uint64
 		m->buf_cap = cap;
 	}
 	if (n)
-		memcpy(m->buf + m->got, src, n);
+		ivs_copy(m->buf + m->got, src, n);
 	m->got = need;
 }
 

@@ -51,6 +51,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include "copy.h"
 #include "ivshim_ring.h"
 
 #define IVS_REC_MAX (16u << 10) /* bytes of the largest record a producer writes */
@@ -162,7 +163,7 @@ static inline int ivs_tx_write(struct ivs_tx *t, uint16_t kind, uint16_t flags, 
 	/* An empty message may come from a NULL buffer, which memcpy must not see; expecting bytes
 	 * keeps the small-message path straight. */
 	if (__builtin_expect(len != 0, 1))
-		memcpy((uint8_t *)r + IVS_REC_HDR, payload, len);
+		ivs_copy((uint8_t *)r + IVS_REC_HDR, payload, len);
 	ivs_tx_commit(t, r);
 	return 1;
 }
