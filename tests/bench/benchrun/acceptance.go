@@ -138,7 +138,7 @@ func (r *Report) gridVerdict(g grid) Verdict {
 	}
 	v := Verdict{Target: fmt.Sprintf("%s %s at %s, %d ranks, %s/%s", g.benchmark, what, sizes, g.ranks, g.num, g.den),
 		MPI: g.mpi.String(), Goal: fmt.Sprintf("%s %.2f× %s", op, g.goal, g.den), Unit: "×"}
-	var failed, missing []string
+	var failed, missing, tiny []string
 	judged, bestWorst, bestAt := 0, 0.0, -1
 	for _, bytes := range r.gridSizes(g) {
 		if bytes < g.from {
@@ -147,6 +147,9 @@ func (r *Report) gridVerdict(g grid) Verdict {
 		judged++
 		x, ok, why := r.ratio(g.mpi, g.ranks, g.num, g.den, g.benchmark, bytes, g.bandwidth)
 		switch {
+		case !ok && why == unresolved:
+			tiny = append(tiny, sizeName(bytes))
+			continue
 		case !ok:
 			missing = append(missing, fmt.Sprintf("%s (%s)", sizeName(bytes), why))
 			continue
@@ -168,6 +171,9 @@ func (r *Report) gridVerdict(g grid) Verdict {
 	}
 	if len(missing) > 0 {
 		notes = append(notes, fmt.Sprintf("no ratio at %d of %d sizes: %s", len(missing), judged, listed(missing)))
+	}
+	if len(tiny) > 0 {
+		notes = append(notes, fmt.Sprintf("not judged at %s: %s", strings.Join(tiny, ", "), unresolved))
 	}
 	if len(failed) > 0 && bestAt >= 0 {
 		notes = append(notes, fmt.Sprintf("fastest runs: worst %.2f at %s", bestWorst, sizeName(bestAt)))
@@ -269,6 +275,10 @@ const (
 	maxRoundingError = 0.1
 )
 
+// unresolved is why a ratio is missing when both times are too small to compare: a 0-byte
+// collective that the library returns from at once. It is reported, not judged.
+const unresolved = "times too close to ivbench's 0.001 µs resolution for a ratio"
+
 // ratio returns num/den for benchmark at bytes (times, or PingPong bandwidths), with a note
 // saying why when a configuration has no usable figure.
 func (r *Report) ratio(m cluster.MPI, ranks int, num, den Placement, benchmark string, bytes int, bandwidth bool) (float64, bool, string) {
@@ -285,7 +295,7 @@ func (r *Report) ratioOf(m cluster.MPI, ranks int, num, den Placement, benchmark
 	case bNote != "":
 		return 0, false, fmt.Sprintf("%s: %s", den, bNote)
 	case !bandwidth && ivbenchRounding/a+ivbenchRounding/b > maxRoundingError:
-		return 0, false, "times too close to ivbench's 0.001 µs resolution for a ratio"
+		return 0, false, unresolved
 	}
 	return a / b, true, ""
 }

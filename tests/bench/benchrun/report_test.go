@@ -249,3 +249,26 @@ func TestAcceptanceTwoHosts(t *testing.T) {
 		t.Errorf("mpich %s: %+v", allreduce, v)
 	}
 }
+
+// TestUnresolvedNotJudged: a size whose times are both too small for a ratio is named in the
+// verdict but neither meets nor misses the goal.
+func TestUnresolvedNotJudged(t *testing.T) {
+	r := &Report{Started: time.Now(), Runs: 1, Sizes: []int{0, 8}, Seconds: 0.05, CPUs: 2}
+	for p, f := range map[Placement][2]float64{Native: {0.006, 0.30}, Shim: {0.005, 0.20}} {
+		c := &CaseResult{Case: Case{MPI: cluster.OpenMPI, Ranks: 2, Placement: p}}
+		c.add([]ivbench.Block{{Name: "Bcast", Procs: 2, Rows: []ivbench.Row{{Bytes: 0, TAvg: f[0]}, {Bytes: 8, TAvg: f[1]}}}})
+		c.Runs = []RunRecord{{Round: 1, Status: statusOK, Attempts: 1}}
+		r.Cases = append(r.Cases, c)
+	}
+	r.finish()
+	for _, v := range r.Acceptance() {
+		if v.Target != "Bcast latency at every size, 2 ranks, shim/native" {
+			continue
+		}
+		if !v.Met || !near(v.Value, 0.2/0.3) || !strings.Contains(v.Note, "not judged at 0 B") {
+			t.Errorf("%+v", v)
+		}
+		return
+	}
+	t.Error("no Bcast verdict")
+}
