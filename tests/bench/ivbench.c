@@ -72,7 +72,7 @@ struct run {
 };
 
 /* PAIR runs on two processes and prints IMB's "t[usec] Mbytes/sec"; GROUP on npmin .. all
- * processes with t_min, t_max and t_avg (and Mbytes/sec if the bench moves bytes_per_msg > 0);
+ * processes with t_min, t_max and t_avg (and Mbytes/sec if its messages > 0);
  * BARRIER is GROUP without sizes. */
 enum kind { PAIR, GROUP, BARRIER };
 
@@ -131,7 +131,6 @@ static size_t two_blocks(int p) { (void)p; return 2; }
 static void own_fill(const struct run *r) { fill_pattern(r->sbuf, r->bytes, r->rank); }
 
 /* PingPong: ranks 0 and 1 of a two-process communicator. */
-
 static void pingpong_op(const struct run *r)
 {
     int n = (int)r->bytes;
@@ -243,8 +242,8 @@ static void allreduce_op(const struct run *r)
     MPI_Allreduce(r->sbuf, r->rbuf, (int)(r->bytes / sizeof(float)), MPI_FLOAT, MPI_SUM, r->comm);
 }
 
-/* Allgather and Gather: every rank contributes its own pattern; block k must be rank k's. */
-
+/* Allgather and Gather: every rank contributes its own pattern (own_fill); block k must be rank
+ * k's. */
 static void check_blocks_by_rank(const struct run *r)
 {
     for (int k = 0; k < r->p; k++)

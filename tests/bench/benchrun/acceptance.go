@@ -2,7 +2,6 @@ package benchrun
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 
 	"ivshim.dev/ivshim/tests/cluster"
@@ -87,7 +86,7 @@ func (v *Verdict) settle(met bool, yes, no string) {
 func (r *Report) Acceptance() []Verdict {
 	var vs []Verdict
 	for _, m := range r.mpis() {
-		for _, b := range slices.Concat(pairBenchmarks, groupBenchmarks) {
+		for _, b := range allBenchmarks {
 			vs = append(vs, r.gridVerdict(grid{mpi: m, ranks: coLocatedRanks, num: Shim, den: Native, benchmark: b, goal: latencyGoal}))
 		}
 		vs = append(vs, r.gridVerdict(grid{mpi: m, ranks: coLocatedRanks, num: Shim, den: Native, benchmark: "PingPong",
@@ -124,6 +123,14 @@ type grid struct {
 	goal      float64
 }
 
+// worse reports whether ratio a is worse than b for g: higher for times, lower for bandwidths.
+func (g grid) worse(a, b float64) bool {
+	if g.bandwidth {
+		return a < b
+	}
+	return a > b
+}
+
 // gridVerdict judges g. The value is the worst ratio over the sizes measured; the verdict is
 // met only if every size has a ratio and every ratio meets the goal. The note names the sizes
 // that did not.
@@ -153,15 +160,14 @@ func (r *Report) gridVerdict(g grid) Verdict {
 		case !ok:
 			missing = append(missing, fmt.Sprintf("%s (%s)", sizeName(bytes), why))
 			continue
-		case !v.Measured || (!g.bandwidth && x > v.Value) || (g.bandwidth && x < v.Value):
+		case !v.Measured || g.worse(x, v.Value):
 			v.Value = x
 		}
 		v.Measured = true
-		if y, ok, _ := r.ratioOf(g.mpi, g.ranks, g.num, g.den, g.benchmark, bytes, g.bandwidth, true); ok &&
-			(bestAt < 0 || (!g.bandwidth && y > bestWorst) || (g.bandwidth && y < bestWorst)) {
+		if y, ok, _ := r.ratioOf(g.mpi, g.ranks, g.num, g.den, g.benchmark, bytes, g.bandwidth, true); ok && (bestAt < 0 || g.worse(y, bestWorst)) {
 			bestWorst, bestAt = y, bytes
 		}
-		if (!g.bandwidth && x > g.goal) || (g.bandwidth && x < g.goal) {
+		if g.worse(x, g.goal) {
 			failed = append(failed, fmt.Sprintf("%s %.2f", sizeName(bytes), x))
 		}
 	}

@@ -72,11 +72,12 @@ func (c Case) String() string {
 }
 
 // The benchmarks ivbench runs, in IMB's order: the two-process ones (ranks 0 and 1 only, so
-// larger jobs skip them), then those of all ranks; and the collectives the usability check of
-// larger jobs names.
+// larger jobs skip them), then those of all ranks, and both; and the collectives the usability
+// check of larger jobs names.
 var (
 	pairBenchmarks    = []string{"PingPong", "PingPing"}
 	groupBenchmarks   = []string{"Sendrecv", "Exchange", "Barrier", "Bcast", "Reduce", "Allreduce", "Allgather", "Alltoall", "Gather", "Scatter"}
+	allBenchmarks     = slices.Concat(pairBenchmarks, groupBenchmarks)
 	targetCollectives = []string{"Barrier", "Bcast", "Allreduce", "Allgather", "Alltoall"}
 )
 
@@ -130,7 +131,7 @@ func (c Case) workload(sizes []int) workload {
 	case c.spinning():
 		return workload{benchmarks: targetCollectives, sizes: spinSizes, iter: iterSpinning}
 	case c.Ranks == 2:
-		return workload{benchmarks: slices.Concat(pairBenchmarks, groupBenchmarks), sizes: sizes, iter: iterDefault}
+		return workload{benchmarks: allBenchmarks, sizes: sizes, iter: iterDefault}
 	}
 	return workload{benchmarks: groupBenchmarks, sizes: sizes, iter: iterDefault}
 }

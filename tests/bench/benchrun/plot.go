@@ -13,7 +13,7 @@ import (
 
 // plotted are the benchmarks plotted, latency over message size, one PNG per library each:
 // all but Barrier, which has no sizes.
-var plotted = slices.DeleteFunc(slices.Concat(pairBenchmarks, groupBenchmarks), func(b string) bool { return b == "Barrier" })
+var plotted = slices.DeleteFunc(slices.Clone(allBenchmarks), func(b string) bool { return b == "Barrier" })
 
 // placementColors tell the placements apart in plots; rank counts differ by dash type.
 var placementColors = map[Placement]string{

@@ -203,14 +203,11 @@ func (r *Report) writeGroup(w io.Writer, m cluster.MPI, ranks int) {
 			fmt.Fprintf(w, " %s |", c.cell(k.benchmark, k.bytes, false))
 		}
 		for _, rc := range ratios {
-			fmt.Fprintf(w, " %s |", r.ratioCell(m, ranks, rc, k.benchmark, k.bytes, false))
+			fmt.Fprintf(w, " %s |", r.ratioCell(m, ranks, rc, k.benchmark, k.bytes, false, false))
 		}
 		for _, c := range shims {
-			cell := "–"
-			if x, ok, _ := r.ratioOf(m, ranks, c.Placement, baseline(c.Placement), k.benchmark, k.bytes, false, true); ok {
-				cell = fmt.Sprintf("%.2f", x)
-			}
-			fmt.Fprintf(w, " %s | %s |", c.spread(k.benchmark, k.bytes), cell)
+			fastest := r.ratioCell(m, ranks, ratioColumn{c.Placement, baseline(c.Placement)}, k.benchmark, k.bytes, false, true)
+			fmt.Fprintf(w, " %s | %s |", c.spread(k.benchmark, k.bytes), fastest)
 		}
 		fmt.Fprintln(w)
 	}
@@ -233,7 +230,7 @@ func (r *Report) writeGroup(w io.Writer, m cluster.MPI, ranks int) {
 			fmt.Fprintf(w, " %s |", c.cell("PingPong", b, true))
 		}
 		for _, rc := range ratios {
-			fmt.Fprintf(w, " %s |", r.ratioCell(m, ranks, rc, "PingPong", b, true))
+			fmt.Fprintf(w, " %s |", r.ratioCell(m, ranks, rc, "PingPong", b, true, false))
 		}
 		fmt.Fprintln(w)
 	}
@@ -294,12 +291,13 @@ func (c *CaseResult) spread(benchmark string, bytes int) string {
 	if p == nil || len(p.Samples) == 0 {
 		return "–"
 	}
-	return formatUsec(slices.Min(p.Samples)) + "–" + formatUsec(slices.Max(p.Samples))
+	return formatUsec(p.Best) + "–" + formatUsec(slices.Max(p.Samples))
 }
 
-// ratioCell is a ratio for a table, "–" if either side is missing.
-func (r *Report) ratioCell(m cluster.MPI, ranks int, rc ratioColumn, benchmark string, bytes int, bandwidth bool) string {
-	v, ok, _ := r.ratio(m, ranks, rc.num, rc.den, benchmark, bytes, bandwidth)
+// ratioCell is a ratio of medians (with best, of the fastest runs) for a table, "–" if either
+// side is missing.
+func (r *Report) ratioCell(m cluster.MPI, ranks int, rc ratioColumn, benchmark string, bytes int, bandwidth, best bool) string {
+	v, ok, _ := r.ratioOf(m, ranks, rc.num, rc.den, benchmark, bytes, bandwidth, best)
 	if !ok {
 		return "–"
 	}

@@ -151,11 +151,10 @@ func (c *CaseResult) count(status string) int {
 
 // benchmarkOrder is a benchmark's position in ivbench's (IMB's) order.
 func benchmarkOrder(name string) int {
-	all := slices.Concat(pairBenchmarks, groupBenchmarks)
-	if i := slices.Index(all, name); i >= 0 {
+	if i := slices.Index(allBenchmarks, name); i >= 0 {
 		return i
 	}
-	return len(all)
+	return len(allBenchmarks)
 }
 
 // PassthroughResult collects the pass-through runs of one library.
