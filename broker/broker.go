@@ -54,6 +54,9 @@ type Config struct {
 	// MigrateDeadline bounds a migration's drain, and its wait for the destination to plug the
 	// region; 0 means DefaultMigrateDeadline.
 	MigrateDeadline time.Duration
+	// Sysfs is where the host's sysfs is mounted, read for its SR-IOV VFs (broker/vfs.go); ""
+	// means /sys.
+	Sysfs string
 }
 
 func (c Config) migrateDeadline() time.Duration {
@@ -110,7 +113,9 @@ type Broker struct {
 	traffic         TrafficCounter
 	trafficProblems map[string]string // by host interface: why it cannot be watched
 
-	mu          sync.Mutex               // guards snap, vmOfIfindex, vmOfMAC and migrating
+	mu          sync.Mutex               // guards snap, vmOfIfindex, vmOfMAC, migrating, vfProblems and vfShort
+	vfProblems  map[string]bool          // unreadable VFs logged (vfs.go)
+	vfShort     map[string]bool          // "UUID model": a VF record no free VF could serve, logged
 	migrating   map[hypervisor.UUID]bool // VMs in a migration (migrate.go)
 	snap        api.Snapshot
 	vmOfIfindex map[int]string    // running VMs by the index of their host interfaces

@@ -68,12 +68,12 @@ func (b *Broker) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 		b.metrics.MigrationsRefused.Inc()
 		return res, err
 	}
-	defer b.endMigration(vm)
 	log := b.log.With(zap.String("vm", vm.Name), zap.String("job", vm.Job), zap.String("destination", req.Destination))
 	log.Info("migration started", zap.Duration("deadline", deadline))
 	start := time.Now()
 	m := &migration{b: b, mig: mig, vm: vm, dest: req.Destination, deadline: deadline, res: &res, log: log}
 	err = m.run(ctx)
+	b.endMigration(vm)
 	res.Seconds = time.Since(start).Seconds()
 	b.metrics.MigrateTime.Since(start)
 	if err != nil {
@@ -144,6 +144,10 @@ type migration struct {
 	log      *zap.Logger
 	flagged  bool // the VM's entry in the region was set leaving
 	detached bool // the region was unplugged from the VM
+	// vfsDetached: the VM's SR-IOV VFs were (being) unplugged; wantVFs of them must be passed
+	// through at the destination (vfs.go).
+	vfsDetached bool
+	wantVFs     int
 }
 
 // run performs the phases in order; on failure it rolls back and records the step.
@@ -159,14 +163,11 @@ func (m *migration) run(ctx context.Context) error {
 		hist interface{ Since(time.Time) }
 	}{
 		{PhaseDrain, m.drain, &m.b.metrics.MigrateDrainTime},
-		{PhaseDetach, func(context.Context) error {
-			if !plugged {
-				return nil
+		{PhaseDetach, func(ctx context.Context) error {
+			if err := m.detachRegion(region, plugged); err != nil {
+				return err
 			}
-			m.detached = true // even a failed unplug may have half happened: rollback re-plugs
-			m.b.own.Lock()
-			defer m.b.own.Unlock()
-			return m.b.hv.Detach(m.vm, region)
+			return m.detachVFs(ctx)
 		}, &m.b.metrics.MigrateDetachTime},
 		{PhaseMigrate, func(ctx context.Context) error {
 			ctx, cancel := context.WithTimeout(ctx, migrateMoveLimit)
@@ -190,6 +191,17 @@ func (m *migration) run(ctx context.Context) error {
 	}
 	m.res.Migrated = true
 	return nil
+}
+
+// detachRegion unplugs the job's region from the VM, if plugged.
+func (m *migration) detachRegion(region string, plugged bool) error {
+	if !plugged {
+		return nil
+	}
+	m.detached = true // even a failed unplug may have half happened: rollback re-plugs
+	m.b.own.Lock()
+	defer m.b.own.Unlock()
+	return m.b.hv.Detach(m.vm, region)
 }
 
 // drain flags the VM leaving in its job's region and waits, up to the deadline, until none of
@@ -287,29 +299,42 @@ func attachedRanks(r *ivshmem.Region, idx uint32, prev map[uint32]slotWatch) map
 }
 
 // attach waits, up to the deadline, until the destination's broker has plugged the job's
-// region into the VM. A VM without a job has nothing to wait for.
+// region into the VM and passed through as many VFs as the VM had here. A VM without a job
+// and without VFs has nothing to wait for.
 func (m *migration) attach(ctx context.Context, region string) error {
-	if region == "" {
-		return nil
-	}
 	ctx, cancel := context.WithTimeout(ctx, m.deadline)
 	defer cancel()
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
 	for {
-		have, err := m.mig.PluggedAt(ctx, m.dest, m.vm.Name)
-		if err == nil && slices.Contains(have, region) {
+		why, err := m.arrived(ctx, region)
+		if why == "" && err == nil {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
 			if err != nil {
-				return fmt.Errorf("region %s not plugged at the destination after %v: %w", region, m.deadline, err)
+				return fmt.Errorf("after %v: %s: %w", m.deadline, why, err)
 			}
-			return fmt.Errorf("region %s not plugged at the destination after %v (is its broker running?)", region, m.deadline)
+			return fmt.Errorf("after %v: %s", m.deadline, why)
 		case <-tick.C:
 		}
 	}
+}
+
+// arrived says what the VM at the destination still lacks ("" when nothing).
+func (m *migration) arrived(ctx context.Context, region string) (string, error) {
+	if region != "" {
+		have, err := m.mig.PluggedAt(ctx, m.dest, m.vm.Name)
+		if err != nil || !slices.Contains(have, region) {
+			return fmt.Sprintf("region %s not plugged at the destination (is its broker running?)", region), err
+		}
+	}
+	ok, why, err := m.vfsAt(ctx)
+	if err != nil || !ok {
+		return "VFs not passed through at the destination: " + why, err
+	}
+	return "", nil
 }
 
 // rollback undoes what the phases up to failed did: a VM that left comes back, and the VM's
@@ -343,6 +368,9 @@ func (m *migration) rollback(ctx context.Context, failed string) {
 	}
 	if m.detached {
 		done = append(done, "region re-plugged by the reconcile pass")
+	}
+	if m.vfsDetached {
+		done = append(done, "VFs passed through again by the reconcile pass")
 	}
 	m.res.RolledBack = len(errs) == 0
 	m.res.Rollback = strings.Join(done, "; ")

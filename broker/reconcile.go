@@ -49,6 +49,7 @@ func (b *Broker) reconcile() error {
 	for i := range vms {
 		errs = append(errs, b.plugOwn(&vms[i]))
 	}
+	errs = append(errs, b.giveVFs(vms))
 	for _, job := range sortedKeys(b.regions) {
 		rg := b.regions[job]
 		if len(byJob[job]) > 0 || rg.foreign {
@@ -65,7 +66,8 @@ func (b *Broker) reconcile() error {
 	return errors.Join(errs...)
 }
 
-// noteProblems logs each VM whose job tag was rejected, once per VM and reason.
+// noteProblems logs each VM whose ivshim metadata (job tag, VF record) was rejected, once per
+// VM and reason.
 func (b *Broker) noteProblems(vms []hypervisor.VM) {
 	seen := map[hypervisor.UUID]bool{}
 	rejected := 0
@@ -79,7 +81,7 @@ func (b *Broker) noteProblems(vms []hypervisor.VM) {
 			continue
 		}
 		b.problems[vm.UUID] = vm.Problem
-		b.log.Warn("ignoring VM: its ivshim job tag is rejected", zap.String("vm", vm.Name),
+		b.log.Warn("ivshim metadata of a VM rejected", zap.String("vm", vm.Name),
 			zap.Stringer("uuid", vm.UUID), zap.String("problem", vm.Problem))
 	}
 	for u := range b.problems {
@@ -172,7 +174,14 @@ func (b *Broker) publish(vms []hypervisor.VM, byJob map[string][]hypervisor.VM) 
 	var snap api.Snapshot
 	snap.Status = b.status()
 	for _, vm := range vms {
-		snap.VMs = append(snap.VMs, api.VM{Name: vm.Name, UUID: vm.UUID.String(), Job: vm.Job, Problem: vm.Problem, Plugged: vm.Plugged})
+		v := api.VM{Name: vm.Name, UUID: vm.UUID.String(), Job: vm.Job, Problem: vm.Problem, Plugged: vm.Plugged}
+		for _, a := range vm.PCI {
+			v.PCI = append(v.PCI, a.String())
+		}
+		for _, m := range vm.VFs {
+			v.VFs = append(v.VFs, m.String())
+		}
+		snap.VMs = append(snap.VMs, v)
 	}
 	for _, job := range sortedKeys(byJob) {
 		j := api.Job{ID: job, Region: hypervisor.RegionName(job)}

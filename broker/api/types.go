@@ -53,8 +53,11 @@ type VM struct {
 	Name    string   `json:"name"`
 	UUID    string   `json:"uuid"`
 	Job     string   `json:"job,omitempty"`
-	Problem string   `json:"problem,omitempty"` // why its job tag was rejected
+	Problem string   `json:"problem,omitempty"` // why its ivshim metadata was rejected
 	Plugged []string `json:"plugged"`
+	// PCI are the host devices passed through to it, VFs its VF record (models VENDOR:DEVICE).
+	PCI []string `json:"pci,omitempty"`
+	VFs []string `json:"vfs,omitempty"`
 }
 
 // Snapshot is everything the read endpoints serve, taken at the end of a reconcile pass.
@@ -85,8 +88,11 @@ type MigrateResult struct {
 	Job         string `json:"job,omitempty"`
 	Destination string `json:"destination"`
 	// Ranks is how many ranks of the VM held a slot in the region when the drain began.
-	Ranks    int  `json:"ranks"`
-	Migrated bool `json:"migrated"`
+	Ranks int `json:"ranks"`
+	// VFs are the SR-IOV VFs unplugged here ("ADDRESS (VENDOR:DEVICE)"); the destination
+	// passed through as many of the same models before the attach phase ended.
+	VFs      []string `json:"vfs,omitempty"`
+	Migrated bool     `json:"migrated"`
 	// Phases are the steps that ran, in order, with their durations.
 	Phases  []Phase `json:"phases"`
 	Seconds float64 `json:"seconds"`

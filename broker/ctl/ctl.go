@@ -21,7 +21,7 @@ commands:
   status               broker summary
   jobs                 jobs with VMs on this host and their region
   regions              region files and their VM tables
-  vms                  running VMs, their job and plugged regions
+  vms                  running VMs: job, plugged regions, passed-through PCI devices, VF record
   metrics              Prometheus metrics
   migrate [-deadline D] VM DEST
                        migrate a running VM to another host and print the phases'
@@ -163,6 +163,9 @@ func printTable(out io.Writer, v any) {
 			state = "not migrated: " + v.FailedStep + " failed"
 		}
 		fmt.Fprintf(w, "VM\t%s\njob\t%s\ndestination\t%s\nranks drained\t%d\nresult\t%s\n", v.VM, v.Job, v.Destination, v.Ranks, state)
+		if len(v.VFs) > 0 {
+			fmt.Fprintf(w, "VFs moved\t%s\n", strings.Join(v.VFs, ", "))
+		}
 		for _, p := range v.Phases {
 			fmt.Fprintf(w, "%s\t%.1f ms\n", p.Name, p.Seconds*1e3)
 		}
@@ -171,13 +174,14 @@ func printTable(out io.Writer, v any) {
 			fmt.Fprintf(w, "rollback\t%s\n", v.Rollback)
 		}
 	case []api.VM:
-		fmt.Fprintln(w, "NAME\tUUID\tJOB\tPLUGGED\tPROBLEM")
+		fmt.Fprintln(w, "NAME\tUUID\tJOB\tPLUGGED\tPCI\tVF RECORD\tPROBLEM")
 		for _, vm := range v {
 			job := vm.Job
 			if job == "" {
 				job = "-"
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", vm.Name, vm.UUID, job, strings.Join(vm.Plugged, ","), vm.Problem)
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", vm.Name, vm.UUID, job, strings.Join(vm.Plugged, ","),
+				strings.Join(vm.PCI, ","), strings.Join(vm.VFs, ","), vm.Problem)
 		}
 	}
 }

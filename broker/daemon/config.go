@@ -44,6 +44,8 @@ type Config struct {
 	LogLevel        zapcore.Level
 	// CountTraffic attaches the eBPF counter to the VMs' interfaces (traffic_accounting).
 	CountTraffic bool
+	// Sysfs is where the broker reads the host's SR-IOV VFs (sysfs; tests point it elsewhere).
+	Sysfs string
 }
 
 // BrokerConfig is the broker core's part of c, with host as the host id.
@@ -51,6 +53,7 @@ func (c Config) BrokerConfig(host ivshmem.HostID) broker.Config {
 	return broker.Config{
 		RegionDir: c.RegionDir, RegionSize: c.RegionSize, RegionCap: c.RegionCap, HostID: host, Mode: c.RegionMode,
 		Chown: c.Chown, UID: c.UID, GID: c.GID, Resync: c.ResyncInterval, MigrateDeadline: c.MigrateDeadline,
+		Sysfs: c.Sysfs,
 	}
 }
 
@@ -71,6 +74,7 @@ var defaults = map[string]string{
 	"migrate_deadline":   "10s",
 	"log_level":          "info",
 	"traffic_accounting": "on",
+	"sysfs":              "/sys",
 }
 
 // Load reads and parses the configuration file at path.
@@ -135,6 +139,7 @@ func build(set map[string]string) (Config, error) {
 	c := Config{
 		Hypervisor: get("hypervisor"), LibvirtURI: get("libvirt_uri"), NetnsDir: get("netns_dir"),
 		RegionDir: get("region_dir"), Socket: get("socket"), MetricsListen: get("metrics_listen"),
+		Sysfs: get("sysfs"),
 	}
 	var errs []error
 	bad := func(key string, err error) { errs = append(errs, fmt.Errorf("%s: %w", key, err)) }
@@ -150,7 +155,7 @@ func build(set map[string]string) (Config, error) {
 	default:
 		bad("hypervisor", fmt.Errorf("%q: want libvirt or netns", c.Hypervisor))
 	}
-	for _, k := range []string{"region_dir", "socket"} {
+	for _, k := range []string{"region_dir", "socket", "sysfs"} {
 		if v := get(k); !strings.HasPrefix(v, "/") {
 			bad(k, fmt.Errorf("%q: want an absolute path", v))
 		}

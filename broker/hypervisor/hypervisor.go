@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -57,8 +58,9 @@ type VM struct {
 	UUID UUID
 	// Job is the VM's validated ivshim job id; "" when the VM has no job tag or a bad one.
 	Job string
-	// Problem says why a VM that carries a job tag has no Job (the tag is malformed or hostile);
-	// "" otherwise. The broker logs it once per VM and reason.
+	// Problem says why the VM's ivshim metadata was rejected (malformed or hostile): a job tag,
+	// and then Job is "", or a VF record, and then VFs is empty; "" otherwise. The broker logs
+	// it once per VM and reason.
 	Problem string
 	// Plugged lists the names of the ivshim devices (DevicePrefix...) plugged into the VM now.
 	Plugged []string
@@ -67,6 +69,12 @@ type VM struct {
 	// VCPUs is the VM's virtual CPU count, at most MaxVCPUs: the most MPI ranks it is expected
 	// to run, which the broker sizes the job's region by. 0 when unknown (counted as 1).
 	VCPUs int
+	// PCI lists the host PCI devices passed through to the VM now (libvirt's <hostdev>).
+	PCI []PCIAddr
+	// VFs is the broker's record of the SR-IOV VF models the VM had when it last left a host
+	// (Passthrough.RecordVFs): the broker of the host it runs on attaches free VFs of these
+	// models. Empty when there is none.
+	VFs []DeviceModel
 }
 
 // MaxVCPUs bounds VM.VCPUs as read from a hypervisor; a larger claim is taken as unknown.
@@ -185,4 +193,80 @@ func MachineID() (ivshmem.HostID, error) {
 		return ivshmem.HostID{}, fmt.Errorf("machine id: %w", err)
 	}
 	return h, nil
+}
+
+// PCIAddr is the address of a host PCI device, domain:bus:slot.function.
+type PCIAddr struct {
+	Domain        uint16
+	Bus, Slot, Fn uint8
+}
+
+// ParsePCIAddr parses the sysfs form DDDD:BB:SS.F (hex; slot below 0x20, function below 8).
+func ParsePCIAddr(s string) (PCIAddr, error) {
+	var a PCIAddr
+	bad := fmt.Errorf("PCI address %q: want DDDD:BB:SS.F in hex", s)
+	if len(s) != 12 || s[4] != ':' || s[7] != ':' || s[10] != '.' {
+		return a, bad
+	}
+	var parts [4]uint64
+	for i, f := range []string{s[0:4], s[5:7], s[8:10], s[11:12]} {
+		v, err := strconv.ParseUint(f, 16, 16)
+		if err != nil {
+			return a, bad
+		}
+		parts[i] = v
+	}
+	if parts[2] >= 0x20 || parts[3] >= 8 {
+		return a, bad
+	}
+	return PCIAddr{Domain: uint16(parts[0]), Bus: uint8(parts[1]), Slot: uint8(parts[2]), Fn: uint8(parts[3])}, nil
+}
+
+// String formats a in the sysfs form.
+func (a PCIAddr) String() string {
+	return fmt.Sprintf("%04x:%02x:%02x.%x", a.Domain, a.Bus, a.Slot, a.Fn)
+}
+
+// DeviceModel is a PCI device's vendor and device id: what makes two SR-IOV VFs
+// interchangeable for a guest's driver.
+type DeviceModel struct {
+	Vendor, Device uint16
+}
+
+// ParseDeviceModel parses the lspci form VVVV:DDDD (hex).
+func ParseDeviceModel(s string) (DeviceModel, error) {
+	v, d, ok := strings.Cut(s, ":")
+	if !ok || len(v) != 4 || len(d) != 4 {
+		return DeviceModel{}, fmt.Errorf("device model %q: want VVVV:DDDD in hex", s)
+	}
+	vv, err1 := strconv.ParseUint(v, 16, 16)
+	dd, err2 := strconv.ParseUint(d, 16, 16)
+	if err1 != nil || err2 != nil {
+		return DeviceModel{}, fmt.Errorf("device model %q: want VVVV:DDDD in hex", s)
+	}
+	return DeviceModel{Vendor: uint16(vv), Device: uint16(dd)}, nil
+}
+
+// String formats m in the lspci form.
+func (m DeviceModel) String() string { return fmt.Sprintf("%04x:%04x", m.Vendor, m.Device) }
+
+// MaxVFs bounds the VF record of one VM, as read from a hypervisor.
+const MaxVFs = 16
+
+// Passthrough is implemented by a hypervisor that passes host PCI devices through to VMs: the
+// SR-IOV VFs of the MPI library's network path, which a live migration must unplug on the source
+// and replace on the destination (broker/vfs.go). Like Migrator's, its methods may be called
+// while the others run.
+type Passthrough interface {
+	// AttachPCI passes the host device at a through to vm, live.
+	AttachPCI(vm VM, a PCIAddr) error
+	// DetachPCI unplugs the host device at a from vm; it returns once the device has left the
+	// VM (a guest may take a moment to let it go), or with an error.
+	DetachPCI(ctx context.Context, vm VM, a PCIAddr) error
+	// RecordVFs stores models as vm's VF record (VM.VFs), which travels with the VM to the host
+	// it migrates to.
+	RecordVFs(vm VM, models []DeviceModel) error
+	// PCIAt lists the host devices passed through to the VM called name at dest, a Migrator
+	// destination.
+	PCIAt(ctx context.Context, dest, name string) ([]PCIAddr, error)
 }

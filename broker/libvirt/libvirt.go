@@ -17,8 +17,13 @@ import (
 	"ivshim.dev/ivshim/ivshmem"
 )
 
-// Namespace is the XML namespace of ivshim's domain metadata.
+// Namespace is the XML namespace of ivshim's domain metadata: the job tag the operator sets.
 const Namespace = "https://ivshim.dev/xmlns/1"
+
+// VFNamespace is the XML namespace of the broker's VF record (hypervisor.VM.VFs) in a domain's
+// metadata: <vfs><vf model="15b3:101c"/>...</vfs>. Brokers write it; it migrates with the
+// domain's live definition.
+const VFNamespace = "https://ivshim.dev/xmlns/vfs/1"
 
 // DefaultURI is the connection used when none is configured.
 const DefaultURI = "qemu:///system"
@@ -32,12 +37,16 @@ type Shmem struct {
 	XML  string // the device element, as DetachDeviceFlags needs it
 }
 
-// Devices plugs, unplugs and lists the ivshim shmem devices of running domains.
+// Devices plugs, unplugs and lists the ivshim shmem devices and the passed-through PCI devices
+// of running domains.
 type Devices interface {
 	// Plugged lists the ivshim devices (hypervisor.JobOfDevice accepts their name) in the live
 	// definition.
 	Plugged(dom *lv.Domain) ([]Shmem, error)
-	// Attach and Detach hot-plug the device element xml, live only.
+	// PCI lists the host PCI devices passed through (<hostdev> of type pci) in the live
+	// definition.
+	PCI(dom *lv.Domain) ([]hypervisor.PCIAddr, error)
+	// Attach and Detach hot-plug the device element xml (a <shmem> or a <hostdev>), live only.
 	Attach(dom *lv.Domain, xml string) error
 	Detach(dom *lv.Domain, xml string) error
 }
@@ -52,6 +61,15 @@ func (Live) Plugged(dom *lv.Domain) ([]Shmem, error) {
 		return nil, fmt.Errorf("domain XML: %w", err)
 	}
 	return ParseShmems(x)
+}
+
+// PCI parses the live domain XML.
+func (Live) PCI(dom *lv.Domain) ([]hypervisor.PCIAddr, error) {
+	x, err := dom.GetXMLDesc(0)
+	if err != nil {
+		return nil, fmt.Errorf("domain XML: %w", err)
+	}
+	return ParseHostdevs(x)
 }
 
 // Attach calls AttachDeviceFlags with the LIVE flag.
@@ -136,6 +154,127 @@ func ParseNICs(domainXML string) ([]hypervisor.NIC, error) {
 		}
 	}
 	return out, nil
+}
+
+// ParseHostdevs returns the host PCI devices of a domain XML document: the source addresses of
+// its <hostdev mode="subsystem" type="pci"> elements. One whose address does not parse is left
+// out.
+func ParseHostdevs(domainXML string) ([]hypervisor.PCIAddr, error) {
+	var d struct {
+		Hostdevs []struct {
+			Mode    string   `xml:"mode,attr"`
+			Type    string   `xml:"type,attr"`
+			Address pciAttrs `xml:"source>address"`
+		} `xml:"devices>hostdev"`
+	}
+	if err := xml.Unmarshal([]byte(domainXML), &d); err != nil {
+		return nil, fmt.Errorf("parse domain XML: %w", err)
+	}
+	var out []hypervisor.PCIAddr
+	for _, h := range d.Hostdevs {
+		if h.Mode != "subsystem" || h.Type != "pci" {
+			continue
+		}
+		if a, err := h.Address.addr(); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
+// pciAttrs is a libvirt <address> element of a PCI device: numbers in C syntax (libvirt writes
+// 0x-prefixed hex).
+type pciAttrs struct {
+	Domain   string `xml:"domain,attr"`
+	Bus      string `xml:"bus,attr"`
+	Slot     string `xml:"slot,attr"`
+	Function string `xml:"function,attr"`
+}
+
+func (p pciAttrs) addr() (hypervisor.PCIAddr, error) {
+	var v [4]uint64
+	for i, f := range []struct {
+		s   string
+		max uint64
+	}{{p.Domain, 0xffff}, {p.Bus, 0xff}, {p.Slot, 0x1f}, {p.Function, 7}} {
+		n, err := strconv.ParseUint(f.s, 0, 32)
+		if err != nil || n > f.max {
+			return hypervisor.PCIAddr{}, fmt.Errorf("PCI address %+v out of range", p)
+		}
+		v[i] = n
+	}
+	return hypervisor.PCIAddr{Domain: uint16(v[0]), Bus: uint8(v[1]), Slot: uint8(v[2]), Fn: uint8(v[3])}, nil
+}
+
+// HostdevXML is the device element that passes the host PCI device at a through; managed, so
+// libvirt binds it to vfio-pci on attach and gives it back to its host driver on detach.
+func HostdevXML(a hypervisor.PCIAddr) string {
+	return fmt.Sprintf("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x%04x' bus='0x%02x' slot='0x%02x' function='0x%x'/></source></hostdev>",
+		a.Domain, a.Bus, a.Slot, a.Fn)
+}
+
+// VFRecordXML is the metadata element that stores models as a VF record.
+func VFRecordXML(models []hypervisor.DeviceModel) string {
+	var b strings.Builder
+	b.WriteString("<vfs>")
+	for _, m := range models {
+		fmt.Fprintf(&b, "<vf model='%s'/>", m)
+	}
+	b.WriteString("</vfs>")
+	return b.String()
+}
+
+// ParseVFRecord reads the VF record from the metadata element libvirt returns for VFNamespace
+// (`<vfs><vf model="VVVV:DDDD"/>...</vfs>`), rejecting everything else.
+func ParseVFRecord(meta string) ([]hypervisor.DeviceModel, error) {
+	if len(meta) > maxMetadata {
+		return nil, fmt.Errorf("VF record is %d bytes, more than %d", len(meta), maxMetadata)
+	}
+	var r struct {
+		XMLName xml.Name
+		Attrs   []xml.Attr `xml:",any,attr"`
+		VFs     []struct {
+			Attrs []xml.Attr `xml:",any,attr"`
+			Inner string     `xml:",innerxml"`
+		} `xml:"vf"`
+		Other []struct{ XMLName xml.Name } `xml:",any"`
+		Text  string                       `xml:",chardata"`
+	}
+	dec := xml.NewDecoder(strings.NewReader(meta))
+	dec.Strict = true
+	if err := dec.Decode(&r); err != nil {
+		return nil, fmt.Errorf("VF record: %w", err)
+	}
+	if r.XMLName.Local != "vfs" || len(r.Other) > 0 || strings.TrimSpace(r.Text) != "" || len(nonNS(r.Attrs)) > 0 {
+		return nil, errors.New("VF record: want <vfs> holding only <vf model=\"VVVV:DDDD\"/> elements")
+	}
+	if len(r.VFs) > hypervisor.MaxVFs {
+		return nil, fmt.Errorf("VF record: %d VFs, more than %d", len(r.VFs), hypervisor.MaxVFs)
+	}
+	var out []hypervisor.DeviceModel
+	for _, v := range r.VFs {
+		a := nonNS(v.Attrs)
+		if len(a) != 1 || a[0].Name.Local != "model" || a[0].Name.Space != "" || strings.TrimSpace(v.Inner) != "" {
+			return nil, errors.New("VF record: want <vf model=\"VVVV:DDDD\"/> elements")
+		}
+		m, err := hypervisor.ParseDeviceModel(a[0].Value)
+		if err != nil {
+			return nil, fmt.Errorf("VF record: %w", err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// nonNS drops namespace declarations from attrs.
+func nonNS(attrs []xml.Attr) []xml.Attr {
+	var out []xml.Attr
+	for _, a := range attrs {
+		if a.Name.Space != "xmlns" && a.Name.Local != "xmlns" {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // ShmemXML is the device element that plugs region r.
@@ -272,7 +411,7 @@ func (h *Hypervisor) subscribe() error {
 	}
 	h.callbacks = append(h.callbacks, id)
 	id, err = h.conn.DomainEventMetadataChangeRegister(nil, func(_ *lv.Connect, _ *lv.Domain, e *lv.DomainEventMetadataChange) {
-		if e.NSURI == Namespace {
+		if e.NSURI == Namespace || e.NSURI == VFNamespace {
 			h.changes.Signal()
 		}
 	})
@@ -388,12 +527,26 @@ func (h *Hypervisor) describe(dom *lv.Domain) (hypervisor.VM, error) {
 			vm.Problem = err.Error()
 		}
 	}
+	meta, err = dom.GetMetadata(lv.DOMAIN_METADATA_ELEMENT, VFNamespace, lv.DOMAIN_AFFECT_LIVE)
+	switch {
+	case errors.As(err, &lerr) && lerr.Code == lv.ERR_NO_DOMAIN_METADATA:
+	case err != nil:
+		return vm, fmt.Errorf("domain %s: VF record: %w", name, err)
+	default:
+		vm.VFs, err = ParseVFRecord(meta)
+		if err != nil && vm.Problem == "" {
+			vm.Problem = err.Error()
+		}
+	}
 	shmems, err := h.dev.Plugged(dom)
 	if err != nil {
 		return vm, fmt.Errorf("domain %s: %w", name, err)
 	}
 	for _, s := range shmems {
 		vm.Plugged = append(vm.Plugged, s.Name)
+	}
+	if vm.PCI, err = h.dev.PCI(dom); err != nil {
+		return vm, fmt.Errorf("domain %s: %w", name, err)
 	}
 	x, err := dom.GetXMLDesc(0)
 	if err != nil {

@@ -31,12 +31,71 @@ import (
 type fakeDevices struct {
 	t       *testing.T
 	mu      sync.Mutex
-	plugged map[string]map[string]string // boot key -> device name -> device XML
-	names   map[string]string            // boot key -> domain name
+	plugged map[string]map[string]string    // boot key -> device name -> device XML
+	names   map[string]string               // boot key -> domain name
+	pci     map[string][]hypervisor.PCIAddr // boot key -> passed-through host devices
 }
 
 func newFakeDevices(t *testing.T) *fakeDevices {
-	return &fakeDevices{t: t, plugged: map[string]map[string]string{}, names: map[string]string{}}
+	return &fakeDevices{t: t, plugged: map[string]map[string]string{}, names: map[string]string{}, pci: map[string][]hypervisor.PCIAddr{}}
+}
+
+// hostdev parses a <hostdev> element the broker hands libvirt: a managed PCI passthrough.
+func hostdev(x string) (hypervisor.PCIAddr, error) {
+	var d struct {
+		XMLName xml.Name `xml:"hostdev"`
+		Mode    string   `xml:"mode,attr"`
+		Type    string   `xml:"type,attr"`
+		Managed string   `xml:"managed,attr"`
+	}
+	if err := xml.Unmarshal([]byte(x), &d); err != nil || d.Mode != "subsystem" || d.Type != "pci" || d.Managed != "yes" {
+		return hypervisor.PCIAddr{}, fmt.Errorf("hostdev XML %q: want a managed pci subsystem device (%v)", x, err)
+	}
+	a, err := libvirt.ParseHostdevs("<domain><devices>" + x + "</devices></domain>")
+	if err != nil || len(a) != 1 {
+		return hypervisor.PCIAddr{}, fmt.Errorf("hostdev XML %q: no address (%v)", x, err)
+	}
+	return a[0], nil
+}
+
+func (f *fakeDevices) PCI(dom *lv.Domain) ([]hypervisor.PCIAddr, error) {
+	key, _, err := bootKey(dom)
+	if err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.pci[key]), nil
+}
+
+// hostdevOp attaches (or detaches) the hostdev element x, reporting whether x was one.
+func (f *fakeDevices) hostdevOp(dom *lv.Domain, x string, attach bool) (bool, error) {
+	if !strings.HasPrefix(x, "<hostdev") {
+		return false, nil
+	}
+	a, err := hostdev(x)
+	if err != nil {
+		f.t.Error(err)
+		return true, err
+	}
+	key, _, err := bootKey(dom)
+	if err != nil {
+		return true, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i := slices.Index(f.pci[key], a)
+	switch {
+	case attach && i >= 0:
+		return true, fmt.Errorf("hostdev %s already passed through", a)
+	case attach:
+		f.pci[key] = append(f.pci[key], a)
+	case i < 0:
+		return true, fmt.Errorf("hostdev %s not passed through", a)
+	default:
+		f.pci[key] = slices.Delete(f.pci[key], i, i+1)
+	}
+	return true, nil
 }
 
 func bootKey(dom *lv.Domain) (string, string, error) {
@@ -122,6 +181,9 @@ func parseDevice(x string) (shmemDevice, error) {
 }
 
 func (f *fakeDevices) Attach(dom *lv.Domain, x string) error {
+	if ok, err := f.hostdevOp(dom, x, true); ok {
+		return err
+	}
 	d, err := parseDevice(x)
 	if err != nil {
 		f.t.Error(err)
@@ -144,6 +206,9 @@ func (f *fakeDevices) Attach(dom *lv.Domain, x string) error {
 }
 
 func (f *fakeDevices) Detach(dom *lv.Domain, x string) error {
+	if ok, err := f.hostdevOp(dom, x, false); ok {
+		return err
+	}
 	d, err := parseDevice(x)
 	if err != nil {
 		f.t.Error(err)
@@ -181,12 +246,13 @@ func (f *fakeDevices) pluggedInto(conn *lv.Connect, name string) []string {
 }
 
 type fixture struct {
-	t    *testing.T
-	dev  *fakeDevices
-	hv   *libvirt.Hypervisor
-	b    *broker.Broker
-	dir  string
-	logs *observer.ObservedLogs
+	t     *testing.T
+	sysfs string // the host's sysfs as the broker reads it for SR-IOV VFs
+	dev   *fakeDevices
+	hv    *libvirt.Hypervisor
+	b     *broker.Broker
+	dir   string
+	logs  *observer.ObservedLogs
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -197,7 +263,7 @@ func newFixture(t *testing.T) *fixture {
 	}
 	core, logs := observer.New(zapcore.InfoLevel)
 	log := zap.New(zapcore.NewTee(core, zaptest.NewLogger(t).Core()))
-	f := &fixture{t: t, dev: newFakeDevices(t), dir: t.TempDir(), logs: logs}
+	f := &fixture{t: t, dev: newFakeDevices(t), dir: t.TempDir(), logs: logs, sysfs: t.TempDir()}
 	f.hv, err = libvirt.Open("test://"+node, f.dev, log)
 	if err != nil {
 		t.Fatal(err)
@@ -211,7 +277,7 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.b, err = broker.New(broker.Config{RegionDir: f.dir, RegionSize: ivshmem.MinRegionSize, HostID: host, Mode: 0o660, Resync: time.Hour}, f.hv, log)
+	f.b, err = broker.New(broker.Config{RegionDir: f.dir, RegionSize: ivshmem.MinRegionSize, HostID: host, Mode: 0o660, Resync: time.Hour, Sysfs: f.sysfs}, f.hv, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +330,7 @@ func TestReconcileAgainstTestDriver(t *testing.T) {
 	f.wantPlugged("untagged")
 	for _, evil := range []string{"evil-path", "evil-long", "evil-child", "evil-quote"} {
 		f.wantPlugged(evil)
-		if n := f.logs.FilterMessage("ignoring VM: its ivshim job tag is rejected").FilterField(zap.String("vm", evil)).Len(); n != 1 {
+		if n := f.logs.FilterMessage("ivshim metadata of a VM rejected").FilterField(zap.String("vm", evil)).Len(); n != 1 {
 			t.Errorf("%d log lines rejecting domain %s, want 1", n, evil)
 		}
 	}

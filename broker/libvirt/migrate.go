@@ -139,13 +139,9 @@ func sleepCtx(ctx context.Context) error {
 
 // PluggedAt lists the ivshim devices of the domain called name at dest.
 func (h *Hypervisor) PluggedAt(_ context.Context, dest, name string) ([]string, error) {
-	c, err := h.connTo(dest)
+	dom, err := h.destDomain(dest, name)
 	if err != nil {
 		return nil, err
-	}
-	dom, err := c.LookupDomainByName(name)
-	if err != nil {
-		return nil, fmt.Errorf("domain %s at %s: %w", name, dest, err)
 	}
 	defer dom.Free()
 	shmems, err := h.dev.Plugged(dom)
@@ -157,4 +153,17 @@ func (h *Hypervisor) PluggedAt(_ context.Context, dest, name string) ([]string, 
 		names = append(names, s.Name)
 	}
 	return names, nil
+}
+
+// destDomain looks up the domain called name at dest; the caller frees it.
+func (h *Hypervisor) destDomain(dest, name string) (*lv.Domain, error) {
+	c, err := h.connTo(dest)
+	if err != nil {
+		return nil, err
+	}
+	dom, err := c.LookupDomainByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("domain %s at %s: %w", name, dest, err)
+	}
+	return dom, nil
 }

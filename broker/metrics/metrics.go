@@ -72,8 +72,13 @@ type Broker struct {
 	AttachErrors      Counter
 	Detaches          Counter
 	DetachErrors      Counter
-	Reconciles        Counter
-	ReconcileErrors   Counter
+	// VFAttaches and VFAttachErrors count the SR-IOV VFs passed through to VMs by their VF
+	// record (broker/vfs.go); VFsMissing is how many recorded VFs the running VMs lack now.
+	VFAttaches      Counter
+	VFAttachErrors  Counter
+	VFsMissing      Gauge
+	Reconciles      Counter
+	ReconcileErrors Counter
 	// Migrations count the migrations the coordinator completed, MigrationErrors those that
 	// failed (and were rolled back), MigrationsRefused the requests it refused untouched.
 	Migrations        Counter
@@ -113,6 +118,9 @@ func (m *Broker) WriteText(w io.Writer) error {
 	sample(&b, "ivshim_broker_attach_total", `result="error"`, m.AttachErrors.Value())
 	counter(&b, "ivshim_broker_detach_total", "Region unplug attempts by result.", `result="ok"`, m.Detaches.Value())
 	sample(&b, "ivshim_broker_detach_total", `result="error"`, m.DetachErrors.Value())
+	counter(&b, "ivshim_broker_vf_attach_total", "SR-IOV VF pass-through attempts for VMs' VF records, by result.", `result="ok"`, m.VFAttaches.Value())
+	sample(&b, "ivshim_broker_vf_attach_total", `result="error"`, m.VFAttachErrors.Value())
+	gauge(&b, "ivshim_broker_vfs_missing", "VFs that running VMs' VF records name and no free VF of this host could give.", m.VFsMissing.Value())
 	counter(&b, "ivshim_broker_reconcile_total", "Reconcile passes by result.", `result="ok"`, m.Reconciles.Value())
 	sample(&b, "ivshim_broker_reconcile_total", `result="error"`, m.ReconcileErrors.Value())
 	counter(&b, "ivshim_broker_migrations_total", "VM migrations by result (error: failed and rolled back; refused: not started).", `result="ok"`, m.Migrations.Value())

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -97,7 +98,6 @@ func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	running := map[string]bool{}
 	var vms []hypervisor.VM
 	for _, name := range names {
 		vm, err := h.reg.read(name)
@@ -108,8 +108,10 @@ func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
 		if err != nil {
 			continue
 		}
-		running[name] = true
-		out := hypervisor.VM{Name: vm.Name, UUID: vm.UUID, Job: vm.Job, VCPUs: vm.VCPUs}
+		out := hypervisor.VM{Name: vm.Name, UUID: vm.UUID, Job: vm.Job, VCPUs: vm.VCPUs, VFs: vm.VFs}
+		if out.PCI, err = h.reg.PCI(name); err != nil {
+			return nil, err
+		}
 		if vm.NIC.HostIface != "" {
 			out.NICs = []hypervisor.NIC{vm.NIC}
 		}
@@ -125,7 +127,7 @@ func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
 		}
 		vms = append(vms, out)
 	}
-	if err := h.removeStaleDevices(running); err != nil {
+	if err := h.removeStaleDevices(); err != nil {
 		// Leftover devices of stopped VMs are harmless and must not stop the broker acting.
 		h.log.Warn("netns registry cleanup", zap.Error(err))
 	}
@@ -146,14 +148,21 @@ func (h *Hypervisor) complain(name string, err error) {
 		zap.String("file", h.reg.recordPath(name)), zap.Error(err))
 }
 
-func (h *Hypervisor) removeStaleDevices(running map[string]bool) error {
+// removeStaleDevices removes the device directories of VMs that are not registered. The
+// directories are listed before the records, so that a VM registered, and given a device, while
+// this runs keeps it: its record is then older than the listing of records.
+func (h *Hypervisor) removeStaleDevices() error {
 	entries, err := os.ReadDir(filepath.Join(h.reg.Dir, "devices"))
 	if err != nil {
 		return fmt.Errorf("netns devices: %w", err)
 	}
+	names, err := h.reg.names()
+	if err != nil {
+		return err
+	}
 	var errs []error
 	for _, e := range entries {
-		if !running[e.Name()] {
+		if !slices.Contains(names, e.Name()) {
 			errs = append(errs, os.RemoveAll(filepath.Join(h.reg.Dir, "devices", e.Name())))
 		}
 	}
@@ -269,6 +278,62 @@ func (h *Hypervisor) Recall(ctx context.Context, vm hypervisor.VM, dest string) 
 	return h.move(ctx, "recall", vm, Registry{Dir: dest}, h.reg)
 }
 
+var _ hypervisor.Passthrough = (*Hypervisor)(nil)
+
+// AttachPCI passes the host device at a through to vm: a file named by the address in the VM's
+// pci device directory. A device passed through to another VM of this host is refused, as the
+// kernel refuses a second open of a VFIO device.
+func (h *Hypervisor) AttachPCI(vm hypervisor.VM, a hypervisor.PCIAddr) error {
+	names, err := h.reg.names()
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if n == vm.Name {
+			continue
+		}
+		if in, err := h.reg.PCI(n); err == nil && slices.Contains(in, a) {
+			return fmt.Errorf("attach PCI device %s to VM %s: VM %s has it", a, vm.Name, n)
+		}
+	}
+	dir := h.reg.pciDir(vm.Name)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("attach PCI device %s to VM %s: %w", a, vm.Name, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, a.String()), nil, 0o644); err != nil {
+		return fmt.Errorf("attach PCI device %s to VM %s: %w", a, vm.Name, err)
+	}
+	h.changes.Signal()
+	return nil
+}
+
+// DetachPCI unplugs the host device at a from vm; one that is not passed through is no error.
+func (h *Hypervisor) DetachPCI(_ context.Context, vm hypervisor.VM, a hypervisor.PCIAddr) error {
+	if err := os.Remove(filepath.Join(h.reg.pciDir(vm.Name), a.String())); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("detach PCI device %s from VM %s: %w", a, vm.Name, err)
+	}
+	h.changes.Signal()
+	return nil
+}
+
+// RecordVFs rewrites vm's record with models as its VF record.
+func (h *Hypervisor) RecordVFs(vm hypervisor.VM, models []hypervisor.DeviceModel) error {
+	rec, err := h.reg.read(vm.Name)
+	if err != nil {
+		return fmt.Errorf("record the VFs of VM %s: %w", vm.Name, err)
+	}
+	if rec.UUID != vm.UUID {
+		return fmt.Errorf("record the VFs of VM %s: its record names UUID %s, not %s", vm.Name, rec.UUID, vm.UUID)
+	}
+	rec.VFs = models
+	return h.reg.Register(rec)
+}
+
+// PCIAt lists the host devices passed through to VM name in the registry at dest.
+func (h *Hypervisor) PCIAt(_ context.Context, dest, name string) ([]hypervisor.PCIAddr, error) {
+	return Registry{Dir: dest}.PCI(name)
+}
+
 // move hands vm's record from one registry to the other (verb names the step in errors): it
 // is registered at to before it goes from from, and is left in from alone when that fails.
 func (h *Hypervisor) move(ctx context.Context, verb string, vm hypervisor.VM, from, to Registry) error {
@@ -278,6 +343,11 @@ func (h *Hypervisor) move(ctx context.Context, verb string, vm hypervisor.VM, fr
 	}
 	if rec.UUID != vm.UUID {
 		return fmt.Errorf("%s VM %s: its record in %s names UUID %s, not %s", verb, vm.Name, from.Dir, rec.UUID, vm.UUID)
+	}
+	// A hypervisor cannot move a VM's passed-through host device (QEMU refuses to migrate with
+	// a VFIO device): the coordinator unplugs them first.
+	if pci, err := from.PCI(vm.Name); err != nil || len(pci) > 0 {
+		return errors.Join(fmt.Errorf("%s VM %s: host PCI devices %v still passed through", verb, vm.Name, pci), err)
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s VM %s: %w", verb, vm.Name, err)

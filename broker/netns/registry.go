@@ -36,17 +36,21 @@ type VM struct {
 	NIC hypervisor.NIC
 	// VCPUs is how many ranks the emulated VM runs (0: unknown), 0..hypervisor.MaxVCPUs.
 	VCPUs int
+	// VFs is the broker's VF record (hypervisor.VM.VFs): it moves with the VM, as libvirt's
+	// metadata does.
+	VFs []hypervisor.DeviceModel
 }
 
 // record is the JSON form of a VM in DIR/vms/NAME.json.
 type record struct {
-	Name      string `json:"name"`
-	UUID      string `json:"uuid"`
-	Job       string `json:"job"`
-	Netns     string `json:"netns"`
-	HostIface string `json:"host_iface,omitempty"`
-	MAC       string `json:"mac,omitempty"`
-	VCPUs     int    `json:"vcpus,omitempty"`
+	Name      string   `json:"name"`
+	UUID      string   `json:"uuid"`
+	Job       string   `json:"job"`
+	Netns     string   `json:"netns"`
+	HostIface string   `json:"host_iface,omitempty"`
+	MAC       string   `json:"mac,omitempty"`
+	VCPUs     int      `json:"vcpus,omitempty"`
+	VFs       []string `json:"vfs,omitempty"`
 }
 
 // Registry is the state directory of one emulated host (see the package documentation).
@@ -57,6 +61,7 @@ type Registry struct {
 func (g Registry) vmsDir() string             { return filepath.Join(g.Dir, "vms") }
 func (g Registry) recordPath(n string) string { return filepath.Join(g.vmsDir(), n+".json") }
 func (g Registry) deviceDir(n string) string  { return filepath.Join(g.Dir, "devices", n) }
+func (g Registry) pciDir(n string) string     { return filepath.Join(g.deviceDir(n), "pci") }
 
 // DevicePath is where VM name's ivshmem device appears: the value of IVSHIM_REGION in the VM.
 func (g Registry) DevicePath(name string) string {
@@ -97,6 +102,12 @@ func (g Registry) Register(vm VM) error {
 		return fmt.Errorf("register VM %s: %d vCPUs: want 0..%d", vm.Name, vm.VCPUs, hypervisor.MaxVCPUs)
 	}
 	rec := record{Name: vm.Name, UUID: vm.UUID.String(), Job: vm.Job, Netns: vm.Netns, VCPUs: vm.VCPUs}
+	if len(vm.VFs) > hypervisor.MaxVFs {
+		return fmt.Errorf("register VM %s: %d VFs: want at most %d", vm.Name, len(vm.VFs), hypervisor.MaxVFs)
+	}
+	for _, m := range vm.VFs {
+		rec.VFs = append(rec.VFs, m.String())
+	}
 	if vm.NIC.HostIface != "" {
 		if err := hypervisor.CheckNIC(vm.NIC); err != nil {
 			return fmt.Errorf("register VM %s: %w", vm.Name, err)
@@ -166,6 +177,25 @@ func (g Registry) Device(name string) (string, error) {
 	return target, nil
 }
 
+// PCI lists the host PCI devices passed through to VM name: the files of its pci device
+// directory, each named by an address.
+func (g Registry) PCI(name string) ([]hypervisor.PCIAddr, error) {
+	entries, err := os.ReadDir(g.pciDir(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("PCI devices of VM %s: %w", name, err)
+	}
+	var out []hypervisor.PCIAddr
+	for _, e := range entries {
+		if a, err := hypervisor.ParsePCIAddr(e.Name()); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out, nil
+}
+
 // WaitDevice waits until the broker has plugged a region into VM name and returns the region
 // file's path. Callers start ranks in the VM only after it returns.
 func (g Registry) WaitDevice(ctx context.Context, name string) (string, error) {
@@ -218,6 +248,16 @@ func (g Registry) read(name string) (VM, error) {
 		return VM{}, fmt.Errorf("record of VM %s: %d vCPUs: want 0..%d", name, r.VCPUs, hypervisor.MaxVCPUs)
 	}
 	vm := VM{Name: r.Name, UUID: u, Job: r.Job, Netns: r.Netns, VCPUs: r.VCPUs}
+	if len(r.VFs) > hypervisor.MaxVFs {
+		return VM{}, fmt.Errorf("record of VM %s: %d VFs: want at most %d", name, len(r.VFs), hypervisor.MaxVFs)
+	}
+	for _, s := range r.VFs {
+		m, err := hypervisor.ParseDeviceModel(s)
+		if err != nil {
+			return VM{}, fmt.Errorf("record of VM %s: %w", name, err)
+		}
+		vm.VFs = append(vm.VFs, m)
+	}
 	if r.HostIface != "" || r.MAC != "" {
 		mac, err := net.ParseMAC(r.MAC)
 		if err != nil {

@@ -1,0 +1,91 @@
+package libvirt
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	lv "libvirt.org/go/libvirt"
+
+	"ivshim.dev/ivshim/broker/hypervisor"
+)
+
+// Passthrough of SR-IOV VFs (broker/vfs.go): <hostdev> elements, managed by libvirt, and the
+// broker's VF record in the domain's metadata under VFNamespace.
+
+var _ hypervisor.Passthrough = (*Hypervisor)(nil)
+
+// AttachPCI hot-plugs the host device at a into vm.
+func (h *Hypervisor) AttachPCI(vm hypervisor.VM, a hypervisor.PCIAddr) error {
+	dom, err := h.lookup(vm)
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	if err := h.dev.Attach(dom, HostdevXML(a)); err != nil {
+		return fmt.Errorf("pass %s through to domain %s: %w", a, vm.Name, err)
+	}
+	return nil
+}
+
+// DetachPCI unplugs the host device at a from vm and waits, until ctx ends, for it to be gone
+// from the live definition (the guest's driver lets it go first).
+func (h *Hypervisor) DetachPCI(ctx context.Context, vm hypervisor.VM, a hypervisor.PCIAddr) error {
+	dom, err := h.lookup(vm)
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	have, err := h.dev.PCI(dom)
+	if err != nil {
+		return fmt.Errorf("unplug %s from domain %s: %w", a, vm.Name, err)
+	}
+	if !slices.Contains(have, a) {
+		return nil
+	}
+	if err := h.dev.Detach(dom, HostdevXML(a)); err != nil {
+		return fmt.Errorf("unplug %s from domain %s: %w", a, vm.Name, err)
+	}
+	for {
+		have, err := h.dev.PCI(dom)
+		if err != nil {
+			return fmt.Errorf("unplug %s from domain %s: %w", a, vm.Name, err)
+		}
+		if !slices.Contains(have, a) {
+			return nil
+		}
+		if err := sleepCtx(ctx); err != nil {
+			return fmt.Errorf("unplug %s from domain %s: the guest has not let it go: %w", a, vm.Name, err)
+		}
+	}
+}
+
+// RecordVFs stores models as vm's VF record, in its live definition.
+func (h *Hypervisor) RecordVFs(vm hypervisor.VM, models []hypervisor.DeviceModel) error {
+	if len(models) > hypervisor.MaxVFs {
+		return fmt.Errorf("record the VFs of domain %s: %d, more than %d", vm.Name, len(models), hypervisor.MaxVFs)
+	}
+	dom, err := h.lookup(vm)
+	if err != nil {
+		return err
+	}
+	defer dom.Free()
+	if err := dom.SetMetadata(lv.DOMAIN_METADATA_ELEMENT, VFRecordXML(models), "ivshimvf", VFNamespace, lv.DOMAIN_AFFECT_LIVE); err != nil {
+		return fmt.Errorf("record the VFs of domain %s: %w", vm.Name, err)
+	}
+	return nil
+}
+
+// PCIAt lists the host devices passed through to the domain called name at dest.
+func (h *Hypervisor) PCIAt(_ context.Context, dest, name string) ([]hypervisor.PCIAddr, error) {
+	dom, err := h.destDomain(dest, name)
+	if err != nil {
+		return nil, err
+	}
+	defer dom.Free()
+	pci, err := h.dev.PCI(dom)
+	if err != nil {
+		return nil, fmt.Errorf("domain %s at %s: %w", name, dest, err)
+	}
+	return pci, nil
+}

@@ -1,0 +1,157 @@
+package broker_test
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"ivshim.dev/ivshim/broker/api"
+	"ivshim.dev/ivshim/broker/brokertest"
+	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/broker/netns"
+	"ivshim.dev/ivshim/broker/sriov/sriovtest"
+)
+
+var otherVF = hypervisor.DeviceModel{Vendor: 0x15b3, Device: 0x101e}
+
+// vfHost lays out VFs on e's host: PF pf with one VF per model at functions 2, 3, ...
+func vfHost(e *env, pf string, models ...hypervisor.DeviceModel) {
+	p := sriovtest.Addr(e.t, pf)
+	for i, m := range models {
+		vf := p
+		vf.Fn = uint8(2 + i)
+		sriovtest.AddVF(e.t, e.sysfs, vf, p, m, "vfio-pci", "")
+	}
+}
+
+// pci returns the devices passed through to VM name on e's host, as strings.
+func (e *env) pci(name string) []string {
+	e.t.Helper()
+	got, err := e.reg.PCI(name)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []string
+	for _, a := range got {
+		out = append(out, a.String())
+	}
+	return out
+}
+
+// waitPCI waits until VM name on e's host has exactly want passed through.
+func (e *env) waitPCI(ctx context.Context, name string, want ...string) {
+	e.t.Helper()
+	for !slices.Equal(e.pci(name), want) {
+		if ctx.Err() != nil {
+			e.t.Fatalf("VM %s has PCI devices %v, want %v", name, e.pci(name), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// startVMWithVF registers VM name of job on e's host with the VF at addr passed through, as an
+// operator's domain definition would have it, and waits for its region.
+func startVMWithVF(ctx context.Context, e *env, name, job, addr string) netns.VM {
+	e.t.Helper()
+	vm := e.register(name, job)
+	if err := e.hv.AttachPCI(hypervisor.VM{Name: name, UUID: vm.UUID}, sriovtest.Addr(e.t, addr)); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.reg.WaitDevice(ctx, name); err != nil {
+		e.t.Fatal(err)
+	}
+	return vm
+}
+
+// A migrating VM's VF is unplugged at the source, its model recorded, and a free VF of that
+// model passed through at the destination before the attach phase ends; a second VF of
+// another model on the destination is left alone, and the way back works the same.
+func TestMigrateMovesVFs(t *testing.T) {
+	src, dst := newEnv(t), newEnv(t)
+	vfHost(src, "0000:3b:00.0", sriovtest.ConnectX6VF, sriovtest.ConnectX6VF)
+	vfHost(dst, "0000:5e:00.0", otherVF, sriovtest.ConnectX6VF)
+	ctx := brokertest.Start(t, src.b, 30*time.Second)
+	brokertest.Start(t, dst.b, 30*time.Second)
+	startVMWithVF(ctx, src, "a", "j1", "0000:3b:00.3")
+
+	res, err := src.b.Migrate(ctx, api.MigrateRequest{VM: "a", Destination: dst.reg.Dir, DeadlineMS: 5000})
+	if err != nil {
+		t.Fatalf("migrate: %v (%+v)", err, res)
+	}
+	if !slices.Equal(res.VFs, []string{"0000:3b:00.3 (15b3:101c)"}) {
+		t.Errorf("result VFs %q", res.VFs)
+	}
+	if got := dst.pci("a"); !slices.Equal(got, []string{"0000:5e:00.3"}) {
+		t.Errorf("at the destination the VM has %v, want the free VF of its model 0000:5e:00.3", got)
+	}
+	if got := src.pci("a"); len(got) != 0 {
+		t.Errorf("the source still lists %v for the VM", got)
+	}
+	snap := dst.b.Snapshot()
+	i := slices.IndexFunc(snap.VMs, func(v api.VM) bool { return v.Name == "a" })
+	if i < 0 || !slices.Equal(snap.VMs[i].VFs, []string{"15b3:101c"}) {
+		t.Errorf("destination's view of the VM: %+v", snap.VMs)
+	}
+
+	// Back home: the destination's broker coordinates, the source gives the lowest free VF.
+	res, err = dst.b.Migrate(ctx, api.MigrateRequest{VM: "a", Destination: src.reg.Dir, DeadlineMS: 5000})
+	if err != nil {
+		t.Fatalf("migrate back: %v (%+v)", err, res)
+	}
+	src.waitPCI(ctx, "a", "0000:3b:00.2")
+	if got := dst.pci("a"); len(got) != 0 {
+		t.Errorf("the destination still lists %v for the VM", got)
+	}
+}
+
+// A destination without a free VF of the VM's model fails the attach phase: the VM comes back,
+// gets its region and a VF of its model again, and the answer says what was missing.
+func TestMigrateWithoutFreeVFRollsBack(t *testing.T) {
+	src, dst := newEnv(t), newEnv(t)
+	vfHost(src, "0000:3b:00.0", sriovtest.ConnectX6VF)
+	vfHost(dst, "0000:5e:00.0", otherVF, sriovtest.ConnectX6VF)
+	ctx := brokertest.Start(t, src.b, 30*time.Second)
+	brokertest.Start(t, dst.b, 30*time.Second)
+	startVMWithVF(ctx, src, "a", "j1", "0000:3b:00.2")
+	startVMWithVF(ctx, dst, "busy", "j2", "0000:5e:00.3") // the destination's only VF of the model
+
+	res, err := src.b.Migrate(ctx, api.MigrateRequest{VM: "a", Destination: dst.reg.Dir, DeadlineMS: 1000})
+	if err == nil {
+		t.Fatalf("migrate succeeded without a VF at the destination: %+v", res)
+	}
+	if res.FailedStep != "attach" || !res.RolledBack || !strings.Contains(err.Error(), "VFs not passed through at the destination") {
+		t.Errorf("result %+v, error %v: want a rolled-back attach naming the VFs", res, err)
+	}
+	if !strings.Contains(res.Rollback, "VFs passed through again") {
+		t.Errorf("rollback %q does not say the VFs come back", res.Rollback)
+	}
+	src.waitPCI(ctx, "a", "0000:3b:00.2")
+	if _, err := src.reg.WaitDevice(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := dst.pci("busy"); !slices.Equal(got, []string{"0000:5e:00.3"}) {
+		t.Errorf("the destination's other VM has %v", got)
+	}
+	if n := dst.logs.FilterMessage("no free VF of the VM's recorded model on this host: the VM runs without it").Len(); n != 1 {
+		t.Errorf("destination logged the missing VF %d times, want once", n)
+	}
+}
+
+// A VF record that does not parse is rejected with a reason and gives the VM nothing; the
+// broker keeps serving the VM's region.
+func TestBadVFRecordGetsNothing(t *testing.T) {
+	e := newEnv(t)
+	vfHost(e, "0000:3b:00.0", sriovtest.ConnectX6VF)
+	vm := e.register("a", "j1")
+	vm.VFs = make([]hypervisor.DeviceModel, hypervisor.MaxVFs+1)
+	if err := e.reg.Register(vm); err == nil {
+		t.Fatal("registered a VF record longer than MaxVFs")
+	}
+	e.reconcile()
+	e.wantDevice("a", e.regionPath("j1"))
+	if got := e.pci("a"); len(got) != 0 {
+		t.Errorf("VM without a VF record got %v", got)
+	}
+}
