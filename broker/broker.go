@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"ivshim.dev/ivshim/broker/api"
 	"ivshim.dev/ivshim/broker/hypervisor"
 	"ivshim.dev/ivshim/broker/metrics"
+	"ivshim.dev/ivshim/broker/sriov"
 	"ivshim.dev/ivshim/ivshmem"
 )
 
@@ -57,6 +59,9 @@ type Config struct {
 	// Sysfs is where the host's sysfs is mounted, read for its SR-IOV VFs (broker/vfs.go); ""
 	// means /sys.
 	Sysfs string
+	// VFPFs are the PFs whose VFs may be given to VMs while a host driver holds them (other
+	// VFs only when bound to vfio-pci or to no driver).
+	VFPFs []hypervisor.PCIAddr
 }
 
 func (c Config) migrateDeadline() time.Duration {
@@ -113,10 +118,11 @@ type Broker struct {
 	traffic         TrafficCounter
 	trafficProblems map[string]string // by host interface: why it cannot be watched
 
-	mu          sync.Mutex               // guards snap, vmOfIfindex, vmOfMAC, migrating, vfProblems and vfShort
-	vfProblems  map[string]bool          // unreadable VFs logged (vfs.go)
-	vfShort     map[string]bool          // "UUID model": a VF record no free VF could serve, logged
-	migrating   map[hypervisor.UUID]bool // VMs in a migration (migrate.go)
+	mu          sync.Mutex                  // guards snap, vmOfIfindex, vmOfMAC, migrating, vfProblems and vfShort
+	vfProblems  map[string]bool             // unreadable VFs logged (vfs.go)
+	vfShort     map[string]bool             // "UUID model": a VF record no free VF could serve, logged
+	vfHeld      map[hypervisor.PCIAddr]bool // VFs a migration unplugged, kept for its VM until it ends
+	migrating   map[hypervisor.UUID]bool    // VMs in a migration (migrate.go)
 	snap        api.Snapshot
 	vmOfIfindex map[int]string    // running VMs by the index of their host interfaces
 	vmOfMAC     map[string]string // running VMs by MAC
@@ -145,7 +151,17 @@ func New(cfg Config, hv hypervisor.Hypervisor, log *zap.Logger) (*Broker, error)
 		problems: map[hypervisor.UUID]string{},
 	}
 	b.snap.Status = b.status()
+	if b.passthrough() != nil {
+		if pci := filepath.Join(cmp.Or(cfg.Sysfs, sriov.DefaultSysfs), "bus", "pci"); !isDir(pci) {
+			b.log.Warn("no PCI bus in sysfs: migrations will not move SR-IOV VFs, nor will VMs get VFs of their VF records", zap.String("path", pci))
+		}
+	}
 	return b, nil
+}
+
+func isDir(path string) bool {
+	info, err := os.Stat(path)
+	return err == nil && info.IsDir()
 }
 
 // lockDir takes an exclusive, non-blocking flock on the directory's lock file. The kernel drops

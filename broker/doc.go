@@ -40,10 +40,13 @@
 // waits, up to a deadline, until no rank of that VM holds a slot in the region (a slot whose
 // heartbeat stood still for two seconds counts as gone); the shim's ranks release their slots
 // once their pairs with the VM's peers are on the library path. detach: the region is
-// unplugged. migrate: the hypervisor (hypervisor.Migrator) moves the VM. attach: the
-// destination's broker, reacting to its own hypervisor's events, plugs the job's region there;
-// the coordinator waits for it up to the deadline. A failed phase rolls back: a VM that left
-// is moved back, its entry is flagged present again and the reconcile pass plugs its region.
+// unplugged, then the VM's SR-IOV VFs, their models recorded in the VM's VF record first
+// (vfs.go). migrate: the hypervisor (hypervisor.Migrator) moves the VM. attach: the
+// destination's broker, reacting to its own hypervisor's events, plugs the job's region there
+// and passes free VFs of the recorded models through; the coordinator waits for both up to the
+// deadline. A failed phase rolls back: what VFs the destination gave are unplugged, a VM that
+// left is moved back, its entry is flagged present again, its VFs (held for it meanwhile) are
+// passed through again, and the reconcile pass plugs its region.
 // Reconcile passes leave a migrating VM's devices to the coordinator; a second migration of the
 // same VM is refused while one runs.
 //

@@ -12,6 +12,7 @@ import (
 
 	"ivshim.dev/ivshim/broker/api"
 	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/broker/sriov"
 	"ivshim.dev/ivshim/ivshmem"
 )
 
@@ -32,16 +33,17 @@ const drainPoll = 10 * time.Millisecond
 // Migration phases, in order; the answer, the logs and the metrics name them so.
 const (
 	PhaseDrain   = "drain"   // the VM is flagged leaving; its ranks switch to the library and release
-	PhaseDetach  = "detach"  // the region is unplugged from the VM
+	PhaseDetach  = "detach"  // the region and the VM's SR-IOV VFs are unplugged from the VM
 	PhaseMigrate = "migrate" // the hypervisor moves the VM
-	PhaseAttach  = "attach"  // the destination's broker plugs the job's region there
+	PhaseAttach  = "attach"  // the destination's broker plugs the job's region and VFs there
 )
 
 // Migrate moves a running VM to another host (see the package documentation): it flags the VM
 // leaving in its job's region, waits until every rank of the VM has released the region,
-// unplugs it, has the hypervisor move the VM, and waits until the destination's broker has
-// plugged the job's region there. A failed step or a missed deadline rolls back: the VM keeps
-// or regains its region here and its ranks go on. The answer always carries the phases that
+// unplugs it and the VM's VFs, has the hypervisor move the VM, and waits until the
+// destination's broker has plugged the job's region and VFs of the same models there. A failed
+// step or a missed deadline rolls back: the VM keeps or regains its region and VFs here and its
+// ranks go on. The answer always carries the phases that
 // ran and their durations; the error names the failed step.
 func (b *Broker) Migrate(ctx context.Context, req api.MigrateRequest) (api.MigrateResult, error) {
 	res := api.MigrateResult{VM: req.VM, Destination: req.Destination, Phases: []api.Phase{}}
@@ -73,6 +75,7 @@ func (b *Broker) Migrate(ctx context.Context, req api.MigrateRequest) (api.Migra
 	start := time.Now()
 	m := &migration{b: b, mig: mig, vm: vm, dest: req.Destination, deadline: deadline, res: &res, log: log}
 	err = m.run(ctx)
+	m.vfsRelease()
 	b.endMigration(vm)
 	res.Seconds = time.Since(start).Seconds()
 	b.metrics.MigrateTime.Since(start)
@@ -144,10 +147,13 @@ type migration struct {
 	log      *zap.Logger
 	flagged  bool // the VM's entry in the region was set leaving
 	detached bool // the region was unplugged from the VM
-	// vfsDetached: the VM's SR-IOV VFs were (being) unplugged; wantVFs of them must be passed
-	// through at the destination (vfs.go).
+	// The VM's SR-IOV VFs (vfs.go): vfs were (being) unplugged here, held for the VM until the
+	// migration ends; record is the VF record it took along; recordAway says the record at the
+	// destination was cleared by a rollback.
 	vfsDetached bool
-	wantVFs     int
+	vfs         []sriov.VF
+	record      []hypervisor.DeviceModel
+	recordAway  bool
 }
 
 // run performs the phases in order; on failure it rolls back and records the step.
@@ -330,11 +336,7 @@ func (m *migration) arrived(ctx context.Context, region string) (string, error) 
 			return fmt.Sprintf("region %s not plugged at the destination (is its broker running?)", region), err
 		}
 	}
-	ok, why, err := m.vfsAt(ctx)
-	if err != nil || !ok {
-		return "VFs not passed through at the destination: " + why, err
-	}
-	return "", nil
+	return m.vfsAt(ctx)
 }
 
 // rollback undoes what the phases up to failed did: a VM that left comes back, and the VM's
@@ -343,13 +345,19 @@ func (m *migration) arrived(ctx context.Context, region string) (string, error) 
 func (m *migration) rollback(ctx context.Context, failed string) {
 	var done []string
 	var errs []error
+	home := true // the VM runs here
 	if failed == PhaseAttach {
-		// The VM runs at the destination without its region there: bring it home.
+		// The VM runs at the destination without its region or its VFs there: bring it home,
+		// without what VFs the destination gave it.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), migrateMoveLimit)
-		err := m.mig.Recall(ctx, m.vm, m.dest)
+		err := m.vfsTakeBack(ctx)
+		if err == nil {
+			err = m.mig.Recall(ctx, m.vm, m.dest)
+		}
 		cancel()
 		if err != nil {
-			errs = append(errs, fmt.Errorf("VM left at the destination, running without shared memory: %w", err))
+			home = false
+			errs = append(errs, fmt.Errorf("VM left at the destination: %w", err), m.vfsLeaveAt())
 		} else {
 			done = append(done, "VM migrated back")
 		}
@@ -370,11 +378,13 @@ func (m *migration) rollback(ctx context.Context, failed string) {
 		done = append(done, "region re-plugged by the reconcile pass")
 	}
 	if m.vfsDetached {
-		done = append(done, "VFs passed through again by the reconcile pass")
+		d, err := m.vfsGiveBack(home)
+		done, errs = append(done, d...), append(errs, err)
 	}
-	m.res.RolledBack = len(errs) == 0
+	err := errors.Join(errs...)
+	m.res.RolledBack = err == nil
 	m.res.Rollback = strings.Join(done, "; ")
-	if err := errors.Join(errs...); err != nil {
+	if err != nil {
 		m.res.Rollback = strings.TrimPrefix(m.res.Rollback+"; failed: "+err.Error(), "; ")
 	}
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,7 +24,8 @@ import (
 // a free VF of this host for every recorded model its passed-through devices do not cover yet;
 // that is also how a VM whose migration failed gets its VFs back at the source. Which VFs exist,
 // of which model, and which one a passed-through device is, comes from the host's sysfs
-// (broker/sriov); a VF no running VM has is free.
+// (broker/sriov); a VF no running VM has is free if no host driver holds it (bound to vfio-pci
+// or to nothing) or its PF is one the configuration lists (vf_pfs).
 //
 // A VF-bound verbs connection does not survive its VF being unplugged: an MPI job that must
 // live through migrations runs its library over a path that does (README, "Migrate a VM").
@@ -100,6 +102,11 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 			inUse[a] = true
 		}
 	}
+	for _, vf := range inv.VFs {
+		if b.vfIsHeld(vf.Addr) {
+			inUse[vf.Addr] = true // a migration's, for its VM
+		}
+	}
 	var errs []error
 	missing := 0
 	short := map[string]bool{}
@@ -109,7 +116,7 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 		}
 		for _, m := range missingVFs(inv, vm) {
 			log := b.log.With(zap.String("vm", vm.Name), zap.Stringer("model", m))
-			vf, ok := inv.Pick(m, inUse)
+			vf, ok := inv.Pick(m, inUse, b.cfg.VFPFs)
 			if !ok {
 				missing++
 				key := vm.UUID.String() + " " + m.String()
@@ -138,35 +145,43 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 }
 
 // detachVFs is the VF part of a migration's detach phase: it records the models of the VM's
-// VFs (before touching them, so a failure halfway leaves the record), then unplugs each. Models
-// of the record the VM lacks here stay in it, for the next host to try again.
+// VFs (before touching them, so a failure halfway leaves the record), then unplugs each and
+// holds it for the VM until the migration ends: no other VM of this host gets it meanwhile, and
+// a rollback gives it back. Models of the record the VM lacks here stay in it, for the next host
+// to try again. The VM's devices are read again now: the migration has begun, so no reconcile
+// pass gives it a VF after this.
 func (m *migration) detachVFs(ctx context.Context) error {
 	pt := m.b.passthrough()
 	if pt == nil {
 		return nil
 	}
+	vm, err := m.b.runningVM(m.vm.Name)
+	if err != nil {
+		return err
+	}
 	inv, err := m.b.inventory()
 	if err != nil {
 		return err
 	}
-	vfs := vfsOf(inv, m.vm)
+	vfs := vfsOf(inv, vm)
 	if len(vfs) == 0 {
 		return nil
 	}
-	record := missingVFs(inv, m.vm)
+	m.record = missingVFs(inv, vm)
 	for _, vf := range vfs {
-		record = append(record, vf.Model)
+		m.record = append(m.record, vf.Model)
 	}
-	if !sameModels(record, m.vm.VFs) {
-		if err := pt.RecordVFs(m.vm, record); err != nil {
+	if !sameModels(m.record, vm.VFs) {
+		if err := pt.RecordVFs(vm, m.record); err != nil {
 			return fmt.Errorf("record the VM's VFs: %w", err)
 		}
 	}
-	m.wantVFs = len(vfs)
+	m.vfsDetached = true // a failed unplug may have half happened: the rollback gives VFs back
 	for _, vf := range vfs {
-		m.vfsDetached = true // a failed unplug may have half happened: the rollback gives VFs back
+		m.vfs = append(m.vfs, vf)
+		m.b.holdVF(vf.Addr, true)
 		m.res.VFs = append(m.res.VFs, vf.Addr.String()+" ("+vf.Model.String()+")")
-		if err := pt.DetachPCI(ctx, m.vm, vf.Addr); err != nil {
+		if err := pt.DetachPCI(ctx, vm, vf.Addr); err != nil {
 			return fmt.Errorf("unplug VF %s: %w", vf.Addr, err)
 		}
 	}
@@ -174,34 +189,144 @@ func (m *migration) detachVFs(ctx context.Context) error {
 	return nil
 }
 
+// holdVF keeps the VF at a from giveVFs (or lets it go).
+func (b *Broker) holdVF(a hypervisor.PCIAddr, hold bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.vfHeld == nil {
+		b.vfHeld = map[hypervisor.PCIAddr]bool{}
+	}
+	if hold {
+		b.vfHeld[a] = true
+	} else {
+		delete(b.vfHeld, a)
+	}
+}
+
+func (b *Broker) vfIsHeld(a hypervisor.PCIAddr) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.vfHeld[a]
+}
+
+// vfsRelease lets the VFs the migration held go: they are free for any VM of this host.
+func (m *migration) vfsRelease() {
+	for _, vf := range m.vfs {
+		m.b.holdVF(vf.Addr, false)
+	}
+}
+
 // sameModels reports whether a and b hold the same models, in any order.
 func sameModels(a, b []hypervisor.DeviceModel) bool {
-	key := func(m hypervisor.DeviceModel) int { return int(m.Vendor)<<16 | int(m.Device) }
-	cmp := func(x, y hypervisor.DeviceModel) int { return key(x) - key(y) }
+	key := func(m hypervisor.DeviceModel) uint32 { return uint32(m.Vendor)<<16 | uint32(m.Device) }
+	order := func(x, y hypervisor.DeviceModel) int { return cmp.Compare(key(x), key(y)) }
 	a, b = slices.Clone(a), slices.Clone(b)
-	slices.SortFunc(a, cmp)
-	slices.SortFunc(b, cmp)
+	slices.SortFunc(a, order)
+	slices.SortFunc(b, order)
 	return slices.Equal(a, b)
 }
 
-// vfsAt reports whether the VM at the destination has as many passed-through devices as it
-// had VFs here, and if not, what it has.
-func (m *migration) vfsAt(ctx context.Context) (bool, string, error) {
+// vfsAt says what VFs the VM at the destination still lacks ("" when none): it must have as many
+// devices passed through as it had VFs here. The destination's broker gives only VFs of the
+// recorded models; which model each one is, only the destination's sysfs knows.
+func (m *migration) vfsAt(ctx context.Context) (string, error) {
 	pt := m.b.passthrough()
-	if pt == nil || m.wantVFs == 0 {
-		return true, "", nil
+	if pt == nil || len(m.vfs) == 0 {
+		return "", nil
 	}
 	have, err := pt.PCIAt(ctx, m.dest, m.vm.Name)
 	if err != nil {
-		return false, "", err
+		return "cannot list the VM's devices at the destination", err
 	}
-	if len(have) >= m.wantVFs {
-		return true, "", nil
+	if len(have) >= len(m.vfs) {
+		return "", nil
 	}
+	return fmt.Sprintf("%d of the VM's %d VFs passed through at the destination; has it a free VF of each model (%s)?",
+		len(have), len(m.vfs), modelList(m.record)), nil
+}
+
+func modelList(ms []hypervisor.DeviceModel) string {
 	var s []string
-	for _, a := range have {
-		s = append(s, a.String())
+	for _, m := range ms {
+		s = append(s, m.String())
 	}
-	return false, fmt.Sprintf("%d of the %d it had here (%s); has the destination a free VF of each model?",
-		len(have), m.wantVFs, strings.Join(s, ",")), nil
+	return strings.Join(s, ",")
+}
+
+// vfsTakeBack is the first step of bringing home a VM that went to the destination: the VF
+// record there is cleared, so that the destination's broker gives it nothing more, and what it
+// gave is unplugged.
+func (m *migration) vfsTakeBack(ctx context.Context) error {
+	pt := m.b.passthrough()
+	if pt == nil || !m.vfsDetached {
+		return nil
+	}
+	if err := pt.RecordVFsAt(m.dest, m.vm.Name, nil); err != nil {
+		return fmt.Errorf("clear the VM's VF record at the destination: %w", err)
+	}
+	m.recordAway = true
+	for range 3 { // a pass of the destination's broker may have been giving one meanwhile
+		have, err := pt.PCIAt(ctx, m.dest, m.vm.Name)
+		if err != nil {
+			return err
+		}
+		if len(have) == 0 {
+			return nil
+		}
+		for _, a := range have {
+			if err := pt.DetachPCIAt(ctx, m.dest, m.vm.Name, a); err != nil {
+				return fmt.Errorf("unplug VF %s at the destination: %w", a, err)
+			}
+		}
+	}
+	return errors.New("the destination keeps passing VFs through to the VM")
+}
+
+// vfsLeaveAt puts the VF record back at the destination for a VM that stays there: its broker
+// goes on trying to give it VFs.
+func (m *migration) vfsLeaveAt() error {
+	if !m.recordAway {
+		return nil
+	}
+	if err := m.b.passthrough().RecordVFsAt(m.dest, m.vm.Name, m.record); err != nil {
+		return fmt.Errorf("VF record not restored at the destination: %w", err)
+	}
+	return nil
+}
+
+// vfsGiveBack passes the VFs the migration unplugged through to the VM again, when it is home,
+// with its record as it took it along. It says what it did.
+func (m *migration) vfsGiveBack(home bool) ([]string, error) {
+	if !home {
+		return nil, nil
+	}
+	pt := m.b.passthrough()
+	vm, err := m.b.runningVM(m.vm.Name)
+	if err != nil {
+		return nil, fmt.Errorf("VFs not given back: %w", err)
+	}
+	var errs []error
+	if m.recordAway {
+		if err := pt.RecordVFs(vm, m.record); err != nil {
+			errs = append(errs, fmt.Errorf("VF record not restored: %w", err))
+		}
+	}
+	var back []string
+	m.b.own.Lock()
+	defer m.b.own.Unlock()
+	for _, vf := range m.vfs {
+		if slices.Contains(vm.PCI, vf.Addr) {
+			continue
+		}
+		if err := pt.AttachPCI(vm, vf.Addr); err != nil {
+			errs = append(errs, fmt.Errorf("VF %s not passed through again: %w", vf.Addr, err))
+			continue
+		}
+		back = append(back, vf.Addr.String())
+	}
+	var done []string
+	if len(back) > 0 {
+		done = append(done, "VFs "+strings.Join(back, ",")+" passed through again")
+	}
+	return done, errors.Join(errs...)
 }

@@ -2,6 +2,8 @@ package broker_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -116,15 +118,24 @@ func TestMigrateWithoutFreeVFRollsBack(t *testing.T) {
 	brokertest.Start(t, dst.b, 30*time.Second)
 	startVMWithVF(ctx, src, "a", "j1", "0000:3b:00.2")
 	startVMWithVF(ctx, dst, "busy", "j2", "0000:5e:00.3") // the destination's only VF of the model
+	// A VM of the source that wants a VF of the model and has none: the VF the migration
+	// unplugs stays a's until the migration ends.
+	wants := netns.VM{Name: "wants", UUID: uuidOf("wants"), Job: "j1", VFs: []hypervisor.DeviceModel{sriovtest.ConnectX6VF}}
+	if err := src.reg.Register(wants); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.reg.WaitDevice(ctx, "wants"); err != nil {
+		t.Fatal(err)
+	}
 
 	res, err := src.b.Migrate(ctx, api.MigrateRequest{VM: "a", Destination: dst.reg.Dir, DeadlineMS: 1000})
 	if err == nil {
 		t.Fatalf("migrate succeeded without a VF at the destination: %+v", res)
 	}
-	if res.FailedStep != "attach" || !res.RolledBack || !strings.Contains(err.Error(), "VFs not passed through at the destination") {
+	if res.FailedStep != "attach" || !res.RolledBack || !strings.Contains(err.Error(), "0 of the VM's 1 VFs passed through at the destination; has it a free VF of each model (15b3:101c)?") {
 		t.Errorf("result %+v, error %v: want a rolled-back attach naming the VFs", res, err)
 	}
-	if !strings.Contains(res.Rollback, "VFs passed through again") {
+	if !strings.Contains(res.Rollback, "VFs 0000:3b:00.2 passed through again") {
 		t.Errorf("rollback %q does not say the VFs come back", res.Rollback)
 	}
 	src.waitPCI(ctx, "a", "0000:3b:00.2")
@@ -134,13 +145,17 @@ func TestMigrateWithoutFreeVFRollsBack(t *testing.T) {
 	if got := dst.pci("busy"); !slices.Equal(got, []string{"0000:5e:00.3"}) {
 		t.Errorf("the destination's other VM has %v", got)
 	}
+	if got := src.pci("wants"); len(got) != 0 {
+		t.Errorf("the source's other VM took %v", got)
+	}
 	if n := dst.logs.FilterMessage("no free VF of the VM's recorded model on this host: the VM runs without it").Len(); n != 1 {
 		t.Errorf("destination logged the missing VF %d times, want once", n)
 	}
 }
 
 // A VF record that does not parse is rejected with a reason and gives the VM nothing; the
-// broker keeps serving the VM's region.
+// broker keeps serving the VM's region. A VM's device directory that cannot be read leaves that
+// VM without devices, not the broker without VMs.
 func TestBadVFRecordGetsNothing(t *testing.T) {
 	e := newEnv(t)
 	vfHost(e, "0000:3b:00.0", sriovtest.ConnectX6VF)
@@ -149,9 +164,83 @@ func TestBadVFRecordGetsNothing(t *testing.T) {
 	if err := e.reg.Register(vm); err == nil {
 		t.Fatal("registered a VF record longer than MaxVFs")
 	}
+	for _, bad := range []struct{ vfs, why string }{
+		{`["zz"]`, "device model"},
+		{`["15b3:101c", 7]`, "parse"},
+		{`[` + strings.Repeat(`"15b3:101c",`, hypervisor.MaxVFs) + `"15b3:101c"]`, "VFs, more than"},
+	} {
+		rec := `{"name":"a","uuid":"` + vm.UUID.String() + `","job":"j1","netns":"","vfs":` + bad.vfs + `}`
+		if err := os.WriteFile(filepath.Join(e.reg.Dir, "vms", "a.json"), []byte(rec), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		e.reconcile()
+		snap := e.b.Snapshot()
+		if bad.why == "parse" { // not a record at all: ignored, as every unparsable record
+			if len(snap.VMs) != 0 || e.logs.FilterMessage("ignoring bad netns VM record").Len() == 0 {
+				t.Errorf("record %s: VMs %+v", bad.vfs, snap.VMs)
+			}
+			continue
+		}
+		if len(snap.VMs) != 1 || !strings.Contains(snap.VMs[0].Problem, "VF record: ") ||
+			!strings.Contains(snap.VMs[0].Problem, bad.why) || len(snap.VMs[0].VFs) != 0 {
+			t.Errorf("record %.40s: VMs %+v, want a with the problem %q", bad.vfs, snap.VMs, bad.why)
+		}
+		e.wantDevice("a", e.regionPath("j1"))
+		if got := e.pci("a"); len(got) != 0 {
+			t.Errorf("VM with a bad VF record got %v", got)
+		}
+	}
+	e.register("a", "j1")
+	if err := os.MkdirAll(filepath.Join(e.reg.Dir, "devices", "a"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(e.reg.Dir, "devices", "a", "pci"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.register("b", "j1")
 	e.reconcile()
-	e.wantDevice("a", e.regionPath("j1"))
-	if got := e.pci("a"); len(got) != 0 {
-		t.Errorf("VM without a VF record got %v", got)
+	e.reconcile()
+	if n := len(e.b.Snapshot().VMs); n != 2 {
+		t.Errorf("%d VMs listed with a's devices unreadable, want 2", n)
+	}
+	e.wantDevice("b", e.regionPath("j1"))
+	if n := e.logs.FilterMessage("cannot list a VM's PCI devices").Len(); n != 1 {
+		t.Errorf("unreadable devices logged %d times, want once", n)
+	}
+}
+
+// A destination that gives the VM only some of its VFs fails the attach phase; the rollback
+// unplugs what it gave (a hypervisor cannot move a VM with a passed-through device), brings the
+// VM home and passes its own VFs through again; the destination keeps its VF free.
+func TestMigratePartialVFsRollsBack(t *testing.T) {
+	src, dst := newEnv(t), newEnv(t)
+	vfHost(src, "0000:3b:00.0", sriovtest.ConnectX6VF, sriovtest.ConnectX6VF)
+	vfHost(dst, "0000:5e:00.0", sriovtest.ConnectX6VF)
+	ctx := brokertest.Start(t, src.b, 30*time.Second)
+	brokertest.Start(t, dst.b, 30*time.Second)
+	vm := startVMWithVF(ctx, src, "a", "j1", "0000:3b:00.2")
+	if err := src.hv.AttachPCI(hypervisor.VM{Name: "a", UUID: vm.UUID}, sriovtest.Addr(t, "0000:3b:00.3")); err != nil {
+		t.Fatal(err)
+	}
+	res, err := src.b.Migrate(ctx, api.MigrateRequest{VM: "a", Destination: dst.reg.Dir, DeadlineMS: 1000})
+	if err == nil || res.FailedStep != "attach" || !strings.Contains(err.Error(), "1 of the VM's 2 VFs passed through at the destination") {
+		t.Fatalf("migrate: %v (%+v): want the attach phase to fail on the second VF", err, res)
+	}
+	if !res.RolledBack || !strings.Contains(res.Rollback, "VM migrated back") || !strings.Contains(res.Rollback, "VFs 0000:3b:00.2,0000:3b:00.3 passed through again") {
+		t.Errorf("rollback %q (rolled back %v)", res.Rollback, res.RolledBack)
+	}
+	src.waitPCI(ctx, "a", "0000:3b:00.2", "0000:3b:00.3")
+	got, err := src.reg.PCI("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("VM has %v", got)
+	}
+	if v := src.b.Snapshot().VMs; len(v) != 1 || !slices.Equal(v[0].VFs, []string{"15b3:101c", "15b3:101c"}) {
+		t.Errorf("VF record after the rollback: %+v", v)
+	}
+	if _, err := src.reg.WaitDevice(ctx, "a"); err != nil {
+		t.Fatal(err)
 	}
 }

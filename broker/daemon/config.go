@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"ivshim.dev/ivshim/broker"
+	"ivshim.dev/ivshim/broker/hypervisor"
 	"ivshim.dev/ivshim/broker/libvirt"
 	"ivshim.dev/ivshim/ivshmem"
 )
@@ -46,6 +47,8 @@ type Config struct {
 	CountTraffic bool
 	// Sysfs is where the broker reads the host's SR-IOV VFs (sysfs; tests point it elsewhere).
 	Sysfs string
+	// VFPFs lists the PFs whose host-bound VFs the broker may give to VMs (vf_pfs).
+	VFPFs []hypervisor.PCIAddr
 }
 
 // BrokerConfig is the broker core's part of c, with host as the host id.
@@ -53,7 +56,7 @@ func (c Config) BrokerConfig(host ivshmem.HostID) broker.Config {
 	return broker.Config{
 		RegionDir: c.RegionDir, RegionSize: c.RegionSize, RegionCap: c.RegionCap, HostID: host, Mode: c.RegionMode,
 		Chown: c.Chown, UID: c.UID, GID: c.GID, Resync: c.ResyncInterval, MigrateDeadline: c.MigrateDeadline,
-		Sysfs: c.Sysfs,
+		Sysfs: c.Sysfs, VFPFs: c.VFPFs,
 	}
 }
 
@@ -75,6 +78,7 @@ var defaults = map[string]string{
 	"log_level":          "info",
 	"traffic_accounting": "on",
 	"sysfs":              "/sys",
+	"vf_pfs":             "",
 }
 
 // Load reads and parses the configuration file at path.
@@ -159,6 +163,14 @@ func build(set map[string]string) (Config, error) {
 		if v := get(k); !strings.HasPrefix(v, "/") {
 			bad(k, fmt.Errorf("%q: want an absolute path", v))
 		}
+	}
+	for _, f := range strings.FieldsFunc(get("vf_pfs"), func(r rune) bool { return r == ',' || r == ' ' }) {
+		a, err := hypervisor.ParsePCIAddr(f)
+		if err != nil {
+			bad("vf_pfs", err)
+			continue
+		}
+		c.VFPFs = append(c.VFPFs, a)
 	}
 	if v := get("host_id"); v != "" {
 		id, err := ivshmem.ParseHostID(v)

@@ -101,11 +101,24 @@ func TestBadConfigs(t *testing.T) {
 		"region_mode    ":         "region_mode = 01660",
 		"want libvirt or netns  ": "hypervisor = ",
 		"traffic_accounting":      "traffic_accounting = maybe",
+		"vf_pfs":                  "vf_pfs = 0000:3b:00.0, 3b:00.0",
+		"absolute path ":          "sysfs = sys",
 	} {
 		_, err := daemon.Parse(strings.NewReader(base + text))
 		if err == nil || !strings.Contains(err.Error(), strings.TrimSpace(want)) {
 			t.Errorf("config %.60q: error %v, want one mentioning %q", text, err, strings.TrimSpace(want))
 		}
+	}
+}
+
+func TestVFPFs(t *testing.T) {
+	c, err := daemon.Parse(strings.NewReader("region_owner = 0\nregion_group = 0\nvf_pfs = 0000:3b:00.0, 0000:d8:00.1\nsysfs = /host/sys\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.BrokerConfig(c.HostID)
+	if len(b.VFPFs) != 2 || b.VFPFs[0].String() != "0000:3b:00.0" || b.VFPFs[1].String() != "0000:d8:00.1" || b.Sysfs != "/host/sys" {
+		t.Errorf("vf_pfs, sysfs = %v, %q", b.VFPFs, b.Sysfs)
 	}
 }
 

@@ -77,6 +77,14 @@ type VM struct {
 	VFs []DeviceModel
 }
 
+// JoinProblems joins two reasons for VM.Problem, either of which may be "".
+func JoinProblems(a, b string) string {
+	if a == "" || b == "" {
+		return a + b
+	}
+	return a + "; " + b
+}
+
 // MaxVCPUs bounds VM.VCPUs as read from a hypervisor; a larger claim is taken as unknown.
 const MaxVCPUs = 1024
 
@@ -267,6 +275,11 @@ type Passthrough interface {
 	// it migrates to.
 	RecordVFs(vm VM, models []DeviceModel) error
 	// PCIAt lists the host devices passed through to the VM called name at dest, a Migrator
-	// destination.
+	// destination; DetachPCIAt unplugs one of them, as DetachPCI does here, and RecordVFsAt
+	// replaces that VM's VF record. A migration whose destination could not give the VM all its
+	// VFs takes back what it gave before it brings the VM home (a hypervisor cannot move a VM
+	// with a passed-through device).
 	PCIAt(ctx context.Context, dest, name string) ([]PCIAddr, error)
+	DetachPCIAt(ctx context.Context, dest, name string, a PCIAddr) error
+	RecordVFsAt(dest, name string, models []DeviceModel) error
 }

@@ -534,8 +534,8 @@ func (h *Hypervisor) describe(dom *lv.Domain) (hypervisor.VM, error) {
 		return vm, fmt.Errorf("domain %s: VF record: %w", name, err)
 	default:
 		vm.VFs, err = ParseVFRecord(meta)
-		if err != nil && vm.Problem == "" {
-			vm.Problem = err.Error()
+		if err != nil {
+			vm.Problem = hypervisor.JoinProblems(vm.Problem, err.Error())
 		}
 	}
 	shmems, err := h.dev.Plugged(dom)

@@ -277,7 +277,8 @@ func newFixture(t *testing.T) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.b, err = broker.New(broker.Config{RegionDir: f.dir, RegionSize: ivshmem.MinRegionSize, HostID: host, Mode: 0o660, Resync: time.Hour, Sysfs: f.sysfs}, f.hv, log)
+	f.b, err = broker.New(broker.Config{RegionDir: f.dir, RegionSize: ivshmem.MinRegionSize, HostID: host, Mode: 0o660, Resync: time.Hour, Sysfs: f.sysfs,
+		VFPFs: []hypervisor.PCIAddr{{Bus: 0x3b}}}, f.hv, log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,8 @@ func TestVFRecordPassthrough(t *testing.T) {
 	for _, a := range []string{"0000:3b:00.2", "0000:3b:00.3"} {
 		sriovtest.AddVF(t, f.sysfs, sriovtest.Addr(t, a), pf, sriovtest.ConnectX6VF, "mlx5_core", "mlx5_"+a[11:])
 	}
+	// A VF of another PF the host's driver holds: not the broker's to give (vf_pfs lists 3b:00.0).
+	sriovtest.AddVF(t, f.sysfs, sriovtest.Addr(t, "0000:3a:00.2"), sriovtest.Addr(t, "0000:3a:00.0"), sriovtest.ConnectX6VF, "mlx5_core", "mlx5_9")
 	cx6 := sriovtest.ConnectX6VF
 	if err := f.hv.RecordVFs(f.vm("a1"), []hypervisor.DeviceModel{cx6, cx6}); err != nil {
 		t.Fatal(err)

@@ -61,7 +61,7 @@ func (h *Histogram) Since(start time.Time) { h.Observe(time.Since(start)) }
 type Broker struct {
 	Regions        Gauge // region files the broker manages
 	VMs            Gauge // running VMs that belong to a job
-	RejectedVMs    Gauge // running VMs with a bad job tag
+	RejectedVMs    Gauge // running VMs with a bad job tag or VF record
 	RegionsCreated Counter
 	RegionsRemoved Counter
 	// RegionsUndersized counts regions created below what their job's vCPUs need at the
@@ -110,7 +110,7 @@ func (m *Broker) WriteText(w io.Writer) error {
 	var b strings.Builder
 	gauge(&b, "ivshim_broker_regions", "Region files managed by the broker.", m.Regions.Value())
 	gauge(&b, "ivshim_broker_vms", "Running VMs that belong to an ivshim job.", m.VMs.Value())
-	gauge(&b, "ivshim_broker_rejected_vms", "Running VMs whose job tag is malformed or hostile.", m.RejectedVMs.Value())
+	gauge(&b, "ivshim_broker_rejected_vms", "Running VMs whose ivshim metadata (job tag, VF record) is malformed or hostile.", m.RejectedVMs.Value())
 	counter(&b, "ivshim_broker_regions_created_total", "Regions created.", "", m.RegionsCreated.Value())
 	counter(&b, "ivshim_broker_regions_removed_total", "Regions removed.", "", m.RegionsRemoved.Value())
 	counter(&b, "ivshim_broker_regions_undersized_total", "Regions capped below what the job's vCPUs on the host need for default-size rings.", "", m.RegionsUndersized.Value())

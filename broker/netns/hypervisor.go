@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -108,15 +109,15 @@ func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
 		if err != nil {
 			continue
 		}
-		out := hypervisor.VM{Name: vm.Name, UUID: vm.UUID, Job: vm.Job, VCPUs: vm.VCPUs, VFs: vm.VFs}
-		if out.PCI, err = h.reg.PCI(name); err != nil {
-			return nil, err
-		}
+		out := hypervisor.VM{Name: vm.Name, UUID: vm.UUID, Job: vm.Job, VCPUs: vm.VCPUs, VFs: vm.VFs, Problem: vm.vfProblem}
+		out.PCI, err = h.reg.PCI(name)
+		// The VM runs on, listed without devices.
+		h.complainAbout(name+"/pci", "cannot list a VM's PCI devices", h.reg.pciDir(name), err)
 		if vm.NIC.HostIface != "" {
 			out.NICs = []hypervisor.NIC{vm.NIC}
 		}
 		if err := ivshmem.CheckJobID(vm.Job); vm.Job != "" && err != nil {
-			out.Job, out.Problem = "", err.Error()
+			out.Job, out.Problem = "", hypervisor.JoinProblems(err.Error(), out.Problem)
 		}
 		target, err := h.reg.Device(name)
 		if err != nil {
@@ -136,16 +137,20 @@ func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
 
 // complain logs a record that does not parse or validate, once per record and reason.
 func (h *Hypervisor) complain(name string, err error) {
+	h.complainAbout(name, "ignoring bad netns VM record", h.reg.recordPath(name), err)
+}
+
+// complainAbout logs msg about file once per key and reason; a nil err forgets the key.
+func (h *Hypervisor) complainAbout(key, msg, file string, err error) {
 	if err == nil {
-		delete(h.bad, name)
+		delete(h.bad, key)
 		return
 	}
-	if h.bad[name] == err.Error() {
+	if h.bad[key] == err.Error() {
 		return
 	}
-	h.bad[name] = err.Error()
-	h.log.Warn("ignoring bad netns VM record", zap.String("vm", name),
-		zap.String("file", h.reg.recordPath(name)), zap.Error(err))
+	h.bad[key] = err.Error()
+	h.log.Warn(msg, zap.String("vm", strings.TrimSuffix(key, "/pci")), zap.String("file", file), zap.Error(err))
 }
 
 // removeStaleDevices removes the device directories of VMs that are not registered. The
@@ -309,24 +314,27 @@ func (h *Hypervisor) AttachPCI(vm hypervisor.VM, a hypervisor.PCIAddr) error {
 
 // DetachPCI unplugs the host device at a from vm; one that is not passed through is no error.
 func (h *Hypervisor) DetachPCI(_ context.Context, vm hypervisor.VM, a hypervisor.PCIAddr) error {
-	if err := os.Remove(filepath.Join(h.reg.pciDir(vm.Name), a.String())); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("detach PCI device %s from VM %s: %w", a, vm.Name, err)
+	if err := h.reg.detachPCI(vm.Name, a); err != nil {
+		return err
 	}
 	h.changes.Signal()
 	return nil
 }
 
+// DetachPCIAt unplugs the host device at a from VM name in the registry at dest.
+func (h *Hypervisor) DetachPCIAt(_ context.Context, dest, name string, a hypervisor.PCIAddr) error {
+	return Registry{Dir: dest}.detachPCI(name, a)
+}
+
 // RecordVFs rewrites vm's record with models as its VF record.
 func (h *Hypervisor) RecordVFs(vm hypervisor.VM, models []hypervisor.DeviceModel) error {
-	rec, err := h.reg.read(vm.Name)
-	if err != nil {
-		return fmt.Errorf("record the VFs of VM %s: %w", vm.Name, err)
-	}
-	if rec.UUID != vm.UUID {
-		return fmt.Errorf("record the VFs of VM %s: its record names UUID %s, not %s", vm.Name, rec.UUID, vm.UUID)
-	}
-	rec.VFs = models
-	return h.reg.Register(rec)
+	return h.reg.recordVFs(vm.Name, &vm.UUID, models)
+}
+
+// RecordVFsAt rewrites the record of VM name in the registry at dest with models as its VF
+// record.
+func (h *Hypervisor) RecordVFsAt(dest, name string, models []hypervisor.DeviceModel) error {
+	return Registry{Dir: dest}.recordVFs(name, nil, models)
 }
 
 // PCIAt lists the host devices passed through to VM name in the registry at dest.

@@ -39,6 +39,8 @@ type VM struct {
 	// VFs is the broker's VF record (hypervisor.VM.VFs): it moves with the VM, as libvirt's
 	// metadata does.
 	VFs []hypervisor.DeviceModel
+	// vfProblem says why the record's VF record was rejected (read leaves VFs empty then).
+	vfProblem string
 }
 
 // record is the JSON form of a VM in DIR/vms/NAME.json.
@@ -196,6 +198,34 @@ func (g Registry) PCI(name string) ([]hypervisor.PCIAddr, error) {
 	return out, nil
 }
 
+// detachPCI removes the host device at a from VM name; one it does not have is no error.
+func (g Registry) detachPCI(name string, a hypervisor.PCIAddr) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(g.pciDir(name), a.String())); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("detach PCI device %s from VM %s: %w", a, name, err)
+	}
+	return nil
+}
+
+// recordVFs rewrites the record of VM name (whose UUID must be *uuid unless nil) with models as
+// its VF record.
+func (g Registry) recordVFs(name string, uuid *hypervisor.UUID, models []hypervisor.DeviceModel) error {
+	if err := checkName(name); err != nil {
+		return err
+	}
+	rec, err := g.read(name)
+	if err != nil {
+		return fmt.Errorf("record the VFs of VM %s: %w", name, err)
+	}
+	if uuid != nil && rec.UUID != *uuid {
+		return fmt.Errorf("record the VFs of VM %s: its record names UUID %s, not %s", name, rec.UUID, *uuid)
+	}
+	rec.VFs = models
+	return g.Register(rec)
+}
+
 // WaitDevice waits until the broker has plugged a region into VM name and returns the region
 // file's path. Callers start ranks in the VM only after it returns.
 func (g Registry) WaitDevice(ctx context.Context, name string) (string, error) {
@@ -248,15 +278,9 @@ func (g Registry) read(name string) (VM, error) {
 		return VM{}, fmt.Errorf("record of VM %s: %d vCPUs: want 0..%d", name, r.VCPUs, hypervisor.MaxVCPUs)
 	}
 	vm := VM{Name: r.Name, UUID: u, Job: r.Job, Netns: r.Netns, VCPUs: r.VCPUs}
-	if len(r.VFs) > hypervisor.MaxVFs {
-		return VM{}, fmt.Errorf("record of VM %s: %d VFs: want at most %d", name, len(r.VFs), hypervisor.MaxVFs)
-	}
-	for _, s := range r.VFs {
-		m, err := hypervisor.ParseDeviceModel(s)
-		if err != nil {
-			return VM{}, fmt.Errorf("record of VM %s: %w", name, err)
-		}
-		vm.VFs = append(vm.VFs, m)
+	vm.VFs, err = parseVFs(r.VFs)
+	if err != nil {
+		vm.VFs, vm.vfProblem = nil, "VF record: "+err.Error()
 	}
 	if r.HostIface != "" || r.MAC != "" {
 		mac, err := net.ParseMAC(r.MAC)
@@ -269,6 +293,22 @@ func (g Registry) read(name string) (VM, error) {
 		}
 	}
 	return vm, nil
+}
+
+// parseVFs reads a record's VF record (models VVVV:DDDD, at most hypervisor.MaxVFs).
+func parseVFs(in []string) ([]hypervisor.DeviceModel, error) {
+	if len(in) > hypervisor.MaxVFs {
+		return nil, fmt.Errorf("%d VFs, more than %d", len(in), hypervisor.MaxVFs)
+	}
+	var out []hypervisor.DeviceModel
+	for _, s := range in {
+		m, err := hypervisor.ParseDeviceModel(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }
 
 // names lists the names of the registered VMs: files NAME.json with a valid NAME.

@@ -167,10 +167,17 @@ func names(dir string) []string {
 	return out
 }
 
-// Pick returns a VF of model m that is not in use, the lowest address first.
-func (inv Inventory) Pick(m hypervisor.DeviceModel, inUse map[hypervisor.PCIAddr]bool) (VF, bool) {
+// Givable reports whether vf may be passed through to a VM: no host driver holds it (it is bound
+// to vfio-pci, or to nothing), or it is a VF of one of the PFs in pfs, whose VFs the operator
+// gives to VMs while the host's driver holds them (libvirt's managed passthrough unbinds it).
+func (vf VF) Givable(pfs []hypervisor.PCIAddr) bool {
+	return vf.Driver == "" || vf.Driver == "vfio-pci" || slices.Contains(pfs, vf.PF)
+}
+
+// Pick returns a givable VF of model m that is not in use, the lowest address first.
+func (inv Inventory) Pick(m hypervisor.DeviceModel, inUse map[hypervisor.PCIAddr]bool, pfs []hypervisor.PCIAddr) (VF, bool) {
 	for _, vf := range inv.VFs {
-		if vf.Model == m && !inUse[vf.Addr] {
+		if vf.Model == m && !inUse[vf.Addr] && vf.Givable(pfs) {
 			return vf, true
 		}
 	}

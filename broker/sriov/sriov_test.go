@@ -45,14 +45,20 @@ func TestScan(t *testing.T) {
 	if _, ok := inv.Lookup(pf); ok {
 		t.Error("Lookup found the PF as a VF")
 	}
-	// Pick: the lowest free address of the model.
-	inUse := map[hypervisor.PCIAddr]bool{sriovtest.Addr(t, "0000:3b:00.2"): true}
-	if vf, ok := inv.Pick(cx6, inUse); !ok || vf.Addr.String() != "0000:3b:00.3" {
-		t.Errorf("Pick cx6 = %v, %v; want 0000:3b:00.3", vf.Addr, ok)
+	// Pick: the lowest free address of the model, which no host driver holds unless its PF is
+	// listed.
+	if vf, ok := inv.Pick(cx6, nil, nil); !ok || vf.Addr.String() != "0000:3b:00.3" {
+		t.Errorf("Pick cx6 = %v, %v; want 0000:3b:00.3 (00.2 is the host's, bound to mlx5_core)", vf.Addr, ok)
 	}
-	inUse[sriovtest.Addr(t, "0000:3b:00.3")] = true
-	if vf, ok := inv.Pick(cx6, inUse); ok {
-		t.Errorf("Pick cx6 with both in use = %v", vf.Addr)
+	if vf, ok := inv.Pick(cx6, nil, []hypervisor.PCIAddr{pf}); !ok || vf.Addr.String() != "0000:3b:00.2" {
+		t.Errorf("Pick cx6 with its PF listed = %v, %v; want 0000:3b:00.2", vf.Addr, ok)
+	}
+	inUse := map[hypervisor.PCIAddr]bool{sriovtest.Addr(t, "0000:3b:00.3"): true}
+	if vf, ok := inv.Pick(cx6, inUse, nil); ok {
+		t.Errorf("Pick cx6 with the free one in use = %v", vf.Addr)
+	}
+	if vf, ok := inv.Pick(cx7, nil, nil); !ok || vf.Addr.String() != "0000:d8:00.2" {
+		t.Errorf("Pick cx7 (no driver) = %v, %v", vf.Addr, ok)
 	}
 }
 
