@@ -44,7 +44,7 @@
 // (vfs.go). migrate: the hypervisor (hypervisor.Migrator) moves the VM. attach: the
 // destination's broker, reacting to its own hypervisor's events, plugs the job's region there
 // and passes free VFs of the recorded models through; the coordinator waits for both up to the
-// deadline. A failed phase rolls back: what VFs the destination gave are unplugged, a VM that
+// deadline (VFs still missing then are reported, not a failure). A failed phase rolls back: what VFs the destination gave are unplugged, a VM that
 // left is moved back, its entry is flagged present again, its VFs (held for it meanwhile) are
 // passed through again, and the reconcile pass plugs its region.
 // Reconcile passes leave a migrating VM's devices to the coordinator; a second migration of the

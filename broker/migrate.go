@@ -41,9 +41,9 @@ const (
 // Migrate moves a running VM to another host (see the package documentation): it flags the VM
 // leaving in its job's region, waits until every rank of the VM has released the region,
 // unplugs it and the VM's VFs, has the hypervisor move the VM, and waits until the
-// destination's broker has plugged the job's region and VFs of the same models there. A failed
-// step or a missed deadline rolls back: the VM keeps or regains its region and VFs here and its
-// ranks go on. The answer always carries the phases that
+// destination's broker has plugged the job's region there (and, within the deadline, VFs of the
+// same models: missing ones are reported, not a failure). A failed step or a missed deadline
+// rolls back: the VM keeps or regains its region and VFs here and its ranks go on. The answer always carries the phases that
 // ran and their durations; the error names the failed step.
 func (b *Broker) Migrate(ctx context.Context, req api.MigrateRequest) (api.MigrateResult, error) {
 	res := api.MigrateResult{VM: req.VM, Destination: req.Destination, Phases: []api.Phase{}}
@@ -148,12 +148,15 @@ type migration struct {
 	flagged  bool // the VM's entry in the region was set leaving
 	detached bool // the region was unplugged from the VM
 	// The VM's SR-IOV VFs (vfs.go): vfs were (being) unplugged here, held for the VM until the
-	// migration ends; record is the VF record it took along; recordAway says the record at the
-	// destination was cleared by a rollback.
-	vfsDetached bool
-	vfs         []sriov.VF
-	record      []hypervisor.DeviceModel
-	recordAway  bool
+	// migration ends; record is the VF record it took along, recordBefore the one it had
+	// (recordChanged: they differ); recordAway says a rollback cleared the record at the
+	// destination.
+	vfsDetached   bool
+	vfs           []sriov.VF
+	record        []hypervisor.DeviceModel
+	recordBefore  []hypervisor.DeviceModel
+	recordChanged bool
+	recordAway    bool
 }
 
 // run performs the phases in order; on failure it rolls back and records the step.
@@ -305,38 +308,51 @@ func attachedRanks(r *ivshmem.Region, idx uint32, prev map[uint32]slotWatch) map
 }
 
 // attach waits, up to the deadline, until the destination's broker has plugged the job's
-// region into the VM and passed through as many VFs as the VM had here. A VM without a job
-// and without VFs has nothing to wait for.
+// region into the VM, then, for what is left of the deadline, until it has passed through as
+// many VFs as the VM had here. Missing VFs do not fail the migration: the connections on the
+// VM's VFs ended with their unplug here, wherever the VM runs now, and the destination's broker
+// goes on giving VFs of the VM's record as they come free. The answer says what is missing.
 func (m *migration) attach(ctx context.Context, region string) error {
 	ctx, cancel := context.WithTimeout(ctx, m.deadline)
 	defer cancel()
+	if region != "" {
+		why, err := waitFor(ctx, func() (string, error) {
+			have, err := m.mig.PluggedAt(ctx, m.dest, m.vm.Name)
+			if err != nil || !slices.Contains(have, region) {
+				return fmt.Sprintf("region %s not plugged at the destination (is its broker running?)", region), err
+			}
+			return "", nil
+		})
+		if why != "" {
+			return errors.Join(fmt.Errorf("after %v: %s", m.deadline, why), err)
+		}
+	}
+	if why, err := waitFor(ctx, func() (string, error) { return m.vfsAt(ctx) }); why != "" {
+		m.res.VFsMissing = why
+		if err != nil {
+			m.res.VFsMissing += ": " + err.Error()
+		}
+		m.log.Warn("migration goes on without all of the VM's VFs", zap.String("missing", m.res.VFsMissing))
+	}
+	return nil
+}
+
+// waitFor polls check until it says nothing is missing (""), or ctx ends; it returns what was
+// still missing then.
+func waitFor(ctx context.Context, check func() (string, error)) (string, error) {
 	tick := time.NewTicker(drainPoll)
 	defer tick.Stop()
 	for {
-		why, err := m.arrived(ctx, region)
+		why, err := check()
 		if why == "" && err == nil {
-			return nil
+			return "", nil
 		}
 		select {
 		case <-ctx.Done():
-			if err != nil {
-				return fmt.Errorf("after %v: %s: %w", m.deadline, why, err)
-			}
-			return fmt.Errorf("after %v: %s", m.deadline, why)
+			return why, err
 		case <-tick.C:
 		}
 	}
-}
-
-// arrived says what the VM at the destination still lacks ("" when nothing).
-func (m *migration) arrived(ctx context.Context, region string) (string, error) {
-	if region != "" {
-		have, err := m.mig.PluggedAt(ctx, m.dest, m.vm.Name)
-		if err != nil || !slices.Contains(have, region) {
-			return fmt.Sprintf("region %s not plugged at the destination (is its broker running?)", region), err
-		}
-	}
-	return m.vfsAt(ctx)
 }
 
 // rollback undoes what the phases up to failed did: a VM that left comes back, and the VM's
@@ -347,8 +363,8 @@ func (m *migration) rollback(ctx context.Context, failed string) {
 	var errs []error
 	home := true // the VM runs here
 	if failed == PhaseAttach {
-		// The VM runs at the destination without its region or its VFs there: bring it home,
-		// without what VFs the destination gave it.
+		// The VM runs at the destination without its region there: bring it home, without what
+		// VFs the destination gave it.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), migrateMoveLimit)
 		err := m.vfsTakeBack(ctx)
 		if err == nil {
@@ -374,11 +390,11 @@ func (m *migration) rollback(ctx context.Context, failed string) {
 		}
 		m.b.own.Unlock()
 	}
-	if m.detached {
+	if m.detached && home {
 		done = append(done, "region re-plugged by the reconcile pass")
 	}
-	if m.vfsDetached {
-		d, err := m.vfsGiveBack(home)
+	if home && (m.vfsDetached || m.recordAway) {
+		d, err := m.vfsGiveBack()
 		done, errs = append(done, d...), append(errs, err)
 	}
 	err := errors.Join(errs...)

@@ -21,8 +21,10 @@ import (
 // gives the VM free VFs of the same models. What travels with the VM is its VF record
 // (hypervisor.VM.VFs, libvirt metadata in the broker's own namespace): the models of the VFs it
 // had when it left. Every broker's reconcile pass gives each running VM, migrating ones aside,
-// a free VF of this host for every recorded model its passed-through devices do not cover yet;
-// that is also how a VM whose migration failed gets its VFs back at the source. Which VFs exist,
+// a free VF of this host for every recorded model its passed-through devices do not cover yet.
+// The VFs a migration unplugs are held for its VM until it ends, and a rollback passes them
+// through again. Missing VFs at the destination do not fail a migration: the connections on the
+// VM's VFs ended with the unplug, wherever the VM runs on. Which VFs exist,
 // of which model, and which one a passed-through device is, comes from the host's sysfs
 // (broker/sriov); a VF no running VM has is free if no host driver holds it (bound to vfio-pci
 // or to nothing) or its PF is one the configuration lists (vf_pfs).
@@ -90,6 +92,9 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 	pt := b.passthrough()
 	if pt == nil || !slices.ContainsFunc(vms, func(vm hypervisor.VM) bool { return len(vm.VFs) > 0 }) {
 		b.metrics.VFsMissing.Set(0)
+		b.mu.Lock()
+		b.vfShort = nil
+		b.mu.Unlock()
 		return nil
 	}
 	inv, err := b.inventory()
@@ -164,6 +169,7 @@ func (m *migration) detachVFs(ctx context.Context) error {
 		return err
 	}
 	vfs := vfsOf(inv, vm)
+	m.recordBefore, m.record = vm.VFs, vm.VFs
 	if len(vfs) == 0 {
 		return nil
 	}
@@ -172,6 +178,7 @@ func (m *migration) detachVFs(ctx context.Context) error {
 		m.record = append(m.record, vf.Model)
 	}
 	if !sameModels(m.record, vm.VFs) {
+		m.recordChanged = true
 		if err := pt.RecordVFs(vm, m.record); err != nil {
 			return fmt.Errorf("record the VM's VFs: %w", err)
 		}
@@ -253,12 +260,12 @@ func modelList(ms []hypervisor.DeviceModel) string {
 	return strings.Join(s, ",")
 }
 
-// vfsTakeBack is the first step of bringing home a VM that went to the destination: the VF
-// record there is cleared, so that the destination's broker gives it nothing more, and what it
-// gave is unplugged.
+// vfsTakeBack is the first step of bringing home a VM that went to the destination with a VF
+// record: the record there is cleared, so that the destination's broker gives it nothing more,
+// and what it gave is unplugged (a hypervisor cannot move a VM with a passed-through device).
 func (m *migration) vfsTakeBack(ctx context.Context) error {
 	pt := m.b.passthrough()
-	if pt == nil || !m.vfsDetached {
+	if pt == nil || len(m.record) == 0 {
 		return nil
 	}
 	if err := pt.RecordVFsAt(m.dest, m.vm.Name, nil); err != nil {
@@ -267,11 +274,8 @@ func (m *migration) vfsTakeBack(ctx context.Context) error {
 	m.recordAway = true
 	for range 3 { // a pass of the destination's broker may have been giving one meanwhile
 		have, err := pt.PCIAt(ctx, m.dest, m.vm.Name)
-		if err != nil {
+		if err != nil || len(have) == 0 {
 			return err
-		}
-		if len(have) == 0 {
-			return nil
 		}
 		for _, a := range have {
 			if err := pt.DetachPCIAt(ctx, m.dest, m.vm.Name, a); err != nil {
@@ -279,7 +283,11 @@ func (m *migration) vfsTakeBack(ctx context.Context) error {
 			}
 		}
 	}
-	return errors.New("the destination keeps passing VFs through to the VM")
+	have, err := pt.PCIAt(ctx, m.dest, m.vm.Name)
+	if err != nil || len(have) == 0 {
+		return err
+	}
+	return fmt.Errorf("the destination keeps passing devices through to the VM (%v)", have)
 }
 
 // vfsLeaveAt puts the VF record back at the destination for a VM that stays there: its broker
@@ -294,37 +302,39 @@ func (m *migration) vfsLeaveAt() error {
 	return nil
 }
 
-// vfsGiveBack passes the VFs the migration unplugged through to the VM again, when it is home,
-// with its record as it took it along. It says what it did.
-func (m *migration) vfsGiveBack(home bool) ([]string, error) {
-	if !home {
+// vfsGiveBack, for a VM that is home again, restores the VF record it had before the migration
+// and passes the VFs the migration unplugged through to it again. It says what it did.
+func (m *migration) vfsGiveBack() ([]string, error) {
+	pt := m.b.passthrough()
+	if pt == nil {
 		return nil, nil
 	}
-	pt := m.b.passthrough()
-	vm, err := m.b.runningVM(m.vm.Name)
-	if err != nil {
-		return nil, fmt.Errorf("VFs not given back: %w", err)
-	}
 	var errs []error
-	if m.recordAway {
-		if err := pt.RecordVFs(vm, m.record); err != nil {
+	var done []string
+	if m.recordAway || m.recordChanged {
+		if err := pt.RecordVFs(m.vm, m.recordBefore); err != nil {
 			errs = append(errs, fmt.Errorf("VF record not restored: %w", err))
+		} else {
+			done = append(done, "VF record restored")
 		}
+	}
+	var have []hypervisor.PCIAddr
+	if vm, err := m.b.runningVM(m.vm.Name); err == nil {
+		have = vm.PCI
 	}
 	var back []string
 	m.b.own.Lock()
 	defer m.b.own.Unlock()
 	for _, vf := range m.vfs {
-		if slices.Contains(vm.PCI, vf.Addr) {
+		if slices.Contains(have, vf.Addr) {
 			continue
 		}
-		if err := pt.AttachPCI(vm, vf.Addr); err != nil {
+		if err := pt.AttachPCI(m.vm, vf.Addr); err != nil {
 			errs = append(errs, fmt.Errorf("VF %s not passed through again: %w", vf.Addr, err))
 			continue
 		}
 		back = append(back, vf.Addr.String())
 	}
-	var done []string
 	if len(back) > 0 {
 		done = append(done, "VFs "+strings.Join(back, ",")+" passed through again")
 	}

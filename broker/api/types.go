@@ -91,8 +91,11 @@ type MigrateResult struct {
 	Ranks int `json:"ranks"`
 	// VFs are the SR-IOV VFs unplugged here ("ADDRESS (VENDOR:DEVICE)"); the destination
 	// passed through as many of the same models before the attach phase ended.
-	VFs      []string `json:"vfs,omitempty"`
-	Migrated bool     `json:"migrated"`
+	VFs []string `json:"vfs,omitempty"`
+	// VFsMissing says which of them the destination had not passed through when the attach
+	// phase ended (its broker goes on trying); "" when none.
+	VFsMissing string `json:"vfs_missing,omitempty"`
+	Migrated   bool   `json:"migrated"`
 	// Phases are the steps that ran, in order, with their durations.
 	Phases  []Phase `json:"phases"`
 	Seconds float64 `json:"seconds"`

@@ -166,6 +166,9 @@ func printTable(out io.Writer, v any) {
 		if len(v.VFs) > 0 {
 			fmt.Fprintf(w, "VFs moved\t%s\n", strings.Join(v.VFs, ", "))
 		}
+		if v.VFsMissing != "" {
+			fmt.Fprintf(w, "VFs missing\t%s\n", v.VFsMissing)
+		}
 		for _, p := range v.Phases {
 			fmt.Fprintf(w, "%s\t%.1f ms\n", p.Name, p.Seconds*1e3)
 		}

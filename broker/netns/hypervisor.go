@@ -111,8 +111,12 @@ func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
 		}
 		out := hypervisor.VM{Name: vm.Name, UUID: vm.UUID, Job: vm.Job, VCPUs: vm.VCPUs, VFs: vm.VFs, Problem: vm.vfProblem}
 		out.PCI, err = h.reg.PCI(name)
-		// The VM runs on, listed without devices.
+		// The VM runs on, listed without devices; not knowing them, the broker must not give
+		// it VFs.
 		h.complainAbout(name+"/pci", "cannot list a VM's PCI devices", h.reg.pciDir(name), err)
+		if err != nil {
+			out.VFs, out.Problem = nil, hypervisor.JoinProblems(out.Problem, "PCI devices unknown: "+err.Error())
+		}
 		if vm.NIC.HostIface != "" {
 			out.NICs = []hypervisor.NIC{vm.NIC}
 		}
@@ -352,8 +356,11 @@ func (h *Hypervisor) move(ctx context.Context, verb string, vm hypervisor.VM, fr
 	if rec.UUID != vm.UUID {
 		return fmt.Errorf("%s VM %s: its record in %s names UUID %s, not %s", verb, vm.Name, from.Dir, rec.UUID, vm.UUID)
 	}
-	// A hypervisor cannot move a VM's passed-through host device (QEMU refuses to migrate with
-	// a VFIO device): the coordinator unplugs them first.
+	// A hypervisor cannot move a VM's ivshmem device or a passed-through host device (QEMU
+	// refuses to migrate with either): the coordinator unplugs them first.
+	if dev, err := from.Device(vm.Name); err != nil || dev != "" {
+		return errors.Join(fmt.Errorf("%s VM %s: region %s still plugged", verb, vm.Name, filepath.Base(dev)), err)
+	}
 	if pci, err := from.PCI(vm.Name); err != nil || len(pci) > 0 {
 		return errors.Join(fmt.Errorf("%s VM %s: host PCI devices %v still passed through", verb, vm.Name, pci), err)
 	}
