@@ -61,6 +61,9 @@ func requireProven(t *testing.T, model string, defsList ...[]string) {
 	}
 }
 
+// Every test runs in parallel with the others: each search is one CPU-bound process, so the
+// package takes about half as long on two CPUs.
+
 func requireSpin(t *testing.T) {
 	t.Helper()
 	for _, tool := range []string{"spin", "gcc"} {
@@ -73,6 +76,7 @@ func requireSpin(t *testing.T) {
 // TestSwitchProtocol: messages cross a path switch (region to library and back, several
 // times) exactly once and in order, without deadlock.
 func TestSwitchProtocol(t *testing.T) {
+	t.Parallel()
 	requireSpin(t)
 	requireProven(t, "switch.pml", nil, []string{"-DN=8", "-DSWITCHES=5"})
 }
@@ -81,6 +85,7 @@ func TestSwitchProtocol(t *testing.T) {
 // without JOIN's count, or matching library messages while a JOIN is in the ring, messages
 // overtake each other, and spin must say so.
 func TestSwitchProtocolNegative(t *testing.T) {
+	t.Parallel()
 	requireSpin(t)
 	for _, def := range []string{"-DNO_PARKING", "-DNO_COUNT", "-DNO_JOIN_CHECK"} {
 		report, failed := verify(t, "switch.pml", def)
@@ -94,6 +99,7 @@ func TestSwitchProtocolNegative(t *testing.T) {
 // hold a JOIN, a DATA and a MARK at once, which hid the reordering NO_JOIN_CHECK shows. Pin it:
 // at capacity 2 even the broken variant passes, at 3 (the default) it fails.
 func TestSwitchProtocolRingCapacity(t *testing.T) {
+	t.Parallel()
 	requireSpin(t)
 	if report, failed := verify(t, "switch.pml", "-DNO_JOIN_CHECK", "-DRING_CAP=2"); failed {
 		t.Errorf("switch.pml capacity 2: the reordering is no longer hidden, update this test:\n%s", report)
@@ -105,6 +111,7 @@ func TestSwitchProtocolRingCapacity(t *testing.T) {
 // followed by a return, is exhaustively free of loss, duplication, reordering and deadlock,
 // and nobody writes into a ring its reader has released.
 func TestMigrateProtocol(t *testing.T) {
+	t.Parallel()
 	requireSpin(t)
 	requireProven(t, "migrate.pml", []string{"-DN=2", "-DMOVES=1"})
 }
@@ -112,6 +119,7 @@ func TestMigrateProtocol(t *testing.T) {
 // TestMigrateProtocolNegative: each rule of migrate.pml broken on its own must be caught,
 // with two leave attempts (a JOIN from an older epoch needs two). pan stops at the first error.
 func TestMigrateProtocolNegative(t *testing.T) {
+	t.Parallel()
 	requireSpin(t)
 	for _, def := range []string{"-DNO_PARKING", "-DNO_COUNT", "-DNO_JOIN_CHECK", "-DEARLY_RELEASE",
 		"-DACK_BY_RING", "-DANY_JOIN"} {
@@ -127,6 +135,7 @@ func TestMigrateProtocolNegative(t *testing.T) {
 // uses the area after its release, whatever the interleaving (collswitch.pml, both programs).
 // Its deadlock freedom holds when members answer inside library collectives (LIB_ANSWERS).
 func TestCollSwitchSafety(t *testing.T) {
+	t.Parallel()
 	requireSpin(t)
 	for _, defs := range [][]string{nil, {"-DPROGRAM=2"}} {
 		if report, failed := verifyAssertions(t, "collswitch.pml", defs...); failed {
@@ -143,6 +152,7 @@ func TestCollSwitchSafety(t *testing.T) {
 
 // TestCollSwitchNegative: each rule of the agreement broken on its own must be caught.
 func TestCollSwitchNegative(t *testing.T) {
+	t.Parallel()
 	requireSpin(t)
 	for _, def := range []string{"-DNO_WAIT", "-DOWN_LIMIT", "-DEARLY_RELEASE"} {
 		report, failed := verifyAssertions(t, "collswitch.pml", def)
@@ -156,6 +166,7 @@ func TestCollSwitchNegative(t *testing.T) {
 // library collective answers nothing, and a valid program then deadlocks the agreement. When
 // this starts to pass, the limit is gone: update the README and this test.
 func TestCollSwitchKnownDeadlock(t *testing.T) {
+	t.Parallel()
 	requireSpin(t)
 	report, failed := verify(t, "collswitch.pml")
 	if !failed || !strings.Contains(report, "invalid end state") {
@@ -167,6 +178,7 @@ func TestCollSwitchKnownDeadlock(t *testing.T) {
 // exactly once and in order, also when a migration closes it before, while or after its ring
 // is asked for, and when the heap has no room for the ring (pairs.c).
 func TestFirstUseProtocol(t *testing.T) {
+	t.Parallel()
 	requireSpin(t)
 	requireProven(t, "firstuse.pml", nil, []string{"-DN=6"})
 }
@@ -175,6 +187,7 @@ func TestFirstUseProtocol(t *testing.T) {
 // strands the receiver on a ring it made unasked; a receiver that leaves without answering
 // strands its sender.
 func TestFirstUseProtocolNegative(t *testing.T) {
+	t.Parallel()
 	requireSpin(t)
 	for _, def := range []string{"-DNO_DEFER", "-DNO_NET_AT_LEAVE"} {
 		report, failed := verify(t, "firstuse.pml", def)
