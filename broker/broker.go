@@ -108,19 +108,19 @@ type Broker struct {
 	metrics metrics.Broker
 
 	// own serialises reconcile passes with the migration coordinator's steps on regions: it
-	// guards regions, problems and scanned.
+	// guards regions, problems, vfShort and scanned.
 	own      sync.Mutex
 	regions  map[string]*region         // by job
 	problems map[hypervisor.UUID]string // last bad job tag logged per VM
+	vfShort  map[string]bool            // "UUID model": a VF record no free VF could serve, logged (vfs.go)
 	scanned  bool                       // the region directory was scanned once
 
 	// Traffic accounting (CountTraffic); trafficProblems is owned by the reconcile goroutine.
 	traffic         TrafficCounter
 	trafficProblems map[string]string // by host interface: why it cannot be watched
 
-	mu          sync.Mutex                  // guards snap, vmOfIfindex, vmOfMAC, migrating, vfProblems and vfShort
+	mu          sync.Mutex                  // guards snap, vmOfIfindex, vmOfMAC, migrating, vfProblems and vfHeld
 	vfProblems  map[string]bool             // unreadable VFs logged (vfs.go)
-	vfShort     map[string]bool             // "UUID model": a VF record no free VF could serve, logged
 	vfHeld      map[hypervisor.PCIAddr]bool // VFs a migration unplugged, kept for its VM until it ends
 	migrating   map[hypervisor.UUID]bool    // VMs in a migration (migrate.go)
 	snap        api.Snapshot

@@ -148,15 +148,12 @@ type migration struct {
 	flagged  bool // the VM's entry in the region was set leaving
 	detached bool // the region was unplugged from the VM
 	// The VM's SR-IOV VFs (vfs.go): vfs were (being) unplugged here, held for the VM until the
-	// migration ends; record is the VF record it took along, recordBefore the one it had
-	// (recordChanged: they differ); recordAway says a rollback cleared the record at the
-	// destination.
-	vfsDetached   bool
-	vfs           []sriov.VF
-	record        []hypervisor.DeviceModel
-	recordBefore  []hypervisor.DeviceModel
-	recordChanged bool
-	recordAway    bool
+	// migration ends; record is the VF record it took along, recordBefore the one it had;
+	// recordAway says a rollback cleared the record at the destination.
+	vfs          []sriov.VF
+	record       []hypervisor.DeviceModel
+	recordBefore []hypervisor.DeviceModel
+	recordAway   bool
 }
 
 // run performs the phases in order; on failure it rolls back and records the step.
@@ -393,7 +390,7 @@ func (m *migration) rollback(ctx context.Context, failed string) {
 	if m.detached && home {
 		done = append(done, "region re-plugged by the reconcile pass")
 	}
-	if home && (m.vfsDetached || m.recordAway) {
+	if home && (len(m.vfs) > 0 || m.recordAway) {
 		d, err := m.vfsGiveBack()
 		done, errs = append(done, d...), append(errs, err)
 	}

@@ -92,9 +92,7 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 	pt := b.passthrough()
 	if pt == nil || !slices.ContainsFunc(vms, func(vm hypervisor.VM) bool { return len(vm.VFs) > 0 }) {
 		b.metrics.VFsMissing.Set(0)
-		b.mu.Lock()
 		b.vfShort = nil
-		b.mu.Unlock()
 		return nil
 	}
 	inv, err := b.inventory()
@@ -107,11 +105,11 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 			inUse[a] = true
 		}
 	}
-	for _, vf := range inv.VFs {
-		if b.vfIsHeld(vf.Addr) {
-			inUse[vf.Addr] = true // a migration's, for its VM
-		}
+	b.mu.Lock()
+	for a := range b.vfHeld {
+		inUse[a] = true // a migration's, for its VM
 	}
+	b.mu.Unlock()
 	var errs []error
 	missing := 0
 	short := map[string]bool{}
@@ -142,9 +140,7 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 			log.Info("VF passed through", zap.Stringer("vf", vf.Addr), zap.Stringer("pf", vf.PF))
 		}
 	}
-	b.mu.Lock()
 	b.vfShort = short
-	b.mu.Unlock()
 	b.metrics.VFsMissing.Set(missing)
 	return errors.Join(errs...)
 }
@@ -178,14 +174,12 @@ func (m *migration) detachVFs(ctx context.Context) error {
 		m.record = append(m.record, vf.Model)
 	}
 	if !sameModels(m.record, vm.VFs) {
-		m.recordChanged = true
 		if err := pt.RecordVFs(vm, m.record); err != nil {
 			return fmt.Errorf("record the VM's VFs: %w", err)
 		}
 	}
-	m.vfsDetached = true // a failed unplug may have half happened: the rollback gives VFs back
 	for _, vf := range vfs {
-		m.vfs = append(m.vfs, vf)
+		m.vfs = append(m.vfs, vf) // before the unplug, which may half happen: the rollback gives it back
 		m.b.holdVF(vf.Addr, true)
 		m.res.VFs = append(m.res.VFs, vf.Addr.String()+" ("+vf.Model.String()+")")
 		if err := pt.DetachPCI(ctx, vm, vf.Addr); err != nil {
@@ -208,12 +202,6 @@ func (b *Broker) holdVF(a hypervisor.PCIAddr, hold bool) {
 	} else {
 		delete(b.vfHeld, a)
 	}
-}
-
-func (b *Broker) vfIsHeld(a hypervisor.PCIAddr) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.vfHeld[a]
 }
 
 // vfsRelease lets the VFs the migration held go: they are free for any VM of this host.
@@ -311,7 +299,7 @@ func (m *migration) vfsGiveBack() ([]string, error) {
 	}
 	var errs []error
 	var done []string
-	if m.recordAway || m.recordChanged {
+	if m.recordAway || !sameModels(m.record, m.recordBefore) {
 		if err := pt.RecordVFs(m.vm, m.recordBefore); err != nil {
 			errs = append(errs, fmt.Errorf("VF record not restored: %w", err))
 		} else {
