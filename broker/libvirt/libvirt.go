@@ -515,26 +515,20 @@ func (h *Hypervisor) describe(dom *lv.Domain) (hypervisor.VM, error) {
 	}
 	vm.Name = name
 	copy(vm.UUID[:], u)
-	meta, err := dom.GetMetadata(lv.DOMAIN_METADATA_ELEMENT, Namespace, lv.DOMAIN_AFFECT_LIVE)
-	var lerr lv.Error
-	switch {
-	case errors.As(err, &lerr) && lerr.Code == lv.ERR_NO_DOMAIN_METADATA:
-	case err != nil:
+	meta, ok, err := liveMetadata(dom, Namespace)
+	if err != nil {
 		return vm, fmt.Errorf("domain %s: metadata: %w", name, err)
-	default:
-		vm.Job, err = ParseJob(meta)
-		if err != nil {
+	}
+	if ok {
+		if vm.Job, err = ParseJob(meta); err != nil {
 			vm.Problem = err.Error()
 		}
 	}
-	meta, err = dom.GetMetadata(lv.DOMAIN_METADATA_ELEMENT, VFNamespace, lv.DOMAIN_AFFECT_LIVE)
-	switch {
-	case errors.As(err, &lerr) && lerr.Code == lv.ERR_NO_DOMAIN_METADATA:
-	case err != nil:
+	if meta, ok, err = liveMetadata(dom, VFNamespace); err != nil {
 		return vm, fmt.Errorf("domain %s: VF record: %w", name, err)
-	default:
-		vm.VFs, err = ParseVFRecord(meta)
-		if err != nil {
+	}
+	if ok {
+		if vm.VFs, err = ParseVFRecord(meta); err != nil {
 			vm.Problem = hypervisor.JoinProblems(vm.Problem, err.Error())
 		}
 	}
@@ -557,6 +551,17 @@ func (h *Hypervisor) describe(dom *lv.Domain) (hypervisor.VM, error) {
 	}
 	vm.VCPUs = ParseVCPUs(x)
 	return vm, nil
+}
+
+// liveMetadata returns dom's metadata element in namespace ns from its live definition; ok is
+// false when it has none.
+func liveMetadata(dom *lv.Domain, ns string) (meta string, ok bool, err error) {
+	meta, err = dom.GetMetadata(lv.DOMAIN_METADATA_ELEMENT, ns, lv.DOMAIN_AFFECT_LIVE)
+	var lerr lv.Error
+	if errors.As(err, &lerr) && lerr.Code == lv.ERR_NO_DOMAIN_METADATA {
+		return "", false, nil
+	}
+	return meta, err == nil, err
 }
 
 func (h *Hypervisor) lookup(vm hypervisor.VM) (*lv.Domain, error) {
