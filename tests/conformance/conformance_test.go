@@ -22,7 +22,7 @@ const (
 	// bound only turns a hang into a failure.
 	attemptTimeout = 60 * time.Second
 	// finalizeGrace is how long a job may take to end after its report: 4 ranks on 2 CPUs end
-	// within a second or two, as in tests/layouts (5 s per 8 ranks); past it an MPICH job is
+	// within a second or two (tests/layouts allows 3 s per 8 ranks); past it an MPICH job is
 	// hanging in MPI_Finalize (see run), which took 20 s each time before.
 	finalizeGrace = 5 * time.Second
 	// stderrTail is how much of a failed job's standard error a failure quotes.

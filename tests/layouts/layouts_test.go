@@ -16,10 +16,13 @@
 // 4.1 alone never returns from an MPI_Waitall holding an already failed request above
 // MPI_THREAD_SINGLE: p2p_modes waits for such requests one at a time there.
 //
-//	go test ./tests/layouts -layouts 60              # more layouts
+//	go test ./tests/layouts -layouts 60 -budget 0    # more layouts
 //	go test ./tests/layouts -seed 1234 -layouts 1    # replay the first layout of seed 1234
 //
-// A failure names the seed, the layout's index and the layout itself.
+// A failure names the seed, the layout's index and the layout itself. Layouts differ a lot in
+// what they cost (an MPICH layout across hosts takes about 30 s, a small Open MPI one 5 s), so
+// the run stops drawing once -budget is spent and at least minLayouts have run, and says so: it
+// keeps make test within its time whatever the clock's seed draws.
 package layouts
 
 import (
@@ -45,6 +48,7 @@ import (
 var (
 	flagLayouts = flag.Int("layouts", 16, "random layouts to run")
 	flagSeed    = flag.Uint64("seed", 0, "seed of the layouts (0: a new one, logged)")
+	flagBudget  = flag.Duration("budget", 5*time.Minute, "no new layout once this time is spent and minLayouts have run (0: no limit)")
 )
 
 const (
@@ -57,8 +61,9 @@ const (
 	// EMULATION.md; a clean MPICH exit of 3 ranks here takes well under a second). Open MPI
 	// has no such hang: its jobs get jobTimeout, and a hang is a failure.
 	jobTimeout    = 3 * time.Minute
-	finalizeGrace = 5 * time.Second // per 8 ranks: 16 ranks on 2 CPUs take longer to finalize
+	finalizeGrace = 3 * time.Second // per 8 ranks: 16 ranks on 2 CPUs take longer to finalize
 	stderrTail    = 4000
+	minLayouts    = 10
 )
 
 // A layout is one drawn job shape.
@@ -186,7 +191,13 @@ func TestRandomLayouts(t *testing.T) {
 	}
 	slices.Sort(names)
 	rng := rand.New(rand.NewPCG(seed, 0x1a7a))
+	start := time.Now()
 	for i := 0; i < *flagLayouts; i++ {
+		if spent := time.Since(start); *flagBudget > 0 && i >= minLayouts && spent > *flagBudget {
+			t.Logf("ran %d of %d layouts: the budget of %v is spent (%v); the rest of seed %d run with -budget 0",
+				i, *flagLayouts, *flagBudget, spent.Round(time.Second), seed)
+			break
+		}
 		l := draw(rng, c, names)
 		t.Run(fmt.Sprintf("%02d", i), func(t *testing.T) {
 			t.Logf("layout %d of seed %d: %s", i, seed, l)
