@@ -40,36 +40,41 @@ type Shmem struct {
 // Devices plugs, unplugs and lists the ivshim shmem devices and the passed-through PCI devices
 // of running domains.
 type Devices interface {
-	// Plugged lists the ivshim devices (hypervisor.JobOfDevice accepts their name) in the live
-	// definition.
-	Plugged(dom *lv.Domain) ([]Shmem, error)
-	// PCI lists the host PCI devices passed through (<hostdev> of type pci) in the live
-	// definition.
-	PCI(dom *lv.Domain) ([]hypervisor.PCIAddr, error)
+	// List reads the ivshim devices and the passed-through PCI devices from the live definition
+	// of dom, whose XML x the caller fetched (one fetch serves every reader of a pass).
+	List(dom *lv.Domain, x string) (Listed, error)
 	// Attach and Detach hot-plug the device element xml (a <shmem> or a <hostdev>), live only.
 	Attach(dom *lv.Domain, xml string) error
 	Detach(dom *lv.Domain, xml string) error
 }
 
+// Listed is what a live definition holds of the devices the broker manages.
+type Listed struct {
+	Shmems []Shmem              // ivshim devices (hypervisor.JobOfDevice accepts their name)
+	PCI    []hypervisor.PCIAddr // host PCI devices passed through (<hostdev> of type pci)
+}
+
 // Live is Devices through libvirt itself.
 type Live struct{}
 
-// Plugged parses the live domain XML.
-func (Live) Plugged(dom *lv.Domain) ([]Shmem, error) {
-	x, err := dom.GetXMLDesc(0)
-	if err != nil {
-		return nil, fmt.Errorf("domain XML: %w", err)
+// List parses x.
+func (Live) List(_ *lv.Domain, x string) (Listed, error) {
+	var l Listed
+	var err error
+	if l.Shmems, err = ParseShmems(x); err != nil {
+		return l, err
 	}
-	return ParseShmems(x)
+	l.PCI, err = ParseHostdevs(x)
+	return l, err
 }
 
-// PCI parses the live domain XML.
-func (Live) PCI(dom *lv.Domain) ([]hypervisor.PCIAddr, error) {
+// list fetches dom's live XML and lists its devices.
+func (h *Hypervisor) list(dom *lv.Domain) (Listed, error) {
 	x, err := dom.GetXMLDesc(0)
 	if err != nil {
-		return nil, fmt.Errorf("domain XML: %w", err)
+		return Listed{}, fmt.Errorf("domain XML: %w", err)
 	}
-	return ParseHostdevs(x)
+	return h.dev.List(dom, x)
 }
 
 // Attach calls AttachDeviceFlags with the LIVE flag.
@@ -532,20 +537,18 @@ func (h *Hypervisor) describe(dom *lv.Domain) (hypervisor.VM, error) {
 			vm.Problem = hypervisor.JoinProblems(vm.Problem, err.Error())
 		}
 	}
-	shmems, err := h.dev.Plugged(dom)
-	if err != nil {
-		return vm, fmt.Errorf("domain %s: %w", name, err)
-	}
-	for _, s := range shmems {
-		vm.Plugged = append(vm.Plugged, s.Name)
-	}
-	if vm.PCI, err = h.dev.PCI(dom); err != nil {
-		return vm, fmt.Errorf("domain %s: %w", name, err)
-	}
 	x, err := dom.GetXMLDesc(0)
 	if err != nil {
 		return vm, fmt.Errorf("domain %s: XML: %w", name, err)
 	}
+	devs, err := h.dev.List(dom, x)
+	if err != nil {
+		return vm, fmt.Errorf("domain %s: %w", name, err)
+	}
+	for _, s := range devs.Shmems {
+		vm.Plugged = append(vm.Plugged, s.Name)
+	}
+	vm.PCI = devs.PCI
 	if vm.NICs, err = ParseNICs(x); err != nil {
 		return vm, fmt.Errorf("domain %s: %w", name, err)
 	}
@@ -595,11 +598,11 @@ func (h *Hypervisor) Detach(vm hypervisor.VM, name string) error {
 		return err
 	}
 	defer dom.Free()
-	shmems, err := h.dev.Plugged(dom)
+	devs, err := h.list(dom)
 	if err != nil {
 		return fmt.Errorf("detach %s from domain %s: %w", name, vm.Name, err)
 	}
-	for _, s := range shmems {
+	for _, s := range devs.Shmems {
 		if s.Name == name {
 			if err := h.dev.Detach(dom, s.XML); err != nil {
 				return fmt.Errorf("detach %s from domain %s: %w", name, vm.Name, err)

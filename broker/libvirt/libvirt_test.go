@@ -58,16 +58,6 @@ func hostdev(x string) (hypervisor.PCIAddr, error) {
 	return a[0], nil
 }
 
-func (f *fakeDevices) PCI(dom *lv.Domain) ([]hypervisor.PCIAddr, error) {
-	key, _, err := bootKey(dom)
-	if err != nil {
-		return nil, err
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return slices.Clone(f.pci[key]), nil
-}
-
 // hostdevOp attaches (or detaches) the hostdev element x, reporting whether x was one.
 func (f *fakeDevices) hostdevOp(dom *lv.Domain, x string, attach bool) (bool, error) {
 	if !strings.HasPrefix(x, "<hostdev") {
@@ -111,7 +101,7 @@ func bootKey(dom *lv.Domain) (string, string, error) {
 	return fmt.Sprintf("%s/%d", u, id), name, err
 }
 
-// devices returns the boot's device map, seeded from the live XML on first sight.
+// devices returns the boot's device map, seeded from its live XML on first sight.
 func (f *fakeDevices) devices(dom *lv.Domain) (map[string]string, error) {
 	key, name, err := bootKey(dom)
 	if err != nil {
@@ -120,7 +110,11 @@ func (f *fakeDevices) devices(dom *lv.Domain) (map[string]string, error) {
 	if d, ok := f.plugged[key]; ok {
 		return d, nil
 	}
-	shmems, err := libvirt.Live{}.Plugged(dom)
+	x, err := dom.GetXMLDesc(0)
+	if err != nil {
+		return nil, err
+	}
+	shmems, err := libvirt.ParseShmems(x)
 	if err != nil {
 		return nil, err
 	}
@@ -132,18 +126,25 @@ func (f *fakeDevices) devices(dom *lv.Domain) (map[string]string, error) {
 	return d, nil
 }
 
-func (f *fakeDevices) Plugged(dom *lv.Domain) ([]libvirt.Shmem, error) {
+// List gives the devices this fake plugged and passed through (the test driver's XML does not
+// change with them).
+func (f *fakeDevices) List(dom *lv.Domain, _ string) (libvirt.Listed, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	d, err := f.devices(dom)
 	if err != nil {
-		return nil, err
+		return libvirt.Listed{}, err
 	}
-	var out []libvirt.Shmem
+	var l libvirt.Listed
 	for _, n := range slices.Sorted(mapKeys(d)) {
-		out = append(out, libvirt.Shmem{Name: n, XML: d[n]})
+		l.Shmems = append(l.Shmems, libvirt.Shmem{Name: n, XML: d[n]})
 	}
-	return out, nil
+	key, _, err := bootKey(dom)
+	if err != nil {
+		return libvirt.Listed{}, err
+	}
+	l.PCI = slices.Clone(f.pci[key])
+	return l, nil
 }
 
 func mapKeys[V any](m map[string]V) func(func(string) bool) {
@@ -234,12 +235,12 @@ func (f *fakeDevices) pluggedInto(conn *lv.Connect, name string) []string {
 		f.t.Fatal(err)
 	}
 	defer dom.Free()
-	shmems, err := f.Plugged(dom)
+	l, err := f.List(dom, "")
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	var out []string
-	for _, s := range shmems {
+	for _, s := range l.Shmems {
 		out = append(out, s.Name)
 	}
 	return out

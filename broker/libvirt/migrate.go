@@ -92,15 +92,15 @@ func (h *Hypervisor) Recall(ctx context.Context, vm hypervisor.VM, dest string) 
 // gone from the live definition (a live unplug completes when the guest releases the device).
 func (h *Hypervisor) move(ctx context.Context, dom *lv.Domain, vm hypervisor.VM, dconn *lv.Connect, to string) error {
 	for {
-		plugged, err := h.dev.Plugged(dom)
+		devs, err := h.list(dom)
 		if err != nil {
 			return fmt.Errorf("migrate domain %s: %w", vm.Name, err)
 		}
-		if len(plugged) == 0 {
+		if len(devs.Shmems) == 0 {
 			break
 		}
 		if err := sleepCtx(ctx); err != nil {
-			return fmt.Errorf("migrate domain %s: %s still plugged: %w", vm.Name, plugged[0].Name, err)
+			return fmt.Errorf("migrate domain %s: %s still plugged: %w", vm.Name, devs.Shmems[0].Name, err)
 		}
 	}
 	done := make(chan error, 1)
@@ -144,12 +144,12 @@ func (h *Hypervisor) PluggedAt(_ context.Context, dest, name string) ([]string, 
 		return nil, err
 	}
 	defer dom.Free()
-	shmems, err := h.dev.Plugged(dom)
+	devs, err := h.list(dom)
 	if err != nil {
 		return nil, fmt.Errorf("domain %s at %s: %w", name, dest, err)
 	}
 	var names []string
-	for _, s := range shmems {
+	for _, s := range devs.Shmems {
 		names = append(names, s.Name)
 	}
 	return names, nil

@@ -50,22 +50,22 @@ func (h *Hypervisor) DetachPCIAt(ctx context.Context, dest, name string, a hyper
 }
 
 func (h *Hypervisor) detachPCI(ctx context.Context, dom *lv.Domain, name string, a hypervisor.PCIAddr) error {
-	have, err := h.dev.PCI(dom)
+	have, err := h.list(dom)
 	if err != nil {
 		return fmt.Errorf("unplug %s from domain %s: %w", a, name, err)
 	}
-	if !slices.Contains(have, a) {
+	if !slices.Contains(have.PCI, a) {
 		return nil
 	}
 	if err := h.dev.Detach(dom, HostdevXML(a)); err != nil {
 		return fmt.Errorf("unplug %s from domain %s: %w", a, name, err)
 	}
 	for {
-		have, err := h.dev.PCI(dom)
+		have, err := h.list(dom)
 		if err != nil {
 			return fmt.Errorf("unplug %s from domain %s: %w", a, name, err)
 		}
-		if !slices.Contains(have, a) {
+		if !slices.Contains(have.PCI, a) {
 			return nil
 		}
 		if err := sleepCtx(ctx); err != nil {
@@ -111,9 +111,9 @@ func (h *Hypervisor) PCIAt(_ context.Context, dest, name string) ([]hypervisor.P
 		return nil, err
 	}
 	defer dom.Free()
-	pci, err := h.dev.PCI(dom)
+	devs, err := h.list(dom)
 	if err != nil {
 		return nil, fmt.Errorf("domain %s at %s: %w", name, dest, err)
 	}
-	return pci, nil
+	return devs.PCI, nil
 }
