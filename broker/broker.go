@@ -16,6 +16,7 @@ import (
 
 	"ivshim.dev/ivshim/broker/api"
 	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/broker/internal/logonce"
 	"ivshim.dev/ivshim/broker/metrics"
 	"ivshim.dev/ivshim/broker/sriov"
 	"ivshim.dev/ivshim/ivshmem"
@@ -110,17 +111,17 @@ type Broker struct {
 	// own serialises reconcile passes with the migration coordinator's steps on regions: it
 	// guards regions, problems, vfShort and scanned.
 	own      sync.Mutex
-	regions  map[string]*region         // by job
-	problems map[hypervisor.UUID]string // last bad job tag logged per VM
-	vfShort  map[string]bool            // "UUID model": a VF record no free VF could serve, logged (vfs.go)
-	scanned  bool                       // the region directory was scanned once
+	regions  map[string]*region           // by job
+	problems logonce.Set[hypervisor.UUID] // bad job tags logged, by VM
+	vfShort  logonce.Set[string]          // "UUID model": a VF record no free VF could serve, logged (vfs.go)
+	scanned  bool                         // the region directory was scanned once
 
 	// Traffic accounting (CountTraffic); trafficProblems is owned by the reconcile goroutine.
 	traffic         TrafficCounter
-	trafficProblems map[string]string // by host interface: why it cannot be watched
+	trafficProblems logonce.Set[string] // by host interface: why it cannot be watched
 
 	mu          sync.Mutex                  // guards snap, vmOfIfindex, vmOfMAC, migrating, vfProblems and vfHeld
-	vfProblems  map[string]bool             // unreadable VFs logged (vfs.go)
+	vfProblems  logonce.Set[string]         // unreadable VFs logged (vfs.go)
 	vfHeld      map[hypervisor.PCIAddr]bool // VFs a migration unplugged, kept for its VM until it ends
 	migrating   map[hypervisor.UUID]bool    // VMs in a migration (migrate.go)
 	snap        api.Snapshot
@@ -142,13 +143,12 @@ func New(cfg Config, hv hypervisor.Hypervisor, log *zap.Logger) (*Broker, error)
 		return nil, err
 	}
 	b := &Broker{
-		cfg:      cfg,
-		hv:       hv,
-		log:      log.With(zap.String("host", cfg.HostID.String())),
-		lock:     lock,
-		started:  time.Now(),
-		regions:  map[string]*region{},
-		problems: map[hypervisor.UUID]string{},
+		cfg:     cfg,
+		hv:      hv,
+		log:     log.With(zap.String("host", cfg.HostID.String())),
+		lock:    lock,
+		started: time.Now(),
+		regions: map[string]*region{},
 	}
 	b.snap.Status = b.status()
 	if b.passthrough() != nil {

@@ -69,26 +69,19 @@ func (b *Broker) reconcile() error {
 // noteProblems logs each VM whose ivshim metadata (job tag, VF record) was rejected, once per
 // VM and reason.
 func (b *Broker) noteProblems(vms []hypervisor.VM) {
-	seen := map[hypervisor.UUID]bool{}
 	rejected := 0
 	for _, vm := range vms {
 		if vm.Problem == "" {
 			continue
 		}
 		rejected++
-		seen[vm.UUID] = true
-		if b.problems[vm.UUID] == vm.Problem {
+		if !b.problems.Note(vm.UUID, vm.Problem) {
 			continue
 		}
-		b.problems[vm.UUID] = vm.Problem
 		b.log.Warn("ivshim metadata of a VM rejected", zap.String("vm", vm.Name),
 			zap.Stringer("uuid", vm.UUID), zap.String("problem", vm.Problem))
 	}
-	for u := range b.problems {
-		if !seen[u] {
-			delete(b.problems, u)
-		}
-	}
+	b.problems.EndPass()
 	b.metrics.RejectedVMs.Set(rejected)
 }
 

@@ -36,14 +36,12 @@ func (b *Broker) followTraffic(vms []hypervisor.VM) {
 		return
 	}
 	byIndex, byMAC, keep := map[int]string{}, map[string]string{}, map[int]bool{}
-	problems := map[string]string{}
 	for _, vm := range vms {
 		for _, n := range vm.NICs {
 			byMAC[n.MAC.String()] = vm.Name
 			i, err := b.traffic.Watch(n.HostIface)
 			if err != nil {
-				problems[n.HostIface] = err.Error()
-				if b.trafficProblems[n.HostIface] != err.Error() {
+				if b.trafficProblems.Note(n.HostIface, err.Error()) {
 					b.log.Warn("cannot count a VM's traffic", zap.String("vm", vm.Name), zap.Error(err))
 				}
 				continue
@@ -51,7 +49,7 @@ func (b *Broker) followTraffic(vms []hypervisor.VM) {
 			byIndex[i], keep[i] = vm.Name, true
 		}
 	}
-	b.trafficProblems = problems
+	b.trafficProblems.EndPass()
 	if err := b.traffic.Keep(keep); err != nil {
 		b.log.Warn("traffic accounting", zap.Error(err))
 	}

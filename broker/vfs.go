@@ -46,14 +46,12 @@ func (b *Broker) inventory() (sriov.Inventory, error) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	seen := map[string]bool{}
 	for _, p := range inv.Problems {
-		seen[p] = true
-		if !b.vfProblems[p] {
+		if b.vfProblems.Note(p, "") {
 			b.log.Warn("SR-IOV inventory: device left out", zap.String("problem", p))
 		}
 	}
-	b.vfProblems = seen
+	b.vfProblems.EndPass()
 	return inv, nil
 }
 
@@ -92,7 +90,7 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 	pt := b.passthrough()
 	if pt == nil || !slices.ContainsFunc(vms, func(vm hypervisor.VM) bool { return len(vm.VFs) > 0 }) {
 		b.metrics.VFsMissing.Set(0)
-		b.vfShort = nil
+		b.vfShort.EndPass() // none noted: all forgotten
 		return nil
 	}
 	inv, err := b.inventory()
@@ -112,7 +110,6 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 	b.mu.Unlock()
 	var errs []error
 	missing := 0
-	short := map[string]bool{}
 	for _, vm := range vms {
 		if len(vm.VFs) == 0 || b.isMigrating(vm.UUID) {
 			continue
@@ -123,8 +120,7 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 			if !ok {
 				missing++
 				key := vm.UUID.String() + " " + m.String()
-				short[key] = true
-				if !b.vfShort[key] {
+				if b.vfShort.Note(key, "") {
 					log.Error("no free VF of the VM's recorded model on this host: the VM runs without it")
 				}
 				continue
@@ -140,7 +136,7 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 			log.Info("VF passed through", zap.Stringer("vf", vf.Addr), zap.Stringer("pf", vf.PF))
 		}
 	}
-	b.vfShort = short
+	b.vfShort.EndPass()
 	b.metrics.VFsMissing.Set(missing)
 	return errors.Join(errs...)
 }

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/broker/internal/logonce"
 	"ivshim.dev/ivshim/ivshmem"
 )
 
@@ -22,8 +23,8 @@ type Hypervisor struct {
 	reg     Registry
 	log     *zap.Logger
 	changes *hypervisor.Notify
-	watch   *os.File          // inotify on DIR/vms
-	bad     map[string]string // last complaint logged per record name; owned by Running's caller
+	watch   *os.File            // inotify on DIR/vms
+	bad     logonce.Set[string] // complaints logged, by record name; owned by Running's caller
 }
 
 var _ hypervisor.Hypervisor = (*Hypervisor)(nil)
@@ -50,7 +51,6 @@ func Open(dir string, log *zap.Logger) (*Hypervisor, error) {
 		log:     log,
 		changes: hypervisor.NewNotify(),
 		watch:   os.NewFile(uintptr(fd), "inotify"),
-		bad:     map[string]string{},
 	}
 	go h.readEvents()
 	return h, nil
@@ -147,13 +147,12 @@ func (h *Hypervisor) complain(name string, err error) {
 // complainAbout logs msg about file once per key and reason; a nil err forgets the key.
 func (h *Hypervisor) complainAbout(key, msg, file string, err error) {
 	if err == nil {
-		delete(h.bad, key)
+		h.bad.Forget(key)
 		return
 	}
-	if h.bad[key] == err.Error() {
+	if !h.bad.Note(key, err.Error()) {
 		return
 	}
-	h.bad[key] = err.Error()
 	h.log.Warn(msg, zap.String("vm", strings.TrimSuffix(key, "/pci")), zap.String("file", file), zap.Error(err))
 }
 
