@@ -62,15 +62,13 @@ static int send_inline(struct ivs_peer *p, struct ivs_comm *c, const void *buf, 
 	return 1;
 }
 
-/* Start a send. Exactly one of *out (shim request) and *net (library request) is set. A
- * standard-mode send that goes into the ring at once gets a request that is already complete,
- * as a library's eager send does: its Wait only releases it. */
-int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm,
-              int sync, struct ivs_req **out, MPI_Request *net)
+/* Start a send to comm rank dest of c, world rank w, through p's ring (p NULL: by the library).
+ * Exactly one of *out (shim request) and *net (library request) is set. A standard-mode send
+ * that goes into the ring at once (try_inline; send_common has tried already) gets a request
+ * that is already complete, as a library's eager send does: its Wait only releases it. */
+static int isend_to(struct ivs_comm *c, struct ivs_peer *p, int w, const void *buf, int count, MPI_Datatype dt, int dest,
+                    int tag, MPI_Comm comm, int sync, int try_inline, struct ivs_req **out, MPI_Request *net)
 {
-	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
-	int w;
-	struct ivs_peer *p = shm_peer(c, dest, &w);
 	*out = NULL;
 	if (!p) {
 		if (ivs.enabled)
@@ -80,7 +78,7 @@ int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 	}
 	if (!tag_ok(tag))
 		return ivs_arg_error(comm, MPI_ERR_TAG);
-	if (!sync && send_inline(p, c, buf, count, dt, tag)) {
+	if (try_inline && !sync && send_inline(p, c, buf, count, dt, tag)) {
 		struct ivs_req *done = ivs_req_alloc();
 		done->kind = IVS_SEND;
 		done->state = IVS_DONE;
@@ -100,6 +98,15 @@ int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 	ivs_enqueue_send(r);
 	*out = r;
 	return MPI_SUCCESS;
+}
+
+int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm,
+              int sync, struct ivs_req **out, MPI_Request *net)
+{
+	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
+	int w = -1;
+	struct ivs_peer *p = shm_peer(c, dest, &w);
+	return isend_to(c, p, w, buf, count, dt, dest, tag, comm, sync, 1, out, net);
 }
 
 /* Start a receive. Exactly one of *out and *net is set. */
@@ -287,7 +294,7 @@ static int wait_result(struct ivs_req *r, MPI_Request net, MPI_Status *st)
 static int send_common(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm, int sync)
 {
 	struct ivs_comm *c = ivs_comm_p2p(comm);
-	int w;
+	int w = -1;
 	struct ivs_peer *p = shm_peer(c, dest, &w);
 	if (p && !sync && tag_ok(tag) && send_inline(p, c, buf, count, dt, tag))
 		return MPI_SUCCESS;
@@ -297,7 +304,7 @@ static int send_common(const void *buf, int count, MPI_Datatype dt, int dest, in
 	}
 	struct ivs_req *r;
 	MPI_Request net;
-	int rc = ivs_isend(buf, count, dt, dest, tag, comm, sync, &r, &net);
+	int rc = isend_to(c, p, w, buf, count, dt, dest, tag, comm, sync, 0, &r, &net); /* inline was tried */
 	if (rc != MPI_SUCCESS)
 		return rc;
 	return wait_result(r, net, MPI_STATUS_IGNORE);
