@@ -28,7 +28,8 @@
 #include "ivshim.h"
 #include "ivshim_coll.h"
 
-/* A rank's view of a communicator's collectives, built at its first collective (coll_area.c). */
+/* A rank's view of a communicator's collectives, built at its first collective and again at the
+ * first after a re-plan (coll_area.c, migrate.c). */
 struct ivs_coll {
 	int nl, li;          /* co-located members, my index among them (comm rank order) */
 	int *lranks;         /* local index -> comm rank */
@@ -44,6 +45,7 @@ struct ivs_coll {
 	uint64_t slot;       /* slot size (ivshim_coll.h), the same on every host: pieces are at most this */
 	uint64_t seq;
 	uint64_t *seen;      /* local index -> highest op this rank has seen that member publish */
+	int leaving_at_setup; /* members known leaving at the set-up (coll_area.c leaving_now) */
 };
 
 /* ---- coll_area.c: the area and its protocol ---- */

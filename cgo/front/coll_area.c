@@ -1,7 +1,7 @@
 /* Collectives: a communicator's area. The protocol every collective keeps in it
- * (ivshmem/ivshim_coll.h), the set-up at a communicator's first collective (which members share
- * this host, which hosts there are, the area, the leaders' communicator), and the area's release
- * at MPI_Comm_free. */
+ * (ivshmem/ivshim_coll.h), the set-up at a communicator's first collective and at its first
+ * after a re-plan (which members share this host, which hosts there are, the area, the leaders'
+ * communicator), and the area's release at MPI_Comm_free and at a re-plan. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,18 +57,23 @@ uint64_t ivs_coll_op_begin(struct ivs_coll *k, uint64_t n)
 	return s;
 }
 
-/* ---- per-communicator set-up (collective, at the first collective on the communicator) ---- */
+/* ---- per-communicator set-up (collective: the first collective on the communicator, and the
+ * first after a re-plan) ---- */
 
 static int cmp_int(const void *a, const void *b)
 {
 	return *(const int *)a - *(const int *)b;
 }
 
+/* What each member says at the set-up exchange. */
 struct coll_info {
-	int64_t host_key; /* world rank of the lowest co-located world rank: names the host */
-	int64_t ok;       /* this rank's host has its area (or needs none) */
-	int64_t area;     /* leader: region offset of the area */
-	int64_t slot;     /* leader: the slot size its area has room for; 0 from other members */
+	int64_t host_key; /* the world rank of the member with the lowest comm rank placed on this
+	                     rank's host (names the host), or -1 - its own world rank for a rank
+	                     whose VM is leaving or has left (migrate.c): a host of its own, with no
+	                     area in the region */
+	int64_t area;     /* an area this rank allocated for its host's members: region offset, or 0 */
+	int64_t slot;     /* that area's slot size; 0 without one */
+	int64_t cap;      /* the members that area has room for */
 };
 
 /* The leader's allocation: the area with the largest slot that fits the region's heap (0 and
@@ -96,38 +101,72 @@ static void coll_free(struct ivs_coll *k)
 
 static void reap_areas(void);
 
-/* Whether the co-located members lranks[0..nl) include this rank's VM flagged leaving or a
- * peer whose pair with this rank is closing (migrate.c). */
-static int group_leaving(struct ivs_comm *c, const int *lranks, int nl)
-{
-	if (nl < 2)
-		return 0;
-	if (ivs.self_leaving)
-		return 1;
-	for (int i = 0; i < nl; i++) {
-		struct ivs_peer *p = ivs.peers[c->world[lranks[i]]];
-		if (p && p->closing)
-			return 1;
-	}
-	return 0;
-}
-
 int ivs_coll_in_region(struct ivs_comm *c)
 {
 	struct ivs_coll *k = c->coll;
 	return k && k->usable && k->nl > 1;
 }
 
-int ivs_coll_needs_switch(struct ivs_comm *c)
+/* Ranks of leaving VMs among c's co-located members, as this rank knows them now: itself (its
+ * scan then marks every member), and the members whose VM it saw flagged (migrate.c scan). */
+static int leaving_now(struct ivs_comm *c, const int *lranks, int nl)
 {
-	return ivs_coll_in_region(c) && group_leaving(c, c->coll->lranks, c->coll->nl);
+	int n = ivs.self_leaving;
+	for (int i = 0; i < nl; i++)
+		if (lranks[i] != c->rank)
+			n += ivs.peers[c->world[lranks[i]]]->leave_seen;
+	return n;
 }
 
+/* The area of c holds a rank of a VM flagged leaving since the set-up: the collectives must
+ * re-plan (migrate.c). One known at the set-up was not leaving by its own word then; it asks
+ * itself once it sees its flag. */
+int ivs_coll_needs_switch(struct ivs_comm *c)
+{
+	return ivs_coll_in_region(c) && leaving_now(c, c->coll->lranks, c->coll->nl) > c->coll->leaving_at_setup;
+}
+
+/* This rank allocates the area of its host's group of n members, saying why not when it cannot
+ * (never silent: once per rank, every time with IVSHIM_VERBOSE). */
+static void lead_alloc(struct coll_info *me, int n)
+{
+	char err[256] = "";
+	uint64_t slot, off = area_alloc(n, &slot, err, sizeof err);
+	me->area = (int64_t)off;
+	me->slot = (int64_t)slot;
+	me->cap = n;
+	static int warned;
+	if (!off && (ivs.verbose || !warned++))
+		fprintf(stderr, "ivshim: rank %d: no collective area for a communicator of %d co-located ranks (%s): its collectives use the library%s\n",
+		        ivs.world_rank, n, err, ivs.verbose ? "" : " (further cases: IVSHIM_VERBOSE=1)");
+	else if (off && slot < IVS_SLOT_MAX && ivs.verbose)
+		fprintf(stderr, "ivshim: rank %d: collective area for %d co-located ranks with %lu-byte slots (the region is tight): larger collectives take more steps\n",
+		        ivs.world_rank, n, (unsigned long)slot);
+}
+
+static void exchange(struct ivs_comm *c, const struct coll_info *me, struct coll_info *all)
+{
+	MPI_Request req;
+	int rc = ivs_coll_net_complete(PMPI_Iallgather(me, sizeof *me, MPI_BYTE, all, sizeof *me, MPI_BYTE, c->handle, &req), &req);
+	if (rc != MPI_SUCCESS)
+		ivs_fatal("collective set-up exchange failed (%d)", rc);
+}
+
+/* Set-up, at the communicator's first collective and at its first after a re-plan (migrate.c).
+ * Which members share an area is decided from the exchange alone, so every member reaches the
+ * same plan: members placed on one host (the session's placement) form its group, except a
+ * rank whose VM is leaving or has left (by its own reading of the region), which is a host of
+ * its own. Before the exchange a member cannot know who else says so: the member that expects
+ * to lead its group allocates the area, with room for everyone placed there. If the exchange
+ * names another leader (a view outdated by a migration), every member knows which groups lack
+ * their area, and their leaders allocate it in a second exchange. */
 static struct ivs_coll *coll_setup(struct ivs_comm *c)
 {
 	struct ivs_coll *k = calloc(1, sizeof *k);
 	struct coll_info *all = malloc(sizeof *all * (size_t)c->size);
-	if (!k || !all)
+	int *placed = malloc(sizeof(int) * (size_t)(ivs.nlocal + 1));
+	uint8_t *seen_leaving = calloc((size_t)c->size, 1);
+	if (!k || !all || !placed || !seen_leaving)
 		ivs_fatal("out of memory");
 	k->lcomm = MPI_COMM_NULL;
 	k->lranks = malloc(sizeof(int) * (size_t)(ivs.nlocal + 1));
@@ -137,76 +176,96 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	k->seen = calloc((size_t)ivs.nlocal + 1, sizeof(uint64_t));
 	if (!k->lranks || !k->host_of || !k->host_first || !k->pos || !k->seen)
 		ivs_fatal("out of memory");
+	int np = 0;
 	for (int i = 0; i < ivs.nlocal; i++)
 		if (c->by_local[i] >= 0)
-			k->lranks[k->nl++] = c->by_local[i];
-	if (k->nl == 0)
-		k->lranks[k->nl++] = c->rank;
-	qsort(k->lranks, (size_t)k->nl, sizeof(int), cmp_int);
-	for (int i = 0; i < k->nl; i++)
-		if (k->lranks[i] == c->rank)
-			k->li = i;
-	/* slot 0: no area of this rank's (a member, or alone on its host); a leader sets it below */
-	/* A member whose group holds a rank of a VM flagged leaving makes the set-up fail on all
-	 * members: the collectives take the library from the start (migrate.c). */
-	int leaving = group_leaving(c, k->lranks, k->nl);
-	struct coll_info me = {.host_key = c->world[k->lranks[0]], .ok = !leaving, .area = 0, .slot = 0};
-	char err[256] = "";
-	if (k->nl > 1 && k->li == 0 && !leaving) {
+			placed[np++] = c->by_local[i];
+	if (np == 0)
+		placed[np++] = c->rank;
+	qsort(placed, (size_t)np, sizeof(int), cmp_int);
+	int gone = ivs_self_gone(), staying = 0, lead = -1;
+	for (int i = 0; i < np; i++) {
+		int r = placed[i];
+		if (r != c->rank)
+			seen_leaving[r] = ivs.peers[c->world[r]]->leave_seen;
+		if (gone || (r != c->rank && ivs_peer_leaving(ivs.peers[c->world[r]])))
+			continue;
+		staying++;
+		if (lead < 0)
+			lead = r;
+	}
+	int leaving_before = ivs.self_leaving;
+	struct coll_info me = {.host_key = gone ? -1 - (int64_t)ivs.world_rank : c->world[placed[0]]};
+	if (lead == c->rank && staying > 1) {
 		reap_areas();
-		uint64_t slot, off = area_alloc(k->nl, &slot, err, sizeof err);
-		me.ok = off != 0;
-		me.area = (int64_t)off;
-		me.slot = (int64_t)slot;
-		/* Never silent: once per rank, every time with IVSHIM_VERBOSE. */
-		static int warned;
-		if (!off && (ivs.verbose || !warned++))
-			fprintf(stderr, "ivshim: rank %d: no collective area for a communicator of %d co-located ranks (%s): its collectives use the library%s\n",
-			        ivs.world_rank, k->nl, err, ivs.verbose ? "" : " (further cases: IVSHIM_VERBOSE=1)");
-		else if (off && slot < IVS_SLOT_MAX && ivs.verbose)
-			fprintf(stderr, "ivshim: rank %d: collective area for %d co-located ranks with %lu-byte slots (the region is tight): larger collectives take more steps\n",
-			        ivs.world_rank, k->nl, (unsigned long)slot);
+		lead_alloc(&me, np);
 	}
-	MPI_Request req;
-	int rc = ivs_coll_net_complete(PMPI_Iallgather(&me, sizeof me, MPI_BYTE, all, sizeof me, MPI_BYTE, c->handle, &req), &req);
-	if (rc != MPI_SUCCESS)
-		ivs_fatal("collective set-up exchange failed (%d)", rc);
-	/* Every host's area is used with the smallest slot any host got: pieces of a collective then
-	 * have the same sizes on every host (the leaders exchange them piece by piece), and a
-	 * bigger area holds the layout of a smaller slot. */
-	k->usable = 1;
-	k->slot = IVS_SLOT_MAX;
-	for (int r = 0; r < c->size; r++)
-		k->usable &= all[r].ok != 0;
-	if (!k->usable) {
-		/* Members may disagree on who is co-located while a pair switches: no grouping. */
-		free(all);
-		if (me.area)
-			ivs.ctl_free((uint64_t)me.area, err, sizeof err);
-		return k;
-	}
+	exchange(c, &me, all);
+	/* Hosts in order of their lowest comm rank; a host's members in comm rank order, the first
+	 * its leader. */
 	int nh = 0;
 	int64_t *keys = malloc(sizeof(int64_t) * (size_t)c->size);
-	int *count = calloc((size_t)(unsigned)c->size, sizeof(int));
-	if (!keys || !count)
+	int *count = calloc((size_t)(unsigned)c->size, sizeof(int)), *leader = malloc(sizeof(int) * (size_t)c->size);
+	if (!keys || !count || !leader)
 		ivs_fatal("out of memory");
 	for (int r = 0; r < c->size; r++) {
-		if (all[r].ok && all[r].slot) {
-			if (!ivs_area_slot_ok((uint64_t)all[r].slot)) {
-				fprintf(stderr, "ivshim: rank %d: rank %d of a communicator offers a %ld-byte collective slot (a different shim build?): its collectives use the library\n",
-				        ivs.world_rank, r, (long)all[r].slot);
-				k->usable = 0;
-			} else if ((uint64_t)all[r].slot < k->slot) {
-				k->slot = (uint64_t)all[r].slot;
-			}
-		}
 		int h = 0;
 		while (h < nh && keys[h] != all[r].host_key)
 			h++;
-		if (h == nh)
+		if (h == nh) {
 			keys[nh++] = all[r].host_key;
+			leader[h] = r;
+		}
 		k->host_of[r] = h;
 		count[h]++;
+		if (all[r].host_key == me.host_key) {
+			/* the exchange's group is among the ranks placed here (else the placement is not
+			 * the same on every member: a bug, or a corrupt region) */
+			if (k->nl > ivs.nlocal || (r != c->rank && !ivs.peers[c->world[r]]))
+				ivs_fatal("collective set-up: rank %d names this rank's host but is not placed on it", r);
+			if (r == c->rank)
+				k->li = k->nl;
+			k->lranks[k->nl++] = r;
+		}
+	}
+	/* Groups of two or more whose leader has no area: their leaders allocate it now. */
+	int missing = 0;
+	for (int h = 0; h < nh; h++)
+		missing |= count[h] > 1 && !all[leader[h]].area;
+	if (missing) {
+		struct coll_info again = me;
+		if (k->li == 0 && k->nl > 1 && !me.area) {
+			reap_areas();
+			lead_alloc(&again, k->nl);
+		}
+		struct coll_info *all2 = malloc(sizeof *all2 * (size_t)c->size);
+		if (!all2)
+			ivs_fatal("out of memory");
+		exchange(c, &again, all2);
+		for (int h = 0; h < nh; h++)
+			if (count[h] > 1 && !all[leader[h]].area)
+				all[leader[h]] = all2[leader[h]];
+		free(all2);
+		me = again;
+	}
+	/* Every host of two or more members needs its leader's area, with room for them, and every
+	 * area is used with the smallest slot any host got: pieces of a collective then have the
+	 * same sizes on every host (the leaders exchange them piece by piece), and a bigger area
+	 * holds the layout of a smaller slot. */
+	k->usable = 1;
+	k->slot = IVS_SLOT_MAX;
+	for (int h = 0; h < nh; h++) {
+		const struct coll_info *l = &all[leader[h]];
+		if (count[h] < 2)
+			continue;
+		if (!l->area || !ivs_area_slot_ok((uint64_t)l->slot) || l->cap < count[h]) {
+			if (l->area)
+				fprintf(stderr, "ivshim: rank %d: rank %d of a communicator offers a collective area of %ld-byte slots for %ld members, %d share it (a different shim build?): its collectives use the library\n",
+				        ivs.world_rank, leader[h], (long)l->slot, (long)l->cap, count[h]);
+			k->usable = 0; /* no area there (lead_alloc said why): the library, on every member */
+		} else if ((uint64_t)l->slot < k->slot) {
+			k->slot = (uint64_t)l->slot;
+		}
 	}
 	k->nhosts = nh;
 	k->myhost = k->host_of[c->rank];
@@ -218,28 +277,42 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	memset(count, 0, sizeof(int) * (size_t)c->size);
 	for (int r = 0; r < c->size; r++)
 		k->pos[r] = k->host_first[k->host_of[r]] + count[k->host_of[r]]++;
-	if (count[k->myhost] != k->nl)
-		ivs_fatal("collective set-up: %d co-located members here, %d by the exchange", k->nl, count[k->myhost]);
+	uint64_t off = (uint64_t)all[k->lranks[0]].area;
 	free(keys);
 	free(count);
-	uint64_t off = (uint64_t)all[k->lranks[0]].area;
+	free(leader);
 	free(all);
-	if (k->usable) {
-		if (k->nl == 1) {
-			k->area = calloc(1, ivs_area_size(1, k->slot));
-			if (!k->area)
-				ivs_fatal("out of memory");
-		} else {
-			if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size || ivs_area_size((uint64_t)k->nl, k->slot) > ivs.size - off)
-				ivs_fatal("collective area offset %#lx from the leader lies outside the region", (unsigned long)off);
-			k->area = ivs.base + off;
-			k->area_off = off;
-		}
-		if (nh > 1 && PMPI_Comm_split(c->handle, k->li == 0 ? 0 : MPI_UNDEFINED, k->myhost, &k->lcomm) != MPI_SUCCESS)
-			ivs_fatal("cannot create the leaders' communicator");
-	} else if (me.area) {
+	free(placed);
+	k->leaving_at_setup = leaving_before;
+	for (int i = 0; i < k->nl; i++)
+		k->leaving_at_setup += seen_leaving[k->lranks[i]];
+	free(seen_leaving);
+	char err[256];
+	if (me.area && (!k->usable || k->li != 0 || k->nl < 2)) { /* allocated for a group that did not form */
 		ivs.ctl_free((uint64_t)me.area, err, sizeof err);
+		me.area = 0;
 	}
+	/* Every member has left this communicator's old area, if it had one, before its part of the
+	 * exchange (a re-plan): its leader can give it back now. */
+	reap_areas();
+	if (!k->usable)
+		return k;
+	if (k->nl == 1) {
+		k->area = calloc(1, ivs_area_size(1, k->slot));
+		if (!k->area)
+			ivs_fatal("out of memory");
+	} else {
+		if (off < IVSHIM_HEADER_SIZE || off % IVS_ALIGN || off > ivs.size || ivs_area_size((uint64_t)k->nl, k->slot) > ivs.size - off)
+			ivs_fatal("collective area offset %#lx from the leader lies outside the region", (unsigned long)off);
+		k->area = ivs.base + off;
+		k->area_off = off;
+	}
+	/* A blocking library call: no member answers the shim's messages inside it (migrate.c). */
+	if (nh > 1 && PMPI_Comm_split(c->handle, k->li == 0 ? 0 : MPI_UNDEFINED, k->myhost, &k->lcomm) != MPI_SUCCESS)
+		ivs_fatal("cannot create the leaders' communicator");
+	if (c->sw_round && ivs.verbose)
+		fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: %d hosts, %d members in this rank's area\n",
+		        ivs.world_rank, c->size, nh, k->nl);
 	return k;
 }
 
@@ -264,10 +337,10 @@ struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k)
 		return NULL;
 	if (IVS_UNLIKELY(ivs_poll_due(IVS_POLL_COLLS)))
 		ivs_ctl_poll(); /* a rank that only runs collectives still answers the shim's messages */
-	if (IVS_UNLIKELY(c->sw) && ivs_coll_lib_due(c)) {
-		if (ivs.self_leaving)
+	if (IVS_UNLIKELY(c->sw)) {
+		ivs_coll_switch_point(c); /* from the agreed index on, a new plan */
+		if (ivs.self_leaving && !c->coll)
 			ivs_release_at_entry(); /* that may have been its last area */
-		return NULL;
 	}
 	c->ncoll++;
 	c->last_tick = ivs.ctl_tick;
@@ -322,8 +395,9 @@ static void reap_areas(void)
 	}
 }
 
-/* MPI_Comm_free of c: this rank leaves the area at once; its host's leader returns the area to
- * the region once every member has left (reap_areas, at this and later set-ups and frees). */
+/* MPI_Comm_free of c, or a re-plan: this rank leaves the area at once; its host's leader returns
+ * the area to the region once every member has left (reap_areas, at this and later set-ups and
+ * frees). A leader that leaves the region itself first leaves its areas to the session. */
 void ivs_coll_forget(struct ivs_comm *c)
 {
 	struct ivs_coll *k = c->coll;

@@ -88,16 +88,17 @@ struct ivs_comm {
 	int refs;                  /* shim requests that point here: MPI_Comm_free may come first */
 	int freed;                 /* MPI_Comm_free'd: gone from the table, dropped at refs == 0 */
 	struct ivs_comm *next;     /* hash chain */
-	/* The switch of this communicator's collectives to the library at a migration (migrate.c):
-	 * every member agrees on the index sw_k of the first collective that goes to the library. */
+	/* The re-plan of this communicator's collectives at a migration (migrate.c): every member
+	 * agrees on the index sw_k of the first collective that sets up anew. */
 	uint64_t ncoll;            /* collectives begun through ivs_coll_comm */
 	unsigned last_tick;        /* ivs.ctl_tick at the last of them */
 	uint8_t sw;                /* enum ivs_sw */
 	uint8_t sw_coord;          /* comm rank 0: 1 while gathering the members' counts */
 	uint64_t sw_limit;         /* IVS_SW_WAITING: collectives from this index on wait for sw_k */
-	uint64_t sw_k;             /* IVS_SW_DECIDED: first collective on the library */
+	uint64_t sw_k;             /* IVS_SW_DECIDED: first collective on the new plan */
 	int sw_replies;            /* comm rank 0: counts gathered so far */
 	uint64_t sw_max;           /* comm rank 0: the largest of them */
+	uint64_t sw_round;         /* re-plans done: each agreement's messages carry its round */
 };
 
 enum ivs_sw { IVS_SW_NONE = 0, IVS_SW_ASKED, IVS_SW_WAITING, IVS_SW_DECIDED, IVS_SW_DONE };
@@ -259,7 +260,7 @@ static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
 /* coll_area.c: the collectives' one entry besides the interposers (the rest is in coll.h) */
 void ivs_coll_forget(struct ivs_comm *c);
 int ivs_coll_in_region(struct ivs_comm *c);     /* collectives of c use an area in the region */
-int ivs_coll_needs_switch(struct ivs_comm *c);  /* ... with a rank of a leaving VM (migrate.c) */
+int ivs_coll_needs_switch(struct ivs_comm *c);  /* ... with a rank flagged leaving since its set-up (migrate.c) */
 
 /* request.c: handles the MPI library never issues */
 struct ivs_req *ivs_req_alloc(void);
@@ -328,7 +329,9 @@ int ivs_switch_progress(void);
 void ivs_ctl_poll(void);
 void ivs_ctl_wait_step(unsigned *spins);
 int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg);
-int ivs_coll_lib_due(struct ivs_comm *c);
+void ivs_coll_switch_point(struct ivs_comm *c);
+int ivs_self_gone(void);
+int ivs_peer_leaving(const struct ivs_peer *p);
 void ivs_coll_agreement_finish(struct ivs_comm *c);
 void ivs_coll_setup_done(struct ivs_comm *c);
 void ivs_release_at_entry(void);

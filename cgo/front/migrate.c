@@ -1,7 +1,7 @@
 /* The path switch at a migration: when the broker flags a VM of this host leaving (its entry in
  * the region's VM table, announced by a bump of the header's generation word), every pair of
  * co-located ranks with a rank of that VM moves to the MPI library, every communicator whose
- * collectives use an area in the region with such a rank moves its collectives to the library,
+ * collectives use an area in the region with such a rank re-plans them without its area,
  * and each rank of the leaving VM then gives the region back (its slot released, the mapping
  * gone), which is what the broker's drain waits for. The protocol is tests/model/migrate.pml's
  * (leave part; a rank that came back does not rejoin the region in this version: its pairs stay
@@ -22,15 +22,20 @@
  *   release  a rank of the leaving VM: all its pairs closed both ways, nothing owed, no
  *            collective of its own using the region: ivshim_ctl_release.
  *
- * Collectives. Which path a collective takes must be the same on every member, also on
+ * Collectives. Which plan a collective takes must be the same on every member, also on
  * members on other hosts that never see the flag. Each member counts the collectives it begins
  * on the communicator (ivs_comm.ncoll, the same sequence on all members). A member that sees
  * the flag for a communicator whose area holds a rank of the leaving VM asks the
  * communicator's rank 0 (ASK); rank 0 asks every member (QUERY); each answers with a limit
  * l = j + s, j its count, s its slack (REPLY), and may begin collectives there up to index
  * l - 1 before it knows the decision; rank 0 sends k = the largest limit (DECIDE), and
- * collectives from index k on take the library, on every member. Every member's collectives
- * below k keep the shared-memory plan, so none mixes plans. A member that freed the
+ * collective k sets up a new plan, on every member (coll_area.c: a rank of a leaving VM is a
+ * host of its own there, with no area in the region). Every member's collectives below k keep the old
+ * plan, so none mixes plans. The next leave that touches the new plan's area is a new round
+ * (ivs_comm.sw_round, carried by every message). A new round begins only once its coordinator
+ * has re-planned, and every member re-plans before its part of the set-up's exchange, so no
+ * member can see a round it has not reached; messages of one would wait (a safety net), and
+ * those of rounds a member left behind are ignored (a late ASK). The model checks one round. A member that freed the
  * communicator answers "never" (all its collectives took the old plan, and so must everyone's;
  * the communicator is gone soon everywhere).
  * Why a slack: a member that answered and then waited at once could deadlock a valid program.
@@ -53,8 +58,9 @@
  * deadline then rolls the migration back). A rank of the leaving VM releases once it has begun
  * collective k - 1 on each such communicator and left it (or freed it).
  *
- * A communicator whose collectives are set up after a pair of its area closed takes the library
- * for them from the start (the set-up exchange makes that uniform: coll_area.c). */
+ * A communicator whose collectives are set up while a VM leaves plans without its ranks' areas
+ * from the start (each member says in the set-up's exchange whether its own VM is leaving);
+ * one whose area holds a rank flagged only after the set-up asks (ivs_coll_setup_done). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +95,28 @@ static int slot_leaving(uint32_t s)
 	return vm < ivs.nvms && __atomic_load_n(&ivs.vms[vm].state, __ATOMIC_ACQUIRE) == IVSHIM_VM_LEAVING;
 }
 
+/* For a collective set-up (coll_area.c): this rank's VM is leaving or has left, by the region
+ * now (not only by what the last scan saw); a rank without a region never is. */
+int ivs_self_gone(void)
+{
+	if (ivs.released || ivs.self_leaving)
+		return 1;
+	return ivs.slots && slot_leaving(ivs.self_slot);
+}
+
+/* ... and co-located peer p's VM, as far as this rank can tell: flagged, or p gave its slot
+ * up (released: its VM may be gone from the table already). */
+int ivs_peer_leaving(const struct ivs_peer *p)
+{
+	if (p->leave_seen)
+		return 1;
+	if (ivs.released || p->slot >= ivs.nslots)
+		return 0;
+	const struct ivshim_slot *s = &ivs.slots[p->slot];
+	return slot_leaving(p->slot) || __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) != IVSHIM_SLOT_ACTIVE ||
+	       __atomic_load_n(&s->world_rank, __ATOMIC_RELAXED) != (uint32_t)p->world;
+}
+
 /* ---- the shim's own messages (ivs.ctlcomm, world ranks) ---- */
 
 enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE };
@@ -98,8 +126,9 @@ enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE };
                              within which a member counts as running on it */
 
 struct ctl_msg {
-	uint64_t a; /* ACK: the cookie; else the communicator's context id */
-	uint64_t b; /* REPLY, DECIDE: a collective count */
+	uint64_t a;     /* ACK: the cookie; else the communicator's context id */
+	uint64_t b;     /* REPLY, DECIDE: a collective count */
+	uint64_t round; /* the agreement's round on that communicator (ivs_comm.sw_round) */
 };
 
 /* Sends in flight, each with its buffer, until the library is done with them. */
@@ -110,7 +139,7 @@ struct outbox {
 static struct outbox **out;
 static int nout, out_cap;
 
-static void ctl_send(int world, int tag, uint64_t a, uint64_t b)
+static void ctl_send(int world, int tag, uint64_t a, uint64_t b, uint64_t round)
 {
 	if (nout == out_cap) {
 		out_cap = out_cap ? 2 * out_cap : 16;
@@ -121,7 +150,7 @@ static void ctl_send(int world, int tag, uint64_t a, uint64_t b)
 	struct outbox *e = malloc(sizeof *e);
 	if (!e)
 		ivs_fatal("out of memory");
-	e->m = (struct ctl_msg){a, b};
+	e->m = (struct ctl_msg){a, b, round};
 	if (PMPI_Isend(&e->m, sizeof e->m, MPI_BYTE, world, tag, ivs.ctlcomm, &e->req) != MPI_SUCCESS)
 		ivs_fatal("cannot send the shim's message (tag %d) to rank %d", tag, world);
 	out[nout++] = e;
@@ -161,8 +190,8 @@ static void on_decide(struct ivs_comm *c, uint64_t k)
 	c->sw_k = k;
 	ndecided += k != NEVER;
 	if (ivs.verbose)
-		fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks take the library from its %s collective\n",
-		        ivs.world_rank, c->size, k == NEVER ? "(never: being freed)" : "next");
+		fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-plan %s\n",
+		        ivs.world_rank, c->size, k == NEVER ? "never (it is being freed)" : "at the agreed collective");
 }
 
 static void on_reply(struct ivs_comm *c, uint64_t j)
@@ -179,7 +208,7 @@ static void on_reply(struct ivs_comm *c, uint64_t j)
 		if (c->world[i] == ivs.world_rank)
 			on_decide(c, c->sw_max);
 		else
-			ctl_send(c->world[i], TAG_DECIDE, c->ctx, c->sw_max);
+			ctl_send(c->world[i], TAG_DECIDE, c->ctx, c->sw_max, c->sw_round);
 	}
 }
 
@@ -193,7 +222,7 @@ static void on_query(struct ivs_comm *c)
 	if (c->world[0] == ivs.world_rank)
 		on_reply(c, c->sw_limit);
 	else
-		ctl_send(c->world[0], TAG_REPLY, c->ctx, c->sw_limit);
+		ctl_send(c->world[0], TAG_REPLY, c->ctx, c->sw_limit, c->sw_round);
 }
 
 static void on_ask(struct ivs_comm *c)
@@ -208,7 +237,7 @@ static void on_ask(struct ivs_comm *c)
 		if (c->world[i] == ivs.world_rank)
 			on_query(c);
 		else
-			ctl_send(c->world[i], TAG_QUERY, c->ctx, 0);
+			ctl_send(c->world[i], TAG_QUERY, c->ctx, 0, c->sw_round);
 	}
 }
 
@@ -221,7 +250,7 @@ static void ask(struct ivs_comm *c, void *arg)
 	if (c->world[0] == ivs.world_rank)
 		on_ask(c);
 	else
-		ctl_send(c->world[0], TAG_ASK, c->ctx, 0);
+		ctl_send(c->world[0], TAG_ASK, c->ctx, 0, c->sw_round);
 }
 
 /* A communicator's collectives were just set up: a pair of its area may have closed during the
@@ -253,9 +282,16 @@ static int dispatch(int src, int tag, const struct ctl_msg *m)
 		if (m->a >= ivs.next_ctx && m->a != 0)
 			return 0;
 		if (tag == TAG_QUERY)
-			ctl_send(src, TAG_REPLY, m->a, NEVER);
+			ctl_send(src, TAG_REPLY, m->a, NEVER, m->round);
 		return 1;
 	}
+	/* A round this rank has not reached waits until it re-planned there (it is behind on this
+	 * communicator: its collectives up to the last round's index need no answer from anyone
+	 * waiting for this one); one it has left behind is over (a late ASK). */
+	if (m->round > c->sw_round)
+		return 0;
+	if (m->round < c->sw_round)
+		return 1;
 	switch (tag) {
 	case TAG_ASK:
 		if (c->world[0] == ivs.world_rank)
@@ -314,7 +350,7 @@ void ivs_ctl_poll(void)
 		MPI_Status st;
 		if (PMPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, ivs.ctlcomm, &flag, &st) != MPI_SUCCESS || !flag)
 			return;
-		struct ctl_msg m = {0, 0};
+		struct ctl_msg m = {0, 0, 0};
 		int n = 0;
 		PMPI_Get_count(&st, MPI_BYTE, &n);
 		if (PMPI_Recv(&m, sizeof m, MPI_BYTE, st.MPI_SOURCE, st.MPI_TAG, ivs.ctlcomm, MPI_STATUS_IGNORE) != MPI_SUCCESS ||
@@ -325,38 +361,39 @@ void ivs_ctl_poll(void)
 	}
 }
 
-/* c's collectives take the library from now on; this rank never touches the area again. */
-static void coll_retire(struct ivs_comm *c)
+/* c's collectives below the decision are done here: this rank leaves the old plan (never
+ * touching its area again) and sets up a new one at its next collective there, and the next
+ * agreement on c is a new round. */
+static void replan(struct ivs_comm *c)
 {
 	ivs_coll_forget(c); /* its left word, and the leader's reaping */
-	c->coll_lib = 1;
 	ndecided--;
-	c->sw = IVS_SW_DONE;
+	c->sw = IVS_SW_NONE;
+	c->sw_coord = 0;
+	c->sw_round++;
 }
 
 /* At a collective entry on c with an agreement under way: wait for the decision if this
- * collective (index c->ncoll) is beyond what the answer allows, and say whether it takes the
- * library. */
-int ivs_coll_lib_due(struct ivs_comm *c)
+ * collective (index c->ncoll) is beyond what the answer allows, and leave the old plan if the
+ * decision says this collective takes the new one. */
+void ivs_coll_switch_point(struct ivs_comm *c)
 {
 	unsigned spins = 0;
 	while (c->sw == IVS_SW_WAITING && c->ncoll >= c->sw_limit) {
 		ivs_ctl_wait_step(&spins);
 	}
-	if (c->sw != IVS_SW_DECIDED || c->ncoll < c->sw_k)
-		return 0;
-	coll_retire(c);
-	return 1;
+	if (c->sw == IVS_SW_DECIDED && c->ncoll >= c->sw_k)
+		replan(c);
 }
 
 /* Outside any collective, a communicator whose collectives below the decision have all been
  * run here is done with its area already (a rank of a leaving VM need not wait for the
  * program's next collective there to release). */
-static void retire_if_done(struct ivs_comm *c, void *arg)
+static void replan_if_done(struct ivs_comm *c, void *arg)
 {
 	(void)arg;
 	if (c->sw == IVS_SW_DECIDED && c->ncoll >= c->sw_k)
-		coll_retire(c);
+		replan(c);
 }
 
 /* MPI_Comm_free of a communicator this rank is gathering counts for: members that answered
@@ -552,7 +589,7 @@ int ivs_switch_progress(void)
 		}
 		if (p->tx_net && p->nacks) {
 			for (int k = 0; k < p->nacks; k++)
-				ctl_send(w, TAG_ACK, p->acks[k], 0);
+				ctl_send(w, TAG_ACK, p->acks[k], 0, 0);
 			ivs.nacks -= p->nacks;
 			p->nacks = 0;
 			did = 1;
@@ -566,7 +603,7 @@ int ivs_switch_progress(void)
 	}
 	busy |= ivs_pair_progress();
 	if (!ivs.coll_depth && ndecided)
-		ivs_comm_each(retire_if_done, NULL);
+		ivs_comm_each(replan_if_done, NULL);
 	busy |= outbox_progress() || ncoord || nwaiting || ndeferred || (ivs.nsync_wait && any_closed);
 	if (ivs.self_leaving && !ivs.released) {
 		if (release_ready(0))

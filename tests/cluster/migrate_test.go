@@ -19,6 +19,8 @@ import (
 var (
 	stressMigrations = flag.Int("migrations", 10, "migrations TestMigrateStress makes while each job runs (full length: 100)")
 	stressSeed       = flag.Int64("seed", 0, "seed of TestMigrateStress's moves (0: from the clock; the test logs it)")
+	stressHosts      = flag.Int("hosts", 2, "hosts of TestMigrateStress's cluster")
+	stressVMs        = flag.Int("vms", 3, "VMs per host of TestMigrateStress's cluster (one rank each)")
 )
 
 // digestRow is migrate_soak's last line of one rank.
@@ -43,8 +45,9 @@ func digests(t *testing.T, stdout string, ranks int) []string {
 	return d
 }
 
-// TestMigrateStress migrates VMs of a running job back and forth between three emulated hosts,
-// chosen at random (seeded, logged), while migrate_soak moves checked streams (wildcard receives,
+// TestMigrateStress migrates VMs of a running job back and forth between emulated hosts (2 x 3
+// VMs: a VM's move leaves two ranks behind that keep sharing their host), chosen at random
+// (seeded, logged), while migrate_soak moves checked streams (wildcard receives,
 // synchronous sends, matched probes, bursts, messages up to 300 KB) and collectives on three
 // communicators. Every rank's digest of what it received must equal the one of a run of the
 // library alone without migrations (the soak also checks every message on arrival: source,
@@ -64,7 +67,7 @@ func TestMigrateStress(t *testing.T) {
 	prog := build(ctx, t, "../mpi/migrate_soak.c")
 	for _, m := range cluster.MPIs {
 		t.Run(m.String(), func(t *testing.T) {
-			c := brokerCluster(ctx, t, cluster.Config{Hosts: 3, VMsPerHost: 2})
+			c := brokerCluster(ctx, t, cluster.Config{Hosts: *stressHosts, VMsPerHost: *stressVMs})
 			vms := c.VMs()
 			// About 8 s for the library alone here (MPICH spin-waits with 6 ranks on 2 CPUs:
 			// 0.1 s per iteration natively, about half with the shim); more moves get more.
@@ -141,6 +144,10 @@ func TestMigrateStress(t *testing.T) {
 			if len(switched) == 0 {
 				t.Errorf("no migration found a rank holding the region: nothing was switched")
 			}
+			// A host of 3 VMs that one leaves keeps two ranks, which share a new area.
+			if *stressVMs >= 3 && !sharedAfterReplan.MatchString(o.res.Stderr) {
+				t.Errorf("no communicator re-planned with two ranks sharing an area after a move; stderr:\n%s", o.res.Stderr)
+			}
 			if n := strings.Count(o.res.Stderr, "and released the region"); n != len(switched) {
 				t.Errorf("%d ranks said they released the region, %d VMs moved with a rank holding it; stderr:\n%s",
 					n, len(switched), o.res.Stderr)
@@ -150,14 +157,29 @@ func TestMigrateStress(t *testing.T) {
 				t.Fatalf("shim stats: %v, %d of %d ranks; stderr:\n%s", err, len(stats), len(vms), o.res.Stderr)
 			}
 			for r, s := range stats {
+				t.Logf("rank %d: %d messages through a region, %d by the library; collectives: %d planned by the shim, %d by the library alone",
+					r, s.SHMMsgs, s.NetMsgs, s.CollSHM, s.CollNet)
 				if s.SHMMsgs == 0 || s.NetMsgs == 0 || s.CollSHM == 0 {
 					t.Errorf("rank %d did not use both its region and the library: %+v", r, s)
+				}
+				// Without moves the shim plans all of migrate_soak's collectives on 2 x 3 (on
+				// 3 x 2, 3 of the 5 per iteration: the others are on a communicator without
+				// co-located members). A communicator re-plans at a move; one that went to the
+				// library for good instead (the shim before re-plans) left the shim fewer
+				// planned than the library got after the first move.
+				if s.CollSHM < s.CollNet {
+					t.Errorf("rank %d: %d collectives planned by the shim, %d by the library alone: communicators lost their plan at a move",
+						r, s.CollSHM, s.CollNet)
 				}
 			}
 			t.Logf("%d migrations, %d VMs switched while running, job %v", *stressMigrations, len(switched), o.res.Elapsed.Round(time.Millisecond))
 		})
 	}
 }
+
+// sharedAfterReplan is the shim's verbose line of a rank that shares a collective area with
+// another after a re-plan.
+var sharedAfterReplan = regexp.MustCompile(`re-planned: \d+ hosts, [2-9] members in this rank's area`)
 
 // allDigests says whether every rank of a migrate_soak job printed its digest.
 func allDigests(res *cluster.Result, ranks int) bool {

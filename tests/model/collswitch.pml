@@ -1,8 +1,9 @@
 /*
  * The collective switch at a migration (cgo/front/migrate.c, "Collectives"): the members of a
  * communicator X whose collectives run on a shared-memory area agree on the index k of the
- * first collective that takes the MPI library, although only the members co-located with the
- * leaving VM see its flag.
+ * first collective that takes a new plan (set up anew without the leaving rank's area; "the
+ * library" below, as the model has it: any plan other than the old), although only the members
+ * co-located with the leaving VM see its flag.
  *
  * Three members: 0 (X's rank 0, the coordinator) and 1 share a host, 1's VM leaves; 2 is on
  * another host and never sees the flag. Each runs the same program, a sequence of collectives
@@ -37,7 +38,9 @@
  *
  * What the model leaves out: the RECENT rule (a member idle on X for long answers with no
  * slack: a liveness heuristic outside this model, whose slack is always SLACK); communicators
- * freed during an agreement (their members answer "never"); communicators set up after the flag.
+ * freed during an agreement (their members answer "never"); communicators set up after the flag;
+ * later rounds on the same communicator (a new leave after a re-plan: messages carry the round,
+ * and a member behind on the last round defers the new one's until it re-planned).
  *
  * Collectives: ALLC (everyone waits for everyone: Barrier, Allreduce) and ROOTC(r) (only
  * non-roots wait, for the root: Bcast; the root returns at once and may run ahead).
