@@ -232,7 +232,12 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	int missing = 0;
 	for (int h = 0; h < nh; h++)
 		missing |= count[h] > 1 && !all[leader[h]].area;
+	char err[256];
 	if (missing) {
+		if (me.area && (k->li != 0 || k->nl < 2)) { /* room for the leaders' second try */
+			ivs.ctl_free((uint64_t)me.area, err, sizeof err);
+			me.area = 0;
+		}
 		struct coll_info again = me;
 		if (k->li == 0 && k->nl > 1 && !me.area) {
 			reap_areas();
@@ -287,7 +292,6 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	for (int i = 0; i < k->nl; i++)
 		k->leaving_at_setup += seen_leaving[k->lranks[i]];
 	free(seen_leaving);
-	char err[256];
 	if (me.area && (!k->usable || k->li != 0 || k->nl < 2)) { /* allocated for a group that did not form */
 		ivs.ctl_free((uint64_t)me.area, err, sizeof err);
 		me.area = 0;
@@ -295,8 +299,12 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	/* Every member has left this communicator's old area, if it had one, before its part of the
 	 * exchange (a re-plan): its leader can give it back now. */
 	reap_areas();
-	if (!k->usable)
+	if (!k->usable) {
+		if (c->sw_round && ivs.verbose)
+			fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: the library (a host's group has no area)\n",
+			        ivs.world_rank, c->size);
 		return k;
+	}
 	if (k->nl == 1) {
 		k->area = calloc(1, ivs_area_size(1, k->slot));
 		if (!k->area)
@@ -311,8 +319,8 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	if (nh > 1 && PMPI_Comm_split(c->handle, k->li == 0 ? 0 : MPI_UNDEFINED, k->myhost, &k->lcomm) != MPI_SUCCESS)
 		ivs_fatal("cannot create the leaders' communicator");
 	if (c->sw_round && ivs.verbose)
-		fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: %d hosts, %d members in this rank's area\n",
-		        ivs.world_rank, c->size, nh, k->nl);
+		fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: %d hosts, %d of the %d members placed on this host in this rank's area\n",
+		        ivs.world_rank, c->size, nh, k->nl, np);
 	return k;
 }
 
