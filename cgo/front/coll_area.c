@@ -201,6 +201,9 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 		lead_alloc(&me, np);
 	}
 	exchange(c, &me, all);
+	/* Every member has left this communicator's old area, if it had one, before its part of the
+	 * exchange (a re-plan): its leader can give it back now. */
+	reap_areas();
 	/* Hosts in order of their lowest comm rank; a host's members in comm rank order, the first
 	 * its leader. */
 	int nh = 0;
@@ -233,16 +236,14 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	for (int h = 0; h < nh; h++)
 		missing |= count[h] > 1 && !all[leader[h]].area;
 	char err[256];
+	if (me.area && (k->li != 0 || k->nl < 2)) { /* allocated for a group that did not form */
+		ivs.ctl_free((uint64_t)me.area, err, sizeof err);
+		me.area = 0;
+	}
 	if (missing) {
-		if (me.area && (k->li != 0 || k->nl < 2)) { /* room for the leaders' second try */
-			ivs.ctl_free((uint64_t)me.area, err, sizeof err);
-			me.area = 0;
-		}
 		struct coll_info again = me;
-		if (k->li == 0 && k->nl > 1 && !me.area) {
-			reap_areas();
+		if (k->li == 0 && k->nl > 1 && !me.area)
 			lead_alloc(&again, k->nl);
-		}
 		struct coll_info *all2 = malloc(sizeof *all2 * (size_t)c->size);
 		if (!all2)
 			ivs_fatal("out of memory");
@@ -292,13 +293,8 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	for (int i = 0; i < k->nl; i++)
 		k->leaving_at_setup += seen_leaving[k->lranks[i]];
 	free(seen_leaving);
-	if (me.area && (!k->usable || k->li != 0 || k->nl < 2)) { /* allocated for a group that did not form */
+	if (me.area && !k->usable) /* its group formed, another did not get an area */
 		ivs.ctl_free((uint64_t)me.area, err, sizeof err);
-		me.area = 0;
-	}
-	/* Every member has left this communicator's old area, if it had one, before its part of the
-	 * exchange (a re-plan): its leader can give it back now. */
-	reap_areas();
 	if (!k->usable) {
 		if (c->sw_round && ivs.verbose)
 			fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: the library (a host's group has no area)\n",
