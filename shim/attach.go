@@ -79,6 +79,7 @@ type Attachment struct {
 	ringSize uint64              // the group's fair ring capacity (Layout.RingCapacity)
 	shrunk   bool                // a ring got less than ringSize (logged once)
 	done     bool                // Finalize ran
+	re       *rejoinInfo         // how to find a region again after Release; nil without one at Start
 }
 
 // Region is the mapped region while this rank shares memory, else nil. It stays valid until

@@ -651,6 +651,12 @@ func (n *negotiation) finish() *Attachment {
 		for _, s := range g.slots {
 			a.senders[s] = true
 		}
+		a.re = &rejoinInfo{o: n.o, cfg: n.cfg, own: g.Session, sessions: map[uint64]bool{}}
+		for _, og := range n.groups {
+			if og.live {
+				a.re.sessions[og.Session] = true
+			}
+		}
 	}
 	a.Table = t
 	n.m.log.Info("start done", zap.Stringer("mode", t.Mode), zap.String("reason", t.Reason),

@@ -19,7 +19,7 @@
 
 #include <stdint.h>
 
-#define IVSHIM_CTL_ABI 4 /* bump when any struct below changes */
+#define IVSHIM_CTL_ABI 5 /* bump when any struct below changes */
 
 /* Paths a peer can be reached on (struct ivshim_ctl_peer.path). */
 enum ivshim_path {
@@ -104,11 +104,28 @@ typedef int (*ivshim_ctl_finalize_fn)(const struct ivshim_ctl_stats *stats, char
  * collective off the region first. 0 on success. */
 typedef int (*ivshim_ctl_release_fn)(char *err, uint64_t errlen);
 
+/* ivshim_ctl_rejoin: local; after ivshim_ctl_release, map the region of the host this rank's VM
+ * runs on now (it was migrated, or its migration rolled back) and claim a slot there, if its
+ * job's ranks share it and the VM is not flagged leaving in it. Returns
+ *    0  joined: region_base, region_size and self_slot are valid until finalize or the next
+ *       release; the pairs with the ranks found there take the library (no rings);
+ *    1  nothing to join now (error says why): try again later;
+ *   -1  failed (error says why): the rank stays off any region.
+ * Called at most every few milliseconds by a released rank, never per message. */
+struct ivshim_ctl_rejoin_args {
+	void *region_base;
+	uint64_t region_size;
+	uint32_t self_slot;
+	char error[512];
+};
+typedef int (*ivshim_ctl_rejoin_fn)(struct ivshim_ctl_rejoin_args *args);
+
 #define IVSHIM_CTL_START_SYM "ivshim_ctl_start"
 #define IVSHIM_CTL_ALLOC_SYM "ivshim_ctl_alloc"
 #define IVSHIM_CTL_FREE_SYM "ivshim_ctl_free"
 #define IVSHIM_CTL_RING_SYM "ivshim_ctl_ring"
 #define IVSHIM_CTL_FINALIZE_SYM "ivshim_ctl_finalize"
 #define IVSHIM_CTL_RELEASE_SYM "ivshim_ctl_release"
+#define IVSHIM_CTL_REJOIN_SYM "ivshim_ctl_rejoin"
 
 #endif /* IVSHIM_CTL_H */

@@ -211,6 +211,35 @@ func ivshim_ctl_release(errbuf *C.char, errlen C.uint64_t) (rc C.int) {
 	return 0
 }
 
+//export ivshim_ctl_rejoin
+func ivshim_ctl_rejoin(args *C.struct_ivshim_ctl_rejoin_args) (rc C.int) {
+	if args == nil {
+		return -1
+	}
+	args.error[0] = 0
+	defer guard(debug.SetPanicOnFault(true), "ivshim_ctl_rejoin", func(err error) {
+		rc = -1
+		copyError(&args.error[0], C.uint64_t(len(args.error)), err)
+	})
+	a := attachment()
+	if a == nil {
+		copyError(&args.error[0], C.uint64_t(len(args.error)), fmt.Errorf("ivshim_ctl_rejoin: %w", errNotStarted))
+		return -1
+	}
+	j, err := a.Rejoin()
+	if err != nil {
+		copyError(&args.error[0], C.uint64_t(len(args.error)), err)
+		if errors.Is(err, shim.ErrNothingToJoin) {
+			return 1
+		}
+		return -1
+	}
+	args.region_base = j.Region.Base()
+	args.region_size = C.uint64_t(j.Region.Layout().TotalSize)
+	args.self_slot = C.uint32_t(j.Slot)
+	return 0
+}
+
 func attachment() *shim.Attachment {
 	state.Lock()
 	defer state.Unlock()

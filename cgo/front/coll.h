@@ -45,7 +45,8 @@ struct ivs_coll {
 	uint64_t slot;       /* slot size (ivshim_coll.h), the same on every host: pieces are at most this */
 	uint64_t seq;
 	uint64_t *seen;      /* local index -> highest op this rank has seen that member publish */
-	int leaving_at_setup; /* members known leaving at the set-up (coll_area.c leaving_now) */
+	unsigned leaving_at_setup; /* leaves of members known at the set-up (coll_area.c leaving_now) */
+	unsigned joins_at_setup;   /* joins of members known at the set-up (coll_area.c joins_now) */
 };
 
 /* ---- coll_area.c: the area and its protocol ---- */

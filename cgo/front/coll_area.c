@@ -67,10 +67,10 @@ static int cmp_int(const void *a, const void *b)
 
 /* What each member says at the set-up exchange. */
 struct coll_info {
-	int64_t host_key; /* the world rank of the member with the lowest comm rank placed on this
-	                     rank's host (names the host), or -1 - its own world rank for a rank
-	                     whose VM is leaving or has left (migrate.c): a host of its own, with no
-	                     area in the region */
+	int64_t host_key; /* 0: the member is in the region of host `host`; -1 - its world rank for
+	                     a rank without a region, or whose VM is leaving or has left
+	                     (migrate.c): a host of its own, with no area in the region */
+	uint64_t host[2]; /* the region's host id (ivshmem: one region per job and host) */
 	int64_t area;     /* an area this rank allocated for its host's members: region offset, or 0 */
 	int64_t slot;     /* that area's slot size; 0 without one */
 	int64_t cap;      /* the members that area has room for */
@@ -107,23 +107,45 @@ int ivs_coll_in_region(struct ivs_comm *c)
 	return k && k->usable && k->nl > 1;
 }
 
-/* Ranks of leaving VMs among c's co-located members, as this rank knows them now: itself (its
- * scan then marks every member), and the members whose VM it saw flagged (migrate.c scan). */
-static int leaving_now(struct ivs_comm *c, const int *lranks, int nl)
+static int same_host(const struct coll_info *a, const struct coll_info *b)
 {
-	int n = ivs.self_leaving;
-	for (int i = 0; i < nl; i++)
-		if (lranks[i] != c->rank)
-			n += ivs.peers[c->world[lranks[i]]]->leave_seen;
+	return a->host_key == b->host_key && a->host[0] == b->host[0] && a->host[1] == b->host[1];
+}
+
+/* Leaves among c's members lranks[0..nl) as this rank knows them now: its own VM's flags (its
+ * scan then marks every member), and those it saw of the others' (migrate.c scan). Counts only
+ * grow, so a member that left and joined again still counts as a change. */
+static unsigned leaving_now(struct ivs_comm *c, const int *lranks, int nl)
+{
+	unsigned n = ivs.self_leaves;
+	for (int i = 0; i < nl; i++) {
+		const struct ivs_peer *p = lranks[i] != c->rank ? ivs.peers[c->world[lranks[i]]] : NULL;
+		n += p ? p->leaves : 0;
+	}
 	return n;
 }
 
-/* The area of c holds a rank of a VM flagged leaving since the set-up: the collectives must
- * re-plan (migrate.c). One known at the set-up was not leaving by its own word then; it asks
- * itself once it sees its flag. */
+/* Joins of c's members into this rank's region as it knows them now (migrate.c's rejoin: on the
+ * rank that arrived, every member it found there; on those, the rank that arrived). */
+static unsigned joins_now(struct ivs_comm *c)
+{
+	unsigned n = 0;
+	for (int r = 0; r < c->size; r++) {
+		const struct ivs_peer *p = r != c->rank ? ivs.peers[c->world[r]] : NULL;
+		n += p ? p->joins : 0;
+	}
+	return n;
+}
+
+/* The collectives of c must re-plan (migrate.c): their area holds a rank of a VM flagged leaving
+ * since the set-up, or a member joined this rank's region since. A rank known leaving at the
+ * set-up was not leaving by its own word then; it asks itself once it sees its flag. */
 int ivs_coll_needs_switch(struct ivs_comm *c)
 {
-	return ivs_coll_in_region(c) && leaving_now(c, c->coll->lranks, c->coll->nl) > c->coll->leaving_at_setup;
+	struct ivs_coll *k = c->coll;
+	if (!k)
+		return 0;
+	return (ivs_coll_in_region(c) && leaving_now(c, k->lranks, k->nl) > k->leaving_at_setup) || joins_now(c) > k->joins_at_setup;
 }
 
 /* This rank allocates the area of its host's group of n members, saying why not when it cannot
@@ -164,16 +186,16 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 {
 	struct ivs_coll *k = calloc(1, sizeof *k);
 	struct coll_info *all = malloc(sizeof *all * (size_t)c->size);
-	int *placed = malloc(sizeof(int) * (size_t)(ivs.nlocal + 1));
-	uint8_t *seen_leaving = calloc((size_t)c->size, 1);
+	int *placed = malloc(sizeof(int) * (size_t)c->size);
+	unsigned *seen_leaving = calloc((size_t)c->size, sizeof(unsigned));
 	if (!k || !all || !placed || !seen_leaving)
 		ivs_fatal("out of memory");
 	k->lcomm = MPI_COMM_NULL;
-	k->lranks = malloc(sizeof(int) * (size_t)(ivs.nlocal + 1));
+	k->lranks = malloc(sizeof(int) * (size_t)c->size);
 	k->host_of = malloc(sizeof(int) * (size_t)c->size);
 	k->host_first = calloc((size_t)c->size + 1, sizeof(int));
 	k->pos = malloc(sizeof(int) * (size_t)c->size);
-	k->seen = calloc((size_t)ivs.nlocal + 1, sizeof(uint64_t));
+	k->seen = calloc((size_t)c->size, sizeof(uint64_t));
 	if (!k->lranks || !k->host_of || !k->host_first || !k->pos || !k->seen)
 		ivs_fatal("out of memory");
 	int np = 0;
@@ -183,19 +205,22 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	if (np == 0)
 		placed[np++] = c->rank;
 	qsort(placed, (size_t)np, sizeof(int), cmp_int);
-	int gone = ivs_self_gone(), staying = 0, lead = -1;
+	int gone = !ivs.enabled || !ivs.slots || ivs_self_gone(), staying = 0, lead = -1;
 	for (int i = 0; i < np; i++) {
 		int r = placed[i];
 		if (r != c->rank)
-			seen_leaving[r] = ivs.peers[c->world[r]]->leave_seen;
+			seen_leaving[r] = ivs.peers[c->world[r]]->leaves;
 		if (gone || (r != c->rank && ivs_peer_leaving(ivs.peers[c->world[r]])))
 			continue;
 		staying++;
 		if (lead < 0)
 			lead = r;
 	}
-	int leaving_before = ivs.self_leaving;
-	struct coll_info me = {.host_key = gone ? -1 - (int64_t)ivs.world_rank : c->world[placed[0]]};
+	unsigned leaving_before = ivs.self_leaves;
+	k->joins_at_setup = joins_now(c);
+	struct coll_info me = {.host_key = gone ? -1 - (int64_t)ivs.world_rank : 0};
+	if (!gone)
+		memcpy(me.host, ivs.host_id, sizeof me.host);
 	if (lead == c->rank && staying > 1) {
 		reap_areas();
 		lead_alloc(&me, np);
@@ -207,34 +232,33 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	/* Hosts in order of their lowest comm rank; a host's members in comm rank order, the first
 	 * its leader. */
 	int nh = 0;
-	int64_t *keys = malloc(sizeof(int64_t) * (size_t)c->size);
+	int *keys = malloc(sizeof(int) * (size_t)c->size); /* a member of each host */
 	int *count = calloc((size_t)(unsigned)c->size, sizeof(int)), *leader = malloc(sizeof(int) * (size_t)c->size);
 	if (!keys || !count || !leader)
 		ivs_fatal("out of memory");
 	for (int r = 0; r < c->size; r++) {
 		int h = 0;
-		while (h < nh && keys[h] != all[r].host_key)
+		while (h < nh && !same_host(&all[keys[h]], &all[r]))
 			h++;
 		if (h == nh) {
-			keys[nh++] = all[r].host_key;
+			keys[nh++] = r; /* the host's first member says which host it is */
 			leader[h] = r;
 		}
 		k->host_of[r] = h;
 		count[h]++;
-		if (all[r].host_key == me.host_key) {
-			/* the exchange's group is among the ranks placed here (else the placement is not
-			 * the same on every member: a bug, or a corrupt region) */
-			if (k->nl > ivs.nlocal || (r != c->rank && !ivs.peers[c->world[r]]))
-				ivs_fatal("collective set-up: rank %d names this rank's host but is not placed on it", r);
+		if (same_host(&all[r], &me)) {
 			if (r == c->rank)
 				k->li = k->nl;
 			k->lranks[k->nl++] = r;
 		}
 	}
-	/* Groups of two or more whose leader has no area: their leaders allocate it now. */
+	if (k->nl > (int)ivs.nslots && k->nl > 1)
+		ivs_fatal("collective set-up: %d members name this rank's region, which has %u slots", k->nl, ivs.nslots);
+	/* Groups of two or more whose leader has no area with room for them (its view was outdated:
+	 * a member joined or left): their leaders allocate it now. */
 	int missing = 0;
 	for (int h = 0; h < nh; h++)
-		missing |= count[h] > 1 && !all[leader[h]].area;
+		missing |= count[h] > 1 && (!all[leader[h]].area || all[leader[h]].cap < count[h]);
 	char err[256];
 	if (me.area && (k->li != 0 || k->nl < 2)) { /* allocated for a group that did not form */
 		ivs.ctl_free((uint64_t)me.area, err, sizeof err);
@@ -242,14 +266,17 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	}
 	if (missing) {
 		struct coll_info again = me;
-		if (k->li == 0 && k->nl > 1 && !me.area)
+		if (k->li == 0 && k->nl > 1 && (!me.area || me.cap < k->nl)) {
+			if (me.area)
+				ivs.ctl_free((uint64_t)me.area, err, sizeof err);
 			lead_alloc(&again, k->nl);
+		}
 		struct coll_info *all2 = malloc(sizeof *all2 * (size_t)c->size);
 		if (!all2)
 			ivs_fatal("out of memory");
 		exchange(c, &again, all2);
 		for (int h = 0; h < nh; h++)
-			if (count[h] > 1 && !all[leader[h]].area)
+			if (count[h] > 1 && (!all[leader[h]].area || all[leader[h]].cap < count[h]))
 				all[leader[h]] = all2[leader[h]];
 		free(all2);
 		me = again;
@@ -341,6 +368,8 @@ struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k)
 		return NULL;
 	if (IVS_UNLIKELY(ivs_poll_due(IVS_POLL_COLLS)))
 		ivs_ctl_poll(); /* a rank that only runs collectives still answers the shim's messages */
+	if (IVS_UNLIKELY(ivs.released))
+		ivs_rejoin_poll(); /* ... and one that gave its region up joins its VM's new one */
 	if (IVS_UNLIKELY(c->sw)) {
 		ivs_coll_switch_point(c); /* from the agreed index on, a new plan */
 		if (ivs.self_leaving && !c->coll)
@@ -397,6 +426,13 @@ static void reap_areas(void)
 			fprintf(stderr, "ivshim: rank %d: free collective area: %s\n", ivs.world_rank, err);
 		*e = zombies[--nzombies];
 	}
+}
+
+/* This rank gave its region up (migrate.c): the areas it led and has not reaped yet belong to the
+ * region's session now (they are freed at its end); a region it joins later has none of them. */
+void ivs_coll_region_released(void)
+{
+	nzombies = 0;
 }
 
 /* MPI_Comm_free of c, or a re-plan: this rank leaves the area at once; its host's leader returns

@@ -101,7 +101,7 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 	int *ranks = malloc(sizeof(int) * (size_t)size);
 	if (e) {
 		e->world = malloc(sizeof(int) * (size_t)size);
-		e->by_local = malloc(sizeof(int) * (size_t)(ivs.nlocal ? ivs.nlocal : 1));
+		e->by_local = malloc(sizeof(int) * (size_t)ivs.world_size); /* local indices grow at a rejoin (migrate.c) */
 	}
 	if (!e || !ranks || !e->world || !e->by_local) {
 		free(ranks);
@@ -123,7 +123,7 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 		comm_drop(e);
 		return NULL;
 	}
-	for (int i = 0; i < ivs.nlocal; i++)
+	for (int i = 0; i < ivs.world_size; i++)
 		e->by_local[i] = -1;
 	for (int i = 0; i < size; i++) {
 		if (e->world[i] < 0 || e->world[i] >= ivs.world_size) {
@@ -191,6 +191,22 @@ static int comm_agree(MPI_Comm c, int is_world)
 	if (is_world)
 		world_cache = e;
 	return MPI_SUCCESS;
+}
+
+/* A rank became co-located at run time (migrate.c's rejoin) with local index p->local. */
+static void add_local(struct ivs_comm *c, void *arg)
+{
+	const struct ivs_peer *p = arg;
+	for (int i = 0; i < c->size; i++)
+		if (c->world[i] == p->world) {
+			c->by_local[p->local] = i;
+			c->nshm++;
+		}
+}
+
+void ivs_comm_add_local(const struct ivs_peer *p)
+{
+	ivs_comm_each(add_local, (void *)p);
 }
 
 static int comm_created(MPI_Comm *newcomm, int rc)

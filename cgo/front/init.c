@@ -112,8 +112,9 @@ static void *ctl_sym(void *h, const char *name)
 }
 
 /* The region's tables, where the header says they are. The header's layout words are immutable
- * after publication, but shared: read once, checked against the mapping, kept private. */
-static void region_tables(uint32_t self_slot)
+ * after publication, but shared: read once, checked against the mapping, kept private. At start,
+ * and at a rejoin (migrate.c) for the new region. */
+void ivs_region_tables(uint32_t self_slot)
 {
 	const struct ivshim_region_header *h = (const struct ivshim_region_header *)ivs.base;
 	uint64_t so = h->slot_table_off, vo = h->vm_table_off, po = h->pair_table_off;
@@ -130,6 +131,7 @@ static void region_tables(uint32_t self_slot)
 	ivs.nvms = nv;
 	ivs.pairs = (uint64_t *)(ivs.base + po);
 	ivs.self_slot = self_slot;
+	memcpy(ivs.host_id, h->host_id, sizeof ivs.host_id);
 }
 
 static void setup_peers(struct ivshim_ctl_peer *peers)
@@ -206,6 +208,7 @@ static int init_common(int rc, int provided)
 	ivs.ctl_finalize = (ivshim_ctl_finalize_fn)ctl_sym(ctl_handle, IVSHIM_CTL_FINALIZE_SYM);
 	ivs.ctl_release = (ivshim_ctl_release_fn)ctl_sym(ctl_handle, IVSHIM_CTL_RELEASE_SYM);
 	ivs.ctl_ring = (ivshim_ctl_ring_fn)ctl_sym(ctl_handle, IVSHIM_CTL_RING_SYM);
+	ivs.ctl_rejoin = (ivshim_ctl_rejoin_fn)ctl_sym(ctl_handle, IVSHIM_CTL_REJOIN_SYM);
 	char ver[MPI_MAX_LIBRARY_VERSION_STRING] = "";
 	int len;
 	PMPI_Get_library_version(ver, &len);
@@ -228,7 +231,7 @@ static int init_common(int rc, int provided)
 	if (res == 0) {
 		ivs.base = a.region_base;
 		ivs.size = a.region_size;
-		region_tables(a.self_slot);
+		ivs_region_tables(a.self_slot);
 		setup_peers(a.peers);
 		ivs_pairs_init();
 		ivs_migrate_init();

@@ -58,7 +58,13 @@ struct ivs_peer {
 	 * read the MARK and reads no further), then rx_net (messages parked meanwhile handed on: the
 	 * peer is a library peer for receives). */
 	uint8_t closing, tx_net, rx_mark, rx_net;
-	uint8_t leave_seen;        /* the region flagged the pair's VM leaving (migrate.c scan) */
+	uint8_t leave_seen;        /* the region flagged the pair's VM leaving (migrate.c scan), or it
+	                              left the region; cleared when it is co-located again (rejoin) */
+	uint8_t join_pending;      /* the peer joined this rank's region at join_slot; taken once this
+	                              rank's pair with it is fully on the library (migrate.c) */
+	uint32_t join_slot;
+	uint32_t leaves, joins;    /* times the peer was seen leaving, and joining (a rejoin):
+	                              monotonic, so collectives notice a change since their set-up */
 	uint8_t ack_blocked;       /* a synchronous send heads sendq, but the peer could answer it
 	                              only by the library: the direction closes first (pairs.c) */
 	struct ivs_msg *parked, *parked_tail; /* library messages from the peer taken before its MARK */
@@ -182,6 +188,8 @@ struct ivs_state {
 	int tag_ub;                /* MPI_TAG_UB of the library */
 	uint8_t *base;
 	uint64_t size;
+	uint64_t host_id[2];       /* the region header's host id, read once (names the host in
+	                              collective set-ups: coll_area.c) */
 	struct ivs_peer **peers;   /* by world rank; NULL for NET peers */
 	int *local_world;          /* local index -> world rank */
 	int nlocal;
@@ -203,7 +211,10 @@ struct ivs_state {
 	MPI_Comm ctlcomm;          /* the shim's own channel: a duplicate of MPI_COMM_WORLD */
 	int switching;             /* some pair or communicator is switching: migrate.c polls */
 	int self_leaving;          /* this rank's VM was flagged leaving: it gives up the region */
-	int released;              /* this rank gave the region back: never touch ivs.base again */
+	int released;              /* this rank gave the region back: never touch ivs.base again,
+	                              until it joins a region anew (migrate.c's rejoin) */
+	unsigned self_leaves;      /* times this rank's VM was flagged leaving (monotonic) */
+	ivshim_ctl_rejoin_fn ctl_rejoin;
 	int nunexp_net;            /* unexpected messages from peers whose messages now come by the
 	                              library (ring messages from before the MARK, parked library
 	                              ones): receives and probes for such a peer look there first */
@@ -248,6 +259,7 @@ struct ivs_comm *ivs_comm_by_ctx(uint32_t ctx);
 void ivs_comm_each(void (*fn)(struct ivs_comm *c, void *arg), void *arg);
 void ivs_comm_forget(MPI_Comm c);
 void ivs_comm_hold(struct ivs_comm *c);
+void ivs_comm_add_local(const struct ivs_peer *p);
 void ivs_comm_unhold(struct ivs_comm *c);
 int ivs_comm_world_init(void);
 /* The record of c if point-to-point on c uses the rings on this rank. */
@@ -260,7 +272,9 @@ static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
 /* coll_area.c: the collectives' one entry besides the interposers (the rest is in coll.h) */
 void ivs_coll_forget(struct ivs_comm *c);
 int ivs_coll_in_region(struct ivs_comm *c);     /* collectives of c use an area in the region */
-int ivs_coll_needs_switch(struct ivs_comm *c);  /* ... with a rank flagged leaving since its set-up (migrate.c) */
+int ivs_coll_needs_switch(struct ivs_comm *c);  /* ... with a rank flagged leaving since its set-up, or c has
+                                                   a member that joined this rank's region since (migrate.c) */
+void ivs_coll_region_released(void);            /* this rank gave its region up: areas it led are the session's */
 
 /* request.c: handles the MPI library never issues */
 struct ivs_req *ivs_req_alloc(void);
@@ -314,6 +328,7 @@ void ivs_lib_note(void);
 
 /* pairs.c: rings made on first use */
 void ivs_pairs_init(void);
+void ivs_pairs_slot(uint32_t slot, int world);
 int ivs_pair_tx_ready(struct ivs_peer *p, int lib_ok);
 int ivs_pair_tx_resolve(struct ivs_peer *p);
 void ivs_pair_rx_net(struct ivs_peer *p);
@@ -323,10 +338,14 @@ int ivs_pair_ack_ready(struct ivs_peer *p);
 int ivs_pair_close_for_ack(struct ivs_peer *p);
 int ivs_pair_progress(void);
 
+/* init.c */
+void ivs_region_tables(uint32_t self_slot);
+
 /* migrate.c: the path switch when the broker flags a VM of this host leaving */
 void ivs_migrate_init(void);
 int ivs_switch_progress(void);
 void ivs_ctl_poll(void);
+void ivs_rejoin_poll(void);
 void ivs_ctl_wait_step(unsigned *spins);
 int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg);
 void ivs_coll_switch_point(struct ivs_comm *c);

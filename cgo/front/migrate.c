@@ -119,14 +119,14 @@ int ivs_peer_leaving(const struct ivs_peer *p)
 
 /* ---- the shim's own messages (ivs.ctlcomm, world ranks) ---- */
 
-enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE };
+enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE, TAG_JOINED };
 #define NEVER UINT64_MAX /* REPLY of a member that freed the communicator, and the DECIDE it makes */
 #define SLACK 1          /* collectives a member may begin after its REPLY, before the DECIDE */
 #define RECENT (1u << 16) /* progress steps (ivs.ctl_tick) since a communicator's last collective
                              within which a member counts as running on it */
 
 struct ctl_msg {
-	uint64_t a;     /* ACK: the cookie; else the communicator's context id */
+	uint64_t a;     /* ACK: the cookie; JOINED: the sender's slot; else the communicator's context id */
 	uint64_t b;     /* REPLY, DECIDE: a collective count */
 	uint64_t round; /* the agreement's round on that communicator (ivs_comm.sw_round) */
 };
@@ -267,11 +267,17 @@ static struct deferred {
 } *deferred;
 static int ndeferred, deferred_cap;
 
+static void on_joined(int w, uint64_t slot);
+
 /* Handle one message; 0 if it must wait for its communicator to be created here. */
 static int dispatch(int src, int tag, const struct ctl_msg *m)
 {
 	if (tag == TAG_ACK) {
 		ivs_ack_arrived(src, m->a);
+		return 1;
+	}
+	if (tag == TAG_JOINED) {
+		on_joined(src, m->a);
 		return 1;
 	}
 	if (m->a > UINT32_MAX)
@@ -517,10 +523,151 @@ static void release(void)
 	char err[256] = "";
 	int rc = ivs.ctl_release(err, sizeof err);
 	ivs.released = 1; /* whatever the outcome: the mapping may be gone */
+	/* Every pair is on the library both ways: nothing may point into the old mapping when this
+	 * rank joins another region. */
+	for (int i = 0; i < ivs.nlocal; i++) {
+		struct ivs_peer *p = ivs.peers[ivs.local_world[i]];
+		p->tx.ring = NULL;
+		p->rx.ring = NULL;
+	}
+	ivs.slots = NULL;
+	ivs.pairs = NULL;
+	ivs.vms = NULL;
+	ivs.nslots = ivs.nvms = 0;
+	ivs_coll_region_released();
 	if (rc != 0)
 		fprintf(stderr, "ivshim: rank %d: releasing the region: %s\n", ivs.world_rank, err);
 	fprintf(stderr, "ivshim: rank %d: moved its traffic with %d co-located ranks to the MPI library and released the "
 	        "region %.1f ms after its VM was flagged leaving\n", ivs.world_rank, ivs.nlocal - 1, (now_s() - leave_seen_at) * 1e3);
+}
+
+/* ---- joining a region again ---- */
+
+/* Whether slot of this rank's region holds world rank w of this job instance now. The slot is
+ * untrusted: anything else is "no". */
+static int slot_holds(uint32_t slot, int w)
+{
+	if (ivs.released || !ivs.slots || slot >= ivs.nslots || w < 0 || w >= ivs.world_size || w == ivs.world_rank)
+		return 0;
+	const struct ivshim_region_header *h = (const struct ivshim_region_header *)ivs.base;
+	const struct ivshim_slot *s = &ivs.slots[slot];
+	return __atomic_load_n(&s->state, __ATOMIC_ACQUIRE) == IVSHIM_SLOT_ACTIVE &&
+	       __atomic_load_n(&s->world_rank, __ATOMIC_RELAXED) == (uint32_t)w &&
+	       __atomic_load_n(&s->world_size, __ATOMIC_RELAXED) == (uint32_t)ivs.world_size &&
+	       __atomic_load_n(&s->session, __ATOMIC_RELAXED) == __atomic_load_n(&h->session, __ATOMIC_ACQUIRE);
+}
+
+/* World rank w shares this rank's region from now on, in slot (checked: slot_holds). Their pair
+ * takes the library both ways (a pair that never had rings, or whose rings closed when one of
+ * them left): no ring is made for it. What changes is the collectives: every communicator with
+ * both re-plans, so their host's group shares an area (ivs_coll_needs_switch counts joins). A
+ * pair still switching to the library from an earlier leave (this rank has not read the peer's
+ * MARK yet, or still owes it something) takes the join once that is done. */
+static void peer_join(int w, uint32_t slot)
+{
+	struct ivs_peer *p = ivs.peers[w];
+	if (!p) {
+		if (ivs.nlocal >= ivs.world_size)
+			return;
+		p = calloc(1, sizeof *p);
+		if (!p)
+			ivs_fatal("out of memory");
+		p->world = w;
+		p->local = ivs.nlocal;
+		p->closing = p->tx_net = p->rx_mark = p->rx_net = 1;
+		ivs.local_world[ivs.nlocal++] = w;
+		ivs.peers[w] = p;
+		ivs_comm_add_local(p);
+	} else if (!p->tx_net || !p->rx_net || p->nacks || p->parked || p->sendq) {
+		p->join_pending = 1;
+		p->join_slot = slot;
+		ivs.switching = 1;
+		return;
+	}
+	p->join_pending = 0;
+	p->slot = slot;
+	p->leave_seen = 0;
+	p->joins++;
+	ivs_pairs_slot(slot, w);
+	if (slot_leaving(slot)) { /* joined, and flagged leaving already */
+		p->leave_seen = 1;
+		p->leaves++;
+	}
+	if (ivs.verbose)
+		fprintf(stderr, "ivshim: rank %d: rank %d shares its region (slot %u) from now on: their messages keep taking the "
+		        "MPI library; their collectives re-plan to share it\n", ivs.world_rank, w, slot);
+	ivs_comm_each(ask, NULL);
+}
+
+/* JOINED from w: it joined this rank's region, in slot (its own reading of the region; checked
+ * against this rank's). Late news (w left again, or this rank did) is dropped. */
+static void on_joined(int w, uint64_t slot)
+{
+	if (slot <= UINT32_MAX && slot_holds((uint32_t)slot, w))
+		peer_join(w, (uint32_t)slot);
+}
+
+enum { REJOIN_EVERY_MS = 20 }; /* a released rank looks for its VM's new region this often */
+
+/* A released rank looks for the region of the host its VM runs on now (ivshim_ctl_rejoin): the
+ * VM arrived there, or its migration rolled back. Once in, every rank of the job it finds there
+ * becomes a co-located peer (peer_join) and learns of the join by a JOINED message, so both
+ * sides re-plan their collectives. */
+static void try_rejoin(void)
+{
+	static double next_try;
+	double now = now_s();
+	if (now < next_try)
+		return;
+	next_try = now + REJOIN_EVERY_MS * 1e-3;
+	struct ivshim_ctl_rejoin_args a;
+	memset(&a, 0, sizeof a);
+	int rc = ivs.ctl_rejoin(&a);
+	if (rc == 1) { /* with IVSHIM_VERBOSE, each new reason once */
+		static char last[sizeof a.error];
+		if (ivs.verbose && strcmp(last, a.error) != 0) {
+			snprintf(last, sizeof last, "%s", a.error);
+			fprintf(stderr, "ivshim: rank %d: no region to join yet: %s\n", ivs.world_rank, a.error);
+		}
+		return;
+	}
+	if (rc < 0) {
+		fprintf(stderr, "ivshim: rank %d: cannot join its VM's region after a migration: %s; its traffic stays on the MPI "
+		        "library\n", ivs.world_rank, a.error);
+		ivs.ctl_rejoin = NULL;
+		return;
+	}
+	ivs.base = a.region_base;
+	ivs.size = a.region_size;
+	ivs_region_tables(a.self_slot);
+	ivs_pairs_init(); /* no peer mapped yet: peer_join maps them */
+	ivs.released = 0;
+	ivs.self_leaving = 0;
+	ivs_migrate_init();
+	struct ivs_peer *me = ivs.peers[ivs.world_rank];
+	if (me) {
+		me->slot = a.self_slot;
+		me->leave_seen = 0;
+	}
+	int found = 0;
+	for (uint32_t s = 0; s < ivs.nslots; s++) {
+		int w = (int)__atomic_load_n(&ivs.slots[s].world_rank, __ATOMIC_RELAXED);
+		if (s == ivs.self_slot || !slot_holds(s, w))
+			continue;
+		peer_join(w, s);
+		ctl_send(w, TAG_JOINED, ivs.self_slot, 0, 0);
+		found++;
+	}
+	fprintf(stderr, "ivshim: rank %d: joined the region of its VM's host again (%.1f ms after its VM was flagged leaving): %d "
+	        "ranks of the job there; their messages take the MPI library, their collectives share the region\n",
+	        ivs.world_rank, (now - leave_seen_at) * 1e3, found);
+}
+
+/* For a rank whose progress runs inside collectives only. */
+void ivs_rejoin_poll(void)
+{
+	if (ivs.released && ivs.ctl_rejoin)
+		try_rejoin();
 }
 
 /* The generation word moved: which pairs close now. */
@@ -530,6 +677,7 @@ static void scan(void)
 	int self = slot_leaving(ivs.self_slot), closed = 0;
 	if (self && !ivs.self_leaving) {
 		ivs.self_leaving = 1;
+		ivs.self_leaves++;
 		leave_seen_at = now_s();
 	}
 	for (int i = 0; i < ivs.nlocal; i++) {
@@ -537,6 +685,7 @@ static void scan(void)
 		struct ivs_peer *p = ivs.peers[w];
 		if (!p->leave_seen && (self || slot_leaving(p->slot))) {
 			p->leave_seen = 1;
+			p->leaves++;
 			/* A direction waiting for its ring closes once the receiver answered (pairs.c);
 			 * one without a ring gets none, and says so to its sender. */
 			if (ivs_pair_tx_resolve(p))
@@ -568,6 +717,13 @@ int ivs_switch_progress(void)
 	for (int i = 0; i < ivs.nlocal; i++) {
 		int w = ivs.local_world[i];
 		struct ivs_peer *p = ivs.peers[w];
+		if (IVS_UNLIKELY(p->join_pending)) {
+			if (!slot_holds(p->join_slot, w))
+				p->join_pending = 0; /* it left again */
+			else if (p->tx_net && p->rx_net && !p->nacks && !p->parked && !p->sendq)
+				peer_join(w, p->join_slot);
+			busy |= p->join_pending;
+		}
 		if (IVS_UNLIKELY(!p->tx.ring) && !p->closing && (p->tx_want || p->sendq || p->nacks) && !ivs.released)
 			did |= ivs_pair_tx_ready(p, 1); /* an answer the ring engine left here: NET (also one
 			                                   the receiver gave before this rank asked) */

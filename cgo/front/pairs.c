@@ -24,13 +24,17 @@
 static void rx_make(struct ivs_peer *p);
 static int *slot_world; /* slot -> world rank of a co-located peer, -1 for any other slot */
 
+/* At start, for the peers the control plane gave; at a rejoin (migrate.c), for none yet. */
 void ivs_pairs_init(void)
 {
+	free(slot_world);
 	slot_world = malloc(sizeof *slot_world * ivs.nslots);
 	if (!slot_world)
 		ivs_fatal("out of memory");
 	for (uint32_t s = 0; s < ivs.nslots; s++)
 		slot_world[s] = -1;
+	if (ivs.released)
+		return;
 	for (int i = 0; i < ivs.nlocal; i++) {
 		int w = ivs.local_world[i];
 		uint32_t s = ivs.peers[w]->slot;
@@ -38,6 +42,12 @@ void ivs_pairs_init(void)
 			ivs_fatal("control plane gave slot %u for rank %d, the region has %u", s, w, ivs.nslots);
 		slot_world[s] = w;
 	}
+}
+
+/* A rank joined the region at slot (checked by the caller). */
+void ivs_pairs_slot(uint32_t slot, int world)
+{
+	slot_world[slot] = world;
 }
 
 static inline uint64_t *pair_word(uint32_t sender, uint32_t receiver)

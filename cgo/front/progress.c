@@ -545,6 +545,8 @@ int ivs_progress(void)
 		return 0;
 	}
 	in_progress = 1;
+	if (IVS_UNLIKELY(ivs.released))
+		ivs_rejoin_poll(); /* looks at the clock, and every few ms for its VM's new region */
 	int did = ring_progress();
 	if (IVS_UNLIKELY(ivs.switching || (!ivs.released && __atomic_load_n(ivs.gen_word, __ATOMIC_RELAXED) != ivs.gen_seen) ||
 	                 ivs_poll_due(IVS_POLL_PASSES)))

@@ -343,7 +343,10 @@ func (c *Cluster) Migrate(ctx context.Context, vm *VM, dest *Host, deadline time
 	src.VMs = slices.DeleteFunc(src.VMs, func(v *VM) bool { return v == vm })
 	dest.VMs = append(dest.VMs, vm)
 	vm.Host = dest
-	if err := writeFileAtomic(filepath.Join(vm.dir, "region"), []byte(dest.Broker.devicePath(vm))); err != nil {
+	if err := vm.plugDevice(dest.Broker); err != nil {
+		return res, fmt.Errorf("migrate VM %s: %w", vm.Name, err)
+	}
+	if err := vm.linkRegion(dest.Broker); err != nil {
 		return res, fmt.Errorf("migrate VM %s: %w", vm.Name, err)
 	}
 	return res, nil

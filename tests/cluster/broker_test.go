@@ -125,7 +125,7 @@ func TestBrokerRegions(t *testing.T) {
 
 		// Inside the VM the device resolves to the very file, and /dev/shm holds no other region.
 		got := strings.Fields(vmShell(ctx, t, vm, `echo "$IVSHIM_VM_ID"; echo "$IVSHIM_REGION"; readlink -e "$IVSHIM_REGION"; stat -L -c %i "$IVSHIM_REGION"; cd /dev/shm && find . -type f | sort`))
-		want := []string{vm.UUID.String(), vm.Region(), region, fmt.Sprint(inode(t, region)), "./" + filepath.Join(filepath.Base(vm.Host.Broker.RegionDir()), filepath.Base(region))}
+		want := []string{vm.UUID.String(), vm.Device(), region, fmt.Sprint(inode(t, region)), "./" + filepath.Join(filepath.Base(vm.Host.Broker.RegionDir()), filepath.Base(region))}
 		if !slices.Equal(got, want) {
 			t.Errorf("VM %s sees VM id, region, its file, inode, /dev/shm files = %q\nwant %q", vm.Name, got, want)
 		}

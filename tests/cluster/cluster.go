@@ -120,7 +120,10 @@ type VM struct {
 	// dir holds boot_id and, when the VM has a region, a file "region" with the path of its
 	// region or device and a file "vm_id" with its UUID.
 	dir string
-	job string // the job the VM is registered with; guarded by the cluster's mu
+	// shm is the VM's /dev/shm directory; linked the region file's link there made by the last
+	// move (linkRegion).
+	shm, linked string
+	job         string // the job the VM is registered with; guarded by the cluster's mu
 }
 
 // Create builds a cluster as described by cfg. It needs root. On error everything made so far
@@ -258,6 +261,7 @@ func (c *Cluster) newVM(h *Host, name string, addr netip.Addr) (*VM, error) {
 	// The VM's /dev/shm, a directory in the machine's (tmpfs, and named so that Clean removes it
 	// with whatever killed jobs left in it); mode as /dev/shm's own.
 	shm := filepath.Join("/dev/shm", c.Prefix+"-"+name)
+	vm.shm = shm
 	if err := os.Mkdir(shm, 0o700); err != nil {
 		return nil, fmt.Errorf("VM %s /dev/shm: %w", name, err)
 	}
@@ -379,7 +383,7 @@ func (c *Cluster) bootVM(vm *VM) error {
 	}
 	vm.UUID = u
 	b := vm.Host.Broker
-	if err := writeFileAtomic(filepath.Join(vm.dir, "region"), []byte(b.devicePath(vm))); err != nil {
+	if err := vm.plugDevice(b); err != nil {
 		return fmt.Errorf("boot VM %s: %w", vm.Name, err)
 	}
 	if err := writeFileAtomic(filepath.Join(vm.dir, "vm_id"), []byte(u.String())); err != nil {
@@ -389,9 +393,71 @@ func (c *Cluster) bootVM(vm *VM) error {
 	return b.register(vm, c.Job)
 }
 
-// Region returns what IVSHIM_REGION is in the VM whenever that path exists: its ivshmem device
-// (a symlink its broker makes to the region file) when its host has a broker, else its host's
-// region ("" if none).
+// plugDevice points the VM's device at the one b's broker makes for it and IVSHIM_REGION at the
+// device. The device is a symlink in the VM's own directory, repointed when the VM moves: the
+// path stays the same wherever the VM runs, as a guest finds its ivshmem device through PCI
+// wherever it runs, so processes that keep running through a move (their environment stays)
+// find the destination's region.
+func (vm *VM) plugDevice(b *Broker) error {
+	link := filepath.Join(vm.dir, "ivshmem")
+	tmp := link + ".new"
+	os.Remove(tmp)
+	if err := os.Symlink(b.devicePath(vm), tmp); err != nil {
+		return fmt.Errorf("device of VM %s: %w", vm.Name, err)
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		return fmt.Errorf("device of VM %s: %w", vm.Name, err)
+	}
+	return writeFileAtomic(filepath.Join(vm.dir, "region"), []byte(link))
+}
+
+// linkRegion makes the region the VM's device leads to reachable inside the VM by its own path,
+// for processes that run through a move: they keep the /dev/shm their agent set up at the source
+// (a guest sees the destination's device through PCI). The region file gets a hard link at its
+// path in the VM's /dev/shm directory (one tmpfs: the same file), where the device path resolves
+// inside the VM; the previous move's link goes, so the VM reaches one region this way.
+func (vm *VM) linkRegion(b *Broker) error {
+	file, err := filepath.EvalSymlinks(b.devicePath(vm))
+	if err != nil {
+		return fmt.Errorf("region of VM %s: %w", vm.Name, err)
+	}
+	rel, ok := strings.CutPrefix(file, "/dev/shm/")
+	if !ok {
+		return nil
+	}
+	dst := filepath.Join(vm.shm, rel)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return fmt.Errorf("region of VM %s: %w", vm.Name, err)
+	}
+	tmp := dst + ".new"
+	os.Remove(tmp)
+	if err := os.Link(file, tmp); err != nil {
+		return fmt.Errorf("region of VM %s: %w", vm.Name, err)
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("region of VM %s: %w", vm.Name, err)
+	}
+	if vm.linked != "" && vm.linked != dst {
+		os.Remove(vm.linked)
+	}
+	vm.linked = dst
+	return nil
+}
+
+// Device is what IVSHIM_REGION is in a VM whose host has a broker: a path of the VM's own that
+// leads to Region, wherever the VM runs.
+// (A VM of a host without a broker gets its host's region itself.)
+func (vm *VM) Device() string {
+	if vm.Host.Broker == nil {
+		return vm.Host.Region()
+	}
+	return filepath.Join(vm.dir, "ivshmem")
+}
+
+// Region returns the file the VM's region is reached by whenever that path exists: its ivshmem
+// device (a symlink its broker makes to the region file) when its host has a broker, else its
+// host's region ("" if none).
 func (vm *VM) Region() string {
 	if b := vm.Host.Broker; b != nil {
 		return b.devicePath(vm)

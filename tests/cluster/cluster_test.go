@@ -206,7 +206,7 @@ func checkHelloRing(t *testing.T, stdout string, vms []*cluster.VM) {
 		t.Fatalf("hello_ring printed %d lines, want %d:\n%s", len(lines), len(vms), stdout)
 	}
 	for i, vm := range vms {
-		want := fmt.Sprintf("rank %d of %d on %s boot_id %s region %s ring ok allreduce ok", i, len(vms), vm.Name, vm.BootID, vm.Region())
+		want := fmt.Sprintf("rank %d of %d on %s boot_id %s region %s ring ok allreduce ok", i, len(vms), vm.Name, vm.BootID, vm.Device())
 		if lines[i] != want {
 			t.Errorf("rank %d: %q\nwant %q", i, lines[i], want)
 		}

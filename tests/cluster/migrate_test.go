@@ -103,6 +103,7 @@ func TestMigrateStress(t *testing.T) {
 			// Move i once the job is (i+1)/(n+2) of the way through its iterations: after every
 			// rank had time to send through its region, and with the job still running at the last.
 			switched := map[string]bool{} // VMs whose rank held a slot when they moved
+			releases := 0                 // moves whose VM's rank held a slot: it released it, and joins the destination's
 			for i := 0; i < *stressMigrations; i++ {
 				at := int64(i+1) * int64(perIters) / int64(*stressMigrations+2)
 				for pace.at() < at {
@@ -124,6 +125,7 @@ func TestMigrateStress(t *testing.T) {
 				}
 				if res.Ranks > 0 {
 					switched[vm.Name] = true
+					releases += res.Ranks
 				}
 				t.Logf("migration %d at %v: %s %s -> %s, %d rank(s) released, phases %v", i,
 					time.Since(start).Round(time.Millisecond), vm.Name, from, dest.Name, res.Ranks, res.Phases)
@@ -151,9 +153,20 @@ func TestMigrateStress(t *testing.T) {
 			if *stressVMs >= 3 && !leftSharing(o.res.Stderr) {
 				t.Errorf("no re-plan gave ranks a move left behind a shared area; stderr:\n%s", o.res.Stderr)
 			}
-			if n := strings.Count(o.res.Stderr, "and released the region"); n != len(switched) {
-				t.Errorf("%d ranks said they released the region, %d VMs moved with a rank holding it; stderr:\n%s",
-					n, len(switched), o.res.Stderr)
+			if n := strings.Count(o.res.Stderr, "and released the region"); n != releases {
+				t.Errorf("%d ranks said they released the region, %d moves found a rank holding it; stderr:\n%s",
+					n, releases, o.res.Stderr)
+			}
+			// Every rank that released its region joins the destination's, where ranks of the
+			// job run (a move that found its VM's rank still on its way there released nothing),
+			// and its collectives share an area there: a group larger than a host had at start.
+			joins := strings.Count(o.res.Stderr, "joined the region of its VM's host again")
+			t.Logf("%d ranks released their region, %d joined the destination's; largest group after a re-plan: %d ranks", releases, joins, largestGroup(o.res.Stderr))
+			if joins != releases {
+				t.Errorf("%d ranks joined their VM's new region, %d released one; stderr:\n%s", joins, releases, o.res.Stderr)
+			}
+			if largestGroup(o.res.Stderr) <= *stressVMs {
+				t.Errorf("no re-plan gave a moved rank a shared area at its destination (no group of more than %d ranks); stderr:\n%s", *stressVMs, o.res.Stderr)
 			}
 			stats, err := o.res.ShimStats()
 			if err != nil || len(stats) != len(vms) {
@@ -196,6 +209,16 @@ func leftSharing(stderr string) bool {
 		}
 	}
 	return false
+}
+
+// largestGroup is the most members a rank's area holds after any re-plan.
+func largestGroup(stderr string) int {
+	most := 0
+	for _, m := range replanRow.FindAllStringSubmatch(stderr, -1) {
+		in, _ := strconv.Atoi(m[1])
+		most = max(most, in)
+	}
+	return most
 }
 
 // allDigests says whether every rank of a migrate_soak job printed its digest.

@@ -1,0 +1,106 @@
+package shim
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"go.uber.org/zap"
+
+	"ivshim.dev/ivshim/ivshmem"
+)
+
+// rejoinInfo is what a rank that shared memory at Start keeps to find a region again after it
+// released its own (its VM was migrated, or a migration rolled back): how it discovered the
+// first one, and the sessions of the job's groups, by which it recognises a region its job's
+// ranks share.
+type rejoinInfo struct {
+	o        Options
+	cfg      Config
+	sessions map[uint64]bool
+	own      uint64 // the session of this rank's group at Start
+}
+
+// ErrNothingToJoin says why Rejoin found no region to join yet; the caller tries again later.
+var ErrNothingToJoin = errors.New("no region to join")
+
+// Joined is the region Rejoin joined.
+type Joined struct {
+	Region *ivshmem.Region
+	Slot   uint32
+}
+
+// Rejoin maps the region of the host this rank's VM runs on now and claims a slot in it, after
+// Release: the VM arrived on another host, or came back after a rolled-back migration. It joins
+// only a region whose session is one of this job's groups' (their ranks run there; one whose
+// session ended gets this rank's own group's again), where this VM has an entry that is not
+// flagged leaving (a VM whose region is still plugged while the broker drains it must not
+// hold a slot again). The pairs with the ranks found there take the MPI library (no rings are
+// made for them), and the rank's collectives can share the region's areas with them.
+// ErrNothingToJoin (wrapped, with the reason) means not now: no region yet, another job's, or
+// the VM still leaving.
+func (a *Attachment) Rejoin() (Joined, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	switch {
+	case a.done:
+		return Joined{}, errors.New("rejoin: finalized")
+	case a.m != nil:
+		return Joined{}, errors.New("rejoin: the rank holds a region")
+	case a.re == nil:
+		return Joined{}, fmt.Errorf("rejoin: %w: the rank shared no memory at start", ErrNothingToJoin)
+	}
+	re := a.re
+	r, err := discover(re.o, re.cfg)
+	if errors.Is(err, ivshmem.ErrNoRegion) || errors.Is(err, fs.ErrNotExist) { // unplugged, not plugged yet
+		return Joined{}, fmt.Errorf("%w: %v", ErrNothingToJoin, err)
+	}
+	if err != nil {
+		return Joined{}, fmt.Errorf("rejoin: %w", err)
+	}
+	keep := false
+	defer func() {
+		if !keep {
+			r.Close()
+		}
+	}()
+	session := r.Session()
+	if session == 0 { // the job's ranks there all left: this rank's group's session takes it again
+		if err := r.ClaimSession(re.own); err == nil {
+			session = re.own
+		} else {
+			session = r.Session()
+		}
+	}
+	if !re.sessions[session] {
+		return Joined{}, fmt.Errorf("%w: region %s is used by another job instance (session %#x)", ErrNothingToJoin, r.Source(), session)
+	}
+	vm, ok := r.FindVM(re.cfg.VMID)
+	if !ok {
+		return Joined{}, fmt.Errorf("%w: region %s has no entry for this VM (%s)", ErrNothingToJoin, r.Source(), re.cfg.VMIDSource)
+	}
+	if v, err := r.VMAt(vm); err != nil || v.State != ivshmem.VMPresent {
+		return Joined{}, fmt.Errorf("%w: region %s: this VM is not present (flagged leaving)", ErrNothingToJoin, r.Source())
+	}
+	slot, err := r.ClaimSlot(ivshmem.SlotIdentity{Session: session, VMIndex: vm,
+		WorldRank: uint32(a.Table.Rank), WorldSize: uint32(a.Table.Size), PID: uint32(re.o.PID)})
+	if err != nil {
+		return Joined{}, fmt.Errorf("%w: region %s: %v", ErrNothingToJoin, r.Source(), err)
+	}
+	m := &membership{region: r, log: a.log}
+	m.join(session, slot, vm)
+	if s := r.Session(); s != session {
+		m.close()
+		keep = true // closed by m
+		return Joined{}, fmt.Errorf("%w: region %s changed session to %#x while joining", ErrNothingToJoin, r.Source(), s)
+	}
+	keep = true
+	a.m = m
+	a.areas = map[uint64]struct{}{}
+	a.senders = map[uint32]bool{} // rejoined pairs take the library: nobody asks this rank for a ring
+	a.Table.SelfSlot = slot
+	a.Table.Source = r.Source()
+	a.log.Info("rejoined a region", zap.String("source", r.Source()), zap.String("host", r.HostID().String()),
+		zap.Uint32("slot", slot), zap.String("session", fmt.Sprintf("%#x", session)))
+	return Joined{Region: r, Slot: slot}, nil
+}

@@ -1,0 +1,117 @@
+package shim
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"ivshim.dev/ivshim/ivshmem"
+)
+
+// TestRejoin follows a rank whose VM moves: after Release it finds nothing while its VM is
+// still flagged leaving in its old region, while no region is plugged, or where its VM has no
+// entry, nor in a region another job instance holds; it joins the region of its destination,
+// where its job's ranks run, with a slot of its job's session there, and in a region whose
+// session ended it takes the session again.
+func TestRejoin(t *testing.T) {
+	hostA, hostB := newRegion(t, nil), newRegion(t, nil)
+	dir := t.TempDir()
+	vm := func(i byte) ivshmem.HostID { return ivshmem.HostID{0: 0xee, 15: i} }
+	present := func(path string, slot uint32, id ivshmem.HostID, st ivshmem.VMState) {
+		t.Helper()
+		if err := openRegion(t, path).SetVM(slot, id, st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Ranks 0 and 1 in VMs 0 and 1 on host A, ranks 2 and 3 in VMs 2 and 3 on host B; each
+	// rank's IVSHIM_REGION is a link of its VM's, as a device follows a guest.
+	links := make([]string, 4)
+	var envs []map[string]string
+	for i := range 4 {
+		region := hostA
+		if i >= 2 {
+			region = hostB
+		}
+		present(region, uint32(i%2), vm(byte(i)), ivshmem.VMPresent)
+		links[i] = filepath.Join(dir, "vm"+string(rune('0'+i)))
+		if err := os.Symlink(region, links[i]); err != nil {
+			t.Fatal(err)
+		}
+		envs = append(envs, env("IVSHIM_REGION", links[i], "IVSHIM_VM_ID", vm(byte(i)).String()))
+	}
+	j := startJob(t, envs...)
+	mover := j.ranks[1].a
+	if _, err := mover.Rejoin(); err == nil || errors.Is(err, ErrNothingToJoin) {
+		t.Fatalf("rejoin while holding the region: %v, want a refusal", err)
+	}
+	if err := mover.Release(); err != nil {
+		t.Fatal(err)
+	}
+	nothing := func(why string) {
+		t.Helper()
+		if _, err := mover.Rejoin(); !errors.Is(err, ErrNothingToJoin) || !strings.Contains(err.Error(), why) {
+			t.Fatalf("rejoin: %v, want nothing to join (%s)", err, why)
+		}
+	}
+	present(hostA, 1, vm(1), ivshmem.VMLeaving)
+	nothing("flagged leaving")
+	os.Remove(links[1])
+	nothing("no such file")
+	if err := os.Symlink(hostB, links[1]); err != nil {
+		t.Fatal(err)
+	}
+	nothing("no entry for this VM")
+	other := newRegion(t, nil)
+	if err := openRegion(t, other).ClaimSession(0x5eed); err != nil {
+		t.Fatal(err)
+	}
+	present(other, 0, vm(1), ivshmem.VMPresent)
+	os.Remove(links[1])
+	os.Symlink(other, links[1])
+	nothing("another job instance")
+
+	// The destination: host B, where ranks 2 and 3 hold slots of their group's session.
+	os.Remove(links[1])
+	os.Symlink(hostB, links[1])
+	present(hostB, 2, vm(1), ivshmem.VMPresent)
+	got, err := mover.Rejoin()
+	if err != nil {
+		t.Fatalf("rejoin at the destination: %v", err)
+	}
+	rb := openRegion(t, hostB)
+	si, err := rb.Slot(got.Slot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if si.State != ivshmem.SlotActive || si.WorldRank != 1 || si.Session != rb.Session() || si.VMIndex != 2 || si.Session == 0 {
+		t.Errorf("slot %d after the rejoin: %+v, region session %#x", got.Slot, si, rb.Session())
+	}
+	if off, err := mover.Alloc(4096); err != nil {
+		t.Errorf("alloc after the rejoin: %v", err)
+	} else if err := mover.Free(off); err != nil {
+		t.Errorf("free after the rejoin: %v", err)
+	}
+	if _, err := mover.Rejoin(); err == nil || errors.Is(err, ErrNothingToJoin) {
+		t.Errorf("second rejoin: %v, want a refusal", err)
+	}
+
+	// Rank 0 leaves host A, the last of its job there: the session ends; it comes back and
+	// takes its group's session again.
+	first := j.ranks[0].a
+	sessionA := first.re.own
+	if err := first.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if s := openRegion(t, hostA).Session(); s != 0 {
+		t.Fatalf("host A's session %#x after its last rank left", s)
+	}
+	got, err = first.Rejoin()
+	if err != nil {
+		t.Fatalf("rejoin of an empty region: %v", err)
+	}
+	if s := openRegion(t, hostA).Session(); s != sessionA {
+		t.Errorf("host A's session after the rejoin: %#x, want the group's %#x", s, sessionA)
+	}
+}
