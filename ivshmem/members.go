@@ -288,6 +288,27 @@ func (r *Region) allocation(session, off uint64) (first, length uint32, kind All
 	return first, c.Length, AllocKind(c.Kind), nil
 }
 
+// Allocated returns the bytes of the collective area at off, an allocation of session (by any
+// of its slots): the check a rank makes before it takes over an area another rank allocated.
+// slot i is the caller.
+func (r *Region) Allocated(session uint64, i uint32, off uint64) (uint64, error) {
+	if err := r.checkSlot(i); err != nil {
+		return 0, err
+	}
+	if err := r.lock(i); err != nil {
+		return 0, err
+	}
+	defer r.unlock()
+	_, n, kind, err := r.allocation(session, off)
+	if err != nil {
+		return 0, err
+	}
+	if kind != AllocCollective {
+		return 0, fmt.Errorf("%w: offset %#x is an allocation of kind %d, not a collective area", ErrBadRef, off, kind)
+	}
+	return uint64(n) * uint64(r.layout.ChunkSize), nil
+}
+
 // Free returns the allocation at off, made in session, to the heap; slot i is the caller.
 func (r *Region) Free(session uint64, i uint32, off uint64) error {
 	if err := r.checkSlot(i); err != nil {

@@ -138,6 +138,23 @@ func (a *Attachment) CreateRing(sender uint32) (uint64, error) {
 	return ring.Off, nil
 }
 
+// Adopt makes the collective area at off this rank's to free: its allocating rank left the
+// region while members still used it (Release). off comes from another rank: it must be a
+// collective area of this rank's session. Returns the area's bytes.
+func (a *Attachment) Adopt(off uint64) (uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.m == nil {
+		return 0, fmt.Errorf("adopt %#x: %w", off, ErrPassThrough)
+	}
+	n, err := a.m.region.Allocated(a.m.session, a.m.slot, off)
+	if err != nil {
+		return 0, fmt.Errorf("adopt collective area %#x: %w", off, err)
+	}
+	a.areas[off] = struct{}{}
+	return n, nil
+}
+
 // Free returns a collective area that Alloc gave this rank.
 func (a *Attachment) Free(off uint64) error {
 	a.mu.Lock()
@@ -159,7 +176,8 @@ func (a *Attachment) Free(off uint64) error {
 // data plane has moved every pair and collective of this rank to the library. The heartbeat
 // stops, the slot is released (the broker's drain waits for exactly that) and the region is
 // unmapped. Collective areas this rank allocated are not freed: co-located members may still
-// read the last op it led; they stay with the session until it ends. Alloc and Free fail from
+// read the last op it led; the front hands them to a rank that stays (Adopt), else they stay
+// with the session until it ends. Alloc and Free fail from
 // here on; Finalize only prints the stats line. Calls after the first do nothing.
 func (a *Attachment) Release() error {
 	a.mu.Lock()
@@ -168,7 +186,7 @@ func (a *Attachment) Release() error {
 		return nil
 	}
 	if n := len(a.areas); n > 0 {
-		a.log.Info("leaving collective areas to the session", zap.Int("areas", n))
+		a.log.Info("leaving collective areas to the rank that adopts them, or the session", zap.Int("areas", n))
 		clear(a.areas)
 	}
 	err := a.m.close()

@@ -115,3 +115,40 @@ func TestRejoin(t *testing.T) {
 		t.Errorf("host A's session after the rejoin: %#x, want the group's %#x", s, sessionA)
 	}
 }
+
+// TestAdopt: a rank takes over a collective area another rank of its session allocated (that
+// rank left the region), frees it, and refuses offsets that are no collective area of its
+// session.
+func TestAdopt(t *testing.T) {
+	region := newRegion(t, nil)
+	e := env("IVSHIM_REGION", region)
+	j := startJob(t, e, e)
+	owner, heir := j.ranks[0].a, j.ranks[1].a
+	off, err := owner.Alloc(8192)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := owner.Release(); err != nil { // its VM left: the area stays with the session
+		t.Fatal(err)
+	}
+	if n, err := heir.Adopt(off); err != nil || n < 8192 {
+		t.Fatalf("adopt %#x: %d bytes, %v", off, n, err)
+	}
+	if err := heir.Free(off); err != nil {
+		t.Errorf("free of the adopted area: %v", err)
+	}
+	if _, err := heir.Adopt(off); err == nil {
+		t.Errorf("adopt of a freed area succeeded")
+	}
+	for _, bad := range []uint64{0, 1, off + 1, 1 << 40} {
+		if _, err := heir.Adopt(bad); !errors.Is(err, ivshmem.ErrBadRef) {
+			t.Errorf("adopt %#x: %v, want a bad reference", bad, err)
+		}
+	}
+	if err := heir.Release(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := heir.Adopt(off); !errors.Is(err, ErrPassThrough) {
+		t.Errorf("adopt after release: %v, want pass-through", err)
+	}
+}

@@ -86,6 +86,11 @@ typedef int (*ivshim_ctl_start_fn)(struct ivshim_ctl_start_args *args);
 typedef uint64_t (*ivshim_ctl_alloc_fn)(uint64_t bytes, char *err, uint64_t errlen);
 typedef int (*ivshim_ctl_free_fn)(uint64_t off, char *err, uint64_t errlen);
 
+/* ivshim_ctl_adopt: make the collective area at region offset off, which a rank that left the
+ * region allocated, this rank's to free (ivshim_ctl_free) once its members have left it. Returns
+ * the area's bytes, 0 when off is not a collective area of this rank's session (reason in err). */
+typedef uint64_t (*ivshim_ctl_adopt_fn)(uint64_t off, char *err, uint64_t errlen);
+
 /* ivshim_ctl_ring: make and publish this rank's inbound ring from the co-located member in slot
  * sender, which asked for it in this rank's ring_wanted bits (ivshim_region.h: rings are made
  * on first use). Returns the ring's region offset, 0 when there is none (no room even for the
@@ -127,5 +132,6 @@ typedef int (*ivshim_ctl_rejoin_fn)(struct ivshim_ctl_rejoin_args *args);
 #define IVSHIM_CTL_FINALIZE_SYM "ivshim_ctl_finalize"
 #define IVSHIM_CTL_RELEASE_SYM "ivshim_ctl_release"
 #define IVSHIM_CTL_REJOIN_SYM "ivshim_ctl_rejoin"
+#define IVSHIM_CTL_ADOPT_SYM "ivshim_ctl_adopt"
 
 #endif /* IVSHIM_CTL_H */

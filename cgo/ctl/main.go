@@ -52,18 +52,24 @@ var state struct {
 var errNotStarted = errors.New("control plane not started, or finalized")
 
 //export ivshim_ctl_start
-func ivshim_ctl_start(args *C.struct_ivshim_ctl_start_args) (rc C.int) {
+func ivshim_ctl_start(args *C.struct_ivshim_ctl_start_args) C.int {
 	if args == nil {
 		return -1
 	}
-	args.error[0] = 0
-	defer guard(debug.SetPanicOnFault(true), "ivshim_ctl_start", func(err error) {
+	return resultCall("ivshim_ctl_start", &args.error[0], C.uint64_t(len(args.error)), func() (C.int, error) { return start(args) })
+}
+
+// resultCall is the body of an export that answers a result code with its reason in errbuf:
+// fn's, or -1 for a panic.
+func resultCall(op string, errbuf *C.char, errlen C.uint64_t, fn func() (C.int, error)) (rc C.int) {
+	*errbuf = 0
+	defer guard(debug.SetPanicOnFault(true), op, func(err error) {
 		rc = -1
-		copyError(&args.error[0], C.uint64_t(len(args.error)), err)
+		copyError(errbuf, errlen, err)
 	})
-	r, err := start(args)
+	r, err := fn()
 	if err != nil {
-		copyError(&args.error[0], C.uint64_t(len(args.error)), err)
+		copyError(errbuf, errlen, err)
 	}
 	return r
 }
@@ -119,6 +125,11 @@ func start(args *C.struct_ivshim_ctl_start_args) (C.int, error) {
 //export ivshim_ctl_alloc
 func ivshim_ctl_alloc(size C.uint64_t, errbuf *C.char, errlen C.uint64_t) C.uint64_t {
 	return offsetCall("ivshim_ctl_alloc", errbuf, errlen, func(a *shim.Attachment) (uint64, error) { return a.Alloc(uint64(size)) })
+}
+
+//export ivshim_ctl_adopt
+func ivshim_ctl_adopt(off C.uint64_t, errbuf *C.char, errlen C.uint64_t) C.uint64_t {
+	return offsetCall("ivshim_ctl_adopt", errbuf, errlen, func(a *shim.Attachment) (uint64, error) { return a.Adopt(uint64(off)) })
 }
 
 //export ivshim_ctl_ring
@@ -212,32 +223,30 @@ func ivshim_ctl_release(errbuf *C.char, errlen C.uint64_t) (rc C.int) {
 }
 
 //export ivshim_ctl_rejoin
-func ivshim_ctl_rejoin(args *C.struct_ivshim_ctl_rejoin_args) (rc C.int) {
+func ivshim_ctl_rejoin(args *C.struct_ivshim_ctl_rejoin_args) C.int {
 	if args == nil {
 		return -1
 	}
-	args.error[0] = 0
-	defer guard(debug.SetPanicOnFault(true), "ivshim_ctl_rejoin", func(err error) {
-		rc = -1
-		copyError(&args.error[0], C.uint64_t(len(args.error)), err)
-	})
+	return resultCall("ivshim_ctl_rejoin", &args.error[0], C.uint64_t(len(args.error)), func() (C.int, error) { return rejoin(args) })
+}
+
+// rejoin answers 0 (joined), 1 (nothing to join now) or -1, as ivshim_ctl.h says.
+func rejoin(args *C.struct_ivshim_ctl_rejoin_args) (C.int, error) {
 	a := attachment()
 	if a == nil {
-		copyError(&args.error[0], C.uint64_t(len(args.error)), fmt.Errorf("ivshim_ctl_rejoin: %w", errNotStarted))
-		return -1
+		return -1, fmt.Errorf("ivshim_ctl_rejoin: %w", errNotStarted)
 	}
 	j, err := a.Rejoin()
+	if errors.Is(err, shim.ErrNothingToJoin) {
+		return 1, err
+	}
 	if err != nil {
-		copyError(&args.error[0], C.uint64_t(len(args.error)), err)
-		if errors.Is(err, shim.ErrNothingToJoin) {
-			return 1
-		}
-		return -1
+		return -1, err
 	}
 	args.region_base = j.Region.Base()
 	args.region_size = C.uint64_t(j.Region.Layout().TotalSize)
 	args.self_slot = C.uint32_t(j.Slot)
-	return 0
+	return 0, nil
 }
 
 func attachment() *shim.Attachment {

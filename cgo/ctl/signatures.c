@@ -16,3 +16,4 @@ IVSHIM_SAME_TYPE(ivshim_ctl_finalize, ivshim_ctl_finalize_fn);
 IVSHIM_SAME_TYPE(ivshim_ctl_release, ivshim_ctl_release_fn);
 IVSHIM_SAME_TYPE(ivshim_ctl_rejoin, ivshim_ctl_rejoin_fn);
 IVSHIM_SAME_TYPE(ivshim_ctl_ring, ivshim_ctl_ring_fn);
+IVSHIM_SAME_TYPE(ivshim_ctl_adopt, ivshim_ctl_adopt_fn);

@@ -428,11 +428,42 @@ static void reap_areas(void)
 	}
 }
 
-/* This rank gave its region up (migrate.c): the areas it led and has not reaped yet belong to the
- * region's session now (they are freed at its end); a region it joins later has none of them. */
-void ivs_coll_region_released(void)
+/* This rank gives its region up (migrate.c): the areas it led that members have not all left yet
+ * go to heir, a co-located rank that stays (ADOPT), which frees each once its members have left
+ * it; without an heir (-1) they stay with the region's session until it ends. A region this rank
+ * joins later has none of them. */
+void ivs_coll_region_released(int heir)
 {
+	for (int z = 0; z < nzombies && heir >= 0; z++)
+		ivs_ctl_adopt_send(heir, zombies[z].off, zombies[z].nl);
 	nzombies = 0;
+}
+
+/* ADOPT: a rank that left this rank's region hands over an area of nl members it allocated at
+ * region offset off. Both come from another rank: the control plane checks that off is a
+ * collective area of the session, and its members' left words must lie in it. */
+void ivs_coll_adopt(uint64_t off, uint64_t nl)
+{
+	if (ivs.released || !ivs.slots || nl < 2 || nl > ivs.nslots)
+		return;
+	char err[256] = "";
+	uint64_t bytes = ivs.ctl_adopt(off, err, sizeof err);
+	if (!bytes || off > ivs.size || bytes > ivs.size - off || ivs_area_left_off(nl, nl) > bytes) {
+		fprintf(stderr, "ivshim: rank %d: not taking over the collective area at %#lx of %lu members from a rank that left: %s\n",
+		        ivs.world_rank, (unsigned long)off, (unsigned long)nl, *err ? err : "it does not fit the area");
+		return;
+	}
+	if (nzombies == zombies_cap) {
+		zombies_cap = zombies_cap ? 2 * zombies_cap : 8;
+		zombies = realloc(zombies, sizeof *zombies * (size_t)zombies_cap);
+		if (!zombies)
+			ivs_fatal("out of memory");
+	}
+	zombies[nzombies++] = (struct zombie){.area = ivs.base + off, .off = off, .nl = (int)nl};
+	if (ivs.verbose)
+		fprintf(stderr, "ivshim: rank %d: took over the collective area of %lu members of a rank that left the region\n",
+		        ivs.world_rank, (unsigned long)nl);
+	reap_areas();
 }
 
 /* MPI_Comm_free of c, or a re-plan: this rank leaves the area at once; its host's leader returns

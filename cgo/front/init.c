@@ -209,6 +209,7 @@ static int init_common(int rc, int provided)
 	ivs.ctl_release = (ivshim_ctl_release_fn)ctl_sym(ctl_handle, IVSHIM_CTL_RELEASE_SYM);
 	ivs.ctl_ring = (ivshim_ctl_ring_fn)ctl_sym(ctl_handle, IVSHIM_CTL_RING_SYM);
 	ivs.ctl_rejoin = (ivshim_ctl_rejoin_fn)ctl_sym(ctl_handle, IVSHIM_CTL_REJOIN_SYM);
+	ivs.ctl_adopt = (ivshim_ctl_adopt_fn)ctl_sym(ctl_handle, IVSHIM_CTL_ADOPT_SYM);
 	char ver[MPI_MAX_LIBRARY_VERSION_STRING] = "";
 	int len;
 	PMPI_Get_library_version(ver, &len);

@@ -215,6 +215,7 @@ struct ivs_state {
 	                              until it joins a region anew (migrate.c's rejoin) */
 	unsigned self_leaves;      /* times this rank's VM was flagged leaving (monotonic) */
 	ivshim_ctl_rejoin_fn ctl_rejoin;
+	ivshim_ctl_adopt_fn ctl_adopt;
 	int nunexp_net;            /* unexpected messages from peers whose messages now come by the
 	                              library (ring messages from before the MARK, parked library
 	                              ones): receives and probes for such a peer look there first */
@@ -274,7 +275,8 @@ void ivs_coll_forget(struct ivs_comm *c);
 int ivs_coll_in_region(struct ivs_comm *c);     /* collectives of c use an area in the region */
 int ivs_coll_needs_switch(struct ivs_comm *c);  /* ... with a rank flagged leaving since its set-up, or c has
                                                    a member that joined this rank's region since (migrate.c) */
-void ivs_coll_region_released(void);            /* this rank gave its region up: areas it led are the session's */
+void ivs_coll_region_released(int heir);        /* this rank gives its region up: areas it led go to heir */
+void ivs_coll_adopt(uint64_t off, uint64_t nl); /* ... and here is such an area (migrate.c: ADOPT) */
 
 /* request.c: handles the MPI library never issues */
 struct ivs_req *ivs_req_alloc(void);
@@ -346,6 +348,7 @@ void ivs_migrate_init(void);
 int ivs_switch_progress(void);
 void ivs_ctl_poll(void);
 void ivs_rejoin_poll(void);
+void ivs_ctl_adopt_send(int world, uint64_t off, int nl);
 void ivs_ctl_wait_step(unsigned *spins);
 int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg);
 void ivs_coll_switch_point(struct ivs_comm *c);

@@ -71,6 +71,11 @@
 
 static double leave_seen_at; /* when this rank saw its own VM flagged (for the release message) */
 
+/* A released rank looks for its VM's new region 10 ms after it let go, then at intervals that
+ * double up to 200 ms (in a guest a look scans the PCI devices in sysfs). */
+enum { REJOIN_FIRST_MS = 10, REJOIN_MAX_MS = 200 };
+static double rejoin_next, rejoin_gap;
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -119,15 +124,16 @@ int ivs_peer_leaving(const struct ivs_peer *p)
 
 /* ---- the shim's own messages (ivs.ctlcomm, world ranks) ---- */
 
-enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE, TAG_JOINED };
+enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE, TAG_JOINED, TAG_ADOPT };
 #define NEVER UINT64_MAX /* REPLY of a member that freed the communicator, and the DECIDE it makes */
 #define SLACK 1          /* collectives a member may begin after its REPLY, before the DECIDE */
 #define RECENT (1u << 16) /* progress steps (ivs.ctl_tick) since a communicator's last collective
                              within which a member counts as running on it */
 
 struct ctl_msg {
-	uint64_t a;     /* ACK: the cookie; JOINED: the sender's slot; else the communicator's context id */
-	uint64_t b;     /* REPLY, DECIDE: a collective count */
+	uint64_t a;     /* ACK: the cookie; JOINED: the sender's slot; ADOPT: an area's offset; else the
+	                   communicator's context id */
+	uint64_t b;     /* REPLY, DECIDE: a collective count; ADOPT: the area's members */
 	uint64_t round; /* the agreement's round on that communicator (ivs_comm.sw_round) */
 };
 
@@ -278,6 +284,10 @@ static int dispatch(int src, int tag, const struct ctl_msg *m)
 	}
 	if (tag == TAG_JOINED) {
 		on_joined(src, m->a);
+		return 1;
+	}
+	if (tag == TAG_ADOPT) {
+		ivs_coll_adopt(m->a, m->b);
 		return 1;
 	}
 	if (m->a > UINT32_MAX)
@@ -518,31 +528,6 @@ static int release_ready(int at_entry)
 	return n == 0;
 }
 
-static void release(void)
-{
-	char err[256] = "";
-	int rc = ivs.ctl_release(err, sizeof err);
-	ivs.released = 1; /* whatever the outcome: the mapping may be gone */
-	/* Every pair is on the library both ways: nothing may point into the old mapping when this
-	 * rank joins another region. */
-	for (int i = 0; i < ivs.nlocal; i++) {
-		struct ivs_peer *p = ivs.peers[ivs.local_world[i]];
-		p->tx.ring = NULL;
-		p->rx.ring = NULL;
-	}
-	ivs.slots = NULL;
-	ivs.pairs = NULL;
-	ivs.vms = NULL;
-	ivs.nslots = ivs.nvms = 0;
-	ivs_coll_region_released();
-	if (rc != 0)
-		fprintf(stderr, "ivshim: rank %d: releasing the region: %s\n", ivs.world_rank, err);
-	fprintf(stderr, "ivshim: rank %d: moved its traffic with %d co-located ranks to the MPI library and released the "
-	        "region %.1f ms after its VM was flagged leaving\n", ivs.world_rank, ivs.nlocal - 1, (now_s() - leave_seen_at) * 1e3);
-}
-
-/* ---- joining a region again ---- */
-
 /* Whether slot of this rank's region holds world rank w of this job instance now. The slot is
  * untrusted: anything else is "no". */
 static int slot_holds(uint32_t slot, int w)
@@ -556,6 +541,44 @@ static int slot_holds(uint32_t slot, int w)
 	       __atomic_load_n(&s->world_size, __ATOMIC_RELAXED) == (uint32_t)ivs.world_size &&
 	       __atomic_load_n(&s->session, __ATOMIC_RELAXED) == __atomic_load_n(&h->session, __ATOMIC_ACQUIRE);
 }
+
+void ivs_ctl_adopt_send(int world, uint64_t off, int nl)
+{
+	ctl_send(world, TAG_ADOPT, off, (uint64_t)nl, 0);
+}
+
+static void release(void)
+{
+	char err[256] = "";
+	int heir = -1; /* a rank of this region whose VM stays: it takes over the areas this rank led */
+	for (int i = 0; i < ivs.nlocal && heir < 0; i++) {
+		struct ivs_peer *p = ivs.peers[ivs.local_world[i]];
+		if (slot_holds(p->slot, p->world) && !slot_leaving(p->slot))
+			heir = p->world;
+	}
+	int rc = ivs.ctl_release(err, sizeof err);
+	ivs.released = 1; /* whatever the outcome: the mapping may be gone */
+	rejoin_gap = REJOIN_FIRST_MS * 1e-3 / 2;
+	rejoin_next = now_s() + REJOIN_FIRST_MS * 1e-3;
+	/* Every pair is on the library both ways: nothing may point into the old mapping when this
+	 * rank joins another region. */
+	for (int i = 0; i < ivs.nlocal; i++) {
+		struct ivs_peer *p = ivs.peers[ivs.local_world[i]];
+		p->tx.ring = NULL;
+		p->rx.ring = NULL;
+	}
+	ivs.slots = NULL;
+	ivs.pairs = NULL;
+	ivs.vms = NULL;
+	ivs.nslots = ivs.nvms = 0;
+	ivs_coll_region_released(heir);
+	if (rc != 0)
+		fprintf(stderr, "ivshim: rank %d: releasing the region: %s\n", ivs.world_rank, err);
+	fprintf(stderr, "ivshim: rank %d: moved its traffic with %d co-located ranks to the MPI library and released the "
+	        "region %.1f ms after its VM was flagged leaving\n", ivs.world_rank, ivs.nlocal - 1, (now_s() - leave_seen_at) * 1e3);
+}
+
+/* ---- joining a region again ---- */
 
 /* World rank w shares this rank's region from now on, in slot (checked: slot_holds). Their pair
  * takes the library both ways (a pair that never had rings, or whose rings closed when one of
@@ -607,7 +630,6 @@ static void on_joined(int w, uint64_t slot)
 		peer_join(w, (uint32_t)slot);
 }
 
-enum { REJOIN_EVERY_MS = 20 }; /* a released rank looks for its VM's new region this often */
 
 /* A released rank looks for the region of the host its VM runs on now (ivshim_ctl_rejoin): the
  * VM arrived there, or its migration rolled back. Once in, every rank of the job it finds there
@@ -615,11 +637,11 @@ enum { REJOIN_EVERY_MS = 20 }; /* a released rank looks for its VM's new region 
  * sides re-plan their collectives. */
 static void try_rejoin(void)
 {
-	static double next_try;
 	double now = now_s();
-	if (now < next_try)
+	if (now < rejoin_next)
 		return;
-	next_try = now + REJOIN_EVERY_MS * 1e-3;
+	rejoin_gap = rejoin_gap * 2 < REJOIN_MAX_MS * 1e-3 ? rejoin_gap * 2 : REJOIN_MAX_MS * 1e-3;
+	rejoin_next = now + rejoin_gap;
 	struct ivshim_ctl_rejoin_args a;
 	memset(&a, 0, sizeof a);
 	int rc = ivs.ctl_rejoin(&a);
