@@ -147,6 +147,9 @@ func (a *Attachment) Adopt(off uint64) (uint64, error) {
 	if a.m == nil {
 		return 0, fmt.Errorf("adopt %#x: %w", off, ErrPassThrough)
 	}
+	if _, ok := a.areas[off]; ok {
+		return 0, fmt.Errorf("adopt %#x: %w: the rank holds that area already", off, ivshmem.ErrBadRef)
+	}
 	n, err := a.m.region.Allocated(a.m.session, a.m.slot, off)
 	if err != nil {
 		return 0, fmt.Errorf("adopt collective area %#x: %w", off, err)

@@ -64,6 +64,9 @@ func (a *Attachment) Rejoin() (Joined, error) {
 			r.Close()
 		}
 	}()
+	if err := vmPresent(r, re.cfg); err != nil {
+		return Joined{}, err
+	}
 	session := r.Session()
 	if session == 0 { // the job's ranks there all left: this rank's group's session takes it again
 		if err := r.ClaimSession(re.own); err == nil {
@@ -75,23 +78,26 @@ func (a *Attachment) Rejoin() (Joined, error) {
 	if !re.sessions[session] {
 		return Joined{}, fmt.Errorf("%w: region %s is used by another job instance (session %#x)", ErrNothingToJoin, r.Source(), session)
 	}
-	vm, ok := r.FindVM(re.cfg.VMID)
-	if !ok {
-		return Joined{}, fmt.Errorf("%w: region %s has no entry for this VM (%s)", ErrNothingToJoin, r.Source(), re.cfg.VMIDSource)
-	}
-	if v, err := r.VMAt(vm); err != nil || v.State != ivshmem.VMPresent {
-		return Joined{}, fmt.Errorf("%w: region %s: this VM is not present (flagged leaving)", ErrNothingToJoin, r.Source())
-	}
+	vm, _ := r.FindVM(re.cfg.VMID)
 	slot, err := r.ClaimSlot(ivshmem.SlotIdentity{Session: session, VMIndex: vm,
 		WorldRank: uint32(a.Table.Rank), WorldSize: uint32(a.Table.Size), PID: uint32(re.o.PID)})
-	if err != nil {
+	if err != nil { // a full slot table: others hold the session
 		return Joined{}, fmt.Errorf("%w: region %s: %v", ErrNothingToJoin, r.Source(), err)
 	}
 	m := &membership{region: r, log: a.log}
 	m.join(session, slot, vm)
-	if s := r.Session(); s != session {
-		m.close()
+	// Checked again with the slot held: the broker's drain flags the VM, then looks for its
+	// ranks' slots; this rank claims, then looks at the flag. So either the drain finds this
+	// slot (and waits for its release) or this rank sees the flag and lets go (releasing the
+	// slot ends a session nobody else holds).
+	if err := vmPresent(r, re.cfg); err != nil {
 		keep = true // closed by m
+		m.close()
+		return Joined{}, err
+	}
+	if s := r.Session(); s != session {
+		keep = true
+		m.close()
 		return Joined{}, fmt.Errorf("%w: region %s changed session to %#x while joining", ErrNothingToJoin, r.Source(), s)
 	}
 	keep = true
@@ -103,4 +109,17 @@ func (a *Attachment) Rejoin() (Joined, error) {
 	a.log.Info("rejoined a region", zap.String("source", r.Source()), zap.String("host", r.HostID().String()),
 		zap.Uint32("slot", slot), zap.String("session", fmt.Sprintf("%#x", session)))
 	return Joined{Region: r, Slot: slot}, nil
+}
+
+// vmPresent says why r is no region to join for the VM of cfg, or nil: the VM has an entry there
+// that is not flagged leaving.
+func vmPresent(r *ivshmem.Region, cfg Config) error {
+	vm, ok := r.FindVM(cfg.VMID)
+	if !ok {
+		return fmt.Errorf("%w: region %s has no entry for this VM (%s)", ErrNothingToJoin, r.Source(), cfg.VMIDSource)
+	}
+	if v, err := r.VMAt(vm); err != nil || v.State != ivshmem.VMPresent {
+		return fmt.Errorf("%w: region %s: this VM is not present (flagged leaving)", ErrNothingToJoin, r.Source())
+	}
+	return nil
 }

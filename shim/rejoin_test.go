@@ -134,6 +134,9 @@ func TestAdopt(t *testing.T) {
 	if n, err := heir.Adopt(off); err != nil || n < 8192 {
 		t.Fatalf("adopt %#x: %d bytes, %v", off, n, err)
 	}
+	if _, err := heir.Adopt(off); !errors.Is(err, ivshmem.ErrBadRef) { // a second ADOPT of it
+		t.Errorf("adopt of an area held already: %v, want a bad reference", err)
+	}
 	if err := heir.Free(off); err != nil {
 		t.Errorf("free of the adopted area: %v", err)
 	}

@@ -174,6 +174,34 @@ static void exchange(struct ivs_comm *c, const struct coll_info *me, struct coll
 		ivs_fatal("collective set-up exchange failed (%d)", rc);
 }
 
+/* Every member that names this rank's region (by its host id) holds a slot of the session in it:
+ * else two regions claim one host (a broker misconfigured, a region made anew under the same
+ * id), and an area offset would mean other memory to other members. Such a member cannot have
+ * let its slot go yet: nobody releases inside a collective's set-up, nor while an area of the
+ * communicator's is in use. */
+static void check_group(const struct ivs_comm *c, const struct ivs_coll *k)
+{
+	const struct ivshim_region_header *h = (const struct ivshim_region_header *)ivs.base;
+	uint64_t session = __atomic_load_n(&h->session, __ATOMIC_ACQUIRE);
+	if (k->nl > (int)ivs.nslots)
+		ivs_fatal("collective set-up: %d members name this rank's region, which has %u slots", k->nl, ivs.nslots);
+	for (int i = 0; i < k->nl; i++) {
+		int r = k->lranks[i];
+		uint32_t s = 0;
+		for (; r != c->rank && s < ivs.nslots; s++) {
+			const struct ivshim_slot *sl = &ivs.slots[s];
+			uint32_t st = __atomic_load_n(&sl->state, __ATOMIC_ACQUIRE);
+			if ((st == IVSHIM_SLOT_ACTIVE || st == IVSHIM_SLOT_LEAVING) &&
+			    __atomic_load_n(&sl->world_rank, __ATOMIC_RELAXED) == (uint32_t)c->world[r] &&
+			    __atomic_load_n(&sl->session, __ATOMIC_RELAXED) == session)
+				break;
+		}
+		if (s == ivs.nslots)
+			ivs_fatal("collective set-up: rank %d of a communicator says it is in this rank's region (its host id), but holds "
+			          "no slot in it: two regions claim one host id", r);
+	}
+}
+
 /* Set-up, at the communicator's first collective and at its first after a re-plan (migrate.c).
  * Which members share an area is decided from the exchange alone, so every member reaches the
  * same plan: members placed on one host (the session's placement) form its group, except a
@@ -205,11 +233,13 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	if (np == 0)
 		placed[np++] = c->rank;
 	qsort(placed, (size_t)np, sizeof(int), cmp_int);
+	for (int r = 0; r < c->size; r++) {
+		const struct ivs_peer *p = r != c->rank ? ivs.peers[c->world[r]] : NULL;
+		seen_leaving[r] = p ? p->leaves : 0;
+	}
 	int gone = !ivs.enabled || !ivs.slots || ivs_self_gone(), staying = 0, lead = -1;
 	for (int i = 0; i < np; i++) {
 		int r = placed[i];
-		if (r != c->rank)
-			seen_leaving[r] = ivs.peers[c->world[r]]->leaves;
 		if (gone || (r != c->rank && ivs_peer_leaving(ivs.peers[c->world[r]])))
 			continue;
 		staying++;
@@ -252,8 +282,8 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 			k->lranks[k->nl++] = r;
 		}
 	}
-	if (k->nl > (int)ivs.nslots && k->nl > 1)
-		ivs_fatal("collective set-up: %d members name this rank's region, which has %u slots", k->nl, ivs.nslots);
+	if (k->nl > 1)
+		check_group(c, k);
 	/* Groups of two or more whose leader has no area with room for them (its view was outdated:
 	 * a member joined or left): their leaders allocate it now. */
 	int missing = 0;
@@ -342,8 +372,8 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	if (nh > 1 && PMPI_Comm_split(c->handle, k->li == 0 ? 0 : MPI_UNDEFINED, k->myhost, &k->lcomm) != MPI_SUCCESS)
 		ivs_fatal("cannot create the leaders' communicator");
 	if (c->sw_round && ivs.verbose)
-		fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: %d hosts, %d of the %d members placed on this host in this rank's area\n",
-		        ivs.world_rank, c->size, nh, k->nl, np);
+		fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: %d hosts, %d members in this rank's area (%d in its previous one)\n",
+		        ivs.world_rank, c->size, nh, k->nl, c->prev_nl);
 	return k;
 }
 
@@ -432,16 +462,23 @@ static void reap_areas(void)
  * go to heir, a co-located rank that stays (ADOPT), which frees each once its members have left
  * it; without an heir (-1) they stay with the region's session until it ends. A region this rank
  * joins later has none of them. */
-void ivs_coll_region_released(int heir)
+void ivs_coll_region_released(int heir, uint64_t tag)
 {
 	for (int z = 0; z < nzombies && heir >= 0; z++)
-		ivs_ctl_adopt_send(heir, zombies[z].off, zombies[z].nl);
+		ivs_ctl_adopt_send(heir, zombies[z].off, zombies[z].nl, tag);
 	nzombies = 0;
 }
 
+void ivs_coll_reap(void)
+{
+	if (nzombies)
+		reap_areas();
+}
+
 /* ADOPT: a rank that left this rank's region hands over an area of nl members it allocated at
- * region offset off. Both come from another rank: the control plane checks that off is a
- * collective area of the session, and its members' left words must lie in it. */
+ * region offset off (in this rank's region: migrate.c checked the sender's). Both come from
+ * another rank: the control plane checks that off is a collective area of the session, and its
+ * members' left words must lie in it. */
 void ivs_coll_adopt(uint64_t off, uint64_t nl)
 {
 	if (ivs.released || !ivs.slots || nl < 2 || nl > ivs.nslots)
@@ -474,6 +511,7 @@ void ivs_coll_forget(struct ivs_comm *c)
 	struct ivs_coll *k = c->coll;
 	if (!k)
 		return;
+	c->prev_nl = k->usable ? k->nl : 0;
 	if (k->usable && k->nl == 1) {
 		free(k->area);
 	} else if (k->usable) {

@@ -183,6 +183,8 @@ static int comm_agree(MPI_Comm c, int is_world)
 		struct ivs_peer *p = ivs.peers[e->world[i]];
 		if (!p || p->rx_net)
 			e->has_net = 1;
+		if (p) /* one may have joined this rank's region during the wait (migrate.c) */
+			e->by_local[p->local] = i;
 	}
 	e->coll_lib = agreed[2] != 0;
 	unsigned b = bucket(c);

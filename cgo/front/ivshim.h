@@ -105,6 +105,7 @@ struct ivs_comm {
 	int sw_replies;            /* comm rank 0: counts gathered so far */
 	uint64_t sw_max;           /* comm rank 0: the largest of them */
 	uint64_t sw_round;         /* re-plans done: each agreement's messages carry its round */
+	int prev_nl;               /* members of this rank's area in the plan before (the verbose line) */
 };
 
 enum ivs_sw { IVS_SW_NONE = 0, IVS_SW_ASKED, IVS_SW_WAITING, IVS_SW_DECIDED, IVS_SW_DONE };
@@ -275,7 +276,8 @@ void ivs_coll_forget(struct ivs_comm *c);
 int ivs_coll_in_region(struct ivs_comm *c);     /* collectives of c use an area in the region */
 int ivs_coll_needs_switch(struct ivs_comm *c);  /* ... with a rank flagged leaving since its set-up, or c has
                                                    a member that joined this rank's region since (migrate.c) */
-void ivs_coll_region_released(int heir);        /* this rank gives its region up: areas it led go to heir */
+void ivs_coll_region_released(int heir, uint64_t tag); /* this rank gives its region up: areas it led go to heir */
+void ivs_coll_reap(void);                       /* areas whose members all left go back to the region */
 void ivs_coll_adopt(uint64_t off, uint64_t nl); /* ... and here is such an area (migrate.c: ADOPT) */
 
 /* request.c: handles the MPI library never issues */
@@ -330,7 +332,7 @@ void ivs_lib_note(void);
 
 /* pairs.c: rings made on first use */
 void ivs_pairs_init(void);
-void ivs_pairs_slot(uint32_t slot, int world);
+void ivs_pairs_slot(uint32_t slot, int world, int was);
 int ivs_pair_tx_ready(struct ivs_peer *p, int lib_ok);
 int ivs_pair_tx_resolve(struct ivs_peer *p);
 void ivs_pair_rx_net(struct ivs_peer *p);
@@ -348,7 +350,8 @@ void ivs_migrate_init(void);
 int ivs_switch_progress(void);
 void ivs_ctl_poll(void);
 void ivs_rejoin_poll(void);
-void ivs_ctl_adopt_send(int world, uint64_t off, int nl);
+void ivs_ctl_adopt_send(int world, uint64_t off, int nl, uint64_t tag);
+uint64_t ivs_region_tag(void);
 void ivs_ctl_wait_step(unsigned *spins);
 int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg);
 void ivs_coll_switch_point(struct ivs_comm *c);

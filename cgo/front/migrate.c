@@ -134,7 +134,8 @@ struct ctl_msg {
 	uint64_t a;     /* ACK: the cookie; JOINED: the sender's slot; ADOPT: an area's offset; else the
 	                   communicator's context id */
 	uint64_t b;     /* REPLY, DECIDE: a collective count; ADOPT: the area's members */
-	uint64_t round; /* the agreement's round on that communicator (ivs_comm.sw_round) */
+	uint64_t round; /* the agreement's round on that communicator (ivs_comm.sw_round); ADOPT: the
+	                   sender's region (ivs_region_tag) */
 };
 
 /* Sends in flight, each with its buffer, until the library is done with them. */
@@ -287,7 +288,8 @@ static int dispatch(int src, int tag, const struct ctl_msg *m)
 		return 1;
 	}
 	if (tag == TAG_ADOPT) {
-		ivs_coll_adopt(m->a, m->b);
+		if (m->round == ivs_region_tag()) /* else: this rank has left that region since */
+			ivs_coll_adopt(m->a, m->b);
 		return 1;
 	}
 	if (m->a > UINT32_MAX)
@@ -542,9 +544,20 @@ static int slot_holds(uint32_t slot, int w)
 	       __atomic_load_n(&s->session, __ATOMIC_RELAXED) == __atomic_load_n(&h->session, __ATOMIC_ACQUIRE);
 }
 
-void ivs_ctl_adopt_send(int world, uint64_t off, int nl)
+/* Names this rank's current region and its session, for ADOPT: an offset means something only
+ * in the region it came from (an heir may have moved on since). */
+uint64_t ivs_region_tag(void)
 {
-	ctl_send(world, TAG_ADOPT, off, (uint64_t)nl, 0);
+	if (ivs.released || !ivs.slots)
+		return 0;
+	const struct ivshim_region_header *h = (const struct ivshim_region_header *)ivs.base;
+	uint64_t t = ivs.host_id[0] ^ (ivs.host_id[1] << 17 | ivs.host_id[1] >> 47) ^ __atomic_load_n(&h->session, __ATOMIC_ACQUIRE);
+	return t ? t : 1;
+}
+
+void ivs_ctl_adopt_send(int world, uint64_t off, int nl, uint64_t tag)
+{
+	ctl_send(world, TAG_ADOPT, off, (uint64_t)nl, tag);
 }
 
 static void release(void)
@@ -556,6 +569,7 @@ static void release(void)
 		if (slot_holds(p->slot, p->world) && !slot_leaving(p->slot))
 			heir = p->world;
 	}
+	uint64_t tag = ivs_region_tag();
 	int rc = ivs.ctl_release(err, sizeof err);
 	ivs.released = 1; /* whatever the outcome: the mapping may be gone */
 	rejoin_gap = REJOIN_FIRST_MS * 1e-3 / 2;
@@ -571,7 +585,7 @@ static void release(void)
 	ivs.pairs = NULL;
 	ivs.vms = NULL;
 	ivs.nslots = ivs.nvms = 0;
-	ivs_coll_region_released(heir);
+	ivs_coll_region_released(heir, tag);
 	if (rc != 0)
 		fprintf(stderr, "ivshim: rank %d: releasing the region: %s\n", ivs.world_rank, err);
 	fprintf(stderr, "ivshim: rank %d: moved its traffic with %d co-located ranks to the MPI library and released the "
@@ -608,10 +622,15 @@ static void peer_join(int w, uint32_t slot)
 		return;
 	}
 	p->join_pending = 0;
+	/* The pair's rings (if any) closed at the leave and lie in memory given back since: nothing
+	 * may take them for mapped. */
+	p->tx.ring = NULL;
+	p->rx.ring = NULL;
+	ivs_pairs_slot(p->slot, -1, w);
 	p->slot = slot;
 	p->leave_seen = 0;
 	p->joins++;
-	ivs_pairs_slot(slot, w);
+	ivs_pairs_slot(slot, w, -1);
 	if (slot_leaving(slot)) { /* joined, and flagged leaving already */
 		p->leave_seen = 1;
 		p->leaves++;
@@ -626,8 +645,12 @@ static void peer_join(int w, uint32_t slot)
  * against this rank's). Late news (w left again, or this rank did) is dropped. */
 static void on_joined(int w, uint64_t slot)
 {
-	if (slot <= UINT32_MAX && slot_holds((uint32_t)slot, w))
-		peer_join(w, (uint32_t)slot);
+	if (slot > UINT32_MAX || !slot_holds((uint32_t)slot, w))
+		return;
+	const struct ivs_peer *p = ivs.peers[w];
+	if (p && p->slot == slot && !p->leave_seen && !p->join_pending)
+		return; /* it found this rank when it joined, and this rank found it too */
+	peer_join(w, (uint32_t)slot);
 }
 
 
@@ -653,10 +676,14 @@ static void try_rejoin(void)
 		}
 		return;
 	}
-	if (rc < 0) {
-		fprintf(stderr, "ivshim: rank %d: cannot join its VM's region after a migration: %s; its traffic stays on the MPI "
-		        "library\n", ivs.world_rank, a.error);
-		ivs.ctl_rejoin = NULL;
+	if (rc < 0) { /* said once per reason; looked at again later (a region being set up, a device
+	                 not yet given to the rank's group) */
+		static char last[sizeof a.error];
+		if (strcmp(last, a.error) != 0) {
+			snprintf(last, sizeof last, "%s", a.error);
+			fprintf(stderr, "ivshim: rank %d: cannot join its VM's region after a migration (its traffic stays on the MPI "
+			        "library meanwhile; trying again): %s\n", ivs.world_rank, a.error);
+		}
 		return;
 	}
 	ivs.base = a.region_base;
@@ -780,6 +807,8 @@ int ivs_switch_progress(void)
 		        p->parked;
 	}
 	busy |= ivs_pair_progress();
+	if (!ivs.coll_depth && !ivs.released)
+		ivs_coll_reap(); /* areas taken over from ranks that left, once their members have left */
 	if (!ivs.coll_depth && ndecided)
 		ivs_comm_each(replan_if_done, NULL);
 	busy |= outbox_progress() || ncoord || nwaiting || ndeferred || (ivs.nsync_wait && any_closed);

@@ -44,10 +44,12 @@ void ivs_pairs_init(void)
 	}
 }
 
-/* A rank joined the region at slot (checked by the caller). */
-void ivs_pairs_slot(uint32_t slot, int world)
+/* Slot holds world rank world now, if it held was (-1: whatever it held). Slots out of the
+ * region are ignored (a peer's slot of a region this rank left). */
+void ivs_pairs_slot(uint32_t slot, int world, int was)
 {
-	slot_world[slot] = world;
+	if (slot < ivs.nslots && (was < 0 || slot_world[slot] == was))
+		slot_world[slot] = world;
 }
 
 static inline uint64_t *pair_word(uint32_t sender, uint32_t receiver)

@@ -202,11 +202,11 @@ func TestMigrateStress(t *testing.T) {
 }
 
 // replanRow is the shim's verbose line after a re-plan: the members in the rank's new area, and
-// those placed on its host.
-var replanRow = regexp.MustCompile(`re-planned: \d+ hosts, (\d+) of the (\d+) members placed on this host in this rank's area`)
+// in its previous one.
+var replanRow = regexp.MustCompile(`re-planned: \d+ hosts, (\d+) members in this rank's area \((\d+) in its previous one\)`)
 
-// leftSharing says whether some rank shares its area after a re-plan with another, but not with
-// every member placed on its host: ranks a move left behind.
+// leftSharing says whether some rank shares its area after a re-plan with another, but with
+// fewer than before: ranks a move left behind.
 func leftSharing(stderr string) bool {
 	for _, m := range replanRow.FindAllStringSubmatch(stderr, -1) {
 		in, _ := strconv.Atoi(m[1])
@@ -267,13 +267,14 @@ func (p *progress) at() int64 {
 // TestLeftSharing: only a group smaller than its host's placement, of two or more, counts.
 func TestLeftSharing(t *testing.T) {
 	line := func(in, placed int) string {
-		return fmt.Sprintf("ivshim: rank 1: collectives of a communicator of 6 ranks re-planned: 3 hosts, %d of the %d members placed on this host in this rank's area\n", in, placed)
+		return fmt.Sprintf("ivshim: rank 1: collectives of a communicator of 6 ranks re-planned: 3 hosts, %d members in this rank's area (%d in its previous one)\n", in, placed)
 	}
 	for _, c := range []struct {
 		stderr string
 		want   bool
 	}{
 		{line(3, 3) + line(1, 3), false}, // the host that kept its VMs; a rank left alone
+		{line(4, 3) + line(2, 1), false}, // a host a rank joined; the rank that joined
 		{line(3, 3) + line(2, 3), true},
 		{"", false},
 	} {
