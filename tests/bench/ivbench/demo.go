@@ -238,15 +238,26 @@ func demoMigration(ctx context.Context, c *cluster.Cluster, bin, shimDir string,
 		fmt.Fprintf(out, "  %-8s %8.2f ms\n", p.Name, p.Seconds*1e3)
 	}
 	fmt.Fprintf(out, "  %-8s %8.2f ms (%d ranks drained)\n", "total", res.Seconds*1e3, res.Ranks)
-	said := false
+	said, joined, mover := false, false, ""
 	for _, l := range strings.Split(o.res.Stderr, "\n") {
-		if strings.Contains(l, "released the region") {
+		switch {
+		case strings.Contains(l, "released the region"):
 			fmt.Fprintf(out, "  %s\n", l)
 			said = true
+			mover, _, _ = strings.Cut(l, ": moved")
+		case strings.Contains(l, "joined the region of its VM's host again"):
+			fmt.Fprintf(out, "  %s\n", l)
+			joined = true
+		case joined && mover != "" && strings.HasPrefix(l, mover+": collectives") && strings.Contains(l, "re-planned"):
+			fmt.Fprintf(out, "  %s\n", l) // its collectives on the destination's region
+			mover = ""
 		}
 	}
 	if !said {
 		return fmt.Errorf("demo: no rank released the region during the migration:\n%s", o.res.Stderr)
+	}
+	if !joined {
+		fmt.Fprintf(out, "  (the job ended before the moved rank joined the region of %s)\n", dest.Name)
 	}
 	target, err := os.Readlink(vm.Region())
 	if err != nil {
