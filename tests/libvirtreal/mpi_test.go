@@ -246,7 +246,8 @@ func TestLibvirtMPIJob(t *testing.T) {
 	}
 
 	// A live migration during a job: g1 moves from host a to host b while ring_soak runs on the
-	// three guests (Open MPI), then back with no job running. A UDP echo in g1, pinged every
+	// three guests (Open MPI; 25 s, so that the job still runs when g1 arrives and its rank
+	// joins host b's region), then back with no job running. A UDP echo in g1, pinged every
 	// 500 µs, shows how long the guest did not answer each time.
 	t.Run("migrate", func(t *testing.T) {
 		g1 := guests[1]
@@ -260,7 +261,7 @@ func TestLibvirtMPIJob(t *testing.T) {
 		stderr := outputFile(t, "stderr")
 		go func() {
 			o := outcome{}
-			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr.f, soak, "12")
+			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr.f, soak, "25")
 			ended <- o
 		}()
 		if !poll(ctx, mpiJobTimeout, func() bool { return strings.Contains(stderr.String(), "ivshim: init ") }) {
@@ -281,6 +282,13 @@ func TestLibvirtMPIJob(t *testing.T) {
 			t.Errorf("rank 1 (in g1) did not say it released the region; stderr:\n%s", o.stderr)
 		}
 		t.Logf("ring_soak: every payload checked across the move:\n%s", o.stdout)
+		// At host b the rank finds the device its broker hot-plugged and joins that region
+		// through its BAR2 (alone: g2 had no region, being alone on host b at start).
+		joined := regexp.MustCompile(`(?m)^ivshim: rank 1: joined the region of its VM's host again .*$`).FindString(o.stderr)
+		if joined == "" {
+			t.Errorf("rank 1 (in g1) did not join host b's region after the move; stderr:\n%s", o.stderr)
+		}
+		t.Logf("after the move: %s", joined)
 		back, err := migrateGuest(ctx, t, g1, b, a)
 		if err != nil {
 			t.Fatal(err)
