@@ -594,6 +594,13 @@ static void release(void)
 
 /* ---- joining a region again ---- */
 
+/* Whether this rank's pair with p is wholly on the library: both directions switched, nothing
+ * owed or held for the ring any more. */
+static int pair_on_library(const struct ivs_peer *p)
+{
+	return p->tx_net && p->rx_net && !p->nacks && !p->parked && !p->sendq;
+}
+
 /* World rank w shares this rank's region from now on, in slot (checked: slot_holds). Their pair
  * takes the library both ways (a pair that never had rings, or whose rings closed when one of
  * them left): no ring is made for it. What changes is the collectives: every communicator with
@@ -615,7 +622,7 @@ static void peer_join(int w, uint32_t slot)
 		ivs.local_world[ivs.nlocal++] = w;
 		ivs.peers[w] = p;
 		ivs_comm_add_local(p);
-	} else if (!p->tx_net || !p->rx_net || p->nacks || p->parked || p->sendq) {
+	} else if (!pair_on_library(p)) {
 		p->join_pending = 1;
 		p->join_slot = slot;
 		ivs.switching = 1;
@@ -653,7 +660,6 @@ static void on_joined(int w, uint64_t slot)
 	peer_join(w, (uint32_t)slot);
 }
 
-
 /* A released rank looks for the region of the host its VM runs on now (ivshim_ctl_rejoin): the
  * VM arrived there, or its migration rolled back. Once in, every rank of the job it finds there
  * becomes a co-located peer (peer_join) and learns of the join by a JOINED message, so both
@@ -668,21 +674,16 @@ static void try_rejoin(void)
 	struct ivshim_ctl_rejoin_args a;
 	memset(&a, 0, sizeof a);
 	int rc = ivs.ctl_rejoin(&a);
-	if (rc == 1) { /* with IVSHIM_VERBOSE, each new reason once */
-		static char last[sizeof a.error];
-		if (ivs.verbose && strcmp(last, a.error) != 0) {
-			snprintf(last, sizeof last, "%s", a.error);
-			fprintf(stderr, "ivshim: rank %d: no region to join yet: %s\n", ivs.world_rank, a.error);
-		}
-		return;
-	}
-	if (rc < 0) { /* said once per reason; looked at again later (a region being set up, a device
-	                 not yet given to the rank's group) */
-		static char last[sizeof a.error];
-		if (strcmp(last, a.error) != 0) {
-			snprintf(last, sizeof last, "%s", a.error);
-			fprintf(stderr, "ivshim: rank %d: cannot join its VM's region after a migration (its traffic stays on the MPI "
-			        "library meanwhile; trying again): %s\n", ivs.world_rank, a.error);
+	if (rc != 0) { /* each new reason once: nothing to join yet only with IVSHIM_VERBOSE; looked
+	                  at again later either way (a region being set up, a device not yet given
+	                  to the rank's group) */
+		static char lasts[2][sizeof a.error];
+		char *last = lasts[rc < 0];
+		if ((rc < 0 || ivs.verbose) && strcmp(last, a.error) != 0) {
+			snprintf(last, sizeof a.error, "%s", a.error);
+			fprintf(stderr, rc < 0 ? "ivshim: rank %d: cannot join its VM's region after a migration (its traffic stays on "
+			                         "the MPI library meanwhile; trying again): %s\n"
+			                       : "ivshim: rank %d: no region to join yet: %s\n", ivs.world_rank, a.error);
 		}
 		return;
 	}
@@ -769,7 +770,7 @@ int ivs_switch_progress(void)
 		if (IVS_UNLIKELY(p->join_pending)) {
 			if (!slot_holds(p->join_slot, w))
 				p->join_pending = 0; /* it left again */
-			else if (p->tx_net && p->rx_net && !p->nacks && !p->parked && !p->sendq)
+			else if (pair_on_library(p))
 				peer_join(w, p->join_slot);
 			busy |= p->join_pending;
 		}
