@@ -113,6 +113,50 @@ func (r *Region) CreateRingFit(session uint64, sender, receiver uint32, m int, f
 	return r.publishRing(off, session, sender, receiver, capacity), nil
 }
 
+// ResetPair empties the pair word from sender to receiver (the caller) that an earlier occupant
+// of slot sender left behind, so that a ring can be made for the rank holding that slot now: a
+// PairNet answer is cleared, a ring of session owned by receiver is unpublished and freed. Only
+// the receiver calls it, and only when nobody reads or writes that ring any more (its sender
+// released the slot; the receiver read it to the end): a rank that joined the region at run
+// time (shim rejoin) gets its rings this way. A word naming anything else is left alone and
+// reported (ErrBadRef): the region is not as this format leaves it.
+func (r *Region) ResetPair(session uint64, sender, receiver uint32) error {
+	if err := r.checkSlot(sender); err != nil {
+		return err
+	}
+	if err := r.checkSlot(receiver); err != nil {
+		return err
+	}
+	w := r.pairAt(sender, receiver)
+	off := w.Load()
+	switch {
+	case off == 0:
+		return nil
+	case off == PairNet:
+		w.CompareAndSwap(PairNet, 0)
+		return nil
+	}
+	if err := r.lock(receiver); err != nil {
+		return err
+	}
+	defer r.unlock()
+	first, n, kind, err := r.allocation(session, off)
+	if err == nil && kind != AllocRing {
+		err = fmt.Errorf("%w: allocation kind %d", ErrBadRef, kind)
+	}
+	if err == nil && uint32(r.chunkAt(first).Slot) != receiver {
+		err = fmt.Errorf("%w: allocation of slot %d", ErrBadRef, r.chunkAt(first).Slot)
+	}
+	if err != nil {
+		return fmt.Errorf("reset pair %d->%d at %#x: %w", sender, receiver, off, err)
+	}
+	if !w.CompareAndSwap(off, 0) {
+		return fmt.Errorf("reset pair %d->%d: %w: the word changed under the receiver", sender, receiver, ErrBadRef)
+	}
+	r.clearChunks(first, n)
+	return nil
+}
+
 // PairRing returns the ring from sender to receiver (ACQUIRE), validated against session:
 // the offset must start a ring allocation of the session, the ring header must name the same
 // pair and its capacity must fit the allocation. ok is false when none is published (the

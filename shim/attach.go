@@ -118,24 +118,80 @@ func (a *Attachment) Alloc(size uint64) (uint64, error) {
 // room for the group's fair share for every pair still without a ring, the fair share then,
 // less only in a heap with less room than the sizing promised. An error means no ring: the
 // pair takes the library.
-func (a *Attachment) CreateRing(sender uint32) (uint64, error) {
+//
+// joined: the sender is a rank that shares the region since a rejoin (one side of the pair
+// joined it at run time), whose point-to-point traffic with this rank moves from the library to
+// a ring now (the front library's join switch). The slot must hold an active member of this
+// rank's session and job, and the pair word, which an earlier occupant of that slot may have
+// left, is emptied first (ivshmem.Region.ResetPair): the front asks only once it reads nothing
+// of that occupant's any more.
+func (a *Attachment) CreateRing(sender uint32, joined bool) (uint64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.m == nil {
 		return 0, fmt.Errorf("ring from slot %d: %w", sender, ErrPassThrough)
 	}
-	if !a.senders[sender] {
+	if joined {
+		if err := a.joinedSender(sender); err != nil {
+			return 0, err
+		}
+		if err := a.m.region.ResetPair(a.m.session, sender, a.m.slot); err != nil {
+			return 0, fmt.Errorf("ring from slot %d: %w", sender, err)
+		}
+	} else if !a.senders[sender] {
 		return 0, fmt.Errorf("ring from slot %d: not a slot of this rank's group", sender)
 	}
-	ring, err := a.m.region.CreateRingFit(a.m.session, sender, a.m.slot, len(a.senders), a.ringSize)
+	m, fair := len(a.senders), a.ringSize
+	if joined { // the group is whoever holds a slot of the session now
+		m = a.members()
+		var err error
+		if fair, err = a.m.region.Layout().RingCapacity(m); err != nil {
+			return 0, fmt.Errorf("ring from slot %d: %w", sender, err)
+		}
+	}
+	ring, err := a.m.region.CreateRingFit(a.m.session, sender, a.m.slot, m, fair)
 	if err != nil {
 		return 0, fmt.Errorf("ring from slot %d: %w", sender, err)
 	}
-	if ring.Capacity < a.ringSize && !a.shrunk {
+	if ring.Capacity < fair && !a.shrunk {
 		a.shrunk = true
-		a.log.Warn("region heap low: a ring got less than the group's share", zap.Uint64("ring_bytes", ring.Capacity), zap.Uint64("group_ring_bytes", a.ringSize))
+		a.log.Warn("region heap low: a ring got less than the group's share", zap.Uint64("ring_bytes", ring.Capacity), zap.Uint64("group_ring_bytes", fair))
 	}
 	return ring.Off, nil
+}
+
+// members counts the slots that hold an active member of this rank's session.
+func (a *Attachment) members() int {
+	n := 0
+	for i := range a.m.region.Layout().SlotCount {
+		if si, err := a.m.region.Slot(i); err == nil && si.State == ivshmem.SlotActive && si.Session == a.m.session {
+			n++
+		}
+	}
+	return max(n, 2)
+}
+
+// joinedSender checks that slot sender holds an active member of this rank's session and job
+// other than this rank.
+func (a *Attachment) joinedSender(sender uint32) error {
+	si, err := a.m.region.Slot(sender)
+	if err != nil {
+		return fmt.Errorf("ring from slot %d: %w", sender, err)
+	}
+	switch {
+	case sender == a.m.slot:
+		err = errors.New("the rank's own slot")
+	case si.State != ivshmem.SlotActive:
+		err = fmt.Errorf("slot state %d", si.State)
+	case si.Session != a.m.session:
+		err = fmt.Errorf("session %#x, not this rank's %#x", si.Session, a.m.session)
+	case int(si.WorldSize) != a.Table.Size:
+		err = fmt.Errorf("a job of %d ranks, not this one's %d", si.WorldSize, a.Table.Size)
+	}
+	if err != nil {
+		return fmt.Errorf("ring from slot %d: not a member of this rank's job: %w", sender, err)
+	}
+	return nil
 }
 
 // Adopt makes the collective area at off this rank's to free: its allocating rank left the

@@ -49,7 +49,7 @@ func checkSHMGroup(t *testing.T, j *job, path string, ranks ...int) {
 			if _, ok, err := r.PairRing(session, ta.SelfSlot, tb.SelfSlot); ok || err != nil {
 				t.Errorf("rank %d -> %d: a ring before first use (%v, %v)", a, b, ok, err)
 			}
-			off, err := j.ranks[b].a.CreateRing(ta.SelfSlot)
+			off, err := j.ranks[b].a.CreateRing(ta.SelfSlot, false)
 			if err != nil {
 				t.Fatalf("rank %d makes its ring from rank %d: %v", b, a, err)
 			}
@@ -68,7 +68,7 @@ func checkSHMGroup(t *testing.T, j *job, path string, ranks ...int) {
 		for members[stranger] {
 			stranger++
 		}
-		if _, err := j.ranks[a].a.CreateRing(stranger); err == nil {
+		if _, err := j.ranks[a].a.CreateRing(stranger, false); err == nil {
 			t.Errorf("rank %d made a ring from slot %d, outside its group", a, stranger)
 		}
 	}

@@ -19,7 +19,7 @@
 
 #include <stdint.h>
 
-#define IVSHIM_CTL_ABI 5 /* bump when any struct below changes */
+#define IVSHIM_CTL_ABI 6 /* bump when any struct below changes */
 
 /* Paths a peer can be reached on (struct ivshim_ctl_peer.path). */
 enum ivshim_path {
@@ -95,8 +95,11 @@ typedef uint64_t (*ivshim_ctl_adopt_fn)(uint64_t off, char *err, uint64_t errlen
  * sender, which asked for it in this rank's ring_wanted bits (ivshim_region.h: rings are made
  * on first use). Returns the ring's region offset, 0 when there is none (no room even for the
  * least capacity, a slot outside the group: reason in err); the front then says IVSHIM_PAIR_NET.
- * Once per pair and direction, never per message. */
-typedef uint64_t (*ivshim_ctl_ring_fn)(uint32_t sender, char *err, uint64_t errlen);
+ * Once per pair and direction, never per message. joined != 0: the sender shares the region
+ * since a rejoin and the pair moves from the library to rings now; the pair word an earlier
+ * occupant of its slot left is emptied first (the front asks only when it reads nothing of that
+ * occupant's any more). */
+typedef uint64_t (*ivshim_ctl_ring_fn)(uint32_t sender, int joined, char *err, uint64_t errlen);
 
 /* ivshim_ctl_finalize: local; prints the stats summary when verbose, detaches from the region
  * (the ranks have drained their rings and passed a barrier first). 0 on success. */

@@ -133,8 +133,10 @@ func ivshim_ctl_adopt(off C.uint64_t, errbuf *C.char, errlen C.uint64_t) C.uint6
 }
 
 //export ivshim_ctl_ring
-func ivshim_ctl_ring(sender C.uint32_t, errbuf *C.char, errlen C.uint64_t) C.uint64_t {
-	return offsetCall("ivshim_ctl_ring", errbuf, errlen, func(a *shim.Attachment) (uint64, error) { return a.CreateRing(uint32(sender)) })
+func ivshim_ctl_ring(sender C.uint32_t, joined C.int, errbuf *C.char, errlen C.uint64_t) C.uint64_t {
+	return offsetCall("ivshim_ctl_ring", errbuf, errlen, func(a *shim.Attachment) (uint64, error) {
+		return a.CreateRing(uint32(sender), joined != 0)
+	})
 }
 
 // offsetCall is the body of an export that answers a region offset: fn's, or 0 with the reason

@@ -143,7 +143,8 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 }
 
 /* Agree among c's members on a context id (the largest next id among them, unused by every
- * member) and on whether any member has a co-located peer in c; then record c if so. Every
+ * member), on whether any member has a co-located peer in c, and on whether every member has
+ * one (then every member counts its library messages there: join.c); then record c if any. Every
  * member takes the same decision, so collectives on c run the same algorithm everywhere.
  * A communicator with a member outside this MPI_COMM_WORLD (spawned, connected, merged) is left
  * to the library without any exchange: the other world may not run the shim at all (or run it
@@ -162,10 +163,10 @@ static int comm_agree(MPI_Comm c, int is_world)
 		comm_drop(e);
 		return MPI_SUCCESS;
 	}
-	unsigned mine[3] = {is_world ? 0 : ivs.next_ctx, e->nshm >= 2, (unsigned)ivs.thread_multiple};
-	unsigned agreed[3] = {0, 0, 0};
+	unsigned mine[4] = {is_world ? 0 : ivs.next_ctx, e->nshm >= 2, (unsigned)ivs.thread_multiple, e->nshm < 2};
+	unsigned agreed[4] = {0, 0, 0, 0};
 	MPI_Request req;
-	rc = PMPI_Iallreduce(mine, agreed, 3, MPI_UNSIGNED, MPI_MAX, c, &req);
+	rc = PMPI_Iallreduce(mine, agreed, 4, MPI_UNSIGNED, MPI_MAX, c, &req);
 	if (rc == MPI_SUCCESS)
 		rc = ivs_net_wait(&req, MPI_STATUS_IGNORE);
 	if (rc != MPI_SUCCESS || !agreed[1] || ivs.thread_multiple) {
@@ -187,6 +188,7 @@ static int comm_agree(MPI_Comm c, int is_world)
 			e->by_local[p->local] = i;
 	}
 	e->coll_lib = agreed[2] != 0;
+	e->counted = !agreed[3];
 	unsigned b = bucket(c);
 	e->next = table[b];
 	table[b] = e;
@@ -220,6 +222,7 @@ static int comm_created(MPI_Comm *newcomm, int rc)
 
 int ivs_comm_world_init(void)
 {
+	ivs_join_init();
 	ivs.next_ctx = 2; /* 0: MPI_COMM_WORLD, 1: reserved for MPI_COMM_SELF */
 	return comm_agree(MPI_COMM_WORLD, 1);
 }

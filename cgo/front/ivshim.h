@@ -68,6 +68,15 @@ struct ivs_peer {
 	uint8_t ack_blocked;       /* a synchronous send heads sendq, but the peer could answer it
 	                              only by the library: the direction closes first (pairs.c) */
 	struct ivs_msg *parked, *parked_tail; /* library messages from the peer taken before its MARK */
+	/* The join switch (join.c): a pair made at run time (peer_join: one of the two joined the
+	 * other's region) moves from the library to rings, each direction on its own, on the
+	 * counted communicators only (ivs_comm.counted). */
+	uint8_t joined;            /* the pair was made by peer_join */
+	uint8_t tx_join, rx_join;  /* enum ivs_join_tx / ivs_join_rx */
+	uint8_t rx_asked;          /* a question came while the peer's direction was on the ring */
+	uint64_t tx_ask;           /* self -> peer: the id of the question in flight */
+	uint64_t rx_ask, rx_need;  /* peer -> self: the question to answer, and the library
+	                              messages the peer had sent when it asked */
 };
 
 /* Whether a send to world rank w goes into its ring (else to the library). */
@@ -86,6 +95,9 @@ struct ivs_comm {
 	int has_net;               /* some member is reached through PMPI */
 	int coll_lib;              /* collectives go to the library: a member runs MPI_THREAD_MULTIPLE */
 	int outsider;              /* a member is outside this MPI_COMM_WORLD (comm_build) */
+	int counted;               /* every member had a co-located peer in it at its creation, so
+	                              every member counts its library messages per pair here
+	                              (join.c): a pair made at run time may move to rings on it */
 	int *world;                /* comm rank -> world rank */
 	int *by_local;             /* local (co-located) index -> comm rank, -1 if not a member */
 	int pending_probe;         /* receives here that look for library messages by matched probe:
@@ -129,6 +141,8 @@ struct ivs_req {
 	uint8_t dt_owned;          /* dt is the shim's duplicate of a derived type (ivs_dt_hold) */
 	uint8_t net_send;          /* sends: queued for a ring that was never made, then sent by
 	                              the library (inner): pairs.c */
+	uint8_t lib_count;         /* a receive the library matches (inner), on a communicator whose
+	                              library messages are counted: counted when it completes (join.c) */
 	uint64_t bsend_charge;     /* internal Bsend copy: bytes charged to the attached buffer */
 	uint64_t cookie;           /* synchronous sends: token the ACK carries back */
 	int error;
@@ -216,6 +230,12 @@ struct ivs_state {
 	                              until it joins a region anew (migrate.c's rejoin) */
 	unsigned self_leaves;      /* times this rank's VM was flagged leaving (monotonic) */
 	ivshim_ctl_rejoin_fn ctl_rejoin;
+	/* Library messages on counted communicators, by world rank (join.c): sent to it, taken from
+	 * the library (matched) from it, and receives from it the library holds, not completed. */
+	uint64_t *lib_sent, *lib_got;
+	uint32_t *lib_open;
+	int lib_lost;              /* a counted receive was freed before it completed: its match can
+	                              no longer be seen, so no pair moves to rings any more */
 	ivshim_ctl_adopt_fn ctl_adopt;
 	int nunexp_net;            /* unexpected messages from peers whose messages now come by the
 	                              library (ring messages from before the MARK, parked library
@@ -253,6 +273,20 @@ static inline struct ivs_peer *ivs_rx_peer(int w)
 {
 	struct ivs_peer *p = ivs.peers[w];
 	return p && !p->rx_net ? p : NULL;
+}
+
+/* The same two on communicator c: a pair made at run time uses its rings on counted
+ * communicators only (join.c). */
+static inline struct ivs_peer *ivs_tx_peer_on(const struct ivs_comm *c, int w)
+{
+	struct ivs_peer *p = ivs_tx_peer(w);
+	return p && (!p->joined || c->counted) ? p : NULL;
+}
+
+static inline struct ivs_peer *ivs_rx_peer_on(const struct ivs_comm *c, int w)
+{
+	struct ivs_peer *p = ivs_rx_peer(w);
+	return p && (!p->joined || c->counted) ? p : NULL;
 }
 
 /* comm.c */
@@ -356,6 +390,7 @@ void ivs_ctl_wait_step(unsigned *spins);
 int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg);
 void ivs_coll_switch_point(struct ivs_comm *c);
 int ivs_self_gone(void);
+int ivs_slot_holds(uint32_t slot, int w);
 int ivs_peer_leaving(const struct ivs_peer *p);
 void ivs_coll_agreement_finish(struct ivs_comm *c);
 void ivs_coll_setup_done(struct ivs_comm *c);
@@ -365,6 +400,42 @@ void ivs_deliver_lib(struct ivs_req *r, struct ivs_msg *m);
 void ivs_ack_arrived(int world, uint64_t cookie);
 struct ivs_req *ivs_posted_match(struct ivs_msg *m);
 void ivs_unexp_append(struct ivs_msg *m);
+
+/* join.c: a pair made at run time (a rejoin) moves from the library to rings */
+enum ivs_join_tx { IVS_JTX_NONE = 0, IVS_JTX_ASKED, IVS_JTX_RING, IVS_JTX_OFF };
+enum ivs_join_rx { IVS_JRX_NONE = 0, IVS_JRX_ASKED, IVS_JRX_AWAIT, IVS_JRX_RING, IVS_JRX_OFF };
+void ivs_join_init(void);
+void ivs_join_reset(struct ivs_peer *p);
+int ivs_join_step(int w, struct ivs_peer *p);
+int ivs_join_busy(const struct ivs_peer *p);
+void ivs_join_on_ask(int w, uint64_t sent, uint64_t id);
+void ivs_join_on_drained(int w, uint64_t got, uint64_t id);
+void ivs_join_on_off(int w, uint64_t id);
+void ivs_join_rx_ring(int w, struct ivs_peer *p);
+void ivs_join_recv_done(struct ivs_req *r);
+void ivs_join_recv_lost(struct ivs_req *r);
+/* Receives from world rank w on c look for library messages by matched probe: the pair is
+ * moving to rings, so none may wait inside the library (join.c). */
+static inline int ivs_join_probing(const struct ivs_comm *c, int w)
+{
+	const struct ivs_peer *p = ivs.peers[w];
+	return p && p->joined && p->rx_net && c->counted;
+}
+/* A library message on c to comm rank dest, and one from comm rank src taken from the library. */
+static inline void ivs_count_sent(const struct ivs_comm *c, int dest)
+{
+	if (c && c->counted && dest >= 0 && dest < c->size)
+		ivs.lib_sent[c->world[dest]]++;
+}
+static inline void ivs_count_got(const struct ivs_comm *c, int src)
+{
+	if (c && c->counted && src >= 0 && src < c->size)
+		ivs.lib_got[c->world[src]]++;
+}
+void ivs_ctl_send(int world, int tag, uint64_t a, uint64_t b, uint64_t round);
+enum { IVS_TAG_DRAINQ = 8, IVS_TAG_DRAINED, IVS_TAG_JOINOFF }; /* after migrate.c's tags */
+int ivs_pair_rx_join(struct ivs_peer *p);
+int ivs_pair_tx_join(struct ivs_peer *p);
 
 /* isendrecv.c */
 int ivs_pairs_progress(void);

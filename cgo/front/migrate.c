@@ -4,8 +4,9 @@
  * collectives use an area in the region with such a rank re-plans them without its area,
  * and each rank of the leaving VM then gives the region back (its slot released, the mapping
  * gone), which is what the broker's drain waits for. The protocol is tests/model/migrate.pml's
- * (leave part; a rank that came back does not rejoin the region in this version: its pairs stay
- * on the library until MPI_Finalize).
+ * (leave part). A rank that gave its region up joins the region of its VM's new host (or of
+ * its own, after a rollback) when it finds one (try_rejoin); the pairs that join makes start
+ * on the library and move to rings by join.c's switch.
  *
  * Pairs, per direction (struct ivs_peer):
  *   close    on the flag, both ranks of the pair (each sees it in the region): new sends take the
@@ -124,16 +125,19 @@ int ivs_peer_leaving(const struct ivs_peer *p)
 
 /* ---- the shim's own messages (ivs.ctlcomm, world ranks) ---- */
 
-enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE, TAG_JOINED, TAG_ADOPT };
+enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE, TAG_JOINED, TAG_ADOPT }; /* join.c's follow */
+_Static_assert((int)TAG_ADOPT < (int)IVS_TAG_DRAINQ, "join.c's tags come after migrate.c's");
 #define NEVER UINT64_MAX /* REPLY of a member that freed the communicator, and the DECIDE it makes */
 #define SLACK 1          /* collectives a member may begin after its REPLY, before the DECIDE */
 #define RECENT (1u << 16) /* progress steps (ivs.ctl_tick) since a communicator's last collective
                              within which a member counts as running on it */
 
 struct ctl_msg {
-	uint64_t a;     /* ACK: the cookie; JOINED: the sender's slot; ADOPT: an area's offset; else the
-	                   communicator's context id */
-	uint64_t b;     /* REPLY, DECIDE: a collective count; ADOPT: the area's members */
+	uint64_t a;     /* ACK: the cookie; JOINED: the sender's slot; ADOPT: an area's offset; DRAINQ,
+	                   DRAINED: a count of library messages (join.c); else the communicator's
+	                   context id */
+	uint64_t b;     /* REPLY, DECIDE: a collective count; ADOPT: the area's members; DRAINQ,
+	                   DRAINED, JOINOFF: the question's id */
 	uint64_t round; /* the agreement's round on that communicator (ivs_comm.sw_round); ADOPT: the
 	                   sender's region (ivs_region_tag) */
 };
@@ -161,6 +165,11 @@ static void ctl_send(int world, int tag, uint64_t a, uint64_t b, uint64_t round)
 	if (PMPI_Isend(&e->m, sizeof e->m, MPI_BYTE, world, tag, ivs.ctlcomm, &e->req) != MPI_SUCCESS)
 		ivs_fatal("cannot send the shim's message (tag %d) to rank %d", tag, world);
 	out[nout++] = e;
+}
+
+void ivs_ctl_send(int world, int tag, uint64_t a, uint64_t b, uint64_t round)
+{
+	ctl_send(world, tag, a, b, round);
 }
 
 /* Completed sends leave the outbox; returns how many are still in flight. */
@@ -285,6 +294,17 @@ static int dispatch(int src, int tag, const struct ctl_msg *m)
 	}
 	if (tag == TAG_JOINED) {
 		on_joined(src, m->a);
+		return 1;
+	}
+	switch (tag) {
+	case IVS_TAG_DRAINQ:
+		ivs_join_on_ask(src, m->a, m->b);
+		return 1;
+	case IVS_TAG_DRAINED:
+		ivs_join_on_drained(src, m->a, m->b);
+		return 1;
+	case IVS_TAG_JOINOFF:
+		ivs_join_on_off(src, m->b);
 		return 1;
 	}
 	if (tag == TAG_ADOPT) {
@@ -437,7 +457,7 @@ int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg)
 	if (st->MPI_SOURCE < 0 || st->MPI_SOURCE >= c->size)
 		return 0;
 	int w = c->world[st->MPI_SOURCE];
-	struct ivs_peer *p = ivs_rx_peer(w);
+	struct ivs_peer *p = ivs_rx_peer_on(c, w);
 	if (!p)
 		return 0;
 	struct ivs_msg *m = calloc(1, sizeof *m);
@@ -522,7 +542,7 @@ static int release_ready(int at_entry)
 		return 0;
 	for (int i = 0; i < ivs.nlocal; i++) {
 		struct ivs_peer *p = ivs.peers[ivs.local_world[i]];
-		if (!p->tx_net || !p->rx_net || p->nacks)
+		if (!p->tx_net || !p->rx_net || p->nacks || ivs_join_busy(p))
 			return 0;
 	}
 	int n = 0;
@@ -532,7 +552,7 @@ static int release_ready(int at_entry)
 
 /* Whether slot of this rank's region holds world rank w of this job instance now. The slot is
  * untrusted: anything else is "no". */
-static int slot_holds(uint32_t slot, int w)
+int ivs_slot_holds(uint32_t slot, int w)
 {
 	if (ivs.released || !ivs.slots || slot >= ivs.nslots || w < 0 || w >= ivs.world_size || w == ivs.world_rank)
 		return 0;
@@ -566,7 +586,7 @@ static void release(void)
 	int heir = -1; /* a rank of this region whose VM stays: it takes over the areas this rank led */
 	for (int i = 0; i < ivs.nlocal && heir < 0; i++) {
 		struct ivs_peer *p = ivs.peers[ivs.local_world[i]];
-		if (slot_holds(p->slot, p->world) && !slot_leaving(p->slot))
+		if (ivs_slot_holds(p->slot, p->world) && !slot_leaving(p->slot))
 			heir = p->world;
 	}
 	uint64_t tag = ivs_region_tag();
@@ -598,13 +618,14 @@ static void release(void)
  * owed or held for the ring any more. */
 static int pair_on_library(const struct ivs_peer *p)
 {
-	return p->tx_net && p->rx_net && !p->nacks && !p->parked && !p->sendq;
+	return p->tx_net && p->rx_net && !p->nacks && !p->parked && !p->sendq && !ivs_join_busy(p);
 }
 
 /* World rank w shares this rank's region from now on, in slot (checked: slot_holds). Their pair
- * takes the library both ways (a pair that never had rings, or whose rings closed when one of
- * them left): no ring is made for it. What changes is the collectives: every communicator with
- * both re-plans, so their host's group shares an area (ivs_coll_needs_switch counts joins). A
+ * starts on the library both ways (a pair that never had rings, or whose rings closed when one
+ * of them left) and each direction moves to a ring once it has drained (join.c). Every
+ * communicator with both re-plans its collectives, so their host's group shares an area
+ * (ivs_coll_needs_switch counts joins). A
  * pair still switching to the library from an earlier leave (this rank has not read the peer's
  * MARK yet, or still owes it something) takes the join once that is done. */
 static void peer_join(int w, uint32_t slot)
@@ -637,14 +658,15 @@ static void peer_join(int w, uint32_t slot)
 	p->slot = slot;
 	p->leave_seen = 0;
 	p->joins++;
+	ivs_join_reset(p);
 	ivs_pairs_slot(slot, w, -1);
 	if (slot_leaving(slot)) { /* joined, and flagged leaving already */
 		p->leave_seen = 1;
 		p->leaves++;
 	}
 	if (ivs.verbose)
-		fprintf(stderr, "ivshim: rank %d: rank %d shares its region (slot %u) from now on: their messages keep taking the "
-		        "MPI library; their collectives re-plan to share it\n", ivs.world_rank, w, slot);
+		fprintf(stderr, "ivshim: rank %d: rank %d shares its region (slot %u) from now on: their messages take the "
+		        "MPI library until each direction has drained, then the region; their collectives re-plan to share it\n", ivs.world_rank, w, slot);
 	ivs_comm_each(ask, NULL);
 }
 
@@ -652,7 +674,7 @@ static void peer_join(int w, uint32_t slot)
  * against this rank's). Late news (w left again, or this rank did) is dropped. */
 static void on_joined(int w, uint64_t slot)
 {
-	if (slot > UINT32_MAX || !slot_holds((uint32_t)slot, w))
+	if (slot > UINT32_MAX || !ivs_slot_holds((uint32_t)slot, w))
 		return;
 	const struct ivs_peer *p = ivs.peers[w];
 	if (p && p->slot == slot && !p->leave_seen && !p->join_pending)
@@ -702,14 +724,14 @@ static void try_rejoin(void)
 	int found = 0;
 	for (uint32_t s = 0; s < ivs.nslots; s++) {
 		int w = (int)__atomic_load_n(&ivs.slots[s].world_rank, __ATOMIC_RELAXED);
-		if (s == ivs.self_slot || !slot_holds(s, w))
+		if (s == ivs.self_slot || !ivs_slot_holds(s, w))
 			continue;
 		peer_join(w, s);
 		ctl_send(w, TAG_JOINED, ivs.self_slot, 0, 0);
 		found++;
 	}
 	fprintf(stderr, "ivshim: rank %d: joined the region of its VM's host again (%.1f ms after its VM was flagged leaving): %d "
-	        "ranks of the job there; their messages take the MPI library, their collectives share the region\n",
+	        "ranks of the job there; their messages move to the region once drained, their collectives share it\n",
 	        ivs.world_rank, (now - leave_seen_at) * 1e3, found);
 }
 
@@ -768,12 +790,14 @@ int ivs_switch_progress(void)
 		int w = ivs.local_world[i];
 		struct ivs_peer *p = ivs.peers[w];
 		if (IVS_UNLIKELY(p->join_pending)) {
-			if (!slot_holds(p->join_slot, w))
+			if (!ivs_slot_holds(p->join_slot, w))
 				p->join_pending = 0; /* it left again */
 			else if (pair_on_library(p))
 				peer_join(w, p->join_slot);
 			busy |= p->join_pending;
 		}
+		if (IVS_UNLIKELY(p->joined))
+			did |= ivs_join_step(w, p);
 		if (IVS_UNLIKELY(!p->tx.ring) && !p->closing && (p->tx_want || p->sendq || p->nacks) && !ivs.released)
 			did |= ivs_pair_tx_ready(p, 1); /* an answer the ring engine left here: NET (also one
 			                                   the receiver gave before this rank asked) */

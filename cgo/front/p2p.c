@@ -13,7 +13,7 @@ static inline struct ivs_peer *shm_peer(struct ivs_comm *c, int dest, int *world
 	if (!c || dest < 0 || dest >= c->size)
 		return NULL;
 	*world = c->world[dest];
-	return ivs_tx_peer(*world);
+	return ivs_tx_peer_on(c, *world);
 }
 
 static inline void count_net(uint64_t n)
@@ -73,6 +73,7 @@ static int isend_to(struct ivs_comm *c, struct ivs_peer *p, int w, const void *b
 	if (!p) {
 		if (ivs.enabled)
 			count_net(ivs_dt_bytes(dt, count));
+		ivs_count_sent(c, dest);
 		return sync ? PMPI_Issend(buf, count, dt, dest, tag, comm, net)
 		            : PMPI_Isend(buf, count, dt, dest, tag, comm, net);
 	}
@@ -109,6 +110,23 @@ int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 	return isend_to(c, p, w, buf, count, dt, dest, tag, comm, sync, 1, out, net);
 }
 
+/* A receive from library peer src on counted communicator c: the library matches it, but the
+ * request is the shim's, so its completion is counted (join.c). */
+static int lib_recv(struct ivs_comm *c, void *buf, int count, MPI_Datatype dt, int src, int tag, struct ivs_req **out)
+{
+	struct ivs_req *r = new_req(IVS_RECV, c, src, tag);
+	r->recv_mode = IVS_RM_NET;
+	int rc = PMPI_Irecv(buf, count, dt, src, tag, c->handle, &r->inner);
+	if (rc != MPI_SUCCESS) { /* the library called the error handler */
+		ivs_req_release(r);
+		return rc;
+	}
+	r->lib_count = 1;
+	ivs.lib_open[c->world[src]]++;
+	*out = r;
+	return MPI_SUCCESS;
+}
+
 /* Start a receive. Exactly one of *out and *net is set. */
 int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm comm,
               struct ivs_req **out, MPI_Request *net)
@@ -121,11 +139,14 @@ int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 		return PMPI_Irecv(buf, count, dt, src, tag, comm, net);
 	if (src == MPI_ANY_SOURCE)
 		mode = c->has_net ? IVS_RM_PROBE : IVS_RM_SHM;
-	else if (ivs_rx_peer(w = c->world[src]))
+	else if (ivs_rx_peer_on(c, w = c->world[src]))
 		mode = IVS_RM_SHM;
-	else if (c->pending_probe || ivs.nunexp_net)
+	else if (c->pending_probe || ivs.nunexp_net || ivs_join_probing(c, w))
 		mode = IVS_RM_PROBE; /* must not overtake a receive posted before it, nor a library
-		                        message parked at a path switch (migrate.c) */
+		                        message parked at a path switch (migrate.c); nor wait inside
+		                        the library while its pair moves to a ring (join.c) */
+	else if (c->counted)
+		return lib_recv(c, buf, count, dt, src, tag, out);
 	else
 		return PMPI_Irecv(buf, count, dt, src, tag, comm, net);
 	if (tag != MPI_ANY_TAG && !tag_ok(tag))
@@ -178,8 +199,11 @@ int ivs_req_poll(struct ivs_req *r)
 			r->error = rc;
 			flag = 1;
 		}
-		if (flag)
+		if (flag) {
 			r->state = IVS_DONE;
+			if (r->lib_count)
+				ivs_join_recv_done(r);
+		}
 		return flag;
 	}
 	return 0;
@@ -300,6 +324,7 @@ static int send_common(const void *buf, int count, MPI_Datatype dt, int dest, in
 		return MPI_SUCCESS;
 	if (!p && ivs_may_block()) {
 		count_net(ivs_dt_bytes(dt, count));
+		ivs_count_sent(c, dest);
 		return sync ? PMPI_Ssend(buf, count, dt, dest, tag, comm) : PMPI_Send(buf, count, dt, dest, tag, comm);
 	}
 	struct ivs_req *r;
@@ -405,8 +430,11 @@ int MPI_Buffer_detach(void *buf, int *size)
 int MPI_Bsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm)
 {
 	int w;
-	if (IVS_LIKELY(!ivs.enabled) || !shm_peer(ivs_comm_p2p(comm), dest, &w))
+	struct ivs_comm *c = IVS_LIKELY(!ivs.enabled) ? NULL : ivs_comm_p2p(comm);
+	if (!shm_peer(c, dest, &w)) {
+		ivs_count_sent(c, dest);
 		return PMPI_Bsend(buf, count, dt, dest, tag, comm);
+	}
 	struct ivs_req *r;
 	return bsend_shm(buf, count, dt, dest, tag, comm, &r);
 }
@@ -460,8 +488,11 @@ int MPI_Issend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, M
 int MPI_Ibsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MPI_Comm comm, MPI_Request *req)
 {
 	int w;
-	if (IVS_LIKELY(!ivs.enabled) || !shm_peer(ivs_comm_p2p(comm), dest, &w))
+	struct ivs_comm *c = IVS_LIKELY(!ivs.enabled) ? NULL : ivs_comm_p2p(comm);
+	if (!shm_peer(c, dest, &w)) {
+		ivs_count_sent(c, dest);
 		return PMPI_Ibsend(buf, count, dt, dest, tag, comm, req);
+	}
 	struct ivs_req *inner;
 	int rc = bsend_shm(buf, count, dt, dest, tag, comm, &inner);
 	if (rc != MPI_SUCCESS)
@@ -565,7 +596,7 @@ static int probe_needs_net(struct ivs_comm *c, int src)
 {
 	if (src == MPI_ANY_SOURCE)
 		return c->has_net;
-	return src < 0 || src >= c->size || !ivs_rx_peer(c->world[src]);
+	return src < 0 || src >= c->size || !ivs_rx_peer_on(c, c->world[src]);
 }
 
 /* Whether a probe for src on c must look at the unexpected queue: the ring's messages, and
@@ -588,12 +619,17 @@ static int net_probe(struct ivs_comm *c, int src, int tag, int *flag, MPI_Messag
 	for (;;) {
 		MPI_Message tmp_msg, *m = msg ? msg : &tmp_msg;
 		int rc = msg ? PMPI_Improbe(src, tag, c->handle, flag, msg, s) : PMPI_Iprobe(src, tag, c->handle, flag, s);
-		if (rc == MPI_SUCCESS && *flag && ivs_rx_peer(c->world[s->MPI_SOURCE])) {
+		if (rc == MPI_SUCCESS && *flag && msg)
+			ivs_count_got(c, s->MPI_SOURCE);
+		if (rc == MPI_SUCCESS && *flag && ivs_rx_peer_on(c, c->world[s->MPI_SOURCE])) {
 			/* From a co-located peer whose ring is still to be read up to its MARK: it
 			 * waits, parked (Improbe for exactly this source and tag takes exactly the
 			 * message reported), and the probe looks again. */
-			if (!msg)
+			if (!msg) {
 				rc = PMPI_Improbe(s->MPI_SOURCE, s->MPI_TAG, c->handle, flag, m, s);
+				if (rc == MPI_SUCCESS && *flag)
+					ivs_count_got(c, s->MPI_SOURCE);
+			}
 			if (rc == MPI_SUCCESS && *flag && ivs_park(c, s, m))
 				continue;
 			if (rc != MPI_SUCCESS)
@@ -679,8 +715,13 @@ int MPI_Improbe(int src, int tag, MPI_Comm comm, int *flag, MPI_Message *msg, MP
 int MPI_Mprobe(int src, int tag, MPI_Comm comm, MPI_Message *msg, MPI_Status *st)
 {
 	struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
-	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && ivs_may_block() && !ivs.nunexp_net))
-		return PMPI_Mprobe(src, tag, comm, msg, st);
+	if (!c || src == MPI_PROC_NULL || (probe_needs_net(c, src) && src != MPI_ANY_SOURCE && ivs_may_block() && !ivs.nunexp_net)) {
+		MPI_Status tmp, *s = st == MPI_STATUS_IGNORE ? &tmp : st;
+		int rc = PMPI_Mprobe(src, tag, comm, msg, s);
+		if (rc == MPI_SUCCESS)
+			ivs_count_got(c, s->MPI_SOURCE); /* taken from the library (join.c) */
+		return rc;
+	}
 	unsigned spins = 0;
 	for (;;) {
 		int flag = 0, rc = MPI_Improbe(src, tag, comm, &flag, msg, st);

@@ -121,6 +121,7 @@ static void send_by_library(struct ivs_req *r)
 	ivs.stats.messages[IVSHIM_PATH_NET]++;
 	ivs.stats.bytes[IVSHIM_PATH_NET] += r->cap;
 	r->net_send = 1;
+	ivs_count_sent(r->comm, r->peer);
 	if (rc != MPI_SUCCESS) {
 		r->error = rc;
 		r->inner = MPI_REQUEST_NULL;
@@ -268,23 +269,52 @@ void ivs_pair_rx_net(struct ivs_peer *p)
 	ivs.switching = 1;
 }
 
-static void rx_make(struct ivs_peer *p)
+/* Make this rank's inbound ring from p through the control plane and map it; 0 if there is none
+ * (the reason printed). */
+static int rx_map(struct ivs_peer *p)
 {
 	char err[256] = "";
-	uint64_t off = ivs.ctl_ring(p->slot, err, sizeof err);
+	uint64_t off = ivs.ctl_ring(p->slot, p->joined, err, sizeof err);
 	if (!off) {
 		static int warned;
 		if (!warned++ || ivs.verbose)
 			fprintf(stderr, "ivshim: rank %d: no ring from rank %d: %s; its messages to this rank take the MPI library\n",
 			        ivs.world_rank, p->world, err);
-		ivs_pair_rx_net(p);
-		return;
+		return 0;
 	}
 	struct ivs_ring_snap s;
 	p->rx.ring = ring_at(off, p->slot, ivs.self_slot, p->world, "inbound", &s);
 	p->rx.data = (uint8_t *)p->rx.ring + IVSHIM_RING_DATA_OFF;
 	p->rx.cap = s.cap;
 	p->rx.pos = s.head;
+	return 1;
+}
+
+static void rx_make(struct ivs_peer *p)
+{
+	if (!rx_map(p))
+		ivs_pair_rx_net(p);
+}
+
+/* join.c: the inbound ring from p, a pair made at run time, made now or kept from an earlier
+ * try in this region (the sender did not switch then: nothing is in it). */
+int ivs_pair_rx_join(struct ivs_peer *p)
+{
+	return p->rx.ring || rx_map(p);
+}
+
+/* join.c: the outbound ring to p, which p made for this pair (DRAINED), mapped; 0 if the pair
+ * word holds none. */
+int ivs_pair_tx_join(struct ivs_peer *p)
+{
+	if (p->tx.ring)
+		return 1;
+	uint64_t v = ivs_pair_read(pair_word(ivs.self_slot, p->slot));
+	if (v == 0 || v == IVSHIM_PAIR_NET)
+		return 0;
+	tx_map(p, v);
+	p->tx_want = 0;
+	return 1;
 }
 
 /* Answer the senders that asked for their ring. The bits come from shared memory: one that names

@@ -474,6 +474,8 @@ static int probe_net(void)
 			r->state = IVS_DONE;
 			continue;
 		}
+		if (flag)
+			ivs_count_got(r->comm, st.MPI_SOURCE); /* taken from the library (join.c) */
 		if (!flag || ivs_park(r->comm, &st, &msg))
 			continue; /* nothing, or a message from a peer whose ring is still to be read */
 		/* The message may have arrived after an earlier receive's probe in this pass: it
@@ -503,6 +505,8 @@ static int ring_progress(void)
 				break;
 			if (rc < 0)
 				ivs_fatal("corrupt record in the ring from rank %d (kind %u, length %u)", world, h.kind, h.len);
+			if (IVS_UNLIKELY(p->rx_net)) /* the first record of a pair made at run time */
+				ivs_join_rx_ring(world, p);
 			switch (h.kind) {
 			case IVS_REC_MSG:
 				on_msg(world, p, &h, pl);

@@ -393,6 +393,8 @@ int MPI_Request_free(MPI_Request *h)
 	*h = MPI_REQUEST_NULL;
 	if (r->kind == IVS_PSEND || r->kind == IVS_PRECV) {
 		if (r->state == IVS_ACTIVE) {
+			if (r->act && r->act->lib_count)
+				ivs_join_recv_lost(r->act);
 			if (r->act)
 				r->act->free_on_done = 1;
 			else
@@ -403,7 +405,11 @@ int MPI_Request_free(MPI_Request *h)
 		ivs_req_release(r);
 		return MPI_SUCCESS;
 	}
+	if (r->lib_count)
+		ivs_req_poll(r); /* completed already: counted, not lost */
 	if (r->recv_mode == IVS_RM_NET && r->state != IVS_DONE) {
+		if (r->lib_count)
+			ivs_join_recv_lost(r);
 		PMPI_Request_free(&r->inner);
 		ivs_req_release(r);
 		return MPI_SUCCESS;

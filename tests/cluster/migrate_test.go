@@ -165,6 +165,8 @@ func TestMigrateStress(t *testing.T) {
 			if joins != releases {
 				t.Errorf("%d ranks joined their VM's new region, %d released one; stderr:\n%s", joins, releases, o.res.Stderr)
 			}
+			t.Logf("%d directions of pairs made at run time moved to a ring (sender side), %d (receiver side)",
+				strings.Count(o.res.Stderr, "take the region again"), strings.Count(o.res.Stderr, "come by the region again"))
 			// Areas of leaders that left are taken over and freed by ranks that stay: the
 			// region never runs out (before, each leader's move cost it an area for good, and
 			// 100 moves with rejoins exhausted it).

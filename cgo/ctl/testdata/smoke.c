@@ -110,7 +110,7 @@ static int run_rank(const char *path, struct world *w, int rank)
 	uint64_t rx[MAX_RANKS] = {0};
 	for (int p = 0; p < w->size; p++)
 		if (rc == 0 && peers[p].path == IVSHIM_PATH_SHM)
-			rx[p] = ring(peers[p].slot, err, sizeof err);
+			rx[p] = ring(peers[p].slot, 0, err, sizeof err);
 	fake_barrier(&ctx);
 	for (int p = 0; p < w->size; p++) {
 		const struct ivshim_ctl_peer *q = &peers[p];
@@ -122,7 +122,7 @@ static int run_rank(const char *path, struct world *w, int rank)
 	}
 	if (rc == 0) { /* a slot outside the job's group on this region is refused */
 		memset(err, 'x', sizeof err);
-		uint64_t off = ring(7, err, sizeof err);
+		uint64_t off = ring(7, 0, err, sizeof err);
 		printf("rank=%d stranger_ring=%d errlen=%zu\n", rank, off != 0, off ? 0 : strlen(err));
 	}
 	if (rc == 0)

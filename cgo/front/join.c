@@ -1,0 +1,222 @@
+/* The join switch: a pair of ranks made at run time (migrate.c's peer_join: one of them joined
+ * the other's region after a migration) starts on the MPI library both ways and moves each
+ * direction to a ring of the region once that cannot reorder, lose or strand a message.
+ *
+ * Why not at once. A message the sender puts into the ring may not be matched before one it
+ * sent earlier by the library that the same receive could match (MPI's non-overtaking rule),
+ * and a receive the receiver posted inside the library before the switch waits there for a
+ * library message that would never come. Tags make a per-communicator count of messages
+ * insufficient: a receive for tag 2 may rightly be served before an earlier message of tag 1.
+ * So a direction moves only when it is quiescent: every library message the sender sent to the
+ * receiver has been matched there, and no receive of the receiver waits in the library.
+ *
+ * Counting. On counted communicators (every member had a co-located peer at creation, so every
+ * member runs the shim's paths there: ivs_comm.counted) each rank counts, per world rank, the
+ * library messages it sent (ivs.lib_sent) and those it took from the library (ivs.lib_got:
+ * a receive the library completed, counted at its completion; a message taken by matched probe,
+ * counted at the probe), and how many of its receives the library holds (ivs.lib_open). Every
+ * receive there is the shim's request (a library receive is wrapped: req.lib_count), so each
+ * completion is seen; one freed before it completed can never be seen, and ends all switches of
+ * this rank (ivs.lib_lost).
+ *
+ * The exchange, per direction S -> R (the shim's own messages, migrate.c):
+ *   S, its direction wholly on the library:     DRAINQ(sent = lib_sent[R], id)
+ *   R, from then on posting every receive from S on counted communicators as the shim's own
+ *      (matched probe, so none waits inside the library), once lib_got[S] >= sent and
+ *      lib_open[S] == 0: makes the ring S -> R (an earlier occupant's pair word emptied), reads
+ *      it from now on (AWAIT)                    DRAINED(got = lib_got[S], id)
+ *   S, on DRAINED: if lib_sent[R] == got (nothing sent since, all of it matched) and the pair
+ *      still shares the region with nobody leaving, maps the ring and sends into it from now on
+ *      (sends on counted communicators only); else JOINOFF(id), and asks again later.
+ *   R: the first record in the ring moves the direction to the ring (receives from S become
+ *      ring receives, posted ones included); JOINOFF takes it back to the library; a new
+ *      DRAINQ while awaiting means the answer was not taken, unless the ring holds records.
+ * Nothing S sent by the library is unmatched when its first ring record is written, and R posts
+ * nothing into the library meanwhile, so no receive can see a ring message before a library one
+ * it could match, and none is left waiting in the library. The ring then behaves as a ring made
+ * at start: a leave closes it with a MARK (migrate.c), a synchronous send whose ACK could only
+ * take the library closes it the same way (pairs.c), and the direction asks again once it is
+ * wholly on the library.
+ *
+ * A rank in AWAIT does not give its region up (migrate.c's release_ready): S answers every
+ * DRAINED with a ring record, JOINOFF or a new DRAINQ, and a leave makes a switched S write its
+ * MARK. A direction asks only while both ranks hold slots of the region with no VM flagged. */
+#include <stdio.h>
+#include <stdlib.h>
+#include "ivshim.h"
+
+static uint64_t last_ask; /* ids of this rank's questions */
+
+void ivs_join_init(void)
+{
+	size_t n = (size_t)ivs.world_size;
+	ivs.lib_sent = calloc(n, sizeof *ivs.lib_sent);
+	ivs.lib_got = calloc(n, sizeof *ivs.lib_got);
+	ivs.lib_open = calloc(n, sizeof *ivs.lib_open);
+	if (!ivs.lib_sent || !ivs.lib_got || !ivs.lib_open)
+		ivs_fatal("out of memory");
+}
+
+/* peer_join: the pair starts anew on the library both ways. */
+void ivs_join_reset(struct ivs_peer *p)
+{
+	p->joined = 1;
+	p->tx_join = IVS_JTX_NONE;
+	p->rx_join = IVS_JRX_NONE;
+	p->rx_asked = 0;
+	p->tx_ask = p->rx_ask = p->rx_need = 0;
+}
+
+/* Both ranks hold slots of this rank's region, with no VM flagged and no join pending. */
+static int pair_shares(int w, const struct ivs_peer *p)
+{
+	return !ivs.released && !ivs.self_leaving && !p->leave_seen && !p->join_pending && ivs_slot_holds(p->slot, w);
+}
+
+/* Some other peer of this rank still reads a ring from p's slot (its earlier occupant's). */
+static int slot_read_by_other(const struct ivs_peer *p)
+{
+	for (int i = 0; i < ivs.nlocal; i++) {
+		const struct ivs_peer *q = ivs.peers[ivs.local_world[i]];
+		if (q != p && q->slot == p->slot && q->rx.ring)
+			return 1;
+	}
+	return 0;
+}
+
+/* The receive request r that the library held (lib_count) completed or was cancelled. */
+void ivs_join_recv_done(struct ivs_req *r)
+{
+	r->lib_count = 0;
+	const struct ivs_comm *c = r->comm;
+	int w = c->world[r->peer];
+	ivs.lib_open[w]--;
+	int cancelled = 0;
+	if (r->error == MPI_SUCCESS)
+		PMPI_Test_cancelled(&r->net_st, &cancelled);
+	if (r->error == MPI_SUCCESS && !cancelled)
+		ivs_count_got(c, r->net_st.MPI_SOURCE);
+}
+
+/* ... was freed while the library still holds it: its match will never be seen. */
+void ivs_join_recv_lost(struct ivs_req *r)
+{
+	r->lib_count = 0;
+	if (!ivs.lib_lost && ivs.verbose)
+		fprintf(stderr, "ivshim: rank %d: a receive from rank %d was freed before it completed: pairs made at run time "
+		        "keep taking the MPI library\n", ivs.world_rank, r->comm->world[r->peer]);
+	ivs.lib_lost = 1;
+}
+
+/* The first record of S's ring (or a question that finds the ring written): the direction
+ * S -> this rank is on the ring from here on. */
+void ivs_join_rx_ring(int w, struct ivs_peer *p)
+{
+	p->rx_net = 0;
+	p->rx_join = IVS_JRX_RING;
+	for (struct ivs_msg *m = ivs.unexp; m; m = m->next) /* counted while the peer was on the library */
+		ivs.nunexp_net -= m->src_world == w;
+	for (struct ivs_req *r = ivs.posted; r; r = r->next) {
+		if (r->recv_mode == IVS_RM_PROBE && r->peer != MPI_ANY_SOURCE && r->comm->counted && r->comm->world[r->peer] == w) {
+			r->recv_mode = IVS_RM_SHM;
+			r->comm->pending_probe--;
+		}
+	}
+	if (ivs.verbose)
+		fprintf(stderr, "ivshim: rank %d: messages from rank %d come by the region again (a pair made at run time)\n",
+		        ivs.world_rank, w);
+}
+
+static struct ivs_peer *joined_peer(int w)
+{
+	struct ivs_peer *p = w >= 0 && w < ivs.world_size ? ivs.peers[w] : NULL;
+	return p && p->joined ? p : NULL;
+}
+
+void ivs_join_on_ask(int w, uint64_t sent, uint64_t id)
+{
+	struct ivs_peer *p = joined_peer(w);
+	if (!p || p->rx_join == IVS_JRX_OFF)
+		return;
+	if (p->rx_join == IVS_JRX_AWAIT) {
+		struct ivs_rec h;
+		const uint8_t *pl;
+		if (ivs_rx_peek(&p->rx, &h, &pl) != 0) /* it switched, and wrote since: read first */
+			ivs_join_rx_ring(w, p);
+		else
+			p->rx_mark = 1; /* the answer was not taken: the sender stayed on the library */
+	}
+	p->rx_ask = id;
+	p->rx_need = sent;
+	if (p->rx_join == IVS_JRX_RING)
+		p->rx_asked = 1; /* taken once this rank has read the ring to its MARK */
+	else
+		p->rx_join = IVS_JRX_ASKED;
+}
+
+void ivs_join_on_drained(int w, uint64_t got, uint64_t id)
+{
+	struct ivs_peer *p = joined_peer(w);
+	if (!p || p->tx_join != IVS_JTX_ASKED || id != p->tx_ask) {
+		ivs_ctl_send(w, IVS_TAG_JOINOFF, 0, id, 0); /* an answer to a question of an earlier pair */
+		return;
+	}
+	p->tx_join = IVS_JTX_NONE;
+	if (ivs.lib_sent[w] != got || !pair_shares(w, p) || !p->closing || !p->tx_net || p->sendq || p->nacks ||
+	    !ivs_pair_tx_join(p)) {
+		ivs_ctl_send(w, IVS_TAG_JOINOFF, 0, id, 0);
+		return;
+	}
+	p->closing = 0;
+	p->tx_net = 0;
+	p->tx_join = IVS_JTX_RING;
+	if (ivs.verbose)
+		fprintf(stderr, "ivshim: rank %d: messages to rank %d take the region again (a pair made at run time; its %lu "
+		        "library messages before were all matched first)\n", ivs.world_rank, w, (unsigned long)got);
+}
+
+void ivs_join_on_off(int w, uint64_t id)
+{
+	struct ivs_peer *p = joined_peer(w);
+	if (!p || p->rx_join != IVS_JRX_AWAIT || id != p->rx_ask)
+		return;
+	p->rx_mark = 1; /* nothing was written: the sender did not switch */
+	p->rx_join = IVS_JRX_NONE;
+}
+
+/* One step of both directions of joined pair p (world rank w), from migrate.c's progress. */
+int ivs_join_step(int w, struct ivs_peer *p)
+{
+	int did = 0;
+	if (p->tx_join == IVS_JTX_RING && p->tx_net)
+		p->tx_join = IVS_JTX_NONE; /* closed again (a leave, an ACK that could not take a ring) */
+	if (p->rx_join == IVS_JRX_RING && p->rx_net) { /* its MARK read */
+		p->rx_join = p->rx_asked ? IVS_JRX_ASKED : IVS_JRX_NONE;
+		p->rx_asked = 0;
+	}
+	if (p->tx_join == IVS_JTX_NONE && p->closing && p->tx_net && !p->sendq && !p->nacks && pair_shares(w, p)) {
+		p->tx_ask = ++last_ask;
+		p->tx_join = IVS_JTX_ASKED;
+		ivs_ctl_send(w, IVS_TAG_DRAINQ, ivs.lib_sent[w], p->tx_ask, 0);
+		did = 1;
+	}
+	if (p->rx_join == IVS_JRX_ASKED && p->rx_mark && p->rx_net && !p->parked && ivs.lib_got[w] >= p->rx_need &&
+	    !ivs.lib_open[w] && !ivs.lib_lost && pair_shares(w, p) && !slot_read_by_other(p)) {
+		if (!ivs_pair_rx_join(p)) {
+			p->rx_join = IVS_JRX_OFF;
+			return 1;
+		}
+		p->rx_mark = 0;
+		p->rx_join = IVS_JRX_AWAIT;
+		ivs_ctl_send(w, IVS_TAG_DRAINED, ivs.lib_got[w], p->rx_ask, 0);
+		did = 1;
+	}
+	return did;
+}
+
+/* Whether p keeps this rank from giving its region up: the peer may still write the ring it
+ * was told to use. */
+int ivs_join_busy(const struct ivs_peer *p)
+{
+	return p->rx_join == IVS_JRX_AWAIT;
+}
