@@ -464,3 +464,66 @@ func TestCreateRingFit(t *testing.T) {
 		t.Errorf("capacities %v in a heap for one and a half rings of %d: want %d, a smaller one, then ErrNoSpace", got, fair2, fair2)
 	}
 }
+
+// A slot's next occupant gets a ring from a receiver that stayed: ResetPair empties what the
+// earlier occupant's pair left (a ring of the receiver's, or a NET answer), and nothing else.
+func TestResetPair(t *testing.T) {
+	r, _, _ := newRegion(t)
+	if err := r.ClaimSession(7); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := r.ClaimSlot(SlotIdentity{Session: 7})
+	b, _ := r.ClaimSlot(SlotIdentity{Session: 7, WorldRank: 1})
+	c, _ := r.ClaimSlot(SlotIdentity{Session: 7, WorldRank: 2})
+	if err := r.ResetPair(7, a, b); err != nil {
+		t.Fatalf("an empty word: %v", err)
+	}
+	old, err := r.CreateRing(7, a, b, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, _ := r.Held(7, b)
+	if err := r.ResetPair(7, a, b); err != nil {
+		t.Fatalf("the earlier occupant's ring: %v", err)
+	}
+	if w := r.pairAt(a, b).Load(); w != 0 {
+		t.Fatalf("pair word %#x after the reset, want 0", w)
+	}
+	if after, _ := r.Held(7, b); after >= held {
+		t.Errorf("the receiver holds %d bytes after the reset, %d before: the old ring was not freed", after, held)
+	}
+	ring, err := r.CreateRing(7, a, b, 0)
+	if err != nil || ring.Off != old.Off {
+		t.Fatalf("a new ring after the reset: %+v %v (the old one was at %#x)", ring, err, old.Off)
+	}
+	r.pairAt(a, c).Store(PairNet)
+	if err := r.ResetPair(7, a, c); err != nil || r.pairAt(a, c).Load() != 0 {
+		t.Fatalf("a NET answer: %v, word %#x", err, r.pairAt(a, c).Load())
+	}
+	// Words that are no ring of this receiver stay: another slot's ring, a collective area,
+	// garbage, another session's.
+	area, err := r.Alloc(7, c, AllocCollective, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := r.CreateRing(7, b, a, 0) // a ring of the receiver's, for another pair
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range []uint64{ring.Off, area, other.Off, 12345, 1 << 62} {
+		r.pairAt(c, a).Store(w)
+		if err := r.ResetPair(7, c, a); !errors.Is(err, ErrBadRef) {
+			t.Errorf("word %#x: %v, want ErrBadRef", w, err)
+		}
+		if got := r.pairAt(c, a).Load(); got != w {
+			t.Errorf("word %#x became %#x", w, got)
+		}
+	}
+	r.pairAt(c, a).Store(0)
+	if err := r.ResetPair(8, a, b); !errors.Is(err, ErrBadRef) {
+		t.Errorf("another session's ring: %v, want ErrBadRef", err)
+	}
+	if err := r.ResetPair(7, a, 1<<20); !errors.Is(err, ErrBadRef) {
+		t.Errorf("a slot out of the table: %v", err)
+	}
+}

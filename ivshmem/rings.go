@@ -147,6 +147,11 @@ func (r *Region) ResetPair(session uint64, sender, receiver uint32) error {
 	if err == nil && uint32(r.chunkAt(first).Slot) != receiver {
 		err = fmt.Errorf("%w: allocation of slot %d", ErrBadRef, r.chunkAt(first).Slot)
 	}
+	if err == nil { // an allocation of the heap: its header lies in the region
+		if g := r.ringAt(off); g.SenderSlot != sender || g.ReceiverSlot != receiver || g.Session != session {
+			err = fmt.Errorf("%w: ring header names %d->%d of session %#x", ErrBadRef, g.SenderSlot, g.ReceiverSlot, g.Session)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("reset pair %d->%d at %#x: %w", sender, receiver, off, err)
 	}

@@ -96,6 +96,31 @@ func TestRejoin(t *testing.T) {
 	if _, err := mover.Rejoin(); err == nil || errors.Is(err, ErrNothingToJoin) {
 		t.Errorf("second rejoin: %v, want a refusal", err)
 	}
+	// The pairs the join made get their rings when the front's join switch asks (joined):
+	// for members of the session only, and never as a group member's first-use ring.
+	stay := j.ranks[2].a
+	staySlot := stay.Table.SelfSlot
+	if _, err := stay.CreateRing(got.Slot, false); err == nil {
+		t.Error("a first-use ring from a rank that joined later")
+	}
+	for _, p := range []struct {
+		a    *Attachment
+		from uint32
+	}{{stay, got.Slot}, {mover, staySlot}} {
+		off, err := p.a.CreateRing(p.from, true)
+		if ring, ok, perr := rb.PairRing(rb.Session(), p.from, p.a.Table.SelfSlot); err != nil || !ok || perr != nil || ring.Off != off {
+			t.Errorf("joined ring %d->%d: %#x %v; published %+v %v %v", p.from, p.a.Table.SelfSlot, off, err, ring, ok, perr)
+		}
+	}
+	free := uint32(0)
+	for si, err := rb.Slot(free); err == nil && si.State != ivshmem.SlotFree; si, err = rb.Slot(free) {
+		free++
+	}
+	for _, bad := range []uint32{free, mover.Table.SelfSlot} {
+		if _, err := mover.CreateRing(bad, true); err == nil || !strings.Contains(err.Error(), "not a member") {
+			t.Errorf("joined ring from slot %d (no member, or the rank itself): %v", bad, err)
+		}
+	}
 
 	// Rank 0 leaves host A, the last of its job there: the session ends; it comes back and
 	// takes its group's session again.

@@ -286,6 +286,7 @@ int MPI_Init_thread(int *argc, char ***argv, int required, int *provided)
 static void drain(void)
 {
 	unsigned spins = 0;
+	ivs.finalizing = 1; /* no join exchange begins now (join.c): its messages would outlive the drain */
 	while (ivs.nsend_queued || ivs.nsync_wait) {
 		if (!ivs_progress())
 			ivs_wait_pause(&spins);
@@ -304,8 +305,10 @@ static void drain(void)
 
 int MPI_Finalize(void)
 {
-	if (ivs.job_active)
+	if (ivs.job_active) {
 		drain();
+		ivs_join_check();
+	}
 	if (ivs.ctl_finalize) {
 		char err[256] = "";
 		ivs_lib_hook_remove();

@@ -185,6 +185,8 @@ struct ivs_msg {
 	/* A library message from a co-located peer, taken by a matched probe before the peer's
 	 * MARK was read (migrate.c): received by PMPI_Imrecv once matched. */
 	uint8_t is_lib;
+	uint8_t via_lib;           /* counted in ivs.nunexp_net: its sender's messages on its
+	                              communicator come by the library now */
 	MPI_Message lib;
 	MPI_Status lib_st;
 	struct ivs_msg *next, *prev;
@@ -236,6 +238,9 @@ struct ivs_state {
 	uint32_t *lib_open;
 	int lib_lost;              /* a counted receive was freed before it completed: its match can
 	                              no longer be seen, so no pair moves to rings any more */
+	int lib_cancelled;         /* the program cancelled a library request (a send, maybe): the
+	                              counts may differ at MPI_Finalize without a fault */
+	int finalizing;            /* MPI_Finalize's drain began: no new join exchange */
 	ivshim_ctl_adopt_fn ctl_adopt;
 	int nunexp_net;            /* unexpected messages from peers whose messages now come by the
 	                              library (ring messages from before the MARK, parked library
@@ -408,18 +413,19 @@ void ivs_join_init(void);
 void ivs_join_reset(struct ivs_peer *p);
 int ivs_join_step(int w, struct ivs_peer *p);
 int ivs_join_busy(const struct ivs_peer *p);
-void ivs_join_on_ask(int w, uint64_t sent, uint64_t id);
+int ivs_join_on_ask(int w, uint64_t sent, uint64_t id);
 void ivs_join_on_drained(int w, uint64_t got, uint64_t id);
 void ivs_join_on_off(int w, uint64_t id);
 void ivs_join_rx_ring(int w, struct ivs_peer *p);
 void ivs_join_recv_done(struct ivs_req *r);
 void ivs_join_recv_lost(struct ivs_req *r);
+void ivs_join_check(void);
 /* Receives from world rank w on c look for library messages by matched probe: the pair is
  * moving to rings, so none may wait inside the library (join.c). */
 static inline int ivs_join_probing(const struct ivs_comm *c, int w)
 {
 	const struct ivs_peer *p = ivs.peers[w];
-	return p && p->joined && p->rx_net && c->counted;
+	return p && p->joined && p->rx_net && !p->leave_seen && c->counted;
 }
 /* A library message on c to comm rank dest, and one from comm rank src taken from the library. */
 static inline void ivs_count_sent(const struct ivs_comm *c, int dest)

@@ -73,13 +73,20 @@ static int pair_shares(int w, const struct ivs_peer *p)
 	return !ivs.released && !ivs.self_leaving && !p->leave_seen && !p->join_pending && ivs_slot_holds(p->slot, w);
 }
 
-/* Some other peer of this rank still reads a ring from p's slot (its earlier occupant's). */
-static int slot_read_by_other(const struct ivs_peer *p)
+/* Whether an earlier occupant of p's slot is still a pair of this rank's that may touch the
+ * pair words between the two slots: it has not read its peer's MARK, or its own direction has
+ * not closed (it may still wait for the answer in the word). One that is done with both lets go
+ * of its rings, which the new pair's may replace (ivshmem's ResetPair frees the old inbound one). */
+static int slot_busy(const struct ivs_peer *p)
 {
 	for (int i = 0; i < ivs.nlocal; i++) {
-		const struct ivs_peer *q = ivs.peers[ivs.local_world[i]];
-		if (q != p && q->slot == p->slot && q->rx.ring)
+		struct ivs_peer *q = ivs.peers[ivs.local_world[i]];
+		if (q == p || q->slot != p->slot)
+			continue;
+		if (!q->tx_net || (q->rx.ring && !(q->rx_mark && q->rx_net)))
 			return 1;
+		q->rx.ring = NULL;
+		q->tx.ring = NULL;
 	}
 	return 0;
 }
@@ -92,9 +99,8 @@ void ivs_join_recv_done(struct ivs_req *r)
 	int w = c->world[r->peer];
 	ivs.lib_open[w]--;
 	int cancelled = 0;
-	if (r->error == MPI_SUCCESS)
-		PMPI_Test_cancelled(&r->net_st, &cancelled);
-	if (r->error == MPI_SUCCESS && !cancelled)
+	PMPI_Test_cancelled(&r->net_st, &cancelled);
+	if (!cancelled && r->net_st.MPI_SOURCE == r->peer) /* matched, also when it failed (truncated) */
 		ivs_count_got(c, r->net_st.MPI_SOURCE);
 }
 
@@ -114,8 +120,13 @@ void ivs_join_rx_ring(int w, struct ivs_peer *p)
 {
 	p->rx_net = 0;
 	p->rx_join = IVS_JRX_RING;
-	for (struct ivs_msg *m = ivs.unexp; m; m = m->next) /* counted while the peer was on the library */
-		ivs.nunexp_net -= m->src_world == w;
+	for (struct ivs_msg *m = ivs.unexp; m; m = m->next) { /* its messages on other communicators still come by the library */
+		const struct ivs_comm *c;
+		if (m->src_world == w && m->via_lib && (c = ivs_comm_by_ctx(m->ctx)) && c->counted) {
+			m->via_lib = 0;
+			ivs.nunexp_net--;
+		}
+	}
 	for (struct ivs_req *r = ivs.posted; r; r = r->next) {
 		if (r->recv_mode == IVS_RM_PROBE && r->peer != MPI_ANY_SOURCE && r->comm->counted && r->comm->world[r->peer] == w) {
 			r->recv_mode = IVS_RM_SHM;
@@ -133,11 +144,21 @@ static struct ivs_peer *joined_peer(int w)
 	return p && p->joined ? p : NULL;
 }
 
-void ivs_join_on_ask(int w, uint64_t sent, uint64_t id)
+/* A refusal: DRAINED with a count no sender reaches. */
+#define REFUSED UINT64_MAX
+
+/* DRAINQ from w; 0: it waits (migrate.c defers it) until this rank's pair with w is made. */
+int ivs_join_on_ask(int w, uint64_t sent, uint64_t id)
 {
-	struct ivs_peer *p = joined_peer(w);
-	if (!p || p->rx_join == IVS_JRX_OFF)
-		return;
+	if (ivs.finalizing)
+		return 1;
+	struct ivs_peer *p = w >= 0 && w < ivs.world_size ? ivs.peers[w] : NULL;
+	if (p && p->join_pending)
+		return 0; /* the pair is made anew once its earlier leave is done here */
+	if (!p || !p->joined || p->rx_join == IVS_JRX_OFF) {
+		ivs_ctl_send(w, IVS_TAG_DRAINED, REFUSED, id, 0); /* a question of an earlier pair, or no ring here */
+		return 1;
+	}
 	if (p->rx_join == IVS_JRX_AWAIT) {
 		struct ivs_rec h;
 		const uint8_t *pl;
@@ -152,13 +173,21 @@ void ivs_join_on_ask(int w, uint64_t sent, uint64_t id)
 		p->rx_asked = 1; /* taken once this rank has read the ring to its MARK */
 	else
 		p->rx_join = IVS_JRX_ASKED;
+	return 1;
 }
 
 void ivs_join_on_drained(int w, uint64_t got, uint64_t id)
 {
+	if (ivs.finalizing)
+		return;
 	struct ivs_peer *p = joined_peer(w);
 	if (!p || p->tx_join != IVS_JTX_ASKED || id != p->tx_ask) {
-		ivs_ctl_send(w, IVS_TAG_JOINOFF, 0, id, 0); /* an answer to a question of an earlier pair */
+		if (got != REFUSED)
+			ivs_ctl_send(w, IVS_TAG_JOINOFF, 0, id, 0); /* an answer to a question of an earlier pair */
+		return;
+	}
+	if (got == REFUSED) { /* not in this region: this pair stays on the library */
+		p->tx_join = IVS_JTX_OFF;
 		return;
 	}
 	p->tx_join = IVS_JTX_NONE;
@@ -188,20 +217,22 @@ void ivs_join_on_off(int w, uint64_t id)
 int ivs_join_step(int w, struct ivs_peer *p)
 {
 	int did = 0;
+	if (ivs.finalizing)
+		return 0;
 	if (p->tx_join == IVS_JTX_RING && p->tx_net)
 		p->tx_join = IVS_JTX_NONE; /* closed again (a leave, an ACK that could not take a ring) */
 	if (p->rx_join == IVS_JRX_RING && p->rx_net) { /* its MARK read */
 		p->rx_join = p->rx_asked ? IVS_JRX_ASKED : IVS_JRX_NONE;
 		p->rx_asked = 0;
 	}
-	if (p->tx_join == IVS_JTX_NONE && p->closing && p->tx_net && !p->sendq && !p->nacks && pair_shares(w, p)) {
+	if (p->tx_join == IVS_JTX_NONE && p->closing && p->tx_net && !p->sendq && !p->nacks && pair_shares(w, p) && !slot_busy(p)) {
 		p->tx_ask = ++last_ask;
 		p->tx_join = IVS_JTX_ASKED;
 		ivs_ctl_send(w, IVS_TAG_DRAINQ, ivs.lib_sent[w], p->tx_ask, 0);
 		did = 1;
 	}
 	if (p->rx_join == IVS_JRX_ASKED && p->rx_mark && p->rx_net && !p->parked && ivs.lib_got[w] >= p->rx_need &&
-	    !ivs.lib_open[w] && !ivs.lib_lost && pair_shares(w, p) && !slot_read_by_other(p)) {
+	    !ivs.lib_open[w] && !ivs.lib_lost && pair_shares(w, p) && !slot_busy(p)) {
 		if (!ivs_pair_rx_join(p)) {
 			p->rx_join = IVS_JRX_OFF;
 			return 1;
@@ -219,4 +250,43 @@ int ivs_join_step(int w, struct ivs_peer *p)
 int ivs_join_busy(const struct ivs_peer *p)
 {
 	return p->rx_join == IVS_JRX_AWAIT;
+}
+
+/* MPI_Finalize, on every rank of a job that uses shared memory: the counts every switch relies
+ * on, checked against the senders'. A correct program leaves no message unmatched, so each
+ * rank must have matched exactly what every sender counted for it; a difference means a path
+ * that sends or receives by the library without counting (IVSHIM_VERBOSE prints it; the
+ * integration tests look for it). */
+void ivs_join_check(void)
+{
+	size_t n = (size_t)ivs.world_size;
+	int cancelled = 0;
+	PMPI_Allreduce(&ivs.lib_cancelled, &cancelled, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+	if (cancelled) {
+		if (ivs.verbose)
+			fprintf(stderr, "ivshim: rank %d: library message counts not compared: the program cancelled a library request\n",
+			        ivs.world_rank);
+		return;
+	}
+	uint64_t *to_me = malloc(n * sizeof *to_me);
+	if (!to_me || PMPI_Alltoall(ivs.lib_sent, 1, MPI_UINT64_T, to_me, 1, MPI_UINT64_T, MPI_COMM_WORLD) != MPI_SUCCESS) {
+		free(to_me);
+		return;
+	}
+	uint64_t total = 0;
+	int bad = 0;
+	for (size_t w = 0; w < n; w++) {
+		total += ivs.lib_got[w];
+		if (to_me[w] == ivs.lib_got[w] && !ivs.lib_open[w])
+			continue;
+		bad = 1;
+		if (ivs.verbose)
+			fprintf(stderr, "ivshim: rank %d: library messages from rank %zu on counted communicators: %lu sent, %lu matched "
+			        "here, %u receives open: the join switch's counts disagree\n", ivs.world_rank, w,
+			        (unsigned long)to_me[w], (unsigned long)ivs.lib_got[w], ivs.lib_open[w]);
+	}
+	if (!bad && ivs.verbose)
+		fprintf(stderr, "ivshim: rank %d: library message counts agree with every sender's (%lu messages)\n",
+		        ivs.world_rank, (unsigned long)total);
+	free(to_me);
 }

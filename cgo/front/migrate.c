@@ -298,8 +298,7 @@ static int dispatch(int src, int tag, const struct ctl_msg *m)
 	}
 	switch (tag) {
 	case IVS_TAG_DRAINQ:
-		ivs_join_on_ask(src, m->a, m->b);
-		return 1;
+		return ivs_join_on_ask(src, m->a, m->b);
 	case IVS_TAG_DRAINED:
 		ivs_join_on_drained(src, m->a, m->b);
 		return 1;
@@ -500,8 +499,12 @@ static void mark_comm(struct ivs_comm *c, void *arg)
 static void on_mark(int w, struct ivs_peer *p)
 {
 	p->rx_net = 1;
-	for (struct ivs_msg *m = ivs.unexp; m; m = m->next) /* ring messages not received yet */
-		ivs.nunexp_net += m->src_world == w;
+	for (struct ivs_msg *m = ivs.unexp; m; m = m->next) { /* ring messages not received yet */
+		if (m->src_world == w && !m->via_lib) {
+			m->via_lib = 1;
+			ivs.nunexp_net++;
+		}
+	}
 	ivs.has_net = 1;
 	ivs_comm_each(mark_comm, p);
 	for (struct ivs_req *r = ivs.posted; r; r = r->next) {

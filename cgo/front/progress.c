@@ -123,7 +123,7 @@ void ivs_unpost(struct ivs_req *r)
 
 void ivs_unexp_remove(struct ivs_msg *m)
 {
-	ivs.nunexp_net -= ivs.peers[m->src_world]->rx_net;
+	ivs.nunexp_net -= m->via_lib;
 	if (m->prev)
 		m->prev->next = m->next;
 	else
@@ -137,7 +137,8 @@ void ivs_unexp_remove(struct ivs_msg *m)
 
 void ivs_unexp_append(struct ivs_msg *m)
 {
-	ivs.nunexp_net += ivs.peers[m->src_world]->rx_net;
+	m->via_lib = ivs.peers[m->src_world]->rx_net;
+	ivs.nunexp_net += m->via_lib;
 	m->next = NULL;
 	m->prev = ivs.unexp_tail;
 	if (ivs.unexp_tail)

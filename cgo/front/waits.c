@@ -326,8 +326,10 @@ static void cancel_req(struct ivs_req *r)
 	if (r->kind == IVS_PSEND || r->kind == IVS_PRECV) {
 		if (r->act)
 			cancel_req(r->act);
-		else if (r->state == IVS_ACTIVE)
+		else if (r->state == IVS_ACTIVE) {
+			ivs.lib_cancelled = 1; /* a send, maybe: join.c's check at MPI_Finalize */
 			PMPI_Cancel(&r->inner);
+		}
 		return;
 	}
 	if (r->state == IVS_DONE)
@@ -379,8 +381,10 @@ static void cancel_req(struct ivs_req *r)
 int MPI_Cancel(MPI_Request *h)
 {
 	struct ivs_req *r = ivs.enabled ? ivs_req_of(*h) : NULL;
-	if (!r)
+	if (!r) {
+		ivs.lib_cancelled = 1;
 		return PMPI_Cancel(h);
+	}
 	cancel_req(r);
 	return MPI_SUCCESS;
 }
@@ -393,7 +397,7 @@ int MPI_Request_free(MPI_Request *h)
 	*h = MPI_REQUEST_NULL;
 	if (r->kind == IVS_PSEND || r->kind == IVS_PRECV) {
 		if (r->state == IVS_ACTIVE) {
-			if (r->act && r->act->lib_count)
+			if (r->act && r->act->lib_count && !ivs_req_poll(r->act))
 				ivs_join_recv_lost(r->act);
 			if (r->act)
 				r->act->free_on_done = 1;

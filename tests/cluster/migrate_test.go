@@ -165,8 +165,17 @@ func TestMigrateStress(t *testing.T) {
 			if joins != releases {
 				t.Errorf("%d ranks joined their VM's new region, %d released one; stderr:\n%s", joins, releases, o.res.Stderr)
 			}
+			// Pairs the joins made move to rings once each direction drained (join.c), on the
+			// library message counts every rank checks against its senders' at MPI_Finalize.
+			moved := strings.Count(o.res.Stderr, "take the region again")
 			t.Logf("%d directions of pairs made at run time moved to a ring (sender side), %d (receiver side)",
-				strings.Count(o.res.Stderr, "take the region again"), strings.Count(o.res.Stderr, "come by the region again"))
+				moved, strings.Count(o.res.Stderr, "come by the region again"))
+			if moved == 0 {
+				t.Errorf("no pair a join made moved to a ring; stderr:\n%s", o.res.Stderr)
+			}
+			if n := strings.Count(o.res.Stderr, "library message counts agree"); n != len(vms) || strings.Contains(o.res.Stderr, "counts disagree") {
+				t.Errorf("%d of %d ranks found their library message counts equal to their senders'; stderr:\n%s", n, len(vms), o.res.Stderr)
+			}
 			// Areas of leaders that left are taken over and freed by ranks that stay: the
 			// region never runs out (before, each leader's move cost it an area for good, and
 			// 100 moves with rejoins exhausted it).

@@ -130,6 +130,32 @@ func TestMigrateProtocolNegative(t *testing.T) {
 	}
 }
 
+// TestJoinSwitch: a direction of a pair made at run time moves from the library to a ring only
+// when every library message was matched and no receive waits inside the library: tag-selective
+// receives (some posted in the library before the pair was made) never see a message overtake
+// an older one of their tag, none is lost or left waiting, whatever the interleaving of the
+// DRAINQ/DRAINED/JOINOFF exchange (joinswitch.pml, cgo/front/join.c).
+func TestJoinSwitch(t *testing.T) {
+	t.Parallel()
+	requireSpin(t)
+	requireProven(t, "joinswitch.pml", nil, []string{"-DW=3", "-DMAXASK=4"}, []string{"-DPRE=2", "-DW=3"})
+}
+
+// TestJoinSwitchNegative: without the receiver's check that none of its receives waits inside
+// the library, without the sender's check that all it sent was matched, or with receives
+// posted into the library while the pair is being made, spin must find a message stranded or
+// overtaken.
+func TestJoinSwitchNegative(t *testing.T) {
+	t.Parallel()
+	requireSpin(t)
+	for _, def := range []string{"-DNO_OPEN_CHECK", "-DNO_SENT_CHECK", "-DNO_PROBE_MODE"} {
+		report, failed := verify(t, "joinswitch.pml", def)
+		if !failed || !(strings.Contains(report, "assertion violated") || strings.Contains(report, "invalid end state")) {
+			t.Errorf("joinswitch.pml %s: spin found no error:\n%s", def, report)
+		}
+	}
+}
+
 // TestCollSwitchSafety: the collective switch's agreement never lets members run one
 // collective on different plans, never decides behind a member, and the leaving member never
 // uses the area after its release, whatever the interleaving (collswitch.pml, both programs).

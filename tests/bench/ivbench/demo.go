@@ -238,13 +238,16 @@ func demoMigration(ctx context.Context, c *cluster.Cluster, bin, shimDir string,
 		fmt.Fprintf(out, "  %-8s %8.2f ms\n", p.Name, p.Seconds*1e3)
 	}
 	fmt.Fprintf(out, "  %-8s %8.2f ms (%d ranks drained)\n", "total", res.Seconds*1e3, res.Ranks)
-	said, joined, mover := false, false, ""
+	said, joined, mover, moved := false, false, "", ""
 	for _, l := range strings.Split(o.res.Stderr, "\n") {
 		switch {
 		case strings.Contains(l, "released the region"):
 			fmt.Fprintf(out, "  %s\n", l)
 			said = true
 			mover, _, _ = strings.Cut(l, ": moved")
+			moved = mover
+		case joined && moved != "" && strings.HasPrefix(l, moved+": messages to rank") && strings.Contains(l, "take the region again"):
+			fmt.Fprintf(out, "  %s\n", l) // its point-to-point with a new neighbour, on a ring again
 		case strings.Contains(l, "joined the region of its VM's host again"):
 			fmt.Fprintf(out, "  %s\n", l)
 			joined = true

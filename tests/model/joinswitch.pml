@@ -1,0 +1,176 @@
+/*
+ * The join switch (cgo/front/join.c): one direction S -> R of a pair made at run time moves
+ * from the MPI library to a ring. Messages carry tags, and the receiver's program receives them
+ * in an order tags allow (a receive for tag 1 before an earlier message of tag 0), some of its
+ * receives posted inside the library before the pair was made. The rules, as the shim has them:
+ *   S: sends by the library (counting them, sent) until it switches, then into the ring. While on
+ *      the library it may ask: DRAINQ(sent, id). On DRAINED(got, id) answering its question it
+ *      switches if sent == got (every library message it sent was matched), else JOINOFF(id).
+ *      Any other DRAINED gets JOINOFF(id).
+ *   R: counts the library messages it matched (got) and its receives the library holds (open).
+ *      A question is answered once got >= the question's count and open == 0: R then reads the
+ *      ring (AWAIT) and sends DRAINED(got, id). The first record in the ring moves its receives
+ *      to the ring (RING). JOINOFF for the awaited question, or a new DRAINQ with the ring
+ *      empty, takes it back to the library. Receives R posts after the pair was made are the
+ *      shim's: on the library they match by matched probe (PROBE), never inside the library.
+ * The library matches a message to the earliest posted receive of its tag at arrival, so a
+ * matched probe sees only messages no library receive is posted for.
+ *
+ * Checked exhaustively: every receive matches the oldest unmatched message of its tag (MPI's
+ * non-overtaking rule), every message is received once, and nobody waits forever (no invalid end
+ * state). Broken variants, each must fail: NO_OPEN_CHECK (answer with receives inside the
+ * library: one waits there for a message that takes the ring), NO_SENT_CHECK (switch without
+ * sent == got: a ring message overtakes a library one), NO_PROBE_MODE (receives posted while the
+ * pair is being made go into the library).
+ */
+
+#define N 4                        /* messages S sends */
+#define TAG(i) ((i) % 2)           /* message i's tag: 0, 1, 0, 1 */
+#define RT(k) ((k) == 0 -> 1 : ((k) == 3 -> 1 : 0)) /* the tag of R's receive k: 1, 0, 0, 1 */
+#ifndef PRE
+#define PRE 1                      /* R's receives posted inside the library before the pair was made */
+#endif
+#ifndef W
+#define W 2                        /* R's receives outstanding at most (PRE included) */
+#endif
+#ifndef MAXASK
+#define MAXASK 3                   /* questions S asks at most (asking again is S's choice) */
+#endif
+
+#ifdef NO_OPEN_CHECK
+#define OPEN_OK true /* broken on purpose */
+#else
+#define OPEN_OK (open == 0)
+#endif
+#ifdef NO_SENT_CHECK
+#define SENT_OK true /* broken on purpose */
+#else
+#define SENT_OK (sent == got)
+#endif
+
+#define LIB 1   /* a receive inside the library */
+#define PROBE 2 /* the shim's, matching library messages by matched probe */
+#define SHM 3   /* the shim's, matching ring messages */
+
+#define NONE 0
+#define ASKED 1
+#define AWAIT 2
+#define RING 3
+
+mtype = { DRAINQ, JOINOFF };
+
+chan lib = [N] of { byte, byte };  /* seq, tag: sent by the library, not matched yet */
+chan ring = [N] of { byte, byte };
+chan s2r = [MAXASK * 2] of { mtype, byte, byte };
+chan r2s = [MAXASK] of { byte, byte };
+
+byte received = 0;
+
+active proctype S() {
+	byte i = 0, sent = 0, ask = 0, asks = 0, got, id;
+	bool on_ring = false, asked = false;
+end:
+	do
+	:: i < N ->
+		if
+		:: on_ring -> ring ! i, TAG(i)
+		:: else -> lib ! i, TAG(i); sent++
+		fi;
+		i++
+	:: !on_ring && !asked && asks < MAXASK ->
+		asks++;
+		ask++;
+		s2r ! DRAINQ, sent, ask;
+		asked = true
+	:: r2s ? got, id ->
+		if
+		:: asked && id == ask && SENT_OK ->
+			on_ring = true;
+			asked = false
+		:: else ->
+			s2r ! JOINOFF, 0, id;
+			if
+			:: asked && id == ask -> asked = false
+			:: else -> skip
+			fi
+		fi
+	od
+}
+
+byte mode[N];
+bool done[N];
+byte last[2] = 255; /* the last seq matched per tag */
+
+/* Receive k may match now: posted, not done, no earlier outstanding receive of its tag, and a
+ * message for it where its mode looks. */
+#define EARLIER(k, j) ((j) < (k) && !done[j] && RT(j) == RT(k))
+#define FIRST(k) (!EARLIER(k, 0) && !EARLIER(k, 1) && !EARLIER(k, 2))
+#define CAN(k) (k < posted && !done[k] && FIRST(k) && \
+                (((mode[k] == LIB || mode[k] == PROBE) && lib ?? [_, eval(RT(k))]) || (mode[k] == SHM && ring ?? [_, eval(RT(k))])))
+
+inline match(k, s, got, open) {
+	if
+	:: mode[k] == SHM ->
+		assert(!(lib ?? [_, eval(RT(k))])); /* no older library message of the tag */
+		ring ?? s, eval(RT(k))
+	:: else ->
+		lib ?? s, eval(RT(k));
+		got++;
+		if
+		:: mode[k] == LIB -> open--
+		:: else -> skip
+		fi
+	fi;
+	assert(last[RT(k)] == 255 || s > last[RT(k)]);
+	last[RT(k)] = s;
+	done[k] = true;
+	received++
+}
+
+active proctype R() {
+	byte rx = NONE, need = 0, rask = 0, got = 0, open = 0, posted = 0, n, id, s, k;
+	mtype kind;
+	/* the receives posted before the pair was made: inside the library */
+	do
+	:: posted < PRE -> mode[posted] = LIB; open++; posted++
+	:: else -> break
+	od;
+	do
+	:: received == N -> break
+	/* the program posts its next receive */
+	:: atomic { posted < N && posted - received < W ->
+		if
+		:: rx == RING -> mode[posted] = SHM
+#ifdef NO_PROBE_MODE
+		:: else -> mode[posted] = LIB; open++ /* broken on purpose */
+#else
+		:: else -> mode[posted] = PROBE
+#endif
+		fi;
+		posted++ }
+	/* a receive matches (the library's at arrival, the shim's by probe or from the ring) */
+	:: atomic { CAN(0) -> k = 0; match(k, s, got, open) }
+	:: atomic { CAN(1) -> k = 1; match(k, s, got, open) }
+	:: atomic { CAN(2) -> k = 2; match(k, s, got, open) }
+	:: atomic { CAN(3) -> k = 3; match(k, s, got, open) }
+	/* the first ring record: receives move to the ring */
+	:: atomic { rx == AWAIT && nempty(ring) ->
+		rx = RING;
+		k = 0;
+		do
+		:: k < N -> if :: mode[k] == PROBE && !done[k] -> mode[k] = SHM :: else -> skip fi; k++
+		:: else -> break
+		od }
+	/* answer a question */
+	:: atomic { rx == ASKED && got >= need && OPEN_OK -> rx = AWAIT; r2s ! got, rask }
+	/* the shim's messages; a question that finds the ring written is read after the ring's
+	 * first record (join.c moves the receives first) */
+	:: nempty(s2r) && (rx != AWAIT || empty(ring)) -> s2r ? kind, n, id;
+		if
+		:: kind == DRAINQ && rx != RING -> rx = ASKED; need = n; rask = id
+		:: kind == JOINOFF && rx == AWAIT && id == rask -> rx = NONE
+		:: else -> skip
+		fi
+	od;
+	assert(empty(lib) && empty(ring))
+}
