@@ -143,8 +143,7 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 }
 
 /* Agree among c's members on a context id (the largest next id among them, unused by every
- * member), on whether any member has a co-located peer in c, and on whether every member has
- * one (then every member counts its library messages there: join.c); then record c if any. Every
+ * member) and on whether any member has a co-located peer in c; then record c if so. Every
  * member takes the same decision, so collectives on c run the same algorithm everywhere.
  * A communicator with a member outside this MPI_COMM_WORLD (spawned, connected, merged) is left
  * to the library without any exchange: the other world may not run the shim at all (or run it
@@ -163,10 +162,10 @@ static int comm_agree(MPI_Comm c, int is_world)
 		comm_drop(e);
 		return MPI_SUCCESS;
 	}
-	unsigned mine[4] = {is_world ? 0 : ivs.next_ctx, e->nshm >= 2, (unsigned)ivs.thread_multiple, e->nshm < 2};
-	unsigned agreed[4] = {0, 0, 0, 0};
+	unsigned mine[3] = {is_world ? 0 : ivs.next_ctx, e->nshm >= 2, (unsigned)ivs.thread_multiple};
+	unsigned agreed[3] = {0, 0, 0};
 	MPI_Request req;
-	rc = PMPI_Iallreduce(mine, agreed, 4, MPI_UNSIGNED, MPI_MAX, c, &req);
+	rc = PMPI_Iallreduce(mine, agreed, 3, MPI_UNSIGNED, MPI_MAX, c, &req);
 	if (rc == MPI_SUCCESS)
 		rc = ivs_net_wait(&req, MPI_STATUS_IGNORE);
 	if (rc != MPI_SUCCESS || !agreed[1] || ivs.thread_multiple) {
@@ -176,7 +175,12 @@ static int comm_agree(MPI_Comm c, int is_world)
 	if (!is_world)
 		ivs.next_ctx = agreed[0] + 1;
 	e->ctx = agreed[0];
-	e->p2p = e->nshm >= 2;
+	/* A rank with a region counts its library messages on every communicator it records (no
+	 * member runs MPI_THREAD_MULTIPLE there), co-located peers in it or not, so a pair that
+	 * a migration makes later can move to rings on it (join.c); its point-to-point there then
+	 * takes the shim's paths, which count. */
+	e->counted = ivs.enabled && !agreed[2];
+	e->p2p = e->nshm >= 2 || e->counted;
 	/* Which members' messages come by the library is read only now, as the record goes into the
 	 * table: the wait above ran the progress engine, which may have moved a peer's direction to
 	 * the library (pairs.c, migrate.c) and marked only the communicators already recorded. */
@@ -188,7 +192,6 @@ static int comm_agree(MPI_Comm c, int is_world)
 			e->by_local[p->local] = i;
 	}
 	e->coll_lib = agreed[2] != 0;
-	e->counted = !agreed[3];
 	unsigned b = bucket(c);
 	e->next = table[b];
 	table[b] = e;

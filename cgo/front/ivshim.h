@@ -90,14 +90,16 @@ struct ivs_comm {
 	MPI_Comm handle;
 	uint32_t ctx;              /* context id agreed among the members */
 	int rank, size;
-	int p2p;                   /* this rank has a co-located peer in it: point-to-point uses rings */
+	int p2p;                   /* point-to-point takes the shim's paths here: this rank has a
+	                              co-located peer in it (rings), or counts (counted) */
 	int nshm;                  /* members reached through the region, self included */
 	int has_net;               /* some member is reached through PMPI */
 	int coll_lib;              /* collectives go to the library: a member runs MPI_THREAD_MULTIPLE */
 	int outsider;              /* a member is outside this MPI_COMM_WORLD (comm_build) */
-	int counted;               /* every member had a co-located peer in it at its creation, so
-	                              every member counts its library messages per pair here
-	                              (join.c): a pair made at run time may move to rings on it */
+	int counted;               /* this rank has a region and counts its library messages per
+	                              peer here (join.c): a pair made at run time may move to rings
+	                              on it (every rank with a region counts on every communicator
+	                              it records, unless a member runs MPI_THREAD_MULTIPLE) */
 	int *world;                /* comm rank -> world rank */
 	int *by_local;             /* local (co-located) index -> comm rank, -1 if not a member */
 	int pending_probe;         /* receives here that look for library messages by matched probe:

@@ -10,9 +10,9 @@
  * So a direction moves only when it is quiescent: every library message the sender sent to the
  * receiver has been matched there, and no receive of the receiver waits in the library.
  *
- * Counting. On counted communicators (every member had a co-located peer at creation, so every
- * member runs the shim's paths there: ivs_comm.counted) each rank counts, per world rank, the
- * library messages it sent (ivs.lib_sent) and those it took from the library (ivs.lib_got:
+ * Counting. On counted communicators (every communicator a rank with a region records: its
+ * point-to-point there takes the shim's paths, ivs_comm.counted) each rank counts, per world
+ * rank, the library messages it sent (ivs.lib_sent) and those it took from the library (ivs.lib_got:
  * a receive the library completed, counted at its completion; a message taken by matched probe,
  * counted at the probe), and how many of its receives the library holds (ivs.lib_open). Every
  * receive there is the shim's request (a library receive is wrapped: req.lib_count), so each
@@ -269,15 +269,18 @@ void ivs_join_check(void)
 		return;
 	}
 	uint64_t *to_me = malloc(n * sizeof *to_me);
-	if (!to_me || PMPI_Alltoall(ivs.lib_sent, 1, MPI_UINT64_T, to_me, 1, MPI_UINT64_T, MPI_COMM_WORLD) != MPI_SUCCESS) {
+	int *counts = malloc(n * sizeof *counts); /* which ranks count: those with a region */
+	if (!to_me || !counts || PMPI_Alltoall(ivs.lib_sent, 1, MPI_UINT64_T, to_me, 1, MPI_UINT64_T, MPI_COMM_WORLD) != MPI_SUCCESS ||
+	    PMPI_Allgather(&ivs.enabled, 1, MPI_INT, counts, 1, MPI_INT, MPI_COMM_WORLD) != MPI_SUCCESS) {
 		free(to_me);
+		free(counts);
 		return;
 	}
 	uint64_t total = 0;
 	int bad = 0;
 	for (size_t w = 0; w < n; w++) {
 		total += ivs.lib_got[w];
-		if (to_me[w] == ivs.lib_got[w] && !ivs.lib_open[w])
+		if (!ivs.enabled || !counts[w] || (to_me[w] == ivs.lib_got[w] && !ivs.lib_open[w]))
 			continue;
 		bad = 1;
 		if (ivs.verbose)
@@ -285,8 +288,9 @@ void ivs_join_check(void)
 			        "here, %u receives open: the join switch's counts disagree\n", ivs.world_rank, w,
 			        (unsigned long)to_me[w], (unsigned long)ivs.lib_got[w], ivs.lib_open[w]);
 	}
-	if (!bad && ivs.verbose)
+	if (!bad && ivs.verbose && ivs.enabled)
 		fprintf(stderr, "ivshim: rank %d: library message counts agree with every sender's (%lu messages)\n",
 		        ivs.world_rank, (unsigned long)total);
 	free(to_me);
+	free(counts);
 }
