@@ -64,7 +64,8 @@ func (a *Attachment) Rejoin() (Joined, error) {
 			r.Close()
 		}
 	}()
-	if err := vmPresent(r, re.cfg); err != nil {
+	vm, err := vmPresent(r, re.cfg)
+	if err != nil {
 		return Joined{}, err
 	}
 	session := r.Session()
@@ -78,7 +79,6 @@ func (a *Attachment) Rejoin() (Joined, error) {
 	if !re.sessions[session] {
 		return Joined{}, fmt.Errorf("%w: region %s is used by another job instance (session %#x)", ErrNothingToJoin, r.Source(), session)
 	}
-	vm, _ := r.FindVM(re.cfg.VMID)
 	slot, err := r.ClaimSlot(ivshmem.SlotIdentity{Session: session, VMIndex: vm,
 		WorldRank: uint32(a.Table.Rank), WorldSize: uint32(a.Table.Size), PID: uint32(re.o.PID)})
 	if err != nil { // a full slot table: others hold the session
@@ -90,7 +90,10 @@ func (a *Attachment) Rejoin() (Joined, error) {
 	// ranks' slots; this rank claims, then looks at the flag. So either the drain finds this
 	// slot (and waits for its release) or this rank sees the flag and lets go (releasing the
 	// slot ends a session nobody else holds).
-	if err := vmPresent(r, re.cfg); err != nil {
+	if again, err := vmPresent(r, re.cfg); err != nil || again != vm {
+		if err == nil {
+			err = fmt.Errorf("%w: region %s: this VM's entry moved while joining", ErrNothingToJoin, r.Source())
+		}
 		keep = true // closed by m
 		m.close()
 		return Joined{}, err
@@ -111,15 +114,16 @@ func (a *Attachment) Rejoin() (Joined, error) {
 	return Joined{Region: r, Slot: slot}, nil
 }
 
-// vmPresent says why r is no region to join for the VM of cfg, or nil: the VM has an entry there
+// vmPresent returns the index of the entry of cfg's VM in r, or why r is no region to join for
+// it: it has no entry there, or one that is not present.
 // that is not flagged leaving.
-func vmPresent(r *ivshmem.Region, cfg Config) error {
+func vmPresent(r *ivshmem.Region, cfg Config) (uint32, error) {
 	vm, ok := r.FindVM(cfg.VMID)
 	if !ok {
-		return fmt.Errorf("%w: region %s has no entry for this VM (%s)", ErrNothingToJoin, r.Source(), cfg.VMIDSource)
+		return 0, fmt.Errorf("%w: region %s has no entry for this VM (%s)", ErrNothingToJoin, r.Source(), cfg.VMIDSource)
 	}
 	if v, err := r.VMAt(vm); err != nil || v.State != ivshmem.VMPresent {
-		return fmt.Errorf("%w: region %s: this VM is not present (flagged leaving)", ErrNothingToJoin, r.Source())
+		return 0, fmt.Errorf("%w: region %s: this VM is not present (flagged leaving)", ErrNothingToJoin, r.Source())
 	}
-	return nil
+	return vm, nil
 }

@@ -196,17 +196,26 @@ func (h *Hypervisor) Attach(vm hypervisor.VM, r hypervisor.Region) error {
 	if err := os.MkdirAll(h.reg.deviceDir(vm.Name), 0o755); err != nil {
 		return fmt.Errorf("attach %s to VM %s: %w", r.Name, vm.Name, err)
 	}
-	link := h.reg.DevicePath(vm.Name)
-	tmp := link + ".tmp"
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := ReplaceSymlink(r.Path, h.reg.DevicePath(vm.Name)); err != nil {
 		return fmt.Errorf("attach %s to VM %s: %w", r.Name, vm.Name, err)
 	}
-	if err := os.Symlink(r.Path, tmp); err != nil {
-		return fmt.Errorf("attach %s to VM %s: %w", r.Name, vm.Name, err)
+	return nil
+}
+
+// ReplaceSymlink makes link a symlink to target in one step (a new link renamed over the old),
+// so a process resolving link sees the old target or the new one, never none: the emulated
+// VM's device, repointed when a region is plugged or the VM moves.
+func ReplaceSymlink(target, link string) error {
+	tmp := link + ".tmp"
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	if err := os.Symlink(target, tmp); err != nil {
+		return err
 	}
 	if err := os.Rename(tmp, link); err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("attach %s to VM %s: %w", r.Name, vm.Name, err)
+		return err
 	}
 	return nil
 }

@@ -148,6 +148,13 @@ int ivs_coll_needs_switch(struct ivs_comm *c)
 	return (ivs_coll_in_region(c) && leaving_now(c, k->lranks, k->nl) > k->leaving_at_setup) || joins_now(c) > k->joins_at_setup;
 }
 
+/* A group of n members (two or more share an area) whose leader l has no area with room for
+ * them: its view at the set-up was outdated (a member joined or left). */
+static int lacks_room(const struct coll_info *l, int n)
+{
+	return n > 1 && (!l->area || l->cap < n);
+}
+
 /* This rank allocates the area of its host's group of n members, saying why not when it cannot
  * (never silent: once per rank, every time with IVSHIM_VERBOSE). */
 static void lead_alloc(struct coll_info *me, int n)
@@ -288,7 +295,7 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	 * a member joined or left): their leaders allocate it now. */
 	int missing = 0;
 	for (int h = 0; h < nh; h++)
-		missing |= count[h] > 1 && (!all[leader[h]].area || all[leader[h]].cap < count[h]);
+		missing |= lacks_room(&all[leader[h]], count[h]);
 	char err[256];
 	if (me.area && (k->li != 0 || k->nl < 2)) { /* allocated for a group that did not form */
 		ivs.ctl_free((uint64_t)me.area, err, sizeof err);
@@ -296,7 +303,7 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	}
 	if (missing) {
 		struct coll_info again = me;
-		if (k->li == 0 && k->nl > 1 && (!me.area || me.cap < k->nl)) {
+		if (k->li == 0 && lacks_room(&me, k->nl)) {
 			if (me.area)
 				ivs.ctl_free((uint64_t)me.area, err, sizeof err);
 			lead_alloc(&again, k->nl);
@@ -306,7 +313,7 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 			ivs_fatal("out of memory");
 		exchange(c, &again, all2);
 		for (int h = 0; h < nh; h++)
-			if (count[h] > 1 && (!all[leader[h]].area || all[leader[h]].cap < count[h]))
+			if (lacks_room(&all[leader[h]], count[h]))
 				all[leader[h]] = all2[leader[h]];
 		free(all2);
 		me = again;

@@ -238,10 +238,13 @@ struct ivs_state {
 	 * the library (matched) from it, and receives from it the library holds, not completed. */
 	uint64_t *lib_sent, *lib_got;
 	uint32_t *lib_open;
+	uint32_t lib_open_any;     /* MPI_ANY_SOURCE receives the library holds (on communicators
+	                              without a co-located member): any peer's message may go there */
 	int lib_lost;              /* a counted receive was freed before it completed: its match can
 	                              no longer be seen, so no pair moves to rings any more */
-	int lib_cancelled;         /* the program cancelled a library request (a send, maybe): the
-	                              counts may differ at MPI_Finalize without a fault */
+	int lib_uncounted;         /* a library message may have gone uncounted (a cancelled request,
+	                              a large-count call): the counts may differ at MPI_Finalize
+	                              without a fault */
 	int finalizing;            /* MPI_Finalize's drain began: no new join exchange */
 	ivshim_ctl_adopt_fn ctl_adopt;
 	int nunexp_net;            /* unexpected messages from peers whose messages now come by the
@@ -427,7 +430,7 @@ void ivs_join_check(void);
 static inline int ivs_join_probing(const struct ivs_comm *c, int w)
 {
 	const struct ivs_peer *p = ivs.peers[w];
-	return p && p->joined && p->rx_net && !p->leave_seen && c->counted;
+	return p && p->joined && p->rx_net && c->counted && (!p->leave_seen || p->rx_join == IVS_JRX_AWAIT);
 }
 /* A library message on c to comm rank dest, and one from comm rank src taken from the library. */
 static inline void ivs_count_sent(const struct ivs_comm *c, int dest)

@@ -96,12 +96,14 @@ void ivs_join_recv_done(struct ivs_req *r)
 {
 	r->lib_count = 0;
 	const struct ivs_comm *c = r->comm;
-	int w = c->world[r->peer];
-	ivs.lib_open[w]--;
-	int cancelled = 0;
+	if (r->peer == MPI_ANY_SOURCE)
+		ivs.lib_open_any--;
+	else
+		ivs.lib_open[c->world[r->peer]]--;
+	int cancelled = 0, src = r->net_st.MPI_SOURCE;
 	PMPI_Test_cancelled(&r->net_st, &cancelled);
-	if (!cancelled && r->net_st.MPI_SOURCE == r->peer) /* matched, also when it failed (truncated) */
-		ivs_count_got(c, r->net_st.MPI_SOURCE);
+	if (!cancelled && (src == r->peer || r->peer == MPI_ANY_SOURCE)) /* matched, also when it failed (truncated) */
+		ivs_count_got(c, src);
 }
 
 /* ... was freed while the library still holds it: its match will never be seen. */
@@ -122,7 +124,8 @@ void ivs_join_rx_ring(int w, struct ivs_peer *p)
 	p->rx_join = IVS_JRX_RING;
 	for (struct ivs_msg *m = ivs.unexp; m; m = m->next) { /* its messages on other communicators still come by the library */
 		const struct ivs_comm *c;
-		if (m->src_world == w && m->via_lib && (c = ivs_comm_by_ctx(m->ctx)) && c->counted) {
+		if (m->src_world == w && m->via_lib && ((c = ivs_comm_by_ctx(m->ctx)) ? c->counted : m->ctx < ivs.next_ctx)) {
+			/* (a communicator freed here since: nothing receives on it any more) */
 			m->via_lib = 0;
 			ivs.nunexp_net--;
 		}
@@ -178,10 +181,8 @@ int ivs_join_on_ask(int w, uint64_t sent, uint64_t id)
 
 void ivs_join_on_drained(int w, uint64_t got, uint64_t id)
 {
-	if (ivs.finalizing)
-		return;
 	struct ivs_peer *p = joined_peer(w);
-	if (!p || p->tx_join != IVS_JTX_ASKED || id != p->tx_ask) {
+	if (ivs.finalizing || !p || p->tx_join != IVS_JTX_ASKED || id != p->tx_ask) {
 		if (got != REFUSED)
 			ivs_ctl_send(w, IVS_TAG_JOINOFF, 0, id, 0); /* an answer to a question of an earlier pair */
 		return;
@@ -191,6 +192,12 @@ void ivs_join_on_drained(int w, uint64_t got, uint64_t id)
 		return;
 	}
 	p->tx_join = IVS_JTX_NONE;
+	if (got > ivs.lib_sent[w]) { /* the receiver matched what this rank never counted (a
+	                                large-count call): the counts can never meet */
+		p->tx_join = IVS_JTX_OFF;
+		ivs_ctl_send(w, IVS_TAG_JOINOFF, 0, id, 0);
+		return;
+	}
 	if (ivs.lib_sent[w] != got || !pair_shares(w, p) || !p->closing || !p->tx_net || p->sendq || p->nacks ||
 	    !ivs_pair_tx_join(p)) {
 		ivs_ctl_send(w, IVS_TAG_JOINOFF, 0, id, 0);
@@ -232,7 +239,7 @@ int ivs_join_step(int w, struct ivs_peer *p)
 		did = 1;
 	}
 	if (p->rx_join == IVS_JRX_ASKED && p->rx_mark && p->rx_net && !p->parked && ivs.lib_got[w] >= p->rx_need &&
-	    !ivs.lib_open[w] && !ivs.lib_lost && pair_shares(w, p) && !slot_busy(p)) {
+	    !ivs.lib_open[w] && !ivs.lib_open_any && !ivs.lib_lost && pair_shares(w, p) && !slot_busy(p)) {
 		if (!ivs_pair_rx_join(p)) {
 			p->rx_join = IVS_JRX_OFF;
 			return 1;
@@ -260,17 +267,21 @@ int ivs_join_busy(const struct ivs_peer *p)
 void ivs_join_check(void)
 {
 	size_t n = (size_t)ivs.world_size;
-	int cancelled = 0;
-	PMPI_Allreduce(&ivs.lib_cancelled, &cancelled, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-	if (cancelled) {
+	int mine[2] = {ivs.verbose != 0, ivs.lib_uncounted}, any[2] = {0, 0};
+	PMPI_Allreduce(mine, any, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+	if (!any[0])
+		return; /* nobody asked (IVSHIM_VERBOSE): no exchange */
+	if (any[1]) {
 		if (ivs.verbose)
-			fprintf(stderr, "ivshim: rank %d: library message counts not compared: the program cancelled a library request\n",
-			        ivs.world_rank);
+			fprintf(stderr, "ivshim: rank %d: library message counts not compared: the program cancelled a library request "
+			        "or made a large-count call\n", ivs.world_rank);
 		return;
 	}
 	uint64_t *to_me = malloc(n * sizeof *to_me);
 	int *counts = malloc(n * sizeof *counts); /* which ranks count: those with a region */
-	if (!to_me || !counts || PMPI_Alltoall(ivs.lib_sent, 1, MPI_UINT64_T, to_me, 1, MPI_UINT64_T, MPI_COMM_WORLD) != MPI_SUCCESS ||
+	if (!to_me || !counts)
+		ivs_fatal("out of memory");
+	if (PMPI_Alltoall(ivs.lib_sent, 1, MPI_UINT64_T, to_me, 1, MPI_UINT64_T, MPI_COMM_WORLD) != MPI_SUCCESS ||
 	    PMPI_Allgather(&ivs.enabled, 1, MPI_INT, counts, 1, MPI_INT, MPI_COMM_WORLD) != MPI_SUCCESS) {
 		free(to_me);
 		free(counts);

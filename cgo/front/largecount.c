@@ -6,7 +6,8 @@
  * beyond INT_MAX goes to the library's own large-count call, except on a communicator where this
  * rank reaches someone through the rings: there the two paths could not be matched, and the
  * call fails with MPI_ERR_COUNT through the communicator's error handler (the shim's data path
- * counts in int elements).
+ * counts in int elements). Such a call goes uncounted (join.c): it ends this rank's answers to
+ * join questions, and a pair whose sender made one never finds its counts equal.
  */
 #include <limits.h>
 #include "ivshim.h"
@@ -18,10 +19,17 @@ static inline int fits(MPI_Count n)
 	return n >= 0 && n <= INT_MAX;
 }
 
-/* Too large for the shim, on a communicator whose point-to-point it carries. */
+/* Too large for the shim, on a communicator where this rank has co-located peers. */
 static int too_large(MPI_Comm comm)
 {
-	return ivs.enabled && ivs_comm_p2p(comm) ? ivs_arg_error(comm, MPI_ERR_COUNT) : MPI_SUCCESS;
+	const struct ivs_comm *c = ivs.enabled ? ivs_comm_p2p(comm) : NULL;
+	if (c && (c->nshm >= 2 || c->pending_probe || ivs.nunexp_net)) /* a receive waits in the shim's queue */
+		return ivs_arg_error(comm, MPI_ERR_COUNT);
+	if (c && c->counted) { /* the library's call, which the counts never see */
+		ivs.lib_uncounted = 1;
+		ivs.lib_lost = 1;
+	}
+	return MPI_SUCCESS;
 }
 
 /* Blocking and nonblocking sends and receives, and their persistent forms: (buf, count, type,

@@ -110,8 +110,8 @@ int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 	return isend_to(c, p, w, buf, count, dt, dest, tag, comm, sync, 1, out, net);
 }
 
-/* A receive from library peer src on counted communicator c: the library matches it, but the
- * request is the shim's, so its completion is counted (join.c). */
+/* A receive from library peer src (or MPI_ANY_SOURCE) on counted communicator c: the library
+ * matches it, but the request is the shim's, so its completion is counted (join.c). */
 static int lib_recv(struct ivs_comm *c, void *buf, int count, MPI_Datatype dt, int src, int tag, struct ivs_req **out)
 {
 	struct ivs_req *r = new_req(IVS_RECV, c, src, tag);
@@ -122,7 +122,10 @@ static int lib_recv(struct ivs_comm *c, void *buf, int count, MPI_Datatype dt, i
 		return rc;
 	}
 	r->lib_count = 1;
-	ivs.lib_open[c->world[src]]++;
+	if (src == MPI_ANY_SOURCE)
+		ivs.lib_open_any++;
+	else
+		ivs.lib_open[c->world[src]]++;
 	*out = r;
 	return MPI_SUCCESS;
 }
@@ -137,6 +140,9 @@ int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 	int mode;
 	if (!c || src == MPI_PROC_NULL || (src != MPI_ANY_SOURCE && (src < 0 || src >= c->size)))
 		return PMPI_Irecv(buf, count, dt, src, tag, comm, net);
+	if (src == MPI_ANY_SOURCE && c->nshm < 2 && c->counted && !c->pending_probe && !ivs.nunexp_net)
+		return lib_recv(c, buf, count, dt, src, tag, out); /* nobody here by a ring: the library
+		                                                      matches it, inside its own calls too */
 	if (src == MPI_ANY_SOURCE)
 		mode = c->has_net ? IVS_RM_PROBE : IVS_RM_SHM;
 	else if (ivs_rx_peer_on(c, w = c->world[src]))

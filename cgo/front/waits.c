@@ -327,7 +327,7 @@ static void cancel_req(struct ivs_req *r)
 		if (r->act)
 			cancel_req(r->act);
 		else if (r->state == IVS_ACTIVE) {
-			ivs.lib_cancelled = 1; /* a send, maybe: join.c's check at MPI_Finalize */
+			ivs.lib_uncounted = 1; /* a send, maybe: join.c's check at MPI_Finalize */
 			PMPI_Cancel(&r->inner);
 		}
 		return;
@@ -382,7 +382,7 @@ int MPI_Cancel(MPI_Request *h)
 {
 	struct ivs_req *r = ivs.enabled ? ivs_req_of(*h) : NULL;
 	if (!r) {
-		ivs.lib_cancelled = 1;
+		ivs.lib_uncounted = 1;
 		return PMPI_Cancel(h);
 	}
 	cancel_req(r);
@@ -396,13 +396,20 @@ int MPI_Request_free(MPI_Request *h)
 		return PMPI_Request_free(h);
 	*h = MPI_REQUEST_NULL;
 	if (r->kind == IVS_PSEND || r->kind == IVS_PRECV) {
+		struct ivs_req *a = r->act;
 		if (r->state == IVS_ACTIVE) {
-			if (r->act && r->act->lib_count && !ivs_req_poll(r->act))
-				ivs_join_recv_lost(r->act);
-			if (r->act)
-				r->act->free_on_done = 1;
-			else
+			if (a && a->kind == IVS_RECV && a->recv_mode == IVS_RM_NET) { /* the library holds it */
+				if (!ivs_req_poll(a)) {
+					if (a->lib_count)
+						ivs_join_recv_lost(a);
+					PMPI_Request_free(&a->inner);
+				}
+				ivs_req_release(a);
+			} else if (a) {
+				a->free_on_done = 1;
+			} else {
 				PMPI_Request_free(&r->inner);
+			}
 		} else if (r->inner != MPI_REQUEST_NULL && !r->act) {
 			PMPI_Request_free(&r->inner);
 		}

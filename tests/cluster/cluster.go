@@ -15,6 +15,7 @@ import (
 	"sync"
 
 	"ivshim.dev/ivshim/broker/hypervisor"
+	"ivshim.dev/ivshim/broker/netns"
 	"ivshim.dev/ivshim/ivshmem"
 )
 
@@ -400,12 +401,7 @@ func (c *Cluster) bootVM(vm *VM) error {
 // find the destination's region.
 func (vm *VM) plugDevice(b *Broker) error {
 	link := filepath.Join(vm.dir, "ivshmem")
-	tmp := link + ".new"
-	os.Remove(tmp)
-	if err := os.Symlink(b.devicePath(vm), tmp); err != nil {
-		return fmt.Errorf("device of VM %s: %w", vm.Name, err)
-	}
-	if err := os.Rename(tmp, link); err != nil {
+	if err := netns.ReplaceSymlink(b.devicePath(vm), link); err != nil {
 		return fmt.Errorf("device of VM %s: %w", vm.Name, err)
 	}
 	return writeFileAtomic(filepath.Join(vm.dir, "region"), []byte(link))
