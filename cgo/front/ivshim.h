@@ -77,6 +77,7 @@ struct ivs_peer {
 	uint64_t tx_ask;           /* self -> peer: the id of the question in flight */
 	uint64_t rx_ask, rx_need;  /* peer -> self: the question to answer, and the library
 	                              messages the peer had sent when it asked */
+	double asked_at;           /* when the last question either way was asked (or came) */
 };
 
 /* Whether a send to world rank w goes into its ring (else to the library). */
@@ -418,6 +419,7 @@ void ivs_join_init(void);
 void ivs_join_reset(struct ivs_peer *p);
 int ivs_join_step(int w, struct ivs_peer *p);
 int ivs_join_busy(const struct ivs_peer *p);
+int ivs_join_hurry(const struct ivs_peer *p);
 int ivs_join_on_ask(int w, uint64_t sent, uint64_t id);
 void ivs_join_on_drained(int w, uint64_t got, uint64_t id);
 void ivs_join_on_off(int w, uint64_t id);

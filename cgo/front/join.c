@@ -43,9 +43,29 @@
  * MARK. A direction asks only while both ranks hold slots of the region with no VM flagged. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include "ivshim.h"
 
 static uint64_t last_ask; /* ids of this rank's questions */
+
+/* For HURRY_MS after a question either way, both ranks poll the shim's messages at every
+ * progress pass (else every IVS_POLL_PASSES): a sender whose program sends between its question
+ * and the answer asks again, so the round trip must fit a pause of the program's traffic (an
+ * iterative program's wait for its neighbours). Past that the pair waits at the usual pace. */
+enum { HURRY_MS = 100 };
+
+static double mono(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Whether p's question (either way) is young: migrate.c keeps polling the shim's messages. */
+int ivs_join_hurry(const struct ivs_peer *p)
+{
+	return (p->tx_join == IVS_JTX_ASKED || p->rx_join == IVS_JRX_ASKED) && mono() - p->asked_at < HURRY_MS * 1e-3;
+}
 
 void ivs_join_init(void)
 {
@@ -172,6 +192,7 @@ int ivs_join_on_ask(int w, uint64_t sent, uint64_t id)
 	}
 	p->rx_ask = id;
 	p->rx_need = sent;
+	p->asked_at = mono();
 	if (p->rx_join == IVS_JRX_RING)
 		p->rx_asked = 1; /* taken once this rank has read the ring to its MARK */
 	else
@@ -235,6 +256,7 @@ int ivs_join_step(int w, struct ivs_peer *p)
 	if (p->tx_join == IVS_JTX_NONE && p->closing && p->tx_net && !p->sendq && !p->nacks && pair_shares(w, p) && !slot_busy(p)) {
 		p->tx_ask = ++last_ask;
 		p->tx_join = IVS_JTX_ASKED;
+		p->asked_at = mono();
 		ivs_ctl_send(w, IVS_TAG_DRAINQ, ivs.lib_sent[w], p->tx_ask, 0);
 		did = 1;
 	}

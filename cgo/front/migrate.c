@@ -799,8 +799,10 @@ int ivs_switch_progress(void)
 				peer_join(w, p->join_slot);
 			busy |= p->join_pending;
 		}
-		if (IVS_UNLIKELY(p->joined))
+		if (IVS_UNLIKELY(p->joined)) {
 			did |= ivs_join_step(w, p);
+			busy |= ivs_join_hurry(p);
+		}
 		if (IVS_UNLIKELY(!p->tx.ring) && !p->closing && (p->tx_want || p->sendq || p->nacks) && !ivs.released)
 			did |= ivs_pair_tx_ready(p, 1); /* an answer the ring engine left here: NET (also one
 			                                   the receiver gave before this rank asked) */

@@ -73,9 +73,10 @@ static int isend_to(struct ivs_comm *c, struct ivs_peer *p, int w, const void *b
 	if (!p) {
 		if (ivs.enabled)
 			count_net(ivs_dt_bytes(dt, count));
-		ivs_count_sent(c, dest);
-		return sync ? PMPI_Issend(buf, count, dt, dest, tag, comm, net)
-		            : PMPI_Isend(buf, count, dt, dest, tag, comm, net);
+		int rc = sync ? PMPI_Issend(buf, count, dt, dest, tag, comm, net) : PMPI_Isend(buf, count, dt, dest, tag, comm, net);
+		if (rc == MPI_SUCCESS) /* one the library refused (a bad tag) is no message (join.c) */
+			ivs_count_sent(c, dest);
+		return rc;
 	}
 	if (!tag_ok(tag))
 		return ivs_arg_error(comm, MPI_ERR_TAG);
@@ -330,8 +331,10 @@ static int send_common(const void *buf, int count, MPI_Datatype dt, int dest, in
 		return MPI_SUCCESS;
 	if (!p && ivs_may_block()) {
 		count_net(ivs_dt_bytes(dt, count));
-		ivs_count_sent(c, dest);
-		return sync ? PMPI_Ssend(buf, count, dt, dest, tag, comm) : PMPI_Send(buf, count, dt, dest, tag, comm);
+		int rc = sync ? PMPI_Ssend(buf, count, dt, dest, tag, comm) : PMPI_Send(buf, count, dt, dest, tag, comm);
+		if (rc == MPI_SUCCESS)
+			ivs_count_sent(c, dest);
+		return rc;
 	}
 	struct ivs_req *r;
 	MPI_Request net;
@@ -438,8 +441,10 @@ int MPI_Bsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 	int w;
 	struct ivs_comm *c = IVS_LIKELY(!ivs.enabled) ? NULL : ivs_comm_p2p(comm);
 	if (!shm_peer(c, dest, &w)) {
-		ivs_count_sent(c, dest);
-		return PMPI_Bsend(buf, count, dt, dest, tag, comm);
+		int rc = PMPI_Bsend(buf, count, dt, dest, tag, comm);
+		if (rc == MPI_SUCCESS) /* not one that did not fit the buffer */
+			ivs_count_sent(c, dest);
+		return rc;
 	}
 	struct ivs_req *r;
 	return bsend_shm(buf, count, dt, dest, tag, comm, &r);
@@ -496,8 +501,10 @@ int MPI_Ibsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, M
 	int w;
 	struct ivs_comm *c = IVS_LIKELY(!ivs.enabled) ? NULL : ivs_comm_p2p(comm);
 	if (!shm_peer(c, dest, &w)) {
-		ivs_count_sent(c, dest);
-		return PMPI_Ibsend(buf, count, dt, dest, tag, comm, req);
+		int rc = PMPI_Ibsend(buf, count, dt, dest, tag, comm, req);
+		if (rc == MPI_SUCCESS)
+			ivs_count_sent(c, dest);
+		return rc;
 	}
 	struct ivs_req *inner;
 	int rc = bsend_shm(buf, count, dt, dest, tag, comm, &inner);

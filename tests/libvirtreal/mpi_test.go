@@ -245,10 +245,10 @@ func TestLibvirtMPIJob(t *testing.T) {
 		})
 	}
 
-	// A live migration during a job: g1 moves from host a to host b while ring_soak runs on the
-	// three guests (Open MPI; 25 s, so that the job still runs when g1 arrives and its rank
-	// joins host b's region), then back with no job running. A UDP echo in g1, pinged every
-	// 500 µs, shows how long the guest did not answer each time.
+	// Live migrations during a job: g1 moves from host a to host b and back while ring_soak runs
+	// on the three guests (Open MPI; 32 s, so that the job still runs when g1 is back and its
+	// rank's pair with g0's moves to a ring again). A UDP echo in g1, pinged every 500 µs, shows
+	// how long the guest did not answer each time.
 	t.Run("migrate", func(t *testing.T) {
 		g1 := guests[1]
 		job := guestJob{mpi: cluster.OpenMPI, agent: agent, hosts: hosts, subnet: subnet, shim: shims[cluster.OpenMPI]}
@@ -261,14 +261,27 @@ func TestLibvirtMPIJob(t *testing.T) {
 		stderr := outputFile(t, "stderr")
 		go func() {
 			o := outcome{}
-			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr.f, soak, "25")
+			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr.f, soak, "32")
 			ended <- o
 		}()
 		if !poll(ctx, mpiJobTimeout, func() bool { return strings.Contains(stderr.String(), "ivshim: init ") }) {
 			t.Fatalf("ring_soak did not start; stderr:\n%s", stderr.String())
 		}
 		time.Sleep(3 * time.Second) // the ranks exchange messages through the region meanwhile
+		joinedRow := regexp.MustCompile(`(?m)^ivshim: rank 1: joined the region of its VM's host again .*$`)
 		moved, err := migrateGuest(ctx, t, g1, a, b)
+		if err != nil {
+			<-ended
+			t.Fatal(err)
+		}
+		// At host b the rank finds the device its broker hot-plugged and joins that region
+		// through its BAR2 (alone: g2 had no region, being alone on host b at start); then g1
+		// goes back to host a, where g0's rank kept the region.
+		if !poll(ctx, 20*time.Second, func() bool { return len(joinedRow.FindAllString(stderr.String(), -1)) >= 1 }) {
+			<-ended
+			t.Fatalf("rank 1 (in g1) did not join host b's region after the move; stderr:\n%s", stderr.String())
+		}
+		back, err := migrateGuest(ctx, t, g1, b, a)
 		o := <-ended // the job's goroutine logs to t: it ends first
 		if err != nil {
 			t.Fatal(err)
@@ -276,25 +289,28 @@ func TestLibvirtMPIJob(t *testing.T) {
 		if o.err != nil || strings.Count(o.stdout, " ok") != len(hosts) {
 			t.Fatalf("ring_soak across the migration: %v\nstdout:\n%s\nstderr:\n%s", o.err, o.stdout, o.stderr)
 		}
-		released := regexp.MustCompile(`(?m)^ivshim: rank 1: moved its traffic with 1 co-located ranks to the MPI library and released the region ([\d.]+) ms after its VM was flagged leaving$`)
-		m := released.FindStringSubmatch(o.stderr)
-		if m == nil {
-			t.Errorf("rank 1 (in g1) did not say it released the region; stderr:\n%s", o.stderr)
+		released := regexp.MustCompile(`(?m)^ivshim: rank 1: moved its traffic with \d+ co-located ranks to the MPI library and released the region ([\d.]+) ms after its VM was flagged leaving$`)
+		rel := released.FindAllStringSubmatch(o.stderr, -1)
+		if len(rel) != 2 {
+			t.Fatalf("rank 1 (in g1) said %d times that it released the region, want 2 (one per move); stderr:\n%s", len(rel), o.stderr)
 		}
-		t.Logf("ring_soak: every payload checked across the move:\n%s", o.stdout)
-		// At host b the rank finds the device its broker hot-plugged and joins that region
-		// through its BAR2 (alone: g2 had no region, being alone on host b at start).
-		joined := regexp.MustCompile(`(?m)^ivshim: rank 1: joined the region of its VM's host again .*$`).FindString(o.stderr)
-		if joined == "" {
-			t.Errorf("rank 1 (in g1) did not join host b's region after the move; stderr:\n%s", o.stderr)
+		t.Logf("ring_soak: every payload checked across the moves:\n%s", o.stdout)
+		joins := joinedRow.FindAllString(o.stderr, -1)
+		if len(joins) != 2 {
+			t.Fatalf("rank 1 (in g1) joined %d regions, want 2 (host b's, then host a's again); stderr:\n%s", len(joins), o.stderr)
 		}
-		t.Logf("after the move: %s", joined)
-		back, err := migrateGuest(ctx, t, g1, b, a)
-		if err != nil {
-			t.Fatal(err)
+		t.Logf("after the moves: %s", strings.Join(joins, "; "))
+		// Back on host a, the pair of ranks 0 and 1 is made again (a join) and its point-to-point
+		// moves from the library to rings of host a's region (the join switch).
+		for _, dir := range []string{"rank 0: messages to rank 1", "rank 1: messages to rank 0"} {
+			l := regexp.MustCompile(`(?m)^ivshim: ` + dir + ` take the region again.*$`).FindString(o.stderr)
+			if l == "" {
+				t.Errorf("after g1 came back: no line %q ... take the region again; stderr:\n%s", dir, o.stderr)
+			}
+			t.Logf("after g1 came back: %s", l)
 		}
-		t.Logf("live migration of g1 (%d MiB, TCG) with a job running (its rank released the region %s ms after the flag): %s", g1.memMiB, m[1], moved)
-		t.Logf("live migration of g1 back with no job running: %s", back)
+		t.Logf("live migration of g1 (%d MiB, TCG) with a job running (its rank released the region %s ms after the flag): %s", g1.memMiB, rel[0][1], moved)
+		t.Logf("live migration of g1 back, the job still running (released after %s ms): %s", rel[1][1], back)
 	})
 }
 
