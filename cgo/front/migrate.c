@@ -613,6 +613,9 @@ static void release(void)
 		fprintf(stderr, "ivshim: rank %d: releasing the region: %s\n", ivs.world_rank, err);
 	fprintf(stderr, "ivshim: rank %d: moved its traffic with %d co-located ranks to the MPI library and released the "
 	        "region %.1f ms after its VM was flagged leaving\n", ivs.world_rank, ivs.nlocal - 1, (now_s() - leave_seen_at) * 1e3);
+	if (ivs.verbose) /* the statistics at each move: what went through regions before it */
+		fprintf(stderr, "ivshim: rank %d: region traffic before the move: %lu messages sent through a region\n",
+		        ivs.world_rank, (unsigned long)ivs.stats.messages[IVSHIM_PATH_SHM]);
 }
 
 /* ---- joining a region again ---- */

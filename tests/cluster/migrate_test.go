@@ -210,6 +210,36 @@ func TestMigrateStress(t *testing.T) {
 			if err != nil || len(stats) != len(vms) {
 				t.Fatalf("shim stats: %v, %d of %d ranks; stderr:\n%s", err, len(stats), len(vms), o.res.Stderr)
 			}
+			// Region traffic before and after each move: each rank's messages sent through a
+			// region in each of its stays (from the start to its first move, between moves,
+			// after its last), from the count the shim prints at each release and the final
+			// statistics. Rings after a move come from the join switch.
+			before := map[int][]uint64{}
+			for _, m := range moveTraffic.FindAllStringSubmatch(o.res.Stderr, -1) {
+				var r int
+				var n uint64
+				fmt.Sscan(m[1], &r)
+				fmt.Sscan(m[2], &n)
+				before[r] = append(before[r], n)
+			}
+			afterMoves := uint64(0)
+			for r, s := range stats {
+				if len(before[r]) == 0 {
+					continue
+				}
+				stays, last := []uint64{}, uint64(0)
+				for _, n := range append(before[r], s.SHMMsgs) {
+					stays = append(stays, n-last)
+					last = n
+				}
+				for _, n := range stays[1:] {
+					afterMoves += n
+				}
+				t.Logf("rank %d: messages sent through a region in each stay between its %d moves: %v", r, len(before[r]), stays)
+			}
+			if afterMoves == 0 {
+				t.Errorf("no rank sent through a region after one of its moves")
+			}
 			for r, s := range stats {
 				t.Logf("rank %d: %d messages through a region, %d by the library; collectives: %d planned by the shim, %d by the library alone",
 					r, s.SHMMsgs, s.NetMsgs, s.CollSHM, s.CollNet)
@@ -234,6 +264,10 @@ func TestMigrateStress(t *testing.T) {
 		})
 	}
 }
+
+// moveTraffic is the shim's verbose line at each release: the rank's messages sent through a
+// region so far.
+var moveTraffic = regexp.MustCompile(`(?m)^ivshim: rank (\d+): region traffic before the move: (\d+) messages sent through a region$`)
 
 // replanRow is the shim's verbose line after a re-plan: the members in the rank's new area, and
 // in its previous one.
