@@ -24,6 +24,7 @@
 #include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 #include "abi.h"
 #include "ring.h"
 #include "ivshim_ctl.h"
@@ -273,6 +274,14 @@ extern struct ivs_state ivs;
  * the library returns in 0.008 us); it only delays the answers of a migration's agreement. */
 enum { IVS_POLL_PASSES = 4096, IVS_POLL_COLLS = 1024 };
 static inline int ivs_poll_due(unsigned every) { return !(++ivs.ctl_tick & (every - 1)); }
+
+/* Seconds on the monotonic clock: the migration's timings and deadlines (migrate.c, join.c). */
+static inline double ivs_now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 static inline struct ivs_peer *ivs_tx_peer(int w)
 {

@@ -43,7 +43,6 @@
  * MARK. A direction asks only while both ranks hold slots of the region with no VM flagged. */
 #include <stdio.h>
 #include <stdlib.h>
-#include <time.h>
 #include "ivshim.h"
 
 static uint64_t last_ask; /* ids of this rank's questions */
@@ -54,17 +53,11 @@ static uint64_t last_ask; /* ids of this rank's questions */
  * iterative program's wait for its neighbours). Past that the pair waits at the usual pace. */
 enum { HURRY_MS = 100 };
 
-static double mono(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Whether p's question (either way) is young: migrate.c keeps polling the shim's messages. */
 int ivs_join_hurry(const struct ivs_peer *p)
 {
-	return (p->tx_join == IVS_JTX_ASKED || p->rx_join == IVS_JRX_ASKED) && mono() - p->asked_at < HURRY_MS * 1e-3;
+	return (p->tx_join == IVS_JTX_ASKED || p->rx_join == IVS_JRX_ASKED) && ivs_now_s() - p->asked_at < HURRY_MS * 1e-3;
 }
 
 void ivs_join_init(void)
@@ -161,9 +154,15 @@ void ivs_join_rx_ring(int w, struct ivs_peer *p)
 		        ivs.world_rank, w);
 }
 
+/* The peer structure of world rank w, a rank number from a message: NULL out of range. */
+static struct ivs_peer *peer_at(int w)
+{
+	return w >= 0 && w < ivs.world_size ? ivs.peers[w] : NULL;
+}
+
 static struct ivs_peer *joined_peer(int w)
 {
-	struct ivs_peer *p = w >= 0 && w < ivs.world_size ? ivs.peers[w] : NULL;
+	struct ivs_peer *p = peer_at(w);
 	return p && p->joined ? p : NULL;
 }
 
@@ -175,7 +174,7 @@ int ivs_join_on_ask(int w, uint64_t sent, uint64_t id)
 {
 	if (ivs.finalizing)
 		return 1;
-	struct ivs_peer *p = w >= 0 && w < ivs.world_size ? ivs.peers[w] : NULL;
+	struct ivs_peer *p = peer_at(w);
 	if (p && p->join_pending)
 		return 0; /* the pair is made anew once its earlier leave is done here */
 	if (!p || !p->joined || p->rx_join == IVS_JRX_OFF) {
@@ -192,7 +191,7 @@ int ivs_join_on_ask(int w, uint64_t sent, uint64_t id)
 	}
 	p->rx_ask = id;
 	p->rx_need = sent;
-	p->asked_at = mono();
+	p->asked_at = ivs_now_s();
 	if (p->rx_join == IVS_JRX_RING)
 		p->rx_asked = 1; /* taken once this rank has read the ring to its MARK */
 	else
@@ -256,7 +255,7 @@ int ivs_join_step(int w, struct ivs_peer *p)
 	if (p->tx_join == IVS_JTX_NONE && p->closing && p->tx_net && !p->sendq && !p->nacks && pair_shares(w, p) && !slot_busy(p)) {
 		p->tx_ask = ++last_ask;
 		p->tx_join = IVS_JTX_ASKED;
-		p->asked_at = mono();
+		p->asked_at = ivs_now_s();
 		ivs_ctl_send(w, IVS_TAG_DRAINQ, ivs.lib_sent[w], p->tx_ask, 0);
 		did = 1;
 	}

@@ -65,7 +65,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include "ivshim.h"
 
 /* ---- the region's VM table, as this rank reads it ---- */
@@ -77,12 +76,6 @@ static double leave_seen_at; /* when this rank saw its own VM flagged (for the r
 enum { REJOIN_FIRST_MS = 10, REJOIN_MAX_MS = 200 };
 static double rejoin_next, rejoin_gap;
 
-static double now_s(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 void ivs_migrate_init(void)
 {
@@ -596,7 +589,7 @@ static void release(void)
 	int rc = ivs.ctl_release(err, sizeof err);
 	ivs.released = 1; /* whatever the outcome: the mapping may be gone */
 	rejoin_gap = REJOIN_FIRST_MS * 1e-3 / 2;
-	rejoin_next = now_s() + REJOIN_FIRST_MS * 1e-3;
+	rejoin_next = ivs_now_s() + REJOIN_FIRST_MS * 1e-3;
 	/* Every pair is on the library both ways: nothing may point into the old mapping when this
 	 * rank joins another region. */
 	for (int i = 0; i < ivs.nlocal; i++) {
@@ -612,7 +605,7 @@ static void release(void)
 	if (rc != 0)
 		fprintf(stderr, "ivshim: rank %d: releasing the region: %s\n", ivs.world_rank, err);
 	fprintf(stderr, "ivshim: rank %d: moved its traffic with %d co-located ranks to the MPI library and released the "
-	        "region %.1f ms after its VM was flagged leaving\n", ivs.world_rank, ivs.nlocal - 1, (now_s() - leave_seen_at) * 1e3);
+	        "region %.1f ms after its VM was flagged leaving\n", ivs.world_rank, ivs.nlocal - 1, (ivs_now_s() - leave_seen_at) * 1e3);
 	if (ivs.verbose) /* the statistics at each move: what went through regions before it */
 		fprintf(stderr, "ivshim: rank %d: region traffic before the move: %lu messages sent through a region\n",
 		        ivs.world_rank, (unsigned long)ivs.stats.messages[IVSHIM_PATH_SHM]);
@@ -694,7 +687,7 @@ static void on_joined(int w, uint64_t slot)
  * sides re-plan their collectives. */
 static void try_rejoin(void)
 {
-	double now = now_s();
+	double now = ivs_now_s();
 	if (now < rejoin_next)
 		return;
 	rejoin_gap = rejoin_gap * 2 < REJOIN_MAX_MS * 1e-3 ? rejoin_gap * 2 : REJOIN_MAX_MS * 1e-3;
@@ -756,7 +749,7 @@ static void scan(void)
 	if (self && !ivs.self_leaving) {
 		ivs.self_leaving = 1;
 		ivs.self_leaves++;
-		leave_seen_at = now_s();
+		leave_seen_at = ivs_now_s();
 	}
 	for (int i = 0; i < ivs.nlocal; i++) {
 		int w = ivs.local_world[i];
