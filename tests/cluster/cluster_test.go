@@ -142,17 +142,20 @@ func TestMPIAcrossVMs(t *testing.T) {
 
 	for _, m := range cluster.MPIs {
 		t.Run(m.String(), func(t *testing.T) {
-			res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: hello[m], Timeout: 15 * time.Second, RetryOnTimeout: true})
+			// Every rank's last printf ends its work: MPICH 4.0.2 + UCX 1.13 over TCP then hangs in
+			// MPI_Finalize in a third to half of 4-rank runs (EMULATION.md), with or without
+			// namespaces, so an MPICH job gets a second to exit after it (Open MPI 20 s).
+			finished := func(stdout, _ string) bool { return strings.Count(stdout, "allreduce ok") == len(vms) }
+			job := cluster.Job{MPI: m, VMs: vms, Program: hello[m], Timeout: 15 * time.Second, Finished: finished}
+			if m == cluster.MPICH {
+				job.FinishGrace = time.Second
+			}
+			res, err := cluster.Run(ctx, job)
 			if res == nil {
 				t.Fatal(err)
 			}
-			if res.Timeouts > 0 {
-				t.Logf("%d of %d attempts timed out", res.Timeouts, res.Attempts)
-			}
-			if m == cluster.MPICH && errors.Is(err, cluster.ErrTimeout) && strings.Count(res.Stdout, "allreduce ok") == len(vms) {
-				// Every rank got past its checks and its last printf: MPICH 4.0.2 + UCX 1.13 over TCP
-				// hangs in MPI_Finalize in a third to half of 4-rank runs (EMULATION.md), with or
-				// without namespaces. Not the cluster's fault; the output is still checked.
+			if m == cluster.MPICH && errors.Is(err, cluster.ErrFinishGrace) {
+				// Not the cluster's fault; the output is still checked.
 				t.Logf("MPICH hung in MPI_Finalize after all ranks finished (known UCX TCP issue): %v", err)
 			} else if err != nil {
 				t.Fatalf("%v\nstdout:\n%s\nstderr:\n%s", err, res.Stdout, res.Stderr)
@@ -237,7 +240,7 @@ func TestTimeoutKillsJob(t *testing.T) {
 	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 1})
 	for _, m := range cluster.MPIs {
 		start := time.Now()
-		res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: c.VMs(), Program: "/bin/sleep", Args: []string{"600"}, Timeout: 3 * time.Second, RetryOnTimeout: true})
+		res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: c.VMs(), Program: "/bin/sleep", Args: []string{"600"}, Timeout: time.Second, RetryOnTimeout: true})
 		if !errors.Is(err, cluster.ErrTimeout) {
 			t.Fatalf("%s: sleeping job: err = %v, want ErrTimeout", m, err)
 		}
@@ -245,7 +248,7 @@ func TestTimeoutKillsJob(t *testing.T) {
 			t.Errorf("%s: %d attempts, %d timeouts; want 2 and 2", m, res.Attempts, res.Timeouts)
 		}
 		if d := time.Since(start); d > 30*time.Second {
-			t.Errorf("%s: two 3 s attempts took %v", m, d)
+			t.Errorf("%s: two 1 s attempts took %v", m, d)
 		}
 		left, err := cluster.Leftovers(c.Prefix)
 		if err != nil {

@@ -98,11 +98,12 @@ type Job struct {
 	RetryOnTimeout bool
 	// Stdout and Stderr, when set, also receive the output of every attempt as it comes.
 	Stdout, Stderr io.Writer
-	// Finished, when set, is asked after each write to an attempt's standard output whether
-	// the ranks are done with their work (every rank printed its result); from then on the
-	// attempt has FinishGrace (default 20 s) to end, or it is killed and counts as timed out
-	// (ErrTimeout): MPICH + UCX over TCP sometimes hangs in MPI_Finalize after the work.
-	Finished    func(stdout string) bool
+	// Finished, when set, is asked after each write to an attempt's standard output or error
+	// whether the ranks are done with their work (every rank printed its result, and with the
+	// shim its statistics); from then on the attempt has FinishGrace (default 20 s) to end, or
+	// it is killed and counts as timed out (ErrTimeout): MPICH + UCX over TCP sometimes hangs
+	// in MPI_Finalize after the work.
+	Finished    func(stdout, stderr string) bool
 	FinishGrace time.Duration
 	// Placement, when set, runs the ranks there instead of in VMs of a cluster (real guests
 	// the caller set up); VMs must then be empty.
@@ -263,7 +264,8 @@ func (job *Job) attempt(ctx context.Context, c *Cluster, argv []string, res *Res
 		fw := &finishWatch{done: job.Finished, then: func() {
 			time.AfterFunc(grace, func() { graceOver.Store(true); cancel() })
 		}}
-		cmd.Stdout = io.MultiWriter(cmd.Stdout, fw)
+		cmd.Stdout = io.MultiWriter(cmd.Stdout, fw.stream(0))
+		cmd.Stderr = io.MultiWriter(cmd.Stderr, fw.stream(1))
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error {
@@ -304,22 +306,29 @@ func (job *Job) attempt(ctx context.Context, c *Cluster, argv []string, res *Res
 // finishWatch calls then once done says yes to the output written so far.
 type finishWatch struct {
 	mu   sync.Mutex
-	out  strings.Builder
-	done func(string) bool
+	out  [2]strings.Builder // standard output, standard error
+	done func(stdout, stderr string) bool
 	then func()
 	seen bool
 }
 
-func (w *finishWatch) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.out.Write(p)
-	if !w.seen && w.done(w.out.String()) {
-		w.seen = true
-		w.then()
-	}
-	return len(p), nil
+// stream is the writer of standard output (0) or standard error (1).
+func (w *finishWatch) stream(i int) io.Writer {
+	return writerFunc(func(p []byte) (int, error) {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.out[i].Write(p)
+		if !w.seen && w.done(w.out[0].String(), w.out[1].String()) {
+			w.seen = true
+			w.then()
+		}
+		return len(p), nil
+	})
 }
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func teeTo(buf *bytes.Buffer, extra io.Writer) io.Writer {
 	if extra == nil {

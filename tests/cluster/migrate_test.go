@@ -92,12 +92,12 @@ func TestMigrateStress(t *testing.T) {
 			// 0.1 s per iteration natively, about half with the shim); more moves get more.
 			perIters := map[cluster.MPI]int{cluster.OpenMPI: 1500, cluster.MPICH: 80}[m] * max(1, *stressMigrations/10)
 			iters := fmt.Sprint(perIters)
-			finished := func(stdout string) bool { return len(digestRow.FindAllString(stdout, -1)) == len(vms) }
+			finished := func(stdout, _ string) bool { return len(digestRow.FindAllString(stdout, -1)) == len(vms) }
 			// How long the library alone takes to the last digest (MPICH may then hang in
 			// MPI_Finalize, which must not count).
 			refStart, work := time.Now(), time.Duration(0)
-			refFinished := func(stdout string) bool {
-				if !finished(stdout) {
+			refFinished := func(stdout, stderr string) bool {
+				if !finished(stdout, stderr) {
 					return false
 				}
 				work = time.Since(refStart)

@@ -24,6 +24,18 @@ type ShimStats struct {
 // shimStatsFormat is the shim's stats line, shim.Stats.Line.
 const shimStatsFormat = "ivshim: stats rank=%d shm_msgs=%d shm_bytes=%d net_msgs=%d net_bytes=%d coll_shm=%d coll_net=%d region_bytes=%d"
 
+// StatsLines is the number of the shim's stats lines in a job's standard error so far: the
+// ranks that are through the shim's part of MPI_Finalize.
+func StatsLines(stderr string) int {
+	n := 0
+	for _, line := range strings.Split(stderr, "\n") {
+		if strings.HasPrefix(line, "ivshim: stats ") {
+			n++
+		}
+	}
+	return n
+}
+
 // ShimStats returns the shim's stats lines in the job's standard error, one per rank in rank
 // order. A rank without a line (no shim, no IVSHIM_VERBOSE, or a hang before it) is missing;
 // a malformed or repeated line is an error.

@@ -167,7 +167,7 @@ func checkIndices(t *testing.T, m cluster.MPI, b binding, plain, shim string) {
 // of MPI_Finalize is done).
 func run(ctx context.Context, t *testing.T, what string, job cluster.Job) (*cluster.Result, bool) {
 	t.Helper()
-	job.Finished = func(stdout string) bool { return summaryLine.MatchString(report(stdout)[0]) }
+	job.Finished = func(stdout, _ string) bool { return summaryLine.MatchString(report(stdout)[0]) }
 	job.FinishGrace = finalizeGrace
 	res, err := cluster.Run(ctx, job)
 	if errors.Is(err, cluster.ErrFinishGrace) {

@@ -57,11 +57,12 @@ const (
 	maxRanksMPICH     = 3
 	regionSize        = 64 << 20
 	// jobTimeout bounds one launch; finalizeGrace is how long an MPICH job may take to exit
-	// once its report is complete (MPICH+UCX over TCP sometimes hangs in MPI_Finalize,
-	// EMULATION.md; a clean MPICH exit of 3 ranks here takes well under a second). Open MPI
-	// has no such hang: its jobs get jobTimeout, and a hang is a failure.
+	// once its report and, with the shim, every rank's statistics are complete (MPICH+UCX
+	// over TCP hangs in its own MPI_Finalize in about half the runs, EMULATION.md; a clean
+	// MPICH exit of 3 ranks here takes well under a second). Open MPI has no such hang: its
+	// jobs get jobTimeout, and a hang is a failure.
 	jobTimeout    = 3 * time.Minute
-	finalizeGrace = 3 * time.Second // per 8 ranks: 16 ranks on 2 CPUs take longer to finalize
+	finalizeGrace = time.Second // per 8 ranks: 16 ranks on 2 CPUs take longer to finalize
 	stderrTail    = 4000
 	minLayouts    = 10
 )
@@ -154,6 +155,19 @@ func draw(rng *rand.Rand, c *cluster.Cluster, p2p []string) layout {
 
 // sharing says whether some host has two ranks that use the shim: then the job must show
 // traffic through the region.
+// statsRanks is how many ranks print the shim's statistics (IVSHIM_VERBOSE) at MPI_Finalize:
+// every rank once one of them may use its region (not disabled, not at MPI_THREAD_MULTIPLE;
+// every VM has a region), as the shim loads its control plane on all ranks or none. -1: none,
+// or all if the library granted less than MPI_THREAD_MULTIPLE.
+func (l layout) statsRanks() int {
+	for r := range l.disable {
+		if !l.disable[r] && l.thread[r] != "multiple" {
+			return l.ranks()
+		}
+	}
+	return -1
+}
+
 func (l layout) sharing() bool {
 	per := map[*cluster.Host]int{}
 	r := 0
@@ -279,6 +293,10 @@ func checkStats(t *testing.T, res *cluster.Result, l layout, prog string) {
 		t.Errorf("%s with the shim: %v", prog, err)
 		return
 	}
+	if want := l.statsRanks(); want > 0 && len(stats) != want {
+		t.Errorf("%s with the shim: statistics of %d ranks, want %d:%s", prog, len(stats), want, testenv.Details(res, stderrTail))
+		return
+	}
 	if !l.sharing() {
 		return
 	}
@@ -320,12 +338,15 @@ func clean(rep string, ranks int) bool {
 }
 
 // run launches job once; an MPICH job that has not exited finalizeGrace after its complete
-// report is killed and its report accepted (MPI_Finalize hang of MPICH+UCX, logged).
+// report (with the shim: and every rank's statistics) is killed and its report accepted
+// (MPI_Finalize hang of MPICH+UCX, logged).
 func run(ctx context.Context, t *testing.T, what string, job cluster.Job, l layout, shim bool) (*cluster.Result, bool) {
 	t.Helper()
 	prog := filepath.Base(job.Args[0])
 	if l.mpi == cluster.MPICH {
-		job.Finished = func(stdout string) bool { return complete(stdout, prog) }
+		job.Finished = func(stdout, stderr string) bool {
+			return complete(stdout, prog) && (!shim || cluster.StatsLines(stderr) >= l.statsRanks())
+		}
 		job.FinishGrace = finalizeGrace * time.Duration(max(1, (l.ranks()+7)/8))
 	}
 	res, err := cluster.Run(ctx, job)

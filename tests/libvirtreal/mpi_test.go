@@ -531,7 +531,7 @@ func (j guestJob) exec(ctx context.Context, t *testing.T, done func(stdout strin
 	gw, _ := netip.AddrFromSlice(net.IPv4(j.subnet.IP[0], j.subnet.IP[1], j.subnet.IP[2], 1).To4())
 	job := cluster.Job{MPI: j.mpi, Transport: cluster.TCP, Program: prog, Args: args, Timeout: mpiJobTimeout,
 		Env:    map[string]string{"IVSHIM_VERBOSE": fmt.Sprint(max(j.verbose, 1))},
-		Stderr: stderr, Finished: done, FinishGrace: finalizeGrace,
+		Stderr: stderr, Finished: func(stdout, _ string) bool { return done(stdout) }, FinishGrace: finalizeGrace,
 		Placement: &cluster.Placement{Agent: j.agent, Subnet: subnet, Local: gw, Hosts: strings.Join(j.hosts, ","),
 			Size: len(j.hosts), WorkDir: "/home/mpi"}}
 	if !j.noShim {

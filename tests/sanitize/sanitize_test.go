@@ -40,7 +40,7 @@ const (
 	// mpichGrace replaces finalizeGrace for MPICH once every rank has also printed its
 	// statistics: the shim's part of MPI_Finalize is done, and MPICH+UCX often hangs in the
 	// rest (EMULATION.md), so waiting longer only costs time.
-	mpichGrace = 3 * time.Second
+	mpichGrace = time.Second
 	// findingGrace is how long a job may go on after a sanitizer finding, for the other ranks'
 	// reports: the ranks of a stopped rank's peers may otherwise wait for it until jobTimeout.
 	findingGrace = 3 * time.Second
