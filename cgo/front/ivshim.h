@@ -443,11 +443,14 @@ static inline int ivs_join_probing(const struct ivs_comm *c, int w)
 	const struct ivs_peer *p = ivs.peers[w];
 	return p && p->joined && p->rx_net && c->counted && (!p->leave_seen || p->rx_join == IVS_JRX_AWAIT);
 }
-/* A library message on c to comm rank dest, and one from comm rank src taken from the library. */
-static inline void ivs_count_sent(const struct ivs_comm *c, int dest)
+/* A library send on c to comm rank dest that returned rc: a message only if the library took
+ * it (one with a bad tag, or a Bsend that did not fit the buffer, is none). Returns rc. And a
+ * message from comm rank src taken from the library. */
+static inline int ivs_count_sent(const struct ivs_comm *c, int dest, int rc)
 {
-	if (c && c->counted && dest >= 0 && dest < c->size)
+	if (rc == MPI_SUCCESS && c && c->counted && dest >= 0 && dest < c->size)
 		ivs.lib_sent[c->world[dest]]++;
+	return rc;
 }
 static inline void ivs_count_got(const struct ivs_comm *c, int src)
 {

@@ -73,10 +73,8 @@ static int isend_to(struct ivs_comm *c, struct ivs_peer *p, int w, const void *b
 	if (!p) {
 		if (ivs.enabled)
 			count_net(ivs_dt_bytes(dt, count));
-		int rc = sync ? PMPI_Issend(buf, count, dt, dest, tag, comm, net) : PMPI_Isend(buf, count, dt, dest, tag, comm, net);
-		if (rc == MPI_SUCCESS) /* one the library refused (a bad tag) is no message (join.c) */
-			ivs_count_sent(c, dest);
-		return rc;
+		return ivs_count_sent(c, dest, sync ? PMPI_Issend(buf, count, dt, dest, tag, comm, net)
+		                                    : PMPI_Isend(buf, count, dt, dest, tag, comm, net));
 	}
 	if (!tag_ok(tag))
 		return ivs_arg_error(comm, MPI_ERR_TAG);
@@ -331,10 +329,8 @@ static int send_common(const void *buf, int count, MPI_Datatype dt, int dest, in
 		return MPI_SUCCESS;
 	if (!p && ivs_may_block()) {
 		count_net(ivs_dt_bytes(dt, count));
-		int rc = sync ? PMPI_Ssend(buf, count, dt, dest, tag, comm) : PMPI_Send(buf, count, dt, dest, tag, comm);
-		if (rc == MPI_SUCCESS)
-			ivs_count_sent(c, dest);
-		return rc;
+		return ivs_count_sent(c, dest, sync ? PMPI_Ssend(buf, count, dt, dest, tag, comm)
+		                                    : PMPI_Send(buf, count, dt, dest, tag, comm));
 	}
 	struct ivs_req *r;
 	MPI_Request net;
@@ -441,10 +437,7 @@ int MPI_Bsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 	int w;
 	struct ivs_comm *c = IVS_LIKELY(!ivs.enabled) ? NULL : ivs_comm_p2p(comm);
 	if (!shm_peer(c, dest, &w)) {
-		int rc = PMPI_Bsend(buf, count, dt, dest, tag, comm);
-		if (rc == MPI_SUCCESS) /* not one that did not fit the buffer */
-			ivs_count_sent(c, dest);
-		return rc;
+		return ivs_count_sent(c, dest, PMPI_Bsend(buf, count, dt, dest, tag, comm));
 	}
 	struct ivs_req *r;
 	return bsend_shm(buf, count, dt, dest, tag, comm, &r);
@@ -501,10 +494,7 @@ int MPI_Ibsend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, M
 	int w;
 	struct ivs_comm *c = IVS_LIKELY(!ivs.enabled) ? NULL : ivs_comm_p2p(comm);
 	if (!shm_peer(c, dest, &w)) {
-		int rc = PMPI_Ibsend(buf, count, dt, dest, tag, comm, req);
-		if (rc == MPI_SUCCESS)
-			ivs_count_sent(c, dest);
-		return rc;
+		return ivs_count_sent(c, dest, PMPI_Ibsend(buf, count, dt, dest, tag, comm, req));
 	}
 	struct ivs_req *inner;
 	int rc = bsend_shm(buf, count, dt, dest, tag, comm, &inner);
@@ -619,6 +609,15 @@ static int probe_needs_shm(struct ivs_comm *c, int src)
 	return src == MPI_ANY_SOURCE || !probe_needs_net(c, src) || ivs.nunexp_net;
 }
 
+/* PMPI_Improbe on c: a message it takes is taken from the library (counted, join.c). */
+static int lib_improbe(struct ivs_comm *c, int src, int tag, int *flag, MPI_Message *m, MPI_Status *s)
+{
+	int rc = PMPI_Improbe(src, tag, c->handle, flag, m, s);
+	if (rc == MPI_SUCCESS && *flag)
+		ivs_count_got(c, s->MPI_SOURCE);
+	return rc;
+}
+
 /* Probe the library for (src, tag) on c. A message found there belongs to a receive posted
  * earlier that matches it (a wildcard waiting in probe mode), not to this probe: such
  * receives take their messages first, and the probe looks again. With mprobe the probe takes the
@@ -631,18 +630,13 @@ static int net_probe(struct ivs_comm *c, int src, int tag, int *flag, MPI_Messag
 	 * message of that peer pass its ring messages queued meanwhile (migrate.c). */
 	for (;;) {
 		MPI_Message tmp_msg, *m = msg ? msg : &tmp_msg;
-		int rc = msg ? PMPI_Improbe(src, tag, c->handle, flag, msg, s) : PMPI_Iprobe(src, tag, c->handle, flag, s);
-		if (rc == MPI_SUCCESS && *flag && msg)
-			ivs_count_got(c, s->MPI_SOURCE);
+		int rc = msg ? lib_improbe(c, src, tag, flag, msg, s) : PMPI_Iprobe(src, tag, c->handle, flag, s);
 		if (rc == MPI_SUCCESS && *flag && ivs_rx_peer_on(c, c->world[s->MPI_SOURCE])) {
 			/* From a co-located peer whose ring is still to be read up to its MARK: it
 			 * waits, parked (Improbe for exactly this source and tag takes exactly the
 			 * message reported), and the probe looks again. */
-			if (!msg) {
-				rc = PMPI_Improbe(s->MPI_SOURCE, s->MPI_TAG, c->handle, flag, m, s);
-				if (rc == MPI_SUCCESS && *flag)
-					ivs_count_got(c, s->MPI_SOURCE);
-			}
+			if (!msg)
+				rc = lib_improbe(c, s->MPI_SOURCE, s->MPI_TAG, flag, m, s);
 			if (rc == MPI_SUCCESS && *flag && ivs_park(c, s, m))
 				continue;
 			if (rc != MPI_SUCCESS)

@@ -121,9 +121,7 @@ static void send_by_library(struct ivs_req *r)
 	ivs.stats.messages[IVSHIM_PATH_NET]++;
 	ivs.stats.bytes[IVSHIM_PATH_NET] += r->cap;
 	r->net_send = 1;
-	if (rc == MPI_SUCCESS)
-		ivs_count_sent(r->comm, r->peer);
-	if (rc != MPI_SUCCESS) {
+	if (ivs_count_sent(r->comm, r->peer, rc) != MPI_SUCCESS) {
 		r->error = rc;
 		r->inner = MPI_REQUEST_NULL;
 	}
