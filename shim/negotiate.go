@@ -379,8 +379,10 @@ func failure(err error) status {
 }
 
 // plan forms the groups from the hellos. Ranks are visited in order, so each group's ranks are
-// ascending and its session is its leader's proposal. A rank alone with its region has no
-// use for it and unmaps it now.
+// ascending and its session is its leader's proposal. A rank alone with its region keeps it,
+// a group of one: a VM of the job that migrates to its host later joins that region, and the
+// pair of the two ranks then moves to rings (join.c), which a rank without a region could
+// never do.
 func (n *negotiation) plan(hellos []hello) {
 	n.byRank = make([]int, n.size)
 	n.vms = make([]uint32, n.size)
@@ -402,13 +404,7 @@ func (n *negotiation) plan(hellos []hello) {
 		n.byRank[w] = gi
 	}
 	for _, g := range n.groups {
-		g.live = len(g.Ranks) > 1
-		if !g.live {
-			g.Reason = fmt.Sprintf("no co-located peer: rank %d is the only rank with a region of host %s", g.leader(), g.Host)
-		}
-	}
-	if g := n.myGroup(); g != nil && !g.live {
-		n.m.close()
+		g.live = true
 	}
 }
 

@@ -191,20 +191,25 @@ func TestRanksWithoutRegion(t *testing.T) {
 	})
 }
 
+// A rank alone on its host keeps its region, a group of one: a rank of the job that moves
+// there later must find a session of the job in it to join.
 func TestRankAloneOnItsHost(t *testing.T) {
 	shared, lonely := newRegion(t, nil), newRegion(t, nil)
 	j := startJob(t, env("IVSHIM_REGION", shared), env("IVSHIM_REGION", lonely), env("IVSHIM_REGION", shared))
 	checkSHMGroup(t, j, shared, 0, 2)
-	t1 := j.table(1)
-	if t1.Mode != ModePassThrough || !strings.Contains(t1.Reason, "no co-located peer") {
-		t.Errorf("lonely rank: mode %v reason %q", t1.Mode, t1.Reason)
+	checkSHMGroup(t, j, lonely, 1)
+	if j.ranks[1].a.Region() == nil {
+		t.Fatal("lonely rank gave its region up")
 	}
-	if j.ranks[1].a.Region() != nil {
-		t.Error("lonely rank kept its region mapped")
+	session := j.table(1).Groups[j.table(1).Group].Session
+	for w := range 3 {
+		if re := j.ranks[w].a.re; re == nil || !re.sessions[session] {
+			t.Errorf("rank %d would not join the lonely rank's region (session %#x): %+v", w, session, re)
+		}
 	}
-	checkIdle(t, lonely)
 	j.finalize()
 	checkIdle(t, shared)
+	checkIdle(t, lonely)
 }
 
 // foreignJob stands for another instance of the job that holds a region: a session with one

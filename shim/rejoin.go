@@ -115,8 +115,7 @@ func (a *Attachment) Rejoin() (Joined, error) {
 }
 
 // vmPresent returns the index of the entry of cfg's VM in r, or why r is no region to join for
-// it: it has no entry there, or one that is not present.
-// that is not flagged leaving.
+// it: it has no entry there, or one that is not present (flagged leaving).
 func vmPresent(r *ivshmem.Region, cfg Config) (uint32, error) {
 	vm, ok := r.FindVM(cfg.VMID)
 	if !ok {

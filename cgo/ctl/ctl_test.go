@@ -54,28 +54,31 @@ func TestCSharedSmoke(t *testing.T) {
 		stderr []string
 	}{
 		{
+			// A group of one: it keeps its region for a rank that moves to its host later.
 			name:  "alone with a region",
 			ranks: "1",
 			env:   []string{"IVSHIM_REGION=" + region, "IVSHIM_VERBOSE=1"},
 			stdout: []string{
-				"rank=0 start=1 verbose=1 error=no co-located peer: rank 0 is the only rank with a region of host " + h.String() + "\n",
-				"rank=0 peer=0 path=0\n",
+				"rank=0 start=0 verbose=1 error=\n",
+				"rank=0 self_slot=0 local_ranks=1 region_size=1048576\n",
 				"rank=0 start_again=-1 error=ivshim_ctl_start called twice\n",
-				"rank=0 alloc_ok=0 errlen=31 error=alloc 4096 bytes: no shared mem\n",
-				"rank=0 free=-1 errlen=31\n",
+				"rank=0 alloc_ok=1 errlen=0 error=\n",
+				"rank=0 free=0 errlen=0\n",
 				"rank=0 finalize=0\nrank=0 finalize_again=0\n",
 			},
 			stderr: []string{
-				"ivshim: init ranks=1 groups=1 shm_groups=0 shm_ranks=0\n",
-				"ivshim: path rank=0 host=" + h.String()[:8] + " group=0 slot=- path=net vm=-\n",
+				"ivshim: init ranks=1 groups=1 shm_groups=1 shm_ranks=1\n",
+				"ivshim: path rank=0 host=" + h.String()[:8] + " group=0 slot=0 path=shm vm=-\n",
 				"ivshim: rdma devices: none\n",
-				"ivshim: stats rank=0 shm_msgs=2 shm_bytes=4 net_msgs=1 net_bytes=3 coll_shm=5 coll_net=6 region_bytes=0\n",
+				"ivshim: stats rank=0 shm_msgs=2 shm_bytes=4 net_msgs=1 net_bytes=3 coll_shm=5 coll_net=6 region_bytes=12288\n",
 			},
 		},
 		{
 			name:   "no region",
 			ranks:  "1",
-			stdout: []string{"rank=0 start=1 verbose=0 error=no ivshim region: no IVSHIM_REGION and no usable ivshmem device (0 found)\n"},
+			env:    []string{"IVSHIM_VERBOSE=1"},
+			stdout: []string{"rank=0 start=1 verbose=1 error=no ivshim region: no IVSHIM_REGION and no usable ivshmem device (0 found)\n"},
+			stderr: []string{"ivshim: path rank=0 host=- group=- slot=- path=net vm=-\n"},
 		},
 		{
 			name:  "corrupt region",
@@ -116,8 +119,10 @@ func TestCSharedSmoke(t *testing.T) {
 					t.Errorf("stdout lacks %q:\n%s", want, out)
 				}
 			}
-			if strings.Contains(string(out), "tx=") && strings.Count(string(out), "tx=ok rx=ok") != 4 {
-				t.Errorf("some ring check failed:\n%s", out)
+			// Each rank of a region checks its ring to every rank of its group, itself included.
+			if checks := strings.Count(string(out), "tx="); checks > 0 &&
+				(strings.Count(string(out), "tx=ok rx=ok") != checks || checks != map[string]int{"1": 1, "2": 4}[c.ranks]) {
+				t.Errorf("some ring check failed or is missing:\n%s", out)
 			}
 			for _, want := range c.stderr {
 				if !strings.Contains(stderr.String(), want) {

@@ -143,8 +143,12 @@ static struct ivs_comm *comm_build(MPI_Comm c, int *rc)
 }
 
 /* Agree among c's members on a context id (the largest next id among them, unused by every
- * member) and on whether any member has a co-located peer in c; then record c if so. Every
- * member takes the same decision, so collectives on c run the same algorithm everywhere.
+ * member) and on whether any member has a co-located peer in c or a region (a group of one
+ * counts: a migration may bring a member next to it); then record c if so. Every member takes
+ * the same decision, so collectives on c run the same algorithm everywhere: the shim's if a
+ * member had a co-located peer in c, else the library's for good (they keep the library's own
+ * algorithms for a job whose ranks never share a host; its point-to-point still moves to
+ * rings once a migration co-locates two of them, join.c).
  * A communicator with a member outside this MPI_COMM_WORLD (spawned, connected, merged) is left
  * to the library without any exchange: the other world may not run the shim at all (or run it
  * in pass-through, where it agrees on nothing), and every member sees an outsider, so the
@@ -162,10 +166,10 @@ static int comm_agree(MPI_Comm c, int is_world)
 		comm_drop(e);
 		return MPI_SUCCESS;
 	}
-	unsigned mine[3] = {is_world ? 0 : ivs.next_ctx, e->nshm >= 2, (unsigned)ivs.thread_multiple};
-	unsigned agreed[3] = {0, 0, 0};
+	unsigned mine[4] = {is_world ? 0 : ivs.next_ctx, e->nshm >= 2 || ivs.enabled, (unsigned)ivs.thread_multiple, e->nshm >= 2};
+	unsigned agreed[4] = {0, 0, 0, 0};
 	MPI_Request req;
-	rc = PMPI_Iallreduce(mine, agreed, 3, MPI_UNSIGNED, MPI_MAX, c, &req);
+	rc = PMPI_Iallreduce(mine, agreed, 4, MPI_UNSIGNED, MPI_MAX, c, &req);
 	if (rc == MPI_SUCCESS)
 		rc = ivs_net_wait(&req, MPI_STATUS_IGNORE);
 	if (rc != MPI_SUCCESS || !agreed[1] || ivs.thread_multiple) {
@@ -191,7 +195,7 @@ static int comm_agree(MPI_Comm c, int is_world)
 		if (p) /* one may have joined this rank's region during the wait (migrate.c) */
 			e->by_local[p->local] = i;
 	}
-	e->coll_lib = agreed[2] != 0;
+	e->coll_lib = agreed[2] != 0 || !agreed[3];
 	unsigned b = bucket(c);
 	e->next = table[b];
 	table[b] = e;

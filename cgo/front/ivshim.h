@@ -96,7 +96,8 @@ struct ivs_comm {
 	                              co-located peer in it (rings), or counts (counted) */
 	int nshm;                  /* members reached through the region, self included */
 	int has_net;               /* some member is reached through PMPI */
-	int coll_lib;              /* collectives go to the library: a member runs MPI_THREAD_MULTIPLE */
+	int coll_lib;              /* collectives go to the library: a member runs MPI_THREAD_MULTIPLE, or
+	                              no member had a co-located peer in it at its creation */
 	int outsider;              /* a member is outside this MPI_COMM_WORLD (comm_build) */
 	int counted;               /* this rank has a region and counts its library messages per
 	                              peer here (join.c): a pair made at run time may move to rings

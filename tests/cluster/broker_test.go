@@ -171,8 +171,7 @@ func TestShimOverBrokers(t *testing.T) {
 	vms := c.VMs()
 	for _, m := range cluster.MPIs {
 		t.Run(m.String(), func(t *testing.T) {
-			res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: hello[m], Env: shimEnv(t, m),
-				Timeout: 30 * time.Second, RetryOnTimeout: true})
+			res, err := cluster.Run(ctx, helloJob(m, vms, hello[m], shimEnv(t, m)))
 			if res == nil {
 				t.Fatal(err)
 			}
@@ -181,6 +180,22 @@ func TestShimOverBrokers(t *testing.T) {
 			checkRingPaths(t, checkShimReport(t, res, vms), vms)
 		})
 	}
+}
+
+// helloJob runs hello_ring (prog) on vms with env: done once every rank printed its last line
+// and, with the shim, its statistics; an MPICH job then has a second to exit (its own
+// MPI_Finalize hangs in about half the runs over TCP, EMULATION.md, nearly always with the
+// shim; tolerateFinalizeHang accepts that), any other the default grace.
+func helloJob(m cluster.MPI, vms []*cluster.VM, prog string, env map[string]string) cluster.Job {
+	_, shim := env["LD_PRELOAD"]
+	job := cluster.Job{MPI: m, VMs: vms, Program: prog, Env: env, Timeout: 30 * time.Second,
+		Finished: func(stdout, stderr string) bool {
+			return strings.Count(stdout, "allreduce ok") == len(vms) && (!shim || cluster.StatsLines(stderr) >= len(vms))
+		}}
+	if m == cluster.MPICH {
+		job.FinishGrace = time.Second
+	}
+	return job
 }
 
 // tolerateFinalizeHang fails the test for err unless it is MPICH's known hang in MPI_Finalize
@@ -520,13 +535,14 @@ func TestMigrateDuringJob(t *testing.T) {
 	}
 
 	vms = c.VMs()
-	r, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: hello[m], Env: shimEnv(t, m), Timeout: 30 * time.Second, RetryOnTimeout: true})
-	if err != nil {
-		t.Fatalf("job after the migration: %v\nstderr:\n%s", err, r.Stderr)
+	r, err := cluster.Run(ctx, helloJob(m, vms, hello[m], shimEnv(t, m)))
+	if r == nil {
+		t.Fatalf("job after the migration: %v", err)
 	}
+	tolerateFinalizeHang(t, m, r, err, strings.Count(r.Stdout, "allreduce ok") == len(vms))
 	checkHelloRing(t, r.Stdout, vms)
-	// h0v0 is alone on h0 now: one shared-memory group, h1's three VMs.
-	if init := "ivshim: init ranks=4 groups=2 shm_groups=1 shm_ranks=3\n"; !strings.Contains(r.Stderr, init) {
+	// h0v0 is alone on h0 now, a group of one that keeps its region; h1's three VMs the other.
+	if init := "ivshim: init ranks=4 groups=2 shm_groups=2 shm_ranks=4\n"; !strings.Contains(r.Stderr, init) {
 		t.Errorf("shim report lacks %q; stderr:\n%s", init, r.Stderr)
 	}
 	stats, err := r.ShimStats()

@@ -142,24 +142,14 @@ func TestMPIAcrossVMs(t *testing.T) {
 
 	for _, m := range cluster.MPIs {
 		t.Run(m.String(), func(t *testing.T) {
-			// Every rank's last printf ends its work: MPICH 4.0.2 + UCX 1.13 over TCP then hangs in
-			// MPI_Finalize in a third to half of 4-rank runs (EMULATION.md), with or without
-			// namespaces, so an MPICH job gets a second to exit after it (Open MPI 20 s).
-			finished := func(stdout, _ string) bool { return strings.Count(stdout, "allreduce ok") == len(vms) }
-			job := cluster.Job{MPI: m, VMs: vms, Program: hello[m], Timeout: 15 * time.Second, Finished: finished}
-			if m == cluster.MPICH {
-				job.FinishGrace = time.Second
-			}
-			res, err := cluster.Run(ctx, job)
+			// MPICH 4.0.2 + UCX 1.13 over TCP hangs in MPI_Finalize in a third to half of 4-rank
+			// runs (EMULATION.md), with or without namespaces: not the cluster's fault, and the
+			// output is still checked.
+			res, err := cluster.Run(ctx, helloJob(m, vms, hello[m], nil))
 			if res == nil {
 				t.Fatal(err)
 			}
-			if m == cluster.MPICH && errors.Is(err, cluster.ErrFinishGrace) {
-				// Not the cluster's fault; the output is still checked.
-				t.Logf("MPICH hung in MPI_Finalize after all ranks finished (known UCX TCP issue): %v", err)
-			} else if err != nil {
-				t.Fatalf("%v\nstdout:\n%s\nstderr:\n%s", err, res.Stdout, res.Stderr)
-			}
+			tolerateFinalizeHang(t, m, res, err, strings.Count(res.Stdout, "allreduce ok") == len(vms))
 			checkHelloRing(t, res.Stdout, vms)
 
 			res, err = cluster.Run(ctx, cluster.Job{MPI: m, VMs: sameHost, Transport: cluster.SharedMemory, Program: hello[m], Timeout: 30 * time.Second})

@@ -275,8 +275,8 @@ func TestLibvirtMPIJob(t *testing.T) {
 			t.Fatal(err)
 		}
 		// At host b the rank finds the device its broker hot-plugged and joins that region
-		// through its BAR2 (alone: g2 had no region, being alone on host b at start); then g1
-		// goes back to host a, where g0's rank kept the region.
+		// through its BAR2, where g2's rank (alone on host b at start, a group of one) kept it;
+		// then g1 goes back to host a, where g0's rank kept the region.
 		if !poll(ctx, 20*time.Second, func() bool { return len(joinedRow.FindAllString(stderr.String(), -1)) >= 1 }) {
 			<-ended
 			t.Fatalf("rank 1 (in g1) did not join host b's region after the move; stderr:\n%s", stderr.String())
@@ -300,6 +300,9 @@ func TestLibvirtMPIJob(t *testing.T) {
 			t.Fatalf("rank 1 (in g1) joined %d regions, want 2 (host b's, then host a's again); stderr:\n%s", len(joins), o.stderr)
 		}
 		t.Logf("after the moves: %s", strings.Join(joins, "; "))
+		if !strings.Contains(joins[0], "): 1 ranks of the job there") {
+			t.Errorf("rank 1 (in g1) did not find rank 2 in host b's region (g2's rank, alone there at start, keeps its region): %s", joins[0])
+		}
 		// Back on host a, the pair of ranks 0 and 1 is made again (a join) and its point-to-point
 		// moves from the library to rings of host a's region (the join switch).
 		for _, dir := range []string{"rank 0: messages to rank 1", "rank 1: messages to rank 0"} {
