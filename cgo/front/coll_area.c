@@ -401,8 +401,22 @@ struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k)
 	if (IVS_UNLIKELY(ivs.self_leaving))
 		ivs_release_at_entry();
 	struct ivs_comm *c = ivs_comm_get(comm);
-	if (!c || c->coll_lib)
+	if (!c)
 		return NULL;
+	if (IVS_UNLIKELY(c->coll_lib)) {
+		/* The library's collective, blocking: a rank that runs only such collectives (a job
+		 * whose ranks shared no host at the start) still sees its VM flagged leaving and lets
+		 * its region go, answers the shim's messages and joins its VM's new region. */
+		int due = ivs_poll_due(IVS_POLL_COLLS);
+		if (IVS_UNLIKELY(ivs.released)) {
+			if (due)
+				ivs_ctl_poll();
+			ivs_rejoin_poll();
+		} else if (ivs.enabled && IVS_UNLIKELY(due || __atomic_load_n(ivs.gen_word, __ATOMIC_RELAXED) != ivs.gen_seen)) {
+			ivs_progress();
+		}
+		return NULL;
+	}
 	if (IVS_UNLIKELY(ivs_poll_due(IVS_POLL_COLLS)))
 		ivs_ctl_poll(); /* a rank that only runs collectives still answers the shim's messages */
 	if (IVS_UNLIKELY(ivs.released))

@@ -184,17 +184,23 @@ static int comm_agree(MPI_Comm c, int is_world)
 	 * a migration makes later can move to rings on it (join.c); its point-to-point there then
 	 * takes the shim's paths, which count. */
 	e->counted = ivs.enabled && !agreed[2];
-	e->p2p = e->nshm >= 2 || e->counted;
-	/* Which members' messages come by the library is read only now, as the record goes into the
-	 * table: the wait above ran the progress engine, which may have moved a peer's direction to
-	 * the library (pairs.c, migrate.c) and marked only the communicators already recorded. */
+	/* Which members are co-located and whose messages come by the library is read only now, as
+	 * the record goes into the table: the wait above ran the progress engine, which may have
+	 * moved a peer's direction to the library (pairs.c, migrate.c), or made a peer of a rank
+	 * that joined this rank's region (migrate.c), and told only the communicators already
+	 * recorded. */
+	e->nshm = 0;
 	for (int i = 0; i < e->size; i++) {
 		struct ivs_peer *p = ivs.peers[e->world[i]];
 		if (!p || p->rx_net)
 			e->has_net = 1;
-		if (p) /* one may have joined this rank's region during the wait (migrate.c) */
+		if (p) {
 			e->by_local[p->local] = i;
+			e->nshm++;
+		}
 	}
+	e->p2p = e->nshm >= 2 || e->counted;
+	e->self_net = e->nshm < 2;
 	e->coll_lib = agreed[2] != 0 || !agreed[3];
 	unsigned b = bucket(c);
 	e->next = table[b];

@@ -103,6 +103,10 @@ struct ivs_comm {
 	                              peer here (join.c): a pair made at run time may move to rings
 	                              on it (every rank with a region counts on every communicator
 	                              it records, unless a member runs MPI_THREAD_MULTIPLE) */
+	int self_net;              /* this rank's messages to itself take the library: no other member
+	                              was co-located with it at the creation, so its wildcard receives
+	                              wait in the library (ivs_irecv), where a ring message would
+	                              never reach them */
 	int *world;                /* comm rank -> world rank */
 	int *by_local;             /* local (co-located) index -> comm rank, -1 if not a member */
 	int pending_probe;         /* receives here that look for library messages by matched probe:
@@ -297,17 +301,18 @@ static inline struct ivs_peer *ivs_rx_peer(int w)
 }
 
 /* The same two on communicator c: a pair made at run time uses its rings on counted
- * communicators only (join.c). */
+ * communicators only (join.c); messages to itself on some communicators take the library
+ * (ivs_comm.self_net). */
 static inline struct ivs_peer *ivs_tx_peer_on(const struct ivs_comm *c, int w)
 {
 	struct ivs_peer *p = ivs_tx_peer(w);
-	return p && (!p->joined || c->counted) ? p : NULL;
+	return p && (!p->joined || c->counted) && !(c->self_net && w == ivs.world_rank) ? p : NULL;
 }
 
 static inline struct ivs_peer *ivs_rx_peer_on(const struct ivs_comm *c, int w)
 {
 	struct ivs_peer *p = ivs_rx_peer(w);
-	return p && (!p->joined || c->counted) ? p : NULL;
+	return p && (!p->joined || c->counted) && !(c->self_net && w == ivs.world_rank) ? p : NULL;
 }
 
 /* comm.c */

@@ -355,3 +355,58 @@ func TestLeftSharing(t *testing.T) {
 		}
 	}
 }
+
+// TestMigrateCollectivesOnly moves the VMs of a job whose ranks share no host at the start
+// (3 hosts x 1 VM, Open MPI) while migrate_soak runs only its collectives: communicators
+// without co-located members at their creation run the library's collectives, blocking, and a
+// rank that runs nothing else must still see its VM flagged leaving, release its region (else
+// the broker's drain misses its deadline and rolls the move back) and join its destination's.
+// Two moves bring all three VMs onto one host; the digests must equal the library's alone.
+func TestMigrateCollectivesOnly(t *testing.T) {
+	testenv.RequireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	m := cluster.OpenMPI
+	prog := build(ctx, t, "../mpi/migrate_soak.c")[m]
+	c := brokerCluster(ctx, t, cluster.Config{Hosts: 3, VMsPerHost: 1})
+	vms := c.VMs()
+	const iters = 6000
+	args := []string{fmt.Sprint(iters), "collectives"}
+	finished := func(stdout, _ string) bool { return len(digestRow.FindAllString(stdout, -1)) == len(vms) }
+	ref, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: prog, Args: args, Timeout: 2 * time.Minute, Finished: finished})
+	if err != nil {
+		t.Fatalf("reference run (the library alone): %v", err)
+	}
+	want := digests(t, ref.Stdout, len(vms))
+	pace := &progress{}
+	done := startStarted(ctx, t, cluster.Job{MPI: m, VMs: vms, Program: prog, Args: args,
+		Env: shimEnv(t, m), Timeout: 3 * time.Minute, Finished: finished, Stdout: pace})
+	dest := vms[1].Host
+	for i, vm := range []*cluster.VM{vms[0], vms[2]} {
+		for pace.at() < int64(i+1)*iters/4 {
+			select {
+			case o := <-done:
+				t.Fatalf("job ended before move %d: %v\nstderr:\n%s", i, o.err, o.res.Stderr)
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+		res, err := c.Migrate(ctx, vm, dest, 10*time.Second)
+		if err != nil || !res.Migrated || res.Ranks != 1 {
+			t.Fatalf("move %d, %s -> %s: %+v, %v (want its rank to release the region)", i, vm.Name, dest.Name, res, err)
+		}
+		t.Logf("move %d: %s -> %s, phases %v", i, vm.Name, dest.Name, res.Phases)
+	}
+	o := <-done
+	if o.err != nil {
+		t.Fatalf("job with moves: %v\nstderr:\n%s", o.err, o.res.Stderr)
+	}
+	got := digests(t, o.res.Stdout, len(vms))
+	for r := range want {
+		if got[r] != want[r] {
+			t.Errorf("rank %d: %s with the shim and moves, %s with the library alone", r, got[r], want[r])
+		}
+	}
+	if n := strings.Count(o.res.Stderr, "joined the region of its VM's host again"); n != 2 {
+		t.Errorf("%d ranks joined their VM's new region, want 2; stderr:\n%s", n, o.res.Stderr)
+	}
+}

@@ -1,6 +1,7 @@
 /*
  * migrate_soak: checked traffic of many kinds on several communicators, for tests that migrate
- * VMs while it runs. Usage: migrate_soak ITERATIONS
+ * VMs while it runs. Usage: migrate_soak ITERATIONS [collectives]
+ * ("collectives": only the collectives below, no point-to-point of the program's own)
  *
  * Each iteration every rank:
  *   - on MPI_COMM_WORLD sends a burst of Isends to the ranks 1 and 2 after it and receives its
@@ -86,9 +87,10 @@ int main(int argc, char **argv)
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
     long iters = argc > 1 ? atol(argv[1]) : 0;
+    int p2p = !(argc > 2 && strcmp(argv[2], "collectives") == 0);
     if (iters <= 0 || size < 3) {
         if (rank == 0)
-            fprintf(stderr, "usage: migrate_soak ITERATIONS (at least 3 ranks)\n");
+            fprintf(stderr, "usage: migrate_soak ITERATIONS [collectives] (at least 3 ranks)\n");
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
     MPI_Comm dup, half;
@@ -118,56 +120,58 @@ int main(int argc, char **argv)
             printf("at iteration %ld\n", it);
             fflush(stdout);
         }
-        /* Stream 0: bursts to rank+1 and rank+2 on MPI_COMM_WORLD, received by wildcard. */
-        MPI_Request r[4 * BURST + 8];
-        int nr = 0;
-        for (int b = 0; b < BURST; b++)
-            MPI_Irecv(in[b], MAXSIZE, MPI_BYTE, MPI_ANY_SOURCE, 1, MPI_COMM_WORLD, &r[nr++]);
-        for (int b = 0; b < BURST; b++)
-            MPI_Irecv(in[BURST + b], MAXSIZE, MPI_BYTE, MPI_ANY_SOURCE, 1, MPI_COMM_WORLD, &r[nr++]);
-        for (int b = 0; b < 2 * BURST; b++) {
-            int to = (rank + 1 + b % 2) % size;
-            uint64_t seq = sent[to]++;
-            int n = msg_size(rank, seq);
-            fill(out[b], n, 0, rank, seq);
-            MPI_Isend(out[b], n, MPI_BYTE, to, 1, MPI_COMM_WORLD, &r[nr++]);
-        }
-        MPI_Status st[4 * BURST + 8];
-        MPI_Waitall(nr, r, st);
-        /* Wildcard arrivals may interleave the two sources; each source's order must hold. */
-        for (int b = 0; b < 2 * BURST; b++) {
-            int n;
-            MPI_Get_count(&st[b], MPI_BYTE, &n);
-            if (st[b].MPI_TAG != 1)
-                fail("tag", it, st[b].MPI_TAG, 1);
-            check(in[b], n, 0, st[b].MPI_SOURCE, next, h, it);
-        }
+        if (p2p) {
+            /* Stream 0: bursts to rank+1 and rank+2 on MPI_COMM_WORLD, received by wildcard. */
+            MPI_Request r[4 * BURST + 8];
+            int nr = 0;
+            for (int b = 0; b < BURST; b++)
+                MPI_Irecv(in[b], MAXSIZE, MPI_BYTE, MPI_ANY_SOURCE, 1, MPI_COMM_WORLD, &r[nr++]);
+            for (int b = 0; b < BURST; b++)
+                MPI_Irecv(in[BURST + b], MAXSIZE, MPI_BYTE, MPI_ANY_SOURCE, 1, MPI_COMM_WORLD, &r[nr++]);
+            for (int b = 0; b < 2 * BURST; b++) {
+                int to = (rank + 1 + b % 2) % size;
+                uint64_t seq = sent[to]++;
+                int n = msg_size(rank, seq);
+                fill(out[b], n, 0, rank, seq);
+                MPI_Isend(out[b], n, MPI_BYTE, to, 1, MPI_COMM_WORLD, &r[nr++]);
+            }
+            MPI_Status st[4 * BURST + 8];
+            MPI_Waitall(nr, r, st);
+            /* Wildcard arrivals may interleave the two sources; each source's order must hold. */
+            for (int b = 0; b < 2 * BURST; b++) {
+                int n;
+                MPI_Get_count(&st[b], MPI_BYTE, &n);
+                if (st[b].MPI_TAG != 1)
+                    fail("tag", it, st[b].MPI_TAG, 1);
+                check(in[b], n, 0, st[b].MPI_SOURCE, next, h, it);
+            }
 
-        /* Stream 1: synchronous sends to the rank before, on the duplicate. */
-        int prev = (rank + size - 1) % size, after = (rank + 1) % size;
-        nr = 0;
-        uint64_t seq1 = sent[size + prev]++;
-        int n1 = msg_size(rank, seq1);
-        fill(out[2 * BURST], n1, 1, rank, seq1);
-        MPI_Irecv(in[2 * BURST], MAXSIZE, MPI_BYTE, after, 2, dup, &r[nr++]);
-        MPI_Issend(out[2 * BURST], n1, MPI_BYTE, prev, 2, dup, &r[nr++]);
-        /* Stream 2: a matched probe takes the message of the rank after. */
-        uint64_t seq2 = sent[2 * size + prev]++;
-        int n2 = msg_size(rank, seq2);
-        fill(out[2 * BURST + 1], n2, 2, rank, seq2);
-        MPI_Isend(out[2 * BURST + 1], n2, MPI_BYTE, prev, 3, dup, &r[nr++]);
-        MPI_Message m;
-        MPI_Status ms;
-        MPI_Mprobe(MPI_ANY_SOURCE, 3, dup, &m, &ms);
-        int n;
-        MPI_Get_count(&ms, MPI_BYTE, &n);
-        if (ms.MPI_SOURCE != after)
-            fail("matched probe source", it, ms.MPI_SOURCE, after);
-        MPI_Mrecv(in[2 * BURST + 1], n, MPI_BYTE, &m, MPI_STATUS_IGNORE);
-        check(in[2 * BURST + 1], n, 2, after, next + 2 * size, h, it);
-        MPI_Waitall(nr, r, st);
-        MPI_Get_count(&st[0], MPI_BYTE, &n);
-        check(in[2 * BURST], n, 1, after, next + size, h, it);
+            /* Stream 1: synchronous sends to the rank before, on the duplicate. */
+            int prev = (rank + size - 1) % size, after = (rank + 1) % size;
+            nr = 0;
+            uint64_t seq1 = sent[size + prev]++;
+            int n1 = msg_size(rank, seq1);
+            fill(out[2 * BURST], n1, 1, rank, seq1);
+            MPI_Irecv(in[2 * BURST], MAXSIZE, MPI_BYTE, after, 2, dup, &r[nr++]);
+            MPI_Issend(out[2 * BURST], n1, MPI_BYTE, prev, 2, dup, &r[nr++]);
+            /* Stream 2: a matched probe takes the message of the rank after. */
+            uint64_t seq2 = sent[2 * size + prev]++;
+            int n2 = msg_size(rank, seq2);
+            fill(out[2 * BURST + 1], n2, 2, rank, seq2);
+            MPI_Isend(out[2 * BURST + 1], n2, MPI_BYTE, prev, 3, dup, &r[nr++]);
+            MPI_Message m;
+            MPI_Status ms;
+            MPI_Mprobe(MPI_ANY_SOURCE, 3, dup, &m, &ms);
+            int n;
+            MPI_Get_count(&ms, MPI_BYTE, &n);
+            if (ms.MPI_SOURCE != after)
+                fail("matched probe source", it, ms.MPI_SOURCE, after);
+            MPI_Mrecv(in[2 * BURST + 1], n, MPI_BYTE, &m, MPI_STATUS_IGNORE);
+            check(in[2 * BURST + 1], n, 2, after, next + 2 * size, h, it);
+            MPI_Waitall(nr, r, st);
+            MPI_Get_count(&st[0], MPI_BYTE, &n);
+            check(in[2 * BURST], n, 1, after, next + size, h, it);
+        }
 
         /* Collectives on three communicators. */
         long mine[2] = {rank + it, (long)(mix((uint64_t)rank ^ (uint64_t)it) & 0xffff)}, sum[2];
