@@ -17,7 +17,8 @@ static unsigned bucket(MPI_Comm c)
 	return (unsigned)((k >> 4) ^ (k >> 12) ^ k) % COMM_BUCKETS;
 }
 
-/* The shim's record of c, or NULL if no member of c has a co-located peer in it. */
+/* The shim's record of c, or NULL if it has none (comm_agree: no member had a co-located peer
+ * in it or a region at its creation, or a member runs MPI_THREAD_MULTIPLE). */
 struct ivs_comm *ivs_comm_get(MPI_Comm c)
 {
 	if (IVS_LIKELY(world_cache && world_cache->handle == c))
