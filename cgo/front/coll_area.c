@@ -403,24 +403,19 @@ struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k)
 	struct ivs_comm *c = ivs_comm_get(comm);
 	if (!c)
 		return NULL;
-	if (IVS_UNLIKELY(c->coll_lib)) {
-		/* The library's collective, blocking: a rank that runs only such collectives (a job
-		 * whose ranks shared no host at the start) still sees its VM flagged leaving and lets
-		 * its region go, answers the shim's messages and joins its VM's new region. */
-		int due = ivs_poll_due(IVS_POLL_COLLS);
-		if (IVS_UNLIKELY(ivs.released)) {
-			if (due)
-				ivs_ctl_poll();
-			ivs_rejoin_poll();
-		} else if (ivs.enabled && IVS_UNLIKELY(due || __atomic_load_n(ivs.gen_word, __ATOMIC_RELAXED) != ivs.gen_seen)) {
-			ivs_progress();
-		}
-		return NULL;
-	}
-	if (IVS_UNLIKELY(ivs_poll_due(IVS_POLL_COLLS)))
+	int due = ivs_poll_due(IVS_POLL_COLLS);
+	/* The library's collectives (coll_lib) run none of the shim's progress, so a rank that runs
+	 * only those (a job whose ranks shared no host at the start) looks at the region's
+	 * generation word here: it still sees its VM flagged leaving and lets its region go. */
+	if (IVS_UNLIKELY(c->coll_lib) && ivs.enabled && !ivs.released &&
+	    IVS_UNLIKELY(due || __atomic_load_n(ivs.gen_word, __ATOMIC_RELAXED) != ivs.gen_seen))
+		ivs_progress();
+	else if (IVS_UNLIKELY(due) && (!c->coll_lib || ivs.released))
 		ivs_ctl_poll(); /* a rank that only runs collectives still answers the shim's messages */
 	if (IVS_UNLIKELY(ivs.released))
 		ivs_rejoin_poll(); /* ... and one that gave its region up joins its VM's new one */
+	if (IVS_UNLIKELY(c->coll_lib))
+		return NULL;
 	if (IVS_UNLIKELY(c->sw)) {
 		ivs_coll_switch_point(c); /* from the agreed index on, a new plan */
 		if (ivs.self_leaving && !c->coll)
