@@ -183,9 +183,8 @@ func TestShimOverBrokers(t *testing.T) {
 }
 
 // helloJob runs hello_ring (prog) on vms with env: done once every rank printed its last line
-// and, with the shim, its statistics; an MPICH job then has a second to exit (its own
-// MPI_Finalize hangs in about half the runs over TCP, EMULATION.md, nearly always with the
-// shim; tolerateFinalizeHang accepts that), any other the default grace.
+// and, with the shim, its statistics; an MPICH job then has cluster.MPICHFinishGrace to exit
+// (tolerateFinalizeHang accepts its own MPI_Finalize hang), any other the default grace.
 func helloJob(m cluster.MPI, vms []*cluster.VM, prog string, env map[string]string) cluster.Job {
 	_, shim := env["LD_PRELOAD"]
 	job := cluster.Job{MPI: m, VMs: vms, Program: prog, Env: env, Timeout: 30 * time.Second,
@@ -193,7 +192,7 @@ func helloJob(m cluster.MPI, vms []*cluster.VM, prog string, env map[string]stri
 			return strings.Count(stdout, "allreduce ok") == len(vms) && (!shim || cluster.StatsLines(stderr) >= len(vms))
 		}}
 	if m == cluster.MPICH {
-		job.FinishGrace = time.Second
+		job.FinishGrace = cluster.MPICHFinishGrace
 	}
 	return job
 }

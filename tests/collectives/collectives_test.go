@@ -39,10 +39,8 @@ const (
 	jobTimeout = 5 * time.Minute
 	// finalizeGrace is how long a job may take to exit once its report and the shim's statistics
 	// (printed inside MPI_Finalize) are complete: 4 ranks end within a second or two (as in
-	// tests/conformance). mpichGrace replaces it for MPICH, which hangs in its own MPI_Finalize
-	// in about half the runs (see run): waiting longer only costs time.
+	// tests/conformance). An MPICH job gets cluster.MPICHFinishGrace instead (see run).
 	finalizeGrace = 5 * time.Second
-	mpichGrace    = time.Second
 	// stderrTail is how much of a failed job's standard error a failure quotes.
 	stderrTail = 6000
 )
@@ -240,13 +238,13 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job, shim b
 	}
 	job.FinishGrace = finalizeGrace
 	if job.MPI == cluster.MPICH {
-		job.FinishGrace = mpichGrace
+		job.FinishGrace = cluster.MPICHFinishGrace
 	}
 	for attempt := 1; ; attempt++ {
 		res, err := cluster.Run(ctx, job)
 		if errors.Is(err, cluster.ErrFinishGrace) && job.MPI == cluster.MPICH {
 			t.Logf("%s: %s did not exit %v after its complete report (MPI_Finalize hang): killed, report accepted",
-				what, job.MPI, mpichGrace)
+				what, job.MPI, cluster.MPICHFinishGrace)
 			err = nil
 		}
 		if errors.Is(err, cluster.ErrTimeout) && job.MPI == cluster.MPICH && !shim && attempt == 1 {

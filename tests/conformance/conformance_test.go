@@ -22,12 +22,10 @@ const (
 	// bound only turns a hang into a failure.
 	attemptTimeout = 60 * time.Second
 	// finalizeGrace is how long a job may take to end after its report and, with the shim,
-	// every rank's statistics: 4 ranks on 2 CPUs end within a second or two. mpichGrace
-	// replaces it for MPICH, whose job is then accepted as hanging in its own MPI_Finalize
-	// (see run): waiting longer only costs time (it took 20 s each time before), and the hang
-	// comes in about half of MPICH's runs.
+	// every rank's statistics: 4 ranks on 2 CPUs end within a second or two. An MPICH job gets
+	// cluster.MPICHFinishGrace instead and is then accepted as hanging in its own
+	// MPI_Finalize (see run).
 	finalizeGrace = 5 * time.Second
-	mpichGrace    = time.Second
 	// stderrTail is how much of a failed job's standard error a failure quotes.
 	stderrTail = 4096
 )
@@ -81,7 +79,7 @@ func conform(ctx context.Context, t *testing.T, job cluster.Job, lib string) {
 // run launches job, whose report must be a success, and says whether it was.
 //
 // MPICH 4.0 with UCX over TCP often hangs in MPI_Finalize (EMULATION.md), also without the shim.
-// A job is therefore killed finalizeGrace (MPICH: mpichGrace) after its report and, with the
+// A job is therefore killed finalizeGrace (MPICH: cluster.MPICHFinishGrace) after its report and, with the
 // shim, every rank's statistics appeared (the shim's part of MPI_Finalize is done). An MPICH
 // job is then taken to hang in the library's MPI_Finalize and its report is accepted, logged,
 // as in tests/layouts. Any other hang is a failure.
@@ -113,7 +111,8 @@ func run(ctx context.Context, t *testing.T, what string, job cluster.Job) (*clus
 	return res, true
 }
 
-// launch runs job once. If the job is still running finalizeGrace (MPICH: mpichGrace) after its
+// launch runs job once. If the job is still running finalizeGrace (MPICH:
+// cluster.MPICHFinishGrace) after its
 // summary line and, with the shim, every rank's statistics appeared, it is killed and killed is
 // true.
 func launch(ctx context.Context, job cluster.Job) (res *cluster.Result, killed bool, err error) {
@@ -131,7 +130,7 @@ func launch(ctx context.Context, job cluster.Job) (res *cluster.Result, killed b
 	}
 	job.FinishGrace = finalizeGrace
 	if job.MPI == cluster.MPICH {
-		job.FinishGrace = mpichGrace
+		job.FinishGrace = cluster.MPICHFinishGrace
 	}
 	res, err = cluster.Run(ctx, job)
 	return res, errors.Is(err, cluster.ErrFinishGrace), err

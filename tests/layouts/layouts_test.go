@@ -57,12 +57,10 @@ const (
 	maxRanksMPICH     = 3
 	regionSize        = 64 << 20
 	// jobTimeout bounds one launch; finalizeGrace is how long an MPICH job may take to exit
-	// once its report and, with the shim, every rank's statistics are complete (MPICH+UCX
-	// over TCP hangs in its own MPI_Finalize in about half the runs, EMULATION.md; a clean
-	// MPICH exit of 3 ranks here takes well under a second). Open MPI has no such hang: its
-	// jobs get jobTimeout, and a hang is a failure.
+	// once its report and, with the shim, every rank's statistics are complete. Open MPI has
+	// no such hang: its jobs get jobTimeout, and a hang is a failure.
 	jobTimeout    = 3 * time.Minute
-	finalizeGrace = time.Second // per 8 ranks: 16 ranks on 2 CPUs take longer to finalize
+	finalizeGrace = cluster.MPICHFinishGrace // per 8 ranks: 16 ranks on 2 CPUs take longer to finalize
 	stderrTail    = 4000
 	minLayouts    = 10
 )

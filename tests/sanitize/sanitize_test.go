@@ -37,10 +37,9 @@ const (
 	jobTimeout = 150 * time.Second
 	// finalizeGrace is how long a job may take to end after its complete report.
 	finalizeGrace = 20 * time.Second
-	// mpichGrace replaces finalizeGrace for MPICH once every rank has also printed its
-	// statistics: the shim's part of MPI_Finalize is done, and MPICH+UCX often hangs in the
-	// rest (EMULATION.md), so waiting longer only costs time.
-	mpichGrace = time.Second
+	// An MPICH job gets cluster.MPICHFinishGrace instead once every rank has also printed its
+	// statistics (watch).
+	mpichGrace = cluster.MPICHFinishGrace
 	// findingGrace is how long a job may go on after a sanitizer finding, for the other ranks'
 	// reports: the ranks of a stopped rank's peers may otherwise wait for it until jobTimeout.
 	findingGrace = 3 * time.Second
