@@ -288,14 +288,14 @@ int ivs_join_busy(const struct ivs_peer *p)
 void ivs_join_check(void)
 {
 	size_t n = (size_t)ivs.world_size;
-	int mine[2] = {ivs.verbose != 0, ivs.lib_uncounted}, any[2] = {0, 0};
+	int mine[2] = {ivs.verbose != 0, ivs.lib_uncounted || ivs.lib_lost}, any[2] = {0, 0};
 	PMPI_Allreduce(mine, any, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
 	if (!any[0])
 		return; /* nobody asked (IVSHIM_VERBOSE): no exchange */
 	if (any[1]) {
 		if (ivs.verbose)
-			fprintf(stderr, "ivshim: rank %d: library message counts not compared: the program cancelled a library request "
-			        "or made a large-count call\n", ivs.world_rank);
+			fprintf(stderr, "ivshim: rank %d: library message counts not compared: the program cancelled a library request, "
+			        "freed an active library receive or made a large-count call\n", ivs.world_rank);
 		return;
 	}
 	uint64_t *to_me = malloc(n * sizeof *to_me);
