@@ -2,6 +2,15 @@
  * move as raw bytes; every other type is packed with PMPI_Pack on the sender and unpacked with
  * PMPI_Unpack on the receiver, so derived datatypes are correct whatever their layout.
  *
+ * A derived-type message longer than a window (DT_WINDOW) moves through one: the sender packs
+ * the next window's bytes when the ring has taken the last (ivs_dt_send_bytes), the receiver
+ * unpacks each full window (ivs_dt_recv_bytes) and the rest at the end (ivs_dt_recv_finish).
+ * Memory stays at a window per message, the window stays in the cache, and the two sides'
+ * copies overlap. The type's typemap (typemap.c) copies any byte range; a type it does not
+ * represent moves in runs of whole elements by the library (two to a window at least), or
+ * whole if an element is too long. Packing every message whole first took a fresh buffer of
+ * its size on both sides: a 64 MiB vector took 9x as long as the library's shared memory.
+ *
  * Sizes are 64-bit throughout: an int count of a derived type can describe more than 2 GiB.
  * PMPI_Pack and PMPI_Unpack take int sizes, so longer ranges move in runs of whole elements
  * (dt_move); only a single element over 2 GiB is refused (MPI_ERR_COUNT). */
@@ -20,6 +29,8 @@ struct dt_entry {
 	ptrdiff_t lb;    /* true lower bound */
 	ptrdiff_t extent;
 	ptrdiff_t textent; /* true extent */
+	struct ivs_tm *tm; /* built on first use (tm_tried); NULL if typemap.c cannot */
+	int tm_tried;
 };
 static struct dt_entry dt_cache[DT_CACHE];
 
@@ -29,6 +40,10 @@ static struct dt_entry *dt_lookup(MPI_Datatype dt)
 	struct dt_entry *e = &dt_cache[(key >> 4 ^ key) % DT_CACHE];
 	if (IVS_LIKELY(e->key == key && key))
 		return e;
+	ivs_tm_unref(e->tm); /* requests that use it hold their own reference */
+	e->tm = NULL;
+	e->tm_tried = 0;
+	e->key = 0;
 	int ni, na, nd, combiner;
 	MPI_Count size;
 	MPI_Aint lb, extent, tlb, textent;
@@ -52,8 +67,22 @@ void ivs_dt_forget(MPI_Datatype dt)
 {
 	uintptr_t key = IVS_HANDLE_KEY(dt);
 	struct dt_entry *e = &dt_cache[(key >> 4 ^ key) % DT_CACHE];
-	if (e->key == key)
+	if (e->key == key) {
 		e->key = 0;
+		ivs_tm_unref(e->tm);
+		e->tm = NULL;
+		e->tm_tried = 0;
+	}
+}
+
+/* A reference to the typemap of dt (entry e), or NULL. */
+static struct ivs_tm *typemap_of(MPI_Datatype dt, struct dt_entry *e)
+{
+	if (!e->tm_tried) {
+		e->tm = ivs_tm_build(dt);
+		e->tm_tried = 1;
+	}
+	return ivs_tm_ref(e->tm);
 }
 
 /* Whether count elements of dt are one contiguous byte range; if so its length and the offset
@@ -99,6 +128,52 @@ static int direct_view(struct ivs_req *r, const void *buf, int count, MPI_Dataty
 
 enum { DT_PACK, DT_UNPACK };
 
+#define DT_WINDOW ((uint64_t)256 << 10)
+#define DT_WINDOW_MAX ((uint64_t)16 << 20)
+
+/* The window for an n-byte message of elements of e, with its typemap or without (then two
+ * elements at least, so that each full window holds a whole one); 0 (pack it whole) where that
+ * is no shorter than the message or an element is too long for a window. */
+static uint64_t window_size(const struct dt_entry *e, int typemap, uint64_t n)
+{
+	if (!e->size || (!typemap && e->size > DT_WINDOW_MAX / 2))
+		return 0;
+	uint64_t w = !typemap && 2 * e->size > DT_WINDOW ? 2 * e->size : DT_WINDOW;
+	return w < n ? w : 0;
+}
+
+/* Give request r a window onto its n-byte message of count elements of dt at buf (not
+ * MPI_BOTTOM): 1 if it has one now. */
+static int window_open(struct ivs_req *r, struct dt_entry *e, void *buf, int count, MPI_Datatype dt, uint64_t n)
+{
+	struct ivs_tm *tm = n > DT_WINDOW ? typemap_of(dt, e) : NULL;
+	uint64_t w = window_size(e, tm != NULL, n);
+	if (!w || !(r->cbuf = malloc(w))) {
+		ivs_tm_unref(tm);
+		return 0;
+	}
+	r->packed = IVS_PACKED_WINDOW;
+	r->tm = tm;
+	r->win_cap = w;
+	r->win_at = r->win_len = 0;
+	r->ubuf = buf;
+	r->count = count;
+	r->cap = n;
+	return 1;
+}
+
+/* Free the shim's copy of a request's bytes, if it has one. */
+void ivs_dt_drop(struct ivs_req *r)
+{
+	ivs_tm_unref(r->tm);
+	r->tm = NULL;
+	if (!r->packed)
+		return;
+	free(r->cbuf);
+	r->cbuf = NULL;
+	r->packed = IVS_PACKED_NONE;
+}
+
 /* Pack count elements of dt at buf into the n bytes at packed, or unpack the reverse way. n is
  * Type_size * count; runs of whole elements keep each PMPI call's size within an int. */
 static int dt_move(int dir, void *buf, int count, MPI_Datatype dt, uint8_t *packed, uint64_t n, MPI_Comm comm)
@@ -128,7 +203,71 @@ static int dt_move(int dir, void *buf, int count, MPI_Datatype dt, uint8_t *pack
 	return MPI_SUCCESS;
 }
 
-/* Point r->cbuf/cap at the bytes to send: the user's buffer or a packed copy. */
+/* Pack the send's next window of bytes, after those it held. */
+static int send_refill(struct ivs_req *r)
+{
+	uint64_t at = r->win_at + r->win_len;
+	if (r->tm) {
+		r->win_at = at;
+		r->win_len = r->cap - at < r->win_cap ? r->cap - at : r->win_cap;
+		ivs_tm_copy(r->tm, r->ubuf, r->count, at, r->cbuf, r->win_len, 0);
+		return MPI_SUCCESS;
+	}
+	struct dt_entry *e = dt_lookup(r->dt);
+	if (!e || !e->size)
+		return MPI_ERR_TYPE;
+	uint64_t first = at / e->size, k = r->win_cap / e->size;
+	if (k > (uint64_t)r->count - first)
+		k = (uint64_t)r->count - first;
+	int pos = 0;
+	r->win_at = at;
+	r->win_len = k * e->size;
+	return PMPI_Pack((uint8_t *)r->ubuf + (ptrdiff_t)first * e->extent, (int)k, r->dt, r->cbuf, (int)r->win_len, &pos,
+	                 r->comm->handle);
+}
+
+/* The bytes of send r from r->done on: *n (at most what it asks) of them are ready there. */
+const uint8_t *ivs_dt_send_bytes(struct ivs_req *r, uint64_t *n)
+{
+	if (IVS_LIKELY(r->packed != IVS_PACKED_WINDOW))
+		return r->cbuf + r->done;
+	if (r->done == r->win_at + r->win_len) {
+		int rc = send_refill(r);
+		if (rc != MPI_SUCCESS) {
+			/* The message's length is in the ring already: the rest goes as zeros, and the
+			 * send completes with the library's error. */
+			memset(r->cbuf, 0, r->win_len);
+			if (r->error == MPI_SUCCESS)
+				r->error = rc;
+		}
+	}
+	uint64_t ready = r->win_at + r->win_len - r->done;
+	if (*n > ready)
+		*n = ready;
+	return r->cbuf + (r->done - r->win_at);
+}
+
+/* Send r keeps no reference to the user's buffer: a window becomes a packed copy of the whole
+ * message (MPI_Bsend's copy). */
+int ivs_dt_send_whole(struct ivs_req *r)
+{
+	if (r->packed != IVS_PACKED_WINDOW)
+		return MPI_SUCCESS;
+	uint8_t *all = malloc(r->cap);
+	if (!all)
+		return MPI_ERR_NO_MEM;
+	int rc = dt_move(DT_PACK, r->ubuf, r->count, r->dt, all, r->cap, r->comm->handle);
+	if (rc != MPI_SUCCESS) {
+		free(all);
+		return rc;
+	}
+	free(r->cbuf);
+	r->cbuf = all;
+	r->packed = IVS_PACKED_WHOLE;
+	return MPI_SUCCESS;
+}
+
+/* Point r->cbuf/cap at the bytes to send: the user's buffer, a window or a packed copy. */
 int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype dt, MPI_Comm comm)
 {
 	if (IVS_LIKELY(direct_view(r, buf, count, dt)))
@@ -137,10 +276,17 @@ int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype
 	if (!e || count < 0)
 		return MPI_ERR_TYPE;
 	uint64_t n = e->size * (uint64_t)count; /* the packed form of a homogeneous run */
+	if (buf != MPI_BOTTOM && window_open(r, e, (void *)buf, count, dt, n)) {
+		ivs_dt_hold(r, dt); /* the program may free dt before the last run is packed */
+		int rc = send_refill(r);
+		if (rc != MPI_SUCCESS)
+			ivs_dt_drop(r);
+		return rc;
+	}
 	r->cbuf = malloc(n ? n : 1);
 	if (!r->cbuf)
 		return MPI_ERR_NO_MEM;
-	r->packed = 1;
+	r->packed = IVS_PACKED_WHOLE;
 	int rc;
 	if (buf == MPI_BOTTOM) {
 		/* Absolute addresses: MPICH's MPI_Pack refuses a null input buffer, a send does not. */
@@ -151,16 +297,15 @@ int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype
 		rc = dt_move(DT_PACK, (void *)buf, count, dt, r->cbuf, n, comm);
 	}
 	if (rc != MPI_SUCCESS) {
-		free(r->cbuf);
-		r->cbuf = NULL;
-		r->packed = 0;
+		ivs_dt_drop(r);
 		return rc;
 	}
 	r->cap = n;
 	return MPI_SUCCESS;
 }
 
-/* Point r->cbuf/cap at where received bytes go: the user's buffer or a pack buffer. */
+/* Point r->cbuf/cap at where received bytes go: the user's buffer, a window or a pack buffer.
+ * r->ubuf, count and dt are set. */
 int ivs_dt_recv_view(struct ivs_req *r, void *buf, int count, MPI_Datatype dt)
 {
 	if (IVS_LIKELY(direct_view(r, buf, count, dt)))
@@ -169,37 +314,99 @@ int ivs_dt_recv_view(struct ivs_req *r, void *buf, int count, MPI_Datatype dt)
 	if (!e || count < 0)
 		return MPI_ERR_TYPE;
 	r->cap = e->size * (uint64_t)count;
+	if (buf != MPI_BOTTOM && window_open(r, e, buf, count, dt, r->cap))
+		return MPI_SUCCESS;
 	r->cbuf = malloc(r->cap ? r->cap : 1);
 	if (!r->cbuf)
 		return MPI_ERR_NO_MEM;
-	r->packed = 1;
+	r->packed = IVS_PACKED_WHOLE;
 	return MPI_SUCCESS;
 }
 
-/* Receive complete: unpack into the user's buffer if a pack buffer was used. */
+/* Unpack a receive's window: all of it by the typemap, else its whole elements, keeping the
+ * bytes of a part element. */
+static void recv_flush(struct ivs_req *r)
+{
+	if (r->tm) {
+		ivs_tm_copy(r->tm, r->ubuf, r->count, r->win_at, r->cbuf, r->win_len, 1);
+		r->win_at += r->win_len;
+		r->win_len = 0;
+		return;
+	}
+	struct dt_entry *e = dt_lookup(r->dt);
+	uint64_t k = e && e->size ? r->win_len / e->size : 0, bytes = k ? k * e->size : 0;
+	if (k) {
+		int pos = 0;
+		int rc = PMPI_Unpack(r->cbuf, (int)bytes, &pos, (uint8_t *)r->ubuf + (ptrdiff_t)(r->win_at / e->size) * e->extent,
+		                     (int)k, r->dt, r->comm->handle);
+		if (rc != MPI_SUCCESS && r->error == MPI_SUCCESS)
+			r->error = rc;
+	} else if (r->error == MPI_SUCCESS) {
+		r->error = MPI_ERR_TYPE;
+		bytes = r->win_len; /* the bytes go: the receive fails */
+	}
+	memmove(r->cbuf, r->cbuf + bytes, r->win_len - bytes);
+	r->win_at += bytes;
+	r->win_len -= bytes;
+}
+
+/* n bytes of a message at offset at, which follow those the window took before, arrived for
+ * receive r; those beyond its capacity go. */
+void ivs_dt_recv_bytes(struct ivs_req *r, uint64_t at, const uint8_t *src, uint64_t n)
+{
+	if (at >= r->cap)
+		return;
+	if (n > r->cap - at)
+		n = r->cap - at;
+	if (at != r->win_at + r->win_len)
+		ivs_fatal("bytes at %lu of a message whose window ends at %lu", (unsigned long)at,
+		          (unsigned long)(r->win_at + r->win_len));
+	while (n) {
+		uint64_t c = r->win_cap - r->win_len < n ? r->win_cap - r->win_len : n;
+		ivs_copy(r->cbuf + r->win_len, src, c);
+		r->win_len += c;
+		src += c;
+		n -= c;
+		if (r->win_len == r->win_cap)
+			recv_flush(r);
+	}
+}
+
+/* Receive complete: unpack what the pack buffer or window holds into the user's buffer. */
 int ivs_dt_recv_finish(struct ivs_req *r)
 {
 	if (!r->packed)
 		return MPI_SUCCESS;
+	if (r->tm) {
+		recv_flush(r);
+		ivs_dt_drop(r);
+		return MPI_SUCCESS;
+	}
 	int rc = MPI_SUCCESS;
 	struct dt_entry *e = dt_lookup(r->dt);
-	uint64_t whole = e && e->size && r->ubuf != MPI_BOTTOM ? r->st_bytes / e->size : 0;
-	uint64_t done = e ? whole * e->size : 0, rest = r->st_bytes - done;
+	if (!e || !e->size) {
+		ivs_dt_drop(r);
+		return MPI_ERR_TYPE;
+	}
+	/* cbuf holds the bytes from `from` (whole elements before it are in place) to st_bytes. */
+	uint64_t from = r->packed == IVS_PACKED_WINDOW ? r->win_at : 0, first = from / e->size;
+	uint8_t *ubuf = r->ubuf == MPI_BOTTOM ? r->ubuf : (uint8_t *)r->ubuf + (ptrdiff_t)first * e->extent;
+	uint64_t whole = r->ubuf != MPI_BOTTOM ? (r->st_bytes - from) / e->size : 0;
+	uint64_t done = whole * e->size, rest = r->st_bytes - from - done;
 	if (whole)
-		rc = dt_move(DT_UNPACK, r->ubuf, (int)whole, r->dt, r->cbuf, done, r->comm->handle);
+		rc = dt_move(DT_UNPACK, ubuf, (int)whole, r->dt, r->cbuf, done, r->comm->handle);
 	if (rc == MPI_SUCCESS && rest) {
 		/* The message ends inside an element: MPI_Unpack only takes whole elements, but a
 		 * receive must still place every basic element that arrived. Or the buffer is
 		 * MPI_BOTTOM, which MPICH's MPI_Unpack refuses. The library does both right when it
 		 * receives the packed bytes itself. */
-		uint8_t *at = r->ubuf == MPI_BOTTOM ? r->ubuf : (uint8_t *)r->ubuf + (ptrdiff_t)whole * e->extent;
+		uint8_t *at = r->ubuf == MPI_BOTTOM ? r->ubuf : ubuf + (ptrdiff_t)whole * e->extent;
 		rc = rest > INT_MAX ? MPI_ERR_COUNT
-		                    : PMPI_Sendrecv(r->cbuf + done, (int)rest, MPI_PACKED, 0, 0, at, r->count - (int)whole,
-		                                    r->dt, 0, 0, MPI_COMM_SELF, MPI_STATUS_IGNORE);
+		                    : PMPI_Sendrecv(r->cbuf + done, (int)rest, MPI_PACKED, 0, 0, at,
+		                                    r->count - (int)(first + whole), r->dt, 0, 0, MPI_COMM_SELF,
+		                                    MPI_STATUS_IGNORE);
 	}
-	free(r->cbuf);
-	r->cbuf = NULL;
-	r->packed = 0;
+	ivs_dt_drop(r);
 	return rc;
 }
 

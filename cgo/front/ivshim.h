@@ -136,6 +136,10 @@ enum ivs_sw { IVS_SW_NONE = 0, IVS_SW_ASKED, IVS_SW_WAITING, IVS_SW_DECIDED, IVS
 enum ivs_req_kind { IVS_SEND = 1, IVS_RECV, IVS_PSEND, IVS_PRECV };
 enum ivs_req_state { IVS_INACTIVE = 0, IVS_ACTIVE, IVS_DONE };
 enum ivs_recv_mode { IVS_RM_SHM = 1, IVS_RM_PROBE, IVS_RM_NET };
+/* Where a request's contiguous bytes (cbuf) live: the user's buffer; a copy of the whole
+ * message (a packed derived type, a buffered send); or a window that moves along a long
+ * derived-type message, packed or unpacked one run of whole elements at a time. */
+enum ivs_packed { IVS_PACKED_NONE = 0, IVS_PACKED_WHOLE, IVS_PACKED_WINDOW };
 
 struct ivs_req {
 	uint8_t kind, state;
@@ -166,7 +170,12 @@ struct ivs_req {
 	/* contiguous byte view of the data */
 	uint8_t *cbuf;
 	uint64_t cap;              /* receive capacity / send total */
-	uint8_t packed;            /* cbuf is a private pack buffer */
+	uint8_t packed;            /* cbuf is the shim's: enum ivs_packed (datatype.c) */
+	uint64_t win_at, win_len;  /* IVS_PACKED_WINDOW: cbuf holds the message's bytes from
+	                              offset win_at, win_len of them */
+	uint64_t win_cap;          /* IVS_PACKED_WINDOW: bytes allocated at cbuf */
+	struct ivs_tm *tm;         /* IVS_PACKED_WINDOW: the type's typemap (typemap.c), or NULL:
+	                              the window moves whole elements by the library */
 	uint64_t done;             /* bytes moved */
 	int peer_world;            /* sends: destination world rank */
 	MPI_Request inner;         /* the MPI library's request for the NET path */
@@ -359,6 +368,14 @@ void ivs_dt_forget(MPI_Datatype dt);
 int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype dt, MPI_Comm comm);
 int ivs_dt_recv_view(struct ivs_req *r, void *buf, int count, MPI_Datatype dt);
 int ivs_dt_recv_finish(struct ivs_req *r);
+const uint8_t *ivs_dt_send_bytes(struct ivs_req *r, uint64_t *n);
+void ivs_dt_recv_bytes(struct ivs_req *r, uint64_t at, const uint8_t *src, uint64_t n);
+int ivs_dt_send_whole(struct ivs_req *r);
+void ivs_dt_drop(struct ivs_req *r);
+struct ivs_tm *ivs_tm_build(MPI_Datatype dt);
+struct ivs_tm *ivs_tm_ref(struct ivs_tm *t);
+void ivs_tm_unref(struct ivs_tm *t);
+void ivs_tm_copy(const struct ivs_tm *t, void *buf, int count, uint64_t off, uint8_t *pk, uint64_t n, int unpack);
 int ivs_dt_pack(const void *buf, int count, MPI_Datatype dt, void *dst, uint64_t n, MPI_Comm comm);
 int ivs_dt_unpack(const void *src, uint64_t n, void *buf, int count, MPI_Datatype dt, MPI_Comm comm);
 int ivs_dt_span(MPI_Datatype dt, int count, uint64_t *span, ptrdiff_t *lb, uint64_t *extent);

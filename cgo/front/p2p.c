@@ -397,7 +397,9 @@ static int bsend_shm(const void *buf, int count, MPI_Datatype dt, int dest, int 
 		if (r->cap > r->done)
 			ivs_copy(copy + r->done, r->cbuf + r->done, r->cap - r->done);
 		r->cbuf = copy;
-		r->packed = 1;
+		r->packed = IVS_PACKED_WHOLE;
+	} else if ((rc = ivs_dt_send_whole(r)) != MPI_SUCCESS) {
+		ivs_fatal("cannot buffer a %lu-byte MPI_Bsend (error %d)", (unsigned long)r->cap, rc);
 	}
 	r->free_on_done = 1;
 	r->internal = 1;

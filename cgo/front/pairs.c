@@ -97,10 +97,17 @@ static struct ivs_req *netsends; /* linked through next */
 static void send_by_library(struct ivs_req *r)
 {
 	/* The bytes are the packed form of the user's data: sent as MPI_PACKED, which a receive
-	 * of any type matching the signature accepts. */
+	 * of any type matching the signature accepts. A window (datatype.c) still has the user's
+	 * buffer and type: the library packs those itself. */
 	MPI_Datatype t = MPI_PACKED, big = MPI_DATATYPE_NULL;
+	const void *buf = r->cbuf;
 	int count = (int)r->cap;
-	if (r->cap > INT_MAX) { /* count is an int: whole blocks of 1 MiB, then the rest */
+	if (r->packed == IVS_PACKED_WINDOW) {
+		ivs_dt_drop(r);
+		buf = r->ubuf;
+		count = r->count;
+		t = r->dt;
+	} else if (r->cap > INT_MAX) { /* count is an int: whole blocks of 1 MiB, then the rest */
 		MPI_Datatype parts[2] = {MPI_BYTE, MPI_BYTE}, block;
 		PMPI_Type_contiguous(1 << 20, MPI_BYTE, &block);
 		parts[0] = block;
@@ -112,8 +119,8 @@ static void send_by_library(struct ivs_req *r)
 		t = big;
 		count = 1;
 	}
-	int rc = r->sync ? PMPI_Issend(r->cbuf, count, t, r->peer, r->tag, r->comm->handle, &r->inner)
-	                 : PMPI_Isend(r->cbuf, count, t, r->peer, r->tag, r->comm->handle, &r->inner);
+	int rc = r->sync ? PMPI_Issend(buf, count, t, r->peer, r->tag, r->comm->handle, &r->inner)
+	                 : PMPI_Isend(buf, count, t, r->peer, r->tag, r->comm->handle, &r->inner);
 	if (big != MPI_DATATYPE_NULL)
 		PMPI_Type_free(&big);
 	ivs.stats.messages[IVSHIM_PATH_SHM]--;

@@ -166,7 +166,9 @@ static void recv_complete(struct ivs_req *r, struct ivs_msg *m)
 /* Copy payload bytes at message offset `at` into the receive, dropping what exceeds it. */
 static void recv_copy(struct ivs_req *r, uint64_t at, const uint8_t *src, uint64_t n)
 {
-	if (at < r->cap)
+	if (IVS_UNLIKELY(r->packed == IVS_PACKED_WINDOW))
+		ivs_dt_recv_bytes(r, at, src, n);
+	else if (at < r->cap)
 		ivs_copy(r->cbuf + at, src, n < r->cap - at ? n : r->cap - at);
 }
 
@@ -349,11 +351,7 @@ void ivs_ack_arrived(int world, uint64_t cookie)
 
 void ivs_send_done(struct ivs_req *r)
 {
-	if (r->packed) {
-		free(r->cbuf);
-		r->cbuf = NULL;
-		r->packed = 0;
-	}
+	ivs_dt_drop(r);
 	if (r->sync_wait)
 		return;
 	r->state = IVS_DONE;
@@ -374,6 +372,7 @@ static int push_sends(struct ivs_peer *p)
 			uint64_t n = r->cap - r->done;
 			if (n > max)
 				n = max;
+			const uint8_t *src = ivs_dt_send_bytes(r, &n);
 			/* The first record carries the envelope, the others are fragments. */
 			int first = r->done == 0 && !r->cookie_sent, sync = first && r->sync;
 			if (IVS_UNLIKELY(sync) && !ivs_pair_ack_ready(p)) {
@@ -383,7 +382,7 @@ static int push_sends(struct ivs_peer *p)
 			}
 			if (!ivs_tx_write(&p->tx, first ? IVS_REC_MSG : IVS_REC_FRAG, sync ? IVS_F_SYNC : 0, first ? r->tag : 0,
 			                  first ? r->comm->ctx : 0, first ? r->cap : 0, sync ? ivs_req_cookie(r) : 0,
-			                  r->cbuf + r->done, n))
+			                  src, n))
 				return did;
 			r->cookie_sent = 1;
 			r->done += n;
@@ -442,6 +441,7 @@ struct ivs_req *ivs_probe_owner(struct ivs_comm *c, const MPI_Status *st)
 void ivs_net_assign(struct ivs_req *r, MPI_Message *msg)
 {
 	ivs_unpost(r);
+	ivs_dt_drop(r); /* the library unpacks into the user's buffer itself */
 	r->recv_mode = IVS_RM_NET;
 	int rc = PMPI_Imrecv(r->ubuf, r->count, r->dt, msg, &r->inner);
 	if (rc != MPI_SUCCESS) {

@@ -38,6 +38,7 @@ struct ivs_req *ivs_req_alloc(void)
 
 void ivs_req_release(struct ivs_req *r)
 {
+	ivs_dt_drop(r);
 	if (r->comm)
 		ivs_comm_unhold(r->comm);
 	if (r->dt_owned) { /* the library may hand the same handle to the next type: forget it */

@@ -341,11 +341,7 @@ static void cancel_req(struct ivs_req *r)
 		}
 		if (r->in_posted) {
 			ivs_unpost(r);
-			if (r->packed) {
-				free(r->cbuf);
-				r->cbuf = NULL;
-				r->packed = 0;
-			}
+			ivs_dt_drop(r);
 			r->cancelled = 1;
 			r->state = IVS_DONE;
 		}
@@ -367,11 +363,7 @@ static void cancel_req(struct ivs_req *r)
 				r->sync_wait = 0;
 				ivs.nsync_wait--;
 			}
-			if (r->packed) {
-				free(r->cbuf);
-				r->packed = 0;
-			}
-			r->cbuf = NULL;
+			ivs_dt_drop(r);
 			r->cancelled = 1;
 			r->state = IVS_DONE;
 		}

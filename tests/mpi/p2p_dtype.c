@@ -4,6 +4,11 @@
  * type, resized; sent derived and received contiguous and the reverse (holes in a receive
  * buffer must stay untouched); a large vector; MPI_Get_count/MPI_Get_elements of partial
  * receives; MPI_Pack/MPI_Unpack round trips locally and through MPI_PACKED messages.
+ * Then random nested types (seeded, the same on every rank) in messages of 256 KiB to 2 MiB,
+ * one element or many, sent derived to contiguous, contiguous to derived, derived to another
+ * derived type and short into a derived receive, with the receive posted before or after the
+ * message arrives: every received buffer, holes included, must equal what the library's own
+ * MPI_Pack/MPI_Unpack make of the same data.
  */
 #include "p2p_check.h"
 #include <stddef.h>
@@ -427,6 +432,334 @@ static void packing(int d)
     MPI_Type_free(&rt);
 }
 
+/* ---- random nested types ---- */
+
+enum { RAND_CASES = 10, RAND_MAX_DEPTH = 4 };
+#define RAND_MIN_BYTES (256u << 10)
+#define RAND_MAX_BYTES (2u << 20)
+
+static uint64_t rng_state;
+static unsigned rnd(unsigned n) /* 0..n-1 */
+{
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (unsigned)(rng_state >> 33) % n;
+}
+
+static MPI_Aint type_extent(MPI_Datatype t)
+{
+    MPI_Aint lb, ext;
+    MPI_Type_get_extent(t, &lb, &ext);
+    return ext;
+}
+
+/* A random type of ints whose instances, placed an extent apart, never overlap (receive types
+ * must not), with byte displacements that keep ints aligned. *desc gets its shape. */
+static MPI_Datatype rand_type(int depth, char *desc, size_t cap)
+{
+    MPI_Datatype c, t;
+    char sub[256] = "int";
+    unsigned kind = depth >= RAND_MAX_DEPTH ? 0 : rnd(depth == 0 ? 8 : 10);
+    if (kind == 0 || kind >= 8) {
+        snprintf(desc, cap, "int");
+        return MPI_INT;
+    }
+    c = rand_type(depth + 1, sub, sizeof sub);
+    MPI_Aint ext = type_extent(c);
+    int bl = 1 + (int)rnd(4), n = 1 + (int)rnd(6);
+    switch (kind) {
+    case 1:
+        MPI_Type_contiguous(n, c, &t);
+        snprintf(desc, cap, "contig(%d,%s)", n, sub);
+        break;
+    case 2: {
+        int stride = bl + (int)rnd(3);
+        MPI_Type_vector(n, bl, stride, c, &t);
+        snprintf(desc, cap, "vector(%d,%d,%d,%s)", n, bl, stride, sub);
+        break;
+    }
+    case 3: { /* a negative byte stride */
+        MPI_Aint stride = -((MPI_Aint)bl * ext + 4 * (MPI_Aint)rnd(3));
+        MPI_Type_create_hvector(n, bl, stride, c, &t);
+        snprintf(desc, cap, "hvector(%d,%d,%ld,%s)", n, bl, (long)stride, sub);
+        break;
+    }
+    case 4: {
+        int lens[6], disp[6], at = (int)rnd(3);
+        for (int i = 0; i < n; i++) {
+            lens[i] = (int)rnd(4); /* empty blocks too */
+            disp[i] = at;
+            at += lens[i] + (int)rnd(3);
+        }
+        MPI_Type_indexed(n, lens, disp, c, &t);
+        snprintf(desc, cap, "indexed(%d,%s)", n, sub);
+        break;
+    }
+    case 5: {
+        MPI_Aint disp[6], at = 0;
+        for (int i = 0; i < n; i++) {
+            disp[i] = at;
+            at += (MPI_Aint)bl * ext + 4 * (MPI_Aint)rnd(4);
+        }
+        MPI_Type_create_hindexed_block(n, bl, disp, c, &t);
+        snprintf(desc, cap, "hindexed_block(%d,%d,%s)", n, bl, sub);
+        break;
+    }
+    case 6: { /* a struct of c and ints around it, in memory order */
+        MPI_Datatype types[3] = {MPI_INT, c, MPI_INT};
+        int lens[3] = {(int)rnd(3), bl, 1 + (int)rnd(2)};
+        MPI_Aint disp[3];
+        disp[0] = 4 * (MPI_Aint)rnd(2);
+        disp[1] = disp[0] + 4 * lens[0] + 4 * (MPI_Aint)rnd(2);
+        MPI_Aint lb, tlb, text;
+        MPI_Type_get_true_extent(c, &tlb, &text);
+        MPI_Type_get_extent(c, &lb, &ext);
+        disp[1] -= tlb < 0 ? tlb : 0;
+        disp[2] = disp[1] + (bl - 1) * ext + (tlb > 0 ? tlb : 0) + text + 4 * (MPI_Aint)rnd(2);
+        MPI_Type_create_struct(3, lens, disp, types, &t);
+        snprintf(desc, cap, "struct(%d int,%d %s,%d int)", lens[0], bl, sub, lens[2]);
+        break;
+    }
+    default: { /* 7: a subarray of a 2-d or 3-d array, C or Fortran order */
+        int nd = 2 + (int)rnd(2), sizes[3], subs[3], starts[3];
+        int order = rnd(2) ? MPI_ORDER_C : MPI_ORDER_FORTRAN;
+        for (int i = 0; i < nd; i++) {
+            sizes[i] = 2 + (int)rnd(5);
+            subs[i] = 1 + (int)rnd((unsigned)sizes[i]);
+            starts[i] = (int)rnd((unsigned)(sizes[i] - subs[i] + 1));
+        }
+        MPI_Type_create_subarray(nd, sizes, subs, starts, order, c, &t);
+        snprintf(desc, cap, "subarray(%dd,%s,%s)", nd, order == MPI_ORDER_C ? "C" : "F", sub);
+        break;
+    }
+    }
+    if (c != MPI_INT)
+        MPI_Type_free(&c);
+    if (rnd(4) == 0) { /* a larger extent: a hole after each instance */
+        MPI_Aint lb;
+        MPI_Type_get_extent(t, &lb, &ext);
+        MPI_Datatype r;
+        MPI_Type_create_resized(t, lb, ext + 4 * (MPI_Aint)(1 + rnd(8)), &r);
+        MPI_Type_free(&t);
+        t = r;
+        size_t l = strlen(desc);
+        snprintf(desc + l, cap - l, "+hole");
+    }
+    MPI_Type_commit(&t);
+    return t;
+}
+
+/* A darray of ints, which the shim's typemap does not represent: it moves runs of whole
+ * elements by the library then. */
+static MPI_Datatype darray_type(char *desc, size_t cap)
+{
+    int gs[2] = {64, 100}, dist[2] = {MPI_DISTRIBUTE_BLOCK, MPI_DISTRIBUTE_CYCLIC};
+    int darg[2] = {MPI_DISTRIBUTE_DFLT_DARG, 1}, ps[2] = {2, 1};
+    MPI_Datatype t;
+    MPI_Type_create_darray(2, 1, 2, gs, dist, darg, ps, MPI_ORDER_C, MPI_INT, &t);
+    MPI_Type_commit(&t);
+    snprintf(desc, cap, "darray(64x100,block x cyclic,1 of 2)");
+    return t;
+}
+
+/* A buffer for count elements of t: mem holds them all, at is where element 0 goes. */
+struct tbuf {
+    unsigned char *mem, *at;
+    size_t bytes;
+};
+
+static struct tbuf tbuf_new(MPI_Datatype t, int count)
+{
+    MPI_Aint lb, ext, tlb, text;
+    MPI_Type_get_extent(t, &lb, &ext);
+    MPI_Type_get_true_extent(t, &tlb, &text);
+    struct tbuf b;
+    b.bytes = (size_t)((count - 1) * ext + text);
+    b.mem = chk_alloc(b.bytes + 4);
+    b.at = b.mem - tlb;
+    return b;
+}
+
+/* fill gives the ints of a buffer values unique to (src, position) */
+static void tbuf_fill(struct tbuf *b, int src)
+{
+    for (size_t i = 0; i < b->bytes / 4; i++)
+        ((int *)b->mem)[i] = val(src, (int)i);
+}
+
+static void tbuf_sentinel(struct tbuf *b)
+{
+    for (size_t i = 0; i < b->bytes / 4; i++)
+        ((int *)b->mem)[i] = SENTINEL;
+}
+
+/* The ints a message of count elements of t at b carries, by the library's MPI_Pack. */
+static int *lib_pack(struct tbuf *b, MPI_Datatype t, int count, int n)
+{
+    int *out = chk_alloc(4 * (size_t)n), pos = 0;
+    MPI_Pack(b->at, count, t, out, 4 * n, &pos, MPI_COMM_SELF);
+    return out;
+}
+
+/* What a receive of count elements of t into a SENTINEL-filled buffer must hold after m of
+ * the n ints in flat arrived: the library's MPI_Unpack of them, the rest left SENTINEL. */
+static struct tbuf lib_unpack(MPI_Datatype t, int count, const int *flat, int m, int n)
+{
+    struct tbuf b = tbuf_new(t, count);
+    tbuf_sentinel(&b);
+    int *all = chk_alloc(4 * (size_t)n), pos = 0;
+    memcpy(all, flat, 4 * (size_t)m);
+    for (int i = m; i < n; i++)
+        all[i] = SENTINEL;
+    MPI_Unpack(all, 4 * n, &pos, b.at, count, t, MPI_COMM_SELF);
+    free(all);
+    return b;
+}
+
+/* One random case: ranks send to to(1) and receive from from(1). how 0: Irecv before Isend;
+ * 1: MPI_Sendrecv; 2: Isend, barrier, Recv (the message waits as unexpected). */
+static void rand_xchg(int how, const void *sbuf, int scount, MPI_Datatype stype, void *rbuf, int rcount,
+                      MPI_Datatype rtype, MPI_Status *st)
+{
+    if (how < 2) {
+        xchg(how, sbuf, scount, stype, rbuf, rcount, rtype, 1, st);
+        return;
+    }
+    MPI_Request r;
+    MPI_Isend(sbuf, scount, stype, to(1), TAG, MPI_COMM_WORLD, &r);
+    MPI_Barrier(MPI_COMM_WORLD);
+    MPI_Recv(rbuf, rcount, rtype, from(1), TAG, MPI_COMM_WORLD, st);
+    MPI_Wait(&r, MPI_STATUS_IGNORE);
+}
+
+/* Whether count elements of t (n ints) write some int twice: Open MPI's extent of a struct with
+ * a zero-length block can be shorter than its data, so the generator's own rules do not keep
+ * receive types from overlapping. */
+static int overlaps(MPI_Datatype t, int count, int n)
+{
+    struct tbuf b = tbuf_new(t, count);
+    memset(b.mem, 0xff, b.bytes);
+    int *idx = chk_alloc(4 * (size_t)n), pos = 0;
+    for (int i = 0; i < n; i++)
+        idx[i] = i;
+    MPI_Unpack(idx, 4 * n, &pos, b.at, count, t, MPI_COMM_SELF);
+    long written = 0;
+    for (size_t i = 0; i < b.bytes / 4; i++)
+        written += ((int *)b.mem)[i] != -1;
+    free(idx);
+    free(b.mem);
+    return written != n;
+}
+
+/* *t becomes one element of count of them. */
+static int one_element(MPI_Datatype *t, int count, char *desc, size_t cap)
+{
+    MPI_Datatype c;
+    MPI_Type_contiguous(count, *t, &c);
+    MPI_Type_commit(&c);
+    if (*t != MPI_INT)
+        MPI_Type_free(t);
+    *t = c;
+    size_t l = strlen(desc);
+    snprintf(desc + l, cap - l, " x%d", count);
+    return 1;
+}
+
+static void rand_types(void)
+{
+    for (int k = 0; k < RAND_CASES; k++) {
+        char da[512], db[512], what[1200];
+        rng_state = 0x5eed0000u + (uint64_t)k;
+        /* two types of which n ints, 256 KiB to 2 MiB, are a whole number of elements each */
+        MPI_Datatype a = MPI_DATATYPE_NULL, b = MPI_DATATYPE_NULL;
+        long lcm = 0, n = 0;
+        int ea = 0, eb = 0, ca = 0, cb = 0;
+        while (!n) {
+            if (a != MPI_DATATYPE_NULL && a != MPI_INT)
+                MPI_Type_free(&a);
+            if (b != MPI_DATATYPE_NULL && b != MPI_INT)
+                MPI_Type_free(&b);
+            a = k == RAND_CASES - 1 ? darray_type(da, sizeof da) : rand_type(0, da, sizeof da);
+            b = rand_type(0, db, sizeof db);
+            MPI_Type_size(a, &ea);
+            MPI_Type_size(b, &eb);
+            ea /= 4;
+            eb /= 4;
+            int l = ea, g = eb;
+            while (g) {
+                int r = l % g;
+                l = g;
+                g = r;
+            }
+            lcm = ea && eb ? (long)ea / l * eb : 0;
+            if (!lcm || 4 * lcm > (long)RAND_MAX_BYTES)
+                continue;
+            long target = (long)(RAND_MIN_BYTES + rnd(RAND_MAX_BYTES - RAND_MIN_BYTES)) / 4;
+            for (n = lcm; n < target;)
+                n += lcm;
+            ca = (int)(n / ea);
+            cb = (int)(n / eb);
+            /* one element as long as the message, at times (the typical halo type) */
+            if (rnd(3) == 0 && ca > 1)
+                ca = one_element(&a, ca, da, sizeof da);
+            if (rnd(3) == 0 && cb > 1)
+                cb = one_element(&b, cb, db, sizeof db);
+            if (overlaps(b, cb, (int)n))
+                n = 0; /* not a valid receive type */
+        }
+        struct tbuf src = tbuf_new(a, ca);
+        tbuf_fill(&src, chk.rank);
+        struct tbuf mine = tbuf_new(a, ca); /* what from(1) sends: the same fill of its rank */
+        tbuf_fill(&mine, from(1));
+        int *want = lib_pack(&mine, a, ca, (int)n);
+        int *flat = chk_alloc(4 * (size_t)n), *myflat = lib_pack(&src, a, ca, (int)n);
+        MPI_Status st;
+        for (int how = 0; how < 3; how++) {
+            /* a to contiguous */
+            snprintf(what, sizeof what, "random %d (%s x %d, %ld B) derived to contiguous, how %d", k, da, ca, 4 * n, how);
+            rand_xchg(how, src.at, ca, a, flat, (int)n, MPI_INT, &st);
+            chk_status(&st, from(1), TAG, MPI_INT, (int)n, what);
+            long i = 0;
+            while (i < n && flat[i] == want[i])
+                i++;
+            CHECK(i == n, "%s: int %ld is %d, want %d", what, i, i < n ? flat[i] : 0, i < n ? want[i] : 0);
+            /* contiguous to b, a to b, and m < n ints to b */
+            for (int v = 0; v < 3; v++) {
+                int m = v == 2 ? (int)(n - 1 - rnd((unsigned)(n / 2))) : (int)n;
+                struct tbuf dst = tbuf_new(b, cb);
+                tbuf_sentinel(&dst);
+                snprintf(what, sizeof what, "random %d (%s x %d to %s x %d, %d of %ld ints), how %d", k,
+                         v == 1 ? da : "int", v == 1 ? ca : m, db, cb, m, n, how);
+                if (v == 1)
+                    rand_xchg(how, src.at, ca, a, dst.at, cb, b, &st);
+                else
+                    rand_xchg(how, myflat, m, MPI_INT, dst.at, cb, b, &st);
+                CHECK(st.MPI_SOURCE == from(1) && st.MPI_TAG == TAG, "%s: status source %d tag %d", what,
+                      st.MPI_SOURCE, st.MPI_TAG);
+                int got;
+                MPI_Get_count(&st, MPI_INT, &got);
+                CHECK(got == m, "%s: MPI_Get_count says %d ints, want %d", what, got, m);
+                struct tbuf exp = lib_unpack(b, cb, want, m, (int)n);
+                size_t j = 0;
+                while (j < dst.bytes / 4 && ((int *)dst.mem)[j] == ((int *)exp.mem)[j])
+                    j++;
+                CHECK(j == dst.bytes / 4, "%s: int %zu of the receive buffer is %d, want %d", what, j,
+                      j < dst.bytes / 4 ? ((int *)dst.mem)[j] : 0, j < dst.bytes / 4 ? ((int *)exp.mem)[j] : 0);
+                free(exp.mem);
+                free(dst.mem);
+            }
+        }
+        free(flat);
+        free(myflat);
+        free(want);
+        free(src.mem);
+        free(mine.mem);
+        if (a != MPI_INT)
+            MPI_Type_free(&a);
+        if (b != MPI_INT)
+            MPI_Type_free(&b);
+    }
+}
+
 int main(int argc, char **argv)
 {
     chk_init(&argc, &argv);
@@ -436,5 +769,7 @@ int main(int argc, char **argv)
         partial(d);
         packing(d);
     }
+    if (chk.size > 1)
+        rand_types();
     return chk_finish("p2p_dtype");
 }
