@@ -38,6 +38,7 @@ struct tm_node {
 	int run;          /* an instance is one run of size bytes at offset first */
 	ptrdiff_t first;
 	/* TM_VEC */
+	int brun; /* each block is one run (of blocklen * child->size bytes at child->first) */
 	uint64_t count, blocklen;
 	ptrdiff_t disp, stride;
 	struct tm_node *child;
@@ -87,7 +88,8 @@ static struct tm_node *vec(uint64_t count, uint64_t blocklen, ptrdiff_t disp, pt
 	t->stride = stride;
 	t->child = c;
 	t->size = count * blocklen * c->size;
-	if (block_is_run(c, blocklen) && (count <= 1 || stride == (ptrdiff_t)(blocklen * c->size))) {
+	t->brun = block_is_run(c, blocklen);
+	if (t->brun && (count <= 1 || stride == (ptrdiff_t)(blocklen * c->size))) {
 		t->run = 1;
 		t->first = disp + c->first;
 	}
@@ -330,6 +332,44 @@ static void run(struct cursor *c, uint8_t *mem, uint64_t len)
 
 static void walk(const struct tm_node *t, uint8_t *base, struct cursor *c);
 
+/* Copy whole runs i, i+1, ... of len bytes at base + i*stride while they fit what is left:
+ * returns the next run's index. Short runs get a copy of constant size, which the compiler
+ * inlines; a call per run would cost as much as the copy. */
+static uint64_t runs(uint8_t *base, ptrdiff_t stride, uint64_t i, uint64_t count, uint64_t len, struct cursor *c)
+{
+	uint64_t k = c->left / len;
+	if (k > count - i)
+		k = count - i;
+	uint8_t *m = base + (ptrdiff_t)i * stride, *pk = c->pk;
+#define RUNS(n)                                              \
+	for (uint64_t j = 0; j < k; j++, m += stride, pk += (n)) \
+		if (c->unpack)                                   \
+			memcpy(m, pk, (n));                      \
+		else                                             \
+			memcpy(pk, m, (n));
+	switch (len) {
+	case 4:
+		RUNS(4);
+		break;
+	case 8:
+		RUNS(8);
+		break;
+	case 16:
+		RUNS(16);
+		break;
+	default:
+		for (uint64_t j = 0; j < k; j++, m += stride, pk += len)
+			if (c->unpack)
+				ivs_copy(m, pk, len);
+			else
+				ivs_copy(pk, m, len);
+	}
+#undef RUNS
+	c->pk = pk;
+	c->left -= k * len;
+	return i + k;
+}
+
 static void block(const struct tm_node *ch, uint8_t *at, uint64_t blocklen, struct cursor *c)
 {
 	if (!ch->size)
@@ -359,6 +399,10 @@ static void walk(const struct tm_node *t, uint8_t *base, struct cursor *c)
 	if (t->kind == TM_VEC) {
 		uint64_t bsize = t->blocklen * t->child->size, i = c->skip / bsize;
 		c->skip -= i * bsize;
+		if (c->skip) /* the rest of a block begun before */
+			block(t->child, base + t->disp + (ptrdiff_t)i++ * t->stride, t->blocklen, c);
+		if (t->brun) /* whole blocks: a vector of short runs is the common halo type */
+			i = runs(base + t->disp + t->child->first, t->stride, i, t->count, bsize, c);
 		for (; i < t->count && c->left; i++)
 			block(t->child, base + t->disp + (ptrdiff_t)i * t->stride, t->blocklen, c);
 		return;

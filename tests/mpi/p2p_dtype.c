@@ -4,7 +4,7 @@
  * type, resized; sent derived and received contiguous and the reverse (holes in a receive
  * buffer must stay untouched); a large vector; MPI_Get_count/MPI_Get_elements of partial
  * receives; MPI_Pack/MPI_Unpack round trips locally and through MPI_PACKED messages.
- * Then random nested types (seeded, the same on every rank) in messages of 256 KiB to 2 MiB,
+ * Then random nested types (seeded, the same on every rank) in messages of 1 KiB to 2 MiB,
  * one element or many, sent derived to contiguous, contiguous to derived, derived to another
  * derived type and short into a derived receive, with the receive posted before or after the
  * message arrives: every received buffer, holes included, must equal what the library's own
@@ -434,8 +434,7 @@ static void packing(int d)
 
 /* ---- random nested types ---- */
 
-enum { RAND_CASES = 10, RAND_MAX_DEPTH = 4 };
-#define RAND_MIN_BYTES (256u << 10)
+enum { RAND_CASES = 16, RAND_MAX_DEPTH = 4 };
 #define RAND_MAX_BYTES (2u << 20)
 
 static uint64_t rng_state;
@@ -669,7 +668,7 @@ static void rand_types(void)
     for (int k = 0; k < RAND_CASES; k++) {
         char da[512], db[512], what[1200];
         rng_state = 0x5eed0000u + (uint64_t)k;
-        /* two types of which n ints, 256 KiB to 2 MiB, are a whole number of elements each */
+        /* two types of which n ints, about 1 KiB to 2 MiB, are a whole number of elements each */
         MPI_Datatype a = MPI_DATATYPE_NULL, b = MPI_DATATYPE_NULL;
         long lcm = 0, n = 0;
         int ea = 0, eb = 0, ca = 0, cb = 0;
@@ -693,7 +692,8 @@ static void rand_types(void)
             lcm = ea && eb ? (long)ea / l * eb : 0;
             if (!lcm || 4 * lcm > (long)RAND_MAX_BYTES)
                 continue;
-            long target = (long)(RAND_MIN_BYTES + rnd(RAND_MAX_BYTES - RAND_MIN_BYTES)) / 4;
+            unsigned bytes = 1024u << rnd(11); /* log-uniform: the shim packs whole up to 256 KiB */
+            long target = (long)(bytes + rnd(bytes)) / 4;
             for (n = lcm; n < target;)
                 n += lcm;
             ca = (int)(n / ea);
