@@ -10,6 +10,11 @@
  *   - on a duplicate of MPI_COMM_WORLD sends to the rank before it with MPI_Issend and receives
  *     from the rank after it by name, then takes one message of the rank after it through
  *     MPI_Mprobe(MPI_ANY_SOURCE) and MPI_Mrecv;
+ *   - on the duplicate sends to the rank after it one strided vector (a word in every two, a
+ *     type made and freed per message, freed while the send is pending) and receives from the
+ *     rank before it into a vector with a word in every three, longer than any message: derived
+ *     types, a message that ends inside the receive's element, and above 256 KiB the shim's
+ *     windows;
  *   - on a communicator of the even and one of the odd ranks runs MPI_Allreduce and MPI_Bcast
  *     (rotating roots), on the duplicate MPI_Allgather and MPI_Barrier, and checks the results;
  * and on MPI_COMM_WORLD an MPI_Allreduce of the error count ends the iteration.
@@ -113,6 +118,10 @@ int main(int argc, char **argv)
     uint64_t coll = 0;
     int *gath = malloc(sizeof(int) * (size_t)size);
     char *bc = malloc(MAXSIZE);
+    uint64_t *sv = calloc(2 * MAXSIZE / 8, 8), *rv = calloc(3 * MAXSIZE / 8, 8), *flat = malloc(MAXSIZE);
+    MPI_Datatype rtype3;
+    MPI_Type_vector(MAXSIZE / 8, 1, 3, MPI_UINT64_T, &rtype3);
+    MPI_Type_commit(&rtype3);
 
     long it, every = iters / 200 > 0 ? iters / 200 : 1;
     for (it = 0; it < iters; it++) {
@@ -159,6 +168,18 @@ int main(int argc, char **argv)
             int n2 = msg_size(rank, seq2);
             fill(out[2 * BURST + 1], n2, 2, rank, seq2);
             MPI_Isend(out[2 * BURST + 1], n2, MPI_BYTE, prev, 3, dup, &r[nr++]);
+            /* Stream 3: a strided vector to the rank after. */
+            uint64_t seq3 = sent[3 * size + after]++;
+            int n3 = msg_size(rank, seq3);
+            fill(flat, n3, 3, rank, seq3);
+            for (int j = 0; j < n3 / 8; j++)
+                sv[2 * j] = flat[j];
+            MPI_Datatype stype3;
+            MPI_Type_vector(n3 / 8, 1, 2, MPI_UINT64_T, &stype3);
+            MPI_Type_commit(&stype3);
+            MPI_Irecv(rv, 1, rtype3, prev, 4, dup, &r[nr++]);
+            MPI_Isend(sv, 1, stype3, after, 4, dup, &r[nr++]);
+            MPI_Type_free(&stype3);
             MPI_Message m;
             MPI_Status ms;
             MPI_Mprobe(MPI_ANY_SOURCE, 3, dup, &m, &ms);
@@ -171,6 +192,12 @@ int main(int argc, char **argv)
             MPI_Waitall(nr, r, st);
             MPI_Get_count(&st[0], MPI_BYTE, &n);
             check(in[2 * BURST], n, 1, after, next + size, h, it);
+            MPI_Get_count(&st[3], MPI_BYTE, &n);
+            if (st[3].MPI_SOURCE != prev || st[3].MPI_TAG != 4)
+                fail("source of the vector", it, st[3].MPI_SOURCE, prev);
+            for (int j = 0; j < n / 8; j++)
+                flat[j] = rv[3 * j];
+            check(flat, n, 3, prev, next + 3 * size, h, it);
         }
 
         /* Collectives on three communicators. */
@@ -206,6 +233,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < STREAMS * size; i++)
         d = mix(d ^ h[i] ^ (uint64_t)i);
     printf("rank %d of %d iterations %ld digest %016llx\n", rank, size, it, (unsigned long long)d);
+    MPI_Type_free(&rtype3);
     MPI_Comm_free(&half);
     MPI_Comm_free(&dup);
     MPI_Finalize();
