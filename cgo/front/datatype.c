@@ -5,14 +5,15 @@
  * of a 64 KiB vector on MPICH: 41-47 us through MPI_Pack, 5.5-7 us through it) and it can
  * start and end anywhere in an element.
  *
- * A derived-type message longer than a window (DT_WINDOW) moves through one: the sender packs
- * the next window's bytes when the ring has taken the last (ivs_dt_send_bytes), the receiver
- * unpacks each full window (ivs_dt_recv_bytes) and the rest at the end (ivs_dt_recv_finish).
- * Memory stays at a window per message, the window stays in the cache, and the two sides'
- * copies overlap. The type's typemap (typemap.c) copies any byte range; a type it does not
- * represent moves in runs of whole elements by the library (two to a window at least), or
- * whole if an element is too long. Packing every message whole first took a fresh buffer of
- * its size on both sides: a 64 MiB vector took 9x as long as the library's shared memory.
+ * A derived-type message with a typemap and longer than a window (DT_WINDOW) moves through
+ * one: the sender packs the next window's bytes when the ring has taken the last
+ * (ivs_dt_send_bytes), the receiver unpacks each full window (ivs_dt_recv_bytes) and the rest
+ * at the end (ivs_dt_recv_finish). Memory stays at a window per message, the window stays in
+ * the cache, and the two sides' copies overlap. Packing every message whole first took a fresh
+ * buffer of its size on both sides: a 64 MiB vector took 9x as long as the library's shared
+ * memory. The window's copies are the typemap's memcpy only: the ring progress that calls them
+ * may run inside the library's own progress engine (hook.c), where the library must not be
+ * called. A type without a typemap is packed whole, on posting, and unpacked on completion.
  *
  * Sizes are 64-bit throughout: an int count of a derived type can describe more than 2 GiB.
  * PMPI_Pack and PMPI_Unpack take int sizes, so longer ranges move in runs of whole elements
@@ -37,6 +38,27 @@ struct dt_entry {
 };
 static struct dt_entry dt_cache[DT_CACHE];
 
+/* MPI_Type_get_envelope of any type: *large is set for one made by a large-count constructor,
+ * whose arguments MPI_Type_get_contents cannot give (MPI 4; MPICH refuses the int call for it,
+ * fatally by default). */
+int ivs_dt_envelope(MPI_Datatype dt, int *ni, int *na, int *nd, int *comb, int *large)
+{
+#if defined(MPICH) && MPI_VERSION >= 4
+	MPI_Count i, a, c, d;
+	int rc = PMPI_Type_get_envelope_c(dt, &i, &a, &c, &d, comb);
+	if (rc != MPI_SUCCESS)
+		return rc;
+	*large = c != 0 || i > INT_MAX || a > INT_MAX || d > INT_MAX;
+	*ni = (int)i;
+	*na = (int)a;
+	*nd = (int)d;
+	return MPI_SUCCESS;
+#else
+	*large = 0;
+	return PMPI_Type_get_envelope(dt, ni, na, nd, comb);
+#endif
+}
+
 static struct dt_entry *dt_lookup(MPI_Datatype dt)
 {
 	uintptr_t key = IVS_HANDLE_KEY(dt);
@@ -47,10 +69,10 @@ static struct dt_entry *dt_lookup(MPI_Datatype dt)
 	e->tm = NULL;
 	e->tm_tried = 0;
 	e->key = 0;
-	int ni, na, nd, combiner;
+	int ni, na, nd, combiner, large;
 	MPI_Count size;
 	MPI_Aint lb, extent, tlb, textent;
-	if (PMPI_Type_get_envelope(dt, &ni, &na, &nd, &combiner) != MPI_SUCCESS ||
+	if (ivs_dt_envelope(dt, &ni, &na, &nd, &combiner, &large) != MPI_SUCCESS ||
 	    PMPI_Type_size_x(dt, &size) != MPI_SUCCESS || size < 0 ||
 	    PMPI_Type_get_extent(dt, &lb, &extent) != MPI_SUCCESS ||
 	    PMPI_Type_get_true_extent(dt, &tlb, &textent) != MPI_SUCCESS)
@@ -132,18 +154,6 @@ static int direct_view(struct ivs_req *r, const void *buf, int count, MPI_Dataty
 enum { DT_PACK, DT_UNPACK };
 
 #define DT_WINDOW ((uint64_t)256 << 10)
-#define DT_WINDOW_MAX ((uint64_t)16 << 20)
-
-/* The window for an n-byte message of elements of e, with its typemap or without (then two
- * elements at least, so that each full window holds a whole one); 0 (pack it whole) where that
- * is no shorter than the message or an element is too long for a window. */
-static uint64_t window_size(const struct dt_entry *e, int typemap, uint64_t n)
-{
-	if (!e->size || (!typemap && e->size > DT_WINDOW_MAX / 2))
-		return 0;
-	uint64_t w = !typemap && 2 * e->size > DT_WINDOW ? 2 * e->size : DT_WINDOW;
-	return w < n ? w : 0;
-}
 
 /* Give request r a window onto its n-byte message of count elements of dt at buf (not
  * MPI_BOTTOM): 1 if it has one now. */
@@ -152,14 +162,13 @@ static int window_open(struct ivs_req *r, struct dt_entry *e, void *buf, int cou
 	if (n <= DT_WINDOW)
 		return 0;
 	struct ivs_tm *tm = typemap_of(dt, e);
-	uint64_t w = window_size(e, tm != NULL, n);
-	if (!w || !(r->cbuf = malloc(w))) {
+	if (!tm || !(r->cbuf = malloc(DT_WINDOW))) {
 		ivs_tm_unref(tm);
 		return 0;
 	}
 	r->packed = IVS_PACKED_WINDOW;
 	r->tm = tm;
-	r->win_cap = w;
+	r->win_cap = DT_WINDOW;
 	r->win_at = r->win_len = 0;
 	r->ubuf = buf;
 	r->count = count;
@@ -219,26 +228,12 @@ static int dt_copy(int dir, const struct ivs_tm *tm, void *buf, int count, MPI_D
 }
 
 /* Pack the send's next window of bytes, after those it held. */
-static int send_refill(struct ivs_req *r)
+static void send_refill(struct ivs_req *r)
 {
 	uint64_t at = r->win_at + r->win_len;
-	if (r->tm) {
-		r->win_at = at;
-		r->win_len = r->cap - at < r->win_cap ? r->cap - at : r->win_cap;
-		ivs_tm_copy(r->tm, r->ubuf, r->count, at, r->cbuf, r->win_len, 0);
-		return MPI_SUCCESS;
-	}
-	struct dt_entry *e = dt_lookup(r->dt);
-	if (!e || !e->size)
-		return MPI_ERR_TYPE;
-	uint64_t first = at / e->size, k = r->win_cap / e->size;
-	if (k > (uint64_t)r->count - first)
-		k = (uint64_t)r->count - first;
-	int pos = 0;
 	r->win_at = at;
-	r->win_len = k * e->size;
-	return PMPI_Pack((uint8_t *)r->ubuf + (ptrdiff_t)first * e->extent, (int)k, r->dt, r->cbuf, (int)r->win_len, &pos,
-	                 r->comm->handle);
+	r->win_len = r->cap - at < r->win_cap ? r->cap - at : r->win_cap;
+	ivs_tm_copy(r->tm, r->ubuf, r->count, at, r->cbuf, r->win_len, 0);
 }
 
 /* The bytes of send r from r->done on: *n (at most what it asks) of them are ready there. */
@@ -246,16 +241,8 @@ const uint8_t *ivs_dt_send_bytes(struct ivs_req *r, uint64_t *n)
 {
 	if (IVS_LIKELY(r->packed != IVS_PACKED_WINDOW))
 		return r->cbuf + r->done;
-	if (r->done == r->win_at + r->win_len) {
-		int rc = send_refill(r);
-		if (rc != MPI_SUCCESS) {
-			/* The message's length is in the ring already: the rest goes as zeros, and the
-			 * send completes with the library's error. */
-			memset(r->cbuf, 0, r->win_len);
-			if (r->error == MPI_SUCCESS)
-				r->error = rc;
-		}
-	}
+	if (r->done == r->win_at + r->win_len)
+		send_refill(r);
 	uint64_t ready = r->win_at + r->win_len - r->done;
 	if (*n > ready)
 		*n = ready;
@@ -292,11 +279,9 @@ int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype
 		return MPI_ERR_TYPE;
 	uint64_t n = e->size * (uint64_t)count; /* the packed form of a homogeneous run */
 	if (buf != MPI_BOTTOM && window_open(r, e, (void *)buf, count, dt, n)) {
-		ivs_dt_hold(r, dt); /* the program may free dt before the last run is packed */
-		int rc = send_refill(r);
-		if (rc != MPI_SUCCESS)
-			ivs_dt_drop(r);
-		return rc;
+		ivs_dt_hold(r, dt); /* MPI_Bsend's whole copy and send_by_library use it */
+		send_refill(r);
+		return MPI_SUCCESS;
 	}
 	r->cbuf = malloc(n ? n : 1);
 	if (!r->cbuf)
@@ -337,37 +322,19 @@ int ivs_dt_recv_view(struct ivs_req *r, void *buf, int count, MPI_Datatype dt)
 	if (!r->cbuf)
 		return MPI_ERR_NO_MEM;
 	r->packed = IVS_PACKED_WHOLE;
-	r->tm = buf != MPI_BOTTOM ? typemap_of(dt, e) : NULL; /* r->dt is a duplicate, with no cached typemap */
+	r->tm = buf != MPI_BOTTOM ? typemap_of(dt, e) : NULL; /* of the type the program gave, whose
+	                                                         typemap is cached; r->dt may be a
+	                                                         duplicate */
 	return MPI_SUCCESS;
 }
 
-/* Unpack a receive's window: all of it by the typemap, else its whole elements, keeping the
- * bytes of a part element. */
+/* Unpack what a receive's window holds. */
 static void recv_flush(struct ivs_req *r)
 {
-	if (r->tm) {
-		ivs_tm_copy(r->tm, r->ubuf, r->count, r->win_at, r->cbuf, r->win_len, 1);
-		r->win_at += r->win_len;
-		r->win_len = 0;
-		return;
-	}
-	struct dt_entry *e = dt_lookup(r->dt);
-	uint64_t k = e && e->size ? r->win_len / e->size : 0, bytes = k ? k * e->size : 0;
-	if (k) {
-		int pos = 0;
-		int rc = PMPI_Unpack(r->cbuf, (int)bytes, &pos, (uint8_t *)r->ubuf + (ptrdiff_t)(r->win_at / e->size) * e->extent,
-		                     (int)k, r->dt, r->comm->handle);
-		if (rc != MPI_SUCCESS && r->error == MPI_SUCCESS)
-			r->error = rc;
-	} else if (r->error == MPI_SUCCESS) {
-		r->error = MPI_ERR_TYPE;
-		bytes = r->win_len; /* the bytes go: the receive fails */
-	}
-	memmove(r->cbuf, r->cbuf + bytes, r->win_len - bytes);
-	r->win_at += bytes;
-	r->win_len -= bytes;
+	ivs_tm_copy(r->tm, r->ubuf, r->count, r->win_at, r->cbuf, r->win_len, 1);
+	r->win_at += r->win_len;
+	r->win_len = 0;
 }
-
 /* n bytes of a message at offset at, which follow those the window took before, arrived for
  * receive r; those beyond its capacity go. */
 void ivs_dt_recv_bytes(struct ivs_req *r, uint64_t at, const uint8_t *src, uint64_t n)
@@ -404,27 +371,23 @@ int ivs_dt_recv_finish(struct ivs_req *r)
 	}
 	int rc = MPI_SUCCESS;
 	struct dt_entry *e = dt_lookup(r->dt);
-	if (!e || !e->size) {
+	if (!e) {
 		ivs_dt_drop(r);
 		return MPI_ERR_TYPE;
 	}
-	/* cbuf holds the bytes from `from` (whole elements before it are in place) to st_bytes. */
-	uint64_t from = r->packed == IVS_PACKED_WINDOW ? r->win_at : 0, first = from / e->size;
-	uint8_t *ubuf = r->ubuf == MPI_BOTTOM ? r->ubuf : (uint8_t *)r->ubuf + (ptrdiff_t)first * e->extent;
-	uint64_t whole = r->ubuf != MPI_BOTTOM ? (r->st_bytes - from) / e->size : 0;
-	uint64_t done = whole * e->size, rest = r->st_bytes - from - done;
+	uint64_t whole = e->size && r->ubuf != MPI_BOTTOM ? r->st_bytes / e->size : 0;
+	uint64_t done = whole * e->size, rest = r->st_bytes - done;
 	if (whole)
-		rc = dt_move(DT_UNPACK, ubuf, (int)whole, r->dt, r->cbuf, done, r->comm->handle);
+		rc = dt_move(DT_UNPACK, r->ubuf, (int)whole, r->dt, r->cbuf, done, r->comm->handle);
 	if (rc == MPI_SUCCESS && rest) {
 		/* The message ends inside an element: MPI_Unpack only takes whole elements, but a
 		 * receive must still place every basic element that arrived. Or the buffer is
 		 * MPI_BOTTOM, which MPICH's MPI_Unpack refuses. The library does both right when it
 		 * receives the packed bytes itself. */
-		uint8_t *at = r->ubuf == MPI_BOTTOM ? r->ubuf : ubuf + (ptrdiff_t)whole * e->extent;
+		uint8_t *at = r->ubuf == MPI_BOTTOM ? r->ubuf : (uint8_t *)r->ubuf + (ptrdiff_t)whole * e->extent;
 		rc = rest > INT_MAX ? MPI_ERR_COUNT
-		                    : PMPI_Sendrecv(r->cbuf + done, (int)rest, MPI_PACKED, 0, 0, at,
-		                                    r->count - (int)(first + whole), r->dt, 0, 0, MPI_COMM_SELF,
-		                                    MPI_STATUS_IGNORE);
+		                    : PMPI_Sendrecv(r->cbuf + done, (int)rest, MPI_PACKED, 0, 0, at, r->count - (int)whole,
+		                                    r->dt, 0, 0, MPI_COMM_SELF, MPI_STATUS_IGNORE);
 	}
 	ivs_dt_drop(r);
 	return rc;

@@ -138,7 +138,7 @@ enum ivs_req_state { IVS_INACTIVE = 0, IVS_ACTIVE, IVS_DONE };
 enum ivs_recv_mode { IVS_RM_SHM = 1, IVS_RM_PROBE, IVS_RM_NET };
 /* Where a request's contiguous bytes (cbuf) live: the user's buffer; a copy of the whole
  * message (a packed derived type, a buffered send); or a window that moves along a long
- * derived-type message, packed or unpacked one run of whole elements at a time. */
+ * derived-type message, packed or unpacked through its typemap as the ring goes. */
 enum ivs_packed { IVS_PACKED_NONE = 0, IVS_PACKED_WHOLE, IVS_PACKED_WINDOW };
 
 struct ivs_req {
@@ -174,8 +174,8 @@ struct ivs_req {
 	uint64_t win_at, win_len;  /* IVS_PACKED_WINDOW: cbuf holds the message's bytes from
 	                              offset win_at, win_len of them */
 	uint64_t win_cap;          /* IVS_PACKED_WINDOW: bytes allocated at cbuf */
-	struct ivs_tm *tm;         /* IVS_PACKED_WINDOW: the type's typemap (typemap.c), or NULL:
-	                              the window moves whole elements by the library */
+	struct ivs_tm *tm;         /* the type's typemap (typemap.c): always with a window, and
+	                              with a whole receive whose type has one */
 	uint64_t done;             /* bytes moved */
 	int peer_world;            /* sends: destination world rank */
 	MPI_Request inner;         /* the MPI library's request for the NET path */
@@ -372,6 +372,7 @@ const uint8_t *ivs_dt_send_bytes(struct ivs_req *r, uint64_t *n);
 void ivs_dt_recv_bytes(struct ivs_req *r, uint64_t at, const uint8_t *src, uint64_t n);
 int ivs_dt_send_whole(struct ivs_req *r);
 void ivs_dt_drop(struct ivs_req *r);
+int ivs_dt_envelope(MPI_Datatype dt, int *ni, int *na, int *nd, int *comb, int *large);
 struct ivs_tm *ivs_tm_build(MPI_Datatype dt);
 struct ivs_tm *ivs_tm_ref(struct ivs_tm *t);
 void ivs_tm_unref(struct ivs_tm *t);

@@ -489,7 +489,8 @@ static int probe_net(void)
 }
 
 /* Drain every inbound ring and push what is queued outbound. Never calls the MPI library, so
- * the library's own progress engine may call it (hook.c). */
+ * the library's own progress engine may call it (hook.c); the exception is a completed receive
+ * of a derived type without a typemap (typemap.c), unpacked by PMPI_Unpack, a local call. */
 static int ring_progress(void)
 {
 	static unsigned rr;

@@ -13,8 +13,9 @@
  *             child->extent apart (contiguous, vector, hvector, subarray, resized);
  *   TM_LIST   n entries, each a block of blocklen instances of its child at its disp
  *             (indexed, hindexed, *_block, struct).
- * Other combiners (darray, the large-count ones, predefined types with holes) are not
- * represented: ivs_tm_build returns NULL and datatype.c packs through the library. */
+ * Other combiners (darray; types made by large-count constructors; predefined types with
+ * holes) are not represented: ivs_tm_build returns NULL and datatype.c packs through the
+ * library. */
 #include <stdlib.h>
 #include <string.h>
 #include "ivshim.h"
@@ -42,10 +43,11 @@ struct tm_node {
 	uint64_t count, blocklen;
 	ptrdiff_t disp, stride;
 	struct tm_node *child;
-	/* TM_LIST */
+	/* TM_LIST: n entries; with shared (indexed kinds) all of child, which it owns also when
+	 * n is 0, else each of its own */
 	uint64_t n;
 	struct tm_ent *ent;
-	int shared; /* every entry has the same child (indexed kinds) */
+	int shared;
 };
 
 struct ivs_tm {
@@ -57,12 +59,11 @@ static void node_free(struct tm_node *t)
 {
 	if (!t)
 		return;
-	if (t->kind == TM_VEC)
+	if (t->kind == TM_VEC || (t->kind == TM_LIST && t->shared))
 		node_free(t->child);
 	if (t->kind == TM_LIST) {
-		for (uint64_t i = 0; i < t->n; i++)
-			if (!t->shared || i == 0)
-				node_free(t->ent[i].child);
+		for (uint64_t i = 0; i < t->n && !t->shared; i++)
+			node_free(t->ent[i].child);
 		free(t->ent);
 	}
 	free(t);
@@ -96,10 +97,14 @@ static struct tm_node *vec(uint64_t count, uint64_t blocklen, ptrdiff_t disp, pt
 	return t;
 }
 
-static int is_named(MPI_Datatype dt)
+/* Whether dt is predefined, which MPI_Type_free must not be given (get_contents returns
+ * predefined types as they are): the named ones and those of MPI_Type_create_f90_*. */
+static int predefined(MPI_Datatype dt)
 {
-	int ni, na, nd, comb;
-	return PMPI_Type_get_envelope(dt, &ni, &na, &nd, &comb) == MPI_SUCCESS && comb == MPI_COMBINER_NAMED;
+	int ni, na, nd, comb, large;
+	return ivs_dt_envelope(dt, &ni, &na, &nd, &comb, &large) == MPI_SUCCESS &&
+	       (comb == MPI_COMBINER_NAMED || comb == MPI_COMBINER_F90_REAL || comb == MPI_COMBINER_F90_COMPLEX ||
+	        comb == MPI_COMBINER_F90_INTEGER);
 }
 
 static struct tm_node *build(MPI_Datatype dt, int depth);
@@ -120,6 +125,7 @@ static struct tm_node *list(uint64_t n, const int *blocklen, int same_len, const
 	t->n = n;
 	t->ent = e;
 	t->shared = shared;
+	t->child = shared ? child[0] : NULL;
 	uint64_t at = 0;
 	for (uint64_t i = 0; i < n; i++) {
 		e[i].disp = disp[i];
@@ -164,10 +170,13 @@ static struct tm_node *from_contents(MPI_Datatype dt, int comb, int ni, int na, 
 	ptrdiff_t *disp = NULL;
 	struct tm_node *t = NULL;
 	int got = 0;
-	if (!ints || !aints || !types || !kids || nd < 1 ||
-	    PMPI_Type_get_contents(dt, ni, na, nd, ints, aints, types) != MPI_SUCCESS)
+	if (!ints || !aints || !types || !kids || PMPI_Type_get_contents(dt, ni, na, nd, ints, aints, types) != MPI_SUCCESS)
 		goto out;
 	got = 1;
+	if (nd < 1) { /* a struct of no blocks */
+		t = comb == MPI_COMBINER_STRUCT ? list(0, ints, 1, NULL, kids, 0) : NULL;
+		goto out;
+	}
 	for (int i = 0; i < nd; i++)
 		if (!(kids[i] = build(types[i], depth + 1)))
 			goto out;
@@ -214,7 +223,7 @@ out:
 	for (int i = 0; kids && i < nd; i++)
 		node_free(kids[i]);
 	for (int i = 0; got && i < nd; i++)
-		if (!is_named(types[i]))
+		if (!predefined(types[i]))
 			PMPI_Type_free(&types[i]);
 	free(ints);
 	free(aints);
@@ -226,10 +235,10 @@ out:
 
 static struct tm_node *build(MPI_Datatype dt, int depth)
 {
-	int ni, na, nd, comb;
+	int ni, na, nd, comb, large;
 	MPI_Count size;
 	MPI_Aint lb, extent, tlb, textent;
-	if (depth > TM_MAX_DEPTH || PMPI_Type_get_envelope(dt, &ni, &na, &nd, &comb) != MPI_SUCCESS ||
+	if (depth > TM_MAX_DEPTH || ivs_dt_envelope(dt, &ni, &na, &nd, &comb, &large) != MPI_SUCCESS || large ||
 	    PMPI_Type_size_x(dt, &size) != MPI_SUCCESS || size < 0 ||
 	    PMPI_Type_get_extent(dt, &lb, &extent) != MPI_SUCCESS ||
 	    PMPI_Type_get_true_extent(dt, &tlb, &textent) != MPI_SUCCESS)

@@ -17,7 +17,9 @@
 #define ALLREDUCE_C(s, r, n, t, o, c) MPI_Allreduce_c(s, r, (MPI_Count)(n), t, o, c)
 #define ISENDRECV MPI_Isendrecv
 #define ISENDRECV_REPLACE MPI_Isendrecv_replace
+#define TYPE_CONTIGUOUS_C(n, old, t) MPI_Type_contiguous_c((MPI_Count)(n), old, t)
 #else
+#define TYPE_CONTIGUOUS_C MPI_Type_contiguous
 /* what MPI_Isendrecv does, with MPI-3 calls: the two parts complete together */
 static int isendrecv(const void *sb, int sc, MPI_Datatype st, int d, int sg, void *rb, int rc, MPI_Datatype rt, int s,
                      int rg, MPI_Comm c, MPI_Request *r)
@@ -98,12 +100,45 @@ static void exchange(int peer, int salt)
     free(in2);
 }
 
+/* A type made by a large-count constructor, alone and inside a vector, in int calls: MPICH
+ * refuses MPI_Type_get_envelope for it (MPI_Type_get_envelope_c only), fatally by default. */
+enum { NV = 1000 }; /* vector blocks in large_count_type */
+static void large_count_type(int partner)
+{
+    MPI_Datatype c, v;
+    TYPE_CONTIGUOUS_C(4, MPI_INT, &c);
+    MPI_Type_commit(&c);
+    MPI_Type_vector(NV, 1, 2, c, &v);
+    MPI_Type_commit(&v);
+    int *s = chk_alloc(sizeof(int) * 8 * NV), *d = chk_alloc(sizeof(int) * 8 * NV);
+    for (int i = 0; i < 8 * NV; i++) {
+        s[i] = chk.rank * 100000 + i;
+        d[i] = -1;
+    }
+    MPI_Sendrecv(s, 1, v, partner, 5, d, 1, v, partner, 5, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    int bad = 0;
+    for (int i = 0; i < 8 * NV; i++)
+        bad += d[i] != (i % 8 < 4 ? partner * 100000 + i : -1);
+    CHECK(bad == 0, "a vector of a large-count contiguous type from %d: %d ints wrong", partner, bad);
+    MPI_Sendrecv(s, 10, c, partner, 6, d, 40, MPI_INT, partner, 6, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    bad = 0;
+    for (int i = 0; i < 40; i++)
+        bad += d[i] != partner * 100000 + i;
+    CHECK(bad == 0, "10 of a large-count contiguous type from %d: %d ints wrong", partner, bad);
+    free(s);
+    free(d);
+    MPI_Type_free(&v);
+    MPI_Type_free(&c);
+}
+
 int main(int argc, char **argv)
 {
     chk_init(&argc, &argv);
     int partner = chk.rank ^ 1, n = chk.size, half = n / 2;
-    if (partner < n)
+    if (partner < n) {
         exchange(partner, 1);
+        large_count_type(partner);
+    }
     if (half > 0 && n % 2 == 0)
         exchange((chk.rank + half) % n, 2); /* symmetric when the size is even */
     int v = chk.rank == 0 ? 77 : -1, sum = -1;
