@@ -38,6 +38,15 @@ struct dt_entry {
 };
 static struct dt_entry dt_cache[DT_CACHE];
 
+/* e describes no type now. */
+static void entry_clear(struct dt_entry *e)
+{
+	e->key = 0;
+	ivs_tm_unref(e->tm); /* requests that use it hold their own reference */
+	e->tm = NULL;
+	e->tm_tried = 0;
+}
+
 /* MPI_Type_get_envelope of any type: *large is set for one made by a large-count constructor,
  * whose arguments MPI_Type_get_contents cannot give (MPI 4; MPICH refuses the int call for it,
  * fatally by default). */
@@ -65,10 +74,7 @@ static struct dt_entry *dt_lookup(MPI_Datatype dt)
 	struct dt_entry *e = &dt_cache[(key >> 4 ^ key) % DT_CACHE];
 	if (IVS_LIKELY(e->key == key && key))
 		return e;
-	ivs_tm_unref(e->tm); /* requests that use it hold their own reference */
-	e->tm = NULL;
-	e->tm_tried = 0;
-	e->key = 0;
+	entry_clear(e);
 	int ni, na, nd, combiner, large;
 	MPI_Count size;
 	MPI_Aint lb, extent, tlb, textent;
@@ -92,12 +98,8 @@ void ivs_dt_forget(MPI_Datatype dt)
 {
 	uintptr_t key = IVS_HANDLE_KEY(dt);
 	struct dt_entry *e = &dt_cache[(key >> 4 ^ key) % DT_CACHE];
-	if (e->key == key) {
-		e->key = 0;
-		ivs_tm_unref(e->tm);
-		e->tm = NULL;
-		e->tm_tried = 0;
-	}
+	if (e->key == key)
+		entry_clear(e);
 }
 
 /* A reference to the typemap of dt (entry e), or NULL. */
@@ -227,6 +229,16 @@ static int dt_copy(int dir, const struct ivs_tm *tm, void *buf, int count, MPI_D
 	return MPI_SUCCESS;
 }
 
+/* dt_copy with dt's cached typemap. */
+static int dt_typemap_move(int dir, void *buf, int count, MPI_Datatype dt, uint8_t *packed, uint64_t n, MPI_Comm comm)
+{
+	struct dt_entry *e = dt_lookup(dt);
+	struct ivs_tm *tm = e && buf != MPI_BOTTOM ? typemap_of(dt, e) : NULL;
+	int rc = dt_copy(dir, tm, buf, count, dt, packed, n, comm);
+	ivs_tm_unref(tm);
+	return rc;
+}
+
 /* Pack the send's next window of bytes, after those it held. */
 static void send_refill(struct ivs_req *r)
 {
@@ -294,9 +306,7 @@ int ivs_dt_send_view(struct ivs_req *r, const void *buf, int count, MPI_Datatype
 		                 : PMPI_Sendrecv(buf, count, dt, 0, 0, r->cbuf, (int)n, MPI_PACKED, 0, 0, MPI_COMM_SELF,
 		                                 MPI_STATUS_IGNORE);
 	} else {
-		struct ivs_tm *tm = typemap_of(dt, e);
-		rc = dt_copy(DT_PACK, tm, (void *)buf, count, dt, r->cbuf, n, comm);
-		ivs_tm_unref(tm);
+		rc = dt_typemap_move(DT_PACK, (void *)buf, count, dt, r->cbuf, n, comm);
 	}
 	if (rc != MPI_SUCCESS) {
 		ivs_dt_drop(r);
@@ -390,16 +400,6 @@ int ivs_dt_recv_finish(struct ivs_req *r)
 		                                    r->dt, 0, 0, MPI_COMM_SELF, MPI_STATUS_IGNORE);
 	}
 	ivs_dt_drop(r);
-	return rc;
-}
-
-/* dt_copy with dt's cached typemap. */
-static int dt_typemap_move(int dir, void *buf, int count, MPI_Datatype dt, uint8_t *packed, uint64_t n, MPI_Comm comm)
-{
-	struct dt_entry *e = dt_lookup(dt);
-	struct ivs_tm *tm = e && buf != MPI_BOTTOM ? typemap_of(dt, e) : NULL;
-	int rc = dt_copy(dir, tm, buf, count, dt, packed, n, comm);
-	ivs_tm_unref(tm);
 	return rc;
 }
 

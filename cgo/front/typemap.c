@@ -39,7 +39,6 @@ struct tm_node {
 	int run;          /* an instance is one run of size bytes at offset first */
 	ptrdiff_t first;
 	/* TM_VEC */
-	int brun; /* each block is one run (of blocklen * child->size bytes at child->first) */
 	uint64_t count, blocklen;
 	ptrdiff_t disp, stride;
 	struct tm_node *child;
@@ -75,6 +74,16 @@ static int block_is_run(const struct tm_node *c, uint64_t blocklen)
 	return c->run && (blocklen <= 1 || (ptrdiff_t)c->size == c->extent);
 }
 
+/* t is one run if its blocks are (blocklen instances of c, the first at disp) and, when it has
+ * more than one, each follows the last at once (abut). */
+static void mark_run(struct tm_node *t, const struct tm_node *c, uint64_t blocklen, ptrdiff_t disp, int abut)
+{
+	if (block_is_run(c, blocklen) && abut) {
+		t->run = 1;
+		t->first = disp + c->first;
+	}
+}
+
 static struct tm_node *vec(uint64_t count, uint64_t blocklen, ptrdiff_t disp, ptrdiff_t stride, struct tm_node *c)
 {
 	struct tm_node *t = calloc(1, sizeof *t);
@@ -89,11 +98,7 @@ static struct tm_node *vec(uint64_t count, uint64_t blocklen, ptrdiff_t disp, pt
 	t->stride = stride;
 	t->child = c;
 	t->size = count * blocklen * c->size;
-	t->brun = block_is_run(c, blocklen);
-	if (t->brun && (count <= 1 || stride == (ptrdiff_t)(blocklen * c->size))) {
-		t->run = 1;
-		t->first = disp + c->first;
-	}
+	mark_run(t, c, blocklen, disp, count <= 1 || stride == (ptrdiff_t)(blocklen * c->size));
 	return t;
 }
 
@@ -135,10 +140,8 @@ static struct tm_node *list(uint64_t n, const int *blocklen, int same_len, const
 		at += e[i].blocklen * e[i].child->size;
 	}
 	t->size = at;
-	if (n == 1 && block_is_run(e[0].child, e[0].blocklen)) {
-		t->run = 1;
-		t->first = e[0].disp + e[0].child->first;
-	}
+	if (n == 1)
+		mark_run(t, e[0].child, e[0].blocklen, e[0].disp, 1);
 	return t;
 }
 
@@ -350,28 +353,24 @@ static uint64_t runs(uint8_t *base, ptrdiff_t stride, uint64_t i, uint64_t count
 	if (k > count - i)
 		k = count - i;
 	uint8_t *m = base + (ptrdiff_t)i * stride, *pk = c->pk;
-#define RUNS(n)                                              \
+#define RUNS(copy, n)                                        \
 	for (uint64_t j = 0; j < k; j++, m += stride, pk += (n)) \
 		if (c->unpack)                                   \
-			memcpy(m, pk, (n));                      \
+			copy(m, pk, (n));                        \
 		else                                             \
-			memcpy(pk, m, (n));
+			copy(pk, m, (n));
 	switch (len) {
 	case 4:
-		RUNS(4);
+		RUNS(memcpy, 4);
 		break;
 	case 8:
-		RUNS(8);
+		RUNS(memcpy, 8);
 		break;
 	case 16:
-		RUNS(16);
+		RUNS(memcpy, 16);
 		break;
 	default:
-		for (uint64_t j = 0; j < k; j++, m += stride, pk += len)
-			if (c->unpack)
-				ivs_copy(m, pk, len);
-			else
-				ivs_copy(pk, m, len);
+		RUNS(ivs_copy, len);
 	}
 #undef RUNS
 	c->pk = pk;
@@ -410,7 +409,8 @@ static void walk(const struct tm_node *t, uint8_t *base, struct cursor *c)
 		c->skip -= i * bsize;
 		if (c->skip) /* the rest of a block begun before */
 			block(t->child, base + t->disp + (ptrdiff_t)i++ * t->stride, t->blocklen, c);
-		if (t->brun) /* whole blocks: a vector of short runs is the common halo type */
+		if (block_is_run(t->child, t->blocklen)) /* whole blocks: a vector of short runs is the
+		                                            common halo type */
 			i = runs(base + t->disp + t->child->first, t->stride, i, t->count, bsize, c);
 		for (; i < t->count && c->left; i++)
 			block(t->child, base + t->disp + (ptrdiff_t)i * t->stride, t->blocklen, c);
