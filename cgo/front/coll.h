@@ -20,6 +20,7 @@
  *   coll_barrier_bcast.c  MPI_Barrier, MPI_Bcast
  *   coll_reduce.c         MPI_Reduce, MPI_Allreduce, MPI_Reduce_scatter(_block)
  *   coll_gather.c         MPI_Gather, MPI_Allgather, MPI_Scatter, MPI_Alltoall
+ *   coll_lib.c            the collectives only the library runs (v-variants, scans, neighbourhood)
  */
 #ifndef IVSHIM_FRONT_COLL_H
 #define IVSHIM_FRONT_COLL_H
@@ -118,18 +119,34 @@ static inline int ivs_coll_enter(void) { return ++ivs.coll_depth; }
 static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
 #define IVS_COLL_SCOPE int ivs_scope_ __attribute__((cleanup(ivs_coll_leave), unused)) = ivs_coll_enter()
 
-/* An interposer's way to the library's collective, without starving the rings. The variant is
- * the same on every rank (a blocking collective does not match a nonblocking one): blocking
- * where the library's progress engine moves the rings (hook.c), else nonblocking with the
- * shim's progress (ivs.coll_nb, agreed at MPI_Init). */
-#define IVS_NET_COLL(blocking, nonblocking)                     \
-	do {                                                    \
-		ivs.stats.collectives_net += ivs.job_active;    \
-		if (!ivs.coll_nb)                               \
-			return blocking;                        \
-		MPI_Request req_;                               \
-		return ivs_coll_net_complete(nonblocking, &req_); \
+/* An interposer's way to the library's collective on comm. The variant is the same on every
+ * member (a blocking collective does not match a nonblocking one). The nonblocking one,
+ * completed by the shim's wait, so that a rank waiting in it moves the rings and answers a
+ * migration's agreement (migrate.c, "Collectives"), on a communicator the shim recorded (all
+ * its members in this MPI_COMM_WORLD, so all decide alike) in a job whose collectives may use
+ * areas, or where a rank with rings could not hook the library's progress (ivs.coll_nb, agreed
+ * at MPI_Init), unless a member runs MPI_THREAD_MULTIPLE (ivs_comm.lib_nb). Elsewhere the
+ * blocking one: a communicator the shim did not record may have members of another
+ * MPI_COMM_WORLD (spawned, connected), which call the blocking one; and Open MPI's nonblocking
+ * collectives (libnbc) took 1.2-2.7x its blocking ones between two hosts over TCP, a price not
+ * worth paying where no agreement ever needs an answer. One exception: a collective in which
+ * no member moves a byte takes the blocking call. Both libraries return from it at once
+ * without waiting for anyone (0.01-0.09 us), where their nonblocking ones run a whole round
+ * (8-13 us). Whether it moves a byte comes from the bytes per block this rank sends or
+ * receives, at_root on the root and others elsewhere (root -1: not rooted): matching type
+ * signatures make them the same on every member of an intracommunicator. Those expressions
+ * are evaluated only for the nonblocking case. */
+#define IVS_NET_COLL_ROOTED(root, at_root, others, blocking, nonblocking)                     \
+	do {                                                                                  \
+		ivs.stats.collectives_net += ivs.job_active;                                  \
+		const struct ivs_comm *nb_ = ivs.coll_nb ? ivs_comm_get(comm) : NULL;         \
+		if (!nb_ || !nb_->lib_nb || ((root) >= 0 && nb_->rank == (root) ? (at_root) : (others)) == 0) \
+			return blocking;                                                      \
+		MPI_Request req_;                                                             \
+		return ivs_coll_net_complete(nonblocking, &req_);                             \
 	} while (0)
+#define IVS_NET_COLL_SIZED(bytes, blocking, nonblocking) IVS_NET_COLL_ROOTED(-1, bytes, bytes, blocking, nonblocking)
+#define IVS_NET_COLL(blocking, nonblocking) IVS_NET_COLL_SIZED(1, blocking, nonblocking)
 
 /* ---- coll_move.c: bytes among the co-located members ---- */
 

@@ -64,7 +64,8 @@ int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
 	uint64_t n = ivs_dt_bytes(dt, count), bytes;
 	ptrdiff_t lb;
 	if (!c || root < 0 || root >= c->size)
-		IVS_NET_COLL(PMPI_Bcast(buf, count, dt, root, comm), PMPI_Ibcast(buf, count, dt, root, comm, &req_));
+		IVS_NET_COLL_SIZED(n, PMPI_Bcast(buf, count, dt, root, comm),
+		                   PMPI_Ibcast(buf, count, dt, root, comm, &req_));
 	ivs.stats.collectives_shm++;
 	if (n == 0) /* the same on every rank: type signatures match */
 		return MPI_SUCCESS;

@@ -96,8 +96,8 @@ int MPI_Allgather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, in
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	uint64_t n = ivs_dt_bytes(rdt, rcount);
 	if (!c || too_big(n * (uint64_t)c->size))
-		IVS_NET_COLL(PMPI_Allgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
-		         PMPI_Iallgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
+		IVS_NET_COLL_SIZED(n, PMPI_Allgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
+		                   PMPI_Iallgather(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
 	return gather_common(k, c, sbuf, scount, sdt, rbuf, rcount, rdt, -1, n);
 }
 
@@ -109,8 +109,9 @@ int MPI_Gather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int r
 	int at_root = c && c->rank == root;
 	uint64_t n = !c ? 0 : at_root && sbuf == MPI_IN_PLACE ? ivs_dt_bytes(rdt, rcount) : ivs_dt_bytes(sdt, scount);
 	if (!c || root < 0 || root >= c->size || too_big(n * (uint64_t)c->size))
-		IVS_NET_COLL(PMPI_Gather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
-		         PMPI_Igather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
+		IVS_NET_COLL_ROOTED(root, ivs_dt_bytes(rdt, rcount), ivs_dt_bytes(sdt, scount),
+		                   PMPI_Gather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
+		                   PMPI_Igather(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
 	return gather_common(k, c, sbuf, scount, sdt, rbuf, rcount, rdt, root, n);
 }
 
@@ -122,8 +123,9 @@ int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int 
 	int at_root = c && c->rank == root;
 	uint64_t n = !c ? 0 : at_root && rbuf == MPI_IN_PLACE ? ivs_dt_bytes(sdt, scount) : ivs_dt_bytes(rdt, rcount);
 	if (!c || root < 0 || root >= c->size || too_big(n * (uint64_t)c->size))
-		IVS_NET_COLL(PMPI_Scatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
-		         PMPI_Iscatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
+		IVS_NET_COLL_ROOTED(root, ivs_dt_bytes(sdt, scount), ivs_dt_bytes(rdt, rcount),
+		                   PMPI_Scatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),
+		                   PMPI_Iscatter(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));
 	ivs.stats.collectives_shm++;
 	if (n == 0)
 		return MPI_SUCCESS;
@@ -147,8 +149,8 @@ int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int
 	uint64_t n = ivs_dt_bytes(rdt, rcount), row = c ? n * (uint64_t)c->size : 0;
 	if (!c || too_big(row) ||
 	    (k->nhosts > 1 && (n > IVS_ALLTOALL_HOSTS_BLOCK || row * (uint64_t)k->maxnl > IVS_LEADER_ROWS)))
-		IVS_NET_COLL(PMPI_Alltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
-		         PMPI_Ialltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
+		IVS_NET_COLL_SIZED(n, PMPI_Alltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm),
+		                   PMPI_Ialltoall(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));
 	ivs.stats.collectives_shm++;
 	if (n == 0)
 		return MPI_SUCCESS;

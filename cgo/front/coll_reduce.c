@@ -108,7 +108,8 @@ int MPI_Allreduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	struct red r;
 	if (!c || !reducible(k, count, dt, op, &r))
-		IVS_NET_COLL(PMPI_Allreduce(sbuf, rbuf, count, dt, op, comm), PMPI_Iallreduce(sbuf, rbuf, count, dt, op, comm, &req_));
+		IVS_NET_COLL_SIZED(count, PMPI_Allreduce(sbuf, rbuf, count, dt, op, comm),
+		                   PMPI_Iallreduce(sbuf, rbuf, count, dt, op, comm, &req_));
 	ivs.stats.collectives_shm++;
 	if (count == 0)
 		return MPI_SUCCESS;
@@ -122,7 +123,8 @@ int MPI_Reduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_Op 
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	struct red r;
 	if (!c || root < 0 || root >= c->size || !reducible(k, count, dt, op, &r))
-		IVS_NET_COLL(PMPI_Reduce(sbuf, rbuf, count, dt, op, root, comm), PMPI_Ireduce(sbuf, rbuf, count, dt, op, root, comm, &req_));
+		IVS_NET_COLL_SIZED(count, PMPI_Reduce(sbuf, rbuf, count, dt, op, root, comm),
+		                   PMPI_Ireduce(sbuf, rbuf, count, dt, op, root, comm, &req_));
 	ivs.stats.collectives_shm++;
 	if (count == 0)
 		return MPI_SUCCESS;
@@ -166,8 +168,8 @@ int MPI_Reduce_scatter_block(const void *sbuf, void *rbuf, int count, MPI_Dataty
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	struct red r;
 	if (!c || !reducible(k, count, dt, op, &r))
-		IVS_NET_COLL(PMPI_Reduce_scatter_block(sbuf, rbuf, count, dt, op, comm),
-		         PMPI_Ireduce_scatter_block(sbuf, rbuf, count, dt, op, comm, &req_));
+		IVS_NET_COLL_SIZED(count, PMPI_Reduce_scatter_block(sbuf, rbuf, count, dt, op, comm),
+		                   PMPI_Ireduce_scatter_block(sbuf, rbuf, count, dt, op, comm, &req_));
 	ivs.stats.collectives_shm++;
 	return reduce_scatter_common(k, c, sbuf, rbuf, NULL, count, dt, op);
 }

@@ -906,5 +906,117 @@ F_ROOTED(scatter, SCATTER, Scatter)
 	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
 F_ALLTO(allgather, ALLGATHER, Allgather)
 F_ALLTO(alltoall, ALLTOALL, Alltoall)
+F_ALLTO(neighbor_allgather, NEIGHBOR_ALLGATHER, Neighbor_allgather)
+F_ALLTO(neighbor_alltoall, NEIGHBOR_ALLTOALL, Neighbor_alltoall)
+
+/* The collectives only the library runs (coll_lib.c): reached from Fortran too, so a Fortran
+ * rank waiting in one answers the shim's messages as a C rank does. */
+F_ALLRED(scan, SCAN, Scan)
+F_ALLRED(exscan, EXSCAN, Exscan)
+
+/* MPI_Allgatherv and MPI_Neighbor_allgatherv. */
+#define F_GATHERV_ALL(lower, UPPER, Camel)                                                                     \
+	static void f_##lower(void *sbuf, fint *scount, fint *stype, void *rbuf, fint *rcounts, fint *displs,      \
+	                      fint *rtype, fint *comm, fint *ierr)                                                 \
+	{                                                                                                          \
+		fret(ierr, MPI_##Camel(fbuf(sbuf), *scount, F_TYPE(stype), fbuf(rbuf), rcounts, displs, F_TYPE(rtype), \
+		                       F_COMM(comm)));                                                                 \
+	}                                                                                                          \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_GATHERV_ALL(allgatherv, ALLGATHERV, Allgatherv)
+F_GATHERV_ALL(neighbor_allgatherv, NEIGHBOR_ALLGATHERV, Neighbor_allgatherv)
+
+static void f_gatherv(void *sbuf, fint *scount, fint *stype, void *rbuf, fint *rcounts, fint *displs, fint *rtype,
+                      fint *root, fint *comm, fint *ierr)
+{
+	fret(ierr, MPI_Gatherv(fbuf(sbuf), *scount, F_TYPE(stype), fbuf(rbuf), rcounts, displs, F_TYPE(rtype), *root,
+	                       F_COMM(comm)));
+}
+IVS_F_EXPORT(f_gatherv, gatherv, GATHERV, Gatherv)
+
+static void f_scatterv(void *sbuf, fint *scounts, fint *displs, fint *stype, void *rbuf, fint *rcount, fint *rtype,
+                       fint *root, fint *comm, fint *ierr)
+{
+	fret(ierr, MPI_Scatterv(fbuf(sbuf), scounts, displs, F_TYPE(stype), fbuf(rbuf), *rcount, F_TYPE(rtype), *root,
+	                        F_COMM(comm)));
+}
+IVS_F_EXPORT(f_scatterv, scatterv, SCATTERV, Scatterv)
+
+/* MPI_Alltoallv and MPI_Neighbor_alltoallv. */
+#define F_ALLTOV(lower, UPPER, Camel)                                                                          \
+	static void f_##lower(void *sbuf, fint *scounts, fint *sdispls, fint *stype, void *rbuf, fint *rcounts,    \
+	                      fint *rdispls, fint *rtype, fint *comm, fint *ierr)                                  \
+	{                                                                                                          \
+		fret(ierr, MPI_##Camel(fbuf(sbuf), scounts, sdispls, F_TYPE(stype), fbuf(rbuf), rcounts, rdispls,      \
+		                       F_TYPE(rtype), F_COMM(comm)));                                                  \
+	}                                                                                                          \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_ALLTOV(alltoallv, ALLTOALLV, Alltoallv)
+F_ALLTOV(neighbor_alltoallv, NEIGHBOR_ALLTOALLV, Neighbor_alltoallv)
+
+/* The datatype arrays of the w-variants: n Fortran handles as C ones (NULL: no memory). */
+static MPI_Datatype *ftypes(int n, const fint *f)
+{
+	MPI_Datatype *t = malloc(sizeof *t * (size_t)(n > 0 ? n : 1));
+	for (int i = 0; t && i < n; i++)
+		t[i] = F_TYPE(&f[i]);
+	return t;
+}
+
+static void f_alltoallw(void *sbuf, fint *scounts, fint *sdispls, fint *stypes, void *rbuf, fint *rcounts,
+                        fint *rdispls, fint *rtypes, fint *comm, fint *ierr)
+{
+	MPI_Comm c = F_COMM(comm);
+	int inter = 0, n = 0, rc = PMPI_Comm_test_inter(c, &inter);
+	if (rc == MPI_SUCCESS)
+		rc = inter ? PMPI_Comm_remote_size(c, &n) : PMPI_Comm_size(c, &n);
+	MPI_Datatype *st = rc == MPI_SUCCESS ? ftypes(n, stypes) : NULL, *rt = st ? ftypes(n, rtypes) : NULL;
+	if (rc == MPI_SUCCESS)
+		rc = rt ? MPI_Alltoallw(fbuf(sbuf), scounts, sdispls, st, fbuf(rbuf), rcounts, rdispls, rt, c) : MPI_ERR_NO_MEM;
+	free(st);
+	free(rt);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_alltoallw, alltoallw, ALLTOALLW, Alltoallw)
+
+/* How many neighbours a process topology gives this rank, in and out. */
+static int fneighbors(MPI_Comm c, int *in, int *out)
+{
+	int kind = MPI_UNDEFINED, rc = PMPI_Topo_test(c, &kind), me = 0, weighted = 0;
+	if (rc != MPI_SUCCESS)
+		return rc;
+	switch (kind) {
+	case MPI_CART:
+		rc = PMPI_Cartdim_get(c, in);
+		*in *= 2;
+		*out = *in;
+		return rc;
+	case MPI_GRAPH:
+		rc = PMPI_Comm_rank(c, &me);
+		if (rc == MPI_SUCCESS)
+			rc = PMPI_Graph_neighbors_count(c, me, in);
+		*out = *in;
+		return rc;
+	case MPI_DIST_GRAPH:
+		return PMPI_Dist_graph_neighbors_count(c, in, out, &weighted);
+	default:
+		return MPI_ERR_TOPOLOGY;
+	}
+}
+
+static void f_neighbor_alltoallw(void *sbuf, fint *scounts, MPI_Aint *sdispls, fint *stypes, void *rbuf,
+                                 fint *rcounts, MPI_Aint *rdispls, fint *rtypes, fint *comm, fint *ierr)
+{
+	MPI_Comm c = F_COMM(comm);
+	int in = 0, out = 0, rc = fneighbors(c, &in, &out);
+	MPI_Datatype *st = rc == MPI_SUCCESS ? ftypes(out, stypes) : NULL, *rt = st ? ftypes(in, rtypes) : NULL;
+	if (rc == MPI_SUCCESS)
+		rc = rt ? MPI_Neighbor_alltoallw(fbuf(sbuf), scounts, sdispls, st, fbuf(rbuf), rcounts, rdispls, rt, c)
+		        : MPI_ERR_NO_MEM;
+	free(st);
+	free(rt);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_neighbor_alltoallw, neighbor_alltoallw, NEIGHBOR_ALLTOALLW, Neighbor_alltoallw)
 
 #endif /* OPEN_MPI */

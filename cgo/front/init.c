@@ -259,10 +259,14 @@ static int init_common(int rc, int provided)
 			fprintf(stderr, "ivshim: rank %d: the MPI library offers no progress hook: the rings move only "
 			        "inside the shim's own calls\n", ivs.world_rank);
 	}
-	/* Library collectives are blocking calls unless a rank with rings could not hook the
-	 * library's progress: then nonblocking ones, on every rank alike. */
-	int no_hook = ivs.enabled && !ivs_lib_hooked();
-	PMPI_Allreduce(&no_hook, &ivs.coll_nb, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+	/* Collective areas, and the agreement a migration runs on them, exist only in a job some of
+	 * whose ranks share a host at MPI_Init (ivs.coll_areas); such a job calls the library's
+	 * collectives nonblocking, as does one where a rank with rings could not hook the library's
+	 * progress (coll.h). Both the same on every rank. */
+	int mine[2] = {ivs.nlocal >= 2, ivs.enabled && !ivs_lib_hooked()}, all[2] = {0, 0};
+	PMPI_Allreduce(mine, all, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+	ivs.coll_areas = all[0];
+	ivs.coll_nb = all[0] || all[1];
 	return ivs_comm_world_init();
 }
 

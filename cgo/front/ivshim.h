@@ -97,7 +97,10 @@ struct ivs_comm {
 	int nshm;                  /* members reached through the region, self included */
 	int has_net;               /* some member is reached through PMPI */
 	int coll_lib;              /* collectives go to the library: a member runs MPI_THREAD_MULTIPLE, or
-	                              no member had a co-located peer in it at its creation */
+	                              no member had a co-located peer in it at its creation, or none
+	                              in the job at MPI_Init (ivs.coll_areas) */
+	int lib_nb;                /* the library's collectives here are called nonblocking (coll.h):
+	                              ivs.coll_nb and no member runs MPI_THREAD_MULTIPLE */
 	int outsider;              /* a member is outside this MPI_COMM_WORLD (comm_build) */
 	int counted;               /* this rank has a region and counts its library messages per
 	                              peer here (join.c): a pair made at run time may move to rings
@@ -233,6 +236,7 @@ struct ivs_state {
 	int nsync_wait;            /* synchronous sends waiting for the receiver's ACK */
 	int nacks;                 /* ACKs queued for any peer */
 	int has_net;               /* some world rank is reached through PMPI */
+	int coll_areas;            /* some ranks shared a host at MPI_Init: collectives may use areas */
 	int coll_nb;               /* the library's collectives are called nonblocking (coll.h) */
 	/* the region's tables (init.c checks where they lie; their contents stay untrusted) */
 	uint32_t self_slot;
@@ -515,11 +519,12 @@ static inline int ivs_busy(void)
 /* Whether a blocking library call may be entered now: nothing of the shim is pending, and no
  * other rank can be waiting for this one's answer to the shim's own messages. In a job that
  * uses shared memory a migration may need that answer at any time (migrate.c), so there the
- * shim's waits on library requests poll instead; the library's collectives stay blocking calls
- * (their variant must match on all ranks: coll.h). */
+ * shim's waits on library requests, the library's collectives included (coll.h), poll instead.
+ * A rank at MPI_THREAD_MULTIPLE never polls: it has no region, no communicator of its has an
+ * area to agree on, and the shim's state has no locks for its threads. */
 static inline int ivs_may_block(void)
 {
-	return !ivs_busy() && ivs.ctlcomm == MPI_COMM_NULL;
+	return ivs.thread_multiple || (!ivs_busy() && ivs.ctlcomm == MPI_COMM_NULL);
 }
 
 #endif

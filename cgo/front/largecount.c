@@ -10,7 +10,8 @@
  * join questions, and a pair whose sender made one never finds its counts equal.
  */
 #include <limits.h>
-#include "ivshim.h"
+#include <stdlib.h>
+#include "coll.h"
 
 #if defined(MPICH) && MPI_VERSION >= 4
 
@@ -97,49 +98,81 @@ int MPI_Imrecv_c(void *buf, MPI_Count count, MPI_Datatype dt, MPI_Message *msg, 
 
 /* Collectives the shim implements: an int count takes the same path as MPI_Xxx on the other
  * members; larger ones are beyond the shim's byte limit (INT_MAX) and go to the library there
- * too. */
+ * too, as the collectives only the library runs do (coll_lib.c): nonblocking with the shim's
+ * wait in a job that uses the shim (IVS_NET_COLL). */
 int MPI_Bcast_c(void *buf, MPI_Count count, MPI_Datatype dt, int root, MPI_Comm comm)
 {
-	return fits(count) ? MPI_Bcast(buf, (int)count, dt, root, comm) : PMPI_Bcast_c(buf, count, dt, root, comm);
+	if (fits(count))
+		return MPI_Bcast(buf, (int)count, dt, root, comm);
+	IVS_NET_COLL(PMPI_Bcast_c(buf, count, dt, root, comm), PMPI_Ibcast_c(buf, count, dt, root, comm, &req_));
 }
 
 int MPI_Allreduce_c(const void *sbuf, void *rbuf, MPI_Count count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
 {
-	return fits(count) ? MPI_Allreduce(sbuf, rbuf, (int)count, dt, op, comm) : PMPI_Allreduce_c(sbuf, rbuf, count, dt, op, comm);
+	if (fits(count))
+		return MPI_Allreduce(sbuf, rbuf, (int)count, dt, op, comm);
+	IVS_NET_COLL(PMPI_Allreduce_c(sbuf, rbuf, count, dt, op, comm), PMPI_Iallreduce_c(sbuf, rbuf, count, dt, op, comm, &req_));
 }
 
 int MPI_Reduce_c(const void *sbuf, void *rbuf, MPI_Count count, MPI_Datatype dt, MPI_Op op, int root, MPI_Comm comm)
 {
-	return fits(count) ? MPI_Reduce(sbuf, rbuf, (int)count, dt, op, root, comm)
-	                   : PMPI_Reduce_c(sbuf, rbuf, count, dt, op, root, comm);
+	if (fits(count))
+		return MPI_Reduce(sbuf, rbuf, (int)count, dt, op, root, comm);
+	IVS_NET_COLL(PMPI_Reduce_c(sbuf, rbuf, count, dt, op, root, comm),
+	             PMPI_Ireduce_c(sbuf, rbuf, count, dt, op, root, comm, &req_));
 }
 
 int MPI_Reduce_scatter_block_c(const void *sbuf, void *rbuf, MPI_Count count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
 {
-	return fits(count) ? MPI_Reduce_scatter_block(sbuf, rbuf, (int)count, dt, op, comm)
-	                   : PMPI_Reduce_scatter_block_c(sbuf, rbuf, count, dt, op, comm);
+	if (fits(count))
+		return MPI_Reduce_scatter_block(sbuf, rbuf, (int)count, dt, op, comm);
+	IVS_NET_COLL(PMPI_Reduce_scatter_block_c(sbuf, rbuf, count, dt, op, comm),
+	             PMPI_Ireduce_scatter_block_c(sbuf, rbuf, count, dt, op, comm, &req_));
 }
 
-#define LC_MOVE(name)                                                                                  \
+/* The counts are the same on every member (MPI requires it), so is whether they all fit. */
+int MPI_Reduce_scatter_c(const void *sbuf, void *rbuf, const MPI_Count counts[], MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
+{
+	int n = 0;
+	PMPI_Comm_size(comm, &n);
+	int *small = malloc(sizeof *small * (size_t)(n > 0 ? n : 1));
+	int all = small != NULL;
+	for (int i = 0; all && i < n; i++) {
+		all = fits(counts[i]);
+		small[i] = (int)counts[i];
+	}
+	if (all) {
+		int rc = MPI_Reduce_scatter(sbuf, rbuf, small, dt, op, comm);
+		free(small);
+		return rc;
+	}
+	free(small);
+	IVS_NET_COLL(PMPI_Reduce_scatter_c(sbuf, rbuf, counts, dt, op, comm),
+	             PMPI_Ireduce_scatter_c(sbuf, rbuf, counts, dt, op, comm, &req_));
+}
+
+#define LC_MOVE(name, iname)                                                                                \
 	int MPI_##name##_c(const void *sbuf, MPI_Count scount, MPI_Datatype sdt, void *rbuf, MPI_Count rcount, \
 	                   MPI_Datatype rdt, MPI_Comm comm)                                                    \
 	{                                                                                                  \
 		if (fits(scount) && fits(rcount))                                                              \
 			return MPI_##name(sbuf, (int)scount, sdt, rbuf, (int)rcount, rdt, comm);                   \
-		return PMPI_##name##_c(sbuf, scount, sdt, rbuf, rcount, rdt, comm);                            \
+		IVS_NET_COLL(PMPI_##name##_c(sbuf, scount, sdt, rbuf, rcount, rdt, comm),                      \
+		             PMPI_##iname##_c(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));             \
 	}
-LC_MOVE(Allgather)
-LC_MOVE(Alltoall)
+LC_MOVE(Allgather, Iallgather)
+LC_MOVE(Alltoall, Ialltoall)
 
-#define LC_ROOTED(name)                                                                                \
+#define LC_ROOTED(name, iname)                                                                              \
 	int MPI_##name##_c(const void *sbuf, MPI_Count scount, MPI_Datatype sdt, void *rbuf, MPI_Count rcount, \
 	                   MPI_Datatype rdt, int root, MPI_Comm comm)                                          \
 	{                                                                                                  \
 		if (fits(scount) && fits(rcount))                                                              \
 			return MPI_##name(sbuf, (int)scount, sdt, rbuf, (int)rcount, rdt, root, comm);             \
-		return PMPI_##name##_c(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm);                      \
+		IVS_NET_COLL(PMPI_##name##_c(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),                \
+		             PMPI_##iname##_c(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));       \
 	}
-LC_ROOTED(Gather)
-LC_ROOTED(Scatter)
+LC_ROOTED(Gather, Igather)
+LC_ROOTED(Scatter, Iscatter)
 
 #endif

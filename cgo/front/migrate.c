@@ -39,17 +39,19 @@
  * those of rounds a member left behind are ignored (a late ASK). The model checks one round. A member that freed the
  * communicator answers "never" (all its collectives took the old plan, and so must everyone's;
  * the communicator is gone soon everywhere).
- * Why a slack: a member that answered and then waited at once could deadlock a valid program.
- * A rank X blocked inside a library call cannot answer, and it may be waiting for a member W
- * that waits for the decision: X ran ahead of W on this communicator (a root of Bcast, a
- * non-root of Reduce) and now waits in a library collective on another communicator that W
- * joins after its next collective here. With a slack of 1 W runs that collective. That covers
- * an X that answered before it blocked, not one the query reached only after: W's slack may
- * be spent by then (tests/model/collswitch.pml finds that deadlock; the README states the
- * limit; the agreement's safety is model-checked without assumptions). The shim's
- * own waits on library requests poll these messages (ivs_may_block), so a rank waiting in a
- * receive, a send, a probe or a collective of the shim answers; what remains blocking is the
- * library's own collectives and calls the shim does not interpose. The slack costs the leaving
+ * Where a rank answers: the shim's own waits on library requests poll these messages
+ * (ivs_may_block), so a rank waiting in a receive, a send, a probe or any collective answers:
+ * the library's collectives, the ones only it runs included (coll_lib.c), are called
+ * nonblocking and completed by that wait (coll.h). A rank X blocked inside a library call the
+ * shim leaves blocking (communicator creation, one-sided synchronisation, collective I/O)
+ * cannot answer, and it may be waiting for a member W that waits for the decision: X ran ahead
+ * of W on this communicator (a root of Bcast, a non-root of Reduce) and now waits in that call
+ * on another communicator, which W joins after its next collective here. Why a slack: with a
+ * slack of 1 W runs that collective. That covers an X that answered before it blocked, not one
+ * the query reached only after: W's slack may be spent by then (tests/model/collswitch.pml
+ * finds that deadlock with BLOCKING_Y; the README states the limit; the agreement's safety is
+ * model-checked without assumptions, its deadlock freedom with answers in library
+ * collectives). The slack costs the leaving
  * rank one more collective of the program there before it can release, which a communicator
  * the program does not use at the moment (a duplicate of MPI_COMM_WORLD beside the one it
  * works on) would never give: a member whose last collective there lies RECENT progress

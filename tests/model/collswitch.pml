@@ -19,22 +19,24 @@
  *   release (member 1): k known, every collective below k begun and left, not in a collective.
  * A member answers the shim's messages wherever the shim runs its progress: between calls
  * (modelled as: any time it is not inside a collective, which includes entering the next one
- * without having looked, as a message may not have arrived yet) and while it waits in a
- * shared-memory collective or for k. Inside a library collective it answers nothing: the
- * library's own progress engine does not run the shim's control messages.
+ * without having looked, as a message may not have arrived yet), while it waits in a
+ * shared-memory collective or for k, and inside the library's collectives, which the shim
+ * calls nonblocking and completes with its own polling wait (coll.h IVS_NET_COLL, coll_lib.c).
  *
- * Checked (tests/model): safety, exhaustively, for both programs below: no collective index is
- * run by some members on the shared-memory plan and by others on the library; the decision
- * never lies behind a member's count; the leaving member never enters a shared-memory
- * collective once it released. Deadlock freedom holds only under LIB_ANSWERS (members answer
- * inside library collectives too, as they would if the shim ran every library collective
- * nonblocking with its own polling wait). Without it spin finds a deadlock of a valid program
- * (program 1): member 1 runs one collective ahead (the root of a Bcast), enters a library
- * collective before the coordinator's QUERY reached it, and waits there for member 0, which
- * answered with its limit before its last collective and now waits at that limit for k, which
- * needs member 1's answer. The slack of 1 helps only when the member that ran ahead had
- * answered before it blocked. That is the shim's known limit (README, "Not done yet");
- * TestCollSwitchKnownDeadlock pins it.
+ * Checked (tests/model): safety and deadlock freedom, exhaustively, for both programs below: no
+ * collective index is run by some members on the shared-memory plan and by others on the
+ * library; the decision never lies behind a member's count; the leaving member never enters a
+ * shared-memory collective once it released; every member finishes. Safety holds without any
+ * assumption on where members answer. Deadlock freedom needs the answers inside library
+ * collectives: with BLOCKING_Y (Y's call is one the shim leaves a blocking library call, as
+ * communicator creation, one-sided synchronisation and collective I/O are) spin finds a deadlock
+ * of a valid program (program 1): member 1 runs one collective ahead (the root of a Bcast),
+ * enters that call before the coordinator's QUERY reached it, and waits there for member 0,
+ * which answered with its limit before its last collective and now waits at that limit for k,
+ * which needs member 1's answer. The slack of 1 helps only when the member that ran ahead had
+ * answered before it blocked. That is the shim's known limit for such calls (README, "Not done
+ * yet"); TestCollSwitchKnownDeadlock pins it. (Before coll_lib.c, every library collective was
+ * such a call.)
  *
  * What the model leaves out: the RECENT rule (a member idle on X for long answers with no
  * slack: a liveness heuristic outside this model, whose slack is always SLACK); communicators
@@ -78,10 +80,10 @@
 /* leaving X's collective j-1 (op PROG(pc-1)) entered on the plan whose members are mask */
 #define XDONE(mask) ((PROG(pc-1) == ALLC && (mask) == ALL_MASK) || (PROG(pc-1) < ALLC && ((mask) & (1 << PROG(pc-1)))))
 
-#ifdef LIB_ANSWERS
-#define ANSWERS true /* inside library collectives too (an assumption: see above) */
+#ifdef BLOCKING_Y
+#define ANSWERS (in != 3) /* not inside Y's call: a blocking library call (see above) */
 #else
-#define ANSWERS (in <= 1)
+#define ANSWERS true      /* inside library collectives too: the shim's polling wait */
 #endif
 
 #define UNKNOWN 255
@@ -109,7 +111,7 @@ proctype Member(byte me) {
 	byte replies = 0, kmax = 0, q;
 
 	do
-	/* ---- the shim's messages, answered outside library collectives ---- */
+	/* ---- the shim's messages, answered wherever ANSWERS holds ---- */
 	:: atomic { ANSWERS && SEES(me) && flag && !asked ->
 		asked = true; inbox[0] ! ASK, me, 0 }
 	:: atomic { ANSWERS && nempty(inbox[me]) ->

@@ -31,8 +31,11 @@
 // collswitch.pml is the agreement that moves a communicator's collectives to the library at
 // one index on every member (migrate.c, "Collectives"): three members, one leaving, one on
 // another host, programs where a Bcast root runs ahead and then enters a library collective.
-// Safety holds exhaustively (no index run on two plans, no decision behind a member, no area
-// use after the release; three broken variants must fail). Deadlock freedom holds only if
-// members answer inside library collectives; without that spin finds a deadlock of a valid
-// program, the shim's stated limit, pinned by TestCollSwitchKnownDeadlock.
+// Safety and deadlock freedom hold exhaustively, with members answering inside library
+// collectives as the shim's polling wait lets them (no index run on two plans, no decision
+// behind a member, no area use after the release; three broken variants must fail). Safety
+// holds without that too; deadlock freedom does not: where the library call is one the shim
+// leaves blocking (communicator creation, one-sided synchronisation, collective I/O), spin
+// finds a deadlock of a valid program, the shim's stated limit, pinned by
+// TestCollSwitchKnownDeadlock.
 package model

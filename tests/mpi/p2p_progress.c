@@ -19,8 +19,10 @@
 #define BIG (1 << 20)
 #define TAG 17
 
-enum op { OP_SPLIT, OP_ALLGATHERV, OP_SCAN, OP_EXSCAN, OP_ALLTOALLV, OP_COMM_CREATE, OP_WIN_FENCE, OP_REDUCE_SCATTER, OP_COUNT };
-static const char *op_name[OP_COUNT] = {"Comm_split", "Allgatherv", "Scan", "Exscan", "Alltoallv", "Comm_create", "Win_fence", "Reduce_scatter"};
+enum op { OP_SPLIT, OP_ALLGATHERV, OP_SCAN, OP_EXSCAN, OP_ALLTOALLV, OP_COMM_CREATE, OP_WIN_FENCE, OP_REDUCE_SCATTER,
+          OP_ALLTOALLW, OP_NEIGHBOR, OP_COUNT };
+static const char *op_name[OP_COUNT] = {"Comm_split", "Allgatherv", "Scan", "Exscan", "Alltoallv", "Comm_create",
+                                        "Win_fence", "Reduce_scatter", "Alltoallw", "Neighbor_alltoall"};
 
 /* The library operation op, called by every rank of the world; checks its result. */
 static void library_op(enum op op)
@@ -111,6 +113,30 @@ static void library_op(enum op op)
         int r = -1;
         MPI_Reduce_scatter(in, &r, counts, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
         CHECK(r == 100 * n * (n - 1) / 2 + n * me, "Reduce_scatter: %d", r);
+        break;
+    }
+    case OP_ALLTOALLW: {
+        MPI_Datatype *types = chk_alloc(sizeof(MPI_Datatype) * (size_t)n);
+        for (int i = 0; i < n; i++) {
+            types[i] = MPI_INT;
+            displs[i] = i * (int)sizeof(int); /* bytes */
+        }
+        MPI_Alltoallw(in, counts, displs, types, out, counts, displs, types, MPI_COMM_WORLD);
+        for (int i = 0; i < n; i++)
+            CHECK(out[i] == i * 100 + me, "Alltoallw: element %d is %d", i, out[i]);
+        free(types);
+        break;
+    }
+    case OP_NEIGHBOR: {
+        /* a ring: each rank's neighbours are the ranks before and after it */
+        MPI_Comm ring;
+        int dims[1] = {n}, periods[1] = {1};
+        MPI_Cart_create(MPI_COMM_WORLD, 1, dims, periods, 0, &ring);
+        int before = (me + n - 1) % n, after = (me + 1) % n;
+        int send[2] = {me * 10 + before, me * 10 + after}, got[2] = {-1, -1};
+        MPI_Neighbor_alltoall(send, 1, MPI_INT, got, 1, MPI_INT, ring);
+        CHECK(got[0] == before * 10 + me && got[1] == after * 10 + me, "Neighbor_alltoall: got %d %d", got[0], got[1]);
+        MPI_Comm_free(&ring);
         break;
     }
     default:

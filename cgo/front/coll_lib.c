@@ -1,0 +1,96 @@
+/* The collectives only the MPI library runs: the v- and w-variants, the scans and the
+ * neighbourhood collectives, in their int and (MPICH 4) large-count forms. The shim interposes
+ * them for one reason: in a job that uses the shim a rank waiting in one must keep answering
+ * the shim's own messages, as it does in every other wait (IVS_NET_COLL, coll.h). Else a rank
+ * blocked here could deadlock a valid program during a migration's agreement (migrate.c,
+ * "Collectives"; tests/model/collswitch.pml). They do not count as collectives of their
+ * communicator's plan (ivs_comm.ncoll): whichever plan a communicator's collectives take,
+ * these run in the library.
+ *
+ * One macro per argument list; each names the call, its nonblocking twin, the count type and
+ * the displacement type (int and int, or MPI_Count and MPI_Aint). */
+#include "coll.h"
+
+/* (sbuf, scount, sdt, rbuf, rcounts, displs, rdt, comm): Allgatherv, Neighbor_allgatherv */
+#define LIB_ALLGATHERV(name, iname, count_t, disp_t)                                                        \
+	int MPI_##name(const void *sbuf, count_t scount, MPI_Datatype sdt, void *rbuf, const count_t rcounts[],     \
+	               const disp_t displs[], MPI_Datatype rdt, MPI_Comm comm)                                     \
+	{                                                                                                          \
+		IVS_NET_COLL(PMPI_##name(sbuf, scount, sdt, rbuf, rcounts, displs, rdt, comm),                     \
+		             PMPI_##iname(sbuf, scount, sdt, rbuf, rcounts, displs, rdt, comm, &req_));            \
+	}
+
+/* (sbuf, scount, sdt, rbuf, rcounts, displs, rdt, root, comm): Gatherv */
+#define LIB_GATHERV(name, iname, count_t, disp_t)                                                           \
+	int MPI_##name(const void *sbuf, count_t scount, MPI_Datatype sdt, void *rbuf, const count_t rcounts[],     \
+	               const disp_t displs[], MPI_Datatype rdt, int root, MPI_Comm comm)                           \
+	{                                                                                                          \
+		IVS_NET_COLL(PMPI_##name(sbuf, scount, sdt, rbuf, rcounts, displs, rdt, root, comm),               \
+		             PMPI_##iname(sbuf, scount, sdt, rbuf, rcounts, displs, rdt, root, comm, &req_));      \
+	}
+
+/* (sbuf, scounts, displs, sdt, rbuf, rcount, rdt, root, comm): Scatterv */
+#define LIB_SCATTERV(name, iname, count_t, disp_t)                                                          \
+	int MPI_##name(const void *sbuf, const count_t scounts[], const disp_t displs[], MPI_Datatype sdt,          \
+	               void *rbuf, count_t rcount, MPI_Datatype rdt, int root, MPI_Comm comm)                      \
+	{                                                                                                          \
+		IVS_NET_COLL(PMPI_##name(sbuf, scounts, displs, sdt, rbuf, rcount, rdt, root, comm),               \
+		             PMPI_##iname(sbuf, scounts, displs, sdt, rbuf, rcount, rdt, root, comm, &req_));      \
+	}
+
+/* (sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm): Alltoallv, Neighbor_alltoallv */
+#define LIB_ALLTOALLV(name, iname, count_t, disp_t)                                                         \
+	int MPI_##name(const void *sbuf, const count_t scounts[], const disp_t sdispls[], MPI_Datatype sdt,         \
+	               void *rbuf, const count_t rcounts[], const disp_t rdispls[], MPI_Datatype rdt, MPI_Comm comm) \
+	{                                                                                                          \
+		IVS_NET_COLL(PMPI_##name(sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm),          \
+		             PMPI_##iname(sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm, &req_)); \
+	}
+
+/* The same with a datatype per block: Alltoallw, Neighbor_alltoallw */
+#define LIB_ALLTOALLW(name, iname, count_t, disp_t)                                                         \
+	int MPI_##name(const void *sbuf, const count_t scounts[], const disp_t sdispls[], const MPI_Datatype sdts[], \
+	               void *rbuf, const count_t rcounts[], const disp_t rdispls[], const MPI_Datatype rdts[],     \
+	               MPI_Comm comm)                                                                              \
+	{                                                                                                          \
+		IVS_NET_COLL(PMPI_##name(sbuf, scounts, sdispls, sdts, rbuf, rcounts, rdispls, rdts, comm),        \
+		             PMPI_##iname(sbuf, scounts, sdispls, sdts, rbuf, rcounts, rdispls, rdts, comm, &req_)); \
+	}
+
+/* (sbuf, rbuf, count, dt, op, comm): Scan, Exscan */
+#define LIB_SCAN(name, iname, count_t)                                                                   \
+	int MPI_##name(const void *sbuf, void *rbuf, count_t count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm) \
+	{                                                                                                       \
+		IVS_NET_COLL(PMPI_##name(sbuf, rbuf, count, dt, op, comm),                                      \
+		             PMPI_##iname(sbuf, rbuf, count, dt, op, comm, &req_));                             \
+	}
+
+/* (sbuf, scount, sdt, rbuf, rcount, rdt, comm): Neighbor_allgather, Neighbor_alltoall */
+#define LIB_NEIGHBOR(name, iname, count_t)                                                                   \
+	int MPI_##name(const void *sbuf, count_t scount, MPI_Datatype sdt, void *rbuf, count_t rcount,           \
+	               MPI_Datatype rdt, MPI_Comm comm)                                                          \
+	{                                                                                                        \
+		IVS_NET_COLL(PMPI_##name(sbuf, scount, sdt, rbuf, rcount, rdt, comm),                            \
+		             PMPI_##iname(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));                   \
+	}
+
+/* Every one of them in one count form: the suffix of its name ("" or _c), its count type and
+ * its displacement type (Neighbor_alltoallw's are MPI_Aint in both forms). */
+#define LIB_COLLS(sfx, count_t, disp_t)                                                        \
+	LIB_ALLGATHERV(Allgatherv##sfx, Iallgatherv##sfx, count_t, disp_t)                     \
+	LIB_ALLGATHERV(Neighbor_allgatherv##sfx, Ineighbor_allgatherv##sfx, count_t, disp_t)   \
+	LIB_GATHERV(Gatherv##sfx, Igatherv##sfx, count_t, disp_t)                              \
+	LIB_SCATTERV(Scatterv##sfx, Iscatterv##sfx, count_t, disp_t)                           \
+	LIB_ALLTOALLV(Alltoallv##sfx, Ialltoallv##sfx, count_t, disp_t)                        \
+	LIB_ALLTOALLV(Neighbor_alltoallv##sfx, Ineighbor_alltoallv##sfx, count_t, disp_t)      \
+	LIB_ALLTOALLW(Alltoallw##sfx, Ialltoallw##sfx, count_t, disp_t)                        \
+	LIB_ALLTOALLW(Neighbor_alltoallw##sfx, Ineighbor_alltoallw##sfx, count_t, MPI_Aint)    \
+	LIB_SCAN(Scan##sfx, Iscan##sfx, count_t)                                               \
+	LIB_SCAN(Exscan##sfx, Iexscan##sfx, count_t)                                           \
+	LIB_NEIGHBOR(Neighbor_allgather##sfx, Ineighbor_allgather##sfx, count_t)               \
+	LIB_NEIGHBOR(Neighbor_alltoall##sfx, Ineighbor_alltoall##sfx, count_t)
+
+LIB_COLLS(, int, int)
+#if defined(MPICH) && MPI_VERSION >= 4
+LIB_COLLS(_c, MPI_Count, MPI_Aint)
+#endif
