@@ -16,6 +16,7 @@
  *                         MPI_Comm_free
  *   coll_move.c           bytes among co-located members through the area: spread, collect,
  *                         distribute, exchange
+ *   coll_leaders.c        the leaders' phase of barrier, bcast and reductions (point-to-point)
  *   coll_hosts.c          the leaders' phase of gathers, scatters and alltoall across hosts
  *   coll_barrier_bcast.c  MPI_Barrier, MPI_Bcast
  *   coll_reduce.c         MPI_Reduce, MPI_Allreduce, MPI_Reduce_scatter(_block)
@@ -120,30 +121,36 @@ static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
 #define IVS_COLL_SCOPE int ivs_scope_ __attribute__((cleanup(ivs_coll_leave), unused)) = ivs_coll_enter()
 
 /* An interposer's way to the library's collective on comm. The variant is the same on every
- * member (a blocking collective does not match a nonblocking one). The nonblocking one,
- * completed by the shim's wait, so that a rank waiting in it moves the rings and answers a
- * migration's agreement (migrate.c, "Collectives"), on a communicator the shim recorded (all
- * its members in this MPI_COMM_WORLD, so all decide alike) in a job whose collectives may use
- * areas, or where a rank with rings could not hook the library's progress (ivs.coll_nb, agreed
- * at MPI_Init), unless a member runs MPI_THREAD_MULTIPLE (ivs_comm.lib_nb). Elsewhere the
- * blocking one: a communicator the shim did not record may have members of another
- * MPI_COMM_WORLD (spawned, connected), which call the blocking one; and Open MPI's nonblocking
- * collectives (libnbc) took 1.2-2.7x its blocking ones between two hosts over TCP, a price not
- * worth paying where no agreement ever needs an answer. One exception: a collective in which
- * no member moves a byte takes the blocking call. Both libraries return from it at once
- * without waiting for anyone (0.01-0.09 us), where their nonblocking ones run a whole round
- * (8-13 us). Whether it moves a byte comes from the bytes per block this rank sends or
- * receives, at_root on the root and others elsewhere (root -1: not rooted): matching type
- * signatures make them the same on every member of an intracommunicator. Those expressions
- * are evaluated only for the nonblocking case. */
-#define IVS_NET_COLL_ROOTED(root, at_root, others, blocking, nonblocking)                     \
-	do {                                                                                  \
-		ivs.stats.collectives_net += ivs.job_active;                                  \
-		const struct ivs_comm *nb_ = ivs.coll_nb ? ivs_comm_get(comm) : NULL;         \
-		if (!nb_ || !nb_->lib_nb || ((root) >= 0 && nb_->rank == (root) ? (at_root) : (others)) == 0) \
-			return blocking;                                                      \
-		MPI_Request req_;                                                             \
-		return ivs_coll_net_complete(nonblocking, &req_);                             \
+ * member (a blocking collective does not match a nonblocking one):
+ *  - where a rank with rings could not hook the library's progress (ivs.coll_nb_all, agreed at
+ *    MPI_Init) every one is nonblocking, completed by the shim's wait: the rings must move;
+ *  - in a job whose collectives may use areas (ivs.coll_areas) the nonblocking one on a
+ *    communicator the shim recorded (all its members in this MPI_COMM_WORLD, so all decide
+ *    alike) without a member at MPI_THREAD_MULTIPLE (ivs_comm.lib_nb): a rank waiting in it
+ *    then answers a migration's agreement (migrate.c, "Collectives");
+ *  - else the blocking one. A communicator the shim did not record may have members of
+ *    another MPI_COMM_WORLD (spawned, connected), which call the blocking one; and Open MPI's
+ *    nonblocking collectives (libnbc) took 1.1-2.7x its blocking ones between two hosts over
+ *    TCP (1.09-1.45x in geometric mean over 0 B-1 MiB), a price not worth paying where no
+ *    agreement ever needs an answer.
+ * In the second case a collective in which no member moves a byte takes the blocking call:
+ * both libraries return from it at once without waiting for anyone (0.01-0.09 us) when the
+ * count is 0, where their nonblocking ones run a whole round (8-13 us). Whether it moves a
+ * byte comes from the bytes per block this rank sends or receives, at_root on the root and
+ * others elsewhere (root -1: not rooted): matching type signatures make them the same on every
+ * member of an intracommunicator. (A datatype of size 0 with a count above 0 makes the
+ * blocking call run its algorithm: such a rank does not answer there.) Those expressions are
+ * evaluated only in that case. */
+#define IVS_NET_COLL_ROOTED(root, at_root, others, blocking, nonblocking)                                   \
+	do {                                                                                                \
+		ivs.stats.collectives_net += ivs.job_active;                                                \
+		if (!ivs.coll_nb_all) {                                                                     \
+			const struct ivs_comm *nb_ = ivs.coll_areas ? ivs_comm_get(comm) : NULL;            \
+			if (!nb_ || !nb_->lib_nb || ((root) >= 0 && nb_->rank == (root) ? (at_root) : (others)) == 0) \
+				return blocking;                                                            \
+		}                                                                                           \
+		MPI_Request req_;                                                                           \
+		return ivs_coll_net_complete(nonblocking, &req_);                                           \
 	} while (0)
 #define IVS_NET_COLL_SIZED(bytes, blocking, nonblocking) IVS_NET_COLL_ROOTED(-1, bytes, bytes, blocking, nonblocking)
 #define IVS_NET_COLL(blocking, nonblocking) IVS_NET_COLL_SIZED(1, blocking, nonblocking)
@@ -156,6 +163,29 @@ void ivs_coll_spread(struct ivs_coll *k, int from, int to, const uint8_t *src, u
 void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at);
 void ivs_coll_distribute(struct ivs_coll *k, int from, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at);
 void ivs_coll_exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8_t *dst);
+
+/* ---- coll_leaders.c: the leaders' phase of barrier, bcast and reductions ---- */
+
+int ivs_lead_barrier(struct ivs_coll *k);
+int ivs_lead_bcast(struct ivs_coll *k, uint8_t *data, uint64_t n, int root_host);
+
+/* A leaders' bcast of n bytes in pieces (0 bytes: one empty piece): open, then for each piece i
+ * in order _in (it has arrived here) and _out (send it on), then close (with the rc so far;
+ * returns the final one). */
+enum { PIPE_AHEAD = 8, IVS_LEAD_MAX_CHILDREN = 31 };
+struct ivs_lead_pipe {
+	struct ivs_coll *k;
+	uint8_t *data;
+	uint64_t n, piece;
+	int npieces, posted;
+	int parent, child[IVS_LEAD_MAX_CHILDREN], nchild;
+	MPI_Request in[PIPE_AHEAD], out[PIPE_AHEAD][IVS_LEAD_MAX_CHILDREN];
+};
+int ivs_lead_pipe_open(struct ivs_coll *k, struct ivs_lead_pipe *q, uint8_t *data, uint64_t n, uint64_t piece, int root_host);
+int ivs_lead_pipe_in(struct ivs_lead_pipe *q, int i);
+int ivs_lead_pipe_out(struct ivs_lead_pipe *q, int i);
+int ivs_lead_pipe_close(struct ivs_lead_pipe *q, int rc);
+int ivs_lead_reduce(struct ivs_coll *k, uint8_t *acc, int cnt, uint64_t span, MPI_Datatype dt, MPI_Op op, int root_host);
 
 /* ---- coll_hosts.c: gathers, scatters and alltoall across hosts ---- */
 

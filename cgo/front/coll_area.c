@@ -404,10 +404,10 @@ struct ivs_comm *ivs_coll_comm(MPI_Comm comm, struct ivs_coll **k)
 	if (!c)
 		return NULL;
 	int due = ivs_poll_due(IVS_POLL_COLLS);
-	/* The library's collectives (coll_lib) run the shim's progress only while they wait (one
-	 * may complete at its first test), so a rank that runs only those (a job whose ranks shared
-	 * no host at the start) looks at the region's generation word here too: it still sees its
-	 * VM flagged leaving and lets its region go. */
+	/* The library's collectives (coll_lib) may run none of the shim's progress (blocking calls
+	 * in a job whose ranks shared no host at the start: coll.h; a nonblocking one may complete
+	 * at its first test), so a rank that runs only those looks at the region's generation word
+	 * here: it still sees its VM flagged leaving and lets its region go. */
 	if (IVS_UNLIKELY(c->coll_lib) && ivs.enabled && !ivs.released &&
 	    IVS_UNLIKELY(due || __atomic_load_n(ivs.gen_word, __ATOMIC_RELAXED) != ivs.gen_seen))
 		ivs_progress();

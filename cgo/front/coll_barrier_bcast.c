@@ -12,8 +12,7 @@ static int barrier(struct ivs_coll *k)
 	}
 	if (k->li == 0) {
 		ivs_coll_await_all(k, s);
-		MPI_Request req;
-		int rc = ivs_coll_net_complete(PMPI_Ibarrier(k->lcomm, &req), &req);
+		int rc = ivs_lead_barrier(k);
 		ivs_coll_publish(ivs_coll_result_line(k, s), s);
 		return rc;
 	}
@@ -21,28 +20,28 @@ static int barrier(struct ivs_coll *k)
 	return MPI_SUCCESS;
 }
 
-static int leaders_bcast(struct ivs_coll *k, uint8_t *data, uint64_t len, int root_host)
-{
-	MPI_Request req;
-	return ivs_coll_net_complete(PMPI_Ibcast(data, (int)len, MPI_BYTE, root_host, k->lcomm, &req), &req);
-}
-
 /* In pieces of one slot: the root's host spreads each piece while its leader passes it on to
- * the other hosts' leaders, which spread it on theirs. */
+ * the other hosts' leaders, which pass it on and spread it on theirs; the leaders' transfers of
+ * later pieces overlap the spreading of earlier ones. */
 static int bcast_bytes(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
 {
 	int root_host = k->host_of[root], root_li = ivs_coll_root_local(k, root);
 	int src_li = root_li >= 0 ? root_li : 0; /* whose area this host copies from */
-	int rc = MPI_SUCCESS;
-	for (uint64_t off = 0; off < n; off += k->slot) {
+	int lead = k->li == 0 && k->nhosts > 1 && n > 0, rc = MPI_SUCCESS;
+	struct ivs_lead_pipe q;
+	if (lead)
+		rc = ivs_lead_pipe_open(k, &q, data, n, k->slot, root_host);
+	for (uint64_t off = 0, i = 0; off < n; off += k->slot, i++) {
 		uint64_t len = ivs_min_u64(n - off, k->slot);
-		if (root_li < 0 && k->li == 0 && rc == MPI_SUCCESS)
-			rc = leaders_bcast(k, data + off, len, root_host);
+		if (lead && root_li < 0 && rc == MPI_SUCCESS) /* from the leaders, on to the next ones */
+			rc = ivs_lead_pipe_in(&q, (int)i);
+		if (lead && root_li < 0 && rc == MPI_SUCCESS)
+			rc = ivs_lead_pipe_out(&q, (int)i);
 		ivs_coll_spread(k, src_li, IVS_EVERYONE, data + off, len, data + off);
-		if (root_li >= 0 && k->li == 0 && k->nhosts > 1 && rc == MPI_SUCCESS)
-			rc = leaders_bcast(k, data + off, len, root_host);
+		if (lead && root_li >= 0 && rc == MPI_SUCCESS) /* from the root, through the area */
+			rc = ivs_lead_pipe_out(&q, (int)i);
 	}
-	return rc;
+	return lead ? ivs_lead_pipe_close(&q, rc) : rc;
 }
 
 int MPI_Barrier(MPI_Comm comm)

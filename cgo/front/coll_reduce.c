@@ -1,8 +1,9 @@
 /* Collectives: MPI_Reduce, MPI_Allreduce, MPI_Reduce_scatter_block and MPI_Reduce_scatter.
  *
  * Reduction order: contributions are combined in comm rank order within a host (every rank of
- * a single-host communicator computes the same bits), then across hosts by the library's own
- * MPI_Allreduce/MPI_Reduce over the leaders. */
+ * a single-host communicator computes the same bits), then across hosts by the leaders
+ * (coll_leaders.c: every rank of an allreduce gets the same bits). */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include "coll.h"
@@ -58,11 +59,8 @@ static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *s
 			return MPI_ERR_NO_MEM;
 		ivs_coll_await_all(k, s);
 		rc = reduce_local(k, s, span, acc, cnt, dt, op);
-		MPI_Request req;
-		if (rc == MPI_SUCCESS && root < 0)
-			rc = ivs_coll_net_complete(PMPI_Iallreduce(MPI_IN_PLACE, acc, cnt, dt, op, k->lcomm, &req), &req);
-		else if (rc == MPI_SUCCESS)
-			rc = ivs_coll_net_complete(PMPI_Ireduce(k->myhost == root_host ? MPI_IN_PLACE : acc, acc, cnt, dt, op, root_host, k->lcomm, &req), &req);
+		if (rc == MPI_SUCCESS)
+			rc = ivs_lead_reduce(k, acc, cnt, span, dt, op, root_host);
 		if (rc == MPI_SUCCESS && (root < 0 || k->myhost == root_host)) {
 			if (root < 0 || root == c->rank)
 				ivs_copy(rb, acc, span);
@@ -174,13 +172,26 @@ int MPI_Reduce_scatter_block(const void *sbuf, void *rbuf, int count, MPI_Dataty
 	return reduce_scatter_common(k, c, sbuf, rbuf, NULL, count, dt, op);
 }
 
+/* The elements of all blocks of a Reduce_scatter (the counts are the same on every member);
+ * UINT64_MAX for a negative count, which the library reports. */
+static uint64_t counts_total(const struct ivs_comm *c, const int counts[])
+{
+	uint64_t total = 0;
+	for (int i = 0; i < c->size; i++) {
+		if (counts[i] < 0)
+			return UINT64_MAX;
+		total += (uint64_t)counts[i];
+	}
+	return total;
+}
+
 int MPI_Reduce_scatter(const void *sbuf, void *rbuf, const int counts[], MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
 {
 	IVS_COLL_SCOPE;
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	struct red r;
-	if (!c || !reducible(k, 1, dt, op, &r))
+	if (!c || !reducible(k, 1, dt, op, &r) || counts_total(c, counts) > INT_MAX)
 		IVS_NET_COLL(PMPI_Reduce_scatter(sbuf, rbuf, counts, dt, op, comm),
 		         PMPI_Ireduce_scatter(sbuf, rbuf, counts, dt, op, comm, &req_));
 	ivs.stats.collectives_shm++;

@@ -18,7 +18,8 @@ static unsigned bucket(MPI_Comm c)
 }
 
 /* The shim's record of c, or NULL if it has none (comm_agree: no member had a co-located peer
- * in it or a region at its creation, or a member runs MPI_THREAD_MULTIPLE). */
+ * in it or a region at its creation, or this rank runs MPI_THREAD_MULTIPLE; the other members
+ * of a communicator with such a member keep theirs, marked coll_lib). */
 struct ivs_comm *ivs_comm_get(MPI_Comm c)
 {
 	if (IVS_LIKELY(world_cache && world_cache->handle == c))
@@ -203,7 +204,7 @@ static int comm_agree(MPI_Comm c, int is_world)
 	e->p2p = e->nshm >= 2 || e->counted;
 	e->self_net = e->nshm < 2;
 	e->coll_lib = agreed[2] != 0 || !agreed[3] || !ivs.coll_areas;
-	e->lib_nb = ivs.coll_nb && !agreed[2];
+	e->lib_nb = ivs.coll_areas && !agreed[2];
 	unsigned b = bucket(c);
 	e->next = table[b];
 	table[b] = e;

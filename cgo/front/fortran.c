@@ -970,9 +970,12 @@ static void f_alltoallw(void *sbuf, fint *scounts, fint *sdispls, fint *stypes, 
 	int inter = 0, n = 0, rc = PMPI_Comm_test_inter(c, &inter);
 	if (rc == MPI_SUCCESS)
 		rc = inter ? PMPI_Comm_remote_size(c, &n) : PMPI_Comm_size(c, &n);
-	MPI_Datatype *st = rc == MPI_SUCCESS ? ftypes(n, stypes) : NULL, *rt = st ? ftypes(n, rtypes) : NULL;
+	/* with MPI_IN_PLACE the send arguments are ignored: a program may pass scalars there */
+	void *s = fbuf(sbuf);
+	MPI_Datatype *st = rc == MPI_SUCCESS ? ftypes(s == MPI_IN_PLACE ? 0 : n, stypes) : NULL;
+	MPI_Datatype *rt = st ? ftypes(n, rtypes) : NULL;
 	if (rc == MPI_SUCCESS)
-		rc = rt ? MPI_Alltoallw(fbuf(sbuf), scounts, sdispls, st, fbuf(rbuf), rcounts, rdispls, rt, c) : MPI_ERR_NO_MEM;
+		rc = rt ? MPI_Alltoallw(s, scounts, sdispls, st, fbuf(rbuf), rcounts, rdispls, rt, c) : MPI_ERR_NO_MEM;
 	free(st);
 	free(rt);
 	fret(ierr, rc);
@@ -1009,6 +1012,8 @@ static void f_neighbor_alltoallw(void *sbuf, fint *scounts, MPI_Aint *sdispls, f
 {
 	MPI_Comm c = F_COMM(comm);
 	int in = 0, out = 0, rc = fneighbors(c, &in, &out);
+	if (rc != MPI_SUCCESS) /* not a topology: what the library would say, through the handler */
+		rc = ivs_arg_error(c, rc);
 	MPI_Datatype *st = rc == MPI_SUCCESS ? ftypes(out, stypes) : NULL, *rt = st ? ftypes(in, rtypes) : NULL;
 	if (rc == MPI_SUCCESS)
 		rc = rt ? MPI_Neighbor_alltoallw(fbuf(sbuf), scounts, sdispls, st, fbuf(rbuf), rcounts, rdispls, rt, c)

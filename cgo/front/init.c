@@ -260,13 +260,13 @@ static int init_common(int rc, int provided)
 			        "inside the shim's own calls\n", ivs.world_rank);
 	}
 	/* Collective areas, and the agreement a migration runs on them, exist only in a job some of
-	 * whose ranks share a host at MPI_Init (ivs.coll_areas); such a job calls the library's
-	 * collectives nonblocking, as does one where a rank with rings could not hook the library's
-	 * progress (coll.h). Both the same on every rank. */
+	 * whose ranks share a host at MPI_Init (ivs.coll_areas); how the library's collectives are
+	 * called follows from it and from whether a rank with rings could not hook the library's
+	 * progress (ivs.coll_nb_all: coll.h). Both the same on every rank. */
 	int mine[2] = {ivs.nlocal >= 2, ivs.enabled && !ivs_lib_hooked()}, all[2] = {0, 0};
 	PMPI_Allreduce(mine, all, 2, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
 	ivs.coll_areas = all[0];
-	ivs.coll_nb = all[0] || all[1];
+	ivs.coll_nb_all = all[1];
 	return ivs_comm_world_init();
 }
 

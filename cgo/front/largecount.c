@@ -100,11 +100,20 @@ int MPI_Imrecv_c(void *buf, MPI_Count count, MPI_Datatype dt, MPI_Message *msg, 
  * members; larger ones are beyond the shim's byte limit (INT_MAX) and go to the library there
  * too, as the collectives only the library runs do (coll_lib.c): nonblocking with the shim's
  * wait in a job that uses the shim (IVS_NET_COLL). */
+/* Bytes of n elements of dt (for the rule on collectives that move none: coll.h). */
+static uint64_t lc_bytes(MPI_Datatype dt, MPI_Count n)
+{
+	MPI_Count size = 0;
+	PMPI_Type_size_c(dt, &size);
+	return size > 0 && n > 0 ? (uint64_t)size * (uint64_t)n : 0;
+}
+
 int MPI_Bcast_c(void *buf, MPI_Count count, MPI_Datatype dt, int root, MPI_Comm comm)
 {
 	if (fits(count))
 		return MPI_Bcast(buf, (int)count, dt, root, comm);
-	IVS_NET_COLL(PMPI_Bcast_c(buf, count, dt, root, comm), PMPI_Ibcast_c(buf, count, dt, root, comm, &req_));
+	IVS_NET_COLL_SIZED(lc_bytes(dt, count), PMPI_Bcast_c(buf, count, dt, root, comm),
+	                   PMPI_Ibcast_c(buf, count, dt, root, comm, &req_));
 }
 
 int MPI_Allreduce_c(const void *sbuf, void *rbuf, MPI_Count count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
@@ -130,13 +139,13 @@ int MPI_Reduce_scatter_block_c(const void *sbuf, void *rbuf, MPI_Count count, MP
 	             PMPI_Ireduce_scatter_block_c(sbuf, rbuf, count, dt, op, comm, &req_));
 }
 
-/* The counts are the same on every member (MPI requires it), so is whether they all fit. */
+/* The counts are the same on every member (MPI requires it), so is whether they all fit (and
+ * whether their sum does: MPI_Reduce_scatter's test). */
 int MPI_Reduce_scatter_c(const void *sbuf, void *rbuf, const MPI_Count counts[], MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
 {
 	int n = 0;
 	PMPI_Comm_size(comm, &n);
-	int *small = malloc(sizeof *small * (size_t)(n > 0 ? n : 1));
-	int all = small != NULL;
+	int *small = ivs_coll_alloc(sizeof *small * (size_t)(n > 0 ? n : 1)), all = 1;
 	for (int i = 0; all && i < n; i++) {
 		all = fits(counts[i]);
 		small[i] = (int)counts[i];
@@ -151,28 +160,30 @@ int MPI_Reduce_scatter_c(const void *sbuf, void *rbuf, const MPI_Count counts[],
 	             PMPI_Ireduce_scatter_c(sbuf, rbuf, counts, dt, op, comm, &req_));
 }
 
-#define LC_MOVE(name, iname)                                                                                \
+#define LC_MOVE(name, iname)                                                                                 \
 	int MPI_##name##_c(const void *sbuf, MPI_Count scount, MPI_Datatype sdt, void *rbuf, MPI_Count rcount, \
-	                   MPI_Datatype rdt, MPI_Comm comm)                                                    \
-	{                                                                                                  \
-		if (fits(scount) && fits(rcount))                                                              \
-			return MPI_##name(sbuf, (int)scount, sdt, rbuf, (int)rcount, rdt, comm);                   \
-		IVS_NET_COLL(PMPI_##name##_c(sbuf, scount, sdt, rbuf, rcount, rdt, comm),                      \
-		             PMPI_##iname##_c(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));             \
+	                   MPI_Datatype rdt, MPI_Comm comm)                                                     \
+	{                                                                                                   \
+		if (fits(scount) && fits(rcount))                                                           \
+			return MPI_##name(sbuf, (int)scount, sdt, rbuf, (int)rcount, rdt, comm);            \
+		IVS_NET_COLL_SIZED(lc_bytes(rdt, rcount), PMPI_##name##_c(sbuf, scount, sdt, rbuf, rcount, rdt, comm), \
+		                   PMPI_##iname##_c(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));    \
 	}
 LC_MOVE(Allgather, Iallgather)
 LC_MOVE(Alltoall, Ialltoall)
 
-#define LC_ROOTED(name, iname)                                                                              \
+/* root_side and other_side: the (datatype, count) whose bytes the root and the others move. */
+#define LC_ROOTED(name, iname, root_side, other_side)                                                        \
 	int MPI_##name##_c(const void *sbuf, MPI_Count scount, MPI_Datatype sdt, void *rbuf, MPI_Count rcount, \
-	                   MPI_Datatype rdt, int root, MPI_Comm comm)                                          \
-	{                                                                                                  \
-		if (fits(scount) && fits(rcount))                                                              \
-			return MPI_##name(sbuf, (int)scount, sdt, rbuf, (int)rcount, rdt, root, comm);             \
-		IVS_NET_COLL(PMPI_##name##_c(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),                \
-		             PMPI_##iname##_c(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_));       \
+	                   MPI_Datatype rdt, int root, MPI_Comm comm)                                           \
+	{                                                                                                   \
+		if (fits(scount) && fits(rcount))                                                           \
+			return MPI_##name(sbuf, (int)scount, sdt, rbuf, (int)rcount, rdt, root, comm);      \
+		IVS_NET_COLL_ROOTED(root, lc_bytes root_side, lc_bytes other_side,                          \
+		                    PMPI_##name##_c(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm),      \
+		                    PMPI_##iname##_c(sbuf, scount, sdt, rbuf, rcount, rdt, root, comm, &req_)); \
 	}
-LC_ROOTED(Gather, Igather)
-LC_ROOTED(Scatter, Iscatter)
+LC_ROOTED(Gather, Igather, (rdt, rcount), (sdt, scount))
+LC_ROOTED(Scatter, Iscatter, (sdt, scount), (rdt, rcount))
 
 #endif

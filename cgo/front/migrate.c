@@ -40,10 +40,13 @@
  * communicator answers "never" (all its collectives took the old plan, and so must everyone's;
  * the communicator is gone soon everywhere).
  * Where a rank answers: the shim's own waits on library requests poll these messages
- * (ivs_may_block), so a rank waiting in a receive, a send, a probe or any collective answers:
+ * (ivs_may_block), so a rank waiting in a receive, a send, a probe or a collective answers:
  * the library's collectives, the ones only it runs included (coll_lib.c), are called
- * nonblocking and completed by that wait (coll.h). A rank X blocked inside a library call the
- * shim leaves blocking (communicator creation, one-sided synchronisation, collective I/O)
+ * nonblocking and completed by that wait on every communicator the shim recorded without a
+ * member at MPI_THREAD_MULTIPLE, except those that move no byte (coll.h). A rank X blocked
+ * inside a library call the shim leaves blocking (one of those collectives, one on a
+ * communicator the shim did not record, communicator creation, one-sided synchronisation,
+ * collective I/O)
  * cannot answer, and it may be waiting for a member W that waits for the decision: X ran ahead
  * of W on this communicator (a root of Bcast, a non-root of Reduce) and now waits in that call
  * on another communicator, which W joins after its next collective here. Why a slack: with a

@@ -1,0 +1,192 @@
+/* The leaders' phase of barrier, bcast, reduce and allreduce: one leader per host, on the
+ * leaders' communicator (ivs_coll.lcomm, rank = host index), by the library's point-to-point.
+ *
+ * Why not the library's own collectives there: the leaders must wait polling (a migration's
+ * agreement may need an answer from a leader waiting here: migrate.c, coll.h), so the blocking
+ * collectives are out, and the nonblocking ones cost: Open MPI's libnbc took 1.1-2.7x its
+ * blocking collectives between two hosts (an 8-byte Iallreduce 24 us against 14, 1 MiB 810 us
+ * against 296), and a large collective of the shim runs one leaders' step per slot-sized
+ * piece. These are the textbook algorithms, with every step a nonblocking send and receive
+ * completed by the shim's wait:
+ *   barrier    dissemination: round r sends to host + 2^r and receives from host - 2^r;
+ *   bcast      binomial tree from the root's host, pipelined in pieces with the hosts' spreading;
+ *   reduce     binomial tree to the root's host, combining each child's vector into its own;
+ *   allreduce  recursive doubling when the hosts are a power of two (each step exchanges the
+ *              whole vector with host ^ 2^r and combines), else reduce to host 0 and bcast.
+ * Every op the shim reduces itself is a predefined, commutative one, so the order in which a
+ * leader combines does not change what the standard allows. Recursive doubling gives every
+ * leader the same bits: in each step the two partners combine the same two vectors, a op b and
+ * b op a, equal for every predefined op. The messages of one collective between two leaders
+ * match in order on the one tag (the library does not reorder them), and the leaders' own
+ * collectives (coll_hosts.c) have a context of their own. */
+#include <stdlib.h>
+#include "coll.h"
+
+enum { LEAD_TAG = 1 };
+
+/* Send n bytes at out to leader to and receive n bytes from leader from into in, both at once
+ * (either may be -1: none). */
+static int exchange(struct ivs_coll *k, const void *out, int to, void *in, int from, int n)
+{
+	MPI_Request r[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+	int rc = MPI_SUCCESS;
+	if (from >= 0)
+		rc = PMPI_Irecv(in, n, MPI_BYTE, from, LEAD_TAG, k->lcomm, &r[0]);
+	if (rc == MPI_SUCCESS && to >= 0)
+		rc = PMPI_Isend(out, n, MPI_BYTE, to, LEAD_TAG, k->lcomm, &r[1]);
+	for (int i = 0; i < 2; i++) {
+		int w = r[i] != MPI_REQUEST_NULL ? ivs_net_wait(&r[i], MPI_STATUS_IGNORE) : MPI_SUCCESS;
+		if (rc == MPI_SUCCESS)
+			rc = w;
+	}
+	return rc;
+}
+
+int ivs_lead_barrier(struct ivs_coll *k)
+{
+	int p = k->nhosts, me = k->myhost, rc = MPI_SUCCESS;
+	char none = 0, got;
+	for (int d = 1; d < p && rc == MPI_SUCCESS; d <<= 1)
+		rc = exchange(k, &none, (me + d) % p, &got, (me - d + p) % p, 0);
+	return rc;
+}
+
+/* The binomial tree of a bcast from host root: this leader's parent (-1 at the root) and
+ * children, nearest first. */
+static void tree(const struct ivs_coll *k, int root, int *parent, int *child, int *nchild)
+{
+	int p = k->nhosts, me = k->myhost, v = (me - root + p) % p, mask = 1;
+	*parent = -1;
+	for (; mask < p; mask <<= 1) {
+		if (v & mask) {
+			*parent = (me - mask + p) % p;
+			break;
+		}
+	}
+	/* children: v + m for every m below the bit this leader receives on (all of them at the root) */
+	*nchild = 0;
+	for (mask >>= 1; mask > 0; mask >>= 1)
+		if (v + mask < p)
+			child[(*nchild)++] = (me + mask) % p;
+}
+
+/* A bcast among the leaders in pieces (ivs_lead_pipe in coll.h): a piece travels down the tree
+ * while the hosts spread the ones before it through their areas. Up to PIPE_AHEAD pieces are
+ * in flight each way; piece i of each direction uses request slot i % PIPE_AHEAD. */
+static uint64_t piece_len(const struct ivs_lead_pipe *q, int i)
+{
+	return ivs_min_u64(q->n - (uint64_t)i * q->piece, q->piece);
+}
+
+static int post_in(struct ivs_lead_pipe *q)
+{
+	int i = q->posted++;
+	return PMPI_Irecv(q->data + (uint64_t)i * q->piece, (int)piece_len(q, i), MPI_BYTE, q->parent, LEAD_TAG,
+	                  q->k->lcomm, &q->in[i % PIPE_AHEAD]);
+}
+
+static int wait_req(MPI_Request *r, int rc)
+{
+	int w = *r != MPI_REQUEST_NULL ? ivs_net_wait(r, MPI_STATUS_IGNORE) : MPI_SUCCESS;
+	*r = MPI_REQUEST_NULL;
+	return rc != MPI_SUCCESS ? rc : w;
+}
+
+int ivs_lead_pipe_open(struct ivs_coll *k, struct ivs_lead_pipe *q, uint8_t *data, uint64_t n, uint64_t piece, int root)
+{
+	*q = (struct ivs_lead_pipe){.k = k, .data = data, .n = n, .piece = piece ? piece : 1};
+	q->npieces = n ? (int)((n + q->piece - 1) / q->piece) : 1;
+	tree(k, root, &q->parent, q->child, &q->nchild);
+	for (int i = 0; i < PIPE_AHEAD; i++) {
+		q->in[i] = MPI_REQUEST_NULL;
+		for (int c = 0; c < IVS_LEAD_MAX_CHILDREN; c++)
+			q->out[i][c] = MPI_REQUEST_NULL;
+	}
+	int rc = MPI_SUCCESS;
+	while (q->parent >= 0 && q->posted < q->npieces && q->posted < PIPE_AHEAD && rc == MPI_SUCCESS)
+		rc = post_in(q);
+	return rc;
+}
+
+/* Piece i has arrived at this leader (at once at the root's). */
+int ivs_lead_pipe_in(struct ivs_lead_pipe *q, int i)
+{
+	if (q->parent < 0)
+		return MPI_SUCCESS;
+	int rc = wait_req(&q->in[i % PIPE_AHEAD], MPI_SUCCESS);
+	if (rc == MPI_SUCCESS && q->posted < q->npieces)
+		rc = post_in(q);
+	return rc;
+}
+
+/* Piece i, here now, goes on to this leader's children. */
+int ivs_lead_pipe_out(struct ivs_lead_pipe *q, int i)
+{
+	int rc = MPI_SUCCESS;
+	for (int c = 0; c < q->nchild && rc == MPI_SUCCESS; c++) {
+		MPI_Request *r = &q->out[i % PIPE_AHEAD][c];
+		rc = wait_req(r, MPI_SUCCESS); /* piece i - PIPE_AHEAD's */
+		if (rc == MPI_SUCCESS)
+			rc = PMPI_Isend(q->data + (uint64_t)i * q->piece, (int)piece_len(q, i), MPI_BYTE, q->child[c], LEAD_TAG,
+			                q->k->lcomm, r);
+	}
+	return rc;
+}
+
+/* Every send done (and every receive, after an error). */
+int ivs_lead_pipe_close(struct ivs_lead_pipe *q, int rc)
+{
+	for (int i = 0; i < PIPE_AHEAD; i++) {
+		rc = wait_req(&q->in[i], rc);
+		for (int c = 0; c < q->nchild; c++)
+			rc = wait_req(&q->out[i][c], rc);
+	}
+	return rc;
+}
+
+/* n bytes at data from the leader of host root to every leader, in one piece. */
+int ivs_lead_bcast(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
+{
+	struct ivs_lead_pipe q;
+	int rc = ivs_lead_pipe_open(k, &q, data, n, n, root);
+	if (rc == MPI_SUCCESS)
+		rc = ivs_lead_pipe_in(&q, 0);
+	if (rc == MPI_SUCCESS)
+		rc = ivs_lead_pipe_out(&q, 0);
+	return ivs_lead_pipe_close(&q, rc);
+}
+
+/* Combine every leader's acc (cnt elements of dt, span bytes) with op: into every leader's
+ * acc (root < 0), or into the acc of the leader of host root (the others' acc is scratch). */
+int ivs_lead_reduce(struct ivs_coll *k, uint8_t *acc, int cnt, uint64_t span, MPI_Datatype dt, MPI_Op op, int root)
+{
+	int p = k->nhosts, me = k->myhost, rc = MPI_SUCCESS;
+	uint8_t *in = malloc(span ? span : 1);
+	if (!in)
+		return MPI_ERR_NO_MEM;
+	if (root < 0 && (p & (p - 1)) == 0) {
+		for (int mask = 1; mask < p && rc == MPI_SUCCESS; mask <<= 1) {
+			rc = exchange(k, acc, me ^ mask, in, me ^ mask, (int)span);
+			if (rc == MPI_SUCCESS)
+				rc = PMPI_Reduce_local(in, acc, cnt, dt, op);
+		}
+		free(in);
+		return rc;
+	}
+	int to = root < 0 ? 0 : root, v = (me - to + p) % p;
+	for (int mask = 1; mask < p && rc == MPI_SUCCESS; mask <<= 1) {
+		if (v & mask) {
+			rc = exchange(k, acc, (me - mask + p) % p, NULL, -1, (int)span);
+			break;
+		}
+		if (v + mask < p) {
+			rc = exchange(k, NULL, -1, in, (me + mask) % p, (int)span);
+			if (rc == MPI_SUCCESS)
+				rc = PMPI_Reduce_local(in, acc, cnt, dt, op);
+		}
+	}
+	free(in);
+	if (root < 0 && rc == MPI_SUCCESS)
+		rc = ivs_lead_bcast(k, acc, span, 0);
+	return rc;
+}
