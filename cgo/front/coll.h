@@ -121,34 +121,30 @@ static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
 #define IVS_COLL_SCOPE int ivs_scope_ __attribute__((cleanup(ivs_coll_leave), unused)) = ivs_coll_enter()
 
 /* An interposer's way to the library's collective on comm. The variant is the same on every
- * member (a blocking collective does not match a nonblocking one):
- *  - where a rank with rings could not hook the library's progress (ivs.coll_nb_all, agreed at
- *    MPI_Init) every one is nonblocking, completed by the shim's wait: the rings must move;
- *  - in a job whose collectives may use areas (ivs.coll_areas) the nonblocking one on a
- *    communicator the shim recorded (all its members in this MPI_COMM_WORLD, so all decide
- *    alike) without a member at MPI_THREAD_MULTIPLE (ivs_comm.lib_nb): a rank waiting in it
- *    then answers a migration's agreement (migrate.c, "Collectives");
- *  - else the blocking one. A communicator the shim did not record may have members of
- *    another MPI_COMM_WORLD (spawned, connected), which call the blocking one; and Open MPI's
- *    nonblocking collectives (libnbc) took 1.1-2.7x its blocking ones between two hosts over
- *    TCP (1.09-1.45x in geometric mean over 0 B-1 MiB), a price not worth paying where no
- *    agreement ever needs an answer.
- * In the second case a collective in which no member moves a byte takes the blocking call:
- * both libraries return from it at once without waiting for anyone (0.01-0.09 us) when the
- * count is 0, where their nonblocking ones run a whole round (8-13 us). Whether it moves a
- * byte comes from the bytes per block this rank sends or receives, at_root on the root and
- * others elsewhere (root -1: not rooted): matching type signatures make them the same on every
- * member of an intracommunicator. (A datatype of size 0 with a count above 0 makes the
- * blocking call run its algorithm: such a rank does not answer there.) Those expressions are
- * evaluated only in that case. */
+ * member (a blocking collective does not match a nonblocking one). The nonblocking one,
+ * completed by the shim's wait, on a communicator the shim recorded (all its members in this
+ * MPI_COMM_WORLD, so all decide alike) without a member at MPI_THREAD_MULTIPLE, in a job whose
+ * collectives may use areas (ivs.coll_areas: a rank waiting in it then answers a migration's
+ * agreement, migrate.c "Collectives") or where a rank with rings could not hook the library's
+ * progress (ivs.coll_nb_all: the rings must move): ivs_comm.lib_nb. Else the blocking one: a
+ * communicator the shim did not record may have members of another MPI_COMM_WORLD (spawned,
+ * connected), which call the blocking one; and Open MPI's nonblocking collectives (libnbc) took
+ * 1.1-2.7x its blocking ones between two hosts over TCP (1.09-1.45x in geometric mean over
+ * 0 B-1 MiB), a price not worth paying where no agreement ever needs an answer.
+ * A collective in which no member moves a byte takes the blocking call too: both libraries
+ * return from it at once without waiting for anyone (0.01-0.09 us) when the count is 0, where
+ * their nonblocking ones run a whole round (8-13 us). Whether it moves a byte comes from the
+ * bytes per block this rank sends or receives, at_root on the root and others elsewhere (root
+ * -1: not rooted): matching type signatures make them the same on every member of an
+ * intracommunicator. (A datatype of size 0 with a count above 0 makes the blocking call run its
+ * algorithm: such a rank does not answer there.) Those expressions are evaluated only for a
+ * communicator with lib_nb. */
 #define IVS_NET_COLL_ROOTED(root, at_root, others, blocking, nonblocking)                                   \
 	do {                                                                                                \
 		ivs.stats.collectives_net += ivs.job_active;                                                \
-		if (!ivs.coll_nb_all) {                                                                     \
-			const struct ivs_comm *nb_ = ivs.coll_areas ? ivs_comm_get(comm) : NULL;            \
-			if (!nb_ || !nb_->lib_nb || ((root) >= 0 && nb_->rank == (root) ? (at_root) : (others)) == 0) \
-				return blocking;                                                            \
-		}                                                                                           \
+		const struct ivs_comm *nb_ = ivs.job_active ? ivs_comm_get(comm) : NULL;                    \
+		if (!nb_ || !nb_->lib_nb || ((root) >= 0 && nb_->rank == (root) ? (at_root) : (others)) == 0) \
+			return blocking;                                                                    \
 		MPI_Request req_;                                                                           \
 		return ivs_coll_net_complete(nonblocking, &req_);                                           \
 	} while (0)

@@ -15,8 +15,9 @@
  *              whole vector with host ^ 2^r and combines), else reduce to host 0 and bcast.
  * Every op the shim reduces itself is a predefined, commutative one, so the order in which a
  * leader combines does not change what the standard allows. Recursive doubling gives every
- * leader the same bits: in each step the two partners combine the same two vectors, a op b and
- * b op a, equal for every predefined op. The messages of one collective between two leaders
+ * leader the same bits: in each step the two partners combine the same two vectors in the same
+ * operand order, the lower host's first (the libraries' MAX, MIN, MAXLOC and MINLOC keep one
+ * operand on ties, so with +0 and -0 or NaNs b op a may differ from a op b). The messages of one collective between two leaders
  * match in order on the one tag (the library does not reorder them), and the leaders' own
  * collectives (coll_hosts.c) have a context of their own. */
 #include <stdlib.h>
@@ -52,7 +53,7 @@ int ivs_lead_barrier(struct ivs_coll *k)
 }
 
 /* The binomial tree of a bcast from host root: this leader's parent (-1 at the root) and
- * children, nearest first. */
+ * children, farthest first. */
 static void tree(const struct ivs_coll *k, int root, int *parent, int *child, int *nchild)
 {
 	int p = k->nhosts, me = k->myhost, v = (me - root + p) % p, mask = 1;
@@ -161,14 +162,18 @@ int ivs_lead_bcast(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
 int ivs_lead_reduce(struct ivs_coll *k, uint8_t *acc, int cnt, uint64_t span, MPI_Datatype dt, MPI_Op op, int root)
 {
 	int p = k->nhosts, me = k->myhost, rc = MPI_SUCCESS;
-	uint8_t *in = malloc(span ? span : 1);
-	if (!in)
-		return MPI_ERR_NO_MEM;
+	uint8_t *in = ivs_coll_alloc(span);
 	if (root < 0 && (p & (p - 1)) == 0) {
 		for (int mask = 1; mask < p && rc == MPI_SUCCESS; mask <<= 1) {
-			rc = exchange(k, acc, me ^ mask, in, me ^ mask, (int)span);
-			if (rc == MPI_SUCCESS)
+			int peer = me ^ mask;
+			rc = exchange(k, acc, peer, in, peer, (int)span);
+			/* the lower host's vector is the first operand on both sides */
+			if (rc == MPI_SUCCESS && peer > me) {
+				rc = PMPI_Reduce_local(acc, in, cnt, dt, op);
+				ivs_copy(acc, in, span);
+			} else if (rc == MPI_SUCCESS) {
 				rc = PMPI_Reduce_local(in, acc, cnt, dt, op);
+			}
 		}
 		free(in);
 		return rc;

@@ -165,7 +165,7 @@ int MPI_Reduce_scatter_block(const void *sbuf, void *rbuf, int count, MPI_Dataty
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
 	struct red r;
-	if (!c || !reducible(k, count, dt, op, &r))
+	if (!c || !reducible(k, count, dt, op, &r) || (count > 0 && (uint64_t)count * (uint64_t)c->size > INT_MAX))
 		IVS_NET_COLL_SIZED(count, PMPI_Reduce_scatter_block(sbuf, rbuf, count, dt, op, comm),
 		                   PMPI_Ireduce_scatter_block(sbuf, rbuf, count, dt, op, comm, &req_));
 	ivs.stats.collectives_shm++;

@@ -204,7 +204,7 @@ static int comm_agree(MPI_Comm c, int is_world)
 	e->p2p = e->nshm >= 2 || e->counted;
 	e->self_net = e->nshm < 2;
 	e->coll_lib = agreed[2] != 0 || !agreed[3] || !ivs.coll_areas;
-	e->lib_nb = ivs.coll_areas && !agreed[2];
+	e->lib_nb = (ivs.coll_areas || ivs.coll_nb_all) && !agreed[2];
 	unsigned b = bucket(c);
 	e->next = table[b];
 	table[b] = e;

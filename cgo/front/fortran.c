@@ -1002,8 +1002,8 @@ static int fneighbors(MPI_Comm c, int *in, int *out)
 		return rc;
 	case MPI_DIST_GRAPH:
 		return PMPI_Dist_graph_neighbors_count(c, in, out, &weighted);
-	default:
-		return MPI_ERR_TOPOLOGY;
+	default: /* not a topology: what the library would say, through the handler */
+		return ivs_arg_error(c, MPI_ERR_TOPOLOGY);
 	}
 }
 
@@ -1012,8 +1012,6 @@ static void f_neighbor_alltoallw(void *sbuf, fint *scounts, MPI_Aint *sdispls, f
 {
 	MPI_Comm c = F_COMM(comm);
 	int in = 0, out = 0, rc = fneighbors(c, &in, &out);
-	if (rc != MPI_SUCCESS) /* not a topology: what the library would say, through the handler */
-		rc = ivs_arg_error(c, rc);
 	MPI_Datatype *st = rc == MPI_SUCCESS ? ftypes(out, stypes) : NULL, *rt = st ? ftypes(in, rtypes) : NULL;
 	if (rc == MPI_SUCCESS)
 		rc = rt ? MPI_Neighbor_alltoallw(fbuf(sbuf), scounts, sdispls, st, fbuf(rbuf), rcounts, rdispls, rt, c)

@@ -100,7 +100,8 @@ struct ivs_comm {
 	                              no member had a co-located peer in it at its creation, or none
 	                              in the job at MPI_Init (ivs.coll_areas) */
 	int lib_nb;                /* the library's collectives here are called nonblocking (coll.h):
-	                              ivs.coll_areas and no member runs MPI_THREAD_MULTIPLE */
+	                              ivs.coll_areas or ivs.coll_nb_all, and no member runs
+	                              MPI_THREAD_MULTIPLE */
 	int outsider;              /* a member is outside this MPI_COMM_WORLD (comm_build) */
 	int counted;               /* this rank has a region and counts its library messages per
 	                              peer here (join.c): a pair made at run time may move to rings
@@ -237,8 +238,8 @@ struct ivs_state {
 	int nacks;                 /* ACKs queued for any peer */
 	int has_net;               /* some world rank is reached through PMPI */
 	int coll_areas;            /* some ranks shared a host at MPI_Init: collectives may use areas */
-	int coll_nb_all;           /* every library collective is called nonblocking: a rank with rings
-	                              has no progress hook (coll.h) */
+	int coll_nb_all;           /* a rank with rings has no progress hook: the library's collectives
+	                              are called nonblocking wherever they can be (coll.h) */
 	/* the region's tables (init.c checks where they lie; their contents stay untrusted) */
 	uint32_t self_slot;
 	struct ivshim_slot *slots; /* slot table: others write their ring_wanted bits into ours */
