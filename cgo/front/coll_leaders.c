@@ -25,6 +25,14 @@
 
 enum { LEAD_TAG = 1 };
 
+/* Wait for *r (if any) with the shim's wait; the first error of rc and this one. */
+static int wait_req(MPI_Request *r, int rc)
+{
+	int w = *r != MPI_REQUEST_NULL ? ivs_net_wait(r, MPI_STATUS_IGNORE) : MPI_SUCCESS;
+	*r = MPI_REQUEST_NULL;
+	return rc != MPI_SUCCESS ? rc : w;
+}
+
 /* Send n bytes at out to leader to and receive n bytes from leader from into in, both at once
  * (either may be -1: none). */
 static int exchange(struct ivs_coll *k, const void *out, int to, void *in, int from, int n)
@@ -35,12 +43,8 @@ static int exchange(struct ivs_coll *k, const void *out, int to, void *in, int f
 		rc = PMPI_Irecv(in, n, MPI_BYTE, from, LEAD_TAG, k->lcomm, &r[0]);
 	if (rc == MPI_SUCCESS && to >= 0)
 		rc = PMPI_Isend(out, n, MPI_BYTE, to, LEAD_TAG, k->lcomm, &r[1]);
-	for (int i = 0; i < 2; i++) {
-		int w = r[i] != MPI_REQUEST_NULL ? ivs_net_wait(&r[i], MPI_STATUS_IGNORE) : MPI_SUCCESS;
-		if (rc == MPI_SUCCESS)
-			rc = w;
-	}
-	return rc;
+	rc = wait_req(&r[0], rc);
+	return wait_req(&r[1], rc);
 }
 
 int ivs_lead_barrier(struct ivs_coll *k)
@@ -84,13 +88,6 @@ static int post_in(struct ivs_lead_pipe *q)
 	int i = q->posted++;
 	return PMPI_Irecv(q->data + (uint64_t)i * q->piece, (int)piece_len(q, i), MPI_BYTE, q->parent, LEAD_TAG,
 	                  q->k->lcomm, &q->in[i % PIPE_AHEAD]);
-}
-
-static int wait_req(MPI_Request *r, int rc)
-{
-	int w = *r != MPI_REQUEST_NULL ? ivs_net_wait(r, MPI_STATUS_IGNORE) : MPI_SUCCESS;
-	*r = MPI_REQUEST_NULL;
-	return rc != MPI_SUCCESS ? rc : w;
 }
 
 int ivs_lead_pipe_open(struct ivs_coll *k, struct ivs_lead_pipe *q, uint8_t *data, uint64_t n, uint64_t piece, int root)
