@@ -96,10 +96,6 @@ int MPI_Imrecv_c(void *buf, MPI_Count count, MPI_Datatype dt, MPI_Message *msg, 
 	return fits(count) ? MPI_Imrecv(buf, (int)count, dt, msg, req) : PMPI_Imrecv_c(buf, count, dt, msg, req);
 }
 
-/* Collectives the shim implements: an int count takes the same path as MPI_Xxx on the other
- * members; larger ones are beyond the shim's byte limit (INT_MAX) and go to the library there
- * too, as the collectives only the library runs do (coll_lib.c): nonblocking with the shim's
- * wait in a job that uses the shim (IVS_NET_COLL). */
 /* Bytes of n elements of dt (for the rule on collectives that move none: coll.h). */
 static uint64_t lc_bytes(MPI_Datatype dt, MPI_Count n)
 {
@@ -107,6 +103,10 @@ static uint64_t lc_bytes(MPI_Datatype dt, MPI_Count n)
 	PMPI_Type_size_c(dt, &size);
 	return size > 0 && n > 0 ? (uint64_t)size * (uint64_t)n : 0;
 }
+
+/* Collectives the shim implements: an int count takes the same path as MPI_Xxx on the other
+ * members; larger ones are beyond the shim's byte limit (INT_MAX) and go to the library there
+ * too, the way the library's collectives are called (IVS_NET_COLL, coll.h). */
 
 int MPI_Bcast_c(void *buf, MPI_Count count, MPI_Datatype dt, int root, MPI_Comm comm)
 {
