@@ -9,6 +9,7 @@
  *
  * One macro per argument list; each names the call, its nonblocking twin, the count type and
  * the displacement type (int and int, or MPI_Count and MPI_Aint). */
+#include <stdlib.h>
 #include "coll.h"
 
 /* (sbuf, scount, sdt, rbuf, rcounts, displs, rdt, comm): Allgatherv, Neighbor_allgatherv */
@@ -38,13 +39,50 @@
 		             PMPI_##iname(sbuf, scounts, displs, sdt, rbuf, rcount, rdt, root, comm, &req_));      \
 	}
 
-/* (sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm): Alltoallv, Neighbor_alltoallv */
-#define LIB_ALLTOALLV(name, iname, count_t, disp_t)                                                         \
+/* The counts of an MPI_Alltoallv as its nonblocking call gets them: zeros for a datatype of
+ * size 0 (MPI_DATATYPE_NULL: the send side of MPI_IN_PLACE, left as it is). Open MPI 4.1's
+ * libnbc matches Ialltoallv's blocks by count: a rank that receives 1 element of a zero-size
+ * type from one that sends 0 ints (the same, empty, type signature, a valid program: MPICH's
+ * coll/alltoallw_zeros) posts a receive that no send meets and never completes, where the
+ * blocking MPI_Alltoallv returns. Zero counts move the same nothing on every side. *own holds
+ * what this allocates; without memory the counts stay as they are. */
+static const void *nb_a2av_counts(void **own, const void *counts, MPI_Datatype dt, MPI_Comm comm, size_t csize)
+{
+	int tsize = 1, n = 0;
+	if (!counts || dt == MPI_DATATYPE_NULL || PMPI_Type_size(dt, &tsize) != MPI_SUCCESS || tsize != 0 ||
+	    PMPI_Comm_size(comm, &n) != MPI_SUCCESS)
+		return counts;
+	*own = calloc(n > 0 ? (size_t)n : 1, csize);
+	return *own ? *own : counts;
+}
+
+static void free_owned(void *(*own)[2])
+{
+	free((*own)[0]);
+	free((*own)[1]);
+}
+
+/* On a process topology Open MPI's Ineighbor_alltoallv completes with such counts (tried on
+ * both libraries: only Ialltoallv hangs), and their number is the rank's degree, not the size. */
+static const void *same_counts(void **own, const void *counts, MPI_Datatype dt, MPI_Comm comm, size_t csize)
+{
+	(void)own, (void)dt, (void)comm, (void)csize;
+	return counts;
+}
+
+/* (sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm): Alltoallv, Neighbor_alltoallv,
+ * with the counts the nonblocking call gets from fix */
+#define LIB_ALLTOALLV(name, iname, count_t, disp_t, fix)                                                     \
 	int MPI_##name(const void *sbuf, const count_t scounts[], const disp_t sdispls[], MPI_Datatype sdt,         \
 	               void *rbuf, const count_t rcounts[], const disp_t rdispls[], MPI_Datatype rdt, MPI_Comm comm) \
 	{                                                                                                          \
+		void *own_[2] __attribute__((cleanup(free_owned))) = {NULL, NULL};                                 \
+		MPI_Datatype sdt_ = sbuf == MPI_IN_PLACE ? MPI_DATATYPE_NULL : sdt;                                \
 		IVS_NET_COLL(PMPI_##name(sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm),          \
-		             PMPI_##iname(sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm, &req_)); \
+		             PMPI_##iname(sbuf, (const count_t *)fix(&own_[0], scounts, sdt_, comm, sizeof(count_t)), \
+		                          sdispls, sdt, rbuf,                                                       \
+		                          (const count_t *)fix(&own_[1], rcounts, rdt, comm, sizeof(count_t)),       \
+		                          rdispls, rdt, comm, &req_));                                              \
 	}
 
 /* The same with a datatype per block: Alltoallw, Neighbor_alltoallw */
@@ -81,8 +119,8 @@
 	LIB_ALLGATHERV(Neighbor_allgatherv##sfx, Ineighbor_allgatherv##sfx, count_t, disp_t)   \
 	LIB_GATHERV(Gatherv##sfx, Igatherv##sfx, count_t, disp_t)                              \
 	LIB_SCATTERV(Scatterv##sfx, Iscatterv##sfx, count_t, disp_t)                           \
-	LIB_ALLTOALLV(Alltoallv##sfx, Ialltoallv##sfx, count_t, disp_t)                        \
-	LIB_ALLTOALLV(Neighbor_alltoallv##sfx, Ineighbor_alltoallv##sfx, count_t, disp_t)      \
+	LIB_ALLTOALLV(Alltoallv##sfx, Ialltoallv##sfx, count_t, disp_t, nb_a2av_counts)        \
+	LIB_ALLTOALLV(Neighbor_alltoallv##sfx, Ineighbor_alltoallv##sfx, count_t, disp_t, same_counts) \
 	LIB_ALLTOALLW(Alltoallw##sfx, Ialltoallw##sfx, count_t, disp_t)                        \
 	LIB_ALLTOALLW(Neighbor_alltoallw##sfx, Ineighbor_alltoallw##sfx, count_t, MPI_Aint)    \
 	LIB_SCAN(Scan##sfx, Iscan##sfx, count_t)                                               \

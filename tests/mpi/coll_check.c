@@ -1722,6 +1722,54 @@ static void vcase(enum coll c, int cmi, long base, int root)
 	gfree(&b);
 }
 
+/* Blocks of equal, empty type signatures written differently: on even comm ranks 1 element of
+ * a zero-size type, on odd ones 0 ints, one way and the other, and in place (MPICH's
+ * coll/alltoallw_zeros found Open MPI's Ialltoallv never completing there, so the shim's
+ * nonblocking call of MPI_Alltoallv did not either). Blocking calls only: the nonblocking ones
+ * hang natively on Open MPI. Nothing moves; the receive buffer stays as it was. */
+static void zero_type_case(int cmi)
+{
+	const struct ccomm *cm = &comms[cmi];
+	if (cm->comm == MPI_COMM_NULL)
+		return;
+	struct ctx cx = {C_ALLTOALLV, cm->name, "zero-size", NULL, 0, -1, NULL};
+	if (!begin(&cx, 0))
+		return;
+	int n = cm->size, odd = cm->rank % 2;
+	MPI_Datatype z;
+	MPI_Type_contiguous(0, MPI_INT, &z);
+	MPI_Type_commit(&z);
+	int *ones = xmalloc(sizeof(int) * (size_t)n), *zeros = xmalloc(sizeof(int) * (size_t)n);
+	MPI_Datatype *zs = xmalloc(sizeof z * (size_t)n), *ints = xmalloc(sizeof z * (size_t)n);
+	for (int i = 0; i < n; i++) {
+		ones[i] = 1;
+		zeros[i] = 0;
+		zs[i] = z;
+		ints[i] = MPI_INT;
+	}
+	int snd = 7;
+	struct gbuf a = galloc(sizeof(int)), want = galloc(sizeof(int));
+	for (int way = 0; way < 2; way++) {
+		int zside = odd ^ way; /* this rank's send side is the zero-size one */
+		MPI_Alltoallv(&snd, zside ? ones : zeros, zeros, zside ? z : MPI_INT, a.p, zside ? zeros : ones, zeros,
+		              zside ? MPI_INT : z, cm->comm);
+		MPI_Alltoallw(&snd, zside ? ones : zeros, zeros, zside ? zs : ints, a.p, zside ? zeros : ones, zeros,
+		              zside ? ints : zs, cm->comm);
+	}
+	MPI_Alltoallv(MPI_IN_PLACE, NULL, NULL, MPI_DATATYPE_NULL, a.p, odd ? ones : zeros, zeros, odd ? z : MPI_INT,
+	              cm->comm);
+	MPI_Alltoallw(MPI_IN_PLACE, NULL, NULL, NULL, a.p, odd ? ones : zeros, zeros, odd ? zs : ints, cm->comm);
+	check_bytes(&cx, "untouched", a.p, want.p, sizeof(int));
+	check_guards(&cx, &a, "recvbuf");
+	MPI_Type_free(&z);
+	free(ones);
+	free(zeros);
+	free(zs);
+	free(ints);
+	gfree(&a);
+	gfree(&want);
+}
+
 static void test_vvariants(void)
 {
 	static const long bases[] = {0, 256, 16384, 1};
@@ -1742,6 +1790,8 @@ static void test_vvariants(void)
 			}
 			vcase(C_ALLGATHERV, cmi, bases[z], -1);
 			vcase(C_ALLTOALLV, cmi, bases[z], -1);
+			if (z == 0)
+				zero_type_case(cmi);
 		}
 }
 
