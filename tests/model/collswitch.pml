@@ -34,9 +34,11 @@
  * enters that call before the coordinator's QUERY reached it, and waits there for member 0,
  * which answered with its limit before its last collective and now waits at that limit for k,
  * which needs member 1's answer. The slack of 1 helps only when the member that ran ahead had
- * answered before it blocked. That is the shim's known limit for such calls (README, "Not done
- * yet"); TestCollSwitchKnownDeadlock pins it. (Before coll_lib.c, every library collective was
- * such a call.)
+ * answered before it blocked. TestCollSwitchKnownDeadlock pins it: it is why the shim gates
+ * such calls. With GATED_Y (and BLOCKING_Y) a member first waits in a nonblocking barrier on Y,
+ * answering there, and enters the blocking call only once every member entered the barrier:
+ * the deadlock is gone, proven for both programs (gate.c). (Before coll_lib.c, every library
+ * collective was such a call.)
  *
  * What the model leaves out: the RECENT rule (a member idle on X for long answers with no
  * slack: a liveness heuristic outside this model, whose slack is always SLACK); communicators
@@ -94,6 +96,7 @@ byte prog[P];
 bool flag = false;          /* the region flags member 1's VM leaving */
 byte shm_in[NX], lib_in[NX]; /* members that entered X's collective j, per plan (masks) */
 byte y_in[NY];              /* members that entered Y's collective j */
+byte gate_in[NY];           /* members that entered the gate of Y's collective j (GATED_Y) */
 bool released = false;      /* member 1 gave the area up */
 byte done = 0;
 
@@ -103,7 +106,8 @@ hidden byte hf, hv;
 proctype Member(byte me) {
 	byte pc = 0, j = 0, y = 0;  /* next op; collectives begun on X and on Y */
 	byte in = 0;                /* 0: between calls; 1: in X's collective j-1 (shared memory);
-	                               2: in X's collective j-1 (library); 3: in Y's collective y-1 */
+	                               2: in X's collective j-1 (library); 3: in Y's collective y-1;
+	                               4: in the gate of Y's collective y-1 (GATED_Y) */
 	bool asked = false, answered = false;
 	byte limit = 0, k = UNKNOWN;
 	/* the coordinator's gathering */
@@ -150,7 +154,14 @@ proctype Member(byte me) {
 		fi }
 
 	/* ---- the program ---- */
+#ifdef GATED_Y
+	/* the shim's gate: a nonblocking barrier on Y completed by its polling wait (answering),
+	 * then Y's blocking call */
+	:: atomic { in == 0 && pc < P && PROG(pc) == YOP -> gate_in[y] = gate_in[y] | (1 << me); y++; pc++; in = 4 }
+	:: atomic { in == 4 && gate_in[y-1] == ALL_MASK -> y_in[y-1] = y_in[y-1] | (1 << me); in = 3 }
+#else
 	:: atomic { in == 0 && pc < P && PROG(pc) == YOP -> y_in[y] = y_in[y] | (1 << me); y++; pc++; in = 3 }
+#endif
 	/* X's collective j; with an answer given and j at the limit, only once k is known (the
 	 * member meanwhile answers messages) */
 	:: atomic { in == 0 && pc < P && PROG(pc) != YOP && (!answered || j < limit || k != UNKNOWN

@@ -160,11 +160,13 @@ func TestJoinSwitchNegative(t *testing.T) {
 // collective on different plans, never decides behind a member, the leaving member never uses
 // the area after its release, and every member finishes, whatever the interleaving
 // (collswitch.pml, both programs). Safety also holds where a member blocks in a library call
-// without answering (BLOCKING_Y).
+// without answering (BLOCKING_Y), and deadlock freedom too once the shim gates that call with a
+// nonblocking barrier it waits for by polling (GATED_Y, gate.c).
 func TestCollSwitchSafety(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
-	requireProven(t, "collswitch.pml", nil, []string{"-DPROGRAM=2"})
+	requireProven(t, "collswitch.pml", nil, []string{"-DPROGRAM=2"},
+		[]string{"-DBLOCKING_Y", "-DGATED_Y"}, []string{"-DPROGRAM=2", "-DBLOCKING_Y", "-DGATED_Y"})
 	for _, defs := range [][]string{{"-DBLOCKING_Y"}, {"-DPROGRAM=2", "-DBLOCKING_Y"}} {
 		if report, failed := verifyAssertions(t, "collswitch.pml", defs...); failed {
 			t.Errorf("collswitch.pml %v: spin found an error:\n%s", defs, report)
@@ -186,11 +188,10 @@ func TestCollSwitchNegative(t *testing.T) {
 	}
 }
 
-// TestCollSwitchKnownDeadlock pins the shim's known limit (README): a member blocked inside a
-// library call the shim does not run nonblocking (communicator creation, one-sided
-// synchronisation, collective I/O) answers nothing, and a valid program then deadlocks the
-// agreement. When this starts to pass, the model no longer shows the limit: update the README
-// and this test.
+// TestCollSwitchKnownDeadlock is the negative control of the gate: a member blocked inside a
+// library call the shim cannot run nonblocking (communicator creation, one-sided
+// synchronisation, collective I/O) answers nothing, and without the gate (gate.c) a valid
+// program then deadlocks the agreement. Calls the shim does not gate keep this limit (README).
 func TestCollSwitchKnownDeadlock(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
