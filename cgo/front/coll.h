@@ -150,6 +150,8 @@ static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
 	} while (0)
 #define IVS_NET_COLL_SIZED(bytes, blocking, nonblocking) IVS_NET_COLL_ROOTED(-1, bytes, bytes, blocking, nonblocking)
 #define IVS_NET_COLL(blocking, nonblocking) IVS_NET_COLL_SIZED(1, blocking, nonblocking)
+/* ... the nonblocking one only where nb_ok, an expression that is the same on every member */
+#define IVS_NET_COLL_IF(nb_ok, blocking, nonblocking) IVS_NET_COLL_SIZED((nb_ok) ? 1 : 0, blocking, nonblocking)
 
 /* ---- coll_move.c: bytes among the co-located members ---- */
 

@@ -8,9 +8,41 @@
  * these run in the library.
  *
  * One macro per argument list; each names the call, its nonblocking twin, the count type and
- * the displacement type (int and int, or MPI_Count and MPI_Aint). */
+ * the displacement type (int and int, or MPI_Count and MPI_Aint), and some the communicators
+ * on which the nonblocking twin is right (nb_ok). */
 #include <stdlib.h>
 #include "coll.h"
+
+static int any_comm(MPI_Comm comm)
+{
+	(void)comm;
+	return 1;
+}
+
+/* Whether the libraries' nonblocking neighbourhood alltoalls pair comm's blocks right. MPI
+ * pairs a Cartesian topology's blocks by direction: block 2d goes to the neighbour below in
+ * dimension d and arrives there as block 2d + 1. In a periodic dimension of size 1 or 2 one
+ * process is the neighbour on both sides; Open MPI's libnbc (Ineighbor_alltoall and
+ * _alltoallv) and MPICH (Ineighbor_alltoallv) pair its two blocks by order and swap them, where
+ * both libraries' blocking calls do not (MPICH's coll/ring_neighbor_alltoall; natively, on a
+ * ring of 2). There the shim calls the blocking one, inside which the rank does not answer a
+ * migration's agreement. Dimensions and periods are the same on every member, so the choice
+ * is too. */
+static int nb_pairs_right(MPI_Comm comm)
+{
+	int kind = MPI_UNDEFINED, nd = 0;
+	if (PMPI_Topo_test(comm, &kind) != MPI_SUCCESS || kind != MPI_CART || PMPI_Cartdim_get(comm, &nd) != MPI_SUCCESS ||
+	    nd <= 0)
+		return 1;
+	int *v = malloc(sizeof(int) * 3 * (size_t)nd), right = 0; /* dims, periods, coords */
+	if (v && PMPI_Cart_get(comm, nd, v, v + nd, v + 2 * nd) == MPI_SUCCESS) {
+		right = 1;
+		for (int d = 0; d < nd; d++)
+			right &= !(v[nd + d] && v[d] <= 2);
+	}
+	free(v);
+	return right;
+}
 
 /* (sbuf, scount, sdt, rbuf, rcounts, displs, rdt, comm): Allgatherv, Neighbor_allgatherv */
 #define LIB_ALLGATHERV(name, iname, count_t, disp_t)                                                        \
@@ -72,13 +104,13 @@ static const void *same_counts(void **own, const void *counts, MPI_Datatype dt, 
 
 /* (sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm): Alltoallv, Neighbor_alltoallv,
  * with the counts the nonblocking call gets from fix */
-#define LIB_ALLTOALLV(name, iname, count_t, disp_t, fix)                                                     \
+#define LIB_ALLTOALLV(name, iname, count_t, disp_t, fix, nb_ok)                                                   \
 	int MPI_##name(const void *sbuf, const count_t scounts[], const disp_t sdispls[], MPI_Datatype sdt,         \
 	               void *rbuf, const count_t rcounts[], const disp_t rdispls[], MPI_Datatype rdt, MPI_Comm comm) \
 	{                                                                                                          \
 		void *own_[2] __attribute__((cleanup(free_owned))) = {NULL, NULL};                                 \
 		MPI_Datatype sdt_ = sbuf == MPI_IN_PLACE ? MPI_DATATYPE_NULL : sdt;                                \
-		IVS_NET_COLL(PMPI_##name(sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm),          \
+		IVS_NET_COLL_IF(nb_ok(comm), PMPI_##name(sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm), \
 		             PMPI_##iname(sbuf, (const count_t *)fix(&own_[0], scounts, sdt_, comm, sizeof(count_t)), \
 		                          sdispls, sdt, rbuf,                                                       \
 		                          (const count_t *)fix(&own_[1], rcounts, rdt, comm, sizeof(count_t)),       \
@@ -86,12 +118,12 @@ static const void *same_counts(void **own, const void *counts, MPI_Datatype dt, 
 	}
 
 /* The same with a datatype per block: Alltoallw, Neighbor_alltoallw */
-#define LIB_ALLTOALLW(name, iname, count_t, disp_t)                                                         \
+#define LIB_ALLTOALLW(name, iname, count_t, disp_t, nb_ok)                                                       \
 	int MPI_##name(const void *sbuf, const count_t scounts[], const disp_t sdispls[], const MPI_Datatype sdts[], \
 	               void *rbuf, const count_t rcounts[], const disp_t rdispls[], const MPI_Datatype rdts[],     \
 	               MPI_Comm comm)                                                                              \
 	{                                                                                                          \
-		IVS_NET_COLL(PMPI_##name(sbuf, scounts, sdispls, sdts, rbuf, rcounts, rdispls, rdts, comm),        \
+		IVS_NET_COLL_IF(nb_ok(comm), PMPI_##name(sbuf, scounts, sdispls, sdts, rbuf, rcounts, rdispls, rdts, comm), \
 		             PMPI_##iname(sbuf, scounts, sdispls, sdts, rbuf, rcounts, rdispls, rdts, comm, &req_)); \
 	}
 
@@ -104,11 +136,11 @@ static const void *same_counts(void **own, const void *counts, MPI_Datatype dt, 
 	}
 
 /* (sbuf, scount, sdt, rbuf, rcount, rdt, comm): Neighbor_allgather, Neighbor_alltoall */
-#define LIB_NEIGHBOR(name, iname, count_t)                                                                   \
+#define LIB_NEIGHBOR(name, iname, count_t, nb_ok)                                                                 \
 	int MPI_##name(const void *sbuf, count_t scount, MPI_Datatype sdt, void *rbuf, count_t rcount,           \
 	               MPI_Datatype rdt, MPI_Comm comm)                                                          \
 	{                                                                                                        \
-		IVS_NET_COLL(PMPI_##name(sbuf, scount, sdt, rbuf, rcount, rdt, comm),                            \
+		IVS_NET_COLL_IF(nb_ok(comm), PMPI_##name(sbuf, scount, sdt, rbuf, rcount, rdt, comm),            \
 		             PMPI_##iname(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));                   \
 	}
 
@@ -119,14 +151,14 @@ static const void *same_counts(void **own, const void *counts, MPI_Datatype dt, 
 	LIB_ALLGATHERV(Neighbor_allgatherv##sfx, Ineighbor_allgatherv##sfx, count_t, disp_t)   \
 	LIB_GATHERV(Gatherv##sfx, Igatherv##sfx, count_t, disp_t)                              \
 	LIB_SCATTERV(Scatterv##sfx, Iscatterv##sfx, count_t, disp_t)                           \
-	LIB_ALLTOALLV(Alltoallv##sfx, Ialltoallv##sfx, count_t, disp_t, nb_a2av_counts)        \
-	LIB_ALLTOALLV(Neighbor_alltoallv##sfx, Ineighbor_alltoallv##sfx, count_t, disp_t, same_counts) \
-	LIB_ALLTOALLW(Alltoallw##sfx, Ialltoallw##sfx, count_t, disp_t)                        \
-	LIB_ALLTOALLW(Neighbor_alltoallw##sfx, Ineighbor_alltoallw##sfx, count_t, MPI_Aint)    \
+	LIB_ALLTOALLV(Alltoallv##sfx, Ialltoallv##sfx, count_t, disp_t, nb_a2av_counts, any_comm) \
+	LIB_ALLTOALLV(Neighbor_alltoallv##sfx, Ineighbor_alltoallv##sfx, count_t, disp_t, same_counts, nb_pairs_right) \
+	LIB_ALLTOALLW(Alltoallw##sfx, Ialltoallw##sfx, count_t, disp_t, any_comm)              \
+	LIB_ALLTOALLW(Neighbor_alltoallw##sfx, Ineighbor_alltoallw##sfx, count_t, MPI_Aint, nb_pairs_right) \
 	LIB_SCAN(Scan##sfx, Iscan##sfx, count_t)                                               \
 	LIB_SCAN(Exscan##sfx, Iexscan##sfx, count_t)                                           \
-	LIB_NEIGHBOR(Neighbor_allgather##sfx, Ineighbor_allgather##sfx, count_t)               \
-	LIB_NEIGHBOR(Neighbor_alltoall##sfx, Ineighbor_alltoall##sfx, count_t)
+	LIB_NEIGHBOR(Neighbor_allgather##sfx, Ineighbor_allgather##sfx, count_t, any_comm)     \
+	LIB_NEIGHBOR(Neighbor_alltoall##sfx, Ineighbor_alltoall##sfx, count_t, nb_pairs_right)
 
 LIB_COLLS(, int, int)
 #if defined(MPICH) && MPI_VERSION >= 4

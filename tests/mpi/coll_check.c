@@ -1770,6 +1770,36 @@ static void zero_type_case(int cmi)
 	gfree(&want);
 }
 
+/* Neighbourhood alltoalls on a periodic ring of the communicator's members: block 0 goes to
+ * the rank below, block 1 to the rank above, and block 0 arrives from the rank below's block 1.
+ * On a ring of 1 or 2 one process is the neighbour on both sides, where the libraries'
+ * nonblocking calls swap the blocks (MPICH's coll/ring_neighbor_alltoall). */
+static void ring_case(int cmi)
+{
+	const struct ccomm *cm = &comms[cmi];
+	if (cm->comm == MPI_COMM_NULL)
+		return;
+	struct ctx cx = {C_ALLTOALLV, cm->name, "ring-neighbors", NULL, 2, -1, NULL};
+	if (!begin(&cx, 2 * (long)sizeof(int)))
+		return;
+	int n = cm->size, me = cm->rank, dims[1] = {n}, periods[1] = {1};
+	MPI_Comm ring;
+	MPI_Cart_create(cm->comm, 1, dims, periods, 0, &ring);
+	int below = (me + n - 1) % n, above = (me + 1) % n;
+	int snd[2] = {me * 10, me * 10 + 1}, want[2] = {below * 10 + 1, above * 10}, got[3][2];
+	int counts[2] = {1, 1}, displs[2] = {0, 1};
+	MPI_Aint wdispls[2] = {0, sizeof(int)};
+	MPI_Datatype types[2] = {MPI_INT, MPI_INT};
+	memset(got, 0xff, sizeof got);
+	MPI_Neighbor_alltoall(snd, 1, MPI_INT, got[0], 1, MPI_INT, ring);
+	MPI_Neighbor_alltoallv(snd, counts, displs, MPI_INT, got[1], counts, displs, MPI_INT, ring);
+	MPI_Neighbor_alltoallw(snd, counts, wdispls, types, got[2], counts, wdispls, types, ring);
+	check_bytes(&cx, "Neighbor_alltoall", got[0], want, sizeof want);
+	check_bytes(&cx, "Neighbor_alltoallv", got[1], want, sizeof want);
+	check_bytes(&cx, "Neighbor_alltoallw", got[2], want, sizeof want);
+	MPI_Comm_free(&ring);
+}
+
 static void test_vvariants(void)
 {
 	static const long bases[] = {0, 256, 16384, 1};
@@ -1790,8 +1820,10 @@ static void test_vvariants(void)
 			}
 			vcase(C_ALLGATHERV, cmi, bases[z], -1);
 			vcase(C_ALLTOALLV, cmi, bases[z], -1);
-			if (z == 0)
+			if (z == 0) {
 				zero_type_case(cmi);
+				ring_case(cmi);
+			}
 		}
 }
 
