@@ -24,10 +24,11 @@ static int any_comm(MPI_Comm comm)
  * dimension d and arrives there as block 2d + 1. In a periodic dimension of size 1 or 2 one
  * process is the neighbour on both sides; Open MPI's libnbc (Ineighbor_alltoall and
  * _alltoallv) and MPICH (Ineighbor_alltoallv) pair its two blocks by order and swap them, where
- * both libraries' blocking calls do not (MPICH's coll/ring_neighbor_alltoall; natively, on a
- * ring of 2). There the shim calls the blocking one, inside which the rank does not answer a
- * migration's agreement. Dimensions and periods are the same on every member, so the choice
- * is too. */
+ * Open MPI's blocking calls do not (MPICH's coll/ring_neighbor_alltoall; natively, on a ring of
+ * 2; MPICH 4.0's blocking Neighbor_alltoallv and _alltoallw swap them too). There the shim
+ * calls the blocking one, which answers as the library does without the shim, and inside which
+ * the rank does not answer a migration's agreement. Dimensions and periods are the same on
+ * every member, so the choice is too. */
 static int nb_pairs_right(MPI_Comm comm)
 {
 	int kind = MPI_UNDEFINED, nd = 0;
