@@ -152,7 +152,7 @@ func TestTwoHostsTwoRanksEach(t *testing.T) {
 		t.Fatalf("rank 3 holds %d bytes: %v", held, err)
 	}
 	j.finalize()
-	want := fmt.Sprintf("ivshim: stats rank=3 shm_msgs=7 shm_bytes=0 net_msgs=3 net_bytes=0 coll_shm=0 coll_net=0 region_bytes=%d\n", held)
+	want := fmt.Sprintf("ivshim: stats rank=3 shm_msgs=7 shm_bytes=0 net_msgs=3 net_bytes=0 coll_shm=0 coll_net=0 gates=0 region_bytes=%d\n", held)
 	if got := j.ranks[3].stderr.String(); got != want {
 		t.Errorf("rank 3 stats line %q, want %q", got, want)
 	}

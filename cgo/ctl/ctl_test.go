@@ -70,7 +70,7 @@ func TestCSharedSmoke(t *testing.T) {
 				"ivshim: init ranks=1 groups=1 shm_groups=1 shm_ranks=1\n",
 				"ivshim: path rank=0 host=" + h.String()[:8] + " group=0 slot=0 path=shm vm=-\n",
 				"ivshim: rdma devices: none\n",
-				"ivshim: stats rank=0 shm_msgs=2 shm_bytes=4 net_msgs=1 net_bytes=3 coll_shm=5 coll_net=6 region_bytes=12288\n",
+				"ivshim: stats rank=0 shm_msgs=2 shm_bytes=4 net_msgs=1 net_bytes=3 coll_shm=5 coll_net=6 gates=7 region_bytes=12288\n",
 			},
 		},
 		{

@@ -68,6 +68,7 @@ struct ivshim_ctl_stats {
 	uint64_t bytes[2];
 	uint64_t collectives_shm;   /* collectives completed with an intra-host phase in the region */
 	uint64_t collectives_net;   /* collectives passed to the MPI library */
+	uint64_t gates;             /* blocking collective calls entered through a gate (front/gate.c) */
 };
 
 /*

@@ -197,6 +197,7 @@ func ivshim_ctl_finalize(stats *C.ivshim_const_stats, errbuf *C.char, errlen C.u
 			Bytes:          [2]uint64{uint64(stats.bytes[0]), uint64(stats.bytes[1])},
 			CollectivesSHM: uint64(stats.collectives_shm),
 			CollectivesNet: uint64(stats.collectives_net),
+			Gates:          uint64(stats.gates),
 		}
 	}
 	if err := a.Finalize(s); err != nil {

@@ -30,6 +30,7 @@
 #pragma weak ompi_message_no_proc
 #pragma weak ompi_mpi_datatype_null
 #pragma weak ompi_mpi_op_null
+#pragma weak ompi_mpi_win_null
 #pragma weak ompi_mpi_byte
 #pragma weak ompi_mpi_packed
 #pragma weak ompi_mpi_char

@@ -375,7 +375,9 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 		k->area = ivs.base + off;
 		k->area_off = off;
 	}
-	/* A blocking library call: no member answers the shim's messages inside it (migrate.c). */
+	/* A blocking library call, in which no member answers the shim's messages (migrate.c), but
+	 * gated (gate.c) by the exchange above: every member entered it, waiting by polling, and
+	 * comes straight here. */
 	if (nh > 1 && PMPI_Comm_split(c->handle, k->li == 0 ? 0 : MPI_UNDEFINED, k->myhost, &k->lcomm) != MPI_SUCCESS)
 		ivs_fatal("cannot create the leaders' communicator");
 	if (c->sw_round && ivs.verbose)

@@ -92,6 +92,8 @@ extern int mpi_fortran_bottom_, mpi_fortran_in_place_, mpi_fortran_status_ignore
 #define F_OP(f) PMPI_Op_f2c(*(f))
 #define F_GROUP(f) PMPI_Group_f2c(*(f))
 #define F_INFO(f) PMPI_Info_f2c(*(f))
+#define F_WIN(f) PMPI_Win_f2c(*(f))
+#define C_WIN(c) PMPI_Win_c2f(c)
 
 static inline int fstatus_ignore(const fint *f) { return fsentinel(f, &mpi_fortran_status_ignore_); }
 static inline int fstatuses_ignore(const fint *f) { return fsentinel(f, &mpi_fortran_statuses_ignore_); }
@@ -247,6 +249,8 @@ extern int __mpi_f08_link_constants_MOD_mpi_unweighted, __mpi_f08_link_constants
 #define C_TYPE(c) ((fint)(c))
 #define F_GROUP(f) ((MPI_Group) * (f))
 #define F_INFO(f) ((MPI_Info) * (f))
+#define F_WIN(f) ((MPI_Win) * (f))
+#define C_WIN(c) ((fint)(c))
 #define F_REQ(f) ((MPI_Request)(f))
 #define F_MSG(f) ((MPI_Message)(f))
 #define C_MSG(c) ((fint)(c))
@@ -602,7 +606,8 @@ static void fcomm_out(fint *newcomm, MPI_Comm c, int rc, fint *ierr)
 static void f_comm_dup(fint *comm, fint *newcomm, fint *ierr)
 {
 	MPI_Comm n = MPI_COMM_NULL;
-	fcomm_out(newcomm, n, MPI_Comm_dup(F_COMM(comm), &n), ierr);
+	int rc = MPI_Comm_dup(F_COMM(comm), &n);
+	fcomm_out(newcomm, n, rc, ierr);
 }
 IVS_F_EXPORT(f_comm_dup, comm_dup, COMM_DUP, Comm_dup)
 
@@ -730,6 +735,47 @@ static void f_type_free(fint *type, fint *ierr)
 }
 IVS_F_EXPORT(f_type_free, type_free, TYPE_FREE, Type_free)
 
+/* ---- windows: creation, fences and MPI_Win_free pass a gate (gate.c) ---- */
+
+static void fwin_out(fint *win, MPI_Win w, int rc, fint *ierr)
+{
+	if (rc == MPI_SUCCESS)
+		*win = C_WIN(w);
+	fret(ierr, rc);
+}
+
+/* MPI_Win_allocate and MPI_Win_allocate_shared; baseptr: an INTEGER(KIND=MPI_ADDRESS_KIND) or
+ * a TYPE(C_PTR) that receives the address. */
+#define F_WIN_ALLOCATE(lower, UPPER, Camel)                                                                      \
+	static void f_##lower(MPI_Aint *size, fint *disp, fint *info, fint *comm, void *baseptr, fint *win, fint *ierr) \
+	{                                                                                                            \
+		MPI_Win w = MPI_WIN_NULL;                                                                                \
+		int rc = MPI_##Camel(*size, *disp, F_INFO(info), F_COMM(comm), baseptr, &w);                            \
+		fwin_out(win, w, rc, ierr);                                                                              \
+	}                                                                                                            \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_WIN_ALLOCATE(win_allocate, WIN_ALLOCATE, Win_allocate)
+F_WIN_ALLOCATE(win_allocate_shared, WIN_ALLOCATE_SHARED, Win_allocate_shared)
+
+static void f_win_create_dynamic(fint *info, fint *comm, fint *win, fint *ierr)
+{
+	MPI_Win w = MPI_WIN_NULL;
+	int rc = MPI_Win_create_dynamic(F_INFO(info), F_COMM(comm), &w);
+	fwin_out(win, w, rc, ierr);
+}
+IVS_F_EXPORT(f_win_create_dynamic, win_create_dynamic, WIN_CREATE_DYNAMIC, Win_create_dynamic)
+
+static void f_win_fence(fint *assertion, fint *win, fint *ierr) { fret(ierr, MPI_Win_fence(*assertion, F_WIN(win))); }
+IVS_F_EXPORT(f_win_fence, win_fence, WIN_FENCE, Win_fence)
+
+static void f_win_free(fint *win, fint *ierr)
+{
+	MPI_Win w = F_WIN(win);
+	int rc = MPI_Win_free(&w);
+	fwin_out(win, w, rc, ierr);
+}
+IVS_F_EXPORT(f_win_free, win_free, WIN_FREE, Win_free)
+
 /* MPI_Buffer_detach: the shim's buffered copies in flight must drain first (p2p.c). The
  * mpif.h and `use mpi` bindings ignore the address argument (MPI-3.1 section 3.6); mpi_f08
  * passes a TYPE(C_PTR) that receives it (Open MPI: ompi_buffer_detach_f08; MPICH: its f08
@@ -761,6 +807,17 @@ IVS_F_EXPORT(f08_buffer_detach, buffer_detach, BUFFER_DETACH, Buffer_detach)
 
 /* ---- Open MPI only: routines with a choice buffer (MPICH's reach MPI_* themselves) ---- */
 #if defined(OPEN_MPI)
+
+static void f_win_create(void *base, MPI_Aint *size, fint *disp, fint *info, fint *comm, fint *win, fint *ierr)
+{
+	MPI_Win w = MPI_WIN_NULL;
+	int rc = MPI_Win_create(base, *size, *disp, F_INFO(info), F_COMM(comm), &w);
+	fwin_out(win, w, rc, ierr);
+}
+IVS_F_EXPORT(f_win_create, win_create, WIN_CREATE, Win_create)
+/* `use mpi`'s TYPE(C_PTR) form of MPI_WIN_ALLOCATE(_SHARED) */
+IVS_F_EXPORT(f_win_allocate, win_allocate_cptr, WIN_ALLOCATE_CPTR, Win_allocate_cptr)
+IVS_F_EXPORT(f_win_allocate_shared, win_allocate_shared_cptr, WIN_ALLOCATE_SHARED_CPTR, Win_allocate_shared_cptr)
 
 /* MPI_Send, MPI_Rsend, MPI_Ssend, MPI_Bsend. */
 #define F_SEND(lower, UPPER, Camel)                                                                          \

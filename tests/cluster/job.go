@@ -405,9 +405,12 @@ func (job *Job) openMPIArgv(p *Placement) []string {
 		argv = append(argv, "-np", strconv.Itoa(job.Ranks))
 	} else {
 		subnet := p.Subnet.String()
+		// One-sided communication: the components for RDMA hardware (osc/rdma, osc/ucx) fail to
+		// create a window between emulated VMs, where only TCP connects them (MPI_ERR_WIN);
+		// osc/pt2pt carries it over the btl, as it would over any network without RDMA.
 		argv = append(argv, "--mca", "plm_rsh_agent", p.Agent, "--mca", "plm_rsh_no_tree_spawn", "1",
 			"--mca", "oob_tcp_if_include", subnet, "--mca", "btl_tcp_if_include", subnet,
-			"--host", p.Hosts, "-np", strconv.Itoa(p.Size))
+			"--mca", "osc", "^rdma,ucx", "--host", p.Hosts, "-np", strconv.Itoa(p.Size))
 		if p.WorkDir != "" {
 			argv = append(argv, "--wdir", p.WorkDir)
 		}

@@ -13,16 +13,18 @@ func (m MPI) ShimLibrary() string { return "libivshim-" + m.String() + ".so" }
 
 // ShimStats is one rank's traffic as the shim reports it at MPI_Finalize with IVSHIM_VERBOSE=1:
 //
-//	ivshim: stats rank=1 shm_msgs=13 shm_bytes=5592405 net_msgs=4 net_bytes=64 coll_shm=3 coll_net=0 region_bytes=1052672
+//	ivshim: stats rank=1 shm_msgs=13 shm_bytes=5592405 net_msgs=4 net_bytes=64 coll_shm=3 coll_net=0 gates=0 region_bytes=1052672
 type ShimStats struct {
 	Rank                                                   int
 	SHMMsgs, SHMBytes, NetMsgs, NetBytes, CollSHM, CollNet uint64
+	// Gates counts the blocking collective calls the rank entered through a gate.
+	Gates uint64
 	// RegionBytes is what the rank held in its region at MPI_Finalize.
 	RegionBytes uint64
 }
 
 // shimStatsFormat is the shim's stats line, shim.Stats.Line.
-const shimStatsFormat = "ivshim: stats rank=%d shm_msgs=%d shm_bytes=%d net_msgs=%d net_bytes=%d coll_shm=%d coll_net=%d region_bytes=%d"
+const shimStatsFormat = "ivshim: stats rank=%d shm_msgs=%d shm_bytes=%d net_msgs=%d net_bytes=%d coll_shm=%d coll_net=%d gates=%d region_bytes=%d"
 
 // StatsLines is the number of the shim's stats lines in a job's standard error so far: the
 // ranks that are through the shim's part of MPI_Finalize.
@@ -46,7 +48,7 @@ func (r *Result) ShimStats() ([]ShimStats, error) {
 			continue
 		}
 		var s ShimStats
-		if _, err := fmt.Sscanf(line, shimStatsFormat, &s.Rank, &s.SHMMsgs, &s.SHMBytes, &s.NetMsgs, &s.NetBytes, &s.CollSHM, &s.CollNet, &s.RegionBytes); err != nil {
+		if _, err := fmt.Sscanf(line, shimStatsFormat, &s.Rank, &s.SHMMsgs, &s.SHMBytes, &s.NetMsgs, &s.NetBytes, &s.CollSHM, &s.CollNet, &s.Gates, &s.RegionBytes); err != nil {
 			return nil, fmt.Errorf("shim stats line %q: %w", line, err)
 		}
 		stats = append(stats, s)

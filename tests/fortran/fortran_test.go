@@ -103,7 +103,7 @@ func compare(ctx context.Context, t *testing.T, job cluster.Job, lib string, b b
 		return
 	}
 	checkIndices(t, job.MPI, b, want[1], got[1])
-	coll, nlib, sent, err := traffic(got[2])
+	coll, nlib, gated, sent, err := traffic(got[2])
 	if err != nil || len(sent) != len(job.VMs) {
 		t.Errorf("report line %q: %v", got[2], err)
 		return
@@ -114,33 +114,35 @@ func compare(ctx context.Context, t *testing.T, job cluster.Job, lib string, b b
 		return
 	}
 	for i, s := range stats {
-		t.Logf("%s %s rank %d: shm_msgs=%d shm_bytes=%d net_msgs=%d net_bytes=%d coll_shm=%d coll_net=%d",
-			job.MPI, b.name, s.Rank, s.SHMMsgs, s.SHMBytes, s.NetMsgs, s.NetBytes, s.CollSHM, s.CollNet)
+		t.Logf("%s %s rank %d: shm_msgs=%d shm_bytes=%d net_msgs=%d net_bytes=%d coll_shm=%d coll_net=%d gates=%d",
+			job.MPI, b.name, s.Rank, s.SHMMsgs, s.SHMBytes, s.NetMsgs, s.NetBytes, s.CollSHM, s.CollNet, s.Gates)
 		// Both ranks share a host: every message the rank sent and every collective the shim
 		// runs went through the region, none around the shim; the collectives only the library
-		// runs went through the shim to the library.
-		if s.Rank != i || s.SHMMsgs != sent[i] || s.SHMBytes == 0 || s.CollSHM != coll || s.NetMsgs != 0 || s.CollNet != nlib {
-			t.Errorf("rank %d: want %d messages and %d collectives through the region, %d collectives through the library and "+
-				"no messages, got %+v", i, sent[i], coll, nlib, s)
+		// runs went through the shim to the library, and every blocking collective call with
+		// a gate passed it.
+		if s.Rank != i || s.SHMMsgs != sent[i] || s.SHMBytes == 0 || s.CollSHM != coll || s.NetMsgs != 0 || s.CollNet != nlib ||
+			s.Gates != gated {
+			t.Errorf("rank %d: want %d messages and %d collectives through the region, %d collectives through the library, "+
+				"%d gated calls and no messages, got %+v", i, sent[i], coll, nlib, gated, s)
 		}
 	}
 }
 
-// traffic parses the report's line "traffic: collectives <n>, library collectives <l>, messages
-// sent by rank <m0> <m1> ...".
-func traffic(line string) (coll, lib uint64, sent []uint64, err error) {
+// traffic parses the report's line "traffic: collectives <n>, library collectives <l>, gated
+// calls <g>, messages sent by rank <m0> <m1> ...".
+func traffic(line string) (coll, lib, gated uint64, sent []uint64, err error) {
 	head, counts, ok := strings.Cut(line, ", messages sent by rank")
-	if _, err = fmt.Sscanf(head, "traffic: collectives %d, library collectives %d", &coll, &lib); err != nil || !ok {
-		return 0, 0, nil, fmt.Errorf("not a traffic line (%v)", err)
+	if _, err = fmt.Sscanf(head, "traffic: collectives %d, library collectives %d, gated calls %d", &coll, &lib, &gated); err != nil || !ok {
+		return 0, 0, 0, nil, fmt.Errorf("not a traffic line (%v)", err)
 	}
 	for _, f := range strings.Fields(counts) {
 		var n uint64
 		if _, err := fmt.Sscan(f, &n); err != nil {
-			return 0, 0, nil, err
+			return 0, 0, 0, nil, err
 		}
 		sent = append(sent, n)
 	}
-	return coll, lib, sent, nil
+	return coll, lib, gated, sent, nil
 }
 
 // checkIndices checks the report's indices line without (plain) and with the shim.

@@ -22,10 +22,11 @@
 ! from 1 1" by the standard. They are reported rather than checked: MPICH 4.0's Fortran bindings
 ! get them wrong (the Go test knows how). Last comes
 !
-!   traffic: collectives <n>, library collectives <l>, messages sent by rank <m0> <m1> ...
+!   traffic: collectives <n>, library collectives <l>, gated calls <g>, messages sent by rank <m0> <m1> ...
 !
 ! the collective calls every rank made (those the shim runs itself and those only the library
-! runs: v-variants, scans) and the point-to-point messages each rank sent, which the
+! runs: v-variants, scans), its blocking collective calls that pass the shim's gate
+! (communicator and window creation, fences, MPI_Win_free) and the point-to-point messages each rank sent, which the
 ! Go test finds again in the shim's statistics. No check is counted inside a polling loop, so the
 ! report is the same whatever the library, the transport and the timing.
 
@@ -45,6 +46,7 @@
 #define T_GROUP type(MPI_Group)
 #define T_TYPE type(MPI_Datatype)
 #define T_STATUS type(MPI_Status)
+#define T_WIN type(MPI_Win)
 #define STATUS_ARRAY(name, n) type(MPI_Status) :: name(n)
 #define STATUS_AT(s, i) s(i)
 #define SOURCE_OF(s) s%MPI_SOURCE
@@ -57,6 +59,7 @@
 #define T_GROUP integer
 #define T_TYPE integer
 #define T_STATUS integer, dimension(MPI_STATUS_SIZE)
+#define T_WIN integer
 #define STATUS_ARRAY(name, n) integer :: name(MPI_STATUS_SIZE, n)
 #define STATUS_AT(s, i) s(:, i)
 #define SOURCE_OF(s) s(MPI_SOURCE)
@@ -65,6 +68,7 @@
 #endif
 
 program f_pingpong
+  use, intrinsic :: iso_c_binding, only: c_ptr, c_f_pointer
 #if defined(USE_MPIFH)
   implicit none
   include 'mpif.h'
@@ -89,6 +93,13 @@ program f_pingpong
   T_REQ :: reqs(4), req, bigreqs(12)
   T_MSG :: msg
   T_STATUS :: st
+  T_WIN :: win
+  integer :: winbuf(10), ngated
+  integer, pointer :: wptr(:)
+  type(c_ptr) :: cbase
+#ifndef USE_F08
+  integer(kind=MPI_ADDRESS_KIND) :: abase
+#endif
   STATUS_ARRAY(sts, 4)
   STATUS_ARRAY(bigsts, 12)
 
@@ -487,6 +498,23 @@ program f_pingpong
   call MPI_Type_free(triple, ierr)
   call check(triple == MPI_DATATYPE_NULL, 'datatype freed')
 
+  ! Windows, made by MPI_Win_create and by MPI_Win_allocate: a Put to the partner between two
+  ! fences, then freed. These 8 calls and the 6 communicator creations above are the program's
+  ! blocking collective calls that pass the shim's gate where the ranks share a host.
+  ngated = 14
+  winbuf = -1
+  call MPI_Win_create(winbuf, int(40, MPI_ADDRESS_KIND), 4, MPI_INFO_NULL, MPI_COMM_WORLD, win, ierr)
+  call fence_put(win, winbuf, 160, 'win_create put')
+#ifdef USE_F08
+  call MPI_Win_allocate(int(40, MPI_ADDRESS_KIND), 4, MPI_INFO_NULL, MPI_COMM_WORLD, cbase, win, ierr)
+#else
+  call MPI_Win_allocate(int(40, MPI_ADDRESS_KIND), 4, MPI_INFO_NULL, MPI_COMM_WORLD, abase, win, ierr)
+  cbase = transfer(abase, cbase)
+#endif
+  call c_f_pointer(cbase, wptr, (/ 10 /))
+  wptr = -1
+  call fence_put(win, wptr, 170, 'win_allocate put')
+
   tot = (/ checks, failures /)
   call MPI_Reduce(tot, sums, 2, MPI_INTEGER, MPI_SUM, 0, MPI_COMM_WORLD, ierr)
   ncoll = ncoll + 2
@@ -501,14 +529,30 @@ program f_pingpong
       write (*, '(a,i0,1x,i0,1x,i0,a,i0,1x,i0)') 'indices: waitany ', minval(seen(1:2)), maxval(seen(1:2)), &
         seen(3), ', waitsome/testsome from ', lows
     end if
-    write (*, '(a,i0,a,i0,a,64(1x,i0))') 'traffic: collectives ', ncoll, ', library collectives ', nlib, &
-      ', messages sent by rank', gathered(1:nranks)
+    write (*, '(a,i0,a,i0,a,i0,a,64(1x,i0))') 'traffic: collectives ', ncoll, ', library collectives ', nlib, &
+      ', gated calls ', ngated, ', messages sent by rank', gathered(1:nranks)
   end if
   flush (6)
   call MPI_Finalize(ierr)
   if (failures > 0) stop 1
 
 contains
+
+  ! A Put of pattern(rank, k, 1:10) into the partner's window w between two fences; buf is this
+  ! rank's window memory, which must then hold the partner's. Then w is freed.
+  subroutine fence_put(w, buf, k, what)
+    T_WIN, intent(inout) :: w
+    integer, intent(inout) :: buf(*)
+    integer, intent(in) :: k
+    character(*), intent(in) :: what
+    call fill(sbuf, 10, rank, k)
+    call MPI_Win_fence(0, w, ierr)
+    call MPI_Put(sbuf, 10, MPI_INTEGER, partner, 0_MPI_ADDRESS_KIND, 10, MPI_INTEGER, w, ierr)
+    call MPI_Win_fence(0, w, ierr)
+    call check_data(buf, 10, partner, k, 0, what)
+    call MPI_Win_free(w, ierr)
+    call check(w == MPI_WIN_NULL, what // ': window freed')
+  end subroutine fence_put
 
   ! The test pattern of message k from rank r.
   integer function pattern(r, k, i)

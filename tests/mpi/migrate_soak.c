@@ -16,9 +16,11 @@
  *     types, a message that ends inside the receive's element, and above 256 KiB the shim's
  *     windows;
  *   - on a communicator of the even and one of the odd ranks runs MPI_Allreduce and MPI_Bcast
- *     (rotating roots), on the duplicate MPI_Allgatherv (which only the library runs: the
- *     Bcast's root enters it ahead of the others), MPI_Allgather and MPI_Barrier, and checks
- *     the results;
+ *     (rotating roots); then, the Bcast's root ahead of the others, a blocking library call
+ *     without a nonblocking form on the duplicate (the shim gates it): in even iterations
+ *     MPI_Comm_split (checked and freed), in odd ones MPI_Win_fence around an MPI_Put to the
+ *     next rank in a window of MPI_Win_allocate; then on the duplicate MPI_Allgatherv (which
+ *     only the library runs), MPI_Allgather and MPI_Barrier, and checks the results;
  * and on MPI_COMM_WORLD an MPI_Allreduce of the error count ends the iteration.
  * Every message is checked on arrival: its source, its sequence number (the next expected from
  * that source on that stream: nothing lost, duplicated or reordered) and every payload word.
@@ -126,6 +128,10 @@ int main(int argc, char **argv)
     }
     char *bc = malloc(MAXSIZE);
     uint64_t *sv = calloc(2 * MAXSIZE / 8, 8), *rv = calloc(3 * MAXSIZE / 8, 8), *flat = malloc(MAXSIZE);
+    long *wbase;
+    MPI_Win win;
+    MPI_Win_allocate(sizeof(long), sizeof(long), MPI_INFO_NULL, dup, &wbase, &win);
+    *wbase = -1;
     MPI_Datatype rtype3;
     MPI_Type_vector(MAXSIZE / 8, 1, 3, MPI_UINT64_T, &rtype3);
     MPI_Type_commit(&rtype3);
@@ -225,9 +231,33 @@ int main(int argc, char **argv)
             if (bc[j] != (char)(mix((uint64_t)it * 131 + (uint64_t)j) & 0x7f))
                 fail("Bcast byte", it, j, -1);
         int v = rank * 1000 + (int)(it % 1000);
-        /* The Bcast's root returns at once and runs ahead into a collective only the library
-         * runs, where it waits for the others; those may wait for a migration's agreement on
-         * the half, which needs the root's answer (tests/model/collswitch.pml). */
+        /* The Bcast's root returns at once and runs ahead into a blocking call the library runs
+         * (a communicator's creation, a fence), where it waits for the others; those may wait
+         * for a migration's agreement on the half, which needs the root's answer: the shim's
+         * gate lets it answer (tests/model/collswitch.pml -DGATED_Y). */
+        if (it % 2 == 0) {
+            MPI_Comm third;
+            int trank, tsize, want = 0, wrank = 0;
+            MPI_Comm_split(dup, rank % 3, -rank, &third);
+            MPI_Comm_rank(third, &trank);
+            MPI_Comm_size(third, &tsize);
+            for (int q = rank % 3; q < size; q += 3) {
+                want++;
+                wrank += q > rank;
+            }
+            if (tsize != want || trank != wrank)
+                fail("Comm_split rank", it, trank, wrank);
+            MPI_Comm_free(&third);
+        } else {
+            long put = v;
+            MPI_Win_fence(0, win);
+            MPI_Put(&put, 1, MPI_LONG, (rank + 1) % size, 0, 1, MPI_LONG, win);
+            MPI_Win_fence(0, win);
+            long want = ((rank + size - 1) % size) * 1000 + (int)(it % 1000);
+            if (*wbase != want)
+                fail("Put through the window", it, *wbase, want);
+        }
+        /* The same shape into a collective only the library runs. */
         MPI_Allgatherv(&v, 1, MPI_INT, gath, ones, at, MPI_INT, dup);
         for (int q = 0; q < size; q++)
             if (gath[size - 1 - q] != q * 1000 + (int)(it % 1000))
@@ -248,6 +278,7 @@ int main(int argc, char **argv)
         d = mix(d ^ h[i] ^ (uint64_t)i);
     printf("rank %d of %d iterations %ld digest %016llx\n", rank, size, it, (unsigned long long)d);
     MPI_Type_free(&rtype3);
+    MPI_Win_free(&win);
     MPI_Comm_free(&half);
     MPI_Comm_free(&dup);
     MPI_Finalize();

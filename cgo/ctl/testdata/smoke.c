@@ -138,7 +138,7 @@ static int run_rank(const char *path, struct world *w, int rank)
 	rc = release(off ? off : 4096, err, sizeof err);
 	printf("rank=%d free=%d errlen=%zu\n", rank, rc, rc ? strlen(err) : 0);
 
-	struct ivshim_ctl_stats stats = {{1, 2}, {3, 4}, 5, 6};
+	struct ivshim_ctl_stats stats = {{1, 2}, {3, 4}, 5, 6, 7};
 	fake_barrier(&ctx); /* the front drains its rings and passes a barrier first */
 	printf("rank=%d finalize=%d\n", rank, finalize(&stats, err, sizeof err));
 	printf("rank=%d finalize_again=%d\n", rank, finalize(&stats, err, sizeof err));
