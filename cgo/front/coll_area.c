@@ -376,8 +376,8 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 		k->area_off = off;
 	}
 	/* A blocking library call, in which no member answers the shim's messages (migrate.c), but
-	 * gated (gate.c) by the exchange above: every member entered it, waiting by polling, and
-	 * comes straight here. */
+	 * gated by the exchange above (gate.c explains gates): every member entered it, waiting by
+	 * polling, and comes straight here. */
 	if (nh > 1 && PMPI_Comm_split(c->handle, k->li == 0 ? 0 : MPI_UNDEFINED, k->myhost, &k->lcomm) != MPI_SUCCESS)
 		ivs_fatal("cannot create the leaders' communicator");
 	if (c->sw_round && ivs.verbose)

@@ -243,61 +243,31 @@ int ivs_comm_world_init(void)
 	return comm_agree(MPI_COMM_WORLD, 1);
 }
 
-/* Communicator creation: a blocking library call collective over c, so it passes c's gate
- * (gate.c) first. MPI_Comm_create_group is collective over the group only and
- * MPI_Intercomm_merge runs on an intercommunicator, which the shim does not record: no gate. */
-int MPI_Comm_dup(MPI_Comm c, MPI_Comm *n)
-{
-	ivs_gate(c);
-	return comm_created(n, PMPI_Comm_dup(c, n));
-}
-int MPI_Comm_dup_with_info(MPI_Comm c, MPI_Info i, MPI_Comm *n)
-{
-	ivs_gate(c);
-	return comm_created(n, PMPI_Comm_dup_with_info(c, i, n));
-}
-int MPI_Comm_split(MPI_Comm c, int color, int key, MPI_Comm *n)
-{
-	ivs_gate(c);
-	return comm_created(n, PMPI_Comm_split(c, color, key, n));
-}
-int MPI_Comm_split_type(MPI_Comm c, int type, int key, MPI_Info i, MPI_Comm *n)
-{
-	ivs_gate(c);
-	return comm_created(n, PMPI_Comm_split_type(c, type, key, i, n));
-}
-int MPI_Comm_create(MPI_Comm c, MPI_Group g, MPI_Comm *n)
-{
-	ivs_gate(c);
-	return comm_created(n, PMPI_Comm_create(c, g, n));
-}
+/* Communicator creation: blocking library calls, not gated (gate.c says why). */
+int MPI_Comm_dup(MPI_Comm c, MPI_Comm *n) { return comm_created(n, PMPI_Comm_dup(c, n)); }
+int MPI_Comm_dup_with_info(MPI_Comm c, MPI_Info i, MPI_Comm *n) { return comm_created(n, PMPI_Comm_dup_with_info(c, i, n)); }
+int MPI_Comm_split(MPI_Comm c, int color, int key, MPI_Comm *n) { return comm_created(n, PMPI_Comm_split(c, color, key, n)); }
+int MPI_Comm_split_type(MPI_Comm c, int type, int key, MPI_Info i, MPI_Comm *n) { return comm_created(n, PMPI_Comm_split_type(c, type, key, i, n)); }
+int MPI_Comm_create(MPI_Comm c, MPI_Group g, MPI_Comm *n) { return comm_created(n, PMPI_Comm_create(c, g, n)); }
 int MPI_Comm_create_group(MPI_Comm c, MPI_Group g, int tag, MPI_Comm *n) { return comm_created(n, PMPI_Comm_create_group(c, g, tag, n)); }
 int MPI_Intercomm_merge(MPI_Comm c, int high, MPI_Comm *n) { return comm_created(n, PMPI_Intercomm_merge(c, high, n)); }
 int MPI_Cart_create(MPI_Comm c, int nd, const int dims[], const int periods[], int reorder, MPI_Comm *n)
 {
-	ivs_gate(c);
 	return comm_created(n, PMPI_Cart_create(c, nd, dims, periods, reorder, n));
 }
-int MPI_Cart_sub(MPI_Comm c, const int remain[], MPI_Comm *n)
-{
-	ivs_gate(c);
-	return comm_created(n, PMPI_Cart_sub(c, remain, n));
-}
+int MPI_Cart_sub(MPI_Comm c, const int remain[], MPI_Comm *n) { return comm_created(n, PMPI_Cart_sub(c, remain, n)); }
 int MPI_Graph_create(MPI_Comm c, int nn, const int index[], const int edges[], int reorder, MPI_Comm *n)
 {
-	ivs_gate(c);
 	return comm_created(n, PMPI_Graph_create(c, nn, index, edges, reorder, n));
 }
 int MPI_Dist_graph_create(MPI_Comm c, int nn, const int sources[], const int degrees[], const int dest[],
                           const int weights[], MPI_Info info, int reorder, MPI_Comm *n)
 {
-	ivs_gate(c);
 	return comm_created(n, PMPI_Dist_graph_create(c, nn, sources, degrees, dest, weights, info, reorder, n));
 }
 int MPI_Dist_graph_create_adjacent(MPI_Comm c, int indeg, const int sources[], const int sw[], int outdeg,
                                    const int dest[], const int dw[], MPI_Info info, int reorder, MPI_Comm *n)
 {
-	ivs_gate(c);
 	return comm_created(n, PMPI_Dist_graph_create_adjacent(c, indeg, sources, sw, outdeg, dest, dw, info, reorder, n));
 }
 

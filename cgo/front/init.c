@@ -193,6 +193,7 @@ static int init_common(int rc, int provided)
 	if (rc != MPI_SUCCESS)
 		return rc;
 	ivs.ctlcomm = MPI_COMM_NULL;
+	ivs.gatecomm = MPI_COMM_NULL;
 	PMPI_Comm_rank(MPI_COMM_WORLD, &ivs.world_rank);
 	PMPI_Comm_size(MPI_COMM_WORLD, &ivs.world_size);
 	ivs.thread_multiple = provided == MPI_THREAD_MULTIPLE;
@@ -246,8 +247,9 @@ static int init_common(int rc, int provided)
 	ivs.job_active = active;
 	if (!ivs.job_active)
 		return MPI_SUCCESS;
-	if (PMPI_Comm_dup(MPI_COMM_WORLD, &ivs.ctlcomm) != MPI_SUCCESS)
-		ivs_fatal("cannot create the shim's own communicator");
+	if (PMPI_Comm_dup(MPI_COMM_WORLD, &ivs.ctlcomm) != MPI_SUCCESS ||
+	    PMPI_Comm_dup(MPI_COMM_WORLD, &ivs.gatecomm) != MPI_SUCCESS)
+		ivs_fatal("cannot create the shim's own communicators");
 	int *ub, flag = 0;
 	PMPI_Comm_get_attr(MPI_COMM_WORLD, MPI_TAG_UB, &ub, &flag);
 	ivs.tag_ub = flag ? *ub : 32767; /* the least MPI allows */

@@ -250,6 +250,7 @@ struct ivs_state {
 	ivshim_ctl_ring_fn ctl_ring;
 	/* migration (migrate.c) */
 	MPI_Comm ctlcomm;          /* the shim's own channel: a duplicate of MPI_COMM_WORLD */
+	MPI_Comm gatecomm;         /* the gates' messages (gate.c): another duplicate of MPI_COMM_WORLD */
 	int switching;             /* some pair or communicator is switching: migrate.c polls */
 	int self_leaving;          /* this rank's VM was flagged leaving: it gives up the region */
 	int released;              /* this rank gave the region back: never touch ivs.base again,
@@ -345,10 +346,6 @@ static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
 	struct ivs_comm *e = ivs_comm_get(c);
 	return e && e->p2p ? e : NULL;
 }
-
-/* gate.c: before a blocking library call collective over comm that has no nonblocking form, wait
- * (answering the shim's messages) until every member reached it, where comm is gated */
-void ivs_gate(MPI_Comm comm);
 
 /* coll_area.c: the collectives' one entry besides the interposers (the rest is in coll.h) */
 void ivs_coll_forget(struct ivs_comm *c);

@@ -17,10 +17,10 @@
  *     windows;
  *   - on a communicator of the even and one of the odd ranks runs MPI_Allreduce and MPI_Bcast
  *     (rotating roots); then, the Bcast's root ahead of the others, a blocking library call
- *     without a nonblocking form on the duplicate (the shim gates it): in even iterations
- *     MPI_Comm_split (checked and freed), in odd ones MPI_Win_fence around an MPI_Put to the
- *     next rank in a window of MPI_Win_allocate; then on the duplicate MPI_Allgatherv (which
- *     only the library runs), MPI_Allgather and MPI_Barrier, and checks the results;
+ *     without a nonblocking form on the duplicate (the shim gates it): MPI_Win_fence around an
+ *     MPI_Put to the next rank in a window of MPI_Win_allocate; then on the duplicate
+ *     MPI_Allgatherv (which only the library runs), MPI_Allgather and MPI_Barrier, and checks
+ *     the results;
  * and on MPI_COMM_WORLD an MPI_Allreduce of the error count ends the iteration.
  * Every message is checked on arrival: its source, its sequence number (the next expected from
  * that source on that stream: nothing lost, duplicated or reordered) and every payload word.
@@ -232,31 +232,16 @@ int main(int argc, char **argv)
                 fail("Bcast byte", it, j, -1);
         int v = rank * 1000 + (int)(it % 1000);
         /* The Bcast's root returns at once and runs ahead into a blocking call the library runs
-         * (a communicator's creation, a fence), where it waits for the others; those may wait
-         * for a migration's agreement on the half, which needs the root's answer: the shim's
-         * gate lets it answer (tests/model/collswitch.pml -DGATED_Y). */
-        if (it % 2 == 0) {
-            MPI_Comm third;
-            int trank, tsize, want = 0, wrank = 0;
-            MPI_Comm_split(dup, rank % 3, -rank, &third);
-            MPI_Comm_rank(third, &trank);
-            MPI_Comm_size(third, &tsize);
-            for (int q = rank % 3; q < size; q += 3) {
-                want++;
-                wrank += q > rank;
-            }
-            if (tsize != want || trank != wrank)
-                fail("Comm_split rank", it, trank, wrank);
-            MPI_Comm_free(&third);
-        } else {
-            long put = v;
-            MPI_Win_fence(0, win);
-            MPI_Put(&put, 1, MPI_LONG, (rank + 1) % size, 0, 1, MPI_LONG, win);
-            MPI_Win_fence(0, win);
-            long want = ((rank + size - 1) % size) * 1000 + (int)(it % 1000);
-            if (*wbase != want)
-                fail("Put through the window", it, *wbase, want);
-        }
+         * (a fence), where it waits for the others; those may wait for a migration's agreement
+         * on the half, which needs the root's answer: the shim's gate lets it answer
+         * (tests/model/collswitch.pml -DGATED_Y). */
+        long put = v;
+        MPI_Win_fence(0, win);
+        MPI_Put(&put, 1, MPI_LONG, (rank + 1) % size, 0, 1, MPI_LONG, win);
+        MPI_Win_fence(0, win);
+        long wput = ((rank + size - 1) % size) * 1000 + (int)(it % 1000);
+        if (*wbase != wput)
+            fail("Put through the window", it, *wbase, wput);
         /* The same shape into a collective only the library runs. */
         MPI_Allgatherv(&v, 1, MPI_INT, gath, ones, at, MPI_INT, dup);
         for (int q = 0; q < size; q++)
