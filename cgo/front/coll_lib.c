@@ -26,22 +26,25 @@ static int any_comm(MPI_Comm comm)
  * _alltoallv) and MPICH (Ineighbor_alltoallv) pair its two blocks by order and swap them, where
  * Open MPI's blocking calls do not (MPICH's coll/ring_neighbor_alltoall; natively, on a ring of
  * 2; MPICH 4.0's blocking Neighbor_alltoallv and _alltoallw swap them too). There the shim
- * calls the blocking one, which answers as the library does without the shim, and inside which
- * the rank does not answer a migration's agreement. Dimensions and periods are the same on
- * every member, so the choice is too. */
+ * calls the blocking one, which answers as the library does without the shim, after the gate
+ * (gate.c): inside it the rank does not answer a migration's agreement. Dimensions and periods
+ * are the same on every member, so the choice is too; a rank that cannot read them stops
+ * rather than choose alone. Called only for communicators with lib_nb (coll.h). */
 static int nb_pairs_right(MPI_Comm comm)
 {
 	int kind = MPI_UNDEFINED, nd = 0;
-	if (PMPI_Topo_test(comm, &kind) != MPI_SUCCESS || kind != MPI_CART || PMPI_Cartdim_get(comm, &nd) != MPI_SUCCESS ||
-	    nd <= 0)
+	if (PMPI_Topo_test(comm, &kind) != MPI_SUCCESS || (kind == MPI_CART && PMPI_Cartdim_get(comm, &nd) != MPI_SUCCESS))
+		ivs_fatal("cannot read the topology of a communicator");
+	if (kind != MPI_CART || nd <= 0)
 		return 1;
-	int *v = malloc(sizeof(int) * 3 * (size_t)nd), right = 0; /* dims, periods, coords */
-	if (v && PMPI_Cart_get(comm, nd, v, v + nd, v + 2 * nd) == MPI_SUCCESS) {
-		right = 1;
-		for (int d = 0; d < nd; d++)
-			right &= !(v[nd + d] && v[d] <= 2);
-	}
+	int *v = malloc(sizeof(int) * 3 * (size_t)nd), right = 1; /* dims, periods, coords */
+	if (!v || PMPI_Cart_get(comm, nd, v, v + nd, v + 2 * nd) != MPI_SUCCESS)
+		ivs_fatal("cannot read the dimensions of a Cartesian communicator");
+	for (int d = 0; d < nd; d++)
+		right &= !(v[nd + d] && v[d] <= 2);
 	free(v);
+	if (!right)
+		ivs_gate(comm);
 	return right;
 }
 

@@ -347,6 +347,10 @@ static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
 	return e && e->p2p ? e : NULL;
 }
 
+/* gate.c: before a blocking library call collective over comm, wait (answering the shim's
+ * messages) until every member reached it, where comm is gated */
+void ivs_gate(MPI_Comm comm);
+
 /* coll_area.c: the collectives' one entry besides the interposers (the rest is in coll.h) */
 void ivs_coll_forget(struct ivs_comm *c);
 int ivs_coll_in_region(struct ivs_comm *c);     /* collectives of c use an area in the region */
