@@ -89,12 +89,23 @@ static void library_op(enum op op)
          * wrong rank's window even without the shim (a 3-rank ring of MPI_Put lands in the
          * origin's own window), so the value would test the library, not the shim. Open MPI 4.1
          * has no one-sided component over TCP between hosts: the window cannot be created, and
-         * a barrier stands in for the fence (still a call the shim must not block). */
+         * a barrier stands in for the fence (still a call the shim must not block). Open MPI's
+         * component over TCP (osc/pt2pt) refuses MPI_THREAD_MULTIPLE, and a window creation that
+         * fails on some ranks leaves the others inside it for good: with any rank at that level
+         * no window is tried. */
         MPI_Win w;
-        int *cell, rc, ok, all = 0;
-        MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
-        rc = MPI_Win_allocate(sizeof *cell, sizeof *cell, MPI_INFO_NULL, MPI_COMM_WORLD, &cell, &w);
-        MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL);
+        int *cell, rc = MPI_ERR_OTHER, ok, all = 0, multiple = 0;
+#ifdef OMPI_MAJOR_VERSION
+        int provided = MPI_THREAD_SINGLE;
+        MPI_Query_thread(&provided);
+        multiple = provided == MPI_THREAD_MULTIPLE;
+        MPI_Allreduce(MPI_IN_PLACE, &multiple, 1, MPI_INT, MPI_LOR, MPI_COMM_WORLD);
+#endif
+        if (!multiple) {
+            MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+            rc = MPI_Win_allocate(sizeof *cell, sizeof *cell, MPI_INFO_NULL, MPI_COMM_WORLD, &cell, &w);
+            MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL);
+        }
         ok = rc == MPI_SUCCESS;
         MPI_Allreduce(&ok, &all, 1, MPI_INT, MPI_LAND, MPI_COMM_WORLD);
         if (all) {
