@@ -49,11 +49,7 @@ static int exchange(struct ivs_coll *k, const void *out, int to, void *in, int f
 
 int ivs_lead_barrier(struct ivs_coll *k)
 {
-	int p = k->nhosts, me = k->myhost, rc = MPI_SUCCESS;
-	char none = 0, got;
-	for (int d = 1; d < p && rc == MPI_SUCCESS; d <<= 1)
-		rc = exchange(k, &none, (me + d) % p, &got, (me - d + p) % p, 0);
-	return rc;
+	return ivs_net_barrier(k->lcomm, NULL, k->nhosts, k->myhost, LEAD_TAG);
 }
 
 /* The binomial tree of a bcast from host root: this leader's parent (-1 at the root) and

@@ -43,22 +43,17 @@ static const struct ivs_comm *gated(MPI_Comm comm)
 	return c && c->lib_nb ? c : NULL;
 }
 
-/* The gate itself: a dissemination barrier among n members (world ranks, this one the me-th) by
- * empty messages on the shim's own communicator, which puts nothing of the shim's among the
- * program's own collectives on its communicator. One tag serves every gate: members pass the
+/* The gate itself: a barrier among n members (world ranks, this one the me-th) by empty
+ * messages on the shim's own communicator (ivs_net_barrier, as the leaders' barrier), which
+ * puts nothing of the shim's among the program's own collectives on its communicator. One tag serves every gate: members pass the
  * gates of communicators they share in the same order (else the blocking calls behind them
  * would deadlock without the shim too), and messages between two ranks do not overtake. */
 enum { GATE_TAG = 1 };
 static void pass(const int *world, int n, int me)
 {
-	char none = 0, got;
-	for (int d = 1; d < n; d <<= 1) {
-		MPI_Request r[2];
-		if (PMPI_Irecv(&got, 0, MPI_BYTE, world[(me - d + n) % n], GATE_TAG, ivs.gatecomm, &r[0]) != MPI_SUCCESS ||
-		    PMPI_Isend(&none, 0, MPI_BYTE, world[(me + d) % n], GATE_TAG, ivs.gatecomm, &r[1]) != MPI_SUCCESS ||
-		    ivs_net_wait(&r[0], MPI_STATUS_IGNORE) != MPI_SUCCESS || ivs_net_wait(&r[1], MPI_STATUS_IGNORE) != MPI_SUCCESS)
-			ivs_fatal("the gate of a blocking collective call failed (distance %d among %d members)", d, n);
-	}
+	int rc = ivs_net_barrier(ivs.gatecomm, world, n, me, GATE_TAG);
+	if (rc != MPI_SUCCESS)
+		ivs_fatal("the gate of a blocking collective call among %d members failed (%d)", n, rc);
 	ivs.stats.gates++;
 }
 
