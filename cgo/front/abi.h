@@ -31,6 +31,8 @@
 #pragma weak ompi_mpi_datatype_null
 #pragma weak ompi_mpi_op_null
 #pragma weak ompi_mpi_win_null
+#pragma weak ompi_mpi_file_null
+#pragma weak ompi_mpi_group_null
 #pragma weak ompi_mpi_byte
 #pragma weak ompi_mpi_packed
 #pragma weak ompi_mpi_char

@@ -173,10 +173,32 @@ static void lead_alloc(struct coll_info *me, int n)
 		        ivs.world_rank, n, (unsigned long)slot);
 }
 
+/* The leaders' communicator, made by the hosts' leaders (world ranks lead, host order) alone:
+ * its rank is the host's index. A blocking library call, in which no leader answers the
+ * shim's messages (migrate.c), but gated by the set-up's exchange right before (gate.c explains
+ * gates): every member entered that, waiting by polling, and the leaders come straight here.
+ * Made from the shim's own duplicate of MPI_COMM_WORLD by MPI_Comm_create_group, not by a
+ * split of the program's communicator: a creation on that would be one more collective of its
+ * own, which Open MPI 4.1 can mismatch with an MPI_Comm_idup the program has pending on it
+ * (comm.c). One tag serves all: the leaders of a set-up are all inside it together (its
+ * exchange completed), and set-ups of communicators that share leaders follow the program's
+ * order of collectives on them, the same on each. */
+enum { LEADERS_TAG = 7 };
+static void leaders_comm(const int *lead, int nh, MPI_Comm *lcomm)
+{
+	MPI_Group wg = MPI_GROUP_NULL, lg = MPI_GROUP_NULL;
+	if (PMPI_Comm_group(ivs.gatecomm, &wg) != MPI_SUCCESS || PMPI_Group_incl(wg, nh, lead, &lg) != MPI_SUCCESS ||
+	    PMPI_Comm_create_group(ivs.gatecomm, lg, LEADERS_TAG, lcomm) != MPI_SUCCESS)
+		ivs_fatal("cannot create the leaders' communicator");
+	PMPI_Group_free(&lg);
+	PMPI_Group_free(&wg);
+}
+
 static void exchange(struct ivs_comm *c, const struct coll_info *me, struct coll_info *all)
 {
 	MPI_Request req;
-	int rc = ivs_coll_net_complete(PMPI_Iallgather(me, sizeof *me, MPI_BYTE, all, sizeof *me, MPI_BYTE, c->handle, &req), &req);
+	int rc = c->lib_nb ? ivs_coll_net_complete(PMPI_Iallgather(me, sizeof *me, MPI_BYTE, all, sizeof *me, MPI_BYTE, c->handle, &req), &req)
+	                   : PMPI_Allgather(me, sizeof *me, MPI_BYTE, all, sizeof *me, MPI_BYTE, c->handle); /* comm.c: idup */
 	if (rc != MPI_SUCCESS)
 		ivs_fatal("collective set-up exchange failed (%d)", rc);
 }
@@ -348,6 +370,11 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	for (int r = 0; r < c->size; r++)
 		k->pos[r] = k->host_first[k->host_of[r]] + count[k->host_of[r]]++;
 	uint64_t off = (uint64_t)all[k->lranks[0]].area;
+	int *lead_world = malloc(sizeof(int) * (size_t)nh); /* the hosts' leaders, world ranks */
+	if (!lead_world)
+		ivs_fatal("out of memory");
+	for (int h = 0; h < nh; h++)
+		lead_world[h] = c->world[leader[h]];
 	free(keys);
 	free(count);
 	free(leader);
@@ -360,6 +387,7 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	if (me.area && !k->usable) /* its group formed, another did not get an area */
 		ivs.ctl_free((uint64_t)me.area, err, sizeof err);
 	if (!k->usable) {
+		free(lead_world);
 		if (c->sw_round && ivs.verbose)
 			fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: the library (a host's group has no area)\n",
 			        ivs.world_rank, c->size);
@@ -375,11 +403,9 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 		k->area = ivs.base + off;
 		k->area_off = off;
 	}
-	/* A blocking library call, in which no member answers the shim's messages (migrate.c), but
-	 * gated by the exchange above (gate.c explains gates): every member entered it, waiting by
-	 * polling, and comes straight here. */
-	if (nh > 1 && PMPI_Comm_split(c->handle, k->li == 0 ? 0 : MPI_UNDEFINED, k->myhost, &k->lcomm) != MPI_SUCCESS)
-		ivs_fatal("cannot create the leaders' communicator");
+	if (nh > 1 && k->li == 0)
+		leaders_comm(lead_world, nh, &k->lcomm);
+	free(lead_world);
 	if (c->sw_round && ivs.verbose)
 		fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: %d hosts, %d members in this rank's area (%d in its previous one)\n",
 		        ivs.world_rank, c->size, nh, k->nl, c->prev_nl);

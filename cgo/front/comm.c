@@ -243,33 +243,99 @@ int ivs_comm_world_init(void)
 	return comm_agree(MPI_COMM_WORLD, 1);
 }
 
-/* Communicator creation: blocking library calls, not gated (gate.c says why). */
-int MPI_Comm_dup(MPI_Comm c, MPI_Comm *n) { return comm_created(n, PMPI_Comm_dup(c, n)); }
-int MPI_Comm_dup_with_info(MPI_Comm c, MPI_Info i, MPI_Comm *n) { return comm_created(n, PMPI_Comm_dup_with_info(c, i, n)); }
-int MPI_Comm_split(MPI_Comm c, int color, int key, MPI_Comm *n) { return comm_created(n, PMPI_Comm_split(c, color, key, n)); }
-int MPI_Comm_split_type(MPI_Comm c, int type, int key, MPI_Info i, MPI_Comm *n) { return comm_created(n, PMPI_Comm_split_type(c, type, key, i, n)); }
-int MPI_Comm_create(MPI_Comm c, MPI_Group g, MPI_Comm *n) { return comm_created(n, PMPI_Comm_create(c, g, n)); }
-int MPI_Comm_create_group(MPI_Comm c, MPI_Group g, int tag, MPI_Comm *n) { return comm_created(n, PMPI_Comm_create_group(c, g, tag, n)); }
+/* Communicator creation: blocking library calls collective over c (over the group's members
+ * for MPI_Comm_create_group), so they pass c's gate (gate.c). MPI_Intercomm_merge's c is an
+ * intercommunicator, which the shim does not record: never gated. */
+int MPI_Comm_dup(MPI_Comm c, MPI_Comm *n)
+{
+	ivs_gate(c);
+	return comm_created(n, PMPI_Comm_dup(c, n));
+}
+int MPI_Comm_dup_with_info(MPI_Comm c, MPI_Info i, MPI_Comm *n)
+{
+	ivs_gate(c);
+	return comm_created(n, PMPI_Comm_dup_with_info(c, i, n));
+}
+int MPI_Comm_split(MPI_Comm c, int color, int key, MPI_Comm *n)
+{
+	ivs_gate(c);
+	return comm_created(n, PMPI_Comm_split(c, color, key, n));
+}
+int MPI_Comm_split_type(MPI_Comm c, int type, int key, MPI_Info i, MPI_Comm *n)
+{
+	ivs_gate(c);
+	return comm_created(n, PMPI_Comm_split_type(c, type, key, i, n));
+}
+int MPI_Comm_create(MPI_Comm c, MPI_Group g, MPI_Comm *n)
+{
+	ivs_gate(c);
+	return comm_created(n, PMPI_Comm_create(c, g, n));
+}
+int MPI_Comm_create_group(MPI_Comm c, MPI_Group g, int tag, MPI_Comm *n)
+{
+	ivs_gate_group(c, g);
+	return comm_created(n, PMPI_Comm_create_group(c, g, tag, n));
+}
 int MPI_Intercomm_merge(MPI_Comm c, int high, MPI_Comm *n) { return comm_created(n, PMPI_Intercomm_merge(c, high, n)); }
 int MPI_Cart_create(MPI_Comm c, int nd, const int dims[], const int periods[], int reorder, MPI_Comm *n)
 {
+	ivs_gate(c);
 	return comm_created(n, PMPI_Cart_create(c, nd, dims, periods, reorder, n));
 }
-int MPI_Cart_sub(MPI_Comm c, const int remain[], MPI_Comm *n) { return comm_created(n, PMPI_Cart_sub(c, remain, n)); }
+int MPI_Cart_sub(MPI_Comm c, const int remain[], MPI_Comm *n)
+{
+	ivs_gate(c);
+	return comm_created(n, PMPI_Cart_sub(c, remain, n));
+}
 int MPI_Graph_create(MPI_Comm c, int nn, const int index[], const int edges[], int reorder, MPI_Comm *n)
 {
+	ivs_gate(c);
 	return comm_created(n, PMPI_Graph_create(c, nn, index, edges, reorder, n));
 }
 int MPI_Dist_graph_create(MPI_Comm c, int nn, const int sources[], const int degrees[], const int dest[],
                           const int weights[], MPI_Info info, int reorder, MPI_Comm *n)
 {
+	ivs_gate(c);
 	return comm_created(n, PMPI_Dist_graph_create(c, nn, sources, degrees, dest, weights, info, reorder, n));
 }
 int MPI_Dist_graph_create_adjacent(MPI_Comm c, int indeg, const int sources[], const int sw[], int outdeg,
                                    const int dest[], const int dw[], MPI_Info info, int reorder, MPI_Comm *n)
 {
+	ivs_gate(c);
 	return comm_created(n, PMPI_Dist_graph_create_adjacent(c, indeg, sources, sw, outdeg, dest, dw, info, reorder, n));
 }
+
+/* MPI_Comm_idup: the library agrees on the new communicator's context id later, from its
+ * progress engine, by nonblocking collectives on c that it issues then, and Open MPI 4.1
+ * matches those against the other collectives and communicator creations on c in the order
+ * each rank happened to issue them (open-mpi/ompi#2025): a wait that runs the progress engine
+ * between the MPI_Comm_idup and a blocking communicator creation on c may hang the job, without
+ * the shim too (README, "Migrate a VM"). A gate is such a wait (MPICH's comm/comm_idup_comm hung
+ * with one before its MPI_Comm_dup), and so is a nonblocking call of the library's collectives.
+ * So from c's first MPI_Comm_idup on, the shim calls the library's collectives on c blocking,
+ * gates none of c's calls and sets c's collectives up by a blocking exchange: lib_nb goes.
+ * MPI_Comm_idup is collective over c, so this happens at the same place in c's sequence of
+ * collectives on every member, and gates and calls stay matched. */
+static void idup_parent(MPI_Comm c)
+{
+	struct ivs_comm *e = ivs.job_active ? ivs_comm_get(c) : NULL;
+	if (e)
+		e->lib_nb = 0;
+}
+
+int MPI_Comm_idup(MPI_Comm c, MPI_Comm *n, MPI_Request *r)
+{
+	idup_parent(c);
+	return PMPI_Comm_idup(c, n, r);
+}
+
+#if defined(MPICH) && MPI_VERSION >= 4
+int MPI_Comm_idup_with_info(MPI_Comm c, MPI_Info i, MPI_Comm *n, MPI_Request *r)
+{
+	idup_parent(c);
+	return PMPI_Comm_idup_with_info(c, i, n, r);
+}
+#endif
 
 int MPI_Comm_free(MPI_Comm *c)
 {

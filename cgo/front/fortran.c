@@ -651,6 +651,36 @@ static void f_comm_create_group(fint *comm, fint *group, fint *tag, fint *newcom
 }
 IVS_F_EXPORT(f_comm_create_group, comm_create_group, COMM_CREATE_GROUP, Comm_create_group)
 
+/* MPI_Comm_idup (comm.c: its parent's collectives are called blocking from then on). Open MPI
+ * makes the new communicator at once and issues its Fortran handle in the call (as its own
+ * binding does); MPICH writes the new handle when the request completes, so the program's own
+ * variable must receive it (MPICH's f08 handle is the C handle). */
+#if defined(OPEN_MPI)
+static void f_comm_idup(fint *comm, fint *newcomm, fint *req, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	MPI_Request c = MPI_REQUEST_NULL;
+	int rc = MPI_Comm_idup(F_COMM(comm), &n, &c);
+	if (rc == MPI_SUCCESS) {
+		*newcomm = C_COMM(n);
+		*req = C_REQ(c);
+	}
+	fret(ierr, rc);
+}
+#else
+static void f_comm_idup(fint *comm, fint *newcomm, fint *req, fint *ierr)
+{
+	fret(ierr, MPI_Comm_idup(F_COMM(comm), (MPI_Comm *)newcomm, (MPI_Request *)req));
+}
+
+static void f_comm_idup_with_info(fint *comm, fint *info, fint *newcomm, fint *req, fint *ierr)
+{
+	fret(ierr, MPI_Comm_idup_with_info(F_COMM(comm), F_INFO(info), (MPI_Comm *)newcomm, (MPI_Request *)req));
+}
+IVS_F_EXPORT(f_comm_idup_with_info, comm_idup_with_info, COMM_IDUP_WITH_INFO, Comm_idup_with_info)
+#endif
+IVS_F_EXPORT(f_comm_idup, comm_idup, COMM_IDUP, Comm_idup)
+
 static void f_intercomm_merge(fint *comm, fint *high, fint *newcomm, fint *ierr)
 {
 	MPI_Comm n = MPI_COMM_NULL;
@@ -712,28 +742,21 @@ IVS_F_EXPORT(f_dist_graph_create_adjacent, dist_graph_create_adjacent, DIST_GRAP
              Dist_graph_create_adjacent)
 
 /* MPI_Comm_free and MPI_Comm_disconnect. */
-#define F_COMM_END(lower, UPPER, Camel)                   \
-	static void f_##lower(fint *comm, fint *ierr)         \
+/* A call that ends a handle of C type T given by reference (MPI_Comm_free, MPI_Type_free,
+ * MPI_Win_free, MPI_File_close ...): the Fortran handle receives the library's null handle. */
+#define F_HANDLE_END(lower, UPPER, Camel, T, f2c, c2f)    \
+	static void f_##lower(fint *h, fint *ierr)            \
 	{                                                     \
-		MPI_Comm c = F_COMM(comm);                        \
+		T c = f2c(h);                                     \
 		int rc = MPI_##Camel(&c);                         \
 		if (rc == MPI_SUCCESS)                            \
-			*comm = C_COMM(c);                            \
+			*h = c2f(c);                                  \
 		fret(ierr, rc);                                   \
 	}                                                     \
 	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
-F_COMM_END(comm_free, COMM_FREE, Comm_free)
-F_COMM_END(comm_disconnect, COMM_DISCONNECT, Comm_disconnect)
-
-static void f_type_free(fint *type, fint *ierr)
-{
-	MPI_Datatype t = F_TYPE(type);
-	int rc = MPI_Type_free(&t);
-	if (rc == MPI_SUCCESS)
-		*type = C_TYPE(t);
-	fret(ierr, rc);
-}
-IVS_F_EXPORT(f_type_free, type_free, TYPE_FREE, Type_free)
+F_HANDLE_END(comm_free, COMM_FREE, Comm_free, MPI_Comm, F_COMM, C_COMM)
+F_HANDLE_END(comm_disconnect, COMM_DISCONNECT, Comm_disconnect, MPI_Comm, F_COMM, C_COMM)
+F_HANDLE_END(type_free, TYPE_FREE, Type_free, MPI_Datatype, F_TYPE, C_TYPE)
 
 /* ---- windows: creation, fences and MPI_Win_free pass a gate (gate.c) ---- */
 
@@ -768,13 +791,83 @@ IVS_F_EXPORT(f_win_create_dynamic, win_create_dynamic, WIN_CREATE_DYNAMIC, Win_c
 static void f_win_fence(fint *assertion, fint *win, fint *ierr) { fret(ierr, MPI_Win_fence(*assertion, F_WIN(win))); }
 IVS_F_EXPORT(f_win_fence, win_fence, WIN_FENCE, Win_fence)
 
-static void f_win_free(fint *win, fint *ierr)
+F_HANDLE_END(win_free, WIN_FREE, Win_free, MPI_Win, F_WIN, C_WIN)
+
+/* ---- files: MPI-IO's collective calls pass a gate (gate.c) ---- */
+
+#define F_FILE(f) PMPI_File_f2c(*(f))
+#define C_FILE(c) PMPI_File_c2f(c)
+
+/* A Fortran string argument as a C string, as the library reads it: trailing blanks dropped
+ * (Open MPI drops leading ones too). NULL when out of memory. Its hidden length is read as an
+ * int, the low half of gfortran's size_t: Open MPI's mpi_f08 passes an INTEGER by value. */
+static char *fstr(const char *s, int n)
 {
-	MPI_Win w = F_WIN(win);
-	int rc = MPI_Win_free(&w);
-	fwin_out(win, w, rc, ierr);
+	size_t len = n > 0 ? (size_t)n : 0;
+#if defined(OPEN_MPI)
+	while (len > 0 && *s == ' ') {
+		s++;
+		len--;
+	}
+#endif
+	while (len > 0 && s[len - 1] == ' ')
+		len--;
+	char *c = malloc(len + 1);
+	if (c) {
+		memcpy(c, s, len);
+		c[len] = 0;
+	}
+	return c;
 }
-IVS_F_EXPORT(f_win_free, win_free, WIN_FREE, Win_free)
+
+static void f_file_open(fint *comm, const char *name, fint *amode, fint *info, fint *fh, fint *ierr, int name_len)
+{
+	char *c = fstr(name, name_len);
+	MPI_File f = MPI_FILE_NULL;
+	int rc = c ? MPI_File_open(F_COMM(comm), c, *amode, F_INFO(info), &f) : MPI_ERR_NO_MEM;
+	free(c);
+	if (rc == MPI_SUCCESS)
+		*fh = C_FILE(f);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_file_open, file_open, FILE_OPEN, File_open)
+
+F_HANDLE_END(file_close, FILE_CLOSE, File_close, MPI_File, F_FILE, C_FILE)
+
+static void f_file_set_view(fint *fh, MPI_Offset *disp, fint *etype, fint *ftype, const char *rep, fint *info,
+                            fint *ierr, int rep_len)
+{
+	char *c = fstr(rep, rep_len);
+	int rc = c ? MPI_File_set_view(F_FILE(fh), *disp, F_TYPE(etype), F_TYPE(ftype), c, F_INFO(info)) : MPI_ERR_NO_MEM;
+	free(c);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_file_set_view, file_set_view, FILE_SET_VIEW, File_set_view)
+
+/* MPI_File_set_size and MPI_File_preallocate */
+#define F_FILE_SIZE(lower, UPPER, Camel)                                                                     \
+	static void f_##lower(fint *fh, MPI_Offset *size, fint *ierr) { fret(ierr, MPI_##Camel(F_FILE(fh), *size)); } \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_FILE_SIZE(file_set_size, FILE_SET_SIZE, File_set_size)
+F_FILE_SIZE(file_preallocate, FILE_PREALLOCATE, File_preallocate)
+
+static void f_file_sync(fint *fh, fint *ierr) { fret(ierr, MPI_File_sync(F_FILE(fh))); }
+IVS_F_EXPORT(f_file_sync, file_sync, FILE_SYNC, File_sync)
+
+static void f_file_set_atomicity(fint *fh, fint *flag, fint *ierr)
+{
+	fret(ierr, MPI_File_set_atomicity(F_FILE(fh), *flag != 0));
+}
+IVS_F_EXPORT(f_file_set_atomicity, file_set_atomicity, FILE_SET_ATOMICITY, File_set_atomicity)
+
+static void f_file_set_info(fint *fh, fint *info, fint *ierr) { fret(ierr, MPI_File_set_info(F_FILE(fh), F_INFO(info))); }
+IVS_F_EXPORT(f_file_set_info, file_set_info, FILE_SET_INFO, File_set_info)
+
+static void f_file_seek_shared(fint *fh, MPI_Offset *off, fint *whence, fint *ierr)
+{
+	fret(ierr, MPI_File_seek_shared(F_FILE(fh), *off, *whence));
+}
+IVS_F_EXPORT(f_file_seek_shared, file_seek_shared, FILE_SEEK_SHARED, File_seek_shared)
 
 /* MPI_Buffer_detach: the shim's buffered copies in flight must drain first (p2p.c). The
  * mpif.h and `use mpi` bindings ignore the address argument (MPI-3.1 section 3.6); mpi_f08
@@ -1078,5 +1171,57 @@ static void f_neighbor_alltoallw(void *sbuf, fint *scounts, MPI_Aint *sdispls, f
 	fret(ierr, rc);
 }
 IVS_F_EXPORT(f_neighbor_alltoallw, neighbor_alltoallw, NEIGHBOR_ALLTOALLW, Neighbor_alltoallw)
+
+/* MPI-IO's collective data access (gate.c): f_lower(params) calls MPI_Camel(the file, args...),
+ * with the Fortran status last (F_FILE_ST) or without one (F_FILE_NOST). */
+#define F_FILE_ST(lower, UPPER, Camel, params, ...)                                         \
+	static void f_##lower params                                                            \
+	{                                                                                       \
+		struct fst s;                                                                       \
+		int rc = MPI_##Camel(F_FILE(fh), __VA_ARGS__, fst_open(&s, status));                \
+		fst_close(&s, rc == MPI_SUCCESS);                                                   \
+		fret(ierr, rc);                                                                     \
+	}                                                                                       \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+#define F_FILE_NOST(lower, UPPER, Camel, params, ...)                                       \
+	static void f_##lower params { fret(ierr, MPI_##Camel(F_FILE(fh), __VA_ARGS__)); }     \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+
+/* MPI_File_read_all, _write_all, _read_ordered, _write_ordered */
+#define F_FILE_RW(lower, UPPER, Camel)                                                                      \
+	F_FILE_ST(lower, UPPER, Camel, (fint * fh, void *buf, fint *count, fint *type, fint *status, fint *ierr), \
+	          fbuf(buf), *count, F_TYPE(type))
+F_FILE_RW(file_read_all, FILE_READ_ALL, File_read_all)
+F_FILE_RW(file_write_all, FILE_WRITE_ALL, File_write_all)
+F_FILE_RW(file_read_ordered, FILE_READ_ORDERED, File_read_ordered)
+F_FILE_RW(file_write_ordered, FILE_WRITE_ORDERED, File_write_ordered)
+F_FILE_ST(file_read_at_all, FILE_READ_AT_ALL, File_read_at_all,
+          (fint * fh, MPI_Offset *off, void *buf, fint *count, fint *type, fint *status, fint *ierr), *off, fbuf(buf),
+          *count, F_TYPE(type))
+F_FILE_ST(file_write_at_all, FILE_WRITE_AT_ALL, File_write_at_all,
+          (fint * fh, MPI_Offset *off, void *buf, fint *count, fint *type, fint *status, fint *ierr), *off, fbuf(buf),
+          *count, F_TYPE(type))
+
+/* the split collectives' _begin */
+#define F_FILE_BEGIN(lower, UPPER, Camel) \
+	F_FILE_NOST(lower, UPPER, Camel, (fint * fh, void *buf, fint *count, fint *type, fint *ierr), fbuf(buf), *count, F_TYPE(type))
+F_FILE_BEGIN(file_read_all_begin, FILE_READ_ALL_BEGIN, File_read_all_begin)
+F_FILE_BEGIN(file_write_all_begin, FILE_WRITE_ALL_BEGIN, File_write_all_begin)
+F_FILE_BEGIN(file_read_ordered_begin, FILE_READ_ORDERED_BEGIN, File_read_ordered_begin)
+F_FILE_BEGIN(file_write_ordered_begin, FILE_WRITE_ORDERED_BEGIN, File_write_ordered_begin)
+F_FILE_NOST(file_read_at_all_begin, FILE_READ_AT_ALL_BEGIN, File_read_at_all_begin,
+            (fint * fh, MPI_Offset *off, void *buf, fint *count, fint *type, fint *ierr), *off, fbuf(buf), *count, F_TYPE(type))
+F_FILE_NOST(file_write_at_all_begin, FILE_WRITE_AT_ALL_BEGIN, File_write_at_all_begin,
+            (fint * fh, MPI_Offset *off, void *buf, fint *count, fint *type, fint *ierr), *off, fbuf(buf), *count, F_TYPE(type))
+
+/* ... and their _end */
+#define F_FILE_END(lower, UPPER, Camel) \
+	F_FILE_ST(lower, UPPER, Camel, (fint * fh, void *buf, fint *status, fint *ierr), fbuf(buf))
+F_FILE_END(file_read_all_end, FILE_READ_ALL_END, File_read_all_end)
+F_FILE_END(file_write_all_end, FILE_WRITE_ALL_END, File_write_all_end)
+F_FILE_END(file_read_at_all_end, FILE_READ_AT_ALL_END, File_read_at_all_end)
+F_FILE_END(file_write_at_all_end, FILE_WRITE_AT_ALL_END, File_write_at_all_end)
+F_FILE_END(file_read_ordered_end, FILE_READ_ORDERED_END, File_read_ordered_end)
+F_FILE_END(file_write_ordered_end, FILE_WRITE_ORDERED_END, File_write_ordered_end)
 
 #endif /* OPEN_MPI */

@@ -1,7 +1,9 @@
 /*
  * Gates: the library's blocking calls that are collective over a communicator and have no
- * nonblocking form the shim could wait for by polling: window creation, MPI_Win_fence and
- * MPI_Win_free.
+ * nonblocking form the shim could wait for by polling: communicator creation (comm.c), window
+ * creation, MPI_Win_fence and MPI_Win_free; MPI-IO's collective calls (MPI_File_open and
+ * _close, the calls that set a file's view, size, atomicity or info, MPI_File_sync,
+ * MPI_File_seek_shared and the collective data access routines, split ones included).
  *
  * Why. A rank blocked inside such a call answers no migration agreement (migrate.c,
  * "Collectives"), and a valid program could deadlock there: the rank ran one collective ahead of
@@ -16,22 +18,21 @@
  * barrier. From then on no member waits for a decision before it reaches the call, so the call
  * completes (collswitch.pml -DBLOCKING_Y -DGATED_Y: proven free of deadlock). Whether a
  * communicator is gated is the same on every member (lib_nb is agreed when it is recorded), so
- * the barriers match. A window keeps its communicator's members for the gates of its fences and
- * its MPI_Win_free (the program may free the communicator first).
+ * the barriers match. A window or a file keeps its communicator's members for the gates of
+ * the later calls on it (the program may free the communicator first).
  *
  * Also gated: the blocking neighbourhood alltoalls the shim calls where the libraries'
  * nonblocking ones pair blocks wrong (coll_lib.c). Cost: one barrier per gated call (README:
  * an empty fence 1.5-1.75x the library's).
- * Communicator creation is not gated: with a gate before MPI_Comm_dup (an MPI_Ibarrier on the
- * communicator, or this point-to-point barrier) MPICH's comm/comm_idup_comm, a blocking
- * MPI_Comm_dup while MPI_Comm_idup requests are pending, hung on Open MPI (2 of 2 and 1 of 2
- * runs; 4 of 4 passed without a gate). Not gated either: MPI_Intercomm_create, calls on
- * communicators the shim did not record, active-target synchronisation by groups
- * (MPI_Win_start/complete/post/wait), collective file I/O, windows MPICH's mpi_f08 creates with
- * an INTEGER(MPI_ADDRESS_KIND) displacement unit (its _large routines call PMPI_Win_allocate_c
- * directly) and every call the shim does not interpose (README, "Migrate a VM"). A re-plan's own blocking PMPI_Comm_split (coll_area.c) is
- * gated by the set-up's polled exchange right before it.
+ * Not gated: a communicator from the moment the program called MPI_Comm_idup on it (comm.c
+ * says why), MPI_Intercomm_create, calls on communicators the shim did not record,
+ * active-target synchronisation by groups (MPI_Win_start/complete/post/wait), windows MPICH's
+ * mpi_f08 creates with an INTEGER(MPI_ADDRESS_KIND) displacement unit (its _large routines
+ * call PMPI_Win_allocate_c directly) and every call the shim does not interpose (README,
+ * "Migrate a VM"). The set-up's own blocking MPI_Comm_create_group of the leaders
+ * (coll_area.c) is gated by the set-up's polled exchange right before it.
  */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ivshim.h"
@@ -64,61 +65,127 @@ void ivs_gate(MPI_Comm comm)
 		pass(c->world, c->size, c->rank);
 }
 
-/* ---- windows ---- */
+void ivs_gate_group(MPI_Comm comm, MPI_Group group)
+{
+	const struct ivs_comm *c = gated(comm);
+	int n = 0, me = MPI_UNDEFINED;
+	if (!c || PMPI_Group_size(group, &n) != MPI_SUCCESS || PMPI_Group_rank(group, &me) != MPI_SUCCESS ||
+	    me == MPI_UNDEFINED || n <= 0)
+		return; /* not gated, or an erroneous call the library will report */
+	int *at = malloc(sizeof(int) * (size_t)n), *world = malloc(sizeof(int) * (size_t)n), ok = at && world;
+	MPI_Group wg = MPI_GROUP_NULL;
+	for (int i = 0; ok && i < n; i++)
+		at[i] = i;
+	ok = ok && PMPI_Comm_group(MPI_COMM_WORLD, &wg) == MPI_SUCCESS &&
+	     PMPI_Group_translate_ranks(group, n, at, wg, world) == MPI_SUCCESS;
+	for (int i = 0; ok && i < n; i++)
+		ok = world[i] != MPI_UNDEFINED;
+	if (wg != MPI_GROUP_NULL)
+		PMPI_Group_free(&wg);
+	if (!ok)
+		ivs_fatal("the gate of a communicator creation over a group of %d: cannot map the group to MPI_COMM_WORLD", n);
+	pass(world, n, me);
+	free(at);
+	free(world);
+}
 
-struct gated_win {
-	MPI_Win win;
+/* ---- objects made over a communicator: windows and files ---- */
+
+/* A window or a file made on a gated communicator keeps its members for the gates of the calls
+ * that are collective over it (fences, collective I/O, MPI_Win_free, MPI_File_close): the
+ * program may free the communicator first. Handles are pointers in Open MPI (both) and in
+ * MPICH (files), integers in MPICH (windows): key is either, widened. */
+enum obj_kind { OBJ_WIN, OBJ_FILE };
+#define OBJ_KEY(handle) ((uintptr_t)(handle))
+
+struct gated_obj {
+	enum obj_kind kind;
+	uintptr_t key;
 	int *world, n, me; /* the members of its communicator */
-	struct gated_win *next;
+	struct gated_obj *next;
 };
-static struct gated_win *wins;
+static struct gated_obj *objs;
 
-/* Gate the creation of a window on comm: returns the record for its later gates (without its
- * window yet), or NULL where comm is not gated. */
-static struct gated_win *win_gate(MPI_Comm comm)
+/* Gate the making of an object on comm: returns the record for its later gates (without its
+ * handle yet), or NULL where comm is not gated. */
+static struct gated_obj *obj_gate(MPI_Comm comm)
 {
 	const struct ivs_comm *c = gated(comm);
 	if (!c)
 		return NULL;
 	pass(c->world, c->size, c->rank);
-	struct gated_win *w = malloc(sizeof *w);
+	struct gated_obj *o = malloc(sizeof *o);
 	int *world = malloc(sizeof(int) * (size_t)c->size);
-	if (!w || !world)
+	if (!o || !world)
 		ivs_fatal("out of memory");
 	memcpy(world, c->world, sizeof(int) * (size_t)c->size);
-	*w = (struct gated_win){MPI_WIN_NULL, world, c->size, c->rank, NULL};
-	return w;
+	*o = (struct gated_obj){OBJ_WIN, 0, world, c->size, c->rank, NULL};
+	return o;
 }
 
-/* After the window's creation returned rc: remember it. */
-static int win_made(int rc, MPI_Win *win, struct gated_win *w)
+static void obj_drop(struct gated_obj *o)
 {
-	if (!w)
+	free(o->world);
+	free(o);
+}
+
+/* After the object's making returned rc with the handle key: remember it. */
+static int obj_made(int rc, enum obj_kind kind, uintptr_t key, struct gated_obj *o)
+{
+	if (!o)
 		return rc;
 	if (rc != MPI_SUCCESS) {
-		free(w->world);
-		free(w);
+		obj_drop(o);
 		return rc;
 	}
-	w->win = *win;
-	w->next = wins;
-	wins = w;
+	o->kind = kind;
+	o->key = key;
+	o->next = objs;
+	objs = o;
 	return rc;
 }
 
-static struct gated_win **win_find(MPI_Win win)
+static struct gated_obj **obj_find(enum obj_kind kind, uintptr_t key)
 {
-	struct gated_win **p = &wins;
-	while (*p && (*p)->win != win)
+	struct gated_obj **p = &objs;
+	while (*p && ((*p)->kind != kind || (*p)->key != key))
 		p = &(*p)->next;
 	return p;
 }
 
+/* Before a call collective over the object: its gate, if it has one. */
+static void obj_pass(enum obj_kind kind, uintptr_t key)
+{
+	struct gated_obj *o = objs ? *obj_find(kind, key) : NULL;
+	if (o)
+		pass(o->world, o->n, o->me);
+}
+
+/* The freeing of the object key by call (MPI_Win_free, MPI_File_close): its gate, the call,
+ * then the record goes. The library may run the program's callbacks in the call (attribute
+ * deletion, error handlers), which may make or free objects: the record is looked up again. */
+#define OBJ_FREE(kind, key, call)                                     \
+	do {                                                              \
+		uintptr_t k_ = (key);                                         \
+		obj_pass((kind), k_);                                         \
+		int rc_ = (call);                                             \
+		struct gated_obj **p_ = objs ? obj_find((kind), k_) : NULL;   \
+		if (rc_ == MPI_SUCCESS && p_ && *p_) {                        \
+			struct gated_obj *o_ = *p_;                               \
+			*p_ = o_->next;                                           \
+			obj_drop(o_);                                             \
+		}                                                             \
+		return rc_;                                                   \
+	} while (0)
+
+/* ---- windows ---- */
+
 /* The body of a window's creation by call on comm into *win. */
-#define WIN_CREATE(comm, win, call)                        \
-	do {                                                   \
-		struct gated_win *w_ = win_gate(comm);             \
-		return win_made((call), (win), w_);                \
+#define WIN_CREATE(comm, win, call)                                   \
+	do {                                                              \
+		struct gated_obj *o_ = obj_gate(comm);                        \
+		int rc_ = (call);                                             \
+		return obj_made(rc_, OBJ_WIN, OBJ_KEY(*(win)), o_);           \
 	} while (0)
 
 int MPI_Win_create(void *base, MPI_Aint size, int disp_unit, MPI_Info info, MPI_Comm comm, MPI_Win *win)
@@ -161,27 +228,81 @@ int MPI_Win_allocate_shared_c(MPI_Aint size, MPI_Aint disp_unit, MPI_Info info, 
 
 int MPI_Win_fence(int assertion, MPI_Win win)
 {
-	struct gated_win *w = wins ? *win_find(win) : NULL;
-	if (w)
-		pass(w->world, w->n, w->me);
+	obj_pass(OBJ_WIN, OBJ_KEY(win));
 	return PMPI_Win_fence(assertion, win);
 }
 
-int MPI_Win_free(MPI_Win *win)
+int MPI_Win_free(MPI_Win *win) { OBJ_FREE(OBJ_WIN, OBJ_KEY(*win), PMPI_Win_free(win)); }
+
+/* ---- files: the collective calls of MPI-IO ---- */
+
+int MPI_File_open(MPI_Comm comm, const char *filename, int amode, MPI_Info info, MPI_File *fh)
 {
-	struct gated_win **p = wins ? win_find(*win) : NULL, *w = p ? *p : NULL;
-	if (!w)
-		return PMPI_Win_free(win);
-	pass(w->world, w->n, w->me);
-	MPI_Win was = *win;
-	int rc = PMPI_Win_free(win);
-	/* The library may have run the program's callbacks (attribute deletion, error handlers),
-	 * which may have made or freed windows: look the record up again. */
-	if (rc == MPI_SUCCESS && *(p = win_find(was))) {
-		w = *p;
-		*p = w->next;
-		free(w->world);
-		free(w);
-	}
-	return rc;
+	struct gated_obj *o = obj_gate(comm);
+	int rc = PMPI_File_open(comm, filename, amode, info, fh);
+	return obj_made(rc, OBJ_FILE, OBJ_KEY(*fh), o);
 }
+
+int MPI_File_close(MPI_File *fh) { OBJ_FREE(OBJ_FILE, OBJ_KEY(*fh), PMPI_File_close(fh)); }
+
+/* MPI_name(params), collective over the file fh: PMPI_name(args) behind the file's gate. The
+ * split collectives' _begin and _end are both collective, and both may block (Open MPI's ompio
+ * waits for the operation in _end). */
+#define FILE_COLL(name, params, args)                 \
+	int MPI_##name params                             \
+	{                                                 \
+		obj_pass(OBJ_FILE, OBJ_KEY(fh));              \
+		return PMPI_##name args;                      \
+	}
+
+/* the read and the write of a data access routine, with count of type cnt */
+#define FILE_RW(read, write, cnt)                                                                          \
+	FILE_COLL(read, (MPI_File fh, void *buf, cnt count, MPI_Datatype type, MPI_Status *st),                 \
+	          (fh, buf, count, type, st))                                                                  \
+	FILE_COLL(write, (MPI_File fh, const void *buf, cnt count, MPI_Datatype type, MPI_Status *st),          \
+	          (fh, buf, count, type, st))
+#define FILE_RW_AT(read, write, cnt)                                                                       \
+	FILE_COLL(read, (MPI_File fh, MPI_Offset off, void *buf, cnt count, MPI_Datatype type, MPI_Status *st), \
+	          (fh, off, buf, count, type, st))                                                             \
+	FILE_COLL(write, (MPI_File fh, MPI_Offset off, const void *buf, cnt count, MPI_Datatype type,          \
+	                  MPI_Status *st),                                                                     \
+	          (fh, off, buf, count, type, st))
+#define FILE_BEGIN(read, write, cnt)                                                                       \
+	FILE_COLL(read, (MPI_File fh, void *buf, cnt count, MPI_Datatype type), (fh, buf, count, type))         \
+	FILE_COLL(write, (MPI_File fh, const void *buf, cnt count, MPI_Datatype type), (fh, buf, count, type))
+#define FILE_BEGIN_AT(read, write, cnt)                                                                    \
+	FILE_COLL(read, (MPI_File fh, MPI_Offset off, void *buf, cnt count, MPI_Datatype type),                 \
+	          (fh, off, buf, count, type))                                                                 \
+	FILE_COLL(write, (MPI_File fh, MPI_Offset off, const void *buf, cnt count, MPI_Datatype type),          \
+	          (fh, off, buf, count, type))
+#define FILE_END(read, write)                                                                              \
+	FILE_COLL(read, (MPI_File fh, void *buf, MPI_Status *st), (fh, buf, st))                                \
+	FILE_COLL(write, (MPI_File fh, const void *buf, MPI_Status *st), (fh, buf, st))
+
+FILE_COLL(File_set_view,
+          (MPI_File fh, MPI_Offset disp, MPI_Datatype etype, MPI_Datatype filetype, const char *datarep, MPI_Info info),
+          (fh, disp, etype, filetype, datarep, info))
+FILE_COLL(File_set_size, (MPI_File fh, MPI_Offset size), (fh, size))
+FILE_COLL(File_preallocate, (MPI_File fh, MPI_Offset size), (fh, size))
+FILE_COLL(File_sync, (MPI_File fh), (fh))
+FILE_COLL(File_set_atomicity, (MPI_File fh, int flag), (fh, flag))
+FILE_COLL(File_set_info, (MPI_File fh, MPI_Info info), (fh, info))
+FILE_COLL(File_seek_shared, (MPI_File fh, MPI_Offset off, int whence), (fh, off, whence))
+FILE_RW(File_read_all, File_write_all, int)
+FILE_RW_AT(File_read_at_all, File_write_at_all, int)
+FILE_RW(File_read_ordered, File_write_ordered, int)
+FILE_BEGIN(File_read_all_begin, File_write_all_begin, int)
+FILE_BEGIN_AT(File_read_at_all_begin, File_write_at_all_begin, int)
+FILE_BEGIN(File_read_ordered_begin, File_write_ordered_begin, int)
+FILE_END(File_read_all_end, File_write_all_end)
+FILE_END(File_read_at_all_end, File_write_at_all_end)
+FILE_END(File_read_ordered_end, File_write_ordered_end)
+
+#if defined(MPICH) && MPI_VERSION >= 4
+FILE_RW(File_read_all_c, File_write_all_c, MPI_Count)
+FILE_RW_AT(File_read_at_all_c, File_write_at_all_c, MPI_Count)
+FILE_RW(File_read_ordered_c, File_write_ordered_c, MPI_Count)
+FILE_BEGIN(File_read_all_begin_c, File_write_all_begin_c, MPI_Count)
+FILE_BEGIN_AT(File_read_at_all_begin_c, File_write_at_all_begin_c, MPI_Count)
+FILE_BEGIN(File_read_ordered_begin_c, File_write_ordered_begin_c, MPI_Count)
+#endif

@@ -350,6 +350,8 @@ static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
 /* gate.c: before a blocking library call collective over comm, wait (answering the shim's
  * messages) until every member reached it, where comm is gated */
 void ivs_gate(MPI_Comm comm);
+/* ... the same for a call collective over the members of group, all members of comm */
+void ivs_gate_group(MPI_Comm comm, MPI_Group group);
 
 /* coll_area.c: the collectives' one entry besides the interposers (the rest is in coll.h) */
 void ivs_coll_forget(struct ivs_comm *c);

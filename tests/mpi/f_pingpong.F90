@@ -26,7 +26,7 @@
 !
 ! the collective calls every rank made (those the shim runs itself and those only the library
 ! runs: v-variants, scans), its blocking collective calls that pass the shim's gate
-! (window creation, fences, MPI_Win_free) and the point-to-point messages each rank sent, which the
+! (communicator and window creation, fences, MPI_Win_free, collective file I/O) and the point-to-point messages each rank sent, which the
 ! Go test finds again in the shim's statistics. No check is counted inside a polling loop, so the
 ! report is the same whatever the library, the transport and the timing.
 
@@ -47,6 +47,7 @@
 #define T_TYPE type(MPI_Datatype)
 #define T_STATUS type(MPI_Status)
 #define T_WIN type(MPI_Win)
+#define T_FILE type(MPI_File)
 #define STATUS_ARRAY(name, n) type(MPI_Status) :: name(n)
 #define STATUS_AT(s, i) s(i)
 #define SOURCE_OF(s) s%MPI_SOURCE
@@ -60,6 +61,7 @@
 #define T_TYPE integer
 #define T_STATUS integer, dimension(MPI_STATUS_SIZE)
 #define T_WIN integer
+#define T_FILE integer
 #define STATUS_ARRAY(name, n) integer :: name(MPI_STATUS_SIZE, n)
 #define STATUS_AT(s, i) s(:, i)
 #define SOURCE_OF(s) s(MPI_SOURCE)
@@ -95,6 +97,9 @@ program f_pingpong
   T_STATUS :: st
   T_WIN :: win
   integer :: winbuf(10), ngated
+  T_FILE :: fh
+  character(len=200) :: fname
+  integer :: fnlen
   integer, pointer :: wptr(:)
   type(c_ptr) :: cbase
 #ifndef USE_F08
@@ -108,6 +113,7 @@ program f_pingpong
   call MPI_Comm_size(MPI_COMM_WORLD, nranks, ierr)
   checks = 0
   failures = 0
+  ngated = 0
   nsent = 0
   ncoll = 0
   nlib = 0
@@ -318,6 +324,7 @@ program f_pingpong
 
   ! A split communicator in reverse rank order: exchange, reduce, broadcast, free.
   call MPI_Comm_split(MPI_COMM_WORLD, 0, nranks - rank, newcomm, ierr)
+  ngated = ngated + 1 ! a communicator creation: gated
   call MPI_Comm_rank(newcomm, nrank, ierr)
   call check(nrank == nranks - 1 - rank, 'split rank')
   npartner = ieor(nrank, 1)
@@ -343,6 +350,7 @@ program f_pingpong
 
   ! A duplicate of MPI_COMM_WORLD.
   call MPI_Comm_dup(MPI_COMM_WORLD, dupcomm, ierr)
+  ngated = ngated + 1 ! a communicator creation: gated
   call fill(sbuf, 10, rank, 110)
   call MPI_Sendrecv(sbuf, 10, MPI_INTEGER, partner, 110, rbuf, 10, MPI_INTEGER, partner, 110, &
                     dupcomm, st, ierr)
@@ -461,6 +469,7 @@ program f_pingpong
   dims = (/ nranks, 1 /)
   periods = (/ .true., .false. /)
   call MPI_Cart_create(MPI_COMM_WORLD, 2, dims, periods, .false., cartcomm, ierr)
+  ngated = ngated + 1 ! a communicator creation: gated
   call MPI_Cart_shift(cartcomm, 0, 1, src, dst, ierr)
   call check(src == mod(rank - 1 + nranks, nranks) .and. dst == mod(rank + 1, nranks), 'cart shift')
   call fill(sbuf, 30, rank, 140)
@@ -469,6 +478,7 @@ program f_pingpong
   call check_data(rbuf, 30, src, 140, 0, 'cart sendrecv data')
   remain = (/ .false., .true. /)
   call MPI_Cart_sub(cartcomm, remain, subcomm, ierr)
+  ngated = ngated + 1 ! a communicator creation: gated
   call MPI_Comm_size(subcomm, n, ierr)
   call check(n == 1, 'cart_sub size')
   call MPI_Comm_free(subcomm, ierr)
@@ -476,11 +486,13 @@ program f_pingpong
 
   ! The ranks sharing memory with this one, and a communicator made from a group.
   call MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, nodecomm, ierr)
+  ngated = ngated + 1 ! a communicator creation: gated
   call MPI_Comm_size(nodecomm, n, ierr)
   call check(n >= 1, 'split_type size')
   call MPI_Comm_free(nodecomm, ierr)
   call MPI_Comm_group(MPI_COMM_WORLD, group, ierr)
   call MPI_Comm_create(MPI_COMM_WORLD, group, grpcomm, ierr)
+  ngated = ngated + 1 ! a communicator creation: gated
   call MPI_Group_free(group, ierr)
   isum = -1
   call MPI_Allreduce(rank, isum, 1, MPI_INTEGER, MPI_MIN, grpcomm, ierr)
@@ -500,7 +512,7 @@ program f_pingpong
 
   ! Windows, made by MPI_Win_create and by MPI_Win_allocate: a Put to the partner between two
   ! fences, then freed. These 8 calls pass the shim's gate where the ranks share a host.
-  ngated = 8
+  ngated = ngated + 8
   winbuf = -1
   call MPI_Win_create(winbuf, int(40, MPI_ADDRESS_KIND), 4, MPI_INFO_NULL, MPI_COMM_WORLD, win, ierr)
   call fence_put(win, winbuf, 160, 'win_create put')
@@ -513,6 +525,34 @@ program f_pingpong
   call c_f_pointer(cbase, wptr, (/ 10 /))
   wptr = -1
   call fence_put(win, wptr, 170, 'win_allocate put')
+
+  ! A file of the world, by collective I/O: rank 0 names it (in TMPDIR, else /tmp); each rank
+  ! sees its own 10 integers through its view, writes them, reads them back by a split
+  ! collective. open, set_view, write_at_all, read_all_begin, read_all_end and close: 6 more
+  ! gated calls.
+  ngated = ngated + 6
+  if (rank == 0) then
+    call get_environment_variable('TMPDIR', fname, fnlen)
+    if (fnlen == 0) fname = '/tmp'
+    write (fname, '(a,a,i0,a)') trim(fname), '/f_pingpong_' // BINDING // '_', getpid(), '.dat'
+  end if
+  call MPI_Bcast(fname, len(fname), MPI_CHARACTER, 0, MPI_COMM_WORLD, ierr)
+  ncoll = ncoll + 1
+  call MPI_File_open(MPI_COMM_WORLD, fname, MPI_MODE_CREATE + MPI_MODE_RDWR + MPI_MODE_DELETE_ON_CLOSE, &
+    MPI_INFO_NULL, fh, ierr)
+  call check(ierr == MPI_SUCCESS, 'file open')
+  call MPI_File_set_view(fh, int(rank * 40, MPI_OFFSET_KIND), MPI_INTEGER, MPI_INTEGER, 'native', MPI_INFO_NULL, ierr)
+  call check(ierr == MPI_SUCCESS, 'file view')
+  call fill(sbuf, 10, rank, 180)
+  call MPI_File_write_at_all(fh, 0_MPI_OFFSET_KIND, sbuf, 10, MPI_INTEGER, st, ierr)
+  call check(ierr == MPI_SUCCESS, 'file write_at_all')
+  rbuf(1:10) = -1
+  call MPI_File_read_all_begin(fh, rbuf, 10, MPI_INTEGER, ierr)
+  call MPI_File_read_all_end(fh, rbuf, st, ierr)
+  call check(ierr == MPI_SUCCESS, 'file read_all_end')
+  call check_data(rbuf, 10, rank, 180, 0, 'file data')
+  call MPI_File_close(fh, ierr)
+  call check(fh == MPI_FILE_NULL, 'file closed')
 
   tot = (/ checks, failures /)
   call MPI_Reduce(tot, sums, 2, MPI_INTEGER, MPI_SUM, 0, MPI_COMM_WORLD, ierr)

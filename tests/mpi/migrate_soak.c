@@ -16,9 +16,13 @@
  *     types, a message that ends inside the receive's element, and above 256 KiB the shim's
  *     windows;
  *   - on a communicator of the even and one of the odd ranks runs MPI_Allreduce and MPI_Bcast
- *     (rotating roots); then, the Bcast's root ahead of the others, a blocking library call
- *     without a nonblocking form on the duplicate (the shim gates it): MPI_Win_fence around an
- *     MPI_Put to the next rank in a window of MPI_Win_allocate; then on the duplicate
+ *     (rotating roots); then, the Bcast's root ahead of the others, blocking library calls
+ *     without a nonblocking form on the duplicate (the shim gates them), each first in turn:
+ *     MPI_Win_fence around an MPI_Put to the next rank in a window of MPI_Win_allocate;
+ *     collective I/O on a file opened on the duplicate (in atomic mode: MPI_File_write_at_all
+ *     of its value into one of its two slots, MPI_File_read_at_all of the next rank's value of
+ *     the iteration before, checked); MPI_Comm_split of the duplicate into the ranks below and
+ *     above the iteration's pivot (its size checked, then freed); then on the duplicate
  *     MPI_Allgatherv (which only the library runs), MPI_Allgather and MPI_Barrier, and checks
  *     the results;
  * and on MPI_COMM_WORLD an MPI_Allreduce of the error count ends the iteration.
@@ -38,6 +42,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 enum { BURST = 3, STREAMS = 4 };
 static const int sizes[] = {16, 200, 4096, 65544, 300000};
@@ -90,6 +96,32 @@ static void check(const uint64_t *buf, int bytes, int s, int wsrc, uint64_t *nex
     h[s * size + wsrc] = mix(h[s * size + wsrc] ^ buf[1] ^ ((uint64_t)bytes << 32));
 }
 
+/* Collective I/O of iteration it: writes v into this rank's slot it % 2, reads the next rank's
+ * slot of the iteration before and checks it. Atomic mode and the MPI_Barrier on the file's
+ * communicator at the end of every iteration order that write before this read, and this read
+ * before the next rank overwrites the slot (two iterations on). */
+static void file_step(MPI_File fh, long it, int v)
+{
+    long w = v, r = -1;
+    int after = (rank + 1) % size;
+    MPI_File_write_at_all(fh, (MPI_Offset)(2 * rank + it % 2) * 8, &w, 1, MPI_LONG, MPI_STATUS_IGNORE);
+    MPI_File_read_at_all(fh, (MPI_Offset)(2 * after + (it + 1) % 2) * 8, &r, it > 0, MPI_LONG, MPI_STATUS_IGNORE);
+    if (it > 0 && r != after * 1000 + (it - 1) % 1000)
+        fail("value read from the file", it, r, after * 1000 + (it - 1) % 1000);
+}
+
+/* MPI_Comm_split of dup at a pivot that moves with the iteration; checks the part's size. */
+static void split_step(MPI_Comm dup, long it)
+{
+    int pivot = (int)(it % size), low = rank < pivot, part = -1;
+    MPI_Comm c;
+    MPI_Comm_split(dup, low, rank, &c);
+    MPI_Comm_size(c, &part);
+    if (part != (low ? pivot : size - pivot))
+        fail("size of the split's part", it, part, low ? pivot : size - pivot);
+    MPI_Comm_free(&c);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -132,6 +164,19 @@ int main(int argc, char **argv)
     MPI_Win win;
     MPI_Win_allocate(sizeof(long), sizeof(long), MPI_INFO_NULL, dup, &wbase, &win);
     *wbase = -1;
+    /* The file: a name rank 0 picks, in TMPDIR (default /tmp), which every rank must see. */
+    char path[512] = "";
+    if (rank == 0) {
+        const char *dir = getenv("TMPDIR");
+        snprintf(path, sizeof path, "%s/migrate_soak-%ld-%ld.dat", dir && *dir ? dir : "/tmp", (long)getpid(),
+                 (long)time(NULL));
+    }
+    MPI_Bcast(path, sizeof path, MPI_CHAR, 0, MPI_COMM_WORLD);
+    MPI_File fh;
+    if (MPI_File_open(dup, path, MPI_MODE_CREATE | MPI_MODE_RDWR | MPI_MODE_DELETE_ON_CLOSE, MPI_INFO_NULL, &fh) !=
+        MPI_SUCCESS)
+        fail("MPI_File_open", 0, 1, 0);
+    MPI_File_set_atomicity(fh, 1);
     MPI_Datatype rtype3;
     MPI_Type_vector(MAXSIZE / 8, 1, 3, MPI_UINT64_T, &rtype3);
     MPI_Type_commit(&rtype3);
@@ -236,12 +281,22 @@ int main(int argc, char **argv)
          * on the half, which needs the root's answer: the shim's gate lets it answer
          * (tests/model/collswitch.pml -DGATED_Y). */
         long put = v;
-        MPI_Win_fence(0, win);
-        MPI_Put(&put, 1, MPI_LONG, (rank + 1) % size, 0, 1, MPI_LONG, win);
-        MPI_Win_fence(0, win);
-        long wput = ((rank + size - 1) % size) * 1000 + (int)(it % 1000);
-        if (*wbase != wput)
-            fail("Put through the window", it, *wbase, wput);
+        for (int step = 0; step < 3; step++)
+            switch ((it + step) % 3) {
+            case 0:
+                MPI_Win_fence(0, win);
+                MPI_Put(&put, 1, MPI_LONG, (rank + 1) % size, 0, 1, MPI_LONG, win);
+                MPI_Win_fence(0, win);
+                long wput = ((rank + size - 1) % size) * 1000 + (int)(it % 1000);
+                if (*wbase != wput)
+                    fail("Put through the window", it, *wbase, wput);
+                break;
+            case 1:
+                file_step(fh, it, v);
+                break;
+            default:
+                split_step(dup, it);
+            }
         /* The same shape into a collective only the library runs. */
         MPI_Allgatherv(&v, 1, MPI_INT, gath, ones, at, MPI_INT, dup);
         for (int q = 0; q < size; q++)
@@ -264,6 +319,7 @@ int main(int argc, char **argv)
     printf("rank %d of %d iterations %ld digest %016llx\n", rank, size, it, (unsigned long long)d);
     MPI_Type_free(&rtype3);
     MPI_Win_free(&win);
+    MPI_File_close(&fh);
     MPI_Comm_free(&half);
     MPI_Comm_free(&dup);
     MPI_Finalize();
