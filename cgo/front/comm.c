@@ -205,6 +205,7 @@ static int comm_agree(MPI_Comm c, int is_world)
 	e->self_net = e->nshm < 2;
 	e->coll_lib = agreed[2] != 0 || !agreed[3] || !ivs.coll_areas;
 	e->lib_nb = (ivs.coll_areas || ivs.coll_nb_all) && !agreed[2];
+	e->gate_group = e->lib_nb;
 	unsigned b = bucket(c);
 	e->next = table[b];
 	table[b] = e;
@@ -313,13 +314,18 @@ int MPI_Dist_graph_create_adjacent(MPI_Comm c, int indeg, const int sources[], c
  * the shim too (README, "Migrate a VM"). A gate is such a wait (MPICH's comm/comm_idup_comm hung
  * with one before its MPI_Comm_dup), and so is a nonblocking call of the library's collectives.
  * So from c's first MPI_Comm_idup on, the shim calls the library's collectives on c blocking,
- * gates none of c's calls and sets c's collectives up by a blocking exchange: lib_nb goes.
- * MPI_Comm_idup is collective over c, so this happens at the same place in c's sequence of
- * collectives on every member, and gates and calls stay matched. */
+ * gates no communicator creation on c and sets c's collectives up by a blocking exchange:
+ * lib_nb goes (unless ivs.coll_nb_all, where the rings need the polled calls; that is never
+ * Open MPI, which the shim can always hook). MPI_Comm_idup is collective over c, so this
+ * happens at the same place in c's sequence of collectives on every member, and gates and
+ * calls stay matched. Not covered: windows and files made on c before keep their gates (a
+ * fence may legally come before the idup on one member and after it on another, so their
+ * gates cannot end there), MPI_Comm_create_group keeps c's gate (gate.c), and the polled
+ * waits of other communicators' calls still run the progress engine. */
 static void idup_parent(MPI_Comm c)
 {
 	struct ivs_comm *e = ivs.job_active ? ivs_comm_get(c) : NULL;
-	if (e)
+	if (e && !ivs.coll_nb_all) /* there the rings need the polled calls (coll.h); never Open MPI */
 		e->lib_nb = 0;
 }
 

@@ -673,11 +673,13 @@ static void f_comm_idup(fint *comm, fint *newcomm, fint *req, fint *ierr)
 	fret(ierr, MPI_Comm_idup(F_COMM(comm), (MPI_Comm *)newcomm, (MPI_Request *)req));
 }
 
+#if MPI_VERSION >= 4
 static void f_comm_idup_with_info(fint *comm, fint *info, fint *newcomm, fint *req, fint *ierr)
 {
 	fret(ierr, MPI_Comm_idup_with_info(F_COMM(comm), F_INFO(info), (MPI_Comm *)newcomm, (MPI_Request *)req));
 }
 IVS_F_EXPORT(f_comm_idup_with_info, comm_idup_with_info, COMM_IDUP_WITH_INFO, Comm_idup_with_info)
+#endif
 #endif
 IVS_F_EXPORT(f_comm_idup, comm_idup, COMM_IDUP, Comm_idup)
 

@@ -65,14 +65,20 @@ void ivs_gate(MPI_Comm comm)
 		pass(c->world, c->size, c->rank);
 }
 
+/* MPI_Comm_create_group is collective over the group only: a member may pass an MPI_Comm_idup of
+ * comm before it and another after (comm.c), so its gate follows lib_nb as comm was recorded,
+ * which no call changes. */
 void ivs_gate_group(MPI_Comm comm, MPI_Group group)
 {
-	const struct ivs_comm *c = gated(comm);
+	const struct ivs_comm *c = ivs.job_active ? ivs_comm_get(comm) : NULL;
 	int n = 0, me = MPI_UNDEFINED;
-	if (!c || PMPI_Group_size(group, &n) != MPI_SUCCESS || PMPI_Group_rank(group, &me) != MPI_SUCCESS ||
+	if (!c || !c->gate_group || PMPI_Group_size(group, &n) != MPI_SUCCESS || PMPI_Group_rank(group, &me) != MPI_SUCCESS ||
 	    me == MPI_UNDEFINED || n <= 0)
 		return; /* not gated, or an erroneous call the library will report */
-	int *at = malloc(sizeof(int) * (size_t)n), *world = malloc(sizeof(int) * (size_t)n), ok = at && world;
+	int *at = malloc(sizeof(int) * (size_t)n), *world = malloc(sizeof(int) * (size_t)n);
+	if (!at || !world)
+		ivs_fatal("out of memory");
+	int ok = 1;
 	MPI_Group wg = MPI_GROUP_NULL;
 	for (int i = 0; ok && i < n; i++)
 		at[i] = i;

@@ -101,7 +101,8 @@ struct ivs_comm {
 	                              in the job at MPI_Init (ivs.coll_areas) */
 	int lib_nb;                /* the library's collectives here are called nonblocking (coll.h):
 	                              ivs.coll_areas or ivs.coll_nb_all, and no member runs
-	                              MPI_THREAD_MULTIPLE */
+	                              MPI_THREAD_MULTIPLE; ends at the first MPI_Comm_idup (comm.c) */
+	int gate_group;            /* lib_nb as recorded: MPI_Comm_create_group's gate (gate.c) */
 	int outsider;              /* a member is outside this MPI_COMM_WORLD (comm_build) */
 	int counted;               /* this rank has a region and counts its library messages per
 	                              peer here (join.c): a pair made at run time may move to rings

@@ -98,7 +98,7 @@ program f_pingpong
   T_WIN :: win
   integer :: winbuf(10), ngated
   T_FILE :: fh
-  character(len=200) :: fname
+  character(len=200) :: fname, tmpdir
   integer :: fnlen
   integer, pointer :: wptr(:)
   type(c_ptr) :: cbase
@@ -532,9 +532,9 @@ program f_pingpong
   ! gated calls.
   ngated = ngated + 6
   if (rank == 0) then
-    call get_environment_variable('TMPDIR', fname, fnlen)
-    if (fnlen == 0) fname = '/tmp'
-    write (fname, '(a,a,i0,a)') trim(fname), '/f_pingpong_' // BINDING // '_', getpid(), '.dat'
+    call get_environment_variable('TMPDIR', tmpdir, fnlen)
+    if (fnlen == 0 .or. fnlen > 150) tmpdir = '/tmp'
+    write (fname, '(a,a,i0,a)') trim(tmpdir), '/f_pingpong_' // BINDING // '_', getpid(), '.dat'
   end if
   call MPI_Bcast(fname, len(fname), MPI_CHARACTER, 0, MPI_COMM_WORLD, ierr)
   ncoll = ncoll + 1
