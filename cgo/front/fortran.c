@@ -871,6 +871,34 @@ static void f_file_seek_shared(fint *fh, MPI_Offset *off, fint *whence, fint *ie
 }
 IVS_F_EXPORT(f_file_seek_shared, file_seek_shared, FILE_SEEK_SHARED, File_seek_shared)
 
+/* Active-target synchronisation by groups: the pairwise gate of gate.c. */
+static void f_win_post(fint *group, fint *assertion, fint *win, fint *ierr)
+{
+	fret(ierr, MPI_Win_post(F_GROUP(group), *assertion, F_WIN(win)));
+}
+IVS_F_EXPORT(f_win_post, win_post, WIN_POST, Win_post)
+
+static void f_win_start(fint *group, fint *assertion, fint *win, fint *ierr)
+{
+	fret(ierr, MPI_Win_start(F_GROUP(group), *assertion, F_WIN(win)));
+}
+IVS_F_EXPORT(f_win_start, win_start, WIN_START, Win_start)
+
+static void f_win_complete(fint *win, fint *ierr) { fret(ierr, MPI_Win_complete(F_WIN(win))); }
+IVS_F_EXPORT(f_win_complete, win_complete, WIN_COMPLETE, Win_complete)
+
+static void f_win_wait(fint *win, fint *ierr) { fret(ierr, MPI_Win_wait(F_WIN(win))); }
+IVS_F_EXPORT(f_win_wait, win_wait, WIN_WAIT, Win_wait)
+
+static void f_win_test(fint *win, fint *flag, fint *ierr)
+{
+	int done = 0, rc = MPI_Win_test(F_WIN(win), &done);
+	if (rc == MPI_SUCCESS)
+		fset_logical(flag, done);
+	fret(ierr, rc);
+}
+IVS_F_EXPORT(f_win_test, win_test, WIN_TEST, Win_test)
+
 /* MPI_Buffer_detach: the shim's buffered copies in flight must drain first (p2p.c). The
  * mpif.h and `use mpi` bindings ignore the address argument (MPI-3.1 section 3.6); mpi_f08
  * passes a TYPE(C_PTR) that receives it (Open MPI: ompi_buffer_detach_f08; MPICH: its f08

@@ -1,7 +1,8 @@
 /*
  * Gates: the library's blocking calls that are collective over a communicator and have no
  * nonblocking form the shim could wait for by polling: communicator creation (comm.c), window
- * creation, MPI_Win_fence and MPI_Win_free; MPI-IO's collective calls (MPI_File_open and
+ * creation, MPI_Win_fence and MPI_Win_free (and, pairwise, active-target synchronisation by
+ * groups: below); MPI-IO's collective calls (MPI_File_open and
  * _close, the calls that set a file's view, size, atomicity or info, MPI_File_sync,
  * MPI_File_seek_shared and the collective data access routines, split ones included).
  *
@@ -25,9 +26,8 @@
  * nonblocking ones pair blocks wrong (coll_lib.c). Cost: one barrier per gated call (README:
  * an empty fence 1.5-1.75x the library's).
  * Not gated: a communicator from the moment the program called MPI_Comm_idup on it (comm.c
- * says why), MPI_Intercomm_create, calls on communicators the shim did not record,
- * active-target synchronisation by groups (MPI_Win_start/complete/post/wait), windows MPICH's
- * mpi_f08 creates with an INTEGER(MPI_ADDRESS_KIND) displacement unit (its _large routines
+ * says why), MPI_Intercomm_create, calls on communicators the shim did not record, windows
+ * MPICH's mpi_f08 creates with an INTEGER(MPI_ADDRESS_KIND) displacement unit (its _large routines
  * call PMPI_Win_allocate_c directly) and every call the shim does not interpose (README,
  * "Migrate a VM"). The set-up's own blocking MPI_Comm_create_group of the leaders
  * (coll_area.c) is gated by the set-up's polled exchange right before it.
@@ -108,6 +108,11 @@ struct gated_obj {
 	enum obj_kind kind;
 	uintptr_t key;
 	int *world, n, me; /* the members of its communicator */
+	int tag;           /* a window's messages of active-target synchronisation (below) */
+	int *origins, norigins; /* the exposure epoch's origins (MPI_Win_post), world ranks */
+	MPI_Request *completes; /* their "completing" messages, one receive each */
+	int completed;          /* all of those arrived */
+	int *targets, ntargets; /* the access epoch's targets (MPI_Win_start), world ranks */
 	struct gated_obj *next;
 };
 static struct gated_obj *objs;
@@ -120,17 +125,25 @@ static struct gated_obj *obj_gate(MPI_Comm comm)
 	if (!c)
 		return NULL;
 	pass(c->world, c->size, c->rank);
-	struct gated_obj *o = malloc(sizeof *o);
+	struct gated_obj *o = calloc(1, sizeof *o);
 	int *world = malloc(sizeof(int) * (size_t)c->size);
 	if (!o || !world)
 		ivs_fatal("out of memory");
 	memcpy(world, c->world, sizeof(int) * (size_t)c->size);
-	*o = (struct gated_obj){OBJ_WIN, 0, world, c->size, c->rank, NULL};
+	/* The objects made on a communicator are made in the same order on all its members, and
+	 * its context id is agreed: (ctx, count) names the object alike everywhere. Two tags per
+	 * object, above the gates' and the leaders' (GATE_TAG, coll_area.c). */
+	struct ivs_comm *mc = ivs_comm_get(comm);
+	unsigned id = mc->ctx * 131u + mc->nobjs++, span = ivs.tag_ub > 64 ? (unsigned)(ivs.tag_ub - 32) / 2 : 16;
+	*o = (struct gated_obj){.kind = OBJ_WIN, .world = world, .n = c->size, .me = c->rank, .tag = 32 + 2 * (int)(id % span)};
 	return o;
 }
 
+static void pscw_forget(struct gated_obj *o);
+
 static void obj_drop(struct gated_obj *o)
 {
+	pscw_forget(o);
 	free(o->world);
 	free(o);
 }
@@ -239,6 +252,186 @@ int MPI_Win_fence(int assertion, MPI_Win win)
 }
 
 int MPI_Win_free(MPI_Win *win) { OBJ_FREE(OBJ_WIN, OBJ_KEY(*win), PMPI_Win_free(win)); }
+
+/* ---- active-target synchronisation by groups ----
+ * MPI_Win_post (a target names its origins), MPI_Win_start (an origin names its targets),
+ * MPI_Win_complete, MPI_Win_wait and MPI_Win_test are not collective over the window's
+ * communicator, but an origin may block in MPI_Win_start until its targets posted (MPICH does)
+ * and a target in MPI_Win_wait until its origins completed, both waiting for another rank's
+ * program. The gate here is pairwise, by empty messages on the shim's duplicate of
+ * MPI_COMM_WORLD: after PMPI_Win_post (which does not block) a target tells each origin
+ * "posted"; before PMPI_Win_complete an origin tells each target "completing". An origin enters
+ * PMPI_Win_start, and a target PMPI_Win_wait, only once it has them all, waiting by polling and
+ * answering the shim's messages; then those calls wait for no program. The messages of a
+ * window carry its tags (obj_gate), so epochs on different windows between the same ranks do
+ * not take each other's; between two ranks on one window they come in order. */
+enum { TAG_POSTED = 0, TAG_COMPLETING = 1 };
+static char pscw_none, pscw_got;
+
+/* World ranks of group's members, *n of them; NULL for an empty group. */
+static int *group_world(MPI_Group group, int *n)
+{
+	*n = 0;
+	if (PMPI_Group_size(group, n) != MPI_SUCCESS || *n <= 0) {
+		*n = 0;
+		return NULL;
+	}
+	int *at = malloc(sizeof(int) * (size_t)*n), *world = malloc(sizeof(int) * (size_t)*n);
+	if (!at || !world)
+		ivs_fatal("out of memory");
+	for (int i = 0; i < *n; i++)
+		at[i] = i;
+	MPI_Group wg = MPI_GROUP_NULL;
+	int ok = PMPI_Comm_group(MPI_COMM_WORLD, &wg) == MPI_SUCCESS &&
+	         PMPI_Group_translate_ranks(group, *n, at, wg, world) == MPI_SUCCESS;
+	for (int i = 0; ok && i < *n; i++)
+		ok = world[i] != MPI_UNDEFINED;
+	if (wg != MPI_GROUP_NULL)
+		PMPI_Group_free(&wg);
+	if (!ok)
+		ivs_fatal("active-target synchronisation: cannot map a group of %d to MPI_COMM_WORLD", *n);
+	free(at);
+	return world;
+}
+
+/* One empty message to each of n world ranks, fire and forget. */
+static void pscw_tell(const int *to, int n, int tag)
+{
+	for (int i = 0; i < n; i++) {
+		MPI_Request r;
+		if (PMPI_Isend(&pscw_none, 0, MPI_BYTE, to[i], tag, ivs.gatecomm, &r) != MPI_SUCCESS ||
+		    PMPI_Request_free(&r) != MPI_SUCCESS)
+			ivs_fatal("active-target synchronisation: cannot send to rank %d", to[i]);
+	}
+}
+
+/* Receives of one empty message from each of n world ranks. */
+static MPI_Request *pscw_expect(const int *from, int n, int tag)
+{
+	MPI_Request *r = malloc(sizeof(MPI_Request) * (size_t)(n > 0 ? n : 1));
+	if (!r)
+		ivs_fatal("out of memory");
+	for (int i = 0; i < n; i++)
+		if (PMPI_Irecv(&pscw_got, 0, MPI_BYTE, from[i], tag, ivs.gatecomm, &r[i]) != MPI_SUCCESS)
+			ivs_fatal("active-target synchronisation: cannot receive from rank %d", from[i]);
+	return r;
+}
+
+static void pscw_wait_all(MPI_Request *r, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (ivs_net_wait(&r[i], MPI_STATUS_IGNORE) != MPI_SUCCESS)
+			ivs_fatal("active-target synchronisation: a gate message failed");
+}
+
+static void pscw_forget(struct gated_obj *o)
+{
+	if (o->completes) /* an exposure epoch never waited for (the window freed in it: erroneous) */
+		for (int i = 0; i < o->norigins; i++)
+			if (o->completes[i] != MPI_REQUEST_NULL && PMPI_Cancel(&o->completes[i]) == MPI_SUCCESS)
+				PMPI_Request_free(&o->completes[i]);
+	free(o->completes);
+	free(o->origins);
+	free(o->targets);
+	o->completes = NULL;
+	o->origins = o->targets = NULL;
+	o->norigins = o->ntargets = 0;
+}
+
+static struct gated_obj *win_rec(MPI_Win win)
+{
+	return objs ? *obj_find(OBJ_WIN, OBJ_KEY(win)) : NULL;
+}
+
+int MPI_Win_post(MPI_Group group, int assertion, MPI_Win win)
+{
+	struct gated_obj *o = win_rec(win);
+	int rc = PMPI_Win_post(group, assertion, win);
+	if (!o || rc != MPI_SUCCESS)
+		return rc;
+	free(o->origins);
+	free(o->completes);
+	o->origins = group_world(group, &o->norigins);
+	o->completes = pscw_expect(o->origins, o->norigins, o->tag + TAG_COMPLETING);
+	o->completed = 0;
+	pscw_tell(o->origins, o->norigins, o->tag + TAG_POSTED);
+	return rc;
+}
+
+int MPI_Win_start(MPI_Group group, int assertion, MPI_Win win)
+{
+	struct gated_obj *o = win_rec(win);
+	if (o) {
+		free(o->targets);
+		o->targets = group_world(group, &o->ntargets);
+		MPI_Request *posted = pscw_expect(o->targets, o->ntargets, o->tag + TAG_POSTED);
+		pscw_wait_all(posted, o->ntargets);
+		free(posted);
+		ivs.stats.gates++;
+	}
+	return PMPI_Win_start(group, assertion, win);
+}
+
+int MPI_Win_complete(MPI_Win win)
+{
+	struct gated_obj *o = win_rec(win);
+	if (o) {
+		pscw_tell(o->targets, o->ntargets, o->tag + TAG_COMPLETING);
+		free(o->targets);
+		o->targets = NULL;
+		o->ntargets = 0;
+	}
+	return PMPI_Win_complete(win);
+}
+
+/* The end of an exposure epoch (MPI_Win_wait, or MPI_Win_test that returned true). */
+static void exposure_done(struct gated_obj *o)
+{
+	free(o->completes);
+	free(o->origins);
+	o->completes = NULL;
+	o->origins = NULL;
+	o->norigins = o->completed = 0;
+}
+
+int MPI_Win_wait(MPI_Win win)
+{
+	struct gated_obj *o = win_rec(win);
+	if (o && o->completes) {
+		if (!o->completed)
+			pscw_wait_all(o->completes, o->norigins);
+		ivs.stats.gates++;
+	}
+	int rc = PMPI_Win_wait(win);
+	if (o && o->completes && rc == MPI_SUCCESS)
+		exposure_done(o);
+	return rc;
+}
+
+int MPI_Win_test(MPI_Win win, int *flag)
+{
+	struct gated_obj *o = win_rec(win);
+	if (o && o->completes && !o->completed) {
+		int all = 1;
+		for (int i = 0; i < o->norigins; i++) {
+			int done = 0;
+			if (PMPI_Test(&o->completes[i], &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+				ivs_fatal("active-target synchronisation: a gate message failed");
+			all &= done;
+		}
+		if (!all) {
+			ivs_progress();
+			*flag = 0;
+			return MPI_SUCCESS;
+		}
+		o->completed = 1;
+		ivs.stats.gates++;
+	}
+	int rc = PMPI_Win_test(win, flag);
+	if (o && o->completes && rc == MPI_SUCCESS && *flag)
+		exposure_done(o);
+	return rc;
+}
 
 /* ---- files: the collective calls of MPI-IO ---- */
 

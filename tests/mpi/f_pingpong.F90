@@ -90,7 +90,7 @@ program f_pingpong
   integer :: nout, ndone, bad, idxs(4), got(4), tags(4), lows(2), dims(2), src, dst
   logical :: flag, even, periods(2), remain(2)
   T_COMM :: newcomm, dupcomm, cartcomm, subcomm, nodecomm, grpcomm
-  T_GROUP :: group
+  T_GROUP :: group, pgroup
   T_TYPE :: triple
   T_REQ :: reqs(4), req, bigreqs(12)
   T_MSG :: msg
@@ -525,6 +525,25 @@ program f_pingpong
   call c_f_pointer(cbase, wptr, (/ 10 /))
   wptr = -1
   call fence_put(win, wptr, 170, 'win_allocate put')
+
+  ! Active-target synchronisation: each rank exposes its window to its partner and puts into
+  ! the partner's (post, start, put, complete, wait). Win_create, Win_start, Win_wait and
+  ! Win_free pass the shim's gate.
+  ngated = ngated + 4
+  winbuf = -1
+  call MPI_Win_create(winbuf, int(40, MPI_ADDRESS_KIND), 4, MPI_INFO_NULL, MPI_COMM_WORLD, win, ierr)
+  call MPI_Comm_group(MPI_COMM_WORLD, group, ierr)
+  call MPI_Group_incl(group, 1, (/ partner /), pgroup, ierr)
+  call fill(sbuf, 10, rank, 175)
+  call MPI_Win_post(pgroup, 0, win, ierr)
+  call MPI_Win_start(pgroup, 0, win, ierr)
+  call MPI_Put(sbuf, 10, MPI_INTEGER, partner, 0_MPI_ADDRESS_KIND, 10, MPI_INTEGER, win, ierr)
+  call MPI_Win_complete(win, ierr)
+  call MPI_Win_wait(win, ierr)
+  call check_data(winbuf, 10, partner, 175, 0, 'post/start put')
+  call MPI_Win_free(win, ierr)
+  call MPI_Group_free(pgroup, ierr)
+  call MPI_Group_free(group, ierr)
 
   ! A file of the world, by collective I/O: rank 0 names it (in TMPDIR, else /tmp); each rank
   ! sees its own 10 integers through its view, writes them, reads them back by a split

@@ -22,7 +22,10 @@
  *     collective I/O on a file opened on the duplicate (in atomic mode: MPI_File_write_at_all
  *     of its value into one of its two slots, MPI_File_read_at_all of the next rank's value of
  *     the iteration before, checked); MPI_Comm_split of the duplicate into the ranks below and
- *     above the iteration's pivot (its size checked, then freed); then on the duplicate
+ *     above the iteration's pivot (its size checked, then freed); active-target
+ *     synchronisation on a second window among the members of the half (MPI_Win_post and
+ *     MPI_Win_start on the others, an MPI_Put to the next member, MPI_Win_complete,
+ *     MPI_Win_wait, checked); then on the duplicate
  *     MPI_Allgatherv (which only the library runs), MPI_Allgather and MPI_Barrier, and checks
  *     the results;
  * and on MPI_COMM_WORLD an MPI_Allreduce of the error count ends the iteration.
@@ -122,6 +125,29 @@ static void split_step(MPI_Comm dup, long it)
     MPI_Comm_free(&c);
 }
 
+/* Active-target synchronisation on w among the members of this rank's half (h, whose group is
+ * hg; the window's is all): each exposes its cell to the others and starts an epoch on them all,
+ * puts v into the next member's cell only, and checks what the member before put. An origin
+ * may wait in MPI_Win_start for every other member of its half, as in a fence on the half. */
+static void pscw_step(MPI_Win w, const long *cell, MPI_Group all, MPI_Group hg, int hrank, int hsize, long it, int v)
+{
+    MPI_Group others;
+    MPI_Group_excl(hg, 1, &hrank, &others);
+    int hnext = (hrank + 1) % hsize, hprev = (hrank + hsize - 1) % hsize, next = -1, prev = -1;
+    MPI_Group_translate_ranks(hg, 1, &hnext, all, &next);
+    MPI_Group_translate_ranks(hg, 1, &hprev, all, &prev);
+    long put = v;
+    MPI_Win_post(others, 0, w);
+    MPI_Win_start(others, 0, w);
+    if (hsize > 1)
+        MPI_Put(&put, 1, MPI_LONG, next, 0, 1, MPI_LONG, w);
+    MPI_Win_complete(w);
+    MPI_Win_wait(w);
+    if (hsize > 1 && *cell != prev * 1000 + it % 1000)
+        fail("Put in a post/start epoch", it, *cell, prev * 1000 + it % 1000);
+    MPI_Group_free(&others);
+}
+
 int main(int argc, char **argv)
 {
     MPI_Init(&argc, &argv);
@@ -164,6 +190,14 @@ int main(int argc, char **argv)
     MPI_Win win;
     MPI_Win_allocate(sizeof(long), sizeof(long), MPI_INFO_NULL, dup, &wbase, &win);
     *wbase = -1;
+    long *pbase;
+    MPI_Win pwin;
+    MPI_Group dgroup;
+    MPI_Win_allocate(sizeof(long), sizeof(long), MPI_INFO_NULL, dup, &pbase, &pwin);
+    *pbase = -1;
+    MPI_Comm_group(dup, &dgroup);
+    MPI_Group hgroup;
+    MPI_Comm_group(half, &hgroup);
     /* The file: a name rank 0 picks, in TMPDIR (default /tmp), which every rank must see. */
     char path[512] = "";
     if (rank == 0) {
@@ -281,8 +315,8 @@ int main(int argc, char **argv)
          * on the half, which needs the root's answer: the shim's gate lets it answer
          * (tests/model/collswitch.pml -DGATED_Y). */
         long put = v;
-        for (int step = 0; step < 3; step++)
-            switch ((it + step) % 3) {
+        for (int step = 0; step < 4; step++)
+            switch ((it + step) % 4) {
             case 0:
                 MPI_Win_fence(0, win);
                 MPI_Put(&put, 1, MPI_LONG, (rank + 1) % size, 0, 1, MPI_LONG, win);
@@ -294,8 +328,11 @@ int main(int argc, char **argv)
             case 1:
                 file_step(fh, it, v);
                 break;
-            default:
+            case 2:
                 split_step(dup, it);
+                break;
+            default:
+                pscw_step(pwin, pbase, dgroup, hgroup, hrank, hsize, it, v);
             }
         /* The same shape into a collective only the library runs. */
         MPI_Allgatherv(&v, 1, MPI_INT, gath, ones, at, MPI_INT, dup);
@@ -319,6 +356,9 @@ int main(int argc, char **argv)
     printf("rank %d of %d iterations %ld digest %016llx\n", rank, size, it, (unsigned long long)d);
     MPI_Type_free(&rtype3);
     MPI_Win_free(&win);
+    MPI_Win_free(&pwin);
+    MPI_Group_free(&dgroup);
+    MPI_Group_free(&hgroup);
     MPI_File_close(&fh);
     MPI_Comm_free(&half);
     MPI_Comm_free(&dup);
