@@ -58,6 +58,29 @@ static void pass(const int *world, int n, int me)
 	ivs.stats.gates++;
 }
 
+/* A gate that also gives every member the largest *v of any (a dissemination allreduce: max
+ * is idempotent), by 8-byte messages on a tag of its own. */
+enum { GATE_MAX_TAG = 2 };
+static int agree_max(const int *world, int n, int me, uint64_t *v)
+{
+	int rc = MPI_SUCCESS;
+	for (int d = 1; d < n && rc == MPI_SUCCESS; d <<= 1) {
+		uint64_t mine = *v, got = 0;
+		MPI_Request r[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+		rc = PMPI_Irecv(&got, 1, MPI_UINT64_T, world[(me - d + n) % n], GATE_MAX_TAG, ivs.gatecomm, &r[0]);
+		if (rc == MPI_SUCCESS)
+			rc = PMPI_Isend(&mine, 1, MPI_UINT64_T, world[(me + d) % n], GATE_MAX_TAG, ivs.gatecomm, &r[1]);
+		for (int i = 0; i < 2; i++) {
+			int w = r[i] != MPI_REQUEST_NULL ? ivs_net_wait(&r[i], MPI_STATUS_IGNORE) : MPI_SUCCESS;
+			if (rc == MPI_SUCCESS)
+				rc = w;
+		}
+		if (got > *v)
+			*v = got;
+	}
+	return rc;
+}
+
 void ivs_gate(MPI_Comm comm)
 {
 	const struct ivs_comm *c = gated(comm);
@@ -124,17 +147,23 @@ static struct gated_obj *obj_gate(MPI_Comm comm)
 	const struct ivs_comm *c = gated(comm);
 	if (!c)
 		return NULL;
-	pass(c->world, c->size, c->rank);
+	/* The gate of an object's making also agrees on its id: the largest of the members' next
+	 * ids, after which each member's next id lies beyond it. So two live objects that share two
+	 * members have different ids. Two tags per id, above the gates' and the leaders'
+	 * (coll_area.c); they repeat only after (MPI_TAG_UB - 32) / 2 ids a process took part in,
+	 * so two live windows share tags only if that many were made between them. */
+	static uint64_t next_id;
+	uint64_t id = next_id;
+	if (agree_max(c->world, c->size, c->rank, &id) != MPI_SUCCESS)
+		ivs_fatal("the gate of a window or file among %d members failed", c->size);
+	ivs.stats.gates++;
+	next_id = id + 1;
 	struct gated_obj *o = calloc(1, sizeof *o);
 	int *world = malloc(sizeof(int) * (size_t)c->size);
 	if (!o || !world)
 		ivs_fatal("out of memory");
 	memcpy(world, c->world, sizeof(int) * (size_t)c->size);
-	/* The objects made on a communicator are made in the same order on all its members, and
-	 * its context id is agreed: (ctx, count) names the object alike everywhere. Two tags per
-	 * object, above the gates' and the leaders' (GATE_TAG, coll_area.c). */
-	struct ivs_comm *mc = ivs_comm_get(comm);
-	unsigned id = mc->ctx * 131u + mc->nobjs++, span = ivs.tag_ub > 64 ? (unsigned)(ivs.tag_ub - 32) / 2 : 16;
+	uint64_t span = ivs.tag_ub > 64 ? (uint64_t)(ivs.tag_ub - 32) / 2 : 16;
 	*o = (struct gated_obj){.kind = OBJ_WIN, .world = world, .n = c->size, .me = c->rank, .tag = 32 + 2 * (int)(id % span)};
 	return o;
 }

@@ -103,7 +103,6 @@ struct ivs_comm {
 	                              ivs.coll_areas or ivs.coll_nb_all, and no member runs
 	                              MPI_THREAD_MULTIPLE; ends at the first MPI_Comm_idup (comm.c) */
 	int gate_group;            /* lib_nb as recorded: MPI_Comm_create_group's gate (gate.c) */
-	uint32_t nobjs;            /* windows and files made on it through a gate (gate.c) */
 	int outsider;              /* a member is outside this MPI_COMM_WORLD (comm_build) */
 	int counted;               /* this rank has a region and counts its library messages per
 	                              peer here (join.c): a pair made at run time may move to rings
