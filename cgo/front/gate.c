@@ -88,6 +88,33 @@ void ivs_gate(MPI_Comm comm)
 		pass(c->world, c->size, c->rank);
 }
 
+/* World ranks of group's members, *n of them; NULL for an empty group. what: the caller, for
+ * the error. */
+static int *group_world(MPI_Group group, int *n, const char *what)
+{
+	*n = 0;
+	if (PMPI_Group_size(group, n) != MPI_SUCCESS || *n <= 0) {
+		*n = 0;
+		return NULL;
+	}
+	int *at = malloc(sizeof(int) * (size_t)*n), *world = malloc(sizeof(int) * (size_t)*n);
+	if (!at || !world)
+		ivs_fatal("out of memory");
+	for (int i = 0; i < *n; i++)
+		at[i] = i;
+	MPI_Group wg = MPI_GROUP_NULL;
+	int ok = PMPI_Comm_group(MPI_COMM_WORLD, &wg) == MPI_SUCCESS &&
+	         PMPI_Group_translate_ranks(group, *n, at, wg, world) == MPI_SUCCESS;
+	for (int i = 0; ok && i < *n; i++)
+		ok = world[i] != MPI_UNDEFINED;
+	if (wg != MPI_GROUP_NULL)
+		PMPI_Group_free(&wg);
+	if (!ok)
+		ivs_fatal("%s: cannot map a group of %d to MPI_COMM_WORLD", what, *n);
+	free(at);
+	return world;
+}
+
 /* MPI_Comm_create_group is collective over the group only: a member may pass an MPI_Comm_idup of
  * comm before it and another after (comm.c), so its gate follows lib_nb as comm was recorded,
  * which no call changes. */
@@ -95,26 +122,11 @@ void ivs_gate_group(MPI_Comm comm, MPI_Group group)
 {
 	const struct ivs_comm *c = ivs.job_active ? ivs_comm_get(comm) : NULL;
 	int n = 0, me = MPI_UNDEFINED;
-	if (!c || !c->gate_group || PMPI_Group_size(group, &n) != MPI_SUCCESS || PMPI_Group_rank(group, &me) != MPI_SUCCESS ||
-	    me == MPI_UNDEFINED || n <= 0)
+	if (!c || !c->gate_group || PMPI_Group_rank(group, &me) != MPI_SUCCESS || me == MPI_UNDEFINED)
 		return; /* not gated, or an erroneous call the library will report */
-	int *at = malloc(sizeof(int) * (size_t)n), *world = malloc(sizeof(int) * (size_t)n);
-	if (!at || !world)
-		ivs_fatal("out of memory");
-	int ok = 1;
-	MPI_Group wg = MPI_GROUP_NULL;
-	for (int i = 0; ok && i < n; i++)
-		at[i] = i;
-	ok = ok && PMPI_Comm_group(MPI_COMM_WORLD, &wg) == MPI_SUCCESS &&
-	     PMPI_Group_translate_ranks(group, n, at, wg, world) == MPI_SUCCESS;
-	for (int i = 0; ok && i < n; i++)
-		ok = world[i] != MPI_UNDEFINED;
-	if (wg != MPI_GROUP_NULL)
-		PMPI_Group_free(&wg);
-	if (!ok)
-		ivs_fatal("the gate of a communicator creation over a group of %d: cannot map the group to MPI_COMM_WORLD", n);
-	pass(world, n, me);
-	free(at);
+	int *world = group_world(group, &n, "the gate of a communicator creation over a group");
+	if (world)
+		pass(world, n, me);
 	free(world);
 }
 
@@ -297,32 +309,6 @@ int MPI_Win_free(MPI_Win *win) { OBJ_FREE(OBJ_WIN, OBJ_KEY(*win), PMPI_Win_free(
 enum { TAG_POSTED = 0, TAG_COMPLETING = 1 };
 static char pscw_none, pscw_got;
 
-/* World ranks of group's members, *n of them; NULL for an empty group. */
-static int *group_world(MPI_Group group, int *n)
-{
-	*n = 0;
-	if (PMPI_Group_size(group, n) != MPI_SUCCESS || *n <= 0) {
-		*n = 0;
-		return NULL;
-	}
-	int *at = malloc(sizeof(int) * (size_t)*n), *world = malloc(sizeof(int) * (size_t)*n);
-	if (!at || !world)
-		ivs_fatal("out of memory");
-	for (int i = 0; i < *n; i++)
-		at[i] = i;
-	MPI_Group wg = MPI_GROUP_NULL;
-	int ok = PMPI_Comm_group(MPI_COMM_WORLD, &wg) == MPI_SUCCESS &&
-	         PMPI_Group_translate_ranks(group, *n, at, wg, world) == MPI_SUCCESS;
-	for (int i = 0; ok && i < *n; i++)
-		ok = world[i] != MPI_UNDEFINED;
-	if (wg != MPI_GROUP_NULL)
-		PMPI_Group_free(&wg);
-	if (!ok)
-		ivs_fatal("active-target synchronisation: cannot map a group of %d to MPI_COMM_WORLD", *n);
-	free(at);
-	return world;
-}
-
 /* One empty message to each of n world ranks, fire and forget. */
 static void pscw_tell(const int *to, int n, int tag)
 {
@@ -380,7 +366,7 @@ int MPI_Win_post(MPI_Group group, int assertion, MPI_Win win)
 		return rc;
 	free(o->origins);
 	free(o->completes);
-	o->origins = group_world(group, &o->norigins);
+	o->origins = group_world(group, &o->norigins, "MPI_Win_post");
 	o->completes = pscw_expect(o->origins, o->norigins, o->tag + TAG_COMPLETING);
 	o->completed = 0;
 	pscw_tell(o->origins, o->norigins, o->tag + TAG_POSTED);
@@ -392,7 +378,7 @@ int MPI_Win_start(MPI_Group group, int assertion, MPI_Win win)
 	struct gated_obj *o = win_rec(win);
 	if (o) {
 		free(o->targets);
-		o->targets = group_world(group, &o->ntargets);
+		o->targets = group_world(group, &o->ntargets, "MPI_Win_start");
 		MPI_Request *posted = pscw_expect(o->targets, o->ntargets, o->tag + TAG_POSTED);
 		pscw_wait_all(posted, o->ntargets);
 		free(posted);
