@@ -49,7 +49,7 @@ static int exchange(struct ivs_coll *k, const void *out, int to, void *in, int f
 
 int ivs_lead_barrier(struct ivs_coll *k)
 {
-	return ivs_net_barrier(k->lcomm, NULL, k->nhosts, k->myhost, LEAD_TAG);
+	return ivs_net_barrier(k->lcomm, NULL, k->nhosts, k->myhost, LEAD_TAG, NULL);
 }
 
 /* The binomial tree of a bcast from host root: this leader's parent (-1 at the root) and

@@ -44,48 +44,27 @@ static const struct ivs_comm *gated(MPI_Comm comm)
 	return c && c->lib_nb ? c : NULL;
 }
 
-/* The gate itself: a barrier among n members (world ranks, this one the me-th) by empty
- * messages on the shim's own communicator (ivs_net_barrier, as the leaders' barrier), which
- * puts nothing of the shim's among the program's own collectives on its communicator. One tag serves every gate: members pass the
- * gates of communicators they share in the same order (else the blocking calls behind them
- * would deadlock without the shim too), and messages between two ranks do not overtake. */
-enum { GATE_TAG = 1 };
-static void pass(const int *world, int n, int me)
+/* The gate itself: a barrier among n members (world ranks, this one the me-th) by messages on
+ * the shim's own communicator (ivs_net_barrier, as the leaders' barrier), which puts nothing of
+ * the shim's among the program's own collectives on its communicator. With id, the barrier also
+ * leaves every member the largest *id of any (a window's, below), on a tag of its own. One tag
+ * serves every gate of a kind: members pass the gates of communicators they share in the same
+ * order (else the blocking calls behind them would deadlock without the shim too), and
+ * messages between two ranks do not overtake. */
+enum { GATE_TAG = 1, GATE_ID_TAG = 2 };
+static void pass(const int *world, int n, int me, uint64_t *id)
 {
-	int rc = ivs_net_barrier(ivs.gatecomm, world, n, me, GATE_TAG);
+	int rc = ivs_net_barrier(ivs.gatecomm, world, n, me, id ? GATE_ID_TAG : GATE_TAG, id);
 	if (rc != MPI_SUCCESS)
 		ivs_fatal("the gate of a blocking collective call among %d members failed (%d)", n, rc);
 	ivs.stats.gates++;
-}
-
-/* A gate that also gives every member the largest *v of any (a dissemination allreduce: max
- * is idempotent), by 8-byte messages on a tag of its own. */
-enum { GATE_MAX_TAG = 2 };
-static int agree_max(const int *world, int n, int me, uint64_t *v)
-{
-	int rc = MPI_SUCCESS;
-	for (int d = 1; d < n && rc == MPI_SUCCESS; d <<= 1) {
-		uint64_t mine = *v, got = 0;
-		MPI_Request r[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
-		rc = PMPI_Irecv(&got, 1, MPI_UINT64_T, world[(me - d + n) % n], GATE_MAX_TAG, ivs.gatecomm, &r[0]);
-		if (rc == MPI_SUCCESS)
-			rc = PMPI_Isend(&mine, 1, MPI_UINT64_T, world[(me + d) % n], GATE_MAX_TAG, ivs.gatecomm, &r[1]);
-		for (int i = 0; i < 2; i++) {
-			int w = r[i] != MPI_REQUEST_NULL ? ivs_net_wait(&r[i], MPI_STATUS_IGNORE) : MPI_SUCCESS;
-			if (rc == MPI_SUCCESS)
-				rc = w;
-		}
-		if (got > *v)
-			*v = got;
-	}
-	return rc;
 }
 
 void ivs_gate(MPI_Comm comm)
 {
 	const struct ivs_comm *c = gated(comm);
 	if (c)
-		pass(c->world, c->size, c->rank);
+		pass(c->world, c->size, c->rank, NULL);
 }
 
 /* World ranks of group's members, *n of them; NULL for an empty group. what: the caller, for
@@ -126,7 +105,7 @@ void ivs_gate_group(MPI_Comm comm, MPI_Group group)
 		return; /* not gated, or an erroneous call the library will report */
 	int *world = group_world(group, &n, "the gate of a communicator creation over a group");
 	if (world)
-		pass(world, n, me);
+		pass(world, n, me, NULL);
 	free(world);
 }
 
@@ -139,44 +118,52 @@ void ivs_gate_group(MPI_Comm comm, MPI_Group group)
 enum obj_kind { OBJ_WIN, OBJ_FILE };
 #define OBJ_KEY(handle) ((uintptr_t)(handle))
 
-struct gated_obj {
-	enum obj_kind kind;
-	uintptr_t key;
-	int *world, n, me; /* the members of its communicator */
-	int tag;           /* a window's messages of active-target synchronisation (below) */
+/* A window's active-target synchronisation (below) */
+struct pscw {
+	int tag;                /* its messages' first tag */
 	int *origins, norigins; /* the exposure epoch's origins (MPI_Win_post), world ranks */
 	MPI_Request *completes; /* their "completing" messages, one receive each */
 	int completed;          /* all of those arrived */
 	int *targets, ntargets; /* the access epoch's targets (MPI_Win_start), world ranks */
+};
+
+struct gated_obj {
+	enum obj_kind kind;
+	uintptr_t key;
+	int *world, n, me; /* the members of its communicator */
+	struct pscw sync;  /* windows only */
 	struct gated_obj *next;
 };
 static struct gated_obj *objs;
 
-/* Gate the making of an object on comm: returns the record for its later gates (without its
- * handle yet), or NULL where comm is not gated. */
-static struct gated_obj *obj_gate(MPI_Comm comm)
+/* Gate the making of an object of kind on comm: returns the record for its later gates
+ * (without its handle yet), or NULL where comm is not gated. */
+static struct gated_obj *obj_gate(MPI_Comm comm, enum obj_kind kind)
 {
 	const struct ivs_comm *c = gated(comm);
 	if (!c)
 		return NULL;
-	/* The gate of an object's making also agrees on its id: the largest of the members' next
-	 * ids, after which each member's next id lies beyond it. So two live objects that share two
-	 * members have different ids. Two tags per id, above the gates' and the leaders'
-	 * (coll_area.c); they repeat only after (MPI_TAG_UB - 32) / 2 ids a process took part in,
-	 * so two live windows share tags only if that many were made between them. */
-	static uint64_t next_id;
-	uint64_t id = next_id;
-	if (agree_max(c->world, c->size, c->rank, &id) != MPI_SUCCESS)
-		ivs_fatal("the gate of a window or file among %d members failed", c->size);
-	ivs.stats.gates++;
-	next_id = id + 1;
 	struct gated_obj *o = calloc(1, sizeof *o);
 	int *world = malloc(sizeof(int) * (size_t)c->size);
 	if (!o || !world)
 		ivs_fatal("out of memory");
 	memcpy(world, c->world, sizeof(int) * (size_t)c->size);
+	*o = (struct gated_obj){.kind = kind, .world = world, .n = c->size, .me = c->rank};
+	if (kind != OBJ_WIN) {
+		pass(c->world, c->size, c->rank, NULL);
+		return o;
+	}
+	/* A window's gate also agrees on its id: the largest of the members' next ids, after which
+	 * each member's next id lies beyond it. So two live windows that share two members have
+	 * different ids. Two tags per id, above the gates' and the leaders' (coll_area.c); they
+	 * repeat only after (MPI_TAG_UB - 32) / 2 ids a process took part in, so two live windows
+	 * share tags only if that many were made between them. */
+	static uint64_t next_id;
+	uint64_t id = next_id;
+	pass(c->world, c->size, c->rank, &id);
+	next_id = id + 1;
 	uint64_t span = ivs.tag_ub > 64 ? (uint64_t)(ivs.tag_ub - 32) / 2 : 16;
-	*o = (struct gated_obj){.kind = OBJ_WIN, .world = world, .n = c->size, .me = c->rank, .tag = 32 + 2 * (int)(id % span)};
+	o->sync.tag = 32 + 2 * (int)(id % span);
 	return o;
 }
 
@@ -190,7 +177,7 @@ static void obj_drop(struct gated_obj *o)
 }
 
 /* After the object's making returned rc with the handle key: remember it. */
-static int obj_made(int rc, enum obj_kind kind, uintptr_t key, struct gated_obj *o)
+static int obj_made(int rc, uintptr_t key, struct gated_obj *o)
 {
 	if (!o)
 		return rc;
@@ -198,7 +185,6 @@ static int obj_made(int rc, enum obj_kind kind, uintptr_t key, struct gated_obj 
 		obj_drop(o);
 		return rc;
 	}
-	o->kind = kind;
 	o->key = key;
 	o->next = objs;
 	objs = o;
@@ -218,7 +204,7 @@ static void obj_pass(enum obj_kind kind, uintptr_t key)
 {
 	struct gated_obj *o = objs ? *obj_find(kind, key) : NULL;
 	if (o)
-		pass(o->world, o->n, o->me);
+		pass(o->world, o->n, o->me, NULL);
 }
 
 /* The freeing of the object key by call (MPI_Win_free, MPI_File_close): its gate, the call,
@@ -243,9 +229,9 @@ static void obj_pass(enum obj_kind kind, uintptr_t key)
 /* The body of a window's creation by call on comm into *win. */
 #define WIN_CREATE(comm, win, call)                                   \
 	do {                                                              \
-		struct gated_obj *o_ = obj_gate(comm);                        \
+		struct gated_obj *o_ = obj_gate(comm, OBJ_WIN);                        \
 		int rc_ = (call);                                             \
-		return obj_made(rc_, OBJ_WIN, OBJ_KEY(*(win)), o_);           \
+		return obj_made(rc_, OBJ_KEY(*(win)), o_);           \
 	} while (0)
 
 int MPI_Win_create(void *base, MPI_Aint size, int disp_unit, MPI_Info info, MPI_Comm comm, MPI_Win *win)
@@ -341,46 +327,47 @@ static void pscw_wait_all(MPI_Request *r, int n)
 
 static void pscw_forget(struct gated_obj *o)
 {
-	if (o->completes) /* an exposure epoch never waited for (the window freed in it: erroneous) */
-		for (int i = 0; i < o->norigins; i++)
-			if (o->completes[i] != MPI_REQUEST_NULL && PMPI_Cancel(&o->completes[i]) == MPI_SUCCESS)
-				PMPI_Request_free(&o->completes[i]);
-	free(o->completes);
-	free(o->origins);
-	free(o->targets);
-	o->completes = NULL;
-	o->origins = o->targets = NULL;
-	o->norigins = o->ntargets = 0;
+	struct pscw *e = &o->sync;
+	if (e->completes) /* an exposure epoch never waited for (the window freed in it: erroneous) */
+		for (int i = 0; i < e->norigins; i++)
+			if (e->completes[i] != MPI_REQUEST_NULL && PMPI_Cancel(&e->completes[i]) == MPI_SUCCESS)
+				PMPI_Request_free(&e->completes[i]);
+	free(e->completes);
+	free(e->origins);
+	free(e->targets);
+	*e = (struct pscw){.tag = e->tag};
 }
 
-static struct gated_obj *win_rec(MPI_Win win)
+/* win's synchronisation record, or NULL where it is not gated */
+static struct pscw *win_sync(MPI_Win win)
 {
-	return objs ? *obj_find(OBJ_WIN, OBJ_KEY(win)) : NULL;
+	struct gated_obj *o = objs ? *obj_find(OBJ_WIN, OBJ_KEY(win)) : NULL;
+	return o ? &o->sync : NULL;
 }
 
 int MPI_Win_post(MPI_Group group, int assertion, MPI_Win win)
 {
-	struct gated_obj *o = win_rec(win);
+	struct pscw *e = win_sync(win);
 	int rc = PMPI_Win_post(group, assertion, win);
-	if (!o || rc != MPI_SUCCESS)
+	if (!e || rc != MPI_SUCCESS)
 		return rc;
-	free(o->origins);
-	free(o->completes);
-	o->origins = group_world(group, &o->norigins, "MPI_Win_post");
-	o->completes = pscw_expect(o->origins, o->norigins, o->tag + TAG_COMPLETING);
-	o->completed = 0;
-	pscw_tell(o->origins, o->norigins, o->tag + TAG_POSTED);
+	free(e->origins);
+	free(e->completes);
+	e->origins = group_world(group, &e->norigins, "MPI_Win_post");
+	e->completes = pscw_expect(e->origins, e->norigins, e->tag + TAG_COMPLETING);
+	e->completed = 0;
+	pscw_tell(e->origins, e->norigins, e->tag + TAG_POSTED);
 	return rc;
 }
 
 int MPI_Win_start(MPI_Group group, int assertion, MPI_Win win)
 {
-	struct gated_obj *o = win_rec(win);
-	if (o) {
-		free(o->targets);
-		o->targets = group_world(group, &o->ntargets, "MPI_Win_start");
-		MPI_Request *posted = pscw_expect(o->targets, o->ntargets, o->tag + TAG_POSTED);
-		pscw_wait_all(posted, o->ntargets);
+	struct pscw *e = win_sync(win);
+	if (e) {
+		free(e->targets);
+		e->targets = group_world(group, &e->ntargets, "MPI_Win_start");
+		MPI_Request *posted = pscw_expect(e->targets, e->ntargets, e->tag + TAG_POSTED);
+		pscw_wait_all(posted, e->ntargets);
 		free(posted);
 		ivs.stats.gates++;
 	}
@@ -389,62 +376,71 @@ int MPI_Win_start(MPI_Group group, int assertion, MPI_Win win)
 
 int MPI_Win_complete(MPI_Win win)
 {
-	struct gated_obj *o = win_rec(win);
-	if (o) {
-		pscw_tell(o->targets, o->ntargets, o->tag + TAG_COMPLETING);
-		free(o->targets);
-		o->targets = NULL;
-		o->ntargets = 0;
+	struct pscw *e = win_sync(win);
+	if (e) {
+		pscw_tell(e->targets, e->ntargets, e->tag + TAG_COMPLETING);
+		free(e->targets);
+		e->targets = NULL;
+		e->ntargets = 0;
 	}
 	return PMPI_Win_complete(win);
 }
 
-/* The end of an exposure epoch (MPI_Win_wait, or MPI_Win_test that returned true). */
-static void exposure_done(struct gated_obj *o)
+/* Whether every origin of the exposure epoch sent "completing"; waits for them with wait. The
+ * epoch's gate counts once, when they are all in (MPI_Win_test may see that before the library
+ * does, and MPI_Win_wait follow). */
+static int exposure_gated(struct pscw *e, int wait)
 {
-	free(o->completes);
-	free(o->origins);
-	o->completes = NULL;
-	o->origins = NULL;
-	o->norigins = o->completed = 0;
+	if (e->completed)
+		return 1;
+	if (wait)
+		pscw_wait_all(e->completes, e->norigins);
+	int all = 1;
+	for (int i = 0; !wait && i < e->norigins; i++) {
+		int done = 0;
+		if (PMPI_Test(&e->completes[i], &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
+			ivs_fatal("active-target synchronisation: a gate message failed");
+		all &= done;
+	}
+	if (all) {
+		e->completed = 1;
+		ivs.stats.gates++;
+	}
+	return all;
+}
+
+/* The end of an exposure epoch (MPI_Win_wait, or MPI_Win_test that returned true). */
+static void exposure_done(struct pscw *e)
+{
+	free(e->completes);
+	free(e->origins);
+	e->completes = NULL;
+	e->origins = NULL;
+	e->norigins = e->completed = 0;
 }
 
 int MPI_Win_wait(MPI_Win win)
 {
-	struct gated_obj *o = win_rec(win);
-	if (o && o->completes) {
-		if (!o->completed)
-			pscw_wait_all(o->completes, o->norigins);
-		ivs.stats.gates++;
-	}
+	struct pscw *e = win_sync(win);
+	if (e && e->completes)
+		exposure_gated(e, 1);
 	int rc = PMPI_Win_wait(win);
-	if (o && o->completes && rc == MPI_SUCCESS)
-		exposure_done(o);
+	if (e && e->completes && rc == MPI_SUCCESS)
+		exposure_done(e);
 	return rc;
 }
 
 int MPI_Win_test(MPI_Win win, int *flag)
 {
-	struct gated_obj *o = win_rec(win);
-	if (o && o->completes && !o->completed) {
-		int all = 1;
-		for (int i = 0; i < o->norigins; i++) {
-			int done = 0;
-			if (PMPI_Test(&o->completes[i], &done, MPI_STATUS_IGNORE) != MPI_SUCCESS)
-				ivs_fatal("active-target synchronisation: a gate message failed");
-			all &= done;
-		}
-		if (!all) {
-			ivs_progress();
-			*flag = 0;
-			return MPI_SUCCESS;
-		}
-		o->completed = 1;
-		ivs.stats.gates++;
+	struct pscw *e = win_sync(win);
+	if (e && e->completes && !exposure_gated(e, 0)) {
+		ivs_progress();
+		*flag = 0;
+		return MPI_SUCCESS;
 	}
 	int rc = PMPI_Win_test(win, flag);
-	if (o && o->completes && rc == MPI_SUCCESS && *flag)
-		exposure_done(o);
+	if (e && e->completes && rc == MPI_SUCCESS && *flag)
+		exposure_done(e);
 	return rc;
 }
 
@@ -452,9 +448,9 @@ int MPI_Win_test(MPI_Win win, int *flag)
 
 int MPI_File_open(MPI_Comm comm, const char *filename, int amode, MPI_Info info, MPI_File *fh)
 {
-	struct gated_obj *o = obj_gate(comm);
+	struct gated_obj *o = obj_gate(comm, OBJ_FILE);
 	int rc = PMPI_File_open(comm, filename, amode, info, fh);
-	return obj_made(rc, OBJ_FILE, OBJ_KEY(*fh), o);
+	return obj_made(rc, OBJ_KEY(*fh), o);
 }
 
 int MPI_File_close(MPI_File *fh) { OBJ_FREE(OBJ_FILE, OBJ_KEY(*fh), PMPI_File_close(fh)); }

@@ -515,7 +515,7 @@ int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st);
 void ivs_fill_status(struct ivs_req *r, MPI_Status *st);
 void ivs_status_copy(MPI_Status *st, const MPI_Status *from);
 int ivs_net_wait(MPI_Request *h, MPI_Status *st);
-int ivs_net_barrier(MPI_Comm comm, const int *ranks, int n, int me, int tag);
+int ivs_net_barrier(MPI_Comm comm, const int *ranks, int n, int me, int tag, uint64_t *max);
 int ivs_arg_error(MPI_Comm comm, int err);
 void ivs_bsend_release(struct ivs_req *r);
 

@@ -309,25 +309,30 @@ int ivs_net_wait(MPI_Request *h, MPI_Status *st)
 	}
 }
 
-/* A dissemination barrier by empty messages on comm among n processes, ranks[i] the rank of
- * the i-th (NULL: i itself), this one the me-th: round d sends to me + d and receives from
- * me - d, every wait the one above. Consecutive barriers between the same processes on one tag
- * match in order (messages between two ranks do not overtake). Returns the first error. */
-int ivs_net_barrier(MPI_Comm comm, const int *ranks, int n, int me, int tag)
+/* A dissemination barrier on comm among n processes, ranks[i] the rank of the i-th (NULL: i
+ * itself), this one the me-th: round d sends to me + d and receives from me - d, every wait the
+ * one above. With max, each message carries the largest *max its sender has seen, and every
+ * member ends with the largest of all (max is idempotent, so the barrier's rounds make an
+ * allreduce); without, the messages are empty. Consecutive barriers between the same processes
+ * on one tag match in order (messages between two ranks do not overtake). Returns the first
+ * error. */
+int ivs_net_barrier(MPI_Comm comm, const int *ranks, int n, int me, int tag, uint64_t *max)
 {
-	char none = 0, got;
-	int rc = MPI_SUCCESS;
+	int rc = MPI_SUCCESS, count = max ? 1 : 0;
 	for (int d = 1; d < n && rc == MPI_SUCCESS; d <<= 1) {
 		int from = (me - d + n) % n, to = (me + d) % n;
+		uint64_t mine = max ? *max : 0, got = 0;
 		MPI_Request r[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
-		rc = PMPI_Irecv(&got, 0, MPI_BYTE, ranks ? ranks[from] : from, tag, comm, &r[0]);
+		rc = PMPI_Irecv(&got, count, MPI_UINT64_T, ranks ? ranks[from] : from, tag, comm, &r[0]);
 		if (rc == MPI_SUCCESS)
-			rc = PMPI_Isend(&none, 0, MPI_BYTE, ranks ? ranks[to] : to, tag, comm, &r[1]);
+			rc = PMPI_Isend(&mine, count, MPI_UINT64_T, ranks ? ranks[to] : to, tag, comm, &r[1]);
 		for (int i = 0; i < 2; i++) {
 			int w = r[i] != MPI_REQUEST_NULL ? ivs_net_wait(&r[i], MPI_STATUS_IGNORE) : MPI_SUCCESS;
 			if (rc == MPI_SUCCESS)
 				rc = w;
 		}
+		if (max && rc == MPI_SUCCESS && got > *max)
+			*max = got;
 	}
 	return rc;
 }

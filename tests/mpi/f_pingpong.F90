@@ -541,6 +541,19 @@ program f_pingpong
   call MPI_Win_complete(win, ierr)
   call MPI_Win_wait(win, ierr)
   call check_data(winbuf, 10, partner, 175, 0, 'post/start put')
+  ! A second epoch, its exposure ended by polling MPI_Win_test: its gate counts once however
+  ! often the test finds the origin done before the library is (Win_start and the exposure: 2).
+  ngated = ngated + 2
+  call fill(sbuf, 10, rank, 176)
+  call MPI_Win_post(pgroup, 0, win, ierr)
+  call MPI_Win_start(pgroup, 0, win, ierr)
+  call MPI_Put(sbuf, 10, MPI_INTEGER, partner, 0_MPI_ADDRESS_KIND, 10, MPI_INTEGER, win, ierr)
+  call MPI_Win_complete(win, ierr)
+  flag = .false.
+  do while (.not. flag)
+    call MPI_Win_test(win, flag, ierr)
+  end do
+  call check_data(winbuf, 10, partner, 176, 0, 'post/start put, Win_test')
   call MPI_Win_free(win, ierr)
   call MPI_Group_free(pgroup, ierr)
   call MPI_Group_free(group, ierr)
