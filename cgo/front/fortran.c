@@ -691,6 +691,15 @@ static void f_intercomm_merge(fint *comm, fint *high, fint *newcomm, fint *ierr)
 }
 IVS_F_EXPORT(f_intercomm_merge, intercomm_merge, INTERCOMM_MERGE, Intercomm_merge)
 
+static void f_intercomm_create(fint *local, fint *local_leader, fint *peer, fint *remote_leader, fint *tag,
+                               fint *newcomm, fint *ierr)
+{
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = MPI_Intercomm_create(F_COMM(local), *local_leader, F_COMM(peer), *remote_leader, *tag, &n);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_intercomm_create, intercomm_create, INTERCOMM_CREATE, Intercomm_create)
+
 static void f_cart_create(fint *comm, fint *ndims, fint *dims, fint *periods, fint *reorder, fint *newcomm, fint *ierr)
 {
 	MPI_Comm n = MPI_COMM_NULL;

@@ -23,14 +23,16 @@
  * the later calls on it (the program may free the communicator first).
  *
  * Also gated: the blocking neighbourhood alltoalls the shim calls where the libraries'
- * nonblocking ones pair blocks wrong (coll_lib.c). Cost: one barrier per gated call (README:
- * an empty fence 1.5-1.75x the library's).
- * Not gated: a communicator from the moment the program called MPI_Comm_idup on it (comm.c
- * says why), MPI_Intercomm_create, calls on communicators the shim did not record, windows
- * MPICH's mpi_f08 creates with an INTEGER(MPI_ADDRESS_KIND) displacement unit (its _large routines
- * call PMPI_Win_allocate_c directly) and every call the shim does not interpose (README,
- * "Migrate a VM"). The set-up's own blocking MPI_Comm_create_group of the leaders
- * (coll_area.c) is gated by the set-up's polled exchange right before it.
+ * nonblocking ones pair blocks wrong (coll_lib.c); and intercommunicators, which the shim does
+ * not record: MPI_Intercomm_create, and the collectives and communicator creations on one
+ * (below). Cost: one barrier per gated call (README: an empty fence 1.5-1.75x the library's).
+ * Not gated: on Open MPI, a communicator from the moment the program called MPI_Comm_idup on it
+ * (comm.c says why), calls on other communicators the shim did not record (members of another
+ * MPI_COMM_WORLD), windows MPICH's mpi_f08 creates with an INTEGER(MPI_ADDRESS_KIND)
+ * displacement unit (its _large routines call PMPI_Win_allocate_c directly) and every call the
+ * shim does not interpose (README, "Migrate a VM"). The set-up's own blocking
+ * MPI_Comm_create_group of the leaders (coll_area.c) is gated by the set-up's polled exchange
+ * right before it.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -51,7 +53,7 @@ static const struct ivs_comm *gated(MPI_Comm comm)
  * serves every gate of a kind: members pass the gates of communicators they share in the same
  * order (else the blocking calls behind them would deadlock without the shim too), and
  * messages between two ranks do not overtake. */
-enum { GATE_TAG = 1, GATE_ID_TAG = 2 };
+enum { GATE_TAG = 1, GATE_ID_TAG = 2, GATE_PAIR_TAG = 3 };
 static void pass(const int *world, int n, int me, uint64_t *id)
 {
 	int rc = ivs_net_barrier(ivs.gatecomm, world, n, me, id ? GATE_ID_TAG : GATE_TAG, id);
@@ -60,15 +62,19 @@ static void pass(const int *world, int n, int me, uint64_t *id)
 	ivs.stats.gates++;
 }
 
+static void inter_pass(MPI_Comm comm);
+
 void ivs_gate(MPI_Comm comm)
 {
-	const struct ivs_comm *c = gated(comm);
-	if (c)
+	const struct ivs_comm *c = ivs.job_active ? ivs_comm_get(comm) : NULL;
+	if (c && c->lib_nb)
 		pass(c->world, c->size, c->rank, NULL);
+	else if (!c && ivs.job_active)
+		inter_pass(comm);
 }
 
-/* World ranks of group's members, *n of them; NULL for an empty group. what: the caller, for
- * the error. */
+/* World ranks of group's members, *n of them; NULL for an empty group. A group with a member
+ * outside MPI_COMM_WORLD is an error naming what, the caller; with what NULL, it gives NULL. */
 static int *group_world(MPI_Group group, int *n, const char *what)
 {
 	*n = 0;
@@ -88,9 +94,14 @@ static int *group_world(MPI_Group group, int *n, const char *what)
 		ok = world[i] != MPI_UNDEFINED;
 	if (wg != MPI_GROUP_NULL)
 		PMPI_Group_free(&wg);
-	if (!ok)
-		ivs_fatal("%s: cannot map a group of %d to MPI_COMM_WORLD", what, *n);
 	free(at);
+	if (!ok && what)
+		ivs_fatal("%s: cannot map a group of %d to MPI_COMM_WORLD", what, *n);
+	if (!ok) {
+		free(world);
+		*n = 0;
+		return NULL;
+	}
 	return world;
 }
 
@@ -113,9 +124,10 @@ void ivs_gate_group(MPI_Comm comm, MPI_Group group)
 
 /* A window or a file made on a gated communicator keeps its members for the gates of the calls
  * that are collective over it (fences, collective I/O, MPI_Win_free, MPI_File_close): the
- * program may free the communicator first. Handles are pointers in Open MPI (both) and in
+ * program may free the communicator first. An intercommunicator keeps the members of both its
+ * groups (below). Handles are pointers in Open MPI (both) and in
  * MPICH (files), integers in MPICH (windows): key is either, widened. */
-enum obj_kind { OBJ_WIN, OBJ_FILE };
+enum obj_kind { OBJ_WIN, OBJ_FILE, OBJ_INTER };
 #define OBJ_KEY(handle) ((uintptr_t)(handle))
 
 /* A window's active-target synchronisation (below) */
@@ -130,7 +142,7 @@ struct pscw {
 struct gated_obj {
 	enum obj_kind kind;
 	uintptr_t key;
-	int *world, n, me; /* the members of its communicator */
+	int *world, n, me; /* the members of its communicator (n 0: not gated) */
 	struct pscw sync;  /* windows only */
 	struct gated_obj *next;
 };
@@ -223,6 +235,141 @@ static void obj_pass(enum obj_kind kind, uintptr_t key)
 		}                                                             \
 		return rc_;                                                   \
 	} while (0)
+
+/* ---- intercommunicators ----
+ * The shim records no intercommunicator (comm.c), so their blocking calls, collective over both
+ * groups, pass a gate of their own: MPI_Intercomm_create (below), and, through ivs_gate, the
+ * collectives and communicator creations on an intercommunicator (MPI_Intercomm_merge,
+ * MPI_Comm_dup, _split, _create) and the collectives the shim passes to the library blocking
+ * (coll.h). An intercommunicator's groups are any two disjoint sets of ranks, so whether its
+ * calls are gated must be a property of the whole job: MPI_COMM_WORLD's gate as it was recorded
+ * (gate_group, which no call changes; no record on any rank means none at MPI_THREAD_MULTIPLE
+ * may be gated, and there world's gate_group is 0 on the others). */
+static int inter_gated(void)
+{
+	const struct ivs_comm *w = ivs.job_active ? ivs_comm_get(MPI_COMM_WORLD) : NULL;
+	return w && w->gate_group;
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+	int x = *(const int *)a, y = *(const int *)b;
+	return (x > y) - (x < y);
+}
+
+/* comm's record as an intercommunicator: the world ranks of both groups in ascending order, the
+ * same list on every member; NULL where comm is no intercommunicator or is not gated (also when
+ * a member lies outside MPI_COMM_WORLD: every member of both groups sees one). Made at the first
+ * gate, from local calls only; MPI_Comm_free forgets it (ivs_gate_forget). */
+static struct gated_obj *inter_rec(MPI_Comm comm)
+{
+	struct gated_obj *o = objs ? *obj_find(OBJ_INTER, OBJ_KEY(comm)) : NULL;
+	int inter = 0;
+	if (!o) {
+		if (comm == MPI_COMM_NULL || !inter_gated() || PMPI_Comm_test_inter(comm, &inter) != MPI_SUCCESS || !inter)
+			return NULL;
+		if (!(o = calloc(1, sizeof *o)))
+			ivs_fatal("out of memory");
+		o->kind = OBJ_INTER;
+		o->key = OBJ_KEY(comm);
+		MPI_Group g[2] = {MPI_GROUP_NULL, MPI_GROUP_NULL};
+		int n[2] = {0, 0}, *w[2] = {NULL, NULL};
+		if (PMPI_Comm_group(comm, &g[0]) == MPI_SUCCESS && PMPI_Comm_remote_group(comm, &g[1]) == MPI_SUCCESS)
+			for (int i = 0; i < 2; i++)
+				w[i] = group_world(g[i], &n[i], NULL);
+		if (w[0] && w[1] && (o->world = malloc(sizeof(int) * (size_t)(n[0] + n[1])))) {
+			memcpy(o->world, w[0], sizeof(int) * (size_t)n[0]);
+			memcpy(o->world + n[0], w[1], sizeof(int) * (size_t)n[1]);
+			o->n = n[0] + n[1];
+			qsort(o->world, (size_t)o->n, sizeof(int), cmp_int);
+			int *at = bsearch(&ivs.world_rank, o->world, (size_t)o->n, sizeof(int), cmp_int);
+			o->me = at ? (int)(at - o->world) : -1;
+			if (!at) /* not a member of its own communicator: the library is broken */
+				ivs_fatal("an intercommunicator of %d ranks does not list this one", o->n);
+		}
+		for (int i = 0; i < 2; i++) {
+			free(w[i]);
+			if (g[i] != MPI_GROUP_NULL)
+				PMPI_Group_free(&g[i]);
+		}
+		o->next = objs;
+		objs = o;
+	}
+	return o->n > 0 ? o : NULL;
+}
+
+static void inter_pass(MPI_Comm comm)
+{
+	const struct gated_obj *o = inter_rec(comm);
+	if (o)
+		pass(o->world, o->n, o->me, NULL);
+}
+
+/* comm is freed: its record as an intercommunicator goes (a later one may get its handle). */
+void ivs_gate_forget(MPI_Comm comm)
+{
+	struct gated_obj **p = objs ? obj_find(OBJ_INTER, OBJ_KEY(comm)) : NULL;
+	if (p && *p) {
+		struct gated_obj *o = *p;
+		*p = o->next;
+		obj_drop(o);
+	}
+}
+
+/* Open MPI: the program called MPI_Comm_idup on intercommunicator comm, whose calls pass no gate
+ * from now on (comm.c says why). MPI_Comm_idup is collective over both groups, so the gates end
+ * at the same place of comm's calls on every member. */
+void ivs_gate_inter_end(MPI_Comm comm)
+{
+	struct gated_obj *o = inter_rec(comm);
+	if (o) {
+		free(o->world);
+		o->world = NULL;
+		o->n = 0;
+	}
+}
+
+/* MPI_Intercomm_create is collective over local on each side, and the two leaders meet on peer:
+ * a rank blocked in it may wait for a member of either group. Its gate is a barrier among
+ * local's members (if local is gated), a pairwise one of the two leaders (if the job gates
+ * intercommunicators: the same on both sides, whatever either side's local), and the local
+ * barrier again: who leaves it knows that every member of both groups has reached the gate. */
+void ivs_gate_intercomm_create(MPI_Comm local, int local_leader, MPI_Comm peer, int remote_leader)
+{
+	if (!ivs.job_active || local == MPI_COMM_NULL) /* erroneous: the library reports it */
+		return;
+	const struct ivs_comm *c = gated(local);
+	if (c && ivs_net_barrier(ivs.gatecomm, c->world, c->size, c->rank, GATE_TAG, NULL) != MPI_SUCCESS)
+		ivs_fatal("the gate of MPI_Intercomm_create among %d members failed", c->size);
+	int me = MPI_UNDEFINED, met = 0;
+	if (inter_gated() && PMPI_Comm_rank(local, &me) == MPI_SUCCESS && me == local_leader) {
+		/* the remote leader's world rank: remote_leader is its rank in peer (in peer's remote
+		 * group, for an intercommunicator peer) */
+		MPI_Group pg = MPI_GROUP_NULL;
+		int inter = 0, n = 0, *w = NULL;
+		if (peer != MPI_COMM_NULL && PMPI_Comm_test_inter(peer, &inter) == MPI_SUCCESS &&
+		    (inter ? PMPI_Comm_remote_group(peer, &pg) : PMPI_Comm_group(peer, &pg)) == MPI_SUCCESS)
+			w = group_world(pg, &n, NULL);
+		if (pg != MPI_GROUP_NULL)
+			PMPI_Group_free(&pg);
+		/* an erroneous remote_leader (the library reports it) or one outside MPI_COMM_WORLD (whose
+		 * leader maps this one outside its own): no exchange on either side */
+		if (w && remote_leader >= 0 && remote_leader < n && w[remote_leader] != ivs.world_rank) {
+			int pair[2] = {ivs.world_rank, w[remote_leader]};
+			int mine = pair[0] > pair[1];
+			if (mine)
+				pair[0] = w[remote_leader], pair[1] = ivs.world_rank;
+			if (ivs_net_barrier(ivs.gatecomm, pair, 2, mine, GATE_PAIR_TAG, NULL) != MPI_SUCCESS)
+				ivs_fatal("the gate of MPI_Intercomm_create between its leaders failed");
+			met = 1;
+		}
+		free(w);
+	}
+	if (c)
+		pass(c->world, c->size, c->rank, NULL);
+	else if (met)
+		ivs.stats.gates++;
+}
 
 /* ---- windows ---- */
 

@@ -353,6 +353,12 @@ static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
 void ivs_gate(MPI_Comm comm);
 /* ... the same for a call collective over the members of group, all members of comm */
 void ivs_gate_group(MPI_Comm comm, MPI_Group group);
+/* ... for MPI_Intercomm_create, before the call */
+void ivs_gate_intercomm_create(MPI_Comm local, int local_leader, MPI_Comm peer, int remote_leader);
+/* comm is freed (its gate's record goes); Open MPI: the program called MPI_Comm_idup on
+ * intercommunicator comm */
+void ivs_gate_forget(MPI_Comm comm);
+void ivs_gate_inter_end(MPI_Comm comm);
 
 /* coll_area.c: the collectives' one entry besides the interposers (the rest is in coll.h) */
 void ivs_coll_forget(struct ivs_comm *c);

@@ -89,7 +89,8 @@ program f_pingpong
   double precision :: dval, dmax, dbuf(500)
   integer :: nout, ndone, bad, idxs(4), got(4), tags(4), lows(2), dims(2), src, dst
   logical :: flag, even, periods(2), remain(2)
-  T_COMM :: newcomm, dupcomm, cartcomm, subcomm, nodecomm, grpcomm
+  T_COMM :: newcomm, dupcomm, cartcomm, subcomm, nodecomm, grpcomm, halfcomm, intercomm, mergedcomm
+  integer :: msize, mrank
   T_GROUP :: group, pgroup
   T_TYPE :: triple
   T_REQ :: reqs(4), req, bigreqs(12)
@@ -557,6 +558,26 @@ program f_pingpong
   call MPI_Win_free(win, ierr)
   call MPI_Group_free(pgroup, ierr)
   call MPI_Group_free(group, ierr)
+
+  ! An intercommunicator between the even and the odd ranks (leaders: world ranks 0 and 1): the
+  ! split, the intercommunicator's creation, a barrier over it (the library's) and its merge
+  ! (the odd ranks high) pass the gate; the merged order is checked.
+  ngated = ngated + 4
+  nlib = nlib + 1
+  call MPI_Comm_split(MPI_COMM_WORLD, mod(rank, 2), rank, halfcomm, ierr)
+  call MPI_Intercomm_create(halfcomm, 0, MPI_COMM_WORLD, 1 - mod(rank, 2), 9, intercomm, ierr)
+  call MPI_Barrier(intercomm, ierr)
+  call MPI_Intercomm_merge(intercomm, mod(rank, 2) == 1, mergedcomm, ierr)
+  call MPI_Comm_size(mergedcomm, msize, ierr)
+  call MPI_Comm_rank(mergedcomm, mrank, ierr)
+  if (mod(rank, 2) == 0) then
+    call check(msize == nranks .and. mrank == rank / 2, 'merged rank (even)')
+  else
+    call check(msize == nranks .and. mrank == (nranks + 1) / 2 + rank / 2, 'merged rank (odd)')
+  end if
+  call MPI_Comm_free(mergedcomm, ierr)
+  call MPI_Comm_free(intercomm, ierr)
+  call MPI_Comm_free(halfcomm, ierr)
 
   ! A file of the world, by collective I/O: rank 0 names it (in TMPDIR, else /tmp); each rank
   ! sees its own 10 integers through its view, writes them, reads them back by a split

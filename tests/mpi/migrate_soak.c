@@ -22,7 +22,9 @@
  *     collective I/O on a file opened on the duplicate (in atomic mode: MPI_File_write_at_all
  *     of its value into one of its two slots, MPI_File_read_at_all of the next rank's value of
  *     the iteration before, checked); MPI_Comm_split of the duplicate into the ranks below and
- *     above the iteration's pivot (its size checked, then freed); active-target
+ *     above the iteration's pivot (its size checked, then freed); an intercommunicator
+ *     between the halves (MPI_Intercomm_create, an MPI_Allreduce over it, MPI_Intercomm_merge,
+ *     checked); active-target
  *     synchronisation on a second window among the members of the half (MPI_Win_post and
  *     MPI_Win_start on the others, an MPI_Put to the next member, MPI_Win_complete,
  *     MPI_Win_wait, checked); then on the duplicate
@@ -123,6 +125,31 @@ static void split_step(MPI_Comm dup, long it)
     if (part != (low ? pivot : size - pivot))
         fail("size of the split's part", it, part, low ? pivot : size - pivot);
     MPI_Comm_free(&c);
+}
+
+/* An intercommunicator between the two halves (leaders: their rank 0, the highest world rank of
+ * each parity, met on dup): an MPI_Allreduce over it (each half gets the sum of the other's v)
+ * and MPI_Intercomm_merge (the even half low, each half in its own order), whose size and order
+ * are checked; both freed. */
+static void inter_step(MPI_Comm half, int hrank, MPI_Comm dup, long it)
+{
+    MPI_Comm ic, merged;
+    int evens = (size + 1) / 2, top_even = 2 * (evens - 1), top_odd = 2 * (size / 2) - 1;
+    MPI_Intercomm_create(half, 0, dup, rank % 2 == 0 ? top_odd : top_even, 77, &ic);
+    long v = rank * 1000 + it % 1000, sum = -1, want = 0;
+    for (int q = 1 - rank % 2; q < size; q += 2)
+        want += q * 1000 + it % 1000;
+    MPI_Allreduce(&v, &sum, 1, MPI_LONG, MPI_SUM, ic);
+    if (sum != want)
+        fail("Allreduce over the intercommunicator", it, sum, want);
+    MPI_Intercomm_merge(ic, rank % 2, &merged);
+    int mrank = -1, msize = -1, wrank = rank % 2 == 0 ? hrank : evens + hrank;
+    MPI_Comm_rank(merged, &mrank);
+    MPI_Comm_size(merged, &msize);
+    if (msize != size || mrank != wrank)
+        fail("rank in the merged communicator", it, mrank, wrank);
+    MPI_Comm_free(&merged);
+    MPI_Comm_free(&ic);
 }
 
 /* Active-target synchronisation on w among the members of this rank's half (h, whose group is
@@ -315,8 +342,8 @@ int main(int argc, char **argv)
          * on the half, which needs the root's answer: the shim's gate lets it answer
          * (tests/model/collswitch.pml -DGATED_Y). */
         long put = v;
-        for (int step = 0; step < 4; step++)
-            switch ((it + step) % 4) {
+        for (int step = 0; step < 5; step++)
+            switch ((it + step) % 5) {
             case 0:
                 MPI_Win_fence(0, win);
                 MPI_Put(&put, 1, MPI_LONG, (rank + 1) % size, 0, 1, MPI_LONG, win);
@@ -330,6 +357,9 @@ int main(int argc, char **argv)
                 break;
             case 2:
                 split_step(dup, it);
+                break;
+            case 3:
+                inter_step(half, hrank, dup, it);
                 break;
             default:
                 pscw_step(pwin, pbase, dgroup, hgroup, hrank, hsize, it, v);
