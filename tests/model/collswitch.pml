@@ -40,11 +40,25 @@
  * the deadlock is gone, proven for both programs (gate.c). (Before coll_lib.c, every library
  * collective was such a call.)
  *
+ * Later rounds (ROUNDS=2): after a round's decision each member re-plans (ivs_comm.sw_round
+ * goes up: at the entry of collective k, or outside collectives once its count reached k), and
+ * its first collective on the new plan begins with the set-up's exchange among all members
+ * (coll_area.c), which no member leaves before every member entered it. A second leave then
+ * touches the new plan's area: member 2's VM, whose area in plan 1 holds members 0 and 2 (the
+ * model does not say how they came to share a host; a plan is any set of areas). Every message
+ * carries its round (a channel per round here): a member reads its own round's, drops a late
+ * ASK of a round it left behind, and leaves a later round's waiting until it re-planned
+ * (migrate.c dispatch). A member sees a round's flag only once its plan of that round is set
+ * up (before, it has no area that holds the leaving rank). Checked for program 3 (five
+ * collectives on X) and program 4 (with gated calls on Y): every collective on one plan,
+ * decisions never behind, no leaving member back in its old plan's area after release, no
+ * deadlock. Broken variant NO_DEFER (a member handles a later round's messages as its own
+ * round's) must fail, and so must REACH_LAST (no collective runs on the last round's plan: the
+ * search does reach it).
+ *
  * What the model leaves out: the RECENT rule (a member idle on X for long answers with no
  * slack: a liveness heuristic outside this model, whose slack is always SLACK); communicators
- * freed during an agreement (their members answer "never"); communicators set up after the flag;
- * later rounds on the same communicator (a new leave after a re-plan: messages carry the round,
- * and a member behind on the last round defers the new one's until it re-planned).
+ * freed during an agreement (their members answer "never"); communicators set up after the flag.
  *
  * Collectives: ALLC (everyone waits for everyone: Barrier, Allreduce) and ROOTC(r) (only
  * non-roots wait, for the root: Bcast; the root returns at once and may run ahead).
@@ -56,8 +70,12 @@
 
 #define M 3
 #define ALL_MASK 7
-#define LEAVER 1
-#define SEES(m) ((m) != 2) /* members co-located with the leaving VM */
+#ifndef ROUNDS
+#define ROUNDS 1
+#endif
+/* round r's leaving member, and the members whose area in plan r holds it (who see its flag) */
+#define LEAVER(r) ((r) == 0 -> 1 : 2)
+#define SEES(r, m) (((r) == 0 && (m) != 2) || ((r) == 1 && (m) != 1))
 
 #define SLACK 1
 
@@ -72,15 +90,26 @@
 #define NX 3
 #define NY 2
 #define PROG_INIT prog[0] = 0; prog[1] = YOP; prog[2] = ALLC; prog[3] = 1; prog[4] = YOP
-#else
+#elif PROGRAM == 2
 #define P 4
 #define NX 3
 #define NY 1
 #define PROG_INIT prog[0] = 0; prog[1] = 0; prog[2] = YOP; prog[3] = ALLC
+#elif PROGRAM == 3
+#define P 5
+#define NX 5
+#define NY 1
+#define PROG_INIT prog[0] = 0; prog[1] = ALLC; prog[2] = 1; prog[3] = ALLC; prog[4] = 2
+#else
+#define P 6
+#define NX 4
+#define NY 2
+#define PROG_INIT prog[0] = 0; prog[1] = YOP; prog[2] = ALLC; prog[3] = 1; prog[4] = YOP; prog[5] = ALLC
 #endif
 #define PROG(i) prog[i]
-/* leaving X's collective j-1 (op PROG(pc-1)) entered on the plan whose members are mask */
-#define XDONE(mask) ((PROG(pc-1) == ALLC && (mask) == ALL_MASK) || (PROG(pc-1) < ALLC && ((mask) & (1 << PROG(pc-1)))))
+/* leaving X's collective j-1 (op PROG(pc-1)) whose entered members are mask: an ALLC, or the
+ * set-up's exchange of a new plan, when every member entered it; ROOTC(r) when r did */
+#define XDONE(mask) ((mask) == ALL_MASK || (!setup_at[j-1] && PROG(pc-1) < ALLC && ((mask) & (1 << PROG(pc-1)))))
 
 #ifdef BLOCKING_Y
 #define ANSWERS (in != 3) /* not inside Y's call: a blocking library call (see above) */
@@ -90,24 +119,66 @@
 
 #define UNKNOWN 255
 mtype = { ASK, QUERY, REPLY, DECIDE };
-chan inbox[M] = [8] of { mtype, byte, byte }; /* kind, from, value */
+/* the shim's messages of round r to member m: inbox[BOX(r, m)] */
+#define BOX(r, m) ((r) * M + (m))
+chan inbox[ROUNDS * M] = [8] of { mtype, byte, byte }; /* kind, from, value */
 
 byte prog[P];
-bool flag = false;          /* the region flags member 1's VM leaving */
-byte shm_in[NX], lib_in[NX]; /* members that entered X's collective j, per plan (masks) */
+bool flag[ROUNDS];          /* the region flags round r's leaving VM */
+byte x_in[NX];              /* members that entered X's collective j */
+byte plan_of[NX];           /* the plan (round) X's collective j runs on, once entered */
+bool setup_at[NX];          /* X's collective j is the first of a new plan (its set-up's exchange) */
 byte y_in[NY];              /* members that entered Y's collective j */
 byte gate_in[NY];           /* members that entered the gate of Y's collective j (GATED_Y) */
-bool released = false;      /* member 1 gave the area up */
+bool released[ROUNDS];      /* round r's leaving member gave its plan-r area up */
 byte done = 0;
 
 hidden mtype hk;
 hidden byte hf, hv;
 
+/* Handle one message of round r (the member's own, but for NO_DEFER). */
+inline handle(r) {
+	inbox[BOX(r, me)] ? hk, hf, hv;
+	if
+	:: hk == ASK ->
+		assert(me == 0);
+		if
+		:: !gathering && replies == 0 && k == UNKNOWN ->
+			gathering = true;
+			for (q : 0 .. M-1) { inbox[BOX(r, q)] ! QUERY, me, 0 }
+		:: else
+		fi
+	:: hk == QUERY ->
+		if
+		:: !answered -> answered = true; limit = j + SLACK
+		:: else
+		fi;
+		inbox[BOX(r, 0)] ! REPLY, me, limit
+	:: hk == REPLY ->
+		assert(me == 0 && gathering);
+		if :: hv > kmax -> kmax = hv :: else fi;
+		replies++;
+		if
+		:: replies == M ->
+			gathering = false;
+			for (q : 0 .. M-1) { inbox[BOX(r, q)] ! DECIDE, me, kmax }
+		:: else
+		fi
+	:: hk == DECIDE ->
+#ifdef OWN_LIMIT
+		hv = limit; /* broken on purpose */
+#endif
+		assert(hv >= j); /* the decision never lies behind a member's count */
+		k = hv
+	fi
+}
+
 proctype Member(byte me) {
 	byte pc = 0, j = 0, y = 0;  /* next op; collectives begun on X and on Y */
-	byte in = 0;                /* 0: between calls; 1: in X's collective j-1 (shared memory);
-	                               2: in X's collective j-1 (library); 3: in Y's collective y-1;
-	                               4: in the gate of Y's collective y-1 (GATED_Y) */
+	byte in = 0;                /* 0: between calls; 1: in X's collective j-1; 3: in Y's
+	                               collective y-1; 4: in the gate of Y's collective y-1 (GATED_Y) */
+	byte rnd = 0;               /* the agreement's round: plans left behind (ivs_comm.sw_round) */
+	bool setup = true;          /* the plan of round rnd is set up here (plan 0 from the start) */
 	bool asked = false, answered = false;
 	byte limit = 0, k = UNKNOWN;
 	/* the coordinator's gathering */
@@ -116,42 +187,15 @@ proctype Member(byte me) {
 
 	do
 	/* ---- the shim's messages, answered wherever ANSWERS holds ---- */
-	:: atomic { ANSWERS && SEES(me) && flag && !asked ->
-		asked = true; inbox[0] ! ASK, me, 0 }
-	:: atomic { ANSWERS && nempty(inbox[me]) ->
-		inbox[me] ? hk, hf, hv;
-		if
-		:: hk == ASK ->
-			assert(me == 0);
-			if
-			:: !gathering && replies == 0 && k == UNKNOWN ->
-				gathering = true;
-				for (q : 0 .. M-1) { inbox[q] ! QUERY, me, 0 }
-			:: else
-			fi
-		:: hk == QUERY ->
-			if
-			:: !answered -> answered = true; limit = j + SLACK
-			:: else
-			fi;
-			inbox[0] ! REPLY, me, limit
-		:: hk == REPLY ->
-			assert(me == 0 && gathering);
-			if :: hv > kmax -> kmax = hv :: else fi;
-			replies++;
-			if
-			:: replies == M ->
-				gathering = false;
-				for (q : 0 .. M-1) { inbox[q] ! DECIDE, me, kmax }
-			:: else
-			fi
-		:: hk == DECIDE ->
-#ifdef OWN_LIMIT
-			hv = limit; /* broken on purpose */
+	:: atomic { ANSWERS && rnd < ROUNDS && setup && SEES(rnd, me) && flag[rnd] && !asked ->
+		asked = true; inbox[BOX(rnd, 0)] ! ASK, me, 0 }
+	:: atomic { ANSWERS && rnd < ROUNDS && nempty(inbox[BOX(rnd, me)]) -> handle(rnd) }
+	:: atomic { ANSWERS && rnd > 0 && nempty(inbox[BOX(rnd - 1, me)]) ->
+		inbox[BOX(rnd - 1, me)] ? hk, hf, hv;
+		assert(hk == ASK) } /* a round left behind: only a late ASK can come, and is ignored */
+#ifdef NO_DEFER
+	:: atomic { ANSWERS && rnd + 1 < ROUNDS && nempty(inbox[BOX(rnd + 1, me)]) -> handle(rnd + 1) } /* broken on purpose */
 #endif
-			assert(hv >= j); /* the decision never lies behind a member's count */
-			k = hv
-		fi }
 
 	/* ---- the program ---- */
 #ifdef GATED_Y
@@ -162,60 +206,66 @@ proctype Member(byte me) {
 #else
 	:: atomic { in == 0 && pc < P && PROG(pc) == YOP -> y_in[y] = y_in[y] | (1 << me); y++; pc++; in = 3 }
 #endif
-	/* X's collective j; with an answer given and j at the limit, only once k is known (the
-	 * member meanwhile answers messages) */
-	:: atomic { in == 0 && pc < P && PROG(pc) != YOP && (!answered || j < limit || k != UNKNOWN
+	/* re-plan: the decision's collective reached (at its entry, or between calls: replan_if_done) */
+	:: atomic { in == 0 && k != UNKNOWN && j >= k ->
+		rnd++; setup = false; asked = false; answered = false; limit = 0; k = UNKNOWN; replies = 0; kmax = 0 }
+	/* X's collective j on plan rnd, once re-planned where the decision says so; with an answer
+	 * given and j at the limit, only once k is known (the member meanwhile answers messages) */
+	:: atomic { in == 0 && pc < P && PROG(pc) != YOP && !(k != UNKNOWN && j >= k) &&
+		(!answered || j < limit || k != UNKNOWN
 #ifdef NO_WAIT
 		|| true /* broken on purpose */
 #endif
 		) ->
 		if
-		:: k != UNKNOWN && j >= k ->
-			assert(shm_in[j] == 0);
-			lib_in[j] = lib_in[j] | (1 << me); in = 2
-		:: else ->
-			assert(lib_in[j] == 0);
-			assert(!(me == LEAVER && released)); /* never touches the area once released */
-			shm_in[j] = shm_in[j] | (1 << me); in = 1
+		:: x_in[j] == 0 -> plan_of[j] = rnd; setup_at[j] = !setup
+		:: else -> assert(plan_of[j] == rnd && setup_at[j] == !setup) /* one plan per collective */
 		fi;
-		j++; pc++ }
-	/* leaving a collective: ALLC when every member entered it (on this plan), ROOTC(r) when r did */
-	:: atomic { in == 1 && XDONE(shm_in[j-1]) -> in = 0 }
-	:: atomic { in == 2 && XDONE(lib_in[j-1]) -> in = 0 }
+		assert(!(rnd < ROUNDS && me == LEAVER(rnd) && released[rnd])); /* never back in an area it released */
+#ifdef REACH_LAST
+		assert(rnd < ROUNDS); /* must fail: some collective runs on the last round's plan */
+#endif
+		setup = true;
+		x_in[j] = x_in[j] | (1 << me);
+		j++; pc++; in = 1 }
+	/* leaving a collective (XDONE), or Y's when every member entered it */
+	:: atomic { in == 1 && XDONE(x_in[j-1]) -> in = 0 }
 	:: atomic { in == 3 && y_in[y-1] == ALL_MASK -> in = 0 }
 
-	/* ---- the leaving member gives the area up ---- */
-	:: atomic { me == LEAVER && flag && !released && in == 0 && k != UNKNOWN &&
+	/* ---- a leaving member gives its area up ---- */
+	:: atomic { rnd < ROUNDS && me == LEAVER(rnd) && flag[rnd] && !released[rnd] && in == 0 && k != UNKNOWN &&
 #ifdef EARLY_RELEASE
 		true /* broken on purpose */
 #else
 		j >= k
 #endif
-		-> released = true }
+		-> released[rnd] = true }
 
 	/* ---- MPI_Finalize: the shim's messages in flight and the gathering end first ---- */
-	:: atomic { in == 0 && pc == P && !gathering && empty(inbox[me]) -> break }
+	:: atomic { in == 0 && pc == P && !gathering && (rnd == ROUNDS || empty(inbox[BOX(rnd, me)])) -> break }
 	od;
 	done++;
 	/* the others may still need this member's answers */
 	do
-	:: atomic { nempty(inbox[me]) ->
-		inbox[me] ? hk, hf, hv;
+	:: atomic { rnd < ROUNDS && nempty(inbox[BOX(rnd, me)]) ->
+		inbox[BOX(rnd, me)] ? hk, hf, hv;
 		if
-		:: hk == QUERY -> if :: !answered -> answered = true; limit = j + SLACK :: else fi; inbox[0] ! REPLY, me, limit
+		:: hk == QUERY -> if :: !answered -> answered = true; limit = j + SLACK :: else fi; inbox[BOX(rnd, 0)] ! REPLY, me, limit
 		:: hk == DECIDE -> assert(hv >= j)
 		:: hk == ASK -> skip /* every member is finalizing: nobody needs the switch any more */
 		:: hk == REPLY -> assert(false) /* the coordinator left while gathering */
 		fi }
-	:: done == M && empty(inbox[me]) -> break
+	:: atomic { rnd > 0 && nempty(inbox[BOX(rnd - 1, me)]) -> inbox[BOX(rnd - 1, me)] ? hk, hf, hv; assert(hk == ASK) }
+	:: done == M && (rnd == ROUNDS || empty(inbox[BOX(rnd, me)])) && (rnd == 0 || empty(inbox[BOX(rnd - 1, me)])) -> break
 	od
 }
 
 active proctype Broker() {
-	if
-	:: flag = true
-	:: skip /* no migration during this job */
-	fi
+	byte r = 0;
+	do
+	:: r < ROUNDS -> flag[r] = true; r++
+	:: break /* no (further) migration during this job */
+	od
 }
 
 init {

@@ -159,14 +159,16 @@ func TestJoinSwitchNegative(t *testing.T) {
 // TestCollSwitchSafety: the collective switch's agreement never lets members run one
 // collective on different plans, never decides behind a member, the leaving member never uses
 // the area after its release, and every member finishes, whatever the interleaving
-// (collswitch.pml, both programs). Safety also holds where a member blocks in a library call
+// (collswitch.pml, both programs), also over two rounds on one communicator (a second leave
+// after the first re-plan: programs 3 and 4). Safety also holds where a member blocks in a library call
 // without answering (BLOCKING_Y), and deadlock freedom too once the shim gates that call with a
 // nonblocking barrier it waits for by polling (GATED_Y, gate.c).
 func TestCollSwitchSafety(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
 	requireProven(t, "collswitch.pml", nil, []string{"-DPROGRAM=2"},
-		[]string{"-DBLOCKING_Y", "-DGATED_Y"}, []string{"-DPROGRAM=2", "-DBLOCKING_Y", "-DGATED_Y"})
+		[]string{"-DBLOCKING_Y", "-DGATED_Y"}, []string{"-DPROGRAM=2", "-DBLOCKING_Y", "-DGATED_Y"},
+		[]string{"-DROUNDS=2", "-DPROGRAM=3"}, []string{"-DROUNDS=2", "-DPROGRAM=4", "-DBLOCKING_Y", "-DGATED_Y"})
 	for _, defs := range [][]string{{"-DBLOCKING_Y"}, {"-DPROGRAM=2", "-DBLOCKING_Y"}} {
 		if report, failed := verifyAssertions(t, "collswitch.pml", defs...); failed {
 			t.Errorf("collswitch.pml %v: spin found an error:\n%s", defs, report)
@@ -176,14 +178,17 @@ func TestCollSwitchSafety(t *testing.T) {
 	}
 }
 
-// TestCollSwitchNegative: each rule of the agreement broken on its own must be caught.
+// TestCollSwitchNegative: each rule of the agreement broken on its own must be caught, the
+// rounds' too (NO_DEFER: a later round's messages handled as the member's own round's); and
+// the two-round search must reach a collective on the second re-plan (REACH_LAST).
 func TestCollSwitchNegative(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
-	for _, def := range []string{"-DNO_WAIT", "-DOWN_LIMIT", "-DEARLY_RELEASE"} {
-		report, failed := verifyAssertions(t, "collswitch.pml", def)
+	for _, defs := range [][]string{{"-DNO_WAIT"}, {"-DOWN_LIMIT"}, {"-DEARLY_RELEASE"},
+		{"-DROUNDS=2", "-DPROGRAM=3", "-DNO_DEFER"}, {"-DROUNDS=2", "-DPROGRAM=3", "-DREACH_LAST"}} {
+		report, failed := verifyAssertions(t, "collswitch.pml", defs...)
 		if !failed || !strings.Contains(report, "assertion violated") {
-			t.Errorf("collswitch.pml %s: spin found no violation:\n%s", def, report)
+			t.Errorf("collswitch.pml %v: spin found no violation:\n%s", defs, report)
 		}
 	}
 }
