@@ -791,6 +791,24 @@ static void fwin_out(fint *win, MPI_Win w, int rc, fint *ierr)
 F_WIN_ALLOCATE(win_allocate, WIN_ALLOCATE, Win_allocate)
 F_WIN_ALLOCATE(win_allocate_shared, WIN_ALLOCATE_SHARED, Win_allocate_shared)
 
+#if defined(MPICH) && MPI_VERSION >= 4
+/* MPICH's mpi_f08 forms with an INTEGER(MPI_ADDRESS_KIND) displacement unit
+ * (MPI_Win_allocate_f08_large ...), which call PMPI_Win_allocate_c directly: the same entry
+ * points with the large-count C routines. (Its MPI_Win_create_f08ts_large reaches MPI_Win_create_c
+ * itself.) */
+#define F_WIN_ALLOCATE_LARGE(lower, Camel)                                                                   \
+	static void f_##lower##_large(MPI_Aint *size, MPI_Aint *disp, fint *info, fint *comm, void *baseptr,       \
+	                              fint *win, fint *ierr)                                                     \
+	{                                                                                                        \
+		MPI_Win w = MPI_WIN_NULL;                                                                            \
+		int rc = MPI_##Camel##_c(*size, *disp, F_INFO(info), F_COMM(comm), baseptr, &w);                    \
+		fwin_out(win, w, rc, ierr);                                                                          \
+	}                                                                                                        \
+	IVS_F_ALIAS(f_##lower##_large, mpi_##lower##_f08_large_) IVS_F_ALIAS(f_##lower##_large, pmpir_##lower##_f08_large_)
+F_WIN_ALLOCATE_LARGE(win_allocate, Win_allocate)
+F_WIN_ALLOCATE_LARGE(win_allocate_shared, Win_allocate_shared)
+#endif
+
 static void f_win_create_dynamic(fint *info, fint *comm, fint *win, fint *ierr)
 {
 	MPI_Win w = MPI_WIN_NULL;

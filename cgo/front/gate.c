@@ -28,9 +28,9 @@
  * (below). Cost: one barrier per gated call (README: an empty fence 1.5-1.75x the library's).
  * Not gated: on Open MPI, a communicator from the moment the program called MPI_Comm_idup on it
  * (comm.c says why), calls on other communicators the shim did not record (members of another
- * MPI_COMM_WORLD), windows MPICH's mpi_f08 creates with an INTEGER(MPI_ADDRESS_KIND)
- * displacement unit (its _large routines call PMPI_Win_allocate_c directly) and every call the
- * shim does not interpose (README, "Migrate a VM"). The set-up's own blocking
+ * MPI_COMM_WORLD), MPI-4's communicator creation from groups (MPI_Comm_create_from_group,
+ * MPI_Intercomm_create_from_groups) and every call the shim does not interpose (README, "Migrate
+ * a VM"). The set-up's own blocking
  * MPI_Comm_create_group of the leaders (coll_area.c) is gated by the set-up's polled exchange
  * right before it.
  */

@@ -526,6 +526,20 @@ program f_pingpong
   call c_f_pointer(cbase, wptr, (/ 10 /))
   wptr = -1
   call fence_put(win, wptr, 170, 'win_allocate put')
+#ifdef LARGE_WINDOWS
+  ! MPI-4's forms with an INTEGER(MPI_ADDRESS_KIND) displacement unit (MPICH's mpi_f08):
+  ! MPI_Win_allocate and MPI_Win_create, each with a Put between two fences, then freed.
+  ngated = ngated + 8
+  call MPI_Win_allocate(int(40, MPI_ADDRESS_KIND), int(4, MPI_ADDRESS_KIND), MPI_INFO_NULL, MPI_COMM_WORLD, &
+                        cbase, win, ierr)
+  call c_f_pointer(cbase, wptr, (/ 10 /))
+  wptr = -1
+  call fence_put(win, wptr, 171, 'large win_allocate put')
+  winbuf = -1
+  call MPI_Win_create(winbuf, int(40, MPI_ADDRESS_KIND), int(4, MPI_ADDRESS_KIND), MPI_INFO_NULL, &
+                      MPI_COMM_WORLD, win, ierr)
+  call fence_put(win, winbuf, 172, 'large win_create put')
+#endif
 
   ! Active-target synchronisation: each rank exposes its window to its partner and puts into
   ! the partner's (post, start, put, complete, wait). Win_create, Win_start, Win_wait and
