@@ -287,6 +287,19 @@ int MPI_Intercomm_create(MPI_Comm local, int local_leader, MPI_Comm peer, int re
 	ivs_gate_intercomm_create(local, local_leader, peer, remote_leader);
 	return PMPI_Intercomm_create(local, local_leader, peer, remote_leader, tag, n);
 }
+#if defined(MPICH) && MPI_VERSION >= 4
+int MPI_Comm_create_from_group(MPI_Group g, const char *stringtag, MPI_Info info, MPI_Errhandler eh, MPI_Comm *n)
+{
+	ivs_gate_groups(g, MPI_GROUP_NULL);
+	return comm_created(n, PMPI_Comm_create_from_group(g, stringtag, info, eh, n));
+}
+int MPI_Intercomm_create_from_groups(MPI_Group local, int local_leader, MPI_Group remote, int remote_leader,
+                                     const char *stringtag, MPI_Info info, MPI_Errhandler eh, MPI_Comm *n)
+{
+	ivs_gate_groups(local, remote);
+	return PMPI_Intercomm_create_from_groups(local, local_leader, remote, remote_leader, stringtag, info, eh, n);
+}
+#endif
 int MPI_Cart_create(MPI_Comm c, int nd, const int dims[], const int periods[], int reorder, MPI_Comm *n)
 {
 	ivs_gate(c);

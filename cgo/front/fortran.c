@@ -863,6 +863,36 @@ IVS_F_EXPORT(f_file_open, file_open, FILE_OPEN, File_open)
 
 F_HANDLE_END(file_close, FILE_CLOSE, File_close, MPI_File, F_FILE, C_FILE)
 
+#if defined(MPICH) && MPI_VERSION >= 4
+/* MPI-4's communicator creation from groups (MPICH's mpi_f08 calls PMPI_ directly; its mpif.h
+ * and use mpi reach the C functions). */
+static void f_comm_create_from_group(fint *group, const char *tag, fint *info, fint *eh, fint *newcomm, fint *ierr,
+                                     int tag_len)
+{
+	char *c = fstr(tag, tag_len);
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = c ? MPI_Comm_create_from_group(F_GROUP(group), c, F_INFO(info), (MPI_Errhandler)*eh, &n) : MPI_ERR_NO_MEM;
+	free(c);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_comm_create_from_group, comm_create_from_group, COMM_CREATE_FROM_GROUP, Comm_create_from_group)
+
+static void f_intercomm_create_from_groups(fint *local, fint *local_leader, fint *remote, fint *remote_leader,
+                                           const char *tag, fint *info, fint *eh, fint *newcomm, fint *ierr,
+                                           int tag_len)
+{
+	char *c = fstr(tag, tag_len);
+	MPI_Comm n = MPI_COMM_NULL;
+	int rc = c ? MPI_Intercomm_create_from_groups(F_GROUP(local), *local_leader, F_GROUP(remote), *remote_leader, c,
+	                                              F_INFO(info), (MPI_Errhandler)*eh, &n)
+	           : MPI_ERR_NO_MEM;
+	free(c);
+	fcomm_out(newcomm, n, rc, ierr);
+}
+IVS_F_EXPORT(f_intercomm_create_from_groups, intercomm_create_from_groups, INTERCOMM_CREATE_FROM_GROUPS,
+             Intercomm_create_from_groups)
+#endif
+
 static void f_file_set_view(fint *fh, MPI_Offset *disp, fint *etype, fint *ftype, const char *rep, fint *info,
                             fint *ierr, int rep_len)
 {

@@ -25,12 +25,10 @@
  * Also gated: the blocking neighbourhood alltoalls the shim calls where the libraries'
  * nonblocking ones pair blocks wrong (coll_lib.c); and intercommunicators, which the shim does
  * not record: MPI_Intercomm_create, and the collectives and communicator creations on one
- * (below). Cost: one barrier per gated call (README: an empty fence 1.5-1.75x the library's).
+ * (below); MPI-4's MPI_Comm_create_from_group and MPI_Intercomm_create_from_groups (MPICH). Cost: one barrier per gated call (README: an empty fence 1.5-1.75x the library's).
  * Not gated: on Open MPI, a communicator from the moment the program called MPI_Comm_idup on it
  * (comm.c says why), calls on other communicators the shim did not record (members of another
- * MPI_COMM_WORLD), MPI-4's communicator creation from groups (MPI_Comm_create_from_group,
- * MPI_Intercomm_create_from_groups) and every call the shim does not interpose (README, "Migrate
- * a VM"). The set-up's own blocking
+ * MPI_COMM_WORLD) and every call the shim does not interpose (README, "Migrate a VM"). The set-up's own blocking
  * MPI_Comm_create_group of the leaders (coll_area.c) is gated by the set-up's polled exchange
  * right before it.
  */
@@ -257,10 +255,40 @@ static int cmp_int(const void *a, const void *b)
 	return (x > y) - (x < y);
 }
 
-/* comm's record as an intercommunicator: the world ranks of both groups in ascending order, the
- * same list on every member; NULL where comm is no intercommunicator or is not gated (also when
- * a member lies outside MPI_COMM_WORLD: every member of both groups sees one). Made at the first
- * gate, from local calls only; MPI_Comm_free forgets it (ivs_gate_forget). */
+/* The world ranks of the members of n groups (disjoint), in ascending order: the same list on
+ * every member. *count of them, this rank the *me-th (-1: not among them). NULL where a member
+ * lies outside MPI_COMM_WORLD (every member of every group sees one) or a group is empty. */
+static int *union_world(const MPI_Group *g, int n, int *count, int *me)
+{
+	int total = 0, *all = NULL;
+	*count = 0;
+	*me = -1;
+	for (int i = 0; i < n; i++) {
+		int ni = 0, *w = group_world(g[i], &ni, NULL);
+		int *grown = w ? realloc(all, sizeof(int) * (size_t)(total + ni)) : NULL;
+		if (!grown) {
+			free(w);
+			free(all);
+			return NULL;
+		}
+		all = grown;
+		memcpy(all + total, w, sizeof(int) * (size_t)ni);
+		total += ni;
+		free(w);
+	}
+	if (!all)
+		return NULL;
+	qsort(all, (size_t)total, sizeof(int), cmp_int);
+	int *at = bsearch(&ivs.world_rank, all, (size_t)total, sizeof(int), cmp_int);
+	*count = total;
+	*me = at ? (int)(at - all) : -1;
+	return all;
+}
+
+/* comm's record as an intercommunicator: the world ranks of both groups (union_world); NULL
+ * where comm is no intercommunicator or is not gated (also when a member lies outside
+ * MPI_COMM_WORLD). Made at the first gate, from local calls only; MPI_Comm_free forgets it
+ * (ivs_gate_forget). */
 static struct gated_obj *inter_rec(MPI_Comm comm)
 {
 	struct gated_obj *o = objs ? *obj_find(OBJ_INTER, OBJ_KEY(comm)) : NULL;
@@ -273,25 +301,15 @@ static struct gated_obj *inter_rec(MPI_Comm comm)
 		o->kind = OBJ_INTER;
 		o->key = OBJ_KEY(comm);
 		MPI_Group g[2] = {MPI_GROUP_NULL, MPI_GROUP_NULL};
-		int n[2] = {0, 0}, *w[2] = {NULL, NULL};
 		if (PMPI_Comm_group(comm, &g[0]) == MPI_SUCCESS && PMPI_Comm_remote_group(comm, &g[1]) == MPI_SUCCESS)
-			for (int i = 0; i < 2; i++)
-				w[i] = group_world(g[i], &n[i], NULL);
-		if (w[0] && w[1] && (o->world = malloc(sizeof(int) * (size_t)(n[0] + n[1])))) {
-			memcpy(o->world, w[0], sizeof(int) * (size_t)n[0]);
-			memcpy(o->world + n[0], w[1], sizeof(int) * (size_t)n[1]);
-			o->n = n[0] + n[1];
-			qsort(o->world, (size_t)o->n, sizeof(int), cmp_int);
-			int *at = bsearch(&ivs.world_rank, o->world, (size_t)o->n, sizeof(int), cmp_int);
-			o->me = at ? (int)(at - o->world) : -1;
-			if (!at) /* not a member of its own communicator: the library is broken */
-				ivs_fatal("an intercommunicator of %d ranks does not list this one", o->n);
-		}
-		for (int i = 0; i < 2; i++) {
-			free(w[i]);
+			o->world = union_world(g, 2, &o->n, &o->me);
+		if (o->world && o->me < 0) /* not a member of its own communicator: the library is broken */
+			ivs_fatal("an intercommunicator of %d ranks does not list this one", o->n);
+		if (!o->world)
+			o->n = 0;
+		for (int i = 0; i < 2; i++)
 			if (g[i] != MPI_GROUP_NULL)
 				PMPI_Group_free(&g[i]);
-		}
 		o->next = objs;
 		objs = o;
 	}
@@ -369,6 +387,21 @@ void ivs_gate_intercomm_create(MPI_Comm local, int local_leader, MPI_Comm peer, 
 		pass(c->world, c->size, c->rank, NULL);
 	else if (met)
 		ivs.stats.gates++;
+}
+
+/* MPI-4's MPI_Comm_create_from_group (b MPI_GROUP_NULL) and MPI_Intercomm_create_from_groups:
+ * collective over the members of a (and b), with no parent communicator, so gated as
+ * intercommunicators are (by the job's property) among the union of the groups. */
+void ivs_gate_groups(MPI_Group a, MPI_Group b)
+{
+	MPI_Group g[2] = {a, b};
+	int n = 0, me = -1;
+	if (!inter_gated() || a == MPI_GROUP_NULL)
+		return;
+	int *world = union_world(g, b == MPI_GROUP_NULL ? 1 : 2, &n, &me);
+	if (world && me >= 0) /* else an erroneous call, which the library reports */
+		pass(world, n, me, NULL);
+	free(world);
 }
 
 /* ---- windows ---- */

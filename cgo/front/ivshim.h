@@ -353,8 +353,10 @@ static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
 void ivs_gate(MPI_Comm comm);
 /* ... the same for a call collective over the members of group, all members of comm */
 void ivs_gate_group(MPI_Comm comm, MPI_Group group);
-/* ... for MPI_Intercomm_create, before the call */
+/* ... for MPI_Intercomm_create, before the call; for MPI-4's creation from groups (b:
+ * MPI_GROUP_NULL, or the remote group of MPI_Intercomm_create_from_groups) */
 void ivs_gate_intercomm_create(MPI_Comm local, int local_leader, MPI_Comm peer, int remote_leader);
+void ivs_gate_groups(MPI_Group a, MPI_Group b);
 /* comm is freed (its gate's record goes); Open MPI: the program called MPI_Comm_idup on
  * intercommunicator comm */
 void ivs_gate_forget(MPI_Comm comm);

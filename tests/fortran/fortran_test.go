@@ -222,6 +222,10 @@ func build(ctx context.Context, t *testing.T, m cluster.MPI, b binding, src stri
 	}
 	out := filepath.Join(t.TempDir(), "f_pingpong_"+b.name+"-"+m.String())
 	args := append([]string{"-O2", "-Wall"}, b.flags...)
+	if m == cluster.MPICH {
+		// MPI-4's communicator creation from groups: MPICH 4.0 has it, Open MPI 4.1 has not.
+		args = append(args, "-DMPI4_GROUPS")
+	}
 	if m == cluster.MPICH && b.name == "f08" {
 		// MPICH's mpi_f08 has MPI-4's windows with an INTEGER(MPI_ADDRESS_KIND) displacement
 		// unit (Open MPI 4.1's has not); the shim must gate those too.

@@ -91,7 +91,7 @@ program f_pingpong
   logical :: flag, even, periods(2), remain(2)
   T_COMM :: newcomm, dupcomm, cartcomm, subcomm, nodecomm, grpcomm, halfcomm, intercomm, mergedcomm
   integer :: msize, mrank
-  T_GROUP :: group, pgroup
+  T_GROUP :: group, pgroup, lgroup
   T_TYPE :: triple
   T_REQ :: reqs(4), req, bigreqs(12)
   T_MSG :: msg
@@ -592,6 +592,30 @@ program f_pingpong
   call MPI_Comm_free(mergedcomm, ierr)
   call MPI_Comm_free(intercomm, ierr)
   call MPI_Comm_free(halfcomm, ierr)
+
+#ifdef MPI4_GROUPS
+  ! MPI-4's communicators from groups (MPICH): the world's, which the shim records (a barrier on
+  ! it takes the region), and an intercommunicator between this rank and its partner. Both
+  ! creations pass the gate.
+  ngated = ngated + 2
+  ncoll = ncoll + 1
+  call MPI_Comm_group(MPI_COMM_WORLD, group, ierr)
+  call MPI_Comm_create_from_group(group, 'f_pingpong world', MPI_INFO_NULL, MPI_ERRORS_RETURN, mergedcomm, ierr)
+  call MPI_Comm_size(mergedcomm, msize, ierr)
+  call check(ierr == MPI_SUCCESS .and. msize == nranks, 'communicator from a group')
+  call MPI_Barrier(mergedcomm, ierr)
+  call MPI_Comm_free(mergedcomm, ierr)
+  call MPI_Group_incl(group, 1, (/ partner /), pgroup, ierr)
+  call MPI_Group_incl(group, 1, (/ rank /), lgroup, ierr)
+  call MPI_Intercomm_create_from_groups(lgroup, 0, pgroup, 0, 'f_pingpong pair', MPI_INFO_NULL, &
+                                        MPI_ERRORS_RETURN, intercomm, ierr)
+  call MPI_Comm_remote_size(intercomm, msize, ierr)
+  call check(ierr == MPI_SUCCESS .and. msize == 1, 'intercommunicator from groups')
+  call MPI_Comm_free(intercomm, ierr)
+  call MPI_Group_free(lgroup, ierr)
+  call MPI_Group_free(pgroup, ierr)
+  call MPI_Group_free(group, ierr)
+#endif
 
   ! A file of the world, by collective I/O: rank 0 names it (in TMPDIR, else /tmp); each rank
   ! sees its own 10 integers through its view, writes them, reads them back by a split
