@@ -139,11 +139,15 @@ static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
  * intracommunicator. (A datatype of size 0 with a count above 0 makes the blocking call run its
  * algorithm: such a rank does not answer there.) Those expressions are evaluated only for a
  * communicator with lib_nb. */
-#define IVS_NET_COLL_ROOTED(root, at_root, others, blocking, nonblocking)                                   \
+#define IVS_NET_COLL_ROOTED(root, at_root, others, blocking, nonblocking) \
+	IVS_NET_COLL_ON(1, root, at_root, others, blocking, nonblocking)
+/* ... inter: whether the call is legal on an intercommunicator, whose gate it then passes (gate.c);
+ * where it is not (scans, neighbourhood collectives), the library reports the error at once */
+#define IVS_NET_COLL_ON(inter, root, at_root, others, blocking, nonblocking)                                 \
 	do {                                                                                                \
 		ivs.stats.collectives_net += ivs.job_active;                                                \
 		const struct ivs_comm *nb_ = ivs.job_active ? ivs_comm_get(comm) : NULL;                    \
-		if (!nb_ && ivs.job_active)                                                                 \
+		if ((inter) && !nb_ && ivs.job_active)                                                      \
 			ivs_gate(comm); /* an intercommunicator's (gate.c) */                               \
 		if (!nb_ || !nb_->lib_nb || ((root) >= 0 && nb_->rank == (root) ? (at_root) : (others)) == 0) \
 			return blocking;                                                                    \
@@ -154,6 +158,9 @@ static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
 #define IVS_NET_COLL(blocking, nonblocking) IVS_NET_COLL_SIZED(1, blocking, nonblocking)
 /* ... the nonblocking one only where nb_ok, an expression that is the same on every member */
 #define IVS_NET_COLL_IF(nb_ok, blocking, nonblocking) IVS_NET_COLL_SIZED((nb_ok) ? 1 : 0, blocking, nonblocking)
+/* ... and legal on an intercommunicator where inter */
+#define IVS_NET_COLL_ON_IF(inter, nb_ok, blocking, nonblocking) \
+	IVS_NET_COLL_ON(inter, -1, (nb_ok) ? 1 : 0, (nb_ok) ? 1 : 0, blocking, nonblocking)
 
 /* ---- coll_move.c: bytes among the co-located members ---- */
 

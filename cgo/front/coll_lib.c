@@ -48,12 +48,13 @@ static int nb_pairs_right(MPI_Comm comm)
 	return right;
 }
 
-/* (sbuf, scount, sdt, rbuf, rcounts, displs, rdt, comm): Allgatherv, Neighbor_allgatherv */
-#define LIB_ALLGATHERV(name, iname, count_t, disp_t)                                                        \
+/* (sbuf, scount, sdt, rbuf, rcounts, displs, rdt, comm): Allgatherv, Neighbor_allgatherv; inter:
+ * legal on an intercommunicator (coll.h) */
+#define LIB_ALLGATHERV(name, iname, count_t, disp_t, inter)                                                 \
 	int MPI_##name(const void *sbuf, count_t scount, MPI_Datatype sdt, void *rbuf, const count_t rcounts[],     \
 	               const disp_t displs[], MPI_Datatype rdt, MPI_Comm comm)                                     \
 	{                                                                                                          \
-		IVS_NET_COLL(PMPI_##name(sbuf, scount, sdt, rbuf, rcounts, displs, rdt, comm),                     \
+		IVS_NET_COLL_ON_IF(inter, 1, PMPI_##name(sbuf, scount, sdt, rbuf, rcounts, displs, rdt, comm),     \
 		             PMPI_##iname(sbuf, scount, sdt, rbuf, rcounts, displs, rdt, comm, &req_));            \
 	}
 
@@ -108,13 +109,13 @@ static const void *same_counts(void **own, const void *counts, MPI_Datatype dt, 
 
 /* (sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm): Alltoallv, Neighbor_alltoallv,
  * with the counts the nonblocking call gets from fix */
-#define LIB_ALLTOALLV(name, iname, count_t, disp_t, fix, nb_ok)                                                   \
+#define LIB_ALLTOALLV(name, iname, count_t, disp_t, fix, nb_ok, inter)                                                 \
 	int MPI_##name(const void *sbuf, const count_t scounts[], const disp_t sdispls[], MPI_Datatype sdt,         \
 	               void *rbuf, const count_t rcounts[], const disp_t rdispls[], MPI_Datatype rdt, MPI_Comm comm) \
 	{                                                                                                          \
 		void *own_[2] __attribute__((cleanup(free_owned))) = {NULL, NULL};                                 \
 		MPI_Datatype sdt_ = sbuf == MPI_IN_PLACE ? MPI_DATATYPE_NULL : sdt;                                \
-		IVS_NET_COLL_IF(nb_ok(comm), PMPI_##name(sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm), \
+		IVS_NET_COLL_ON_IF(inter, nb_ok(comm), PMPI_##name(sbuf, scounts, sdispls, sdt, rbuf, rcounts, rdispls, rdt, comm), \
 		             PMPI_##iname(sbuf, (const count_t *)fix(&own_[0], scounts, sdt_, comm, sizeof(count_t)), \
 		                          sdispls, sdt, rbuf,                                                       \
 		                          (const count_t *)fix(&own_[1], rcounts, rdt, comm, sizeof(count_t)),       \
@@ -122,43 +123,44 @@ static const void *same_counts(void **own, const void *counts, MPI_Datatype dt, 
 	}
 
 /* The same with a datatype per block: Alltoallw, Neighbor_alltoallw */
-#define LIB_ALLTOALLW(name, iname, count_t, disp_t, nb_ok)                                                       \
+#define LIB_ALLTOALLW(name, iname, count_t, disp_t, nb_ok, inter)                                                   \
 	int MPI_##name(const void *sbuf, const count_t scounts[], const disp_t sdispls[], const MPI_Datatype sdts[], \
 	               void *rbuf, const count_t rcounts[], const disp_t rdispls[], const MPI_Datatype rdts[],     \
 	               MPI_Comm comm)                                                                              \
 	{                                                                                                          \
-		IVS_NET_COLL_IF(nb_ok(comm), PMPI_##name(sbuf, scounts, sdispls, sdts, rbuf, rcounts, rdispls, rdts, comm), \
+		IVS_NET_COLL_ON_IF(inter, nb_ok(comm), PMPI_##name(sbuf, scounts, sdispls, sdts, rbuf, rcounts, rdispls, rdts, comm), \
 		             PMPI_##iname(sbuf, scounts, sdispls, sdts, rbuf, rcounts, rdispls, rdts, comm, &req_)); \
 	}
 
-/* (sbuf, rbuf, count, dt, op, comm): Scan, Exscan */
+/* (sbuf, rbuf, count, dt, op, comm): Scan, Exscan (erroneous on an intercommunicator) */
 #define LIB_SCAN(name, iname, count_t)                                                                   \
 	int MPI_##name(const void *sbuf, void *rbuf, count_t count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm) \
 	{                                                                                                       \
-		IVS_NET_COLL(PMPI_##name(sbuf, rbuf, count, dt, op, comm),                                      \
+		IVS_NET_COLL_ON_IF(0, 1, PMPI_##name(sbuf, rbuf, count, dt, op, comm),                          \
 		             PMPI_##iname(sbuf, rbuf, count, dt, op, comm, &req_));                             \
 	}
 
-/* (sbuf, scount, sdt, rbuf, rcount, rdt, comm): Neighbor_allgather, Neighbor_alltoall */
+/* (sbuf, scount, sdt, rbuf, rcount, rdt, comm): Neighbor_allgather, Neighbor_alltoall (erroneous on an
+ * intercommunicator) */
 #define LIB_NEIGHBOR(name, iname, count_t, nb_ok)                                                                 \
 	int MPI_##name(const void *sbuf, count_t scount, MPI_Datatype sdt, void *rbuf, count_t rcount,           \
 	               MPI_Datatype rdt, MPI_Comm comm)                                                          \
 	{                                                                                                        \
-		IVS_NET_COLL_IF(nb_ok(comm), PMPI_##name(sbuf, scount, sdt, rbuf, rcount, rdt, comm),            \
+		IVS_NET_COLL_ON_IF(0, nb_ok(comm), PMPI_##name(sbuf, scount, sdt, rbuf, rcount, rdt, comm),      \
 		             PMPI_##iname(sbuf, scount, sdt, rbuf, rcount, rdt, comm, &req_));                   \
 	}
 
 /* Every one of them in one count form: the suffix of its name ("" or _c), its count type and
  * its displacement type (Neighbor_alltoallw's are MPI_Aint in both forms). */
 #define LIB_COLLS(sfx, count_t, disp_t)                                                        \
-	LIB_ALLGATHERV(Allgatherv##sfx, Iallgatherv##sfx, count_t, disp_t)                     \
-	LIB_ALLGATHERV(Neighbor_allgatherv##sfx, Ineighbor_allgatherv##sfx, count_t, disp_t)   \
+	LIB_ALLGATHERV(Allgatherv##sfx, Iallgatherv##sfx, count_t, disp_t, 1)                  \
+	LIB_ALLGATHERV(Neighbor_allgatherv##sfx, Ineighbor_allgatherv##sfx, count_t, disp_t, 0) \
 	LIB_GATHERV(Gatherv##sfx, Igatherv##sfx, count_t, disp_t)                              \
 	LIB_SCATTERV(Scatterv##sfx, Iscatterv##sfx, count_t, disp_t)                           \
-	LIB_ALLTOALLV(Alltoallv##sfx, Ialltoallv##sfx, count_t, disp_t, nb_a2av_counts, any_comm) \
-	LIB_ALLTOALLV(Neighbor_alltoallv##sfx, Ineighbor_alltoallv##sfx, count_t, disp_t, same_counts, nb_pairs_right) \
-	LIB_ALLTOALLW(Alltoallw##sfx, Ialltoallw##sfx, count_t, disp_t, any_comm)              \
-	LIB_ALLTOALLW(Neighbor_alltoallw##sfx, Ineighbor_alltoallw##sfx, count_t, MPI_Aint, nb_pairs_right) \
+	LIB_ALLTOALLV(Alltoallv##sfx, Ialltoallv##sfx, count_t, disp_t, nb_a2av_counts, any_comm, 1) \
+	LIB_ALLTOALLV(Neighbor_alltoallv##sfx, Ineighbor_alltoallv##sfx, count_t, disp_t, same_counts, nb_pairs_right, 0) \
+	LIB_ALLTOALLW(Alltoallw##sfx, Ialltoallw##sfx, count_t, disp_t, any_comm, 1)           \
+	LIB_ALLTOALLW(Neighbor_alltoallw##sfx, Ineighbor_alltoallw##sfx, count_t, MPI_Aint, nb_pairs_right, 0) \
 	LIB_SCAN(Scan##sfx, Iscan##sfx, count_t)                                               \
 	LIB_SCAN(Exscan##sfx, Iexscan##sfx, count_t)                                           \
 	LIB_NEIGHBOR(Neighbor_allgather##sfx, Ineighbor_allgather##sfx, count_t, any_comm)     \

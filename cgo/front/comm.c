@@ -246,7 +246,8 @@ int ivs_comm_world_init(void)
 
 /* Communicator creation: blocking library calls collective over c (over the group's members
  * for MPI_Comm_create_group, over both groups for an intercommunicator c), so they pass c's
- * gate (gate.c). */
+ * gate (gate.c). Those erroneous on an intercommunicator pass an intracommunicator's only: the
+ * library reports the error without waiting for the other group. */
 int MPI_Comm_dup(MPI_Comm c, MPI_Comm *n)
 {
 	ivs_gate(c);
@@ -264,7 +265,7 @@ int MPI_Comm_split(MPI_Comm c, int color, int key, MPI_Comm *n)
 }
 int MPI_Comm_split_type(MPI_Comm c, int type, int key, MPI_Info i, MPI_Comm *n)
 {
-	ivs_gate(c);
+	ivs_gate_intra(c);
 	return comm_created(n, PMPI_Comm_split_type(c, type, key, i, n));
 }
 int MPI_Comm_create(MPI_Comm c, MPI_Group g, MPI_Comm *n)
@@ -302,29 +303,29 @@ int MPI_Intercomm_create_from_groups(MPI_Group local, int local_leader, MPI_Grou
 #endif
 int MPI_Cart_create(MPI_Comm c, int nd, const int dims[], const int periods[], int reorder, MPI_Comm *n)
 {
-	ivs_gate(c);
+	ivs_gate_intra(c);
 	return comm_created(n, PMPI_Cart_create(c, nd, dims, periods, reorder, n));
 }
 int MPI_Cart_sub(MPI_Comm c, const int remain[], MPI_Comm *n)
 {
-	ivs_gate(c);
+	ivs_gate_intra(c);
 	return comm_created(n, PMPI_Cart_sub(c, remain, n));
 }
 int MPI_Graph_create(MPI_Comm c, int nn, const int index[], const int edges[], int reorder, MPI_Comm *n)
 {
-	ivs_gate(c);
+	ivs_gate_intra(c);
 	return comm_created(n, PMPI_Graph_create(c, nn, index, edges, reorder, n));
 }
 int MPI_Dist_graph_create(MPI_Comm c, int nn, const int sources[], const int degrees[], const int dest[],
                           const int weights[], MPI_Info info, int reorder, MPI_Comm *n)
 {
-	ivs_gate(c);
+	ivs_gate_intra(c);
 	return comm_created(n, PMPI_Dist_graph_create(c, nn, sources, degrees, dest, weights, info, reorder, n));
 }
 int MPI_Dist_graph_create_adjacent(MPI_Comm c, int indeg, const int sources[], const int sw[], int outdeg,
                                    const int dest[], const int dw[], MPI_Info info, int reorder, MPI_Comm *n)
 {
-	ivs_gate(c);
+	ivs_gate_intra(c);
 	return comm_created(n, PMPI_Dist_graph_create_adjacent(c, indeg, sources, sw, outdeg, dest, dw, info, reorder, n));
 }
 
@@ -333,8 +334,8 @@ int MPI_Dist_graph_create_adjacent(MPI_Comm c, int indeg, const int sources[], c
  * against the other collectives and communicator creations on c in the order each rank happened
  * to issue them (open-mpi/ompi#2025): a wait that runs the progress engine between the
  * MPI_Comm_idup and a blocking communicator creation on c may hang the job, without the shim
- * too (README, "Migrate a VM"). A gate is such a wait (MPICH's comm/comm_idup_comm hung with
- * one before its MPI_Comm_dup), and so is a nonblocking call of the library's collectives.
+ * too (README, "Migrate a VM"). A gate is such a wait (MPICH's test comm/comm_idup_comm, run on
+ * Open MPI, hung with one before its MPI_Comm_dup), and so is a nonblocking call of the library's collectives.
  * So on Open MPI, from c's first MPI_Comm_idup on, the shim calls the library's collectives on c
  * blocking, gates no communicator creation on c and sets c's collectives up by a blocking
  * exchange: lib_nb goes (unless ivs.coll_nb_all, where the rings need the polled calls; that is

@@ -827,18 +827,17 @@ F_HANDLE_END(win_free, WIN_FREE, Win_free, MPI_Win, F_WIN, C_WIN)
 #define F_FILE(f) PMPI_File_f2c(*(f))
 #define C_FILE(c) PMPI_File_c2f(c)
 
-/* A Fortran string argument as a C string, as the library reads it: trailing blanks dropped
- * (Open MPI drops leading ones too). NULL when out of memory. Its hidden length is read as an
+/* A Fortran string argument as a C string, as the library reads it: leading and trailing blanks
+ * dropped (Open MPI's bindings, and MPICH's mpi_f08, MPIR_Fortran_string_f2c, whose entry points
+ * are the only ones here for MPICH). NULL when out of memory. Its hidden length is read as an
  * int, the low half of gfortran's size_t: Open MPI's mpi_f08 passes an INTEGER by value. */
 static char *fstr(const char *s, int n)
 {
 	size_t len = n > 0 ? (size_t)n : 0;
-#if defined(OPEN_MPI)
 	while (len > 0 && *s == ' ') {
 		s++;
 		len--;
 	}
-#endif
 	while (len > 0 && s[len - 1] == ' ')
 		len--;
 	char *c = malloc(len + 1);

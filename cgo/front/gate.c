@@ -62,6 +62,13 @@ static void pass(const int *world, int n, int me, uint64_t *id)
 
 static void inter_pass(MPI_Comm comm);
 
+void ivs_gate_intra(MPI_Comm comm)
+{
+	const struct ivs_comm *c = gated(comm);
+	if (c)
+		pass(c->world, c->size, c->rank, NULL);
+}
+
 void ivs_gate(MPI_Comm comm)
 {
 	const struct ivs_comm *c = ivs.job_active ? ivs_comm_get(comm) : NULL;
@@ -362,26 +369,32 @@ void ivs_gate_intercomm_create(MPI_Comm local, int local_leader, MPI_Comm peer, 
 	int me = MPI_UNDEFINED, met = 0;
 	if (inter_gated() && PMPI_Comm_rank(local, &me) == MPI_SUCCESS && me == local_leader) {
 		/* the remote leader's world rank: remote_leader is its rank in peer (in peer's remote
-		 * group, for an intercommunicator peer) */
-		MPI_Group pg = MPI_GROUP_NULL;
-		int inter = 0, n = 0, *w = NULL;
+		 * group, for an intercommunicator peer), and only it is translated, so both leaders
+		 * decide alike whatever else peer holds */
+		MPI_Group pg = MPI_GROUP_NULL, wg = MPI_GROUP_NULL;
+		int inter = 0, n = 0, w = MPI_UNDEFINED;
 		if (peer != MPI_COMM_NULL && PMPI_Comm_test_inter(peer, &inter) == MPI_SUCCESS &&
-		    (inter ? PMPI_Comm_remote_group(peer, &pg) : PMPI_Comm_group(peer, &pg)) == MPI_SUCCESS)
-			w = group_world(pg, &n, NULL);
+		    (inter ? PMPI_Comm_remote_group(peer, &pg) : PMPI_Comm_group(peer, &pg)) == MPI_SUCCESS &&
+		    PMPI_Group_size(pg, &n) == MPI_SUCCESS && remote_leader >= 0 && remote_leader < n &&
+		    PMPI_Comm_group(MPI_COMM_WORLD, &wg) == MPI_SUCCESS &&
+		    PMPI_Group_translate_ranks(pg, 1, &remote_leader, wg, &w) != MPI_SUCCESS)
+			w = MPI_UNDEFINED;
 		if (pg != MPI_GROUP_NULL)
 			PMPI_Group_free(&pg);
-		/* an erroneous remote_leader (the library reports it) or one outside MPI_COMM_WORLD (whose
-		 * leader maps this one outside its own): no exchange on either side */
-		if (w && remote_leader >= 0 && remote_leader < n && w[remote_leader] != ivs.world_rank) {
-			int pair[2] = {ivs.world_rank, w[remote_leader]};
+		if (wg != MPI_GROUP_NULL)
+			PMPI_Group_free(&wg);
+		/* a remote leader outside MPI_COMM_WORLD (whose own leader maps this one outside its
+		 * world too): no exchange on either side. An erroneous remote_leader (the library
+		 * reports it) skips it only here, and the other leader's gate waits. */
+		if (w != MPI_UNDEFINED && w >= 0 && w != ivs.world_rank) {
+			int pair[2] = {ivs.world_rank, w};
 			int mine = pair[0] > pair[1];
 			if (mine)
-				pair[0] = w[remote_leader], pair[1] = ivs.world_rank;
+				pair[0] = w, pair[1] = ivs.world_rank;
 			if (ivs_net_barrier(ivs.gatecomm, pair, 2, mine, GATE_PAIR_TAG, NULL) != MPI_SUCCESS)
 				ivs_fatal("the gate of MPI_Intercomm_create between its leaders failed");
 			met = 1;
 		}
-		free(w);
 	}
 	if (c)
 		pass(c->world, c->size, c->rank, NULL);

@@ -206,8 +206,9 @@ proctype Member(byte me) {
 #else
 	:: atomic { in == 0 && pc < P && PROG(pc) == YOP -> y_in[y] = y_in[y] | (1 << me); y++; pc++; in = 3 }
 #endif
-	/* re-plan: the decision's collective reached (at its entry, or between calls: replan_if_done) */
-	:: atomic { in == 0 && k != UNKNOWN && j >= k ->
+	/* re-plan: the decision's collective reached (at its entry, or in any progress outside a
+	 * collective: replan_if_done, between calls and in a gate's polling wait) */
+	:: atomic { (in == 0 || in == 4) && k != UNKNOWN && j >= k ->
 		rnd++; setup = false; asked = false; answered = false; limit = 0; k = UNKNOWN; replies = 0; kmax = 0 }
 	/* X's collective j on plan rnd, once re-planned where the decision says so; with an answer
 	 * given and j at the limit, only once k is known (the member meanwhile answers messages) */

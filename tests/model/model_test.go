@@ -185,7 +185,8 @@ func TestCollSwitchNegative(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
 	for _, defs := range [][]string{{"-DNO_WAIT"}, {"-DOWN_LIMIT"}, {"-DEARLY_RELEASE"},
-		{"-DROUNDS=2", "-DPROGRAM=3", "-DNO_DEFER"}, {"-DROUNDS=2", "-DPROGRAM=3", "-DREACH_LAST"}} {
+		{"-DROUNDS=2", "-DPROGRAM=3", "-DNO_DEFER"}, {"-DROUNDS=2", "-DPROGRAM=3", "-DREACH_LAST"},
+		{"-DROUNDS=2", "-DPROGRAM=4", "-DBLOCKING_Y", "-DGATED_Y", "-DREACH_LAST"}} {
 		report, failed := verifyAssertions(t, "collswitch.pml", defs...)
 		if !failed || !strings.Contains(report, "assertion violated") {
 			t.Errorf("collswitch.pml %v: spin found no violation:\n%s", defs, report)
