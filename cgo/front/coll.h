@@ -148,7 +148,7 @@ static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
 		ivs.stats.collectives_net += ivs.job_active;                                                \
 		const struct ivs_comm *nb_ = ivs.job_active ? ivs_comm_get(comm) : NULL;                    \
 		if ((inter) && !nb_ && ivs.job_active)                                                      \
-			ivs_gate(comm); /* an intercommunicator's (gate.c) */                               \
+			ivs_gate_inter(comm); /* gate.c */                                                  \
 		if (!nb_ || !nb_->lib_nb || ((root) >= 0 && nb_->rank == (root) ? (at_root) : (others)) == 0) \
 			return blocking;                                                                    \
 		MPI_Request req_;                                                                           \

@@ -25,12 +25,13 @@
  * Also gated: the blocking neighbourhood alltoalls the shim calls where the libraries'
  * nonblocking ones pair blocks wrong (coll_lib.c); and intercommunicators, which the shim does
  * not record: MPI_Intercomm_create, and the collectives and communicator creations on one
- * (below); MPI-4's MPI_Comm_create_from_group and MPI_Intercomm_create_from_groups (MPICH). Cost: one barrier per gated call (README: an empty fence 1.5-1.75x the library's).
+ * (below); MPI-4's MPI_Comm_create_from_group and MPI_Intercomm_create_from_groups (MPICH).
+ * Cost: one barrier per gated call (README: an empty fence 1.5-1.75x the library's).
  * Not gated: on Open MPI, a communicator from the moment the program called MPI_Comm_idup on it
  * (comm.c says why), calls on other communicators the shim did not record (members of another
- * MPI_COMM_WORLD) and every call the shim does not interpose (README, "Migrate a VM"). The set-up's own blocking
- * MPI_Comm_create_group of the leaders (coll_area.c) is gated by the set-up's polled exchange
- * right before it.
+ * MPI_COMM_WORLD) and every call the shim does not interpose (README, "Migrate a VM"). The
+ * set-up's own blocking MPI_Comm_create_group of the leaders (coll_area.c) is gated by the
+ * set-up's polled exchange right before it.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -52,15 +53,19 @@ static const struct ivs_comm *gated(MPI_Comm comm)
  * order (else the blocking calls behind them would deadlock without the shim too), and
  * messages between two ranks do not overtake. */
 enum { GATE_TAG = 1, GATE_ID_TAG = 2, GATE_PAIR_TAG = 3 };
-static void pass(const int *world, int n, int me, uint64_t *id)
+static void barrier(const int *world, int n, int me, int tag, uint64_t *id)
 {
-	int rc = ivs_net_barrier(ivs.gatecomm, world, n, me, id ? GATE_ID_TAG : GATE_TAG, id);
+	int rc = ivs_net_barrier(ivs.gatecomm, world, n, me, tag, id);
 	if (rc != MPI_SUCCESS)
 		ivs_fatal("the gate of a blocking collective call among %d members failed (%d)", n, rc);
-	ivs.stats.gates++;
 }
 
-static void inter_pass(MPI_Comm comm);
+/* ... and a gated call counted */
+static void pass(const int *world, int n, int me, uint64_t *id)
+{
+	barrier(world, n, me, id ? GATE_ID_TAG : GATE_TAG, id);
+	ivs.stats.gates++;
+}
 
 void ivs_gate_intra(MPI_Comm comm)
 {
@@ -75,7 +80,21 @@ void ivs_gate(MPI_Comm comm)
 	if (c && c->lib_nb)
 		pass(c->world, c->size, c->rank, NULL);
 	else if (!c && ivs.job_active)
-		inter_pass(comm);
+		ivs_gate_inter(comm);
+}
+
+/* The world ranks of the n members of group at ranks at; 0 if one lies outside MPI_COMM_WORLD
+ * (or the translation fails). */
+static int to_world(MPI_Group group, int n, const int *at, int *world)
+{
+	MPI_Group wg = MPI_GROUP_NULL;
+	int ok = PMPI_Comm_group(MPI_COMM_WORLD, &wg) == MPI_SUCCESS &&
+	         PMPI_Group_translate_ranks(group, n, at, wg, world) == MPI_SUCCESS;
+	for (int i = 0; ok && i < n; i++)
+		ok = world[i] != MPI_UNDEFINED;
+	if (wg != MPI_GROUP_NULL)
+		PMPI_Group_free(&wg);
+	return ok;
 }
 
 /* World ranks of group's members, *n of them; NULL for an empty group. A group with a member
@@ -92,13 +111,7 @@ static int *group_world(MPI_Group group, int *n, const char *what)
 		ivs_fatal("out of memory");
 	for (int i = 0; i < *n; i++)
 		at[i] = i;
-	MPI_Group wg = MPI_GROUP_NULL;
-	int ok = PMPI_Comm_group(MPI_COMM_WORLD, &wg) == MPI_SUCCESS &&
-	         PMPI_Group_translate_ranks(group, *n, at, wg, world) == MPI_SUCCESS;
-	for (int i = 0; ok && i < *n; i++)
-		ok = world[i] != MPI_UNDEFINED;
-	if (wg != MPI_GROUP_NULL)
-		PMPI_Group_free(&wg);
+	int ok = to_world(group, *n, at, world);
 	free(at);
 	if (!ok && what)
 		ivs_fatal("%s: cannot map a group of %d to MPI_COMM_WORLD", what, *n);
@@ -224,21 +237,28 @@ static void obj_pass(enum obj_kind kind, uintptr_t key)
 		pass(o->world, o->n, o->me, NULL);
 }
 
+/* The record of the object key, if any, goes. */
+static void obj_remove(enum obj_kind kind, uintptr_t key)
+{
+	struct gated_obj **p = objs ? obj_find(kind, key) : NULL;
+	if (p && *p) {
+		struct gated_obj *o = *p;
+		*p = o->next;
+		obj_drop(o);
+	}
+}
+
 /* The freeing of the object key by call (MPI_Win_free, MPI_File_close): its gate, the call,
  * then the record goes. The library may run the program's callbacks in the call (attribute
  * deletion, error handlers), which may make or free objects: the record is looked up again. */
-#define OBJ_FREE(kind, key, call)                                     \
-	do {                                                              \
-		uintptr_t k_ = (key);                                         \
-		obj_pass((kind), k_);                                         \
-		int rc_ = (call);                                             \
-		struct gated_obj **p_ = objs ? obj_find((kind), k_) : NULL;   \
-		if (rc_ == MPI_SUCCESS && p_ && *p_) {                        \
-			struct gated_obj *o_ = *p_;                               \
-			*p_ = o_->next;                                           \
-			obj_drop(o_);                                             \
-		}                                                             \
-		return rc_;                                                   \
+#define OBJ_FREE(kind, key, call)                  \
+	do {                                           \
+		uintptr_t k_ = (key);                      \
+		obj_pass((kind), k_);                      \
+		int rc_ = (call);                          \
+		if (rc_ == MPI_SUCCESS)                    \
+			obj_remove((kind), k_);                \
+		return rc_;                                \
 	} while (0)
 
 /* ---- intercommunicators ----
@@ -323,7 +343,7 @@ static struct gated_obj *inter_rec(MPI_Comm comm)
 	return o->n > 0 ? o : NULL;
 }
 
-static void inter_pass(MPI_Comm comm)
+void ivs_gate_inter(MPI_Comm comm)
 {
 	const struct gated_obj *o = inter_rec(comm);
 	if (o)
@@ -331,15 +351,7 @@ static void inter_pass(MPI_Comm comm)
 }
 
 /* comm is freed: its record as an intercommunicator goes (a later one may get its handle). */
-void ivs_gate_forget(MPI_Comm comm)
-{
-	struct gated_obj **p = objs ? obj_find(OBJ_INTER, OBJ_KEY(comm)) : NULL;
-	if (p && *p) {
-		struct gated_obj *o = *p;
-		*p = o->next;
-		obj_drop(o);
-	}
-}
+void ivs_gate_forget(MPI_Comm comm) { obj_remove(OBJ_INTER, OBJ_KEY(comm)); }
 
 /* Open MPI: the program called MPI_Comm_idup on intercommunicator comm, whose calls pass no gate
  * from now on (comm.c says why). MPI_Comm_idup is collective over both groups, so the gates end
@@ -364,35 +376,30 @@ void ivs_gate_intercomm_create(MPI_Comm local, int local_leader, MPI_Comm peer, 
 	if (!ivs.job_active || local == MPI_COMM_NULL) /* erroneous: the library reports it */
 		return;
 	const struct ivs_comm *c = gated(local);
-	if (c && ivs_net_barrier(ivs.gatecomm, c->world, c->size, c->rank, GATE_TAG, NULL) != MPI_SUCCESS)
-		ivs_fatal("the gate of MPI_Intercomm_create among %d members failed", c->size);
+	if (c)
+		barrier(c->world, c->size, c->rank, GATE_TAG, NULL);
 	int me = MPI_UNDEFINED, met = 0;
 	if (inter_gated() && PMPI_Comm_rank(local, &me) == MPI_SUCCESS && me == local_leader) {
 		/* the remote leader's world rank: remote_leader is its rank in peer (in peer's remote
 		 * group, for an intercommunicator peer), and only it is translated, so both leaders
 		 * decide alike whatever else peer holds */
-		MPI_Group pg = MPI_GROUP_NULL, wg = MPI_GROUP_NULL;
-		int inter = 0, n = 0, w = MPI_UNDEFINED;
-		if (peer != MPI_COMM_NULL && PMPI_Comm_test_inter(peer, &inter) == MPI_SUCCESS &&
-		    (inter ? PMPI_Comm_remote_group(peer, &pg) : PMPI_Comm_group(peer, &pg)) == MPI_SUCCESS &&
-		    PMPI_Group_size(pg, &n) == MPI_SUCCESS && remote_leader >= 0 && remote_leader < n &&
-		    PMPI_Comm_group(MPI_COMM_WORLD, &wg) == MPI_SUCCESS &&
-		    PMPI_Group_translate_ranks(pg, 1, &remote_leader, wg, &w) != MPI_SUCCESS)
-			w = MPI_UNDEFINED;
+		MPI_Group pg = MPI_GROUP_NULL;
+		int inter = 0, n = 0, w = -1;
+		int found = peer != MPI_COMM_NULL && PMPI_Comm_test_inter(peer, &inter) == MPI_SUCCESS &&
+		            (inter ? PMPI_Comm_remote_group(peer, &pg) : PMPI_Comm_group(peer, &pg)) == MPI_SUCCESS &&
+		            PMPI_Group_size(pg, &n) == MPI_SUCCESS && remote_leader >= 0 && remote_leader < n &&
+		            to_world(pg, 1, &remote_leader, &w);
 		if (pg != MPI_GROUP_NULL)
 			PMPI_Group_free(&pg);
-		if (wg != MPI_GROUP_NULL)
-			PMPI_Group_free(&wg);
 		/* a remote leader outside MPI_COMM_WORLD (whose own leader maps this one outside its
 		 * world too): no exchange on either side. An erroneous remote_leader (the library
 		 * reports it) skips it only here, and the other leader's gate waits. */
-		if (w != MPI_UNDEFINED && w >= 0 && w != ivs.world_rank) {
+		if (found && w != ivs.world_rank) {
 			int pair[2] = {ivs.world_rank, w};
 			int mine = pair[0] > pair[1];
 			if (mine)
 				pair[0] = w, pair[1] = ivs.world_rank;
-			if (ivs_net_barrier(ivs.gatecomm, pair, 2, mine, GATE_PAIR_TAG, NULL) != MPI_SUCCESS)
-				ivs_fatal("the gate of MPI_Intercomm_create between its leaders failed");
+			barrier(pair, 2, mine, GATE_PAIR_TAG, NULL);
 			met = 1;
 		}
 	}
@@ -422,9 +429,9 @@ void ivs_gate_groups(MPI_Group a, MPI_Group b)
 /* The body of a window's creation by call on comm into *win. */
 #define WIN_CREATE(comm, win, call)                                   \
 	do {                                                              \
-		struct gated_obj *o_ = obj_gate(comm, OBJ_WIN);                        \
+		struct gated_obj *o_ = obj_gate(comm, OBJ_WIN);               \
 		int rc_ = (call);                                             \
-		return obj_made(rc_, OBJ_KEY(*(win)), o_);           \
+		return obj_made(rc_, OBJ_KEY(*(win)), o_);                    \
 	} while (0)
 
 int MPI_Win_create(void *base, MPI_Aint size, int disp_unit, MPI_Info info, MPI_Comm comm, MPI_Win *win)
@@ -518,6 +525,16 @@ static void pscw_wait_all(MPI_Request *r, int n)
 			ivs_fatal("active-target synchronisation: a gate message failed");
 }
 
+/* The end of an exposure epoch (MPI_Win_wait, or MPI_Win_test that returned true). */
+static void exposure_done(struct pscw *e)
+{
+	free(e->completes);
+	free(e->origins);
+	e->completes = NULL;
+	e->origins = NULL;
+	e->norigins = e->completed = 0;
+}
+
 static void pscw_forget(struct gated_obj *o)
 {
 	struct pscw *e = &o->sync;
@@ -525,10 +542,10 @@ static void pscw_forget(struct gated_obj *o)
 		for (int i = 0; i < e->norigins; i++)
 			if (e->completes[i] != MPI_REQUEST_NULL && PMPI_Cancel(&e->completes[i]) == MPI_SUCCESS)
 				PMPI_Request_free(&e->completes[i]);
-	free(e->completes);
-	free(e->origins);
+	exposure_done(e);
 	free(e->targets);
-	*e = (struct pscw){.tag = e->tag};
+	e->targets = NULL;
+	e->ntargets = 0;
 }
 
 /* win's synchronisation record, or NULL where it is not gated */
@@ -600,16 +617,6 @@ static int exposure_gated(struct pscw *e, int wait)
 		ivs.stats.gates++;
 	}
 	return all;
-}
-
-/* The end of an exposure epoch (MPI_Win_wait, or MPI_Win_test that returned true). */
-static void exposure_done(struct pscw *e)
-{
-	free(e->completes);
-	free(e->origins);
-	e->completes = NULL;
-	e->origins = NULL;
-	e->norigins = e->completed = 0;
 }
 
 int MPI_Win_wait(MPI_Win win)

@@ -353,6 +353,8 @@ static inline struct ivs_comm *ivs_comm_p2p(MPI_Comm c)
 void ivs_gate(MPI_Comm comm);
 /* ... for a call erroneous on an intercommunicator: comm's gate only if it is gated and recorded */
 void ivs_gate_intra(MPI_Comm comm);
+/* ... comm's gate as an intercommunicator, if it is one and the job gates them */
+void ivs_gate_inter(MPI_Comm comm);
 /* ... the same for a call collective over the members of group, all members of comm */
 void ivs_gate_group(MPI_Comm comm, MPI_Group group);
 /* ... for MPI_Intercomm_create, before the call; for MPI-4's creation from groups (b:
