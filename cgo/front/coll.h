@@ -40,6 +40,7 @@ struct ivs_coll {
 	int *host_of;        /* comm rank -> host */
 	int *host_first;     /* host -> offset of its first member in host-grouped order */
 	int *pos;            /* comm rank -> position in host-grouped order */
+	int ranked;          /* host-grouped order is comm rank order (pos[r] == r) */
 	MPI_Comm lcomm;      /* leaders of all hosts, rank = host index; MPI_COMM_NULL elsewhere */
 	int usable;          /* the area exists on every host */
 	uint64_t area_off;   /* region offset of the area (leader's allocation) */
@@ -171,7 +172,7 @@ void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n
 void ivs_coll_distribute(struct ivs_coll *k, int from, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at);
 void ivs_coll_exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8_t *dst);
 
-/* ---- coll_leaders.c: the leaders' phase of barrier, bcast and reductions ---- */
+/* ---- coll_leaders.c: the leaders' phase of barrier, bcast and reductions, and their exchange ---- */
 
 int ivs_lead_barrier(struct ivs_coll *k);
 int ivs_lead_bcast(struct ivs_coll *k, uint8_t *data, uint64_t n, int root_host);
@@ -193,6 +194,8 @@ int ivs_lead_pipe_in(struct ivs_lead_pipe *q, int i);
 int ivs_lead_pipe_out(struct ivs_lead_pipe *q, int i);
 int ivs_lead_pipe_close(struct ivs_lead_pipe *q, int rc);
 int ivs_lead_reduce(struct ivs_coll *k, uint8_t *acc, int cnt, uint64_t span, MPI_Datatype dt, MPI_Op op, int root_host);
+int ivs_lead_exchange_v(struct ivs_coll *k, const uint8_t *sbuf, const int *scount, const int *sdispl, uint8_t *rbuf,
+                        const int *rcount, const int *rdispl);
 
 /* ---- coll_hosts.c: gathers, scatters and alltoall across hosts ---- */
 

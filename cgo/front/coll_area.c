@@ -367,8 +367,11 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 			k->maxnl = count[h];
 	}
 	memset(count, 0, sizeof(int) * (size_t)c->size);
-	for (int r = 0; r < c->size; r++)
+	k->ranked = 1;
+	for (int r = 0; r < c->size; r++) {
 		k->pos[r] = k->host_first[k->host_of[r]] + count[k->host_of[r]]++;
+		k->ranked &= k->pos[r] == r;
+	}
 	uint64_t off = (uint64_t)all[k->lranks[0]].area;
 	int *lead_world = malloc(sizeof(int) * (size_t)nh); /* the hosts' leaders, world ranks */
 	if (!lead_world)

@@ -1,22 +1,50 @@
 /* Collectives across hosts: gathers, scatters and alltoall.
- * A host's leader collects its members' blocks through the area, the leaders move them with
- * the library's v-collective over the leaders' communicator (host-grouped order: a host's
- * members in comm rank order, hosts in order), and the leader hands the results out through
- * the area. A leader's library error is returned after the intra-host phases, which still run
- * so that its host's members do not wait forever. */
+ * A host's leader collects its members' blocks through the area, the leaders move them among
+ * themselves over the leaders' communicator (host-grouped order: a host's members in comm rank
+ * order, hosts in order) with one linear exchange of point-to-point messages
+ * (ivs_lead_exchange_v), and the leader hands the results out through the area. Where
+ * host-grouped order is comm rank order (k->ranked: ranks placed host by host), the root's or
+ * every rank's own buffer is the gathered vector, and a leader keeps its host's blocks in it:
+ * no vector-sized copy, no vector-sized allocation. Against the library's nonblocking
+ * v-collectives between the leaders and a regrouping copy always (2 hosts x 2 VMs, Open MPI,
+ * medians of 5): Scatter of 4 MiB 2.17x -> 1.15x the library alone, Gather 1.10x -> 0.69x,
+ * Allgather 0.99x -> 0.72x, and 8 B Gather 1.34x -> 1.18x, Scatter 0.56x -> 0.52x.
+ * A leader's library error is returned after the intra-host phases, which still run so that
+ * its host's members do not wait forever. */
 #include <stdlib.h>
 #include <string.h>
 #include "coll.h"
 
-/* The leaders' per-host byte counts and displacements for `per` bytes per member. */
-static int *leader_counts(struct ivs_coll *k, uint64_t per)
+/* The leaders' exchange (ivs_lead_exchange_v) of a gather or scatter: per host, the bytes sent
+ * to it and their offset, the bytes received from it and their offset. Every member of the
+ * gathered vector (host-grouped) has `per` bytes; this leader's host's blocks start at 0 of its
+ * own buffer. to_host: the host that gets blocks (-1: every host, an allgather); from_host:
+ * the one that sends them (a scatter), -1 for a gather. */
+struct lead_v {
+	int *scount, *sdispl, *rcount, *rdispl;
+};
+
+static struct lead_v lead_v(struct ivs_coll *k, uint64_t per, int to_host, int from_host)
 {
-	int *cd = ivs_coll_alloc(sizeof(int) * 2 * (uint64_t)k->nhosts);
-	for (int h = 0; h < k->nhosts; h++) {
-		cd[h] = (int)((uint64_t)(k->host_first[h + 1] - k->host_first[h]) * per);
-		cd[k->nhosts + h] = (int)((uint64_t)k->host_first[h] * per);
+	int nh = k->nhosts, me = k->myhost;
+	int *v = ivs_coll_alloc(sizeof(int) * 4 * (uint64_t)nh);
+	struct lead_v x = {v, v + nh, v + 2 * nh, v + 3 * nh};
+	int mine = (int)((uint64_t)k->nl * per);
+	for (int h = 0; h < nh; h++) {
+		int block = (int)((uint64_t)(k->host_first[h + 1] - k->host_first[h]) * per), at = (int)((uint64_t)k->host_first[h] * per);
+		if (from_host < 0) { /* gather: my block to the host that gets it, theirs to me */
+			x.scount[h] = to_host < 0 || h == to_host ? mine : 0;
+			x.sdispl[h] = 0;
+			x.rcount[h] = to_host < 0 || me == to_host ? block : 0;
+			x.rdispl[h] = at;
+		} else { /* scatter: from_host's leader sends every host its block */
+			x.scount[h] = me == from_host ? block : 0;
+			x.sdispl[h] = at;
+			x.rcount[h] = h == from_host ? mine : 0;
+			x.rdispl[h] = 0;
+		}
 	}
-	return cd;
+	return x;
 }
 
 /* Blocks of n bytes between comm rank order (ranked[r]) and host-grouped order (grouped[pos[r]]). */
@@ -34,25 +62,25 @@ int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t 
 	int everyone = root < 0, root_host = everyone ? -1 : k->host_of[root];
 	int root_li = everyone ? IVS_EVERYONE : ivs_coll_root_local(k, root), gets = everyone || k->myhost == root_host;
 	uint64_t all = n * (uint64_t)c->size;
-	uint8_t *mine = k->li == 0 ? ivs_coll_alloc(n * (uint64_t)k->nl) : NULL;
-	uint8_t *grouped = gets && (everyone || k->li == 0 || k->li == root_li) ? ivs_coll_alloc(all) : NULL;
+	int in_place = k->ranked && (everyone || c->rank == root); /* the gathered vector is dst itself */
+	uint8_t *grouped = in_place ? dst : gets && (everyone || k->li == 0 || k->li == root_li) ? ivs_coll_alloc(all) : NULL;
+	/* the leader collects its host's blocks where they belong in grouped, if it has it */
+	uint8_t *mine = k->li != 0 ? NULL : grouped ? grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
 	int rc = MPI_SUCCESS;
 	ivs_coll_collect(k, 0, src, n, mine, NULL);
 	if (k->li == 0) {
-		int *cd = leader_counts(k, n), count = (int)(n * (uint64_t)k->nl);
-		MPI_Request req;
-		rc = ivs_coll_net_complete(everyone ? PMPI_Iallgatherv(mine, count, MPI_BYTE, grouped, cd, cd + k->nhosts, MPI_BYTE, k->lcomm, &req)
-		                           : PMPI_Igatherv(mine, count, MPI_BYTE, grouped, cd, cd + k->nhosts, MPI_BYTE, root_host,
-		                                           k->lcomm, &req),
-		                  &req);
-		free(cd);
+		struct lead_v x = lead_v(k, n, root_host, -1);
+		rc = ivs_lead_exchange_v(k, mine, x.scount, x.sdispl, grouped, x.rcount, x.rdispl);
+		free(x.scount);
 	}
 	if (gets && root_li != 0) /* the leader has it: on to the root, or to everyone */
 		ivs_coll_spread(k, 0, root_li, grouped, all, grouped);
-	if (everyone || c->rank == root)
+	if (!in_place && (everyone || c->rank == root))
 		regroup(k, c->size, grouped, dst, n, 0);
-	free(grouped);
-	free(mine);
+	if (k->li == 0 && !grouped)
+		free(mine);
+	if (!in_place)
+		free(grouped);
 	return rc;
 }
 
@@ -60,23 +88,25 @@ int ivs_coll_scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t
 {
 	int root_host = k->host_of[root], root_li = ivs_coll_root_local(k, root), at_root_host = k->myhost == root_host;
 	uint64_t all = n * (uint64_t)c->size;
-	uint8_t *grouped = at_root_host && (k->li == 0 || k->li == root_li) ? ivs_coll_alloc(all) : NULL;
-	uint8_t *mine = k->li == 0 ? ivs_coll_alloc(n * (uint64_t)k->nl) : NULL;
+	int in_place = k->ranked && c->rank == root; /* the vector to scatter is src itself */
+	uint8_t *grouped = in_place ? (uint8_t *)src : at_root_host && (k->li == 0 || k->li == root_li) ? ivs_coll_alloc(all) : NULL;
+	/* the leader of the root's host hands its members their blocks from grouped */
+	uint8_t *mine = k->li != 0 ? NULL : grouped ? grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
 	int rc = MPI_SUCCESS;
-	if (c->rank == root)
+	if (c->rank == root && !in_place)
 		regroup(k, c->size, grouped, (uint8_t *)src, n, 1);
 	if (at_root_host && root_li != 0)
 		ivs_coll_spread(k, root_li, 0, grouped, all, grouped);
 	if (k->li == 0) {
-		int *cd = leader_counts(k, n);
-		MPI_Request req;
-		rc = ivs_coll_net_complete(PMPI_Iscatterv(grouped, cd, cd + k->nhosts, MPI_BYTE, mine, (int)(n * (uint64_t)k->nl),
-		                                 MPI_BYTE, root_host, k->lcomm, &req), &req);
-		free(cd);
+		struct lead_v x = lead_v(k, n, -1, root_host);
+		rc = ivs_lead_exchange_v(k, grouped, x.scount, x.sdispl, mine, x.rcount, x.rdispl);
+		free(x.scount);
 	}
 	ivs_coll_distribute(k, 0, mine, n, dst, NULL);
-	free(grouped);
-	free(mine);
+	if (k->li == 0 && !grouped)
+		free(mine);
+	if (!in_place)
+		free(grouped);
 	return rc;
 }
 
@@ -101,9 +131,7 @@ static int leaders_alltoall(struct ivs_coll *k, struct ivs_comm *c, const uint8_
 		for (uint64_t i = 0; i < nl; i++)
 			ivs_copy(snd + (uint64_t)cd[nh + h] + (i * members + j) * n, in + i * row + (uint64_t)r * n, n);
 	}
-	MPI_Request req;
-	int rc = ivs_coll_net_complete(PMPI_Ialltoallv(snd, cd, cd + nh, MPI_BYTE, rcv, cd + 2 * nh, cd + 3 * nh, MPI_BYTE, k->lcomm,
-	                                      &req), &req);
+	int rc = ivs_lead_exchange_v(k, snd, cd, cd + nh, rcv, cd + 2 * nh, cd + 3 * nh);
 	for (int r = 0; r < c->size && rc == MPI_SUCCESS; r++)
 		for (uint64_t j = 0; j < nl; j++)
 			ivs_copy(out + j * row + (uint64_t)r * n, rcv + ((uint64_t)k->pos[r] * nl + j) * n, n);

@@ -23,7 +23,7 @@
 #include <stdlib.h>
 #include "coll.h"
 
-enum { LEAD_TAG = 1 };
+enum { LEAD_TAG = 1, HOSTS_TAG = 2 };
 
 /* Wait for *r (if any) with the shim's wait; the first error of rc and this one. */
 static int wait_req(MPI_Request *r, int rc)
@@ -148,6 +148,34 @@ int ivs_lead_bcast(struct ivs_coll *k, uint8_t *data, uint64_t n, int root)
 	if (rc == MPI_SUCCESS)
 		rc = ivs_lead_pipe_out(&q, 0);
 	return ivs_lead_pipe_close(&q, rc);
+}
+
+/* The leaders' linear exchange, the step of gathers, scatters and alltoall (coll_hosts.c): this
+ * leader sends scount[h] bytes at sbuf + sdispl[h] to the leader of host h and receives
+ * rcount[h] bytes from it at rbuf + rdispl[h], for every h whose count is above 0, all posted at
+ * once; its own block is copied unless it is in place already. Both sides of a pair derive the same counts from the
+ * collective's arguments. */
+int ivs_lead_exchange_v(struct ivs_coll *k, const uint8_t *sbuf, const int *scount, const int *sdispl, uint8_t *rbuf,
+                        const int *rcount, const int *rdispl)
+{
+	int nh = k->nhosts, me = k->myhost, rc = MPI_SUCCESS, nr = 0;
+	MPI_Request *r = ivs_coll_alloc(sizeof *r * 2 * (uint64_t)nh);
+	for (int d = 1; d < nh && rc == MPI_SUCCESS; d++) { /* from the nearest host below first */
+		int h = (me - d + nh) % nh;
+		if (rcount[h] > 0)
+			rc = PMPI_Irecv(rbuf + rdispl[h], rcount[h], MPI_BYTE, h, HOSTS_TAG, k->lcomm, &r[nr++]);
+	}
+	for (int d = 1; d < nh && rc == MPI_SUCCESS; d++) { /* to the nearest host above first */
+		int h = (me + d) % nh;
+		if (scount[h] > 0)
+			rc = PMPI_Isend(sbuf + sdispl[h], scount[h], MPI_BYTE, h, HOSTS_TAG, k->lcomm, &r[nr++]);
+	}
+	if (scount[me] > 0 && rc == MPI_SUCCESS && rbuf + rdispl[me] != sbuf + sdispl[me])
+		ivs_copy(rbuf + rdispl[me], sbuf + sdispl[me], (uint64_t)scount[me]);
+	for (int i = 0; i < nr; i++)
+		rc = wait_req(&r[i], rc);
+	free(r);
+	return rc;
 }
 
 /* Combine every leader's acc (cnt elements of dt, span bytes) with op: into every leader's
