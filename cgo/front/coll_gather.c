@@ -52,7 +52,10 @@ static int flat_done(struct flat *f, int rc, void *buf, int count, MPI_Datatype 
 /* Across hosts, an alltoall with blocks larger than this goes to the library: its leaders'
  * phase funnels every block through one rank per host, which made 16 KiB blocks 2-3x and
  * 256 KiB-1 MiB blocks 11-22x slower than the library's own alltoall over TCP (make bench,
- * 2 hosts x 2 and x 4 VMs), while up to 4 KiB it was 0.5-1.0x. n is the same on every rank. */
+ * 2 hosts x 2 and x 4 VMs), while up to 4 KiB it was 0.5-1.0x. Measured again with the
+ * leaders exchanging by point-to-point (2 hosts x 2 VMs, Open MPI, medians of 5): 8 KiB
+ * blocks 2.0x, 16 KiB-4 MiB 4.4-10.6x, where the library's alltoall called by the shim took
+ * 0.56-0.95x. n is the same on every rank. */
 #define IVS_ALLTOALL_HOSTS_BLOCK (4ull << 10)
 
 /* Byte counts the fast path handles: the library's counts are ints. */
