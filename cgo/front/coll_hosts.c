@@ -63,9 +63,13 @@ int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t 
 	int root_li = everyone ? IVS_EVERYONE : ivs_coll_root_local(k, root), gets = everyone || k->myhost == root_host;
 	uint64_t all = n * (uint64_t)c->size;
 	int in_place = k->ranked && (everyone || c->rank == root); /* the gathered vector is dst itself */
-	uint8_t *grouped = in_place ? dst : gets && (everyone || k->li == 0 || k->li == root_li) ? ivs_coll_alloc(all) : NULL;
-	/* the leader collects its host's blocks where they belong in grouped, if it has it */
-	uint8_t *mine = k->li != 0 ? NULL : grouped ? grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
+	uint8_t *grouped = NULL, *mine = NULL;
+	if (in_place)
+		grouped = dst;
+	else if (gets && (everyone || k->li == 0 || k->li == root_li))
+		grouped = ivs_coll_alloc(all);
+	if (k->li == 0) /* the leader collects its host's blocks where they belong in grouped, if it has it */
+		mine = grouped ? grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
 	int rc = MPI_SUCCESS;
 	ivs_coll_collect(k, 0, src, n, mine, NULL);
 	if (k->li == 0) {
@@ -89,9 +93,13 @@ int ivs_coll_scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t
 	int root_host = k->host_of[root], root_li = ivs_coll_root_local(k, root), at_root_host = k->myhost == root_host;
 	uint64_t all = n * (uint64_t)c->size;
 	int in_place = k->ranked && c->rank == root; /* the vector to scatter is src itself */
-	uint8_t *grouped = in_place ? (uint8_t *)src : at_root_host && (k->li == 0 || k->li == root_li) ? ivs_coll_alloc(all) : NULL;
-	/* the leader of the root's host hands its members their blocks from grouped */
-	uint8_t *mine = k->li != 0 ? NULL : grouped ? grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
+	uint8_t *grouped = NULL, *mine = NULL;
+	if (in_place)
+		grouped = (uint8_t *)src;
+	else if (at_root_host && (k->li == 0 || k->li == root_li))
+		grouped = ivs_coll_alloc(all);
+	if (k->li == 0) /* the leader of the root's host hands its members their blocks from grouped */
+		mine = grouped ? grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
 	int rc = MPI_SUCCESS;
 	if (c->rank == root && !in_place)
 		regroup(k, c->size, grouped, (uint8_t *)src, n, 1);

@@ -17,9 +17,10 @@
  * leader combines does not change what the standard allows. Recursive doubling gives every
  * leader the same bits: in each step the two partners combine the same two vectors in the same
  * operand order, the lower host's first (the libraries' MAX, MIN, MAXLOC and MINLOC keep one
- * operand on ties, so with +0 and -0 or NaNs b op a may differ from a op b). The messages of one collective between two leaders
- * match in order on the one tag (the library does not reorder them), and the leaders' own
- * collectives (coll_hosts.c) have a context of their own. */
+ * operand on ties, so with +0 and -0 or NaNs b op a may differ from a op b). The messages of
+ * one collective between two leaders match in order on its tag (the library does not reorder
+ * them, and a collective completes all of its own before it returns): LEAD_TAG for these,
+ * HOSTS_TAG for the exchange of gathers, scatters and alltoall. */
 #include <stdlib.h>
 #include "coll.h"
 

@@ -37,6 +37,16 @@ static int reduce_local(struct ivs_coll *k, uint64_t s, uint64_t span, uint8_t *
 	return MPI_SUCCESS;
 }
 
+/* After an error the leaders still take their part in the leaders' step and publish a result
+ * (the other hosts' leaders and this host's members wait for them), and the rest of the vector
+ * still goes through: every member stays at the same op. The error is the leader's to return;
+ * the members get whatever the leader published. (The leaders' communicator has the library's
+ * default error handler, so an error there ends the job before this matters.) */
+static int first_error(int rc, int more)
+{
+	return rc != MPI_SUCCESS ? rc : more;
+}
+
 /* One piece of an allreduce (root < 0) or reduce: cnt elements at sb -> rb. */
 static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *sb, uint8_t *rb, int cnt, uint64_t span,
                         MPI_Datatype dt, MPI_Op op, int root)
@@ -54,14 +64,11 @@ static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *s
 	}
 	int root_host = root < 0 ? -1 : k->host_of[root];
 	if (k->li == 0) {
-		uint8_t *acc = malloc(span ? span : 1);
-		if (!acc)
-			return MPI_ERR_NO_MEM;
+		uint8_t *acc = ivs_coll_alloc(span);
 		ivs_coll_await_all(k, s);
 		rc = reduce_local(k, s, span, acc, cnt, dt, op);
-		if (rc == MPI_SUCCESS)
-			rc = ivs_lead_reduce(k, acc, cnt, span, dt, op, root_host);
-		if (rc == MPI_SUCCESS && (root < 0 || k->myhost == root_host)) {
+		rc = first_error(rc, ivs_lead_reduce(k, acc, cnt, span, dt, op, root_host));
+		if (root < 0 || k->myhost == root_host) {
 			if (root < 0 || root == c->rank)
 				ivs_copy(rb, acc, span);
 			if (root < 0 || root != c->rank) {
@@ -109,18 +116,19 @@ static int allreduce_stretch(struct ivs_coll *k, const uint8_t *sb, uint8_t *rb,
 		if (k->li != 0)
 			ivs_copy(ivs_coll_data(k, k->li, s, len), sb + off, len);
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
-		if (k->li == 0) { /* in local order, as reduce_local */
-			ivs_copy(acc + off, sb + off, len);
-			for (int i = 1; i < k->nl && rc == MPI_SUCCESS; i++) {
+		if (k->li == 0) { /* in local order, as reduce_local; whole extents up to the next piece */
+			ivs_copy(acc + off, sb + off, done + n < cnt ? (uint64_t)n * r->extent : len);
+			for (int i = 1; i < k->nl; i++) {
 				ivs_coll_await_member(k, i, s);
-				rc = PMPI_Reduce_local(ivs_coll_data(k, i, s, len), acc + off, n, dt, op);
+				rc = first_error(rc, PMPI_Reduce_local(ivs_coll_data(k, i, s, len), acc + off, n, dt, op));
 			}
 		}
 		done += n;
 	}
-	if (k->li == 0 && rc == MPI_SUCCESS)
-		rc = ivs_lead_reduce(k, acc, cnt, span, dt, op, -1);
-	ivs_coll_spread(k, 0, IVS_EVERYONE, acc, span, rb); /* after an error too: the members wait for it */
+	if (k->li == 0)
+		rc = first_error(rc, ivs_lead_reduce(k, acc, cnt, span, dt, op, -1));
+	if (k->nl > 1)
+		ivs_coll_spread(k, 0, IVS_EVERYONE, acc, span, rb);
 	if (k->li == 0)
 		ivs_copy(rb, acc, span);
 	free(acc);
@@ -136,18 +144,16 @@ static int reduce_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbu
 	int stretch = per; /* elements per call below */
 	if (k->nhosts > 1 && root < 0 && count > per)
 		stretch = (int)ivs_min_u64(STRETCH / k->slot, (uint64_t)(INT_MAX / per)) * per;
-	int done = 0;
+	int done = 0, rc = MPI_SUCCESS;
 	do {
 		int cnt = count - done < stretch ? count - done : stretch;
 		const uint8_t *sb = (const uint8_t *)sbuf + r->lb + (ptrdiff_t)((uint64_t)done * r->extent);
 		uint8_t *rb = rbuf ? (uint8_t *)rbuf + r->lb + (ptrdiff_t)((uint64_t)done * r->extent) : NULL;
-		int rc = cnt > per ? allreduce_stretch(k, sb, rb, cnt, per, r, count, dt, op)
-		                   : reduce_piece(k, c, sb, rb, cnt, red_span(r, cnt, count), dt, op, root);
-		if (rc != MPI_SUCCESS)
-			return rc;
+		rc = first_error(rc, cnt > per ? allreduce_stretch(k, sb, rb, cnt, per, r, count, dt, op)
+		                               : reduce_piece(k, c, sb, rb, cnt, red_span(r, cnt, count), dt, op, root));
 		done += cnt;
 	} while (done < count);
-	return MPI_SUCCESS;
+	return rc;
 }
 
 int MPI_Allreduce(const void *sbuf, void *rbuf, int count, MPI_Datatype dt, MPI_Op op, MPI_Comm comm)
