@@ -96,12 +96,16 @@ static uint64_t red_span(const struct red *r, int cnt, int count)
  * the leader one by one and it combines them into its own copy of the stretch; the leaders
  * combine the whole stretch in one leaders' step; the leader spreads the result through the
  * area. One leaders' step per stretch instead of one per piece (each a round trip between the
- * leaders, with the hosts' members waiting): 2 hosts x 2 VMs, Open MPI, medians of 5, 256 KiB
- * to 4 MiB took 0.38-0.99x the library alone's time, 0.74-1.33x piece by piece. A stretch of
- * 4 MiB was slower than one of 1 MiB at 2 and 4 MiB (0.97x, 1.48x). A reduce keeps its pieces:
- * a rooted reduction's leaders send each piece on as soon as it is combined, and stretches made
- * it no faster (0.51-0.88x the library either way). */
-enum { STRETCH = 1 << 20 };
+ * leaders, with the hosts' members waiting). 2 hosts x 2 VMs, medians of 5 (3 on MPICH), time
+ * for 1-4 MiB:
+ *   - Open MPI, 1 MiB stretches: 0.38-0.99x the library alone's, 0.74-1.33x piece by piece;
+ *     4 MiB stretches were slower (1.48x at 4 MiB).
+ *   - MPICH (UCX over TCP), against piece by piece: 1 MiB stretches 0.97-1.38x at 256 KiB-2 MiB
+ *     (slower), 256 KiB stretches 0.40-0.57x at 1-4 MiB.
+ *   - Open MPI again, 256 KiB against 1 MiB stretches: 0.33-0.99x.
+ * A reduce keeps its pieces: a rooted reduction's leaders send each piece on as soon as it is
+ * combined, and stretches made it no faster (0.51-0.88x the library either way). */
+enum { STRETCH = 256 << 10 };
 
 static int allreduce_stretch(struct ivs_coll *k, const uint8_t *sb, uint8_t *rb, int cnt, int per, const struct red *r,
                              int count, MPI_Datatype dt, MPI_Op op)

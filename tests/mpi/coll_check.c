@@ -971,8 +971,8 @@ static void test_reductions(void)
 	}
 	/* 4. Large sizes and the shim's limits: the inline line (56 B), the slot (64 KiB) and one
 	 * element past them (across hosts an allreduce of 64 KiB + 16 B is one stretch whose last
-	 * piece is inline), a 1 MiB vector in pieces (one stretch), 2 MiB and 4 bytes (two
-	 * stretches, then one element on its own). */
+	 * piece is inline), a 1 MiB vector in pieces (four stretches of 256 KiB), 2 MiB and 4
+	 * bytes (eight stretches, then one element on its own). */
 	static const long large[] = {56, 64, 65536, 65536 + 16, 1 << 20, (2 << 20) + 4};
 	static const struct {
 		const char *type;
