@@ -25,10 +25,13 @@ static int reducible(const struct ivs_coll *k, int count, MPI_Datatype dt, MPI_O
 	return predefined_op(op) && ivs_dt_span(dt, count, &r->span, &r->lb, &r->extent) && r->extent <= k->slot;
 }
 
-/* Combine the co-located contributions of op s into acc (elements cnt of dt), in local order. */
-static int reduce_local(struct ivs_coll *k, uint64_t s, uint64_t span, uint8_t *acc, int cnt, MPI_Datatype dt, MPI_Op op)
+/* Combine the co-located contributions of op s (cnt elements of dt, span bytes each) into acc,
+ * in local order: member 0's from first (first_len bytes: its data in the area, or the leader's
+ * own buffer), the others' from the area, all of them published already. */
+static int reduce_local(struct ivs_coll *k, uint64_t s, const uint8_t *first, uint64_t first_len, uint64_t span, uint8_t *acc,
+                        int cnt, MPI_Datatype dt, MPI_Op op)
 {
-	ivs_copy(acc, ivs_coll_data(k, 0, s, span), span);
+	ivs_copy(acc, first, first_len);
 	for (int i = 1; i < k->nl; i++) {
 		int rc = PMPI_Reduce_local(ivs_coll_data(k, i, s, span), acc, cnt, dt, op);
 		if (rc != MPI_SUCCESS)
@@ -58,7 +61,7 @@ static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *s
 	if (k->nhosts == 1) {
 		if (root < 0 || root == c->rank) {
 			ivs_coll_await_all(k, s);
-			rc = reduce_local(k, s, span, rb, cnt, dt, op);
+			rc = reduce_local(k, s, ivs_coll_data(k, 0, s, span), span, span, rb, cnt, dt, op);
 		}
 		return rc;
 	}
@@ -66,7 +69,7 @@ static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *s
 	if (k->li == 0) {
 		uint8_t *acc = ivs_coll_alloc(span);
 		ivs_coll_await_all(k, s);
-		rc = reduce_local(k, s, span, acc, cnt, dt, op);
+		rc = reduce_local(k, s, ivs_coll_data(k, 0, s, span), span, span, acc, cnt, dt, op);
 		rc = first_error(rc, ivs_lead_reduce(k, acc, cnt, span, dt, op, root_host));
 		if (root < 0 || k->myhost == root_host) {
 			if (root < 0 || root == c->rank)
@@ -120,12 +123,10 @@ static int allreduce_stretch(struct ivs_coll *k, const uint8_t *sb, uint8_t *rb,
 		if (k->li != 0)
 			ivs_copy(ivs_coll_data(k, k->li, s, len), sb + off, len);
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
-		if (k->li == 0) { /* in local order, as reduce_local; whole extents up to the next piece */
-			ivs_copy(acc + off, sb + off, done + n < cnt ? (uint64_t)n * r->extent : len);
-			for (int i = 1; i < k->nl; i++) {
-				ivs_coll_await_member(k, i, s);
-				rc = first_error(rc, PMPI_Reduce_local(ivs_coll_data(k, i, s, len), acc + off, n, dt, op));
-			}
+		if (k->li == 0) { /* its own piece from sb, whole extents up to the next piece */
+			ivs_coll_await_all(k, s);
+			rc = first_error(rc, reduce_local(k, s, sb + off, done + n < cnt ? (uint64_t)n * r->extent : len, len,
+			                                  acc + off, n, dt, op));
 		}
 		done += n;
 	}
@@ -212,10 +213,8 @@ static int reduce_scatter_common(struct ivs_coll *k, struct ivs_comm *c, const v
 	const void *src = sbuf == MPI_IN_PLACE ? rbuf : sbuf;
 	int rc = total ? reduce_common(k, c, src, tmp - r.lb, total, dt, op, -1, &r) : MPI_SUCCESS;
 	int my = counts ? counts[c->rank] : block;
-	if (rc == MPI_SUCCESS && my > 0) {
-		uint64_t n = (uint64_t)(my - 1) * r.extent + (r.span - (uint64_t)(total - 1) * r.extent);
-		ivs_copy((uint8_t *)rbuf + r.lb, tmp + (uint64_t)mine * r.extent, n);
-	}
+	if (rc == MPI_SUCCESS && my > 0)
+		ivs_copy((uint8_t *)rbuf + r.lb, tmp + (uint64_t)mine * r.extent, red_span(&r, my, total));
 	free(tmp);
 	return rc;
 }
