@@ -47,6 +47,34 @@ static struct lead_v lead_v(struct ivs_coll *k, uint64_t per, int to_host, int f
 	return x;
 }
 
+/* A gather's or scatter's buffers: grouped, the whole vector of all members' n-byte blocks in
+ * host-grouped order (the program's own buffer `own` where in place, else one allocated where
+ * wanted), and on the leader mine, its host's blocks (inside grouped where there is one). */
+struct vec {
+	uint8_t *grouped, *mine;
+	int in_place;
+};
+
+static struct vec vec_get(struct ivs_coll *k, struct ivs_comm *c, uint64_t n, int in_place, uint8_t *own, int wanted)
+{
+	struct vec v = {.in_place = in_place};
+	if (in_place)
+		v.grouped = own;
+	else if (wanted)
+		v.grouped = ivs_coll_alloc(n * (uint64_t)c->size);
+	if (k->li == 0)
+		v.mine = v.grouped ? v.grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
+	return v;
+}
+
+static void vec_put(struct ivs_coll *k, struct vec *v)
+{
+	if (k->li == 0 && !v->grouped)
+		free(v->mine);
+	if (!v->in_place)
+		free(v->grouped);
+}
+
 /* Blocks of n bytes between comm rank order (ranked[r]) and host-grouped order (grouped[pos[r]]). */
 static void regroup(struct ivs_coll *k, int size, uint8_t *grouped, uint8_t *ranked, uint64_t n, int to_grouped)
 {
@@ -62,29 +90,22 @@ int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t 
 	int everyone = root < 0, root_host = everyone ? -1 : k->host_of[root];
 	int root_li = everyone ? IVS_EVERYONE : ivs_coll_root_local(k, root), gets = everyone || k->myhost == root_host;
 	uint64_t all = n * (uint64_t)c->size;
-	int in_place = k->ranked && (everyone || c->rank == root); /* the gathered vector is dst itself */
-	uint8_t *grouped = NULL, *mine = NULL;
-	if (in_place)
-		grouped = dst;
-	else if (gets && (everyone || k->li == 0 || k->li == root_li))
-		grouped = ivs_coll_alloc(all);
-	if (k->li == 0) /* the leader collects its host's blocks where they belong in grouped, if it has it */
-		mine = grouped ? grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
+	/* the gathered vector is dst itself where in place; the leader collects its host's blocks
+	 * where they belong in it */
+	struct vec v = vec_get(k, c, n, k->ranked && (everyone || c->rank == root), dst,
+	                       gets && (everyone || k->li == 0 || k->li == root_li));
 	int rc = MPI_SUCCESS;
-	ivs_coll_collect(k, 0, src, n, mine, NULL);
+	ivs_coll_collect(k, 0, src, n, v.mine, NULL);
 	if (k->li == 0) {
 		struct lead_v x = lead_v(k, n, root_host, -1);
-		rc = ivs_lead_exchange_v(k, mine, x.scount, x.sdispl, grouped, x.rcount, x.rdispl);
+		rc = ivs_lead_exchange_v(k, v.mine, x.scount, x.sdispl, v.grouped, x.rcount, x.rdispl);
 		free(x.scount);
 	}
 	if (gets && root_li != 0) /* the leader has it: on to the root, or to everyone */
-		ivs_coll_spread(k, 0, root_li, grouped, all, grouped);
-	if (!in_place && (everyone || c->rank == root))
-		regroup(k, c->size, grouped, dst, n, 0);
-	if (k->li == 0 && !grouped)
-		free(mine);
-	if (!in_place)
-		free(grouped);
+		ivs_coll_spread(k, 0, root_li, v.grouped, all, v.grouped);
+	if (!v.in_place && (everyone || c->rank == root))
+		regroup(k, c->size, v.grouped, dst, n, 0);
+	vec_put(k, &v);
 	return rc;
 }
 
@@ -92,29 +113,22 @@ int ivs_coll_scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t
 {
 	int root_host = k->host_of[root], root_li = ivs_coll_root_local(k, root), at_root_host = k->myhost == root_host;
 	uint64_t all = n * (uint64_t)c->size;
-	int in_place = k->ranked && c->rank == root; /* the vector to scatter is src itself */
-	uint8_t *grouped = NULL, *mine = NULL;
-	if (in_place)
-		grouped = (uint8_t *)src;
-	else if (at_root_host && (k->li == 0 || k->li == root_li))
-		grouped = ivs_coll_alloc(all);
-	if (k->li == 0) /* the leader of the root's host hands its members their blocks from grouped */
-		mine = grouped ? grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
+	/* the vector to scatter is src itself where in place; the leader of the root's host hands
+	 * its members their blocks from it (read only) */
+	struct vec v = vec_get(k, c, n, k->ranked && c->rank == root, (uint8_t *)src,
+	                       at_root_host && (k->li == 0 || k->li == root_li));
 	int rc = MPI_SUCCESS;
-	if (c->rank == root && !in_place)
-		regroup(k, c->size, grouped, (uint8_t *)src, n, 1);
+	if (c->rank == root && !v.in_place)
+		regroup(k, c->size, v.grouped, (uint8_t *)src, n, 1);
 	if (at_root_host && root_li != 0)
-		ivs_coll_spread(k, root_li, 0, grouped, all, grouped);
+		ivs_coll_spread(k, root_li, 0, v.grouped, all, v.grouped);
 	if (k->li == 0) {
 		struct lead_v x = lead_v(k, n, -1, root_host);
-		rc = ivs_lead_exchange_v(k, grouped, x.scount, x.sdispl, mine, x.rcount, x.rdispl);
+		rc = ivs_lead_exchange_v(k, v.grouped, x.scount, x.sdispl, v.mine, x.rcount, x.rdispl);
 		free(x.scount);
 	}
-	ivs_coll_distribute(k, 0, mine, n, dst, NULL);
-	if (k->li == 0 && !grouped)
-		free(mine);
-	if (!in_place)
-		free(grouped);
+	ivs_coll_distribute(k, 0, v.mine, n, dst, NULL);
+	vec_put(k, &v);
 	return rc;
 }
 
