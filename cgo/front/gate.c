@@ -155,6 +155,8 @@ struct pscw {
 	MPI_Request *completes; /* their "completing" messages, one receive each */
 	int completed;          /* all of those arrived */
 	int *targets, ntargets; /* the access epoch's targets (MPI_Win_start), world ranks */
+	int *held, nheld;       /* targets whose "posted" an MPI_Win_start took before the library
+	                           refused the epoch (MPI_ERRORS_RETURN): the next start's, first */
 };
 
 struct gated_obj {
@@ -546,6 +548,9 @@ static void pscw_forget(struct gated_obj *o)
 	free(e->targets);
 	e->targets = NULL;
 	e->ntargets = 0;
+	free(e->held);
+	e->held = NULL;
+	e->nheld = 0;
 }
 
 /* win's synchronisation record, or NULL where it is not gated */
@@ -570,18 +575,54 @@ int MPI_Win_post(MPI_Group group, int assertion, MPI_Win win)
 	return rc;
 }
 
+/* Receives of "posted" from the n targets, but for those held back from a refused start (each
+ * held entry stands for one message already taken); *nr: how many. */
+static MPI_Request *posted_expect(struct pscw *e, const int *targets, int n, int *nr)
+{
+	int *want = calloc((size_t)(n > 0 ? n : 1), sizeof(int)), nw = 0;
+	if (!want)
+		ivs_fatal("out of memory");
+	for (int i = 0; i < n; i++) {
+		int h = 0;
+		while (h < e->nheld && e->held[h] != targets[i])
+			h++;
+		if (h < e->nheld)
+			e->held[h] = e->held[--e->nheld];
+		else
+			want[nw++] = targets[i];
+	}
+	MPI_Request *r = pscw_expect(want, nw, e->tag + TAG_POSTED);
+	free(want);
+	*nr = nw;
+	return r;
+}
+
 int MPI_Win_start(MPI_Group group, int assertion, MPI_Win win)
 {
 	struct pscw *e = win_sync(win);
-	if (e) {
-		free(e->targets);
-		e->targets = group_world(group, &e->ntargets, "MPI_Win_start");
-		MPI_Request *posted = pscw_expect(e->targets, e->ntargets, e->tag + TAG_POSTED);
-		pscw_wait_all(posted, e->ntargets);
-		free(posted);
-		ivs.stats.gates++;
+	if (!e)
+		return PMPI_Win_start(group, assertion, win);
+	int nt, nr;
+	int *t = group_world(group, &nt, "MPI_Win_start");
+	MPI_Request *posted = posted_expect(e, t, nt, &nr);
+	pscw_wait_all(posted, nr);
+	free(posted);
+	int rc = PMPI_Win_start(group, assertion, win);
+	if (rc != MPI_SUCCESS) { /* no epoch: the messages taken wait for the next start */
+		int *h = realloc(e->held, sizeof(int) * (size_t)(e->nheld + nt + 1));
+		if (!h)
+			ivs_fatal("out of memory");
+		memcpy(h + e->nheld, t, sizeof(int) * (size_t)nt);
+		e->held = h;
+		e->nheld += nt;
+		free(t);
+		return rc;
 	}
-	return PMPI_Win_start(group, assertion, win);
+	free(e->targets);
+	e->targets = t;
+	e->ntargets = nt;
+	ivs.stats.gates++;
+	return rc;
 }
 
 int MPI_Win_complete(MPI_Win win)
