@@ -161,14 +161,17 @@ enum { EXCH_PIECE = 256 << 10, EXCH_SPLIT = EXCH_PIECE }; /* whole messages */
 #endif
 enum { EXCH_MAXPIECES = EXCH_SPLIT / EXCH_PIECE };
 
-/* Post the n bytes at buf to (send) or from leader h in their pieces; *nr counts the requests. */
+/* Post the n bytes (n > 0) at buf to (send) or from leader h in their pieces; *nr counts the
+ * requests posted. */
 static int exch_post(struct ivs_coll *k, uint8_t *buf, int n, int h, int send, MPI_Request *r, int *nr)
 {
 	int piece = n > EXCH_PIECE && n <= EXCH_SPLIT ? EXCH_PIECE : n, rc = MPI_SUCCESS;
 	for (int off = 0; off < n && rc == MPI_SUCCESS; off += piece) {
 		int len = n - off < piece ? n - off : piece;
-		rc = send ? PMPI_Isend(buf + off, len, MPI_BYTE, h, HOSTS_TAG, k->lcomm, &r[(*nr)++])
-		          : PMPI_Irecv(buf + off, len, MPI_BYTE, h, HOSTS_TAG, k->lcomm, &r[(*nr)++]);
+		rc = send ? PMPI_Isend(buf + off, len, MPI_BYTE, h, HOSTS_TAG, k->lcomm, &r[*nr])
+		          : PMPI_Irecv(buf + off, len, MPI_BYTE, h, HOSTS_TAG, k->lcomm, &r[*nr]);
+		if (rc == MPI_SUCCESS)
+			(*nr)++;
 	}
 	return rc;
 }
@@ -196,11 +199,13 @@ int ivs_lead_exchange_v(struct ivs_coll *k, const uint8_t *sbuf, const int *scou
 	MPI_Request *r = ivs_coll_alloc(sizeof *r * 2 * EXCH_MAXPIECES * (uint64_t)nh);
 	for (int d = 1; d < nh && rc == MPI_SUCCESS; d++) { /* from the nearest host below first */
 		int h = (me - d + nh) % nh;
-		rc = exch_post(k, rbuf + rdispl[h], rcount[h], h, 0, r, &nr);
+		if (rcount[h] > 0)
+			rc = exch_post(k, rbuf + rdispl[h], rcount[h], h, 0, r, &nr);
 	}
 	for (int d = 1; d < nh && rc == MPI_SUCCESS; d++) { /* to the nearest host above first */
 		int h = (me + d) % nh;
-		rc = exch_post(k, (uint8_t *)sbuf + sdispl[h], scount[h], h, 1, r, &nr);
+		if (scount[h] > 0)
+			rc = exch_post(k, (uint8_t *)sbuf + sdispl[h], scount[h], h, 1, r, &nr);
 	}
 	if (scount[me] > 0 && rc == MPI_SUCCESS && rbuf + rdispl[me] != sbuf + sdispl[me])
 		ivs_copy(rbuf + rdispl[me], sbuf + sdispl[me], (uint64_t)scount[me]);

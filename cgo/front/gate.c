@@ -157,6 +157,7 @@ struct pscw {
 	int *targets, ntargets; /* the access epoch's targets (MPI_Win_start), world ranks */
 	int *held, nheld;       /* targets whose "posted" an MPI_Win_start took before the library
 	                           refused the epoch (MPI_ERRORS_RETURN): the next start's, first */
+	int access_open;        /* an access epoch begun and not completed */
 };
 
 struct gated_obj {
@@ -551,6 +552,7 @@ static void pscw_forget(struct gated_obj *o)
 	free(e->held);
 	e->held = NULL;
 	e->nheld = 0;
+	e->access_open = 0;
 }
 
 /* win's synchronisation record, or NULL where it is not gated */
@@ -600,7 +602,7 @@ static MPI_Request *posted_expect(struct pscw *e, const int *targets, int n, int
 int MPI_Win_start(MPI_Group group, int assertion, MPI_Win win)
 {
 	struct pscw *e = win_sync(win);
-	if (!e)
+	if (!e || e->access_open) /* a start inside an access epoch is erroneous: the library says so */
 		return PMPI_Win_start(group, assertion, win);
 	int nt, nr;
 	int *t = group_world(group, &nt, "MPI_Win_start");
@@ -612,7 +614,8 @@ int MPI_Win_start(MPI_Group group, int assertion, MPI_Win win)
 		int *h = realloc(e->held, sizeof(int) * (size_t)(e->nheld + nt + 1));
 		if (!h)
 			ivs_fatal("out of memory");
-		memcpy(h + e->nheld, t, sizeof(int) * (size_t)nt);
+		if (nt > 0)
+			memcpy(h + e->nheld, t, sizeof(int) * (size_t)nt);
 		e->held = h;
 		e->nheld += nt;
 		free(t);
@@ -621,6 +624,7 @@ int MPI_Win_start(MPI_Group group, int assertion, MPI_Win win)
 	free(e->targets);
 	e->targets = t;
 	e->ntargets = nt;
+	e->access_open = 1;
 	ivs.stats.gates++;
 	return rc;
 }
@@ -628,11 +632,12 @@ int MPI_Win_start(MPI_Group group, int assertion, MPI_Win win)
 int MPI_Win_complete(MPI_Win win)
 {
 	struct pscw *e = win_sync(win);
-	if (e) {
+	if (e && e->access_open) {
 		pscw_tell(e->targets, e->ntargets, e->tag + TAG_COMPLETING);
 		free(e->targets);
 		e->targets = NULL;
 		e->ntargets = 0;
+		e->access_open = 0;
 	}
 	return PMPI_Win_complete(win);
 }
