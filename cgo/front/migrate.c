@@ -36,7 +36,7 @@
  * (ivs_comm.sw_round, carried by every message). A new round begins only once its coordinator
  * has re-planned, and every member re-plans before its part of the set-up's exchange, so no
  * member can see a round it has not reached; messages of one would wait (a safety net), and
- * those of rounds a member left behind are ignored (a late ASK). The model checks two rounds (tests/model/collswitch.pml, ROUNDS=2). A member that freed the
+ * those of rounds a member left behind are ignored (a late ASK). The model checks three rounds (tests/model/collswitch.pml, ROUNDS=3; two in make test). A member that freed the
  * communicator answers "never" (all its collectives took the old plan, and so must everyone's;
  * the communicator is gone soon everywhere).
  * Where a rank answers: the shim's own waits on library requests poll these messages

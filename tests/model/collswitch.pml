@@ -56,6 +56,15 @@
  * round's) must fail, and so must REACH_LAST (no collective runs on the last round's plan: the
  * search does reach it).
  *
+ * Three rounds (ROUNDS=3): the third leave is the coordinator's own VM, member 0, whose area in
+ * plan 2 holds members 0 and 1 (1 is back on 0's host). Messages of every round a member left
+ * behind are dropped (migrate.c: any round below its own), so a late ASK two rounds old can
+ * still be waiting. Program 5 (seven collectives on X; about 1.4e8 states, 8 minutes and 9 GiB with
+ * COLLAPSE) and program 6 (six on X, two gated calls on Y; about 7e7 states, 3 minutes) are proven
+ * safe and free of deadlock, and REACH_LAST fails on both (program 6 needs its sixth collective
+ * on X for that: with five the third re-plan is never reached); NO_DEFER fails. The Go test
+ * runs these with -rounds=3 only, for their cost, but for NO_DEFER.
+ *
  * What the model leaves out: the RECENT rule (a member idle on X for long answers with no
  * slack: a liveness heuristic outside this model, whose slack is always SLACK); communicators
  * freed during an agreement (their members answer "never"); communicators set up after the flag.
@@ -63,7 +72,8 @@
  * Collectives: ALLC (everyone waits for everyone: Barrier, Allreduce) and ROOTC(r) (only
  * non-roots wait, for the root: Bcast; the root returns at once and may run ahead).
  * Programs (cpp PROGRAM): 1 (default) a root runs one collective ahead, then enters a library
- * collective; 2 a root runs two collectives ahead, then enters one. Broken variants (must fail
+ * collective; 2 a root runs two collectives ahead, then enters one; 3 and 4 (two rounds) and 5
+ * and 6 (three rounds) are longer sequences of both. Broken variants (must fail
  * the safety check): NO_WAIT (a member at its limit goes on without k), OWN_LIMIT (a member
  * switches at its own limit, not the largest), EARLY_RELEASE (member 1 releases once k is known).
  */
@@ -74,8 +84,8 @@
 #define ROUNDS 1
 #endif
 /* round r's leaving member, and the members whose area in plan r holds it (who see its flag) */
-#define LEAVER(r) ((r) == 0 -> 1 : 2)
-#define SEES(r, m) (((r) == 0 && (m) != 2) || ((r) == 1 && (m) != 1))
+#define LEAVER(r) ((r) == 0 -> 1 : ((r) == 1 -> 2 : 0))
+#define SEES(r, m) (((r) != 1 && (m) != 2) || ((r) == 1 && (m) != 1))
 
 #define SLACK 1
 
@@ -100,11 +110,21 @@
 #define NX 5
 #define NY 1
 #define PROG_INIT prog[0] = 0; prog[1] = ALLC; prog[2] = 1; prog[3] = ALLC; prog[4] = 2
-#else
+#elif PROGRAM == 4
 #define P 6
 #define NX 4
 #define NY 2
 #define PROG_INIT prog[0] = 0; prog[1] = YOP; prog[2] = ALLC; prog[3] = 1; prog[4] = YOP; prog[5] = ALLC
+#elif PROGRAM == 5
+#define P 7
+#define NX 7
+#define NY 1
+#define PROG_INIT prog[0] = 0; prog[1] = ALLC; prog[2] = 1; prog[3] = ALLC; prog[4] = 2; prog[5] = ALLC; prog[6] = 0
+#else
+#define P 8
+#define NX 6
+#define NY 2
+#define PROG_INIT prog[0] = 0; prog[1] = YOP; prog[2] = ALLC; prog[3] = 1; prog[4] = YOP; prog[5] = ALLC; prog[6] = 2; prog[7] = ALLC
 #endif
 #define PROG(i) prog[i]
 /* leaving X's collective j-1 (op PROG(pc-1)) whose entered members are mask: an ALLC, or the
@@ -115,6 +135,16 @@
 #define ANSWERS (in != 3) /* not inside Y's call: a blocking library call (see above) */
 #else
 #define ANSWERS true      /* inside library collectives too: the shim's polling wait */
+#endif
+
+/* no message of a round left behind is waiting (rnd reaches ROUNDS: every round left behind) */
+#if ROUNDS > 2
+#define OLD_EMPTY (rnd < 1 || empty(inbox[BOX(rnd - 1, me)])) && (rnd < 2 || empty(inbox[BOX(rnd - 2, me)])) && \
+	(rnd < 3 || empty(inbox[BOX(rnd - 3, me)]))
+#elif ROUNDS > 1
+#define OLD_EMPTY (rnd < 1 || empty(inbox[BOX(rnd - 1, me)])) && (rnd < 2 || empty(inbox[BOX(rnd - 2, me)]))
+#else
+#define OLD_EMPTY (rnd < 1 || empty(inbox[BOX(rnd - 1, me)]))
 #endif
 
 #define UNKNOWN 255
@@ -190,9 +220,17 @@ proctype Member(byte me) {
 	:: atomic { ANSWERS && rnd < ROUNDS && setup && SEES(rnd, me) && flag[rnd] && !asked ->
 		asked = true; inbox[BOX(rnd, 0)] ! ASK, me, 0 }
 	:: atomic { ANSWERS && rnd < ROUNDS && nempty(inbox[BOX(rnd, me)]) -> handle(rnd) }
+	/* a round left behind (any: rnd reaches ROUNDS): only a late ASK can come, and is ignored */
 	:: atomic { ANSWERS && rnd > 0 && nempty(inbox[BOX(rnd - 1, me)]) ->
-		inbox[BOX(rnd - 1, me)] ? hk, hf, hv;
-		assert(hk == ASK) } /* a round left behind: only a late ASK can come, and is ignored */
+		inbox[BOX(rnd - 1, me)] ? hk, hf, hv; assert(hk == ASK) }
+#if ROUNDS > 1
+	:: atomic { ANSWERS && rnd > 1 && nempty(inbox[BOX(rnd - 2, me)]) ->
+		inbox[BOX(rnd - 2, me)] ? hk, hf, hv; assert(hk == ASK) }
+#endif
+#if ROUNDS > 2
+	:: atomic { ANSWERS && rnd > 2 && nempty(inbox[BOX(rnd - 3, me)]) ->
+		inbox[BOX(rnd - 3, me)] ? hk, hf, hv; assert(hk == ASK) }
+#endif
 #ifdef NO_DEFER
 	:: atomic { ANSWERS && rnd + 1 < ROUNDS && nempty(inbox[BOX(rnd + 1, me)]) -> handle(rnd + 1) } /* broken on purpose */
 #endif
@@ -257,7 +295,13 @@ proctype Member(byte me) {
 		:: hk == REPLY -> assert(false) /* the coordinator left while gathering */
 		fi }
 	:: atomic { rnd > 0 && nempty(inbox[BOX(rnd - 1, me)]) -> inbox[BOX(rnd - 1, me)] ? hk, hf, hv; assert(hk == ASK) }
-	:: done == M && (rnd == ROUNDS || empty(inbox[BOX(rnd, me)])) && (rnd == 0 || empty(inbox[BOX(rnd - 1, me)])) -> break
+#if ROUNDS > 1
+	:: atomic { rnd > 1 && nempty(inbox[BOX(rnd - 2, me)]) -> inbox[BOX(rnd - 2, me)] ? hk, hf, hv; assert(hk == ASK) }
+#endif
+#if ROUNDS > 2
+	:: atomic { rnd > 2 && nempty(inbox[BOX(rnd - 3, me)]) -> inbox[BOX(rnd - 3, me)] ? hk, hf, hv; assert(hk == ASK) }
+#endif
+	:: done == M && (rnd == ROUNDS || empty(inbox[BOX(rnd, me)])) && OLD_EMPTY -> break
 	od
 }
 

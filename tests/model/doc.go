@@ -37,5 +37,7 @@
 // holds without that too; deadlock freedom does not: where the library call is one the shim
 // leaves blocking (communicator creation, one-sided synchronisation, collective I/O), spin
 // finds a deadlock of a valid program, the shim's stated limit, pinned by
-// TestCollSwitchKnownDeadlock.
+// TestCollSwitchKnownDeadlock. Later leaves start new rounds of the agreement on the plan the
+// last one made: two rounds are checked by default, three with -rounds=3 (the third leave the
+// coordinator's own; about 2e8 states in all, too costly for every run).
 package model

@@ -1,6 +1,9 @@
 package model
 
 import (
+	"flag"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -8,7 +11,8 @@ import (
 )
 
 // verify runs spin's exhaustive safety search (assertions and invalid end states) on model
-// with the cpp definitions defs, and returns pan's report and whether it found an error.
+// with the cpp definitions defs, and returns pan's report and whether it found an error. The
+// word "big" among defs is no definition: it sizes the search for more than 1e8 states (big).
 func verify(t *testing.T, model string, defs ...string) (report string, failed bool) {
 	t.Helper()
 	return search(t, model, nil, defs...)
@@ -19,6 +23,23 @@ func verifyAssertions(t *testing.T, model string, defs ...string) (report string
 	t.Helper()
 	return search(t, model, []string{"-E"}, defs...)
 }
+
+// rounds is how many rounds of the collective agreement TestCollSwitchSafety and
+// TestCollSwitchNegative check: 2 by default; 3 costs 9 GiB and about 11 minutes more.
+var rounds = flag.Int("rounds", 2, "rounds of the collective agreement to model-check (2 or 3)")
+
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if *rounds != 2 && *rounds != 3 {
+		fmt.Fprintf(os.Stderr, "-rounds=%d: the model checks 2 or 3 rounds\n", *rounds)
+		os.Exit(2)
+	}
+	os.Exit(m.Run())
+}
+
+// big is what a search of more than 1e8 states needs: states stored compressed (COLLAPSE), a
+// deeper stack and a larger hash table.
+var big = []string{"-DCOLLAPSE", "-DMEMLIM=16000"}
 
 func search(t *testing.T, model string, panArgs []string, defs ...string) (report string, failed bool) {
 	t.Helper()
@@ -37,8 +58,17 @@ func search(t *testing.T, model string, panArgs []string, defs ...string) (repor
 		}
 		return string(out)
 	}
-	run("spin", append(append([]string{"-a"}, defs...), src)...)
-	run("gcc", "-O2", "-DSAFETY", "-o", "pan", "pan.c")
+	var cc, spinDefs []string
+	for _, d := range defs {
+		if d == "big" {
+			cc = big
+			panArgs = append(panArgs, "-m400000", "-w28")
+		} else {
+			spinDefs = append(spinDefs, d)
+		}
+	}
+	run("spin", append(append([]string{"-a"}, spinDefs...), src)...)
+	run("gcc", append(append([]string{"-O2", "-DSAFETY"}, cc...), "-o", "pan", "pan.c")...)
 	// pan exits 0 even when it finds an error; its report says.
 	report = run("./pan", append([]string{"-m100000"}, panArgs...)...)
 	if !strings.Contains(report, "errors: ") {
@@ -160,7 +190,8 @@ func TestJoinSwitchNegative(t *testing.T) {
 // collective on different plans, never decides behind a member, the leaving member never uses
 // the area after its release, and every member finishes, whatever the interleaving
 // (collswitch.pml, both programs), also over two rounds on one communicator (a second leave
-// after the first re-plan: programs 3 and 4). Safety also holds where a member blocks in a library call
+// after the first re-plan: programs 3 and 4), and with -rounds=3 over three (the third leave
+// the coordinator's own: programs 5 and 6). Safety also holds where a member blocks in a library call
 // without answering (BLOCKING_Y), and deadlock freedom too once the shim gates that call with a
 // nonblocking barrier it waits for by polling (GATED_Y, gate.c).
 func TestCollSwitchSafety(t *testing.T) {
@@ -169,6 +200,12 @@ func TestCollSwitchSafety(t *testing.T) {
 	requireProven(t, "collswitch.pml", nil, []string{"-DPROGRAM=2"},
 		[]string{"-DBLOCKING_Y", "-DGATED_Y"}, []string{"-DPROGRAM=2", "-DBLOCKING_Y", "-DGATED_Y"},
 		[]string{"-DROUNDS=2", "-DPROGRAM=3"}, []string{"-DROUNDS=2", "-DPROGRAM=4", "-DBLOCKING_Y", "-DGATED_Y"})
+	if *rounds >= 3 {
+		requireProven(t, "collswitch.pml", []string{"-DROUNDS=3", "-DPROGRAM=5", "big"},
+			[]string{"-DROUNDS=3", "-DPROGRAM=6", "-DBLOCKING_Y", "-DGATED_Y", "big"})
+	} else {
+		t.Log("three rounds not checked (-rounds=3: about 2e8 states, 9 GiB, about 11 minutes)")
+	}
 	for _, defs := range [][]string{{"-DBLOCKING_Y"}, {"-DPROGRAM=2", "-DBLOCKING_Y"}} {
 		if report, failed := verifyAssertions(t, "collswitch.pml", defs...); failed {
 			t.Errorf("collswitch.pml %v: spin found an error:\n%s", defs, report)
@@ -186,10 +223,19 @@ func TestCollSwitchNegative(t *testing.T) {
 	requireSpin(t)
 	for _, defs := range [][]string{{"-DNO_WAIT"}, {"-DOWN_LIMIT"}, {"-DEARLY_RELEASE"},
 		{"-DROUNDS=2", "-DPROGRAM=3", "-DNO_DEFER"}, {"-DROUNDS=2", "-DPROGRAM=3", "-DREACH_LAST"},
-		{"-DROUNDS=2", "-DPROGRAM=4", "-DBLOCKING_Y", "-DGATED_Y", "-DREACH_LAST"}} {
+		{"-DROUNDS=2", "-DPROGRAM=4", "-DBLOCKING_Y", "-DGATED_Y", "-DREACH_LAST"},
+		{"-DROUNDS=3", "-DPROGRAM=5", "-DNO_DEFER"}} {
 		report, failed := verifyAssertions(t, "collswitch.pml", defs...)
 		if !failed || !strings.Contains(report, "assertion violated") {
 			t.Errorf("collswitch.pml %v: spin found no violation:\n%s", defs, report)
+		}
+	}
+	if *rounds >= 3 { /* the searches reach the third re-plan's plan (2 and 1.5 minutes) */
+		for _, defs := range [][]string{{"-DROUNDS=3", "-DPROGRAM=5", "-DREACH_LAST", "big"},
+			{"-DROUNDS=3", "-DPROGRAM=6", "-DBLOCKING_Y", "-DGATED_Y", "-DREACH_LAST", "big"}} {
+			if report, failed := verifyAssertions(t, "collswitch.pml", defs...); !failed || !strings.Contains(report, "assertion violated") {
+				t.Errorf("collswitch.pml %v: spin found no violation:\n%s", defs, report)
+			}
 		}
 	}
 }
