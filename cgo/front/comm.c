@@ -393,6 +393,37 @@ int MPI_Comm_disconnect(MPI_Comm *c)
 	return PMPI_Comm_disconnect(c);
 }
 
+/* Dynamic processes. MPI_Comm_spawn, _spawn_multiple, MPI_Comm_accept and _connect are
+ * collective over comm: the root does the work while the others wait for its result, so they
+ * pass comm's gate, as communicator creation does. What they make is an intercommunicator with
+ * another MPI_COMM_WORLD's ranks (or, for accept and connect, possibly this one's), which the
+ * shim does not record. The gate covers comm's members only: a rank blocked in MPI_Comm_accept
+ * waits for the connecting side, which no gate reaches before the port is known, and answers
+ * no agreement until it arrives (README, "Migrate a VM"). MPI_Comm_join, pairwise over a
+ * socket to an unknown peer, is not gated either. */
+int MPI_Comm_spawn(const char *command, char *argv[], int maxprocs, MPI_Info info, int root, MPI_Comm c,
+                   MPI_Comm *n, int errcodes[])
+{
+	ivs_gate_intra(c);
+	return PMPI_Comm_spawn(command, argv, maxprocs, info, root, c, n, errcodes);
+}
+int MPI_Comm_spawn_multiple(int count, char *commands[], char **argvs[], const int maxprocs[], const MPI_Info infos[],
+                            int root, MPI_Comm c, MPI_Comm *n, int errcodes[])
+{
+	ivs_gate_intra(c);
+	return PMPI_Comm_spawn_multiple(count, commands, argvs, maxprocs, infos, root, c, n, errcodes);
+}
+int MPI_Comm_accept(const char *port, MPI_Info info, int root, MPI_Comm c, MPI_Comm *n)
+{
+	ivs_gate_intra(c);
+	return PMPI_Comm_accept(port, info, root, c, n);
+}
+int MPI_Comm_connect(const char *port, MPI_Info info, int root, MPI_Comm c, MPI_Comm *n)
+{
+	ivs_gate_intra(c);
+	return PMPI_Comm_connect(port, info, root, c, n);
+}
+
 int MPI_Type_free(MPI_Datatype *dt)
 {
 	ivs_dt_forget(*dt);

@@ -54,6 +54,8 @@
  * Testsome return 0-based indices (pmodels/mpich#6270); the entry points here return the
  * standard's 1-based ones.
  */
+#define _GNU_SOURCE
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ivshim.h"
@@ -954,6 +956,52 @@ static void f_win_test(fint *win, fint *flag, fint *ierr)
 	fret(ierr, rc);
 }
 IVS_F_EXPORT(f_win_test, win_test, WIN_TEST, Win_test)
+
+/* Dynamic processes (comm.c): MPI_Comm_spawn, _spawn_multiple, MPI_Comm_accept and _connect
+ * pass comm's gate, then run the library's own Fortran binding with the arguments as they came,
+ * hidden string lengths included (passed on as the same 8 bytes, whatever their width in the
+ * binding), so its conversions of command lines, argv arrays, MPI_ARGV_NULL and
+ * MPI_ERRCODES_IGNORE stay the library's. Open MPI: ompi_xxx_f, which calls PMPI_Comm_spawn, not
+ * the shim's; MPICH: mpi_xxx_f08_, which calls PMPI_ too (its mpif.h and `use mpi` bindings
+ * reach MPI_Comm_spawn itself). The arguments stand in the same places in both. */
+#if defined(OPEN_MPI)
+#define F_LIB_NAME(lower) "ompi_" #lower "_f"
+#else
+#define F_LIB_NAME(lower) "mpi_" #lower "_f08_"
+#endif
+static void *f_lib(void **cache, const char *name)
+{
+	if (!*cache)
+		*cache = dlsym(RTLD_NEXT, name);
+	return *cache;
+}
+#define F_DYN(lower, UPPER, Camel, params, comm, args)                                              \
+	static void f_##lower params                                                                   \
+	{                                                                                              \
+		static void *next;                                                                         \
+		void (*lib) params = (void (*) params)f_lib(&next, F_LIB_NAME(lower));                      \
+		if (!lib) { /* the library's Fortran binding is loaded wherever a program calls it */      \
+			fret(ierr, MPI_ERR_INTERN);                                                            \
+			return;                                                                                \
+		}                                                                                          \
+		ivs_gate_intra(F_COMM(comm));                                                              \
+		lib args;                                                                                  \
+	}                                                                                              \
+	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
+F_DYN(comm_spawn, COMM_SPAWN, Comm_spawn,
+      (char *cmd, char *argv, fint *maxprocs, fint *info, fint *root, fint *comm, fint *inter, fint *errcodes,
+       fint *ierr, size_t cmd_len, size_t argv_len),
+      comm, (cmd, argv, maxprocs, info, root, comm, inter, errcodes, ierr, cmd_len, argv_len))
+F_DYN(comm_spawn_multiple, COMM_SPAWN_MULTIPLE, Comm_spawn_multiple,
+      (fint *count, char *cmds, char *argvs, fint *maxprocs, fint *infos, fint *root, fint *comm, fint *inter,
+       fint *errcodes, fint *ierr, size_t cmds_len, size_t argvs_len),
+      comm, (count, cmds, argvs, maxprocs, infos, root, comm, inter, errcodes, ierr, cmds_len, argvs_len))
+F_DYN(comm_accept, COMM_ACCEPT, Comm_accept,
+      (char *port, fint *info, fint *root, fint *comm, fint *newcomm, fint *ierr, size_t port_len), comm,
+      (port, info, root, comm, newcomm, ierr, port_len))
+F_DYN(comm_connect, COMM_CONNECT, Comm_connect,
+      (char *port, fint *info, fint *root, fint *comm, fint *newcomm, fint *ierr, size_t port_len), comm,
+      (port, info, root, comm, newcomm, ierr, port_len))
 
 /* MPI_Buffer_detach: the shim's buffered copies in flight must drain first (p2p.c). The
  * mpif.h and `use mpi` bindings ignore the address argument (MPI-3.1 section 3.6); mpi_f08

@@ -284,3 +284,46 @@ func TestSpawnOpenMPI(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectOpenMPI runs tests/mpi/dyn_connect.c (MPI_Comm_accept and MPI_Comm_connect between
+// the two halves of one MPI_COMM_WORLD) on 3 VMs of 2 hosts, without and with the shim, and
+// requires the same report and, with the shim, every rank's statistics counting the program's
+// gated calls: accept and connect are collective over their communicator and pass its gate.
+// Open MPI only: MPICH 4.0.2's UCX netmod has no MPI_Open_port ("The function is currently not
+// supported with ucx netmod"), also without the shim.
+func TestConnectOpenMPI(t *testing.T) {
+	testenv.RequireCluster(t)
+	root := testenv.ModuleRoot(t)
+	ctx, cancel := testenv.Context(t)
+	defer cancel()
+	m := cluster.OpenMPI
+	lib := testenv.ShimLibrary(t, root, m)
+	bin := build(ctx, t, m, []program{{"dyn_connect", filepath.Join(root, "tests", "mpi", "dyn_connect.c")}})["dyn_connect"]
+	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: hosts, VMsPerHost: vmsPerHost, Regions: true})
+	vms := []*cluster.VM{c.Hosts[0].VMs[0], c.Hosts[1].VMs[0], c.Hosts[0].VMs[1]} // uneven, co-located ranks apart
+	const want = "dyn_connect: 3 ranks, ok, gated calls 5"
+	for _, env := range []map[string]string{nil, {"LD_PRELOAD": lib, "IVSHIM_VERBOSE": "1"}} {
+		res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: bin, Env: env, Timeout: attemptTimeout})
+		if err != nil {
+			t.Errorf("shim %v: %v%s", env != nil, err, testenv.Details(res, stderrTail))
+			continue
+		}
+		if got := report(res.Stdout); !equal(got, []string{want}) {
+			t.Errorf("shim %v: report %q, want %q%s", env != nil, got, want, testenv.Details(res, stderrTail))
+			continue
+		}
+		if env == nil {
+			continue
+		}
+		stats, err := res.ShimStats()
+		if err != nil || len(stats) != len(vms) {
+			t.Errorf("with the shim: statistics of %d ranks (%v), want %d%s", len(stats), err, len(vms), testenv.Details(res, stderrTail))
+			continue
+		}
+		for _, s := range stats {
+			if s.Gates != 5 {
+				t.Errorf("with the shim: rank %d passed %d gates, want 5", s.Rank, s.Gates)
+			}
+		}
+	}
+}

@@ -26,7 +26,8 @@
 !
 ! the collective calls every rank made (those the shim runs itself and those only the library
 ! runs: v-variants, scans), its blocking collective calls that pass the shim's gate
-! (communicator and window creation, fences, MPI_Win_free, collective file I/O) and the point-to-point messages each rank sent, which the
+! (communicator and window creation, fences, MPI_Win_free, collective file I/O, accept and
+! connect) and the point-to-point messages each rank sent, which the
 ! Go test finds again in the shim's statistics. No check is counted inside a polling loop, so the
 ! report is the same whatever the library, the transport and the timing.
 
@@ -101,6 +102,8 @@ program f_pingpong
   T_FILE :: fh
   character(len=200) :: fname, tmpdir
   integer :: fnlen
+  character(len=MPI_MAX_PORT_NAME) :: port
+  character(len=MPI_MAX_LIBRARY_VERSION_STRING) :: libver
   integer, pointer :: wptr(:)
   type(c_ptr) :: cbase
 #ifndef USE_F08
@@ -616,6 +619,34 @@ program f_pingpong
   call MPI_Group_free(pgroup, ierr)
   call MPI_Group_free(group, ierr)
 #endif
+
+  ! Accept and connect between the even and the odd ranks (Open MPI: MPICH 4.0.2's UCX netmod
+  ! has no ports): rank 0 opens a port and sends its name to rank 1, the even half accepts, the
+  ! odd half connects. The split, the accept or connect and the disconnect pass the gate.
+  call MPI_Get_library_version(libver, n, ierr)
+  if (index(libver(1:n), 'Open MPI') > 0) then
+    ngated = ngated + 3
+    call MPI_Comm_split(MPI_COMM_WORLD, mod(rank, 2), rank, halfcomm, ierr)
+    port = ' '
+    if (rank == 0) then
+      call MPI_Open_port(MPI_INFO_NULL, port, ierr)
+      call MPI_Send(port, MPI_MAX_PORT_NAME, MPI_CHARACTER, 1, 77, MPI_COMM_WORLD, ierr)
+      nsent = nsent + 1
+    else if (rank == 1) then
+      call MPI_Recv(port, MPI_MAX_PORT_NAME, MPI_CHARACTER, 0, 77, MPI_COMM_WORLD, st, ierr)
+    end if
+    if (mod(rank, 2) == 0) then
+      call MPI_Comm_accept(port, MPI_INFO_NULL, 0, halfcomm, intercomm, ierr)
+    else
+      call MPI_Comm_connect(port, MPI_INFO_NULL, 0, halfcomm, intercomm, ierr)
+    end if
+    call check(ierr == MPI_SUCCESS, 'accept/connect')
+    call MPI_Comm_remote_size(intercomm, msize, ierr)
+    call check(msize == nranks / 2, 'accepted/connected intercommunicator')
+    call MPI_Comm_disconnect(intercomm, ierr)
+    if (rank == 0) call MPI_Close_port(port, ierr)
+    call MPI_Comm_free(halfcomm, ierr)
+  end if
 
   ! A file of the world, by collective I/O: rank 0 names it (in TMPDIR, else /tmp); each rank
   ! sees its own 10 integers through its view, writes them, reads them back by a split
