@@ -147,6 +147,18 @@
 #define OLD_EMPTY (rnd < 1 || empty(inbox[BOX(rnd - 1, me)]))
 #endif
 
+/* options of a member's loop that drop the messages of the rounds it left behind (rnd - 1 ..
+ * rnd - 3: rnd reaches ROUNDS), where guard holds: only a late ASK can come, and is ignored */
+#define DROP_BEHIND(guard, b) \
+	:: atomic { guard && rnd > b && nempty(inbox[BOX(rnd - 1 - b, me)]) -> inbox[BOX(rnd - 1 - b, me)] ? hk, hf, hv; assert(hk == ASK) }
+#if ROUNDS > 2
+#define DROP_LATE(guard) DROP_BEHIND(guard, 0) DROP_BEHIND(guard, 1) DROP_BEHIND(guard, 2)
+#elif ROUNDS > 1
+#define DROP_LATE(guard) DROP_BEHIND(guard, 0) DROP_BEHIND(guard, 1)
+#else
+#define DROP_LATE(guard) DROP_BEHIND(guard, 0)
+#endif
+
 #define UNKNOWN 255
 mtype = { ASK, QUERY, REPLY, DECIDE };
 /* the shim's messages of round r to member m: inbox[BOX(r, m)] */
@@ -220,17 +232,7 @@ proctype Member(byte me) {
 	:: atomic { ANSWERS && rnd < ROUNDS && setup && SEES(rnd, me) && flag[rnd] && !asked ->
 		asked = true; inbox[BOX(rnd, 0)] ! ASK, me, 0 }
 	:: atomic { ANSWERS && rnd < ROUNDS && nempty(inbox[BOX(rnd, me)]) -> handle(rnd) }
-	/* a round left behind (any: rnd reaches ROUNDS): only a late ASK can come, and is ignored */
-	:: atomic { ANSWERS && rnd > 0 && nempty(inbox[BOX(rnd - 1, me)]) ->
-		inbox[BOX(rnd - 1, me)] ? hk, hf, hv; assert(hk == ASK) }
-#if ROUNDS > 1
-	:: atomic { ANSWERS && rnd > 1 && nempty(inbox[BOX(rnd - 2, me)]) ->
-		inbox[BOX(rnd - 2, me)] ? hk, hf, hv; assert(hk == ASK) }
-#endif
-#if ROUNDS > 2
-	:: atomic { ANSWERS && rnd > 2 && nempty(inbox[BOX(rnd - 3, me)]) ->
-		inbox[BOX(rnd - 3, me)] ? hk, hf, hv; assert(hk == ASK) }
-#endif
+	DROP_LATE(ANSWERS)
 #ifdef NO_DEFER
 	:: atomic { ANSWERS && rnd + 1 < ROUNDS && nempty(inbox[BOX(rnd + 1, me)]) -> handle(rnd + 1) } /* broken on purpose */
 #endif
@@ -294,13 +296,7 @@ proctype Member(byte me) {
 		:: hk == ASK -> skip /* every member is finalizing: nobody needs the switch any more */
 		:: hk == REPLY -> assert(false) /* the coordinator left while gathering */
 		fi }
-	:: atomic { rnd > 0 && nempty(inbox[BOX(rnd - 1, me)]) -> inbox[BOX(rnd - 1, me)] ? hk, hf, hv; assert(hk == ASK) }
-#if ROUNDS > 1
-	:: atomic { rnd > 1 && nempty(inbox[BOX(rnd - 2, me)]) -> inbox[BOX(rnd - 2, me)] ? hk, hf, hv; assert(hk == ASK) }
-#endif
-#if ROUNDS > 2
-	:: atomic { rnd > 2 && nempty(inbox[BOX(rnd - 3, me)]) -> inbox[BOX(rnd - 3, me)] ? hk, hf, hv; assert(hk == ASK) }
-#endif
+	DROP_LATE(true)
 	:: done == M && (rnd == ROUNDS || empty(inbox[BOX(rnd, me)])) && OLD_EMPTY -> break
 	od
 }
