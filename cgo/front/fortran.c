@@ -56,6 +56,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ivshim.h"
@@ -969,24 +970,39 @@ IVS_F_EXPORT(f_win_test, win_test, WIN_TEST, Win_test)
 #else
 #define F_LIB_NAME(lower) "mpi_" #lower "_f08_"
 #endif
+/* The library's own routine name, found once after the shim in the lookup order (a race of
+ * two threads finds the same address). NULL where the shim cannot see it: a Fortran MPI library
+ * the program loaded with dlopen(RTLD_LOCAL). */
 static void *f_lib(void **cache, const char *name)
 {
-	if (!*cache)
-		*cache = dlsym(RTLD_NEXT, name);
-	return *cache;
+	void *f = __atomic_load_n(cache, __ATOMIC_ACQUIRE);
+	if (!f && (f = dlsym(RTLD_NEXT, name)))
+		__atomic_store_n(cache, f, __ATOMIC_RELEASE);
+	return f;
 }
-#define F_DYN(lower, UPPER, Camel, params, comm, args)                                              \
-	static void f_##lower params                                                                   \
-	{                                                                                              \
-		static void *next;                                                                         \
-		void (*lib) params = (void (*) params)f_lib(&next, F_LIB_NAME(lower));                      \
-		if (!lib) { /* the library's Fortran binding is loaded wherever a program calls it */      \
-			fret(ierr, MPI_ERR_INTERN);                                                            \
-			return;                                                                                \
-		}                                                                                          \
-		ivs_gate_intra(F_COMM(comm));                                                              \
-		lib args;                                                                                  \
-	}                                                                                              \
+
+/* ... and what a call does without it: the error, raised on comm as the library would. */
+static int f_lib_missing(const char *name, MPI_Comm comm)
+{
+	fprintf(stderr, "ivshim: rank %d: the MPI library's Fortran routine %s is not visible to the shim (a Fortran MPI "
+	                "library loaded with RTLD_LOCAL?): the call fails with MPI_ERR_INTERN\n",
+	        ivs.world_rank, name);
+	PMPI_Comm_call_errhandler(comm, MPI_ERR_INTERN);
+	return MPI_ERR_INTERN;
+}
+
+#define F_DYN(lower, UPPER, Camel, params, comm, args)                                 \
+	static void f_##lower params                                                      \
+	{                                                                                 \
+		static void *next;                                                            \
+		void (*lib) params = (void (*) params)f_lib(&next, F_LIB_NAME(lower));         \
+		if (!lib) {                                                                   \
+			fret(ierr, f_lib_missing(F_LIB_NAME(lower), F_COMM(comm)));               \
+			return;                                                                   \
+		}                                                                             \
+		ivs_gate_intra(F_COMM(comm));                                                 \
+		lib args;                                                                     \
+	}                                                                                 \
 	IVS_F_EXPORT(f_##lower, lower, UPPER, Camel)
 F_DYN(comm_spawn, COMM_SPAWN, Comm_spawn,
       (char *cmd, char *argv, fint *maxprocs, fint *info, fint *root, fint *comm, fint *inter, fint *errcodes,

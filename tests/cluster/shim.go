@@ -42,6 +42,23 @@ func StatsLines(stderr string) int {
 // order. A rank without a line (no shim, no IVSHIM_VERBOSE, or a hang before it) is missing;
 // a malformed or repeated line is an error.
 func (r *Result) ShimStats() ([]ShimStats, error) {
+	stats, err := r.AllShimStats()
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(stats, func(a, b ShimStats) int { return a.Rank - b.Rank })
+	for i := 1; i < len(stats); i++ {
+		if stats[i].Rank == stats[i-1].Rank {
+			return nil, fmt.Errorf("shim stats: rank %d reported twice", stats[i].Rank)
+		}
+	}
+	return stats, nil
+}
+
+// AllShimStats returns every stats line in the job's standard error as it came, also of
+// processes the job spawned: each MPI_COMM_WORLD numbers its ranks from 0, so ranks repeat.
+// A malformed line is an error.
+func (r *Result) AllShimStats() ([]ShimStats, error) {
 	var stats []ShimStats
 	for _, line := range strings.Split(r.Stderr, "\n") {
 		if !strings.HasPrefix(line, "ivshim: stats ") {
@@ -52,12 +69,6 @@ func (r *Result) ShimStats() ([]ShimStats, error) {
 			return nil, fmt.Errorf("shim stats line %q: %w", line, err)
 		}
 		stats = append(stats, s)
-	}
-	slices.SortFunc(stats, func(a, b ShimStats) int { return a.Rank - b.Rank })
-	for i := 1; i < len(stats); i++ {
-		if stats[i].Rank == stats[i-1].Rank {
-			return nil, fmt.Errorf("shim stats: rank %d reported twice", stats[i].Rank)
-		}
 	}
 	return stats, nil
 }

@@ -260,7 +260,8 @@ func TestHugeDatatype(t *testing.T) {
 }
 
 // TestSpawnOpenMPI runs tests/mpi/dyn_spawn.c (parents spawn children and talk on communicators
-// that mix the two MPI_COMM_WORLDs) on 1 host × 2 VMs, without and with the shim. Open MPI only:
+// that mix the two MPI_COMM_WORLDs) on 1 host × 2 VMs, without and with the shim, where the
+// parents' MPI_Comm_spawn passes the gate and nothing else of the program does. Open MPI only:
 // MPICH 4.0.2's hydra fails MPI_Comm_spawn through the cluster's ssh stand-in also without the
 // shim ("Error in spawn call").
 func TestSpawnOpenMPI(t *testing.T) {
@@ -272,7 +273,7 @@ func TestSpawnOpenMPI(t *testing.T) {
 	lib := testenv.ShimLibrary(t, root, m)
 	bin := build(ctx, t, m, []program{{"dyn_spawn", filepath.Join(root, "tests", "mpi", "dyn_spawn.c")}})["dyn_spawn"]
 	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 1, VMsPerHost: 2, Regions: true})
-	for _, env := range []map[string]string{nil, {"LD_PRELOAD": lib}} {
+	for _, env := range []map[string]string{nil, {"LD_PRELOAD": lib, "IVSHIM_VERBOSE": "1"}} {
 		job := cluster.Job{MPI: m, VMs: c.VMs(), Program: bin, Env: env, Timeout: attemptTimeout}
 		res, err := cluster.Run(ctx, job)
 		if err != nil {
@@ -281,6 +282,10 @@ func TestSpawnOpenMPI(t *testing.T) {
 		}
 		if got := report(res.Stdout); !equal(got, []string{"dyn_spawn: 4 ranks, ok"}) {
 			t.Errorf("shim %v: report %q%s", env != nil, got, testenv.Details(res, stderrTail))
+			continue
+		}
+		if env != nil { // MPI_Comm_spawn passes MPI_COMM_WORLD's gate on both parents
+			testenv.CheckParentGates(t, res, 2, 1)
 		}
 	}
 }

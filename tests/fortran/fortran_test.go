@@ -220,7 +220,7 @@ func build(ctx context.Context, t *testing.T, m cluster.MPI, b binding, src stri
 	if _, err := exec.LookPath("gfortran"); err != nil {
 		t.Skip("gfortran not installed (Debian package gfortran)")
 	}
-	out := filepath.Join(t.TempDir(), "f_pingpong_"+b.name+"-"+m.String())
+	out := filepath.Join(t.TempDir(), strings.TrimSuffix(filepath.Base(src), ".F90")+"_"+b.name+"-"+m.String())
 	args := append([]string{"-O2", "-Wall"}, b.flags...)
 	if m == cluster.MPICH {
 		// MPI-4's communicator creation from groups: MPICH 4.0 has it, Open MPI 4.1 has not.
@@ -236,6 +236,44 @@ func build(ctx context.Context, t *testing.T, m cluster.MPI, b binding, src stri
 		t.Fatalf("build %s with %s %v: %v\n%s", src, compiler(m), b.flags, err, msg)
 	}
 	return out
+}
+
+// TestSpawn runs f_spawn (MPI_Comm_spawn and MPI_Comm_spawn_multiple with command lines the
+// children check) in every binding on Open MPI, on two co-located VMs, without and with the
+// shim: the same report, and the two calls through the gate on each parent. The shim's Fortran
+// entry points gate and then run the library's own routine with the arguments untouched, so
+// this checks that argv arrays, their hidden lengths and MPI_ERRCODES_IGNORE arrive as the
+// library's binding expects them. Open MPI only: MPICH 4.0.2's hydra cannot spawn through the
+// cluster's ssh stand-in, also without the shim (tests/conformance).
+func TestSpawn(t *testing.T) {
+	testenv.RequireCluster(t)
+	root := testenv.ModuleRoot(t)
+	src := filepath.Join(root, "tests", "mpi", "f_spawn.F90")
+	ctx, cancel := testenv.Context(t)
+	defer cancel()
+	m := cluster.OpenMPI
+	lib := testenv.ShimLibrary(t, root, m)
+	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 1, VMsPerHost: 2, Regions: true})
+	for _, b := range bindings {
+		t.Run(b.name, func(t *testing.T) {
+			bin := build(ctx, t, m, b, src)
+			want := fmt.Sprintf("f_spawn_%s: 2 parents, 2 + 2 children, ok, gated calls 2", b.name)
+			for _, env := range []map[string]string{nil, {"LD_PRELOAD": lib, "IVSHIM_VERBOSE": "1"}} {
+				res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: c.VMs(), Program: bin, Env: env, Timeout: jobTimeout})
+				if err != nil {
+					t.Errorf("shim %v: %v%s", env != nil, err, testenv.Details(res, 4096))
+					continue
+				}
+				if got := report(res.Stdout); len(got) != 1 || got[0] != want {
+					t.Errorf("shim %v: report %q, want %q%s", env != nil, got, want, testenv.Details(res, 4096))
+					continue
+				}
+				if env != nil {
+					testenv.CheckParentGates(t, res, 2, 2)
+				}
+			}
+		})
+	}
 }
 
 // ---- static check of the exported names ----

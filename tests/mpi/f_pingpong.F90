@@ -29,7 +29,8 @@
 ! (communicator and window creation, fences, MPI_Win_free, collective file I/O, accept and
 ! connect) and the point-to-point messages each rank sent, which the
 ! Go test finds again in the shim's statistics. No check is counted inside a polling loop, so the
-! report is the same whatever the library, the transport and the timing.
+! report is the same whatever the transport and the timing; it differs between the libraries
+! (only Open MPI runs the accept/connect part, and only MPICH the MPI-4 parts).
 
 #if defined(USE_MPIFH)
 #define BINDING "mpifh"

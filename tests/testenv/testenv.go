@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -116,4 +117,34 @@ func Details(res *cluster.Result, tail int) string {
 		stderr = "..." + stderr[len(stderr)-tail:]
 	}
 	return fmt.Sprintf("\ncommand: %s\nstdout:\n%s\nstderr:\n%s", strings.Join(res.Argv, " "), res.Stdout, stderr)
+}
+
+// CheckParentGates requires, among the shim's stats lines of a job whose parents spawned
+// children (ranks repeat: each MPI_COMM_WORLD has its own), one line per parent rank
+// 0..parents-1 that counts gates gates, and no other line counting any: the children, in
+// pass-through or in a world of their own, pass none in these programs.
+func CheckParentGates(t testing.TB, res *cluster.Result, parents int, gates uint64) {
+	t.Helper()
+	stats, err := res.AllShimStats()
+	if err != nil {
+		t.Errorf("with the shim: %v", err)
+		return
+	}
+	var ranks []int
+	for _, s := range stats {
+		if s.Gates != 0 {
+			ranks = append(ranks, s.Rank)
+			if s.Gates != gates {
+				t.Errorf("with the shim: rank %d passed %d gates, want %d", s.Rank, s.Gates, gates)
+			}
+		}
+	}
+	slices.Sort(ranks)
+	want := make([]int, parents)
+	for i := range want {
+		want[i] = i
+	}
+	if !slices.Equal(ranks, want) {
+		t.Errorf("with the shim: ranks %v passed gates, want the %d parents%s", ranks, parents, Details(res, 4096))
+	}
 }
