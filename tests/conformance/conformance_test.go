@@ -259,76 +259,65 @@ func TestHugeDatatype(t *testing.T) {
 	}
 }
 
-// TestSpawnOpenMPI runs tests/mpi/dyn_spawn.c (parents spawn children and talk on communicators
-// that mix the two MPI_COMM_WORLDs) on 1 host × 2 VMs, without and with the shim, where the
-// parents' MPI_Comm_spawn passes the gate and nothing else of the program does. Open MPI only:
-// MPICH 4.0.2's hydra fails MPI_Comm_spawn through the cluster's ssh stand-in also without the
-// shim ("Error in spawn call").
-func TestSpawnOpenMPI(t *testing.T) {
+// TestDynamicOpenMPI runs the dynamic-process programs without and with the shim, requires the
+// same report, and with the shim the gates their collective calls pass:
+//   - tests/mpi/dyn_spawn.c: parents spawn children and talk on communicators that mix the two
+//     MPI_COMM_WORLDs, on 1 host × 2 VMs; the parents' MPI_Comm_spawn passes the gate and
+//     nothing else of the program does;
+//   - tests/mpi/dyn_connect.c: MPI_Comm_accept and MPI_Comm_connect between the two halves of
+//     one MPI_COMM_WORLD, on 3 VMs of 2 hosts; every rank passes the gates the report counts.
+//
+// Open MPI only: MPICH 4.0.2's hydra fails MPI_Comm_spawn through the cluster's ssh stand-in
+// ("Error in spawn call") and its UCX netmod has no MPI_Open_port ("The function is currently not
+// supported with ucx netmod"), both also without the shim.
+func TestDynamicOpenMPI(t *testing.T) {
 	testenv.RequireCluster(t)
 	root := testenv.ModuleRoot(t)
 	ctx, cancel := testenv.Context(t)
 	defer cancel()
 	m := cluster.OpenMPI
 	lib := testenv.ShimLibrary(t, root, m)
-	bin := build(ctx, t, m, []program{{"dyn_spawn", filepath.Join(root, "tests", "mpi", "dyn_spawn.c")}})["dyn_spawn"]
-	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 1, VMsPerHost: 2, Regions: true})
-	for _, env := range []map[string]string{nil, {"LD_PRELOAD": lib, "IVSHIM_VERBOSE": "1"}} {
-		job := cluster.Job{MPI: m, VMs: c.VMs(), Program: bin, Env: env, Timeout: attemptTimeout}
-		res, err := cluster.Run(ctx, job)
-		if err != nil {
-			t.Errorf("shim %v: %v%s", env != nil, err, testenv.Details(res, stderrTail))
-			continue
-		}
-		if got := report(res.Stdout); !equal(got, []string{"dyn_spawn: 4 ranks, ok"}) {
-			t.Errorf("shim %v: report %q%s", env != nil, got, testenv.Details(res, stderrTail))
-			continue
-		}
-		if env != nil { // MPI_Comm_spawn passes MPI_COMM_WORLD's gate on both parents
-			testenv.CheckParentGates(t, res, 2, 1)
-		}
-	}
-}
-
-// TestConnectOpenMPI runs tests/mpi/dyn_connect.c (MPI_Comm_accept and MPI_Comm_connect between
-// the two halves of one MPI_COMM_WORLD) on 3 VMs of 2 hosts, without and with the shim, and
-// requires the same report and, with the shim, every rank's statistics counting the program's
-// gated calls: accept and connect are collective over their communicator and pass its gate.
-// Open MPI only: MPICH 4.0.2's UCX netmod has no MPI_Open_port ("The function is currently not
-// supported with ucx netmod"), also without the shim.
-func TestConnectOpenMPI(t *testing.T) {
-	testenv.RequireCluster(t)
-	root := testenv.ModuleRoot(t)
-	ctx, cancel := testenv.Context(t)
-	defer cancel()
-	m := cluster.OpenMPI
-	lib := testenv.ShimLibrary(t, root, m)
-	bin := build(ctx, t, m, []program{{"dyn_connect", filepath.Join(root, "tests", "mpi", "dyn_connect.c")}})["dyn_connect"]
 	c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: hosts, VMsPerHost: vmsPerHost, Regions: true})
-	vms := []*cluster.VM{c.Hosts[0].VMs[0], c.Hosts[1].VMs[0], c.Hosts[0].VMs[1]} // uneven, co-located ranks apart
-	const want = "dyn_connect: 3 ranks, ok, gated calls 5"
-	for _, env := range []map[string]string{nil, {"LD_PRELOAD": lib, "IVSHIM_VERBOSE": "1"}} {
-		res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: bin, Env: env, Timeout: attemptTimeout})
-		if err != nil {
-			t.Errorf("shim %v: %v%s", env != nil, err, testenv.Details(res, stderrTail))
-			continue
-		}
-		if got := report(res.Stdout); !equal(got, []string{want}) {
-			t.Errorf("shim %v: report %q, want %q%s", env != nil, got, want, testenv.Details(res, stderrTail))
-			continue
-		}
-		if env == nil {
-			continue
-		}
-		stats, err := res.ShimStats()
-		if err != nil || len(stats) != len(vms) {
-			t.Errorf("with the shim: statistics of %d ranks (%v), want %d%s", len(stats), err, len(vms), testenv.Details(res, stderrTail))
-			continue
-		}
-		for _, s := range stats {
-			if s.Gates != 5 {
-				t.Errorf("with the shim: rank %d passed %d gates, want 5", s.Rank, s.Gates)
+	h0, h1 := c.Hosts[0].VMs, c.Hosts[1].VMs
+	for _, tc := range []struct {
+		name   string
+		vms    []*cluster.VM
+		report string
+		gates  func(t *testing.T, res *cluster.Result)
+	}{
+		{"dyn_spawn", h0[:2], "dyn_spawn: 4 ranks, ok", func(t *testing.T, res *cluster.Result) {
+			testenv.CheckParentGates(t, res, 2, 1)
+		}},
+		{"dyn_connect", []*cluster.VM{h0[0], h1[0], h0[1]} /* uneven, co-located ranks apart */, "dyn_connect: 3 ranks, ok, gated calls 5",
+			func(t *testing.T, res *cluster.Result) {
+				stats, err := res.ShimStats()
+				if err != nil || len(stats) != 3 {
+					t.Errorf("with the shim: statistics of %d ranks (%v), want 3%s", len(stats), err, testenv.Details(res, stderrTail))
+					return
+				}
+				for _, s := range stats {
+					if s.Gates != 5 {
+						t.Errorf("with the shim: rank %d passed %d gates, want 5", s.Rank, s.Gates)
+					}
+				}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			bin := build(ctx, t, m, []program{{tc.name, filepath.Join(root, "tests", "mpi", tc.name+".c")}})[tc.name]
+			for _, env := range []map[string]string{nil, {"LD_PRELOAD": lib, "IVSHIM_VERBOSE": "1"}} {
+				res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: tc.vms, Program: bin, Env: env, Timeout: attemptTimeout})
+				if err != nil {
+					t.Errorf("shim %v: %v%s", env != nil, err, testenv.Details(res, stderrTail))
+					continue
+				}
+				if got := report(res.Stdout); !equal(got, []string{tc.report}) {
+					t.Errorf("shim %v: report %q, want %q%s", env != nil, got, tc.report, testenv.Details(res, stderrTail))
+					continue
+				}
+				if env != nil {
+					tc.gates(t, res)
+				}
 			}
-		}
+		})
 	}
 }

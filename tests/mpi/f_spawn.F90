@@ -17,36 +17,10 @@
 ! every parent (the disconnects are over communicators with members of another MPI_COMM_WORLD,
 ! which the shim leaves alone); the Go test finds them in the parents' statistics.
 
-#if defined(USE_MPIFH)
-#define BINDING "mpifh"
-#elif defined(USE_MPI)
-#define BINDING "mpi"
-#else
-#define USE_F08
-#define BINDING "f08"
-#endif
-
-#ifdef USE_F08
-#define T_COMM type(MPI_Comm)
-#define T_INFO type(MPI_Info)
-#define STATUS_DECL(name) type(MPI_Status) :: name
-#else
-#define T_COMM integer
-#define T_INFO integer
-#define STATUS_DECL(name) integer :: name(MPI_STATUS_SIZE)
-#endif
+#include "f_binding.h"
 
 program f_spawn
-#if defined(USE_MPIFH)
-  implicit none
-  include 'mpif.h'
-#elif defined(USE_MPI)
-  use mpi
-  implicit none
-#else
-  use mpi_f08
-  implicit none
-#endif
+#include "f_use.h"
   T_COMM :: parent, inter
   T_INFO :: infos(2)
   integer :: ierr, rank, nparents, nkids(2), errs(2), maxprocs(2), bad, total
@@ -121,7 +95,7 @@ contains
     T_COMM, intent(inout) :: c
     integer, intent(out) :: n
     integer :: got
-    STATUS_DECL(st)
+    T_STATUS :: st
     call MPI_Comm_remote_size(c, n, ierr)
     if (rank == 0) then
       call MPI_Recv(got, 1, MPI_INTEGER, 0, 1, c, st, ierr)
