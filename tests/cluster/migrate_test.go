@@ -17,7 +17,7 @@ import (
 )
 
 var (
-	stressMigrations = flag.Int("migrations", 10, "migrations TestMigrateStress makes while each job runs (full length: 100)")
+	stressMigrations = flag.Int("migrations", 10, "migrations TestMigrateStress makes while each job runs (full length: 100, with go test -timeout 60m)")
 	stressSeed       = flag.Int64("seed", 0, "seed of TestMigrateStress's moves (0: from the clock; the test logs it)")
 	stressHosts      = flag.Int("hosts", 2, "hosts of TestMigrateStress's cluster")
 	stressVMs        = flag.Int("vms", 3, "VMs per host of TestMigrateStress's cluster (one rank each; 1: no rank shares a host at the start, and only point-to-point can move to rings once moves bring ranks together)")
@@ -61,7 +61,10 @@ func digests(t *testing.T, stdout string, ranks int) []string {
 // (10 in make test; the full length is 100).
 func TestMigrateStress(t *testing.T) {
 	testenv.RequireCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	// Every job runs iterations in proportion to the moves (below), and its bounds grow with
+	// them (MPICH's pace: below).
+	scale := time.Duration(max(1, *stressMigrations/10))
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute*scale)
 	defer cancel()
 	seed := *stressSeed
 	if seed == 0 {
@@ -89,8 +92,9 @@ func TestMigrateStress(t *testing.T) {
 				}
 				t.Logf("%s starts alone on %s", vms[0].Name, first.Name)
 			}
-			// About 8 s for the library alone here (MPICH spin-waits with 6 ranks on 2 CPUs:
-			// 0.1 s per iteration natively, about half with the shim); more moves get more.
+			// About 8 s for the library alone here, more moves get more. MPICH spin-waits with 6
+			// ranks on 2 CPUs: 0.1-0.5 s per iteration natively (800 took 6.4 min on
+			// 2026-12-06), less with the shim.
 			perIters := map[cluster.MPI]int{cluster.OpenMPI: 1500, cluster.MPICH: 80}[m] * max(1, *stressMigrations/10)
 			iters := fmt.Sprint(perIters)
 			finished := func(stdout, _ string) bool { return len(digestRow.FindAllString(stdout, -1)) == len(vms) }
@@ -105,7 +109,7 @@ func TestMigrateStress(t *testing.T) {
 				return true
 			}
 			ref, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: prog[m], Args: []string{iters},
-				Timeout: 3 * time.Minute, Finished: refFinished, FinishGrace: 10 * time.Second})
+				Timeout: 3 * time.Minute * scale, Finished: refFinished, FinishGrace: 10 * time.Second})
 			if ref == nil {
 				t.Fatalf("reference run (the library alone): %v", err)
 			}
@@ -116,7 +120,7 @@ func TestMigrateStress(t *testing.T) {
 			start := time.Now()
 			pace := &progress{}
 			done := startStarted(ctx, t, cluster.Job{MPI: m, VMs: vms, Program: prog[m], Args: []string{iters},
-				Env: shimEnv(t, m), Timeout: 4 * time.Minute, Finished: finished, FinishGrace: 10 * time.Second, Stdout: pace})
+				Env: shimEnv(t, m), Timeout: 4 * time.Minute * scale, Finished: finished, FinishGrace: 10 * time.Second, Stdout: pace})
 			// Move i once the job is (i+1)/(n+2) of the way through its iterations: after every
 			// rank had time to send through its region, and with the job still running at the last.
 			switched := map[string]bool{} // VMs whose rank held a slot when they moved
