@@ -137,26 +137,21 @@
 #define ANSWERS true      /* inside library collectives too: the shim's polling wait */
 #endif
 
-/* no message of a round left behind is waiting (rnd reaches ROUNDS: every round left behind) */
-#if ROUNDS > 2
-#define OLD_EMPTY (rnd < 1 || empty(inbox[BOX(rnd - 1, me)])) && (rnd < 2 || empty(inbox[BOX(rnd - 2, me)])) && \
-	(rnd < 3 || empty(inbox[BOX(rnd - 3, me)]))
-#elif ROUNDS > 1
-#define OLD_EMPTY (rnd < 1 || empty(inbox[BOX(rnd - 1, me)])) && (rnd < 2 || empty(inbox[BOX(rnd - 2, me)]))
-#else
-#define OLD_EMPTY (rnd < 1 || empty(inbox[BOX(rnd - 1, me)]))
-#endif
-
-/* options of a member's loop that drop the messages of the rounds it left behind (rnd - 1 ..
- * rnd - 3: rnd reaches ROUNDS), where guard holds: only a late ASK can come, and is ignored */
+/* A member's rounds left behind, rnd - 1 - b for b = 0 .. ROUNDS - 1 (rnd reaches ROUNDS: every
+ * round left behind). DROP_LATE(guard): options of its loop that drop their messages where
+ * guard holds (only a late ASK can come, and is ignored); OLD_EMPTY: none of them is waiting. */
 #define DROP_BEHIND(guard, b) \
 	:: atomic { guard && rnd > b && nempty(inbox[BOX(rnd - 1 - b, me)]) -> inbox[BOX(rnd - 1 - b, me)] ? hk, hf, hv; assert(hk == ASK) }
+#define EMPTY_BEHIND(b) (rnd <= b || empty(inbox[BOX(rnd - 1 - b, me)]))
 #if ROUNDS > 2
 #define DROP_LATE(guard) DROP_BEHIND(guard, 0) DROP_BEHIND(guard, 1) DROP_BEHIND(guard, 2)
+#define OLD_EMPTY EMPTY_BEHIND(0) && EMPTY_BEHIND(1) && EMPTY_BEHIND(2)
 #elif ROUNDS > 1
 #define DROP_LATE(guard) DROP_BEHIND(guard, 0) DROP_BEHIND(guard, 1)
+#define OLD_EMPTY EMPTY_BEHIND(0) && EMPTY_BEHIND(1)
 #else
 #define DROP_LATE(guard) DROP_BEHIND(guard, 0)
+#define OLD_EMPTY EMPTY_BEHIND(0)
 #endif
 
 #define UNKNOWN 255
