@@ -21,8 +21,6 @@
 
 enum { ROUNDS = 24 };
 
-
-
 static MPI_Group world_group;
 
 /* Memory for a window of n ints, all -1, aligned to 64 bytes: MPICH 4.0.2 with UCX puts into a
