@@ -18,6 +18,7 @@
 #define IVSHIM_ABI_H
 
 #include <mpi.h>
+#include <stdint.h>
 
 #if defined(OPEN_MPI)
 #define IVS_ABI_NAME "Open MPI"
@@ -87,12 +88,25 @@
 #pragma weak ompi_mpi_op_no_op
 static inline int ivs_abi_ok(void) { return &ompi_mpi_comm_world != NULL; }
 #define IVS_HANDLE_KEY(h) ((uintptr_t)(h))
+/* What MPI_Status_set_elements_x(st, MPI_BYTE, bytes) and MPI_Status_set_cancelled write. */
+static inline void ivs_abi_status_set(MPI_Status *st, uint64_t bytes, int cancelled)
+{
+	st->_ucount = (size_t)bytes;
+	st->_cancelled = cancelled;
+}
 
 #elif defined(MPICH)
 #define IVS_ABI_NAME "MPICH"
 #define IVS_ABI_LIB "libivshim-mpich.so"
 static inline int ivs_abi_ok(void) { return 1; }
 #define IVS_HANDLE_KEY(h) ((uintptr_t)(unsigned)(h))
+/* What MPI_Status_set_elements_x(st, MPI_BYTE, bytes) and MPI_Status_set_cancelled write: the
+ * count's low 32 bits, then its high bits above the cancelled bit (MPICH's MPIR_STATUS_SET_*). */
+static inline void ivs_abi_status_set(MPI_Status *st, uint64_t bytes, int cancelled)
+{
+	st->count_lo = (int)(uint32_t)bytes;
+	st->count_hi_and_cancelled = (int)(uint32_t)(((bytes >> 32) << 1) | (cancelled ? 1u : 0u));
+}
 #define IVS_MPICH_REQ_BASE 0x2c000000u
 #define IVS_MPICH_MSG_BASE 0x2e000000u
 #define IVS_MPICH_IDX_MAX 0x01ffffffu

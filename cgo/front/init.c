@@ -230,6 +230,7 @@ static int init_common(int rc, int provided)
 	if (res < 0)
 		ivs_fatal("%s", a.error);
 	ivs.verbose = a.verbose;
+	ivs_status_init();
 	if (res == 0) {
 		ivs.base = a.region_base;
 		ivs.size = a.region_size;

@@ -286,6 +286,7 @@ struct ivs_state {
 	ivshim_ctl_alloc_fn ctl_alloc;
 	ivshim_ctl_free_fn ctl_free;
 	ivshim_ctl_finalize_fn ctl_finalize;
+	int status_by_library;     /* the library's status setters differ from ivs_abi_status_set */
 };
 extern struct ivs_state ivs;
 
@@ -416,6 +417,8 @@ IVS_COLD void ivs_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2
 void ivs_post_recv(struct ivs_req *r);
 void ivs_unpost(struct ivs_req *r);
 int ivs_match(const struct ivs_req *r, const struct ivs_msg *m);
+struct ivs_msg *ivs_msg_new(void);
+void ivs_msg_free(struct ivs_msg *m);
 void ivs_deliver_buffered(struct ivs_req *r, struct ivs_msg *m);
 struct ivs_msg *ivs_unexp_find(const struct ivs_req *r);
 void ivs_unexp_remove(struct ivs_msg *m);
@@ -526,6 +529,20 @@ int ivs_wait_loop_req(struct ivs_req *r);
 int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st);
 void ivs_fill_status(struct ivs_req *r, MPI_Status *st);
 void ivs_status_copy(MPI_Status *st, const MPI_Status *from);
+void ivs_status_init(void);
+
+/* The count (in bytes) and the cancelled flag of a status the shim completes, as the library's
+ * MPI_Status_set_elements_x and MPI_Status_set_cancelled would write them, without two calls
+ * into the library per completion (ivs_status_init checked that they agree). */
+static inline void ivs_status_set(MPI_Status *st, uint64_t bytes, int cancelled)
+{
+	if (IVS_UNLIKELY(ivs.status_by_library)) {
+		PMPI_Status_set_elements_x(st, MPI_BYTE, (MPI_Count)bytes);
+		PMPI_Status_set_cancelled(st, cancelled);
+		return;
+	}
+	ivs_abi_status_set(st, bytes, cancelled);
+}
 int ivs_net_wait(MPI_Request *h, MPI_Status *st);
 int ivs_net_barrier(MPI_Comm comm, const int *ranks, int n, int me, int tag, uint64_t *max);
 int ivs_arg_error(MPI_Comm comm, int err);

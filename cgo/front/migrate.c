@@ -457,9 +457,7 @@ int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg)
 	struct ivs_peer *p = ivs_rx_peer_on(c, w);
 	if (!p)
 		return 0;
-	struct ivs_msg *m = calloc(1, sizeof *m);
-	if (!m)
-		ivs_fatal("out of memory parking a message from rank %d", w);
+	struct ivs_msg *m = ivs_msg_new();
 	MPI_Count n = 0;
 	PMPI_Get_elements_x(st, MPI_BYTE, &n);
 	m->is_lib = 1;
@@ -483,7 +481,7 @@ int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg)
 void ivs_deliver_lib(struct ivs_req *r, struct ivs_msg *m)
 {
 	ivs_net_assign(r, &m->lib);
-	free(m);
+	ivs_msg_free(m);
 }
 
 static void mark_comm(struct ivs_comm *c, void *arg)

@@ -3,6 +3,7 @@
  * (MPI_ANY_SOURCE on a communicator with peers of both kinds, and network receives posted
  * behind such a wildcard) are matched in posting order: shared-memory arrivals by the progress
  * engine, network ones by PMPI_Improbe/PMPI_Imrecv (progress.c). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ivshim.h"
@@ -233,8 +234,31 @@ void ivs_fill_status(struct ivs_req *r, MPI_Status *st)
 	}
 	st->MPI_SOURCE = r->kind == IVS_RECV ? r->st_source : MPI_ANY_SOURCE;
 	st->MPI_TAG = r->kind == IVS_RECV ? r->st_tag : MPI_ANY_TAG;
-	PMPI_Status_set_elements_x(st, MPI_BYTE, (MPI_Count)(r->kind == IVS_RECV ? r->st_bytes : 0));
-	PMPI_Status_set_cancelled(st, r->cancelled);
+	ivs_status_set(st, r->kind == IVS_RECV ? r->st_bytes : 0, r->cancelled);
+}
+
+/* Check ivs_abi_status_set against the library's setters, once: counts on both sides of
+ * 32 bits, with and without the cancelled flag, over a status that is not blank. */
+void ivs_status_init(void)
+{
+	static const uint64_t counts[] = {0, 8, 0x7fffffffu, 0xffffffffu, ((uint64_t)5 << 32) | 3};
+	for (size_t i = 0; i < sizeof counts / sizeof counts[0]; i++) {
+		for (int cancelled = 0; cancelled <= 1; cancelled++) {
+			MPI_Status lib, own;
+			memset(&lib, 0x5a, sizeof lib);
+			memset(&own, 0x5a, sizeof own);
+			PMPI_Status_set_elements_x(&lib, MPI_BYTE, (MPI_Count)counts[i]);
+			PMPI_Status_set_cancelled(&lib, cancelled);
+			ivs_abi_status_set(&own, counts[i], cancelled);
+			if (memcmp(&lib, &own, sizeof lib) != 0) {
+				ivs.status_by_library = 1;
+				if (ivs.verbose)
+					fprintf(stderr, "ivshim: rank %d: this %s library lays out MPI_Status otherwise: "
+					        "statuses are set through its calls\n", ivs.world_rank, IVS_ABI_NAME);
+				return;
+			}
+		}
+	}
 }
 
 /* Complete a request that ivs_req_poll reported done: status, and the handle becomes
@@ -259,8 +283,7 @@ int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st)
 			st->MPI_SOURCE = MPI_ANY_SOURCE;
 			st->MPI_TAG = MPI_ANY_TAG;
 			st->MPI_ERROR = MPI_SUCCESS;
-			PMPI_Status_set_elements_x(st, MPI_BYTE, 0);
-			PMPI_Status_set_cancelled(st, 0);
+			ivs_status_set(st, 0, 0);
 		}
 		if (r->free_on_done) {
 			ivs_req_release(r);
@@ -557,8 +580,7 @@ static int proc_null_status(MPI_Status *st)
 	if (st != MPI_STATUS_IGNORE) {
 		st->MPI_SOURCE = MPI_PROC_NULL;
 		st->MPI_TAG = MPI_ANY_TAG;
-		PMPI_Status_set_elements_x(st, MPI_BYTE, 0);
-		PMPI_Status_set_cancelled(st, 0);
+		ivs_status_set(st, 0, 0);
 	}
 	return MPI_SUCCESS;
 }
@@ -619,8 +641,7 @@ static void msg_status(struct ivs_comm *c, struct ivs_msg *m, MPI_Status *st)
 	}
 	st->MPI_SOURCE = c->by_local[ivs.peers[m->src_world]->local];
 	st->MPI_TAG = m->tag;
-	PMPI_Status_set_elements_x(st, MPI_BYTE, (MPI_Count)m->total);
-	PMPI_Status_set_cancelled(st, 0);
+	ivs_status_set(st, m->total, 0);
 }
 
 /* Whether a probe for src on c must ask the library: the source is not co-located, or is any

@@ -31,8 +31,7 @@ static void empty_status(MPI_Status *st)
 	st->MPI_SOURCE = MPI_ANY_SOURCE;
 	st->MPI_TAG = MPI_ANY_TAG;
 	st->MPI_ERROR = MPI_SUCCESS;
-	PMPI_Status_set_elements_x(st, MPI_BYTE, 0);
-	PMPI_Status_set_cancelled(st, 0);
+	ivs_status_set(st, 0, 0);
 }
 
 /* Complete *h, which ready() reported done. */
@@ -46,6 +45,19 @@ static int complete(MPI_Request *h, MPI_Status *st)
 		return MPI_SUCCESS;
 	}
 	return PMPI_Wait(h, st);
+}
+
+/* Complete *h (ready) into status k of a multiple completion's sts, whose MPI_ERROR is the
+ * operation's; nothing is written for MPI_STATUSES_IGNORE. An error makes *err
+ * MPI_ERR_IN_STATUS. */
+static void complete_into(MPI_Request *h, MPI_Status *sts, int k, int *err)
+{
+	MPI_Status *st = sts == MPI_STATUSES_IGNORE ? MPI_STATUS_IGNORE : &sts[k];
+	int rc = complete(h, st);
+	if (st != MPI_STATUS_IGNORE)
+		st->MPI_ERROR = rc;
+	if (rc != MPI_SUCCESS)
+		*err = MPI_ERR_IN_STATUS;
 }
 
 static int any_shim(int n, MPI_Request *hs)
@@ -98,11 +110,7 @@ static int sweep(int n, MPI_Request *hs, MPI_Status *sts, char *done, int *err)
 	for (int i = 0; i < n; i++) {
 		if (done[i] || !ready(&hs[i]))
 			continue;
-		MPI_Status tmp, *st = sts == MPI_STATUSES_IGNORE ? &tmp : &sts[i];
-		int rc = complete(&hs[i], st);
-		st->MPI_ERROR = rc;
-		if (rc != MPI_SUCCESS)
-			*err = MPI_ERR_IN_STATUS;
+		complete_into(&hs[i], sts, i, err);
 		done[i] = 1;
 		k++;
 	}
@@ -144,11 +152,7 @@ int MPI_Testall(int n, MPI_Request *hs, int *flag, MPI_Status *sts)
 	}
 	int err = MPI_SUCCESS;
 	for (int i = 0; i < n; i++) {
-		MPI_Status tmp, *st = sts == MPI_STATUSES_IGNORE ? &tmp : &sts[i];
-		int rc = complete(&hs[i], st);
-		st->MPI_ERROR = rc;
-		if (rc != MPI_SUCCESS)
-			err = MPI_ERR_IN_STATUS;
+		complete_into(&hs[i], sts, i, &err);
 	}
 	*flag = 1;
 	return err;
@@ -249,11 +253,7 @@ static int testsome_pass(int n, MPI_Request *hs, int *outcount, int *idx, MPI_St
 		active = 1;
 		if (!ready(&hs[i]))
 			continue;
-		MPI_Status tmp, *st = sts == MPI_STATUSES_IGNORE ? &tmp : &sts[k];
-		int rc = complete(&hs[i], st);
-		st->MPI_ERROR = rc;
-		if (rc != MPI_SUCCESS)
-			err = MPI_ERR_IN_STATUS;
+		complete_into(&hs[i], sts, k, &err);
 		idx[k++] = i;
 	}
 	struct lib_view v;
