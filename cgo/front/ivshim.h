@@ -193,7 +193,9 @@ struct ivs_req {
 	struct ivs_req *next, *prev;
 };
 
-/* An arrived message that no posted receive took yet (or that is being received). */
+/* An arrived message that no posted receive took yet (or that is being received). Made by
+ * ivs_msg_new only and released by ivs_msg_free: its allocation holds a small payload past the
+ * struct (progress.c). */
 struct ivs_msg {
 	int src_world;
 	uint32_t ctx;

@@ -12,7 +12,8 @@ import (
 
 // verify runs spin's exhaustive safety search (assertions and invalid end states) on model
 // with the cpp definitions defs, and returns pan's report and whether it found an error. The
-// word "big" among defs is no definition: it sizes the search for more than 1e8 states (big).
+// words "big" and "collapse" among defs are no definitions: they size the search (big,
+// collapse).
 func verify(t *testing.T, model string, defs ...string) (report string, failed bool) {
 	t.Helper()
 	return search(t, model, nil, defs...)
@@ -38,8 +39,10 @@ func TestMain(m *testing.M) {
 }
 
 // big is what a search of more than 1e8 states needs: states stored compressed (COLLAPSE), a
-// deeper stack and a larger hash table.
+// deeper stack and a larger hash table. The word "collapse" among defs asks for compressed
+// states only, for searches of 1e7 states with large state vectors (about 1 GiB so).
 var big = []string{"-DCOLLAPSE", "-DMEMLIM=16000"}
+var collapse = []string{"-DCOLLAPSE", "-DMEMLIM=8000"}
 
 func search(t *testing.T, model string, panArgs []string, defs ...string) (report string, failed bool) {
 	t.Helper()
@@ -63,6 +66,8 @@ func search(t *testing.T, model string, panArgs []string, defs ...string) (repor
 		if d == "big" {
 			cc = big
 			panArgs = append(panArgs, "-m400000", "-w28")
+		} else if d == "collapse" {
+			cc = collapse
 		} else {
 			spinDefs = append(spinDefs, d)
 		}
@@ -247,6 +252,30 @@ func TestCollSwitchKnownDeadlock(t *testing.T) {
 	report, failed := verify(t, "collswitch.pml", "-DBLOCKING_Y")
 	if !failed || !strings.Contains(report, "invalid end state") {
 		t.Errorf("collswitch.pml -DBLOCKING_Y: the known deadlock is no longer found:\n%s", report)
+	}
+}
+
+// TestCollSwitchTwoComms: one leave starts agreements on two communicators at once, X and Z,
+// whose coordinators sit on different hosts (collswitch.pml NC=2): each collective on one
+// plan, no decision behind a member, no area use after the release, no deadlock (programs 7
+// and 8, each about 1.5e7 states). Broken on their own and caught: a member that waits at one
+// communicator's limit answering that communicator only (NO_CROSS: the deadlock the shim's
+// waits avoid by polling every message), a member switching at its own limit, and a release
+// once the first communicator's decision is known.
+func TestCollSwitchTwoComms(t *testing.T) {
+	t.Parallel()
+	requireSpin(t)
+	requireProven(t, "collswitch.pml", []string{"-DNC=2", "-DPROGRAM=7", "collapse"},
+		[]string{"-DNC=2", "-DPROGRAM=8", "-DBLOCKING_Y", "-DGATED_Y", "collapse"})
+	report, failed := verify(t, "collswitch.pml", "-DNC=2", "-DPROGRAM=7", "-DNO_CROSS", "collapse")
+	if !failed || !strings.Contains(report, "invalid end state") {
+		t.Errorf("collswitch.pml NC=2 NO_CROSS: spin found no deadlock:\n%s", report)
+	}
+	for _, def := range []string{"-DOWN_LIMIT", "-DEARLY_RELEASE"} {
+		report, failed := verifyAssertions(t, "collswitch.pml", "-DNC=2", "-DPROGRAM=7", def, "collapse")
+		if !failed || !strings.Contains(report, "assertion violated") {
+			t.Errorf("collswitch.pml NC=2 %s: spin found no violation:\n%s", def, report)
+		}
 	}
 }
 
