@@ -419,7 +419,7 @@ IVS_COLD void ivs_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2
 void ivs_post_recv(struct ivs_req *r);
 void ivs_unpost(struct ivs_req *r);
 int ivs_match(const struct ivs_req *r, const struct ivs_msg *m);
-struct ivs_msg *ivs_msg_new(void);
+struct ivs_msg *ivs_msg_new(const struct ivs_msg *init);
 void ivs_msg_free(struct ivs_msg *m);
 void ivs_deliver_buffered(struct ivs_req *r, struct ivs_msg *m);
 struct ivs_msg *ivs_unexp_find(const struct ivs_req *r);
@@ -532,6 +532,7 @@ int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st);
 void ivs_fill_status(struct ivs_req *r, MPI_Status *st);
 void ivs_status_copy(MPI_Status *st, const MPI_Status *from);
 void ivs_status_init(void);
+void ivs_status_empty(MPI_Status *st);
 
 /* The count (in bytes) and the cancelled flag of a status the shim completes, as the library's
  * MPI_Status_set_elements_x and MPI_Status_set_cancelled would write them, without two calls

@@ -457,7 +457,7 @@ int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg)
 	struct ivs_peer *p = ivs_rx_peer_on(c, w);
 	if (!p)
 		return 0;
-	struct ivs_msg *m = ivs_msg_new();
+	struct ivs_msg *m = ivs_msg_new(&(struct ivs_msg){0});
 	MPI_Count n = 0;
 	PMPI_Get_elements_x(st, MPI_BYTE, &n);
 	m->is_lib = 1;

@@ -237,6 +237,17 @@ void ivs_fill_status(struct ivs_req *r, MPI_Status *st)
 	ivs_status_set(st, r->kind == IVS_RECV ? r->st_bytes : 0, r->cancelled);
 }
 
+/* The empty status MPI defines (of a null or inactive request), if st is not ignored. */
+void ivs_status_empty(MPI_Status *st)
+{
+	if (st == MPI_STATUS_IGNORE)
+		return;
+	st->MPI_SOURCE = MPI_ANY_SOURCE;
+	st->MPI_TAG = MPI_ANY_TAG;
+	st->MPI_ERROR = MPI_SUCCESS;
+	ivs_status_set(st, 0, 0);
+}
+
 /* Check ivs_abi_status_set against the library's setters, once: counts on both sides of
  * 32 bits, with and without the cancelled flag, over a status that is not blank. */
 void ivs_status_init(void)
@@ -278,12 +289,8 @@ int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st)
 				r->net_done = 0;
 			}
 			r->state = IVS_INACTIVE;
-		} else if (st != MPI_STATUS_IGNORE) {
-			/* an inactive persistent request completes at once with an empty status */
-			st->MPI_SOURCE = MPI_ANY_SOURCE;
-			st->MPI_TAG = MPI_ANY_TAG;
-			st->MPI_ERROR = MPI_SUCCESS;
-			ivs_status_set(st, 0, 0);
+		} else {
+			ivs_status_empty(st); /* an inactive persistent request completes at once */
 		}
 		if (r->free_on_done) {
 			ivs_req_release(r);

@@ -93,8 +93,8 @@ static int msg_nfree;
 
 static uint8_t *msg_small(struct ivs_msg *m) { return (uint8_t *)(m + 1); }
 
-/* A message with every field zero. */
-struct ivs_msg *ivs_msg_new(void)
+/* A message record holding *init. */
+struct ivs_msg *ivs_msg_new(const struct ivs_msg *init)
 {
 	struct ivs_msg *m = msg_free_list;
 	if (m) {
@@ -103,7 +103,7 @@ struct ivs_msg *ivs_msg_new(void)
 	} else if (!(m = malloc(sizeof *m + IVS_MSG_SMALL))) {
 		ivs_fatal("out of memory for a message record");
 	}
-	memset(m, 0, sizeof *m);
+	*m = *init;
 	return m;
 }
 
@@ -343,15 +343,13 @@ static void on_msg(int world, struct ivs_peer *p, const struct ivs_rec *h, const
 			recv_complete(r, &tmp);
 			return;
 		}
-		struct ivs_msg *m = ivs_msg_new();
-		*m = tmp;
+		struct ivs_msg *m = ivs_msg_new(&tmp);
 		m->req = r;
 		r->done = h->len;
 		p->rx_cur = m;
 		return;
 	}
-	struct ivs_msg *m = ivs_msg_new();
-	*m = tmp;
+	struct ivs_msg *m = ivs_msg_new(&tmp);
 	m->got = 0;
 	unexp_store(world, m, pl, h->len);
 	if (h->flags & IVS_F_SYNC)

@@ -24,16 +24,6 @@ static int inert(MPI_Request h)
 	return r && (r->kind == IVS_PSEND || r->kind == IVS_PRECV) && r->state != IVS_ACTIVE;
 }
 
-static void empty_status(MPI_Status *st)
-{
-	if (st == MPI_STATUS_IGNORE)
-		return;
-	st->MPI_SOURCE = MPI_ANY_SOURCE;
-	st->MPI_TAG = MPI_ANY_TAG;
-	st->MPI_ERROR = MPI_SUCCESS;
-	ivs_status_set(st, 0, 0);
-}
-
 /* Complete *h, which ready() reported done. */
 static int complete(MPI_Request *h, MPI_Status *st)
 {
@@ -41,7 +31,7 @@ static int complete(MPI_Request *h, MPI_Status *st)
 	if (r)
 		return ivs_finish(h, r, st);
 	if (*h == MPI_REQUEST_NULL) {
-		empty_status(st);
+		ivs_status_empty(st);
 		return MPI_SUCCESS;
 	}
 	return PMPI_Wait(h, st);
@@ -209,7 +199,7 @@ static int testany_pass(int n, MPI_Request *hs, MPI_Status *st, int *rc)
 	if (flag && idx != MPI_UNDEFINED)
 		return idx;
 	if (flag && !active) {
-		empty_status(st);
+		ivs_status_empty(st);
 		return MPI_UNDEFINED;
 	}
 	return -1;
@@ -312,7 +302,7 @@ int MPI_Request_get_status(MPI_Request h, int *flag, MPI_Status *st)
 		else if (st != MPI_STATUS_IGNORE && r->state == IVS_ACTIVE)
 			ivs_status_copy(st, &r->net_st);
 		else
-			empty_status(st);
+			ivs_status_empty(st);
 		return MPI_SUCCESS;
 	}
 	ivs_fill_status(r, st);
