@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -153,4 +155,13 @@ func filesWithPrefix(prefix string) ([]string, error) {
 		files = append(files, m...)
 	}
 	return files, nil
+}
+
+// SignalContext is the context of a command that creates clusters: cancelled by SIGINT, SIGTERM
+// or SIGHUP, so the command goes on to tear its clusters down. SIGPIPE is ignored: without that a
+// write to a closed standard output (a pipe into head, a closed terminal) would end the process
+// before Teardown, leaving its brokers and namespaces behind; now such writes just fail.
+func SignalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	signal.Ignore(syscall.SIGPIPE)
+	return signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 }

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -253,5 +255,60 @@ func TestTimeoutKillsJob(t *testing.T) {
 		if err != nil || len(strings.TrimSpace(string(out))) > 0 {
 			t.Errorf("%s: processes left in VM %s: %q %v", m, c.VMs()[0].Name, out, err)
 		}
+	}
+}
+
+// TestClosedOutputTearsDown runs ivshim-cluster with its standard output a pipe that the reader
+// closes after the first line (as `| head -1` does). The job goes on to its end, and the command
+// still tears its cluster down: no broker, namespace, link or file of it is left.
+func TestClosedOutputTearsDown(t *testing.T) {
+	testenv.RequireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	if _, err := cluster.BuildBroker(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(dir, "ivshim-cluster")
+	if out, err := exec.CommandContext(ctx, goCmd, "build", "-o", bin, "ivshim.dev/ivshim/tests/cmd/ivshim-cluster").CombinedOutput(); err != nil {
+		t.Fatalf("build ivshim-cluster: %v: %s", err, out)
+	}
+	cmd := exec.CommandContext(ctx, bin, "run", "-v", "-hosts", "2", "-vms", "1", "-timeout", "60s",
+		"/bin/sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.2; done")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, 1)
+	for first[0] != '\n' {
+		if _, err := out.Read(first); err != nil {
+			t.Fatalf("no first line: %v", err)
+		}
+	}
+	out.Close()
+	err = cmd.Wait()
+	prefix := regexp.MustCompile(`\biv[0-9a-f]{5}\b`).FindString(stderr.String())
+	if prefix == "" {
+		t.Fatalf("no cluster prefix in the log (%v):\n%s", err, stderr.String())
+	}
+	t.Cleanup(func() { cluster.Clean(prefix) })
+	if err != nil {
+		t.Errorf("ivshim-cluster run with its output closed: %v\n%s", err, stderr.String())
+	}
+	left, lerr := cluster.Leftovers(prefix)
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	for _, l := range left {
+		t.Errorf("left behind: %s", l)
 	}
 }

@@ -309,7 +309,6 @@ func (job *Job) attempt(ctx context.Context, c *Cluster, argv []string, res *Res
 	return nil
 }
 
-// teeTo returns buf, or a writer to buf and extra.
 // finishWatch calls then once done says yes to the output written so far.
 type finishWatch struct {
 	mu   sync.Mutex
@@ -337,11 +336,29 @@ type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
+// teeTo returns buf, or a writer to buf and extra.
 func teeTo(buf *bytes.Buffer, extra io.Writer) io.Writer {
 	if extra == nil {
 		return buf
 	}
-	return io.MultiWriter(buf, extra)
+	return &tee{buf: buf, extra: extra}
+}
+
+// tee keeps all of a job's output in buf and passes it on to extra until extra fails: a closed
+// terminal or a pipe into head must neither stop the job nor lose what the result reports.
+type tee struct {
+	buf   *bytes.Buffer
+	extra io.Writer
+}
+
+func (t *tee) Write(p []byte) (int, error) {
+	t.buf.Write(p)
+	if t.extra != nil {
+		if _, err := t.extra.Write(p); err != nil {
+			t.extra = nil
+		}
+	}
+	return len(p), nil
 }
 
 // hostList is "addr:ranks,..." for the job's VMs, a syntax both launchers accept. Addresses rather

@@ -95,7 +95,7 @@ func TestMigrateStress(t *testing.T) {
 			// About 8 s for the library alone here, more moves get more. MPICH spin-waits with 6
 			// ranks on 2 CPUs: 0.1-0.5 s per iteration natively (800 took 6.4 min on
 			// 2026-12-06), less with the shim.
-			perIters := map[cluster.MPI]int{cluster.OpenMPI: 1500, cluster.MPICH: 80}[m] * max(1, *stressMigrations/10)
+			perIters := map[cluster.MPI]int{cluster.OpenMPI: 1500, cluster.MPICH: 80}[m] * int(scale)
 			iters := fmt.Sprint(perIters)
 			finished := func(stdout, _ string) bool { return len(digestRow.FindAllString(stdout, -1)) == len(vms) }
 			// How long the library alone takes to the last digest (MPICH may then hang in

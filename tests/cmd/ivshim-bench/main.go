@@ -14,11 +14,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"ivshim.dev/ivshim/tests/bench/benchrun"
@@ -54,7 +52,7 @@ func run(o benchrun.Options, mpis, ranks string) error {
 	if o.RankCounts, err = parseInts(ranks); err != nil {
 		return err
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := cluster.SignalContext(context.Background())
 	defer stop()
 	rep, err := benchrun.Run(ctx, o)
 	if err != nil {
