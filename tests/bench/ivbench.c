@@ -5,8 +5,8 @@
  * same blocks, so tools that read IMB output read this:
  *
  *   ivbench [-msglog [min:]max] [-msglen file] [-iter n[,bytes]] [-time s] [-npmin p] [-mem gb]
- *           [-digits d] [-check] [PingPong PingPing Sendrecv Exchange Barrier Bcast Reduce Allreduce
- *           Allgather Alltoall Gather Scatter]
+ *           [-digits d] [-check] [-root_shift on|off] [PingPong PingPing Sendrecv Exchange Barrier Bcast
+ *           Reduce Allreduce Allgather Alltoall Gather Scatter]
  *
  *   -msglog  message sizes 0 and 2^min..2^max bytes (default 0:22)
  *   -msglen  message sizes read from a file, one per line, in that order (replaces -msglog);
@@ -21,6 +21,8 @@
  *            latencies need more to be compared
  *   -check   check received data after every repetition (timings then include the check);
  *            by default the warm-up and the last timed repetition of each size are checked
+ *   -root_shift  on: the root of Bcast, Reduce, Gather and Scatter moves to the next rank at
+ *            every repetition, as IMB's -root_shift on does (default off: rank 0)
  *
  * Benchmark names are case-insensitive; without names all run. Data is checked so that a
  * transport that corrupts or misplaces bytes fails the run: "ivbench: data check failed ..."
@@ -59,6 +61,7 @@ struct options {
     double mem_gb;
     int check_every;
     int digits;        /* decimals of printed times */
+    int root_shift;    /* 1: the root moves on by one rank every repetition */
     unsigned selected; /* bit per benchmark */
 };
 
@@ -67,6 +70,7 @@ struct run {
     const struct bench *b;
     MPI_Comm comm;
     int rank, p;
+    int root, root_shift; /* the root of this repetition; how far it moves for the next */
     size_t bytes;
     unsigned char *sbuf, *rbuf;
 };
@@ -193,17 +197,18 @@ static void barrier_op(const struct run *r) { MPI_Barrier(r->comm); }
 
 static void nothing(const struct run *r) { (void)r; }
 
-/* Bcast from rank 0: the root sends sbuf, the others receive into rbuf. */
+/* Bcast: the root sends sbuf (every rank's holds the same pattern), the others receive into
+ * rbuf. */
 static void bcast_fill(const struct run *r) { fill_pattern(r->sbuf, r->bytes, 0); }
 
 static void bcast_op(const struct run *r)
 {
-    MPI_Bcast(r->rank == 0 ? r->sbuf : r->rbuf, (int)r->bytes, MPI_BYTE, 0, r->comm);
+    MPI_Bcast(r->rank == r->root ? r->sbuf : r->rbuf, (int)r->bytes, MPI_BYTE, r->root, r->comm);
 }
 
 static void bcast_verify(const struct run *r)
 {
-    if (r->rank != 0)
+    if (r->rank != r->root)
         check_pattern(r, r->rbuf, r->bytes, 0, 0);
 }
 
@@ -228,12 +233,12 @@ static void check_sum(const struct run *r)
 
 static void reduce_op(const struct run *r)
 {
-    MPI_Reduce(r->sbuf, r->rbuf, (int)(r->bytes / sizeof(float)), MPI_FLOAT, MPI_SUM, 0, r->comm);
+    MPI_Reduce(r->sbuf, r->rbuf, (int)(r->bytes / sizeof(float)), MPI_FLOAT, MPI_SUM, r->root, r->comm);
 }
 
 static void reduce_verify(const struct run *r)
 {
-    if (r->rank == 0)
+    if (r->rank == r->root)
         check_sum(r);
 }
 
@@ -257,12 +262,12 @@ static void allgather_op(const struct run *r)
 
 static void gather_op(const struct run *r)
 {
-    MPI_Gather(r->sbuf, (int)r->bytes, MPI_BYTE, r->rbuf, (int)r->bytes, MPI_BYTE, 0, r->comm);
+    MPI_Gather(r->sbuf, (int)r->bytes, MPI_BYTE, r->rbuf, (int)r->bytes, MPI_BYTE, r->root, r->comm);
 }
 
 static void gather_verify(const struct run *r)
 {
-    if (r->rank == 0)
+    if (r->rank == r->root)
         check_blocks_by_rank(r);
 }
 
@@ -287,10 +292,13 @@ static void alltoall_verify(const struct run *r)
 
 static void scatter_op(const struct run *r)
 {
-    MPI_Scatter(r->sbuf, (int)r->bytes, MPI_BYTE, r->rbuf, (int)r->bytes, MPI_BYTE, 0, r->comm);
+    MPI_Scatter(r->sbuf, (int)r->bytes, MPI_BYTE, r->rbuf, (int)r->bytes, MPI_BYTE, r->root, r->comm);
 }
 
-static void scatter_verify(const struct run *r) { check_pattern(r, r->rbuf, r->bytes, r->rank, 0); }
+static void scatter_verify(const struct run *r)
+{
+    check_pattern(r, r->rbuf, r->bytes, (long)r->root * SEED_STRIDE + r->rank, 0);
+}
 
 /* In IMB's order. Every rank allocates the root's buffers, as IMB does. */
 static const struct bench benches[] = {
@@ -314,7 +322,7 @@ static void usage(void)
     if (world_rank != 0)
         return;
     fprintf(stderr, "usage: ivbench [-msglog [min:]max] [-msglen file] [-iter n[,bytes]] [-time s] [-npmin p]"
-                    " [-mem gb] [-digits d] [-check] [benchmark...]\nbenchmarks:");
+                    " [-mem gb] [-digits d] [-check] [-root_shift on|off] [benchmark...]\nbenchmarks:");
     for (int i = 0; i < NBENCH; i++)
         fprintf(stderr, " %s", benches[i].name);
     fprintf(stderr, "\n");
@@ -362,6 +370,20 @@ static int parse_msglog(const char *s, struct options *o)
     return 0;
 }
 
+/* parse_switch returns 1 for on, 1, yes or enable, 0 for off, 0, no or disable (IMB's words),
+ * -1 for anything else. */
+static int parse_switch(const char *s)
+{
+    static const char *const on[] = {"on", "1", "yes", "enable"}, *const off[] = {"off", "0", "no", "disable"};
+    for (int i = 0; i < 4; i++) {
+        if (strcasecmp(s, on[i]) == 0)
+            return 1;
+        if (strcasecmp(s, off[i]) == 0)
+            return 0;
+    }
+    return -1;
+}
+
 /* parse_iter accepts "n" or "n,overall_bytes". */
 static int parse_iter(const char *s, struct options *o)
 {
@@ -395,7 +417,7 @@ static int parse_args(int argc, char **argv, struct options *o)
         if (a[0] == '-') {
             if (strcmp(a, "-msglog") != 0 && strcmp(a, "-msglen") != 0 && strcmp(a, "-iter") != 0 &&
                 strcmp(a, "-time") != 0 && strcmp(a, "-npmin") != 0 && strcmp(a, "-mem") != 0 &&
-                strcmp(a, "-digits") != 0) {
+                strcmp(a, "-digits") != 0 && strcmp(a, "-root_shift") != 0) {
                 if (world_rank == 0)
                     fprintf(stderr, "ivbench: unknown option %s\n", a);
                 return -1;
@@ -413,6 +435,9 @@ static int parse_args(int argc, char **argv, struct options *o)
             else if (strcmp(a, "-npmin") == 0) {
                 bad = parse_long(v, 1, 1 << 20, &n);
                 o->npmin = (int)n;
+            } else if (strcmp(a, "-root_shift") == 0) {
+                o->root_shift = parse_switch(v);
+                bad = o->root_shift < 0;
             } else if (strcmp(a, "-digits") == 0) {
                 bad = parse_long(v, 0, 6, &n);
                 o->digits = (int)n;
@@ -459,12 +484,14 @@ static void poison(const struct run *r)
     memset(r->rbuf, 0xA5, r->b->rbuf_blocks(r->p) * r->bytes);
 }
 
-/* timed runs reps repetitions and returns this rank's seconds per repetition. */
-static double timed(const struct run *r, long reps, int check_every)
+/* timed runs reps repetitions and returns this rank's seconds per repetition. The root starts
+ * at rank 0 and moves on by r->root_shift after each repetition; r->root is the last one's. */
+static double timed(struct run *r, long reps, int check_every)
 {
     MPI_Barrier(r->comm);
     double t0 = MPI_Wtime();
     for (long i = 0; i < reps; i++) {
+        r->root = (int)(i * r->root_shift % r->p);
         if (check_every)
             poison(r);
         r->b->op(r);
@@ -475,7 +502,7 @@ static double timed(const struct run *r, long reps, int check_every)
 }
 
 /* repetitions returns how many repetitions to time, the same on every rank of r->comm. */
-static long repetitions(const struct run *r, const struct options *o)
+static long repetitions(struct run *r, const struct options *o)
 {
     long reps = o->iter;
     if (r->bytes > 0 && (double)reps * (double)r->bytes > o->overall_vol) {
@@ -617,7 +644,7 @@ static void run_block(const struct bench *b, int p, int world, const struct opti
     if (world_rank == 0)
         print_block_header(b, p, world);
     if (comm != MPI_COMM_NULL) {
-        struct run r = {.b = b, .comm = comm, .p = p};
+        struct run r = {.b = b, .comm = comm, .p = p, .root_shift = o->root_shift};
         MPI_Comm_rank(comm, &r.rank);
         double limit = o->mem_gb * 1024 * 1024 * 1024;
         /* Barrier has no size: it runs once. */
@@ -675,6 +702,7 @@ int main(int argc, char **argv)
         printf("# MPI_Datatype                   :   MPI_BYTE\n");
         printf("# MPI_Datatype for reductions    :   MPI_FLOAT\n");
         printf("# MPI_Op                         :   MPI_SUM\n");
+        printf("# Root of rooted collectives     :   %s\n", o.root_shift ? "moves every repetition (-root_shift on)" : "rank 0");
         printf("# Repetitions: at most %ld, %.0f bytes, %.3g s per message size\n", o.iter, o.overall_vol,
                o.time_limit);
         printf("# Data check: %s\n#\n# List of Benchmarks to run:\n",
