@@ -4,7 +4,7 @@
  *
  * A collective has an intra-host phase in the communicator's shared-memory area (its layout and
  * protocol are ivshmem/ivshim_coll.h), an inter-host phase among one leader per host through
- * PMPI on a leaders' communicator, and an intra-host release. A communicator whose members all
+ * PMPI on a communicator of the members (ivs_coll.hcomm), and an intra-host release. A communicator whose members all
  * share one host never touches PMPI for data. Data larger than the area moves in pieces.
  * Whatever the fast path does not cover (user ops, non-predefined reduction types, v-variants,
  * byte counts beyond INT_MAX) goes to the MPI library; every such decision depends only on
@@ -41,7 +41,9 @@ struct ivs_coll {
 	int *host_first;     /* host -> offset of its first member in host-grouped order */
 	int *pos;            /* comm rank -> position in host-grouped order */
 	int ranked;          /* host-grouped order is comm rank order (pos[r] == r) */
-	MPI_Comm lcomm;      /* leaders of all hosts, rank = host index; MPI_COMM_NULL elsewhere */
+	MPI_Comm hcomm;      /* every member, rank = comm rank: the steps between hosts; MPI_COMM_NULL
+	                        with one host */
+	int *lead;           /* host -> comm rank of its leader, the member of local index 0 */
 	int usable;          /* the area exists on every host */
 	uint64_t area_off;   /* region offset of the area (leader's allocation) */
 	uint8_t *area;
@@ -194,8 +196,8 @@ int ivs_lead_pipe_in(struct ivs_lead_pipe *q, int i);
 int ivs_lead_pipe_out(struct ivs_lead_pipe *q, int i);
 int ivs_lead_pipe_close(struct ivs_lead_pipe *q, int rc);
 int ivs_lead_reduce(struct ivs_coll *k, uint8_t *acc, int cnt, uint64_t span, MPI_Datatype dt, MPI_Op op, int root_host);
-int ivs_lead_exchange_v(struct ivs_coll *k, const uint8_t *sbuf, const int *scount, const int *sdispl, uint8_t *rbuf,
-                        const int *rcount, const int *rdispl);
+int ivs_lead_exchange_v(struct ivs_coll *k, int root, const uint8_t *sbuf, const int *scount, const int *sdispl,
+                        uint8_t *rbuf, const int *rcount, const int *rdispl);
 
 /* ---- coll_hosts.c: gathers, scatters and alltoall across hosts ---- */
 

@@ -96,6 +96,7 @@ static void coll_free(struct ivs_coll *k)
 	free(k->host_first);
 	free(k->pos);
 	free(k->seen);
+	free(k->lead);
 	free(k);
 }
 
@@ -173,24 +174,27 @@ static void lead_alloc(struct coll_info *me, int n)
 		        ivs.world_rank, n, (unsigned long)slot);
 }
 
-/* The leaders' communicator, made by the hosts' leaders (world ranks lead, host order) alone:
- * its rank is the host's index. A blocking library call, in which no leader answers the
- * shim's messages (migrate.c), but gated by the set-up's exchange right before (gate.c explains
- * gates): every member entered that, waiting by polling, and the leaders come straight here.
- * Made from the shim's own duplicate of MPI_COMM_WORLD by MPI_Comm_create_group, not by a
- * split of the program's communicator: a creation on that would be one more collective of its
- * own, which Open MPI 4.1 can mismatch with an MPI_Comm_idup the program has pending on it
- * (comm.c). One tag serves all: the leaders of a set-up are all inside it together (its
- * exchange completed), and set-ups of communicators that share leaders follow the program's
- * order of collectives on them, the same on each. */
-enum { LEADERS_TAG = 7 };
-static void leaders_comm(const int *lead, int nh, MPI_Comm *lcomm)
+/* The hosts' communicator: every member of c, rank = comm rank, for the steps between hosts
+ * (leaders among themselves, and a rooted collective's root with the other hosts' leaders). A
+ * blocking library call, in which no member answers the shim's messages (migrate.c), but gated
+ * by the set-up's exchange right before (gate.c explains gates): every member entered that,
+ * waiting by polling, and comes straight here. Made from the shim's own duplicate of
+ * MPI_COMM_WORLD by MPI_Comm_create_group, not by a duplicate of the program's communicator: a
+ * creation on that would be one more collective of its own, which Open MPI 4.1 can mismatch
+ * with an MPI_Comm_idup the program has pending on it (comm.c). One tag serves all: the members
+ * of a set-up are all inside it together (its exchange completed), and set-ups of
+ * communicators that share members follow the program's order of collectives on them, the same
+ * on each. (A leaders-only communicator cost the leaders the same context id; it left the root
+ * of a gather or scatter that is not its host's leader to pass the whole vector through its
+ * host's area.) */
+enum { HOSTS_COMM_TAG = 7 };
+static void hosts_comm(const struct ivs_comm *c, MPI_Comm *hcomm)
 {
-	MPI_Group wg = MPI_GROUP_NULL, lg = MPI_GROUP_NULL;
-	if (PMPI_Comm_group(ivs.gatecomm, &wg) != MPI_SUCCESS || PMPI_Group_incl(wg, nh, lead, &lg) != MPI_SUCCESS ||
-	    PMPI_Comm_create_group(ivs.gatecomm, lg, LEADERS_TAG, lcomm) != MPI_SUCCESS)
-		ivs_fatal("cannot create the leaders' communicator");
-	PMPI_Group_free(&lg);
+	MPI_Group wg = MPI_GROUP_NULL, hg = MPI_GROUP_NULL;
+	if (PMPI_Comm_group(ivs.gatecomm, &wg) != MPI_SUCCESS || PMPI_Group_incl(wg, c->size, c->world, &hg) != MPI_SUCCESS ||
+	    PMPI_Comm_create_group(ivs.gatecomm, hg, HOSTS_COMM_TAG, hcomm) != MPI_SUCCESS)
+		ivs_fatal("cannot create the communicator between hosts");
+	PMPI_Group_free(&hg);
 	PMPI_Group_free(&wg);
 }
 
@@ -247,7 +251,7 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	unsigned *seen_leaving = calloc((size_t)c->size, sizeof(unsigned));
 	if (!k || !all || !placed || !seen_leaving)
 		ivs_fatal("out of memory");
-	k->lcomm = MPI_COMM_NULL;
+	k->hcomm = MPI_COMM_NULL;
 	k->lranks = malloc(sizeof(int) * (size_t)c->size);
 	k->host_of = malloc(sizeof(int) * (size_t)c->size);
 	k->host_first = calloc((size_t)c->size + 1, sizeof(int));
@@ -373,14 +377,9 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 		k->ranked &= k->pos[r] == r;
 	}
 	uint64_t off = (uint64_t)all[k->lranks[0]].area;
-	int *lead_world = malloc(sizeof(int) * (size_t)nh); /* the hosts' leaders, world ranks */
-	if (!lead_world)
-		ivs_fatal("out of memory");
-	for (int h = 0; h < nh; h++)
-		lead_world[h] = c->world[leader[h]];
+	k->lead = leader;
 	free(keys);
 	free(count);
-	free(leader);
 	free(all);
 	free(placed);
 	k->leaving_at_setup = leaving_before;
@@ -390,7 +389,6 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 	if (me.area && !k->usable) /* its group formed, another did not get an area */
 		ivs.ctl_free((uint64_t)me.area, err, sizeof err);
 	if (!k->usable) {
-		free(lead_world);
 		if (c->sw_round && ivs.verbose)
 			fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: the library (a host's group has no area)\n",
 			        ivs.world_rank, c->size);
@@ -406,9 +404,8 @@ static struct ivs_coll *coll_setup(struct ivs_comm *c)
 		k->area = ivs.base + off;
 		k->area_off = off;
 	}
-	if (nh > 1 && k->li == 0)
-		leaders_comm(lead_world, nh, &k->lcomm);
-	free(lead_world);
+	if (nh > 1)
+		hosts_comm(c, &k->hcomm);
 	if (c->sw_round && ivs.verbose)
 		fprintf(stderr, "ivshim: rank %d: collectives of a communicator of %d ranks re-planned: %d hosts, %d members in this rank's area (%d in its previous one)\n",
 		        ivs.world_rank, c->size, nh, k->nl, c->prev_nl);
@@ -575,8 +572,8 @@ void ivs_coll_forget(struct ivs_comm *c)
 		}
 		reap_areas();
 	}
-	if (k->usable && k->lcomm != MPI_COMM_NULL)
-		PMPI_Comm_free(&k->lcomm);
+	if (k->hcomm != MPI_COMM_NULL)
+		PMPI_Comm_free(&k->hcomm);
 	coll_free(k);
 	c->coll = NULL;
 }

@@ -1,23 +1,26 @@
 /* Collectives across hosts: gathers, scatters and alltoall.
  * A host's leader collects its members' blocks through the area, the leaders move them among
- * themselves over the leaders' communicator (host-grouped order: a host's members in comm rank
- * order, hosts in order) with one linear exchange of point-to-point messages
- * (ivs_lead_exchange_v), and the leader hands the results out through the area. Where
- * host-grouped order is comm rank order (k->ranked: ranks placed host by host), the root's or
- * every rank's own buffer is the gathered vector, and a leader keeps its host's blocks in it:
- * no vector-sized copy, no vector-sized allocation. Against the library's nonblocking
- * v-collectives between the leaders and a regrouping copy always (2 hosts x 2 VMs, Open MPI,
- * medians of 5): Scatter of 4 MiB 2.17x -> 1.15x the library alone, Gather 1.10x -> 0.69x,
- * Allgather 0.99x -> 0.72x, and 8 B Gather 1.34x -> 1.18x, Scatter 0.56x -> 0.52x.
- * A leader's library error is returned after the intra-host phases, which still run so that
- * its host's members do not wait forever. */
+ * themselves with one linear exchange of point-to-point messages on the hosts' communicator
+ * (ivs_lead_exchange_v; blocks in host-grouped order: a host's members in comm rank order,
+ * hosts in order), and the leader hands the results out through the area. A gather's or
+ * scatter's root takes its host leader's part itself: it collects or hands out its own host's
+ * blocks and receives or sends the other hosts' directly, so a root that is not its host's
+ * leader does not pass the whole vector through the area. Where host-grouped order is comm
+ * rank order (k->ranked: ranks placed host by host), the root's or every rank's own buffer is
+ * the gathered vector, and its host's blocks stay in it: no vector-sized copy, no vector-sized
+ * allocation. Against the library's nonblocking v-collectives between the leaders and a
+ * regrouping copy always (2 hosts x 2 VMs, Open MPI, medians of 5): Scatter of 4 MiB 2.17x ->
+ * 1.15x the library alone, Gather 1.10x -> 0.69x, Allgather 0.99x -> 0.72x, and 8 B Gather
+ * 1.34x -> 1.18x, Scatter 0.56x -> 0.52x.
+ * A library error is returned after the intra-host phases, which still run so that the
+ * host's members do not wait forever. */
 #include <stdlib.h>
 #include <string.h>
 #include "coll.h"
 
-/* The leaders' exchange (ivs_lead_exchange_v) of a gather or scatter: per host, the bytes sent
- * to it and their offset, the bytes received from it and their offset. Every member of the
- * gathered vector (host-grouped) has `per` bytes; this leader's host's blocks start at 0 of its
+/* The exchange (ivs_lead_exchange_v) of a gather or scatter: per host, the bytes sent to it and
+ * their offset, the bytes received from it and their offset. Every member of the gathered
+ * vector (host-grouped) has `per` bytes; this host's blocks start at 0 of the exchanging rank's
  * own buffer. to_host: the host that gets blocks (-1: every host, an allgather); from_host:
  * the one that sends them (a scatter), -1 for a gather. */
 struct lead_v {
@@ -37,7 +40,7 @@ static struct lead_v lead_v(struct ivs_coll *k, uint64_t per, int to_host, int f
 			x.sdispl[h] = 0;
 			x.rcount[h] = to_host < 0 || me == to_host ? block : 0;
 			x.rdispl[h] = at;
-		} else { /* scatter: from_host's leader sends every host its block */
+		} else { /* scatter: from_host (its root) sends every host its block */
 			x.scount[h] = me == from_host ? block : 0;
 			x.sdispl[h] = at;
 			x.rcount[h] = h == from_host ? mine : 0;
@@ -49,27 +52,30 @@ static struct lead_v lead_v(struct ivs_coll *k, uint64_t per, int to_host, int f
 
 /* A gather's or scatter's buffers: grouped, the whole vector of all members' n-byte blocks in
  * host-grouped order (the program's own buffer `own` where in place, else one allocated where
- * wanted), and on the leader mine, its host's blocks (inside grouped where there is one). */
+ * wanted), and on the member `holder` (local index) mine, its host's blocks (inside grouped
+ * where there is one). */
 struct vec {
 	uint8_t *grouped, *mine;
-	int in_place;
+	int in_place, own_mine;
 };
 
-static struct vec vec_get(struct ivs_coll *k, struct ivs_comm *c, uint64_t n, int in_place, uint8_t *own, int wanted)
+static struct vec vec_get(struct ivs_coll *k, struct ivs_comm *c, uint64_t n, int in_place, uint8_t *own, int wanted, int holder)
 {
 	struct vec v = {.in_place = in_place};
 	if (in_place)
 		v.grouped = own;
 	else if (wanted)
 		v.grouped = ivs_coll_alloc(n * (uint64_t)c->size);
-	if (k->li == 0)
-		v.mine = v.grouped ? v.grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
+	if (k->li == holder && v.grouped)
+		v.mine = v.grouped + (uint64_t)k->host_first[k->myhost] * n;
+	else if (k->li == holder)
+		v.mine = ivs_coll_alloc(n * (uint64_t)k->nl), v.own_mine = 1;
 	return v;
 }
 
-static void vec_put(struct ivs_coll *k, struct vec *v)
+static void vec_put(struct vec *v)
 {
-	if (k->li == 0 && !v->grouped)
+	if (v->own_mine)
 		free(v->mine);
 	if (!v->in_place)
 		free(v->grouped);
@@ -84,51 +90,52 @@ static void regroup(struct ivs_coll *k, int size, uint8_t *grouped, uint8_t *ran
 	}
 }
 
-/* Gather to root, or allgather if root < 0, across hosts. */
+/* Gather to root, or allgather if root < 0, across hosts. A gather's root collects its own
+ * host's blocks through the area and receives every other host's from that host's leader
+ * itself; an allgather's leaders collect, exchange and spread the whole vector to their hosts. */
 int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root)
 {
 	int everyone = root < 0, root_host = everyone ? -1 : k->host_of[root];
-	int root_li = everyone ? IVS_EVERYONE : ivs_coll_root_local(k, root), gets = everyone || k->myhost == root_host;
+	int holder = !everyone && k->myhost == root_host ? ivs_coll_root_local(k, root) : 0; /* collects this host's blocks */
+	int gets = everyone || c->rank == root;
 	uint64_t all = n * (uint64_t)c->size;
-	/* the gathered vector is dst itself where in place; the leader collects its host's blocks
+	/* the gathered vector is dst itself where in place; the holder collects its host's blocks
 	 * where they belong in it */
-	struct vec v = vec_get(k, c, n, k->ranked && (everyone || c->rank == root), dst,
-	                       gets && (everyone || k->li == 0 || k->li == root_li));
+	struct vec v = vec_get(k, c, n, k->ranked && gets, dst, gets, holder);
 	int rc = MPI_SUCCESS;
-	ivs_coll_collect(k, 0, src, n, v.mine, NULL);
-	if (k->li == 0) {
+	ivs_coll_collect(k, holder, src, n, v.mine, NULL);
+	if (k->li == holder) { /* on the root's host, that is the root */
 		struct lead_v x = lead_v(k, n, root_host, -1);
-		rc = ivs_lead_exchange_v(k, v.mine, x.scount, x.sdispl, v.grouped, x.rcount, x.rdispl);
+		rc = ivs_lead_exchange_v(k, root, v.mine, x.scount, x.sdispl, v.grouped, x.rcount, x.rdispl);
 		free(x.scount);
 	}
-	if (gets && root_li != 0) /* the leader has it: on to the root, or to everyone */
-		ivs_coll_spread(k, 0, root_li, v.grouped, all, v.grouped);
-	if (!v.in_place && (everyone || c->rank == root))
+	if (everyone) /* the leader has it: on to everyone */
+		ivs_coll_spread(k, 0, IVS_EVERYONE, v.grouped, all, v.grouped);
+	if (!v.in_place && gets)
 		regroup(k, c->size, v.grouped, dst, n, 0);
-	vec_put(k, &v);
+	vec_put(&v);
 	return rc;
 }
 
+/* Scatter from root across hosts: the root sends every other host's blocks to that host's leader
+ * itself and hands its own host's members theirs through the area; a leader hands out what it
+ * received. */
 int ivs_coll_scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root)
 {
-	int root_host = k->host_of[root], root_li = ivs_coll_root_local(k, root), at_root_host = k->myhost == root_host;
-	uint64_t all = n * (uint64_t)c->size;
-	/* the vector to scatter is src itself where in place; the leader of the root's host hands
-	 * its members their blocks from it (read only) */
-	struct vec v = vec_get(k, c, n, k->ranked && c->rank == root, (uint8_t *)src,
-	                       at_root_host && (k->li == 0 || k->li == root_li));
+	int root_host = k->host_of[root];
+	int holder = k->myhost == root_host ? ivs_coll_root_local(k, root) : 0; /* hands out this host's blocks */
+	/* the vector to scatter is src itself where in place (read only) */
+	struct vec v = vec_get(k, c, n, k->ranked && c->rank == root, (uint8_t *)src, c->rank == root, holder);
 	int rc = MPI_SUCCESS;
 	if (c->rank == root && !v.in_place)
 		regroup(k, c->size, v.grouped, (uint8_t *)src, n, 1);
-	if (at_root_host && root_li != 0)
-		ivs_coll_spread(k, root_li, 0, v.grouped, all, v.grouped);
-	if (k->li == 0) {
+	if (k->li == holder) {
 		struct lead_v x = lead_v(k, n, -1, root_host);
-		rc = ivs_lead_exchange_v(k, v.grouped, x.scount, x.sdispl, v.mine, x.rcount, x.rdispl);
+		rc = ivs_lead_exchange_v(k, root, v.grouped, x.scount, x.sdispl, v.mine, x.rcount, x.rdispl);
 		free(x.scount);
 	}
-	ivs_coll_distribute(k, 0, v.mine, n, dst, NULL);
-	vec_put(k, &v);
+	ivs_coll_distribute(k, holder, v.mine, n, dst, NULL);
+	vec_put(&v);
 	return rc;
 }
 
@@ -153,7 +160,7 @@ static int leaders_alltoall(struct ivs_coll *k, struct ivs_comm *c, const uint8_
 		for (uint64_t i = 0; i < nl; i++)
 			ivs_copy(snd + (uint64_t)cd[nh + h] + (i * members + j) * n, in + i * row + (uint64_t)r * n, n);
 	}
-	int rc = ivs_lead_exchange_v(k, snd, cd, cd + nh, rcv, cd + 2 * nh, cd + 3 * nh);
+	int rc = ivs_lead_exchange_v(k, -1, snd, cd, cd + nh, rcv, cd + 2 * nh, cd + 3 * nh);
 	for (int r = 0; r < c->size && rc == MPI_SUCCESS; r++)
 		for (uint64_t j = 0; j < nl; j++)
 			ivs_copy(out + j * row + (uint64_t)r * n, rcv + ((uint64_t)k->pos[r] * nl + j) * n, n);

@@ -1,5 +1,6 @@
 /* The leaders' phase of barrier, bcast, reduce and allreduce: one leader per host, on the
- * leaders' communicator (ivs_coll.lcomm, rank = host index), by the library's point-to-point.
+ * hosts' communicator (ivs_coll.hcomm; host h's leader is comm rank lead[h]), by the library's
+ * point-to-point.
  *
  * Why not the library's own collectives there: the leaders must wait polling (a migration's
  * agreement may need an answer from a leader waiting here: migrate.c, coll.h), so the blocking
@@ -34,23 +35,23 @@ static int wait_req(MPI_Request *r, int rc)
 	return rc != MPI_SUCCESS ? rc : w;
 }
 
-/* Send n bytes at out to leader to and receive n bytes from leader from into in, both at once
- * (either may be -1: none). */
+/* Send n bytes at out to the leader of host to and receive n bytes from the leader of host from
+ * into in, both at once (either may be -1: none). */
 static int exchange(struct ivs_coll *k, const void *out, int to, void *in, int from, int n)
 {
 	MPI_Request r[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
 	int rc = MPI_SUCCESS;
 	if (from >= 0)
-		rc = PMPI_Irecv(in, n, MPI_BYTE, from, LEAD_TAG, k->lcomm, &r[0]);
+		rc = PMPI_Irecv(in, n, MPI_BYTE, k->lead[from], LEAD_TAG, k->hcomm, &r[0]);
 	if (rc == MPI_SUCCESS && to >= 0)
-		rc = PMPI_Isend(out, n, MPI_BYTE, to, LEAD_TAG, k->lcomm, &r[1]);
+		rc = PMPI_Isend(out, n, MPI_BYTE, k->lead[to], LEAD_TAG, k->hcomm, &r[1]);
 	rc = wait_req(&r[0], rc);
 	return wait_req(&r[1], rc);
 }
 
 int ivs_lead_barrier(struct ivs_coll *k)
 {
-	return ivs_net_barrier(k->lcomm, NULL, k->nhosts, k->myhost, LEAD_TAG, NULL);
+	return ivs_net_barrier(k->hcomm, k->lead, k->nhosts, k->myhost, LEAD_TAG, NULL);
 }
 
 /* The binomial tree of a bcast from host root: this leader's parent (-1 at the root) and
@@ -83,8 +84,8 @@ static uint64_t piece_len(const struct ivs_lead_pipe *q, int i)
 static int post_in(struct ivs_lead_pipe *q)
 {
 	int i = q->posted++;
-	return PMPI_Irecv(q->data + (uint64_t)i * q->piece, (int)piece_len(q, i), MPI_BYTE, q->parent, LEAD_TAG,
-	                  q->k->lcomm, &q->in[i % PIPE_AHEAD]);
+	return PMPI_Irecv(q->data + (uint64_t)i * q->piece, (int)piece_len(q, i), MPI_BYTE, q->k->lead[q->parent], LEAD_TAG,
+	                  q->k->hcomm, &q->in[i % PIPE_AHEAD]);
 }
 
 int ivs_lead_pipe_open(struct ivs_coll *k, struct ivs_lead_pipe *q, uint8_t *data, uint64_t n, uint64_t piece, int root)
@@ -122,8 +123,8 @@ int ivs_lead_pipe_out(struct ivs_lead_pipe *q, int i)
 		MPI_Request *r = &q->out[i % PIPE_AHEAD][c];
 		rc = wait_req(r, MPI_SUCCESS); /* piece i - PIPE_AHEAD's */
 		if (rc == MPI_SUCCESS)
-			rc = PMPI_Isend(q->data + (uint64_t)i * q->piece, (int)piece_len(q, i), MPI_BYTE, q->child[c], LEAD_TAG,
-			                q->k->lcomm, r);
+			rc = PMPI_Isend(q->data + (uint64_t)i * q->piece, (int)piece_len(q, i), MPI_BYTE, q->k->lead[q->child[c]],
+			                LEAD_TAG, q->k->hcomm, r);
 	}
 	return rc;
 }
@@ -161,15 +162,21 @@ enum { EXCH_PIECE = 256 << 10, EXCH_SPLIT = EXCH_PIECE }; /* whole messages */
 #endif
 enum { EXCH_MAXPIECES = EXCH_SPLIT / EXCH_PIECE };
 
-/* Post the n bytes (n > 0) at buf to (send) or from leader h in their pieces; *nr counts the
- * requests posted. */
-static int exch_post(struct ivs_coll *k, uint8_t *buf, int n, int h, int send, MPI_Request *r, int *nr)
+/* Whom this rank's exchange (below) talks to for host h: its leader, or root on root's host. */
+static int exch_peer(const struct ivs_coll *k, int root, int h)
+{
+	return root >= 0 && h == k->host_of[root] ? root : k->lead[h];
+}
+
+/* Post the n bytes (n > 0) at buf to (send) or from comm rank peer in their pieces; *nr counts
+ * the requests posted. */
+static int exch_post(struct ivs_coll *k, uint8_t *buf, int n, int peer, int send, MPI_Request *r, int *nr)
 {
 	int piece = n > EXCH_PIECE && n <= EXCH_SPLIT ? EXCH_PIECE : n, rc = MPI_SUCCESS;
 	for (int off = 0; off < n && rc == MPI_SUCCESS; off += piece) {
 		int len = n - off < piece ? n - off : piece;
-		rc = send ? PMPI_Isend(buf + off, len, MPI_BYTE, h, HOSTS_TAG, k->lcomm, &r[*nr])
-		          : PMPI_Irecv(buf + off, len, MPI_BYTE, h, HOSTS_TAG, k->lcomm, &r[*nr]);
+		rc = send ? PMPI_Isend(buf + off, len, MPI_BYTE, peer, HOSTS_TAG, k->hcomm, &r[*nr])
+		          : PMPI_Irecv(buf + off, len, MPI_BYTE, peer, HOSTS_TAG, k->hcomm, &r[*nr]);
 		if (rc == MPI_SUCCESS)
 			(*nr)++;
 	}
@@ -179,9 +186,11 @@ static int exch_post(struct ivs_coll *k, uint8_t *buf, int n, int h, int send, M
 /* The leaders' linear exchange, the step of gathers, scatters and alltoall (coll_hosts.c): this
  * leader sends scount[h] bytes at sbuf + sdispl[h] to the leader of host h and receives
  * rcount[h] bytes from it at rbuf + rdispl[h], for every h whose count is above 0, all posted at
- * once; its own block is copied unless it is in place already. Both sides of a pair derive the
- * same counts from the collective's arguments, so both cut a message into the same pieces,
- * which match in order on their tag.
+ * once; its own block is copied unless it is in place already. root (a comm rank, -1: none)
+ * stands in for the leader of its host, on both sides: a gather's or scatter's root sends or
+ * receives the other hosts' blocks itself. Both sides of a pair derive the same counts from the
+ * collective's arguments, so both cut a message into the same pieces, which match in order on
+ * their tag.
  *
  * Why pieces: a leader's message carries the blocks of all its host's members, so where the
  * library sends each block by itself in one eager message, the leader's may be past the
@@ -192,20 +201,20 @@ static int exch_post(struct ivs_coll *k, uint8_t *buf, int n, int h, int send, M
  * and 256 KiB the same either way. MPICH over UCX's TCP transport took 1.4-1.6x as long in
  * pieces for blocks of 32-128 KiB (3 rounds), so it keeps whole messages. Both were measured
  * over TCP only; an InfiniBand transport's limits differ. */
-int ivs_lead_exchange_v(struct ivs_coll *k, const uint8_t *sbuf, const int *scount, const int *sdispl, uint8_t *rbuf,
-                        const int *rcount, const int *rdispl)
+int ivs_lead_exchange_v(struct ivs_coll *k, int root, const uint8_t *sbuf, const int *scount, const int *sdispl,
+                        uint8_t *rbuf, const int *rcount, const int *rdispl)
 {
 	int nh = k->nhosts, me = k->myhost, rc = MPI_SUCCESS, nr = 0;
 	MPI_Request *r = ivs_coll_alloc(sizeof *r * 2 * EXCH_MAXPIECES * (uint64_t)nh);
 	for (int d = 1; d < nh && rc == MPI_SUCCESS; d++) { /* from the nearest host below first */
 		int h = (me - d + nh) % nh;
 		if (rcount[h] > 0)
-			rc = exch_post(k, rbuf + rdispl[h], rcount[h], h, 0, r, &nr);
+			rc = exch_post(k, rbuf + rdispl[h], rcount[h], exch_peer(k, root, h), 0, r, &nr);
 	}
 	for (int d = 1; d < nh && rc == MPI_SUCCESS; d++) { /* to the nearest host above first */
 		int h = (me + d) % nh;
 		if (scount[h] > 0)
-			rc = exch_post(k, (uint8_t *)sbuf + sdispl[h], scount[h], h, 1, r, &nr);
+			rc = exch_post(k, (uint8_t *)sbuf + sdispl[h], scount[h], exch_peer(k, root, h), 1, r, &nr);
 	}
 	if (scount[me] > 0 && rc == MPI_SUCCESS && rbuf + rdispl[me] != sbuf + sdispl[me])
 		ivs_copy(rbuf + rdispl[me], sbuf + sdispl[me], (uint64_t)scount[me]);

@@ -43,7 +43,7 @@ static int reduce_local(struct ivs_coll *k, uint64_t s, const uint8_t *first, ui
 /* After an error the leaders still take their part in the leaders' step and publish a result
  * (the other hosts' leaders and this host's members wait for them), and the rest of the vector
  * still goes through: every member stays at the same op. The error is the leader's to return;
- * the members get whatever the leader published. (The leaders' communicator has the library's
+ * the members get whatever the leader published. (The hosts' communicator has the library's
  * default error handler, so an error there ends the job before this matters.) */
 static int first_error(int rc, int more)
 {
