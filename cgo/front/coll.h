@@ -42,7 +42,7 @@ struct ivs_coll {
 	int *pos;            /* comm rank -> position in host-grouped order */
 	int ranked;          /* host-grouped order is comm rank order (pos[r] == r) */
 	MPI_Comm hcomm;      /* every member, rank = comm rank: the steps between hosts; MPI_COMM_NULL
-	                        with one host */
+	                        with one host or without a usable area */
 	int *lead;           /* host -> comm rank of its leader, the member of local index 0 */
 	int usable;          /* the area exists on every host */
 	uint64_t area_off;   /* region offset of the area (leader's allocation) */

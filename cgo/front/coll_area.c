@@ -1,7 +1,7 @@
 /* Collectives: a communicator's area. The protocol every collective keeps in it
  * (ivshmem/ivshim_coll.h), the set-up at a communicator's first collective and at its first
- * after a re-plan (which members share this host, which hosts there are, the area, the leaders'
- * communicator), and the area's release at MPI_Comm_free and at a re-plan. */
+ * after a re-plan (which members share this host, which hosts there are, the area, the
+ * communicator between hosts), and the area's release at MPI_Comm_free and at a re-plan. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,9 +184,10 @@ static void lead_alloc(struct coll_info *me, int n)
  * with an MPI_Comm_idup the program has pending on it (comm.c). One tag serves all: the members
  * of a set-up are all inside it together (its exchange completed), and set-ups of
  * communicators that share members follow the program's order of collectives on them, the same
- * on each. (A leaders-only communicator cost the leaders the same context id; it left the root
- * of a gather or scatter that is not its host's leader to pass the whole vector through its
- * host's area.) */
+ * on each. Every member pays a context id for it (the library's limit on live communicators
+ * was already halved on the leaders) and a group creation at each set-up; a leaders-only
+ * communicator spared the other members that, but left the root of a gather or scatter that is
+ * not its host's leader to pass the whole vector through its host's area. */
 enum { HOSTS_COMM_TAG = 7 };
 static void hosts_comm(const struct ivs_comm *c, MPI_Comm *hcomm)
 {

@@ -19,7 +19,8 @@
  * leader the same bits: in each step the two partners combine the same two vectors in the same
  * operand order, the lower host's first (the libraries' MAX, MIN, MAXLOC and MINLOC keep one
  * operand on ties, so with +0 and -0 or NaNs b op a may differ from a op b). The messages of
- * one collective between two leaders match in order on its tag (the library does not reorder
+ * one collective between two leaders (or a root and a leader: ivs_lead_exchange_v) match in
+ * order on its tag (the library does not reorder
  * them, and a collective completes all of its own before it returns): LEAD_TAG for these,
  * HOSTS_TAG for the exchange of gathers, scatters and alltoall. */
 #include <stdlib.h>
@@ -184,8 +185,8 @@ static int exch_post(struct ivs_coll *k, uint8_t *buf, int n, int peer, int send
 }
 
 /* The leaders' linear exchange, the step of gathers, scatters and alltoall (coll_hosts.c): this
- * leader sends scount[h] bytes at sbuf + sdispl[h] to the leader of host h and receives
- * rcount[h] bytes from it at rbuf + rdispl[h], for every h whose count is above 0, all posted at
+ * rank (a leader, or the root below) sends scount[h] bytes at sbuf + sdispl[h] to host h's
+ * leader (or root) and receives rcount[h] bytes from it at rbuf + rdispl[h], for every h whose count is above 0, all posted at
  * once; its own block is copied unless it is in place already. root (a comm rank, -1: none)
  * stands in for the leader of its host, on both sides: a gather's or scatter's root sends or
  * receives the other hosts' blocks itself. Both sides of a pair derive the same counts from the

@@ -30,8 +30,8 @@
  * Not gated: on Open MPI, a communicator from the moment the program called MPI_Comm_idup on it
  * (comm.c says why), calls on other communicators the shim did not record (members of another
  * MPI_COMM_WORLD) and every call the shim does not interpose (README, "Migrate a VM"). The
- * set-up's own blocking MPI_Comm_create_group of the leaders (coll_area.c) is gated by the
- * set-up's polled exchange right before it.
+ * set-up's own blocking MPI_Comm_create_group of its members (coll_area.c hosts_comm) is gated
+ * by the set-up's polled exchange right before it.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -188,7 +188,7 @@ static struct gated_obj *obj_gate(MPI_Comm comm, enum obj_kind kind)
 	}
 	/* A window's gate also agrees on its id: the largest of the members' next ids, after which
 	 * each member's next id lies beyond it. So two live windows that share two members have
-	 * different ids. Two tags per id, above the gates' and the leaders' (coll_area.c); they
+	 * different ids. Two tags per id, above the gates' and the set-ups' (coll_area.c); they
 	 * repeat only after (MPI_TAG_UB - 32) / 2 ids a process took part in, so two live windows
 	 * share tags only if that many were made between them. */
 	static uint64_t next_id;
