@@ -136,11 +136,14 @@ func (c Case) workload(sizes []int) workload {
 	return workload{benchmarks: groupBenchmarks, sizes: sizes, iter: iterDefault}
 }
 
-// args is ivbench's command line for the workload, with msglen the file listing its sizes
-// and seconds ivbench's -time.
-func (w workload) args(ranks int, msglen string, seconds float64) []string {
+// args is ivbench's command line for the workload, with msglen the file listing its sizes,
+// seconds ivbench's -time and rootShift its -root_shift.
+func (w workload) args(ranks int, msglen string, seconds float64, rootShift bool) []string {
 	args := []string{"-msglen", msglen, "-iter", strconv.Itoa(w.iter), "-time", strconv.FormatFloat(seconds, 'g', -1, 64),
 		"-npmin", strconv.Itoa(ranks), "-digits", strconv.Itoa(ivbenchDigits)}
+	if rootShift {
+		args = append(args, "-root_shift", "on")
+	}
 	return append(args, w.benchmarks...)
 }
 

@@ -56,7 +56,12 @@ func (r *Report) markdown(w io.Writer, plots []string) {
 	fmt.Fprintf(w, "Every configuration ran %d times, interleaved round by round; every figure is the median of its runs. ", r.Runs)
 	fmt.Fprintf(w, "ivbench spent at most %g s per message size; times are µs, PingPong's the half round trip, PingPing's "+
 		"the time per repetition, the others' t_avg (mean over ranks); \"min–max\" columns give the range of a shim "+
-		"configuration's runs.\n\n", r.Seconds)
+		"configuration's runs. ", r.Seconds)
+	if r.RootShift {
+		fmt.Fprintf(w, "The root of Bcast, Reduce, Gather and Scatter moved on by one rank every repetition (`-root-shift`).\n\n")
+	} else {
+		fmt.Fprintf(w, "Bcast, Reduce, Gather and Scatter are rooted at rank 0 (IMB's default).\n\n")
+	}
 	r.writeLoad(w)
 	fmt.Fprintf(w, "Configurations (one rank per VM; when the ranks fit the %d CPUs, rank r is pinned to CPU r in every "+
 		"configuration, else the kernel places them):\n\n", r.CPUs)
@@ -416,6 +421,7 @@ type jsonReport struct {
 	Runs           int               `json:"runs"`
 	Sizes          []int             `json:"sizes"`
 	SecondsPerSize float64           `json:"seconds_per_size"`
+	RootShift      bool              `json:"root_shift"`
 	CPUs           int               `json:"cpus"`
 	Kernel         string            `json:"kernel"`
 	LoadBefore     string            `json:"loadavg_before"`
@@ -444,7 +450,7 @@ type jsonCallSet struct {
 }
 
 func (r *Report) jsonReport() jsonReport {
-	j := jsonReport{Started: r.Started, ElapsedS: r.Elapsed.Seconds(), Runs: r.Runs, Sizes: r.Sizes, SecondsPerSize: r.Seconds,
+	j := jsonReport{Started: r.Started, ElapsedS: r.Elapsed.Seconds(), Runs: r.Runs, Sizes: r.Sizes, SecondsPerSize: r.Seconds, RootShift: r.RootShift,
 		CPUs: r.CPUs, Kernel: r.Kernel, LoadBefore: r.LoadBefore, LoadAfter: r.LoadAfter, Acceptance: r.Acceptance()}
 	for _, c := range r.Cases {
 		j.Cases = append(j.Cases, jsonCase{MPI: c.MPI.String(), CaseResult: c})

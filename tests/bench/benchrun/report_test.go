@@ -47,9 +47,13 @@ func TestPlan(t *testing.T) {
 		t.Errorf("MPICH at 4 ranks on %d CPUs measures sizes %v", runtime.NumCPU(), mpich4.sizes)
 	}
 	w := Case{MPI: cluster.OpenMPI, Ranks: 2, Placement: Shim}.workload(DefaultSizes)
-	args := strings.Join(w.args(2, "/x/msglen.txt", 0.05), " ")
+	args := strings.Join(w.args(2, "/x/msglen.txt", 0.05, false), " ")
 	if want := "-msglen /x/msglen.txt -iter 100000 -time 0.05 -npmin 2 -digits 3 PingPong PingPing Sendrecv Exchange Barrier"; !strings.HasPrefix(args, want) {
 		t.Errorf("ivbench args %q, want prefix %q", args, want)
+	}
+	args = strings.Join(w.args(2, "/x/msglen.txt", 0.05, true), " ")
+	if want := "-digits 3 -root_shift on PingPong"; !strings.Contains(args, want) {
+		t.Errorf("ivbench args with the root shift %q, want %q in them", args, want)
 	}
 }
 

@@ -17,10 +17,11 @@ type Report struct {
 	Started time.Time
 	// Elapsed is the duration of Run, builds and cluster included.
 	Elapsed time.Duration
-	// Runs, Sizes and Seconds are the options the run used.
-	Runs    int
-	Sizes   []int
-	Seconds float64
+	// Runs, Sizes, Seconds and RootShift are the options the run used.
+	Runs      int
+	Sizes     []int
+	Seconds   float64
+	RootShift bool
 	// CPUs and Kernel describe the machine; LoadBefore and LoadAfter are /proc/loadavg.
 	CPUs                  int
 	Kernel                string
@@ -30,7 +31,7 @@ type Report struct {
 }
 
 func newReport(o Options) *Report {
-	return &Report{Started: time.Now(), Runs: o.Runs, Sizes: o.Sizes, Seconds: o.Seconds, CPUs: runtime.NumCPU(),
+	return &Report{Started: time.Now(), Runs: o.Runs, Sizes: o.Sizes, Seconds: o.Seconds, RootShift: o.RootShift, CPUs: runtime.NumCPU(),
 		Kernel: readTrimmed("/proc/sys/kernel/osrelease"), LoadBefore: readTrimmed("/proc/loadavg")}
 }
 

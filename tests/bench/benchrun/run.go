@@ -38,6 +38,9 @@ type Options struct {
 	Sizes []int
 	// Seconds bounds the time ivbench spends per message size (-time, default 0.05).
 	Seconds float64
+	// RootShift moves the root of Bcast, Reduce, Gather and Scatter on by one rank every
+	// repetition (ivbench -root_shift on, as IMB's); off, rank 0 is the root, IMB's default.
+	RootShift bool
 	// Log receives one line per run; nil discards them.
 	Log io.Writer
 	// ClusterLog receives the cluster's own log lines; nil discards them.
@@ -333,7 +336,7 @@ func (r *runner) runCase(ctx context.Context, cr *CaseResult, round int) error {
 	c := cr.Case
 	p := r.bins[c.MPI]
 	w := c.workload(r.o.Sizes)
-	args := w.args(c.Ranks, r.msglens[sizesText(w.sizes)], r.o.Seconds)
+	args := w.args(c.Ranks, r.msglens[sizesText(w.sizes)], r.o.Seconds, r.o.RootShift)
 	job := cluster.Job{MPI: c.MPI, Program: p.ivbench, Args: args}
 	if c.pinned() {
 		job.Program, job.Args = r.pin, append([]string{p.ivbench}, args...)

@@ -32,6 +32,7 @@ func main() {
 	mpis := flag.String("mpi", "openmpi,mpich", "MPI libraries, comma-separated")
 	ranks := flag.String("ranks", "2,4", "rank counts, comma-separated")
 	flag.Float64Var(&o.Seconds, "time", 0.05, "ivbench -time: at most this many seconds per message size")
+	flag.BoolVar(&o.RootShift, "root-shift", false, "ivbench -root_shift on: Bcast, Reduce, Gather and Scatter move their root every repetition")
 	verbose := flag.Bool("v", false, "log the cluster's steps and commands to stderr")
 	flag.Parse()
 	o.Log = os.Stderr
