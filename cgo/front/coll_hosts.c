@@ -66,10 +66,10 @@ static struct vec vec_get(struct ivs_coll *k, struct ivs_comm *c, uint64_t n, in
 		v.grouped = own;
 	else if (wanted)
 		v.grouped = ivs_coll_alloc(n * (uint64_t)c->size);
-	if (k->li == holder && v.grouped)
-		v.mine = v.grouped + (uint64_t)k->host_first[k->myhost] * n;
-	else if (k->li == holder)
-		v.mine = ivs_coll_alloc(n * (uint64_t)k->nl), v.own_mine = 1;
+	if (k->li != holder)
+		return v;
+	v.own_mine = !v.grouped;
+	v.mine = v.grouped ? v.grouped + (uint64_t)k->host_first[k->myhost] * n : ivs_coll_alloc(n * (uint64_t)k->nl);
 	return v;
 }
 
