@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -58,16 +59,23 @@ type brokerProc struct {
 }
 
 // BuildBroker compiles ivshim-broker from this module's source into dir and returns its path,
-// for Config.Broker in tests. It needs the go command (PATH, else GOROOT/bin).
+// for Config.Broker in tests.
 func BuildBroker(ctx context.Context, dir string) (string, error) {
+	return BuildCommand(ctx, dir, "ivshim.dev/ivshim/broker/cmd/ivshim-broker")
+}
+
+// BuildCommand compiles the command package pkg of this module into dir and returns the
+// program's path (dir and the package's last element). It needs the go command (PATH, else
+// GOROOT/bin).
+func BuildCommand(ctx context.Context, dir, pkg string) (string, error) {
 	goCmd, err := exec.LookPath("go")
 	if err != nil {
 		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
 	}
-	out := filepath.Join(dir, "ivshim-broker")
-	cmd := exec.CommandContext(ctx, goCmd, "build", "-o", out, "ivshim.dev/ivshim/broker/cmd/ivshim-broker")
+	out := filepath.Join(dir, path.Base(pkg))
+	cmd := exec.CommandContext(ctx, goCmd, "build", "-o", out, pkg)
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build ivshim-broker with %s: %w: %s", goCmd, err, b)
+		return "", fmt.Errorf("build %s with %s: %w: %s", path.Base(pkg), goCmd, err, b)
 	}
 	return out, nil
 }

@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -269,13 +268,9 @@ func TestClosedOutputTearsDown(t *testing.T) {
 	if _, err := cluster.BuildBroker(ctx, dir); err != nil {
 		t.Fatal(err)
 	}
-	goCmd, err := exec.LookPath("go")
+	bin, err := cluster.BuildCommand(ctx, dir, "ivshim.dev/ivshim/tests/cmd/ivshim-cluster")
 	if err != nil {
-		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	bin := filepath.Join(dir, "ivshim-cluster")
-	if out, err := exec.CommandContext(ctx, goCmd, "build", "-o", bin, "ivshim.dev/ivshim/tests/cmd/ivshim-cluster").CombinedOutput(); err != nil {
-		t.Fatalf("build ivshim-cluster: %v: %s", err, out)
+		t.Fatal(err)
 	}
 	cmd := exec.CommandContext(ctx, bin, "run", "-v", "-hosts", "2", "-vms", "1", "-timeout", "60s",
 		"/bin/sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.2; done")
