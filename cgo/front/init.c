@@ -285,7 +285,9 @@ int MPI_Init(int *argc, char ***argv)
 int MPI_Init_thread(int *argc, char ***argv, int required, int *provided)
 {
 	check_abi();
-	return init_common(PMPI_Init_thread(argc, argv, required, provided), *provided);
+	/* *provided only once the library has set it (an argument list has no order of evaluation) */
+	int rc = PMPI_Init_thread(argc, argv, required, provided);
+	return init_common(rc, rc == MPI_SUCCESS ? *provided : MPI_THREAD_SINGLE);
 }
 
 /* Drain what this rank still has in flight, then wait (progressing) until every rank has, so

@@ -3,6 +3,7 @@ package conformance
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -31,7 +32,7 @@ const (
 )
 
 // summaryLine is the first line of a program's report (p2p_check.h).
-var summaryLine = regexp.MustCompile(`^((?:p2p|huge)_\w+): (\d+) ranks, (\d+) checks, (\d+) failures$`)
+var summaryLine = regexp.MustCompile(`^((?:p2p|huge|mt)_\w+): (\d+) ranks, (\d+) checks, (\d+) failures$`)
 
 // program is one conformance program: its name ("p2p_order") and source file.
 type program struct{ name, src string }
@@ -253,6 +254,61 @@ func TestHugeDatatype(t *testing.T) {
 			for _, s := range stats {
 				if s.SHMMsgs != 1 || s.SHMBytes != bytes || s.NetMsgs != 0 {
 					t.Errorf("rank %d: %+v, want the one %d-byte message through the region", s.Rank, s, uint64(bytes))
+				}
+			}
+		})
+	}
+}
+
+// TestThreadMultiple runs tests/mpi/mt_threads.c, whose ranks at MPI_THREAD_MULTIPLE have
+// threads in MPI at once (sends, receives, collectives on a communicator per thread, a send to
+// self while the main thread probes), on 3 VMs of one host and 1 of another. Ranks 1 and 3 run
+// at MPI_THREAD_MULTIPLE, ranks 0 and 2 (co-located with rank 1) at lower levels. The report
+// must be the same without and with the shim; with it ranks 1 and 3 must say they run in
+// pass-through and leave the region alone, and ranks 0 and 2 must still talk through it.
+func TestThreadMultiple(t *testing.T) {
+	testenv.RequireCluster(t)
+	root := testenv.ModuleRoot(t)
+	ctx, cancel := testenv.Context(t)
+	defer cancel()
+	wrapper := testenv.RankWrapper(t)
+	levels := []string{"single", "multiple", "funneled", "multiple"}
+	for _, m := range cluster.MPIs {
+		t.Run(m.String(), func(t *testing.T) {
+			lib := testenv.ShimLibrary(t, root, m)
+			bin := build(ctx, t, m, []program{{"mt_threads", filepath.Join(root, "tests", "mpi", "mt_threads.c")}})["mt_threads"]
+			c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 3, Regions: true})
+			h0 := c.Hosts[0].VMs
+			job := cluster.Job{MPI: m, VMs: []*cluster.VM{h0[0], h0[1], h0[2], c.Hosts[1].VMs[0]}, Program: wrapper,
+				Args: []string{bin}, Timeout: attemptTimeout, Env: testenv.RankEnv(nil, levels)}
+			plain, ok := run(ctx, t, "without the shim", job)
+			if !ok {
+				return
+			}
+			job.Env["LD_PRELOAD"], job.Env["IVSHIM_VERBOSE"] = lib, "1"
+			shim, ok := run(ctx, t, "with the shim", job)
+			if !ok {
+				return
+			}
+			if want, got := report(plain.Stdout), report(shim.Stdout); !equal(want, got) {
+				t.Errorf("the report with the shim differs from the report without it:\nwithout:\n\t%s\nwith:\n\t%s",
+					strings.Join(want, "\n\t"), strings.Join(got, "\n\t"))
+			}
+			stats, err := shim.ShimStats()
+			if err != nil || len(stats) != len(levels) {
+				t.Fatalf("with the shim: statistics of %d ranks (%v), want %d%s", len(stats), err, len(levels), testenv.Details(shim, stderrTail))
+			}
+			for _, s := range stats {
+				if levels[s.Rank] != "multiple" {
+					if s.SHMMsgs == 0 {
+						t.Errorf("with the shim: rank %d moved no message through the region: %+v", s.Rank, s)
+					}
+					continue
+				}
+				line := fmt.Sprintf("ivshim: rank %d pass-through: MPI_THREAD_MULTIPLE", s.Rank)
+				if !strings.Contains(shim.Stderr, line) || s.SHMMsgs != 0 || s.CollSHM != 0 || s.RegionBytes != 0 {
+					t.Errorf("with the shim: rank %d runs at MPI_THREAD_MULTIPLE but did not say %q or used the region: %+v%s",
+						s.Rank, line, s, testenv.Details(shim, stderrTail))
 				}
 			}
 		})

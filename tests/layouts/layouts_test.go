@@ -259,42 +259,14 @@ func TestRandomLayouts(t *testing.T) {
 	}
 }
 
-// env is the per-rank choices, read by the wrapper script.
+// env is the per-rank choices, read by the wrapper script (testenv.RankWrapper).
 func (l layout) env() map[string]string {
-	var off []string
-	for r := range l.disable {
-		if l.disable[r] {
-			off = append(off, strconv.Itoa(r))
-		}
-	}
-	return map[string]string{"IVT_DISABLE": "," + strings.Join(off, ",") + ",", "IVT_THREAD": strings.Join(l.thread, ",")}
+	return testenv.RankEnv(l.disable, l.thread)
 }
 
-// writeWrapper writes the script every rank runs: it applies the rank's IVSHIM_DISABLE and
-// thread level, then runs the program.
-func writeWrapper(t *testing.T) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "rank.sh")
-	script := `#!/bin/sh
-r=${OMPI_COMM_WORLD_RANK:-$PMI_RANK}
-case "$IVT_DISABLE" in *",$r,"*) export IVSHIM_DISABLE=1 ;; esac
-IVSHIM_TEST_THREAD=$(echo "$IVT_THREAD" | cut -d, -f$((r + 1)))
-export IVSHIM_TEST_THREAD
-exec "$@"
-`
-	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	// The cluster's VMs see the host's file system, but t.TempDir is private to root: make it
-	// traversable like the programs' directory.
-	if err := os.Chmod(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-// checkStats requires the shim's statistics from every rank and, where the layout has two
-// ranks on one host that use the shim, traffic through the region.
+// checkStats requires the shim's statistics from every rank, no region use by a rank at
+// MPI_THREAD_MULTIPLE and, where the layout has two ranks on one host that use the shim,
+// traffic through the region.
 func checkStats(t *testing.T, res *cluster.Result, l layout, prog string) {
 	t.Helper()
 	stats, err := res.ShimStats()
@@ -305,6 +277,19 @@ func checkStats(t *testing.T, res *cluster.Result, l layout, prog string) {
 	if want := l.statsRanks(); want > 0 && len(stats) != want {
 		t.Errorf("%s with the shim: statistics of %d ranks, want %d:%s", prog, len(stats), want, testenv.Details(res, stderrTail))
 		return
+	}
+	// A rank at MPI_THREAD_MULTIPLE (both libraries grant it here) runs in pass-through, also
+	// inside a host's group of ranks that use the region.
+	for _, s := range stats {
+		r := s.Rank
+		if r >= len(l.thread) || l.thread[r] != "multiple" || l.disable[r] {
+			continue
+		}
+		line := fmt.Sprintf("ivshim: rank %d pass-through: MPI_THREAD_MULTIPLE", r)
+		if !strings.Contains(res.Stderr, line) || s.SHMMsgs != 0 || s.CollSHM != 0 || s.RegionBytes != 0 {
+			t.Errorf("%s with the shim: rank %d runs at MPI_THREAD_MULTIPLE but did not say %q or used the region: %+v:%s",
+				prog, r, line, s, testenv.Details(res, stderrTail))
+		}
 	}
 	if !l.sharing() {
 		return
@@ -392,7 +377,7 @@ func prepare(t *testing.T, root string) (context.Context, map[cluster.MPI]map[st
 	t.Helper()
 	ctx, cancel := testenv.Context(t)
 	t.Cleanup(cancel)
-	return ctx, buildPrograms(ctx, t, root), writeWrapper(t)
+	return ctx, buildPrograms(ctx, t, root), testenv.RankWrapper(t)
 }
 
 // buildPrograms compiles every tests/mpi/p2p_*.c and coll_check.c for both MPIs into a

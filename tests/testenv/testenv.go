@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -147,4 +148,41 @@ func CheckParentGates(t testing.TB, res *cluster.Result, parents int, gates uint
 	if !slices.Equal(ranks, want) {
 		t.Errorf("with the shim: ranks %v passed gates, want the %d parents%s", ranks, parents, Details(res, 4096))
 	}
+}
+
+// RankWrapper writes the script a job's ranks run in front of the program (Job.Program the
+// script, Job.Args the program and its arguments): it gives each rank the choices RankEnv put
+// in the job's environment, then runs the program.
+func RankWrapper(t testing.TB) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "rank.sh")
+	script := `#!/bin/sh
+r=${OMPI_COMM_WORLD_RANK:-$PMI_RANK}
+case "$IVT_DISABLE" in *",$r,"*) export IVSHIM_DISABLE=1 ;; esac
+IVSHIM_TEST_THREAD=$(echo "$IVT_THREAD" | cut -d, -f$((r + 1)))
+export IVSHIM_TEST_THREAD
+exec "$@"
+`
+	if err := os.WriteFile(p, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The cluster's VMs see the host's file system, but t.TempDir is private to root: make it
+	// traversable like the programs' directory.
+	if err := os.Chmod(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// RankEnv is the environment that makes RankWrapper set IVSHIM_DISABLE on rank r where
+// disable[r] and run it at thread level thread[r] (tests/mpi/test_init.h: "single",
+// "funneled", "serialized", "multiple"; "" for MPI_Init). disable may be shorter than thread.
+func RankEnv(disable []bool, thread []string) map[string]string {
+	var off []string
+	for r, d := range disable {
+		if d {
+			off = append(off, strconv.Itoa(r))
+		}
+	}
+	return map[string]string{"IVT_DISABLE": "," + strings.Join(off, ",") + ",", "IVT_THREAD": strings.Join(thread, ",")}
 }
