@@ -198,6 +198,15 @@ int ivs_lead_pipe_close(struct ivs_lead_pipe *q, int rc);
 int ivs_lead_reduce(struct ivs_coll *k, uint8_t *acc, int cnt, uint64_t span, MPI_Datatype dt, MPI_Op op, int root_host);
 int ivs_lead_exchange_v(struct ivs_coll *k, int root, const uint8_t *sbuf, const int *scount, const int *sdispl,
                         uint8_t *rbuf, const int *rcount, const int *rdispl);
+/* ... in two halves: _begin posts it, _end completes it (returns the first error) */
+struct ivs_lead_exch {
+	MPI_Request *r;
+	int nr, rc;
+};
+void ivs_lead_exchange_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int root, const uint8_t *sbuf, const int *scount,
+                             const int *sdispl, uint8_t *rbuf, const int *rcount, const int *rdispl);
+int ivs_lead_exchange_end(struct ivs_lead_exch *x);
+int ivs_lead_eager(uint64_t n);
 
 /* ---- coll_hosts.c: gathers, scatters and alltoall across hosts ---- */
 

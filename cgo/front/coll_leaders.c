@@ -163,6 +163,20 @@ enum { EXCH_PIECE = 256 << 10, EXCH_SPLIT = EXCH_PIECE }; /* whole messages */
 #endif
 enum { EXCH_MAXPIECES = EXCH_SPLIT / EXCH_PIECE };
 
+/* Whether the exchange sends a message of n bytes without waiting for its receiver: in pieces
+ * below Open MPI's TCP eager limit (above), whole up to 16 KiB on MPICH over UCX's TCP
+ * transport. A scatter's root that sends only such messages completes them before it hands out
+ * its own host's blocks, so the other hosts get theirs first; larger ones would hold it in a
+ * handshake, so it hands out first (coll_hosts.c). */
+int ivs_lead_eager(uint64_t n)
+{
+#if defined(OPEN_MPI)
+	return n <= EXCH_SPLIT;
+#else
+	return n <= 16 << 10;
+#endif
+}
+
 /* Whom this rank's exchange (below) talks to for host h: its leader, or root on root's host. */
 static int exch_peer(const struct ivs_coll *k, int root, int h)
 {
@@ -186,8 +200,13 @@ static int exch_post(struct ivs_coll *k, uint8_t *buf, int n, int peer, int send
 
 /* The leaders' linear exchange, the step of gathers, scatters and alltoall (coll_hosts.c): this
  * rank (a leader, or the root below) sends scount[h] bytes at sbuf + sdispl[h] to host h's
- * leader (or root) and receives rcount[h] bytes from it at rbuf + rdispl[h], for every h whose count is above 0, all posted at
- * once; its own block is copied unless it is in place already. root (a comm rank, -1: none)
+ * leader (or root) and receives rcount[h] bytes from it at rbuf + rdispl[h], for every h whose
+ * count is above 0. _begin posts every receive, then every send, and copies its own block
+ * unless it is in place already (so sbuf must hold the blocks to send by then, and its own
+ * block too unless in place); _end waits for all of them, and the caller may move bytes
+ * through its host's area in between (a scatter's root hands out its own host's blocks with
+ * its sends posted, a gather's root collects its own with its receives posted; the library
+ * moves them only when the area's waits poke it). root (a comm rank, -1: none)
  * stands in for the leader of its host, on both sides: a gather's or scatter's root sends or
  * receives the other hosts' blocks itself. Both sides of a pair derive the same counts from the
  * collective's arguments, so both cut a message into the same pieces, which match in order on
@@ -202,27 +221,40 @@ static int exch_post(struct ivs_coll *k, uint8_t *buf, int n, int peer, int send
  * and 256 KiB the same either way. MPICH over UCX's TCP transport took 1.4-1.6x as long in
  * pieces for blocks of 32-128 KiB (3 rounds), so it keeps whole messages. Both were measured
  * over TCP only; an InfiniBand transport's limits differ. */
+void ivs_lead_exchange_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int root, const uint8_t *sbuf, const int *scount,
+                             const int *sdispl, uint8_t *rbuf, const int *rcount, const int *rdispl)
+{
+	int nh = k->nhosts, me = k->myhost;
+	*x = (struct ivs_lead_exch){.r = ivs_coll_alloc(sizeof *x->r * 2 * EXCH_MAXPIECES * (uint64_t)nh), .rc = MPI_SUCCESS};
+	for (int d = 1; d < nh && x->rc == MPI_SUCCESS; d++) { /* from the nearest host below first */
+		int h = (me - d + nh) % nh;
+		if (rcount[h] > 0)
+			x->rc = exch_post(k, rbuf + rdispl[h], rcount[h], exch_peer(k, root, h), 0, x->r, &x->nr);
+	}
+	for (int d = 1; d < nh && x->rc == MPI_SUCCESS; d++) { /* to the nearest host above first */
+		int h = (me + d) % nh;
+		if (scount[h] > 0)
+			x->rc = exch_post(k, (uint8_t *)sbuf + sdispl[h], scount[h], exch_peer(k, root, h), 1, x->r, &x->nr);
+	}
+	if (scount[me] > 0 && x->rc == MPI_SUCCESS && rbuf + rdispl[me] != sbuf + sdispl[me])
+		ivs_copy(rbuf + rdispl[me], sbuf + sdispl[me], (uint64_t)scount[me]);
+}
+
+int ivs_lead_exchange_end(struct ivs_lead_exch *x)
+{
+	int rc = x->rc;
+	for (int i = 0; i < x->nr; i++)
+		rc = wait_req(&x->r[i], rc);
+	free(x->r);
+	return rc;
+}
+
 int ivs_lead_exchange_v(struct ivs_coll *k, int root, const uint8_t *sbuf, const int *scount, const int *sdispl,
                         uint8_t *rbuf, const int *rcount, const int *rdispl)
 {
-	int nh = k->nhosts, me = k->myhost, rc = MPI_SUCCESS, nr = 0;
-	MPI_Request *r = ivs_coll_alloc(sizeof *r * 2 * EXCH_MAXPIECES * (uint64_t)nh);
-	for (int d = 1; d < nh && rc == MPI_SUCCESS; d++) { /* from the nearest host below first */
-		int h = (me - d + nh) % nh;
-		if (rcount[h] > 0)
-			rc = exch_post(k, rbuf + rdispl[h], rcount[h], exch_peer(k, root, h), 0, r, &nr);
-	}
-	for (int d = 1; d < nh && rc == MPI_SUCCESS; d++) { /* to the nearest host above first */
-		int h = (me + d) % nh;
-		if (scount[h] > 0)
-			rc = exch_post(k, (uint8_t *)sbuf + sdispl[h], scount[h], exch_peer(k, root, h), 1, r, &nr);
-	}
-	if (scount[me] > 0 && rc == MPI_SUCCESS && rbuf + rdispl[me] != sbuf + sdispl[me])
-		ivs_copy(rbuf + rdispl[me], sbuf + sdispl[me], (uint64_t)scount[me]);
-	for (int i = 0; i < nr; i++)
-		rc = wait_req(&r[i], rc);
-	free(r);
-	return rc;
+	struct ivs_lead_exch x;
+	ivs_lead_exchange_begin(k, &x, root, sbuf, scount, sdispl, rbuf, rcount, rdispl);
+	return ivs_lead_exchange_end(&x);
 }
 
 /* Combine every leader's acc (cnt elements of dt, span bytes) with op: into every leader's
