@@ -162,8 +162,12 @@ func draw(rng *rand.Rand, c *cluster.Cluster, p2p []string) layout {
 	return l
 }
 
-// sharing says whether some host has two ranks that use the shim: then the job must show
-// traffic through the region.
+// sharing says whether the job must show traffic through the region: some host has two ranks
+// that use the shim, and no rank runs at MPI_THREAD_MULTIPLE. Every program ends with
+// collectives on MPI_COMM_WORLD (the gathers of its report), which such ranks then move through
+// their host's area. A member at MPI_THREAD_MULTIPLE sends MPI_COMM_WORLD's collectives to the
+// library (the agreement on a communicator's collectives includes every member's level), and
+// whether the program's point-to-point pairs share a host is up to the draw.
 // statsRanks is how many ranks print the shim's statistics (IVSHIM_VERBOSE) at MPI_Finalize:
 // every rank once one of them may use its region (not disabled, not at MPI_THREAD_MULTIPLE;
 // every VM has a region), as the shim loads its control plane on all ranks or none. -1: none,
@@ -178,11 +182,14 @@ func (l layout) statsRanks() int {
 }
 
 func (l layout) sharing() bool {
+	if slices.Contains(l.thread, "multiple") {
+		return false
+	}
 	per := map[*cluster.Host]int{}
 	r := 0
 	for i, vm := range l.vms {
 		for k := 0; k < l.perVM[i]; k++ {
-			if !l.disable[r] && l.thread[r] != "multiple" {
+			if !l.disable[r] {
 				per[vm.Host]++
 			}
 			r++
