@@ -152,8 +152,8 @@ int ivs_coll_scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t
 	if (k->li == holder) {
 		struct lead_v x = lead_v(k, n, -1, root_host);
 		ivs_lead_exchange_begin(k, &ex, root, v.grouped, x.scount, x.sdispl, v.mine, x.rcount, x.rdispl);
-		for (int h = 0; h < k->nhosts; h++)
-			late |= c->rank == root && !ivs_lead_eager((uint64_t)x.scount[h]);
+		for (int h = 0; h < k->nhosts; h++) /* its own host's blocks are no message */
+			late |= c->rank == root && h != k->myhost && !ivs_lead_eager((uint64_t)x.scount[h]);
 		free(x.scount);
 		if (!late)
 			rc = ivs_lead_exchange_end(&ex);
