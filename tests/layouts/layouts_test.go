@@ -292,11 +292,7 @@ func checkStats(t *testing.T, res *cluster.Result, l layout, prog string) {
 		if r >= len(l.thread) || l.thread[r] != "multiple" || l.disable[r] {
 			continue
 		}
-		line := fmt.Sprintf("ivshim: rank %d pass-through: MPI_THREAD_MULTIPLE", r)
-		if !strings.Contains(res.Stderr, line) || s.SHMMsgs != 0 || s.CollSHM != 0 || s.RegionBytes != 0 {
-			t.Errorf("%s with the shim: rank %d runs at MPI_THREAD_MULTIPLE but did not say %q or used the region: %+v:%s",
-				prog, r, line, s, testenv.Details(res, stderrTail))
-		}
+		testenv.CheckThreadMultiple(t, res, s, prog)
 	}
 	if !l.sharing() {
 		return

@@ -186,3 +186,14 @@ func RankEnv(disable []bool, thread []string) map[string]string {
 	}
 	return map[string]string{"IVT_DISABLE": "," + strings.Join(off, ",") + ",", "IVT_THREAD": strings.Join(thread, ",")}
 }
+
+// CheckThreadMultiple requires of rank s.Rank, run at MPI_THREAD_MULTIPLE with the shim, that it
+// said it runs in pass-through and left the region alone (what: the job, for the message).
+func CheckThreadMultiple(t testing.TB, res *cluster.Result, s cluster.ShimStats, what string) {
+	t.Helper()
+	line := fmt.Sprintf("ivshim: rank %d pass-through: MPI_THREAD_MULTIPLE", s.Rank)
+	if !strings.Contains(res.Stderr, line) || s.SHMMsgs != 0 || s.CollSHM != 0 || s.RegionBytes != 0 {
+		t.Errorf("%s with the shim: rank %d runs at MPI_THREAD_MULTIPLE but did not say %q or used the region: %+v%s",
+			what, s.Rank, line, s, Details(res, 4096))
+	}
+}
