@@ -207,6 +207,7 @@ void ivs_lead_exchange_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int ro
                              const int *sdispl, uint8_t *rbuf, const int *rcount, const int *rdispl);
 int ivs_lead_exchange_end(struct ivs_lead_exch *x);
 int ivs_lead_eager(uint64_t n);
+void ivs_lead_direct_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int root, uint8_t *buf, uint64_t n, int send);
 
 /* ---- coll_hosts.c: gathers, scatters and alltoall across hosts ---- */
 

@@ -241,6 +241,25 @@ void ivs_lead_exchange_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int ro
 		ivs_copy(rbuf + rdispl[me], sbuf + sdispl[me], (uint64_t)scount[me]);
 }
 
+/* A gather's or scatter's root and the members of the other hosts, without their leaders
+ * (coll_hosts.c, direct): the root sends (send) or receives n bytes (0 < n <= INT_MAX) at
+ * buf + r*n to or from every comm rank r of another host, each of those receives or sends n
+ * bytes at buf, and the root's host's other members post nothing. In the exchange's pieces, on
+ * the same tag; complete with ivs_lead_exchange_end. */
+void ivs_lead_direct_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int root, uint8_t *buf, uint64_t n, int send)
+{
+	int size = k->host_first[k->nhosts], rank = k->lranks[k->li];
+	*x = (struct ivs_lead_exch){.r = ivs_coll_alloc(sizeof *x->r * EXCH_MAXPIECES * (uint64_t)(size - k->nl + 1)), .rc = MPI_SUCCESS};
+	if (rank != root) {
+		if (k->myhost != k->host_of[root])
+			x->rc = exch_post(k, buf, (int)n, root, send, x->r, &x->nr);
+		return;
+	}
+	for (int r = 0; r < size && x->rc == MPI_SUCCESS; r++)
+		if (k->host_of[r] != k->myhost)
+			x->rc = exch_post(k, buf + (uint64_t)r * n, (int)n, r, send, x->r, &x->nr);
+}
+
 int ivs_lead_exchange_end(struct ivs_lead_exch *x)
 {
 	int rc = x->rc;
