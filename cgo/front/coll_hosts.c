@@ -12,7 +12,7 @@
  * regrouping copy always (2 hosts x 2 VMs, Open MPI, medians of 5): Scatter of 4 MiB 2.17x ->
  * 1.15x the library alone, Gather 1.10x -> 0.69x, Allgather 0.99x -> 0.72x, and 8 B Gather
  * 1.34x -> 1.18x, Scatter 0.56x -> 0.52x.
- * From 1 KiB per block (direct, below), a gather's or scatter's root instead talks to every
+ * From a block size on (direct, below), a gather's or scatter's root instead talks to every
  * member of the other hosts itself, and only its own host uses the area.
  * A library error is returned after the intra-host phases, which still run so that the
  * host's members do not wait forever. */
@@ -96,25 +96,32 @@ static void regroup(struct ivs_coll *k, int size, uint8_t *grouped, uint8_t *ran
  * and the other hosts' members directly (ivs_lead_direct_begin), as the library's own linear
  * algorithms send them, rather than through those hosts' leaders and areas. Through a leader,
  * a block waits for the area's hop and for its host's other blocks, and the leader's message
- * for all of them; directly, the root pays a message per member. n is the same on every member,
- * so all take the same way. Measured on 2 hosts x 2 VMs (and Open MPI on 2 x 4), roots moving
- * every repetition, medians of 3, direct against through the leaders:
- *   Open MPI  Gather 64 B-4 MiB 0.26-0.98x (256 KiB 566 -> 144 us, 0.45x the library alone),
- *             1-32 B 1.12-1.44x; Scatter 2 x 2 0.49-1.06x at every size, but 2 x 4 1-512 B
- *             1.2-2.0x, 1 KiB-1 MiB 0.53-1.08x;
- *   MPICH     Gather 0.26-1.02x at every size; Scatter 1 B-8 KiB 1.7-2.3x, from 16 KiB
- *             0.35-1.0x (7 rounds).
- * Hence direct from 1 KiB, and a scatter on MPICH from 16 KiB. */
-enum { DIRECT_MIN = 1 << 10 };
+ * for all of them; directly, the root pays a message per member, and the members of the other
+ * hosts all send or receive at once. n is the same on every member, so all take the same way.
+ * Direct (a gather's blocks in whole messages: ivs_lead_direct_begin) against through the
+ * leaders, 2 hosts x 2 VMs, medians of 5, root at rank 0 (IMB's default) and moving every
+ * repetition (-root_shift on), time ÷ the library alone's:
+ *   Open MPI  Gather  1-4 KiB  rank 0 0.61-1.29x the leaders' time (another round: 4 KiB 1.55x),
+ *                              moving 0.82-1.04x;
+ *                     from 16 KiB  rank 0 0.44-0.64 against 0.32-1.47 through the leaders,
+ *                              moving 0.53-1.12 against 0.60-1.85;
+ *             Scatter 1-16 KiB  rank 0 1.16-1.44x the leaders' time, moving 0.78-1.00x;
+ *                     from 32 KiB  rank 0 0.41-0.83 against 0.69-1.73, moving 0.27-1.08
+ *                              against 0.52-1.41;
+ *   MPICH     Gather 0.53-0.98x the leaders' time from 1 KiB both ways, except 8 KiB at rank 0
+ *             (1.28x); Scatter below 16 KiB 1.7-2.3x (3 rounds, moving), from 16 KiB
+ *             0.37-1.16x, except 64 KiB at rank 0 (2.16x). MPICH's library alone spin-waits
+ *             with 4 ranks on 2 CPUs, so only the two ways compare.
+ * Hence direct from where it wins both ways. */
 #if defined(OPEN_MPI)
-enum { SCATTER_DIRECT_MIN = DIRECT_MIN };
+enum { GATHER_DIRECT_MIN = 16 << 10, SCATTER_DIRECT_MIN = 32 << 10 };
 #else
-enum { SCATTER_DIRECT_MIN = 16 << 10 };
+enum { GATHER_DIRECT_MIN = 1 << 10, SCATTER_DIRECT_MIN = 16 << 10 };
 #endif
 
 static int direct(uint64_t n, int scatter)
 {
-	return n >= (scatter ? SCATTER_DIRECT_MIN : DIRECT_MIN);
+	return n >= (scatter ? SCATTER_DIRECT_MIN : GATHER_DIRECT_MIN);
 }
 
 /* A direct gather: the root's host collects through the area into the root's dst, in comm rank
