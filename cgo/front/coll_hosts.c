@@ -98,20 +98,19 @@ static void regroup(struct ivs_coll *k, int size, uint8_t *grouped, uint8_t *ran
  * a block waits for the area's hop and for its host's other blocks, and the leader's message
  * for all of them; directly, the root pays a message per member, and the members of the other
  * hosts all send or receive at once. n is the same on every member, so all take the same way.
- * Direct (a gather's blocks in whole messages: ivs_lead_direct_begin) against through the
- * leaders, 2 hosts x 2 VMs, medians of 5, root at rank 0 (IMB's default) and moving every
- * repetition (-root_shift on), time ÷ the library alone's:
- *   Open MPI  Gather  1-4 KiB  rank 0 0.61-1.29x the leaders' time (another round: 4 KiB 1.55x),
- *                              moving 0.82-1.04x;
- *                     from 16 KiB  rank 0 0.44-0.64 against 0.32-1.47 through the leaders,
- *                              moving 0.53-1.12 against 0.60-1.85;
- *             Scatter 1-16 KiB  rank 0 1.16-1.44x the leaders' time, moving 0.78-1.00x;
- *                     from 32 KiB  rank 0 0.41-0.83 against 0.69-1.73, moving 0.27-1.08
- *                              against 0.52-1.41;
+ * Measured on 2 hosts x 2 VMs, medians of 5, with the root at rank 0 (IMB's default) and with
+ * it moving every repetition (-root_shift on); time / the library alone's, direct against
+ * through the leaders:
+ *   Open MPI  Gather from 16 KiB   rank 0 0.38-0.96 against 0.40-1.24, moving 0.45-1.07
+ *                                  against 0.61-1.85 (256 KiB: 0.78 against 1.85);
+ *             Scatter from 32 KiB  rank 0 0.36-0.94 against 0.58-1.38, moving 0.37-0.97
+ *                                  against 0.54-1.43;
+ *             below, direct lost with the root at rank 0: Gather of 4 KiB 1.29x and 1.55x the
+ *             leaders' time in two rounds, Scatter of 1-16 KiB 1.16-1.44x.
  *   MPICH     Gather 0.53-0.98x the leaders' time from 1 KiB both ways, except 8 KiB at rank 0
  *             (1.28x); Scatter below 16 KiB 1.7-2.3x (3 rounds, moving), from 16 KiB
- *             0.37-1.16x, except 64 KiB at rank 0 (2.16x). MPICH's library alone spin-waits
- *             with 4 ranks on 2 CPUs, so only the two ways compare.
+ *             0.37-1.16x, except 64 KiB at rank 0 (2.16x). (MPICH's library alone spin-waits
+ *             with 4 ranks on 2 CPUs, so only the two ways compare.)
  * Hence direct from where it wins both ways. */
 #if defined(OPEN_MPI)
 enum { GATHER_DIRECT_MIN = 16 << 10, SCATTER_DIRECT_MIN = 32 << 10 };
