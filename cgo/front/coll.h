@@ -3,8 +3,9 @@
  * only ivs_coll_forget (ivshim.h).
  *
  * A collective has an intra-host phase in the communicator's shared-memory area (its layout and
- * protocol are ivshmem/ivshim_coll.h), an inter-host phase among one leader per host through
- * PMPI on a communicator of the members (ivs_coll.hcomm), and an intra-host release. A communicator whose members all
+ * protocol are ivshmem/ivshim_coll.h), an inter-host phase among one leader per host (or a
+ * gather's or scatter's root and the other hosts' members) through PMPI on a communicator of
+ * the members (ivs_coll.hcomm), and an intra-host release. A communicator whose members all
  * share one host never touches PMPI for data. Data larger than the area moves in pieces.
  * Whatever the fast path does not cover (user ops, non-predefined reduction types, v-variants,
  * byte counts beyond INT_MAX) goes to the MPI library; every such decision depends only on
@@ -16,8 +17,9 @@
  *                         MPI_Comm_free
  *   coll_move.c           bytes among co-located members through the area: spread, collect,
  *                         distribute, exchange
- *   coll_leaders.c        the leaders' phase of barrier, bcast and reductions (point-to-point)
- *   coll_hosts.c          the leaders' phase of gathers, scatters and alltoall across hosts
+ *   coll_leaders.c        the point-to-point steps between hosts: the leaders' phase of barrier,
+ *                         bcast and reductions, their exchange, a root's direct messages
+ *   coll_hosts.c          gathers, scatters and alltoall across hosts
  *   coll_barrier_bcast.c  MPI_Barrier, MPI_Bcast
  *   coll_reduce.c         MPI_Reduce, MPI_Allreduce, MPI_Reduce_scatter(_block)
  *   coll_gather.c         MPI_Gather, MPI_Allgather, MPI_Scatter, MPI_Alltoall
@@ -174,7 +176,8 @@ void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n
 void ivs_coll_distribute(struct ivs_coll *k, int from, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at);
 void ivs_coll_exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8_t *dst);
 
-/* ---- coll_leaders.c: the leaders' phase of barrier, bcast and reductions, and their exchange ---- */
+/* ---- coll_leaders.c: the leaders' phase of barrier, bcast and reductions, their exchange, and a
+ * gather's or scatter's root with the other hosts' members ---- */
 
 int ivs_lead_barrier(struct ivs_coll *k);
 int ivs_lead_bcast(struct ivs_coll *k, uint8_t *data, uint64_t n, int root_host);
@@ -207,6 +210,8 @@ void ivs_lead_exchange_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int ro
                              const int *sdispl, uint8_t *rbuf, const int *rcount, const int *rdispl);
 int ivs_lead_exchange_end(struct ivs_lead_exch *x);
 int ivs_lead_eager(uint64_t n);
+/* A gather's (send on the other hosts) or scatter's (send at the root) blocks of n bytes between
+ * the root and every member of another host, each its own message; complete with _end */
 void ivs_lead_direct_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int root, uint8_t *buf, uint64_t n, int send);
 
 /* ---- coll_hosts.c: gathers, scatters and alltoall across hosts ---- */

@@ -151,9 +151,10 @@ static int scatter_direct(struct ivs_coll *k, struct ivs_comm *c, const uint8_t 
 	return late ? ivs_lead_exchange_end(&ex) : rc;
 }
 
-/* Gather to root, or allgather if root < 0, across hosts. A gather's root collects its own
- * host's blocks through the area and receives every other host's from that host's leader
- * itself; an allgather's leaders collect, exchange and spread the whole vector to their hosts. */
+/* Gather to root, or allgather if root < 0, across hosts. A gather of blocks of direct() size
+ * is gather_direct. Else a gather's root collects its own host's blocks through the area and
+ * receives every other host's from that host's leader itself; an allgather's leaders collect,
+ * exchange and spread the whole vector to their hosts. */
 int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root)
 {
 	int everyone = root < 0, root_host = everyone ? -1 : k->host_of[root];
@@ -192,9 +193,9 @@ int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t 
 	return rc;
 }
 
-/* Scatter from root across hosts: the root sends every other host's blocks to that host's leader
- * itself and hands its own host's members theirs through the area; a leader hands out what it
- * received. */
+/* Scatter from root across hosts: blocks of direct() size by scatter_direct; else the root sends
+ * every other host's blocks to that host's leader itself and hands its own host's members
+ * theirs through the area, and a leader hands out what it received. */
 int ivs_coll_scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root)
 {
 	if (direct(n, 1))

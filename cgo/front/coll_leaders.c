@@ -1,6 +1,7 @@
 /* The leaders' phase of barrier, bcast, reduce and allreduce: one leader per host, on the
  * hosts' communicator (ivs_coll.hcomm; host h's leader is comm rank lead[h]), by the library's
- * point-to-point.
+ * point-to-point; and the point-to-point steps of gathers, scatters and alltoall (coll_hosts.c):
+ * the leaders' exchange, and a gather's or scatter's root with the other hosts' members.
  *
  * Why not the library's own collectives there: the leaders must wait polling (a migration's
  * agreement may need an answer from a leader waiting here: migrate.c, coll.h), so the blocking
@@ -19,8 +20,8 @@
  * leader the same bits: in each step the two partners combine the same two vectors in the same
  * operand order, the lower host's first (the libraries' MAX, MIN, MAXLOC and MINLOC keep one
  * operand on ties, so with +0 and -0 or NaNs b op a may differ from a op b). The messages of
- * one collective between two leaders (or a root and a leader: ivs_lead_exchange_v) match in
- * order on its tag (the library does not reorder
+ * one collective between two leaders (or a root and a leader: ivs_lead_exchange_v; or a root
+ * and any member of another host: ivs_lead_direct_begin) match in order on its tag (the library does not reorder
  * them, and a collective completes all of its own before it returns): LEAD_TAG for these,
  * HOSTS_TAG for the exchange of gathers, scatters and alltoall. */
 #include <stdlib.h>
@@ -205,7 +206,8 @@ static int exch_post(struct ivs_coll *k, uint8_t *buf, int n, int piece, int pee
 	return rc;
 }
 
-/* The leaders' linear exchange, the step of gathers, scatters and alltoall (coll_hosts.c): this
+/* The leaders' linear exchange, the step of allgather, alltoall, and gathers and scatters of
+ * blocks below coll_hosts.c's direct() size: this
  * rank (a leader, or the root below) sends scount[h] bytes at sbuf + sdispl[h] to host h's
  * leader (or root) and receives rcount[h] bytes from it at rbuf + rdispl[h], for every h whose
  * count is above 0. _begin posts every receive, then every send, and copies its own block
@@ -262,7 +264,8 @@ void ivs_lead_direct_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int root
 {
 	int size = k->host_first[k->nhosts], rank = k->lranks[k->li];
 	int piece = send == (rank == root) ? exch_piece((int)n) : (int)n; /* the root sends: a scatter */
-	*x = (struct ivs_lead_exch){.r = ivs_coll_alloc(sizeof *x->r * EXCH_MAXPIECES * (uint64_t)(size - k->nl + 1)), .rc = MPI_SUCCESS};
+	uint64_t peers = rank == root ? (uint64_t)(size - k->nl) : 1;
+	*x = (struct ivs_lead_exch){.r = ivs_coll_alloc(sizeof *x->r * EXCH_MAXPIECES * peers), .rc = MPI_SUCCESS};
 	if (rank != root) {
 		if (k->myhost != k->host_of[root])
 			x->rc = exch_post(k, buf, (int)n, piece, root, send, x->r, &x->nr);

@@ -1922,19 +1922,28 @@ static void sequence_comm(int cmi, int iters)
 	struct ctx cx = {C_SEQUENCE, cm->name, "MPI_INT", NULL, 4, -1, NULL};
 	if (!begin(&cx, 16))
 		return;
+	/* Scatter and Gather ints per rank, changing every iteration: 16 B, 1 KiB, 16 KiB and
+	 * 32 KiB + 32 B, so that back-to-back collectives take the shim's different ways between
+	 * hosts (through the hosts' leaders, or the root with every member directly, a block in
+	 * pieces or whole) with a rank delayed. A root's vector stays within SEQ_VEC ints on large
+	 * communicators. */
+	static const int seq_counts[] = {4, 256, 4096, 8200};
+	enum { SEQ_MAX = 8200, SEQ_VEC = 1 << 18 };
 	int n = cm->size, me = cm->rank;
 	const struct ctype *t = type_named("MPI_INT");
-	int *buf = xmalloc(sizeof(int) * 4 * (size_t)n), *all = xmalloc(sizeof(int) * 4 * (size_t)n);
-	int *exp = xmalloc(sizeof(int) * 4 * (size_t)n);
+	size_t vec = (size_t)n * SEQ_MAX < SEQ_VEC ? (size_t)n * SEQ_MAX : SEQ_VEC;
+	vec = vec > (size_t)n * 4 ? vec : (size_t)n * 4;
+	int *buf = xmalloc(sizeof(int) * SEQ_MAX), *all = xmalloc(sizeof(int) * vec), *exp = xmalloc(sizeof(int) * vec);
 	uint64_t rnd = 12345;
 	for (int it = 0; it < iters; it++) {
-		int root = it % n;
+		int root = it % n, cnt = seq_counts[(it + it / n) % LEN(seq_counts)];
+		cnt = (size_t)cnt * (size_t)n <= vec ? cnt : (int)(vec / (size_t)n);
 		/* The same random draws on every rank: a delay for one rank before one step. */
 		rnd = mix(rnd, (uint64_t)it);
-		int slow = (int)(rnd % (uint64_t)n), step = (int)(rnd >> 8) % 6;
+		int slow = (int)(rnd % (uint64_t)n), step = (int)(rnd >> 8) % 7;
 		long us = (long)(rnd >> 16) % 200;
 		char what[64];
-		for (int s = 0; s < 6; s++) {
+		for (int s = 0; s < 7; s++) {
 			if (s == step && me == slow) {
 				if (us < 100)
 					sched_yield();
@@ -1970,12 +1979,12 @@ static void sequence_comm(int cmi, int iters)
 				break;
 			case 4:
 				if (me == root)
-					for (int i = 0; i < 4 * n; i++)
+					for (int i = 0; i < cnt * n; i++)
 						all[i] = i * 7 + it;
-				MPI_Scatter(all, 4, MPI_INT, buf, 4, MPI_INT, root, cm->comm);
-				for (int i = 0; i < 4; i++)
-					exp[i] = (me * 4 + i) * 7 + it;
-				check_same(&cx, what, t, buf, exp, 4);
+				MPI_Scatter(all, cnt, MPI_INT, buf, cnt, MPI_INT, root, cm->comm);
+				for (int i = 0; i < cnt; i++)
+					exp[i] = (me * cnt + i) * 7 + it;
+				check_same(&cx, what, t, buf, exp, (size_t)cnt);
 				break;
 			case 5:
 				for (int i = 0; i < 4; i++)
@@ -1985,6 +1994,17 @@ static void sequence_comm(int cmi, int iters)
 					for (int i = 0; i < 4; i++)
 						exp[r * 4 + i] = r * 100 + i + it;
 				check_same(&cx, what, t, all, exp, (size_t)(4 * n));
+				break;
+			case 6:
+				for (int i = 0; i < cnt; i++)
+					buf[i] = me * 3 + i * 5 + it;
+				MPI_Gather(buf, cnt, MPI_INT, all, cnt, MPI_INT, root, cm->comm);
+				if (me == root) {
+					for (int r = 0; r < n; r++)
+						for (int i = 0; i < cnt; i++)
+							exp[r * cnt + i] = r * 3 + i * 5 + it;
+					check_same(&cx, what, t, all, exp, (size_t)cnt * (size_t)n);
+				}
 				break;
 			}
 		}
