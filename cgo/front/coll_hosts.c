@@ -12,8 +12,9 @@
  * regrouping copy always (2 hosts x 2 VMs, Open MPI, medians of 5): Scatter of 4 MiB 2.17x ->
  * 1.15x the library alone, Gather 1.10x -> 0.69x, Allgather 0.99x -> 0.72x, and 8 B Gather
  * 1.34x -> 1.18x, Scatter 0.56x -> 0.52x.
- * From a block size on (direct, below), a gather's or scatter's root instead talks to every
- * member of the other hosts itself, and only its own host uses the area.
+ * From a block size on, and for a small gather where the other hosts hold few members (direct,
+ * below), a gather's or scatter's root instead talks to every member of the other hosts
+ * itself, and only its own host uses the area.
  * A library error is returned after the intra-host phases, which still run so that the
  * host's members do not wait forever. */
 #include <stdlib.h>
@@ -97,7 +98,8 @@ static void regroup(struct ivs_coll *k, int size, uint8_t *grouped, uint8_t *ran
  * algorithms send them, rather than through those hosts' leaders and areas. Through a leader,
  * a block waits for the area's hop and for its host's other blocks, and the leader's message
  * for all of them; directly, the root pays a message per member, and the members of the other
- * hosts all send or receive at once. n is the same on every member, so all take the same way.
+ * hosts all send or receive at once. n, the root and the hosts are the same on every member,
+ * so all take the same way.
  * Measured on 2 hosts x 2 VMs, medians of 5, with the root at rank 0 (IMB's default) and with
  * it moving every repetition (-root_shift on); time / the library alone's, direct against
  * through the leaders:
@@ -117,8 +119,9 @@ static void regroup(struct ivs_coll *k, int size, uint8_t *grouped, uint8_t *ran
  * members no longer wait for it. 2 hosts x 2 VMs, medians of 5, 1 B-2 KiB: root at rank 0
  * 0.57-1.72x the library alone against 1.17-2.83x through the leaders (t_max of 256 B 2.0-3.3
  * us against 4.2-8.3), moving 0.50-0.94x against 0.47-0.88x; 4-8 KiB direct lost at rank 0
- * (1.10-1.34x against 0.85-0.98x). With 4 members per host (2 x 4, the first cut, moving
- * roots, 3 rounds) 1 B-2 KiB took 0.72-0.97x the leaders' time; more were not measured.
+ * (1.10-1.34x against 0.85-0.98x). With 4 members per host (2 x 4, a build that went direct
+ * at every size, moving roots, 3 rounds) 1 B-2 KiB took 0.72-0.97x the leaders' time; more
+ * were not measured.
  */
 #if defined(OPEN_MPI)
 enum { GATHER_DIRECT_MIN = 16 << 10, SCATTER_DIRECT_MIN = 32 << 10, GATHER_SMALL_MAX = 2 << 10, GATHER_FEW = 4 };

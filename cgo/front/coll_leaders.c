@@ -206,8 +206,8 @@ static int exch_post(struct ivs_coll *k, uint8_t *buf, int n, int piece, int pee
 	return rc;
 }
 
-/* The leaders' linear exchange, the step of allgather, alltoall, and gathers and scatters of
- * blocks below coll_hosts.c's direct() size: this
+/* The leaders' linear exchange, the step of allgather, alltoall, and the gathers and scatters
+ * that do not go direct (coll_hosts.c's direct()): this
  * rank (a leader, or the root below) sends scount[h] bytes at sbuf + sdispl[h] to host h's
  * leader (or root) and receives rcount[h] bytes from it at rbuf + rdispl[h], for every h whose
  * count is above 0. _begin posts every receive, then every send, and copies its own block
