@@ -77,6 +77,9 @@ type Cluster struct {
 
 	mu   sync.Mutex // guards torn, every Host's region and every VM's job
 	torn bool
+	// watchdog is the pipe to the process that cleans the cluster up if this one dies without
+	// Teardown (watchdog.go).
+	watchdog *os.File
 }
 
 // Host is an emulated hypervisor node.
@@ -157,8 +160,13 @@ func Create(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	watchdog, err := startWatchdog(prefix)
+	if err != nil {
+		return nil, fmt.Errorf("create cluster %s: %w", prefix, err)
+	}
 	dir, err := os.MkdirTemp("", prefix+"-")
 	if err != nil {
+		stopWatchdog(watchdog)
 		return nil, fmt.Errorf("create cluster %s: %w", prefix, err)
 	}
 	c := &Cluster{
@@ -170,6 +178,7 @@ func Create(ctx context.Context, cfg Config) (*Cluster, error) {
 		BridgeAddr: subnet.Addr().Next(),
 		Agent:      filepath.Join(dir, "agent"),
 		log:        log,
+		watchdog:   watchdog,
 	}
 	fmt.Fprintf(log, "cluster %s: %d hosts × %d VMs in %s, dir %s\n", prefix, cfg.Hosts, cfg.VMsPerHost, subnet, dir)
 	if err := c.build(ctx, cfg); err != nil {
@@ -555,8 +564,10 @@ func (c *Cluster) Teardown() error {
 		}
 	}
 	if err := Clean(c.Prefix); err != nil {
+		// The watchdog stays: it tries again when this process ends.
 		return errors.Join(append(errs, err)...)
 	}
 	c.torn = true
+	errs = append(errs, stopWatchdog(c.watchdog))
 	return errors.Join(errs...)
 }

@@ -307,3 +307,82 @@ func TestClosedOutputTearsDown(t *testing.T) {
 		t.Errorf("left behind: %s", l)
 	}
 }
+
+// TestKilledCommandLeavesNothing SIGKILLs ivshim-cluster while its job runs: the command's
+// watchdog removes the cluster (brokers, the job's processes, namespaces, links and files)
+// without `ivshim-cluster clean`.
+func TestKilledCommandLeavesNothing(t *testing.T) {
+	testenv.RequireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	if _, err := cluster.BuildBroker(ctx, dir); err != nil {
+		t.Fatal(err)
+	}
+	bin, err := cluster.BuildCommand(ctx, dir, "ivshim.dev/ivshim/tests/cmd/ivshim-cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "run", "-v", "-hosts", "2", "-vms", "1", "-timeout", "90s",
+		"/bin/sh", "-c", "echo started; sleep 80")
+	stderr, err := os.CreateTemp(dir, "stderr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make([]byte, 1)
+	for line[0] != '\n' {
+		if _, err := out.Read(line); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("no first line: %v", err)
+		}
+	}
+	log, _ := os.ReadFile(stderr.Name())
+	prefix := regexp.MustCompile(`\biv[0-9a-f]{5}\b`).FindString(string(log))
+	if prefix == "" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("no cluster prefix in the log:\n%s", log)
+	}
+	t.Cleanup(func() { cluster.Clean(prefix) })
+	left, err := cluster.Leftovers(prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	brokers := 0
+	for _, l := range left {
+		if strings.Contains(l, "(ivshim-broker)") {
+			brokers++
+		}
+	}
+	if brokers != 2 {
+		t.Fatalf("live cluster %s: %d brokers, want 2: %q", prefix, brokers, left)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	deadline := time.Now().Add(45 * time.Second)
+	for {
+		if left, err = cluster.Leftovers(prefix); err != nil {
+			t.Fatal(err)
+		}
+		if len(left) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			log, _ := os.ReadFile(stderr.Name())
+			t.Fatalf("45 s after ivshim-cluster was killed, cluster %s still has %q\nlog:\n%s", prefix, left, log)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if log, _ := os.ReadFile(stderr.Name()); !strings.Contains(string(log), "watchdog: its creator is gone without tearing cluster "+prefix+" down; cleaned it") {
+		t.Errorf("the watchdog did not report its cleanup:\n%s", log)
+	}
+}

@@ -48,7 +48,9 @@
 // brokers remove their regions and stops them, kills every process of the cluster's jobs and
 // VMs, then deletes what the cluster created; it is idempotent and safe to call after a partial
 // failure. [Clean] does the same without the brokers' part, given only a prefix, for runs whose
-// process died.
+// process died. A process that dies without Teardown (SIGKILL, a test's timeout) does not need
+// it: [Create] starts a watchdog, the same program in a process group of its own, that waits on
+// a pipe from its creator and runs Clean once the creator is gone without Teardown.
 //
 // Every job has a timeout. Because Open MPI and MPICH start their daemons and ranks in new
 // sessions, a job's processes are found by a marker variable in their environment
