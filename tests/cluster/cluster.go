@@ -549,7 +549,8 @@ func (c *Cluster) VM(name string) (*VM, error) {
 // links, /dev/shm files and directories (regions, brokers' region directories) and the
 // temporary directory (brokers' state and sockets). A broker that misbehaves is reported after
 // all of that is done. It is idempotent: once it has succeeded, later calls return nil; after an
-// error in the cleanup, a later call tries again.
+// error in the cleanup, a later call tries again, and so does the cluster's watchdog when this
+// process ends.
 func (c *Cluster) Teardown() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -564,7 +565,8 @@ func (c *Cluster) Teardown() error {
 		}
 	}
 	if err := Clean(c.Prefix); err != nil {
-		// The watchdog stays: it tries again when this process ends.
+		// The watchdog stays: it tries again when this process ends, also if the caller drops c.
+		parkWatchdog(c.watchdog)
 		return errors.Join(append(errs, err)...)
 	}
 	c.torn = true
