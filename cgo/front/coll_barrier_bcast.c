@@ -1,5 +1,6 @@
 /* Collectives: MPI_Barrier and MPI_Bcast. */
 #include <stdlib.h>
+#include <string.h>
 #include "coll.h"
 
 static int barrier(struct ivs_coll *k)
@@ -70,12 +71,15 @@ int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
 		return MPI_SUCCESS;
 	if (ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n)
 		return bcast_bytes(k, (uint8_t *)buf + lb, n, root);
-	uint8_t *tmp = malloc(n ? n : 1);
-	if (!tmp)
-		return MPI_ERR_NO_MEM;
+	/* Every member takes part in the broadcast, also a root whose packing failed (the others
+	 * wait for its pieces): the error is the root's to return. */
+	uint8_t *tmp = ivs_coll_alloc(n);
 	int rc = c->rank == root ? ivs_dt_pack(buf, count, dt, tmp, n, comm) : MPI_SUCCESS;
+	if (rc != MPI_SUCCESS)
+		memset(tmp, 0, n); /* what the others get: zeros, not stale heap */
+	int brc = bcast_bytes(k, tmp, n, root);
 	if (rc == MPI_SUCCESS)
-		rc = bcast_bytes(k, tmp, n, root);
+		rc = brc;
 	if (rc == MPI_SUCCESS && c->rank != root)
 		rc = ivs_dt_unpack(tmp, n, buf, count, dt, comm);
 	free(tmp);

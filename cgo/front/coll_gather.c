@@ -1,6 +1,7 @@
 /* Collectives: MPI_Gather, MPI_Allgather, MPI_Scatter and MPI_Alltoall. */
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 #include "coll.h"
 
 /* ---- user buffers as bytes ---- */
@@ -12,7 +13,9 @@ enum flat_mode {
 };
 
 /* The bytes of count elements of dt at buf: the user's memory when they are contiguous (and
- * no copy is asked for), else a scratch buffer. */
+ * no copy is asked for), else a scratch buffer. f->p is set whatever the result: a rank whose
+ * packing failed still takes part in the collective (the others wait for it) and returns the
+ * error. */
 struct flat {
 	uint8_t *p;
 	int scratch;
@@ -29,7 +32,10 @@ static int flat_view(struct flat *f, const void *buf, int count, MPI_Datatype dt
 		return MPI_SUCCESS;
 	}
 	f->p = ivs_coll_alloc(n);
-	return mode == FLAT_OUT ? MPI_SUCCESS : ivs_dt_pack(buf, count, dt, f->p, n, comm);
+	int rc = mode == FLAT_OUT ? MPI_SUCCESS : ivs_dt_pack(buf, count, dt, f->p, n, comm);
+	if (rc != MPI_SUCCESS)
+		memset(f->p, 0, n); /* what the others get: zeros, not stale heap */
+	return rc;
 }
 
 /* Done with f: a scratch buffer is unpacked into buf (if buf and all went well) and freed. */
@@ -76,18 +82,22 @@ static int gather_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbu
 	struct flat in = {0}, out = {0};
 	/* The receive arguments matter only where the result goes (a gather's non-roots may pass
 	 * MPI_DATATYPE_NULL); in place, this rank's block is where the result goes. */
-	int rc = gets ? flat_view(&out, rbuf, rcount * c->size, rdt, all, FLAT_OUT, c->handle) : MPI_SUCCESS;
-	if (rc == MPI_SUCCESS && sbuf == MPI_IN_PLACE) {
+	if (gets)
+		flat_view(&out, rbuf, rcount * c->size, rdt, all, FLAT_OUT, c->handle); /* receives: nothing to fail */
+	int rc;
+	if (sbuf == MPI_IN_PLACE) {
 		MPI_Aint lb, ext;
 		PMPI_Type_get_extent(rdt, &lb, &ext);
 		rc = flat_view(&in, (uint8_t *)rbuf + (ptrdiff_t)c->rank * rcount * ext, rcount, rdt, n, FLAT_IN, c->handle);
-	} else if (rc == MPI_SUCCESS) {
+	} else {
 		rc = flat_view(&in, sbuf, scount, sdt, n, FLAT_IN, c->handle);
 	}
-	if (rc == MPI_SUCCESS && k->nhosts == 1)
+	if (k->nhosts == 1)
 		ivs_coll_collect(k, root < 0 ? IVS_EVERYONE : ivs_coll_root_local(k, root), in.p, n, out.p, k->lranks);
-	else if (rc == MPI_SUCCESS)
-		rc = ivs_coll_gather_hosts(k, c, in.p, out.p, n, root);
+	else {
+		int more = ivs_coll_gather_hosts(k, c, in.p, out.p, n, root);
+		rc = rc != MPI_SUCCESS ? rc : more;
+	}
 	flat_done(&in, rc, NULL, 0, sdt, n, c->handle);
 	return flat_done(&out, rc, gets ? rbuf : NULL, rcount * c->size, rdt, all, c->handle);
 }
@@ -134,12 +144,14 @@ int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int 
 		return MPI_SUCCESS;
 	struct flat in = {0}, out = {0};
 	int rc = at_root ? flat_view(&in, sbuf, scount * c->size, sdt, n * (uint64_t)c->size, FLAT_IN, comm) : MPI_SUCCESS;
-	if (rc == MPI_SUCCESS && rbuf != MPI_IN_PLACE)
-		rc = flat_view(&out, rbuf, rcount, rdt, n, FLAT_OUT, comm);
-	if (rc == MPI_SUCCESS && k->nhosts == 1)
+	if (rbuf != MPI_IN_PLACE)
+		flat_view(&out, rbuf, rcount, rdt, n, FLAT_OUT, comm); /* receives: nothing to fail */
+	if (k->nhosts == 1)
 		ivs_coll_distribute(k, ivs_coll_root_local(k, root), in.p, n, out.p, k->lranks);
-	else if (rc == MPI_SUCCESS)
-		rc = ivs_coll_scatter_hosts(k, c, in.p, out.p, n, root);
+	else {
+		int more = ivs_coll_scatter_hosts(k, c, in.p, out.p, n, root);
+		rc = rc != MPI_SUCCESS ? rc : more;
+	}
 	flat_done(&in, rc, NULL, 0, sdt, n, comm);
 	return flat_done(&out, rc, rbuf, rcount, rdt, n, comm);
 }
@@ -160,12 +172,13 @@ int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int
 	struct flat in = {0}, out = {0};
 	int rc = sbuf == MPI_IN_PLACE ? flat_view(&in, rbuf, rcount * c->size, rdt, row, FLAT_COPY, comm)
 	                              : flat_view(&in, sbuf, scount * c->size, sdt, row, FLAT_IN, comm);
-	if (rc == MPI_SUCCESS)
-		rc = flat_view(&out, rbuf, rcount * c->size, rdt, row, FLAT_OUT, comm);
-	if (rc == MPI_SUCCESS && k->nhosts == 1)
+	flat_view(&out, rbuf, rcount * c->size, rdt, row, FLAT_OUT, comm); /* receives: nothing to fail */
+	if (k->nhosts == 1)
 		ivs_coll_exchange(k, in.p, n, out.p);
-	else if (rc == MPI_SUCCESS)
-		rc = ivs_coll_alltoall_hosts(k, c, in.p, out.p, n);
+	else {
+		int more = ivs_coll_alltoall_hosts(k, c, in.p, out.p, n);
+		rc = rc != MPI_SUCCESS ? rc : more;
+	}
 	flat_done(&in, rc, NULL, 0, sdt, row, comm);
 	return flat_done(&out, rc, rbuf, rcount * c->size, rdt, row, comm);
 }

@@ -207,9 +207,7 @@ static int reduce_scatter_common(struct ivs_coll *k, struct ivs_comm *c, const v
 	}
 	struct red r;
 	reducible(k, total, dt, op, &r);
-	uint8_t *tmp = malloc(r.span ? r.span : 1);
-	if (!tmp)
-		return MPI_ERR_NO_MEM;
+	uint8_t *tmp = ivs_coll_alloc(r.span); /* never a rank that leaves the others waiting */
 	const void *src = sbuf == MPI_IN_PLACE ? rbuf : sbuf;
 	int rc = total ? reduce_common(k, c, src, tmp - r.lb, total, dt, op, -1, &r) : MPI_SUCCESS;
 	int my = counts ? counts[c->rank] : block;
