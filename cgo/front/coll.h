@@ -172,6 +172,16 @@ static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
 #define IVS_EVERYONE (-1) /* as a destination: every co-located member */
 
 void ivs_coll_spread(struct ivs_coll *k, int from, int to, const uint8_t *src, uint64_t n, uint8_t *dst);
+/* A message of count elements of a derived type at buf, moved by the type's typemap between the
+ * user's buffer and the area piece by piece, without a packed copy of the whole. */
+struct ivs_typed {
+	const struct ivs_tm *tm;
+	void *buf;
+	int count;
+};
+/* ivs_coll_spread of the message's packed bytes [at, at + n): member `from` packs them into the
+ * area, the others unpack them from there. */
+void ivs_coll_spread_typed(struct ivs_coll *k, int from, int to, const struct ivs_typed *t, uint64_t at, uint64_t n);
 void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at);
 void ivs_coll_distribute(struct ivs_coll *k, int from, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at);
 void ivs_coll_exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8_t *dst);

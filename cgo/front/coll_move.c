@@ -3,19 +3,41 @@
 #include <string.h>
 #include "coll.h"
 
-/* n bytes of member `from` at src reach member `to` (or every member) at dst. */
-void ivs_coll_spread(struct ivs_coll *k, int from, int to, const uint8_t *src, uint64_t n, uint8_t *dst)
+/* n bytes of member `from` reach member `to` (or every member): from src to dst, or, with t, the
+ * packed bytes [at, at + n) of t's message between its buffer and the area. */
+static void spread(struct ivs_coll *k, int from, int to, const uint8_t *src, uint64_t n, uint8_t *dst,
+                   const struct ivs_typed *t, uint64_t at)
 {
 	for (uint64_t off = 0; off < n; off += k->slot) {
 		uint64_t len = ivs_min_u64(n - off, k->slot), s = ivs_coll_op_begin(k, len);
-		if (k->li == from)
-			ivs_copy(ivs_coll_data(k, from, s, len), src + off, len);
+		if (k->li == from) {
+			uint8_t *in = ivs_coll_data(k, from, s, len);
+			if (t)
+				ivs_tm_copy(t->tm, t->buf, t->count, at + off, in, len, 0);
+			else
+				ivs_copy(in, src + off, len);
+		}
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
 		if (k->li != from && (to == IVS_EVERYONE || to == k->li)) {
 			ivs_coll_await_member(k, from, s);
-			ivs_copy(dst + off, ivs_coll_data(k, from, s, len), len);
+			uint8_t *out = ivs_coll_data(k, from, s, len);
+			if (t)
+				ivs_tm_copy(t->tm, t->buf, t->count, at + off, out, len, 1);
+			else
+				ivs_copy(dst + off, out, len);
 		}
 	}
+}
+
+/* n bytes of member `from` at src reach member `to` (or every member) at dst. */
+void ivs_coll_spread(struct ivs_coll *k, int from, int to, const uint8_t *src, uint64_t n, uint8_t *dst)
+{
+	spread(k, from, to, src, n, dst, NULL, 0);
+}
+
+void ivs_coll_spread_typed(struct ivs_coll *k, int from, int to, const struct ivs_typed *t, uint64_t at, uint64_t n)
+{
+	spread(k, from, to, NULL, n, NULL, t, at);
 }
 
 /* Every member's n bytes at src reach member `to` (or every member) at dst + at[i]*n for

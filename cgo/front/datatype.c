@@ -229,11 +229,18 @@ static int dt_copy(int dir, const struct ivs_tm *tm, void *buf, int count, MPI_D
 	return MPI_SUCCESS;
 }
 
+/* A reference to the typemap that moves elements of dt at buf, or NULL: dt has none (the
+ * library packs it), or buf is MPI_BOTTOM (absolute addresses). */
+struct ivs_tm *ivs_dt_typemap(MPI_Datatype dt, const void *buf)
+{
+	struct dt_entry *e = dt_lookup(dt);
+	return e && buf != MPI_BOTTOM ? typemap_of(dt, e) : NULL;
+}
+
 /* dt_copy with dt's cached typemap. */
 static int dt_typemap_move(int dir, void *buf, int count, MPI_Datatype dt, uint8_t *packed, uint64_t n, MPI_Comm comm)
 {
-	struct dt_entry *e = dt_lookup(dt);
-	struct ivs_tm *tm = e && buf != MPI_BOTTOM ? typemap_of(dt, e) : NULL;
+	struct ivs_tm *tm = ivs_dt_typemap(dt, buf);
 	int rc = dt_copy(dir, tm, buf, count, dt, packed, n, comm);
 	ivs_tm_unref(tm);
 	return rc;

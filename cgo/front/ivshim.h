@@ -406,6 +406,7 @@ struct ivs_tm *ivs_tm_build(MPI_Datatype dt);
 struct ivs_tm *ivs_tm_ref(struct ivs_tm *t);
 void ivs_tm_unref(struct ivs_tm *t);
 void ivs_tm_copy(const struct ivs_tm *t, void *buf, int count, uint64_t off, uint8_t *pk, uint64_t n, int unpack);
+struct ivs_tm *ivs_dt_typemap(MPI_Datatype dt, const void *buf);
 int ivs_dt_pack(const void *buf, int count, MPI_Datatype dt, void *dst, uint64_t n, MPI_Comm comm);
 int ivs_dt_unpack(const void *src, uint64_t n, void *buf, int count, MPI_Datatype dt, MPI_Comm comm);
 int ivs_dt_span(MPI_Datatype dt, int count, uint64_t *span, ptrdiff_t *lb, uint64_t *extent);
