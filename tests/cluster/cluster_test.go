@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -257,13 +258,9 @@ func TestTimeoutKillsJob(t *testing.T) {
 	}
 }
 
-// TestClosedOutputTearsDown runs ivshim-cluster with its standard output a pipe that the reader
-// closes after the first line (as `| head -1` does). The job goes on to its end, and the command
-// still tears its cluster down: no broker, namespace, link or file of it is left.
-func TestClosedOutputTearsDown(t *testing.T) {
-	testenv.RequireCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
+// clusterCommand builds ivshim-cluster, and beside it the broker it runs, into a test directory.
+func clusterCommand(ctx context.Context, t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
 	if _, err := cluster.BuildBroker(ctx, dir); err != nil {
 		t.Fatal(err)
@@ -272,26 +269,51 @@ func TestClosedOutputTearsDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bin
+}
+
+// startFirstLine starts cmd and reads its standard output up to the end of the first line; on
+// error cmd is killed.
+func startFirstLine(cmd *exec.Cmd) (io.ReadCloser, error) {
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	for b := []byte{0}; b[0] != '\n'; {
+		if _, err := out.Read(b); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			return nil, fmt.Errorf("no first line: %w", err)
+		}
+	}
+	return out, nil
+}
+
+// prefixInLog finds a cluster's prefix in ivshim-cluster's -v log.
+var prefixInLog = regexp.MustCompile(`\biv[0-9a-f]{5}\b`)
+
+// TestClosedOutputTearsDown runs ivshim-cluster with its standard output a pipe that the reader
+// closes after the first line (as `| head -1` does). The job goes on to its end, and the command
+// still tears its cluster down: no broker, namespace, link or file of it is left.
+func TestClosedOutputTearsDown(t *testing.T) {
+	testenv.RequireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	bin := clusterCommand(ctx, t)
 	cmd := exec.CommandContext(ctx, bin, "run", "-v", "-hosts", "2", "-vms", "1", "-timeout", "60s",
 		"/bin/sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.2; done")
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
+	out, err := startFirstLine(cmd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	first := make([]byte, 1)
-	for first[0] != '\n' {
-		if _, err := out.Read(first); err != nil {
-			t.Fatalf("no first line: %v", err)
-		}
-	}
 	out.Close()
 	err = cmd.Wait()
-	prefix := regexp.MustCompile(`\biv[0-9a-f]{5}\b`).FindString(stderr.String())
+	prefix := prefixInLog.FindString(stderr.String())
 	if prefix == "" {
 		t.Fatalf("no cluster prefix in the log (%v):\n%s", err, stderr.String())
 	}
@@ -315,38 +337,19 @@ func TestKilledCommandLeavesNothing(t *testing.T) {
 	testenv.RequireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-	if _, err := cluster.BuildBroker(ctx, dir); err != nil {
-		t.Fatal(err)
-	}
-	bin, err := cluster.BuildCommand(ctx, dir, "ivshim.dev/ivshim/tests/cmd/ivshim-cluster")
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := clusterCommand(ctx, t)
 	cmd := exec.Command(bin, "run", "-v", "-hosts", "2", "-vms", "1", "-timeout", "90s",
 		"/bin/sh", "-c", "echo started; sleep 80")
-	stderr, err := os.CreateTemp(dir, "stderr")
+	stderr, err := os.CreateTemp(t.TempDir(), "stderr")
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd.Stderr = stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
+	if _, err := startFirstLine(cmd); err != nil {
 		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	line := make([]byte, 1)
-	for line[0] != '\n' {
-		if _, err := out.Read(line); err != nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-			t.Fatalf("no first line: %v", err)
-		}
 	}
 	log, _ := os.ReadFile(stderr.Name())
-	prefix := regexp.MustCompile(`\biv[0-9a-f]{5}\b`).FindString(string(log))
+	prefix := prefixInLog.FindString(string(log))
 	if prefix == "" {
 		cmd.Process.Kill()
 		cmd.Wait()
