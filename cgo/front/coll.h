@@ -64,6 +64,13 @@ void ivs_coll_await(struct ivs_cline *l, uint64_t s);
 void ivs_coll_await_all(struct ivs_coll *k, uint64_t s);
 void *ivs_coll_alloc(uint64_t n);
 
+/* The first error of rc and more. A member that met an error still takes its part in the rest
+ * of the collective (the others wait for it) and returns the first. */
+static inline int ivs_coll_first_error(int rc, int more)
+{
+	return rc != MPI_SUCCESS ? rc : more;
+}
+
 /* Member i's line for op s; i == nl is the leader's result line. */
 static inline struct ivs_cline *ivs_coll_line(struct ivs_coll *k, int i, uint64_t s)
 {

@@ -91,9 +91,7 @@ int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
 	int rc = c->rank == root ? ivs_dt_pack(buf, count, dt, tmp, n, comm) : MPI_SUCCESS;
 	if (rc != MPI_SUCCESS)
 		memset(tmp, 0, n); /* what the others get: zeros, not stale heap */
-	int brc = bcast_bytes(k, tmp, n, root, NULL);
-	if (rc == MPI_SUCCESS)
-		rc = brc;
+	rc = ivs_coll_first_error(rc, bcast_bytes(k, tmp, n, root, NULL));
 	if (rc == MPI_SUCCESS && c->rank != root)
 		rc = ivs_dt_unpack(tmp, n, buf, count, dt, comm);
 	free(tmp);

@@ -94,10 +94,8 @@ static int gather_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbu
 	}
 	if (k->nhosts == 1)
 		ivs_coll_collect(k, root < 0 ? IVS_EVERYONE : ivs_coll_root_local(k, root), in.p, n, out.p, k->lranks);
-	else {
-		int more = ivs_coll_gather_hosts(k, c, in.p, out.p, n, root);
-		rc = rc != MPI_SUCCESS ? rc : more;
-	}
+	else
+		rc = ivs_coll_first_error(rc, ivs_coll_gather_hosts(k, c, in.p, out.p, n, root));
 	flat_done(&in, rc, NULL, 0, sdt, n, c->handle);
 	return flat_done(&out, rc, gets ? rbuf : NULL, rcount * c->size, rdt, all, c->handle);
 }
@@ -148,10 +146,8 @@ int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int 
 		flat_view(&out, rbuf, rcount, rdt, n, FLAT_OUT, comm); /* receives: nothing to fail */
 	if (k->nhosts == 1)
 		ivs_coll_distribute(k, ivs_coll_root_local(k, root), in.p, n, out.p, k->lranks);
-	else {
-		int more = ivs_coll_scatter_hosts(k, c, in.p, out.p, n, root);
-		rc = rc != MPI_SUCCESS ? rc : more;
-	}
+	else
+		rc = ivs_coll_first_error(rc, ivs_coll_scatter_hosts(k, c, in.p, out.p, n, root));
 	flat_done(&in, rc, NULL, 0, sdt, n, comm);
 	return flat_done(&out, rc, rbuf, rcount, rdt, n, comm);
 }
@@ -175,10 +171,8 @@ int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int
 	flat_view(&out, rbuf, rcount * c->size, rdt, row, FLAT_OUT, comm); /* receives: nothing to fail */
 	if (k->nhosts == 1)
 		ivs_coll_exchange(k, in.p, n, out.p);
-	else {
-		int more = ivs_coll_alltoall_hosts(k, c, in.p, out.p, n);
-		rc = rc != MPI_SUCCESS ? rc : more;
-	}
+	else
+		rc = ivs_coll_first_error(rc, ivs_coll_alltoall_hosts(k, c, in.p, out.p, n));
 	flat_done(&in, rc, NULL, 0, sdt, row, comm);
 	return flat_done(&out, rc, rbuf, rcount * c->size, rdt, row, comm);
 }

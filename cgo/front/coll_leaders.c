@@ -34,7 +34,7 @@ static int wait_req(MPI_Request *r, int rc)
 {
 	int w = *r != MPI_REQUEST_NULL ? ivs_net_wait(r, MPI_STATUS_IGNORE) : MPI_SUCCESS;
 	*r = MPI_REQUEST_NULL;
-	return rc != MPI_SUCCESS ? rc : w;
+	return ivs_coll_first_error(rc, w);
 }
 
 /* Send n bytes at out to the leader of host to and receive n bytes from the leader of host from

@@ -44,11 +44,8 @@ static int reduce_local(struct ivs_coll *k, uint64_t s, const uint8_t *first, ui
  * (the other hosts' leaders and this host's members wait for them), and the rest of the vector
  * still goes through: every member stays at the same op. The error is the leader's to return;
  * the members get whatever the leader published. (The hosts' communicator has the library's
- * default error handler, so an error there ends the job before this matters.) */
-static int first_error(int rc, int more)
-{
-	return rc != MPI_SUCCESS ? rc : more;
-}
+ * default error handler, so an error there ends the job before this matters.) Hence
+ * ivs_coll_first_error below. */
 
 /* One piece of an allreduce (root < 0) or reduce: cnt elements at sb -> rb. */
 static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *sb, uint8_t *rb, int cnt, uint64_t span,
@@ -70,7 +67,7 @@ static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *s
 		uint8_t *acc = ivs_coll_alloc(span);
 		ivs_coll_await_all(k, s);
 		rc = reduce_local(k, s, ivs_coll_data(k, 0, s, span), span, span, acc, cnt, dt, op);
-		rc = first_error(rc, ivs_lead_reduce(k, acc, cnt, span, dt, op, root_host));
+		rc = ivs_coll_first_error(rc, ivs_lead_reduce(k, acc, cnt, span, dt, op, root_host));
 		if (root < 0 || k->myhost == root_host) {
 			if (root < 0 || root == c->rank)
 				ivs_copy(rb, acc, span);
@@ -125,13 +122,13 @@ static int allreduce_stretch(struct ivs_coll *k, const uint8_t *sb, uint8_t *rb,
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
 		if (k->li == 0) { /* its own piece from sb, whole extents up to the next piece */
 			ivs_coll_await_all(k, s);
-			rc = first_error(rc, reduce_local(k, s, sb + off, done + n < cnt ? (uint64_t)n * r->extent : len, len,
-			                                  acc + off, n, dt, op));
+			uint64_t own = done + n < cnt ? (uint64_t)n * r->extent : len;
+			rc = ivs_coll_first_error(rc, reduce_local(k, s, sb + off, own, len, acc + off, n, dt, op));
 		}
 		done += n;
 	}
 	if (k->li == 0)
-		rc = first_error(rc, ivs_lead_reduce(k, acc, cnt, span, dt, op, -1));
+		rc = ivs_coll_first_error(rc, ivs_lead_reduce(k, acc, cnt, span, dt, op, -1));
 	if (k->nl > 1)
 		ivs_coll_spread(k, 0, IVS_EVERYONE, acc, span, rb);
 	if (k->li == 0)
@@ -154,8 +151,8 @@ static int reduce_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbu
 		int cnt = count - done < stretch ? count - done : stretch;
 		const uint8_t *sb = (const uint8_t *)sbuf + r->lb + (ptrdiff_t)((uint64_t)done * r->extent);
 		uint8_t *rb = rbuf ? (uint8_t *)rbuf + r->lb + (ptrdiff_t)((uint64_t)done * r->extent) : NULL;
-		rc = first_error(rc, cnt > per ? allreduce_stretch(k, sb, rb, cnt, per, r, count, dt, op)
-		                               : reduce_piece(k, c, sb, rb, cnt, red_span(r, cnt, count), dt, op, root));
+		rc = ivs_coll_first_error(rc, cnt > per ? allreduce_stretch(k, sb, rb, cnt, per, r, count, dt, op)
+		                                        : reduce_piece(k, c, sb, rb, cnt, red_span(r, cnt, count), dt, op, root));
 		done += cnt;
 	} while (done < count);
 	return rc;
