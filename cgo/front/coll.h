@@ -178,20 +178,41 @@ static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
 
 #define IVS_EVERYONE (-1) /* as a destination: every co-located member */
 
-void ivs_coll_spread(struct ivs_coll *k, int from, int to, const uint8_t *src, uint64_t n, uint8_t *dst);
-/* A message of count elements of a derived type at buf, moved by the type's typemap between the
+/* A member's message as the collectives move it: its packed bytes at p, or (p NULL) the packed
+ * bytes of count elements of a derived type at buf, which the type's typemap moves between the
  * user's buffer and the area piece by piece, without a packed copy of the whole. */
-struct ivs_typed {
+struct ivs_view {
+	uint8_t *p;
 	const struct ivs_tm *tm;
 	void *buf;
 	int count;
 };
-/* ivs_coll_spread of the message's packed bytes [at, at + n): member `from` packs them into the
- * area, the others unpack them from there. */
-void ivs_coll_spread_typed(struct ivs_coll *k, int from, int to, const struct ivs_typed *t, uint64_t at, uint64_t n);
-void ivs_coll_collect(struct ivs_coll *k, int to, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at);
-void ivs_coll_distribute(struct ivs_coll *k, int from, const uint8_t *src, uint64_t n, uint8_t *dst, const int *at);
-void ivs_coll_exchange(struct ivs_coll *k, const uint8_t *src, uint64_t n, uint8_t *dst);
+#define IVS_FLAT(ptr) (&(struct ivs_view){.p = (uint8_t *)(ptr)})
+
+/* The packed bytes [at, at + n) of v to `to`, or from `from` into v. */
+static inline void ivs_view_get(const struct ivs_view *v, uint64_t at, uint8_t *to, uint64_t n)
+{
+	if (v->p)
+		ivs_copy(to, v->p + at, n);
+	else
+		ivs_tm_copy(v->tm, v->buf, v->count, at, to, n, 0);
+}
+static inline void ivs_view_put(const struct ivs_view *v, uint64_t at, const uint8_t *from, uint64_t n)
+{
+	if (v->p)
+		ivs_copy(v->p + at, from, n);
+	else
+		ivs_tm_copy(v->tm, v->buf, v->count, at, (uint8_t *)from, n, 1);
+}
+
+/* Member `from`'s packed bytes [at, at + n) of v reach member `to` (or every member) at the
+ * same bytes of its v. */
+void ivs_coll_spread(struct ivs_coll *k, int from, int to, const struct ivs_view *v, uint64_t at, uint64_t n);
+void ivs_coll_collect(struct ivs_coll *k, int to, const struct ivs_view *src, uint64_t n, const struct ivs_view *dst,
+                      const int *at);
+void ivs_coll_distribute(struct ivs_coll *k, int from, const struct ivs_view *src, uint64_t n, const struct ivs_view *dst,
+                         const int *at);
+void ivs_coll_exchange(struct ivs_coll *k, const struct ivs_view *src, uint64_t n, const struct ivs_view *dst);
 
 /* ---- coll_leaders.c: the leaders' phase of barrier, bcast and reductions, their exchange, and a
  * gather's or scatter's root with the other hosts' members ---- */
@@ -233,8 +254,11 @@ void ivs_lead_direct_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int root
 
 /* ---- coll_hosts.c: gathers, scatters and alltoall across hosts ---- */
 
+/* Their members' buffers are packed bytes, passed to the library, but alltoall's: only the
+ * area sees those. */
 int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root);
 int ivs_coll_scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root);
-int ivs_coll_alltoall_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n);
+int ivs_coll_alltoall_hosts(struct ivs_coll *k, struct ivs_comm *c, const struct ivs_view *src, const struct ivs_view *dst,
+                            uint64_t n);
 
 #endif

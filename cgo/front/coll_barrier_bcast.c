@@ -23,26 +23,23 @@ static int barrier(struct ivs_coll *k)
 
 /* In pieces of one slot: the root's host spreads each piece while its leader passes it on to
  * the other hosts' leaders, which pass it on and spread it on theirs; the leaders' transfers of
- * later pieces overlap the spreading of earlier ones. The message is n bytes at data, or, on a
- * member that is not a leader of several hosts, t's (data unused). */
-static int bcast_bytes(struct ivs_coll *k, uint8_t *data, uint64_t n, int root, const struct ivs_typed *t)
+ * later pieces overlap the spreading of earlier ones. The message is n bytes of v, which on a
+ * leader of several hosts are packed (v->p): it passes them on. */
+static int bcast_bytes(struct ivs_coll *k, const struct ivs_view *v, uint64_t n, int root)
 {
 	int root_host = k->host_of[root], root_li = ivs_coll_root_local(k, root);
 	int src_li = root_li >= 0 ? root_li : 0; /* whose area this host copies from */
 	int lead = k->li == 0 && k->nhosts > 1 && n > 0, rc = MPI_SUCCESS;
 	struct ivs_lead_pipe q;
 	if (lead)
-		rc = ivs_lead_pipe_open(k, &q, data, n, k->slot, root_host);
+		rc = ivs_lead_pipe_open(k, &q, v->p, n, k->slot, root_host);
 	for (uint64_t off = 0, i = 0; off < n; off += k->slot, i++) {
 		uint64_t len = ivs_min_u64(n - off, k->slot);
 		if (lead && root_li < 0 && rc == MPI_SUCCESS) /* from the leaders, on to the next ones */
 			rc = ivs_lead_pipe_in(&q, (int)i);
 		if (lead && root_li < 0 && rc == MPI_SUCCESS)
 			rc = ivs_lead_pipe_out(&q, (int)i);
-		if (t)
-			ivs_coll_spread_typed(k, src_li, IVS_EVERYONE, t, off, len);
-		else
-			ivs_coll_spread(k, src_li, IVS_EVERYONE, data + off, len, data + off);
+		ivs_coll_spread(k, src_li, IVS_EVERYONE, v, off, len);
 		if (lead && root_li >= 0 && rc == MPI_SUCCESS) /* from the root, through the area */
 			rc = ivs_lead_pipe_out(&q, (int)i);
 	}
@@ -74,14 +71,13 @@ int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
 	if (n == 0) /* the same on every rank: type signatures match */
 		return MPI_SUCCESS;
 	if (ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n)
-		return bcast_bytes(k, (uint8_t *)buf + lb, n, root, NULL);
+		return bcast_bytes(k, IVS_FLAT((uint8_t *)buf + lb), n, root);
 	/* A derived type goes between the user's buffer and the area piece by piece where its
 	 * typemap can move it, but on the leaders of several hosts, which pass packed bytes on.
 	 * Both ways put the same packed bytes in the area, so each member picks its own. */
 	struct ivs_tm *tm = k->nhosts > 1 && k->li == 0 ? NULL : ivs_dt_typemap(dt, buf);
 	if (tm) {
-		struct ivs_typed t = {.tm = tm, .buf = buf, .count = count};
-		int rc = bcast_bytes(k, NULL, n, root, &t);
+		int rc = bcast_bytes(k, &(struct ivs_view){.tm = tm, .buf = buf, .count = count}, n, root);
 		ivs_tm_unref(tm);
 		return rc;
 	}
@@ -91,7 +87,7 @@ int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
 	int rc = c->rank == root ? ivs_dt_pack(buf, count, dt, tmp, n, comm) : MPI_SUCCESS;
 	if (rc != MPI_SUCCESS)
 		memset(tmp, 0, n); /* what the others get: zeros, not stale heap */
-	rc = ivs_coll_first_error(rc, bcast_bytes(k, tmp, n, root, NULL));
+	rc = ivs_coll_first_error(rc, bcast_bytes(k, IVS_FLAT(tmp), n, root));
 	if (rc == MPI_SUCCESS && c->rank != root)
 		rc = ivs_dt_unpack(tmp, n, buf, count, dt, comm);
 	free(tmp);

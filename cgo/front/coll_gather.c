@@ -4,49 +4,57 @@
 #include <string.h>
 #include "coll.h"
 
-/* ---- user buffers as bytes ---- */
+/* ---- user buffers as views ---- */
 
-enum flat_mode {
-	FLAT_OUT,  /* bytes to be received */
-	FLAT_IN,   /* bytes to be sent: the user's or a packed copy */
-	FLAT_COPY, /* bytes to be sent, always a copy (the buffer is also received into) */
+enum ubuf_mode {
+	UBUF_OUT,  /* bytes to be received */
+	UBUF_IN,   /* bytes to be sent */
+	UBUF_COPY, /* bytes to be sent, always a packed copy (the buffer is also received into) */
 };
 
-/* The bytes of count elements of dt at buf: the user's memory when they are contiguous (and
- * no copy is asked for), else a scratch buffer. f->p is set whatever the result: a rank whose
- * packing failed still takes part in the collective (the others wait for it) and returns the
- * error. */
-struct flat {
-	uint8_t *p;
+/* The n packed bytes of count elements of dt at buf as a view (coll.h): the user's memory when
+ * they are contiguous, the type's typemap where `typed` (only the area sees this member's
+ * buffer: a derived type moves piece by piece), else a packed scratch copy. The view is set
+ * whatever the result: a rank whose packing failed still takes part in the collective (the
+ * others wait for it) and returns the error. */
+struct ubuf {
+	struct ivs_view v;
+	struct ivs_tm *tm; /* the typemap's reference, if v uses it */
 	int scratch;
 };
 
-static int flat_view(struct flat *f, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum flat_mode mode,
+static int ubuf_view(struct ubuf *u, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum ubuf_mode mode, int typed,
                      MPI_Comm comm)
 {
 	uint64_t bytes;
 	ptrdiff_t lb;
-	f->scratch = mode == FLAT_COPY || !ivs_dt_contig(dt, count, &bytes, &lb) || bytes != n;
-	if (!f->scratch) {
-		f->p = (uint8_t *)buf + lb;
+	*u = (struct ubuf){0};
+	if (mode != UBUF_COPY && ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n) {
+		u->v.p = (uint8_t *)buf + lb;
 		return MPI_SUCCESS;
 	}
-	f->p = ivs_coll_alloc(n);
-	int rc = mode == FLAT_OUT ? MPI_SUCCESS : ivs_dt_pack(buf, count, dt, f->p, n, comm);
+	if (mode != UBUF_COPY && typed && ivs_dt_bytes(dt, count) == n && (u->tm = ivs_dt_typemap(dt, buf))) {
+		u->v = (struct ivs_view){.tm = u->tm, .buf = (void *)buf, .count = count};
+		return MPI_SUCCESS;
+	}
+	u->scratch = 1;
+	u->v.p = ivs_coll_alloc(n);
+	int rc = mode == UBUF_OUT ? MPI_SUCCESS : ivs_dt_pack(buf, count, dt, u->v.p, n, comm);
 	if (rc != MPI_SUCCESS)
-		memset(f->p, 0, n); /* what the others get: zeros, not stale heap */
+		memset(u->v.p, 0, n); /* what the others get: zeros, not stale heap */
 	return rc;
 }
 
-/* Done with f: a scratch buffer is unpacked into buf (if buf and all went well) and freed. */
-static int flat_done(struct flat *f, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm)
+/* Done with u: a scratch buffer is unpacked into buf (if buf and all went well) and freed. */
+static int ubuf_done(struct ubuf *u, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm)
 {
-	if (f->scratch) {
+	if (u->scratch) {
 		if (rc == MPI_SUCCESS && buf)
-			rc = ivs_dt_unpack(f->p, n, buf, count, dt, comm);
-		free(f->p);
-		f->scratch = 0;
+			rc = ivs_dt_unpack(u->v.p, n, buf, count, dt, comm);
+		free(u->v.p);
 	}
+	ivs_tm_unref(u->tm);
+	*u = (struct ubuf){0};
 	return rc;
 }
 
@@ -79,25 +87,26 @@ static int gather_common(struct ivs_coll *k, struct ivs_comm *c, const void *sbu
 		return MPI_SUCCESS;
 	int gets = root < 0 || c->rank == root;
 	uint64_t all = n * (uint64_t)c->size;
-	struct flat in = {0}, out = {0};
+	int typed = k->nhosts == 1; /* across hosts the buffers go to the library too */
+	struct ubuf in, out = {0};
 	/* The receive arguments matter only where the result goes (a gather's non-roots may pass
 	 * MPI_DATATYPE_NULL); in place, this rank's block is where the result goes. */
 	if (gets)
-		flat_view(&out, rbuf, rcount * c->size, rdt, all, FLAT_OUT, c->handle); /* receives: nothing to fail */
+		ubuf_view(&out, rbuf, rcount * c->size, rdt, all, UBUF_OUT, typed, c->handle); /* receives: nothing to fail */
 	int rc;
 	if (sbuf == MPI_IN_PLACE) {
 		MPI_Aint lb, ext;
 		PMPI_Type_get_extent(rdt, &lb, &ext);
-		rc = flat_view(&in, (uint8_t *)rbuf + (ptrdiff_t)c->rank * rcount * ext, rcount, rdt, n, FLAT_IN, c->handle);
+		rc = ubuf_view(&in, (uint8_t *)rbuf + (ptrdiff_t)c->rank * rcount * ext, rcount, rdt, n, UBUF_IN, typed, c->handle);
 	} else {
-		rc = flat_view(&in, sbuf, scount, sdt, n, FLAT_IN, c->handle);
+		rc = ubuf_view(&in, sbuf, scount, sdt, n, UBUF_IN, typed, c->handle);
 	}
 	if (k->nhosts == 1)
-		ivs_coll_collect(k, root < 0 ? IVS_EVERYONE : ivs_coll_root_local(k, root), in.p, n, out.p, k->lranks);
+		ivs_coll_collect(k, root < 0 ? IVS_EVERYONE : ivs_coll_root_local(k, root), &in.v, n, &out.v, k->lranks);
 	else
-		rc = ivs_coll_first_error(rc, ivs_coll_gather_hosts(k, c, in.p, out.p, n, root));
-	flat_done(&in, rc, NULL, 0, sdt, n, c->handle);
-	return flat_done(&out, rc, gets ? rbuf : NULL, rcount * c->size, rdt, all, c->handle);
+		rc = ivs_coll_first_error(rc, ivs_coll_gather_hosts(k, c, in.v.p, out.v.p, n, root));
+	ubuf_done(&in, rc, NULL, 0, sdt, n, c->handle);
+	return ubuf_done(&out, rc, gets ? rbuf : NULL, rcount * c->size, rdt, all, c->handle);
 }
 
 int MPI_Allgather(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, MPI_Comm comm)
@@ -140,16 +149,17 @@ int MPI_Scatter(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int 
 	ivs.stats.collectives_shm++;
 	if (n == 0)
 		return MPI_SUCCESS;
-	struct flat in = {0}, out = {0};
-	int rc = at_root ? flat_view(&in, sbuf, scount * c->size, sdt, n * (uint64_t)c->size, FLAT_IN, comm) : MPI_SUCCESS;
+	int typed = k->nhosts == 1; /* across hosts the buffers go to the library too */
+	struct ubuf in = {0}, out = {0};
+	int rc = at_root ? ubuf_view(&in, sbuf, scount * c->size, sdt, n * (uint64_t)c->size, UBUF_IN, typed, comm) : MPI_SUCCESS;
 	if (rbuf != MPI_IN_PLACE)
-		flat_view(&out, rbuf, rcount, rdt, n, FLAT_OUT, comm); /* receives: nothing to fail */
+		ubuf_view(&out, rbuf, rcount, rdt, n, UBUF_OUT, typed, comm); /* receives: nothing to fail */
 	if (k->nhosts == 1)
-		ivs_coll_distribute(k, ivs_coll_root_local(k, root), in.p, n, out.p, k->lranks);
+		ivs_coll_distribute(k, ivs_coll_root_local(k, root), &in.v, n, rbuf != MPI_IN_PLACE ? &out.v : NULL, k->lranks);
 	else
-		rc = ivs_coll_first_error(rc, ivs_coll_scatter_hosts(k, c, in.p, out.p, n, root));
-	flat_done(&in, rc, NULL, 0, sdt, n, comm);
-	return flat_done(&out, rc, rbuf, rcount, rdt, n, comm);
+		rc = ivs_coll_first_error(rc, ivs_coll_scatter_hosts(k, c, in.v.p, out.v.p, n, root));
+	ubuf_done(&in, rc, NULL, 0, sdt, n, comm);
+	return ubuf_done(&out, rc, rbuf, rcount, rdt, n, comm);
 }
 
 int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int rcount, MPI_Datatype rdt, MPI_Comm comm)
@@ -165,14 +175,15 @@ int MPI_Alltoall(const void *sbuf, int scount, MPI_Datatype sdt, void *rbuf, int
 	ivs.stats.collectives_shm++;
 	if (n == 0)
 		return MPI_SUCCESS;
-	struct flat in = {0}, out = {0};
-	int rc = sbuf == MPI_IN_PLACE ? flat_view(&in, rbuf, rcount * c->size, rdt, row, FLAT_COPY, comm)
-	                              : flat_view(&in, sbuf, scount * c->size, sdt, row, FLAT_IN, comm);
-	flat_view(&out, rbuf, rcount * c->size, rdt, row, FLAT_OUT, comm); /* receives: nothing to fail */
+	/* Only the area sees a member's buffers, also across hosts: derived types go piece by piece. */
+	struct ubuf in, out;
+	int rc = sbuf == MPI_IN_PLACE ? ubuf_view(&in, rbuf, rcount * c->size, rdt, row, UBUF_COPY, 0, comm)
+	                              : ubuf_view(&in, sbuf, scount * c->size, sdt, row, UBUF_IN, 1, comm);
+	ubuf_view(&out, rbuf, rcount * c->size, rdt, row, UBUF_OUT, 1, comm); /* receives: nothing to fail */
 	if (k->nhosts == 1)
-		ivs_coll_exchange(k, in.p, n, out.p);
+		ivs_coll_exchange(k, &in.v, n, &out.v);
 	else
-		rc = ivs_coll_first_error(rc, ivs_coll_alltoall_hosts(k, c, in.p, out.p, n));
-	flat_done(&in, rc, NULL, 0, sdt, row, comm);
-	return flat_done(&out, rc, rbuf, rcount * c->size, rdt, row, comm);
+		rc = ivs_coll_first_error(rc, ivs_coll_alltoall_hosts(k, c, &in.v, &out.v, n));
+	ubuf_done(&in, rc, NULL, 0, sdt, row, comm);
+	return ubuf_done(&out, rc, rbuf, rcount * c->size, rdt, row, comm);
 }

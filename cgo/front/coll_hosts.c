@@ -145,7 +145,7 @@ static int gather_direct(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *
 	int at_root = c->rank == root;
 	ivs_lead_direct_begin(k, &ex, root, at_root ? dst : (uint8_t *)src, n, !at_root);
 	if (k->myhost == k->host_of[root])
-		ivs_coll_collect(k, ivs_coll_root_local(k, root), src, n, dst, k->lranks);
+		ivs_coll_collect(k, ivs_coll_root_local(k, root), IVS_FLAT(src), n, IVS_FLAT(dst), k->lranks);
 	return ivs_lead_exchange_end(&ex);
 }
 
@@ -161,7 +161,7 @@ static int scatter_direct(struct ivs_coll *k, struct ivs_comm *c, const uint8_t 
 	if (!late)
 		rc = ivs_lead_exchange_end(&ex);
 	if (k->myhost == k->host_of[root])
-		ivs_coll_distribute(k, ivs_coll_root_local(k, root), src, n, dst, k->lranks);
+		ivs_coll_distribute(k, ivs_coll_root_local(k, root), IVS_FLAT(src), n, dst ? IVS_FLAT(dst) : NULL, k->lranks);
 	return late ? ivs_lead_exchange_end(&ex) : rc;
 }
 
@@ -192,7 +192,7 @@ int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t 
 		if (early)
 			ivs_lead_exchange_begin(k, &ex, root, v.mine, x.scount, x.sdispl, v.grouped, x.rcount, x.rdispl);
 	}
-	ivs_coll_collect(k, holder, src, n, v.mine, NULL);
+	ivs_coll_collect(k, holder, IVS_FLAT(src), n, IVS_FLAT(v.mine), NULL);
 	if (k->li == holder) {
 		if (!early)
 			ivs_lead_exchange_begin(k, &ex, root, v.mine, x.scount, x.sdispl, v.grouped, x.rcount, x.rdispl);
@@ -200,7 +200,7 @@ int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t 
 		free(x.scount);
 	}
 	if (everyone) /* the leader has it: on to everyone */
-		ivs_coll_spread(k, 0, IVS_EVERYONE, v.grouped, all, v.grouped);
+		ivs_coll_spread(k, 0, IVS_EVERYONE, IVS_FLAT(v.grouped), 0, all);
 	if (!v.in_place && gets)
 		regroup(k, c->size, v.grouped, dst, n, 0);
 	vec_put(&v);
@@ -238,7 +238,7 @@ int ivs_coll_scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t
 		if (!late)
 			rc = ivs_lead_exchange_end(&ex);
 	}
-	ivs_coll_distribute(k, holder, v.mine, n, dst, NULL);
+	ivs_coll_distribute(k, holder, IVS_FLAT(v.mine), n, dst ? IVS_FLAT(dst) : NULL, NULL);
 	if (late)
 		rc = ivs_lead_exchange_end(&ex);
 	vec_put(&v);
@@ -276,7 +276,8 @@ static int leaders_alltoall(struct ivs_coll *k, struct ivs_comm *c, const uint8_
 	return rc;
 }
 
-int ivs_coll_alltoall_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n)
+int ivs_coll_alltoall_hosts(struct ivs_coll *k, struct ivs_comm *c, const struct ivs_view *src, const struct ivs_view *dst,
+                            uint64_t n)
 {
 	uint64_t row = n * (uint64_t)c->size; /* one member's send or receive buffer */
 	uint8_t *in = NULL, *out = NULL;
@@ -285,10 +286,10 @@ int ivs_coll_alltoall_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_
 		in = ivs_coll_alloc(row * (uint64_t)k->nl);
 		out = ivs_coll_alloc(row * (uint64_t)k->nl);
 	}
-	ivs_coll_collect(k, 0, src, row, in, NULL);
+	ivs_coll_collect(k, 0, src, row, IVS_FLAT(in), NULL);
 	if (k->li == 0)
 		rc = leaders_alltoall(k, c, in, out, n);
-	ivs_coll_distribute(k, 0, out, row, dst, NULL);
+	ivs_coll_distribute(k, 0, IVS_FLAT(out), row, dst, NULL);
 	free(in);
 	free(out);
 	return rc;

@@ -130,7 +130,7 @@ static int allreduce_stretch(struct ivs_coll *k, const uint8_t *sb, uint8_t *rb,
 	if (k->li == 0)
 		rc = ivs_coll_first_error(rc, ivs_lead_reduce(k, acc, cnt, span, dt, op, -1));
 	if (k->nl > 1)
-		ivs_coll_spread(k, 0, IVS_EVERYONE, acc, span, rb);
+		ivs_coll_spread(k, 0, IVS_EVERYONE, IVS_FLAT(k->li == 0 ? acc : rb), 0, span);
 	if (k->li == 0)
 		ivs_copy(rb, acc, span);
 	free(acc);

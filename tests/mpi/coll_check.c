@@ -17,7 +17,7 @@
  * them) x roots x communicators (world, a dup, reversed and interleaved rank orders, halves,
  * even/odd ranks, pairs and triples spanning hosts, self; for a few collectives also an
  * intercommunicator, one merged from it and one from MPI_Comm_idup) x MPI_IN_PLACE; derived
- * datatypes with holes on either side; user-defined ops, commutative and not; and sequences
+ * datatypes with holes on either side (also in place); user-defined ops, commutative and not; and sequences
  * that mix collectives, rotate roots and delay random ranks (checked against expected values
  * only: the library's twin would add synchronisation that hides races). Full cross products
  * only where they are cheap: every type/op pair at a small count, every size and communicator
@@ -1594,11 +1594,83 @@ static void derived_case(enum coll c, int cmi, const struct dtype *sd, const str
 	gfree(&b);
 }
 
+/* The MPI_IN_PLACE form of a gather, allgather, scatter or alltoall of type d, `ints` ints per
+ * rank block: the in-place block stays where it is while the others move piece by piece. */
+static void derived_inplace_case(enum coll c, int cmi, const struct dtype *d, long ints, int root)
+{
+	const struct ccomm *cm = &comms[cmi];
+	if (cm->comm == MPI_COMM_NULL)
+		return;
+	char variant[160];
+	snprintf(variant, sizeof variant, "derived inplace type=%s", d->name);
+	bool rooted = c == C_GATHER || c == C_SCATTER;
+	struct ctx cx = {c, cm->name, "derived", NULL, ints, rooted ? root : -1, variant};
+	if (!begin(&cx, ints * (long)sizeof(int)))
+		return;
+	int n = cm->size, me = cm->rank;
+	bool at_root = me == root;
+	long cnt = ints / d->ints;
+	size_t blk = (size_t)(cnt * d->ext), all = blk * (size_t)n;
+	unsigned char *exp = xmalloc(all), *snd = xmalloc(all);
+	struct gbuf a = galloc(all);
+	memset(exp, INIT_BYTE, all);
+	memset(snd, INIT_BYTE, all);
+	size_t check = all; /* bytes of a to compare with exp */
+	switch (c) {
+	case C_GATHER:
+	case C_ALLGATHER:
+		for (int s = 0; s < n; s++)
+			d_put(d, exp + (size_t)s * blk, cnt, (uint64_t)s);
+		d_put(d, snd, cnt, (uint64_t)me);
+		d_put(d, a.p + (size_t)me * blk, cnt, (uint64_t)me);
+		if (c == C_ALLGATHER)
+			MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, a.p, (int)cnt, d->dt, cm->comm);
+		else if (at_root)
+			MPI_Gather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, a.p, (int)cnt, d->dt, root, cm->comm);
+		else
+			MPI_Gather(snd, (int)cnt, d->dt, NULL, 0, MPI_DATATYPE_NULL, root, cm->comm);
+		if (c == C_GATHER && !at_root)
+			check = 0;
+		break;
+	case C_SCATTER:
+		/* The root's block stays in its send buffer (a): all of a is unchanged there. */
+		for (int t = 0; t < n; t++)
+			d_put(d, (at_root ? exp : snd) + (size_t)t * blk, cnt, (uint64_t)(t + 100));
+		if (at_root) {
+			for (int t = 0; t < n; t++)
+				d_put(d, a.p + (size_t)t * blk, cnt, (uint64_t)(t + 100));
+			MPI_Scatter(a.p, (int)cnt, d->dt, MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, root, cm->comm);
+		} else {
+			d_put(d, exp, cnt, (uint64_t)(me + 100));
+			MPI_Scatter(NULL, 0, MPI_DATATYPE_NULL, a.p, (int)cnt, d->dt, root, cm->comm);
+			check = blk;
+		}
+		break;
+	case C_ALLTOALL:
+		for (int t = 0; t < n; t++) {
+			d_put(d, a.p + (size_t)t * blk, cnt, (uint64_t)(me * 1000 + t));
+			d_put(d, exp + (size_t)t * blk, cnt, (uint64_t)(t * 1000 + me));
+		}
+		MPI_Alltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, a.p, (int)cnt, d->dt, cm->comm);
+		break;
+	default:
+		break;
+	}
+	if (check) {
+		check_bytes(&cx, "vs expected", a.p, exp, check);
+		check_guards(&cx, &a, "recvbuf");
+	}
+	free(exp);
+	free(snd);
+	gfree(&a);
+}
+
 static void test_derived(void)
 {
 	static const enum coll cs[] = {C_BCAST, C_GATHER, C_SCATTER, C_ALLGATHER, C_ALLTOALL};
 	static const int pairs[][2] = {{2, 2}, {0, 2}, {2, 0}, {1, 2}, {1, 1}};
-	/* 40960 ints (160 KiB) take several slots of an area: a derived type moves piece by piece. */
+	/* 16384 ints (64 KiB) take several pieces of a scatter's or alltoall's slot share, 40960
+	 * (160 KiB) several slots of an area: a derived type moves piece by piece. */
 	static const long ints[] = {4, 256, 16384, 40960};
 	static const int dcomms[] = {CM_WORLD, CM_INTER, CM_TRI, CM_HALF};
 	for (int c = 0; c < LEN(cs); c++)
@@ -1607,10 +1679,12 @@ static void test_derived(void)
 				for (int k = 0; k < (FULL ? LEN(dcomms) : QUICK ? 2 : 3); k++) {
 					const struct ccomm *cm = &comms[dcomms[k]];
 					int root = cm->size > 0 ? (p + z) % cm->size : 0;
-					/* Large blocks only where cheap enough: broadcasts and gathers. */
-					if ((z == 2 && (cs[c] == C_ALLTOALL || cs[c] == C_SCATTER)) || (z == 3 && cs[c] != C_BCAST))
+					/* The largest blocks only where cheap enough: broadcasts and gathers. */
+					if (z == 3 && (cs[c] == C_ALLTOALL || cs[c] == C_SCATTER))
 						continue;
 					derived_case(cs[c], dcomms[k], &dtypes[pairs[p][0]], &dtypes[pairs[p][1]], ints[z], root);
+					if (pairs[p][0] == pairs[p][1] && cs[c] != C_BCAST)
+						derived_inplace_case(cs[c], dcomms[k], &dtypes[pairs[p][0]], ints[z], root);
 				}
 }
 
