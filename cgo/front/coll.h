@@ -187,7 +187,11 @@ struct ivs_view {
 	void *buf;
 	int count;
 };
-#define IVS_FLAT(ptr) (&(struct ivs_view){.p = (uint8_t *)(ptr)})
+static inline uint8_t *ivs_flat_ptr(const uint8_t *p)
+{
+	return (uint8_t *)p;
+}
+#define IVS_FLAT(ptr) (&(struct ivs_view){.p = ivs_flat_ptr(ptr)})
 
 /* The packed bytes [at, at + n) of v to `to`, or from `from` into v. */
 static inline void ivs_view_get(const struct ivs_view *v, uint64_t at, uint8_t *to, uint64_t n)
@@ -204,6 +208,26 @@ static inline void ivs_view_put(const struct ivs_view *v, uint64_t at, const uin
 	else
 		ivs_tm_copy(v->tm, v->buf, v->count, at, (uint8_t *)from, n, 1);
 }
+
+/* A user's buffer as a view: the count elements of dt at buf (n packed bytes) are the user's
+ * memory where contiguous, the type's typemap where `typed` (the caller's choice: only the area
+ * sees this buffer, so it may move piece by piece), else a packed scratch copy. The view is set
+ * whatever the result: a rank whose packing failed still takes part in the collective (the
+ * others wait for it) and returns the error. _done unpacks a scratch copy into buf (if buf, and
+ * all went well), frees it and drops the typemap. */
+enum ivs_buf_mode {
+	IVS_BUF_OUT,  /* bytes to be received */
+	IVS_BUF_IN,   /* bytes to be sent */
+	IVS_BUF_COPY, /* bytes to be sent, always a packed copy (the buffer is also received into) */
+};
+struct ivs_buf {
+	struct ivs_view v;
+	struct ivs_tm *tm; /* the typemap's reference, if v uses it */
+	int scratch;
+};
+int ivs_coll_buf(struct ivs_buf *u, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum ivs_buf_mode mode, int typed,
+                 MPI_Comm comm);
+int ivs_coll_buf_done(struct ivs_buf *u, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm);
 
 /* Member `from`'s packed bytes [at, at + n) of v reach member `to` (or every member) at the
  * same bytes of its v. */
@@ -254,8 +278,8 @@ void ivs_lead_direct_begin(struct ivs_coll *k, struct ivs_lead_exch *x, int root
 
 /* ---- coll_hosts.c: gathers, scatters and alltoall across hosts ---- */
 
-/* Their members' buffers are packed bytes, passed to the library, but alltoall's: only the
- * area sees those. */
+/* Gather's and scatter's src and dst are packed bytes: the library may send or receive them.
+ * Alltoall's members pass only their leader's library calls, so their buffers are views. */
 int ivs_coll_gather_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root);
 int ivs_coll_scatter_hosts(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *src, uint8_t *dst, uint64_t n, int root);
 int ivs_coll_alltoall_hosts(struct ivs_coll *k, struct ivs_comm *c, const struct ivs_view *src, const struct ivs_view *dst,

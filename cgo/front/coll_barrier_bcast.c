@@ -62,34 +62,21 @@ int MPI_Bcast(void *buf, int count, MPI_Datatype dt, int root, MPI_Comm comm)
 	IVS_COLL_SCOPE;
 	struct ivs_coll *k;
 	struct ivs_comm *c = ivs_coll_comm(comm, &k);
-	uint64_t n = ivs_dt_bytes(dt, count), bytes;
-	ptrdiff_t lb;
+	uint64_t n = ivs_dt_bytes(dt, count);
 	if (!c || root < 0 || root >= c->size)
 		IVS_NET_COLL_SIZED(n, PMPI_Bcast(buf, count, dt, root, comm),
 		                   PMPI_Ibcast(buf, count, dt, root, comm, &req_));
 	ivs.stats.collectives_shm++;
 	if (n == 0) /* the same on every rank: type signatures match */
 		return MPI_SUCCESS;
-	if (ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n)
-		return bcast_bytes(k, IVS_FLAT((uint8_t *)buf + lb), n, root);
-	/* A derived type goes between the user's buffer and the area piece by piece where its
-	 * typemap can move it, but on the leaders of several hosts, which pass packed bytes on.
-	 * Both ways put the same packed bytes in the area, so each member picks its own. */
-	struct ivs_tm *tm = k->nhosts > 1 && k->li == 0 ? NULL : ivs_dt_typemap(dt, buf);
-	if (tm) {
-		int rc = bcast_bytes(k, &(struct ivs_view){.tm = tm, .buf = buf, .count = count}, n, root);
-		ivs_tm_unref(tm);
-		return rc;
-	}
-	/* Every member takes part in the broadcast, also a root whose packing failed (the others
-	 * wait for its pieces): the error is the root's to return. */
-	uint8_t *tmp = ivs_coll_alloc(n);
-	int rc = c->rank == root ? ivs_dt_pack(buf, count, dt, tmp, n, comm) : MPI_SUCCESS;
-	if (rc != MPI_SUCCESS)
-		memset(tmp, 0, n); /* what the others get: zeros, not stale heap */
-	rc = ivs_coll_first_error(rc, bcast_bytes(k, IVS_FLAT(tmp), n, root));
-	if (rc == MPI_SUCCESS && c->rank != root)
-		rc = ivs_dt_unpack(tmp, n, buf, count, dt, comm);
-	free(tmp);
-	return rc;
+	/* A derived type goes between the user's buffer and the area piece by piece, but on the
+	 * leaders of several hosts, which pass packed bytes on. Both ways put the same packed bytes
+	 * in the area, so each member picks its own. Every member takes part in the broadcast, also
+	 * a root whose packing failed (the others wait for its pieces): the error is the root's to
+	 * return. */
+	int at_root = c->rank == root;
+	struct ivs_buf u;
+	int rc = ivs_coll_buf(&u, buf, count, dt, n, at_root ? IVS_BUF_IN : IVS_BUF_OUT, k->nhosts == 1 || k->li != 0, comm);
+	rc = ivs_coll_first_error(rc, bcast_bytes(k, &u.v, n, root));
+	return ivs_coll_buf_done(&u, rc, at_root ? NULL : buf, count, dt, n, comm);
 }

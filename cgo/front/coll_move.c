@@ -2,8 +2,47 @@
  * it. Every co-located member calls these with the same sizes, so all go through the same ops.
  * Each member's buffers are views (coll.h): a derived type's typemap moves its pieces straight
  * between the user's buffer and the area. */
+#include <stdlib.h>
 #include <string.h>
 #include "coll.h"
+
+/* ---- user buffers as views ---- */
+
+int ivs_coll_buf(struct ivs_buf *u, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum ivs_buf_mode mode, int typed,
+                 MPI_Comm comm)
+{
+	uint64_t bytes;
+	ptrdiff_t lb;
+	*u = (struct ivs_buf){0};
+	if (mode != IVS_BUF_COPY && ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n) {
+		u->v.p = (uint8_t *)buf + lb;
+		return MPI_SUCCESS;
+	}
+	if (mode != IVS_BUF_COPY && typed && ivs_dt_bytes(dt, count) == n && (u->tm = ivs_dt_typemap(dt, buf))) {
+		u->v = (struct ivs_view){.tm = u->tm, .buf = (void *)buf, .count = count};
+		return MPI_SUCCESS;
+	}
+	u->scratch = 1;
+	u->v.p = ivs_coll_alloc(n);
+	int rc = mode == IVS_BUF_OUT ? MPI_SUCCESS : ivs_dt_pack(buf, count, dt, u->v.p, n, comm);
+	if (rc != MPI_SUCCESS)
+		memset(u->v.p, 0, n); /* what the others get: zeros, not stale heap */
+	return rc;
+}
+
+int ivs_coll_buf_done(struct ivs_buf *u, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm)
+{
+	if (u->scratch) {
+		if (rc == MPI_SUCCESS && buf)
+			rc = ivs_dt_unpack(u->v.p, n, buf, count, dt, comm);
+		free(u->v.p);
+	}
+	ivs_tm_unref(u->tm);
+	*u = (struct ivs_buf){0};
+	return rc;
+}
+
+/* ---- moving views' bytes through the area ---- */
 
 /* The packed bytes [sat, sat + n) of src to [dat, dat + n) of dst (a member's own block). */
 static void move(const struct ivs_view *dst, uint64_t dat, const struct ivs_view *src, uint64_t sat, uint64_t n)
@@ -41,14 +80,17 @@ void ivs_coll_spread(struct ivs_coll *k, int from, int to, const struct ivs_view
 }
 
 /* Every member's n bytes of src reach member `to` (or every member) at bytes at[i]*n of dst for
- * member i (at NULL: i*n). A receiver's own src may already be where it belongs. */
+ * member i (at NULL: i*n). A receiver's src may already be where it belongs, or be NULL: its
+ * block is in dst already (in place). */
 void ivs_coll_collect(struct ivs_coll *k, int to, const struct ivs_view *src, uint64_t n, const struct ivs_view *dst,
                       const int *at)
 {
+	const struct ivs_view *mine = src ? src : dst;
+	uint64_t mine_at = src ? 0 : (uint64_t)(at ? at[k->li] : k->li) * n;
 	for (uint64_t off = 0; off < n; off += k->slot) {
 		uint64_t len = ivs_min_u64(n - off, k->slot), s = ivs_coll_op_begin(k, len);
 		if (to != k->li)
-			ivs_view_get(src, off, ivs_coll_data(k, k->li, s, len), len);
+			ivs_view_get(mine, mine_at + off, ivs_coll_data(k, k->li, s, len), len);
 		ivs_coll_publish(ivs_coll_line(k, k->li, s), s);
 		if (to != IVS_EVERYONE && to != k->li)
 			continue;
@@ -57,7 +99,7 @@ void ivs_coll_collect(struct ivs_coll *k, int to, const struct ivs_view *src, ui
 			if (i != k->li) {
 				ivs_coll_await_member(k, i, s);
 				ivs_view_put(dst, d, ivs_coll_data(k, i, s, len), len);
-			} else {
+			} else if (src) {
 				move(dst, d, src, off, len);
 			}
 		}

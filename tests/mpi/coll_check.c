@@ -1476,7 +1476,7 @@ struct dtype {
 	int off[4];   /* int offsets (in ints) of the element's data within its extent */
 };
 
-static struct dtype dtypes[3];
+static struct dtype dtypes[4];
 
 static void dtypes_init(void)
 {
@@ -1489,7 +1489,12 @@ static void dtypes_init(void)
 	MPI_Type_create_resized(v, 0, 7 * (MPI_Aint)sizeof(int), &r);
 	MPI_Type_free(&v);
 	dtypes[2] = (struct dtype){"resized(vector(2,2,3,MPI_INT),7 ints)", r, 4, 0, {0, 1, 3, 4}};
-	for (int i = 0; i < 3; i++) {
+	/* Contiguous as one element, with a hole after it as several. */
+	MPI_Type_contiguous(4, MPI_INT, &v);
+	MPI_Type_create_resized(v, 0, 6 * (MPI_Aint)sizeof(int), &r);
+	MPI_Type_free(&v);
+	dtypes[3] = (struct dtype){"resized(contiguous(4,MPI_INT),6 ints)", r, 4, 0, {0, 1, 2, 3}};
+	for (int i = 0; i < 4; i++) {
 		MPI_Aint lb;
 		if (i)
 			MPI_Type_commit(&dtypes[i].dt);
@@ -1668,11 +1673,11 @@ static void derived_inplace_case(enum coll c, int cmi, const struct dtype *d, lo
 static void test_derived(void)
 {
 	static const enum coll cs[] = {C_BCAST, C_GATHER, C_SCATTER, C_ALLGATHER, C_ALLTOALL};
-	static const int pairs[][2] = {{2, 2}, {0, 2}, {2, 0}, {1, 2}, {1, 1}};
+	static const int pairs[][2] = {{2, 2}, {0, 2}, {3, 3}, {2, 0}, {1, 2}, {1, 1}};
 	/* 16384 ints (64 KiB) take several pieces of a scatter's or alltoall's slot share, 40960
 	 * (160 KiB) several slots of an area: a derived type moves piece by piece. */
 	static const long ints[] = {4, 256, 16384, 40960};
-	static const int dcomms[] = {CM_WORLD, CM_INTER, CM_TRI, CM_HALF};
+	static const int dcomms[] = {CM_WORLD, CM_HALF, CM_INTER, CM_TRI}; /* half: on one host */
 	for (int c = 0; c < LEN(cs); c++)
 		for (int p = 0; p < (FULL ? LEN(pairs) : QUICK ? 2 : 3); p++)
 			for (int z = 0; z < LEN(ints); z++)
@@ -2343,7 +2348,7 @@ int main(int argc, char **argv)
 	}
 
 	int rc = report();
-	for (int i = 1; i < 3; i++)
+	for (int i = 1; i < 4; i++)
 		MPI_Type_free(&dtypes[i].dt);
 	comms_free();
 	MPI_Finalize();
