@@ -225,9 +225,25 @@ struct ivs_buf {
 	struct ivs_tm *tm; /* the typemap's reference, if v uses it */
 	int scratch;
 };
-int ivs_coll_buf(struct ivs_buf *u, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum ivs_buf_mode mode, int typed,
-                 MPI_Comm comm);
-int ivs_coll_buf_done(struct ivs_buf *u, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm);
+int ivs_coll_buf_other(struct ivs_buf *u, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum ivs_buf_mode mode,
+                       int typed, MPI_Comm comm);
+int ivs_coll_buf_release(struct ivs_buf *u, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm);
+/* The user's contiguous memory inline: a small collective's view costs no call. */
+static inline int ivs_coll_buf(struct ivs_buf *u, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum ivs_buf_mode mode,
+                               int typed, MPI_Comm comm)
+{
+	uint64_t bytes;
+	ptrdiff_t lb;
+	if (mode != IVS_BUF_COPY && ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n) {
+		*u = (struct ivs_buf){.v.p = (uint8_t *)buf + lb};
+		return MPI_SUCCESS;
+	}
+	return ivs_coll_buf_other(u, buf, count, dt, n, mode, typed, comm);
+}
+static inline int ivs_coll_buf_done(struct ivs_buf *u, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm)
+{
+	return u->scratch || u->tm ? ivs_coll_buf_release(u, rc, buf, count, dt, n, comm) : rc;
+}
 
 /* Member `from`'s packed bytes [at, at + n) of v reach member `to` (or every member) at the
  * same bytes of its v. */

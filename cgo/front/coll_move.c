@@ -8,16 +8,11 @@
 
 /* ---- user buffers as views ---- */
 
-int ivs_coll_buf(struct ivs_buf *u, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum ivs_buf_mode mode, int typed,
-                 MPI_Comm comm)
+/* ivs_coll_buf of a buffer that is not contiguous, or is to be copied */
+int ivs_coll_buf_other(struct ivs_buf *u, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum ivs_buf_mode mode,
+                       int typed, MPI_Comm comm)
 {
-	uint64_t bytes;
-	ptrdiff_t lb;
 	*u = (struct ivs_buf){0};
-	if (mode != IVS_BUF_COPY && ivs_dt_contig(dt, count, &bytes, &lb) && bytes == n) {
-		u->v.p = (uint8_t *)buf + lb;
-		return MPI_SUCCESS;
-	}
 	if (mode != IVS_BUF_COPY && typed && ivs_dt_bytes(dt, count) == n && (u->tm = ivs_dt_typemap(dt, buf))) {
 		u->v = (struct ivs_view){.tm = u->tm, .buf = (void *)buf, .count = count};
 		return MPI_SUCCESS;
@@ -30,7 +25,8 @@ int ivs_coll_buf(struct ivs_buf *u, const void *buf, int count, MPI_Datatype dt,
 	return rc;
 }
 
-int ivs_coll_buf_done(struct ivs_buf *u, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm)
+/* ivs_coll_buf_done of a scratch copy or a typemap */
+int ivs_coll_buf_release(struct ivs_buf *u, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm)
 {
 	if (u->scratch) {
 		if (rc == MPI_SUCCESS && buf)
