@@ -528,6 +528,8 @@ int ivs_isend(const void *buf, int count, MPI_Datatype dt, int dest, int tag, MP
 int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm comm,
               struct ivs_req **out, MPI_Request *net);
 int ivs_req_poll(struct ivs_req *r);
+int ivs_req_poll_shim(struct ivs_req *r, struct ivs_req **lib);
+void ivs_req_lib_done(struct ivs_req *q, int rc, const MPI_Status *st);
 int ivs_wait_loop_req(struct ivs_req *r);
 int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st);
 void ivs_fill_status(struct ivs_req *r, MPI_Status *st);

@@ -178,41 +178,63 @@ int ivs_irecv(void *buf, int count, MPI_Datatype dt, int src, int tag, MPI_Comm 
 	return MPI_SUCCESS;
 }
 
-/* Whether a shim request has completed, driving its library request if it has one. */
-int ivs_req_poll(struct ivs_req *r)
+/* Whether shim request r has completed, as far as the shim can tell without asking the library:
+ * *lib is set to the request whose library request alone stands between r and its completion
+ * (r itself, or the operation persistent r started), or NULL. Asking the library runs its
+ * progress engine (with yield_when_idle a yield), so callers with several requests ask it once
+ * for all of them (waits.c). */
+int ivs_req_poll_shim(struct ivs_req *r, struct ivs_req **lib)
 {
+	*lib = NULL;
 	if (r->kind == IVS_PSEND || r->kind == IVS_PRECV) {
 		if (r->state != IVS_ACTIVE)
 			return 1;
 		if (r->act)
-			return ivs_req_poll(r->act);
-		if (!r->net_done) {
-			int flag = 0;
-			if (PMPI_Test(&r->inner, &flag, &r->net_st) != MPI_SUCCESS)
-				flag = 1;
-			r->net_done = (uint8_t)flag;
-		}
-		return r->net_done;
+			return ivs_req_poll_shim(r->act, lib);
+		if (r->net_done)
+			return 1;
+		*lib = r;
+		return 0;
 	}
 	if (r->state == IVS_DONE)
 		return 1;
 	if (IVS_UNLIKELY(r->net_send))
 		return ivs_pair_send_poll(r);
-	if (r->recv_mode == IVS_RM_NET && r->inner != MPI_REQUEST_NULL) {
-		int flag = 0;
-		int rc = PMPI_Test(&r->inner, &flag, &r->net_st);
-		if (rc != MPI_SUCCESS) {
-			r->error = rc;
-			flag = 1;
-		}
-		if (flag) {
-			r->state = IVS_DONE;
-			if (r->lib_count)
-				ivs_join_recv_done(r);
-		}
-		return flag;
-	}
+	if (r->recv_mode == IVS_RM_NET && r->inner != MPI_REQUEST_NULL)
+		*lib = r;
 	return 0;
+}
+
+/* The library completed q's library request with status st, or failed it with rc. */
+void ivs_req_lib_done(struct ivs_req *q, int rc, const MPI_Status *st)
+{
+	q->net_st = *st;
+	if (q->kind == IVS_PSEND || q->kind == IVS_PRECV) {
+		q->net_done = 1;
+		return;
+	}
+	if (rc != MPI_SUCCESS)
+		q->error = rc;
+	q->state = IVS_DONE;
+	if (q->lib_count)
+		ivs_join_recv_done(q);
+}
+
+/* Whether a shim request has completed, driving its library request if it has one. */
+int ivs_req_poll(struct ivs_req *r)
+{
+	struct ivs_req *q;
+	if (ivs_req_poll_shim(r, &q))
+		return 1;
+	if (!q)
+		return 0;
+	int flag = 0;
+	MPI_Status st = q->net_st;
+	int rc = PMPI_Test(&q->inner, &flag, &st);
+	if (rc == MPI_SUCCESS && !flag)
+		return 0;
+	ivs_req_lib_done(q, rc, &st);
+	return 1;
 }
 
 /* The library's status of a completed request, into the caller's. MPI_ERROR stays the caller's:

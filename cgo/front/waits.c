@@ -172,27 +172,66 @@ static void lib_view_close(struct lib_view *v)
 		free(v->h);
 }
 
+/* The shim's requests in a lib_view: one whose completion waits only for a library request of
+ * its own has that request in the view, so that one call of the library asks about all of them
+ * (each call runs its progress engine: four MPI_ANY_SOURCE receives of a rank alone on its host,
+ * tested with MPI_Testany after every update of HPCC's RandomAccess, took 4 passes, and yields,
+ * where the library alone takes one). Returns the index of a shim request complete already
+ * (its library request not asked) from index `from` on, or -1; *active is set if a shim request
+ * looked at is active. */
+static int lib_view_shim(struct lib_view *v, int from, int n, const MPI_Request *hs, int *active)
+{
+	for (int i = from; i < n; i++) {
+		struct ivs_req *r = ivs_req_of(hs[i]), *q;
+		if (!r || inert(hs[i]))
+			continue;
+		*active = 1;
+		if (ivs_req_poll_shim(r, &q))
+			return i;
+		if (q)
+			v->h[i] = q->inner;
+	}
+	return -1;
+}
+
+/* The library completed (or failed, rc) view entry i, with status st: the caller's request, or
+ * the library request of the shim's request there, which completes it. */
+static void lib_view_done(struct lib_view *v, MPI_Request *hs, int i, int rc, const MPI_Status *st)
+{
+	struct ivs_req *r = ivs_req_of(hs[i]), *q;
+	if (!r) {
+		hs[i] = v->h[i];
+		return;
+	}
+	ivs_req_poll_shim(r, &q); /* as lib_view_shim found it: q is set */
+	q->inner = v->h[i];
+	ivs_req_lib_done(q, rc, st);
+}
+
 /* One pass of Testany: index of a completed active request, MPI_UNDEFINED if none is active
  * (*flag = 1 then), or -1 if none is ready. Shim requests are looked at first. */
 static int testany_pass(int n, MPI_Request *hs, MPI_Status *st, int *rc)
 {
-	int active = 0;
-	for (int i = 0; i < n; i++) {
-		if (!ivs_req_of(hs[i]) || inert(hs[i]))
-			continue;
-		active = 1;
-		if (ready(&hs[i])) {
-			*rc = complete(&hs[i], st);
-			return i;
-		}
-	}
 	struct lib_view v;
-	int idx = MPI_UNDEFINED, flag = 0;
+	int active = 0, idx = MPI_UNDEFINED, flag = 0;
 	if ((*rc = lib_view_open(&v, n, hs)) != MPI_SUCCESS)
 		return MPI_UNDEFINED;
-	*rc = PMPI_Testany(n, v.h, &idx, &flag, st);
-	if (flag && idx != MPI_UNDEFINED)
-		hs[idx] = v.h[idx];
+	int i = lib_view_shim(&v, 0, n, hs, &active);
+	if (i >= 0) {
+		lib_view_close(&v);
+		*rc = complete(&hs[i], st);
+		return i;
+	}
+	MPI_Status got;
+	*rc = PMPI_Testany(n, v.h, &idx, &flag, &got);
+	if (flag && idx != MPI_UNDEFINED) {
+		int shim = ivs_req_of(hs[idx]) != NULL;
+		lib_view_done(&v, hs, idx, *rc, &got);
+		if (shim)
+			*rc = complete(&hs[idx], st);
+		else if (st != MPI_STATUS_IGNORE)
+			*st = got;
+	}
 	lib_view_close(&v);
 	if (*rc != MPI_SUCCESS)
 		return idx;
@@ -237,28 +276,33 @@ int MPI_Testany(int n, MPI_Request *hs, int *index, int *flag, MPI_Status *st)
 static int testsome_pass(int n, MPI_Request *hs, int *outcount, int *idx, MPI_Status *sts)
 {
 	int k = 0, active = 0, err = MPI_SUCCESS;
-	for (int i = 0; i < n; i++) {
-		if (!ivs_req_of(hs[i]) || inert(hs[i]))
-			continue;
-		active = 1;
-		if (!ready(&hs[i]))
-			continue;
+	struct lib_view v;
+	int rc = lib_view_open(&v, n, hs);
+	if (rc != MPI_SUCCESS)
+		return rc;
+	for (int i = -1; (i = lib_view_shim(&v, i + 1, n, hs, &active)) >= 0;) {
 		complete_into(&hs[i], sts, k, &err);
 		idx[k++] = i;
 	}
-	struct lib_view v;
-	int got = MPI_UNDEFINED, rc = lib_view_open(&v, n, hs);
-	if (rc != MPI_SUCCESS)
-		return rc;
-	rc = PMPI_Testsome(n, v.h, &got, idx + k, sts == MPI_STATUSES_IGNORE ? MPI_STATUSES_IGNORE : sts + k);
-	for (int j = 0; got != MPI_UNDEFINED && j < got; j++)
-		hs[idx[k + j]] = v.h[idx[k + j]];
+	MPI_Status stack[32], *got = n <= 32 ? stack : malloc(sizeof *got * (size_t)n);
+	int nlib = MPI_UNDEFINED;
+	rc = got ? PMPI_Testsome(n, v.h, &nlib, idx + k, got) : MPI_ERR_NO_MEM;
+	for (int j = 0; nlib != MPI_UNDEFINED && j < nlib; j++) {
+		int i = idx[k + j], shim = ivs_req_of(hs[i]) != NULL;
+		lib_view_done(&v, hs, i, rc == MPI_ERR_IN_STATUS ? got[j].MPI_ERROR : rc, &got[j]);
+		if (shim)
+			complete_into(&hs[i], sts, k + j, &err);
+		else if (sts != MPI_STATUSES_IGNORE)
+			sts[k + j] = got[j];
+	}
+	if (got != stack)
+		free(got);
 	lib_view_close(&v);
 	if (rc != MPI_SUCCESS)
 		err = rc;
-	if (got != MPI_UNDEFINED)
-		k += got;
-	*outcount = active || got != MPI_UNDEFINED ? k : MPI_UNDEFINED;
+	if (nlib != MPI_UNDEFINED)
+		k += nlib;
+	*outcount = active || nlib != MPI_UNDEFINED ? k : MPI_UNDEFINED;
 	return err;
 }
 
