@@ -166,6 +166,16 @@ static int lib_view_open(struct lib_view *v, int n, const MPI_Request *hs)
 	return MPI_SUCCESS;
 }
 
+/* Whether the view holds no request at all: the library would only say so (and its any/some
+ * forms would still cost a call). */
+static int lib_view_empty(const struct lib_view *v, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (v->h[i] != MPI_REQUEST_NULL)
+			return 0;
+	return 1;
+}
+
 static void lib_view_close(struct lib_view *v)
 {
 	if (v->h != v->stack)
@@ -223,14 +233,17 @@ static int testany_pass(int n, MPI_Request *hs, MPI_Status *st, int *rc)
 		return i;
 	}
 	MPI_Status got;
-	*rc = PMPI_Testany(n, v.h, &idx, &flag, &got);
+	if (lib_view_empty(&v, n))
+		flag = 1;
+	else
+		*rc = PMPI_Testany(n, v.h, &idx, &flag, &got);
 	if (flag && idx != MPI_UNDEFINED) {
 		int shim = ivs_req_of(hs[idx]) != NULL;
 		lib_view_done(&v, hs, idx, *rc, &got);
 		if (shim)
 			*rc = complete(&hs[idx], st);
 		else if (st != MPI_STATUS_IGNORE)
-			*st = got;
+			ivs_status_copy(st, &got); /* a single completion leaves MPI_ERROR alone */
 	}
 	lib_view_close(&v);
 	if (*rc != MPI_SUCCESS)
@@ -286,10 +299,15 @@ static int testsome_pass(int n, MPI_Request *hs, int *outcount, int *idx, MPI_St
 	}
 	MPI_Status stack[32], *got = n <= 32 ? stack : malloc(sizeof *got * (size_t)n);
 	int nlib = MPI_UNDEFINED;
-	rc = got ? PMPI_Testsome(n, v.h, &nlib, idx + k, got) : MPI_ERR_NO_MEM;
+	if (!got)
+		rc = MPI_ERR_NO_MEM;
+	else if (!lib_view_empty(&v, n))
+		rc = PMPI_Testsome(n, v.h, &nlib, idx + k, got);
 	for (int j = 0; nlib != MPI_UNDEFINED && j < nlib; j++) {
 		int i = idx[k + j], shim = ivs_req_of(hs[i]) != NULL;
-		lib_view_done(&v, hs, i, rc == MPI_ERR_IN_STATUS ? got[j].MPI_ERROR : rc, &got[j]);
+		if (rc != MPI_ERR_IN_STATUS) /* the library sets it only then; the caller may see errors of the shim's */
+			got[j].MPI_ERROR = rc;
+		lib_view_done(&v, hs, i, got[j].MPI_ERROR, &got[j]);
 		if (shim)
 			complete_into(&hs[i], sts, k + j, &err);
 		else if (sts != MPI_STATUSES_IGNORE)

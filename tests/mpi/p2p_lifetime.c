@@ -10,7 +10,7 @@
  *  - inactive_persistent: an inactive persistent request of the library beside an active
  *    request in Waitany/Testany/Waitsome/Testsome is ignored, not completed.
  *  - gather_null_type: MPI_Gather at non-roots with recvtype MPI_DATATYPE_NULL.
- *  - status_error: single-completion calls leave status.MPI_ERROR alone.
+ *  - status_error: single-completion calls (Testany and Waitany too) leave status.MPI_ERROR alone.
  *  - arg_errors: tag < 0 and tag > MPI_TAG_UB on a send are errors that go through the
  *    communicator's error handler.
  *  - ssend_matched: MPI_Issend does not complete before the receive is posted.
@@ -159,6 +159,28 @@ static void status_error(void)
     while (!flag)
         MPI_Test(&rq, &flag, &st);
     CHECK(st.MPI_ERROR == 12345, "status_error: Test set MPI_ERROR to %d", st.MPI_ERROR);
+    /* Testany and Waitany over the shim's request and the library's own (a receive from
+     * MPI_PROC_NULL, which the shim passes on): each completion leaves MPI_ERROR alone. */
+    for (int pass = 0; pass < 2; pass++) {
+        MPI_Request two[2];
+        int none;
+        MPI_Irecv(&w, 1, MPI_INT, peer, TAG, MPI_COMM_WORLD, &two[0]);
+        MPI_Irecv(&none, 1, MPI_INT, MPI_PROC_NULL, TAG, MPI_COMM_WORLD, &two[1]);
+        MPI_Send(&v, 1, MPI_INT, peer, TAG, MPI_COMM_WORLD);
+        for (int done = 0; done < 2;) {
+            int idx = MPI_UNDEFINED;
+            st.MPI_ERROR = 12345;
+            if (pass)
+                MPI_Waitany(2, two, &idx, &st);
+            else
+                MPI_Testany(2, two, &idx, &flag, &st);
+            if (!pass && !flag)
+                continue;
+            done++;
+            CHECK(st.MPI_ERROR == 12345, "status_error: %s set MPI_ERROR to %d (request %d)", pass ? "Waitany" : "Testany",
+                  st.MPI_ERROR, idx);
+        }
+    }
 }
 
 static int handler_calls;
