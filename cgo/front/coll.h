@@ -183,7 +183,7 @@ static inline void ivs_coll_leave(int *depth) { (void)depth; ivs.coll_depth--; }
  * user's buffer and the area piece by piece, without a packed copy of the whole. */
 struct ivs_view {
 	uint8_t *p;
-	const struct ivs_tm *tm;
+	struct ivs_tm *tm;
 	void *buf;
 	int count;
 };
@@ -221,9 +221,8 @@ enum ivs_buf_mode {
 	IVS_BUF_COPY, /* bytes to be sent, always a packed copy (the buffer is also received into) */
 };
 struct ivs_buf {
-	struct ivs_view v;
-	struct ivs_tm *tm; /* the typemap's reference, if v uses it */
-	int scratch;
+	struct ivs_view v; /* v.tm, if set, holds a reference to the typemap */
+	int scratch;       /* v.p is a packed copy, allocated */
 };
 int ivs_coll_buf_other(struct ivs_buf *u, const void *buf, int count, MPI_Datatype dt, uint64_t n, enum ivs_buf_mode mode,
                        int typed, MPI_Comm comm);
@@ -242,7 +241,7 @@ static inline int ivs_coll_buf(struct ivs_buf *u, const void *buf, int count, MP
 }
 static inline int ivs_coll_buf_done(struct ivs_buf *u, int rc, void *buf, int count, MPI_Datatype dt, uint64_t n, MPI_Comm comm)
 {
-	return u->scratch || u->tm ? ivs_coll_buf_release(u, rc, buf, count, dt, n, comm) : rc;
+	return u->scratch || u->v.tm ? ivs_coll_buf_release(u, rc, buf, count, dt, n, comm) : rc;
 }
 
 /* Member `from`'s packed bytes [at, at + n) of v reach member `to` (or every member) at the

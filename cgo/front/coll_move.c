@@ -13,8 +13,9 @@ int ivs_coll_buf_other(struct ivs_buf *u, const void *buf, int count, MPI_Dataty
                        int typed, MPI_Comm comm)
 {
 	*u = (struct ivs_buf){0};
-	if (mode != IVS_BUF_COPY && typed && ivs_dt_bytes(dt, count) == n && (u->tm = ivs_dt_typemap(dt, buf))) {
-		u->v = (struct ivs_view){.tm = u->tm, .buf = (void *)buf, .count = count};
+	if (mode != IVS_BUF_COPY && typed && ivs_dt_bytes(dt, count) == n && (u->v.tm = ivs_dt_typemap(dt, buf))) {
+		u->v.buf = (void *)buf;
+		u->v.count = count;
 		return MPI_SUCCESS;
 	}
 	u->scratch = 1;
@@ -33,7 +34,7 @@ int ivs_coll_buf_release(struct ivs_buf *u, int rc, void *buf, int count, MPI_Da
 			rc = ivs_dt_unpack(u->v.p, n, buf, count, dt, comm);
 		free(u->v.p);
 	}
-	ivs_tm_unref(u->tm);
+	ivs_tm_unref(u->v.tm);
 	*u = (struct ivs_buf){0};
 	return rc;
 }

@@ -40,14 +40,12 @@ static int reduce_local(struct ivs_coll *k, uint64_t s, const uint8_t *first, ui
 	return MPI_SUCCESS;
 }
 
-/* After an error the leaders still take their part in the leaders' step and publish a result
- * (the other hosts' leaders and this host's members wait for them), and the rest of the vector
- * still goes through: every member stays at the same op. The error is the leader's to return;
- * the members get whatever the leader published. (The hosts' communicator has the library's
- * default error handler, so an error there ends the job before this matters.) Hence
- * ivs_coll_first_error below. */
-
-/* One piece of an allreduce (root < 0) or reduce: cnt elements at sb -> rb. */
+/* One piece of an allreduce (root < 0) or reduce: cnt elements at sb -> rb. After an error the
+ * leaders still take their part in the leaders' step and publish a result (the other hosts'
+ * leaders and this host's members wait for them), and the rest of the vector still goes
+ * through: every member stays at the same op (ivs_coll_first_error). The error is the leader's
+ * to return; the members get whatever the leader published. (The hosts' communicator has the
+ * library's default error handler, so an error there ends the job before this matters.) */
 static int reduce_piece(struct ivs_coll *k, struct ivs_comm *c, const uint8_t *sb, uint8_t *rb, int cnt, uint64_t span,
                         MPI_Datatype dt, MPI_Op op, int root)
 {
