@@ -17,6 +17,7 @@ KERNEL_PACKAGE := linux-image-cloud-amd64
 # worker's last input (golang/go#75804, fixed in Go 1.27), with no failing input found.
 FUZZTIME ?= 10000x
 TEST_TIMEOUT ?= 40m
+FAIL_LINES ?= 600
 
 C_PROGRAMS := $(foreach mpi,openmpi mpich,$(BUILD)/bench/ivbench-$(mpi) $(BUILD)/mpi/hello_ring-$(mpi))
 SHIM_LIBS := $(BUILD)/lib/libivshim-openmpi.so $(BUILD)/lib/libivshim-mpich.so $(BUILD)/lib/libivshim-ctl.so
@@ -99,6 +100,12 @@ test: build
 	@set -o pipefail; status=0; \
 	$(GO) test -p 1 -count=1 -timeout $(TEST_TIMEOUT) -v ./... 2>&1 | tee $(BUILD)/test.log \
 		| grep -E --line-buffered '^(--- |ok |FAIL|panic:|\s+\S+_test\.go:[0-9]+: )' || status=1; \
+	if [ $$status != 0 ]; then \
+		echo "== the last $(FAIL_LINES) lines of each failing package's output (all of it: $(BUILD)/test.log)"; \
+		awk -v n=$(FAIL_LINES) '{ buf[NR % n] = $$0; cnt++ } \
+			/^(FAIL|ok)[ \t]+[^ \t]+/ { if ($$1 == "FAIL") for (i = (cnt > n ? NR - n + 1 : NR - cnt + 1); i <= NR; i++) print buf[i % n]; cnt = 0 }' \
+			$(BUILD)/test.log; \
+	fi; \
 	echo "== skipped tests (reason on the next line):"; \
 	grep -A1 -E '^\s*--- SKIP' $(BUILD)/test.log || echo "   none"; \
 	for pkg in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \

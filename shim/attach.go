@@ -69,6 +69,7 @@ type Attachment struct {
 	Table PathTable // this rank's result of Start; read-only
 
 	verbose int
+	stall   int // IVSHIM_STALL_SECONDS in effect
 	out     io.Writer
 	log     *zap.Logger
 
@@ -95,6 +96,10 @@ func (a *Attachment) Region() *ivshmem.Region {
 
 // Verbose is the IVSHIM_VERBOSE level in effect.
 func (a *Attachment) Verbose() int { return a.verbose }
+
+// StallSeconds is the IVSHIM_STALL_SECONDS in effect: after how long a wait of the data plane
+// says what it waits for (0: never).
+func (a *Attachment) StallSeconds() int { return a.stall }
 
 // Alloc reserves a zeroed collective area of size bytes in the region for this rank and
 // returns its region offset.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"go.uber.org/zap/zapcore"
@@ -18,7 +19,11 @@ import (
 type Config struct {
 	Job     string // IVSHIM_JOB: pick the region of this job among several PCI devices ("" = any)
 	Verbose int    // IVSHIM_VERBOSE: 0 quiet, 1 path table and stats, 2 also one line per rank
-	Log     LogSpec
+	// StallSeconds (IVSHIM_STALL_SECONDS): a wait of the data plane that lasts this long prints
+	// what it waits for, and again at every doubling; 0: never. Unset: DefaultStallSeconds with
+	// IVSHIM_VERBOSE, else 0.
+	StallSeconds int
+	Log          LogSpec
 	// VMID identifies this VM in the region's VM table: IVSHIM_VM_ID, else the SMBIOS system
 	// UUID (sysfs class/dmi/id/product_uuid) when readable, else zero (no VM entry).
 	VMID       [16]byte
@@ -32,6 +37,14 @@ type LogSpec struct {
 	Format string // "" when off
 	Level  zapcore.Level
 }
+
+// DefaultStallSeconds is IVSHIM_STALL_SECONDS when unset and IVSHIM_VERBOSE is on: longer than
+// a rank's wait in any sound run of the tests (a migration under TCG pauses a guest for seconds).
+// MaxStallSeconds is the largest value accepted (a day).
+const (
+	DefaultStallSeconds = 60
+	MaxStallSeconds     = 86400
+)
 
 // LoadConfig reads and validates the IVSHIM_* variables through getenv. A bad value is an
 // error naming the variable and what it accepts.
@@ -50,6 +63,18 @@ func LoadConfig(getenv func(string) string) (Config, error) {
 		c.Verbose = int(v[0] - '0')
 	default:
 		errs = append(errs, fmt.Errorf("IVSHIM_VERBOSE=%q: want 0, 1 or 2", v))
+	}
+	switch v := getenv("IVSHIM_STALL_SECONDS"); v {
+	case "":
+		if c.Verbose > 0 {
+			c.StallSeconds = DefaultStallSeconds
+		}
+	default:
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > MaxStallSeconds {
+			errs = append(errs, fmt.Errorf("IVSHIM_STALL_SECONDS=%q: want whole seconds from 0 (never) to %d", v, MaxStallSeconds))
+		}
+		c.StallSeconds = min(max(n, 0), MaxStallSeconds)
 	}
 	log, err := parseLogSpec(getenv("IVSHIM_LOG"))
 	if err != nil {

@@ -36,6 +36,21 @@ func TestLoadConfig(t *testing.T) {
 		c.VMID[0] != 0x00 || c.VMID[15] != 0xff || c.VMIDSource != "IVSHIM_VM_ID" {
 		t.Fatalf("all set: %+v, %v", c, err)
 	}
+	// Stall reports: on with IVSHIM_VERBOSE unless set, as set otherwise.
+	for _, tc := range []struct {
+		kv   []string
+		want int
+	}{
+		{nil, 0},
+		{[]string{"IVSHIM_VERBOSE", "1"}, DefaultStallSeconds},
+		{[]string{"IVSHIM_VERBOSE", "1", "IVSHIM_STALL_SECONDS", "0"}, 0},
+		{[]string{"IVSHIM_STALL_SECONDS", "7"}, 7},
+		{[]string{"IVSHIM_VERBOSE", "2", "IVSHIM_STALL_SECONDS", "86400"}, 86400},
+	} {
+		if c, err := load(tc.kv...); err != nil || c.StallSeconds != tc.want {
+			t.Errorf("%q: stall seconds %d, %v; want %d", tc.kv, c.StallSeconds, err, tc.want)
+		}
+	}
 	if c, _ := load("IVSHIM_LOG", "json"); c.Log != (LogSpec{"json", zapcore.InfoLevel}) {
 		t.Errorf("json: %+v", c.Log)
 	}
@@ -61,6 +76,10 @@ func TestLoadConfig(t *testing.T) {
 		{"IVSHIM_JOB", "a/b"},
 		{"IVSHIM_VM_ID", "not-a-uuid"},
 		{"IVSHIM_VM_ID", "00000000-0000-0000-0000-000000000000"},
+		{"IVSHIM_STALL_SECONDS", "-1"},
+		{"IVSHIM_STALL_SECONDS", "86401"},
+		{"IVSHIM_STALL_SECONDS", "1.5"},
+		{"IVSHIM_STALL_SECONDS", "soon"},
 		{"IVSHIM_SYSFS", "relative/sys"},
 		{"IVSHIM_SYSFS", filepath.Join(sysfs, "missing")},
 		{"IVSHIM_SYSFS", file},

@@ -626,7 +626,7 @@ func (n *negotiation) finish() *Attachment {
 			t.Ranks[w] = RankInfo{Group: -1, Slot: -1, VM: ivshmem.NoVM}
 		}
 	}
-	a := &Attachment{verbose: n.cfg.Verbose, out: n.o.Stderr, log: n.m.log}
+	a := &Attachment{verbose: n.cfg.Verbose, stall: n.cfg.StallSeconds, out: n.o.Stderr, log: n.m.log}
 	switch g := n.myGroup(); {
 	case g == nil:
 		t.Reason = n.noRegion

@@ -59,6 +59,7 @@ struct ivshim_ctl_start_args {
 	uint32_t self_slot;
 	uint32_t local_ranks;           /* ranks sharing this region, self included */
 	int32_t verbose;                /* IVSHIM_VERBOSE level the control plane parsed */
+	int32_t stall_seconds;          /* IVSHIM_STALL_SECONDS in effect (0: no stall reports) */
 	char error[512];                /* NUL-terminated reason when the result is not 0 */
 };
 

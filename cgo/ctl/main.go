@@ -108,6 +108,7 @@ func start(args *C.struct_ivshim_ctl_start_args) (C.int, error) {
 	state.att = a
 	t := &a.Table
 	args.verbose = C.int32_t(a.Verbose())
+	args.stall_seconds = C.int32_t(a.StallSeconds())
 	for w, p := range t.Peers {
 		peers[w] = C.struct_ivshim_ctl_peer{path: C.uint32_t(p.Path), slot: C.uint32_t(p.Slot)}
 	}

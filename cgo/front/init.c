@@ -230,6 +230,7 @@ static int init_common(int rc, int provided)
 	if (res < 0)
 		ivs_fatal("%s", a.error);
 	ivs.verbose = a.verbose;
+	ivs.stall_ns = (uint64_t)(a.stall_seconds > 0 ? a.stall_seconds : 0) * 1000000000u;
 	ivs_status_init();
 	if (res == 0) {
 		ivs.base = a.region_base;

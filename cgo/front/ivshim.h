@@ -285,6 +285,8 @@ struct ivs_state {
 	struct ivs_msg *unexp, *unexp_tail;     /* arrived, unmatched, in arrival order */
 	struct ivshim_ctl_stats stats;
 	int verbose;
+	uint64_t stall_ns;         /* IVSHIM_STALL_SECONDS: a wait this long says what it waits for
+	                              (stall.c); 0: never */
 	ivshim_ctl_alloc_fn ctl_alloc;
 	ivshim_ctl_free_fn ctl_free;
 	ivshim_ctl_finalize_fn ctl_finalize;
@@ -416,6 +418,7 @@ uint64_t ivs_dt_bytes(MPI_Datatype dt, int count);
 int ivs_progress(void);
 int ivs_progress_rings(void); /* rings only, never the library: safe inside its engine */
 void ivs_wait_pause(unsigned *spins);
+IVS_COLD void ivs_stall_report(double waited);
 IVS_COLD void ivs_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void ivs_post_recv(struct ivs_req *r);
 void ivs_unpost(struct ivs_req *r);

@@ -54,15 +54,29 @@ static uint64_t now_ns(void)
 	return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
 }
 
+/* A wait that goes on ivs.stall_ns (IVSHIM_STALL_SECONDS), and again at every doubling, says
+ * what it waits for (stall.c). The wait's first yield sets IVS_WAIT_YIELDED in its *spins and
+ * notes the time; a caller that saw progress and zeroes *spins starts anew. */
+#define IVS_WAIT_YIELDED (1u << 31)
+
 void ivs_wait_pause(unsigned *spins)
 {
 	static unsigned limit = IVS_SPIN_MIN, fast = 0; /* fast: yields in a row that switched nothing */
 	static uint64_t fastest = UINT64_MAX; /* ns of the fastest yield seen */
-	if (++*spins < limit) {
+	static uint64_t wait_start, stall_next; /* ns: the yielding wait's first yield, next report */
+	if ((++*spins & ~IVS_WAIT_YIELDED) < limit) {
 		__builtin_ia32_pause();
 		return;
 	}
 	uint64_t t0 = now_ns();
+	if (!(*spins & IVS_WAIT_YIELDED)) {
+		*spins |= IVS_WAIT_YIELDED;
+		wait_start = t0;
+		stall_next = ivs.stall_ns;
+	} else if (stall_next && t0 - wait_start >= stall_next) {
+		ivs_stall_report((double)(t0 - wait_start) * 1e-9);
+		stall_next *= 2;
+	}
 	sched_yield();
 	uint64_t took = now_ns() - t0;
 	if (took < fastest)

@@ -31,7 +31,7 @@ const (
 )
 
 // summaryLine is the first line of a program's report (p2p_check.h).
-var summaryLine = regexp.MustCompile(`^((?:p2p|huge|mt)_\w+): (\d+) ranks, (\d+) checks, (\d+) failures$`)
+var summaryLine = regexp.MustCompile(`^((?:p2p|huge|mt|stall)_\w+): (\d+) ranks, (\d+) checks, (\d+) failures$`)
 
 // program is one conformance program: its name ("p2p_order") and source file.
 type program struct{ name, src string }
