@@ -209,12 +209,12 @@ int ivs_req_poll_shim(struct ivs_req *r, struct ivs_req **lib)
 void ivs_req_lib_done(struct ivs_req *q, int rc, const MPI_Status *st)
 {
 	q->net_st = *st;
-	if (q->kind == IVS_PSEND || q->kind == IVS_PRECV) {
-		q->net_done = 1;
-		return;
-	}
 	if (rc != MPI_SUCCESS)
 		q->error = rc;
+	if (q->kind == IVS_PSEND || q->kind == IVS_PRECV) {
+		q->net_done = 1; /* ivs_finish returns q->error and clears it for the next start */
+		return;
+	}
 	q->state = IVS_DONE;
 	if (q->lib_count)
 		ivs_join_recv_done(q);
@@ -309,6 +309,8 @@ int ivs_finish(MPI_Request *h, struct ivs_req *r, MPI_Status *st)
 				if (st != MPI_STATUS_IGNORE)
 					ivs_status_copy(st, &r->net_st);
 				r->net_done = 0;
+				err = r->error; /* the library's operation failed: it saw the error itself */
+				r->error = MPI_SUCCESS;
 			}
 			r->state = IVS_INACTIVE;
 		} else {

@@ -261,10 +261,13 @@ func TestHugeDatatype(t *testing.T) {
 
 // TestThreadMultiple runs tests/mpi/mt_threads.c, whose ranks at MPI_THREAD_MULTIPLE have
 // threads in MPI at once (sends, receives, collectives on a communicator per thread, a send to
-// self while the main thread probes), on 3 VMs of one host and 1 of another. Ranks 1 and 3 run
-// at MPI_THREAD_MULTIPLE, ranks 0 and 2 (co-located with rank 1) at lower levels. The report
-// must be the same without and with the shim; with it ranks 1 and 3 must say they run in
-// pass-through and leave the region alone, and ranks 0 and 2 must still talk through it.
+// self while the main thread probes), on 3 VMs of one host and 1 of another, and
+// tests/mpi/p2p_modes.c the same way (no communicator counts its library messages then, so
+// the shim's requests hand receives to the library directly: a persistent receive's error must
+// still come back). Ranks 1 and 3 run at MPI_THREAD_MULTIPLE, ranks 0 and 2 (co-located with
+// rank 1) at lower levels. The report must be the same without and with the shim; with it
+// ranks 1 and 3 must say they run in pass-through and leave the region alone, and ranks 0 and
+// 2 must still talk through it.
 func TestThreadMultiple(t *testing.T) {
 	testenv.RequireCluster(t)
 	root := testenv.ModuleRoot(t)
@@ -272,41 +275,53 @@ func TestThreadMultiple(t *testing.T) {
 	defer cancel()
 	wrapper := testenv.RankWrapper(t)
 	levels := []string{"single", "multiple", "funneled", "multiple"}
+	progs := []program{{"mt_threads", filepath.Join(root, "tests", "mpi", "mt_threads.c")},
+		{"p2p_modes", filepath.Join(root, "tests", "mpi", "p2p_modes.c")}}
 	for _, m := range cluster.MPIs {
 		t.Run(m.String(), func(t *testing.T) {
 			lib := testenv.ShimLibrary(t, root, m)
-			bin := build(ctx, t, m, []program{{"mt_threads", filepath.Join(root, "tests", "mpi", "mt_threads.c")}})["mt_threads"]
+			bins := build(ctx, t, m, progs)
 			c := testenv.NewCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 3, Regions: true})
 			h0 := c.Hosts[0].VMs
-			job := cluster.Job{MPI: m, VMs: []*cluster.VM{h0[0], h0[1], h0[2], c.Hosts[1].VMs[0]}, Program: wrapper,
-				Args: []string{bin}, Timeout: attemptTimeout, Env: testenv.RankEnv(nil, levels)}
-			plain, ok := run(ctx, t, "without the shim", job)
-			if !ok {
-				return
-			}
-			job.Env["LD_PRELOAD"], job.Env["IVSHIM_VERBOSE"] = lib, "1"
-			shim, ok := run(ctx, t, "with the shim", job)
-			if !ok {
-				return
-			}
-			if want, got := report(plain.Stdout), report(shim.Stdout); !equal(want, got) {
-				t.Errorf("the report with the shim differs from the report without it:\nwithout:\n\t%s\nwith:\n\t%s",
-					strings.Join(want, "\n\t"), strings.Join(got, "\n\t"))
-			}
-			stats, err := shim.ShimStats()
-			if err != nil || len(stats) != len(levels) {
-				t.Fatalf("with the shim: statistics of %d ranks (%v), want %d%s", len(stats), err, len(levels), testenv.Details(shim, stderrTail))
-			}
-			for _, s := range stats {
-				if levels[s.Rank] != "multiple" {
-					if s.SHMMsgs == 0 {
-						t.Errorf("with the shim: rank %d moved no message through the region: %+v", s.Rank, s)
-					}
-					continue
-				}
-				testenv.CheckThreadMultiple(t, shim, s, "mt_threads")
+			for _, p := range progs {
+				t.Run(p.name, func(t *testing.T) {
+					job := cluster.Job{MPI: m, VMs: []*cluster.VM{h0[0], h0[1], h0[2], c.Hosts[1].VMs[0]}, Program: wrapper,
+						Args: []string{bins[p.name]}, Timeout: attemptTimeout, Env: testenv.RankEnv(nil, levels)}
+					threadMultiple(ctx, t, job, lib, levels, p.name)
+				})
 			}
 		})
+	}
+}
+
+// threadMultiple runs job (ranks at levels) without and with the shim library lib; see
+// TestThreadMultiple.
+func threadMultiple(ctx context.Context, t *testing.T, job cluster.Job, lib string, levels []string, name string) {
+	plain, ok := run(ctx, t, "without the shim", job)
+	if !ok {
+		return
+	}
+	job.Env["LD_PRELOAD"], job.Env["IVSHIM_VERBOSE"] = lib, "1"
+	shim, ok := run(ctx, t, "with the shim", job)
+	if !ok {
+		return
+	}
+	if want, got := report(plain.Stdout), report(shim.Stdout); !equal(want, got) {
+		t.Errorf("the report with the shim differs from the report without it:\nwithout:\n\t%s\nwith:\n\t%s",
+			strings.Join(want, "\n\t"), strings.Join(got, "\n\t"))
+	}
+	stats, err := shim.ShimStats()
+	if err != nil || len(stats) != len(levels) {
+		t.Fatalf("with the shim: statistics of %d ranks (%v), want %d%s", len(stats), err, len(levels), testenv.Details(shim, stderrTail))
+	}
+	for _, s := range stats {
+		if levels[s.Rank] != "multiple" {
+			if s.SHMMsgs == 0 {
+				t.Errorf("with the shim: rank %d moved no message through the region: %+v", s.Rank, s)
+			}
+			continue
+		}
+		testenv.CheckThreadMultiple(t, shim, s, name)
 	}
 }
 

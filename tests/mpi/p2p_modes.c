@@ -8,8 +8,8 @@
  *  - MPI_PROC_NULL as destination and source in every mode;
  *  - zero-count messages;
  *  - truncation under MPI_ERRORS_RETURN: a too-small receive fails with error class
- *    MPI_ERR_TRUNCATE (blocking, Wait, Waitall with MPI_ERR_IN_STATUS, ANY_SOURCE) and the
- *    communicator keeps working.
+ *    MPI_ERR_TRUNCATE (blocking, Wait, Waitall with MPI_ERR_IN_STATUS, ANY_SOURCE, a persistent
+ *    receive) and the communicator keeps working.
  */
 #include "p2p_check.h"
 
@@ -267,11 +267,10 @@ static int waitall_failed_hangs(void)
 static void truncation(MPI_Comm c, int d, int n)
 {
     int room = n / 2, *out = make(to(d), n), *in = chk_alloc(sizeof(int) * (size_t)n);
-    MPI_Request s[3], r[2];
+    MPI_Request s[4], r[2];
     MPI_Status st, sts[2];
-    MPI_Isend(out, n, MPI_INT, to(d), TAG_T, c, &s[0]);
-    MPI_Isend(out, n, MPI_INT, to(d), TAG_T, c, &s[1]);
-    MPI_Isend(out, n, MPI_INT, to(d), TAG_T, c, &s[2]);
+    for (int i = 0; i < 4; i++)
+        MPI_Isend(out, n, MPI_INT, to(d), TAG_T, c, &s[i]);
 
     int err = MPI_Recv(in, room, MPI_INT, from(d), TAG_T, c, &st);
     CHECK(err != MPI_SUCCESS && err_class(err) == MPI_ERR_TRUNCATE,
@@ -306,7 +305,17 @@ static void truncation(MPI_Comm c, int d, int n)
     }
     CHECK(r[1] == MPI_REQUEST_NULL && ok == val(from(d), chk.rank, 0),
           "Waitall with a truncated receive of %d ints: the other receive got %d", n, ok);
-    MPI_Waitall(3, s, MPI_STATUSES_IGNORE);
+
+    /* a persistent receive: the error is its operation's, whichever path moved it */
+    MPI_Recv_init(in, room, MPI_INT, from(d), TAG_T, c, &r[0]);
+    MPI_Start(&r[0]);
+    err = MPI_Wait(&r[0], &st);
+    CHECK(err_class(err) == MPI_ERR_TRUNCATE,
+          "truncated persistent receive of %d ints into %d from %d: Wait error class %d, expected MPI_ERR_TRUNCATE", n, room,
+          from(d), err_class(err));
+    if (r[0] != MPI_REQUEST_NULL) /* Open MPI frees a persistent request whose operation failed */
+        MPI_Request_free(&r[0]);
+    MPI_Waitall(4, s, MPI_STATUSES_IGNORE);
     MPI_Wait(&so, MPI_STATUS_IGNORE);
 
     /* the communicator still works */
