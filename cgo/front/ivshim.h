@@ -467,6 +467,7 @@ void ivs_ctl_adopt_send(int world, uint64_t off, int nl, uint64_t tag);
 uint64_t ivs_region_tag(void);
 void ivs_ctl_wait_step(unsigned *spins);
 int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg);
+void ivs_unpark(struct ivs_peer *p);
 void ivs_coll_switch_point(struct ivs_comm *c);
 int ivs_self_gone(void);
 int ivs_slot_holds(uint32_t slot, int w);
@@ -501,6 +502,17 @@ static inline int ivs_join_probing(const struct ivs_comm *c, int w)
 {
 	const struct ivs_peer *p = ivs.peers[w];
 	return p && p->joined && p->rx_net && c->counted && (!p->leave_seen || p->rx_join == IVS_JRX_AWAIT);
+}
+/* The peer whose library messages on c from world rank w wait, parked (migrate.c ivs_park):
+ * w's ring is still to be read up to its MARK, or this rank awaits the first record of the
+ * ring it told w to use (a library message then came after w's answer). NULL: they do not. */
+static inline struct ivs_peer *ivs_park_peer(const struct ivs_comm *c, int w)
+{
+	struct ivs_peer *p = ivs_rx_peer_on(c, w);
+	if (p)
+		return p;
+	p = ivs.peers[w];
+	return p && p->joined && p->rx_join == IVS_JRX_AWAIT && c->counted ? p : NULL;
 }
 /* A library send on c to comm rank dest that returned rc: a message only if the library took
  * it (one with a bad tag, or a Bsend that did not fit the buffer, is none). Returns rc. And a

@@ -31,6 +31,10 @@
  *   R: the first record in the ring moves the direction to the ring (receives from S become
  *      ring receives, posted ones included); JOINOFF takes it back to the library; a new
  *      DRAINQ while awaiting means the answer was not taken, unless the ring holds records.
+ *      A library message from S that R finds while awaiting was sent after S's answer: it is
+ *      parked (migrate.c ivs_park). If S switched, S has closed the ring again since (a leave,
+ *      an ACK that could not take the ring) and the message waits for its MARK, behind what S
+ *      wrote to the ring; if not, JOINOFF or the new DRAINQ hands it on.
  * Nothing S sent by the library is unmatched when its first ring record is written, and R posts
  * nothing into the library meanwhile, so no receive can see a ring message before a library one
  * it could match, and none is left waiting in the library. The ring then behaves as a ring made
@@ -184,10 +188,12 @@ int ivs_join_on_ask(int w, uint64_t sent, uint64_t id)
 	if (p->rx_join == IVS_JRX_AWAIT) {
 		struct ivs_rec h;
 		const uint8_t *pl;
-		if (ivs_rx_peek(&p->rx, &h, &pl) != 0) /* it switched, and wrote since: read first */
+		if (ivs_rx_peek(&p->rx, &h, &pl) != 0) { /* it switched, and wrote since: read first */
 			ivs_join_rx_ring(w, p);
-		else
+		} else {
 			p->rx_mark = 1; /* the answer was not taken: the sender stayed on the library */
+			ivs_unpark(p);  /* and what it sent meanwhile came by the library alone */
+		}
 	}
 	p->rx_ask = id;
 	p->rx_need = sent;
@@ -238,6 +244,7 @@ void ivs_join_on_off(int w, uint64_t id)
 		return;
 	p->rx_mark = 1; /* nothing was written: the sender did not switch */
 	p->rx_join = IVS_JRX_NONE;
+	ivs_unpark(p); /* what it sent by the library meanwhile */
 }
 
 /* One step of both directions of joined pair p (world rank w), from migrate.c's progress. */

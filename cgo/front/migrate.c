@@ -448,13 +448,19 @@ void ivs_coll_agreement_finish(struct ivs_comm *c)
 
 /* ---- pairs ---- */
 
-/* Library messages from a peer that is still on the ring are parked until its MARK. */
+/* Library messages from a peer that is still on the ring are parked until its MARK. So are
+ * those on counted communicators from a joined peer whose ring this rank awaits (join.c): the
+ * peer sent all it had sent by the library before it switched, and this rank matched all of
+ * that, so such a message came after its answer. If it switched, the message follows what it
+ * wrote to the ring (it closed the ring again: a leave, an ACK that could not take the ring),
+ * and waits for the MARK; if not, JOINOFF or its next question hands the message on
+ * (ivs_unpark). */
 int ivs_park(struct ivs_comm *c, const MPI_Status *st, MPI_Message *msg)
 {
 	if (st->MPI_SOURCE < 0 || st->MPI_SOURCE >= c->size)
 		return 0;
 	int w = c->world[st->MPI_SOURCE];
-	struct ivs_peer *p = ivs_rx_peer_on(c, w);
+	struct ivs_peer *p = ivs_park_peer(c, w);
 	if (!p)
 		return 0;
 	struct ivs_msg *m = ivs_msg_new(&(struct ivs_msg){0});
@@ -511,8 +517,13 @@ static void on_mark(int w, struct ivs_peer *p)
 			r->comm->pending_probe++;
 		}
 	}
-	/* Parked messages, in the order the library gave them, go to the first receive posted
-	 * that matches, else to the unexpected queue (ahead of anything the library holds). */
+	ivs_unpark(p);
+}
+
+/* Parked messages, in the order the library gave them, go to the first receive posted that
+ * matches, else to the unexpected queue (ahead of anything the library holds). */
+void ivs_unpark(struct ivs_peer *p)
+{
 	for (struct ivs_msg *m = p->parked, *next; m; m = next) {
 		next = m->next;
 		m->next = NULL;

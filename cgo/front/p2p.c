@@ -713,10 +713,10 @@ static int net_probe(struct ivs_comm *c, int src, int tag, int *flag, MPI_Messag
 	for (;;) {
 		MPI_Message tmp_msg, *m = msg ? msg : &tmp_msg;
 		int rc = msg ? lib_improbe(c, src, tag, flag, msg, s) : PMPI_Iprobe(src, tag, c->handle, flag, s);
-		if (rc == MPI_SUCCESS && *flag && ivs_rx_peer_on(c, c->world[s->MPI_SOURCE])) {
-			/* From a co-located peer whose ring is still to be read up to its MARK: it
-			 * waits, parked (Improbe for exactly this source and tag takes exactly the
-			 * message reported), and the probe looks again. */
+		if (rc == MPI_SUCCESS && *flag && ivs_park_peer(c, c->world[s->MPI_SOURCE])) {
+			/* From a co-located peer whose ring is still to be read up to its MARK (or
+			 * awaited): it waits, parked (Improbe for exactly this source and tag takes
+			 * exactly the message reported), and the probe looks again. */
 			if (!msg)
 				rc = lib_improbe(c, s->MPI_SOURCE, s->MPI_TAG, flag, m, s);
 			if (rc == MPI_SUCCESS && *flag && ivs_park(c, s, m))

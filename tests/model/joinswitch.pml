@@ -13,6 +13,13 @@
  *      to the ring (RING). JOINOFF for the awaited question, or a new DRAINQ with the ring
  *      empty, takes it back to the library. Receives R posts after the pair was made are the
  *      shim's: on the library they match by matched probe (PROBE), never inside the library.
+ *   S, switched, may close the ring again (a leave, a synchronous send whose ACK could only take
+ *      the library: pairs.c): a MARK after its ring messages, then the library, counting again,
+ *      and it may ask again (CLOSES times at most). R reads the ring up to the MARK, then its
+ *      receives go back to PROBE; a question that comes before R read the MARK is taken then.
+ *      Library messages R finds while it awaits the ring's first record (AWAIT) or reads the ring
+ *      (RING) are parked (migrate.c ivs_park): PROBE receives match none of them until the MARK
+ *      is read, or JOINOFF or a new question ends the wait (S did not switch).
  * The library matches a message to the earliest posted receive of its tag at arrival, so a
  * matched probe sees only messages no library receive is posted for.
  *
@@ -21,7 +28,8 @@
  * state). Broken variants, each must fail: NO_OPEN_CHECK (answer with receives inside the
  * library: one waits there for a message that takes the ring), NO_SENT_CHECK (switch without
  * sent == got: a ring message overtakes a library one), NO_PROBE_MODE (receives posted while the
- * pair is being made go into the library).
+ * pair is being made go into the library), NO_PARK_AWAIT (with CLOSES 1: a probe in AWAIT
+ * matches a library message S sent after closing the ring, ahead of what it wrote there).
  */
 
 #define N 4                        /* messages S sends */
@@ -36,6 +44,10 @@
 #ifndef MAXASK
 #define MAXASK 3                   /* questions S asks at most (asking again is S's choice) */
 #endif
+#ifndef CLOSES
+#define CLOSES 0                   /* times S closes the ring again after a switch */
+#endif
+#define MARK 2                     /* the tag of a ring's MARK record (no receive has it) */
 
 #ifdef NO_OPEN_CHECK
 #define OPEN_OK true /* broken on purpose */
@@ -67,7 +79,7 @@ chan r2s = [MAXASK] of { byte, byte };
 byte received = 0;
 
 active proctype S() {
-	byte i = 0, sent = 0, ask = 0, asks = 0, got, id;
+	byte i = 0, sent = 0, ask = 0, asks = 0, closes = 0, got, id;
 	bool on_ring = false, asked = false;
 end:
 	do
@@ -82,6 +94,10 @@ end:
 		ask++;
 		s2r ! DRAINQ, sent, ask;
 		asked = true
+	:: on_ring && closes < CLOSES ->
+		ring ! 0, MARK;
+		on_ring = false;
+		closes++
 	:: r2s ? got, id ->
 		if
 		:: asked && id == ask && SENT_OK ->
@@ -105,13 +121,27 @@ byte last[2] = 255; /* the last seq matched per tag */
  * message for it where its mode looks. */
 #define EARLIER(k, j) ((j) < (k) && !done[j] && RT(j) == RT(k))
 #define FIRST(k) (!EARLIER(k, 0) && !EARLIER(k, 1) && !EARLIER(k, 2))
+#ifdef NO_PARK_AWAIT
+#define PARKED (rx == RING) /* broken on purpose: the code before this model had it */
+#else
+#define PARKED (rx == AWAIT || rx == RING)
+#endif
 #define CAN(k) (k < posted && !done[k] && FIRST(k) && \
-                (((mode[k] == LIB || mode[k] == PROBE) && lib ?? [_, eval(RT(k))]) || (mode[k] == SHM && ring ?? [_, eval(RT(k))])))
+                ((mode[k] == LIB && lib ?? [_, eval(RT(k))]) || (mode[k] == PROBE && !PARKED && lib ?? [_, eval(RT(k))]) || \
+                 (mode[k] == SHM && ring ?? [_, eval(RT(k))])))
+
+/* Nothing older than message s of its tag is left unmatched, on either path. */
+inline older_gone(s) {
+	n = 0;
+	do
+	:: n < s -> assert(TAG(n) != TAG(s) || !(lib ?? [eval(n), _] || ring ?? [eval(n), eval(TAG(n))])); n++
+	:: else -> break
+	od
+}
 
 inline match(k, s, got, open) {
 	if
 	:: mode[k] == SHM ->
-		assert(!(lib ?? [_, eval(RT(k))])); /* no older library message of the tag */
 		ring ?? s, eval(RT(k))
 	:: else ->
 		lib ?? s, eval(RT(k));
@@ -122,6 +152,7 @@ inline match(k, s, got, open) {
 		fi
 	fi;
 	assert(last[RT(k)] == 255 || s > last[RT(k)]);
+	older_gone(s);
 	last[RT(k)] = s;
 	done[k] = true;
 	received++
@@ -129,6 +160,7 @@ inline match(k, s, got, open) {
 
 active proctype R() {
 	byte rx = NONE, need = 0, rask = 0, got = 0, open = 0, posted = 0, n, id, s, k;
+	bool asked_on_ring = false; /* a question came while reading the ring: taken at its MARK */
 	mtype kind;
 	/* the receives posted before the pair was made: inside the library */
 	do
@@ -161,6 +193,18 @@ active proctype R() {
 		:: k < N -> if :: mode[k] == PROBE && !done[k] -> mode[k] = SHM :: else -> skip fi; k++
 		:: else -> break
 		od }
+	/* the ring's MARK: back to the library; parked messages are matched from now on */
+	:: atomic { rx == RING && ring ? [_, MARK] ->
+		ring ? _, MARK;
+		k = 0;
+		do
+		:: k < N -> if :: mode[k] == SHM && !done[k] -> mode[k] = PROBE :: else -> skip fi; k++
+		:: else -> break
+		od;
+		if
+		:: asked_on_ring -> rx = ASKED; asked_on_ring = false
+		:: else -> rx = NONE
+		fi }
 	/* answer a question */
 	:: atomic { rx == ASKED && got >= need && OPEN_OK -> rx = AWAIT; r2s ! got, rask }
 	/* the shim's messages; a question that finds the ring written is read after the ring's
@@ -168,9 +212,10 @@ active proctype R() {
 	:: nempty(s2r) && (rx != AWAIT || empty(ring)) -> s2r ? kind, n, id;
 		if
 		:: kind == DRAINQ && rx != RING -> rx = ASKED; need = n; rask = id
+		:: kind == DRAINQ && rx == RING -> asked_on_ring = true; need = n; rask = id
 		:: kind == JOINOFF && rx == AWAIT && id == rask -> rx = NONE
 		:: else -> skip
 		fi
 	od;
-	assert(empty(lib) && empty(ring))
+	assert(empty(lib) && (empty(ring) || len(ring) == 1 && ring ? [_, MARK])) /* a MARK may be left unread */
 }

@@ -169,24 +169,29 @@ func TestMigrateProtocolNegative(t *testing.T) {
 // when every library message was matched and no receive waits inside the library: tag-selective
 // receives (some posted in the library before the pair was made) never see a message overtake
 // an older one of their tag, none is lost or left waiting, whatever the interleaving of the
-// DRAINQ/DRAINED/JOINOFF exchange (joinswitch.pml, cgo/front/join.c).
+// DRAINQ/DRAINED/JOINOFF exchange (joinswitch.pml, cgo/front/join.c), also when the sender
+// closes the ring again after switching (once or twice) and sends by the library.
 func TestJoinSwitch(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
-	requireProven(t, "joinswitch.pml", nil, []string{"-DW=3", "-DMAXASK=4"}, []string{"-DPRE=2", "-DW=3"})
+	requireProven(t, "joinswitch.pml", nil, []string{"-DW=3", "-DMAXASK=4"}, []string{"-DPRE=2", "-DW=3"},
+		[]string{"-DCLOSES=1", "-DPRE=0", "-DW=3", "-DMAXASK=4"}, []string{"-DCLOSES=2", "-DPRE=0", "-DW=3", "-DMAXASK=4"},
+		[]string{"-DCLOSES=1", "-DPRE=2", "-DW=3"})
 }
 
 // TestJoinSwitchNegative: without the receiver's check that none of its receives waits inside
-// the library, without the sender's check that all it sent was matched, or with receives
-// posted into the library while the pair is being made, spin must find a message stranded or
-// overtaken.
+// the library, without the sender's check that all it sent was matched, with receives posted
+// into the library while the pair is being made, or with library messages matched while the
+// receiver awaits the ring's first record (the sender may have written it and closed the ring
+// again), spin must find a message stranded or overtaken.
 func TestJoinSwitchNegative(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
-	for _, def := range []string{"-DNO_OPEN_CHECK", "-DNO_SENT_CHECK", "-DNO_PROBE_MODE"} {
-		report, failed := verify(t, "joinswitch.pml", def)
+	for _, defs := range [][]string{{"-DNO_OPEN_CHECK"}, {"-DNO_SENT_CHECK"}, {"-DNO_PROBE_MODE"},
+		{"-DNO_PARK_AWAIT", "-DCLOSES=1", "-DPRE=0"}} {
+		report, failed := verify(t, "joinswitch.pml", defs...)
 		if !failed || !(strings.Contains(report, "assertion violated") || strings.Contains(report, "invalid end state")) {
-			t.Errorf("joinswitch.pml %s: spin found no error:\n%s", def, report)
+			t.Errorf("joinswitch.pml %v: spin found no error:\n%s", defs, report)
 		}
 	}
 }
