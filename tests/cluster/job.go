@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
 	"os/exec"
 	"runtime"
 	"slices"
@@ -115,6 +116,9 @@ type Job struct {
 	// Placement, when set, runs the ranks there instead of in VMs of a cluster (real guests
 	// the caller set up); VMs must then be empty.
 	Placement *Placement
+	// Signals, when set, are sent to the launcher while an attempt runs (Open MPI's mpirun
+	// passes SIGUSR1 and SIGUSR2 on to every rank).
+	Signals <-chan os.Signal
 }
 
 // Result is what Run saw of a job's last attempt.
@@ -285,7 +289,22 @@ func (job *Job) attempt(ctx context.Context, c *Cluster, argv []string, res *Res
 	// Ranks in other sessions may hold the output pipes after a kill.
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		running := make(chan struct{})
+		go func() {
+			for {
+				select {
+				case s := <-job.Signals: // never, if nil
+					cmd.Process.Signal(s)
+				case <-running:
+					return
+				}
+			}
+		}()
+		err = cmd.Wait()
+		close(running)
+	}
 	res.Elapsed = time.Since(start)
 	n, kerr := killMarked(marker, false)
 	res.Stragglers = n

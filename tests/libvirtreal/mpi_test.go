@@ -18,6 +18,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -246,12 +247,15 @@ func TestLibvirtMPIJob(t *testing.T) {
 	}
 
 	// Live migrations during a job: g1 moves from host a to host b and back while ring_soak runs
-	// on the three guests (Open MPI; 32 s, so that the job still runs when g1 is back and its
-	// rank's pair with g0's moves to a ring again). A UDP echo in g1, pinged every 500 µs, shows
-	// how long the guest did not answer each time.
+	// on the three guests (Open MPI), until g1's rank has joined host a's region again and its
+	// pair with g0's rank has moved to a ring again both ways: then the test stops the job
+	// (SIGUSR1 to mpirun, which passes it on; at most soakMax). A UDP echo in g1, pinged every
+	// 500 µs, shows how long the guest did not answer each time.
 	t.Run("migrate", func(t *testing.T) {
+		const soakMax = 150 * time.Second // within mpiJobTimeout
 		g1 := guests[1]
-		job := guestJob{mpi: cluster.OpenMPI, agent: agent, hosts: hosts, subnet: subnet, shim: shims[cluster.OpenMPI]}
+		stopSoak := make(chan os.Signal, 1)
+		job := guestJob{mpi: cluster.OpenMPI, agent: agent, hosts: hosts, subnet: subnet, shim: shims[cluster.OpenMPI], signals: stopSoak}
 		soak := progs[cluster.OpenMPI]["ring_soak"]
 		type outcome struct {
 			stdout, stderr string
@@ -261,7 +265,7 @@ func TestLibvirtMPIJob(t *testing.T) {
 		stderr := outputFile(t, "stderr")
 		go func() {
 			o := outcome{}
-			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr.f, soak, "32")
+			o.stdout, o.stderr, _, o.err = job.exec(ctx, t, lineCount(" ok", len(hosts)), stderr.f, soak, fmt.Sprint(soakMax.Seconds()))
 			ended <- o
 		}()
 		if !poll(ctx, mpiJobTimeout, func() bool { return strings.Contains(stderr.String(), "ivshim: init ") }) {
@@ -282,6 +286,19 @@ func TestLibvirtMPIJob(t *testing.T) {
 			t.Fatalf("rank 1 (in g1) did not join host b's region after the move; stderr:\n%s", stderr.String())
 		}
 		back, err := migrateGuest(ctx, t, g1, b, a)
+		if err == nil {
+			// Back on host a: rank 1 joins host a's region, and the pair of ranks 0 and 1 moves
+			// to rings (below); then the job may end.
+			switched := func() bool {
+				s := stderr.String()
+				return len(joinedRow.FindAllString(s, -1)) >= 2 && strings.Contains(s, "ivshim: rank 0: messages to rank 1 take the region again") &&
+					strings.Contains(s, "ivshim: rank 1: messages to rank 0 take the region again")
+			}
+			if !poll(ctx, 90*time.Second, switched) {
+				t.Logf("90 s after g1 came back its rank has not joined host a's region and switched both ways; the job runs on until %v", soakMax)
+			}
+		}
+		stopSoak <- syscall.SIGUSR1
 		o := <-ended // the job's goroutine logs to t: it ends first
 		if err != nil {
 			t.Fatal(err)
@@ -504,7 +521,8 @@ type guestJob struct {
 	subnet  *net.IPNet
 	shim    string
 	noShim  bool
-	verbose int // IVSHIM_VERBOSE; 1 when zero
+	verbose int              // IVSHIM_VERBOSE; 1 when zero
+	signals <-chan os.Signal // to the launcher while the job runs (cluster.Job.Signals)
 }
 
 // run runs prog with IVSHIM_VERBOSE=1 and returns its standard output and error; a failure or
@@ -534,7 +552,7 @@ func (j guestJob) exec(ctx context.Context, t *testing.T, done func(stdout strin
 	gw, _ := netip.AddrFromSlice(net.IPv4(j.subnet.IP[0], j.subnet.IP[1], j.subnet.IP[2], 1).To4())
 	job := cluster.Job{MPI: j.mpi, Transport: cluster.TCP, Program: prog, Args: args, Timeout: mpiJobTimeout,
 		Env:    map[string]string{"IVSHIM_VERBOSE": fmt.Sprint(max(j.verbose, 1))},
-		Stderr: stderr, Finished: func(stdout, _ string) bool { return done(stdout) }, FinishGrace: finalizeGrace,
+		Stderr: stderr, Finished: func(stdout, _ string) bool { return done(stdout) }, FinishGrace: finalizeGrace, Signals: j.signals,
 		Placement: &cluster.Placement{Agent: j.agent, Subnet: subnet, Local: gw, Hosts: strings.Join(j.hosts, ","),
 			Size: len(j.hosts), WorkDir: "/home/mpi"}}
 	if !j.noShim {

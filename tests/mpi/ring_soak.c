@@ -5,13 +5,16 @@
  * Each iteration every rank sends a payload to both ring neighbours (so with two ranks per
  * host every rank sends to a co-located peer), alternating a small and a large size, checks
  * what it receives, then takes part in an MPI_Allreduce that also carries rank 0's decision
- * to stop once SECONDS have passed. At the end each rank prints
+ * to stop once SECONDS have passed, or once rank 0 got SIGUSR1 (Open MPI's mpirun passes it on
+ * to every rank: a test stops the job when it saw what it waited for). At the end each rank prints
  *
  *   rank R of N iterations I ok
  *
  * Any mismatch prints "FAIL ..." to stderr and aborts.
  */
+#define _POSIX_C_SOURCE 200809L /* sigaction */
 #include <mpi.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -21,6 +24,14 @@ static void fail(int rank, const char *what, long iter, long got, long want)
 {
     fprintf(stderr, "FAIL rank %d iteration %ld: %s: got %ld, want %ld\n", rank, iter, what, got, want);
     MPI_Abort(MPI_COMM_WORLD, 1);
+}
+
+static volatile sig_atomic_t asked_to_stop;
+
+static void on_usr1(int sig)
+{
+    (void)sig;
+    asked_to_stop = 1;
 }
 
 static int value(int sender, long iter, int i) { return (int)((sender * 7919L + iter * 31L + i) & 0x7fffffff); }
@@ -37,6 +48,9 @@ int main(int argc, char **argv)
             fprintf(stderr, "usage: ring_soak SECONDS\n");
         MPI_Abort(MPI_COMM_WORLD, 2);
     }
+    struct sigaction sa = {.sa_handler = on_usr1};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
     int next = (rank + 1) % size, prev = (rank + size - 1) % size;
     int *out = malloc(LARGE * sizeof *out), *from_prev = malloc(LARGE * sizeof *from_prev),
         *from_next = malloc(LARGE * sizeof *from_next);
@@ -62,7 +76,7 @@ int main(int argc, char **argv)
                 fail(rank, "payload from next", iter, from_next[i], value(next, iter, i));
         }
         /* [0]: sum of ranks, checked; [1]: rank 0's stop decision. */
-        long mine[2] = {rank, rank == 0 && MPI_Wtime() - start >= seconds}, sum[2];
+        long mine[2] = {rank, rank == 0 && (asked_to_stop || MPI_Wtime() - start >= seconds)}, sum[2];
         MPI_Allreduce(mine, sum, 2, MPI_LONG, MPI_SUM, MPI_COMM_WORLD);
         if (sum[0] != (long)size * (size - 1) / 2)
             fail(rank, "allreduce", iter, sum[0], (long)size * (size - 1) / 2);
