@@ -27,12 +27,14 @@ static void add(struct line *l, const char *fmt, ...)
 		snprintf(l->s + sizeof l->s - 4, 4, "...");
 }
 
+/* The path of each direction, with the join switch's state (join.c) while on the library. */
 static const char *tx_path(const struct ivs_peer *p)
 {
-	static const char *join[] = {"", " (join: asked)", " (join: ring)", " (join: off)"};
-	const char *j = p->tx_join < sizeof join / sizeof *join ? join[p->tx_join] : " (join: ?)";
+	static const char *const on_lib[] = {
+		[IVS_JTX_NONE] = "library", [IVS_JTX_ASKED] = "library, asked to take a ring",
+		[IVS_JTX_RING] = "library, its ring closed again", [IVS_JTX_OFF] = "library for good"};
 	if (p->tx_net)
-		return p->tx_join ? j : "library";
+		return p->tx_join < sizeof on_lib / sizeof *on_lib ? on_lib[p->tx_join] : "library";
 	if (p->closing)
 		return "closing";
 	if (!p->tx.ring)
@@ -42,10 +44,12 @@ static const char *tx_path(const struct ivs_peer *p)
 
 static const char *rx_path(const struct ivs_peer *p)
 {
-	static const char *join[] = {"", " (join: asked)", " (join: awaiting)", " (join: ring)", " (join: off)"};
-	const char *j = p->rx_join < sizeof join / sizeof *join ? join[p->rx_join] : " (join: ?)";
+	static const char *const on_lib[] = {
+		[IVS_JRX_NONE] = "library", [IVS_JRX_ASKED] = "library, asked to read a ring",
+		[IVS_JRX_AWAIT] = "library, awaiting its ring's first record",
+		[IVS_JRX_RING] = "library, its ring's MARK read", [IVS_JRX_OFF] = "library for good"};
 	if (p->rx_net)
-		return p->rx_join ? j : "library";
+		return p->rx_join < sizeof on_lib / sizeof *on_lib ? on_lib[p->rx_join] : "library";
 	if (p->rx_mark)
 		return "after its MARK";
 	if (!p->rx.ring)
