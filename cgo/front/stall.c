@@ -1,7 +1,7 @@
-/* What a rank waits for, when one of the shim's waits goes on for long (IVSHIM_VERBOSE): a
- * job that hangs in the shim says, on each rank's standard error, which messages and which
- * switches of its pairs it still waits for, before anyone kills it. ivs_wait_pause calls it at
- * IVS_STALL_FIRST_S seconds into one wait, then at every doubling. It only reads the rank's own
+/* What a rank waits for, when one of the shim's waits goes on for long (IVSHIM_STALL_SECONDS,
+ * 60 s by default with IVSHIM_VERBOSE): a job that hangs in the shim says, on each rank's
+ * standard error, which messages and which switches of its pairs it still waits for, before
+ * anyone kills it. ivs_wait_pause calls it ivs.stall_ns into one wait, then at every doubling. It only reads the rank's own
  * state, plus the rings' positions while the rank holds the region (values, never followed). */
 #include <stdarg.h>
 #include <stdio.h>
