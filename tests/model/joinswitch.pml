@@ -20,6 +20,17 @@
  *      Library messages R finds while it awaits the ring's first record (AWAIT) or reads the ring
  *      (RING) are parked (migrate.c ivs_park): PROBE receives match none of them until the MARK
  *      is read, or JOINOFF or a new question ends the wait (S did not switch).
+ *   R's VM may leave (LEAVES times at most; migrate.c): the broker flags it in the region and
+ *      may take the flag back (a rollback). Each rank notices the flag at some point while it is
+ *      set, and keeps what it saw (leave_seen, self_leaving) until the pair is made anew. S, once
+ *      it saw the flag, neither asks nor switches (pair_shares) and closes a switched ring with
+ *      its MARK; R, once it saw it, answers no question and gives the region up (release_ready)
+ *      once it is not awaiting a ring it told S to use (ivs_join_busy) and has read S's MARK.
+ *      From then on nobody touches that ring. R then joins the region again (a rollback after
+ *      the release, or the VM back on S's host): R's side of the pair starts anew (peer_join:
+ *      ivs_join_reset, its questions and answers forgotten), and S's does once S notices the
+ *      join while its direction is on the library (join_pending waits for that); until then S
+ *      may go on with a question of the earlier pair, which R, reset, answers as a new one.
  * The library matches a message to the earliest posted receive of its tag at arrival, so a
  * matched probe sees only messages no library receive is posted for.
  *
@@ -29,7 +40,12 @@
  * library: one waits there for a message that takes the ring), NO_SENT_CHECK (switch without
  * sent == got: a ring message overtakes a library one), NO_PROBE_MODE (receives posted while the
  * pair is being made go into the library), NO_PARK_AWAIT (with CLOSES 1: a probe in AWAIT
- * matches a library message S sent after closing the ring, ahead of what it wrote there).
+ * matches a library message S sent after closing the ring, ahead of what it wrote there),
+ * NO_AWAIT_BUSY and NO_MARK_WAIT (with LEAVES 1: R releases while awaiting the ring's first
+ * record, or before it read S's MARK; S then writes into a ring its reader gave up). With LEAVES,
+ * also checked: nothing is written into a ring after R released it, and a released ring is empty.
+ * REACH_REJOIN must fail too: it asserts that the search never moves R to a ring again after R
+ * released the region behind a ring it had read (switch, leave, join, switch).
  */
 
 #define N 4                        /* messages S sends */
@@ -47,6 +63,9 @@
 #ifndef CLOSES
 #define CLOSES 0                   /* times S closes the ring again after a switch */
 #endif
+#ifndef LEAVES
+#define LEAVES 0                   /* times R's VM is flagged leaving */
+#endif
 #define MARK 2                     /* the tag of a ring's MARK record (no receive has it) */
 
 #ifdef NO_OPEN_CHECK
@@ -58,6 +77,14 @@
 #define SENT_OK true /* broken on purpose */
 #else
 #define SENT_OK (sent == got)
+#endif
+
+#ifdef NO_AWAIT_BUSY
+#define RELEASE_OK (rx != RING) /* broken on purpose */
+#elif defined(NO_MARK_WAIT)
+#define RELEASE_OK (rx != AWAIT) /* broken on purpose */
+#else
+#define RELEASE_OK (rx != AWAIT && rx != RING)
 #endif
 
 #define LIB 1   /* a receive inside the library */
@@ -77,19 +104,24 @@ chan s2r = [MAXASK * 2] of { mtype, byte, byte };
 chan r2s = [MAXASK] of { byte, byte };
 
 byte received = 0;
+bool leaving = false;  /* R's VM flagged leaving in the region */
+bool released = false; /* R gave the region up (its slot is free): its rings are nobody's */
+byte epoch = 0;        /* times R joined the region again */
+bool ring_left = false; /* R released the region after reading a ring (for REACH_REJOIN) */
+bool ringed = false;    /* R read a ring in this epoch (for REACH_REJOIN) */
 
 active proctype S() {
-	byte i = 0, sent = 0, ask = 0, asks = 0, closes = 0, got, id;
-	bool on_ring = false, asked = false;
+	byte i = 0, sent = 0, ask = 0, asks = 0, closes = 0, got, id, seen = 0;
+	bool on_ring = false, asked = false, flagged = false; /* flagged: S saw R's VM leaving */
 end:
 	do
 	:: i < N ->
 		if
-		:: on_ring -> ring ! i, TAG(i)
+		:: on_ring -> assert(!released); ring ! i, TAG(i)
 		:: else -> lib ! i, TAG(i); sent++
 		fi;
 		i++
-	:: !on_ring && !asked && asks < MAXASK ->
+	:: !on_ring && !asked && asks < MAXASK && !flagged && !released ->
 		asks++;
 		ask++;
 		s2r ! DRAINQ, sent, ask;
@@ -98,9 +130,18 @@ end:
 		ring ! 0, MARK;
 		on_ring = false;
 		closes++
+	:: leaving && !flagged -> flagged = true /* S's scan of the region */
+	:: on_ring && flagged -> /* the leave closes the ring */
+		assert(!released);
+		ring ! 0, MARK;
+		on_ring = false
+	:: !on_ring && seen != epoch -> /* S notices R's join: the pair starts anew */
+		seen = epoch;
+		flagged = false;
+		asked = false
 	:: r2s ? got, id ->
 		if
-		:: asked && id == ask && SENT_OK ->
+		:: asked && id == ask && SENT_OK && !flagged && !released ->
 			on_ring = true;
 			asked = false
 		:: else ->
@@ -142,6 +183,7 @@ inline older_gone(s) {
 inline match(k, s, got, open) {
 	if
 	:: mode[k] == SHM ->
+		assert(!released);
 		ring ?? s, eval(RT(k))
 	:: else ->
 		lib ?? s, eval(RT(k));
@@ -159,8 +201,9 @@ inline match(k, s, got, open) {
 }
 
 active proctype R() {
-	byte rx = NONE, need = 0, rask = 0, got = 0, open = 0, posted = 0, n, id, s, k;
+	byte rx = NONE, need = 0, rask = 0, got = 0, open = 0, posted = 0, leaves = 0, n, id, s, k;
 	bool asked_on_ring = false; /* a question came while reading the ring: taken at its MARK */
+	bool flagged = false;       /* R saw its VM leaving */
 	mtype kind;
 	/* the receives posted before the pair was made: inside the library */
 	do
@@ -187,6 +230,10 @@ active proctype R() {
 	:: atomic { CAN(3) -> k = 3; match(k, s, got, open) }
 	/* the first ring record: receives move to the ring */
 	:: atomic { rx == AWAIT && nempty(ring) ->
+#ifdef REACH_REJOIN
+		assert(!ring_left);
+#endif
+		ringed = true;
 		rx = RING;
 		k = 0;
 		do
@@ -206,7 +253,21 @@ active proctype R() {
 		:: else -> rx = NONE
 		fi }
 	/* answer a question */
-	:: atomic { rx == ASKED && got >= need && OPEN_OK -> rx = AWAIT; r2s ! got, rask }
+	:: atomic { rx == ASKED && got >= need && OPEN_OK && !flagged && !released -> rx = AWAIT; r2s ! got, rask }
+	/* the broker flags R's VM leaving or takes the flag back; R sees it, releases, joins again */
+	:: atomic { leaves < LEAVES && !leaving && !released -> leaving = true; leaves++ }
+	:: atomic { leaving && !released -> leaving = false }
+	:: atomic { leaving && !flagged -> flagged = true }
+	:: atomic { flagged && !released && RELEASE_OK -> assert(empty(ring)); released = true; ring_left = ring_left || ringed }
+	:: atomic { released ->
+		released = false;
+		leaving = false;
+		flagged = false;
+		ringed = false;
+		epoch++;
+		rx = NONE;
+		asked_on_ring = false;
+		rask = 0 }
 	/* the shim's messages; a question that finds the ring written is read after the ring's
 	 * first record (join.c moves the receives first) */
 	:: nempty(s2r) && (rx != AWAIT || empty(ring)) -> s2r ? kind, n, id;

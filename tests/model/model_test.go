@@ -170,13 +170,18 @@ func TestMigrateProtocolNegative(t *testing.T) {
 // receives (some posted in the library before the pair was made) never see a message overtake
 // an older one of their tag, none is lost or left waiting, whatever the interleaving of the
 // DRAINQ/DRAINED/JOINOFF exchange (joinswitch.pml, cgo/front/join.c), also when the sender
-// closes the ring again after switching (once or twice) and sends by the library.
+// closes the ring again after switching (once or twice) and sends by the library, and when the
+// receiver's VM leaves during the switch (once or twice, flags taken back or not), releases the
+// region and joins it again: nothing is written into a ring after its reader released it, a
+// released ring is empty, and the pair made anew switches again.
 func TestJoinSwitch(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
 	requireProven(t, "joinswitch.pml", nil, []string{"-DW=3", "-DMAXASK=4"}, []string{"-DPRE=2", "-DW=3"},
 		[]string{"-DCLOSES=1", "-DPRE=0", "-DW=3", "-DMAXASK=4"}, []string{"-DCLOSES=2", "-DPRE=0", "-DW=3", "-DMAXASK=4"},
-		[]string{"-DCLOSES=1", "-DPRE=2", "-DW=3"})
+		[]string{"-DCLOSES=1", "-DPRE=2", "-DW=3"},
+		[]string{"-DLEAVES=2"}, []string{"-DLEAVES=2", "-DW=3", "-DMAXASK=4"}, []string{"-DLEAVES=2", "-DPRE=2", "-DW=3"},
+		[]string{"-DLEAVES=1", "-DCLOSES=1", "-DPRE=0", "-DW=3", "-DMAXASK=4"})
 }
 
 // TestJoinSwitchNegative: without the receiver's check that none of its receives waits inside
