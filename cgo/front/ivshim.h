@@ -529,7 +529,7 @@ static inline void ivs_count_got(const struct ivs_comm *c, int src)
 		ivs.lib_got[c->world[src]]++;
 }
 void ivs_ctl_send(int world, int tag, uint64_t a, uint64_t b, uint64_t round);
-enum { IVS_TAG_DRAINQ = 8, IVS_TAG_DRAINED, IVS_TAG_JOINOFF }; /* after migrate.c's tags */
+enum { IVS_TAG_DRAINQ = 9, IVS_TAG_DRAINED, IVS_TAG_JOINOFF }; /* after migrate.c's tags */
 int ivs_pair_rx_join(struct ivs_peer *p);
 int ivs_pair_tx_join(struct ivs_peer *p);
 

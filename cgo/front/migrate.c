@@ -123,8 +123,8 @@ int ivs_peer_leaving(const struct ivs_peer *p)
 
 /* ---- the shim's own messages (ivs.ctlcomm, world ranks) ---- */
 
-enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE, TAG_JOINED, TAG_ADOPT }; /* join.c's follow */
-_Static_assert((int)TAG_ADOPT < (int)IVS_TAG_DRAINQ, "join.c's tags come after migrate.c's");
+enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE, TAG_JOINED, TAG_ADOPT, TAG_ANEW }; /* join.c's follow */
+_Static_assert((int)TAG_ANEW < (int)IVS_TAG_DRAINQ, "join.c's tags come after migrate.c's");
 #define NEVER UINT64_MAX /* REPLY of a member that freed the communicator, and the DECIDE it makes */
 #define SLACK 1          /* collectives a member may begin after its REPLY, before the DECIDE */
 #define RECENT (1u << 16) /* progress steps (ivs.ctl_tick) since a communicator's last collective
@@ -282,6 +282,7 @@ static struct deferred {
 static int ndeferred, deferred_cap;
 
 static void on_joined(int w, uint64_t slot);
+static void on_anew(int w, uint64_t self_slot, uint64_t slot);
 
 /* Handle one message; 0 if it must wait for its communicator to be created here. */
 static int dispatch(int src, int tag, const struct ctl_msg *m)
@@ -292,6 +293,10 @@ static int dispatch(int src, int tag, const struct ctl_msg *m)
 	}
 	if (tag == TAG_JOINED) {
 		on_joined(src, m->a);
+		return 1;
+	}
+	if (tag == TAG_ANEW) {
+		on_anew(src, m->a, m->b);
 		return 1;
 	}
 	switch (tag) {
@@ -695,6 +700,33 @@ static void on_joined(int w, uint64_t slot)
 	peer_join(w, (uint32_t)slot);
 }
 
+/* ANEW from w: this rank's VM was flagged leaving and the broker took the flag back (a rollback)
+ * before this rank saw it, while w did and moved their pair to the library. This rank, in
+ * self_slot as w reads the region, with w in slot, closes its own direction too, and the pair
+ * is made anew once both directions are on the library, as after a join; else it would stay
+ * on the library for the rest of the job. A rank that saw its own flag releases and joins
+ * again anyway, and news of another slot is late: both are dropped. */
+static void on_anew(int w, uint64_t self_slot, uint64_t slot)
+{
+	struct ivs_peer *p = w >= 0 && w < ivs.world_size && w != ivs.world_rank ? ivs.peers[w] : NULL;
+	if (!p || ivs.released || ivs.self_leaving || self_slot != ivs.self_slot || slot != p->slot || p->join_pending ||
+	    !ivs_slot_holds(p->slot, w))
+		return;
+	if (!p->leave_seen) {
+		p->leave_seen = 1;
+		p->leaves++;
+		if (ivs_pair_tx_resolve(p))
+			p->closing = 1;
+		if (!p->rx.ring && !p->rx_mark)
+			ivs_pair_rx_net(p);
+		ivs.switching = 1;
+	}
+	if (ivs.verbose)
+		fprintf(stderr, "ivshim: rank %d: rank %d saw this rank's VM flagged leaving before the flag was taken back: "
+		        "their pair is made anew\n", ivs.world_rank, w);
+	peer_join(w, p->slot);
+}
+
 /* A released rank looks for the region of the host its VM runs on now (ivshim_ctl_rejoin): the
  * VM arrived there, or its migration rolled back. Once in, every rank of the job it finds there
  * becomes a co-located peer (peer_join) and learns of the join by a JOINED message, so both
@@ -778,6 +810,16 @@ static void scan(void)
 			if (!p->rx.ring && !p->rx_mark)
 				ivs_pair_rx_net(p);
 			closed++;
+		} else if (p->leave_seen && !p->join_pending && !ivs.self_leaving && !slot_leaving(p->slot) &&
+		           ivs_slot_holds(p->slot, w)) {
+			/* The flag was taken back (a rollback) with the peer still in its slot: it may
+			 * never have seen it (outside MPI through the whole drain), and would then neither
+			 * release nor join again. The pair is made anew on both sides (on_anew). */
+			if (ivs.verbose)
+				fprintf(stderr, "ivshim: rank %d: rank %d's VM is no longer flagged leaving (the migration rolled "
+				        "back) and rank %d kept its slot: their pair is made anew\n", ivs.world_rank, w, w);
+			ctl_send(w, TAG_ANEW, p->slot, ivs.self_slot, 0);
+			peer_join(w, p->slot);
 		}
 	}
 	if (closed) {
