@@ -700,6 +700,19 @@ static void on_joined(int w, uint64_t slot)
 	peer_join(w, (uint32_t)slot);
 }
 
+/* A leave seen (the region's flag, or ANEW): both directions of p move to the library. A
+ * direction waiting for its ring closes once the receiver answered (pairs.c); one without a
+ * ring gets none, and says so to its sender. */
+static void close_pair(struct ivs_peer *p)
+{
+	p->leave_seen = 1;
+	p->leaves++;
+	if (ivs_pair_tx_resolve(p))
+		p->closing = 1;
+	if (!p->rx.ring && !p->rx_mark)
+		ivs_pair_rx_net(p);
+}
+
 /* ANEW from w: this rank's VM was flagged leaving and the broker took the flag back (a rollback)
  * before this rank saw it, while w did and moved their pair to the library. This rank, in
  * self_slot as w reads the region, with w in slot, closes its own direction too, and the pair
@@ -713,12 +726,7 @@ static void on_anew(int w, uint64_t self_slot, uint64_t slot)
 	    !ivs_slot_holds(p->slot, w))
 		return;
 	if (!p->leave_seen) {
-		p->leave_seen = 1;
-		p->leaves++;
-		if (ivs_pair_tx_resolve(p))
-			p->closing = 1;
-		if (!p->rx.ring && !p->rx_mark)
-			ivs_pair_rx_net(p);
+		close_pair(p);
 		ivs.switching = 1;
 	}
 	if (ivs.verbose)
@@ -801,14 +809,7 @@ static void scan(void)
 		int w = ivs.local_world[i];
 		struct ivs_peer *p = ivs.peers[w];
 		if (!p->leave_seen && (self || slot_leaving(p->slot))) {
-			p->leave_seen = 1;
-			p->leaves++;
-			/* A direction waiting for its ring closes once the receiver answered (pairs.c);
-			 * one without a ring gets none, and says so to its sender. */
-			if (ivs_pair_tx_resolve(p))
-				p->closing = 1;
-			if (!p->rx.ring && !p->rx_mark)
-				ivs_pair_rx_net(p);
+			close_pair(p);
 			closed++;
 		} else if (p->leave_seen && !p->join_pending && !ivs.self_leaving && !slot_leaving(p->slot) &&
 		           ivs_slot_holds(p->slot, w)) {

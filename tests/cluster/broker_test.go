@@ -297,10 +297,6 @@ func (w *lineWatch) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// TestBrokerKillDuringJob kills the broker of h0 with SIGKILL while a job with the shim runs on
-// a 2 × 2 cluster, and restarts it: the job completes with every rank sending through its
-// region, the restarted broker adopts the region file as it is (same inode, valid, VM table
-// intact), and teardown leaves nothing behind.
 // jobOutcome is how a job started by startStarted ended.
 type jobOutcome struct {
 	res *cluster.Result
@@ -332,6 +328,10 @@ func startStarted(ctx context.Context, t *testing.T, job cluster.Job) <-chan job
 	return done
 }
 
+// TestBrokerKillDuringJob kills the broker of h0 with SIGKILL while a job with the shim runs on
+// a 2 × 2 cluster, and restarts it: the job completes with every rank sending through its
+// region, the restarted broker adopts the region file as it is (same inode, valid, VM table
+// intact), and teardown leaves nothing behind.
 func TestBrokerKillDuringJob(t *testing.T) {
 	testenv.RequireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
