@@ -63,6 +63,8 @@ struct ivs_peer {
 	                              left the region; cleared when it is co-located again (rejoin) */
 	uint8_t join_pending;      /* the peer joined this rank's region at join_slot; taken once this
 	                              rank's pair with it is fully on the library (migrate.c) */
+	uint8_t anew_sent;         /* a flag taken back: this rank asked the peer to close the pair too
+	                              (migrate.c's ANEW); cleared when the pair is made anew */
 	uint32_t join_slot;
 	uint32_t leaves, joins;    /* times the peer was seen leaving, and joining (a rejoin):
 	                              monotonic, so collectives notice a change since their set-up */
@@ -529,7 +531,7 @@ static inline void ivs_count_got(const struct ivs_comm *c, int src)
 		ivs.lib_got[c->world[src]]++;
 }
 void ivs_ctl_send(int world, int tag, uint64_t a, uint64_t b, uint64_t round);
-enum { IVS_TAG_DRAINQ = 9, IVS_TAG_DRAINED, IVS_TAG_JOINOFF }; /* after migrate.c's tags */
+enum { IVS_TAG_DRAINQ = 10, IVS_TAG_DRAINED, IVS_TAG_JOINOFF }; /* after migrate.c's tags */
 int ivs_pair_rx_join(struct ivs_peer *p);
 int ivs_pair_tx_join(struct ivs_peer *p);
 

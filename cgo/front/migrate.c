@@ -123,8 +123,8 @@ int ivs_peer_leaving(const struct ivs_peer *p)
 
 /* ---- the shim's own messages (ivs.ctlcomm, world ranks) ---- */
 
-enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE, TAG_JOINED, TAG_ADOPT, TAG_ANEW }; /* join.c's follow */
-_Static_assert((int)TAG_ANEW < (int)IVS_TAG_DRAINQ, "join.c's tags come after migrate.c's");
+enum { TAG_ACK = 1, TAG_ASK, TAG_QUERY, TAG_REPLY, TAG_DECIDE, TAG_JOINED, TAG_ADOPT, TAG_ANEW, TAG_ANEW_OK }; /* join.c's follow */
+_Static_assert((int)TAG_ANEW_OK < (int)IVS_TAG_DRAINQ, "join.c's tags come after migrate.c's");
 #define NEVER UINT64_MAX /* REPLY of a member that freed the communicator, and the DECIDE it makes */
 #define SLACK 1          /* collectives a member may begin after its REPLY, before the DECIDE */
 #define RECENT (1u << 16) /* progress steps (ivs.ctl_tick) since a communicator's last collective
@@ -132,12 +132,13 @@ _Static_assert((int)TAG_ANEW < (int)IVS_TAG_DRAINQ, "join.c's tags come after mi
 
 struct ctl_msg {
 	uint64_t a;     /* ACK: the cookie; JOINED: the sender's slot; ADOPT: an area's offset; DRAINQ,
-	                   DRAINED: a count of library messages (join.c); else the communicator's
-	                   context id */
+	                   DRAINED: a count of library messages (join.c); ANEW, ANEW_OK: the
+	                   receiver's slot; else the communicator's context id */
 	uint64_t b;     /* REPLY, DECIDE: a collective count; ADOPT: the area's members; DRAINQ,
-	                   DRAINED, JOINOFF: the question's id */
+	                   DRAINED, JOINOFF: the question's id; ANEW, ANEW_OK: the sender's slot */
 	uint64_t round; /* the agreement's round on that communicator (ivs_comm.sw_round); ADOPT: the
-	                   sender's region (ivs_region_tag) */
+	                   sender's region (ivs_region_tag); ANEW: whether the sender's VM was the one
+	                   flagged */
 };
 
 /* Sends in flight, each with its buffer, until the library is done with them. */
@@ -282,7 +283,8 @@ static struct deferred {
 static int ndeferred, deferred_cap;
 
 static void on_joined(int w, uint64_t slot);
-static void on_anew(int w, uint64_t self_slot, uint64_t slot);
+static void on_anew(int w, uint64_t self_slot, uint64_t slot, uint64_t leaving);
+static void on_anew_ok(int w, uint64_t self_slot, uint64_t slot);
 
 /* Handle one message; 0 if it must wait for its communicator to be created here. */
 static int dispatch(int src, int tag, const struct ctl_msg *m)
@@ -296,7 +298,11 @@ static int dispatch(int src, int tag, const struct ctl_msg *m)
 		return 1;
 	}
 	if (tag == TAG_ANEW) {
-		on_anew(src, m->a, m->b);
+		on_anew(src, m->a, m->b, m->round);
+		return 1;
+	}
+	if (tag == TAG_ANEW_OK) {
+		on_anew_ok(src, m->a, m->b);
 		return 1;
 	}
 	switch (tag) {
@@ -668,6 +674,7 @@ static void peer_join(int w, uint32_t slot)
 		return;
 	}
 	p->join_pending = 0;
+	p->anew_sent = 0;
 	/* The pair's rings (if any) closed at the leave and lie in memory given back since: nothing
 	 * may take them for mapped. */
 	p->tx.ring = NULL;
@@ -713,26 +720,52 @@ static void close_pair(struct ivs_peer *p)
 		ivs_pair_rx_net(p);
 }
 
-/* ANEW from w: this rank's VM was flagged leaving and the broker took the flag back (a rollback)
- * before this rank saw it, while w did and moved their pair to the library. This rank, in
- * self_slot as w reads the region, with w in slot, closes its own direction too, and the pair
- * is made anew once both directions are on the library, as after a join; else it would stay
- * on the library for the rest of the job. A rank that saw its own flag releases and joins
- * again anyway, and news of another slot is late: both are dropped. */
-static void on_anew(int w, uint64_t self_slot, uint64_t slot)
+/* A flag taken back (the broker rolled a move back) that one rank of a pair saw and the other did
+ * not (it was outside MPI through the whole drain): the one that saw it closed the pair, and
+ * nothing else would open it again, since only a release and a join make a pair anew. So the
+ * rank that saw it sends ANEW (the peer's slot and its own, as it reads the region; whether it
+ * saw its own VM flagged):
+ *   - from a rank of another VM: the peer closes its side too, makes the pair anew once it is on
+ *     the library (peer_join) and answers ANEW_OK, on which the sender makes it anew too. A peer
+ *     that saw its own flag drops it: it releases and joins again, and its JOINED makes the pair
+ *     anew at the sender, which has kept its leave_seen for that.
+ *   - from a rank of the flagged VM (it saw its flag, and waits for the peer's MARK to release):
+ *     the peer closes its side, so the sender can release; its JOINED makes the pair anew.
+ * News of another slot than the pair's (late, or a rank that left since) is dropped. */
+static struct ivs_peer *anew_peer(int w, uint64_t self_slot, uint64_t slot)
 {
 	struct ivs_peer *p = w >= 0 && w < ivs.world_size && w != ivs.world_rank ? ivs.peers[w] : NULL;
 	if (!p || ivs.released || ivs.self_leaving || self_slot != ivs.self_slot || slot != p->slot || p->join_pending ||
 	    !ivs_slot_holds(p->slot, w))
+		return NULL;
+	return p;
+}
+
+static void on_anew(int w, uint64_t self_slot, uint64_t slot, uint64_t leaving)
+{
+	struct ivs_peer *p = anew_peer(w, self_slot, slot);
+	if (!p)
 		return;
 	if (!p->leave_seen) {
 		close_pair(p);
 		ivs.switching = 1;
 	}
 	if (ivs.verbose)
-		fprintf(stderr, "ivshim: rank %d: rank %d saw this rank's VM flagged leaving before the flag was taken back: "
-		        "their pair is made anew\n", ivs.world_rank, w);
+		fprintf(stderr, leaving ? "ivshim: rank %d: rank %d saw its VM flagged leaving, which this rank did not see before "
+		                          "the flag was taken back: their pair moves to the library until it joins again\n"
+		                        : "ivshim: rank %d: rank %d saw this rank's VM flagged leaving before the flag was taken "
+		                          "back: their pair is made anew\n", ivs.world_rank, w);
+	if (leaving)
+		return;
 	peer_join(w, p->slot);
+	ctl_send(w, TAG_ANEW_OK, slot, self_slot, 0);
+}
+
+static void on_anew_ok(int w, uint64_t self_slot, uint64_t slot)
+{
+	struct ivs_peer *p = anew_peer(w, self_slot, slot);
+	if (p && p->leave_seen && p->anew_sent)
+		peer_join(w, p->slot);
 }
 
 /* A released rank looks for the region of the host its VM runs on now (ivshim_ctl_rejoin): the
@@ -811,16 +844,16 @@ static void scan(void)
 		if (!p->leave_seen && (self || slot_leaving(p->slot))) {
 			close_pair(p);
 			closed++;
-		} else if (p->leave_seen && !p->join_pending && !ivs.self_leaving && !slot_leaving(p->slot) &&
-		           ivs_slot_holds(p->slot, w)) {
-			/* The flag was taken back (a rollback) with the peer still in its slot: it may
-			 * never have seen it (outside MPI through the whole drain), and would then neither
-			 * release nor join again. The pair is made anew on both sides (on_anew). */
+		} else if (!p->anew_sent && !p->join_pending && !slot_leaving(p->slot) && ivs_slot_holds(p->slot, w) &&
+		           (ivs.self_leaving ? !self && !p->rx_net : p->leave_seen)) {
+			/* A flag taken back (a rollback), with the peer in its slot: it may not have seen
+			 * it (on_anew). */
 			if (ivs.verbose)
-				fprintf(stderr, "ivshim: rank %d: rank %d's VM is no longer flagged leaving (the migration rolled "
-				        "back) and rank %d kept its slot: their pair is made anew\n", ivs.world_rank, w, w);
-			ctl_send(w, TAG_ANEW, p->slot, ivs.self_slot, 0);
-			peer_join(w, p->slot);
+				fprintf(stderr, "ivshim: rank %d: the VM of %s is no longer flagged leaving (the migration rolled "
+				        "back), and rank %d kept its slot: asking it to close their pair too\n", ivs.world_rank,
+				        ivs.self_leaving ? "this rank" : "its peer", w);
+			p->anew_sent = 1;
+			ctl_send(w, TAG_ANEW, p->slot, ivs.self_slot, ivs.self_leaving);
 		}
 	}
 	if (closed) {

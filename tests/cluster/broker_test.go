@@ -551,72 +551,101 @@ func TestMigrateDuringJob(t *testing.T) {
 	checkRingPaths(t, stats, vms)
 }
 
-// TestRollbackWhileRankComputes: a rank that computes outside MPI through its VM's whole drain
-// never sees the flag, and the broker rolls the migration back; its co-located peer saw the flag
-// and moved their pair to the library. Once the rank is back in MPI the pair must return to the
-// region both ways (made anew, by the join switch), not stay on the library for the rest of
-// the job. ring_soak on 2 x 2 VMs, Open MPI: rank 1 (h0v1) sleeps 4 s outside MPI while h0v1's
-// move to h1 has a 1 s deadline.
+// TestRollbackWhileRankComputes: a rank that computes outside MPI through a whole drain never
+// sees the flag, and the broker rolls the migration back; co-located ranks that saw the flag
+// moved their pairs with it to the library. Once the rank is back in MPI every such pair must
+// return to the region both ways (made anew, then the join switch), not stay on the library for
+// the rest of the job. ring_soak, Open MPI, h0v1's move to h1 with a 1 s deadline while one
+// rank sleeps 4 s outside MPI:
+//   - mover: 2 x 2 VMs, the moving VM's rank 1 sleeps; rank 0 saw the flag (ANEW, ANEW_OK);
+//   - neighbour: 2 x 3 VMs, rank 2 (h0v2) sleeps; the moving rank 1 saw its flag and waits for
+//     rank 2's MARK to release (ANEW from the flagged VM), and ignores rank 0's ANEW; it then
+//     releases and joins h0's region again, and its pairs with ranks 0 and 2 are made anew.
 func TestRollbackWhileRankComputes(t *testing.T) {
 	testenv.RequireCluster(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	c := brokerCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 2})
-	soak := build(ctx, t, "../mpi/ring_soak.c")
+	soak := build(context.Background(), t, "../mpi/ring_soak.c")
 	const m = cluster.OpenMPI
-	vms := c.VMs()
-	mover := c.Hosts[0].VMs[1]
-	signals := make(chan os.Signal, 2)
-	pause, stderr := newLineWatch("rank 1 pauses\n"), newLineWatch("ivshim: init ")
-	done := make(chan jobOutcome, 1)
-	go func() {
-		res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"120", "1", "4"},
-			Env: shimEnv(t, m), Timeout: 3 * time.Minute, Stdout: pause, Stderr: stderr, Signals: signals})
-		done <- jobOutcome{res, err}
-	}()
-	select {
-	case <-stderr.seen:
-	case o := <-done:
-		t.Fatalf("job ended before the shim reported its start: %v", o.err)
-	}
-	time.Sleep(2 * time.Second) // the pairs of h0 on rings
-	signals <- syscall.SIGUSR2
-	select {
-	case <-pause.seen:
-	case o := <-done:
-		t.Fatalf("job ended before rank 1 paused: %v", o.err)
-	}
-	res, err := c.Migrate(ctx, mover, c.Hosts[1], time.Second)
-	if err == nil || res.Migrated || !res.RolledBack || res.FailedStep != "drain" {
-		t.Fatalf("migration of %s while its rank sleeps outside MPI: %+v, %v; want the drain to miss its deadline and roll back", mover.Name, res, err)
-	}
-	// The pair made anew moves each direction back to a ring once it drained (join.c).
-	wants := []string{"ivshim: rank 0: messages to rank 1 take the region again", "ivshim: rank 1: messages to rank 0 take the region again"}
-	for back := time.Now(); time.Since(back) < time.Minute; time.Sleep(100 * time.Millisecond) {
-		if out := stderr.String(); strings.Contains(out, wants[0]) && strings.Contains(out, wants[1]) {
-			break
-		}
-	}
-	signals <- syscall.SIGUSR1
-	o := <-done
-	if o.err != nil {
-		t.Fatalf("job with a rolled-back migration: %v\nstdout:\n%s\nstderr:\n%s", o.err, o.res.Stdout, o.res.Stderr)
-	}
-	if n := strings.Count(o.res.Stdout, " ok\n"); n != len(vms) {
-		t.Errorf("%d of %d ranks finished:\n%s", n, len(vms), o.res.Stdout)
-	}
-	if strings.Contains(o.res.Stderr, "ivshim: rank 1: its VM is flagged leaving") {
-		t.Errorf("rank 1 saw its VM flagged although it slept through the drain: the test did not test what it says; stderr:\n%s", o.res.Stderr)
-	}
-	for _, line := range strings.Split(o.res.Stderr, "\n") {
-		if strings.Contains(line, "anew") || strings.Contains(line, "region again") {
-			t.Log(line)
-		}
-	}
-	for _, want := range wants {
-		if !strings.Contains(o.res.Stderr, want) {
-			t.Errorf("after the rollback, no %q: the pair stayed on the library; stderr:\n%s", want, o.res.Stderr)
-		}
+	for _, tc := range []struct {
+		name    string
+		vms     int
+		sleeper string
+		pairs   [][2]int // pairs whose both directions must take the region again
+		saw     []string // lines that must come, proving the case is the one described
+	}{
+		{"mover", 2, "1", [][2]int{{0, 1}}, []string{"ivshim: rank 0: a co-located VM is flagged leaving"}},
+		{"neighbour", 3, "2", [][2]int{{0, 1}, {1, 2}}, []string{"ivshim: rank 1: its VM is flagged leaving",
+			"ivshim: rank 1: joined the region of its VM's host again"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+			defer cancel()
+			c := brokerCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: tc.vms})
+			vms := c.VMs()
+			mover := c.Hosts[0].VMs[1]
+			signals := make(chan os.Signal, 2)
+			pause, stderr := newLineWatch("rank "+tc.sleeper+" pauses\n"), newLineWatch("ivshim: init ")
+			done := make(chan jobOutcome, 1)
+			go func() {
+				res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"120", tc.sleeper, "4"},
+					Env: shimEnv(t, m), Timeout: 3 * time.Minute, Stdout: pause, Stderr: stderr, Signals: signals})
+				done <- jobOutcome{res, err}
+			}()
+			select {
+			case <-stderr.seen:
+			case o := <-done:
+				t.Fatalf("job ended before the shim reported its start: %v", o.err)
+			}
+			time.Sleep(2 * time.Second) // the pairs of h0 on rings
+			signals <- syscall.SIGUSR2
+			select {
+			case <-pause.seen:
+			case o := <-done:
+				t.Fatalf("job ended before rank %s paused: %v", tc.sleeper, o.err)
+			}
+			res, err := c.Migrate(ctx, mover, c.Hosts[1], time.Second)
+			if err == nil || res.Migrated || !res.RolledBack || res.FailedStep != "drain" {
+				t.Fatalf("migration of %s while rank %s sleeps outside MPI: %+v, %v; want the drain to miss its deadline and roll back",
+					mover.Name, tc.sleeper, res, err)
+			}
+			var wants []string
+			for _, pr := range tc.pairs {
+				wants = append(wants, fmt.Sprintf("ivshim: rank %d: messages to rank %d take the region again", pr[0], pr[1]),
+					fmt.Sprintf("ivshim: rank %d: messages to rank %d take the region again", pr[1], pr[0]))
+			}
+			all := func(out string) bool {
+				for _, w := range wants {
+					if !strings.Contains(out, w) {
+						return false
+					}
+				}
+				return true
+			}
+			for back := time.Now(); time.Since(back) < time.Minute && !all(stderr.String()); time.Sleep(100 * time.Millisecond) {
+			}
+			signals <- syscall.SIGUSR1
+			o := <-done
+			if o.err != nil {
+				t.Fatalf("job with a rolled-back migration: %v\nstdout:\n%s\nstderr:\n%s", o.err, o.res.Stdout, o.res.Stderr)
+			}
+			if n := strings.Count(o.res.Stdout, " ok\n"); n != len(vms) {
+				t.Errorf("%d of %d ranks finished:\n%s", n, len(vms), o.res.Stdout)
+			}
+			for _, line := range strings.Split(o.res.Stderr, "\n") {
+				if strings.Contains(line, "flag") || strings.Contains(line, "anew") || strings.Contains(line, "region again") {
+					t.Log(line)
+				}
+			}
+			// The sleeper saw nothing: else the case is not the one it says.
+			if sl := "ivshim: rank " + tc.sleeper + ": "; strings.Contains(o.res.Stderr, sl+"its VM is flagged leaving") ||
+				strings.Contains(o.res.Stderr, sl+"a co-located VM is flagged leaving") {
+				t.Errorf("rank %s saw a flag although it slept through the drain; stderr:\n%s", tc.sleeper, o.res.Stderr)
+			}
+			for _, want := range append(tc.saw, wants...) {
+				if !strings.Contains(o.res.Stderr, want) {
+					t.Errorf("after the rollback, no %q; stderr:\n%s", want, o.res.Stderr)
+				}
+			}
+		})
 	}
 }
 

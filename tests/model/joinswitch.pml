@@ -31,6 +31,14 @@
  *      ivs_join_reset, its questions and answers forgotten), and S's does once S notices the
  *      join while its direction is on the library (join_pending waits for that); until then S
  *      may go on with a question of the earlier pair, which R, reset, answers as a new one.
+ *      A flag taken back (migrate.c's ANEW) that S saw and R did not (R outside MPI through the
+ *      drain) leaves R in its slot: S, its direction on the library, sends ANEW. R, unless it saw
+ *      its own flag (it drops ANEW: it releases and joins again), takes it (join_pending): it
+ *      answers nothing and defers questions (JOINOFF it takes) until its side is on the library,
+ *      then starts anew as at a join and takes the deferred question (the newest); it answers
+ *      ANEW_OK at once, on which S starts anew. And if R saw its flag and S did not, R, waiting
+ *      for S's MARK to release, sends ANEW from the flagged VM: S closes the ring, and R's join
+ *      makes the pair anew.
  * The library matches a message to the earliest posted receive of its tag at arrival, so a
  * matched probe sees only messages no library receive is posted for.
  *
@@ -45,7 +53,8 @@
  * record, or before it read S's MARK; S then writes into a ring its reader gave up). With LEAVES,
  * also checked: nothing is written into a ring after R released it, and a released ring is empty.
  * REACH_REJOIN must fail too: it asserts that the search never moves R to a ring again after R
- * released the region behind a ring it had read (switch, leave, join, switch).
+ * released the region behind a ring it had read (switch, leave, join, switch); so must
+ * REACH_ANEW: never a ring again after a pair made anew by ANEW behind a ring R had read.
  */
 
 #define N 4                        /* messages S sends */
@@ -96,11 +105,13 @@
 #define AWAIT 2
 #define RING 3
 
-mtype = { DRAINQ, JOINOFF };
+mtype = { DRAINQ, JOINOFF, ANEW };
+chan anew_ok = [LEAVES + 1] of { bit }; /* R -> S: ANEW taken */
+chan r_anew = [LEAVES + 1] of { bit };  /* R -> S: ANEW from the flagged VM */
 
 chan lib = [N] of { byte, byte };  /* seq, tag: sent by the library, not matched yet */
 chan ring = [N] of { byte, byte };
-chan s2r = [MAXASK * 2] of { mtype, byte, byte };
+chan s2r = [MAXASK * 2 + LEAVES] of { mtype, byte, byte };
 chan r2s = [MAXASK] of { byte, byte };
 
 byte received = 0;
@@ -109,10 +120,12 @@ bool released = false; /* R gave the region up (its slot is free): its rings are
 byte epoch = 0;        /* times R joined the region again */
 bool ring_left = false; /* R released the region after reading a ring (for REACH_REJOIN) */
 bool ringed = false;    /* R read a ring in this epoch (for REACH_REJOIN) */
+bool ring_anew = false; /* R made the pair anew after reading a ring (for REACH_ANEW) */
 
 active proctype S() {
 	byte i = 0, sent = 0, ask = 0, asks = 0, closes = 0, got, id, seen = 0;
 	bool on_ring = false, asked = false, flagged = false; /* flagged: S saw R's VM leaving */
+	bool anew_sent = false;
 end:
 	do
 	:: i < N ->
@@ -138,7 +151,20 @@ end:
 	:: !on_ring && seen != epoch -> /* S notices R's join: the pair starts anew */
 		seen = epoch;
 		flagged = false;
+		anew_sent = false;
 		asked = false
+	:: atomic { !on_ring && flagged && !leaving && !released && !anew_sent -> /* the flag taken back, R in its slot */
+		anew_sent = true;
+		s2r ! ANEW, 0, 0 }
+	:: anew_ok ? _ ->
+		if
+		:: flagged && anew_sent && !released -> /* R took it: the pair starts anew */
+			flagged = false;
+			anew_sent = false;
+			asked = false
+		:: else -> skip
+		fi
+	:: r_anew ? _ -> flagged = flagged || !released /* close_pair: the MARK follows */
 	:: r2s ? got, id ->
 		if
 		:: asked && id == ask && SENT_OK && !flagged && !released ->
@@ -204,6 +230,10 @@ active proctype R() {
 	byte rx = NONE, need = 0, rask = 0, got = 0, open = 0, posted = 0, leaves = 0, n, id, s, k;
 	bool asked_on_ring = false; /* a question came while reading the ring: taken at its MARK */
 	bool flagged = false;       /* R saw its VM leaving */
+	bool pending = false;       /* ANEW taken: the pair is made anew once R's side is on the library */
+	bool dq = false;            /* a question deferred meanwhile: dneed, did */
+	bool ranew = false;         /* R, flagged, asked S to close (ANEW from the flagged VM) */
+	byte dneed, did;
 	mtype kind;
 	/* the receives posted before the pair was made: inside the library */
 	do
@@ -233,6 +263,9 @@ active proctype R() {
 #ifdef REACH_REJOIN
 		assert(!ring_left);
 #endif
+#ifdef REACH_ANEW
+		assert(!ring_anew);
+#endif
 		ringed = true;
 		rx = RING;
 		k = 0;
@@ -253,27 +286,47 @@ active proctype R() {
 		:: else -> rx = NONE
 		fi }
 	/* answer a question */
-	:: atomic { rx == ASKED && got >= need && OPEN_OK && !flagged && !released -> rx = AWAIT; r2s ! got, rask }
+	:: atomic { rx == ASKED && got >= need && OPEN_OK && !flagged && !released && !pending -> rx = AWAIT; r2s ! got, rask }
 	/* the broker flags R's VM leaving or takes the flag back; R sees it, releases, joins again */
 	:: atomic { leaves < LEAVES && !leaving && !released -> leaving = true; leaves++ }
 	:: atomic { leaving && !released -> leaving = false }
 	:: atomic { leaving && !flagged -> flagged = true }
 	:: atomic { flagged && !released && RELEASE_OK -> assert(empty(ring)); released = true; ring_left = ring_left || ringed }
+	:: atomic { flagged && !leaving && !released && !ranew && rx == RING -> ranew = true; r_anew ! 1 }
 	:: atomic { released ->
 		released = false;
 		leaving = false;
 		flagged = false;
 		ringed = false;
 		epoch++;
+		pending = false; /* its slot was given up: a join makes the pair anew */
+		ranew = false;
 		rx = NONE;
 		asked_on_ring = false;
-		rask = 0 }
+		rask = 0;
+		if
+		:: dq -> dq = false; rx = ASKED; need = dneed; rask = did
+		:: else -> skip
+		fi }
 	/* the shim's messages; a question that finds the ring written is read after the ring's
 	 * first record (join.c moves the receives first) */
+	:: atomic { pending && rx != AWAIT && rx != RING ->
+		pending = false;
+		ring_anew = ring_anew || ringed;
+		rx = NONE;
+		asked_on_ring = false;
+		rask = 0;
+		if
+		:: dq -> dq = false; rx = ASKED; need = dneed; rask = did
+		:: else -> skip
+		fi }
 	:: nempty(s2r) && (rx != AWAIT || empty(ring)) -> s2r ? kind, n, id;
 		if
-		:: kind == DRAINQ && rx != RING -> rx = ASKED; need = n; rask = id
-		:: kind == DRAINQ && rx == RING -> asked_on_ring = true; need = n; rask = id
+		:: kind == ANEW && !flagged && !released && !pending -> pending = true; anew_ok ! 1
+		:: kind == ANEW && (flagged || released || pending) -> skip
+		:: kind == DRAINQ && pending -> dq = true; dneed = n; did = id
+		:: kind == DRAINQ && !pending && rx != RING -> rx = ASKED; need = n; rask = id
+		:: kind == DRAINQ && !pending && rx == RING -> asked_on_ring = true; need = n; rask = id
 		:: kind == JOINOFF && rx == AWAIT && id == rask -> rx = NONE
 		:: else -> skip
 		fi

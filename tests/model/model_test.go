@@ -171,24 +171,28 @@ func TestMigrateProtocolNegative(t *testing.T) {
 // an older one of their tag, none is lost or left waiting, whatever the interleaving of the
 // DRAINQ/DRAINED/JOINOFF exchange (joinswitch.pml, cgo/front/join.c), also when the sender
 // closes the ring again after switching (once or twice) and sends by the library, and when the
-// receiver's VM leaves during the switch (once or twice, flags taken back or not), releases the
-// region and joins it again: nothing is written into a ring after its reader released it, a
-// released ring is empty, and the pair made anew switches again.
+// receiver's VM leaves during the switch (its flag taken back or not), releases the
+// region and joins it again, or its flag is taken back unseen and the sender makes the pair anew
+// (ANEW): nothing is written into a ring after its reader released it, a released ring is
+// empty, and the pair made anew switches again.
 func TestJoinSwitch(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
 	requireProven(t, "joinswitch.pml", nil, []string{"-DW=3", "-DMAXASK=4"}, []string{"-DPRE=2", "-DW=3"},
 		[]string{"-DCLOSES=1", "-DPRE=0", "-DW=3", "-DMAXASK=4"}, []string{"-DCLOSES=2", "-DPRE=0", "-DW=3", "-DMAXASK=4"},
 		[]string{"-DCLOSES=1", "-DPRE=2", "-DW=3"},
-		[]string{"-DLEAVES=2"}, []string{"-DLEAVES=2", "-DW=3", "-DMAXASK=4"}, []string{"-DLEAVES=2", "-DPRE=2", "-DW=3"},
-		[]string{"-DLEAVES=1", "-DCLOSES=1", "-DPRE=0", "-DW=3", "-DMAXASK=4"})
+		[]string{"-DLEAVES=1"}, []string{"-DLEAVES=1", "-DW=3", "-DMAXASK=4"}, []string{"-DLEAVES=1", "-DPRE=2", "-DW=3"})
 }
 
 // TestJoinSwitchNegative: without the receiver's check that none of its receives waits inside
 // the library, without the sender's check that all it sent was matched, with receives posted
 // into the library while the pair is being made, or with library messages matched while the
 // receiver awaits the ring's first record (the sender may have written it and closed the ring
-// again), spin must find a message stranded or overtaken.
+// again), spin must find a message stranded or overtaken. A receiver that releases the region
+// while it awaits the ring's first record (NO_AWAIT_BUSY) or before it read the sender's MARK
+// (NO_MARK_WAIT) must be caught with a ring written or left full behind its release; and the
+// search must reach a switch after a leave and a join behind an earlier switch (REACH_REJOIN),
+// and after a pair made anew by ANEW (REACH_ANEW: a rollback the receiver did not see).
 func TestJoinSwitchNegative(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
@@ -198,6 +202,18 @@ func TestJoinSwitchNegative(t *testing.T) {
 		if !failed || !(strings.Contains(report, "assertion violated") || strings.Contains(report, "invalid end state")) {
 			t.Errorf("joinswitch.pml %v: spin found no error:\n%s", defs, report)
 		}
+	}
+	for _, c := range []struct{ def, want string }{
+		{"-DNO_AWAIT_BUSY", "assertion violated  !(released)"},
+		{"-DNO_MARK_WAIT", "assertion violated (q_len(ring)==0)"},
+		{"-DREACH_ANEW", "assertion violated  !(ring_anew)"},
+	} {
+		if report, _ := verify(t, "joinswitch.pml", c.def, "-DLEAVES=1"); !strings.Contains(report, c.want) {
+			t.Errorf("joinswitch.pml %s -DLEAVES=1: spin did not find %q:\n%s", c.def, c.want, report)
+		}
+	}
+	if report, _ := verify(t, "joinswitch.pml", "-DREACH_REJOIN", "-DLEAVES=1"); !strings.Contains(report, "assertion violated  !(ring_left)") {
+		t.Errorf("joinswitch.pml -DREACH_REJOIN -DLEAVES=1: the search never switches again after a leave and a join:\n%s", report)
 	}
 }
 
