@@ -845,9 +845,12 @@ static void scan(void)
 			close_pair(p);
 			closed++;
 		} else if (!p->anew_sent && !p->join_pending && !slot_leaving(p->slot) && ivs_slot_holds(p->slot, w) &&
-		           (ivs.self_leaving ? !self && !p->rx_net : p->leave_seen)) {
+		           (ivs.self_leaving ? !self : p->leave_seen)) {
 			/* A flag taken back (a rollback), with the peer in its slot: it may not have seen
-			 * it (on_anew). */
+			 * it (on_anew). A rank of the flagged VM asks every such peer, not only those whose
+			 * MARK it still waits for: one it awaits a first ring record from (join.c's AWAIT)
+			 * holds its release too, and this scan is the only one the rollback brings. A peer
+			 * that closed already ignores it. */
 			if (ivs.verbose)
 				fprintf(stderr, "ivshim: rank %d: the VM of %s is no longer flagged leaving (the migration rolled "
 				        "back), and rank %d kept its slot: asking it to close their pair too\n", ivs.world_rank,
