@@ -174,6 +174,30 @@ func vmTable(t *testing.T, path string) map[hypervisor.UUID]bool {
 	return out
 }
 
+// TestPausedVMGetsNoDevice: a VM that runs no code (paused, or the destination's copy during an
+// incoming live migration, whose devices must stay the source's until it is done) gets its
+// region plugged only once it runs, and a foreign device stays in it until then. A plug into
+// an incoming migration's domain crashed a real guest's kernel after the move (its memory
+// corrupted), which TestLibvirtMPIJob/migrate saw once.
+func TestPausedVMGetsNoDevice(t *testing.T) {
+	e := newEnv(t)
+	a0 := e.register("a0", "jobA")
+	a1 := netns.VM{Name: "a1", UUID: uuidOf("a1"), Job: "jobA", Paused: true}
+	if err := e.reg.Register(a1); err != nil {
+		t.Fatal(err)
+	}
+	e.reconcile()
+	pa := e.regionPath("jobA")
+	e.wantDevice(a0.Name, pa)
+	e.wantDevice("a1", "")
+	a1.Paused = false
+	if err := e.reg.Register(a1); err != nil {
+		t.Fatal(err)
+	}
+	e.reconcile()
+	e.wantDevice("a1", pa)
+}
+
 func TestRegionsPerJobPluggedIntoItsVMsOnly(t *testing.T) {
 	e := newEnv(t)
 	a0, a1 := e.register("a0", "jobA"), e.register("a1", "jobA")

@@ -88,6 +88,9 @@ func (b *Broker) noteProblems(vms []hypervisor.VM) {
 // unplugForeign unplugs from vm every ivshim device other than its own job's region, and
 // leaves in vm.Plugged what is still plugged.
 func (b *Broker) unplugForeign(vm *hypervisor.VM) error {
+	if vm.NotRunning != "" {
+		return nil // its devices change once it runs (hypervisor.VM.NotRunning)
+	}
 	own := ""
 	if vm.Job != "" {
 		own = hypervisor.RegionName(vm.Job)
@@ -121,6 +124,10 @@ func (b *Broker) unplugForeign(vm *hypervisor.VM) error {
 func (b *Broker) plugOwn(vm *hypervisor.VM) error {
 	if vm.Job == "" || b.isMigrating(vm.UUID) {
 		return nil // a migrating VM's region is the coordinator's (migrate.go)
+	}
+	if vm.NotRunning != "" {
+		b.log.Debug("VM not running: its region is plugged once it runs", zap.String("vm", vm.Name), zap.String("state", vm.NotRunning))
+		return nil
 	}
 	rg := b.regions[vm.Job]
 	if rg == nil {

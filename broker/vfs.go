@@ -111,8 +111,8 @@ func (b *Broker) giveVFs(vms []hypervisor.VM) error {
 	var errs []error
 	missing := 0
 	for _, vm := range vms {
-		if len(vm.VFs) == 0 || b.isMigrating(vm.UUID) {
-			continue
+		if len(vm.VFs) == 0 || b.isMigrating(vm.UUID) || vm.NotRunning != "" {
+			continue // a VM that does not run gets its VFs once it runs (hypervisor.VM.NotRunning)
 		}
 		for _, m := range missingVFs(inv, vm) {
 			log := b.log.With(zap.String("vm", vm.Name), zap.Stringer("model", m))

@@ -75,6 +75,11 @@ type VM struct {
 	// (Passthrough.RecordVFs): the broker of the host it runs on attaches free VFs of these
 	// models. Empty when there is none.
 	VFs []DeviceModel
+	// NotRunning says why the VM takes no device now, "" when it runs: a domain that is paused,
+	// in particular the destination's copy during an incoming live migration, whose device
+	// set must stay the source's until the migration is done. The broker leaves its devices as
+	// they are and plugs once it runs (its resume is a change).
+	NotRunning string
 }
 
 // JoinProblems joins two reasons for VM.Problem, either of which may be "".

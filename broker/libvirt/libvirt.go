@@ -520,6 +520,14 @@ func (h *Hypervisor) describe(dom *lv.Domain) (hypervisor.VM, error) {
 	}
 	vm.Name = name
 	copy(vm.UUID[:], u)
+	state, reason, err := dom.GetState()
+	if err != nil {
+		return vm, fmt.Errorf("domain %s: state: %w", name, err)
+	}
+	if state != lv.DOMAIN_RUNNING && state != lv.DOMAIN_BLOCKED {
+		vm.NotRunning = fmt.Sprintf("libvirt state %d, reason %d (%d is paused, reason %d an incoming migration)",
+			state, reason, lv.DOMAIN_PAUSED, lv.DOMAIN_PAUSED_MIGRATION)
+	}
 	meta, ok, err := liveMetadata(dom, Namespace)
 	if err != nil {
 		return vm, fmt.Errorf("domain %s: metadata: %w", name, err)

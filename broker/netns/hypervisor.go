@@ -110,6 +110,9 @@ func (h *Hypervisor) Running() ([]hypervisor.VM, error) {
 			continue
 		}
 		out := hypervisor.VM{Name: vm.Name, UUID: vm.UUID, Job: vm.Job, VCPUs: vm.VCPUs, VFs: vm.VFs, Problem: vm.vfProblem}
+		if vm.Paused {
+			out.NotRunning = "paused"
+		}
 		out.PCI, err = h.reg.PCI(name)
 		// The VM runs on, listed without devices; not knowing them, the broker must not give
 		// it VFs.

@@ -39,6 +39,9 @@ type VM struct {
 	// VFs is the broker's VF record (hypervisor.VM.VFs): it moves with the VM, as libvirt's
 	// metadata does.
 	VFs []hypervisor.DeviceModel
+	// Paused stands for a VM that runs no code now (hypervisor.VM.NotRunning): a paused one,
+	// or the destination's copy during a live migration.
+	Paused bool
 	// vfProblem says why the record's VF record was rejected (read leaves VFs empty then).
 	vfProblem string
 }
@@ -53,6 +56,7 @@ type record struct {
 	MAC       string   `json:"mac,omitempty"`
 	VCPUs     int      `json:"vcpus,omitempty"`
 	VFs       []string `json:"vfs,omitempty"`
+	Paused    bool     `json:"paused,omitempty"`
 }
 
 // Registry is the state directory of one emulated host (see the package documentation).
@@ -103,7 +107,7 @@ func (g Registry) Register(vm VM) error {
 	if vm.VCPUs < 0 || vm.VCPUs > hypervisor.MaxVCPUs {
 		return fmt.Errorf("register VM %s: %d vCPUs: want 0..%d", vm.Name, vm.VCPUs, hypervisor.MaxVCPUs)
 	}
-	rec := record{Name: vm.Name, UUID: vm.UUID.String(), Job: vm.Job, Netns: vm.Netns, VCPUs: vm.VCPUs}
+	rec := record{Name: vm.Name, UUID: vm.UUID.String(), Job: vm.Job, Netns: vm.Netns, VCPUs: vm.VCPUs, Paused: vm.Paused}
 	if len(vm.VFs) > hypervisor.MaxVFs {
 		return fmt.Errorf("register VM %s: %d VFs: want at most %d", vm.Name, len(vm.VFs), hypervisor.MaxVFs)
 	}
@@ -277,7 +281,7 @@ func (g Registry) read(name string) (VM, error) {
 	if r.VCPUs < 0 || r.VCPUs > hypervisor.MaxVCPUs {
 		return VM{}, fmt.Errorf("record of VM %s: %d vCPUs: want 0..%d", name, r.VCPUs, hypervisor.MaxVCPUs)
 	}
-	vm := VM{Name: r.Name, UUID: u, Job: r.Job, Netns: r.Netns, VCPUs: r.VCPUs}
+	vm := VM{Name: r.Name, UUID: u, Job: r.Job, Netns: r.Netns, VCPUs: r.VCPUs, Paused: r.Paused}
 	vm.VFs, err = parseVFs(r.VFs)
 	if err != nil {
 		vm.VFs, vm.vfProblem = nil, "VF record: "+err.Error()
