@@ -308,6 +308,14 @@ type jobOutcome struct {
 // standard error of every attempt is logged if the test fails.
 func startStarted(ctx context.Context, t *testing.T, job cluster.Job) <-chan jobOutcome {
 	t.Helper()
+	done, _ := startWatched(ctx, t, job)
+	return done
+}
+
+// startWatched is startStarted that also returns the job's standard error so far, to follow
+// it while the job runs.
+func startWatched(ctx context.Context, t *testing.T, job cluster.Job) (<-chan jobOutcome, *lineWatch) {
+	t.Helper()
 	watch := newLineWatch("ivshim: init ")
 	job.Stderr = watch
 	t.Cleanup(func() {
@@ -325,7 +333,7 @@ func startStarted(ctx context.Context, t *testing.T, job cluster.Job) <-chan job
 	case o := <-done:
 		t.Fatalf("job ended before the shim reported its start: %v", o.err)
 	}
-	return done
+	return done, watch
 }
 
 // TestBrokerKillDuringJob kills the broker of h0 with SIGKILL while a job with the shim runs on
@@ -583,18 +591,9 @@ func TestRollbackWhileRankComputes(t *testing.T) {
 			vms := c.VMs()
 			mover := c.Hosts[0].VMs[1]
 			signals := make(chan os.Signal, 2)
-			pause, stderr := newLineWatch("rank "+tc.sleeper+" pauses\n"), newLineWatch("ivshim: init ")
-			done := make(chan jobOutcome, 1)
-			go func() {
-				res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"120", tc.sleeper, "4"},
-					Env: shimEnv(t, m), Timeout: 3 * time.Minute, Stdout: pause, Stderr: stderr, Signals: signals})
-				done <- jobOutcome{res, err}
-			}()
-			select {
-			case <-stderr.seen:
-			case o := <-done:
-				t.Fatalf("job ended before the shim reported its start: %v", o.err)
-			}
+			pause := newLineWatch("rank " + tc.sleeper + " pauses\n")
+			done, stderr := startWatched(ctx, t, cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"120", tc.sleeper, "4"},
+				Env: shimEnv(t, m), Timeout: 3 * time.Minute, Stdout: pause, Signals: signals})
 			time.Sleep(2 * time.Second) // the pairs of h0 on rings
 			signals <- syscall.SIGUSR2
 			select {

@@ -226,6 +226,14 @@ inline match(k, s, got, open) {
 	received++
 }
 
+/* R's pair made anew: the question deferred meanwhile (the newest) is taken now. */
+inline take_deferred() {
+	if
+	:: dq -> dq = false; rx = ASKED; need = dneed; rask = did
+	:: else -> skip
+	fi
+}
+
 active proctype R() {
 	byte rx = NONE, need = 0, rask = 0, got = 0, open = 0, posted = 0, leaves = 0, n, id, s, k;
 	bool asked_on_ring = false; /* a question came while reading the ring: taken at its MARK */
@@ -304,10 +312,7 @@ active proctype R() {
 		rx = NONE;
 		asked_on_ring = false;
 		rask = 0;
-		if
-		:: dq -> dq = false; rx = ASKED; need = dneed; rask = did
-		:: else -> skip
-		fi }
+		take_deferred() }
 	/* the shim's messages; a question that finds the ring written is read after the ring's
 	 * first record (join.c moves the receives first) */
 	:: atomic { pending && rx != AWAIT && rx != RING ->
@@ -316,10 +321,7 @@ active proctype R() {
 		rx = NONE;
 		asked_on_ring = false;
 		rask = 0;
-		if
-		:: dq -> dq = false; rx = ASKED; need = dneed; rask = did
-		:: else -> skip
-		fi }
+		take_deferred() }
 	:: nempty(s2r) && (rx != AWAIT || empty(ring)) -> s2r ? kind, n, id;
 		if
 		:: kind == ANEW && !flagged && !released && !pending -> pending = true; anew_ok ! 1
