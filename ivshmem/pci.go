@@ -107,7 +107,10 @@ func Discover(getenv func(string) string, sysfsRoot, job string) (*Region, error
 // PCI device whose region belongs to d.Job (any job if empty).
 //
 // IVSHIM_REGION is taken as an order: if that file cannot be opened or is not a valid region,
-// Find fails with an error that is not ErrNoRegion, whatever the reason (permission included).
+// Find fails with an error that is not ErrNoRegion, whatever the reason (permission included),
+// except one: a path that does not exist (a dangling link included) is a device that is not
+// plugged now, as in a VM being migrated (its device unplugged at the source, not yet plugged
+// at the destination): the error then wraps both ErrNoRegion and fs.ErrNotExist.
 //
 // For PCI devices, which the process did not choose, Find tells three cases apart:
 //
@@ -136,6 +139,9 @@ func (d Discovery) Find() (*Region, error) {
 	}
 	if p := getenv("IVSHIM_REGION"); p != "" {
 		r, err := open(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: IVSHIM_REGION %s does not exist (no device plugged now): %w", ErrNoRegion, p, err)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("IVSHIM_REGION: %w", err)
 		}

@@ -78,6 +78,24 @@ func TestDiscoverPrefersEnvAndRejectsCorrupt(t *testing.T) {
 		t.Fatalf("Discover via env: %v", err)
 	}
 	r.Close()
+	// IVSHIM_REGION names nothing now (a dangling link: the device of a VM being migrated is
+	// unplugged): no region, not an error of the file; one that is not a region stays an error.
+	gone := filepath.Join(t.TempDir(), "device")
+	if err := os.Symlink(filepath.Join(t.TempDir(), "unplugged"), gone); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		path   string
+		absent bool
+	}{{gone, true}, {filepath.Join(t.TempDir(), "never"), true}, {corruptCopy(t, src), false}, {t.TempDir(), false}} {
+		_, err = Discover(func(k string) string { return map[string]string{"IVSHIM_REGION": c.path}[k] }, "/nonexistent", "")
+		if c.absent && (!errors.Is(err, ErrNoRegion) || !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "IVSHIM_REGION "+c.path+" does not exist")) {
+			t.Errorf("IVSHIM_REGION %s, absent: %v, want ErrNoRegion wrapping fs.ErrNotExist", c.path, err)
+		}
+		if !c.absent && (err == nil || errors.Is(err, ErrNoRegion)) {
+			t.Errorf("IVSHIM_REGION %s, no region file: %v, want an error that is not ErrNoRegion", c.path, err)
+		}
+	}
 	// The magic is right, the rest is not: an ivshim region that cannot be trusted.
 	bad := corruptCopy(t, src)
 	root := fakeSysfs(t, map[string][3]string{"0000:00:05.0": {"0x1af4", "0x1110", bad}})

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 	"time"
@@ -122,6 +123,8 @@ type negotiation struct {
 	vmIndex    uint32
 	fatal      error  // why this rank cannot take part (reported to all in the hello phase)
 	noRegion   string // why this rank has no region
+	unplugged  error  // the region's device is not there now (IVSHIM_REGION names nothing)
+	mayJoin    bool   // no device found now: the rank may join its VM's region later (Rejoin)
 	groups     []*group
 	byRank     []int        // group index of each world rank, -1 without a region
 	vms        []uint32     // VM index of each world rank, from its hello
@@ -186,6 +189,12 @@ func (n *negotiation) prepare() hello {
 		if errors.Is(err, ivshmem.ErrDeviceUnusable) {
 			n.warnPassThrough(err)
 		} else {
+			// No device now: none was ever plugged, or the VM is being migrated (unplugged
+			// at the source, not yet at the destination). The rank may join one later.
+			n.mayJoin = true
+			if errors.Is(err, fs.ErrNotExist) {
+				n.unplugged = err
+			}
 			n.m.log.Info("no region", zap.Error(err))
 		}
 		return hello{VMIndex: ivshmem.NoVM}
@@ -598,6 +607,18 @@ func (n *negotiation) sizeRings(g *group) status {
 	return status{}
 }
 
+// liveSessions are the sessions of the groups that share memory: a region holding one of
+// them is where ranks of this job instance run.
+func (n *negotiation) liveSessions() map[uint64]bool {
+	live := map[uint64]bool{}
+	for _, g := range n.groups {
+		if g.live {
+			live[g.Session] = true
+		}
+	}
+	return live
+}
+
 // finish builds the path table and the attachment, and prints the verbose report.
 func (n *negotiation) finish() *Attachment {
 	t := PathTable{
@@ -630,6 +651,15 @@ func (n *negotiation) finish() *Attachment {
 	switch g := n.myGroup(); {
 	case g == nil:
 		t.Reason = n.noRegion
+		if n.mayJoin && len(n.liveSessions()) > 0 {
+			// Ranks of the job share memory elsewhere: once its VM's device is plugged, this
+			// rank joins the region where they run (a region none of them holds stays unused).
+			a.re = &rejoinInfo{o: n.o, cfg: n.cfg, sessions: n.liveSessions()}
+			if n.unplugged != nil {
+				fmt.Fprintf(n.o.Stderr, "ivshim: rank %d: no region at start: %s; its messages take the MPI library until it "+
+					"joins its VM's region, once plugged\n", n.rank, oneLine(n.unplugged.Error()))
+			}
+		}
 	case !g.live:
 		t.Reason = g.Reason
 	default:
@@ -647,12 +677,7 @@ func (n *negotiation) finish() *Attachment {
 		for _, s := range g.slots {
 			a.senders[s] = true
 		}
-		a.re = &rejoinInfo{o: n.o, cfg: n.cfg, own: g.Session, sessions: map[uint64]bool{}}
-		for _, og := range n.groups {
-			if og.live {
-				a.re.sessions[og.Session] = true
-			}
-		}
+		a.re = &rejoinInfo{o: n.o, cfg: n.cfg, own: g.Session, sessions: n.liveSessions()}
 	}
 	a.Table = t
 	n.m.log.Info("start done", zap.Stringer("mode", t.Mode), zap.String("reason", t.Reason),

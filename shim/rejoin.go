@@ -10,15 +10,24 @@ import (
 	"ivshim.dev/ivshim/ivshmem"
 )
 
-// rejoinInfo is what a rank that shared memory at Start keeps to find a region again after it
-// released its own (its VM was migrated, or a migration rolled back): how it discovered the
-// first one, and the sessions of the job's groups, by which it recognises a region its job's
-// ranks share.
+// rejoinInfo is what a rank keeps to find a region after it released its own (its VM was
+// migrated, or a migration rolled back), or when it found no device at Start (its VM was being
+// migrated, or not plugged yet) while ranks of its job share memory elsewhere: how it looks
+// for a region, and the sessions of the job's groups, by which it recognises a region its
+// job's ranks share.
 type rejoinInfo struct {
 	o        Options
 	cfg      Config
 	sessions map[uint64]bool
-	own      uint64 // the session of this rank's group at Start
+	own      uint64 // the session of this rank's group at Start; 0 for a rank that had no region
+}
+
+// JoinsLater says whether this rank, without a region now, looks for one to join (Rejoin):
+// after a Release, or when it found no device at Start while ranks of its job share memory.
+func (a *Attachment) JoinsLater() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.m == nil && a.re != nil && !a.done
 }
 
 // ErrNothingToJoin says why Rejoin found no region to join yet; the caller tries again later.
@@ -31,7 +40,8 @@ type Joined struct {
 }
 
 // Rejoin maps the region of the host this rank's VM runs on now and claims a slot in it, after
-// Release: the VM arrived on another host, or came back after a rolled-back migration. It joins
+// Release (the VM arrived on another host, or came back after a rolled-back migration), or
+// once the device a rank lacked at Start is there (JoinsLater). It joins
 // only a region whose session is one of this job's groups' (their ranks run there; one whose
 // session ended gets this rank's own group's again), where this VM has an entry that is not
 // flagged leaving (a VM whose region is still plugged while the broker drains it must not
@@ -48,7 +58,7 @@ func (a *Attachment) Rejoin() (Joined, error) {
 	case a.m != nil:
 		return Joined{}, errors.New("rejoin: the rank holds a region")
 	case a.re == nil:
-		return Joined{}, fmt.Errorf("rejoin: %w: the rank shared no memory at start", ErrNothingToJoin)
+		return Joined{}, fmt.Errorf("rejoin: %w: the rank shared no memory at start and found no device it could join later", ErrNothingToJoin)
 	}
 	re := a.re
 	r, err := discover(re.o, re.cfg)
@@ -69,6 +79,9 @@ func (a *Attachment) Rejoin() (Joined, error) {
 		return Joined{}, err
 	}
 	session := r.Session()
+	if session == 0 && re.own == 0 { // a rank without a group of its own joins where ranks of its job are
+		return Joined{}, fmt.Errorf("%w: no rank of this job holds region %s", ErrNothingToJoin, r.Source())
+	}
 	if session == 0 { // the job's ranks there all left: this rank's group's session takes it again
 		if err := r.ClaimSession(re.own); err == nil {
 			session = re.own

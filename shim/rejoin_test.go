@@ -180,3 +180,75 @@ func TestAdopt(t *testing.T) {
 		t.Errorf("adopt after release: %v, want pass-through", err)
 	}
 }
+
+// TestJoinAfterStartWithoutDevice: a rank whose VM has no device at Start (its IVSHIM_REGION
+// leads nowhere: the VM is being migrated) is not fatal to the job; it says so, takes part as a
+// rank without a region, and joins its VM's region once the device is there, but only one
+// where ranks of its job run. In a job where no rank shares memory it looks for nothing.
+func TestJoinAfterStartWithoutDevice(t *testing.T) {
+	hostA, empty := newRegion(t, nil), newRegion(t, nil)
+	dir := t.TempDir()
+	vm := func(i byte) ivshmem.HostID { return ivshmem.HostID{0: 0xee, 15: i} }
+	for i := range 3 {
+		if err := openRegion(t, hostA).SetVM(uint32(i), vm(byte(i)), ivshmem.VMPresent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := openRegion(t, empty).SetVM(0, vm(2), ivshmem.VMPresent); err != nil {
+		t.Fatal(err)
+	}
+	late := filepath.Join(dir, "vm2") // a device link that leads nowhere yet
+	if err := os.Symlink(filepath.Join(dir, "unplugged"), late); err != nil {
+		t.Fatal(err)
+	}
+	j := startJob(t, env("IVSHIM_REGION", hostA, "IVSHIM_VM_ID", vm(0).String()),
+		env("IVSHIM_REGION", hostA, "IVSHIM_VM_ID", vm(1).String()),
+		env("IVSHIM_REGION", late, "IVSHIM_VM_ID", vm(2).String()))
+	if tb := j.table(0); tb.Mode != ModeSHM || tb.LocalRanks != 2 {
+		t.Fatalf("rank 0: %+v, want shared memory with rank 1", tb)
+	}
+	a := j.ranks[2].a
+	if tb := j.table(2); tb.Mode != ModePassThrough || !a.JoinsLater() {
+		t.Fatalf("rank 2 without a device: mode %v, joins later %v", tb.Mode, a.JoinsLater())
+	}
+	if out, want := j.ranks[2].stderr.String(), "ivshim: rank 2: no region at start: no ivshim region: IVSHIM_REGION "+late+
+		" does not exist"; !strings.Contains(out, want) || !strings.Contains(out, "until it joins its VM's region") {
+		t.Errorf("rank 2 printed %q, want %q", out, want)
+	}
+	nothing := func(why string) {
+		t.Helper()
+		if _, err := a.Rejoin(); !errors.Is(err, ErrNothingToJoin) || !strings.Contains(err.Error(), why) {
+			t.Fatalf("join: %v, want nothing to join (%s)", err, why)
+		}
+	}
+	nothing("does not exist")
+	os.Remove(late)
+	os.Symlink(empty, late)
+	nothing("no rank of this job holds region")
+	os.Remove(late)
+	os.Symlink(hostA, late)
+	got, err := a.Rejoin()
+	if err != nil {
+		t.Fatalf("join once the device is there: %v", err)
+	}
+	ra := openRegion(t, hostA)
+	if si, err := ra.Slot(got.Slot); err != nil || si.State != ivshmem.SlotActive || si.WorldRank != 2 || si.Session != ra.Session() || si.VMIndex != 2 {
+		t.Errorf("slot %d after the join: %+v %v, region session %#x", got.Slot, si, err, ra.Session())
+	}
+	if a.JoinsLater() {
+		t.Error("joins later while holding a region")
+	}
+	if off, err := j.ranks[0].a.CreateRing(got.Slot, true); err != nil || off == 0 {
+		t.Errorf("ring from the rank that joined: %#x %v", off, err)
+	}
+
+	// No rank of the job shares memory: nobody to join, nothing looked for.
+	os.Remove(late)
+	os.Symlink(filepath.Join(dir, "unplugged"), late)
+	j2 := startJob(t, env("IVSHIM_REGION", late, "IVSHIM_VM_ID", vm(2).String()), env())
+	for w := range 2 {
+		if j2.ranks[w].a.JoinsLater() {
+			t.Errorf("job without shared memory: rank %d looks for a region to join", w)
+		}
+	}
+}

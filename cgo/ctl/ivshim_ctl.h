@@ -19,7 +19,7 @@
 
 #include <stdint.h>
 
-#define IVSHIM_CTL_ABI 6 /* bump when any struct below changes */
+#define IVSHIM_CTL_ABI 7 /* bump when any struct below changes */
 
 /* Paths a peer can be reached on (struct ivshim_ctl_peer.path). */
 enum ivshim_path {
@@ -60,6 +60,9 @@ struct ivshim_ctl_start_args {
 	uint32_t local_ranks;           /* ranks sharing this region, self included */
 	int32_t verbose;                /* IVSHIM_VERBOSE level the control plane parsed */
 	int32_t stall_seconds;          /* IVSHIM_STALL_SECONDS in effect (0: no stall reports) */
+	int32_t joins_later;            /* result 1 only: no device now (the VM is being migrated,
+	                                   or not plugged yet) while ranks of the job share memory:
+	                                   ivshim_ctl_rejoin joins the VM's region once plugged */
 	char error[512];                /* NUL-terminated reason when the result is not 0 */
 };
 
@@ -114,9 +117,10 @@ typedef int (*ivshim_ctl_finalize_fn)(const struct ivshim_ctl_stats *stats, char
  * collective off the region first. 0 on success. */
 typedef int (*ivshim_ctl_release_fn)(char *err, uint64_t errlen);
 
-/* ivshim_ctl_rejoin: local; after ivshim_ctl_release, map the region of the host this rank's VM
- * runs on now (it was migrated, or its migration rolled back) and claim a slot there, if its
- * job's ranks share it and the VM is not flagged leaving in it. Returns
+/* ivshim_ctl_rejoin: local; after ivshim_ctl_release (or a start that said joins_later), map the
+ * region of the host this rank's VM runs on now (it was migrated, or its migration rolled back,
+ * or its device is plugged at last) and claim a slot there, if its job's ranks share it and the
+ * VM is not flagged leaving in it. Returns
  *    0  joined: region_base, region_size and self_slot are valid until finalize or the next
  *       release; the pairs with the ranks found there take the library (no rings);
  *    1  nothing to join now (error says why): try again later;

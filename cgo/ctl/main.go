@@ -113,6 +113,9 @@ func start(args *C.struct_ivshim_ctl_start_args) (C.int, error) {
 		peers[w] = C.struct_ivshim_ctl_peer{path: C.uint32_t(p.Path), slot: C.uint32_t(p.Slot)}
 	}
 	if t.Mode != shim.ModeSHM {
+		if a.JoinsLater() {
+			args.joins_later = 1
+		}
 		return C.int(t.Mode), errors.New(t.Reason)
 	}
 	r := a.Region()

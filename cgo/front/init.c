@@ -161,7 +161,7 @@ static void setup_peers(struct ivshim_ctl_peer *peers)
 static void setup_no_peers(void)
 {
 	ivs.peers = calloc((size_t)ivs.world_size, sizeof *ivs.peers);
-	ivs.local_world = calloc(1, sizeof *ivs.local_world);
+	ivs.local_world = calloc((size_t)ivs.world_size, sizeof *ivs.local_world); /* a join adds some */
 	if (!ivs.peers || !ivs.local_world)
 		ivs_fatal("out of memory");
 	ivs.nlocal = 0;
@@ -241,8 +241,10 @@ static int init_common(int rc, int provided)
 		ivs_migrate_init();
 		ivs.enabled = 1;
 	} else if (ivs.verbose) {
-		fprintf(stderr, "ivshim: rank %d pass-through: %s\n", ivs.world_rank, a.error);
+		fprintf(stderr, a.joins_later ? "ivshim: rank %d: no region yet (%s): it joins its VM's region once plugged\n"
+		                              : "ivshim: rank %d pass-through: %s\n", ivs.world_rank, a.error);
 	}
+	int joins_later = res == 1 && a.joins_later;
 	free(a.peers);
 	int active = 0;
 	PMPI_Allreduce(&ivs.enabled, &active, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
@@ -257,7 +259,11 @@ static int init_common(int rc, int provided)
 	ivs.tag_ub = flag ? *ub : 32767; /* the least MPI allows */
 	if (!ivs.enabled) {
 		setup_no_peers();
-	} else {
+		if (joins_later) /* like a rank that released its region: its traffic is counted, so its
+		                    pairs can move to rings once it joins (migrate.c) */
+			ivs_migrate_start_released();
+	}
+	if (ivs.enabled) {
 		ivs_lib_hook_install();
 		if (!ivs_lib_hooked() && (ivs.verbose || ivs.world_rank == 0))
 			fprintf(stderr, "ivshim: rank %d: the MPI library offers no progress hook: the rings move only "

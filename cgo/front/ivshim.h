@@ -465,6 +465,7 @@ void ivs_migrate_init(void);
 int ivs_switch_progress(void);
 void ivs_ctl_poll(void);
 void ivs_rejoin_poll(void);
+void ivs_migrate_start_released(void); /* MPI_Init without a device: join one later */
 void ivs_ctl_adopt_send(int world, uint64_t off, int nl, uint64_t tag);
 uint64_t ivs_region_tag(void);
 void ivs_ctl_wait_step(unsigned *spins);

@@ -601,6 +601,23 @@ void ivs_ctl_adopt_send(int world, uint64_t off, int nl, uint64_t tag)
 	ctl_send(world, TAG_ADOPT, off, (uint64_t)nl, tag);
 }
 
+/* The first look for a region to join comes REJOIN_FIRST_MS from now. */
+static void rejoin_soon(void)
+{
+	rejoin_gap = REJOIN_FIRST_MS * 1e-3 / 2;
+	rejoin_next = ivs_now_s() + REJOIN_FIRST_MS * 1e-3;
+}
+
+/* A rank that found no device at MPI_Init while ranks of its job share memory elsewhere (its VM
+ * was being migrated, or its device not plugged yet) starts as a rank that released its region:
+ * every pair on the library, its traffic counted, and it joins its VM's region once plugged. */
+void ivs_migrate_start_released(void)
+{
+	ivs.enabled = 1;
+	ivs.released = 1;
+	rejoin_soon();
+}
+
 static void release(void)
 {
 	char err[256] = "";
@@ -613,8 +630,7 @@ static void release(void)
 	uint64_t tag = ivs_region_tag();
 	int rc = ivs.ctl_release(err, sizeof err);
 	ivs.released = 1; /* whatever the outcome: the mapping may be gone */
-	rejoin_gap = REJOIN_FIRST_MS * 1e-3 / 2;
-	rejoin_next = ivs_now_s() + REJOIN_FIRST_MS * 1e-3;
+	rejoin_soon();
 	/* Every pair is on the library both ways: nothing may point into the old mapping when this
 	 * rank joins another region. */
 	for (int i = 0; i < ivs.nlocal; i++) {
@@ -816,9 +832,13 @@ static void try_rejoin(void)
 		ctl_send(w, TAG_JOINED, ivs.self_slot, 0, 0);
 		found++;
 	}
-	fprintf(stderr, "ivshim: rank %d: joined the region of its VM's host again (%.1f ms after its VM was flagged leaving): %d "
-	        "ranks of the job there; their messages move to the region once drained, their collectives share it\n",
-	        ivs.world_rank, (now - leave_seen_at) * 1e3, found);
+	if (ivs.self_leaves)
+		fprintf(stderr, "ivshim: rank %d: joined the region of its VM's host again (%.1f ms after its VM was flagged leaving): %d "
+		        "ranks of the job there; their messages move to the region once drained, their collectives share it\n",
+		        ivs.world_rank, (now - leave_seen_at) * 1e3, found);
+	else
+		fprintf(stderr, "ivshim: rank %d: joined its VM's region, which it had no device for at MPI_Init: %d ranks of the "
+		        "job there; their messages move to the region once drained, their collectives share it\n", ivs.world_rank, found);
 }
 
 /* For a rank whose progress runs inside collectives only. */

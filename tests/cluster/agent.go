@@ -13,11 +13,13 @@ import (
 // none to a non-ssh agent, hydra passes -x; the ones ssh documents as taking an argument take
 // theirs. As with ssh, the remaining words are joined by spaces and run by a shell, here in the
 // VM: its network namespace, then new UTS, IPC and mount namespaces with the VM's hostname,
-// boot_id, the cluster's hosts file and the VM's own /dev/shm. When the VM has a region that
-// exists, IVSHIM_REGION names it; the region file behind it (a broker's device path is a symlink
-// to the file) is bind-mounted into the VM's /dev/shm at its own path if it lives under /dev/shm,
-// so the path and the symlink resolve in the VM to that very file and to no other region. A VM
-// registered with a broker also gets IVSHIM_VM_ID.
+// boot_id, the cluster's hosts file and the VM's own /dev/shm. When the VM has a device,
+// IVSHIM_REGION names it, plugged or not (a guest looks at its PCI devices either way: a VM
+// being migrated has none until the destination plugs one); the region file behind a plugged
+// one (a broker's device path is a symlink to the file) is bind-mounted into the VM's /dev/shm
+// at its own path if it lives under /dev/shm, so the path and the symlink resolve in the VM to
+// that very file and to no other region (one plugged later is linked there: VM.linkRegion). A
+// VM registered with a broker also gets IVSHIM_VM_ID.
 //
 // %[1]s is the cluster prefix, %[2]s the case arms mapping a host argument to a VM name, %[3]s the
 // quoted VM directory root and %[4]s the quoted hosts file.
@@ -49,11 +51,10 @@ mount --bind "$2/boot_id" /proc/sys/kernel/random/boot_id
 mount --bind "$3" /etc/hosts
 shm=/dev/shm/%[1]s-$1
 if [ -f "$2/region" ]; then
-	region=$(cat "$2/region")
-	file=$(readlink -e "$region" || :)
+	IVSHIM_REGION=$(cat "$2/region")
+	export IVSHIM_REGION
+	file=$(readlink -e "$IVSHIM_REGION" || :)
 	if [ -n "$file" ]; then
-		IVSHIM_REGION=$region
-		export IVSHIM_REGION
 		case $file in
 		/dev/shm/*)
 			f=$shm/${file#/dev/shm/}

@@ -336,6 +336,32 @@ func startWatched(ctx context.Context, t *testing.T, job cluster.Job) (<-chan jo
 	return done, watch
 }
 
+// stopOnceSeen waits, up to a minute, until every line of wants is on the standard error of a
+// ring_soak job so far, stops the job (SIGUSR1, which mpirun passes on) and returns how it
+// ended, which must be cleanly, with all n ranks' payloads checked.
+func stopOnceSeen(t *testing.T, what string, stderr *lineWatch, signals chan<- os.Signal, done <-chan jobOutcome, n int, wants []string) jobOutcome {
+	t.Helper()
+	all := func(out string) bool {
+		for _, w := range wants {
+			if !strings.Contains(out, w) {
+				return false
+			}
+		}
+		return true
+	}
+	for since := time.Now(); time.Since(since) < time.Minute && !all(stderr.String()); time.Sleep(100 * time.Millisecond) {
+	}
+	signals <- syscall.SIGUSR1
+	o := <-done
+	if o.err != nil {
+		t.Fatalf("%s: %v\nstdout:\n%s\nstderr:\n%s", what, o.err, o.res.Stdout, o.res.Stderr)
+	}
+	if ok := strings.Count(o.res.Stdout, " ok\n"); ok != n {
+		t.Errorf("%s: %d of %d ranks finished:\n%s", what, ok, n, o.res.Stdout)
+	}
+	return o
+}
+
 // TestBrokerKillDuringJob kills the broker of h0 with SIGKILL while a job with the shim runs on
 // a 2 × 2 cluster, and restarts it: the job completes with every rank sending through its
 // region, the restarted broker adopts the region file as it is (same inode, valid, VM table
@@ -559,6 +585,70 @@ func TestMigrateDuringJob(t *testing.T) {
 	checkRingPaths(t, stats, vms)
 }
 
+// TestJobStartsWhileItsVMMoves: a job starts while one of its VMs is between hosts, its
+// device unplugged at the source and not yet plugged at the destination (a co-scheduler moves
+// VMs as jobs come and go). The rank in that VM has no region at MPI_Init: the job must run
+// anyway (it used to stop every rank: "IVSHIM_REGION: ... no such file or directory"), and once
+// the destination's broker plugs the VM's region the rank joins it and its pairs with the
+// ranks there move to rings. 2 x 2 VMs, Open MPI, ring_soak; h1's broker is down while h0v1
+// moves to h1, so the migration waits in its attach phase while the job starts.
+func TestJobStartsWhileItsVMMoves(t *testing.T) {
+	testenv.RequireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	c := brokerCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 2})
+	soak := build(ctx, t, "../mpi/ring_soak.c")
+	const m = cluster.OpenMPI
+	h0, h1 := c.Hosts[0], c.Hosts[1]
+	mover, device := h0.VMs[1], h0.VMs[1].Region()
+	vms := c.VMs() // rank 1 in h0v1, rank 2 in h1v0: ring neighbours, co-located once h0v1 is on h1
+	if err := h1.Broker.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	type migration struct {
+		res api.MigrateResult
+		err error
+	}
+	moved := make(chan migration, 1)
+	go func() {
+		res, err := c.Migrate(ctx, mover, h1, time.Minute)
+		moved <- migration{res, err}
+	}()
+	for _, err := os.Stat(device); !errors.Is(err, os.ErrNotExist); _, err = os.Stat(device) {
+		select {
+		case mg := <-moved:
+			t.Fatalf("migration ended before its attach phase: %+v %v", mg.res, mg.err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+
+	signals := make(chan os.Signal, 1)
+	done, stderr := startWatched(ctx, t, cluster.Job{MPI: m, VMs: vms, Program: soak[m], Args: []string{"120"},
+		Env: shimEnv(t, m), Timeout: 3 * time.Minute, Signals: signals})
+	if err := h1.Broker.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if mg := <-moved; mg.err != nil || !mg.res.Migrated {
+		t.Fatalf("migration of %s: %+v, %v", mover.Name, mg.res, mg.err)
+	}
+	wants := []string{"ivshim: rank 1: no region at start: no ivshim region: IVSHIM_REGION ",
+		"ivshim: rank 1: joined its VM's region, which it had no device for at MPI_Init: 2 ranks of the job there",
+		"ivshim: rank 1: messages to rank 2 take the region again", "ivshim: rank 2: messages to rank 1 take the region again"}
+	o := stopOnceSeen(t, "job started while its VM moved", stderr, signals, done, len(vms), wants)
+	for _, w := range wants {
+		if !strings.Contains(o.res.Stderr, w) {
+			t.Errorf("no %q; stderr:\n%s", w, o.res.Stderr)
+		}
+	}
+	stats, err := o.res.ShimStats()
+	if err != nil || len(stats) != len(vms) {
+		t.Fatalf("shim stats: %v, %d of %d ranks; stderr:\n%s", err, len(stats), len(vms), o.res.Stderr)
+	}
+	if stats[1].SHMMsgs == 0 {
+		t.Errorf("rank 1 sent nothing through a region after joining h1's: %+v", stats[1])
+	}
+}
+
 // TestRollbackWhileRankComputes: a rank that computes outside MPI through a whole drain never
 // sees the flag, and the broker rolls the migration back; co-located ranks that saw the flag
 // moved their pairs with it to the library. Once the rank is back in MPI every such pair must
@@ -611,24 +701,7 @@ func TestRollbackWhileRankComputes(t *testing.T) {
 				wants = append(wants, fmt.Sprintf("ivshim: rank %d: messages to rank %d take the region again", pr[0], pr[1]),
 					fmt.Sprintf("ivshim: rank %d: messages to rank %d take the region again", pr[1], pr[0]))
 			}
-			all := func(out string) bool {
-				for _, w := range wants {
-					if !strings.Contains(out, w) {
-						return false
-					}
-				}
-				return true
-			}
-			for back := time.Now(); time.Since(back) < time.Minute && !all(stderr.String()); time.Sleep(100 * time.Millisecond) {
-			}
-			signals <- syscall.SIGUSR1
-			o := <-done
-			if o.err != nil {
-				t.Fatalf("job with a rolled-back migration: %v\nstdout:\n%s\nstderr:\n%s", o.err, o.res.Stdout, o.res.Stderr)
-			}
-			if n := strings.Count(o.res.Stdout, " ok\n"); n != len(vms) {
-				t.Errorf("%d of %d ranks finished:\n%s", n, len(vms), o.res.Stdout)
-			}
+			o := stopOnceSeen(t, "job with a rolled-back migration", stderr, signals, done, len(vms), wants)
 			for _, line := range strings.Split(o.res.Stderr, "\n") {
 				if strings.Contains(line, "flag") || strings.Contains(line, "anew") || strings.Contains(line, "region again") {
 					t.Log(line)
