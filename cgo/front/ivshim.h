@@ -506,16 +506,18 @@ static inline int ivs_join_probing(const struct ivs_comm *c, int w)
 	const struct ivs_peer *p = ivs.peers[w];
 	return p && p->joined && p->rx_net && c->counted && (!p->leave_seen || p->rx_join == IVS_JRX_AWAIT);
 }
-/* The peer whose library messages on c from world rank w wait, parked (migrate.c ivs_park):
- * w's ring is still to be read up to its MARK, or this rank awaits the first record of the
- * ring it told w to use (a library message then came after w's answer). NULL: they do not. */
+int ivs_join_park_await(int w, struct ivs_peer *p);
+/* The peer whose library message on c from world rank w, just found, waits, parked (migrate.c
+ * ivs_park): w's ring is still to be read up to its MARK, or this rank awaits the first record
+ * of the ring it told w to use and w has written to it (ivs_join_park_await, which else ends the
+ * wait). NULL: it does not. */
 static inline struct ivs_peer *ivs_park_peer(const struct ivs_comm *c, int w)
 {
 	struct ivs_peer *p = ivs_rx_peer_on(c, w);
 	if (p)
 		return p;
 	p = ivs.peers[w];
-	return p && p->joined && p->rx_join == IVS_JRX_AWAIT && c->counted ? p : NULL;
+	return p && p->joined && p->rx_join == IVS_JRX_AWAIT && c->counted && ivs_join_park_await(w, p) ? p : NULL;
 }
 /* A library send on c to comm rank dest that returned rc: a message only if the library took
  * it (one with a bad tag, or a Bsend that did not fit the buffer, is none). Returns rc. And a

@@ -31,10 +31,12 @@
  *   R: the first record in the ring moves the direction to the ring (receives from S become
  *      ring receives, posted ones included); JOINOFF takes it back to the library; a new
  *      DRAINQ while awaiting means the answer was not taken, unless the ring holds records.
- *      A library message from S that R finds while awaiting was sent after S's answer: it is
- *      parked (migrate.c ivs_park). If S switched, S has closed the ring again since (a leave,
- *      an ACK that could not take the ring) and the message waits for its MARK, behind what S
- *      wrote to the ring; if not, JOINOFF or the new DRAINQ hands it on.
+ *      A library message from S that R finds while awaiting was not matched when R answered.
+ *      If the ring holds records, S switched and has closed the ring again since (a leave, an
+ *      ACK that could not take the ring): the message is parked (migrate.c ivs_park) until the
+ *      MARK, behind what S wrote to the ring. If the ring is empty, S sent it before it could
+ *      switch and will not switch on this answer (its count differs): R stops awaiting at once,
+ *      as at JOINOFF, and the message is matched (ivs_join_park_await).
  * Nothing S sent by the library is unmatched when its first ring record is written, and R posts
  * nothing into the library meanwhile, so no receive can see a ring message before a library one
  * it could match, and none is left waiting in the library. The ring then behaves as a ring made
@@ -245,6 +247,26 @@ void ivs_join_on_off(int w, uint64_t id)
 	p->rx_mark = 1; /* nothing was written: the sender did not switch */
 	p->rx_join = IVS_JRX_NONE;
 	ivs_unpark(p); /* what it sent by the library meanwhile */
+}
+
+/* A library message from joined peer p (world rank w) on a counted communicator, found while
+ * this rank awaits the first record of the ring it told p to use: 1 if it waits, parked, for
+ * p's MARK (p switched, wrote to the ring and closed it again since: the message follows what
+ * is in the ring). 0 if the ring is empty: p sent it before it could switch, and will not switch
+ * on this answer (the message was not matched when the answer went, so p's count differs from
+ * it); this rank stops awaiting now, as at p's JOINOFF. Waiting for that JOINOFF instead could
+ * wait forever: p may be blocked in a library call (a communicator's creation) that this rank
+ * joins only once its receive got this very message (MPICH's pingping test under migration;
+ * tests/model/joinswitch.pml BLOCKING_S). p's records are visible by the time its later library
+ * message is: it fences after its MARK (ivs_tx_mark), and writes nothing to the ring after. */
+int ivs_join_park_await(int w, struct ivs_peer *p)
+{
+	struct ivs_rec h;
+	const uint8_t *pl;
+	if (ivs_rx_peek(&p->rx, &h, &pl) != 0)
+		return 1; /* records (a corrupt one is the ring engine's to report) */
+	ivs_join_on_off(w, p->rx_ask);
+	return 0;
 }
 
 /* One step of both directions of joined pair p (world rank w), from migrate.c's progress. */

@@ -926,7 +926,7 @@ int ivs_switch_progress(void)
 			if (!p->tx.ring) { /* nothing ever went into a ring: no MARK to write */
 				p->tx_net = 1;
 				did = 1;
-			} else if (!p->sendq && !p->nacks && ivs_tx_write(&p->tx, IVS_REC_MARK, 0, 0, 0, 0, 0, "", 0)) {
+			} else if (!p->sendq && !p->nacks && ivs_tx_mark(&p->tx)) {
 				p->tx_net = 1;
 				did = 1;
 			}

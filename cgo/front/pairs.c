@@ -252,7 +252,7 @@ int ivs_pair_close_for_ack(struct ivs_peer *p)
 		p->ack_blocked = 0;
 		return 1;
 	}
-	if (!ivs_tx_write(&p->tx, IVS_REC_MARK, 0, 0, 0, 0, 0, "", 0))
+	if (!ivs_tx_mark(&p->tx))
 		return 0; /* the ring is full: the receiver makes room */
 	if (p->nacks)
 		ivs.switching = 1;

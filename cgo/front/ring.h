@@ -168,6 +168,19 @@ static inline int ivs_tx_write(struct ivs_tx *t, uint16_t kind, uint16_t flags, 
 	return 1;
 }
 
+/* Producer: the MARK that closes t, the sender's last record on it (migrate.c, pairs.c); 0 when
+ * the ring has no room right now. What the sender sends after it goes by the library, and a
+ * receiver that finds such a message looks at the ring to tell whether the sender had written
+ * to it (join.c's ivs_join_park_await): the fence makes every record, the MARK included, visible
+ * before anything this rank does next, the library's send included. */
+static inline int ivs_tx_mark(struct ivs_tx *t)
+{
+	if (!ivs_tx_write(t, IVS_REC_MARK, 0, 0, 0, 0, 0, "", 0))
+		return 0;
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	return 1;
+}
+
 /* Largest payload one record may carry on t: a record takes at most an eighth of the ring, so
  * several are in flight; cap >= IVS_RING_MIN_CAP keeps this positive. */
 static inline uint64_t ivs_tx_max_payload(const struct ivs_tx *t)

@@ -435,3 +435,39 @@ func TestMigrateCollectivesOnly(t *testing.T) {
 		t.Errorf("%d ranks joined their VM's new region, want 2; stderr:\n%s", n, o.res.Stderr)
 	}
 }
+
+// TestMovesWhileSenderBlocks: split_burst on two ranks (h0v0, h1v0) while their VMs move
+// between the hosts every 250 ms, so that the pair keeps being made and moving to rings. A rank
+// done with its burst blocks in MPI_Comm_split, inside the library, while its neighbour still
+// receives from it. The receiver of a direction being switched used to park every library
+// message of the sender while it awaited the ring's first record, until the sender's JOINOFF
+// or next question, which a sender blocked in the library never sends: both waited forever
+// (MPICH's pingping test under migration; tests/model/joinswitch.pml BLOCKING_S). Measured
+// before the fix: 5000 iterations hung in 2 of 3 runs, bursts of 8 within 5-8 moves.
+func TestMovesWhileSenderBlocks(t *testing.T) {
+	testenv.RequireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	c := brokerCluster(ctx, t, cluster.Config{Hosts: 2, VMsPerHost: 3})
+	prog := build(ctx, t, "../mpi/split_burst.c")
+	const m = cluster.OpenMPI
+	vms := []*cluster.VM{c.Hosts[0].VMs[0], c.Hosts[1].VMs[0]}
+	moves := newLineWatch("")
+	stop := c.StartMoves(vms, cluster.Moves{Every: 250 * time.Millisecond, Seed: 0x5b1175, Log: moves})
+	res, err := cluster.Run(ctx, cluster.Job{MPI: m, VMs: vms, Program: prog[m], Args: []string{"15000", "8"},
+		Env: shimEnv(t, m), Timeout: time.Minute})
+	n, merr := stop()
+	if err != nil {
+		t.Fatalf("split_burst while its VMs move: %v\nmoves:\n%s\nstderr:\n%s", err, moves, res.Stderr)
+	}
+	if ok := strings.Count(res.Stdout, " ok\n"); ok != len(vms) {
+		t.Errorf("%d of %d ranks finished:\n%s", ok, len(vms), res.Stdout)
+	}
+	if merr != nil || n.RolledBack > 0 || n.Migrated < 10 {
+		t.Errorf("moves: %+v, %v; want 10 or more, none rolled back (a rank stuck past a drain's deadline):\n%s", n, merr, moves)
+	}
+	if !strings.Contains(res.Stderr, "take the region again") {
+		t.Errorf("no direction moved to a ring while the ranks shared a host; stderr:\n%s", res.Stderr)
+	}
+	t.Logf("%d moves; %d directions moved to a ring", n.Migrated, strings.Count(res.Stderr, "take the region again"))
+}

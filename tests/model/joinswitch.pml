@@ -11,15 +11,19 @@
  *      A question is answered once got >= the question's count and open == 0: R then reads the
  *      ring (AWAIT) and sends DRAINED(got, id). The first record in the ring moves its receives
  *      to the ring (RING). JOINOFF for the awaited question, or a new DRAINQ with the ring
- *      empty, takes it back to the library. Receives R posts after the pair was made are the
+ *      empty, takes it back to the library; so does a library message from S that R's receive
+ *      finds with the ring empty (S sent it before it could switch, and its count then differs
+ *      from R's answer: it will not switch), which R matches at once. Else S may never answer:
+ *      it may wait inside a blocking library call (a communicator's creation) for R, whose
+ *      receive waits for that very message. Receives R posts after the pair was made are the
  *      shim's: on the library they match by matched probe (PROBE), never inside the library.
  *   S, switched, may close the ring again (a leave, a synchronous send whose ACK could only take
  *      the library: pairs.c): a MARK after its ring messages, then the library, counting again,
  *      and it may ask again (CLOSES times at most). R reads the ring up to the MARK, then its
  *      receives go back to PROBE; a question that comes before R read the MARK is taken then.
- *      Library messages R finds while it awaits the ring's first record (AWAIT) or reads the ring
- *      (RING) are parked (migrate.c ivs_park): PROBE receives match none of them until the MARK
- *      is read, or JOINOFF or a new question ends the wait (S did not switch).
+ *      Library messages R finds while it reads the ring (RING), or awaits the ring's first
+ *      record (AWAIT) with records in the ring already, are parked (migrate.c ivs_park): PROBE
+ *      receives match none of them until the MARK is read.
  *   R's VM may leave (LEAVES times at most; migrate.c): the broker flags it in the region and
  *      may take the flag back (a rollback). Each rank notices the flag at some point while it is
  *      set, and keeps what it saw (leave_seen, self_leaving) until the pair is made anew. S, once
@@ -54,7 +58,12 @@
  * also checked: nothing is written into a ring after R released it, and a released ring is empty.
  * REACH_REJOIN must fail too: it asserts that the search never moves R to a ring again after R
  * released the region behind a ring it had read (switch, leave, join, switch); so must
- * REACH_ANEW: never a ring again after a pair made anew by ANEW behind a ring R had read.
+ * REACH_ANEW: never a ring again after a pair made anew by ANEW behind a ring R had read; and
+ * REACH_UNPARK: never a library message matched while awaiting the ring's first record.
+ * BLOCKING_S: after its last message S may block in a library call until R has received
+ * everything (MPICH's pingping test creating its next communicator); the check then holds too,
+ * and PARK_AWAIT_ALWAYS (R parks every library message while awaiting, as the shim did before
+ * 2026-12-07) must deadlock with it.
  */
 
 #define N 4                        /* messages S sends */
@@ -125,9 +134,14 @@ bool ring_anew = false; /* R made the pair anew after reading a ring (for REACH_
 active proctype S() {
 	byte i = 0, sent = 0, ask = 0, asks = 0, closes = 0, got, id, seen = 0;
 	bool on_ring = false, asked = false, flagged = false; /* flagged: S saw R's VM leaving */
-	bool anew_sent = false;
+	bool anew_sent = false, blocked = false;
 end:
 	do
+#ifdef BLOCKING_S
+	/* after its last message S enters a blocking library call that R joins once it has
+	 * received everything (a communicator's creation): S answers nothing meanwhile */
+	:: i == N && !blocked -> blocked = true; received == N
+#endif
 	:: i < N ->
 		if
 		:: on_ring -> assert(!released); ring ! i, TAG(i)
@@ -190,8 +204,10 @@ byte last[2] = 255; /* the last seq matched per tag */
 #define FIRST(k) (!EARLIER(k, 0) && !EARLIER(k, 1) && !EARLIER(k, 2))
 #ifdef NO_PARK_AWAIT
 #define PARKED (rx == RING) /* broken on purpose: the code before this model had it */
+#elif defined(PARK_AWAIT_ALWAYS)
+#define PARKED (rx == AWAIT || rx == RING) /* broken on purpose: the code before 2026-12-07 */
 #else
-#define PARKED (rx == AWAIT || rx == RING)
+#define PARKED (rx == AWAIT && len(ring) > 0 || rx == RING)
 #endif
 #define CAN(k) (k < posted && !done[k] && FIRST(k) && \
                 ((mode[k] == LIB && lib ?? [_, eval(RT(k))]) || (mode[k] == PROBE && !PARKED && lib ?? [_, eval(RT(k))]) || \
@@ -216,6 +232,15 @@ inline match(k, s, got, open) {
 		got++;
 		if
 		:: mode[k] == LIB -> open--
+		:: else -> skip
+		fi;
+		if
+		:: rx == AWAIT -> /* found with the ring empty: S sent it before switching, so it will
+		                     not switch on this answer (its count differs); R stops awaiting */
+#ifdef REACH_UNPARK
+			assert(false);
+#endif
+			rx = NONE
 		:: else -> skip
 		fi
 	fi;

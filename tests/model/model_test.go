@@ -30,7 +30,7 @@ func verifyAssertions(t *testing.T, model string, defs ...string) (report string
 var rounds = flag.Int("rounds", 2, "rounds of the collective agreement to model-check (2 or 3)")
 
 // leaves is how many leaves of the receiver's VM TestJoinSwitch checks: 1 by default; 2 (with
-// ANEW) costs 6.5 GiB and about 4 minutes more.
+// ANEW and a sender that may block) costs 12.5 GiB and about 15 minutes more.
 var leaves = flag.Int("leaves", 1, "leaves of the receiver's VM the join switch's model checks (1 or 2)")
 
 func TestMain(m *testing.M) {
@@ -182,19 +182,26 @@ func TestMigrateProtocolNegative(t *testing.T) {
 // receiver's VM leaves during the switch (its flag taken back or not), releases the
 // region and joins it again, or its flag is taken back unseen and the sender makes the pair anew
 // (ANEW): nothing is written into a ring after its reader released it, a released ring is
-// empty, and the pair made anew switches again.
+// empty, and the pair made anew switches again. In every configuration the sender may block in
+// a library call after its last message until the receiver has everything (BLOCKING_S).
 func TestJoinSwitch(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
-	requireProven(t, "joinswitch.pml", nil, []string{"-DW=3", "-DMAXASK=4"}, []string{"-DPRE=2", "-DW=3"},
-		[]string{"-DCLOSES=1", "-DPRE=0", "-DW=3", "-DMAXASK=4"}, []string{"-DCLOSES=2", "-DPRE=0", "-DW=3", "-DMAXASK=4"},
-		[]string{"-DCLOSES=1", "-DPRE=2", "-DW=3"},
-		[]string{"-DLEAVES=1"}, []string{"-DLEAVES=1", "-DW=3", "-DMAXASK=4"}, []string{"-DLEAVES=1", "-DPRE=2", "-DW=3"})
+	// BLOCKING_S only adds behaviour (S may block in a library call after its last message),
+	// so every configuration has it.
+	configs := [][]string{nil, {"-DW=3", "-DMAXASK=4"}, {"-DPRE=2", "-DW=3"},
+		{"-DCLOSES=1", "-DPRE=0", "-DW=3", "-DMAXASK=4"}, {"-DCLOSES=2", "-DPRE=0", "-DW=3", "-DMAXASK=4"},
+		{"-DCLOSES=1", "-DPRE=2", "-DW=3"},
+		{"-DLEAVES=1"}, {"-DLEAVES=1", "-DW=3", "-DMAXASK=4"}, {"-DLEAVES=1", "-DPRE=2", "-DW=3"}}
 	if *leaves == 2 {
-		requireProven(t, "joinswitch.pml", []string{"-DLEAVES=2", "big"})
+		configs = append(configs, []string{"-DLEAVES=2", "big"})
 	} else {
-		t.Log("two leaves not checked (-leaves=2: about 1.2e8 states, 6.5 GiB, about 4 minutes)")
+		t.Log("two leaves not checked (-leaves=2: about 2.7e8 states, 12.5 GiB, about 15 minutes)")
 	}
+	for i := range configs {
+		configs[i] = append([]string{"-DBLOCKING_S"}, configs[i]...)
+	}
+	requireProven(t, "joinswitch.pml", configs...)
 }
 
 // TestJoinSwitchNegative: without the receiver's check that none of its receives waits inside
@@ -205,7 +212,10 @@ func TestJoinSwitch(t *testing.T) {
 // while it awaits the ring's first record (NO_AWAIT_BUSY) or before it read the sender's MARK
 // (NO_MARK_WAIT) must be caught with a ring written or left full behind its release; and the
 // search must reach a switch after a leave and a join behind an earlier switch (REACH_REJOIN),
-// and after a pair made anew by ANEW (REACH_ANEW: a rollback the receiver did not see).
+// and after a pair made anew by ANEW (REACH_ANEW: a rollback the receiver did not see). A
+// receiver that parks every library message while it awaits the ring's first record must
+// deadlock with a sender blocked in a library call (PARK_AWAIT_ALWAYS with BLOCKING_S), and the
+// search must reach a library message matched while awaiting (REACH_UNPARK).
 func TestJoinSwitchNegative(t *testing.T) {
 	t.Parallel()
 	requireSpin(t)
@@ -227,6 +237,15 @@ func TestJoinSwitchNegative(t *testing.T) {
 	}
 	if report, _ := verify(t, "joinswitch.pml", "-DREACH_REJOIN", "-DLEAVES=1"); !strings.Contains(report, "assertion violated  !(ring_left)") {
 		t.Errorf("joinswitch.pml -DREACH_REJOIN -DLEAVES=1: the search never switches again after a leave and a join:\n%s", report)
+	}
+	// A receiver that parks every library message while it awaits the ring's first record
+	// deadlocks with a sender blocked in a library call after its last message; and the search
+	// does reach a library message matched while awaiting (the ring empty).
+	if report, _ := verify(t, "joinswitch.pml", "-DBLOCKING_S", "-DPARK_AWAIT_ALWAYS"); !strings.Contains(report, "invalid end state") {
+		t.Errorf("joinswitch.pml -DBLOCKING_S -DPARK_AWAIT_ALWAYS: spin found no deadlock:\n%s", report)
+	}
+	if report, _ := verify(t, "joinswitch.pml", "-DREACH_UNPARK"); !strings.Contains(report, "assertion violated") {
+		t.Errorf("joinswitch.pml -DREACH_UNPARK: the search never matches a library message while awaiting:\n%s", report)
 	}
 }
 

@@ -16,10 +16,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -193,12 +191,12 @@ func run(ctx context.Context, args []string) (err error) {
 	fs.Var(env, "env", "K=V set in every rank (repeatable)")
 	timeout := fs.Duration("timeout", cluster.DefaultTimeout, "kill the job after this long")
 	retry := fs.Bool("retry", false, "run once more after a timeout (MPICH finalize hang)")
-	var mv mover
-	fs.DurationVar(&mv.every, "migrate-every", 0, "while the job runs, move one of its VMs (picked at random) to "+
+	mv := cluster.Moves{Log: prefixed{os.Stderr, "ivshim-cluster: "}}
+	fs.DurationVar(&mv.Every, "migrate-every", 0, "while the job runs, move one of its VMs (picked at random) to "+
 		"another host (picked at random) this often through the brokers' migration coordinator, one move at a "+
 		"time (0: never)")
-	fs.Uint64Var(&mv.seed, "migrate-seed", 0, "seed of the moves' picks (0: from the clock; printed)")
-	fs.DurationVar(&mv.deadline, "migrate-deadline", 0, "drain and attach deadline of each move (0: the broker's default)")
+	fs.Uint64Var(&mv.Seed, "migrate-seed", 0, "seed of the moves' picks (0: from the clock; printed)")
+	fs.DurationVar(&mv.Deadline, "migrate-deadline", 0, "drain and attach deadline of each move (0: the broker's default)")
 	fs.Parse(args)
 	if fs.NArg() == 0 {
 		return fmt.Errorf("run: no program\n%s", usage)
@@ -227,12 +225,15 @@ func run(ctx context.Context, args []string) (err error) {
 			job.VMs = append(job.VMs, vm)
 		}
 	}
-	if mv.every > 0 {
+	if mv.Every > 0 {
 		if len(c.Hosts) < 2 || c.Hosts[0].Broker == nil {
 			return errors.New("run: -migrate-every needs 2 or more hosts with brokers (-hosts, -broker)")
 		}
-		stop := mv.start(c, job.VMs)
-		defer func() { err = errors.Join(err, stop()) }()
+		stop := c.StartMoves(job.VMs, mv)
+		defer func() {
+			_, merr := stop()
+			err = errors.Join(err, merr)
+		}()
 	}
 	res, err := cluster.Run(ctx, job)
 	if res != nil {
@@ -242,76 +243,17 @@ func run(ctx context.Context, args []string) (err error) {
 	return err
 }
 
-// mover moves a job's VMs between the cluster's hosts while the job runs (run -migrate-every),
-// as a co-scheduler would: one move at a time, every `every`, a VM and a destination host
-// drawn from seed.
-type mover struct {
-	every, deadline time.Duration
-	seed            uint64
+// prefixed writes each line it gets with a prefix (one Write per line, as Moves makes them).
+type prefixed struct {
+	w      io.Writer
+	prefix string
 }
 
-// start begins the moves; the returned stop waits for the move under way, prints what the
-// moves did and returns an error if a move failed other than by a rollback that restored the
-// VM's place (a drain that missed its deadline: a rank computing, or blocked in a library call).
-func (mv mover) start(c *cluster.Cluster, jobVMs []*cluster.VM) (stop func() error) {
-	if mv.seed == 0 {
-		mv.seed = uint64(time.Now().UnixNano())
+func (p prefixed) Write(b []byte) (int, error) {
+	if _, err := io.WriteString(p.w, p.prefix+string(b)); err != nil {
+		return 0, err
 	}
-	fmt.Fprintf(os.Stderr, "ivshim-cluster: moving the job's VMs every %v, seed %d\n", mv.every, mv.seed)
-	var vms []*cluster.VM
-	for _, vm := range jobVMs {
-		if !slices.Contains(vms, vm) {
-			vms = append(vms, vm)
-		}
-	}
-	rng := rand.New(rand.NewPCG(mv.seed, 0x6d6f7665))
-	quit, done := make(chan struct{}), make(chan struct{})
-	var moved, rolledBack int
-	var failed []error
-	go func() {
-		defer close(done)
-		tick := time.NewTicker(mv.every)
-		defer tick.Stop()
-		for n := 0; ; n++ {
-			select {
-			case <-quit:
-				return
-			case <-tick.C:
-			}
-			vm := vms[rng.IntN(len(vms))]
-			var dests []*cluster.Host
-			for _, h := range c.Hosts {
-				if h != vm.Host {
-					dests = append(dests, h)
-				}
-			}
-			dest, from := dests[rng.IntN(len(dests))], vm.Host.Name
-			// The move runs to its end even when the job has ended: a half-done move would
-			// leave the broker's coordinator busy.
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			res, err := c.Migrate(ctx, vm, dest, mv.deadline)
-			cancel()
-			what := "migrated"
-			switch {
-			case err == nil:
-				moved++
-			case res.RolledBack:
-				rolledBack++
-				what = fmt.Sprintf("rolled back at %s (%s): %s", res.FailedStep, res.Rollback, res.Error)
-			default:
-				failed = append(failed, fmt.Errorf("move %d of VM %s from %s to %s: %w", n, vm.Name, from, dest.Name, err))
-				what = "FAILED: " + err.Error()
-			}
-			fmt.Fprintf(os.Stderr, "ivshim-cluster: move %d: VM %s %s -> %s: %s, phases %v\n", n, vm.Name, from, dest.Name, what, res.Phases)
-		}
-	}()
-	return func() error {
-		close(quit)
-		<-done
-		fmt.Fprintf(os.Stderr, "ivshim-cluster: moves: %d migrated, %d rolled back, %d failed (seed %d)\n",
-			moved, rolledBack, len(failed), mv.seed)
-		return errors.Join(failed...)
-	}
+	return len(b), nil
 }
 
 func parseMPI(s string) (cluster.MPI, error) {
