@@ -281,7 +281,8 @@ int ivs_join_step(int w, struct ivs_peer *p)
 		p->rx_join = p->rx_asked ? IVS_JRX_ASKED : IVS_JRX_NONE;
 		p->rx_asked = 0;
 	}
-	if (p->tx_join == IVS_JTX_NONE && p->closing && p->tx_net && !p->sendq && !p->nacks && pair_shares(w, p) && !slot_busy(p)) {
+	if (p->tx_join == IVS_JTX_NONE && p->closing && p->tx_net && !p->sendq && !p->nacks && !ivs.lib_lost && pair_shares(w, p) &&
+	    !slot_busy(p)) { /* (lib_lost: this rank's own counts may miss a message it sent) */
 		p->tx_ask = ++last_ask;
 		p->tx_join = IVS_JTX_ASKED;
 		p->asked_at = ivs_now_s();

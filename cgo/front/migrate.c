@@ -616,6 +616,18 @@ void ivs_migrate_start_released(void)
 	ivs.enabled = 1;
 	ivs.released = 1;
 	rejoin_soon();
+	/* Itself, as a rank with a region has itself among its co-located peers (so communicators
+	 * count it, p2p.c's wildcard receives included): its messages to itself take the library,
+	 * as after a release; its slot comes with the join. */
+	struct ivs_peer *me = calloc(1, sizeof *me);
+	if (!me)
+		ivs_fatal("out of memory");
+	me->world = ivs.world_rank;
+	me->slot = UINT32_MAX;
+	me->local = ivs.nlocal;
+	me->closing = me->tx_net = me->rx_mark = me->rx_net = me->leave_seen = 1;
+	ivs.local_world[ivs.nlocal++] = ivs.world_rank;
+	ivs.peers[ivs.world_rank] = me;
 }
 
 static void release(void)
@@ -732,6 +744,13 @@ static void close_pair(struct ivs_peer *p)
 	p->leaves++;
 	if (ivs_pair_tx_resolve(p))
 		p->closing = 1;
+	/* The MARK at once where nothing is queued before it: from now on new messages take the
+	 * library, and none may precede the MARK while the ring holds no record (a receiver
+	 * awaiting a join switch's first record takes a library message found with the ring empty
+	 * for one sent before the sender switched: join.c ivs_join_park_await). Where something
+	 * is queued, the ring holds records already (it takes anything at once while it has room). */
+	if (p->closing && p->tx.ring && !p->tx_net && !p->sendq && !p->nacks && ivs_tx_mark(&p->tx))
+		p->tx_net = 1;
 	if (!p->rx.ring && !p->rx_mark)
 		ivs_pair_rx_net(p);
 }
