@@ -748,8 +748,12 @@ static void close_pair(struct ivs_peer *p)
 	 * library, and none may precede the MARK while the ring holds no record (a receiver
 	 * awaiting a join switch's first record takes a library message found with the ring empty
 	 * for one sent before the sender switched: join.c ivs_join_park_await). Where something
-	 * is queued, the ring holds records already (it takes anything at once while it has room). */
-	if (p->closing && p->tx.ring && !p->tx_net && !p->sendq && !p->nacks && ivs_tx_mark(&p->tx))
+	 * is queued, the ring holds records already (it takes anything at once while it has room),
+	 * except behind a synchronous send waiting for a ring to answer it (ack_blocked): that
+	 * close writes the MARK first too. */
+	if (p->ack_blocked) /* a synchronous send heads the queue, the ring maybe empty */
+		ivs_pair_close_for_ack(p); /* the MARK, then the queue by the library, in order */
+	else if (p->closing && p->tx.ring && !p->tx_net && !p->sendq && !p->nacks && ivs_tx_mark(&p->tx))
 		p->tx_net = 1;
 	if (!p->rx.ring && !p->rx_mark)
 		ivs_pair_rx_net(p);
